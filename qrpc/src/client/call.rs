@@ -1,0 +1,381 @@
+//! One call on the client: the [`Channel`] service beneath client layers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use quinn::SendStream;
+use tokio::sync::oneshot;
+
+use super::connection::{ConnectionState, Link, PushEvents};
+use super::{ClientConfig, ClientError};
+use crate::body::MessageStream;
+use crate::frame::{FrameError, RequestFrame};
+use crate::io::{FrameReader, ReadFrameError, write_request};
+use crate::protocol::reset;
+use crate::routes::CallKind;
+use crate::status::{Code, Status};
+use crate::tls::ClientTls;
+
+/// What the client sends on a call.
+pub enum OutgoingBody {
+    /// One message in the opening frame (unary and server-streaming calls).
+    Single(Bytes),
+    /// An empty opening frame, then one frame per message (client-streaming and bidi calls).
+    Stream(BoxStream<'static, Bytes>),
+}
+
+impl std::fmt::Debug for OutgoingBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single(b) => f.debug_tuple("Single").field(&b.len()).finish(),
+            Self::Stream(_) => f.debug_tuple("Stream").finish(),
+        }
+    }
+}
+
+/// A call as client layers see it: the method, its kind and the outgoing body.
+#[derive(Debug)]
+pub struct CallRequest {
+    /// Method to call.
+    pub method_id: u16,
+    /// The call kind.
+    pub kind: CallKind,
+    /// What to send.
+    pub body: OutgoingBody,
+}
+
+impl CallRequest {
+    /// A unary call.
+    pub fn unary(method_id: u16, request: Bytes) -> Self {
+        Self {
+            method_id,
+            kind: CallKind::Unary,
+            body: OutgoingBody::Single(request),
+        }
+    }
+
+    /// A server-streaming call.
+    pub fn server_streaming(method_id: u16, request: Bytes) -> Self {
+        Self {
+            method_id,
+            kind: CallKind::ServerStreaming,
+            body: OutgoingBody::Single(request),
+        }
+    }
+
+    /// A client-streaming call.
+    pub fn client_streaming(method_id: u16, requests: BoxStream<'static, Bytes>) -> Self {
+        Self {
+            method_id,
+            kind: CallKind::ClientStreaming,
+            body: OutgoingBody::Stream(requests),
+        }
+    }
+
+    /// A bidi-streaming call.
+    pub fn bidi(method_id: u16, requests: BoxStream<'static, Bytes>) -> Self {
+        Self {
+            method_id,
+            kind: CallKind::Bidi,
+            body: OutgoingBody::Stream(requests),
+        }
+    }
+}
+
+/// The raw call service: opens one stream per call on the shared connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Channel {
+    link: Arc<Link>,
+    next_request_id: Arc<AtomicU32>,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("state", &*self.link.state().borrow())
+            .finish()
+    }
+}
+
+impl Channel {
+    pub(super) async fn connect(
+        addr: SocketAddr,
+        tls: &ClientTls,
+        config: ClientConfig,
+    ) -> Result<(Self, PushEvents), ClientError> {
+        let (link, push) = Link::connect(addr, tls, config).await?;
+        Ok((
+            Self {
+                link,
+                next_request_id: Arc::new(AtomicU32::new(1)),
+            },
+            push,
+        ))
+    }
+
+    pub(super) fn state(&self) -> tokio::sync::watch::Receiver<ConnectionState> {
+        self.link.state()
+    }
+
+    pub(super) fn rebind(&self, local: SocketAddr) -> std::io::Result<()> {
+        self.link.endpoint.rebind(std::net::UdpSocket::bind(local)?)
+    }
+
+    pub(super) fn close(&self) {
+        self.link.close();
+    }
+
+    /// The local address of the client's UDP socket.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.link.endpoint.local_addr()
+    }
+
+    async fn call(self, request: CallRequest) -> Result<MessageStream, Status> {
+        let conn = self.link.connection().await?;
+        let (send, recv) = conn.open_bi().await.map_err(connection_lost)?;
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let mut send = ResetOnDrop::new(send);
+        let mut reader = ResponseReader {
+            reader: FrameReader::new(recv, self.link.config.max_payload),
+            request_id,
+            single: !request.kind.server_streams(),
+            done: false,
+            _sender: None,
+        };
+        match request.body {
+            OutgoingBody::Single(payload) => {
+                let frame = RequestFrame {
+                    method_id: request.method_id,
+                    request_id,
+                    payload,
+                };
+                match write_request(send.get(), &frame).await {
+                    Ok(()) => send.finish(),
+                    // The server stopped reading (for example an oversize payload): its status
+                    // is on the response stream.
+                    Err(quinn::WriteError::Stopped(_)) => send.disarm(),
+                    Err(err) => return Err(write_failed(err)),
+                }
+                Ok(reader.into_stream())
+            }
+            OutgoingBody::Stream(messages) => {
+                let open = RequestFrame {
+                    method_id: request.method_id,
+                    request_id,
+                    payload: Bytes::new(),
+                };
+                match write_request(send.get(), &open).await {
+                    Ok(()) => {}
+                    Err(quinn::WriteError::Stopped(_)) => {
+                        send.disarm();
+                        return Ok(reader.into_stream());
+                    }
+                    Err(err) => return Err(write_failed(err)),
+                }
+                let (cancel_tx, cancel_rx) = oneshot::channel();
+                tokio::spawn(send_messages(
+                    send,
+                    messages,
+                    request.method_id,
+                    request_id,
+                    cancel_rx,
+                ));
+                reader._sender = Some(cancel_tx);
+                Ok(reader.into_stream())
+            }
+        }
+    }
+}
+
+impl tower::Service<CallRequest> for Channel {
+    type Response = MessageStream;
+    type Error = Status;
+    type Future = BoxFuture<'static, Result<MessageStream, Status>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: CallRequest) -> Self::Future {
+        self.clone().call(request).boxed()
+    }
+}
+
+/// A send stream that is reset with `CANCELLED` if dropped before it was finished, so that a
+/// dropped call never looks like a complete request to the server.
+struct ResetOnDrop {
+    send: SendStream,
+    armed: bool,
+}
+
+impl ResetOnDrop {
+    fn new(send: SendStream) -> Self {
+        Self { send, armed: true }
+    }
+
+    fn get(&mut self) -> &mut SendStream {
+        &mut self.send
+    }
+
+    fn finish(&mut self) {
+        self.armed = false;
+        let _ = self.send.finish();
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.send.reset(reset::CANCELLED);
+        }
+    }
+}
+
+async fn send_messages(
+    mut send: ResetOnDrop,
+    mut messages: BoxStream<'static, Bytes>,
+    method_id: u16,
+    request_id: u32,
+    mut cancel: oneshot::Receiver<()>,
+) {
+    loop {
+        let next = tokio::select! {
+            next = messages.next() => next,
+            _ = &mut cancel => return, // dropping `send` resets the stream
+        };
+        let Some(payload) = next else {
+            send.finish();
+            return;
+        };
+        let frame = RequestFrame {
+            method_id,
+            request_id,
+            payload,
+        };
+        let write = tokio::select! {
+            write = write_request(send.get(), &frame) => write,
+            _ = &mut cancel => return,
+        };
+        if write.is_err() {
+            // The server stopped reading or the connection is gone; the response says why.
+            send.disarm();
+            return;
+        }
+    }
+}
+
+/// Reads a call's response frames. Dropped before the call ended, it stops the stream with
+/// `CANCELLED`, which makes the server drop the handler.
+struct ResponseReader {
+    reader: FrameReader,
+    request_id: u32,
+    /// Whether exactly one OK frame ends the call (unary and client-streaming).
+    single: bool,
+    done: bool,
+    /// Dropping this cancels the task that sends a streamed request.
+    _sender: Option<oneshot::Sender<()>>,
+}
+
+impl ResponseReader {
+    async fn next(&mut self) -> Option<Result<Bytes, Status>> {
+        if self.done {
+            return None;
+        }
+        let item = match self.reader.next_response().await {
+            Ok(None) => None,
+            Ok(Some(frame)) if frame.request_id != self.request_id => {
+                Some(Err(Status::internal(format!(
+                    "response for request {} on the stream of request {}",
+                    frame.request_id, self.request_id
+                ))))
+            }
+            Ok(Some(frame)) if frame.status == Code::Ok.as_u8() => {
+                if self.single {
+                    self.done = true;
+                }
+                return Some(Ok(frame.payload));
+            }
+            Ok(Some(frame)) => Some(Err(Status::from_wire(frame.status, &frame.payload))),
+            Err(err) => Some(Err(read_failed(err))),
+        };
+        self.done = true;
+        item
+    }
+
+    fn into_stream(self) -> MessageStream {
+        Box::pin(futures::stream::unfold(self, |mut reader| async move {
+            let item = reader.next().await?;
+            Some((item, reader))
+        }))
+    }
+}
+
+impl Drop for ResponseReader {
+    fn drop(&mut self) {
+        if !self.done {
+            self.reader.stop(reset::CANCELLED);
+        }
+    }
+}
+
+/// Takes the single response of a unary or client-streaming call.
+pub(super) async fn single_response(responses: &mut MessageStream) -> Result<Bytes, Status> {
+    match responses.next().await {
+        Some(result) => result,
+        None => Err(Status::internal("server ended the call without a response")),
+    }
+}
+
+fn connection_lost(err: quinn::ConnectionError) -> Status {
+    Status::unavailable(format!("connection lost: {err}"))
+}
+
+fn write_failed(err: quinn::WriteError) -> Status {
+    match err {
+        quinn::WriteError::ConnectionLost(err) => connection_lost(err),
+        other => Status::unavailable(format!("cannot send request: {other}")),
+    }
+}
+
+fn read_failed(err: ReadFrameError) -> Status {
+    match err {
+        ReadFrameError::Frame(FrameError::PayloadTooLarge { len, max }) => {
+            Status::resource_exhausted(format!(
+                "response payload of {len} bytes exceeds the client limit of {max} bytes"
+            ))
+        }
+        ReadFrameError::Frame(other) => Status::internal(format!("malformed response: {other}")),
+        ReadFrameError::Truncated(_) => {
+            Status::internal("server ended the stream inside a response frame")
+        }
+        ReadFrameError::Stream(quinn::ReadError::Reset(code)) => reset_status(code),
+        ReadFrameError::Stream(quinn::ReadError::ConnectionLost(err)) => connection_lost(err),
+        ReadFrameError::Stream(other) => {
+            Status::unavailable(format!("response stream failed: {other}"))
+        }
+    }
+}
+
+fn reset_status(code: quinn::VarInt) -> Status {
+    if code == reset::REFUSED {
+        Status::unavailable("server is shutting down and refused the call")
+    } else if code == reset::HEADER_TIMEOUT {
+        Status::deadline_exceeded("server timed out waiting for the request frame")
+    } else if code == reset::PROTOCOL_ERROR {
+        Status::internal("server reset the call: protocol error")
+    } else if code == reset::CANCELLED {
+        Status::cancelled("server cancelled the call")
+    } else {
+        Status::unknown(format!("server reset the call with code {code}"))
+    }
+}

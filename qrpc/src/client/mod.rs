@@ -1,0 +1,337 @@
+//! The client: one QUIC connection shared by every clone, many concurrent calls, push
+//! events, reconnect with backoff, and client-side tower layers.
+
+mod call;
+mod connection;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+pub use call::{CallRequest, Channel, OutgoingBody};
+pub use connection::{ConnectionState, PushEvents};
+
+use crate::body::{MessageStream, Streaming};
+use crate::frame::DEFAULT_MAX_PAYLOAD;
+use crate::protocol::DEFAULT_ALPN;
+use crate::status::Status;
+use crate::tls::{ClientTls, TlsError};
+
+/// Why a client could not connect.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The TLS configuration was rejected.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The local UDP socket could not be bound.
+    #[error("cannot bind a local socket: {0}")]
+    Bind(std::io::Error),
+    /// The connection attempt could not start (for example an invalid server name).
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The handshake failed (for example the server's certificate is not trusted).
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The handshake did not finish within the connect timeout.
+    #[error("connection attempt timed out")]
+    Timeout,
+}
+
+/// How the client reconnects after losing its connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReconnectPolicy {
+    /// Whether to reconnect at all (default true).
+    pub enabled: bool,
+    /// Delay before the first retry (default 100 ms); doubles after every failure.
+    pub initial_backoff: Duration,
+    /// Upper bound of the delay (default 5 s).
+    pub max_backoff: Duration,
+    /// Attempts before giving up; `None` retries forever (default `None`).
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            max_attempts: None,
+        }
+    }
+}
+
+/// Client limits and timeouts.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Largest payload of one response or push frame the client accepts (default 4 MiB).
+    pub max_payload: u32,
+    /// Handshake timeout, and how long a call waits for a connection (default 10 s).
+    pub connect_timeout: Duration,
+    /// Interval of QUIC keep-alive pings, which also keep the push stream open (default 10 s).
+    pub keep_alive_interval: Option<Duration>,
+    /// Idle timeout of the connection (default 30 s).
+    pub idle_timeout: Duration,
+    /// Push events buffered before the client stops reading the push stream (default 64).
+    pub push_buffer: usize,
+    /// ALPN protocol ids offered (default `qrpc/1`).
+    pub alpn: Vec<Vec<u8>>,
+    /// The local address to bind; by default loopback for a loopback server, else unspecified.
+    pub local_addr: Option<SocketAddr>,
+    /// Reconnect behaviour.
+    pub reconnect: ReconnectPolicy,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            connect_timeout: Duration::from_secs(10),
+            keep_alive_interval: Some(Duration::from_secs(10)),
+            idle_timeout: Duration::from_secs(30),
+            push_buffer: 64,
+            alpn: vec![DEFAULT_ALPN.to_vec()],
+            local_addr: None,
+            reconnect: ReconnectPolicy::default(),
+        }
+    }
+}
+
+type BoxedCallService = BoxCloneSyncService<CallRequest, MessageStream, tower::BoxError>;
+
+/// Configures and connects a [`Client`].
+pub struct ClientBuilder<L = tower_layer::Identity> {
+    addr: SocketAddr,
+    tls: ClientTls,
+    config: ClientConfig,
+    layer: L,
+}
+
+impl<L> std::fmt::Debug for ClientBuilder<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L> ClientBuilder<L> {
+    /// Adjusts limits and timeouts in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut ClientConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Wraps every call in `layer` (a tower layer over [`CallRequest`]). The first layer added
+    /// is the outermost.
+    pub fn layer<N>(self, layer: N) -> ClientBuilder<tower_layer::Stack<N, L>> {
+        ClientBuilder {
+            addr: self.addr,
+            tls: self.tls,
+            config: self.config,
+            layer: tower_layer::Stack::new(layer, self.layer),
+        }
+    }
+
+    /// Connects; fails if the first connection cannot be made.
+    pub async fn connect(self) -> Result<Client, ClientError>
+    where
+        L: Layer<Channel>,
+        L::Service: Service<CallRequest, Response = MessageStream> + Clone + Send + Sync + 'static,
+        <L::Service as Service<CallRequest>>::Error: Into<tower::BoxError>,
+        <L::Service as Service<CallRequest>>::Future: Send + 'static,
+    {
+        let (channel, push) = Channel::connect(self.addr, &self.tls, self.config).await?;
+        let service = self.layer.layer(channel.clone()).map_err(Into::into);
+        Ok(Client {
+            channel,
+            service: BoxCloneSyncService::new(service),
+            push: Arc::new(std::sync::Mutex::new(Some(push))),
+        })
+    }
+}
+
+/// A qrpc client. Cheap to clone: clones share one connection and issue calls concurrently.
+///
+/// The connection is the session: state the server binds to a connection (such as a login) is
+/// lost when the client reconnects. Watch [`Client::state`] to re-establish it.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+    service: BoxedCallService,
+    push: Arc<std::sync::Mutex<Option<PushEvents>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A builder for a client of the server at `addr`.
+    pub fn builder(addr: SocketAddr, tls: ClientTls) -> ClientBuilder {
+        ClientBuilder {
+            addr,
+            tls,
+            config: ClientConfig::default(),
+            layer: tower_layer::Identity::new(),
+        }
+    }
+
+    /// Connects with default settings.
+    pub async fn connect(addr: SocketAddr, tls: ClientTls) -> Result<Self, ClientError> {
+        Self::builder(addr, tls).connect().await
+    }
+
+    /// The raw channel beneath the layers.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Takes the stream of push events. Only the first call gets it; later calls get `None`.
+    ///
+    /// Events arrive in the order the server queued them on this connection; after a reconnect
+    /// the same stream carries the new connection's events.
+    pub fn push_events(&self) -> Option<PushEvents> {
+        self.push.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Watches the connection state (connected, reconnecting, failed).
+    pub fn state(&self) -> tokio::sync::watch::Receiver<ConnectionState> {
+        self.channel.state()
+    }
+
+    /// Moves the client to a new local UDP socket (QUIC connection migration): calls in
+    /// flight continue and the server sees the new address.
+    pub fn rebind(&self, local: SocketAddr) -> std::io::Result<()> {
+        self.channel.rebind(local)
+    }
+
+    /// Closes the connection; later calls fail with `Unavailable`.
+    pub fn close(&self) {
+        self.channel.close();
+    }
+
+    async fn call(&self, request: CallRequest) -> Result<MessageStream, Status> {
+        self.service
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(Status::from_error)
+    }
+
+    /// A raw unary call.
+    pub async fn unary_raw(&self, method_id: u16, request: Bytes) -> Result<Bytes, Status> {
+        let mut responses = self.call(CallRequest::unary(method_id, request)).await?;
+        call::single_response(&mut responses).await
+    }
+
+    /// A raw server-streaming call.
+    pub async fn server_streaming_raw(
+        &self,
+        method_id: u16,
+        request: Bytes,
+    ) -> Result<MessageStream, Status> {
+        self.call(CallRequest::server_streaming(method_id, request))
+            .await
+    }
+
+    /// A raw client-streaming call.
+    pub async fn client_streaming_raw(
+        &self,
+        method_id: u16,
+        requests: impl futures::Stream<Item = Bytes> + Send + 'static,
+    ) -> Result<Bytes, Status> {
+        let mut responses = self
+            .call(CallRequest::client_streaming(method_id, requests.boxed()))
+            .await?;
+        call::single_response(&mut responses).await
+    }
+
+    /// A raw bidi-streaming call.
+    pub async fn bidi_raw(
+        &self,
+        method_id: u16,
+        requests: impl futures::Stream<Item = Bytes> + Send + 'static,
+    ) -> Result<MessageStream, Status> {
+        self.call(CallRequest::bidi(method_id, requests.boxed()))
+            .await
+    }
+
+    /// A typed unary call.
+    pub async fn unary<Req, Resp>(&self, method_id: u16, request: &Req) -> Result<Resp, Status>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let bytes = self
+            .unary_raw(method_id, request.encode_to_vec().into())
+            .await?;
+        decode_response(bytes)
+    }
+
+    /// A typed server-streaming call.
+    pub async fn server_streaming<Req, Resp>(
+        &self,
+        method_id: u16,
+        request: &Req,
+    ) -> Result<Streaming<Resp>, Status>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let raw = self
+            .server_streaming_raw(method_id, request.encode_to_vec().into())
+            .await?;
+        Ok(Streaming::from_server(raw))
+    }
+
+    /// A typed client-streaming call.
+    pub async fn client_streaming<Req, Resp>(
+        &self,
+        method_id: u16,
+        requests: impl futures::Stream<Item = Req> + Send + 'static,
+    ) -> Result<Resp, Status>
+    where
+        Req: prost::Message + 'static,
+        Resp: prost::Message + Default,
+    {
+        let bytes = self
+            .client_streaming_raw(method_id, requests.map(|r| Bytes::from(r.encode_to_vec())))
+            .await?;
+        decode_response(bytes)
+    }
+
+    /// A typed bidi-streaming call.
+    pub async fn bidi<Req, Resp>(
+        &self,
+        method_id: u16,
+        requests: impl futures::Stream<Item = Req> + Send + 'static,
+    ) -> Result<Streaming<Resp>, Status>
+    where
+        Req: prost::Message + 'static,
+        Resp: prost::Message + Default,
+    {
+        let raw = self
+            .bidi_raw(method_id, requests.map(|r| Bytes::from(r.encode_to_vec())))
+            .await?;
+        Ok(Streaming::from_server(raw))
+    }
+}
+
+fn decode_response<T: prost::Message + Default>(bytes: Bytes) -> Result<T, Status> {
+    T::decode(bytes).map_err(|e| Status::internal(format!("undecodable response: {e}")))
+}

@@ -1,0 +1,327 @@
+//! What a handler and a layer know about a call: the peer, the connection and its state.
+//!
+//! The connection is the session: a handler that authenticates a peer binds an [`Identity`] to
+//! the [`Connection`], and every later call on that connection sees it.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::push::{PushRegistry, PushSender};
+use crate::routes::MethodInfo;
+
+/// An authenticated principal bound to a connection (a user or device name, or a key id).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity(Arc<str>);
+
+impl Identity {
+    /// An identity from its textual form.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Self(id.into())
+    }
+
+    /// The textual form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({:?})", &*self.0)
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A map from type to one value of that type, for state that layers and handlers share.
+#[derive(Default)]
+pub struct Extensions {
+    map: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+}
+
+impl Extensions {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores `value`, returning the previous value of the same type.
+    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
+        self.map
+            .insert(TypeId::of::<T>(), Box::new(value))
+            .and_then(|old| old.downcast().ok().map(|b: Box<T>| *b))
+    }
+
+    /// The stored value of type `T`.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.map.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+
+    /// Removes and returns the stored value of type `T`.
+    pub fn remove<T: Send + Sync + 'static>(&mut self) -> Option<T> {
+        self.map
+            .remove(&TypeId::of::<T>())
+            .and_then(|old| old.downcast().ok().map(|b: Box<T>| *b))
+    }
+
+    /// The number of stored values.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values may be secrets (session keys, tokens): show only how many there are.
+        f.debug_struct("Extensions")
+            .field("len", &self.map.len())
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct ConnectionState {
+    identity: Option<Identity>,
+    extensions: Extensions,
+}
+
+struct ConnectionInner {
+    /// `None` for a detached connection (tests of layers and handlers).
+    quic: Option<quinn::Connection>,
+    id: u64,
+    remote: SocketAddr,
+    state: Mutex<ConnectionState>,
+    push: PushSender,
+    registry: PushRegistry,
+}
+
+/// A server-side handle to one client connection and its state. Cheap to clone.
+#[derive(Clone)]
+pub struct Connection(Arc<ConnectionInner>);
+
+impl Connection {
+    pub(crate) fn new(quic: quinn::Connection, push: PushSender, registry: PushRegistry) -> Self {
+        let remote = quic.remote_address();
+        let id = quic.stable_id() as u64;
+        Self(Arc::new(ConnectionInner {
+            quic: Some(quic),
+            id,
+            remote,
+            state: Mutex::new(ConnectionState::default()),
+            push,
+            registry,
+        }))
+    }
+
+    /// A connection not backed by QUIC, for testing layers and handlers without a network.
+    ///
+    /// Its push sender reports [`PushError::Closed`](crate::PushError::Closed); binding an
+    /// identity registers it in `registry` like a real connection.
+    pub fn detached(remote: SocketAddr, registry: PushRegistry) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 48);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (push, _) = PushSender::new(1, 0, id);
+        Self(Arc::new(ConnectionInner {
+            quic: None,
+            id,
+            remote,
+            state: Mutex::new(ConnectionState::default()),
+            push,
+            registry,
+        }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, ConnectionState> {
+        // A poisoned lock only means a handler panicked while holding it; the state itself
+        // (an identity and a type map) stays consistent, so keep serving.
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection's id, unique among this server's live connections.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The peer's current address (it can change when the client migrates).
+    pub fn remote_address(&self) -> SocketAddr {
+        self.0
+            .quic
+            .as_ref()
+            .map_or(self.0.remote, quinn::Connection::remote_address)
+    }
+
+    /// The peer's address when the connection was accepted.
+    pub fn initial_remote_address(&self) -> SocketAddr {
+        self.0.remote
+    }
+
+    /// The identity bound to this connection, if a handler bound one.
+    pub fn identity(&self) -> Option<Identity> {
+        self.state().identity.clone()
+    }
+
+    /// Binds `identity` to this connection: later calls see it, and the server's
+    /// [`PushRegistry`] can reach this connection by it. Replaces any earlier identity.
+    pub fn bind_identity(&self, identity: Identity) {
+        let previous = self.state().identity.replace(identity.clone());
+        if let Some(previous) = previous {
+            self.0.registry.unregister(&previous, self.id());
+        }
+        self.0
+            .registry
+            .register(identity, self.id(), self.0.push.clone());
+    }
+
+    /// Removes the bound identity (for example on logout or session expiry).
+    pub fn clear_identity(&self) -> Option<Identity> {
+        let previous = self.state().identity.take();
+        if let Some(previous) = &previous {
+            self.0.registry.unregister(previous, self.id());
+        }
+        previous
+    }
+
+    /// Runs `f` with the connection's extension map, for state beyond the identity.
+    pub fn with_extensions<R>(&self, f: impl FnOnce(&mut Extensions) -> R) -> R {
+        f(&mut self.state().extensions)
+    }
+
+    /// The sender for push events to this connection.
+    pub fn push(&self) -> &PushSender {
+        &self.0.push
+    }
+
+    /// Closes the connection with an application error code and a reason for the peer.
+    pub fn close(&self, code: quinn::VarInt, reason: &[u8]) {
+        if let Some(quic) = &self.0.quic {
+            quic.close(code, reason);
+        }
+    }
+
+    /// Round-trip time estimate of the connection (zero when detached).
+    pub fn rtt(&self) -> std::time::Duration {
+        self.0
+            .quic
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, quinn::Connection::rtt)
+    }
+
+    pub(crate) fn on_closed(&self) {
+        if let Some(identity) = self.state().identity.take() {
+            self.0.registry.unregister(&identity, self.id());
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id())
+            .field("remote", &self.remote_address())
+            .field("identity", &self.identity())
+            .finish()
+    }
+}
+
+/// What a handler and a layer see of one call.
+#[derive(Debug)]
+pub struct RequestContext {
+    connection: Connection,
+    method_id: u16,
+    method: Option<MethodInfo>,
+    request_id: u32,
+    extensions: Extensions,
+}
+
+impl RequestContext {
+    /// A context for a call; the server builds these, tests of layers and handlers may too.
+    pub fn new(
+        connection: Connection,
+        method_id: u16,
+        method: Option<MethodInfo>,
+        request_id: u32,
+    ) -> Self {
+        Self {
+            connection,
+            method_id,
+            method,
+            request_id,
+            extensions: Extensions::new(),
+        }
+    }
+
+    /// The connection the call arrived on.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// The peer's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.connection.remote_address()
+    }
+
+    /// The connection's id.
+    pub fn connection_id(&self) -> u64 {
+        self.connection.id()
+    }
+
+    /// The identity bound to the connection, if any.
+    pub fn identity(&self) -> Option<Identity> {
+        self.connection.identity()
+    }
+
+    /// The method id from the request frame.
+    pub fn method_id(&self) -> u16 {
+        self.method_id
+    }
+
+    /// The registered method, or `None` when the id is not served here.
+    pub fn method(&self) -> Option<&MethodInfo> {
+        self.method.as_ref()
+    }
+
+    /// The request id from the request frame.
+    pub fn request_id(&self) -> u32 {
+        self.request_id
+    }
+
+    /// Per-call values that layers pass to handlers.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Mutable per-call values.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn extensions_store_one_value_per_type() {
+        let mut ext = Extensions::new();
+        assert!(ext.insert(5u32).is_none());
+        assert_eq!(ext.insert(6u32), Some(5));
+        ext.insert(String::from("s"));
+        assert_eq!(ext.get::<u32>(), Some(&6));
+        assert_eq!(ext.remove::<String>().as_deref(), Some("s"));
+        assert_eq!(ext.len(), 1);
+        assert_eq!(format!("{ext:?}"), "Extensions { len: 1 }");
+    }
+}

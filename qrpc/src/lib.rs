@@ -1,0 +1,97 @@
+//! # qrpc — RPC over QUIC, built on tower
+//!
+//! qrpc runs one call per QUIC bidirectional stream, pushes events from server to client on a
+//! unidirectional stream, and lets tower middleware wrap every call.
+//!
+//! ```text
+//!   client                                              server
+//!  ┌────────────────────┐    one bidi stream per call    ┌──────────────────────────────┐
+//!  │ Client (clone-able)│ ─────────────────────────────▶ │ accept loop ─▶ call task     │
+//!  │  └ client layers   │  [method][req_id][len][proto]  │   layers (auth, rate, audit) │
+//!  │    └ Channel       │ ◀───────────────────────────── │     └ Routes ─▶ handler      │
+//!  │ PushEvents         │  [status][req_id][len][proto]  │ PushSender / PushRegistry    │
+//!  │                    │ ◀══ one uni stream: push ═════ │                              │
+//!  └────────────────────┘                                └──────────────────────────────┘
+//! ```
+//!
+//! * [`frame`] — the sans-IO codec for the three frame shapes (`docs/wire-protocol.md`).
+//! * [`Server`] — builder with `.layer()`, `.add_service()`, `.serve()` and
+//!   `.serve_with_shutdown()`; limits in [`ServerConfig`].
+//! * [`Client`] — shared connection, all four call kinds, push events, reconnect with backoff.
+//! * [`middleware`] — auth, rate limiting (governor) and audit layers.
+//! * [`tls`] — rustls with aws-lc-rs (post-quantum `X25519MLKEM768` key exchange preferred),
+//!   self-signed certificates for development, PEM loading and certificate pinning.
+//!
+//! Services are usually generated from `.proto` files by `qrpc-build`; [`Handler`] builds them
+//! by hand.
+//!
+//! ## Example: a hand-written unary service
+//!
+//! ```
+//! use qrpc::{CallKind, Handler, MethodInfo, RoutesBuilder, RpcService, ServiceDescriptor, Status};
+//!
+//! #[derive(Clone, PartialEq, prost::Message)]
+//! struct Ping { #[prost(uint64, tag = "1")] n: u64 }
+//!
+//! const PING: MethodInfo = MethodInfo { id: 1, service: "demo.Ping", name: "Ping", kind: CallKind::Unary };
+//! static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor { name: "demo.Ping", methods: &[PING] };
+//!
+//! struct PingService;
+//! impl RpcService for PingService {
+//!     fn descriptor(&self) -> &'static ServiceDescriptor { &DESCRIPTOR }
+//!     fn register(self, routes: &mut RoutesBuilder) {
+//!         routes.add(PING, Handler::unary(|_ctx, req: Ping| async move {
+//!             Ok::<_, Status>(Ping { n: req.n + 1 })
+//!         }));
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cert = qrpc::tls::SelfSigned::generate(&["localhost"])?;
+//! let server = qrpc::Server::builder()
+//!     .tls(cert.server_tls())
+//!     .add_service(PingService)
+//!     .bind("127.0.0.1:0".parse()?)?;
+//! let addr = server.local_addr()?;
+//! tokio::spawn(server.serve());
+//!
+//! let client = qrpc::Client::connect(addr, qrpc::tls::ClientTls::pinned(cert.fingerprint())).await?;
+//! let pong: Ping = client.unary(PING.id, &Ping { n: 41 }).await?;
+//! assert_eq!(pong.n, 42);
+//! # Ok(()) }
+//! ```
+
+mod body;
+mod client;
+#[doc(hidden)]
+pub mod codegen;
+mod context;
+pub mod frame;
+mod io;
+pub mod middleware;
+pub mod protocol;
+mod push;
+mod routes;
+mod server;
+mod status;
+pub mod tls;
+
+pub use body::{
+    MessageStream, Request, RequestBody, Response, ResponseBody, ResponseStream, Streaming,
+};
+pub use client::{
+    CallRequest, Channel, Client, ClientBuilder, ClientConfig, ClientError, ConnectionState,
+    OutgoingBody, PushEvents, ReconnectPolicy,
+};
+pub use context::{Connection, Extensions, Identity, RequestContext};
+pub use push::{PushDelivery, PushError, PushRegistry, PushSender};
+pub use routes::{
+    CallKind, DuplicateMethodId, Handler, MethodInfo, Routes, RoutesBuilder, RpcService,
+    ServiceDescriptor,
+};
+pub use server::{BoundServer, Server, ServerConfig, ServerError};
+pub use status::{Code, ErrorStatus, Status};
+
+/// A boxed error, as tower middleware reports it.
+pub type BoxError = tower::BoxError;

@@ -1,0 +1,221 @@
+//! Rate limiting with governor (GCRA), keyed per peer IP, per bound identity, and per method.
+//!
+//! A call over any applicable limit ends with `ResourceExhausted` before its handler runs.
+//! Per-key state is pruned as keys go quiet, so many distinct peers do not grow memory forever.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use futures::TryFutureExt;
+use futures::future::{Either, Ready};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use tower::{BoxError, Layer, Service};
+
+use crate::body::Request;
+use crate::context::{Identity, RequestContext};
+use crate::status::Status;
+
+/// How often (in checks) idle keys are pruned.
+const PRUNE_EVERY: u64 = 4096;
+
+/// Who a per-method limit counts against: the bound identity, or the IP before login.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Caller {
+    Ip(IpAddr),
+    Identity(Identity),
+}
+
+struct Limits {
+    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    per_identity: Option<DefaultKeyedRateLimiter<Identity>>,
+    per_method: HashMap<u16, DefaultKeyedRateLimiter<Caller>>,
+    checks: AtomicU64,
+    clock: DefaultClock,
+}
+
+impl Limits {
+    fn check(&self, ctx: &RequestContext) -> Result<(), Status> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.prune();
+        }
+        let ip = ctx.remote_address().ip();
+        let identity = ctx.identity();
+        if let Some(limiter) = &self.per_ip {
+            self.check_key(limiter, &ip, "peer address")?;
+        }
+        if let (Some(limiter), Some(identity)) = (&self.per_identity, &identity) {
+            self.check_key(limiter, identity, "identity")?;
+        }
+        if let Some(limiter) = self.per_method.get(&ctx.method_id()) {
+            let caller = identity.map_or(Caller::Ip(ip), Caller::Identity);
+            self.check_key(limiter, &caller, "method")?;
+        }
+        Ok(())
+    }
+
+    fn check_key<K: Hash + Eq + Clone>(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<K>,
+        key: &K,
+        what: &str,
+    ) -> Result<(), Status> {
+        limiter.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            Status::resource_exhausted(format!(
+                "rate limit per {what} exceeded; retry in {} ms",
+                wait.as_millis().max(1)
+            ))
+        })
+    }
+
+    fn prune(&self) {
+        if let Some(l) = &self.per_ip {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.per_identity {
+            l.retain_recent();
+        }
+        for l in self.per_method.values() {
+            l.retain_recent();
+        }
+    }
+}
+
+/// Builds a [`RateLimitLayer`].
+#[derive(Debug, Default)]
+pub struct RateLimitLayerBuilder {
+    per_ip: Option<Quota>,
+    per_identity: Option<Quota>,
+    per_method: HashMap<u16, Quota>,
+}
+
+impl RateLimitLayerBuilder {
+    /// Limits calls per peer IP address, across all its connections.
+    pub fn per_ip(mut self, quota: Quota) -> Self {
+        self.per_ip = Some(quota);
+        self
+    }
+
+    /// Limits calls per bound identity, across all its connections and addresses.
+    pub fn per_identity(mut self, quota: Quota) -> Self {
+        self.per_identity = Some(quota);
+        self
+    }
+
+    /// Limits calls of one method per caller (its identity once bound, its IP before).
+    pub fn per_method(mut self, method_id: u16, quota: Quota) -> Self {
+        self.per_method.insert(method_id, quota);
+        self
+    }
+
+    /// The layer.
+    pub fn build(self) -> RateLimitLayer {
+        RateLimitLayer {
+            limits: Arc::new(Limits {
+                per_ip: self.per_ip.map(governor::RateLimiter::keyed),
+                per_identity: self.per_identity.map(governor::RateLimiter::keyed),
+                per_method: self
+                    .per_method
+                    .into_iter()
+                    .map(|(id, q)| (id, governor::RateLimiter::keyed(q)))
+                    .collect(),
+                checks: AtomicU64::new(0),
+                clock: DefaultClock::default(),
+            }),
+        }
+    }
+}
+
+/// Ends calls over their rate limit with `ResourceExhausted`. Clones share the same counters.
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    limits: Arc<Limits>,
+}
+
+impl std::fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("per_ip", &self.limits.per_ip.is_some())
+            .field("per_identity", &self.limits.per_identity.is_some())
+            .field("per_method", &self.limits.per_method.len())
+            .finish()
+    }
+}
+
+impl RateLimitLayer {
+    /// A builder with no limits set.
+    pub fn builder() -> RateLimitLayerBuilder {
+        RateLimitLayerBuilder::default()
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            limits: Arc::clone(&self.limits),
+        }
+    }
+}
+
+/// The service [`RateLimitLayer`] produces.
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    limits: Arc<Limits>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for RateLimit<S>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Either<
+        Ready<Result<S::Response, BoxError>>,
+        futures::future::MapErr<S::Future, fn(S::Error) -> BoxError>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if let Err(status) = self.limits.check(req.context()) {
+            return Either::Left(futures::future::ready(Err(Box::new(status))));
+        }
+        Either::Right(
+            self.inner
+                .call(req)
+                .map_err(Into::into as fn(S::Error) -> BoxError),
+        )
+    }
+}

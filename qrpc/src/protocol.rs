@@ -1,0 +1,40 @@
+//! Protocol constants shared by client and server: ALPN and QUIC application error codes.
+//!
+//! The codes are part of the wire contract (`docs/wire-protocol.md`); they never change meaning.
+
+use quinn::VarInt;
+
+/// The default ALPN protocol id of qrpc version 1.
+pub const DEFAULT_ALPN: &[u8] = b"qrpc/1";
+
+/// Application error codes carried by `RESET_STREAM` and `STOP_SENDING` for one call.
+///
+/// A stream reset ends that call only, never the connection.
+pub mod reset {
+    use super::VarInt;
+
+    /// The caller dropped the call before it finished (client to server, both directions).
+    pub const CANCELLED: VarInt = VarInt::from_u32(0x01);
+    /// The peer broke the framing rules (a frame for another call, a truncated frame, or
+    /// frames after the end of a unary request); sent after the error status, if one could be.
+    pub const PROTOCOL_ERROR: VarInt = VarInt::from_u32(0x02);
+    /// The stream did not deliver a complete first request frame within the header timeout.
+    pub const HEADER_TIMEOUT: VarInt = VarInt::from_u32(0x03);
+    /// The server is shutting down and did not start this call; it is safe to retry elsewhere.
+    pub const REFUSED: VarInt = VarInt::from_u32(0x04);
+    /// A frame announced a payload over the receiver's limit; sent as `STOP_SENDING` after the
+    /// `ResourceExhausted` status so that the sender stops transmitting the payload.
+    pub const PAYLOAD_TOO_LARGE: VarInt = VarInt::from_u32(0x05);
+}
+
+/// Application error codes carried by `CONNECTION_CLOSE`.
+pub mod close {
+    use super::VarInt;
+
+    /// Normal close: the client is done, or the server finished a graceful shutdown.
+    pub const NO_ERROR: VarInt = VarInt::from_u32(0x00);
+    /// The server is shutting down and its grace period for in-flight calls expired.
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(0x10);
+    /// The push stream was misused (a second push stream, or an undecodable push frame).
+    pub const PUSH_PROTOCOL_ERROR: VarInt = VarInt::from_u32(0x11);
+}

@@ -1,0 +1,59 @@
+//! Server limits and timeouts, with the defaults documented in `docs/wire-protocol.md`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::frame::DEFAULT_MAX_PAYLOAD;
+use crate::protocol::DEFAULT_ALPN;
+
+/// Limits and timeouts of a server. Every field has a sensible default.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Largest payload of one request frame (default 4 MiB). A larger frame ends its call with
+    /// `ResourceExhausted`.
+    pub max_payload: u32,
+    /// Calls (bidirectional streams) one connection may have open at once (default 100).
+    /// QUIC flow control makes further calls wait on the client, not fail.
+    pub max_concurrent_streams: u32,
+    /// A connection with no traffic for this long is closed (default 30 s).
+    pub idle_timeout: Duration,
+    /// A QUIC+TLS handshake that takes longer is abandoned (default 10 s).
+    pub handshake_timeout: Duration,
+    /// A stream that does not deliver its first complete request frame in this time is reset
+    /// with `HEADER_TIMEOUT` (default 10 s).
+    pub header_timeout: Duration,
+    /// On graceful shutdown, how long in-flight calls may take to finish (default 30 s).
+    pub shutdown_grace: Duration,
+    /// Push events queued per connection before `try_send` reports `Full` (default 256).
+    pub push_queue_capacity: usize,
+    /// ALPN protocol ids offered, most preferred first (default `qrpc/1`).
+    pub alpn: Vec<Vec<u8>>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_concurrent_streams: 100,
+            idle_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            push_queue_capacity: 256,
+            alpn: vec![DEFAULT_ALPN.to_vec()],
+        }
+    }
+}
+
+impl ServerConfig {
+    pub(crate) fn transport(&self) -> Arc<quinn::TransportConfig> {
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(self.max_concurrent_streams.into())
+            // Clients never open unidirectional streams; the server opens the push stream.
+            .max_concurrent_uni_streams(0u32.into())
+            .max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
+        Arc::new(transport)
+    }
+}

@@ -1,0 +1,320 @@
+//! The server: a builder in the style of tonic, an accept loop, and graceful shutdown.
+
+mod call;
+mod config;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::task::TaskTracker;
+use tower::Service;
+use tower_layer::{Identity as IdentityLayer, Layer, Stack};
+
+pub use config::ServerConfig;
+
+use crate::body::{Request, RequestBody, Response, ResponseBody};
+use crate::context::Connection;
+use crate::protocol::close;
+use crate::push::{PushRegistry, PushSender};
+use crate::routes::{DuplicateMethodId, Routes, RoutesBuilder, RpcService};
+use crate::tls::{ServerTls, TlsError};
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Two services registered the same method id.
+    #[error(transparent)]
+    DuplicateMethod(#[from] DuplicateMethodId),
+    /// No TLS configuration was given.
+    #[error("no TLS configuration: call Server::tls")]
+    NoTls,
+    /// The TLS configuration was rejected.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The socket could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Builds and runs a qrpc server.
+///
+/// ```no_run
+/// # async fn run(svc: impl qrpc::RpcService) -> Result<(), Box<dyn std::error::Error>> {
+/// let cert = qrpc::tls::SelfSigned::generate(&["localhost"])?;
+/// qrpc::Server::builder()
+///     .tls(cert.server_tls())
+///     .layer(qrpc::middleware::AuditLayer::new())
+///     .add_service(svc)
+///     .serve("127.0.0.1:4433".parse()?)
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Server<L = IdentityLayer> {
+    config: ServerConfig,
+    tls: Option<ServerTls>,
+    layer: L,
+    routes: RoutesBuilder,
+    registry: PushRegistry,
+}
+
+impl Server<IdentityLayer> {
+    /// A server with default limits, no services and no layers.
+    pub fn builder() -> Self {
+        Self {
+            config: ServerConfig::default(),
+            tls: None,
+            layer: IdentityLayer::new(),
+            routes: RoutesBuilder::default(),
+            registry: PushRegistry::new(),
+        }
+    }
+}
+
+impl<L> Server<L> {
+    /// The certificate and key to serve with.
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Replaces every limit and timeout at once.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Adjusts limits and timeouts in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut ServerConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Wraps every call in `layer`. The first layer added is the outermost.
+    pub fn layer<N>(self, layer: N) -> Server<Stack<N, L>> {
+        Server {
+            config: self.config,
+            tls: self.tls,
+            layer: Stack::new(layer, self.layer),
+            routes: self.routes,
+            registry: self.registry,
+        }
+    }
+
+    /// Registers every method of `service`. A method id registered twice makes
+    /// [`bind`](Self::bind) fail with [`ServerError::DuplicateMethod`].
+    pub fn add_service(mut self, service: impl RpcService) -> Self {
+        service.register(&mut self.routes);
+        self
+    }
+
+    /// The registry that reaches this server's connections by their bound identity.
+    pub fn push_registry(&self) -> PushRegistry {
+        self.registry.clone()
+    }
+
+    /// Binds the UDP socket; the server serves once [`BoundServer::serve`] runs.
+    pub fn bind<S>(self, addr: SocketAddr) -> Result<BoundServer<S>, ServerError>
+    where
+        L: Layer<Routes, Service = S>,
+    {
+        let routes = self.routes.build()?;
+        let tls = self.tls.ok_or(ServerError::NoTls)?;
+        let mut quic =
+            quinn::ServerConfig::with_crypto(Arc::new(tls.quic_config(&self.config.alpn)?));
+        quic.transport_config(self.config.transport());
+        let endpoint = quinn::Endpoint::server(quic, addr)
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let service = self.layer.layer(routes.clone());
+        Ok(BoundServer {
+            endpoint,
+            shared: Arc::new(Shared {
+                config: self.config,
+                routes,
+                registry: self.registry,
+                calls: TaskTracker::new(),
+                shutting_down: AtomicBool::new(false),
+            }),
+            service,
+        })
+    }
+
+    /// Binds `addr` and serves until the process ends.
+    pub async fn serve<S>(self, addr: SocketAddr) -> Result<(), ServerError>
+    where
+        L: Layer<Routes, Service = S>,
+        S: Service<Request<RequestBody>, Response = Response<ResponseBody>>
+            + Clone
+            + Send
+            + 'static,
+        S::Error: Into<tower::BoxError>,
+        S::Future: Send,
+    {
+        self.bind(addr)?.serve().await;
+        Ok(())
+    }
+
+    /// Binds `addr` and serves until `signal` completes, then shuts down gracefully.
+    pub async fn serve_with_shutdown<S>(
+        self,
+        addr: SocketAddr,
+        signal: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError>
+    where
+        L: Layer<Routes, Service = S>,
+        S: Service<Request<RequestBody>, Response = Response<ResponseBody>>
+            + Clone
+            + Send
+            + 'static,
+        S::Error: Into<tower::BoxError>,
+        S::Future: Send,
+    {
+        self.bind(addr)?.serve_with_shutdown(signal).await;
+        Ok(())
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) routes: Routes,
+    registry: PushRegistry,
+    calls: TaskTracker,
+    shutting_down: AtomicBool,
+}
+
+/// A server bound to its socket, ready to serve.
+pub struct BoundServer<S> {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    service: S,
+}
+
+impl<S> std::fmt::Debug for BoundServer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundServer")
+            .field("local_addr", &self.endpoint.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> BoundServer<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>> + Clone + Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send,
+{
+    /// The address the server listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The registry that reaches this server's connections by their bound identity.
+    pub fn push_registry(&self) -> PushRegistry {
+        self.shared.registry.clone()
+    }
+
+    /// Serves until the process ends.
+    pub async fn serve(self) {
+        self.serve_with_shutdown(std::future::pending()).await;
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully: stop accepting connections
+    /// and calls (new calls are reset with `REFUSED`), let in-flight calls finish within
+    /// `shutdown_grace`, then close every connection.
+    pub async fn serve_with_shutdown(self, signal: impl Future<Output = ()> + Send) {
+        let Self {
+            endpoint,
+            shared,
+            service,
+        } = self;
+        let connections = TaskTracker::new();
+        let mut signal = std::pin::pin!(signal);
+        loop {
+            tokio::select! {
+                () = &mut signal => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => {
+                        connections.spawn(handle_connection(incoming, Arc::clone(&shared), service.clone()));
+                    }
+                    None => break,
+                },
+            }
+        }
+        tracing::info!("shutting down: no new connections or calls");
+        shared.shutting_down.store(true, Ordering::SeqCst);
+        endpoint.set_server_config(None);
+        shared.calls.close();
+        let graceful = tokio::time::timeout(shared.config.shutdown_grace, shared.calls.wait())
+            .await
+            .is_ok();
+        if graceful {
+            endpoint.close(close::NO_ERROR, b"server shut down");
+        } else {
+            tracing::warn!("shutdown grace expired with calls still in flight");
+            endpoint.close(close::SHUTDOWN, b"server shut down; grace expired");
+        }
+        connections.close();
+        connections.wait().await;
+        // Let the CONNECTION_CLOSE frames go out; bounded so a vanished peer cannot hold us.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
+}
+
+async fn handle_connection<S>(incoming: quinn::Incoming, shared: Arc<Shared>, service: S)
+where
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>> + Clone + Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send,
+{
+    let remote = incoming.remote_address();
+    let quic = match tokio::time::timeout(shared.config.handshake_timeout, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => {
+            tracing::debug!(%remote, %err, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "handshake timed out");
+            return;
+        }
+    };
+    let (push, push_rx) = PushSender::new(
+        shared.config.push_queue_capacity,
+        shared.config.max_payload,
+        quic.stable_id() as u64,
+    );
+    tokio::spawn(crate::push::run_writer(quic.clone(), push_rx));
+    let connection = Connection::new(quic.clone(), push, shared.registry.clone());
+    tracing::debug!(%remote, id = connection.id(), "connection established");
+    loop {
+        match quic.accept_bi().await {
+            Ok((mut send, mut recv)) => {
+                if shared.shutting_down.load(Ordering::SeqCst) {
+                    let _ = send.reset(crate::protocol::reset::REFUSED);
+                    let _ = recv.stop(crate::protocol::reset::REFUSED);
+                    continue;
+                }
+                shared.calls.spawn(call::serve_call(
+                    send,
+                    recv,
+                    connection.clone(),
+                    Arc::clone(&shared),
+                    service.clone(),
+                ));
+            }
+            Err(err) => {
+                tracing::debug!(%remote, id = connection.id(), %err, "connection closed");
+                break;
+            }
+        }
+    }
+    connection.on_closed();
+}

@@ -1,0 +1,417 @@
+//! TLS for qrpc: server certificates, client trust (roots or a pinned certificate), and
+//! the crypto provider.
+//!
+//! qrpc uses rustls with the aws-lc-rs provider, so every QUIC handshake offers the
+//! post-quantum hybrid key exchange `X25519MLKEM768` first (falling back to X25519 for peers
+//! without it). TLS 1.3 only, as QUIC requires. There is no verifier that accepts any
+//! certificate: a client trusts root certificates or pins the server's certificate by SHA-256.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+/// Why a TLS configuration could not be built or loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    #[error("cannot load {what} from {path}: {reason}")]
+    Pem {
+        /// What was being loaded.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Certificate generation failed.
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls rejected the configuration.
+    #[error("invalid TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The rustls configuration cannot drive QUIC.
+    #[error("TLS configuration unusable for QUIC: {0}")]
+    Quic(String),
+    /// A fingerprint string was not 64 hex digits.
+    #[error("a SHA-256 fingerprint is 64 hex digits (colons allowed)")]
+    BadFingerprint,
+}
+
+/// The crypto provider qrpc uses: aws-lc-rs, preferring `X25519MLKEM768`.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The SHA-256 fingerprint of a DER certificate, as a client pins it.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    Sha256::digest(cert.as_ref()).into()
+}
+
+/// Formats a fingerprint as lowercase hex pairs separated by colons.
+pub fn format_fingerprint(fp: &[u8; 32]) -> String {
+    fp.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses a fingerprint written as 64 hex digits, with or without colons.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
+    let hex: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
+    if hex.len() != 64 {
+        return Err(TlsError::BadFingerprint);
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).map_err(|_| TlsError::BadFingerprint)?;
+        out[i] = u8::from_str_radix(s, 16).map_err(|_| TlsError::BadFingerprint)?;
+    }
+    Ok(out)
+}
+
+/// A server's certificate chain and private key.
+pub struct ServerTls {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ServerTls {
+    /// A chain (leaf first) and its key.
+    pub fn new(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
+        Self { certs, key }
+    }
+
+    /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        let pem_err = |what, path: &Path, reason: String| TlsError::Pem {
+            what,
+            path: path.display().to_string(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(cert_path)
+            .map_err(|e| pem_err("certificates", cert_path, e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_err("certificates", cert_path, e.to_string()))?;
+        if certs.is_empty() {
+            return Err(pem_err(
+                "certificates",
+                cert_path,
+                "no certificate found".into(),
+            ));
+        }
+        // The key's error text never includes key material.
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .map_err(|e| pem_err("private key", key_path, e.to_string()))?;
+        Ok(Self { certs, key })
+    }
+
+    /// The leaf certificate.
+    pub fn leaf(&self) -> Option<&CertificateDer<'static>> {
+        self.certs.first()
+    }
+
+    pub(crate) fn quic_config(
+        &self,
+        alpn: &[Vec<u8>],
+    ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+        let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(self.certs.clone(), self.key.clone_key())?;
+        tls.alpn_protocols = alpn.to_vec();
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| TlsError::Quic(e.to_string()))
+    }
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("chain_len", &self.certs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A freshly generated self-signed certificate, for development and zero-config servers.
+pub struct SelfSigned {
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl SelfSigned {
+    /// Generates a certificate valid for `names` (DNS names or IP addresses).
+    pub fn generate(names: &[&str]) -> Result<Self, TlsError> {
+        let ck = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )?;
+        Ok(Self {
+            cert: ck.cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()),
+        })
+    }
+
+    /// The DER certificate.
+    pub fn cert(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The certificate's SHA-256 fingerprint, for clients to pin.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        fingerprint(&self.cert)
+    }
+
+    /// The certificate in PEM form.
+    pub fn cert_pem(&self) -> String {
+        pem_encode("CERTIFICATE", self.cert.as_ref())
+    }
+
+    /// The private key in PEM form, wiped from memory on drop. Write it to a file only the
+    /// server can read.
+    pub fn key_pem(&self) -> zeroize::Zeroizing<String> {
+        zeroize::Zeroizing::new(pem_encode("PRIVATE KEY", self.key.secret_pkcs8_der()))
+    }
+
+    /// The certificate and key as a server configuration.
+    pub fn server_tls(&self) -> ServerTls {
+        ServerTls::new(
+            vec![self.cert.clone()],
+            PrivateKeyDer::Pkcs8(self.key.clone_key()),
+        )
+    }
+}
+
+impl fmt::Debug for SelfSigned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SelfSigned")
+            .field("fingerprint", &format_fingerprint(&self.fingerprint()))
+            .finish_non_exhaustive()
+    }
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    // Sized up front so the buffer never reallocates and leaves key bytes behind.
+    let mut b64 = zeroize::Zeroizing::new(String::with_capacity(der.len().div_ceil(3) * 4));
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
+    out.push_str(&format!("-----BEGIN {label}-----\n"));
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// How a client decides to trust the server.
+#[derive(Clone)]
+pub struct ClientTls {
+    trust: Trust,
+    server_name: String,
+}
+
+#[derive(Clone)]
+enum Trust {
+    Roots(Arc<RootCertStore>),
+    Pinned([u8; 32]),
+}
+
+impl ClientTls {
+    /// Trusts servers whose certificate chains to one of `roots` and names `server_name`.
+    pub fn with_roots(roots: RootCertStore, server_name: impl Into<String>) -> Self {
+        Self {
+            trust: Trust::Roots(Arc::new(roots)),
+            server_name: server_name.into(),
+        }
+    }
+
+    /// Trusts exactly one certificate, as a root, for `server_name`.
+    pub fn trust_certificate(
+        cert: CertificateDer<'static>,
+        server_name: impl Into<String>,
+    ) -> Result<Self, TlsError> {
+        let mut roots = RootCertStore::empty();
+        roots.add(cert)?;
+        Ok(Self::with_roots(roots, server_name))
+    }
+
+    /// Trusts only a server whose leaf certificate has this SHA-256 fingerprint.
+    ///
+    /// The handshake signature is still verified against that certificate, so a peer without the
+    /// private key cannot pass. Names and validity dates are not checked: the pin is the trust.
+    pub fn pinned(sha256: [u8; 32]) -> Self {
+        Self {
+            trust: Trust::Pinned(sha256),
+            server_name: "qrpc.invalid".into(),
+        }
+    }
+
+    /// The name sent in SNI and, with root trust, checked against the certificate.
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// Overrides the server name.
+    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = name.into();
+        self
+    }
+
+    pub(crate) fn quic_config(
+        &self,
+        alpn: &[Vec<u8>],
+    ) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+        let provider = crypto_provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let mut tls = match &self.trust {
+            Trust::Roots(roots) => builder
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth(),
+            Trust::Pinned(pin) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                    pin: *pin,
+                    provider,
+                }))
+                .with_no_client_auth(),
+        };
+        tls.alpn_protocols = alpn.to_vec();
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| TlsError::Quic(e.to_string()))
+    }
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let trust = match &self.trust {
+            Trust::Roots(r) => format!("roots({})", r.len()),
+            Trust::Pinned(p) => format!("pinned({})", format_fingerprint(p)),
+        };
+        f.debug_struct("ClientTls")
+            .field("trust", &trust)
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// Accepts exactly the pinned leaf certificate, and checks handshake signatures against it.
+#[derive(Debug)]
+struct PinnedVerifier {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if fingerprint(end_entity) == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn fingerprint_text_round_trip() {
+        let fp: [u8; 32] = core::array::from_fn(|i| i as u8 * 7);
+        let text = format_fingerprint(&fp);
+        assert_eq!(parse_fingerprint(&text).unwrap(), fp);
+        assert_eq!(parse_fingerprint(&text.replace(':', "")).unwrap(), fp);
+        assert!(parse_fingerprint("abc").is_err());
+        assert!(parse_fingerprint(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn generated_pem_parses_back() {
+        let ss = SelfSigned::generate(&["localhost"]).unwrap();
+        let cert = CertificateDer::from_pem_slice(ss.cert_pem().as_bytes()).unwrap();
+        assert_eq!(cert, *ss.cert());
+        let key = PrivateKeyDer::from_pem_slice(ss.key_pem().as_bytes()).unwrap();
+        assert!(matches!(key, PrivateKeyDer::Pkcs8(_)));
+        assert!(!format!("{ss:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn pem_files_load_and_missing_files_say_which() {
+        let dir = std::env::temp_dir().join(format!("qrpc-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ss = SelfSigned::generate(&["localhost"]).unwrap();
+        std::fs::write(dir.join("cert.pem"), ss.cert_pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), ss.key_pem()).unwrap();
+        let tls = ServerTls::from_pem_files(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
+        assert_eq!(tls.leaf(), Some(ss.cert()));
+        let err =
+            ServerTls::from_pem_files(&dir.join("nope.pem"), &dir.join("key.pem")).unwrap_err();
+        assert!(err.to_string().contains("nope.pem"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
