@@ -118,6 +118,11 @@ impl ServerTls {
         self.certs.first()
     }
 
+    /// A quinn server configuration with this certificate and `alpn`.
+    pub fn quinn_server_config(&self, alpn: &[Vec<u8>]) -> Result<quinn::ServerConfig, TlsError> {
+        Ok(quinn::ServerConfig::with_crypto(Arc::new(self.quic_config(alpn)?)))
+    }
+
     pub(crate) fn quic_config(
         &self,
         alpn: &[Vec<u8>],
@@ -275,6 +280,12 @@ impl ClientTls {
     pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
         self.server_name = name.into();
         self
+    }
+
+    /// A quinn client configuration with this trust and `alpn`, for talking to a qrpc server
+    /// with plain quinn.
+    pub fn quinn_client_config(&self, alpn: &[Vec<u8>]) -> Result<quinn::ClientConfig, TlsError> {
+        Ok(quinn::ClientConfig::new(Arc::new(self.quic_config(alpn)?)))
     }
 
     pub(crate) fn quic_config(

@@ -1,0 +1,239 @@
+//! A test service exercising every call kind, and helpers to run it on loopback.
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use qrpc::tls::{ClientTls, SelfSigned};
+use qrpc::{
+    BoundServer, CallKind, Client, Handler, Identity, MethodInfo, RoutesBuilder, RpcService, Server,
+    ServiceDescriptor, Status,
+};
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Msg {
+    #[prost(bytes = "vec", tag = "1")]
+    pub data: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub n: u64,
+    #[prost(string, tag = "3")]
+    pub text: String,
+}
+
+impl Msg {
+    pub fn n(n: u64) -> Self {
+        Self { n, ..Self::default() }
+    }
+}
+
+const fn method(id: u16, name: &'static str, kind: CallKind) -> MethodInfo {
+    MethodInfo { id, service: "test.Svc", name, kind }
+}
+
+pub const ECHO: MethodInfo = method(1, "Echo", CallKind::Unary);
+pub const SLOW: MethodInfo = method(2, "Slow", CallKind::Unary);
+pub const COUNT: MethodInfo = method(3, "Count", CallKind::ServerStreaming);
+pub const SUM: MethodInfo = method(4, "Sum", CallKind::ClientStreaming);
+pub const CHAT: MethodInfo = method(5, "Chat", CallKind::Bidi);
+pub const PANIC: MethodInfo = method(6, "Panic", CallKind::Unary);
+pub const LOGIN: MethodInfo = method(7, "Login", CallKind::Unary);
+pub const WHOAMI: MethodInfo = method(8, "WhoAmI", CallKind::Unary);
+pub const PUSH: MethodInfo = method(9, "Push", CallKind::Unary);
+pub const FAIL: MethodInfo = method(10, "Fail", CallKind::Unary);
+
+pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
+    name: "test.Svc",
+    methods: &[ECHO, SLOW, COUNT, SUM, CHAT, PANIC, LOGIN, WHOAMI, PUSH, FAIL],
+};
+
+/// Counters the tests read to observe the server.
+#[derive(Default)]
+pub struct Observed {
+    pub slow_started: AtomicUsize,
+    pub slow_dropped: AtomicUsize,
+    pub slow_finished: AtomicUsize,
+}
+
+#[derive(Clone, Default)]
+pub struct TestService {
+    pub observed: Arc<Observed>,
+}
+
+struct DropFlag(Arc<Observed>, bool);
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.slow_dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl RpcService for TestService {
+    fn descriptor(&self) -> &'static ServiceDescriptor {
+        &DESCRIPTOR
+    }
+
+    fn register(self, routes: &mut RoutesBuilder) {
+        let observed = self.observed.clone();
+        routes
+            .add(ECHO, Handler::unary(|_ctx, m: Msg| async move { Ok::<_, Status>(m) }))
+            .add(
+                SLOW,
+                Handler::unary(move |_ctx, m: Msg| {
+                    let observed = observed.clone();
+                    async move {
+                        observed.slow_started.fetch_add(1, Ordering::SeqCst);
+                        let mut flag = DropFlag(observed.clone(), false);
+                        tokio::time::sleep(Duration::from_millis(m.n)).await;
+                        flag.1 = true;
+                        observed.slow_finished.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Status>(m)
+                    }
+                }),
+            )
+            .add(
+                COUNT,
+                Handler::server_streaming(|_ctx, m: Msg| async move {
+                    let items = (0..m.n).map(|i| Ok(Msg::n(i)));
+                    Ok::<_, Status>(futures::stream::iter(items).boxed())
+                }),
+            )
+            .add(
+                SUM,
+                Handler::client_streaming(|_ctx, mut s: qrpc::Streaming<Msg>| async move {
+                    let mut total = 0;
+                    while let Some(m) = s.message().await? {
+                        total += m.n;
+                    }
+                    Ok::<_, Status>(Msg::n(total))
+                }),
+            )
+            .add(
+                CHAT,
+                Handler::bidi(|_ctx, s: qrpc::Streaming<Msg>| async move {
+                    Ok::<_, Status>(s.map(|m| m.map(|m| Msg::n(m.n * 2))).boxed())
+                }),
+            )
+            .add(
+                PANIC,
+                Handler::unary(|_ctx, _m: Msg| async move {
+                    if std::hint::black_box(true) {
+                        panic!("handler bug");
+                    }
+                    Ok::<Msg, Status>(Msg::default())
+                }),
+            )
+            .add(
+                LOGIN,
+                Handler::unary(|ctx, m: Msg| async move {
+                    ctx.connection().bind_identity(Identity::new(m.text.clone()));
+                    Ok::<_, Status>(m)
+                }),
+            )
+            .add(
+                WHOAMI,
+                Handler::unary(|ctx, _m: Msg| async move {
+                    let text = ctx.identity().map(|i| i.as_str().to_owned()).unwrap_or_default();
+                    Ok::<_, Status>(Msg { text, ..Msg::default() })
+                }),
+            )
+            .add(
+                PUSH,
+                Handler::unary(|ctx, m: Msg| async move {
+                    let mut queued = 0;
+                    for i in 0..m.n {
+                        let payload = prost::Message::encode_to_vec(&Msg::n(i));
+                        if ctx.connection().push().try_send(7, payload.into()).is_ok() {
+                            queued += 1;
+                        }
+                    }
+                    Ok::<_, Status>(Msg::n(queued))
+                }),
+            )
+            .add(
+                FAIL,
+                Handler::unary(|_ctx, m: Msg| async move {
+                    Err::<Msg, _>(Status::with_details(qrpc::Code::NotFound, m.text, vec![1, 2, 3].into()))
+                }),
+            );
+    }
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub fingerprint: [u8; 32],
+    pub registry: qrpc::PushRegistry,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn tls(&self) -> ClientTls {
+        ClientTls::pinned(self.fingerprint)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr, self.tls()).await.unwrap()
+    }
+
+    /// Signals shutdown and returns the serve task to await.
+    pub fn shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap()
+    }
+}
+
+pub fn cert() -> SelfSigned {
+    SelfSigned::generate(&["localhost"]).unwrap()
+}
+
+/// Runs a bound server in the background with a shutdown switch.
+pub fn run<S>(server: BoundServer<S>, fingerprint: [u8; 32]) -> Running
+where
+    S: tower::Service<qrpc::Request<qrpc::RequestBody>, Response = qrpc::Response<qrpc::ResponseBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Error: Into<qrpc::BoxError>,
+    S::Future: Send,
+{
+    let addr = server.local_addr().unwrap();
+    let registry = server.push_registry();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve_with_shutdown(async move {
+        let _ = rx.await;
+    }));
+    Running { addr, fingerprint, registry, shutdown: Some(tx), task: Some(task) }
+}
+
+/// The test service on loopback with default settings.
+pub fn start(service: TestService) -> Running {
+    start_with(service, |s| s)
+}
+
+/// The test service with adjusted config.
+pub fn start_with(service: TestService, f: impl FnOnce(&mut qrpc::ServerConfig) -> &mut qrpc::ServerConfig) -> Running {
+    let cert = cert();
+    let server = Server::builder()
+        .tls(cert.server_tls())
+        .configure(|c| {
+            f(c);
+        })
+        .add_service(service)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    run(server, cert.fingerprint())
+}
+
+pub async fn eventually(mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 5 s");
+}
