@@ -120,7 +120,9 @@ impl ServerTls {
 
     /// A quinn server configuration with this certificate and `alpn`.
     pub fn quinn_server_config(&self, alpn: &[Vec<u8>]) -> Result<quinn::ServerConfig, TlsError> {
-        Ok(quinn::ServerConfig::with_crypto(Arc::new(self.quic_config(alpn)?)))
+        Ok(quinn::ServerConfig::with_crypto(Arc::new(
+            self.quic_config(alpn)?,
+        )))
     }
 
     pub(crate) fn quic_config(

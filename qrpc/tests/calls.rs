@@ -17,10 +17,22 @@ async fn all_four_call_kinds() {
     let server = start(TestService::default());
     let client = server.client().await;
 
-    let echo: Msg = client.unary(ECHO.id, &Msg { text: "hi".into(), ..Msg::default() }).await.unwrap();
+    let echo: Msg = client
+        .unary(
+            ECHO.id,
+            &Msg {
+                text: "hi".into(),
+                ..Msg::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(echo.text, "hi");
 
-    let mut stream = client.server_streaming::<_, Msg>(COUNT.id, &Msg::n(5)).await.unwrap();
+    let mut stream = client
+        .server_streaming::<_, Msg>(COUNT.id, &Msg::n(5))
+        .await
+        .unwrap();
     let mut got = vec![];
     while let Some(m) = stream.message().await.unwrap() {
         got.push(m.n);
@@ -33,7 +45,10 @@ async fn all_four_call_kinds() {
         .unwrap();
     assert_eq!(sum.n, 55);
 
-    let empty_sum: Msg = client.client_streaming(SUM.id, futures::stream::empty::<Msg>()).await.unwrap();
+    let empty_sum: Msg = client
+        .client_streaming(SUM.id, futures::stream::empty::<Msg>())
+        .await
+        .unwrap();
     assert_eq!(empty_sum.n, 0);
 
     let replies: Vec<u64> = client
@@ -45,7 +60,10 @@ async fn all_four_call_kinds() {
         .await;
     assert_eq!(replies, vec![2, 4, 6, 8]);
 
-    let empty_stream = client.server_streaming::<_, Msg>(COUNT.id, &Msg::n(0)).await.unwrap();
+    let empty_stream = client
+        .server_streaming::<_, Msg>(COUNT.id, &Msg::n(0))
+        .await
+        .unwrap();
     assert_eq!(empty_stream.count().await, 0);
 }
 
@@ -67,7 +85,9 @@ async fn bidi_replies_interleave_with_requests() {
     assert!(replies.message().await.unwrap().is_none());
 }
 
-fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Msg>) -> impl futures::Stream<Item = Msg> + Send + 'static {
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Msg>,
+) -> impl futures::Stream<Item = Msg> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -76,7 +96,13 @@ async fn error_status_carries_code_message_and_details() {
     let server = start(TestService::default());
     let client = server.client().await;
     let err = client
-        .unary::<_, Msg>(FAIL.id, &Msg { text: "no such thing".into(), ..Msg::default() })
+        .unary::<_, Msg>(
+            FAIL.id,
+            &Msg {
+                text: "no such thing".into(),
+                ..Msg::default()
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -91,7 +117,16 @@ async fn thousand_concurrent_unary_calls_on_one_connection() {
     let calls = (0..1000u64).map(|i| {
         let client = client.clone();
         async move {
-            let reply: Msg = client.unary(ECHO.id, &Msg { n: i, data: i.to_be_bytes().to_vec(), ..Msg::default() }).await?;
+            let reply: Msg = client
+                .unary(
+                    ECHO.id,
+                    &Msg {
+                        n: i,
+                        data: i.to_be_bytes().to_vec(),
+                        ..Msg::default()
+                    },
+                )
+                .await?;
             Ok::<_, Status>((i, reply))
         }
     });
@@ -125,18 +160,34 @@ async fn oversize_payload_fails_that_call_only() {
         .connect()
         .await
         .unwrap();
-    let big = Msg { data: vec![7; 1024 * 1024], ..Msg::default() };
+    let big = Msg {
+        data: vec![7; 1024 * 1024],
+        ..Msg::default()
+    };
     let err = client.unary::<_, Msg>(ECHO.id, &big).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert!(err.message().contains("exceeds the limit"), "{err}");
 
     // Exactly at the limit is fine; one byte over is not.
     // (tag 1 byte + 3-byte length varint + data)
-    let at_limit = Msg { data: vec![0u8; 64 * 1024 - 4], ..Msg::default() };
+    let at_limit = Msg {
+        data: vec![0u8; 64 * 1024 - 4],
+        ..Msg::default()
+    };
     assert_eq!(prost::Message::encoded_len(&at_limit), 64 * 1024);
     assert!(client.unary::<_, Msg>(ECHO.id, &at_limit).await.is_ok());
-    let over = Msg { data: vec![0u8; 64 * 1024 - 3], ..Msg::default() };
-    assert_eq!(client.unary::<_, Msg>(ECHO.id, &over).await.unwrap_err().code(), Code::ResourceExhausted);
+    let over = Msg {
+        data: vec![0u8; 64 * 1024 - 3],
+        ..Msg::default()
+    };
+    assert_eq!(
+        client
+            .unary::<_, Msg>(ECHO.id, &over)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::ResourceExhausted
+    );
 
     let ok: Msg = client.unary(ECHO.id, &Msg::n(3)).await.unwrap();
     assert_eq!(ok.n, 3);
@@ -151,7 +202,14 @@ async fn oversize_response_is_refused_by_the_client() {
         .await
         .unwrap();
     let err = client
-        .unary::<_, Msg>(ECHO.id, &Msg { data: vec![1; 1000], text: "x".repeat(100), ..Msg::default() })
+        .unary::<_, Msg>(
+            ECHO.id,
+            &Msg {
+                data: vec![1; 1000],
+                text: "x".repeat(100),
+                ..Msg::default()
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
@@ -162,11 +220,17 @@ async fn oversize_response_is_refused_by_the_client() {
 async fn raw_connection(server: &Running) -> quinn::Connection {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(pinned_quic_config(server.fingerprint));
-    endpoint.connect(server.addr, "localhost").unwrap().await.unwrap()
+    endpoint
+        .connect(server.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap()
 }
 
 fn pinned_quic_config(fp: [u8; 32]) -> quinn::ClientConfig {
-    qrpc::tls::ClientTls::pinned(fp).quinn_client_config(&[qrpc::protocol::DEFAULT_ALPN.to_vec()]).unwrap()
+    qrpc::tls::ClientTls::pinned(fp)
+        .quinn_client_config(&[qrpc::protocol::DEFAULT_ALPN.to_vec()])
+        .unwrap()
 }
 
 async fn read_response(recv: &mut quinn::RecvStream) -> Result<ResponseFrame, String> {
@@ -181,7 +245,9 @@ async fn garbage_on_one_stream_fails_only_that_call() {
 
     // A header announcing a small payload, then too few bytes: truncated frame.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&[0, 1, 0, 0, 0, 9, 0, 0, 0, 50, 1, 2, 3]).await.unwrap();
+    send.write_all(&[0, 1, 0, 0, 0, 9, 0, 0, 0, 50, 1, 2, 3])
+        .await
+        .unwrap();
     send.finish().unwrap();
     let resp = read_response(&mut recv).await.unwrap();
     assert_eq!(Code::from_u8(resp.status), Code::InvalidArgument);
@@ -189,14 +255,22 @@ async fn garbage_on_one_stream_fails_only_that_call() {
 
     // Random bytes: whatever they decode to, this call fails and nothing else does.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&[0xde, 0xad, 0xbe, 0xef, 0xff, 0x00, 0x13, 0x37, 0x42, 0x99, 0x01]).await.unwrap();
+    send.write_all(&[
+        0xde, 0xad, 0xbe, 0xef, 0xff, 0x00, 0x13, 0x37, 0x42, 0x99, 0x01,
+    ])
+    .await
+    .unwrap();
     send.finish().unwrap();
     let resp = read_response(&mut recv).await.unwrap();
     assert_ne!(Code::from_u8(resp.status), Code::Ok);
 
     // A valid protobuf header with an undecodable payload for ECHO.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let frame = RequestFrame { method_id: ECHO.id, request_id: 11, payload: Bytes::from_static(&[0x0a, 0xff]) };
+    let frame = RequestFrame {
+        method_id: ECHO.id,
+        request_id: 11,
+        payload: Bytes::from_static(&[0x0a, 0xff]),
+    };
     send.write_all(&frame.to_bytes()).await.unwrap();
     send.finish().unwrap();
     let resp = read_response(&mut recv).await.unwrap();
@@ -207,13 +281,20 @@ async fn garbage_on_one_stream_fails_only_that_call() {
     send.write_all(&[0, 1, 0]).await.unwrap();
     send.finish().unwrap();
     let resp = read_response(&mut recv).await.unwrap();
-    assert_eq!((Code::from_u8(resp.status), resp.request_id), (Code::InvalidArgument, 0));
+    assert_eq!(
+        (Code::from_u8(resp.status), resp.request_id),
+        (Code::InvalidArgument, 0)
+    );
 
     // The same connection still serves a well-formed call.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let mut buf = BytesMut::new();
-    RequestFrame { method_id: ECHO.id, request_id: 12, payload: prost::Message::encode_to_vec(&Msg::n(5)).into() }
-        .encode(&mut buf);
+    RequestFrame {
+        method_id: ECHO.id,
+        request_id: 12,
+        payload: prost::Message::encode_to_vec(&Msg::n(5)).into(),
+    }
+    .encode(&mut buf);
     send.write_all(&buf).await.unwrap();
     send.finish().unwrap();
     let resp = read_response(&mut recv).await.unwrap();
@@ -228,12 +309,25 @@ async fn frames_of_another_call_end_the_stream_with_invalid_argument() {
     let conn = raw_connection(&server).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let mut buf = BytesMut::new();
-    RequestFrame { method_id: SUM.id, request_id: 3, payload: Bytes::new() }.encode(&mut buf);
-    RequestFrame { method_id: SUM.id, request_id: 4, payload: Bytes::new() }.encode(&mut buf);
+    RequestFrame {
+        method_id: SUM.id,
+        request_id: 3,
+        payload: Bytes::new(),
+    }
+    .encode(&mut buf);
+    RequestFrame {
+        method_id: SUM.id,
+        request_id: 4,
+        payload: Bytes::new(),
+    }
+    .encode(&mut buf);
     send.write_all(&buf).await.unwrap();
     send.finish().unwrap();
     let resp = read_response(&mut recv).await.unwrap();
-    assert_eq!((Code::from_u8(resp.status), resp.request_id), (Code::InvalidArgument, 3));
+    assert_eq!(
+        (Code::from_u8(resp.status), resp.request_id),
+        (Code::InvalidArgument, 3)
+    );
 }
 
 #[tokio::test]
@@ -257,7 +351,10 @@ async fn panicking_handler_gets_internal_and_server_keeps_serving() {
     let server = start(TestService::default());
     let client = server.client().await;
     for _ in 0..3 {
-        let err = client.unary::<_, Msg>(PANIC.id, &Msg::default()).await.unwrap_err();
+        let err = client
+            .unary::<_, Msg>(PANIC.id, &Msg::default())
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Internal);
     }
     let ok: Msg = client.unary(ECHO.id, &Msg::n(9)).await.unwrap();
@@ -287,7 +384,10 @@ async fn client_cancel_drops_the_handler_future() {
 async fn dropping_a_response_stream_cancels_the_server_stream() {
     let server = start(TestService::default());
     let client = server.client().await;
-    let mut stream = client.server_streaming::<_, Msg>(COUNT.id, &Msg::n(1_000_000)).await.unwrap();
+    let mut stream = client
+        .server_streaming::<_, Msg>(COUNT.id, &Msg::n(1_000_000))
+        .await
+        .unwrap();
     assert_eq!(stream.message().await.unwrap().unwrap().n, 0);
     drop(stream);
     // The server stops producing; the connection is healthy.
@@ -304,7 +404,10 @@ async fn duplicate_method_ids_refuse_to_bind() {
         .bind("127.0.0.1:0".parse().unwrap())
         .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("method id 1") && text.contains("test.Svc/Echo"), "{text}");
+    assert!(
+        text.contains("method id 1") && text.contains("test.Svc/Echo"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -313,7 +416,14 @@ async fn streaming_call_opened_like_unary_is_invalid() {
     let conn = raw_connection(&server).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let mut buf = BytesMut::new();
-    buf.put_slice(&RequestFrame { method_id: SUM.id, request_id: 1, payload: Bytes::from_static(&[0x10, 0x01]) }.to_bytes());
+    buf.put_slice(
+        &RequestFrame {
+            method_id: SUM.id,
+            request_id: 1,
+            payload: Bytes::from_static(&[0x10, 0x01]),
+        }
+        .to_bytes(),
+    );
     send.write_all(&buf).await.unwrap();
     send.finish().unwrap();
     let resp = read_response(&mut recv).await.unwrap();

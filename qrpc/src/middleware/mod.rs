@@ -11,4 +11,6 @@ mod rate_limit;
 
 pub use audit::{Audit, AuditLayer, AuditRecord};
 pub use auth::{Auth, AuthLayer, AuthPolicy, Authenticator, RequireIdentity};
+/// A rate: how many calls per period, with a burst (re-exported from governor).
+pub use governor::Quota;
 pub use rate_limit::{RateLimit, RateLimitLayer, RateLimitLayerBuilder};

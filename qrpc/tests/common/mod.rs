@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use qrpc::tls::{ClientTls, SelfSigned};
 use qrpc::{
-    BoundServer, CallKind, Client, Handler, Identity, MethodInfo, RoutesBuilder, RpcService, Server,
-    ServiceDescriptor, Status,
+    BoundServer, CallKind, Client, Handler, Identity, MethodInfo, RoutesBuilder, RpcService,
+    Server, ServiceDescriptor, Status,
 };
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -25,12 +25,20 @@ pub struct Msg {
 
 impl Msg {
     pub fn n(n: u64) -> Self {
-        Self { n, ..Self::default() }
+        Self {
+            n,
+            ..Self::default()
+        }
     }
 }
 
 const fn method(id: u16, name: &'static str, kind: CallKind) -> MethodInfo {
-    MethodInfo { id, service: "test.Svc", name, kind }
+    MethodInfo {
+        id,
+        service: "test.Svc",
+        name,
+        kind,
+    }
 }
 
 pub const ECHO: MethodInfo = method(1, "Echo", CallKind::Unary);
@@ -46,7 +54,9 @@ pub const FAIL: MethodInfo = method(10, "Fail", CallKind::Unary);
 
 pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
     name: "test.Svc",
-    methods: &[ECHO, SLOW, COUNT, SUM, CHAT, PANIC, LOGIN, WHOAMI, PUSH, FAIL],
+    methods: &[
+        ECHO, SLOW, COUNT, SUM, CHAT, PANIC, LOGIN, WHOAMI, PUSH, FAIL,
+    ],
 };
 
 /// Counters the tests read to observe the server.
@@ -55,6 +65,8 @@ pub struct Observed {
     pub slow_started: AtomicUsize,
     pub slow_dropped: AtomicUsize,
     pub slow_finished: AtomicUsize,
+    pub in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
 }
 
 #[derive(Clone, Default)]
@@ -79,16 +91,22 @@ impl RpcService for TestService {
     fn register(self, routes: &mut RoutesBuilder) {
         let observed = self.observed.clone();
         routes
-            .add(ECHO, Handler::unary(|_ctx, m: Msg| async move { Ok::<_, Status>(m) }))
+            .add(
+                ECHO,
+                Handler::unary(|_ctx, m: Msg| async move { Ok::<_, Status>(m) }),
+            )
             .add(
                 SLOW,
                 Handler::unary(move |_ctx, m: Msg| {
                     let observed = observed.clone();
                     async move {
                         observed.slow_started.fetch_add(1, Ordering::SeqCst);
+                        let now = observed.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        observed.max_in_flight.fetch_max(now, Ordering::SeqCst);
                         let mut flag = DropFlag(observed.clone(), false);
                         tokio::time::sleep(Duration::from_millis(m.n)).await;
                         flag.1 = true;
+                        observed.in_flight.fetch_sub(1, Ordering::SeqCst);
                         observed.slow_finished.fetch_add(1, Ordering::SeqCst);
                         Ok::<_, Status>(m)
                     }
@@ -129,15 +147,22 @@ impl RpcService for TestService {
             .add(
                 LOGIN,
                 Handler::unary(|ctx, m: Msg| async move {
-                    ctx.connection().bind_identity(Identity::new(m.text.clone()));
+                    ctx.connection()
+                        .bind_identity(Identity::new(m.text.clone()));
                     Ok::<_, Status>(m)
                 }),
             )
             .add(
                 WHOAMI,
                 Handler::unary(|ctx, _m: Msg| async move {
-                    let text = ctx.identity().map(|i| i.as_str().to_owned()).unwrap_or_default();
-                    Ok::<_, Status>(Msg { text, ..Msg::default() })
+                    let text = ctx
+                        .identity()
+                        .map(|i| i.as_str().to_owned())
+                        .unwrap_or_default();
+                    Ok::<_, Status>(Msg {
+                        text,
+                        ..Msg::default()
+                    })
                 }),
             )
             .add(
@@ -145,7 +170,12 @@ impl RpcService for TestService {
                 Handler::unary(|ctx, m: Msg| async move {
                     let mut queued = 0;
                     for i in 0..m.n {
-                        let payload = prost::Message::encode_to_vec(&Msg::n(i));
+                        let event = Msg {
+                            n: i,
+                            data: m.data.clone(),
+                            ..Msg::default()
+                        };
+                        let payload = prost::Message::encode_to_vec(&event);
                         if ctx.connection().push().try_send(7, payload.into()).is_ok() {
                             queued += 1;
                         }
@@ -156,7 +186,11 @@ impl RpcService for TestService {
             .add(
                 FAIL,
                 Handler::unary(|_ctx, m: Msg| async move {
-                    Err::<Msg, _>(Status::with_details(qrpc::Code::NotFound, m.text, vec![1, 2, 3].into()))
+                    Err::<Msg, _>(Status::with_details(
+                        qrpc::Code::NotFound,
+                        m.text,
+                        vec![1, 2, 3].into(),
+                    ))
                 }),
             );
     }
@@ -193,8 +227,10 @@ pub fn cert() -> SelfSigned {
 /// Runs a bound server in the background with a shutdown switch.
 pub fn run<S>(server: BoundServer<S>, fingerprint: [u8; 32]) -> Running
 where
-    S: tower::Service<qrpc::Request<qrpc::RequestBody>, Response = qrpc::Response<qrpc::ResponseBody>>
-        + Clone
+    S: tower::Service<
+            qrpc::Request<qrpc::RequestBody>,
+            Response = qrpc::Response<qrpc::ResponseBody>,
+        > + Clone
         + Send
         + 'static,
     S::Error: Into<qrpc::BoxError>,
@@ -206,7 +242,13 @@ where
     let task = tokio::spawn(server.serve_with_shutdown(async move {
         let _ = rx.await;
     }));
-    Running { addr, fingerprint, registry, shutdown: Some(tx), task: Some(task) }
+    Running {
+        addr,
+        fingerprint,
+        registry,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
 }
 
 /// The test service on loopback with default settings.
@@ -214,8 +256,21 @@ pub fn start(service: TestService) -> Running {
     start_with(service, |s| s)
 }
 
+/// The test service on a given address and certificate (to restart a server in place).
+pub fn start_on(addr: SocketAddr, cert: &SelfSigned) -> Running {
+    let server = Server::builder()
+        .tls(cert.server_tls())
+        .add_service(TestService::default())
+        .bind(addr)
+        .unwrap();
+    run(server, cert.fingerprint())
+}
+
 /// The test service with adjusted config.
-pub fn start_with(service: TestService, f: impl FnOnce(&mut qrpc::ServerConfig) -> &mut qrpc::ServerConfig) -> Running {
+pub fn start_with(
+    service: TestService,
+    f: impl FnOnce(&mut qrpc::ServerConfig) -> &mut qrpc::ServerConfig,
+) -> Running {
     let cert = cert();
     let server = Server::builder()
         .tls(cert.server_tls())

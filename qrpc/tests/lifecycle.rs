@@ -1,0 +1,256 @@
+//! Connection lifecycle: TLS trust, push, identity, shutdown, reconnect and migration.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use qrpc::tls::ClientTls;
+use qrpc::{Client, ClientError, Code, ConnectionState, Identity};
+
+#[tokio::test]
+async fn wrong_pinned_certificate_is_refused() {
+    let server = start(TestService::default());
+    let mut wrong = server.fingerprint;
+    wrong[0] ^= 1;
+    let err = Client::connect(server.addr, ClientTls::pinned(wrong))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Connection(_)), "{err:?}");
+    // A certificate trusted as a root works when the name matches, and fails when it does not.
+    let other_cert = cert();
+    let err = Client::connect(
+        server.addr,
+        ClientTls::trust_certificate(other_cert.cert().clone(), "localhost").unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ClientError::Connection(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn root_trust_with_matching_name_connects() {
+    let cert = cert();
+    let server = qrpc::Server::builder()
+        .tls(cert.server_tls())
+        .add_service(TestService::default())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let server = run(server, cert.fingerprint());
+    let tls = ClientTls::trust_certificate(cert.cert().clone(), "localhost").unwrap();
+    let client = Client::connect(server.addr, tls).await.unwrap();
+    assert!(client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.is_ok());
+    let bad_name = ClientTls::trust_certificate(cert.cert().clone(), "example.org").unwrap();
+    assert!(Client::connect(server.addr, bad_name).await.is_err());
+}
+
+#[tokio::test]
+async fn push_events_arrive_in_queue_order() {
+    let server = start(TestService::default());
+    let client = server.client().await;
+    let mut events = client.push_events().unwrap();
+    assert!(
+        client.push_events().is_none(),
+        "the push stream is taken once"
+    );
+    let queued: Msg = client.unary(PUSH.id, &Msg::n(200)).await.unwrap();
+    assert_eq!(queued.n, 200);
+    for i in 0..200 {
+        let frame = events.recv().await.unwrap();
+        assert_eq!(frame.event_type, 7);
+        let msg: Msg = prost::Message::decode(frame.payload).unwrap();
+        assert_eq!(msg.n, i);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_push_stays_bounded() {
+    let server = start_with(TestService::default(), |c| {
+        c.push_queue_capacity = 8;
+        c
+    });
+    let client = Client::builder(server.addr, server.tls())
+        .configure(|c| c.push_buffer = 2)
+        .connect()
+        .await
+        .unwrap();
+    // 2000 events of 32 KiB: 64 MiB if the server kept them all.
+    let request = Msg {
+        n: 2000,
+        data: vec![0; 32 * 1024],
+        ..Msg::default()
+    };
+    let queued: Msg = client.unary(PUSH.id, &request).await.unwrap();
+    assert!(queued.n < 2000, "the queue must refuse events once full");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let again: Msg = client.unary(PUSH.id, &request).await.unwrap();
+    // Nothing was read, so at most a queue's worth fits again: memory is bounded.
+    assert!(
+        again.n <= 8,
+        "queued {} more events while the client read nothing",
+        again.n
+    );
+    assert!(client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.is_ok());
+}
+
+#[tokio::test]
+async fn registry_reaches_a_connection_by_identity() {
+    let server = start(TestService::default());
+    let alice = server.client().await;
+    let mut alice_events = alice.push_events().unwrap();
+    alice
+        .unary::<_, Msg>(
+            LOGIN.id,
+            &Msg {
+                text: "alice".into(),
+                ..Msg::default()
+            },
+        )
+        .await
+        .unwrap();
+    let id = Identity::new("alice");
+    assert!(server.registry.is_online(&id));
+    let delivery =
+        server
+            .registry
+            .try_send_to(&id, 3, prost::Message::encode_to_vec(&Msg::n(77)).into());
+    assert_eq!((delivery.queued, delivery.dropped), (1, 0));
+    let frame = alice_events.recv().await.unwrap();
+    assert_eq!(frame.event_type, 3);
+    alice.close();
+    eventually(|| !server.registry.is_online(&id)).await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_completes_in_flight_calls() {
+    let mut server = start(TestService::default());
+    let client = server.client().await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.unary::<_, Msg>(SLOW.id, &Msg::n(300)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let serve = server.shutdown();
+    let reply = call.await.unwrap().unwrap();
+    assert_eq!(reply.n, 300);
+    tokio::time::timeout(Duration::from_secs(5), serve)
+        .await
+        .unwrap()
+        .unwrap();
+    // No new connections after shutdown.
+    let refused = Client::builder(server.addr, server.tls())
+        .configure(|c| c.connect_timeout = Duration::from_millis(500))
+        .connect()
+        .await;
+    assert!(refused.is_err());
+}
+
+#[tokio::test]
+async fn shutdown_grace_bounds_how_long_calls_may_run() {
+    let mut server = start_with(TestService::default(), |c| {
+        c.shutdown_grace = Duration::from_millis(200);
+        c
+    });
+    let client = server.client().await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.unary::<_, Msg>(SLOW.id, &Msg::n(60_000)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn client_reconnects_with_backoff_after_a_server_restart() {
+    let cert = cert();
+    let mut first = start_on("127.0.0.1:0".parse().unwrap(), &cert);
+    let addr = first.addr;
+    let client = Client::builder(addr, first.tls())
+        .configure(|c| {
+            c.reconnect.initial_backoff = Duration::from_millis(20);
+            c.reconnect.max_backoff = Duration::from_millis(200);
+        })
+        .connect()
+        .await
+        .unwrap();
+    client
+        .unary::<_, Msg>(
+            LOGIN.id,
+            &Msg {
+                text: "dave".into(),
+                ..Msg::default()
+            },
+        )
+        .await
+        .unwrap();
+    first.shutdown().await.unwrap();
+    let mut state = client.state();
+    state
+        .wait_for(|s| matches!(s, ConnectionState::Reconnecting { .. }))
+        .await
+        .unwrap();
+
+    let _second = start_on(addr, &cert);
+    state
+        .wait_for(|s| matches!(s, ConnectionState::Connected { generation: 2 }))
+        .await
+        .unwrap();
+    let me: Msg = client.unary(WHOAMI.id, &Msg::default()).await.unwrap();
+    assert_eq!(me.text, "", "a new connection is a new session");
+}
+
+#[tokio::test]
+async fn reconnect_gives_up_after_max_attempts() {
+    let mut server = start(TestService::default());
+    let client = Client::builder(server.addr, server.tls())
+        .configure(|c| {
+            c.reconnect.initial_backoff = Duration::from_millis(10);
+            c.reconnect.max_attempts = Some(2);
+            c.connect_timeout = Duration::from_millis(300);
+        })
+        .connect()
+        .await
+        .unwrap();
+    server.shutdown().await.unwrap();
+    let mut state = client.state();
+    state
+        .wait_for(|s| matches!(s, ConnectionState::Closed { .. }))
+        .await
+        .unwrap();
+    let err = client
+        .unary::<_, Msg>(ECHO.id, &Msg::n(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn connection_migrates_to_a_new_local_socket() {
+    let server = start(TestService::default());
+    let client = server.client().await;
+    client
+        .unary::<_, Msg>(
+            LOGIN.id,
+            &Msg {
+                text: "erin".into(),
+                ..Msg::default()
+            },
+        )
+        .await
+        .unwrap();
+    let before = client.channel().local_addr().unwrap();
+    client.rebind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let after = client.channel().local_addr().unwrap();
+    assert_ne!(before.port(), after.port());
+    // Same connection (the session survives) over the new path.
+    let me: Msg = client.unary(WHOAMI.id, &Msg::default()).await.unwrap();
+    assert_eq!(me.text, "erin");
+}
