@@ -85,13 +85,29 @@ pub use client::{
     OutgoingBody, PushEvents, ReconnectPolicy,
 };
 pub use context::{Connection, Extensions, Identity, RequestContext};
-pub use push::{PushDelivery, PushError, PushRegistry, PushSender};
+pub use push::{
+    PushDelivery, PushError, PushEvent, PushRegistry, PushSender, TypedPushEvents, TypedPushSender,
+};
 pub use routes::{
     CallKind, DuplicateMethodId, Handler, MethodInfo, Routes, RoutesBuilder, RpcService,
     ServiceDescriptor,
 };
 pub use server::{BoundServer, Server, ServerConfig, ServerError};
 pub use status::{Code, ErrorStatus, Status};
+
+/// Includes the code qrpc-build generated for every package, nested in modules that mirror the
+/// package names (so cross-package references resolve). Use at the crate root or in a module.
+///
+/// ```ignore
+/// qrpc::include_protos!();
+/// use echo::v1::echo_server::Echo;
+/// ```
+#[macro_export]
+macro_rules! include_protos {
+    () => {
+        include!(concat!(env!("OUT_DIR"), "/_qrpc_include.rs"));
+    };
+}
 
 /// A boxed error, as tower middleware reports it.
 pub type BoxError = tower::BoxError;

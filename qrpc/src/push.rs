@@ -219,3 +219,97 @@ pub(crate) async fn run_writer(conn: quinn::Connection, mut rx: mpsc::Receiver<P
         let _ = stream.finish();
     }
 }
+
+/// A typed push event: generated for every `(qrpc.push_channel)` message by qrpc-build.
+pub trait PushEvent: Sized + Send + 'static {
+    /// The event type on the wire.
+    fn event_type(&self) -> u16;
+    /// The protobuf payload.
+    fn encode_payload(&self) -> Bytes;
+    /// Rebuilds an event from a push frame; unknown types and bad payloads are errors.
+    fn decode_payload(event_type: u16, payload: Bytes) -> Result<Self, crate::Status>;
+}
+
+/// Sends typed events to one connection.
+#[derive(Debug)]
+pub struct TypedPushSender<E> {
+    inner: PushSender,
+    _marker: std::marker::PhantomData<fn(E)>,
+}
+
+impl<E> Clone for TypedPushSender<E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            _marker: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<E: PushEvent> TypedPushSender<E> {
+    /// A typed view of a connection's sender.
+    pub fn new(inner: PushSender) -> Self {
+        Self {
+            inner,
+            _marker: std::marker::PhantomData,
+        }
+    }
+
+    /// Queues an event without waiting.
+    pub fn try_send(&self, event: &E) -> Result<(), PushError> {
+        self.inner
+            .try_send(event.event_type(), event.encode_payload())
+    }
+
+    /// Queues an event, waiting for room.
+    pub async fn send(&self, event: &E) -> Result<(), PushError> {
+        self.inner
+            .send(event.event_type(), event.encode_payload())
+            .await
+    }
+}
+
+impl PushRegistry {
+    /// Queues a typed event on every connection bound to `identity`, never waiting.
+    pub fn try_send_event<E: PushEvent>(&self, identity: &Identity, event: &E) -> PushDelivery {
+        self.try_send_to(identity, event.event_type(), event.encode_payload())
+    }
+}
+
+/// A client's push events, decoded. An event that does not decode yields an error and the
+/// stream goes on.
+#[derive(Debug)]
+pub struct TypedPushEvents<E> {
+    inner: crate::client::PushEvents,
+    _marker: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E: PushEvent> TypedPushEvents<E> {
+    /// A typed view of a client's push events.
+    pub fn new(inner: crate::client::PushEvents) -> Self {
+        Self {
+            inner,
+            _marker: std::marker::PhantomData,
+        }
+    }
+
+    /// The next event; `None` once the client is closed for good.
+    pub async fn recv(&mut self) -> Option<Result<E, crate::Status>> {
+        let frame = self.inner.recv().await?;
+        Some(E::decode_payload(frame.event_type, frame.payload))
+    }
+}
+
+impl<E: PushEvent> futures::Stream for TypedPushEvents<E> {
+    type Item = Result<E, crate::Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use futures::StreamExt;
+        self.inner
+            .poll_next_unpin(cx)
+            .map(|frame| frame.map(|f| E::decode_payload(f.event_type, f.payload)))
+    }
+}

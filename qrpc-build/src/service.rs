@@ -1,0 +1,265 @@
+//! prost-build service generator: server traits, adapters, clients, descriptors, push events.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+use crate::ids::Model;
+use crate::names::{docs, snake};
+use crate::push;
+
+pub(crate) struct Generator {
+    model: Model,
+}
+
+impl Generator {
+    pub(crate) fn new(model: Model) -> Self {
+        Self { model }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Unary,
+    ServerStreaming,
+    ClientStreaming,
+    Bidi,
+}
+
+/// A type path prost gave relative to the package module, seen from one module deeper.
+fn type_path(rust_type: &str) -> TokenStream {
+    let path = if rust_type.starts_with("::") {
+        rust_type.to_owned()
+    } else {
+        format!("super::{rust_type}")
+    };
+    // prost's paths are valid Rust paths; a parse failure would be a prost bug.
+    syn::parse_str::<syn::Path>(&path).map_or_else(|e| e.to_compile_error(), |p| quote!(#p))
+}
+
+impl prost_build::ServiceGenerator for Generator {
+    fn generate(&mut self, service: prost_build::Service, buf: &mut String) {
+        let full_service = if service.package.is_empty() {
+            service.proto_name.clone()
+        } else {
+            format!("{}.{}", service.package, service.proto_name)
+        };
+        let service_ident = format_ident!("{}", service.name);
+        let server_ident = format_ident!("{}Server", service.name);
+        let client_ident = format_ident!("{}Client", service.name);
+        let server_mod = format_ident!("{}_server", snake(&service.name));
+        let client_mod = format_ident!("{}_client", snake(&service.name));
+        let service_docs = docs(&service.comments.leading);
+
+        let mut consts = Vec::new();
+        let mut const_idents = Vec::new();
+        let mut trait_methods = Vec::new();
+        let mut registrations = Vec::new();
+        let mut client_methods = Vec::new();
+
+        for method in &service.methods {
+            // `ids::collect` checked every method of every service in the pool.
+            let Some(id) = self
+                .model
+                .method_ids
+                .get(&(full_service.clone(), method.proto_name.clone()))
+                .copied()
+            else {
+                continue;
+            };
+            let kind = match (method.client_streaming, method.server_streaming) {
+                (false, false) => Kind::Unary,
+                (false, true) => Kind::ServerStreaming,
+                (true, false) => Kind::ClientStreaming,
+                (true, true) => Kind::Bidi,
+            };
+            let const_ident = format_ident!("{}", snake(&method.proto_name).to_uppercase());
+            let method_ident = format_ident!("{}", method.name);
+            let proto_name = &method.proto_name;
+            let input = type_path(&method.input_type);
+            let output = type_path(&method.output_type);
+            let method_docs = docs(&method.comments.leading);
+            let kind_tokens = match kind {
+                Kind::Unary => quote!(Unary),
+                Kind::ServerStreaming => quote!(ServerStreaming),
+                Kind::ClientStreaming => quote!(ClientStreaming),
+                Kind::Bidi => quote!(Bidi),
+            };
+            let const_doc = format!(" `{full_service}/{proto_name}`: method id {id}.");
+            consts.push(quote! {
+                #[doc = #const_doc]
+                pub const #const_ident: ::qrpc::codegen::MethodInfo = ::qrpc::codegen::MethodInfo {
+                    id: #id,
+                    service: #full_service,
+                    name: #proto_name,
+                    kind: ::qrpc::codegen::CallKind::#kind_tokens,
+                };
+            });
+            const_idents.push(const_ident.clone());
+
+            let (request_ty, response_ty, handler) = match kind {
+                Kind::Unary => (quote!(#input), quote!(#output), quote!(unary)),
+                Kind::ServerStreaming => (
+                    quote!(#input),
+                    quote!(::qrpc::codegen::ResponseStream<#output>),
+                    quote!(server_streaming),
+                ),
+                Kind::ClientStreaming => (
+                    quote!(::qrpc::codegen::Streaming<#input>),
+                    quote!(#output),
+                    quote!(client_streaming),
+                ),
+                Kind::Bidi => (
+                    quote!(::qrpc::codegen::Streaming<#input>),
+                    quote!(::qrpc::codegen::ResponseStream<#output>),
+                    quote!(bidi),
+                ),
+            };
+            trait_methods.push(quote! {
+                #method_docs
+                fn #method_ident(
+                    &self,
+                    ctx: ::qrpc::codegen::RequestContext,
+                    request: #request_ty,
+                ) -> impl ::core::future::Future<
+                    Output = ::core::result::Result<#response_ty, ::qrpc::codegen::Status>,
+                > + ::core::marker::Send;
+            });
+            registrations.push(quote! {
+                let inner = ::std::sync::Arc::clone(&self.inner);
+                routes.add(
+                    #const_ident,
+                    ::qrpc::codegen::Handler::#handler(move |ctx, request| {
+                        let inner = ::std::sync::Arc::clone(&inner);
+                        async move { inner.#method_ident(ctx, request).await }
+                    }),
+                );
+            });
+            client_methods.push(match kind {
+                Kind::Unary => quote! {
+                    #method_docs
+                    pub async fn #method_ident(&self, request: &#input) -> ::core::result::Result<#output, ::qrpc::codegen::Status> {
+                        self.inner.unary(super::#server_mod::#const_ident.id, request).await
+                    }
+                },
+                Kind::ServerStreaming => quote! {
+                    #method_docs
+                    pub async fn #method_ident(&self, request: &#input) -> ::core::result::Result<::qrpc::codegen::Streaming<#output>, ::qrpc::codegen::Status> {
+                        self.inner.server_streaming(super::#server_mod::#const_ident.id, request).await
+                    }
+                },
+                Kind::ClientStreaming => quote! {
+                    #method_docs
+                    pub async fn #method_ident(
+                        &self,
+                        requests: impl ::qrpc::codegen::Stream<Item = #input> + ::core::marker::Send + 'static,
+                    ) -> ::core::result::Result<#output, ::qrpc::codegen::Status> {
+                        self.inner.client_streaming(super::#server_mod::#const_ident.id, requests).await
+                    }
+                },
+                Kind::Bidi => quote! {
+                    #method_docs
+                    pub async fn #method_ident(
+                        &self,
+                        requests: impl ::qrpc::codegen::Stream<Item = #input> + ::core::marker::Send + 'static,
+                    ) -> ::core::result::Result<::qrpc::codegen::Streaming<#output>, ::qrpc::codegen::Status> {
+                        self.inner.bidi(super::#server_mod::#const_ident.id, requests).await
+                    }
+                },
+            });
+        }
+
+        let server_mod_doc =
+            format!(" Server side of `{full_service}`: its trait, adapter and method ids.");
+        let client_mod_doc = format!(" Client of `{full_service}`.");
+        let adapter_doc = format!(
+            " Serves a [`{}`] implementation: pass it to `qrpc::Server::add_service`.",
+            service.name
+        );
+        let tokens = quote! {
+            #[doc = #server_mod_doc]
+            #[allow(dead_code, clippy::all, missing_docs)]
+            pub mod #server_mod {
+                #(#consts)*
+
+                /// Every method of the service, for logging and tooling.
+                pub static DESCRIPTOR: ::qrpc::codegen::ServiceDescriptor = ::qrpc::codegen::ServiceDescriptor {
+                    name: #full_service,
+                    methods: &[#(#const_idents),*],
+                };
+
+                #service_docs
+                pub trait #service_ident: ::core::marker::Send + ::core::marker::Sync + 'static {
+                    #(#trait_methods)*
+                }
+
+                #[doc = #adapter_doc]
+                #[derive(Debug)]
+                pub struct #server_ident<T> {
+                    inner: ::std::sync::Arc<T>,
+                }
+
+                impl<T: #service_ident> #server_ident<T> {
+                    /// Wraps an implementation.
+                    pub fn new(inner: T) -> Self {
+                        Self { inner: ::std::sync::Arc::new(inner) }
+                    }
+
+                    /// Wraps a shared implementation.
+                    pub fn from_arc(inner: ::std::sync::Arc<T>) -> Self {
+                        Self { inner }
+                    }
+                }
+
+                impl<T> ::core::clone::Clone for #server_ident<T> {
+                    fn clone(&self) -> Self {
+                        Self { inner: ::std::sync::Arc::clone(&self.inner) }
+                    }
+                }
+
+                impl<T: #service_ident> ::qrpc::codegen::RpcService for #server_ident<T> {
+                    fn descriptor(&self) -> &'static ::qrpc::codegen::ServiceDescriptor {
+                        &DESCRIPTOR
+                    }
+
+                    fn register(self, routes: &mut ::qrpc::codegen::RoutesBuilder) {
+                        #(#registrations)*
+                    }
+                }
+            }
+
+            #[doc = #client_mod_doc]
+            #[allow(dead_code, clippy::all, missing_docs)]
+            pub mod #client_mod {
+                #service_docs
+                #[derive(Debug, Clone)]
+                pub struct #client_ident {
+                    inner: ::qrpc::codegen::Client,
+                }
+
+                impl #client_ident {
+                    /// A typed client over a connected `qrpc::Client` (cheap to clone, shareable
+                    /// with other typed clients).
+                    pub fn new(inner: ::qrpc::codegen::Client) -> Self {
+                        Self { inner }
+                    }
+
+                    /// The untyped client beneath.
+                    pub fn inner(&self) -> &::qrpc::codegen::Client {
+                        &self.inner
+                    }
+
+                    #(#client_methods)*
+                }
+            }
+        };
+        buf.push_str(&tokens.to_string());
+    }
+
+    fn finalize_package(&mut self, package: &str, buf: &mut String) {
+        if let Some(channels) = self.model.push.get(package) {
+            for channel in channels {
+                buf.push_str(&push::generate(channel).to_string());
+            }
+        }
+    }
+}
