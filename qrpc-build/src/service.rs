@@ -27,13 +27,15 @@ enum Kind {
 
 /// A type path prost gave relative to the package module, seen from one module deeper.
 fn type_path(rust_type: &str) -> TokenStream {
-    let path = if rust_type.starts_with("::") {
+    // Absolute paths and `()` (google.protobuf.Empty) stay as they are.
+    let path = if rust_type.starts_with("::") || rust_type.starts_with('(') {
         rust_type.to_owned()
     } else {
         format!("super::{rust_type}")
     };
-    // prost's paths are valid Rust paths; a parse failure would be a prost bug.
-    syn::parse_str::<syn::Path>(&path).map_or_else(|e| e.to_compile_error(), |p| quote!(#p))
+    // prost's types are valid Rust types; a parse failure would be a prost bug, reported
+    // where the generated code is compiled.
+    syn::parse_str::<syn::Type>(&path).map_or_else(|e| e.to_compile_error(), |p| quote!(#p))
 }
 
 impl prost_build::ServiceGenerator for Generator {

@@ -12,7 +12,9 @@ pub use crate::client::PushEvents;
 pub use crate::context::Identity;
 pub use crate::context::RequestContext;
 pub use crate::frame::PushFrame;
-pub use crate::push::{PushDelivery, PushError, PushRegistry, PushSender};
+pub use crate::push::{
+    PushDelivery, PushError, PushEvent, PushRegistry, PushSender, TypedPushEvents, TypedPushSender,
+};
 pub use crate::routes::{
     CallKind, Handler, MethodInfo, RoutesBuilder, RpcService, ServiceDescriptor,
 };

@@ -1,0 +1,158 @@
+//! Every call kind of the `Echo` service through generated code.
+
+use std::net::SocketAddr;
+
+use futures::StreamExt;
+use qrpc::tls::{ClientTls, SelfSigned};
+use qrpc::{RequestContext, ResponseStream, Status, Streaming};
+
+use crate::proto::echo::v1::echo_client::EchoClient;
+use crate::proto::echo::v1::echo_server::{Echo, EchoServer};
+use crate::proto::echo::v1::{Number, RepeatRequest, SayReply, SayRequest, say_reply};
+
+/// The service implementation.
+#[derive(Debug, Default)]
+pub struct EchoService;
+
+impl Echo for EchoService {
+    async fn say(&self, ctx: RequestContext, request: SayRequest) -> Result<SayReply, Status> {
+        Ok(SayReply {
+            text: request.text,
+            index: 0,
+            meta: Some(say_reply::Meta {
+                connection_id: ctx.connection_id(),
+            }),
+        })
+    }
+
+    async fn repeat(
+        &self,
+        _ctx: RequestContext,
+        request: RepeatRequest,
+    ) -> Result<ResponseStream<SayReply>, Status> {
+        if request.count > 10_000 {
+            return Err(Status::invalid_argument("count must be at most 10000"));
+        }
+        let text = request.text;
+        let replies = (0..request.count).map(move |index| {
+            Ok(SayReply {
+                text: text.clone(),
+                index,
+                meta: None,
+            })
+        });
+        Ok(futures::stream::iter(replies).boxed())
+    }
+
+    async fn sum(
+        &self,
+        _ctx: RequestContext,
+        mut numbers: Streaming<Number>,
+    ) -> Result<Number, Status> {
+        let mut total: i64 = 0;
+        while let Some(n) = numbers.message().await? {
+            total = total
+                .checked_add(n.value)
+                .ok_or_else(|| Status::out_of_range("sum overflows i64"))?;
+        }
+        Ok(Number { value: total })
+    }
+
+    async fn double(
+        &self,
+        _ctx: RequestContext,
+        numbers: Streaming<Number>,
+    ) -> Result<ResponseStream<Number>, Status> {
+        Ok(numbers
+            .map(|n| {
+                let n = n?;
+                n.value
+                    .checked_mul(2)
+                    .map(|value| Number { value })
+                    .ok_or_else(|| Status::out_of_range("double overflows i64"))
+            })
+            .boxed())
+    }
+
+    async fn ping(&self, _ctx: RequestContext, _request: ()) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+/// What one run of the example observed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The unary reply's text.
+    pub said: String,
+    /// Indexes of the streamed replies.
+    pub repeated: Vec<u32>,
+    /// The client-streaming sum.
+    pub sum: i64,
+    /// The bidi replies.
+    pub doubled: Vec<i64>,
+}
+
+/// Starts the echo server on `addr`; returns its address, certificate fingerprint and task.
+pub fn serve(
+    addr: SocketAddr,
+) -> anyhow::Result<(SocketAddr, [u8; 32], tokio::task::JoinHandle<()>)> {
+    let cert = SelfSigned::generate(&["localhost"])?;
+    let server = qrpc::Server::builder()
+        .tls(cert.server_tls())
+        .add_service(EchoServer::new(EchoService))
+        .bind(addr)?;
+    let local = server.local_addr()?;
+    Ok((local, cert.fingerprint(), tokio::spawn(server.serve())))
+}
+
+/// Runs a client through every call kind.
+pub async fn call_all(addr: SocketAddr, fingerprint: [u8; 32]) -> anyhow::Result<Report> {
+    let client =
+        EchoClient::new(qrpc::Client::connect(addr, ClientTls::pinned(fingerprint)).await?);
+    let said = client
+        .say(&SayRequest {
+            text: "hello over QUIC".into(),
+            stamp: None,
+        })
+        .await?
+        .text;
+    let mut repeated = Vec::new();
+    let mut stream = client
+        .repeat(&RepeatRequest {
+            text: "again".into(),
+            count: 3,
+        })
+        .await?;
+    while let Some(reply) = stream.message().await? {
+        repeated.push(reply.index);
+    }
+    let sum = client
+        .sum(futures::stream::iter((1..=4).map(|value| Number { value })))
+        .await?
+        .value;
+    let mut doubled = Vec::new();
+    let mut replies = client
+        .double(futures::stream::iter([
+            Number { value: 21 },
+            Number { value: -5 },
+        ]))
+        .await?;
+    while let Some(n) = replies.message().await? {
+        doubled.push(n.value);
+    }
+    client.ping(&()).await?;
+    Ok(Report {
+        said,
+        repeated,
+        sum,
+        doubled,
+    })
+}
+
+/// Starts a server on loopback and runs the client against it.
+pub async fn run() -> anyhow::Result<Report> {
+    let (addr, fingerprint, server) = serve(crate::loopback())?;
+    let report = call_all(addr, fingerprint).await;
+    server.abort();
+    report
+}
