@@ -46,7 +46,7 @@ pub const OPTIONS_PROTO: &str = include_str!("../proto/qrpc/options.proto");
 #[non_exhaustive]
 pub enum Error {
     /// The `.proto` files did not compile.
-    #[error("{0}")]
+    #[error("{location}{0}", location = .0.file().map(|f| format!("{f}: ")).unwrap_or_default())]
     Protox(#[from] protox::Error),
     /// Method ids or push channels are missing, duplicated or out of range.
     #[error(transparent)]
@@ -151,7 +151,7 @@ impl Builder {
         let pool = compiler.descriptor_pool();
         let opened: Vec<String> = compiler
             .files()
-            .filter(|f| f.is_import() == false)
+            .filter(|f| !f.is_import())
             .map(|f| f.name().to_owned())
             .collect();
         let model = ids::collect(&pool, &opened)?;

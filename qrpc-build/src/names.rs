@@ -42,7 +42,15 @@ pub(crate) fn snake(name: &str) -> String {
 
 /// Doc attributes from comment lines.
 pub(crate) fn docs(lines: &[String]) -> proc_macro2::TokenStream {
-    let lines = lines.iter().map(|l| format!(" {}", l.trim_end()));
+    // prost keeps the space after `//`; add one only where a line lacks it.
+    let lines = lines.iter().map(|l| {
+        let l = l.trim_end();
+        if l.starts_with(' ') || l.is_empty() {
+            l.to_owned()
+        } else {
+            format!(" {l}")
+        }
+    });
     quote::quote! { #( #[doc = #lines] )* }
 }
 

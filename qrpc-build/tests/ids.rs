@@ -1,0 +1,118 @@
+//! Build-time checks of method ids and push channels, on generated code written to temp dirs.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::PathBuf;
+
+fn workdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qrpc-build-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    dir
+}
+
+fn compile(name: &str, source: &str) -> Result<PathBuf, qrpc_build::Error> {
+    let dir = workdir(name);
+    std::fs::write(dir.join("svc.proto"), source).unwrap();
+    qrpc_build::configure()
+        .out_dir(dir.join("out"))
+        .emit_rerun_if_changed(false)
+        .compile(&[dir.join("svc.proto")], &[&dir])?;
+    Ok(dir)
+}
+
+const HEADER: &str =
+    "syntax = \"proto3\";\npackage t.v1;\nimport \"qrpc/options.proto\";\nmessage M {}\n";
+
+#[test]
+fn duplicate_id_names_file_service_and_both_methods() {
+    let src = format!(
+        "{HEADER}service S {{\n rpc A(M) returns (M) {{ option (qrpc.method_id) = 7; }}\n rpc B(M) returns (M) {{ option (qrpc.method_id) = 7; }}\n}}\n"
+    );
+    let err = compile("dup", &src).unwrap_err().to_string();
+    assert!(err.contains("duplicate method id 7"), "{err}");
+    assert!(
+        err.contains("svc.proto: t.v1.S.A") && err.contains("svc.proto: t.v1.S.B"),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_id_across_services_is_rejected() {
+    let src = format!(
+        "{HEADER}service S {{ rpc A(M) returns (M) {{ option (qrpc.method_id) = 1; }} }}\nservice T {{ rpc B(M) returns (M) {{ option (qrpc.method_id) = 1; }} }}\n"
+    );
+    let err = compile("dup2", &src).unwrap_err().to_string();
+    assert!(
+        err.contains("t.v1.S.A") && err.contains("t.v1.T.B"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_id_is_an_error_naming_the_method() {
+    let src = format!("{HEADER}service S {{ rpc NoId(M) returns (M); }}\n");
+    let err = compile("missing", &src).unwrap_err().to_string();
+    assert!(
+        err.contains("svc.proto: method t.v1.S.NoId has no method id"),
+        "{err}"
+    );
+}
+
+#[test]
+fn out_of_range_ids_are_rejected() {
+    for bad in [0u32, 65536] {
+        let src = format!(
+            "{HEADER}service S {{ rpc A(M) returns (M) {{ option (qrpc.method_id) = {bad}; }} }}\n"
+        );
+        let err = compile(&format!("range{bad}"), &src)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("outside 1..=65535"), "{err}");
+    }
+}
+
+#[test]
+fn reordering_methods_keeps_ids_and_comments_become_docs() {
+    let a = format!(
+        "{HEADER}// The service.\nservice S {{\n // First method.\n rpc A(M) returns (M) {{ option (qrpc.method_id) = 10; }}\n rpc B(M) returns (M) {{ option (qrpc.method_id) = 20; }}\n}}\n"
+    );
+    let b = format!(
+        "{HEADER}service S {{\n rpc B(M) returns (M) {{ option (qrpc.method_id) = 20; }}\n // First method.\n rpc A(M) returns (M) {{ option (qrpc.method_id) = 10; }}\n}}\n"
+    );
+    let code_a =
+        std::fs::read_to_string(compile("order-a", &a).unwrap().join("out/t.v1.rs")).unwrap();
+    let code_b =
+        std::fs::read_to_string(compile("order-b", &b).unwrap().join("out/t.v1.rs")).unwrap();
+    for code in [&code_a, &code_b] {
+        assert!(
+            code.contains("pub const A: ::qrpc::codegen::MethodInfo"),
+            "{code}"
+        );
+        assert!(
+            code.contains("id: 10u16") && code.contains("id: 20u16"),
+            "{code}"
+        );
+        assert!(code.contains("/// First method."), "{code}");
+    }
+    assert!(code_a.contains("/// The service."));
+}
+
+#[test]
+fn push_channel_must_be_a_oneof_of_messages() {
+    let src = format!(
+        "{HEADER}message Bad {{ option (qrpc.push_channel) = true; oneof e {{ string text = 1; }} }}\n"
+    );
+    let err = compile("push", &src).unwrap_err().to_string();
+    assert!(
+        err.contains("push channel t.v1.Bad: event `text` must be a message"),
+        "{err}"
+    );
+}
+
+#[test]
+fn syntax_errors_are_reported_with_the_file() {
+    let err = compile("syntax", "syntax = \"proto3\"; message {")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("svc.proto"), "{err}");
+}
