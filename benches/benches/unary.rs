@@ -1,12 +1,12 @@
-//! Unary round trips: qrpc against a raw quinn bidi-stream echo (the floor), 64 B and 64 KiB
-//! payloads, 1 and 64 calls in flight, in one run.
+//! Unary round trips through generated qrpc code, tonic 0.14 (both over rustls) and a raw quinn
+//! bidi-stream echo (the floor): 64 B and 64 KiB payloads, 1 and 64 calls in flight, one run.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use qrpc_benches::{ECHO, Payload, RawQuinn, qrpc_pair};
+use qrpc_benches::{Payload, RawQuinn, qrpc_pair, tonic_gen, tonic_pair};
 
 fn unary(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -14,7 +14,8 @@ fn unary(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let client = rt.block_on(qrpc_pair()).unwrap();
+    let qrpc = rt.block_on(qrpc_pair()).unwrap();
+    let tonic = rt.block_on(tonic_pair()).unwrap();
     let raw = rt.block_on(RawQuinn::pair()).unwrap();
 
     let mut group = c.benchmark_group("unary");
@@ -24,33 +25,42 @@ fn unary(c: &mut Criterion) {
         .sample_size(30);
     for size in [64usize, 64 * 1024] {
         for in_flight in [1usize, 64] {
-            let label = format!("{}B/x{in_flight}", size);
+            let label = format!("{size}B/x{in_flight}");
             group.throughput(Throughput::Elements(in_flight as u64));
-            let request = Payload {
-                data: Bytes::from(vec![0xAB; size]),
-            };
+            let data = Bytes::from(vec![0xAB; size]);
+
+            let request = Payload { data: data.clone() };
             group.bench_with_input(BenchmarkId::new("qrpc", &label), &request, |b, request| {
                 b.to_async(&rt).iter(|| async {
-                    let calls =
-                        (0..in_flight).map(|_| client.unary::<_, Payload>(ECHO.id, request));
+                    let calls = (0..in_flight).map(|_| qrpc.echo(request));
                     for reply in futures::future::join_all(calls).await {
                         assert_eq!(reply.unwrap().data.len(), size);
                     }
                 });
             });
-            let raw_request = vec![0xAB; size];
-            group.bench_with_input(
-                BenchmarkId::new("raw_quinn", &label),
-                &raw_request,
-                |b, request| {
-                    b.to_async(&rt).iter(|| async {
-                        let calls = (0..in_flight).map(|_| raw.echo(request));
-                        for reply in futures::future::join_all(calls).await {
-                            assert_eq!(reply.unwrap().len(), size);
-                        }
+
+            let request = tonic_gen::Payload { data: data.clone() };
+            group.bench_with_input(BenchmarkId::new("tonic", &label), &request, |b, request| {
+                b.to_async(&rt).iter(|| async {
+                    let calls = (0..in_flight).map(|_| {
+                        let mut client = tonic.clone();
+                        let request = request.clone();
+                        async move { client.echo(request).await }
                     });
-                },
-            );
+                    for reply in futures::future::join_all(calls).await {
+                        assert_eq!(reply.unwrap().into_inner().data.len(), size);
+                    }
+                });
+            });
+
+            group.bench_with_input(BenchmarkId::new("raw_quinn", &label), &data, |b, data| {
+                b.to_async(&rt).iter(|| async {
+                    let calls = (0..in_flight).map(|_| raw.echo(data));
+                    for reply in futures::future::join_all(calls).await {
+                        assert_eq!(reply.unwrap().len(), size);
+                    }
+                });
+            });
         }
     }
     group.finish();
