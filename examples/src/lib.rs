@@ -21,3 +21,8 @@ use std::net::SocketAddr;
 pub fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
+
+/// The getting-started guide (`docs/getting-started.md`), compiled as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/getting-started.md")]
+pub struct GettingStartedGuide;
