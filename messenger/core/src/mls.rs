@@ -1,0 +1,509 @@
+//! MLS groups over openmls, with the X-Wing post-quantum ciphersuite by default and group state
+//! persisted in SQLite.
+//!
+//! A device is an [`MlsMember`]: its signature key, its credential, and an openmls provider whose
+//! storage is an SQLite database (the client keeps it in its SQLCipher file). Everything openmls
+//! needs to resume — groups, epochs, key packages' private keys, the signer — lives in that
+//! database, so a member reopened from the same file continues every group.
+
+use std::path::Path;
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_libcrux_crypto::CryptoProvider;
+use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+use openmls_traits::OpenMlsProvider;
+use rusqlite::{Connection, OptionalExtension};
+use zeroize::Zeroizing;
+
+/// The ciphersuites qpq uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Suite {
+    /// `MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519`: X-Wing hybrid KEM (post-quantum). Default.
+    XWing,
+    /// `MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519`: classic X25519.
+    X25519,
+}
+
+impl Suite {
+    /// The openmls ciphersuite.
+    pub fn ciphersuite(self) -> Ciphersuite {
+        match self {
+            Self::XWing => Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519,
+            Self::X25519 => Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519,
+        }
+    }
+
+    fn code(self) -> u16 {
+        self.ciphersuite().into()
+    }
+
+    fn from_code(code: u16) -> Option<Self> {
+        [Self::XWing, Self::X25519]
+            .into_iter()
+            .find(|s| s.code() == code)
+    }
+}
+
+impl Default for Suite {
+    fn default() -> Self {
+        Self::XWing
+    }
+}
+
+/// Why an MLS operation failed. Messages name the operation, never key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MlsError {
+    /// The SQLite store failed.
+    #[error("MLS store: {0}")]
+    Store(String),
+    /// No member was created in this store.
+    #[error("no MLS member in this store")]
+    NoMember,
+    /// openmls refused the operation.
+    #[error("MLS {operation} failed: {reason}")]
+    Protocol {
+        /// What was attempted.
+        operation: &'static str,
+        /// openmls's reason.
+        reason: String,
+    },
+    /// Input bytes did not decode as the expected MLS message.
+    #[error("malformed MLS {0}")]
+    Malformed(&'static str),
+    /// The named member is not in the group.
+    #[error("no such member in the group")]
+    NotAMember,
+}
+
+fn protocol(operation: &'static str) -> impl FnOnce(&dyn std::fmt::Debug) -> MlsError {
+    move |e| MlsError::Protocol {
+        operation,
+        reason: format!("{e:?}"),
+    }
+}
+
+macro_rules! mls_try {
+    ($op:literal, $e:expr) => {
+        $e.map_err(|e| protocol($op)(&e))?
+    };
+}
+
+/// Serializes openmls storage entities as JSON.
+#[derive(Debug, Default)]
+pub struct JsonCodec;
+
+impl Codec for JsonCodec {
+    type Error = serde_json::Error;
+
+    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+/// openmls provider: libcrux crypto and SQLite storage.
+pub struct Provider {
+    crypto: CryptoProvider,
+    storage: SqliteStorageProvider<JsonCodec, Connection>,
+}
+
+impl OpenMlsProvider for Provider {
+    type CryptoProvider = CryptoProvider;
+    type RandProvider = CryptoProvider;
+    type StorageProvider = SqliteStorageProvider<JsonCodec, Connection>;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+
+    fn crypto(&self) -> &Self::CryptoProvider {
+        &self.crypto
+    }
+
+    fn rand(&self) -> &Self::RandProvider {
+        &self.crypto
+    }
+}
+
+impl Provider {
+    fn new(mut conn: Connection) -> Result<Self, MlsError> {
+        SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
+            .run_migrations()
+            .map_err(|e| MlsError::Store(e.to_string()))?;
+        Ok(Self {
+            crypto: CryptoProvider::new().map_err(|e| protocol("crypto init")(&e))?,
+            storage: SqliteStorageProvider::new(conn),
+        })
+    }
+}
+
+const MEMBER_TABLE: &str = "CREATE TABLE IF NOT EXISTS qpq_mls_member (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    name BLOB NOT NULL,
+    suite INTEGER NOT NULL,
+    signature_public_key BLOB NOT NULL
+)";
+
+/// One device's MLS state: signer, credential and persistent storage.
+pub struct MlsMember {
+    provider: Provider,
+    signer: SignatureKeyPair,
+    credential: CredentialWithKey,
+    suite: Suite,
+    name: Vec<u8>,
+}
+
+impl std::fmt::Debug for MlsMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlsMember")
+            .field("name", &String::from_utf8_lossy(&self.name))
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MlsMember {
+    /// Creates a member named `name` in the database behind `conn` (which may be an encrypted
+    /// SQLCipher connection), replacing none: fails if the store already has a member.
+    pub fn create(conn: Connection, name: &[u8], suite: Suite) -> Result<Self, MlsError> {
+        let store = |e: rusqlite::Error| MlsError::Store(e.to_string());
+        conn.execute(MEMBER_TABLE, []).map_err(store)?;
+        let signer = mls_try!(
+            "signature key generation",
+            SignatureKeyPair::new(suite.ciphersuite().signature_algorithm())
+        );
+        conn.execute(
+            "INSERT INTO qpq_mls_member (id, name, suite, signature_public_key) VALUES (1, ?1, ?2, ?3)",
+            rusqlite::params![name, suite.code(), signer.to_public_vec()],
+        )
+        .map_err(store)?;
+        let provider = Provider::new(conn)?;
+        mls_try!("storing the signer", signer.store(provider.storage()));
+        Ok(Self::assemble(provider, signer, suite, name.to_vec()))
+    }
+
+    /// Creates a member in a database file.
+    pub fn create_at(path: &Path, name: &[u8], suite: Suite) -> Result<Self, MlsError> {
+        Self::create(
+            Connection::open(path).map_err(|e| MlsError::Store(e.to_string()))?,
+            name,
+            suite,
+        )
+    }
+
+    /// Reopens the member stored in the database behind `conn`.
+    pub fn load(conn: Connection) -> Result<Self, MlsError> {
+        let store = |e: rusqlite::Error| MlsError::Store(e.to_string());
+        conn.execute(MEMBER_TABLE, []).map_err(store)?;
+        let row: Option<(Vec<u8>, u16, Vec<u8>)> = conn
+            .query_row(
+                "SELECT name, suite, signature_public_key FROM qpq_mls_member WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(store)?;
+        let (name, suite_code, public_key) = row.ok_or(MlsError::NoMember)?;
+        let suite = Suite::from_code(suite_code)
+            .ok_or(MlsError::Store("unknown ciphersuite in store".into()))?;
+        let provider = Provider::new(conn)?;
+        let signer = SignatureKeyPair::read(
+            provider.storage(),
+            &public_key,
+            suite.ciphersuite().signature_algorithm(),
+        )
+        .ok_or(MlsError::Store("signer missing from store".into()))?;
+        Ok(Self::assemble(provider, signer, suite, name))
+    }
+
+    /// Reopens the member stored in a database file.
+    pub fn load_at(path: &Path) -> Result<Self, MlsError> {
+        Self::load(Connection::open(path).map_err(|e| MlsError::Store(e.to_string()))?)
+    }
+
+    fn assemble(provider: Provider, signer: SignatureKeyPair, suite: Suite, name: Vec<u8>) -> Self {
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(name.clone()).into(),
+            signature_key: signer.to_public_vec().into(),
+        };
+        Self {
+            provider,
+            signer,
+            credential,
+            suite,
+            name,
+        }
+    }
+
+    /// The member's name (its credential identity).
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
+
+    /// The ciphersuite.
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+
+    /// A one-time key package, TLS-encoded for upload. Its private key stays in the store.
+    pub fn key_package(&self) -> Result<Vec<u8>, MlsError> {
+        self.build_key_package(false)
+    }
+
+    /// A last-resort key package: others may use it when one-time packages run out.
+    pub fn last_resort_key_package(&self) -> Result<Vec<u8>, MlsError> {
+        self.build_key_package(true)
+    }
+
+    fn build_key_package(&self, last_resort: bool) -> Result<Vec<u8>, MlsError> {
+        // Every leaf advertises support for the last-resort extension, so that either kind of
+        // key package validates.
+        let capabilities =
+            Capabilities::new(None, None, Some(&[ExtensionType::LastResort]), None, None);
+        let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities);
+        if last_resort {
+            builder = builder.mark_as_last_resort();
+        }
+        let bundle = mls_try!(
+            "key package",
+            builder.build(
+                self.suite.ciphersuite(),
+                &self.provider,
+                &self.signer,
+                self.credential.clone()
+            )
+        );
+        Ok(mls_try!(
+            "key package encoding",
+            bundle.key_package().tls_serialize_detached()
+        ))
+    }
+
+    /// Creates a group with this member alone in it.
+    pub fn create_group(&self, group_id: &[u8]) -> Result<Group, MlsError> {
+        let group = mls_try!(
+            "group creation",
+            MlsGroup::builder()
+                .ciphersuite(self.suite.ciphersuite())
+                .use_ratchet_tree_extension(true)
+                .with_group_id(GroupId::from_slice(group_id))
+                .build(&self.provider, &self.signer, self.credential.clone())
+        );
+        Ok(Group { group })
+    }
+
+    /// Joins a group from a Welcome another member produced for one of our key packages.
+    pub fn join(&self, welcome: &[u8]) -> Result<Group, MlsError> {
+        let message = MlsMessageIn::tls_deserialize_exact(welcome)
+            .map_err(|_| MlsError::Malformed("welcome"))?;
+        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+            return Err(MlsError::Malformed("welcome"));
+        };
+        let config = MlsGroupJoinConfig::builder()
+            .use_ratchet_tree_extension(true)
+            .build();
+        let staged = mls_try!(
+            "welcome",
+            StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None)
+        );
+        let group = mls_try!("joining", staged.into_group(&self.provider));
+        Ok(Group { group })
+    }
+
+    /// Loads a group from the store.
+    pub fn group(&self, group_id: &[u8]) -> Result<Option<Group>, MlsError> {
+        let group = MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(|e| MlsError::Store(format!("{e:?}")))?;
+        Ok(group.map(|group| Group { group }))
+    }
+}
+
+/// What processing an incoming group message produced.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Incoming {
+    /// An application message (wiped on drop).
+    Application {
+        /// The sender's name.
+        sender: Vec<u8>,
+        /// The plaintext.
+        plaintext: Zeroizing<Vec<u8>>,
+    },
+    /// A commit, now merged: the group moved to a new epoch.
+    Commit {
+        /// Whether this member was removed by it.
+        removed_self: bool,
+    },
+    /// A proposal, stored until a commit covers it.
+    Proposal,
+}
+
+/// One MLS group as this member sees it. Operations take the member, which holds the keys.
+#[derive(Debug)]
+pub struct Group {
+    group: MlsGroup,
+}
+
+fn credential_name(credential: &Credential) -> Option<Vec<u8>> {
+    BasicCredential::try_from(credential.clone())
+        .ok()
+        .map(|c| c.identity().to_vec())
+}
+
+impl Group {
+    /// The group id.
+    pub fn id(&self) -> Vec<u8> {
+        self.group.group_id().as_slice().to_vec()
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.group.epoch().as_u64()
+    }
+
+    /// Members' names, in leaf order.
+    pub fn members(&self) -> Vec<Vec<u8>> {
+        self.group
+            .members()
+            .filter_map(|m| credential_name(&m.credential))
+            .collect()
+    }
+
+    /// A value all members share in an epoch; comparing it out of band detects a split view.
+    pub fn epoch_authenticator(&self) -> Vec<u8> {
+        self.group.epoch_authenticator().as_slice().to_vec()
+    }
+
+    /// Adds members from their key packages; returns the commit (for existing members) and the
+    /// Welcome (for the new ones). The commit is merged locally at once.
+    pub fn add_members(
+        &mut self,
+        me: &MlsMember,
+        key_packages: &[&[u8]],
+    ) -> Result<(Vec<u8>, Vec<u8>), MlsError> {
+        let mut packages = Vec::with_capacity(key_packages.len());
+        for bytes in key_packages {
+            let kp = KeyPackageIn::tls_deserialize_exact(bytes)
+                .map_err(|_| MlsError::Malformed("key package"))?;
+            packages.push(mls_try!(
+                "key package validation",
+                kp.validate(me.provider.crypto(), ProtocolVersion::Mls10)
+            ));
+        }
+        let (commit, welcome, _info) = mls_try!(
+            "add",
+            self.group.add_members(&me.provider, &me.signer, &packages)
+        );
+        mls_try!(
+            "merging own commit",
+            self.group.merge_pending_commit(&me.provider)
+        );
+        Ok((
+            mls_try!("commit encoding", commit.to_bytes()),
+            mls_try!("welcome encoding", welcome.to_bytes()),
+        ))
+    }
+
+    /// Removes the members with these names; returns the commit, merged locally.
+    pub fn remove_members(&mut self, me: &MlsMember, names: &[&[u8]]) -> Result<Vec<u8>, MlsError> {
+        let mut leaves = Vec::new();
+        for name in names {
+            let leaf = self
+                .group
+                .members()
+                .find(|m| credential_name(&m.credential).as_deref() == Some(*name))
+                .ok_or(MlsError::NotAMember)?;
+            leaves.push(leaf.index);
+        }
+        let (commit, _welcome, _info) = mls_try!(
+            "remove",
+            self.group.remove_members(&me.provider, &me.signer, &leaves)
+        );
+        mls_try!(
+            "merging own commit",
+            self.group.merge_pending_commit(&me.provider)
+        );
+        Ok(mls_try!("commit encoding", commit.to_bytes()))
+    }
+
+    /// Rotates this member's leaf keys (post-compromise security); returns the commit.
+    pub fn self_update(&mut self, me: &MlsMember) -> Result<Vec<u8>, MlsError> {
+        let bundle = mls_try!(
+            "self update",
+            self.group
+                .self_update(&me.provider, &me.signer, LeafNodeParameters::default())
+        );
+        mls_try!(
+            "merging own commit",
+            self.group.merge_pending_commit(&me.provider)
+        );
+        Ok(mls_try!("commit encoding", bundle.into_commit().to_bytes()))
+    }
+
+    /// Encrypts an application message for the group.
+    pub fn encrypt(&mut self, me: &MlsMember, plaintext: &[u8]) -> Result<Vec<u8>, MlsError> {
+        let message = mls_try!(
+            "encrypt",
+            self.group
+                .create_message(&me.provider, &me.signer, plaintext)
+        );
+        Ok(mls_try!("message encoding", message.to_bytes()))
+    }
+
+    /// Processes a message from the group: decrypts application messages, merges commits,
+    /// stores proposals.
+    pub fn process(&mut self, me: &MlsMember, message: &[u8]) -> Result<Incoming, MlsError> {
+        let message = MlsMessageIn::tls_deserialize_exact(message)
+            .map_err(|_| MlsError::Malformed("message"))?;
+        let protocol_message = message
+            .try_into_protocol_message()
+            .map_err(|_| MlsError::Malformed("protocol message"))?;
+        let processed = mls_try!(
+            "processing",
+            self.group.process_message(&me.provider, protocol_message)
+        );
+        let sender = credential_name(processed.credential()).unwrap_or_default();
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => Ok(Incoming::Application {
+                sender,
+                plaintext: Zeroizing::new(app.into_bytes()),
+            }),
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let removed_self = staged.self_removed();
+                mls_try!(
+                    "merging commit",
+                    self.group.merge_staged_commit(&me.provider, *staged)
+                );
+                Ok(Incoming::Commit { removed_self })
+            }
+            ProcessedMessageContent::ProposalMessage(proposal) => {
+                mls_try!(
+                    "storing proposal",
+                    self.group
+                        .store_pending_proposal(me.provider.storage(), *proposal)
+                );
+                Ok(Incoming::Proposal)
+            }
+            ProcessedMessageContent::ExternalJoinProposalMessage(proposal) => {
+                mls_try!(
+                    "storing proposal",
+                    self.group
+                        .store_pending_proposal(me.provider.storage(), *proposal)
+                );
+                Ok(Incoming::Proposal)
+            }
+            // Echoes of this member's own messages carry nothing new.
+            _ => Err(MlsError::Protocol {
+                operation: "processing",
+                reason: "message was sent by this member".into(),
+            }),
+        }
+    }
+}

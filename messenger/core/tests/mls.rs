@@ -1,0 +1,182 @@
+//! MLS flows under both ciphersuites, and persistence across reopening the store.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use qpq_core::mls::{Incoming, MlsMember, Suite};
+use rusqlite::Connection;
+
+fn member(name: &str, suite: Suite) -> MlsMember {
+    MlsMember::create(
+        Connection::open_in_memory().unwrap(),
+        name.as_bytes(),
+        suite,
+    )
+    .unwrap()
+}
+
+fn expect_app(incoming: Incoming) -> (Vec<u8>, Vec<u8>) {
+    match incoming {
+        Incoming::Application { sender, plaintext } => (sender, plaintext.to_vec()),
+        other => panic!("expected an application message, got {other:?}"),
+    }
+}
+
+fn three_member_flow(suite: Suite) {
+    let alice = member("alice", suite);
+    let bob = member("bob", suite);
+    let carol = member("carol", suite);
+
+    // Create, add bob and carol with one commit.
+    let mut a = alice.create_group(b"group-1").unwrap();
+    let kp_b = bob.key_package().unwrap();
+    let kp_c = carol.key_package().unwrap();
+    let (_commit, welcome) = a.add_members(&alice, &[&kp_b, &kp_c]).unwrap();
+    let mut b = bob.join(&welcome).unwrap();
+    let mut c = carol.join(&welcome).unwrap();
+    assert_eq!(
+        a.members(),
+        vec![b"alice".to_vec(), b"bob".to_vec(), b"carol".to_vec()]
+    );
+    assert_eq!(a.epoch_authenticator(), b.epoch_authenticator());
+    assert_eq!(b.epoch_authenticator(), c.epoch_authenticator());
+
+    // Message.
+    let ct = a.encrypt(&alice, b"hello group").unwrap();
+    assert!(!ct.windows(11).any(|w| w == b"hello group"));
+    assert_eq!(
+        expect_app(b.process(&bob, &ct).unwrap()),
+        (b"alice".to_vec(), b"hello group".to_vec())
+    );
+    assert_eq!(
+        expect_app(c.process(&carol, &ct).unwrap()).1,
+        b"hello group"
+    );
+
+    // Bob updates his keys; everyone follows.
+    let epoch = a.epoch();
+    let update = b.self_update(&bob).unwrap();
+    assert!(matches!(
+        a.process(&alice, &update).unwrap(),
+        Incoming::Commit {
+            removed_self: false
+        }
+    ));
+    assert!(matches!(
+        c.process(&carol, &update).unwrap(),
+        Incoming::Commit {
+            removed_self: false
+        }
+    ));
+    assert_eq!(a.epoch(), epoch + 1);
+    assert_eq!(a.epoch_authenticator(), c.epoch_authenticator());
+
+    // Alice removes carol.
+    let removal = a.remove_members(&alice, &[b"carol"]).unwrap();
+    assert!(matches!(
+        b.process(&bob, &removal).unwrap(),
+        Incoming::Commit {
+            removed_self: false
+        }
+    ));
+    assert!(matches!(
+        c.process(&carol, &removal).unwrap(),
+        Incoming::Commit { removed_self: true }
+    ));
+    assert_eq!(a.members(), vec![b"alice".to_vec(), b"bob".to_vec()]);
+
+    // Messages after the removal reach bob, not carol.
+    let ct = b.encrypt(&bob, b"just us").unwrap();
+    assert_eq!(expect_app(a.process(&alice, &ct).unwrap()).1, b"just us");
+    assert!(
+        c.process(&carol, &ct).is_err(),
+        "a removed member cannot read new messages"
+    );
+
+    // Garbage and replays are refused with errors, not panics.
+    assert!(a.process(&alice, &[0xff; 40]).is_err());
+    assert!(
+        a.process(&alice, &ct).is_err(),
+        "replayed application message"
+    );
+}
+
+#[test]
+fn three_members_under_xwing() {
+    three_member_flow(Suite::XWing);
+}
+
+#[test]
+fn three_members_under_x25519() {
+    three_member_flow(Suite::X25519);
+}
+
+#[test]
+fn group_survives_closing_and_reopening_the_store() {
+    let dir = std::env::temp_dir().join(format!("qpq-mls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("alice.db");
+    let _ = std::fs::remove_file(&path);
+    let bob = member("bob", Suite::XWing);
+    let group_id = b"persistent".to_vec();
+    let mut b;
+    {
+        let alice = MlsMember::create_at(&path, b"alice", Suite::XWing).unwrap();
+        let mut a = alice.create_group(&group_id).unwrap();
+        let (_, welcome) = a
+            .add_members(&alice, &[&bob.key_package().unwrap()])
+            .unwrap();
+        b = bob.join(&welcome).unwrap();
+        let ct = a.encrypt(&alice, b"before").unwrap();
+        expect_app(b.process(&bob, &ct).unwrap());
+    } // alice's store is closed here
+
+    let alice = MlsMember::load_at(&path).unwrap();
+    assert_eq!(alice.name(), b"alice");
+    assert_eq!(alice.suite(), Suite::XWing);
+    let mut a = alice.group(&group_id).unwrap().expect("group persisted");
+    assert_eq!(a.members().len(), 2);
+    let ct = a.encrypt(&alice, b"after reopening").unwrap();
+    assert_eq!(
+        expect_app(b.process(&bob, &ct).unwrap()).1,
+        b"after reopening"
+    );
+    let reply = b.encrypt(&bob, b"welcome back").unwrap();
+    assert_eq!(
+        expect_app(a.process(&alice, &reply).unwrap()).1,
+        b"welcome back"
+    );
+    assert!(alice.group(b"no such group").unwrap().is_none());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn last_resort_key_package_can_be_used_more_than_once() {
+    let alice = member("alice", Suite::XWing);
+    let bob = member("bob", Suite::XWing);
+    let last_resort = bob.last_resort_key_package().unwrap();
+    for id in [b"g1".as_slice(), b"g2".as_slice()] {
+        let mut g = alice.create_group(id).unwrap();
+        let (_, welcome) = g.add_members(&alice, &[&last_resort]).unwrap();
+        let joined = bob.join(&welcome).unwrap();
+        assert_eq!(joined.id(), id);
+    }
+}
+
+#[test]
+fn a_store_without_member_says_so() {
+    let err = MlsMember::load(Connection::open_in_memory().unwrap()).unwrap_err();
+    assert!(matches!(err, qpq_core::mls::MlsError::NoMember));
+}
+
+#[test]
+fn malformed_key_packages_and_welcomes_are_errors() {
+    let alice = member("alice", Suite::X25519);
+    let mut g = alice.create_group(b"g").unwrap();
+    assert!(g.add_members(&alice, &[&[1, 2, 3]]).is_err());
+    assert!(alice.join(&[0u8; 64]).is_err());
+    // A key package of the other suite is refused.
+    let xwing = member("x", Suite::XWing);
+    assert!(
+        g.add_members(&alice, &[&xwing.key_package().unwrap()])
+            .is_err()
+    );
+}
