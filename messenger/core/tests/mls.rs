@@ -180,3 +180,27 @@ fn malformed_key_packages_and_welcomes_are_errors() {
             .is_err()
     );
 }
+
+#[test]
+fn group_state_can_live_in_an_encrypted_sqlcipher_database() {
+    let dir = std::env::temp_dir().join(format!("qpq-mls-cipher-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("secret.db");
+    let _ = std::fs::remove_file(&path);
+    let open = |key: &str| {
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "key", key).unwrap();
+        conn
+    };
+    {
+        let alice = MlsMember::create(open("correct horse"), b"alice", Suite::XWing).unwrap();
+        alice.create_group(b"private").unwrap();
+    }
+    let raw = std::fs::read(&path).unwrap();
+    assert!(!raw.starts_with(b"SQLite format 3"), "the file must be encrypted");
+    assert!(!raw.windows(5).any(|w| w == b"alice"));
+    assert!(MlsMember::load(open("wrong key")).is_err());
+    let alice = MlsMember::load(open("correct horse")).unwrap();
+    assert!(alice.group(b"private").unwrap().is_some());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
