@@ -15,7 +15,12 @@ use rusqlite::Connection;
 const SUITES: [(Suite, &str); 2] = [(Suite::XWing, "xwing"), (Suite::X25519, "x25519")];
 
 fn member(name: String, suite: Suite) -> MlsMember {
-    MlsMember::create(Connection::open_in_memory().unwrap(), name.as_bytes(), suite).unwrap()
+    MlsMember::create(
+        Connection::open_in_memory().unwrap(),
+        name.as_bytes(),
+        suite,
+    )
+    .unwrap()
 }
 
 /// A group of `size` members as seen by its creator (others' key packages only).
@@ -34,10 +39,14 @@ fn group_of(size: usize, suite: Suite) -> (MlsMember, Group) {
 
 fn mls(c: &mut Criterion) {
     let mut g = c.benchmark_group("mls");
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     for (suite, name) in SUITES {
         let m = member("kp".into(), suite);
-        g.bench_function(BenchmarkId::new("key_package", name), |b| b.iter(|| m.key_package().unwrap()));
+        g.bench_function(BenchmarkId::new("key_package", name), |b| {
+            b.iter(|| m.key_package().unwrap())
+        });
 
         for size in [2usize, 16, 64, 256] {
             g.bench_function(BenchmarkId::new(format!("add_member/{name}"), size), |b| {
@@ -56,10 +65,14 @@ fn mls(c: &mut Criterion) {
         let alice = member("alice".into(), suite);
         let bob = member("bob".into(), suite);
         let mut a = alice.create_group(b"pair").unwrap();
-        let (_, welcome) = a.add_members(&alice, &[&bob.key_package().unwrap()]).unwrap();
+        let (_, welcome) = a
+            .add_members(&alice, &[&bob.key_package().unwrap()])
+            .unwrap();
         let mut bg = bob.join(&welcome).unwrap();
         let message = vec![0x42u8; 1024];
-        g.bench_function(BenchmarkId::new("encrypt_1KiB", name), |b| b.iter(|| a.encrypt(&alice, &message).unwrap()));
+        g.bench_function(BenchmarkId::new("encrypt_1KiB", name), |b| {
+            b.iter(|| a.encrypt(&alice, &message).unwrap())
+        });
         g.bench_function(BenchmarkId::new("encrypt_decrypt_1KiB", name), |b| {
             b.iter(|| {
                 let ct = a.encrypt(&alice, &message).unwrap();
@@ -76,11 +89,15 @@ fn sealed_sender(c: &mut Criterion) {
     let recipient = HybridSecretKey::generate();
     let public = recipient.public();
     let payload = vec![0x17u8; 1024];
-    g.bench_function("seal_1KiB", |b| b.iter(|| sealed::seal(&sender, &public, 1_000, &payload).unwrap()));
+    g.bench_function("seal_1KiB", |b| {
+        b.iter(|| sealed::seal(&sender, &public, 1_000, &payload).unwrap())
+    });
     g.bench_function("open_1KiB", |b| {
         b.iter_batched(
             || sealed::seal(&sender, &public, 1_000, &payload).unwrap(),
-            |envelope| sealed::open(&recipient, &envelope, &mut ReplayGuard::default(), 1_000).unwrap(),
+            |envelope| {
+                sealed::open(&recipient, &envelope, &mut ReplayGuard::default(), 1_000).unwrap()
+            },
             BatchSize::SmallInput,
         )
     });

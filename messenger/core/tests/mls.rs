@@ -197,7 +197,10 @@ fn group_state_can_live_in_an_encrypted_sqlcipher_database() {
         alice.create_group(b"private").unwrap();
     }
     let raw = std::fs::read(&path).unwrap();
-    assert!(!raw.starts_with(b"SQLite format 3"), "the file must be encrypted");
+    assert!(
+        !raw.starts_with(b"SQLite format 3"),
+        "the file must be encrypted"
+    );
     assert!(!raw.windows(5).any(|w| w == b"alice"));
     assert!(MlsMember::load(open("wrong key")).is_err());
     let alice = MlsMember::load(open("correct horse")).unwrap();
