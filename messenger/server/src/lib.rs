@@ -1,0 +1,2 @@
+//! # qpq-server — the quicproquo messenger server
+pub mod store;

@@ -1,0 +1,275 @@
+//! Storage behind a trait: every method is one domain operation and one transaction.
+//!
+//! The SQLite implementation ([`SqliteStore`]) is the embedded default. The trait assumes
+//! nothing SQLite-specific — methods are async, take owned values, and hide their transactions —
+//! so a PostgreSQL implementation for multi-node deployments can stand beside it.
+
+mod pool;
+mod sqlite;
+
+use std::future::Future;
+
+pub use sqlite::SqliteStore;
+
+/// A device address: user name and device id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId {
+    /// User name.
+    pub user: String,
+    /// Device id within the user.
+    pub device: String,
+}
+
+impl DeviceId {
+    /// A device id.
+    pub fn new(user: impl Into<String>, device: impl Into<String>) -> Self {
+        Self {
+            user: user.into(),
+            device: device.into(),
+        }
+    }
+
+    /// The identity a logged-in connection is bound to: `user/device`.
+    pub fn identity(&self) -> qrpc::Identity {
+        qrpc::Identity::new(format!("{}/{}", self.user, self.device))
+    }
+
+    /// Parses `user/device` back.
+    pub fn from_identity(identity: &qrpc::Identity) -> Option<Self> {
+        let (user, device) = identity.as_str().split_once('/')?;
+        Some(Self::new(user, device))
+    }
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The thing to create exists.
+    #[error("already exists")]
+    AlreadyExists,
+    /// The thing to change does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A queue is at its depth limit.
+    #[error("queue full")]
+    QueueFull,
+    /// A quota would be exceeded.
+    #[error("quota exceeded")]
+    QuotaExceeded,
+    /// The backend failed.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+impl From<StoreError> for qrpc::Status {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::AlreadyExists => qrpc::Status::already_exists("already exists"),
+            StoreError::NotFound => qrpc::Status::not_found("not found"),
+            StoreError::QueueFull => qrpc::Status::resource_exhausted("recipient queue is full"),
+            StoreError::QuotaExceeded => qrpc::Status::resource_exhausted("storage quota exceeded"),
+            StoreError::Backend(reason) => {
+                tracing::error!(%reason, "storage failure");
+                qrpc::Status::internal("storage failure")
+            }
+        }
+    }
+}
+
+/// Result of storage operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The device it belongs to.
+    pub device: DeviceId,
+    /// Expiry, ms since the epoch.
+    pub expires_at_ms: u64,
+}
+
+/// A device as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    /// Device id.
+    pub device: String,
+    /// Label.
+    pub label: String,
+    /// Registered at, ms.
+    pub created_at_ms: u64,
+    /// Whether a key bundle is published.
+    pub has_keys: bool,
+}
+
+/// A message to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Recipient device.
+    pub recipient: DeviceId,
+    /// Sender-chosen id for idempotence.
+    pub message_id: Vec<u8>,
+    /// Ciphertext.
+    pub payload: Vec<u8>,
+}
+
+/// A queued message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Sequence number in its queue.
+    pub seq: u64,
+    /// Sender-chosen id.
+    pub message_id: Vec<u8>,
+    /// Ciphertext.
+    pub payload: Vec<u8>,
+    /// Accepted at, ms.
+    pub received_at_ms: u64,
+}
+
+/// Outcome of one enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The message's sequence number.
+    pub seq: u64,
+    /// Whether the id was already queued.
+    pub duplicate: bool,
+}
+
+/// A queue's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueDepth {
+    /// Messages queued.
+    pub depth: u64,
+    /// Oldest seq (0 when empty).
+    pub first_seq: u64,
+    /// Newest seq (0 when empty).
+    pub last_seq: u64,
+}
+
+/// A published key bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleRow {
+    /// qpq-core bundle encoding.
+    pub bundle: Vec<u8>,
+    /// Identity key (32 bytes).
+    pub identity_key: Vec<u8>,
+    /// SHA-256 of the delivery token, if one was set.
+    pub delivery_token_hash: Option<Vec<u8>>,
+    /// The binding's key-transparency leaf index.
+    pub kt_index: u64,
+}
+
+/// A blob's upload state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRow {
+    /// Uploader.
+    pub owner: String,
+    /// Declared size.
+    pub size: u64,
+    /// Bytes received so far.
+    pub received: u64,
+    /// Whether complete and verified.
+    pub complete: bool,
+}
+
+/// Everything the server persists.
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user with an OPAQUE registration record.
+    fn create_user(&self, user: String, password_file: Vec<u8>, now_ms: u64) -> impl Future<Output = StoreResult<()>> + Send;
+    /// A user's OPAQUE registration record.
+    fn password_file(&self, user: String) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+
+    /// Registers a device. `first_only` makes it succeed only when the user has no device yet.
+    fn register_device(
+        &self,
+        device: DeviceId,
+        label: String,
+        now_ms: u64,
+        first_only: bool,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Whether a device exists.
+    fn device_exists(&self, device: DeviceId) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// A user's devices.
+    fn list_devices(&self, user: String) -> impl Future<Output = StoreResult<Vec<DeviceRow>>> + Send;
+    /// Deletes a device with its queue, keys and sessions.
+    fn revoke_device(&self, device: DeviceId) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Stores a session under the hash of its token.
+    fn create_session(&self, token_hash: Vec<u8>, session: Session) -> impl Future<Output = StoreResult<()>> + Send;
+    /// The session with this token hash.
+    fn session(&self, token_hash: Vec<u8>) -> impl Future<Output = StoreResult<Option<Session>>> + Send;
+
+    /// Enqueues one message: depth check and insert in one transaction, idempotent by message id.
+    fn enqueue(&self, message: NewMessage, max_depth: u64, now_ms: u64) -> impl Future<Output = StoreResult<Enqueued>> + Send;
+    /// Enqueues several messages atomically.
+    fn batch_enqueue(
+        &self,
+        messages: Vec<NewMessage>,
+        max_depth: u64,
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<Vec<Enqueued>>> + Send;
+    /// Messages after `after_seq`, oldest first.
+    fn fetch(&self, device: DeviceId, after_seq: u64, limit: u32) -> impl Future<Output = StoreResult<Vec<StoredMessage>>> + Send;
+    /// A queue's depth and bounds.
+    fn peek(&self, device: DeviceId) -> impl Future<Output = StoreResult<QueueDepth>> + Send;
+    /// Deletes messages up to `up_to_seq`; returns how many.
+    fn ack(&self, device: DeviceId, up_to_seq: u64) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// Adds one-time key packages, keeping at most `max` per device; returns how many are stored.
+    fn add_key_packages(&self, device: DeviceId, packages: Vec<Vec<u8>>, max: u32) -> impl Future<Output = StoreResult<u32>> + Send;
+    /// Replaces the last-resort key package.
+    fn set_last_resort_key_package(&self, device: DeviceId, package: Vec<u8>) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Consumes one one-time key package, or returns the last-resort one (`true`).
+    fn take_key_package(&self, device: DeviceId) -> impl Future<Output = StoreResult<Option<(Vec<u8>, bool)>>> + Send;
+    /// The last-resort key package, if any.
+    fn last_resort_key_package(&self, device: DeviceId) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+
+    /// Publishes a key bundle and appends its key-transparency leaf in one transaction;
+    /// returns the leaf index.
+    fn publish_bundle(
+        &self,
+        device: DeviceId,
+        bundle: Vec<u8>,
+        identity_key: Vec<u8>,
+        delivery_token_hash: Option<Vec<u8>>,
+        leaf_hash: [u8; 32],
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// A device's bundle.
+    fn bundle(&self, device: DeviceId) -> impl Future<Output = StoreResult<Option<BundleRow>>> + Send;
+    /// Devices of a user with published identity keys.
+    fn user_identities(&self, user: String) -> impl Future<Output = StoreResult<Vec<(String, Vec<u8>)>>> + Send;
+    /// The device owning an identity key.
+    fn resolve_identity(&self, identity_key: Vec<u8>) -> impl Future<Output = StoreResult<Option<DeviceId>>> + Send;
+    /// Every key-transparency leaf hash, in order (to rebuild the log at start).
+    fn kt_leaves(&self) -> impl Future<Output = StoreResult<Vec<[u8; 32]>>> + Send;
+
+    /// Creates a channel with its members.
+    fn create_channel(
+        &self,
+        id: Vec<u8>,
+        name: String,
+        owner: String,
+        members: Vec<String>,
+        mls_group_id: Vec<u8>,
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Whether a user exists.
+    fn user_exists(&self, user: String) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// A blob's state.
+    fn blob(&self, sha256: Vec<u8>) -> impl Future<Output = StoreResult<Option<BlobRow>>> + Send;
+    /// Starts a blob upload, checking the owner's quota.
+    fn begin_blob(&self, sha256: Vec<u8>, owner: String, size: u64, quota: u64, now_ms: u64) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Records upload progress.
+    fn blob_progress(&self, sha256: Vec<u8>, received: u64, complete: bool) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Publishes a device's P2P endpoint.
+    fn publish_endpoint(&self, device: DeviceId, addresses: Vec<String>, expires_at_ms: u64) -> impl Future<Output = StoreResult<()>> + Send;
+    /// A device's unexpired endpoint.
+    fn endpoint(&self, device: DeviceId, now_ms: u64) -> impl Future<Output = StoreResult<Option<(Vec<String>, u64)>>> + Send;
+
+    /// A named server secret.
+    fn secret(&self, name: String) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+    /// Stores a named server secret unless one exists; returns the stored value.
+    fn init_secret(&self, name: String, value: Vec<u8>) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
+}

@@ -1,0 +1,755 @@
+//! The SQLite store: numbered migrations, WAL, a connection pool.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::pool::Pool;
+use super::*;
+
+/// Numbered migrations; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/V1__initial.sql")];
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The embedded SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    pub async fn open(path: &Path, pool_size: usize) -> StoreResult<Self> {
+        let pool = Pool::open(path, pool_size)?;
+        pool.run(migrate).await?;
+        Ok(Self { pool })
+    }
+
+    /// The schema version after migrations.
+    pub async fn schema_version(&self) -> StoreResult<u32> {
+        self.pool
+            .run(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend))
+            .await
+    }
+
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.pool
+            .run(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                let value = f(&tx)?;
+                tx.commit().map_err(backend)?;
+                Ok(value)
+            })
+            .await
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.pool.run(move |conn| f(conn)).await
+    }
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map_err(backend)?
+        .try_into()
+        .unwrap_or(0);
+    for (n, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.pragma_update(None, "user_version", n + 1).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        tracing::info!(version = n + 1, "applied storage migration");
+    }
+    Ok(())
+}
+
+fn enqueue_one(tx: &Transaction<'_>, m: &NewMessage, max_depth: u64, now_ms: u64) -> StoreResult<Enqueued> {
+    let existing: Option<i64> = tx
+        .query_row(
+            "SELECT seq FROM queue WHERE user = ?1 AND device = ?2 AND message_id = ?3",
+            params![m.recipient.user, m.recipient.device, m.message_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    if let Some(seq) = existing {
+        return Ok(Enqueued { seq: u(seq), duplicate: true });
+    }
+    let next: Option<i64> = tx
+        .query_row(
+            "SELECT next_seq FROM devices WHERE user = ?1 AND device = ?2",
+            params![m.recipient.user, m.recipient.device],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    let seq = next.ok_or(StoreError::NotFound)?;
+    let depth: i64 = tx
+        .query_row(
+            "SELECT COUNT(*) FROM queue WHERE user = ?1 AND device = ?2",
+            params![m.recipient.user, m.recipient.device],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if u(depth) >= max_depth {
+        return Err(StoreError::QueueFull);
+    }
+    tx.execute(
+        "INSERT INTO queue (user, device, seq, message_id, payload, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![m.recipient.user, m.recipient.device, seq, m.message_id, m.payload, i(now_ms)],
+    )
+    .map_err(backend)?;
+    tx.execute(
+        "UPDATE devices SET next_seq = ?3 WHERE user = ?1 AND device = ?2",
+        params![m.recipient.user, m.recipient.device, seq + 1],
+    )
+    .map_err(backend)?;
+    Ok(Enqueued { seq: u(seq), duplicate: false })
+}
+
+impl Store for SqliteStore {
+    async fn create_user(&self, user: String, password_file: Vec<u8>, now_ms: u64) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO users (name, password_file, created_at_ms) VALUES (?1, ?2, ?3)",
+                params![user, password_file, i(now_ms)],
+            )
+            .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists } else { backend(e) })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn password_file(&self, user: String) -> StoreResult<Option<Vec<u8>>> {
+        self.read(move |c| {
+            c.query_row("SELECT password_file FROM users WHERE name = ?1", [user], |r| r.get(0))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn register_device(&self, device: DeviceId, label: String, now_ms: u64, first_only: bool) -> StoreResult<()> {
+        self.write(move |tx| {
+            let user_exists: bool = tx
+                .query_row("SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)", [&device.user], |r| r.get(0))
+                .map_err(backend)?;
+            if !user_exists {
+                return Err(StoreError::NotFound);
+            }
+            if first_only {
+                let count: i64 = tx
+                    .query_row("SELECT COUNT(*) FROM devices WHERE user = ?1", [&device.user], |r| r.get(0))
+                    .map_err(backend)?;
+                if count > 0 {
+                    return Err(StoreError::NotFound);
+                }
+            }
+            tx.execute(
+                "INSERT INTO devices (user, device, label, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![device.user, device.device, label, i(now_ms)],
+            )
+            .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists } else { backend(e) })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_exists(&self, device: DeviceId) -> StoreResult<bool> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM devices WHERE user = ?1 AND device = ?2)",
+                params![device.user, device.device],
+                |r| r.get(0),
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_devices(&self, user: String) -> StoreResult<Vec<DeviceRow>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT d.device, d.label, d.created_at_ms,
+                            EXISTS(SELECT 1 FROM key_bundles k WHERE k.user = d.user AND k.device = d.device)
+                     FROM devices d WHERE d.user = ?1 ORDER BY d.created_at_ms, d.device",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([user], |r| {
+                    Ok(DeviceRow {
+                        device: r.get(0)?,
+                        label: r.get(1)?,
+                        created_at_ms: u(r.get(2)?),
+                        has_keys: r.get(3)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, device: DeviceId) -> StoreResult<()> {
+        self.write(move |tx| {
+            // Cascades to sessions, queue, key packages, bundle and endpoint.
+            let n = tx
+                .execute("DELETE FROM devices WHERE user = ?1 AND device = ?2", params![device.user, device.device])
+                .map_err(backend)?;
+            if n == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+        })
+        .await
+    }
+
+    async fn create_session(&self, token_hash: Vec<u8>, session: Session) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO sessions (token_hash, user, device, expires_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![token_hash, session.device.user, session.device.device, i(session.expires_at_ms)],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, token_hash: Vec<u8>) -> StoreResult<Option<Session>> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT user, device, expires_at_ms FROM sessions WHERE token_hash = ?1",
+                [token_hash],
+                |r| {
+                    Ok(Session {
+                        device: DeviceId::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                        expires_at_ms: u(r.get(2)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn enqueue(&self, message: NewMessage, max_depth: u64, now_ms: u64) -> StoreResult<Enqueued> {
+        self.write(move |tx| enqueue_one(tx, &message, max_depth, now_ms)).await
+    }
+
+    async fn batch_enqueue(&self, messages: Vec<NewMessage>, max_depth: u64, now_ms: u64) -> StoreResult<Vec<Enqueued>> {
+        // One transaction: an error on any message rolls back all of them.
+        self.write(move |tx| messages.iter().map(|m| enqueue_one(tx, m, max_depth, now_ms)).collect())
+            .await
+    }
+
+    async fn fetch(&self, device: DeviceId, after_seq: u64, limit: u32) -> StoreResult<Vec<StoredMessage>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT seq, message_id, payload, received_at_ms FROM queue
+                     WHERE user = ?1 AND device = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![device.user, device.device, i(after_seq), limit], |r| {
+                    Ok(StoredMessage {
+                        seq: u(r.get(0)?),
+                        message_id: r.get(1)?,
+                        payload: r.get(2)?,
+                        received_at_ms: u(r.get(3)?),
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn peek(&self, device: DeviceId) -> StoreResult<QueueDepth> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT COUNT(*), COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM queue WHERE user = ?1 AND device = ?2",
+                params![device.user, device.device],
+                |r| {
+                    Ok(QueueDepth {
+                        depth: u(r.get(0)?),
+                        first_seq: u(r.get(1)?),
+                        last_seq: u(r.get(2)?),
+                    })
+                },
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn ack(&self, device: DeviceId, up_to_seq: u64) -> StoreResult<u64> {
+        self.write(move |tx| {
+            tx.execute(
+                "DELETE FROM queue WHERE user = ?1 AND device = ?2 AND seq <= ?3",
+                params![device.user, device.device, i(up_to_seq)],
+            )
+            .map(|n| n as u64)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn add_key_packages(&self, device: DeviceId, packages: Vec<Vec<u8>>, max: u32) -> StoreResult<u32> {
+        self.write(move |tx| {
+            let count: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM key_packages WHERE user = ?1 AND device = ?2 AND last_resort = 0",
+                    params![device.user, device.device],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if u(count) + packages.len() as u64 > u64::from(max) {
+                return Err(StoreError::QuotaExceeded);
+            }
+            for kp in &packages {
+                tx.execute(
+                    "INSERT INTO key_packages (user, device, key_package, last_resort) VALUES (?1, ?2, ?3, 0)",
+                    params![device.user, device.device, kp],
+                )
+                .map_err(|e| if is_constraint(&e) { StoreError::NotFound } else { backend(e) })?;
+            }
+            Ok(u32::try_from(u(count) + packages.len() as u64).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    async fn set_last_resort_key_package(&self, device: DeviceId, package: Vec<u8>) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "DELETE FROM key_packages WHERE user = ?1 AND device = ?2 AND last_resort = 1",
+                params![device.user, device.device],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO key_packages (user, device, key_package, last_resort) VALUES (?1, ?2, ?3, 1)",
+                params![device.user, device.device, package],
+            )
+            .map_err(|e| if is_constraint(&e) { StoreError::NotFound } else { backend(e) })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_key_package(&self, device: DeviceId) -> StoreResult<Option<(Vec<u8>, bool)>> {
+        self.write(move |tx| {
+            let one_time: Option<(i64, Vec<u8>)> = tx
+                .query_row(
+                    "SELECT id, key_package FROM key_packages WHERE user = ?1 AND device = ?2 AND last_resort = 0
+                     ORDER BY id LIMIT 1",
+                    params![device.user, device.device],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some((id, kp)) = one_time {
+                tx.execute("DELETE FROM key_packages WHERE id = ?1", [id]).map_err(backend)?;
+                return Ok(Some((kp, false)));
+            }
+            let last: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT key_package FROM key_packages WHERE user = ?1 AND device = ?2 AND last_resort = 1",
+                    params![device.user, device.device],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            Ok(last.map(|kp| (kp, true)))
+        })
+        .await
+    }
+
+    async fn last_resort_key_package(&self, device: DeviceId) -> StoreResult<Option<Vec<u8>>> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT key_package FROM key_packages WHERE user = ?1 AND device = ?2 AND last_resort = 1",
+                params![device.user, device.device],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn publish_bundle(
+        &self,
+        device: DeviceId,
+        bundle: Vec<u8>,
+        identity_key: Vec<u8>,
+        delivery_token_hash: Option<Vec<u8>>,
+        leaf_hash: [u8; 32],
+    ) -> StoreResult<u64> {
+        self.write(move |tx| {
+            let index: i64 = tx
+                .query_row("SELECT COUNT(*) FROM kt_leaves", [], |r| r.get(0))
+                .map_err(backend)?;
+            tx.execute("INSERT INTO kt_leaves (idx, leaf_hash) VALUES (?1, ?2)", params![index, leaf_hash.to_vec()])
+                .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO key_bundles (user, device, bundle, identity_key, delivery_token_hash, kt_index)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (user, device) DO UPDATE SET bundle = ?3, identity_key = ?4,
+                     delivery_token_hash = ?5, kt_index = ?6",
+                params![device.user, device.device, bundle, identity_key, delivery_token_hash, index],
+            )
+            .map_err(|e| if is_constraint(&e) { StoreError::NotFound } else { backend(e) })?;
+            Ok(u(index))
+        })
+        .await
+    }
+
+    async fn bundle(&self, device: DeviceId) -> StoreResult<Option<BundleRow>> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT bundle, identity_key, delivery_token_hash, kt_index FROM key_bundles WHERE user = ?1 AND device = ?2",
+                params![device.user, device.device],
+                |r| {
+                    Ok(BundleRow {
+                        bundle: r.get(0)?,
+                        identity_key: r.get(1)?,
+                        delivery_token_hash: r.get(2)?,
+                        kt_index: u(r.get(3)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn user_identities(&self, user: String) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare("SELECT device, identity_key FROM key_bundles WHERE user = ?1 ORDER BY device")
+                .map_err(backend)?;
+            let rows = stmt.query_map([user], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn resolve_identity(&self, identity_key: Vec<u8>) -> StoreResult<Option<DeviceId>> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT user, device FROM key_bundles WHERE identity_key = ?1 LIMIT 1",
+                [identity_key],
+                |r| Ok(DeviceId::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn kt_leaves(&self) -> StoreResult<Vec<[u8; 32]>> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT leaf_hash FROM kt_leaves ORDER BY idx").map_err(backend)?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(backend)?;
+            rows.map(|row| {
+                let bytes = row.map_err(backend)?;
+                bytes.try_into().map_err(|_| StoreError::Backend("corrupt key-transparency leaf".into()))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn create_channel(
+        &self,
+        id: Vec<u8>,
+        name: String,
+        owner: String,
+        members: Vec<String>,
+        mls_group_id: Vec<u8>,
+        now_ms: u64,
+    ) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO channels (id, name, owner, mls_group_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, name, owner, mls_group_id, i(now_ms)],
+            )
+            .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists } else { backend(e) })?;
+            for member in members.iter().chain(std::iter::once(&owner)) {
+                let exists: bool = tx
+                    .query_row("SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)", [member], |r| r.get(0))
+                    .map_err(backend)?;
+                if !exists {
+                    return Err(StoreError::NotFound);
+                }
+                tx.execute(
+                    "INSERT OR IGNORE INTO channel_members (channel_id, user) VALUES (?1, ?2)",
+                    params![id, member],
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user_exists(&self, user: String) -> StoreResult<bool> {
+        self.read(move |c| {
+            c.query_row("SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)", [user], |r| r.get(0))
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn blob(&self, sha256: Vec<u8>) -> StoreResult<Option<BlobRow>> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT owner, size, received, complete FROM blobs WHERE sha256 = ?1",
+                [sha256],
+                |r| {
+                    Ok(BlobRow {
+                        owner: r.get(0)?,
+                        size: u(r.get(1)?),
+                        received: u(r.get(2)?),
+                        complete: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn begin_blob(&self, sha256: Vec<u8>, owner: String, size: u64, quota: u64, now_ms: u64) -> StoreResult<()> {
+        self.write(move |tx| {
+            let used: i64 = tx
+                .query_row("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE owner = ?1", [&owner], |r| r.get(0))
+                .map_err(backend)?;
+            if u(used).saturating_add(size) > quota {
+                return Err(StoreError::QuotaExceeded);
+            }
+            tx.execute(
+                "INSERT INTO blobs (sha256, owner, size, received, complete, created_at_ms) VALUES (?1, ?2, ?3, 0, 0, ?4)",
+                params![sha256, owner, i(size), i(now_ms)],
+            )
+            .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists } else { backend(e) })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn blob_progress(&self, sha256: Vec<u8>, received: u64, complete: bool) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE blobs SET received = ?2, complete = ?3 WHERE sha256 = ?1",
+                params![sha256, i(received), complete],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn publish_endpoint(&self, device: DeviceId, addresses: Vec<String>, expires_at_ms: u64) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO endpoints (user, device, addresses, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user, device) DO UPDATE SET addresses = ?3, expires_at_ms = ?4",
+                params![device.user, device.device, addresses.join("\n"), i(expires_at_ms)],
+            )
+            .map_err(|e| if is_constraint(&e) { StoreError::NotFound } else { backend(e) })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn endpoint(&self, device: DeviceId, now_ms: u64) -> StoreResult<Option<(Vec<String>, u64)>> {
+        self.read(move |c| {
+            let row: Option<(String, i64)> = c
+                .query_row(
+                    "SELECT addresses, expires_at_ms FROM endpoints WHERE user = ?1 AND device = ?2 AND expires_at_ms > ?3",
+                    params![device.user, device.device, i(now_ms)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            Ok(row.map(|(a, e)| (a.lines().map(str::to_owned).collect(), u(e))))
+        })
+        .await
+    }
+
+    async fn secret(&self, name: String) -> StoreResult<Option<Vec<u8>>> {
+        self.read(move |c| {
+            c.query_row("SELECT value FROM server_secrets WHERE name = ?1", [name], |r| r.get(0))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn init_secret(&self, name: String, value: Vec<u8>) -> StoreResult<Vec<u8>> {
+        self.write(move |tx| {
+            tx.execute("INSERT OR IGNORE INTO server_secrets (name, value) VALUES (?1, ?2)", params![name, value])
+                .map_err(backend)?;
+            tx.query_row("SELECT value FROM server_secrets WHERE name = ?1", [name], |r| r.get(0))
+                .map_err(backend)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("qpq.db"), 4).await.unwrap();
+        (dir, store)
+    }
+
+    async fn with_device(store: &SqliteStore, user: &str, device: &str) -> DeviceId {
+        let _ = store.create_user(user.into(), vec![1], 0).await;
+        let d = DeviceId::new(user, device);
+        store.register_device(d.clone(), String::new(), 0, false).await.unwrap();
+        d
+    }
+
+    fn msg(to: &DeviceId, id: u8) -> NewMessage {
+        NewMessage { recipient: to.clone(), message_id: vec![id; 16], payload: vec![id; 10] }
+    }
+
+    #[tokio::test]
+    async fn migrations_run_once_and_reopen_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qpq.db");
+        {
+            let s = SqliteStore::open(&path, 2).await.unwrap();
+            assert_eq!(s.schema_version().await.unwrap(), MIGRATIONS.len() as u32);
+            s.create_user("alice".into(), vec![9], 1).await.unwrap();
+        }
+        let s = SqliteStore::open(&path, 2).await.unwrap();
+        assert_eq!(s.password_file("alice".into()).await.unwrap(), Some(vec![9]));
+        assert!(matches!(s.create_user("alice".into(), vec![1], 2).await, Err(StoreError::AlreadyExists)));
+    }
+
+    #[tokio::test]
+    async fn queue_is_ordered_idempotent_bounded_and_acked() {
+        let (_d, s) = store().await;
+        let bob = with_device(&s, "bob", "phone").await;
+        let a = s.enqueue(msg(&bob, 1), 3, 10).await.unwrap();
+        let b = s.enqueue(msg(&bob, 2), 3, 11).await.unwrap();
+        assert_eq!((a.seq, b.seq), (1, 2));
+        let dup = s.enqueue(msg(&bob, 1), 3, 12).await.unwrap();
+        assert_eq!(dup, Enqueued { seq: 1, duplicate: true });
+        s.enqueue(msg(&bob, 3), 3, 13).await.unwrap();
+        assert!(matches!(s.enqueue(msg(&bob, 4), 3, 14).await, Err(StoreError::QueueFull)));
+        let all = s.fetch(bob.clone(), 0, 10).await.unwrap();
+        assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(s.fetch(bob.clone(), 2, 10).await.unwrap().len(), 1);
+        assert_eq!(s.peek(bob.clone()).await.unwrap(), QueueDepth { depth: 3, first_seq: 1, last_seq: 3 });
+        assert_eq!(s.ack(bob.clone(), 2).await.unwrap(), 2);
+        // Sequence numbers keep increasing after acks.
+        assert_eq!(s.enqueue(msg(&bob, 5), 3, 15).await.unwrap().seq, 4);
+        let unknown = DeviceId::new("nobody", "x");
+        assert!(matches!(s.enqueue(msg(&unknown, 1), 3, 1).await, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn batch_enqueue_is_all_or_nothing() {
+        let (_d, s) = store().await;
+        let bob = with_device(&s, "bob", "phone").await;
+        let carol = with_device(&s, "carol", "laptop").await;
+        s.enqueue(msg(&carol, 9), 1, 0).await.unwrap(); // carol's queue is now full
+        let err = s.batch_enqueue(vec![msg(&bob, 1), msg(&carol, 2)], 1, 0).await.unwrap_err();
+        assert!(matches!(err, StoreError::QueueFull));
+        assert_eq!(s.peek(bob.clone()).await.unwrap().depth, 0, "bob's message was rolled back");
+        let ok = s.batch_enqueue(vec![msg(&bob, 1)], 1, 0).await.unwrap();
+        assert_eq!(ok.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn key_packages_are_consumed_then_last_resort() {
+        let (_d, s) = store().await;
+        let d = with_device(&s, "dave", "pc").await;
+        assert_eq!(s.add_key_packages(d.clone(), vec![vec![1], vec![2]], 3).await.unwrap(), 2);
+        assert!(matches!(s.add_key_packages(d.clone(), vec![vec![3], vec![4]], 3).await, Err(StoreError::QuotaExceeded)));
+        s.set_last_resort_key_package(d.clone(), vec![99]).await.unwrap();
+        assert_eq!(s.take_key_package(d.clone()).await.unwrap(), Some((vec![1], false)));
+        assert_eq!(s.take_key_package(d.clone()).await.unwrap(), Some((vec![2], false)));
+        assert_eq!(s.take_key_package(d.clone()).await.unwrap(), Some((vec![99], true)));
+        assert_eq!(s.take_key_package(d.clone()).await.unwrap(), Some((vec![99], true)));
+    }
+
+    #[tokio::test]
+    async fn revoking_a_device_drops_its_queue_keys_and_sessions() {
+        let (_d, s) = store().await;
+        let d = with_device(&s, "erin", "old").await;
+        s.enqueue(msg(&d, 1), 10, 0).await.unwrap();
+        s.add_key_packages(d.clone(), vec![vec![1]], 10).await.unwrap();
+        s.create_session(vec![7; 32], Session { device: d.clone(), expires_at_ms: 100 }).await.unwrap();
+        s.revoke_device(d.clone()).await.unwrap();
+        assert!(s.session(vec![7; 32]).await.unwrap().is_none());
+        assert_eq!(s.peek(d.clone()).await.unwrap().depth, 0);
+        assert!(s.take_key_package(d.clone()).await.unwrap().is_none());
+        assert!(matches!(s.revoke_device(d).await, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn first_device_rule() {
+        let (_d, s) = store().await;
+        s.create_user("fay".into(), vec![1], 0).await.unwrap();
+        s.register_device(DeviceId::new("fay", "a"), String::new(), 0, true).await.unwrap();
+        assert!(matches!(
+            s.register_device(DeviceId::new("fay", "b"), String::new(), 0, true).await,
+            Err(StoreError::NotFound)
+        ));
+        s.register_device(DeviceId::new("fay", "b"), String::new(), 0, false).await.unwrap();
+        assert_eq!(s.list_devices("fay".into()).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn blobs_respect_quota() {
+        let (_d, s) = store().await;
+        s.begin_blob(vec![1; 32], "gil".into(), 60, 100, 0).await.unwrap();
+        assert!(matches!(s.begin_blob(vec![2; 32], "gil".into(), 50, 100, 0).await, Err(StoreError::QuotaExceeded)));
+        s.blob_progress(vec![1; 32], 60, true).await.unwrap();
+        assert_eq!(s.blob(vec![1; 32]).await.unwrap().unwrap().complete, true);
+    }
+}
