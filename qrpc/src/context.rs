@@ -64,6 +64,11 @@ impl Extensions {
         self.map.get(&TypeId::of::<T>())?.downcast_ref()
     }
 
+    /// The stored value of type `T`, mutably.
+    pub fn get_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
+        self.map.get_mut(&TypeId::of::<T>())?.downcast_mut()
+    }
+
     /// Removes and returns the stored value of type `T`.
     pub fn remove<T: Send + Sync + 'static>(&mut self) -> Option<T> {
         self.map

@@ -507,3 +507,34 @@ impl Group {
         }
     }
 }
+
+/// What a server may learn from a key package it stores for others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPackageInfo {
+    /// The credential identity (the owner's name).
+    pub name: Vec<u8>,
+    /// Whether it is marked last-resort.
+    pub last_resort: bool,
+    /// Its ciphersuite, if it is one of qpq's.
+    pub suite: Option<Suite>,
+}
+
+/// Decodes a key package and checks its signature and lifetime, without any private key.
+pub fn inspect_key_package(bytes: &[u8]) -> Result<KeyPackageInfo, MlsError> {
+    let crypto = CryptoProvider::new().map_err(|e| protocol("crypto init")(&e))?;
+    let kp = KeyPackageIn::tls_deserialize_exact(bytes)
+        .map_err(|_| MlsError::Malformed("key package"))?;
+    let kp = mls_try!(
+        "key package validation",
+        kp.validate(&crypto, ProtocolVersion::Mls10)
+    );
+    let suite = [Suite::XWing, Suite::X25519]
+        .into_iter()
+        .find(|s| s.ciphersuite() == kp.ciphersuite());
+    Ok(KeyPackageInfo {
+        name: credential_name(kp.leaf_node().credential())
+            .ok_or(MlsError::Malformed("credential"))?,
+        last_resort: kp.last_resort(),
+        suite,
+    })
+}

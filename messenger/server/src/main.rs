@@ -1,1 +1,118 @@
-fn main() {}
+//! `qpq-server`: the quicproquo messenger server.
+//!
+//! With no arguments it creates a data directory, a self-signed certificate and a database,
+//! prints the certificate's SHA-256 for clients to pin, and serves on 127.0.0.1:7443.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use qpq_server::Config;
+
+/// The quicproquo messenger server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file (default: <data-dir>/qpq-server.toml if it exists).
+    #[arg(long, env = "QPQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:7443.
+    #[arg(long, env = "QPQ_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory (database, TLS files, blobs).
+    #[arg(long, env = "QPQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// PEM certificate chain (with --tls-key).
+    #[arg(long, env = "QPQ_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (with --tls-cert).
+    #[arg(long, env = "QPQ_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn load(args: &Args) -> anyhow::Result<Config> {
+    let data_dir = args.data_dir.clone();
+    let file = args.config.clone().or_else(|| {
+        let dir = data_dir
+            .clone()
+            .unwrap_or_else(qpq_server::config::default_data_dir);
+        let candidate = dir.join("qpq-server.toml");
+        candidate.exists().then_some(candidate)
+    });
+    let mut config = match &file {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = data_dir {
+        config.data_dir = v;
+    }
+    if args.tls_cert.is_some() || args.tls_key.is_some() {
+        config.tls_cert = args.tls_cert.clone();
+        config.tls_key = args.tls_key.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QPQ_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = load(&args)?;
+    if args.print_config {
+        print!(
+            "{}",
+            toml::to_string_pretty(&config).context("formatting the configuration")?
+        );
+        return Ok(());
+    }
+    let server = qpq_server::start(config.clone()).await?;
+    println!("qpq-server listening on {}", server.addr);
+    println!("data directory: {}", config.data_dir.display());
+    println!(
+        "certificate sha256: {}",
+        qrpc::tls::format_fingerprint(&server.fingerprint)
+    );
+    println!(
+        "key transparency log key: {}",
+        server.kt_public.short_fingerprint()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}

@@ -77,10 +77,19 @@ impl AuthPolicy {
 }
 
 /// Applies an [`AuthPolicy`] with an [`Authenticator`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AuthLayer<A> {
     authenticator: Arc<A>,
     policy: Arc<AuthPolicy>,
+}
+
+impl<A> Clone for AuthLayer<A> {
+    fn clone(&self) -> Self {
+        Self {
+            authenticator: Arc::clone(&self.authenticator),
+            policy: Arc::clone(&self.policy),
+        }
+    }
 }
 
 impl<A: Authenticator> AuthLayer<A> {
@@ -106,11 +115,21 @@ impl<S, A> Layer<S> for AuthLayer<A> {
 }
 
 /// The service [`AuthLayer`] produces.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Auth<S, A> {
     inner: S,
     authenticator: Arc<A>,
     policy: Arc<AuthPolicy>,
+}
+
+impl<S: Clone, A> Clone for Auth<S, A> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            authenticator: Arc::clone(&self.authenticator),
+            policy: Arc::clone(&self.policy),
+        }
+    }
 }
 
 impl<S, A> Auth<S, A> {

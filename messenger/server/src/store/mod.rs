@@ -175,9 +175,17 @@ pub struct BlobRow {
 /// Everything the server persists.
 pub trait Store: Send + Sync + 'static {
     /// Creates a user with an OPAQUE registration record.
-    fn create_user(&self, user: String, password_file: Vec<u8>, now_ms: u64) -> impl Future<Output = StoreResult<()>> + Send;
+    fn create_user(
+        &self,
+        user: String,
+        password_file: Vec<u8>,
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// A user's OPAQUE registration record.
-    fn password_file(&self, user: String) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+    fn password_file(
+        &self,
+        user: String,
+    ) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
 
     /// Registers a device. `first_only` makes it succeed only when the user has no device yet.
     fn register_device(
@@ -190,17 +198,32 @@ pub trait Store: Send + Sync + 'static {
     /// Whether a device exists.
     fn device_exists(&self, device: DeviceId) -> impl Future<Output = StoreResult<bool>> + Send;
     /// A user's devices.
-    fn list_devices(&self, user: String) -> impl Future<Output = StoreResult<Vec<DeviceRow>>> + Send;
+    fn list_devices(
+        &self,
+        user: String,
+    ) -> impl Future<Output = StoreResult<Vec<DeviceRow>>> + Send;
     /// Deletes a device with its queue, keys and sessions.
     fn revoke_device(&self, device: DeviceId) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Stores a session under the hash of its token.
-    fn create_session(&self, token_hash: Vec<u8>, session: Session) -> impl Future<Output = StoreResult<()>> + Send;
+    fn create_session(
+        &self,
+        token_hash: Vec<u8>,
+        session: Session,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// The session with this token hash.
-    fn session(&self, token_hash: Vec<u8>) -> impl Future<Output = StoreResult<Option<Session>>> + Send;
+    fn session(
+        &self,
+        token_hash: Vec<u8>,
+    ) -> impl Future<Output = StoreResult<Option<Session>>> + Send;
 
     /// Enqueues one message: depth check and insert in one transaction, idempotent by message id.
-    fn enqueue(&self, message: NewMessage, max_depth: u64, now_ms: u64) -> impl Future<Output = StoreResult<Enqueued>> + Send;
+    fn enqueue(
+        &self,
+        message: NewMessage,
+        max_depth: u64,
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<Enqueued>> + Send;
     /// Enqueues several messages atomically.
     fn batch_enqueue(
         &self,
@@ -209,20 +232,46 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> impl Future<Output = StoreResult<Vec<Enqueued>>> + Send;
     /// Messages after `after_seq`, oldest first.
-    fn fetch(&self, device: DeviceId, after_seq: u64, limit: u32) -> impl Future<Output = StoreResult<Vec<StoredMessage>>> + Send;
+    fn fetch(
+        &self,
+        device: DeviceId,
+        after_seq: u64,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<StoredMessage>>> + Send;
     /// A queue's depth and bounds.
     fn peek(&self, device: DeviceId) -> impl Future<Output = StoreResult<QueueDepth>> + Send;
     /// Deletes messages up to `up_to_seq`; returns how many.
-    fn ack(&self, device: DeviceId, up_to_seq: u64) -> impl Future<Output = StoreResult<u64>> + Send;
+    fn ack(
+        &self,
+        device: DeviceId,
+        up_to_seq: u64,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// Adds one-time key packages, keeping at most `max` per device; returns how many are stored.
-    fn add_key_packages(&self, device: DeviceId, packages: Vec<Vec<u8>>, max: u32) -> impl Future<Output = StoreResult<u32>> + Send;
+    fn add_key_packages(
+        &self,
+        device: DeviceId,
+        packages: Vec<Vec<u8>>,
+        max: u32,
+    ) -> impl Future<Output = StoreResult<u32>> + Send;
     /// Replaces the last-resort key package.
-    fn set_last_resort_key_package(&self, device: DeviceId, package: Vec<u8>) -> impl Future<Output = StoreResult<()>> + Send;
+    fn set_last_resort_key_package(
+        &self,
+        device: DeviceId,
+        package: Vec<u8>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Consumes one one-time key package, or returns the last-resort one (`true`).
-    fn take_key_package(&self, device: DeviceId) -> impl Future<Output = StoreResult<Option<(Vec<u8>, bool)>>> + Send;
+    fn take_key_package(
+        &self,
+        device: DeviceId,
+    ) -> impl Future<Output = StoreResult<Option<(Vec<u8>, bool)>>> + Send;
+    /// One-time key packages stored for a device.
+    fn key_package_count(&self, device: DeviceId) -> impl Future<Output = StoreResult<u32>> + Send;
     /// The last-resort key package, if any.
-    fn last_resort_key_package(&self, device: DeviceId) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+    fn last_resort_key_package(
+        &self,
+        device: DeviceId,
+    ) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
 
     /// Publishes a key bundle and appends its key-transparency leaf in one transaction;
     /// returns the leaf index.
@@ -235,11 +284,20 @@ pub trait Store: Send + Sync + 'static {
         leaf_hash: [u8; 32],
     ) -> impl Future<Output = StoreResult<u64>> + Send;
     /// A device's bundle.
-    fn bundle(&self, device: DeviceId) -> impl Future<Output = StoreResult<Option<BundleRow>>> + Send;
+    fn bundle(
+        &self,
+        device: DeviceId,
+    ) -> impl Future<Output = StoreResult<Option<BundleRow>>> + Send;
     /// Devices of a user with published identity keys.
-    fn user_identities(&self, user: String) -> impl Future<Output = StoreResult<Vec<(String, Vec<u8>)>>> + Send;
+    fn user_identities(
+        &self,
+        user: String,
+    ) -> impl Future<Output = StoreResult<Vec<(String, Vec<u8>)>>> + Send;
     /// The device owning an identity key.
-    fn resolve_identity(&self, identity_key: Vec<u8>) -> impl Future<Output = StoreResult<Option<DeviceId>>> + Send;
+    fn resolve_identity(
+        &self,
+        identity_key: Vec<u8>,
+    ) -> impl Future<Output = StoreResult<Option<DeviceId>>> + Send;
     /// Every key-transparency leaf hash, in order (to rebuild the log at start).
     fn kt_leaves(&self) -> impl Future<Output = StoreResult<Vec<[u8; 32]>>> + Send;
 
@@ -259,17 +317,42 @@ pub trait Store: Send + Sync + 'static {
     /// A blob's state.
     fn blob(&self, sha256: Vec<u8>) -> impl Future<Output = StoreResult<Option<BlobRow>>> + Send;
     /// Starts a blob upload, checking the owner's quota.
-    fn begin_blob(&self, sha256: Vec<u8>, owner: String, size: u64, quota: u64, now_ms: u64) -> impl Future<Output = StoreResult<()>> + Send;
+    fn begin_blob(
+        &self,
+        sha256: Vec<u8>,
+        owner: String,
+        size: u64,
+        quota: u64,
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Records upload progress.
-    fn blob_progress(&self, sha256: Vec<u8>, received: u64, complete: bool) -> impl Future<Output = StoreResult<()>> + Send;
+    fn blob_progress(
+        &self,
+        sha256: Vec<u8>,
+        received: u64,
+        complete: bool,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Publishes a device's P2P endpoint.
-    fn publish_endpoint(&self, device: DeviceId, addresses: Vec<String>, expires_at_ms: u64) -> impl Future<Output = StoreResult<()>> + Send;
+    fn publish_endpoint(
+        &self,
+        device: DeviceId,
+        addresses: Vec<String>,
+        expires_at_ms: u64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// A device's unexpired endpoint.
-    fn endpoint(&self, device: DeviceId, now_ms: u64) -> impl Future<Output = StoreResult<Option<(Vec<String>, u64)>>> + Send;
+    fn endpoint(
+        &self,
+        device: DeviceId,
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<Option<(Vec<String>, u64)>>> + Send;
 
     /// A named server secret.
     fn secret(&self, name: String) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
     /// Stores a named server secret unless one exists; returns the stored value.
-    fn init_secret(&self, name: String, value: Vec<u8>) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
+    fn init_secret(
+        &self,
+        name: String,
+        value: Vec<u8>,
+    ) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
 }

@@ -50,7 +50,10 @@ impl SqliteStore {
     /// The schema version after migrations.
     pub async fn schema_version(&self) -> StoreResult<u32> {
         self.pool
-            .run(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend))
+            .run(|c| {
+                c.pragma_query_value(None, "user_version", |r| r.get(0))
+                    .map_err(backend)
+            })
             .await
     }
 
@@ -89,14 +92,20 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     for (n, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction().map_err(backend)?;
         tx.execute_batch(sql).map_err(backend)?;
-        tx.pragma_update(None, "user_version", n + 1).map_err(backend)?;
+        tx.pragma_update(None, "user_version", n + 1)
+            .map_err(backend)?;
         tx.commit().map_err(backend)?;
         tracing::info!(version = n + 1, "applied storage migration");
     }
     Ok(())
 }
 
-fn enqueue_one(tx: &Transaction<'_>, m: &NewMessage, max_depth: u64, now_ms: u64) -> StoreResult<Enqueued> {
+fn enqueue_one(
+    tx: &Transaction<'_>,
+    m: &NewMessage,
+    max_depth: u64,
+    now_ms: u64,
+) -> StoreResult<Enqueued> {
     let existing: Option<i64> = tx
         .query_row(
             "SELECT seq FROM queue WHERE user = ?1 AND device = ?2 AND message_id = ?3",
@@ -106,7 +115,10 @@ fn enqueue_one(tx: &Transaction<'_>, m: &NewMessage, max_depth: u64, now_ms: u64
         .optional()
         .map_err(backend)?;
     if let Some(seq) = existing {
-        return Ok(Enqueued { seq: u(seq), duplicate: true });
+        return Ok(Enqueued {
+            seq: u(seq),
+            duplicate: true,
+        });
     }
     let next: Option<i64> = tx
         .query_row(
@@ -137,17 +149,31 @@ fn enqueue_one(tx: &Transaction<'_>, m: &NewMessage, max_depth: u64, now_ms: u64
         params![m.recipient.user, m.recipient.device, seq + 1],
     )
     .map_err(backend)?;
-    Ok(Enqueued { seq: u(seq), duplicate: false })
+    Ok(Enqueued {
+        seq: u(seq),
+        duplicate: false,
+    })
 }
 
 impl Store for SqliteStore {
-    async fn create_user(&self, user: String, password_file: Vec<u8>, now_ms: u64) -> StoreResult<()> {
+    async fn create_user(
+        &self,
+        user: String,
+        password_file: Vec<u8>,
+        now_ms: u64,
+    ) -> StoreResult<()> {
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO users (name, password_file, created_at_ms) VALUES (?1, ?2, ?3)",
                 params![user, password_file, i(now_ms)],
             )
-            .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists } else { backend(e) })?;
+            .map_err(|e| {
+                if is_constraint(&e) {
+                    StoreError::AlreadyExists
+                } else {
+                    backend(e)
+                }
+            })?;
             Ok(())
         })
         .await
@@ -155,24 +181,42 @@ impl Store for SqliteStore {
 
     async fn password_file(&self, user: String) -> StoreResult<Option<Vec<u8>>> {
         self.read(move |c| {
-            c.query_row("SELECT password_file FROM users WHERE name = ?1", [user], |r| r.get(0))
-                .optional()
-                .map_err(backend)
+            c.query_row(
+                "SELECT password_file FROM users WHERE name = ?1",
+                [user],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)
         })
         .await
     }
 
-    async fn register_device(&self, device: DeviceId, label: String, now_ms: u64, first_only: bool) -> StoreResult<()> {
+    async fn register_device(
+        &self,
+        device: DeviceId,
+        label: String,
+        now_ms: u64,
+        first_only: bool,
+    ) -> StoreResult<()> {
         self.write(move |tx| {
             let user_exists: bool = tx
-                .query_row("SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)", [&device.user], |r| r.get(0))
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)",
+                    [&device.user],
+                    |r| r.get(0),
+                )
                 .map_err(backend)?;
             if !user_exists {
                 return Err(StoreError::NotFound);
             }
             if first_only {
                 let count: i64 = tx
-                    .query_row("SELECT COUNT(*) FROM devices WHERE user = ?1", [&device.user], |r| r.get(0))
+                    .query_row(
+                        "SELECT COUNT(*) FROM devices WHERE user = ?1",
+                        [&device.user],
+                        |r| r.get(0),
+                    )
                     .map_err(backend)?;
                 if count > 0 {
                     return Err(StoreError::NotFound);
@@ -182,7 +226,13 @@ impl Store for SqliteStore {
                 "INSERT INTO devices (user, device, label, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![device.user, device.device, label, i(now_ms)],
             )
-            .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists } else { backend(e) })?;
+            .map_err(|e| {
+                if is_constraint(&e) {
+                    StoreError::AlreadyExists
+                } else {
+                    backend(e)
+                }
+            })?;
             Ok(())
         })
         .await
@@ -228,9 +278,16 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             // Cascades to sessions, queue, key packages, bundle and endpoint.
             let n = tx
-                .execute("DELETE FROM devices WHERE user = ?1 AND device = ?2", params![device.user, device.device])
+                .execute(
+                    "DELETE FROM devices WHERE user = ?1 AND device = ?2",
+                    params![device.user, device.device],
+                )
                 .map_err(backend)?;
-            if n == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+            if n == 0 {
+                Err(StoreError::NotFound)
+            } else {
+                Ok(())
+            }
         })
         .await
     }
@@ -265,17 +322,38 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn enqueue(&self, message: NewMessage, max_depth: u64, now_ms: u64) -> StoreResult<Enqueued> {
-        self.write(move |tx| enqueue_one(tx, &message, max_depth, now_ms)).await
-    }
-
-    async fn batch_enqueue(&self, messages: Vec<NewMessage>, max_depth: u64, now_ms: u64) -> StoreResult<Vec<Enqueued>> {
-        // One transaction: an error on any message rolls back all of them.
-        self.write(move |tx| messages.iter().map(|m| enqueue_one(tx, m, max_depth, now_ms)).collect())
+    async fn enqueue(
+        &self,
+        message: NewMessage,
+        max_depth: u64,
+        now_ms: u64,
+    ) -> StoreResult<Enqueued> {
+        self.write(move |tx| enqueue_one(tx, &message, max_depth, now_ms))
             .await
     }
 
-    async fn fetch(&self, device: DeviceId, after_seq: u64, limit: u32) -> StoreResult<Vec<StoredMessage>> {
+    async fn batch_enqueue(
+        &self,
+        messages: Vec<NewMessage>,
+        max_depth: u64,
+        now_ms: u64,
+    ) -> StoreResult<Vec<Enqueued>> {
+        // One transaction: an error on any message rolls back all of them.
+        self.write(move |tx| {
+            messages
+                .iter()
+                .map(|m| enqueue_one(tx, m, max_depth, now_ms))
+                .collect()
+        })
+        .await
+    }
+
+    async fn fetch(
+        &self,
+        device: DeviceId,
+        after_seq: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredMessage>> {
         self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(
@@ -284,14 +362,17 @@ impl Store for SqliteStore {
                 )
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![device.user, device.device, i(after_seq), limit], |r| {
-                    Ok(StoredMessage {
-                        seq: u(r.get(0)?),
-                        message_id: r.get(1)?,
-                        payload: r.get(2)?,
-                        received_at_ms: u(r.get(3)?),
-                    })
-                })
+                .query_map(
+                    params![device.user, device.device, i(after_seq), limit],
+                    |r| {
+                        Ok(StoredMessage {
+                            seq: u(r.get(0)?),
+                            message_id: r.get(1)?,
+                            payload: r.get(2)?,
+                            received_at_ms: u(r.get(3)?),
+                        })
+                    },
+                )
                 .map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
@@ -328,7 +409,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn add_key_packages(&self, device: DeviceId, packages: Vec<Vec<u8>>, max: u32) -> StoreResult<u32> {
+    async fn add_key_packages(
+        &self,
+        device: DeviceId,
+        packages: Vec<Vec<u8>>,
+        max: u32,
+    ) -> StoreResult<u32> {
         self.write(move |tx| {
             let count: i64 = tx
                 .query_row(
@@ -352,7 +438,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_last_resort_key_package(&self, device: DeviceId, package: Vec<u8>) -> StoreResult<()> {
+    async fn set_last_resort_key_package(
+        &self,
+        device: DeviceId,
+        package: Vec<u8>,
+    ) -> StoreResult<()> {
         self.write(move |tx| {
             tx.execute(
                 "DELETE FROM key_packages WHERE user = ?1 AND device = ?2 AND last_resort = 1",
@@ -393,6 +483,19 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(backend)?;
             Ok(last.map(|kp| (kp, true)))
+        })
+        .await
+    }
+
+    async fn key_package_count(&self, device: DeviceId) -> StoreResult<u32> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM key_packages WHERE user = ?1 AND device = ?2 AND last_resort = 0",
+                params![device.user, device.device],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            .map_err(backend)
         })
         .await
     }
@@ -460,9 +563,13 @@ impl Store for SqliteStore {
     async fn user_identities(&self, user: String) -> StoreResult<Vec<(String, Vec<u8>)>> {
         self.read(move |c| {
             let mut stmt = c
-                .prepare("SELECT device, identity_key FROM key_bundles WHERE user = ?1 ORDER BY device")
+                .prepare(
+                    "SELECT device, identity_key FROM key_bundles WHERE user = ?1 ORDER BY device",
+                )
                 .map_err(backend)?;
-            let rows = stmt.query_map([user], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+            let rows = stmt
+                .query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
         .await
@@ -473,7 +580,12 @@ impl Store for SqliteStore {
             c.query_row(
                 "SELECT user, device FROM key_bundles WHERE identity_key = ?1 LIMIT 1",
                 [identity_key],
-                |r| Ok(DeviceId::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                |r| {
+                    Ok(DeviceId::new(
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                    ))
+                },
             )
             .optional()
             .map_err(backend)
@@ -483,11 +595,17 @@ impl Store for SqliteStore {
 
     async fn kt_leaves(&self) -> StoreResult<Vec<[u8; 32]>> {
         self.read(|c| {
-            let mut stmt = c.prepare("SELECT leaf_hash FROM kt_leaves ORDER BY idx").map_err(backend)?;
-            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(backend)?;
+            let mut stmt = c
+                .prepare("SELECT leaf_hash FROM kt_leaves ORDER BY idx")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(backend)?;
             rows.map(|row| {
                 let bytes = row.map_err(backend)?;
-                bytes.try_into().map_err(|_| StoreError::Backend("corrupt key-transparency leaf".into()))
+                bytes
+                    .try_into()
+                    .map_err(|_| StoreError::Backend("corrupt key-transparency leaf".into()))
             })
             .collect()
         })
@@ -529,8 +647,12 @@ impl Store for SqliteStore {
 
     async fn user_exists(&self, user: String) -> StoreResult<bool> {
         self.read(move |c| {
-            c.query_row("SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)", [user], |r| r.get(0))
-                .map_err(backend)
+            c.query_row(
+                "SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)",
+                [user],
+                |r| r.get(0),
+            )
+            .map_err(backend)
         })
         .await
     }
@@ -555,7 +677,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn begin_blob(&self, sha256: Vec<u8>, owner: String, size: u64, quota: u64, now_ms: u64) -> StoreResult<()> {
+    async fn begin_blob(
+        &self,
+        sha256: Vec<u8>,
+        owner: String,
+        size: u64,
+        quota: u64,
+        now_ms: u64,
+    ) -> StoreResult<()> {
         self.write(move |tx| {
             let used: i64 = tx
                 .query_row("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE owner = ?1", [&owner], |r| r.get(0))
@@ -573,7 +702,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn blob_progress(&self, sha256: Vec<u8>, received: u64, complete: bool) -> StoreResult<()> {
+    async fn blob_progress(
+        &self,
+        sha256: Vec<u8>,
+        received: u64,
+        complete: bool,
+    ) -> StoreResult<()> {
         self.write(move |tx| {
             tx.execute(
                 "UPDATE blobs SET received = ?2, complete = ?3 WHERE sha256 = ?1",
@@ -585,7 +719,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn publish_endpoint(&self, device: DeviceId, addresses: Vec<String>, expires_at_ms: u64) -> StoreResult<()> {
+    async fn publish_endpoint(
+        &self,
+        device: DeviceId,
+        addresses: Vec<String>,
+        expires_at_ms: u64,
+    ) -> StoreResult<()> {
         self.write(move |tx| {
             tx.execute(
                 "INSERT INTO endpoints (user, device, addresses, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
@@ -598,7 +737,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn endpoint(&self, device: DeviceId, now_ms: u64) -> StoreResult<Option<(Vec<String>, u64)>> {
+    async fn endpoint(
+        &self,
+        device: DeviceId,
+        now_ms: u64,
+    ) -> StoreResult<Option<(Vec<String>, u64)>> {
         self.read(move |c| {
             let row: Option<(String, i64)> = c
                 .query_row(
@@ -615,19 +758,30 @@ impl Store for SqliteStore {
 
     async fn secret(&self, name: String) -> StoreResult<Option<Vec<u8>>> {
         self.read(move |c| {
-            c.query_row("SELECT value FROM server_secrets WHERE name = ?1", [name], |r| r.get(0))
-                .optional()
-                .map_err(backend)
+            c.query_row(
+                "SELECT value FROM server_secrets WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)
         })
         .await
     }
 
     async fn init_secret(&self, name: String, value: Vec<u8>) -> StoreResult<Vec<u8>> {
         self.write(move |tx| {
-            tx.execute("INSERT OR IGNORE INTO server_secrets (name, value) VALUES (?1, ?2)", params![name, value])
-                .map_err(backend)?;
-            tx.query_row("SELECT value FROM server_secrets WHERE name = ?1", [name], |r| r.get(0))
-                .map_err(backend)
+            tx.execute(
+                "INSERT OR IGNORE INTO server_secrets (name, value) VALUES (?1, ?2)",
+                params![name, value],
+            )
+            .map_err(backend)?;
+            tx.query_row(
+                "SELECT value FROM server_secrets WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(backend)
         })
         .await
     }
@@ -640,19 +794,28 @@ mod tests {
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("qpq.db"), 4).await.unwrap();
+        let store = SqliteStore::open(&dir.path().join("qpq.db"), 4)
+            .await
+            .unwrap();
         (dir, store)
     }
 
     async fn with_device(store: &SqliteStore, user: &str, device: &str) -> DeviceId {
         let _ = store.create_user(user.into(), vec![1], 0).await;
         let d = DeviceId::new(user, device);
-        store.register_device(d.clone(), String::new(), 0, false).await.unwrap();
+        store
+            .register_device(d.clone(), String::new(), 0, false)
+            .await
+            .unwrap();
         d
     }
 
     fn msg(to: &DeviceId, id: u8) -> NewMessage {
-        NewMessage { recipient: to.clone(), message_id: vec![id; 16], payload: vec![id; 10] }
+        NewMessage {
+            recipient: to.clone(),
+            message_id: vec![id; 16],
+            payload: vec![id; 10],
+        }
     }
 
     #[tokio::test]
@@ -665,8 +828,14 @@ mod tests {
             s.create_user("alice".into(), vec![9], 1).await.unwrap();
         }
         let s = SqliteStore::open(&path, 2).await.unwrap();
-        assert_eq!(s.password_file("alice".into()).await.unwrap(), Some(vec![9]));
-        assert!(matches!(s.create_user("alice".into(), vec![1], 2).await, Err(StoreError::AlreadyExists)));
+        assert_eq!(
+            s.password_file("alice".into()).await.unwrap(),
+            Some(vec![9])
+        );
+        assert!(matches!(
+            s.create_user("alice".into(), vec![1], 2).await,
+            Err(StoreError::AlreadyExists)
+        ));
     }
 
     #[tokio::test]
@@ -677,18 +846,37 @@ mod tests {
         let b = s.enqueue(msg(&bob, 2), 3, 11).await.unwrap();
         assert_eq!((a.seq, b.seq), (1, 2));
         let dup = s.enqueue(msg(&bob, 1), 3, 12).await.unwrap();
-        assert_eq!(dup, Enqueued { seq: 1, duplicate: true });
+        assert_eq!(
+            dup,
+            Enqueued {
+                seq: 1,
+                duplicate: true
+            }
+        );
         s.enqueue(msg(&bob, 3), 3, 13).await.unwrap();
-        assert!(matches!(s.enqueue(msg(&bob, 4), 3, 14).await, Err(StoreError::QueueFull)));
+        assert!(matches!(
+            s.enqueue(msg(&bob, 4), 3, 14).await,
+            Err(StoreError::QueueFull)
+        ));
         let all = s.fetch(bob.clone(), 0, 10).await.unwrap();
         assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(s.fetch(bob.clone(), 2, 10).await.unwrap().len(), 1);
-        assert_eq!(s.peek(bob.clone()).await.unwrap(), QueueDepth { depth: 3, first_seq: 1, last_seq: 3 });
+        assert_eq!(
+            s.peek(bob.clone()).await.unwrap(),
+            QueueDepth {
+                depth: 3,
+                first_seq: 1,
+                last_seq: 3
+            }
+        );
         assert_eq!(s.ack(bob.clone(), 2).await.unwrap(), 2);
         // Sequence numbers keep increasing after acks.
         assert_eq!(s.enqueue(msg(&bob, 5), 3, 15).await.unwrap().seq, 4);
         let unknown = DeviceId::new("nobody", "x");
-        assert!(matches!(s.enqueue(msg(&unknown, 1), 3, 1).await, Err(StoreError::NotFound)));
+        assert!(matches!(
+            s.enqueue(msg(&unknown, 1), 3, 1).await,
+            Err(StoreError::NotFound)
+        ));
     }
 
     #[tokio::test]
@@ -697,9 +885,16 @@ mod tests {
         let bob = with_device(&s, "bob", "phone").await;
         let carol = with_device(&s, "carol", "laptop").await;
         s.enqueue(msg(&carol, 9), 1, 0).await.unwrap(); // carol's queue is now full
-        let err = s.batch_enqueue(vec![msg(&bob, 1), msg(&carol, 2)], 1, 0).await.unwrap_err();
+        let err = s
+            .batch_enqueue(vec![msg(&bob, 1), msg(&carol, 2)], 1, 0)
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::QueueFull));
-        assert_eq!(s.peek(bob.clone()).await.unwrap().depth, 0, "bob's message was rolled back");
+        assert_eq!(
+            s.peek(bob.clone()).await.unwrap().depth,
+            0,
+            "bob's message was rolled back"
+        );
         let ok = s.batch_enqueue(vec![msg(&bob, 1)], 1, 0).await.unwrap();
         assert_eq!(ok.len(), 1);
     }
@@ -708,13 +903,36 @@ mod tests {
     async fn key_packages_are_consumed_then_last_resort() {
         let (_d, s) = store().await;
         let d = with_device(&s, "dave", "pc").await;
-        assert_eq!(s.add_key_packages(d.clone(), vec![vec![1], vec![2]], 3).await.unwrap(), 2);
-        assert!(matches!(s.add_key_packages(d.clone(), vec![vec![3], vec![4]], 3).await, Err(StoreError::QuotaExceeded)));
-        s.set_last_resort_key_package(d.clone(), vec![99]).await.unwrap();
-        assert_eq!(s.take_key_package(d.clone()).await.unwrap(), Some((vec![1], false)));
-        assert_eq!(s.take_key_package(d.clone()).await.unwrap(), Some((vec![2], false)));
-        assert_eq!(s.take_key_package(d.clone()).await.unwrap(), Some((vec![99], true)));
-        assert_eq!(s.take_key_package(d.clone()).await.unwrap(), Some((vec![99], true)));
+        assert_eq!(
+            s.add_key_packages(d.clone(), vec![vec![1], vec![2]], 3)
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(matches!(
+            s.add_key_packages(d.clone(), vec![vec![3], vec![4]], 3)
+                .await,
+            Err(StoreError::QuotaExceeded)
+        ));
+        s.set_last_resort_key_package(d.clone(), vec![99])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.take_key_package(d.clone()).await.unwrap(),
+            Some((vec![1], false))
+        );
+        assert_eq!(
+            s.take_key_package(d.clone()).await.unwrap(),
+            Some((vec![2], false))
+        );
+        assert_eq!(
+            s.take_key_package(d.clone()).await.unwrap(),
+            Some((vec![99], true))
+        );
+        assert_eq!(
+            s.take_key_package(d.clone()).await.unwrap(),
+            Some((vec![99], true))
+        );
     }
 
     #[tokio::test]
@@ -722,33 +940,56 @@ mod tests {
         let (_d, s) = store().await;
         let d = with_device(&s, "erin", "old").await;
         s.enqueue(msg(&d, 1), 10, 0).await.unwrap();
-        s.add_key_packages(d.clone(), vec![vec![1]], 10).await.unwrap();
-        s.create_session(vec![7; 32], Session { device: d.clone(), expires_at_ms: 100 }).await.unwrap();
+        s.add_key_packages(d.clone(), vec![vec![1]], 10)
+            .await
+            .unwrap();
+        s.create_session(
+            vec![7; 32],
+            Session {
+                device: d.clone(),
+                expires_at_ms: 100,
+            },
+        )
+        .await
+        .unwrap();
         s.revoke_device(d.clone()).await.unwrap();
         assert!(s.session(vec![7; 32]).await.unwrap().is_none());
         assert_eq!(s.peek(d.clone()).await.unwrap().depth, 0);
         assert!(s.take_key_package(d.clone()).await.unwrap().is_none());
-        assert!(matches!(s.revoke_device(d).await, Err(StoreError::NotFound)));
+        assert!(matches!(
+            s.revoke_device(d).await,
+            Err(StoreError::NotFound)
+        ));
     }
 
     #[tokio::test]
     async fn first_device_rule() {
         let (_d, s) = store().await;
         s.create_user("fay".into(), vec![1], 0).await.unwrap();
-        s.register_device(DeviceId::new("fay", "a"), String::new(), 0, true).await.unwrap();
+        s.register_device(DeviceId::new("fay", "a"), String::new(), 0, true)
+            .await
+            .unwrap();
         assert!(matches!(
-            s.register_device(DeviceId::new("fay", "b"), String::new(), 0, true).await,
+            s.register_device(DeviceId::new("fay", "b"), String::new(), 0, true)
+                .await,
             Err(StoreError::NotFound)
         ));
-        s.register_device(DeviceId::new("fay", "b"), String::new(), 0, false).await.unwrap();
+        s.register_device(DeviceId::new("fay", "b"), String::new(), 0, false)
+            .await
+            .unwrap();
         assert_eq!(s.list_devices("fay".into()).await.unwrap().len(), 2);
     }
 
     #[tokio::test]
     async fn blobs_respect_quota() {
         let (_d, s) = store().await;
-        s.begin_blob(vec![1; 32], "gil".into(), 60, 100, 0).await.unwrap();
-        assert!(matches!(s.begin_blob(vec![2; 32], "gil".into(), 50, 100, 0).await, Err(StoreError::QuotaExceeded)));
+        s.begin_blob(vec![1; 32], "gil".into(), 60, 100, 0)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.begin_blob(vec![2; 32], "gil".into(), 50, 100, 0).await,
+            Err(StoreError::QuotaExceeded)
+        ));
         s.blob_progress(vec![1; 32], 60, true).await.unwrap();
         assert_eq!(s.blob(vec![1; 32]).await.unwrap().unwrap().complete, true);
     }

@@ -1,0 +1,225 @@
+//! Server configuration: defaults, then a TOML file, then environment and flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything an operator can set. Every field has a default, so an empty file is valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address to listen on (default `127.0.0.1:7443`; use `0.0.0.0:7443` to serve others).
+    pub listen: SocketAddr,
+    /// Where the database, TLS files and blobs live.
+    pub data_dir: PathBuf,
+    /// PEM certificate chain; with `tls_key`, replaces the generated self-signed certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Names the self-signed certificate is valid for (default `["localhost"]`).
+    pub tls_names: Vec<String>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// Limits that protect the server and its users.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request payload (default 4 MiB).
+    pub max_payload_bytes: u32,
+    /// Concurrent calls per connection (default 100).
+    pub max_concurrent_streams: u32,
+    /// Messages a device queue may hold (default 10,000).
+    pub max_queue_depth: u64,
+    /// Messages one fetch returns at most (default 500).
+    pub max_fetch: u32,
+    /// Longest `fetchWait` (default 60,000 ms).
+    pub max_fetch_wait_ms: u32,
+    /// One-time key packages stored per device (default 100).
+    pub max_key_packages: u32,
+    /// Largest blob (default 100 MiB).
+    pub max_blob_bytes: u64,
+    /// Blob bytes one user may store (default 1 GiB).
+    pub blob_quota_bytes: u64,
+    /// Session lifetime (default 30 days).
+    pub session_ttl_secs: u64,
+    /// Calls per second per client IP (default 500).
+    pub calls_per_second_per_ip: u32,
+    /// Registration and login attempts per minute per client IP (default 30).
+    pub logins_per_minute_per_ip: u32,
+    /// Unauthenticated (sealed) enqueues per second per client IP (default 50).
+    pub sealed_enqueues_per_second_per_ip: u32,
+    /// SQLite connections in the pool (default 8).
+    pub db_pool_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            data_dir: default_data_dir(),
+            tls_cert: None,
+            tls_key: None,
+            tls_names: vec!["localhost".into()],
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 100,
+            max_queue_depth: 10_000,
+            max_fetch: 500,
+            max_fetch_wait_ms: 60_000,
+            max_key_packages: 100,
+            max_blob_bytes: 100 * 1024 * 1024,
+            blob_quota_bytes: 1024 * 1024 * 1024,
+            session_ttl_secs: 30 * 24 * 3600,
+            calls_per_second_per_ip: 500,
+            logins_per_minute_per_ip: 30,
+            sealed_enqueues_per_second_per_ip: 50,
+            db_pool_size: 8,
+        }
+    }
+}
+
+/// The platform's data directory for the server (`~/.local/share/quicproquo-server` on
+/// Linux), or `./qpq-data` when there is no home directory.
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "quicproquo-server")
+        .map_or_else(|| PathBuf::from("qpq-data"), |d| d.data_dir().to_path_buf())
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("invalid configuration in {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Checks values that would make the server misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let positive = [
+            ("max_payload_bytes", u64::from(l.max_payload_bytes)),
+            (
+                "max_concurrent_streams",
+                u64::from(l.max_concurrent_streams),
+            ),
+            ("max_queue_depth", l.max_queue_depth),
+            ("max_fetch", u64::from(l.max_fetch)),
+            ("max_key_packages", u64::from(l.max_key_packages)),
+            ("max_blob_bytes", l.max_blob_bytes),
+            ("session_ttl_secs", l.session_ttl_secs),
+            (
+                "calls_per_second_per_ip",
+                u64::from(l.calls_per_second_per_ip),
+            ),
+            (
+                "logins_per_minute_per_ip",
+                u64::from(l.logins_per_minute_per_ip),
+            ),
+            (
+                "sealed_enqueues_per_second_per_ip",
+                u64::from(l.sealed_enqueues_per_second_per_ip),
+            ),
+            ("db_pool_size", l.db_pool_size as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!(
+                "limits.{name} must be greater than 0"
+            )));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key must be set together".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults_and_partial_files_override() {
+        assert_eq!(
+            Config::from_toml("", Path::new("x")).unwrap(),
+            Config::default()
+        );
+        let c = Config::from_toml(
+            "listen = \"0.0.0.0:9000\"\n[limits]\nmax_queue_depth = 5\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.limits.max_queue_depth, 5);
+        assert_eq!(c.limits.max_fetch, Limits::default().max_fetch);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let err = Config::from_toml("lisen = \"x\"", Path::new("server.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.toml") && err.contains("lisen"),
+            "{err}"
+        );
+        let mut c = Config::default();
+        c.limits.max_queue_depth = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_queue_depth")
+        );
+        let mut c = Config::default();
+        c.tls_cert = Some("a.pem".into());
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! The directory (users) and channels.
+
+use std::sync::Arc;
+
+use qpq_proto::v1::{self, channel_server::Channel, server_event_push::Event, user_server::User};
+use qrpc::{RequestContext, Status};
+
+use crate::auth::caller;
+use crate::state::{AppState, now_ms};
+use crate::store::{Store, StoreError};
+use crate::validate;
+
+/// Members one channel may be created with.
+const MAX_CHANNEL_MEMBERS: usize = 1000;
+
+/// The User and Channel services.
+pub struct DirectoryService<S> {
+    state: Arc<AppState<S>>,
+}
+
+impl<S> DirectoryService<S> {
+    /// Over shared state.
+    pub fn new(state: Arc<AppState<S>>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Clone for DirectoryService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+impl<S: Store> User for DirectoryService<S> {
+    async fn resolve_user(
+        &self,
+        _ctx: RequestContext,
+        request: v1::ResolveUserRequest,
+    ) -> Result<v1::ResolveUserResponse, Status> {
+        validate::user(&request.user)?;
+        if !self.state.store.user_exists(request.user.clone()).await? {
+            return Err(Status::not_found("no such user"));
+        }
+        let devices = self.state.store.user_identities(request.user).await?;
+        Ok(v1::ResolveUserResponse {
+            devices: devices
+                .into_iter()
+                .map(|(device, key)| v1::DeviceIdentity {
+                    device,
+                    identity_key: key.into(),
+                })
+                .collect(),
+        })
+    }
+
+    async fn resolve_identity(
+        &self,
+        _ctx: RequestContext,
+        request: v1::ResolveIdentityRequest,
+    ) -> Result<v1::ResolveIdentityResponse, Status> {
+        validate::exact_len("identity_key", &request.identity_key, 32)?;
+        let device = self
+            .state
+            .store
+            .resolve_identity(request.identity_key.to_vec())
+            .await?
+            .ok_or_else(|| Status::not_found("no device has this identity key"))?;
+        Ok(v1::ResolveIdentityResponse {
+            user: device.user,
+            device: device.device,
+        })
+    }
+}
+
+impl<S: Store> Channel for DirectoryService<S> {
+    async fn create_channel(
+        &self,
+        ctx: RequestContext,
+        request: v1::CreateChannelRequest,
+    ) -> Result<v1::CreateChannelResponse, Status> {
+        let me = caller(&ctx)?;
+        if request.name.is_empty() || request.name.len() > 64 {
+            return Err(Status::invalid_argument("name: 1 to 64 bytes"));
+        }
+        validate::max_len("mls_group_id", request.mls_group_id.len(), 256)?;
+        if request.members.len() > MAX_CHANNEL_MEMBERS {
+            return Err(Status::invalid_argument(format!(
+                "members: at most {MAX_CHANNEL_MEMBERS}"
+            )));
+        }
+        for member in &request.members {
+            validate::user(member)?;
+        }
+        let id: [u8; 16] = rand::random();
+        let mut members = request.members.clone();
+        members.sort();
+        members.dedup();
+        match self
+            .state
+            .store
+            .create_channel(
+                id.to_vec(),
+                request.name,
+                me.user.clone(),
+                members.clone(),
+                request.mls_group_id.to_vec(),
+                now_ms(),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::NotFound) => return Err(Status::not_found("a member does not exist")),
+            Err(e) => return Err(e.into()),
+        }
+        let event = Event::Channel(v1::ChannelUpdate {
+            channel_id: id.to_vec().into(),
+            change: "created".into(),
+        });
+        members.push(me.user);
+        members.dedup();
+        for member in &members {
+            self.state.push_to_user(member, &event).await;
+        }
+        Ok(v1::CreateChannelResponse {
+            channel_id: id.to_vec().into(),
+        })
+    }
+}

@@ -1,0 +1,209 @@
+//! Keys: MLS key packages (consumed once, with a last-resort fallback) and signed hybrid key
+//! bundles, every answer with its key-transparency proof.
+
+use std::sync::Arc;
+
+use qpq_core::bundle::KeyBundle;
+use qpq_proto::v1::{self, keys_server::Keys};
+use qrpc::{RequestContext, Status};
+
+use crate::auth::caller;
+use crate::state::{AppState, sha256};
+use crate::store::{DeviceId, Store};
+use crate::validate;
+
+/// Largest key package accepted.
+const MAX_KEY_PACKAGE_BYTES: usize = 16 * 1024;
+/// Devices one batch fetch may name.
+const MAX_BATCH_FETCH: usize = 256;
+
+/// The Keys service.
+pub struct KeysService<S> {
+    state: Arc<AppState<S>>,
+}
+
+impl<S> KeysService<S> {
+    /// Over shared state.
+    pub fn new(state: Arc<AppState<S>>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S: Store> KeysService<S> {
+    async fn proof_for(&self, device: &DeviceId) -> Result<Option<v1::KtProof>, Status> {
+        match self.state.store.bundle(device.clone()).await? {
+            Some(row) => Ok(Some(self.state.kt_proof(row.kt_index).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn fetch_bundle(
+        &self,
+        device: DeviceId,
+    ) -> Result<Option<v1::FetchHybridKeyResponse>, Status> {
+        let Some(row) = self.state.store.bundle(device).await? else {
+            return Ok(None);
+        };
+        Ok(Some(v1::FetchHybridKeyResponse {
+            key_bundle: row.bundle.into(),
+            proof: Some(self.state.kt_proof(row.kt_index).await?),
+        }))
+    }
+
+    /// Re-publishes the device's binding after its last-resort package changed.
+    async fn rebind(&self, me: &DeviceId) -> Result<(), Status> {
+        if let Some(row) = self.state.store.bundle(me.clone()).await? {
+            let bundle = KeyBundle::decode(&row.bundle)
+                .map_err(|_| Status::internal("stored key bundle is corrupt"))?;
+            self.state
+                .publish_binding(
+                    me,
+                    row.bundle,
+                    bundle.identity.to_bytes(),
+                    bundle.hybrid.hash(),
+                    row.delivery_token_hash,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl<S: Store> Keys for KeysService<S> {
+    async fn upload_key_package(
+        &self,
+        ctx: RequestContext,
+        request: v1::UploadKeyPackageRequest,
+    ) -> Result<v1::UploadKeyPackageResponse, Status> {
+        let me = caller(&ctx)?;
+        let max = self.state.limits.max_key_packages as usize;
+        if request.key_packages.is_empty() || request.key_packages.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "key_packages: 1 to {max} entries"
+            )));
+        }
+        if request.last_resort && request.key_packages.len() != 1 {
+            return Err(Status::invalid_argument(
+                "key_packages: exactly one last-resort package",
+            ));
+        }
+        let expected_name = format!("{}/{}", me.user, me.device);
+        for kp in &request.key_packages {
+            validate::max_len("key_packages[]", kp.len(), MAX_KEY_PACKAGE_BYTES)?;
+            let info = qpq_core::mls::inspect_key_package(kp)
+                .map_err(|e| Status::invalid_argument(format!("key_packages[]: {e}")))?;
+            // The credential must name the uploading device, so nobody can publish key
+            // packages that impersonate someone else inside MLS groups.
+            if info.name != expected_name.as_bytes() {
+                return Err(Status::permission_denied(format!(
+                    "key_packages[]: credential must be \"{expected_name}\""
+                )));
+            }
+            if info.last_resort != request.last_resort {
+                return Err(Status::invalid_argument(
+                    "key_packages[]: last-resort flag does not match the request",
+                ));
+            }
+        }
+        let packages: Vec<Vec<u8>> = request.key_packages.iter().map(|b| b.to_vec()).collect();
+        if request.last_resort {
+            let package = packages.into_iter().next().unwrap_or_default();
+            self.state
+                .store
+                .set_last_resort_key_package(me.clone(), package)
+                .await?;
+            self.rebind(&me).await?;
+            let stored = self.state.store.key_package_count(me).await?;
+            return Ok(v1::UploadKeyPackageResponse { stored });
+        }
+        let stored = self
+            .state
+            .store
+            .add_key_packages(me, packages, self.state.limits.max_key_packages)
+            .await?;
+        Ok(v1::UploadKeyPackageResponse { stored })
+    }
+
+    async fn fetch_key_package(
+        &self,
+        _ctx: RequestContext,
+        request: v1::FetchKeyPackageRequest,
+    ) -> Result<v1::FetchKeyPackageResponse, Status> {
+        let device = validate::device_ref(request.device.as_ref())?;
+        let (key_package, last_resort) =
+            self.state
+                .store
+                .take_key_package(device.clone())
+                .await?
+                .ok_or_else(|| Status::not_found("the device has no key packages"))?;
+        Ok(v1::FetchKeyPackageResponse {
+            key_package: key_package.into(),
+            last_resort,
+            proof: self.proof_for(&device).await?,
+        })
+    }
+
+    async fn upload_hybrid_key(
+        &self,
+        ctx: RequestContext,
+        request: v1::UploadHybridKeyRequest,
+    ) -> Result<v1::UploadHybridKeyResponse, Status> {
+        let me = caller(&ctx)?;
+        let bundle = KeyBundle::decode(&request.key_bundle)
+            .map_err(|e| Status::invalid_argument(format!("key_bundle: {e}")))?;
+        let token_hash = match request.delivery_token.len() {
+            0 => None,
+            32 => Some(sha256(&request.delivery_token).to_vec()),
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "delivery_token: must be 32 bytes, got {n}"
+                )));
+            }
+        };
+        let index = self
+            .state
+            .publish_binding(
+                &me,
+                request.key_bundle.to_vec(),
+                bundle.identity.to_bytes(),
+                bundle.hybrid.hash(),
+                token_hash,
+            )
+            .await?;
+        Ok(v1::UploadHybridKeyResponse {
+            proof: Some(self.state.kt_proof(index).await?),
+        })
+    }
+
+    async fn fetch_hybrid_key(
+        &self,
+        _ctx: RequestContext,
+        request: v1::FetchHybridKeyRequest,
+    ) -> Result<v1::FetchHybridKeyResponse, Status> {
+        let device = validate::device_ref(request.device.as_ref())?;
+        self.fetch_bundle(device)
+            .await?
+            .ok_or_else(|| Status::not_found("the device has no key bundle"))
+    }
+
+    async fn batch_fetch_hybrid_keys(
+        &self,
+        _ctx: RequestContext,
+        request: v1::BatchFetchHybridKeysRequest,
+    ) -> Result<v1::BatchFetchHybridKeysResponse, Status> {
+        if request.devices.is_empty() || request.devices.len() > MAX_BATCH_FETCH {
+            return Err(Status::invalid_argument(format!(
+                "devices: 1 to {MAX_BATCH_FETCH} entries"
+            )));
+        }
+        let mut response = v1::BatchFetchHybridKeysResponse::default();
+        for r in &request.devices {
+            let device = validate::device_ref(Some(r))?;
+            match self.fetch_bundle(device).await? {
+                Some(bundle) => response.bundles.push(bundle),
+                None => response.missing.push(r.clone()),
+            }
+        }
+        Ok(response)
+    }
+}

@@ -1,0 +1,57 @@
+//! The server's TLS identity: operator-supplied PEM files, or a self-signed certificate
+//! generated on first start and kept in the data directory.
+
+use std::path::Path;
+
+use anyhow::Context;
+use qrpc::tls::{SelfSigned, ServerTls};
+
+use crate::config::Config;
+
+/// Loads or creates the server's certificate; returns it with the leaf's SHA-256.
+pub fn load_or_create(config: &Config) -> anyhow::Result<(ServerTls, [u8; 32])> {
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let tls = ServerTls::from_pem_files(cert, key)?;
+        let fp = tls
+            .leaf()
+            .map(qrpc::tls::fingerprint)
+            .context("certificate file holds no certificate")?;
+        return Ok((tls, fp));
+    }
+    let dir = config.data_dir.join("tls");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    if !cert_path.exists() || !key_path.exists() {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let names: Vec<&str> = config.tls_names.iter().map(String::as_str).collect();
+        let generated = SelfSigned::generate(&names)?;
+        write_private(&key_path, generated.key_pem().as_bytes())?;
+        std::fs::write(&cert_path, generated.cert_pem())
+            .with_context(|| format!("writing {}", cert_path.display()))?;
+        tracing::info!(path = %cert_path.display(), "generated a self-signed certificate");
+    }
+    let tls = ServerTls::from_pem_files(&cert_path, &key_path)?;
+    let fp = tls
+        .leaf()
+        .map(qrpc::tls::fingerprint)
+        .context("generated certificate missing")?;
+    Ok((tls, fp))
+}
+
+/// Writes a file only its owner can read.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Test harness: a server in a temp dir, and an OPAQUE-speaking client built on the generated
+//! clients.
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
+};
+use qpq_proto::v1::{
+    self, auth_client::AuthClient, delivery_client::DeliveryClient, keys_client::KeysClient,
+};
+use qpq_server::auth::OpaqueSuite;
+use qpq_server::{Config, RunningServer};
+use qrpc::Status;
+use qrpc::tls::ClientTls;
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub server: RunningServer,
+}
+
+pub fn config(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.to_path_buf();
+    config
+}
+
+pub async fn start(f: impl FnOnce(&mut Config)) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    f(&mut c);
+    let server = qpq_server::start(c).await.unwrap();
+    Harness { dir, server }
+}
+
+pub async fn connect_to(addr: std::net::SocketAddr, fingerprint: [u8; 32]) -> qrpc::Client {
+    qrpc::Client::builder(addr, ClientTls::pinned(fingerprint))
+        .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+        .connect()
+        .await
+        .unwrap()
+}
+
+impl Harness {
+    pub async fn connect(&self) -> qrpc::Client {
+        connect_to(self.server.addr, self.server.fingerprint).await
+    }
+}
+
+pub async fn register(client: &qrpc::Client, user: &str, password: &str) -> Result<(), Status> {
+    let auth = AuthClient::new(client.clone());
+    let mut rng = rand_core_06::OsRng;
+    let start = ClientRegistration::<OpaqueSuite>::start(&mut rng, password.as_bytes()).unwrap();
+    let response = auth
+        .register_start(&v1::RegisterStartRequest {
+            user: user.into(),
+            registration_request: start.message.serialize().to_vec().into(),
+        })
+        .await?;
+    let finish = start
+        .state
+        .finish(
+            &mut rng,
+            password.as_bytes(),
+            RegistrationResponse::deserialize(&response.registration_response).unwrap(),
+            ClientRegistrationFinishParameters::default(),
+        )
+        .unwrap();
+    auth.register_finish(&v1::RegisterFinishRequest {
+        user: user.into(),
+        registration_upload: finish.message.serialize().to_vec().into(),
+    })
+    .await?;
+    Ok(())
+}
+
+/// Logs in; `Err` with the server's status, or `Unauthenticated` when the client side of OPAQUE
+/// already rejects the server's answer (wrong password).
+pub async fn login(
+    client: &qrpc::Client,
+    user: &str,
+    device: &str,
+    password: &str,
+) -> Result<v1::LoginFinishResponse, Status> {
+    let auth = AuthClient::new(client.clone());
+    let mut rng = rand_core_06::OsRng;
+    let start = ClientLogin::<OpaqueSuite>::start(&mut rng, password.as_bytes()).unwrap();
+    let response = auth
+        .login_start(&v1::LoginStartRequest {
+            user: user.into(),
+            device: device.into(),
+            credential_request: start.message.serialize().to_vec().into(),
+        })
+        .await?;
+    let finish = start
+        .state
+        .finish(
+            &mut rng,
+            password.as_bytes(),
+            CredentialResponse::deserialize(&response.credential_response).unwrap(),
+            ClientLoginFinishParameters::default(),
+        )
+        .map_err(|_| Status::unauthenticated("client-side OPAQUE rejected the server response"))?;
+    auth.login_finish(&v1::LoginFinishRequest {
+        login_id: response.login_id,
+        credential_finalization: finish.message.serialize().to_vec().into(),
+    })
+    .await
+}
+
+/// A registered, logged-in device.
+pub struct Account {
+    pub client: qrpc::Client,
+    pub user: String,
+    pub device: String,
+    pub token: Vec<u8>,
+}
+
+impl Account {
+    pub async fn create(h: &Harness, user: &str, device: &str) -> Self {
+        let client = h.connect().await;
+        register(&client, user, "correct horse battery")
+            .await
+            .unwrap();
+        let r = login(&client, user, device, "correct horse battery")
+            .await
+            .unwrap();
+        Self {
+            client,
+            user: user.into(),
+            device: device.into(),
+            token: r.session_token.to_vec(),
+        }
+    }
+
+    pub fn delivery(&self) -> DeliveryClient {
+        DeliveryClient::new(self.client.clone())
+    }
+
+    pub fn keys(&self) -> KeysClient {
+        KeysClient::new(self.client.clone())
+    }
+
+    pub fn me(&self) -> v1::DeviceRef {
+        v1::DeviceRef {
+            user: self.user.clone(),
+            device: self.device.clone(),
+        }
+    }
+}
+
+pub fn enqueue_to(to: &v1::DeviceRef, id: u8, payload: &[u8]) -> v1::EnqueueRequest {
+    v1::EnqueueRequest {
+        recipient: Some(to.clone()),
+        message_id: vec![id; 16].into(),
+        payload: payload.to_vec().into(),
+        delivery_token: Default::default(),
+    }
+}

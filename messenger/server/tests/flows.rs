@@ -1,0 +1,677 @@
+//! End-to-end flows over real QUIC with the generated clients.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use qpq_core::mls::{MlsMember, Suite};
+use qpq_proto::v1::{
+    self,
+    server_event_push::{Event, Events},
+};
+use qrpc::Code;
+
+#[tokio::test]
+async fn register_login_and_wrong_password() {
+    let h = start(|_| {}).await;
+    let client = h.connect().await;
+    register(&client, "alice", "s3cret password").await.unwrap();
+    let err = register(&client, "alice", "other").await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    let ok = login(&client, "alice", "phone", "s3cret password")
+        .await
+        .unwrap();
+    assert_eq!(ok.session_token.len(), 32);
+
+    let other = h.connect().await;
+    let err = login(&other, "alice", "phone", "wrong password")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = login(&other, "nobody", "phone", "whatever")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "unknown users fail the same way"
+    );
+
+    // Protected methods need the session; the logged-in connection has it.
+    let err = v1::device_client::DeviceClient::new(other.clone())
+        .list_devices(&v1::ListDevicesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let devices = v1::device_client::DeviceClient::new(client.clone())
+        .list_devices(&v1::ListDevicesRequest {})
+        .await
+        .unwrap();
+    assert_eq!(devices.devices.len(), 1);
+
+    // The session resumes on a new connection with its token.
+    let third = h.connect().await;
+    let resumed = v1::auth_client::AuthClient::new(third.clone())
+        .resume_session(&v1::ResumeSessionRequest {
+            session_token: ok.session_token.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (resumed.user.as_str(), resumed.device.as_str()),
+        ("alice", "phone")
+    );
+    let err = v1::auth_client::AuthClient::new(h.connect().await)
+        .resume_session(&v1::ResumeSessionRequest {
+            session_token: vec![0; 32].into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn unknown_users_get_indistinguishable_login_responses() {
+    let h = start(|_| {}).await;
+    let client = h.connect().await;
+    register(&client, "known", "pw").await.unwrap();
+    let auth = v1::auth_client::AuthClient::new(client.clone());
+    let mut sizes = Vec::new();
+    for user in ["known", "unknown"] {
+        let start = opaque_ke::ClientLogin::<qpq_server::auth::OpaqueSuite>::start(
+            &mut rand_core_06::OsRng,
+            b"pw",
+        )
+        .unwrap();
+        let r = auth
+            .login_start(&v1::LoginStartRequest {
+                user: user.into(),
+                device: "d".into(),
+                credential_request: start.message.serialize().to_vec().into(),
+            })
+            .await
+            .unwrap();
+        sizes.push(r.credential_response.len());
+    }
+    assert_eq!(sizes[0], sizes[1]);
+}
+
+#[tokio::test]
+async fn enqueue_push_fetch_ack_between_two_users() {
+    let h = start(|_| {}).await;
+    let alice = Account::create(&h, "alice", "phone").await;
+    let bob = Account::create(&h, "bob", "laptop").await;
+    let mut bob_events = Events::new(bob.client.push_events().unwrap());
+
+    let r = alice
+        .delivery()
+        .enqueue(&enqueue_to(&bob.me(), 1, b"ciphertext-1"))
+        .await
+        .unwrap();
+    assert_eq!((r.seq, r.duplicate), (1, false));
+    match tokio::time::timeout(Duration::from_secs(5), bob_events.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        Event::Message(n) => assert_eq!(n.seq, 1),
+        other => panic!("unexpected event {other:?}"),
+    }
+    alice
+        .delivery()
+        .enqueue(&enqueue_to(&bob.me(), 2, b"ciphertext-2"))
+        .await
+        .unwrap();
+    let fetched = bob
+        .delivery()
+        .fetch(&v1::FetchRequest {
+            after_seq: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(&fetched.messages[0].payload[..], b"ciphertext-1");
+    let peek = bob.delivery().peek(&v1::PeekRequest {}).await.unwrap();
+    assert_eq!((peek.depth, peek.first_seq, peek.last_seq), (2, 1, 2));
+    assert_eq!(
+        bob.delivery()
+            .ack(&v1::AckRequest { up_to_seq: 2 })
+            .await
+            .unwrap()
+            .removed,
+        2
+    );
+    assert_eq!(
+        bob.delivery()
+            .peek(&v1::PeekRequest {})
+            .await
+            .unwrap()
+            .depth,
+        0
+    );
+}
+
+#[tokio::test]
+async fn fetch_wait_wakes_on_enqueue_and_times_out_empty() {
+    let h = start(|_| {}).await;
+    let alice = Account::create(&h, "alice", "phone").await;
+    let bob = Account::create(&h, "bob", "laptop").await;
+
+    let started = Instant::now();
+    let empty = bob
+        .delivery()
+        .fetch_wait(&v1::FetchWaitRequest {
+            after_seq: 0,
+            limit: 0,
+            timeout_ms: 300,
+        })
+        .await
+        .unwrap();
+    assert!(empty.messages.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    let waiting = tokio::spawn({
+        let d = bob.delivery();
+        async move {
+            d.fetch_wait(&v1::FetchWaitRequest {
+                after_seq: 0,
+                limit: 0,
+                timeout_ms: 30_000,
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    alice
+        .delivery()
+        .enqueue(&enqueue_to(&bob.me(), 7, b"wake up"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.messages.len(), 1);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn duplicate_enqueue_is_stored_once_and_full_queue_is_refused() {
+    let h = start(|c| c.limits.max_queue_depth = 3).await;
+    let alice = Account::create(&h, "alice", "phone").await;
+    let bob = Account::create(&h, "bob", "laptop").await;
+    let first = alice
+        .delivery()
+        .enqueue(&enqueue_to(&bob.me(), 1, b"x"))
+        .await
+        .unwrap();
+    let again = alice
+        .delivery()
+        .enqueue(&enqueue_to(&bob.me(), 1, b"x"))
+        .await
+        .unwrap();
+    assert_eq!((again.seq, again.duplicate), (first.seq, true));
+    alice
+        .delivery()
+        .enqueue(&enqueue_to(&bob.me(), 2, b"x"))
+        .await
+        .unwrap();
+    alice
+        .delivery()
+        .enqueue(&enqueue_to(&bob.me(), 3, b"x"))
+        .await
+        .unwrap();
+    let err = alice
+        .delivery()
+        .enqueue(&enqueue_to(&bob.me(), 4, b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(
+        bob.delivery()
+            .peek(&v1::PeekRequest {})
+            .await
+            .unwrap()
+            .depth,
+        3
+    );
+
+    // Batch enqueue is atomic: one full queue fails the whole batch.
+    let carol = Account::create(&h, "carol", "tab").await;
+    let err = alice
+        .delivery()
+        .batch_enqueue(&v1::BatchEnqueueRequest {
+            messages: vec![
+                enqueue_to(&carol.me(), 9, b"y"),
+                enqueue_to(&bob.me(), 10, b"y"),
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert_eq!(
+        carol
+            .delivery()
+            .peek(&v1::PeekRequest {})
+            .await
+            .unwrap()
+            .depth,
+        0
+    );
+}
+
+#[tokio::test]
+async fn sealed_enqueue_needs_the_delivery_token() {
+    let h = start(|_| {}).await;
+    let bob = Account::create(&h, "bob", "laptop").await;
+    let identity = qpq_core::identity::IdentityKey::generate();
+    let hybrid = qpq_core::kem::HybridSecretKey::generate();
+    let bundle = qpq_core::bundle::KeyBundle::new(&identity, hybrid.public());
+    let token = [42u8; 32];
+    bob.keys()
+        .upload_hybrid_key(&v1::UploadHybridKeyRequest {
+            key_bundle: bundle.encode().into(),
+            delivery_token: token.to_vec().into(),
+        })
+        .await
+        .unwrap();
+
+    // A connection that never logged in.
+    let anonymous = v1::delivery_client::DeliveryClient::new(h.connect().await);
+    let mut request = enqueue_to(&bob.me(), 1, b"sealed envelope");
+    let err = anonymous.enqueue(&request).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    request.delivery_token = vec![41u8; 32].into();
+    assert_eq!(
+        anonymous.enqueue(&request).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    request.delivery_token = token.to_vec().into();
+    assert_eq!(anonymous.enqueue(&request).await.unwrap().seq, 1);
+    // Only enqueue is public: the anonymous connection cannot fetch anything.
+    assert_eq!(
+        anonymous
+            .fetch(&v1::FetchRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn key_packages_run_out_then_last_resort_with_kt_proofs() {
+    let h = start(|_| {}).await;
+    let bob = Account::create(&h, "bob", "laptop").await;
+    let alice = Account::create(&h, "alice", "phone").await;
+    let mls = MlsMember::create(
+        rusqlite::Connection::open_in_memory().unwrap(),
+        b"bob/laptop",
+        Suite::XWing,
+    )
+    .unwrap();
+
+    let identity = qpq_core::identity::IdentityKey::generate();
+    let hybrid = qpq_core::kem::HybridSecretKey::generate();
+    let bundle = qpq_core::bundle::KeyBundle::new(&identity, hybrid.public());
+    bob.keys()
+        .upload_hybrid_key(&v1::UploadHybridKeyRequest {
+            key_bundle: bundle.encode().into(),
+            delivery_token: Default::default(),
+        })
+        .await
+        .unwrap();
+    let kps: Vec<_> = (0..2).map(|_| mls.key_package().unwrap().into()).collect();
+    let stored = bob
+        .keys()
+        .upload_key_package(&v1::UploadKeyPackageRequest {
+            key_packages: kps,
+            last_resort: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.stored, 2);
+    bob.keys()
+        .upload_key_package(&v1::UploadKeyPackageRequest {
+            key_packages: vec![mls.last_resort_key_package().unwrap().into()],
+            last_resort: true,
+        })
+        .await
+        .unwrap();
+
+    // A key package naming someone else is refused.
+    let mallory = MlsMember::create(
+        rusqlite::Connection::open_in_memory().unwrap(),
+        b"alice/phone",
+        Suite::XWing,
+    )
+    .unwrap();
+    let err = bob
+        .keys()
+        .upload_key_package(&v1::UploadKeyPackageRequest {
+            key_packages: vec![mallory.key_package().unwrap().into()],
+            last_resort: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    let request = v1::FetchKeyPackageRequest {
+        device: Some(bob.me()),
+    };
+    let keys = alice.keys();
+    let a = keys.fetch_key_package(&request).await.unwrap();
+    let b = keys.fetch_key_package(&request).await.unwrap();
+    assert!(!a.last_resort && !b.last_resort);
+    assert_ne!(
+        a.key_package, b.key_package,
+        "one-time packages are consumed"
+    );
+    let c = keys.fetch_key_package(&request).await.unwrap();
+    let d = keys.fetch_key_package(&request).await.unwrap();
+    assert!(c.last_resort && d.last_resort);
+    assert_eq!(c.key_package, d.key_package);
+
+    // The answer's key-transparency proof verifies against the signed head.
+    let fetched = alice
+        .keys()
+        .fetch_hybrid_key(&v1::FetchHybridKeyRequest {
+            device: Some(bob.me()),
+        })
+        .await
+        .unwrap();
+    let proof = fetched.proof.unwrap();
+    let head = qpq_core::kt::SignedTreeHead::decode(&proof.tree_head).unwrap();
+    head.verify(&h.server.kt_public).unwrap();
+    let inclusion = qpq_core::kt::InclusionProof::decode(&proof.inclusion_proof).unwrap();
+    let binding = qpq_core::kt::KeyBinding {
+        user: "bob".into(),
+        device: "laptop".into(),
+        identity_key: identity.public().to_bytes(),
+        hybrid_key_hash: hybrid.public().hash(),
+        key_package_hash: qpq_server::state::sha256(&c.key_package),
+    };
+    inclusion.verify(&binding.leaf_hash(), &head.root).unwrap();
+    assert_eq!(
+        qpq_core::bundle::KeyBundle::decode(&fetched.key_bundle).unwrap(),
+        bundle
+    );
+}
+
+#[tokio::test]
+async fn ten_mib_blob_with_a_resumed_upload() {
+    use sha2::Digest;
+    let h = start(|_| {}).await;
+    let alice = Account::create(&h, "alice", "phone").await;
+    let blob = v1::blob_client::BlobClient::new(alice.client.clone());
+    let data: Vec<u8> = (0..10 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let sha: Vec<u8> = sha2::Sha256::digest(&data).to_vec();
+    let total = data.len() as u64;
+    let chunks = |from: usize, to: usize| -> Vec<v1::BlobChunk> {
+        data[from..to]
+            .chunks(256 * 1024)
+            .enumerate()
+            .map(|(i, c)| v1::BlobChunk {
+                sha256: sha.clone().into(),
+                total_size: total,
+                offset: (from + i * 256 * 1024) as u64,
+                data: c.to_vec().into(),
+            })
+            .collect()
+    };
+    // Upload the first 4 MiB, then stop: the upload is interrupted.
+    let first = blob
+        .upload_blob(futures::stream::iter(chunks(0, 4 * 1024 * 1024)))
+        .await
+        .unwrap();
+    assert_eq!((first.received, first.complete), (4 * 1024 * 1024, false));
+    // Resuming at the wrong offset is refused with the right one in the message.
+    let wrong = blob
+        .upload_blob(futures::stream::iter(chunks(0, 1024 * 1024)))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::FailedPrecondition);
+    assert!(wrong.message().contains("4194304"), "{wrong}");
+    let done = blob
+        .upload_blob(futures::stream::iter(chunks(4 * 1024 * 1024, data.len())))
+        .await
+        .unwrap();
+    assert_eq!((done.received, done.complete), (total, true));
+
+    let mut down = blob
+        .download_blob(&v1::DownloadBlobRequest {
+            sha256: sha.clone().into(),
+            offset: 0,
+        })
+        .await
+        .unwrap();
+    let mut got = Vec::with_capacity(data.len());
+    while let Some(chunk) = down.message().await.unwrap() {
+        got.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(sha2::Sha256::digest(&got).to_vec(), sha);
+
+    // A blob whose bytes do not match its hash is refused.
+    let bad = vec![v1::BlobChunk {
+        sha256: vec![9; 32].into(),
+        total_size: 3,
+        offset: 0,
+        data: b"abc".to_vec().into(),
+    }];
+    assert_eq!(
+        blob.upload_blob(futures::stream::iter(bad))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::DataLoss
+    );
+}
+
+#[tokio::test]
+async fn blob_size_and_quota_limits() {
+    let h = start(|c| {
+        c.limits.max_blob_bytes = 1000;
+        c.limits.blob_quota_bytes = 1500;
+    })
+    .await;
+    let alice = Account::create(&h, "alice", "phone").await;
+    let blob = v1::blob_client::BlobClient::new(alice.client.clone());
+    let upload = |sha: u8, size: u64| {
+        let blob = blob.clone();
+        async move {
+            blob.upload_blob(futures::stream::iter(vec![v1::BlobChunk {
+                sha256: vec![sha; 32].into(),
+                total_size: size,
+                offset: 0,
+                data: Default::default(),
+            }]))
+            .await
+        }
+    };
+    assert_eq!(
+        upload(1, 1001).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert!(!upload(2, 1000).await.unwrap().complete);
+    assert_eq!(
+        upload(3, 600).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+}
+
+#[tokio::test]
+async fn revoking_a_device_ends_its_session() {
+    let h = start(|_| {}).await;
+    let phone = Account::create(&h, "erin", "phone").await;
+    // A second device must be registered by a logged-in one before it can log in.
+    let laptop_client = h.connect().await;
+    let err = login(&laptop_client, "erin", "laptop", "correct horse battery")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let devices = v1::device_client::DeviceClient::new(phone.client.clone());
+    devices
+        .register_device(&v1::RegisterDeviceRequest {
+            device: "laptop".into(),
+            label: "work".into(),
+        })
+        .await
+        .unwrap();
+    login(&laptop_client, "erin", "laptop", "correct horse battery")
+        .await
+        .unwrap();
+    let mut laptop_events = Events::new(laptop_client.push_events().unwrap());
+    let laptop_delivery = v1::delivery_client::DeliveryClient::new(laptop_client.clone());
+    laptop_delivery.peek(&v1::PeekRequest {}).await.unwrap();
+
+    devices
+        .revoke_device(&v1::RevokeDeviceRequest {
+            device: "laptop".into(),
+        })
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), laptop_events.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        Event::SessionExpired(e) => assert_eq!(e.reason, "device_revoked"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let err = laptop_delivery.peek(&v1::PeekRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let listed = devices
+        .list_devices(&v1::ListDevicesRequest {})
+        .await
+        .unwrap();
+    assert_eq!(
+        listed
+            .devices
+            .iter()
+            .map(|d| d.device.as_str())
+            .collect::<Vec<_>>(),
+        vec!["phone"]
+    );
+    // Its queue is gone: messages to it are refused.
+    let err = phone
+        .delivery()
+        .enqueue(&enqueue_to(
+            &v1::DeviceRef {
+                user: "erin".into(),
+                device: "laptop".into(),
+            },
+            1,
+            b"x",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn channels_users_and_p2p() {
+    let h = start(|_| {}).await;
+    let alice = Account::create(&h, "alice", "phone").await;
+    let bob = Account::create(&h, "bob", "laptop").await;
+    let mut bob_events = Events::new(bob.client.push_events().unwrap());
+    let channel = v1::channel_client::ChannelClient::new(alice.client.clone())
+        .create_channel(&v1::CreateChannelRequest {
+            name: "team".into(),
+            members: vec!["bob".into()],
+            mls_group_id: vec![1; 16].into(),
+        })
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), bob_events.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        Event::Channel(u) => assert_eq!(u.channel_id, channel.channel_id),
+        other => panic!("unexpected {other:?}"),
+    }
+    let err = v1::channel_client::ChannelClient::new(alice.client.clone())
+        .create_channel(&v1::CreateChannelRequest {
+            name: "x".into(),
+            members: vec!["ghost".into()],
+            mls_group_id: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    let identity = qpq_core::identity::IdentityKey::generate();
+    let bundle = qpq_core::bundle::KeyBundle::new(
+        &identity,
+        qpq_core::kem::HybridSecretKey::generate().public(),
+    );
+    bob.keys()
+        .upload_hybrid_key(&v1::UploadHybridKeyRequest {
+            key_bundle: bundle.encode().into(),
+            delivery_token: Default::default(),
+        })
+        .await
+        .unwrap();
+    let users = v1::user_client::UserClient::new(alice.client.clone());
+    let resolved = users
+        .resolve_user(&v1::ResolveUserRequest { user: "bob".into() })
+        .await
+        .unwrap();
+    assert_eq!(resolved.devices.len(), 1);
+    assert_eq!(
+        &resolved.devices[0].identity_key[..],
+        identity.public().to_bytes()
+    );
+    let back = users
+        .resolve_identity(&v1::ResolveIdentityRequest {
+            identity_key: identity.public().to_bytes().to_vec().into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (back.user.as_str(), back.device.as_str()),
+        ("bob", "laptop")
+    );
+
+    let p2p = v1::p2p_client::P2pClient::new(bob.client.clone());
+    assert_eq!(
+        p2p.health(&v1::HealthRequest {}).await.unwrap().status,
+        "ok"
+    );
+    p2p.publish_endpoint(&v1::PublishEndpointRequest {
+        addresses: vec!["127.0.0.1:4000".into()],
+        ttl_ms: 200,
+    })
+    .await
+    .unwrap();
+    let alice_p2p = v1::p2p_client::P2pClient::new(alice.client.clone());
+    let found = alice_p2p
+        .resolve_endpoint(&v1::ResolveEndpointRequest {
+            device: Some(bob.me()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.addresses, vec!["127.0.0.1:4000".to_owned()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = alice_p2p
+        .resolve_endpoint(&v1::ResolveEndpointRequest {
+            device: Some(bob.me()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "endpoints expire");
+}
