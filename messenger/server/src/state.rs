@@ -52,6 +52,8 @@ pub struct AppState<S> {
     pub kt: tokio::sync::Mutex<MerkleLog>,
     /// Signs tree heads (secret).
     pub kt_key: IdentityKey,
+    /// Limits sealed (not logged-in) enqueues per client IP.
+    pub sealed_limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     waiters: Mutex<HashMap<DeviceId, Arc<Notify>>>,
     revoked: Mutex<HashSet<DeviceId>>,
 }
@@ -75,6 +77,7 @@ impl<S: Store> AppState<S> {
         kt_log: MerkleLog,
         kt_key: IdentityKey,
     ) -> Self {
+        let limits_sealed = limits.sealed_enqueues_per_second_per_ip;
         Self {
             store,
             registry,
@@ -83,6 +86,9 @@ impl<S: Store> AppState<S> {
             opaque,
             kt: tokio::sync::Mutex::new(kt_log),
             kt_key,
+            sealed_limiter: governor::RateLimiter::keyed(governor::Quota::per_second(
+                std::num::NonZeroU32::new(limits_sealed).unwrap_or(std::num::NonZeroU32::MIN),
+            )),
             waiters: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashSet::new()),
         }
