@@ -95,8 +95,15 @@ impl<S: Store> Delivery for DeliveryService<S> {
     ) -> Result<v1::EnqueueResponse, Status> {
         let message = self.new_message(&request)?;
         if caller(&ctx).is_err() {
-            if self.state.sealed_limiter.check_key(&ctx.remote_address().ip()).is_err() {
-                return Err(Status::resource_exhausted("too many sealed sends from this address"));
+            if self
+                .state
+                .sealed_limiter
+                .check_key(&ctx.remote_address().ip())
+                .is_err()
+            {
+                return Err(Status::resource_exhausted(
+                    "too many sealed sends from this address",
+                ));
             }
             self.check_sealed(&request, &message).await?;
         }

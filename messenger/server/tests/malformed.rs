@@ -10,7 +10,12 @@ use qrpc::{CallKind, Code};
 /// Bytes that are not a valid protobuf message (a field with wire type 7).
 const GARBAGE: &[u8] = &[0x0f, 0xff, 0xff, 0xff];
 
-async fn call(client: &qrpc::Client, kind: CallKind, id: u16, payload: Bytes) -> Result<(), qrpc::Status> {
+async fn call(
+    client: &qrpc::Client,
+    kind: CallKind,
+    id: u16,
+    payload: Bytes,
+) -> Result<(), qrpc::Status> {
     match kind {
         CallKind::Unary => client.unary_raw(id, payload).await.map(|_| ()),
         CallKind::ServerStreaming => {
@@ -21,7 +26,10 @@ async fn call(client: &qrpc::Client, kind: CallKind, id: u16, payload: Bytes) ->
                 _ => Ok(()),
             }
         }
-        _ => client.client_streaming_raw(id, futures::stream::iter([payload])).await.map(|_| ()),
+        _ => client
+            .client_streaming_raw(id, futures::stream::iter([payload]))
+            .await
+            .map(|_| ()),
     }
 }
 
@@ -35,15 +43,33 @@ async fn every_method_refuses_garbage_and_empty_requests() {
     for descriptor in qpq_proto::descriptors() {
         for method in descriptor.methods {
             // Before login: public methods decode and refuse; protected ones refuse to run.
-            let err = call(&anonymous, method.kind, method.id, Bytes::from_static(GARBAGE)).await.unwrap_err();
+            let err = call(
+                &anonymous,
+                method.kind,
+                method.id,
+                Bytes::from_static(GARBAGE),
+            )
+            .await
+            .unwrap_err();
             if public.is_public(method.id) {
                 assert_eq!(err.code(), Code::InvalidArgument, "{method}: {err}");
             } else {
                 assert_eq!(err.code(), Code::Unauthenticated, "{method}: {err}");
             }
             // Logged in: garbage is InvalidArgument (federation is not served by this server).
-            let err = call(&account.client, method.kind, method.id, Bytes::from_static(GARBAGE)).await.unwrap_err();
-            let expected = if descriptor.name == "qpq.v1.Federation" { Code::Unimplemented } else { Code::InvalidArgument };
+            let err = call(
+                &account.client,
+                method.kind,
+                method.id,
+                Bytes::from_static(GARBAGE),
+            )
+            .await
+            .unwrap_err();
+            let expected = if descriptor.name == "qpq.v1.Federation" {
+                Code::Unimplemented
+            } else {
+                Code::InvalidArgument
+            };
             assert_eq!(err.code(), expected, "{method}: {err}");
             assert!(!err.message().is_empty());
 
@@ -80,23 +106,36 @@ async fn out_of_range_fields_are_named_in_the_error() {
     let err = d.enqueue(&bad).await.unwrap_err();
     assert!(err.message().contains("message_id"), "{err}");
     let mut bad = enqueue_to(&account.me(), 1, b"x");
-    bad.recipient = Some(v1::DeviceRef { user: "Not Valid".into(), device: "d".into() });
+    bad.recipient = Some(v1::DeviceRef {
+        user: "Not Valid".into(),
+        device: "d".into(),
+    });
     let err = d.enqueue(&bad).await.unwrap_err();
     assert!(err.message().contains("user"), "{err}");
     let err = account
         .keys()
-        .upload_hybrid_key(&v1::UploadHybridKeyRequest { key_bundle: vec![1; 10].into(), delivery_token: Default::default() })
+        .upload_hybrid_key(&v1::UploadHybridKeyRequest {
+            key_bundle: vec![1; 10].into(),
+            delivery_token: Default::default(),
+        })
         .await
         .unwrap_err();
     assert!(err.message().contains("key_bundle"), "{err}");
     let err = account
         .keys()
-        .upload_key_package(&v1::UploadKeyPackageRequest { key_packages: vec![vec![0; 50].into()], last_resort: false })
+        .upload_key_package(&v1::UploadKeyPackageRequest {
+            key_packages: vec![vec![0; 50].into()],
+            last_resort: false,
+        })
         .await
         .unwrap_err();
     assert!(err.message().contains("key_packages"), "{err}");
     let err = d
-        .batch_enqueue(&v1::BatchEnqueueRequest { messages: (0..101).map(|i| enqueue_to(&account.me(), i as u8, b"x")).collect() })
+        .batch_enqueue(&v1::BatchEnqueueRequest {
+            messages: (0..101)
+                .map(|i| enqueue_to(&account.me(), i as u8, b"x"))
+                .collect(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

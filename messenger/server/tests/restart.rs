@@ -39,7 +39,10 @@ fn spawn_server(dir: &std::path::Path) -> ServerProcess {
     let mut addr = None;
     let mut fingerprint = None;
     while addr.is_none() || fingerprint.is_none() {
-        let line = lines.next().expect("server exited before announcing itself").unwrap();
+        let line = lines
+            .next()
+            .expect("server exited before announcing itself")
+            .unwrap();
         if let Some(a) = line.strip_prefix("qpq-server listening on ") {
             addr = Some(a.trim().parse().unwrap());
         } else if let Some(f) = line.strip_prefix("certificate sha256: ") {
@@ -48,7 +51,11 @@ fn spawn_server(dir: &std::path::Path) -> ServerProcess {
     }
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    ServerProcess { child, addr: addr.unwrap(), fingerprint: fingerprint.unwrap() }
+    ServerProcess {
+        child,
+        addr: addr.unwrap(),
+        fingerprint: fingerprint.unwrap(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,23 +65,32 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_or_session() {
 
     // A short idle timeout: after the SIGKILL nobody closes the connection, so the senders
     // notice the dead server through the timeout.
-    let alice = qrpc::Client::builder(server.addr, qrpc::tls::ClientTls::pinned(server.fingerprint))
-        .configure(|c| {
-            c.alpn = vec![b"qpq/1".to_vec()];
-            c.idle_timeout = std::time::Duration::from_secs(2);
-            c.keep_alive_interval = Some(std::time::Duration::from_millis(500));
-            c.reconnect.enabled = false;
-        })
-        .connect()
-        .await
-        .unwrap();
+    let alice = qrpc::Client::builder(
+        server.addr,
+        qrpc::tls::ClientTls::pinned(server.fingerprint),
+    )
+    .configure(|c| {
+        c.alpn = vec![b"qpq/1".to_vec()];
+        c.idle_timeout = std::time::Duration::from_secs(2);
+        c.keep_alive_interval = Some(std::time::Duration::from_millis(500));
+        c.reconnect.enabled = false;
+    })
+    .connect()
+    .await
+    .unwrap();
     register(&alice, "alice", "pw-alice").await.unwrap();
     login(&alice, "alice", "phone", "pw-alice").await.unwrap();
     let bob = connect_to(server.addr, server.fingerprint).await;
     register(&bob, "bob", "pw-bob").await.unwrap();
-    let token = login(&bob, "bob", "laptop", "pw-bob").await.unwrap().session_token;
+    let token = login(&bob, "bob", "laptop", "pw-bob")
+        .await
+        .unwrap()
+        .session_token;
 
-    let bob_ref = v1::DeviceRef { user: "bob".into(), device: "laptop".into() };
+    let bob_ref = v1::DeviceRef {
+        user: "bob".into(),
+        device: "laptop".into(),
+    };
     let acknowledged: Arc<Mutex<HashSet<Vec<u8>>>> = Arc::default();
     let senders: Vec<_> = (0..4u8)
         .map(|sender| {
@@ -107,7 +123,10 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_or_session() {
         .collect();
     // Let traffic flow, then kill the process without warning.
     while acknowledged.lock().unwrap().len() < 200 {
-        assert!(!senders.iter().all(|s| s.is_finished()), "every sender stopped before 200 messages");
+        assert!(
+            !senders.iter().all(|s| s.is_finished()),
+            "every sender stopped before 200 messages"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     server.child.kill().unwrap(); // SIGKILL
@@ -121,7 +140,9 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_or_session() {
     let restarted = spawn_server(dir.path());
     let client = connect_to(restarted.addr, restarted.fingerprint).await;
     let resumed = v1::auth_client::AuthClient::new(client.clone())
-        .resume_session(&v1::ResumeSessionRequest { session_token: token })
+        .resume_session(&v1::ResumeSessionRequest {
+            session_token: token,
+        })
         .await
         .expect("the session survives the crash");
     assert_eq!(resumed.user, "bob");
@@ -129,11 +150,24 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_or_session() {
     let mut stored = HashSet::new();
     let mut after = 0;
     loop {
-        let page = delivery.fetch(&v1::FetchRequest { after_seq: after, limit: 500 }).await.unwrap();
-        let Some(last) = page.messages.last() else { break };
+        let page = delivery
+            .fetch(&v1::FetchRequest {
+                after_seq: after,
+                limit: 500,
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.messages.last() else {
+            break;
+        };
         after = last.seq;
         stored.extend(page.messages.into_iter().map(|m| m.message_id.to_vec()));
     }
     let missing = acked.difference(&stored).count();
-    assert_eq!(missing, 0, "{missing} of {} acknowledged messages were lost", acked.len());
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged messages were lost",
+        acked.len()
+    );
 }

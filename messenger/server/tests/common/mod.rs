@@ -1,17 +1,8 @@
-//! Test harness: a server in a temp dir, and an OPAQUE-speaking client built on the generated
-//! clients.
+//! Test harness: a server in a temp dir, and logged-in accounts on the generated clients.
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
-use opaque_ke::{
-    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
-    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
-};
-use qpq_proto::v1::{
-    self, auth_client::AuthClient, delivery_client::DeliveryClient, keys_client::KeysClient,
-};
-use qpq_server::auth::OpaqueSuite;
+use qpq_proto::v1::{self, delivery_client::DeliveryClient, keys_client::KeysClient};
 use qpq_server::{Config, RunningServer};
-use qrpc::Status;
 use qrpc::tls::ClientTls;
 
 pub struct Harness {
@@ -48,66 +39,7 @@ impl Harness {
     }
 }
 
-pub async fn register(client: &qrpc::Client, user: &str, password: &str) -> Result<(), Status> {
-    let auth = AuthClient::new(client.clone());
-    let mut rng = rand_core_06::OsRng;
-    let start = ClientRegistration::<OpaqueSuite>::start(&mut rng, password.as_bytes()).unwrap();
-    let response = auth
-        .register_start(&v1::RegisterStartRequest {
-            user: user.into(),
-            registration_request: start.message.serialize().to_vec().into(),
-        })
-        .await?;
-    let finish = start
-        .state
-        .finish(
-            &mut rng,
-            password.as_bytes(),
-            RegistrationResponse::deserialize(&response.registration_response).unwrap(),
-            ClientRegistrationFinishParameters::default(),
-        )
-        .unwrap();
-    auth.register_finish(&v1::RegisterFinishRequest {
-        user: user.into(),
-        registration_upload: finish.message.serialize().to_vec().into(),
-    })
-    .await?;
-    Ok(())
-}
-
-/// Logs in; `Err` with the server's status, or `Unauthenticated` when the client side of OPAQUE
-/// already rejects the server's answer (wrong password).
-pub async fn login(
-    client: &qrpc::Client,
-    user: &str,
-    device: &str,
-    password: &str,
-) -> Result<v1::LoginFinishResponse, Status> {
-    let auth = AuthClient::new(client.clone());
-    let mut rng = rand_core_06::OsRng;
-    let start = ClientLogin::<OpaqueSuite>::start(&mut rng, password.as_bytes()).unwrap();
-    let response = auth
-        .login_start(&v1::LoginStartRequest {
-            user: user.into(),
-            device: device.into(),
-            credential_request: start.message.serialize().to_vec().into(),
-        })
-        .await?;
-    let finish = start
-        .state
-        .finish(
-            &mut rng,
-            password.as_bytes(),
-            CredentialResponse::deserialize(&response.credential_response).unwrap(),
-            ClientLoginFinishParameters::default(),
-        )
-        .map_err(|_| Status::unauthenticated("client-side OPAQUE rejected the server response"))?;
-    auth.login_finish(&v1::LoginFinishRequest {
-        login_id: response.login_id,
-        credential_finalization: finish.message.serialize().to_vec().into(),
-    })
-    .await
-}
+pub use qpq_server::client_auth::{login, register};
 
 /// A registered, logged-in device.
 pub struct Account {
