@@ -26,17 +26,22 @@ async fn setup() -> Setup {
 }
 
 async fn connect(s: &Setup) -> qrpc::Client {
-    qrpc::Client::builder(s.server.addr, qrpc::tls::ClientTls::pinned(s.server.fingerprint))
-        .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
-        .connect()
-        .await
-        .unwrap()
+    qrpc::Client::builder(
+        s.server.addr,
+        qrpc::tls::ClientTls::pinned(s.server.fingerprint),
+    )
+    .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+    .connect()
+    .await
+    .unwrap()
 }
 
 async fn account(s: &Setup, user: &str) -> qrpc::Client {
     let client = connect(s).await;
     register(&client, user, "benchmark password").await.unwrap();
-    login(&client, user, "d1", "benchmark password").await.unwrap();
+    login(&client, user, "d1", "benchmark password")
+        .await
+        .unwrap();
     client
 }
 
@@ -52,69 +57,97 @@ fn message(to: &v1::DeviceRef, sender: usize, n: u64) -> v1::EnqueueRequest {
 }
 
 fn messenger(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let s = rt.block_on(setup());
     let recipient = rt.block_on(account(&s, "recipient"));
     let inbox = DeliveryClient::new(recipient.clone());
-    let to = v1::DeviceRef { user: "recipient".into(), device: "d1".into() };
+    let to = v1::DeviceRef {
+        user: "recipient".into(),
+        device: "d1".into(),
+    };
 
     let mut g = c.benchmark_group("messenger");
-    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
 
     for senders in [1usize, 4, 16] {
         let clients: Vec<DeliveryClient> = rt.block_on(async {
             let mut v = Vec::new();
             for i in 0..senders {
-                v.push(DeliveryClient::new(account(&s, &format!("s{senders}x{i}")).await));
+                v.push(DeliveryClient::new(
+                    account(&s, &format!("s{senders}x{i}")).await,
+                ));
             }
             v
         });
         let per_sender = 16u64;
         let mut round = 0u64;
         g.throughput(Throughput::Elements(senders as u64 * per_sender));
-        g.bench_function(BenchmarkId::new("enqueue_fetch_ack", format!("{senders}_senders")), |b| {
-            b.to_async(&rt).iter(|| {
-                round += 1;
-                let base = round * per_sender;
-                let clients = clients.clone();
-                let inbox = inbox.clone();
-                let to = to.clone();
-                async move {
-                    let sends = clients.iter().enumerate().map(|(i, c)| {
-                        let to = to.clone();
-                        async move {
-                            for n in base..base + per_sender {
-                                c.enqueue(&message(&to, i, n)).await.unwrap();
+        g.bench_function(
+            BenchmarkId::new("enqueue_fetch_ack", format!("{senders}_senders")),
+            |b| {
+                b.to_async(&rt).iter(|| {
+                    round += 1;
+                    let base = round * per_sender;
+                    let clients = clients.clone();
+                    let inbox = inbox.clone();
+                    let to = to.clone();
+                    async move {
+                        let sends = clients.iter().enumerate().map(|(i, c)| {
+                            let to = to.clone();
+                            async move {
+                                for n in base..base + per_sender {
+                                    c.enqueue(&message(&to, i, n)).await.unwrap();
+                                }
                             }
+                        });
+                        futures::future::join_all(sends).await;
+                        let mut received = 0;
+                        let mut after = 0;
+                        while received < senders as u64 * per_sender {
+                            let page = inbox
+                                .fetch(&v1::FetchRequest {
+                                    after_seq: after,
+                                    limit: 500,
+                                })
+                                .await
+                                .unwrap();
+                            let last = page.messages.last().unwrap().seq;
+                            received += page.messages.len() as u64;
+                            after = last;
                         }
-                    });
-                    futures::future::join_all(sends).await;
-                    let mut received = 0;
-                    let mut after = 0;
-                    while received < senders as u64 * per_sender {
-                        let page = inbox.fetch(&v1::FetchRequest { after_seq: after, limit: 500 }).await.unwrap();
-                        let last = page.messages.last().unwrap().seq;
-                        received += page.messages.len() as u64;
-                        after = last;
+                        inbox
+                            .ack(&v1::AckRequest { up_to_seq: after })
+                            .await
+                            .unwrap();
                     }
-                    inbox.ack(&v1::AckRequest { up_to_seq: after }).await.unwrap();
-                }
-            })
-        });
+                })
+            },
+        );
     }
 
     let login_client = rt.block_on(connect(&s));
-    rt.block_on(register(&login_client, "login-bench", "benchmark password")).unwrap();
+    rt.block_on(register(&login_client, "login-bench", "benchmark password"))
+        .unwrap();
     g.throughput(Throughput::Elements(1));
     g.bench_function("opaque_login", |b| {
-        b.to_async(&rt).iter(|| login(&login_client, "login-bench", "d1", "benchmark password"))
+        b.to_async(&rt)
+            .iter(|| login(&login_client, "login-bench", "d1", "benchmark password"))
     });
 
     // Enqueue-to-push latency: one sender, the recipient listening on its push stream.
     let listener = rt.block_on(account(&s, "listener"));
     let mut events = Events::new(listener.push_events().unwrap());
     let sender = DeliveryClient::new(rt.block_on(account(&s, "pusher")));
-    let to_listener = v1::DeviceRef { user: "listener".into(), device: "d1".into() };
+    let to_listener = v1::DeviceRef {
+        user: "listener".into(),
+        device: "d1".into(),
+    };
     let mut latencies = Vec::new();
     let mut n = 0u64;
     g.bench_function("enqueue_to_push", |b| {

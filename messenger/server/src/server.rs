@@ -148,10 +148,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
                     v1::auth_server::LOGIN_START.id,
                     quota_per_minute(limits.logins_per_minute_per_ip),
                 )
-                .per_method(
-                    v1::delivery_server::ENQUEUE.id,
-                    quota_per_second(limits.sealed_enqueues_per_second_per_ip),
-                )
                 .build(),
         )
         .layer(AuthLayer::new(

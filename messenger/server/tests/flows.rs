@@ -675,3 +675,45 @@ async fn channels_users_and_p2p() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "endpoints expire");
 }
+
+#[tokio::test]
+async fn logged_in_senders_are_not_held_to_the_sealed_send_limit() {
+    let h = start(|c| c.limits.sealed_enqueues_per_second_per_ip = 2).await;
+    let alice = Account::create(&h, "alice", "phone").await;
+    let bob = Account::create(&h, "bob", "laptop").await;
+    for i in 0..10 {
+        alice
+            .delivery()
+            .enqueue(&enqueue_to(&bob.me(), i, b"x"))
+            .await
+            .unwrap();
+    }
+    // Sealed sends from one address are limited.
+    let identity = qpq_core::identity::IdentityKey::generate();
+    let bundle = qpq_core::bundle::KeyBundle::new(
+        &identity,
+        qpq_core::kem::HybridSecretKey::generate().public(),
+    );
+    bob.keys()
+        .upload_hybrid_key(&v1::UploadHybridKeyRequest {
+            key_bundle: bundle.encode().into(),
+            delivery_token: vec![5; 32].into(),
+        })
+        .await
+        .unwrap();
+    let anonymous = v1::delivery_client::DeliveryClient::new(h.connect().await);
+    let mut codes = Vec::new();
+    for i in 20..25 {
+        let mut r = enqueue_to(&bob.me(), i, b"sealed");
+        r.delivery_token = vec![5; 32].into();
+        codes.push(
+            anonymous
+                .enqueue(&r)
+                .await
+                .map(|_| Code::Ok)
+                .unwrap_or_else(|e| e.code()),
+        );
+    }
+    assert_eq!(&codes[..2], &[Code::Ok, Code::Ok]);
+    assert!(codes[2..].contains(&Code::ResourceExhausted), "{codes:?}");
+}
