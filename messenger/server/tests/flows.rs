@@ -725,18 +725,31 @@ async fn an_expired_session_gets_a_push_and_loses_access() {
     let mut events = Events::new(alice.client.push_events().unwrap());
     alice.delivery().peek(&v1::PeekRequest {}).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let err = alice.delivery().peek(&v1::PeekRequest {}).await.unwrap_err();
+    let err = alice
+        .delivery()
+        .peek(&v1::PeekRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    match tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap().unwrap() {
+    match tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
         Event::SessionExpired(e) => assert_eq!(e.reason, "expired"),
         other => panic!("unexpected {other:?}"),
     }
     // The token is refused too, and logging in again works.
     let err = v1::auth_client::AuthClient::new(h.connect().await)
-        .resume_session(&v1::ResumeSessionRequest { session_token: alice.token.clone().into() })
+        .resume_session(&v1::ResumeSessionRequest {
+            session_token: alice.token.clone().into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    login(&alice.client, "alice", "phone", "correct horse battery").await.unwrap();
+    login(&alice.client, "alice", "phone", "correct horse battery")
+        .await
+        .unwrap();
     alice.delivery().peek(&v1::PeekRequest {}).await.unwrap();
 }
