@@ -15,9 +15,11 @@ struct Setup {
 
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = qpq_server::Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = dir.path().to_path_buf();
+    let mut config = qpq_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
     config.limits.calls_per_second_per_ip = 1_000_000;
     config.limits.logins_per_minute_per_ip = 1_000_000;
     config.limits.max_queue_depth = 1_000_000;

@@ -18,10 +18,11 @@ use rusqlite::{Connection, OptionalExtension};
 use zeroize::Zeroizing;
 
 /// The ciphersuites qpq uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Suite {
     /// `MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519`: X-Wing hybrid KEM (post-quantum). Default.
+    #[default]
     XWing,
     /// `MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519`: classic X25519.
     X25519,
@@ -44,12 +45,6 @@ impl Suite {
         [Self::XWing, Self::X25519]
             .into_iter()
             .find(|s| s.code() == code)
-    }
-}
-
-impl Default for Suite {
-    fn default() -> Self {
-        Self::XWing
     }
 }
 

@@ -218,8 +218,10 @@ mod tests {
                 .to_string()
                 .contains("max_queue_depth")
         );
-        let mut c = Config::default();
-        c.tls_cert = Some("a.pem".into());
+        let c = Config {
+            tls_cert: Some("a.pem".into()),
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
     }
 }

@@ -11,10 +11,11 @@ pub struct Harness {
 }
 
 pub fn config(dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = dir.to_path_buf();
-    config
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    }
 }
 
 pub async fn start(f: impl FnOnce(&mut Config)) -> Harness {
