@@ -254,3 +254,43 @@ async fn connection_migrates_to_a_new_local_socket() {
     let me: Msg = client.unary(WHOAMI.id, &Msg::default()).await.unwrap();
     assert_eq!(me.text, "erin");
 }
+
+#[tokio::test]
+async fn idle_timeout_closes_quiet_connections_and_keep_alive_prevents_it() {
+    let server = start_with(TestService::default(), |c| {
+        c.idle_timeout = Duration::from_millis(300);
+        c
+    });
+    let quiet = Client::builder(server.addr, server.tls())
+        .configure(|c| {
+            c.keep_alive_interval = None;
+            c.reconnect.enabled = false;
+        })
+        .connect()
+        .await
+        .unwrap();
+    let kept = Client::builder(server.addr, server.tls())
+        .configure(|c| {
+            c.keep_alive_interval = Some(Duration::from_millis(100));
+            c.reconnect.enabled = false;
+        })
+        .connect()
+        .await
+        .unwrap();
+    quiet.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.unwrap();
+    let mut state = quiet.state();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        state.wait_for(|s| matches!(s, ConnectionState::Closed { .. })),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // The client with keep-alives is still connected after several idle periods.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(matches!(
+        *kept.state().borrow(),
+        ConnectionState::Connected { .. }
+    ));
+    assert!(kept.unary::<_, Msg>(ECHO.id, &Msg::n(2)).await.is_ok());
+}

@@ -753,3 +753,46 @@ async fn an_expired_session_gets_a_push_and_loses_access() {
         .unwrap();
     alice.delivery().peek(&v1::PeekRequest {}).await.unwrap();
 }
+
+#[tokio::test]
+async fn fetch_is_capped_and_login_attempts_are_rate_limited() {
+    let h = start(|c| {
+        c.limits.max_fetch = 3;
+        c.limits.logins_per_minute_per_ip = 4;
+    })
+    .await;
+    // Account::create uses one registration and one login: two of the four attempts.
+    let alice = Account::create(&h, "alice", "phone").await;
+    for i in 0..5 {
+        alice
+            .delivery()
+            .enqueue(&enqueue_to(&alice.me(), i, b"m"))
+            .await
+            .unwrap();
+    }
+    let page = alice
+        .delivery()
+        .fetch(&v1::FetchRequest {
+            after_seq: 0,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages.len(),
+        3,
+        "the server caps a page at max_fetch"
+    );
+
+    let other = h.connect().await;
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(
+            login(&other, "alice", "phone", "wrong")
+                .await
+                .unwrap_err()
+                .code(),
+        );
+    }
+    assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
+}
