@@ -112,12 +112,7 @@ async fn enqueue_push_fetch_ack_between_two_users() {
         .await
         .unwrap();
     assert_eq!((r.seq, r.duplicate), (1, false));
-    match tokio::time::timeout(Duration::from_secs(5), bob_events.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-    {
+    match next_event(&mut bob_events).await {
         Event::Message(n) => assert_eq!(n.seq, 1),
         other => panic!("unexpected event {other:?}"),
     }
@@ -149,14 +144,7 @@ async fn enqueue_push_fetch_ack_between_two_users() {
             .removed,
         2
     );
-    assert_eq!(
-        bob.delivery()
-            .peek(&v1::PeekRequest {})
-            .await
-            .unwrap()
-            .depth,
-        0
-    );
+    assert_eq!(bob.depth().await, 0);
 }
 
 #[tokio::test]
@@ -237,14 +225,7 @@ async fn duplicate_enqueue_is_stored_once_and_full_queue_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
-    assert_eq!(
-        bob.delivery()
-            .peek(&v1::PeekRequest {})
-            .await
-            .unwrap()
-            .depth,
-        3
-    );
+    assert_eq!(bob.depth().await, 3);
 
     // Batch enqueue is atomic: one full queue fails the whole batch.
     let carol = Account::create(&h, "carol", "tab").await;
@@ -259,32 +240,15 @@ async fn duplicate_enqueue_is_stored_once_and_full_queue_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
-    assert_eq!(
-        carol
-            .delivery()
-            .peek(&v1::PeekRequest {})
-            .await
-            .unwrap()
-            .depth,
-        0
-    );
+    assert_eq!(carol.depth().await, 0);
 }
 
 #[tokio::test]
 async fn sealed_enqueue_needs_the_delivery_token() {
     let h = start(|_| {}).await;
     let bob = Account::create(&h, "bob", "laptop").await;
-    let identity = qpq_core::identity::IdentityKey::generate();
-    let hybrid = qpq_core::kem::HybridSecretKey::generate();
-    let bundle = qpq_core::bundle::KeyBundle::new(&identity, hybrid.public());
     let token = [42u8; 32];
-    bob.keys()
-        .upload_hybrid_key(&v1::UploadHybridKeyRequest {
-            key_bundle: bundle.encode().into(),
-            delivery_token: token.to_vec().into(),
-        })
-        .await
-        .unwrap();
+    bob.publish_keys(&token).await;
 
     // A connection that never logged in.
     let anonymous = v1::delivery_client::DeliveryClient::new(h.connect().await);
@@ -321,16 +285,11 @@ async fn key_packages_run_out_then_last_resort_with_kt_proofs() {
     )
     .unwrap();
 
-    let identity = qpq_core::identity::IdentityKey::generate();
-    let hybrid = qpq_core::kem::HybridSecretKey::generate();
-    let bundle = qpq_core::bundle::KeyBundle::new(&identity, hybrid.public());
-    bob.keys()
-        .upload_hybrid_key(&v1::UploadHybridKeyRequest {
-            key_bundle: bundle.encode().into(),
-            delivery_token: Default::default(),
-        })
-        .await
-        .unwrap();
+    let PublishedKeys {
+        identity,
+        hybrid,
+        bundle,
+    } = bob.publish_keys(&[]).await;
     let kps: Vec<_> = (0..2).map(|_| mls.key_package().unwrap().into()).collect();
     let stored = bob
         .keys()
@@ -542,12 +501,7 @@ async fn revoking_a_device_ends_its_session() {
         })
         .await
         .unwrap();
-    match tokio::time::timeout(Duration::from_secs(5), laptop_events.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-    {
+    match next_event(&mut laptop_events).await {
         Event::SessionExpired(e) => assert_eq!(e.reason, "device_revoked"),
         other => panic!("unexpected {other:?}"),
     }
@@ -595,12 +549,7 @@ async fn channels_users_and_p2p() {
         })
         .await
         .unwrap();
-    match tokio::time::timeout(Duration::from_secs(5), bob_events.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-    {
+    match next_event(&mut bob_events).await {
         Event::Channel(u) => assert_eq!(u.channel_id, channel.channel_id),
         other => panic!("unexpected {other:?}"),
     }
@@ -614,18 +563,7 @@ async fn channels_users_and_p2p() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
-    let identity = qpq_core::identity::IdentityKey::generate();
-    let bundle = qpq_core::bundle::KeyBundle::new(
-        &identity,
-        qpq_core::kem::HybridSecretKey::generate().public(),
-    );
-    bob.keys()
-        .upload_hybrid_key(&v1::UploadHybridKeyRequest {
-            key_bundle: bundle.encode().into(),
-            delivery_token: Default::default(),
-        })
-        .await
-        .unwrap();
+    let PublishedKeys { identity, .. } = bob.publish_keys(&[]).await;
     let users = v1::user_client::UserClient::new(alice.client.clone());
     let resolved = users
         .resolve_user(&v1::ResolveUserRequest { user: "bob".into() })
@@ -689,18 +627,7 @@ async fn logged_in_senders_are_not_held_to_the_sealed_send_limit() {
             .unwrap();
     }
     // Sealed sends from one address are limited.
-    let identity = qpq_core::identity::IdentityKey::generate();
-    let bundle = qpq_core::bundle::KeyBundle::new(
-        &identity,
-        qpq_core::kem::HybridSecretKey::generate().public(),
-    );
-    bob.keys()
-        .upload_hybrid_key(&v1::UploadHybridKeyRequest {
-            key_bundle: bundle.encode().into(),
-            delivery_token: vec![5; 32].into(),
-        })
-        .await
-        .unwrap();
+    bob.publish_keys(&[5; 32]).await;
     let anonymous = v1::delivery_client::DeliveryClient::new(h.connect().await);
     let mut codes = Vec::new();
     for i in 20..25 {
@@ -731,12 +658,7 @@ async fn an_expired_session_gets_a_push_and_loses_access() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    match tokio::time::timeout(Duration::from_secs(5), events.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-    {
+    match next_event(&mut events).await {
         Event::SessionExpired(e) => assert_eq!(e.reason, "expired"),
         other => panic!("unexpected {other:?}"),
     }

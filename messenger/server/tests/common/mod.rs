@@ -91,3 +91,51 @@ pub fn enqueue_to(to: &v1::DeviceRef, id: u8, payload: &[u8]) -> v1::EnqueueRequ
         delivery_token: Default::default(),
     }
 }
+
+/// The keys a test device published.
+pub struct PublishedKeys {
+    pub identity: qpq_core::identity::IdentityKey,
+    pub hybrid: qpq_core::kem::HybridSecretKey,
+    pub bundle: qpq_core::bundle::KeyBundle,
+}
+
+impl Account {
+    /// Publishes a fresh key bundle, with a delivery token if `delivery_token` is not empty.
+    pub async fn publish_keys(&self, delivery_token: &[u8]) -> PublishedKeys {
+        let identity = qpq_core::identity::IdentityKey::generate();
+        let hybrid = qpq_core::kem::HybridSecretKey::generate();
+        let bundle = qpq_core::bundle::KeyBundle::new(&identity, hybrid.public());
+        self.keys()
+            .upload_hybrid_key(&v1::UploadHybridKeyRequest {
+                key_bundle: bundle.encode().into(),
+                delivery_token: delivery_token.to_vec().into(),
+            })
+            .await
+            .unwrap();
+        PublishedKeys {
+            identity,
+            hybrid,
+            bundle,
+        }
+    }
+
+    /// Messages in this device's queue.
+    pub async fn depth(&self) -> u64 {
+        self.delivery()
+            .peek(&v1::PeekRequest {})
+            .await
+            .unwrap()
+            .depth
+    }
+}
+
+/// The next push event, failing the test after 5 s.
+pub async fn next_event(
+    events: &mut v1::server_event_push::Events,
+) -> v1::server_event_push::Event {
+    tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+        .await
+        .expect("no push event within 5 s")
+        .expect("push stream closed")
+        .expect("undecodable push event")
+}
