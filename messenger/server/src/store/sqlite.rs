@@ -19,6 +19,38 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
+/// Maps a constraint violation (duplicate key, missing parent row) to `on_violation` and any
+/// other error to a backend failure.
+fn constraint_or(on_violation: StoreError) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| {
+        if is_constraint(&e) {
+            on_violation
+        } else {
+            backend(e)
+        }
+    }
+}
+
+fn user_exists_in(c: &Connection, user: &str) -> StoreResult<bool> {
+    c.query_row(
+        "SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)",
+        [user],
+        |r| r.get(0),
+    )
+    .map_err(backend)
+}
+
+/// One-time (not last-resort) key packages stored for a device.
+fn one_time_key_packages(c: &Connection, device: &DeviceId) -> StoreResult<u64> {
+    c.query_row(
+        "SELECT COUNT(*) FROM key_packages WHERE user = ?1 AND device = ?2 AND last_resort = 0",
+        params![device.user, device.device],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(u)
+    .map_err(backend)
+}
+
 fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -167,13 +199,7 @@ impl Store for SqliteStore {
                 "INSERT INTO users (name, password_file, created_at_ms) VALUES (?1, ?2, ?3)",
                 params![user, password_file, i(now_ms)],
             )
-            .map_err(|e| {
-                if is_constraint(&e) {
-                    StoreError::AlreadyExists
-                } else {
-                    backend(e)
-                }
-            })?;
+            .map_err(constraint_or(StoreError::AlreadyExists))?;
             Ok(())
         })
         .await
@@ -200,14 +226,7 @@ impl Store for SqliteStore {
         first_only: bool,
     ) -> StoreResult<()> {
         self.write(move |tx| {
-            let user_exists: bool = tx
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)",
-                    [&device.user],
-                    |r| r.get(0),
-                )
-                .map_err(backend)?;
-            if !user_exists {
+            if !user_exists_in(tx, &device.user)? {
                 return Err(StoreError::NotFound);
             }
             if first_only {
@@ -226,13 +245,7 @@ impl Store for SqliteStore {
                 "INSERT INTO devices (user, device, label, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![device.user, device.device, label, i(now_ms)],
             )
-            .map_err(|e| {
-                if is_constraint(&e) {
-                    StoreError::AlreadyExists
-                } else {
-                    backend(e)
-                }
-            })?;
+            .map_err(constraint_or(StoreError::AlreadyExists))?;
             Ok(())
         })
         .await
@@ -416,14 +429,8 @@ impl Store for SqliteStore {
         max: u32,
     ) -> StoreResult<u32> {
         self.write(move |tx| {
-            let count: i64 = tx
-                .query_row(
-                    "SELECT COUNT(*) FROM key_packages WHERE user = ?1 AND device = ?2 AND last_resort = 0",
-                    params![device.user, device.device],
-                    |r| r.get(0),
-                )
-                .map_err(backend)?;
-            if u(count) + packages.len() as u64 > u64::from(max) {
+            let count = one_time_key_packages(tx, &device)?;
+            if count + packages.len() as u64 > u64::from(max) {
                 return Err(StoreError::QuotaExceeded);
             }
             for kp in &packages {
@@ -431,9 +438,9 @@ impl Store for SqliteStore {
                     "INSERT INTO key_packages (user, device, key_package, last_resort) VALUES (?1, ?2, ?3, 0)",
                     params![device.user, device.device, kp],
                 )
-                .map_err(|e| if is_constraint(&e) { StoreError::NotFound } else { backend(e) })?;
+                .map_err(constraint_or(StoreError::NotFound))?;
             }
-            Ok(u32::try_from(u(count) + packages.len() as u64).unwrap_or(u32::MAX))
+            Ok(u32::try_from(count + packages.len() as u64).unwrap_or(u32::MAX))
         })
         .await
     }
@@ -453,7 +460,7 @@ impl Store for SqliteStore {
                 "INSERT INTO key_packages (user, device, key_package, last_resort) VALUES (?1, ?2, ?3, 1)",
                 params![device.user, device.device, package],
             )
-            .map_err(|e| if is_constraint(&e) { StoreError::NotFound } else { backend(e) })?;
+            .map_err(constraint_or(StoreError::NotFound))?;
             Ok(())
         })
         .await
@@ -489,13 +496,7 @@ impl Store for SqliteStore {
 
     async fn key_package_count(&self, device: DeviceId) -> StoreResult<u32> {
         self.read(move |c| {
-            c.query_row(
-                "SELECT COUNT(*) FROM key_packages WHERE user = ?1 AND device = ?2 AND last_resort = 0",
-                params![device.user, device.device],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-            .map_err(backend)
+            one_time_key_packages(c, &device).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
         })
         .await
     }
@@ -523,7 +524,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<u64> {
         self.write(move |tx| {
             let index: i64 = tx
-                .query_row("SELECT COUNT(*) FROM kt_leaves", [], |r| r.get(0))
+                .query_row("SELECT COALESCE(MAX(idx) + 1, 0) FROM kt_leaves", [], |r| r.get(0))
                 .map_err(backend)?;
             tx.execute("INSERT INTO kt_leaves (idx, leaf_hash) VALUES (?1, ?2)", params![index, leaf_hash.to_vec()])
                 .map_err(backend)?;
@@ -534,7 +535,7 @@ impl Store for SqliteStore {
                      delivery_token_hash = ?5, kt_index = ?6",
                 params![device.user, device.device, bundle, identity_key, delivery_token_hash, index],
             )
-            .map_err(|e| if is_constraint(&e) { StoreError::NotFound } else { backend(e) })?;
+            .map_err(constraint_or(StoreError::NotFound))?;
             Ok(u(index))
         })
         .await
@@ -626,12 +627,9 @@ impl Store for SqliteStore {
                 "INSERT INTO channels (id, name, owner, mls_group_id, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![id, name, owner, mls_group_id, i(now_ms)],
             )
-            .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists } else { backend(e) })?;
+            .map_err(constraint_or(StoreError::AlreadyExists))?;
             for member in members.iter().chain(std::iter::once(&owner)) {
-                let exists: bool = tx
-                    .query_row("SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)", [member], |r| r.get(0))
-                    .map_err(backend)?;
-                if !exists {
+                if !user_exists_in(tx, member)? {
                     return Err(StoreError::NotFound);
                 }
                 tx.execute(
@@ -646,15 +644,7 @@ impl Store for SqliteStore {
     }
 
     async fn user_exists(&self, user: String) -> StoreResult<bool> {
-        self.read(move |c| {
-            c.query_row(
-                "SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)",
-                [user],
-                |r| r.get(0),
-            )
-            .map_err(backend)
-        })
-        .await
+        self.read(move |c| user_exists_in(c, &user)).await
     }
 
     async fn blob(&self, sha256: Vec<u8>) -> StoreResult<Option<BlobRow>> {
@@ -696,7 +686,7 @@ impl Store for SqliteStore {
                 "INSERT INTO blobs (sha256, owner, size, received, complete, created_at_ms) VALUES (?1, ?2, ?3, 0, 0, ?4)",
                 params![sha256, owner, i(size), i(now_ms)],
             )
-            .map_err(|e| if is_constraint(&e) { StoreError::AlreadyExists } else { backend(e) })?;
+            .map_err(constraint_or(StoreError::AlreadyExists))?;
             Ok(())
         })
         .await
@@ -731,7 +721,7 @@ impl Store for SqliteStore {
                  ON CONFLICT (user, device) DO UPDATE SET addresses = ?3, expires_at_ms = ?4",
                 params![device.user, device.device, addresses.join("\n"), i(expires_at_ms)],
             )
-            .map_err(|e| if is_constraint(&e) { StoreError::NotFound } else { backend(e) })?;
+            .map_err(constraint_or(StoreError::NotFound))?;
             Ok(())
         })
         .await
