@@ -12,7 +12,7 @@ use qpq_proto::v1::{self, auth_server::Auth, server_event_push::Event};
 use qrpc::middleware::Authenticator;
 use qrpc::{RequestContext, Status};
 
-use crate::state::{AppState, SessionInfo, now_ms, sha256};
+use crate::state::{Api, AppState, SessionInfo, now_ms, sha256};
 use crate::store::{DeviceId, Session, Store, StoreError};
 use crate::validate;
 
@@ -44,18 +44,6 @@ fn malformed(what: &'static str) -> impl Fn(opaque_ke::errors::ProtocolError) ->
     move |_| Status::invalid_argument(format!("{what}: not a valid OPAQUE message"))
 }
 
-/// The Auth service.
-pub struct AuthService<S> {
-    state: Arc<AppState<S>>,
-}
-
-impl<S> AuthService<S> {
-    /// Over shared state.
-    pub fn new(state: Arc<AppState<S>>) -> Self {
-        Self { state }
-    }
-}
-
 /// Binds a session to the connection.
 fn bind(ctx: &RequestContext, info: SessionInfo) {
     let identity = info.device.identity();
@@ -63,7 +51,7 @@ fn bind(ctx: &RequestContext, info: SessionInfo) {
     ctx.connection().bind_identity(identity);
 }
 
-impl<S: Store> Auth for AuthService<S> {
+impl<S: Store> Auth for Api<S> {
     async fn register_start(
         &self,
         _ctx: RequestContext,

@@ -5,7 +5,6 @@
 //! arrives the file is hashed; only a matching blob moves to `<data_dir>/blobs/<sha256>`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use futures::StreamExt;
 use qpq_proto::v1::{self, blob_server::Blob};
@@ -14,7 +13,7 @@ use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::auth::caller;
-use crate::state::{AppState, now_ms};
+use crate::state::{Api, now_ms};
 use crate::store::{Store, StoreError};
 use crate::validate;
 
@@ -30,17 +29,7 @@ fn io_error(e: std::io::Error) -> Status {
     Status::internal("blob storage failure")
 }
 
-/// The Blob service.
-pub struct BlobService<S> {
-    state: Arc<AppState<S>>,
-}
-
-impl<S> BlobService<S> {
-    /// Over shared state.
-    pub fn new(state: Arc<AppState<S>>) -> Self {
-        Self { state }
-    }
-
+impl<S> Api<S> {
     fn complete_path(&self, sha: &[u8]) -> PathBuf {
         self.state.blob_dir.join(hex(sha))
     }
@@ -63,7 +52,7 @@ async fn file_sha256(path: &PathBuf) -> std::io::Result<[u8; 32]> {
     }
 }
 
-impl<S: Store> Blob for BlobService<S> {
+impl<S: Store> Blob for Api<S> {
     async fn upload_blob(
         &self,
         ctx: RequestContext,

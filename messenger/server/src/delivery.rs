@@ -1,6 +1,5 @@
 //! Delivery: per-device queues, push on arrival, long-polling fetch.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use qpq_proto::v1::{self, delivery_server::Delivery};
@@ -8,24 +7,12 @@ use qrpc::{RequestContext, Status};
 use subtle::ConstantTimeEq;
 
 use crate::auth::caller;
-use crate::state::{AppState, now_ms, sha256};
+use crate::state::{Api, now_ms, sha256};
 use crate::store::{NewMessage, Store, StoredMessage};
 use crate::validate;
 
 /// Messages one batch enqueue may carry.
 const MAX_BATCH: usize = 100;
-
-/// The Delivery service.
-pub struct DeliveryService<S> {
-    state: Arc<AppState<S>>,
-}
-
-impl<S> DeliveryService<S> {
-    /// Over shared state.
-    pub fn new(state: Arc<AppState<S>>) -> Self {
-        Self { state }
-    }
-}
 
 fn envelope(m: StoredMessage) -> v1::Envelope {
     v1::Envelope {
@@ -36,7 +23,7 @@ fn envelope(m: StoredMessage) -> v1::Envelope {
     }
 }
 
-impl<S: Store> DeliveryService<S> {
+impl<S: Store> Api<S> {
     fn new_message(&self, request: &v1::EnqueueRequest) -> Result<NewMessage, Status> {
         let recipient = validate::device_ref(request.recipient.as_ref())?;
         validate::exact_len("message_id", &request.message_id, 16)?;
@@ -87,7 +74,7 @@ impl<S: Store> DeliveryService<S> {
     }
 }
 
-impl<S: Store> Delivery for DeliveryService<S> {
+impl<S: Store> Delivery for Api<S> {
     async fn enqueue(
         &self,
         ctx: RequestContext,

@@ -1,13 +1,12 @@
 //! Devices (register, list, revoke) and P2P rendezvous.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use qpq_proto::v1::{self, device_server::Device, p2p_server::P2p};
 use qrpc::{RequestContext, Status};
 
 use crate::auth::caller;
-use crate::state::{AppState, now_ms};
+use crate::state::{Api, now_ms};
 use crate::store::{DeviceId, Store, StoreError};
 use crate::validate;
 
@@ -16,27 +15,7 @@ const MAX_ADDRESSES: usize = 8;
 /// Longest endpoint lifetime.
 const MAX_ENDPOINT_TTL_MS: u64 = 3_600_000;
 
-/// The Device and P2p services.
-pub struct DeviceService<S> {
-    state: Arc<AppState<S>>,
-}
-
-impl<S> DeviceService<S> {
-    /// Over shared state.
-    pub fn new(state: Arc<AppState<S>>) -> Self {
-        Self { state }
-    }
-}
-
-impl<S> Clone for DeviceService<S> {
-    fn clone(&self) -> Self {
-        Self {
-            state: Arc::clone(&self.state),
-        }
-    }
-}
-
-impl<S: Store> Device for DeviceService<S> {
+impl<S: Store> Device for Api<S> {
     async fn register_device(
         &self,
         ctx: RequestContext,
@@ -102,7 +81,7 @@ impl<S: Store> Device for DeviceService<S> {
     }
 }
 
-impl<S: Store> P2p for DeviceService<S> {
+impl<S: Store> P2p for Api<S> {
     async fn health(
         &self,
         _ctx: RequestContext,

@@ -1,39 +1,17 @@
 //! The directory (users) and channels.
 
-use std::sync::Arc;
-
 use qpq_proto::v1::{self, channel_server::Channel, server_event_push::Event, user_server::User};
 use qrpc::{RequestContext, Status};
 
 use crate::auth::caller;
-use crate::state::{AppState, now_ms};
+use crate::state::{Api, now_ms};
 use crate::store::{Store, StoreError};
 use crate::validate;
 
 /// Members one channel may be created with.
 const MAX_CHANNEL_MEMBERS: usize = 1000;
 
-/// The User and Channel services.
-pub struct DirectoryService<S> {
-    state: Arc<AppState<S>>,
-}
-
-impl<S> DirectoryService<S> {
-    /// Over shared state.
-    pub fn new(state: Arc<AppState<S>>) -> Self {
-        Self { state }
-    }
-}
-
-impl<S> Clone for DirectoryService<S> {
-    fn clone(&self) -> Self {
-        Self {
-            state: Arc::clone(&self.state),
-        }
-    }
-}
-
-impl<S: Store> User for DirectoryService<S> {
+impl<S: Store> User for Api<S> {
     async fn resolve_user(
         &self,
         _ctx: RequestContext,
@@ -74,7 +52,7 @@ impl<S: Store> User for DirectoryService<S> {
     }
 }
 
-impl<S: Store> Channel for DirectoryService<S> {
+impl<S: Store> Channel for Api<S> {
     async fn create_channel(
         &self,
         ctx: RequestContext,

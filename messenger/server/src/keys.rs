@@ -1,14 +1,12 @@
 //! Keys: MLS key packages (consumed once, with a last-resort fallback) and signed hybrid key
 //! bundles, every answer with its key-transparency proof.
 
-use std::sync::Arc;
-
 use qpq_core::bundle::KeyBundle;
 use qpq_proto::v1::{self, keys_server::Keys};
 use qrpc::{RequestContext, Status};
 
 use crate::auth::caller;
-use crate::state::{AppState, sha256};
+use crate::state::{Api, sha256};
 use crate::store::{DeviceId, Store};
 use crate::validate;
 
@@ -17,19 +15,7 @@ const MAX_KEY_PACKAGE_BYTES: usize = 16 * 1024;
 /// Devices one batch fetch may name.
 const MAX_BATCH_FETCH: usize = 256;
 
-/// The Keys service.
-pub struct KeysService<S> {
-    state: Arc<AppState<S>>,
-}
-
-impl<S> KeysService<S> {
-    /// Over shared state.
-    pub fn new(state: Arc<AppState<S>>) -> Self {
-        Self { state }
-    }
-}
-
-impl<S: Store> KeysService<S> {
+impl<S: Store> Api<S> {
     async fn proof_for(&self, device: &DeviceId) -> Result<Option<v1::KtProof>, Status> {
         match self.state.store.bundle(device.clone()).await? {
             Some(row) => Ok(Some(self.state.kt_proof(row.kt_index).await?)),
@@ -69,7 +55,7 @@ impl<S: Store> KeysService<S> {
     }
 }
 
-impl<S: Store> Keys for KeysService<S> {
+impl<S: Store> Keys for Api<S> {
     async fn upload_key_package(
         &self,
         ctx: RequestContext,

@@ -11,14 +11,9 @@ use qpq_proto::v1;
 use qrpc::middleware::{AuditLayer, AuthLayer, AuthPolicy, Quota, RateLimitLayer};
 use zeroize::Zeroizing;
 
-use crate::auth::{AuthService, OpaqueSuite, SessionAuth};
-use crate::blob::BlobService;
+use crate::auth::{OpaqueSuite, SessionAuth};
 use crate::config::Config;
-use crate::delivery::DeliveryService;
-use crate::device::DeviceService;
-use crate::directory::DirectoryService;
-use crate::keys::KeysService;
-use crate::state::AppState;
+use crate::state::{Api, AppState};
 use crate::store::{SqliteStore, Store};
 
 /// A server running in the background.
@@ -135,6 +130,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         log,
         kt_key,
     ));
+    let api = Api::new(Arc::clone(&state));
     let server = builder
         .layer(AuditLayer::new())
         .layer(
@@ -154,30 +150,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             SessionAuth::new(Arc::clone(&state)),
             public_methods(),
         ))
-        .add_service(v1::auth_server::AuthServer::new(AuthService::new(
-            Arc::clone(&state),
-        )))
-        .add_service(v1::delivery_server::DeliveryServer::new(
-            DeliveryService::new(Arc::clone(&state)),
-        ))
-        .add_service(v1::keys_server::KeysServer::new(KeysService::new(
-            Arc::clone(&state),
-        )))
-        .add_service(v1::channel_server::ChannelServer::new(
-            DirectoryService::new(Arc::clone(&state)),
-        ))
-        .add_service(v1::user_server::UserServer::new(DirectoryService::new(
-            Arc::clone(&state),
-        )))
-        .add_service(v1::blob_server::BlobServer::new(BlobService::new(
-            Arc::clone(&state),
-        )))
-        .add_service(v1::device_server::DeviceServer::new(DeviceService::new(
-            Arc::clone(&state),
-        )))
-        .add_service(v1::p2p_server::P2pServer::new(DeviceService::new(
-            Arc::clone(&state),
-        )))
+        .add_service(v1::auth_server::AuthServer::new(api.clone()))
+        .add_service(v1::delivery_server::DeliveryServer::new(api.clone()))
+        .add_service(v1::keys_server::KeysServer::new(api.clone()))
+        .add_service(v1::channel_server::ChannelServer::new(api.clone()))
+        .add_service(v1::user_server::UserServer::new(api.clone()))
+        .add_service(v1::blob_server::BlobServer::new(api.clone()))
+        .add_service(v1::device_server::DeviceServer::new(api.clone()))
+        .add_service(v1::p2p_server::P2pServer::new(api.clone()))
         .bind(config.listen)?;
     let addr = server.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -205,7 +185,3 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .create(dir)
         .with_context(|| format!("creating data directory {}", dir.display()))
 }
-
-/// Keeps the compiler honest that the store type used here is a `Store`.
-#[allow(dead_code)]
-fn assert_store<S: Store>() {}

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use qpq_core::identity::IdentityKey;
-use qpq_core::kt::{KeyBinding, MerkleLog};
+use qpq_core::kt::{KeyBinding, MerkleLog, SignedTreeHead};
 use qpq_proto::v1::{self, server_event_push::Event};
 use qrpc::{Identity, PushRegistry, Status};
 use tokio::sync::Notify;
@@ -36,6 +36,34 @@ pub struct SessionInfo {
     pub expires_at_ms: u64,
 }
 
+/// The messenger's RPC handlers. One value implements every generated service trait (each in
+/// the module of its service); clones share the state.
+pub struct Api<S> {
+    pub(crate) state: Arc<AppState<S>>,
+}
+
+impl<S> Api<S> {
+    /// Handlers over shared state.
+    pub fn new(state: Arc<AppState<S>>) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Clone for Api<S> {
+    fn clone(&self) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+/// The key-transparency log and the head last signed for it. A head is signed once per tree
+/// size, not once per key answer.
+struct KtLog {
+    log: MerkleLog,
+    head: Option<SignedTreeHead>,
+}
+
 /// Shared server state.
 pub struct AppState<S> {
     /// Persistence.
@@ -48,8 +76,8 @@ pub struct AppState<S> {
     pub blob_dir: std::path::PathBuf,
     /// OPAQUE server keys (secret).
     pub opaque: opaque_ke::ServerSetup<OpaqueSuite>,
-    /// The key-transparency log and its signing key.
-    pub kt: tokio::sync::Mutex<MerkleLog>,
+    /// The key-transparency log, with its latest signed head.
+    kt: tokio::sync::Mutex<KtLog>,
     /// Signs tree heads (secret).
     pub kt_key: IdentityKey,
     /// Limits sealed (not logged-in) enqueues per client IP.
@@ -84,7 +112,10 @@ impl<S: Store> AppState<S> {
             limits,
             blob_dir,
             opaque,
-            kt: tokio::sync::Mutex::new(kt_log),
+            kt: tokio::sync::Mutex::new(KtLog {
+                log: kt_log,
+                head: None,
+            }),
             kt_key,
             sealed_limiter: governor::RateLimiter::keyed(governor::Quota::per_second(
                 std::num::NonZeroU32::new(limits_sealed).unwrap_or(std::num::NonZeroU32::MIN),
@@ -157,7 +188,7 @@ impl<S: Store> AppState<S> {
             key_package_hash: last_resort.map_or([0; 32], |kp| sha256(&kp)),
         };
         let leaf = binding.leaf_hash();
-        let mut log = self.kt.lock().await;
+        let mut kt = self.kt.lock().await;
         let index = self
             .store
             .publish_bundle(
@@ -168,7 +199,7 @@ impl<S: Store> AppState<S> {
                 leaf,
             )
             .await?;
-        let memory_index = log.append_hash(leaf);
+        let memory_index = kt.log.append_hash(leaf);
         if memory_index != index {
             tracing::error!(
                 index,
@@ -182,11 +213,20 @@ impl<S: Store> AppState<S> {
 
     /// The inclusion proof of leaf `index` at the current head, with the signed head.
     pub async fn kt_proof(&self, index: u64) -> Result<v1::KtProof, Status> {
-        let log = self.kt.lock().await;
-        let proof = log
-            .inclusion_proof(index, log.size())
+        let mut kt = self.kt.lock().await;
+        let size = kt.log.size();
+        let proof = kt
+            .log
+            .inclusion_proof(index, size)
             .map_err(|_| Status::internal("key-transparency leaf missing"))?;
-        let head = log.sign_head(&self.kt_key, now_ms());
+        let head = match &kt.head {
+            Some(head) if head.tree_size == size => head.clone(),
+            _ => {
+                let head = kt.log.sign_head(&self.kt_key, now_ms());
+                kt.head = Some(head.clone());
+                head
+            }
+        };
         Ok(v1::KtProof {
             leaf_index: index,
             inclusion_proof: proof.encode().into(),
