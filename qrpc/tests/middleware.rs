@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use common::*;
 use governor::Quota;
+use qrpc::Code;
 use qrpc::middleware::{
     AuditLayer, AuditRecord, AuthLayer, AuthPolicy, RateLimitLayer, RequireIdentity,
 };
-use qrpc::{Code, Server};
 use tower::{Service, ServiceExt};
 
 fn login(name: &str) -> Msg {
@@ -26,15 +26,11 @@ fn login(name: &str) -> Msg {
 
 #[tokio::test]
 async fn auth_refuses_protected_methods_until_the_connection_logs_in() {
-    let cert = cert();
     let policy = AuthPolicy::new().public_methods([LOGIN.id, ECHO.id]);
-    let server = Server::builder()
-        .tls(cert.server_tls())
-        .layer(AuthLayer::new(RequireIdentity, policy))
-        .add_service(TestService::default())
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let server = run(server, cert.fingerprint());
+    let server = start_layered(
+        TestService::default(),
+        AuthLayer::new(RequireIdentity, policy),
+    );
     let client = server.client().await;
 
     assert!(
@@ -68,15 +64,11 @@ async fn auth_refuses_protected_methods_until_the_connection_logs_in() {
 
 #[tokio::test]
 async fn rate_limit_per_ip_exhausts_after_the_burst() {
-    let cert = cert();
     let quota = Quota::per_minute(NonZeroU32::new(5).unwrap());
-    let server = Server::builder()
-        .tls(cert.server_tls())
-        .layer(RateLimitLayer::builder().per_ip(quota).build())
-        .add_service(TestService::default())
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let server = run(server, cert.fingerprint());
+    let server = start_layered(
+        TestService::default(),
+        RateLimitLayer::builder().per_ip(quota).build(),
+    );
     let client = server.client().await;
     for _ in 0..5 {
         client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.unwrap();
@@ -101,18 +93,11 @@ async fn rate_limit_per_ip_exhausts_after_the_burst() {
 
 #[tokio::test]
 async fn rate_limit_per_identity_and_per_method() {
-    let cert = cert();
     let limits = RateLimitLayer::builder()
         .per_identity(Quota::per_minute(NonZeroU32::new(3).unwrap()))
         .per_method(SLOW.id, Quota::per_minute(NonZeroU32::new(1).unwrap()))
         .build();
-    let server = Server::builder()
-        .tls(cert.server_tls())
-        .layer(limits)
-        .add_service(TestService::default())
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let server = run(server, cert.fingerprint());
+    let server = start_layered(TestService::default(), limits);
     let client = server.client().await;
 
     client.unary::<_, Msg>(SLOW.id, &Msg::n(0)).await.unwrap();
@@ -149,16 +134,10 @@ async fn rate_limit_per_identity_and_per_method() {
 async fn audit_records_method_peer_status_and_never_payloads() {
     let records: Arc<Mutex<Vec<AuditRecord>>> = Arc::default();
     let sink = records.clone();
-    let cert = cert();
-    let server = Server::builder()
-        .tls(cert.server_tls())
-        .layer(AuditLayer::with_sink(move |r| {
-            sink.lock().unwrap().push(r.clone())
-        }))
-        .add_service(TestService::default())
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let server = run(server, cert.fingerprint());
+    let server = start_layered(
+        TestService::default(),
+        AuditLayer::with_sink(move |r| sink.lock().unwrap().push(r.clone())),
+    );
     let client = server.client().await;
     client
         .unary::<_, Msg>(ECHO.id, &login("secret-payload"))
@@ -192,16 +171,10 @@ async fn audit_records_method_peer_status_and_never_payloads() {
 
 #[tokio::test]
 async fn tower_timeout_ends_slow_calls_with_deadline_exceeded() {
-    let cert = cert();
-    let server = Server::builder()
-        .tls(cert.server_tls())
-        .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(
-            100,
-        )))
-        .add_service(TestService::default())
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let server = run(server, cert.fingerprint());
+    let server = start_layered(
+        TestService::default(),
+        tower::timeout::TimeoutLayer::new(Duration::from_millis(100)),
+    );
     let client = server.client().await;
     let err = client
         .unary::<_, Msg>(SLOW.id, &Msg::n(5_000))
@@ -215,15 +188,12 @@ async fn tower_timeout_ends_slow_calls_with_deadline_exceeded() {
 async fn tower_concurrency_limit_bounds_running_handlers() {
     let service = TestService::default();
     let observed = service.observed.clone();
-    let cert = cert();
-    let server = Server::builder()
-        .tls(cert.server_tls())
-        .layer(AuditLayer::new())
-        .layer(tower::limit::ConcurrencyLimitLayer::new(2))
-        .add_service(service)
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let server = run(server, cert.fingerprint());
+    let server = start_layered(
+        service,
+        tower::ServiceBuilder::new()
+            .layer(AuditLayer::new())
+            .layer(tower::limit::ConcurrencyLimitLayer::new(2)),
+    );
     let client = server.client().await;
     let calls = (0..10).map(|_| {
         let client = client.clone();

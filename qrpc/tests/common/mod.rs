@@ -266,6 +266,29 @@ pub fn start_on(addr: SocketAddr, cert: &SelfSigned) -> Running {
     run(server, cert.fingerprint())
 }
 
+/// `service` behind `layer` on loopback, with default settings.
+pub fn start_layered<L, S>(service: TestService, layer: L) -> Running
+where
+    L: tower::Layer<qrpc::Routes, Service = S>,
+    S: tower::Service<
+            qrpc::Request<qrpc::RequestBody>,
+            Response = qrpc::Response<qrpc::ResponseBody>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Error: Into<qrpc::BoxError>,
+    S::Future: Send,
+{
+    let cert = cert();
+    let server = Server::builder()
+        .tls(cert.server_tls())
+        .layer(layer)
+        .add_service(service)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    run(server, cert.fingerprint())
+}
+
 /// The test service with adjusted config.
 pub fn start_with(
     service: TestService,
