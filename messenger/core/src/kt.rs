@@ -67,6 +67,22 @@ fn split(n: u64) -> u64 {
     1 << (63 - (n - 1).leading_zeros())
 }
 
+/// One step of the RFC 9162 proof verification loops (§2.1.3.2 and §2.1.4.2): whether the next
+/// proof hash is the left sibling. Advances the node index `f_n` and last index `s_n` to the
+/// parent level, skipping levels where the node is a right edge without a sibling.
+fn sibling_is_left(f_n: &mut u64, s_n: &mut u64) -> bool {
+    let left = *f_n & 1 == 1 || *f_n == *s_n;
+    if left {
+        while *f_n & 1 == 0 && *f_n != 0 {
+            *f_n >>= 1;
+            *s_n >>= 1;
+        }
+    }
+    *f_n >>= 1;
+    *s_n >>= 1;
+    left
+}
+
 /// What the log binds: a user's device and its keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyBinding {
@@ -345,19 +361,11 @@ impl InclusionProof {
             if s_n == 0 {
                 return Err(KtError::ProofLength);
             }
-            if f_n & 1 == 1 || f_n == s_n {
+            if sibling_is_left(&mut f_n, &mut s_n) {
                 r = node_hash(p, &r);
-                if f_n & 1 == 0 {
-                    while f_n & 1 == 0 && f_n != 0 {
-                        f_n >>= 1;
-                        s_n >>= 1;
-                    }
-                }
             } else {
                 r = node_hash(&r, p);
             }
-            f_n >>= 1;
-            s_n >>= 1;
         }
         if s_n != 0 {
             return Err(KtError::ProofLength);
@@ -446,20 +454,12 @@ impl ConsistencyProof {
             if s_n == 0 {
                 return Err(KtError::ProofLength);
             }
-            if f_n & 1 == 1 || f_n == s_n {
+            if sibling_is_left(&mut f_n, &mut s_n) {
                 fr = node_hash(c, &fr);
                 sr = node_hash(c, &sr);
-                if f_n & 1 == 0 {
-                    while f_n & 1 == 0 && f_n != 0 {
-                        f_n >>= 1;
-                        s_n >>= 1;
-                    }
-                }
             } else {
                 sr = node_hash(&sr, c);
             }
-            f_n >>= 1;
-            s_n >>= 1;
         }
         if s_n != 0 {
             return Err(KtError::ProofLength);
