@@ -215,6 +215,25 @@ impl Connection {
         }
     }
 
+    /// Whether the connection has closed (never for a detached connection).
+    pub fn is_closed(&self) -> bool {
+        self.0
+            .quic
+            .as_ref()
+            .is_some_and(|quic| quic.close_reason().is_some())
+    }
+
+    /// Completes when the connection closes, for whatever reason; never for a detached
+    /// connection. Lets an application release per-connection state at once.
+    pub async fn closed(&self) {
+        match &self.0.quic {
+            Some(quic) => {
+                quic.closed().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+
     /// Round-trip time estimate of the connection (zero when detached).
     pub fn rtt(&self) -> std::time::Duration {
         self.0

@@ -2,7 +2,7 @@
 //!
 //! The codes are part of the wire contract (`docs/wire-protocol.md`); they never change meaning.
 
-use quinn::VarInt;
+pub use quinn::VarInt;
 
 /// The default ALPN protocol id of qrpc version 1.
 pub const DEFAULT_ALPN: &[u8] = b"qrpc/1";
@@ -37,4 +37,7 @@ pub mod close {
     pub const SHUTDOWN: VarInt = VarInt::from_u32(0x10);
     /// The push stream was misused (a second push stream, or an undecodable push frame).
     pub const PUSH_PROTOCOL_ERROR: VarInt = VarInt::from_u32(0x11);
+    /// The first code an application may use for its own closes; qrpc never sends a code at
+    /// or above it (`docs/wire-protocol.md`, "Connection close codes").
+    pub const APPLICATION_MIN: VarInt = VarInt::from_u32(0x100);
 }

@@ -8,11 +8,12 @@ use opaque_ke::{
     CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
     ServerLogin, ServerLoginParameters, ServerRegistration,
 };
-use qpq_proto::v1::{self, auth_server::Auth, server_event_push::Event};
+use qpq_proto::v1::{self, auth_server::Auth};
 use qrpc::middleware::Authenticator;
 use qrpc::{RequestContext, Status};
 
-use crate::state::{Api, AppState, SessionInfo, now_ms, sha256};
+use crate::session::{EndReason, SessionInfo, caller};
+use crate::state::{Api, AppState, now_ms, sha256};
 use crate::store::{DeviceId, Session, Store, StoreError};
 use crate::validate;
 
@@ -44,20 +45,52 @@ fn malformed(what: &'static str) -> impl Fn(opaque_ke::errors::ProtocolError) ->
     move |_| Status::invalid_argument(format!("{what}: not a valid OPAQUE message"))
 }
 
-/// Binds a session to the connection.
-fn bind(ctx: &RequestContext, info: SessionInfo) {
-    let identity = info.device.identity();
-    ctx.connection().with_extensions(|e| e.insert(info));
-    ctx.connection().bind_identity(identity);
+/// Login, registration and resume attempts made on one connection.
+#[derive(Default)]
+struct AuthAttempts(u32);
+
+impl<S: Store> Api<S> {
+    /// Counts one authentication attempt against the connection's lifetime allowance.
+    fn count_attempt(&self, ctx: &RequestContext) -> Result<(), Status> {
+        let max = self.state.limits.auth_attempts_per_connection;
+        ctx.connection().with_extensions(|e| {
+            if e.get::<AuthAttempts>().is_none() {
+                e.insert(AuthAttempts::default());
+            }
+            match e.get_mut::<AuthAttempts>() {
+                Some(a) if a.0 < max => {
+                    a.0 += 1;
+                    Ok(())
+                }
+                _ => Err(Status::resource_exhausted(
+                    "too many authentication attempts on this connection; reconnect to try again",
+                )),
+            }
+        })
+    }
+
+    /// The per-IP limit on registration and login starts. Keyed by IP even on a logged-in
+    /// connection, so sessions and devices do not multiply an attacker's attempts.
+    fn check_login_ip(&self, ctx: &RequestContext) -> Result<(), Status> {
+        let l = &self.state.limiters;
+        l.check(
+            &l.logins_per_ip,
+            &ctx.remote_address().ip(),
+            1,
+            "login or registration attempts from this address",
+        )
+    }
 }
 
 impl<S: Store> Auth for Api<S> {
     async fn register_start(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         request: v1::RegisterStartRequest,
     ) -> Result<v1::RegisterStartResponse, Status> {
         validate::user(&request.user)?;
+        self.check_login_ip(&ctx)?;
+        self.count_attempt(&ctx)?;
         let message =
             RegistrationRequest::<OpaqueSuite>::deserialize(&request.registration_request)
                 .map_err(malformed("registration_request"))?;
@@ -102,6 +135,15 @@ impl<S: Store> Auth for Api<S> {
         validate::device(&request.device)?;
         let message = CredentialRequest::<OpaqueSuite>::deserialize(&request.credential_request)
             .map_err(malformed("credential_request"))?;
+        self.check_login_ip(&ctx)?;
+        self.count_attempt(&ctx)?;
+        let l = &self.state.limiters;
+        l.check(
+            &l.logins_per_account,
+            &request.user,
+            1,
+            "login attempts for this account",
+        )?;
         // An unknown user runs the same computation against a fake record, so the response
         // does not reveal whether the name exists.
         let record = match self.state.store.password_file(request.user.clone()).await? {
@@ -186,14 +228,20 @@ impl<S: Store> Auth for Api<S> {
         let device = pending.device;
         if !self.state.store.device_exists(device.clone()).await? {
             // A user's first device is registered by logging in with it; later devices must be
-            // added by a logged-in device (RegisterDevice).
+            // added by a logged-in device (RegisterDevice). A revoked id never comes back.
             match self
                 .state
                 .store
-                .register_device(device.clone(), String::new(), now_ms(), true)
+                .register_device(
+                    device.clone(),
+                    String::new(),
+                    now_ms(),
+                    true,
+                    self.state.limits.max_devices_per_user,
+                )
                 .await
             {
-                Ok(()) => self.state.unrevoke(&device),
+                Ok(()) => {}
                 Err(StoreError::NotFound) => {
                     return Err(Status::permission_denied(
                         "unknown device: register it from one of your logged-in devices first",
@@ -202,25 +250,23 @@ impl<S: Store> Auth for Api<S> {
                 Err(e) => return Err(e.into()),
             }
         }
-        let token: [u8; 32] = rand::random();
+        let token = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
+        let token_hash = sha256(token.as_slice());
         let expires_at_ms =
             now_ms().saturating_add(self.state.limits.session_ttl_secs.saturating_mul(1000));
         self.state
             .store
             .create_session(
-                sha256(&token).to_vec(),
+                token_hash.to_vec(),
                 Session {
                     device: device.clone(),
                     expires_at_ms,
                 },
             )
             .await?;
-        bind(
-            &ctx,
-            SessionInfo {
-                device,
-                expires_at_ms,
-            },
+        self.state.sessions.bind(
+            ctx.connection(),
+            SessionInfo::new(device, expires_at_ms, token_hash),
         );
         Ok(v1::LoginFinishResponse {
             session_token: token.to_vec().into(),
@@ -234,25 +280,53 @@ impl<S: Store> Auth for Api<S> {
         request: v1::ResumeSessionRequest,
     ) -> Result<v1::ResumeSessionResponse, Status> {
         validate::exact_len("session_token", &request.session_token, 32)?;
+        let l = &self.state.limiters;
+        l.check(
+            &l.resumes_per_ip,
+            &ctx.remote_address().ip(),
+            1,
+            "session resumes from this address",
+        )?;
+        self.count_attempt(&ctx)?;
+        let token_hash = sha256(&request.session_token);
+        // A revoked device's sessions were deleted with it; a logged-out token was deleted.
         let session = self
             .state
             .store
-            .session(sha256(&request.session_token).to_vec())
+            .session(token_hash.to_vec())
             .await?
-            .filter(|s| s.expires_at_ms > now_ms() && !self.state.is_revoked(&s.device))
+            .filter(|s| s.expires_at_ms > now_ms())
             .ok_or_else(|| Status::unauthenticated("session expired or unknown"))?;
-        bind(
-            &ctx,
-            SessionInfo {
-                device: session.device.clone(),
-                expires_at_ms: session.expires_at_ms,
-            },
+        self.state.sessions.bind(
+            ctx.connection(),
+            SessionInfo::new(session.device.clone(), session.expires_at_ms, token_hash),
         );
         Ok(v1::ResumeSessionResponse {
             user: session.device.user,
             device: session.device.device,
             expires_at_ms: session.expires_at_ms,
         })
+    }
+
+    async fn logout(
+        &self,
+        ctx: RequestContext,
+        _request: v1::LogoutRequest,
+    ) -> Result<v1::LogoutResponse, Status> {
+        caller(&ctx)?;
+        let Some(info) = ctx
+            .connection()
+            .with_extensions(|e| e.get::<SessionInfo>().cloned())
+        else {
+            return Err(Status::unauthenticated("log in first"));
+        };
+        self.state.store.delete_session(info.token_hash.to_vec()).await?;
+        self.state.sessions.end_token(
+            info.token_hash,
+            EndReason::LoggedOut,
+            Some(ctx.connection().id()),
+        );
+        Ok(v1::LogoutResponse {})
     }
 }
 
@@ -275,26 +349,14 @@ impl<S: Store> Authenticator for SessionAuth<S> {
         let Some(info) = conn.with_extensions(|e| e.get::<SessionInfo>().cloned()) else {
             return Err(Status::unauthenticated("log in first"));
         };
-        let reason = if self.state.is_revoked(&info.device) {
-            "device_revoked"
-        } else if info.expires_at_ms <= now_ms() {
-            "expired"
-        } else {
+        if info.is_live() {
             return Ok(());
-        };
-        conn.with_extensions(|e| e.remove::<SessionInfo>());
-        conn.clear_identity();
-        let event = Event::SessionExpired(v1::SessionExpired {
-            reason: reason.into(),
-        });
-        let _ = qrpc::TypedPushSender::new(conn.push().clone()).try_send(&event);
-        Err(Status::unauthenticated(format!("session ended: {reason}")))
+        }
+        // Ended or expired: the session's watch closes the connection; a call that got here
+        // first is refused all the same.
+        if info.expires_at_ms <= now_ms() {
+            self.state.sessions.end_token(info.token_hash, EndReason::Expired, None);
+        }
+        Err(Status::unauthenticated("session ended"))
     }
-}
-
-/// The device a protected call runs as. The auth layer guarantees the session exists.
-pub fn caller(ctx: &RequestContext) -> Result<DeviceId, Status> {
-    ctx.connection()
-        .with_extensions(|e| e.get::<SessionInfo>().map(|s| s.device.clone()))
-        .ok_or_else(|| Status::unauthenticated("log in first"))
 }

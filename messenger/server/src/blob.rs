@@ -12,7 +12,7 @@ use qrpc::{RequestContext, ResponseStream, Status, Streaming};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use crate::auth::caller;
+use crate::session::caller;
 use crate::state::{Api, now_ms};
 use crate::store::{Store, StoreError};
 use crate::validate;
@@ -52,6 +52,21 @@ async fn file_sha256(path: &PathBuf) -> std::io::Result<[u8; 32]> {
     }
 }
 
+/// Where an interrupted upload resumes: only its owner may continue it, with the same size.
+fn resume_point(row: &crate::store::BlobRow, me: &str, total: u64) -> Result<u64, Status> {
+    if row.owner != me {
+        return Err(Status::permission_denied(
+            "another user is uploading this blob",
+        ));
+    }
+    if row.size != total {
+        return Err(Status::invalid_argument(
+            "total_size differs from the interrupted upload",
+        ));
+    }
+    Ok(row.received)
+}
+
 impl<S: Store> Blob for Api<S> {
     async fn upload_blob(
         &self,
@@ -59,6 +74,7 @@ impl<S: Store> Blob for Api<S> {
         mut chunks: Streaming<v1::BlobChunk>,
     ) -> Result<v1::UploadBlobResponse, Status> {
         let me = caller(&ctx)?;
+        self.check_write(&me)?;
         let first = chunks
             .message()
             .await?
@@ -72,27 +88,28 @@ impl<S: Store> Blob for Api<S> {
                 self.state.limits.max_blob_bytes
             )));
         }
+        if let Some(row) = self.state.store.blob(sha.clone()).await?
+            && row.complete
+        {
+            // Content-addressed: the same bytes are already here.
+            return Ok(v1::UploadBlobResponse {
+                received: row.size,
+                complete: true,
+            });
+        }
+        // One upload of a blob at a time: a second uploader can neither skip the owner and
+        // quota checks nor write into the first one's file.
+        let _claim = self.state.claim_upload(&sha).ok_or_else(|| {
+            Status::aborted("another upload of this blob is in progress; retry later")
+        })?;
         let mut received = match self.state.store.blob(sha.clone()).await? {
             Some(row) if row.complete => {
-                // Content-addressed: the same bytes are already here.
                 return Ok(v1::UploadBlobResponse {
                     received: row.size,
                     complete: true,
                 });
             }
-            Some(row) => {
-                if row.owner != me.user {
-                    return Err(Status::permission_denied(
-                        "another user is uploading this blob",
-                    ));
-                }
-                if row.size != total {
-                    return Err(Status::invalid_argument(
-                        "total_size differs from the interrupted upload",
-                    ));
-                }
-                row.received
-            }
+            Some(row) => resume_point(&row, &me.user, total)?,
             None => {
                 match self
                     .state
@@ -106,10 +123,20 @@ impl<S: Store> Blob for Api<S> {
                     )
                     .await
                 {
-                    Ok(()) | Err(StoreError::AlreadyExists) => {}
+                    Ok(()) => 0,
+                    Err(StoreError::AlreadyExists) => {
+                        // Created since we looked (by a claim released in between): the same
+                        // checks as any resume apply.
+                        let row = self
+                            .state
+                            .store
+                            .blob(sha.clone())
+                            .await?
+                            .ok_or_else(|| Status::aborted("blob upload raced; retry"))?;
+                        resume_point(&row, &me.user, total)?
+                    }
                     Err(e) => return Err(e.into()),
                 }
-                0
             }
         };
 

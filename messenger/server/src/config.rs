@@ -33,6 +33,43 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Messages a device queue may hold (default 10,000).
     pub max_queue_depth: u64,
+    /// Payload bytes a device queue may hold (default 256 MiB).
+    pub max_queue_bytes: u64,
+    /// Largest message payload accepted by Enqueue and BatchEnqueue (default 1 MiB).
+    pub max_message_bytes: u32,
+    /// Messages one sender may have waiting in one recipient queue (default 1,000).
+    pub max_pending_per_sender: u64,
+    /// Payload bytes one sender may have waiting in one recipient queue (default 32 MiB).
+    pub max_pending_bytes_per_sender: u64,
+    /// Messages a stranger (a sender the recipient never wrote to and shares no channel
+    /// with) may have waiting in one recipient queue (default 20).
+    pub max_pending_per_stranger: u64,
+    /// Payload bytes a stranger may have waiting in one recipient queue (default 1 MiB).
+    pub max_pending_bytes_per_stranger: u64,
+    /// Messages one user may enqueue per second, across devices (default 200, also the burst).
+    pub messages_per_second_per_user: u32,
+    /// Messages one user may send to strangers per minute (default 30, also the burst).
+    pub stranger_messages_per_minute_per_user: u32,
+    /// Other write calls (keys, channels, blobs, devices, endpoints, acks, logout) per second
+    /// per user (default 50, also the burst).
+    pub writes_per_second_per_user: u32,
+    /// Key-package fetches per minute by one user for the devices of one other user
+    /// (default 10, also the burst).
+    pub key_package_fetches_per_minute_per_pair: u32,
+    /// Key-package fetches per minute by one user in all (default 300, also the burst).
+    pub key_package_fetches_per_minute_per_user: u32,
+    /// Login attempts per minute against one account, from anywhere (default 10).
+    pub logins_per_minute_per_account: u32,
+    /// Login, registration and session-resume attempts one connection may make (default 10).
+    pub auth_attempts_per_connection: u32,
+    /// Session resumes per minute per client IP (default 60).
+    pub resumes_per_minute_per_ip: u32,
+    /// Devices one user may have (default 10).
+    pub max_devices_per_user: u32,
+    /// `FetchWait` calls one connection may have waiting at once (default 4).
+    pub max_fetch_waits_per_connection: u32,
+    /// How often the janitor prunes expired sessions and idle limiter state (default 60 s).
+    pub janitor_interval_secs: u64,
     /// Messages one fetch returns at most (default 500).
     pub max_fetch: u32,
     /// Longest `fetchWait` (default 60,000 ms).
@@ -74,6 +111,23 @@ impl Default for Limits {
             max_payload_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 100,
             max_queue_depth: 10_000,
+            max_queue_bytes: 256 * 1024 * 1024,
+            max_message_bytes: 1024 * 1024,
+            max_pending_per_sender: 1_000,
+            max_pending_bytes_per_sender: 32 * 1024 * 1024,
+            max_pending_per_stranger: 20,
+            max_pending_bytes_per_stranger: 1024 * 1024,
+            messages_per_second_per_user: 200,
+            stranger_messages_per_minute_per_user: 30,
+            writes_per_second_per_user: 50,
+            key_package_fetches_per_minute_per_pair: 10,
+            key_package_fetches_per_minute_per_user: 300,
+            logins_per_minute_per_account: 10,
+            auth_attempts_per_connection: 10,
+            resumes_per_minute_per_ip: 60,
+            max_devices_per_user: 10,
+            max_fetch_waits_per_connection: 4,
+            janitor_interval_secs: 60,
             max_fetch: 500,
             max_fetch_wait_ms: 60_000,
             max_key_packages: 100,
@@ -148,6 +202,53 @@ impl Config {
                 u64::from(l.max_concurrent_streams),
             ),
             ("max_queue_depth", l.max_queue_depth),
+            ("max_queue_bytes", l.max_queue_bytes),
+            ("max_message_bytes", u64::from(l.max_message_bytes)),
+            ("max_pending_per_sender", l.max_pending_per_sender),
+            ("max_pending_bytes_per_sender", l.max_pending_bytes_per_sender),
+            ("max_pending_per_stranger", l.max_pending_per_stranger),
+            (
+                "max_pending_bytes_per_stranger",
+                l.max_pending_bytes_per_stranger,
+            ),
+            (
+                "messages_per_second_per_user",
+                u64::from(l.messages_per_second_per_user),
+            ),
+            (
+                "stranger_messages_per_minute_per_user",
+                u64::from(l.stranger_messages_per_minute_per_user),
+            ),
+            (
+                "writes_per_second_per_user",
+                u64::from(l.writes_per_second_per_user),
+            ),
+            (
+                "key_package_fetches_per_minute_per_pair",
+                u64::from(l.key_package_fetches_per_minute_per_pair),
+            ),
+            (
+                "key_package_fetches_per_minute_per_user",
+                u64::from(l.key_package_fetches_per_minute_per_user),
+            ),
+            (
+                "logins_per_minute_per_account",
+                u64::from(l.logins_per_minute_per_account),
+            ),
+            (
+                "auth_attempts_per_connection",
+                u64::from(l.auth_attempts_per_connection),
+            ),
+            (
+                "resumes_per_minute_per_ip",
+                u64::from(l.resumes_per_minute_per_ip),
+            ),
+            ("max_devices_per_user", u64::from(l.max_devices_per_user)),
+            (
+                "max_fetch_waits_per_connection",
+                u64::from(l.max_fetch_waits_per_connection),
+            ),
+            ("janitor_interval_secs", l.janitor_interval_secs),
             ("max_fetch", u64::from(l.max_fetch)),
             ("max_key_packages", u64::from(l.max_key_packages)),
             ("max_blob_bytes", l.max_blob_bytes),
@@ -170,6 +271,11 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "limits.{name} must be greater than 0"
             )));
+        }
+        if u64::from(l.max_message_bytes) > l.max_queue_bytes {
+            return Err(ConfigError::Invalid(
+                "limits.max_message_bytes must not exceed limits.max_queue_bytes".into(),
+            ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(

@@ -6,9 +6,9 @@ use qpq_proto::v1::{self, delivery_server::Delivery};
 use qrpc::{RequestContext, Status};
 use subtle::ConstantTimeEq;
 
-use crate::auth::caller;
+use crate::session::{caller, live_session};
 use crate::state::{Api, now_ms, sha256};
-use crate::store::{NewMessage, Store, StoredMessage};
+use crate::store::{DeviceId, Enqueued, NewMessage, Store, StoreError, StoredMessage};
 use crate::validate;
 
 /// Messages one batch enqueue may carry.
@@ -23,18 +23,96 @@ fn envelope(m: StoredMessage) -> v1::Envelope {
     }
 }
 
+/// Counts a `FetchWait` against its connection's allowance while it waits.
+struct FetchWaitSlot(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Drop for FetchWaitSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+#[derive(Default)]
+struct FetchWaits(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+fn enqueue_response(result: Result<Enqueued, StoreError>) -> v1::EnqueueResponse {
+    match result {
+        Ok(o) => v1::EnqueueResponse {
+            seq: o.seq,
+            duplicate: o.duplicate,
+            code: 0,
+            error: String::new(),
+        },
+        Err(e) => {
+            let status = Status::from(e);
+            v1::EnqueueResponse {
+                seq: 0,
+                duplicate: false,
+                code: u32::from(status.code() as u8),
+                error: status.message().to_owned(),
+            }
+        }
+    }
+}
+
 impl<S: Store> Api<S> {
+    /// Checks one message; the sender fields are filled in by [`Api::attribute`].
     fn new_message(&self, request: &v1::EnqueueRequest) -> Result<NewMessage, Status> {
         let recipient = validate::device_ref(request.recipient.as_ref())?;
         validate::exact_len("message_id", &request.message_id, 16)?;
         if request.payload.is_empty() {
             return Err(Status::invalid_argument("payload: must not be empty"));
         }
+        validate::max_len(
+            "payload",
+            request.payload.len(),
+            self.state.limits.max_message_bytes as usize,
+        )?;
         Ok(NewMessage {
             recipient,
+            sender: String::new(),
+            sender_user: None,
+            stranger: false,
             message_id: request.message_id.to_vec(),
             payload: request.payload.to_vec(),
         })
+    }
+
+    /// Marks messages as sent by logged-in `me`, decides which recipients have never talked to
+    /// `me`, and takes the sender's rate-limit cells (all messages, and those to strangers).
+    async fn attribute(&self, me: &DeviceId, messages: &mut [NewMessage]) -> Result<(), Status> {
+        let mut peers: Vec<String> = messages.iter().map(|m| m.recipient.user.clone()).collect();
+        peers.sort();
+        peers.dedup();
+        let known = self
+            .state
+            .store
+            .known_by(me.user.clone(), peers.clone())
+            .await?;
+        let strangers: std::collections::HashSet<&String> = peers
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| !**k)
+            .map(|(p, _)| p)
+            .collect();
+        let sender = format!("{}/{}", me.user, me.device);
+        let mut to_strangers = 0u32;
+        for m in messages.iter_mut() {
+            m.sender.clone_from(&sender);
+            m.sender_user = Some(me.user.clone());
+            // "Known" is from the recipient's side: it wrote to us or shares a channel.
+            m.stranger = strangers.contains(&m.recipient.user);
+            to_strangers += u32::from(m.stranger);
+        }
+        let l = &self.state.limiters;
+        let n = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+        l.check(&l.messages_per_user, &me.user, n, "messages")?;
+        l.check(
+            &l.stranger_messages_per_user,
+            &me.user,
+            to_strangers,
+            "messages to people who have not written to you",
+        )
     }
 
     /// A sealed send (no login) must carry the recipient's delivery token.
@@ -66,6 +144,30 @@ impl<S: Store> Api<S> {
         }
     }
 
+    /// Takes one of the connection's `FetchWait` slots for as long as the guard lives.
+    fn fetch_wait_slot(&self, ctx: &RequestContext) -> Result<FetchWaitSlot, Status> {
+        let counter = ctx.connection().with_extensions(|e| {
+            if e.get::<FetchWaits>().is_none() {
+                e.insert(FetchWaits::default());
+            }
+            e.get::<FetchWaits>()
+                .map(|w| std::sync::Arc::clone(&w.0))
+                .unwrap_or_default()
+        });
+        let max = self.state.limits.max_fetch_waits_per_connection;
+        let taken = counter.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |n| (n < max).then_some(n + 1),
+        );
+        match taken {
+            Ok(_) => Ok(FetchWaitSlot(counter)),
+            Err(_) => Err(Status::resource_exhausted(format!(
+                "at most {max} FetchWait calls may wait on one connection"
+            ))),
+        }
+    }
+
     fn limit(&self, requested: u32) -> u32 {
         match requested {
             0 => self.state.limits.max_fetch,
@@ -80,33 +182,35 @@ impl<S: Store> Delivery for Api<S> {
         ctx: RequestContext,
         request: v1::EnqueueRequest,
     ) -> Result<v1::EnqueueResponse, Status> {
-        let message = self.new_message(&request)?;
-        if caller(&ctx).is_err() {
-            if self
-                .state
-                .sealed_limiter
-                .check_key(&ctx.remote_address().ip())
-                .is_err()
-            {
-                return Err(Status::resource_exhausted(
-                    "too many sealed sends from this address",
-                ));
+        let mut message = self.new_message(&request)?;
+        match live_session(&ctx) {
+            Some(session) => {
+                self.attribute(&session.device, std::slice::from_mut(&mut message))
+                    .await?;
             }
-            self.check_sealed(&request, &message).await?;
+            None => {
+                // Sealed: no sender is known; the delivery token and the per-IP limit gate it,
+                // and all sealed senders share one quota in each queue.
+                let l = &self.state.limiters;
+                l.check(
+                    &l.sealed_per_ip,
+                    &ctx.remote_address().ip(),
+                    1,
+                    "sealed sends from this address",
+                )?;
+                self.check_sealed(&request, &message).await?;
+            }
         }
         let recipient = message.recipient.clone();
         let outcome = self
             .state
             .store
-            .enqueue(message, self.state.limits.max_queue_depth, now_ms())
+            .enqueue(message, self.state.queue_limits(), now_ms())
             .await?;
         if !outcome.duplicate {
             self.state.message_arrived(&recipient, outcome.seq);
         }
-        Ok(v1::EnqueueResponse {
-            seq: outcome.seq,
-            duplicate: outcome.duplicate,
-        })
+        Ok(enqueue_response(Ok(outcome)))
     }
 
     async fn fetch(
@@ -136,12 +240,12 @@ impl<S: Store> Delivery for Api<S> {
             request.timeout_ms.min(self.state.limits.max_fetch_wait_ms),
         ));
         let deadline = tokio::time::Instant::now() + wait;
-        let waiter = self.state.waiter(&me);
+        let _slot = self.fetch_wait_slot(&ctx)?;
+        // Watch before looking, so an enqueue between the two is not missed. Only arrivals on
+        // this device past `after_seq` wake this call, and only they cost a query.
+        let mut arrivals = self.state.watch_arrivals(&me);
+        arrivals.mark_seen();
         loop {
-            // Register interest before looking, so an enqueue between the two is not missed.
-            let notified = waiter.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             let messages = self
                 .state
                 .store
@@ -152,7 +256,10 @@ impl<S: Store> Delivery for Api<S> {
                     messages: messages.into_iter().map(envelope).collect(),
                 });
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            if tokio::time::timeout_at(deadline, arrivals.wait_past(request.after_seq))
+                .await
+                .is_err()
+            {
                 return Ok(v1::FetchResponse {
                     messages: Vec::new(),
                 });
@@ -178,11 +285,9 @@ impl<S: Store> Delivery for Api<S> {
         ctx: RequestContext,
         request: v1::AckRequest,
     ) -> Result<v1::AckResponse, Status> {
-        let removed = self
-            .state
-            .store
-            .ack(caller(&ctx)?, request.up_to_seq)
-            .await?;
+        let me = caller(&ctx)?;
+        self.check_write(&me)?;
+        let removed = self.state.store.ack(me, request.up_to_seq).await?;
         Ok(v1::AckResponse { removed })
     }
 
@@ -191,36 +296,33 @@ impl<S: Store> Delivery for Api<S> {
         ctx: RequestContext,
         request: v1::BatchEnqueueRequest,
     ) -> Result<v1::BatchEnqueueResponse, Status> {
-        caller(&ctx)?;
+        let me = caller(&ctx)?;
         if request.messages.is_empty() || request.messages.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
                 "messages: 1 to {MAX_BATCH} entries"
             )));
         }
-        let messages = request
+        let mut messages = request
             .messages
             .iter()
             .map(|m| self.new_message(m))
             .collect::<Result<Vec<_>, _>>()?;
+        self.attribute(&me, &mut messages).await?;
         let recipients: Vec<_> = messages.iter().map(|m| m.recipient.clone()).collect();
         let outcomes = self
             .state
             .store
-            .batch_enqueue(messages, self.state.limits.max_queue_depth, now_ms())
+            .batch_enqueue(messages, self.state.queue_limits(), now_ms())
             .await?;
         for (recipient, outcome) in recipients.iter().zip(&outcomes) {
-            if !outcome.duplicate {
-                self.state.message_arrived(recipient, outcome.seq);
+            if let Ok(o) = outcome
+                && !o.duplicate
+            {
+                self.state.message_arrived(recipient, o.seq);
             }
         }
         Ok(v1::BatchEnqueueResponse {
-            results: outcomes
-                .into_iter()
-                .map(|o| v1::EnqueueResponse {
-                    seq: o.seq,
-                    duplicate: o.duplicate,
-                })
-                .collect(),
+            results: outcomes.into_iter().map(enqueue_response).collect(),
         })
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use qpq_proto::v1::{self, device_server::Device, p2p_server::P2p};
 use qrpc::{RequestContext, Status};
 
-use crate::auth::caller;
+use crate::session::{EndReason, caller};
 use crate::state::{Api, now_ms};
 use crate::store::{DeviceId, Store, StoreError};
 use crate::validate;
@@ -24,20 +24,22 @@ impl<S: Store> Device for Api<S> {
         let me = caller(&ctx)?;
         validate::device(&request.device)?;
         validate::max_len("label", request.label.len(), 64)?;
+        self.check_write(&me)?;
         let device = DeviceId::new(me.user, request.device);
+        let max = self.state.limits.max_devices_per_user;
         match self
             .state
             .store
-            .register_device(device.clone(), request.label, now_ms(), false)
+            .register_device(device, request.label, now_ms(), false, max)
             .await
         {
-            Ok(()) => {
-                self.state.unrevoke(&device);
-                Ok(v1::RegisterDeviceResponse {})
-            }
+            Ok(()) => Ok(v1::RegisterDeviceResponse {}),
             Err(StoreError::AlreadyExists) => {
                 Err(Status::already_exists("device already registered"))
             }
+            Err(StoreError::QuotaExceeded) => Err(Status::resource_exhausted(format!(
+                "a user may have at most {max} devices; revoke one first"
+            ))),
             Err(e) => Err(e.into()),
         }
     }
@@ -69,10 +71,17 @@ impl<S: Store> Device for Api<S> {
     ) -> Result<v1::RevokeDeviceResponse, Status> {
         let me = caller(&ctx)?;
         validate::device(&request.device)?;
+        self.check_write(&me)?;
         let device = DeviceId::new(me.user, request.device);
-        match self.state.store.revoke_device(device.clone()).await {
+        match self.state.store.revoke_device(device.clone(), now_ms()).await {
             Ok(()) => {
-                self.state.revoke(&device);
+                // Every connection of the device is closed now; a device revoking itself keeps
+                // this connection (logged out) until it has read the answer.
+                self.state.sessions.end_device(
+                    &device,
+                    EndReason::Revoked,
+                    Some(ctx.connection().id()),
+                );
                 Ok(v1::RevokeDeviceResponse {})
             }
             Err(StoreError::NotFound) => Err(Status::not_found("no such device")),
@@ -99,6 +108,7 @@ impl<S: Store> P2p for Api<S> {
         request: v1::PublishEndpointRequest,
     ) -> Result<v1::PublishEndpointResponse, Status> {
         let me = caller(&ctx)?;
+        self.check_write(&me)?;
         if request.addresses.is_empty() || request.addresses.len() > MAX_ADDRESSES {
             return Err(Status::invalid_argument(format!(
                 "addresses: 1 to {MAX_ADDRESSES} entries"
@@ -122,10 +132,21 @@ impl<S: Store> P2p for Api<S> {
 
     async fn resolve_endpoint(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         request: v1::ResolveEndpointRequest,
     ) -> Result<v1::ResolveEndpointResponse, Status> {
+        let me = caller(&ctx)?;
         let device = validate::device_ref(request.device.as_ref())?;
+        // An address is personal data: only the publisher's own devices and people who share a
+        // channel with it may see it. Others cannot tell "hidden" from "not published".
+        if !self
+            .state
+            .store
+            .share_channel(me.user, device.user.clone())
+            .await?
+        {
+            return Err(Status::not_found("no published endpoint"));
+        }
         let (addresses, expires_at_ms) = self
             .state
             .store

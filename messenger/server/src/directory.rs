@@ -3,7 +3,7 @@
 use qpq_proto::v1::{self, channel_server::Channel, server_event_push::Event, user_server::User};
 use qrpc::{RequestContext, Status};
 
-use crate::auth::caller;
+use crate::session::caller;
 use crate::state::{Api, now_ms};
 use crate::store::{Store, StoreError};
 use crate::validate;
@@ -59,6 +59,7 @@ impl<S: Store> Channel for Api<S> {
         request: v1::CreateChannelRequest,
     ) -> Result<v1::CreateChannelResponse, Status> {
         let me = caller(&ctx)?;
+        self.check_write(&me)?;
         if request.name.is_empty() || request.name.len() > 64 {
             return Err(Status::invalid_argument("name: 1 to 64 bytes"));
         }

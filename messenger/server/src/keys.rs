@@ -5,7 +5,7 @@ use qpq_core::bundle::KeyBundle;
 use qpq_proto::v1::{self, keys_server::Keys};
 use qrpc::{RequestContext, Status};
 
-use crate::auth::caller;
+use crate::session::caller;
 use crate::state::{Api, sha256};
 use crate::store::{DeviceId, Store};
 use crate::validate;
@@ -62,6 +62,7 @@ impl<S: Store> Keys for Api<S> {
         request: v1::UploadKeyPackageRequest,
     ) -> Result<v1::UploadKeyPackageResponse, Status> {
         let me = caller(&ctx)?;
+        self.check_write(&me)?;
         let max = self.state.limits.max_key_packages as usize;
         if request.key_packages.is_empty() || request.key_packages.len() > max {
             return Err(Status::invalid_argument(format!(
@@ -112,10 +113,27 @@ impl<S: Store> Keys for Api<S> {
 
     async fn fetch_key_package(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         request: v1::FetchKeyPackageRequest,
     ) -> Result<v1::FetchKeyPackageResponse, Status> {
+        let me = caller(&ctx)?;
         let device = validate::device_ref(request.device.as_ref())?;
+        if me.user != device.user {
+            // One-time packages are scarce: nobody may drain another user's supply.
+            let l = &self.state.limiters;
+            l.check(
+                &l.key_packages_per_user,
+                &me.user,
+                1,
+                "key-package fetches",
+            )?;
+            l.check(
+                &l.key_packages_per_pair,
+                &(me.user.clone(), device.user.clone()),
+                1,
+                "key-package fetches for this user",
+            )?;
+        }
         let (key_package, last_resort) =
             self.state
                 .store
@@ -137,6 +155,13 @@ impl<S: Store> Keys for Api<S> {
         let me = caller(&ctx)?;
         let bundle = KeyBundle::decode(&request.key_bundle)
             .map_err(|e| Status::invalid_argument(format!("key_bundle: {e}")))?;
+        if !bundle.is_for(&me.user, &me.device) {
+            return Err(Status::permission_denied(format!(
+                "key_bundle: signed for {}/{}, not for this device",
+                bundle.user, bundle.device
+            )));
+        }
+        self.check_write(&me)?;
         let token_hash = match request.delivery_token.len() {
             0 => None,
             32 => Some(sha256(&request.delivery_token).to_vec()),
@@ -155,7 +180,16 @@ impl<S: Store> Keys for Api<S> {
                 bundle.hybrid.hash(),
                 token_hash,
             )
-            .await?;
+            .await
+            .map_err(|e| {
+                if e.code() == qrpc::Code::AlreadyExists {
+                    Status::permission_denied(
+                        "key_bundle: this identity key already belongs to another device",
+                    )
+                } else {
+                    e
+                }
+            })?;
         Ok(v1::UploadHybridKeyResponse {
             proof: Some(self.state.kt_proof(index).await?),
         })

@@ -6,7 +6,9 @@
 //!
 //! | module | what it serves |
 //! |---|---|
-//! | [`auth`] | OPAQUE registration and login, sessions bound to connections |
+//! | [`auth`] | OPAQUE registration and login, logout, the session check of every call |
+//! | [`session`] | live sessions by device; revocation, expiry and logout close connections |
+//! | [`abuse`] | rate limits keyed by user, target account, requester/target pair and IP |
 //! | [`delivery`] | per-device queues, push notifications, long-poll fetch |
 //! | [`keys`] | MLS key packages and hybrid key bundles with key-transparency proofs |
 //! | [`directory`] | user lookups and channels |
@@ -15,6 +17,7 @@
 //! | [`store`] | the `Store` trait and its SQLite implementation |
 //! | [`client_auth`] | the client side of OPAQUE registration and login |
 
+pub mod abuse;
 pub mod auth;
 pub mod blob;
 pub mod client_auth;
@@ -24,10 +27,11 @@ pub mod device;
 pub mod directory;
 pub mod keys;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod store;
 pub mod tls;
 pub mod validate;
 
 pub use config::Config;
-pub use server::{RunningServer, start};
+pub use server::{InProcess, RunningServer, start};

@@ -9,6 +9,7 @@ use qpq_core::identity::{IdentityKey, IdentityPublic};
 use qpq_core::kt::MerkleLog;
 use qpq_proto::v1;
 use qrpc::middleware::{AuditLayer, AuthLayer, AuthPolicy, Quota, RateLimitLayer};
+use tower::layer::util::{Identity, Stack};
 use zeroize::Zeroizing;
 
 use crate::auth::{OpaqueSuite, SessionAuth};
@@ -52,11 +53,8 @@ fn quota_per_second(n: u32) -> Quota {
     Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
 }
 
-fn quota_per_minute(n: u32) -> Quota {
-    Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
-}
-
-/// The methods callable without a session: OPAQUE, health, and sealed enqueue.
+/// The methods callable without a session: OPAQUE, session resume, health, and sealed
+/// enqueue (which needs the recipient's delivery token instead).
 pub fn public_methods() -> AuthPolicy {
     use v1::{auth_server as a, delivery_server as d, p2p_server as p};
     AuthPolicy::new().public_methods([
@@ -70,15 +68,26 @@ pub fn public_methods() -> AuthPolicy {
     ])
 }
 
-/// Prepares the data directory, storage, keys and TLS, binds the socket and serves in the
-/// background.
-pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+/// The layer stack every call passes: audit, then the per-IP call limit, then the session
+/// check. (The limits that need a user or target are applied by the handlers.)
+type Layers<S> = Stack<AuthLayer<SessionAuth<S>>, Stack<RateLimitLayer, Stack<AuditLayer, Identity>>>;
+
+/// Everything `start` prepares before binding: state, TLS, and the server with every layer
+/// and service.
+struct Prepared<S: Store> {
+    state: Arc<AppState<S>>,
+    server: qrpc::Server<Layers<S>>,
+    fingerprint: [u8; 32],
+    kt_public: IdentityPublic,
+}
+
+async fn prepare(config: &Config) -> anyhow::Result<Prepared<SqliteStore>> {
     config.validate()?;
     create_private_dir(&config.data_dir)?;
     let blob_dir = config.data_dir.join("blobs");
     std::fs::create_dir_all(blob_dir.join("partial"))
         .with_context(|| format!("creating {}", blob_dir.display()))?;
-    let (tls, fingerprint) = crate::tls::load_or_create(&config)?;
+    let (tls, fingerprint) = crate::tls::load_or_create(config)?;
     let store = SqliteStore::open(&config.data_dir.join("qpq.db"), config.limits.db_pool_size)
         .await
         .context("opening the database")?;
@@ -136,14 +145,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .layer(
             RateLimitLayer::builder()
                 .per_ip(quota_per_second(limits.calls_per_second_per_ip))
-                .per_method(
-                    v1::auth_server::REGISTER_START.id,
-                    quota_per_minute(limits.logins_per_minute_per_ip),
-                )
-                .per_method(
-                    v1::auth_server::LOGIN_START.id,
-                    quota_per_minute(limits.logins_per_minute_per_ip),
-                )
                 .build(),
         )
         .layer(AuthLayer::new(
@@ -157,20 +158,117 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .add_service(v1::user_server::UserServer::new(api.clone()))
         .add_service(v1::blob_server::BlobServer::new(api.clone()))
         .add_service(v1::device_server::DeviceServer::new(api.clone()))
-        .add_service(v1::p2p_server::P2pServer::new(api.clone()))
-        .bind(config.listen)?;
-    let addr = server.local_addr()?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve_with_shutdown(async move {
-        let _ = rx.await;
-    }));
-    Ok(RunningServer {
-        addr,
+        .add_service(v1::p2p_server::P2pServer::new(api));
+    Ok(Prepared {
+        state,
+        server,
         fingerprint,
         kt_public,
+    })
+}
+
+/// Runs [`AppState::janitor_pass`] every `janitor_interval_secs` until aborted.
+fn spawn_janitor<S: Store>(state: &Arc<AppState<S>>) -> tokio::task::JoinHandle<()> {
+    let state = Arc::downgrade(state);
+    let every = std::time::Duration::from_secs(
+        state
+            .upgrade()
+            .map_or(60, |s| s.limits.janitor_interval_secs),
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else { return };
+            let deleted = state.janitor_pass().await;
+            tracing::debug!(deleted, sessions = state.sessions.len(), "janitor pass");
+        }
+    })
+}
+
+/// Prepares the data directory, storage, keys and TLS, binds the socket and serves in the
+/// background.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    let prepared = prepare(&config).await?;
+    let server = prepared.server.bind(config.listen)?;
+    let addr = server.local_addr()?;
+    let janitor = spawn_janitor(&prepared.state);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .serve_with_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await;
+        janitor.abort();
+    });
+    Ok(RunningServer {
+        addr,
+        fingerprint: prepared.fingerprint,
+        kt_public: prepared.kt_public,
         shutdown: Some(tx),
         task: Some(task),
     })
+}
+
+/// The server's whole call path (every layer, every service) without a socket, for driving
+/// the real router in-process: the authorization tests and the fuzz target use it.
+pub struct InProcess {
+    /// The shared state (store, sessions, limiters).
+    pub state: Arc<AppState<SqliteStore>>,
+    service: tower::util::BoxCloneSyncService<
+        qrpc::Request<qrpc::RequestBody>,
+        qrpc::Response<qrpc::ResponseBody>,
+        tower::BoxError,
+    >,
+}
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcess").finish_non_exhaustive()
+    }
+}
+
+impl InProcess {
+    /// Prepares everything `start` does (data directory, database, keys) except the socket.
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        let prepared = prepare(&config).await?;
+        let service = prepared.server.into_service()?;
+        Ok(Self {
+            state: prepared.state,
+            service: tower::util::BoxCloneSyncService::new(service),
+        })
+    }
+
+    /// A fresh, unauthenticated connection from `remote` (not backed by QUIC).
+    pub fn connection(&self, remote: SocketAddr) -> qrpc::Connection {
+        qrpc::Connection::detached(remote, self.state.registry.clone())
+    }
+
+    /// Makes one call of `method_id` with `body` on `connection`, through every layer.
+    pub async fn call(
+        &self,
+        connection: &qrpc::Connection,
+        method_id: u16,
+        body: qrpc::RequestBody,
+    ) -> Result<qrpc::Response<qrpc::ResponseBody>, qrpc::Status> {
+        use tower::ServiceExt;
+        let method = qpq_proto::descriptors()
+            .iter()
+            .find_map(|d| d.method(method_id))
+            .copied();
+        let ctx = qrpc::RequestContext::new(connection.clone(), method_id, method, 1);
+        self.service
+            .clone()
+            .oneshot(qrpc::Request::new(ctx, body))
+            .await
+            .map_err(|e| match e.downcast::<qrpc::Status>() {
+                Ok(status) => *status,
+                Err(other) => qrpc::Status::internal(other.to_string()),
+            })
+    }
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {

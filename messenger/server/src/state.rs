@@ -9,11 +9,13 @@ use qpq_core::identity::IdentityKey;
 use qpq_core::kt::{KeyBinding, MerkleLog, SignedTreeHead};
 use qpq_proto::v1::{self, server_event_push::Event};
 use qrpc::{Identity, PushRegistry, Status};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
+use crate::abuse::Limiters;
 use crate::auth::OpaqueSuite;
 use crate::config::Limits;
-use crate::store::{DeviceId, Store};
+use crate::session::Sessions;
+use crate::store::{DeviceId, QueueLimits, Store};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -25,15 +27,6 @@ pub fn now_ms() -> u64 {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a single map operation; a panic cannot leave it half-done.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The session bound to a connection after login or resume.
-#[derive(Debug, Clone)]
-pub struct SessionInfo {
-    /// The logged-in device.
-    pub device: DeviceId,
-    /// When it expires.
-    pub expires_at_ms: u64,
 }
 
 /// The messenger's RPC handlers. One value implements every generated service trait (each in
@@ -80,10 +73,14 @@ pub struct AppState<S> {
     kt: tokio::sync::Mutex<KtLog>,
     /// Signs tree heads (secret).
     pub kt_key: IdentityKey,
-    /// Limits sealed (not logged-in) enqueues per client IP.
-    pub sealed_limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
-    waiters: Mutex<HashMap<DeviceId, Arc<Notify>>>,
-    revoked: Mutex<HashSet<DeviceId>>,
+    /// Rate limits.
+    pub limiters: Limiters,
+    /// Live sessions by device.
+    pub sessions: Arc<Sessions>,
+    /// Per device with a `FetchWait` in progress: the newest seq enqueued while it waits.
+    waiters: Mutex<HashMap<DeviceId, watch::Sender<u64>>>,
+    /// Blobs (by SHA-256) with an upload in progress.
+    uploads: Mutex<HashSet<Vec<u8>>>,
 }
 
 impl<S> std::fmt::Debug for AppState<S> {
@@ -105,8 +102,8 @@ impl<S: Store> AppState<S> {
         kt_log: MerkleLog,
         kt_key: IdentityKey,
     ) -> Self {
-        let limits_sealed = limits.sealed_enqueues_per_second_per_ip;
         Self {
+            limiters: Limiters::new(&limits),
             store,
             registry,
             limits,
@@ -117,46 +114,83 @@ impl<S: Store> AppState<S> {
                 head: None,
             }),
             kt_key,
-            sealed_limiter: governor::RateLimiter::keyed(governor::Quota::per_second(
-                std::num::NonZeroU32::new(limits_sealed).unwrap_or(std::num::NonZeroU32::MIN),
-            )),
+            sessions: Arc::new(Sessions::default()),
             waiters: Mutex::new(HashMap::new()),
-            revoked: Mutex::new(HashSet::new()),
+            uploads: Mutex::new(HashSet::new()),
         }
     }
 
-    /// The notifier `fetchWait` calls on `device` wait on.
-    pub fn waiter(&self, device: &DeviceId) -> Arc<Notify> {
-        Arc::clone(lock(&self.waiters).entry(device.clone()).or_default())
+    /// The bounds of every recipient queue.
+    pub fn queue_limits(&self) -> QueueLimits {
+        let l = &self.limits;
+        QueueLimits {
+            max_messages: l.max_queue_depth,
+            max_bytes: l.max_queue_bytes,
+            sender_messages: l.max_pending_per_sender,
+            sender_bytes: l.max_pending_bytes_per_sender,
+            stranger_messages: l.max_pending_per_stranger,
+            stranger_bytes: l.max_pending_bytes_per_stranger,
+        }
     }
 
-    /// Wakes `fetchWait` callers of `device` and pushes a notification to its connections.
+    /// Watches the newest seq enqueued for `device` from now on (for `FetchWait`). The entry
+    /// goes away with its last watcher.
+    pub fn watch_arrivals(self: &Arc<Self>, device: &DeviceId) -> ArrivalWatch<S> {
+        let rx = lock(&self.waiters)
+            .entry(device.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        ArrivalWatch {
+            rx,
+            state: Arc::clone(self),
+            device: device.clone(),
+        }
+    }
+
+    /// Wakes `FetchWait` callers of `device` whose position is before `seq`, and pushes a
+    /// notification to the device's connections.
     pub fn message_arrived(&self, device: &DeviceId, seq: u64) {
-        if let Some(waiter) = lock(&self.waiters).get(device) {
-            waiter.notify_waiters();
+        if let Some(tx) = lock(&self.waiters).get(device) {
+            tx.send_if_modified(|newest| {
+                let newer = seq > *newest;
+                if newer {
+                    *newest = seq;
+                }
+                newer
+            });
         }
         let event = Event::Message(v1::MessageNotification { seq });
         self.registry.try_send_event(&device.identity(), &event);
     }
 
-    /// Marks a device revoked: its sessions fail from their next call, and its connections are
-    /// told at once.
-    pub fn revoke(&self, device: &DeviceId) {
-        lock(&self.revoked).insert(device.clone());
-        let event = Event::SessionExpired(v1::SessionExpired {
-            reason: "device_revoked".into(),
-        });
-        self.registry.try_send_event(&device.identity(), &event);
+    /// Devices with a `FetchWait` in progress (for tests and metrics).
+    pub fn waiting_devices(&self) -> usize {
+        lock(&self.waiters).len()
     }
 
-    /// Clears a revocation (a device id registered again).
-    pub fn unrevoke(&self, device: &DeviceId) {
-        lock(&self.revoked).remove(device);
+    /// Claims the right to upload blob `sha256`; `None` while another upload of it runs.
+    pub fn claim_upload(self: &Arc<Self>, sha256: &[u8]) -> Option<UploadClaim<S>> {
+        lock(&self.uploads)
+            .insert(sha256.to_vec())
+            .then(|| UploadClaim {
+                state: Arc::clone(self),
+                sha256: sha256.to_vec(),
+            })
     }
 
-    /// Whether a device was revoked while this server ran.
-    pub fn is_revoked(&self, device: &DeviceId) -> bool {
-        lock(&self.revoked).contains(device)
+    /// One janitor pass: deletes expired sessions and endpoints, forgets idle rate-limit keys,
+    /// ended sessions and unwatched devices. Returns the rows deleted from the store.
+    pub async fn janitor_pass(&self) -> u64 {
+        self.limiters.prune();
+        self.sessions.prune();
+        lock(&self.waiters).retain(|_, tx| tx.receiver_count() > 0);
+        match self.store.delete_expired(now_ms()).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "janitor could not delete expired rows");
+                0
+            }
+        }
     }
 
     /// Pushes an event to every device of `user`.
@@ -232,6 +266,59 @@ impl<S: Store> AppState<S> {
             inclusion_proof: proof.encode().into(),
             tree_head: head.encode().into(),
         })
+    }
+}
+
+/// A `FetchWait` caller's view of new arrivals on its device.
+pub struct ArrivalWatch<S: Store> {
+    rx: watch::Receiver<u64>,
+    state: Arc<AppState<S>>,
+    device: DeviceId,
+}
+
+impl<S: Store> ArrivalWatch<S> {
+    /// Forgets arrivals so far; [`wait_past`](Self::wait_past) then reports only later ones.
+    pub fn mark_seen(&mut self) {
+        self.rx.borrow_and_update();
+    }
+
+    /// Waits until a message with a seq past `after_seq` is enqueued after the last
+    /// [`mark_seen`](Self::mark_seen); arrivals at or before it do not wake the caller.
+    pub async fn wait_past(&mut self, after_seq: u64) {
+        loop {
+            if self.rx.changed().await.is_err() {
+                // The sender is only dropped once no receiver is left; never while we hold one.
+                return std::future::pending().await;
+            }
+            if *self.rx.borrow_and_update() > after_seq {
+                return;
+            }
+        }
+    }
+}
+
+impl<S: Store> Drop for ArrivalWatch<S> {
+    fn drop(&mut self) {
+        let mut waiters = lock(&self.state.waiters);
+        // Our receiver still counts until this returns: 1 means we are the last one.
+        if waiters
+            .get(&self.device)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            waiters.remove(&self.device);
+        }
+    }
+}
+
+/// The exclusive right to upload one blob; released on drop.
+pub struct UploadClaim<S: Store> {
+    state: Arc<AppState<S>>,
+    sha256: Vec<u8>,
+}
+
+impl<S: Store> Drop for UploadClaim<S> {
+    fn drop(&mut self) {
+        lock(&self.state.uploads).remove(&self.sha256);
     }
 }
 

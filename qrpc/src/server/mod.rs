@@ -121,6 +121,17 @@ impl<L> Server<L> {
         self.registry.clone()
     }
 
+    /// The server's whole call path (every layer over the router) without a socket: for
+    /// driving the real stack in-process, as tests and fuzz targets do with
+    /// [`Connection::detached`](crate::Connection::detached) connections.
+    pub fn into_service<S>(self) -> Result<S, DuplicateMethodId>
+    where
+        L: Layer<Routes, Service = S>,
+    {
+        let routes = self.routes.build()?;
+        Ok(self.layer.layer(routes))
+    }
+
     /// Binds the UDP socket; the server serves once [`BoundServer::serve`] runs.
     pub fn bind<S>(self, addr: SocketAddr) -> Result<BoundServer<S>, ServerError>
     where

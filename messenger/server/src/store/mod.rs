@@ -51,9 +51,18 @@ pub enum StoreError {
     /// The thing to change does not exist.
     #[error("not found")]
     NotFound,
-    /// A queue is at its depth limit.
+    /// A queue is at its message or byte limit.
     #[error("queue full")]
     QueueFull,
+    /// The sender's share of a recipient queue is used up.
+    #[error("sender quota in the recipient queue exceeded")]
+    SenderQuota {
+        /// Whether the lower quota for senders the recipient never talked to applied.
+        stranger: bool,
+    },
+    /// The device id was revoked and can never be registered again.
+    #[error("device id revoked")]
+    Revoked,
     /// A quota would be exceeded.
     #[error("quota exceeded")]
     QuotaExceeded,
@@ -68,6 +77,15 @@ impl From<StoreError> for qrpc::Status {
             StoreError::AlreadyExists => qrpc::Status::already_exists("already exists"),
             StoreError::NotFound => qrpc::Status::not_found("not found"),
             StoreError::QueueFull => qrpc::Status::resource_exhausted("recipient queue is full"),
+            StoreError::SenderQuota { stranger: false } => qrpc::Status::resource_exhausted(
+                "too many of your messages are waiting in the recipient's queue",
+            ),
+            StoreError::SenderQuota { stranger: true } => qrpc::Status::resource_exhausted(
+                "too many of your messages are waiting for a recipient who has not written to you",
+            ),
+            StoreError::Revoked => qrpc::Status::failed_precondition(
+                "this device id was revoked and cannot be used again; choose another",
+            ),
             StoreError::QuotaExceeded => qrpc::Status::resource_exhausted("storage quota exceeded"),
             StoreError::Backend(reason) => {
                 tracing::error!(%reason, "storage failure");
@@ -107,10 +125,34 @@ pub struct DeviceRow {
 pub struct NewMessage {
     /// Recipient device.
     pub recipient: DeviceId,
-    /// Sender-chosen id for idempotence.
+    /// Who sent it: `user/device` of a logged-in sender, empty for a sealed send. Quotas and
+    /// deduplication are scoped to it.
+    pub sender: String,
+    /// The sending user, when logged in; the store records that it wrote to the recipient.
+    pub sender_user: Option<String>,
+    /// Whether the recipient never talked to the sender (the lower quota applies).
+    pub stranger: bool,
+    /// Sender-chosen id for idempotence, unique per (recipient, sender).
     pub message_id: Vec<u8>,
     /// Ciphertext.
     pub payload: Vec<u8>,
+}
+
+/// Bounds of one recipient queue, checked in the transaction that inserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Messages the queue may hold.
+    pub max_messages: u64,
+    /// Payload bytes the queue may hold.
+    pub max_bytes: u64,
+    /// Messages one sender may have waiting in it.
+    pub sender_messages: u64,
+    /// Payload bytes one sender may have waiting in it.
+    pub sender_bytes: u64,
+    /// Messages a stranger (see [`NewMessage::stranger`]) may have waiting in it.
+    pub stranger_messages: u64,
+    /// Payload bytes a stranger may have waiting in it.
+    pub stranger_bytes: u64,
 }
 
 /// A queued message.
@@ -187,13 +229,16 @@ pub trait Store: Send + Sync + 'static {
         user: String,
     ) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
 
-    /// Registers a device. `first_only` makes it succeed only when the user has no device yet.
+    /// Registers a device. `first_only` makes it succeed only when the user has no device yet
+    /// (`NotFound` otherwise); a user holds at most `max_devices` (`QuotaExceeded`); a revoked
+    /// id is refused (`Revoked`).
     fn register_device(
         &self,
         device: DeviceId,
         label: String,
         now_ms: u64,
         first_only: bool,
+        max_devices: u32,
     ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Whether a device exists.
     fn device_exists(&self, device: DeviceId) -> impl Future<Output = StoreResult<bool>> + Send;
@@ -202,8 +247,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         user: String,
     ) -> impl Future<Output = StoreResult<Vec<DeviceRow>>> + Send;
-    /// Deletes a device with its queue, keys and sessions.
-    fn revoke_device(&self, device: DeviceId) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Deletes a device with its queue, keys and sessions, and records its id as revoked.
+    fn revoke_device(
+        &self,
+        device: DeviceId,
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Stores a session under the hash of its token.
     fn create_session(
@@ -216,21 +265,40 @@ pub trait Store: Send + Sync + 'static {
         &self,
         token_hash: Vec<u8>,
     ) -> impl Future<Output = StoreResult<Option<Session>>> + Send;
+    /// Deletes the session with this token hash (logout).
+    fn delete_session(&self, token_hash: Vec<u8>) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Deletes sessions and P2P endpoints that expired by `now_ms`; returns how many rows went.
+    fn delete_expired(&self, now_ms: u64) -> impl Future<Output = StoreResult<u64>> + Send;
 
-    /// Enqueues one message: depth check and insert in one transaction, idempotent by message id.
+    /// Enqueues one message: limit checks and insert in one transaction, idempotent by
+    /// (recipient, sender, message id).
     fn enqueue(
         &self,
         message: NewMessage,
-        max_depth: u64,
+        limits: QueueLimits,
         now_ms: u64,
     ) -> impl Future<Output = StoreResult<Enqueued>> + Send;
-    /// Enqueues several messages atomically.
+    /// Enqueues several messages, each on its own: one refused message (a full queue, an
+    /// unknown device) leaves the others queued. One result per message, in order.
     fn batch_enqueue(
         &self,
         messages: Vec<NewMessage>,
-        max_depth: u64,
+        limits: QueueLimits,
         now_ms: u64,
-    ) -> impl Future<Output = StoreResult<Vec<Enqueued>>> + Send;
+    ) -> impl Future<Output = StoreResult<Vec<StoreResult<Enqueued>>>> + Send;
+    /// For each of `peers`, whether it ever wrote to `user`, shares a channel with it, or is
+    /// `user` itself.
+    fn known_by(
+        &self,
+        user: String,
+        peers: Vec<String>,
+    ) -> impl Future<Output = StoreResult<Vec<bool>>> + Send;
+    /// Whether two users are members of a common channel (or are the same user).
+    fn share_channel(
+        &self,
+        a: String,
+        b: String,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Messages after `after_seq`, oldest first.
     fn fetch(
         &self,

@@ -9,7 +9,10 @@ use super::pool::Pool;
 use super::*;
 
 /// Numbered migrations; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/V1__initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/V1__initial.sql"),
+    include_str!("../../migrations/V2__abuse_controls.sql"),
+];
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -17,6 +20,12 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
 
 /// Maps a constraint violation (duplicate key, missing parent row) to `on_violation` and any
@@ -135,16 +144,20 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 fn enqueue_one(
     tx: &Transaction<'_>,
     m: &NewMessage,
-    max_depth: u64,
+    limits: QueueLimits,
     now_ms: u64,
 ) -> StoreResult<Enqueued> {
     let existing: Option<i64> = tx
-        .query_row(
-            "SELECT seq FROM queue WHERE user = ?1 AND device = ?2 AND message_id = ?3",
-            params![m.recipient.user, m.recipient.device, m.message_id],
-            |r| r.get(0),
+        .prepare_cached(
+            "SELECT seq FROM queue WHERE user = ?1 AND device = ?2 AND sender = ?3 AND message_id = ?4",
         )
-        .optional()
+        .and_then(|mut st| {
+            st.query_row(
+                params![m.recipient.user, m.recipient.device, m.sender, m.message_id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
         .map_err(backend)?;
     if let Some(seq) = existing {
         return Ok(Enqueued {
@@ -152,39 +165,93 @@ fn enqueue_one(
             duplicate: true,
         });
     }
-    let next: Option<i64> = tx
-        .query_row(
-            "SELECT next_seq FROM devices WHERE user = ?1 AND device = ?2",
-            params![m.recipient.user, m.recipient.device],
-            |r| r.get(0),
+    let queue: Option<(i64, i64, i64)> = tx
+        .prepare_cached(
+            "SELECT next_seq, queue_messages, queue_bytes FROM devices WHERE user = ?1 AND device = ?2",
         )
-        .optional()
+        .and_then(|mut st| {
+            st.query_row(params![m.recipient.user, m.recipient.device], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+        })
         .map_err(backend)?;
-    let seq = next.ok_or(StoreError::NotFound)?;
-    let depth: i64 = tx
-        .query_row(
-            "SELECT COUNT(*) FROM queue WHERE user = ?1 AND device = ?2",
-            params![m.recipient.user, m.recipient.device],
-            |r| r.get(0),
-        )
-        .map_err(backend)?;
-    if u(depth) >= max_depth {
+    let (seq, messages, bytes) = queue.ok_or(StoreError::NotFound)?;
+    let size = m.payload.len() as u64;
+    if u(messages) >= limits.max_messages || u(bytes).saturating_add(size) > limits.max_bytes {
         return Err(StoreError::QueueFull);
     }
-    tx.execute(
-        "INSERT INTO queue (user, device, seq, message_id, payload, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![m.recipient.user, m.recipient.device, seq, m.message_id, m.payload, i(now_ms)],
+    let (sender_messages, sender_bytes): (i64, i64) = tx
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue
+             WHERE user = ?1 AND device = ?2 AND sender = ?3",
+        )
+        .and_then(|mut st| {
+            st.query_row(
+                params![m.recipient.user, m.recipient.device, m.sender],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .map_err(backend)?;
+    let (max_messages, max_bytes) = if m.stranger {
+        (limits.stranger_messages, limits.stranger_bytes)
+    } else {
+        (limits.sender_messages, limits.sender_bytes)
+    };
+    if u(sender_messages) >= max_messages
+        || u(sender_bytes).saturating_add(size) > max_bytes
+    {
+        return Err(StoreError::SenderQuota {
+            stranger: m.stranger,
+        });
+    }
+    tx.prepare_cached(
+        "INSERT INTO queue (user, device, seq, sender, message_id, payload, received_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
+    .and_then(|mut st| {
+        st.execute(params![
+            m.recipient.user,
+            m.recipient.device,
+            seq,
+            m.sender,
+            m.message_id,
+            m.payload,
+            i(now_ms)
+        ])
+    })
     .map_err(backend)?;
-    tx.execute(
-        "UPDATE devices SET next_seq = ?3 WHERE user = ?1 AND device = ?2",
-        params![m.recipient.user, m.recipient.device, seq + 1],
+    tx.prepare_cached(
+        "UPDATE devices SET next_seq = ?3, queue_messages = queue_messages + 1,
+             queue_bytes = queue_bytes + ?4 WHERE user = ?1 AND device = ?2",
     )
+    .and_then(|mut st| {
+        st.execute(params![m.recipient.user, m.recipient.device, seq + 1, i(size)])
+    })
     .map_err(backend)?;
+    if let Some(sender) = &m.sender_user
+        && *sender != m.recipient.user
+    {
+        tx.prepare_cached("INSERT OR IGNORE INTO contacts (user, peer) VALUES (?1, ?2)")
+            .and_then(|mut st| st.execute(params![sender, m.recipient.user]))
+            .map_err(backend)?;
+    }
     Ok(Enqueued {
         seq: u(seq),
         duplicate: false,
     })
+}
+
+fn share_channel_in(c: &Connection, a: &str, b: &str) -> StoreResult<bool> {
+    if a == b {
+        return Ok(true);
+    }
+    c.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM channel_members x JOIN channel_members y
+             ON x.channel_id = y.channel_id WHERE x.user = ?1 AND y.user = ?2)",
+    )
+    .and_then(|mut st| st.query_row(params![a, b], |r| r.get(0)))
+    .map_err(backend)
 }
 
 impl Store for SqliteStore {
@@ -224,22 +291,34 @@ impl Store for SqliteStore {
         label: String,
         now_ms: u64,
         first_only: bool,
+        max_devices: u32,
     ) -> StoreResult<()> {
         self.write(move |tx| {
             if !user_exists_in(tx, &device.user)? {
                 return Err(StoreError::NotFound);
             }
-            if first_only {
-                let count: i64 = tx
-                    .query_row(
-                        "SELECT COUNT(*) FROM devices WHERE user = ?1",
-                        [&device.user],
-                        |r| r.get(0),
-                    )
-                    .map_err(backend)?;
-                if count > 0 {
-                    return Err(StoreError::NotFound);
-                }
+            let revoked: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM revoked_devices WHERE user = ?1 AND device = ?2)",
+                    params![device.user, device.device],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if revoked {
+                return Err(StoreError::Revoked);
+            }
+            let count: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM devices WHERE user = ?1",
+                    [&device.user],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if first_only && count > 0 {
+                return Err(StoreError::NotFound);
+            }
+            if u(count) >= u64::from(max_devices) {
+                return Err(StoreError::QuotaExceeded);
             }
             tx.execute(
                 "INSERT INTO devices (user, device, label, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -287,8 +366,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn revoke_device(&self, device: DeviceId) -> StoreResult<()> {
+    async fn revoke_device(&self, device: DeviceId, now_ms: u64) -> StoreResult<()> {
         self.write(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO revoked_devices (user, device, revoked_at_ms) VALUES (?1, ?2, ?3)",
+                params![device.user, device.device, i(now_ms)],
+            )
+            .map_err(backend)?;
             // Cascades to sessions, queue, key packages, bundle and endpoint.
             let n = tx
                 .execute(
@@ -335,30 +419,89 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_session(&self, token_hash: Vec<u8>) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [token_hash])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_expired(&self, now_ms: u64) -> StoreResult<u64> {
+        self.write(move |tx| {
+            let sessions = tx
+                .execute("DELETE FROM sessions WHERE expires_at_ms <= ?1", [i(now_ms)])
+                .map_err(backend)?;
+            let endpoints = tx
+                .execute("DELETE FROM endpoints WHERE expires_at_ms <= ?1", [i(now_ms)])
+                .map_err(backend)?;
+            Ok((sessions + endpoints) as u64)
+        })
+        .await
+    }
+
     async fn enqueue(
         &self,
         message: NewMessage,
-        max_depth: u64,
+        limits: QueueLimits,
         now_ms: u64,
     ) -> StoreResult<Enqueued> {
-        self.write(move |tx| enqueue_one(tx, &message, max_depth, now_ms))
+        self.write(move |tx| enqueue_one(tx, &message, limits, now_ms))
             .await
     }
 
     async fn batch_enqueue(
         &self,
         messages: Vec<NewMessage>,
-        max_depth: u64,
+        limits: QueueLimits,
         now_ms: u64,
-    ) -> StoreResult<Vec<Enqueued>> {
-        // One transaction: an error on any message rolls back all of them.
+    ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
+        // One transaction, one savepoint per message: a refused message rolls back only its
+        // own writes, and every accepted one commits together.
         self.write(move |tx| {
-            messages
+            let mut results = Vec::with_capacity(messages.len());
+            for m in &messages {
+                tx.execute_batch("SAVEPOINT one").map_err(backend)?;
+                let result = enqueue_one(tx, m, limits, now_ms);
+                let end = match result {
+                    Ok(_) => "RELEASE one",
+                    Err(_) => "ROLLBACK TO one; RELEASE one",
+                };
+                tx.execute_batch(end).map_err(backend)?;
+                match result {
+                    Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
+                    other => results.push(other),
+                }
+            }
+            Ok(results)
+        })
+        .await
+    }
+
+    async fn known_by(&self, user: String, peers: Vec<String>) -> StoreResult<Vec<bool>> {
+        self.read(move |c| {
+            peers
                 .iter()
-                .map(|m| enqueue_one(tx, m, max_depth, now_ms))
+                .map(|peer| {
+                    if *peer == user {
+                        return Ok(true);
+                    }
+                    let wrote: bool = c
+                        .prepare_cached(
+                            "SELECT EXISTS(SELECT 1 FROM contacts WHERE user = ?1 AND peer = ?2)",
+                        )
+                        .and_then(|mut st| st.query_row(params![user, peer], |r| r.get(0)))
+                        .map_err(backend)?;
+                    Ok(wrote || share_channel_in(c, &user, peer)?)
+                })
                 .collect()
         })
         .await
+    }
+
+    async fn share_channel(&self, a: String, b: String) -> StoreResult<bool> {
+        self.read(move |c| share_channel_in(c, &a, &b)).await
     }
 
     async fn fetch(
@@ -412,12 +555,31 @@ impl Store for SqliteStore {
 
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> StoreResult<u64> {
         self.write(move |tx| {
-            tx.execute(
-                "DELETE FROM queue WHERE user = ?1 AND device = ?2 AND seq <= ?3",
-                params![device.user, device.device, i(up_to_seq)],
+            let (count, bytes): (i64, i64) = tx
+                .prepare_cached(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue
+                     WHERE user = ?1 AND device = ?2 AND seq <= ?3",
+                )
+                .and_then(|mut st| {
+                    st.query_row(
+                        params![device.user, device.device, i(up_to_seq)],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                })
+                .map_err(backend)?;
+            if count == 0 {
+                return Ok(0);
+            }
+            tx.prepare_cached("DELETE FROM queue WHERE user = ?1 AND device = ?2 AND seq <= ?3")
+                .and_then(|mut st| st.execute(params![device.user, device.device, i(up_to_seq)]))
+                .map_err(backend)?;
+            tx.prepare_cached(
+                "UPDATE devices SET queue_messages = MAX(queue_messages - ?3, 0),
+                     queue_bytes = MAX(queue_bytes - ?4, 0) WHERE user = ?1 AND device = ?2",
             )
-            .map(|n| n as u64)
-            .map_err(backend)
+            .and_then(|mut st| st.execute(params![device.user, device.device, count, bytes]))
+            .map_err(backend)?;
+            Ok(u(count))
         })
         .await
     }
@@ -535,7 +697,14 @@ impl Store for SqliteStore {
                      delivery_token_hash = ?5, kt_index = ?6",
                 params![device.user, device.device, bundle, identity_key, delivery_token_hash, index],
             )
-            .map_err(constraint_or(StoreError::NotFound))?;
+            .map_err(|e| {
+                // The identity key is unique: it belongs to the device that published it first.
+                if is_unique_violation(&e) {
+                    StoreError::AlreadyExists
+                } else {
+                    constraint_or(StoreError::NotFound)(e)
+                }
+            })?;
             Ok(u(index))
         })
         .await
@@ -579,7 +748,7 @@ impl Store for SqliteStore {
     async fn resolve_identity(&self, identity_key: Vec<u8>) -> StoreResult<Option<DeviceId>> {
         self.read(move |c| {
             c.query_row(
-                "SELECT user, device FROM key_bundles WHERE identity_key = ?1 LIMIT 1",
+                "SELECT user, device FROM key_bundles WHERE identity_key = ?1",
                 [identity_key],
                 |r| {
                     Ok(DeviceId::new(
@@ -794,17 +963,36 @@ mod tests {
         let _ = store.create_user(user.into(), vec![1], 0).await;
         let d = DeviceId::new(user, device);
         store
-            .register_device(d.clone(), String::new(), 0, false)
+            .register_device(d.clone(), String::new(), 0, false, 10)
             .await
             .unwrap();
         d
     }
 
     fn msg(to: &DeviceId, id: u8) -> NewMessage {
+        from("", to, id)
+    }
+
+    fn from(sender: &str, to: &DeviceId, id: u8) -> NewMessage {
         NewMessage {
             recipient: to.clone(),
+            sender: sender.into(),
+            sender_user: sender.split_once('/').map(|(u, _)| u.to_owned()),
+            stranger: false,
             message_id: vec![id; 16],
             payload: vec![id; 10],
+        }
+    }
+
+    /// At most `n` messages per queue, everything else unbounded.
+    fn lim(n: u64) -> QueueLimits {
+        QueueLimits {
+            max_messages: n,
+            max_bytes: u64::MAX,
+            sender_messages: u64::MAX,
+            sender_bytes: u64::MAX,
+            stranger_messages: u64::MAX,
+            stranger_bytes: u64::MAX,
         }
     }
 
@@ -832,10 +1020,10 @@ mod tests {
     async fn queue_is_ordered_idempotent_bounded_and_acked() {
         let (_d, s) = store().await;
         let bob = with_device(&s, "bob", "phone").await;
-        let a = s.enqueue(msg(&bob, 1), 3, 10).await.unwrap();
-        let b = s.enqueue(msg(&bob, 2), 3, 11).await.unwrap();
+        let a = s.enqueue(msg(&bob, 1), lim(3), 10).await.unwrap();
+        let b = s.enqueue(msg(&bob, 2), lim(3), 11).await.unwrap();
         assert_eq!((a.seq, b.seq), (1, 2));
-        let dup = s.enqueue(msg(&bob, 1), 3, 12).await.unwrap();
+        let dup = s.enqueue(msg(&bob, 1), lim(3), 12).await.unwrap();
         assert_eq!(
             dup,
             Enqueued {
@@ -843,9 +1031,9 @@ mod tests {
                 duplicate: true
             }
         );
-        s.enqueue(msg(&bob, 3), 3, 13).await.unwrap();
+        s.enqueue(msg(&bob, 3), lim(3), 13).await.unwrap();
         assert!(matches!(
-            s.enqueue(msg(&bob, 4), 3, 14).await,
+            s.enqueue(msg(&bob, 4), lim(3), 14).await,
             Err(StoreError::QueueFull)
         ));
         let all = s.fetch(bob.clone(), 0, 10).await.unwrap();
@@ -861,32 +1049,141 @@ mod tests {
         );
         assert_eq!(s.ack(bob.clone(), 2).await.unwrap(), 2);
         // Sequence numbers keep increasing after acks.
-        assert_eq!(s.enqueue(msg(&bob, 5), 3, 15).await.unwrap().seq, 4);
+        assert_eq!(s.enqueue(msg(&bob, 5), lim(3), 15).await.unwrap().seq, 4);
         let unknown = DeviceId::new("nobody", "x");
         assert!(matches!(
-            s.enqueue(msg(&unknown, 1), 3, 1).await,
+            s.enqueue(msg(&unknown, 1), lim(3), 1).await,
             Err(StoreError::NotFound)
         ));
     }
 
     #[tokio::test]
-    async fn batch_enqueue_is_all_or_nothing() {
+    async fn batch_enqueue_answers_per_message() {
         let (_d, s) = store().await;
         let bob = with_device(&s, "bob", "phone").await;
         let carol = with_device(&s, "carol", "laptop").await;
-        s.enqueue(msg(&carol, 9), 1, 0).await.unwrap(); // carol's queue is now full
-        let err = s
-            .batch_enqueue(vec![msg(&bob, 1), msg(&carol, 2)], 1, 0)
+        s.enqueue(msg(&carol, 8), lim(2), 0).await.unwrap();
+        s.enqueue(msg(&carol, 9), lim(2), 0).await.unwrap(); // carol's queue is now full
+        let results = s
+            .batch_enqueue(vec![msg(&bob, 1), msg(&carol, 2), msg(&bob, 3)], lim(2), 0)
             .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::QueueFull));
+            .unwrap();
+        assert!(matches!(results[0], Ok(Enqueued { seq: 1, .. })));
+        assert!(matches!(results[1], Err(StoreError::QueueFull)));
+        assert!(matches!(results[2], Ok(Enqueued { seq: 2, .. })));
         assert_eq!(
             s.peek(bob.clone()).await.unwrap().depth,
-            0,
-            "bob's message was rolled back"
+            2,
+            "carol's full queue does not hold back bob's messages"
         );
-        let ok = s.batch_enqueue(vec![msg(&bob, 1)], 1, 0).await.unwrap();
-        assert_eq!(ok.len(), 1);
+        assert_eq!(s.peek(carol.clone()).await.unwrap().depth, 2);
+        // The refused message left no trace: once there is room it is accepted as new.
+        s.ack(carol.clone(), 1).await.unwrap();
+        let again = s
+            .batch_enqueue(vec![msg(&carol, 2)], lim(2), 0)
+            .await
+            .unwrap();
+        assert!(matches!(again[0], Ok(Enqueued { duplicate: false, .. })));
+    }
+
+    #[tokio::test]
+    async fn queue_bytes_and_per_sender_quotas() {
+        let (_d, s) = store().await;
+        let bob = with_device(&s, "bob", "phone").await;
+        for (user, device) in [("eve", "x"), ("ann", "y"), ("zed", "z")] {
+            with_device(&s, user, device).await;
+        }
+        let limits = QueueLimits {
+            max_messages: 100,
+            max_bytes: 55,
+            sender_messages: 2,
+            sender_bytes: 1000,
+            stranger_messages: 1,
+            stranger_bytes: 1000,
+        };
+        // Each test message carries 10 bytes.
+        s.enqueue(from("eve/x", &bob, 1), limits, 0).await.unwrap();
+        s.enqueue(from("eve/x", &bob, 2), limits, 0).await.unwrap();
+        assert!(matches!(
+            s.enqueue(from("eve/x", &bob, 3), limits, 0).await,
+            Err(StoreError::SenderQuota { stranger: false })
+        ));
+        // Another sender still gets in; deduplication is per sender, so the same id is new.
+        let other = s.enqueue(from("ann/y", &bob, 1), limits, 0).await.unwrap();
+        assert!(!other.duplicate);
+        let mut stranger = from("zed/z", &bob, 1);
+        stranger.stranger = true;
+        s.enqueue(stranger.clone(), limits, 0).await.unwrap();
+        stranger.message_id = vec![2; 16];
+        assert!(matches!(
+            s.enqueue(stranger, limits, 0).await,
+            Err(StoreError::SenderQuota { stranger: true })
+        ));
+        // 50 bytes queued after this one: the next 10-byte message passes the 55-byte bound.
+        s.enqueue(from("ann/y", &bob, 2), limits, 0).await.unwrap();
+        assert!(matches!(
+            s.enqueue(from("ann/y", &bob, 3), limits, 0).await,
+            Err(StoreError::QueueFull)
+        ));
+        // Acks release quota.
+        s.ack(bob.clone(), 2).await.unwrap();
+        s.enqueue(from("eve/x", &bob, 3), limits, 0).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn contacts_and_channels_make_peers_known() {
+        let (_d, s) = store().await;
+        let bob = with_device(&s, "bob", "phone").await;
+        let ann = with_device(&s, "ann", "pc").await;
+        with_device(&s, "cat", "pc").await;
+        assert_eq!(
+            s.known_by("bob".into(), vec!["ann".into(), "bob".into()])
+                .await
+                .unwrap(),
+            vec![false, true]
+        );
+        // Ann writing to Bob does not make Ann known to Bob; Bob writing to Ann does.
+        s.enqueue(from("ann/pc", &bob, 1), lim(10), 0).await.unwrap();
+        assert_eq!(
+            s.known_by("bob".into(), vec!["ann".into()]).await.unwrap(),
+            vec![false]
+        );
+        s.enqueue(from("bob/phone", &ann, 1), lim(10), 0).await.unwrap();
+        assert_eq!(
+            s.known_by("bob".into(), vec!["ann".into()]).await.unwrap(),
+            vec![true]
+        );
+        assert!(!s.share_channel("bob".into(), "cat".into()).await.unwrap());
+        s.create_channel(vec![1; 16], "c".into(), "bob".into(), vec!["cat".into()], vec![], 0)
+            .await
+            .unwrap();
+        assert!(s.share_channel("cat".into(), "bob".into()).await.unwrap());
+        assert_eq!(
+            s.known_by("bob".into(), vec!["cat".into()]).await.unwrap(),
+            vec![true]
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_are_deleted() {
+        let (_d, s) = store().await;
+        let d = with_device(&s, "hal", "pc").await;
+        for (token, expires) in [(1u8, 100), (2, 200)] {
+            s.create_session(
+                vec![token; 32],
+                Session {
+                    device: d.clone(),
+                    expires_at_ms: expires,
+                },
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(s.delete_expired(150).await.unwrap(), 1);
+        assert!(s.session(vec![1; 32]).await.unwrap().is_none());
+        assert!(s.session(vec![2; 32]).await.unwrap().is_some());
+        s.delete_session(vec![2; 32]).await.unwrap();
+        assert!(s.session(vec![2; 32]).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -929,7 +1226,7 @@ mod tests {
     async fn revoking_a_device_drops_its_queue_keys_and_sessions() {
         let (_d, s) = store().await;
         let d = with_device(&s, "erin", "old").await;
-        s.enqueue(msg(&d, 1), 10, 0).await.unwrap();
+        s.enqueue(msg(&d, 1), lim(10), 0).await.unwrap();
         s.add_key_packages(d.clone(), vec![vec![1]], 10)
             .await
             .unwrap();
@@ -942,13 +1239,18 @@ mod tests {
         )
         .await
         .unwrap();
-        s.revoke_device(d.clone()).await.unwrap();
+        s.revoke_device(d.clone(), 1).await.unwrap();
         assert!(s.session(vec![7; 32]).await.unwrap().is_none());
         assert_eq!(s.peek(d.clone()).await.unwrap().depth, 0);
         assert!(s.take_key_package(d.clone()).await.unwrap().is_none());
         assert!(matches!(
-            s.revoke_device(d).await,
+            s.revoke_device(d.clone(), 2).await,
             Err(StoreError::NotFound)
+        ));
+        // The id stays revoked: registering it again is refused.
+        assert!(matches!(
+            s.register_device(d, String::new(), 3, false, 10).await,
+            Err(StoreError::Revoked)
         ));
     }
 
@@ -956,18 +1258,24 @@ mod tests {
     async fn first_device_rule() {
         let (_d, s) = store().await;
         s.create_user("fay".into(), vec![1], 0).await.unwrap();
-        s.register_device(DeviceId::new("fay", "a"), String::new(), 0, true)
+        s.register_device(DeviceId::new("fay", "a"), String::new(), 0, true, 2)
             .await
             .unwrap();
         assert!(matches!(
-            s.register_device(DeviceId::new("fay", "b"), String::new(), 0, true)
+            s.register_device(DeviceId::new("fay", "b"), String::new(), 0, true, 2)
                 .await,
             Err(StoreError::NotFound)
         ));
-        s.register_device(DeviceId::new("fay", "b"), String::new(), 0, false)
+        s.register_device(DeviceId::new("fay", "b"), String::new(), 0, false, 2)
             .await
             .unwrap();
         assert_eq!(s.list_devices("fay".into()).await.unwrap().len(), 2);
+        // The device cap.
+        assert!(matches!(
+            s.register_device(DeviceId::new("fay", "c"), String::new(), 0, false, 2)
+                .await,
+            Err(StoreError::QuotaExceeded)
+        ));
     }
 
     #[tokio::test]
