@@ -82,7 +82,7 @@ pub use body::{
 };
 pub use client::{
     CallRequest, Channel, Client, ClientBuilder, ClientConfig, ClientError, ConnectionState,
-    OutgoingBody, PushEvents, ReconnectPolicy,
+    Disconnect, OutgoingBody, PushEvents, ReconnectPolicy,
 };
 pub use context::{Connection, Extensions, Identity, RequestContext};
 pub use push::{

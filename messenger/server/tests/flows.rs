@@ -227,9 +227,9 @@ async fn duplicate_enqueue_is_stored_once_and_full_queue_is_refused() {
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert_eq!(bob.depth().await, 3);
 
-    // Batch enqueue is atomic: one full queue fails the whole batch.
+    // Batch enqueue answers per message: bob's full queue does not hold back carol's message.
     let carol = Account::create(&h, "carol", "tab").await;
-    let err = alice
+    let results = alice
         .delivery()
         .batch_enqueue(&v1::BatchEnqueueRequest {
             messages: vec![
@@ -238,9 +238,14 @@ async fn duplicate_enqueue_is_stored_once_and_full_queue_is_refused() {
             ],
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted);
-    assert_eq!(carol.depth().await, 0);
+        .unwrap()
+        .results;
+    assert_eq!(results.len(), 2);
+    assert_eq!((results[0].code, results[0].seq), (0, 1));
+    assert_eq!(results[1].code, Code::ResourceExhausted as u32);
+    assert!(results[1].error.contains("full"), "{}", results[1].error);
+    assert_eq!(carol.depth().await, 1);
+    assert_eq!(bob.depth().await, 3);
 }
 
 #[tokio::test]
@@ -491,7 +496,6 @@ async fn revoking_a_device_ends_its_session() {
     login(&laptop_client, "erin", "laptop", "correct horse battery")
         .await
         .unwrap();
-    let mut laptop_events = Events::new(laptop_client.push_events().unwrap());
     let laptop_delivery = v1::delivery_client::DeliveryClient::new(laptop_client.clone());
     laptop_delivery.peek(&v1::PeekRequest {}).await.unwrap();
 
@@ -501,10 +505,14 @@ async fn revoking_a_device_ends_its_session() {
         })
         .await
         .unwrap();
-    match next_event(&mut laptop_events).await {
-        Event::SessionExpired(e) => assert_eq!(e.reason, "device_revoked"),
-        other => panic!("unexpected {other:?}"),
-    }
+    // The laptop's connection is closed at once with the documented code.
+    let closed = disconnected(&laptop_client).await;
+    assert_eq!(
+        closed.application_code,
+        Some(qpq_server::session::close::SESSION_REVOKED.into_inner())
+    );
+    assert_eq!(closed.reason, "device_revoked");
+    // The client reconnects, unauthenticated.
     let err = laptop_delivery.peek(&v1::PeekRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let listed = devices
@@ -646,22 +654,24 @@ async fn logged_in_senders_are_not_held_to_the_sealed_send_limit() {
 }
 
 #[tokio::test]
-async fn an_expired_session_gets_a_push_and_loses_access() {
+async fn an_expired_session_is_closed_and_loses_access() {
     let h = start(|c| c.limits.session_ttl_secs = 1).await;
     let alice = Account::create(&h, "alice", "phone").await;
-    let mut events = Events::new(alice.client.push_events().unwrap());
     alice.delivery().peek(&v1::PeekRequest {}).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // At expiry the server closes the connection with the documented code.
+    let closed = disconnected(&alice.client).await;
+    assert_eq!(
+        closed.application_code,
+        Some(qpq_server::session::close::SESSION_EXPIRED.into_inner())
+    );
+    assert_eq!(closed.reason, "expired");
+    // The client reconnects, unauthenticated.
     let err = alice
         .delivery()
         .peek(&v1::PeekRequest {})
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    match next_event(&mut events).await {
-        Event::SessionExpired(e) => assert_eq!(e.reason, "expired"),
-        other => panic!("unexpected {other:?}"),
-    }
     // The token is refused too, and logging in again works.
     let err = v1::auth_client::AuthClient::new(h.connect().await)
         .resume_session(&v1::ResumeSessionRequest {

@@ -123,6 +123,12 @@ impl Channel {
         self.link.state()
     }
 
+    pub(super) fn disconnects(
+        &self,
+    ) -> tokio::sync::watch::Receiver<Option<super::connection::Disconnect>> {
+        self.link.disconnects()
+    }
+
     pub(super) fn rebind(&self, local: SocketAddr) -> std::io::Result<()> {
         self.link.endpoint.rebind(std::net::UdpSocket::bind(local)?)
     }

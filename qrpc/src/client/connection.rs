@@ -36,6 +36,33 @@ pub enum ConnectionState {
     },
 }
 
+/// How the client's last connection ended, as the peer or the transport reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Disconnect {
+    /// The application close code when the server closed the connection with one (for
+    /// example a messenger's "session revoked"); `None` for transport-level ends (idle
+    /// timeout, reset, local close).
+    pub application_code: Option<u64>,
+    /// The close reason the peer sent, or a description of the transport error.
+    pub reason: String,
+}
+
+impl Disconnect {
+    fn from_error(err: &quinn::ConnectionError) -> Self {
+        match err {
+            quinn::ConnectionError::ApplicationClosed(close) => Self {
+                application_code: Some(close.error_code.into_inner()),
+                reason: String::from_utf8_lossy(&close.reason).into_owned(),
+            },
+            other => Self {
+                application_code: None,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
 /// The stream of push events a client receives. See [`Client::push_events`](super::Client::push_events).
 #[derive(Debug)]
 pub struct PushEvents {
@@ -63,6 +90,7 @@ pub(super) struct Link {
     pub(super) config: ClientConfig,
     conn: watch::Receiver<Option<quinn::Connection>>,
     state: watch::Receiver<ConnectionState>,
+    disconnect: watch::Receiver<Option<Disconnect>>,
     closed: CancellationToken,
 }
 
@@ -94,6 +122,7 @@ impl Link {
         ));
         let (conn_tx, conn_rx) = watch::channel(Some(first.clone()));
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connected { generation: 1 });
+        let (disconnect_tx, disconnect_rx) = watch::channel(None);
         let closed = CancellationToken::new();
         let supervisor = Supervisor {
             endpoint: endpoint.clone(),
@@ -103,6 +132,7 @@ impl Link {
             config: config.clone(),
             conn_tx,
             state_tx,
+            disconnect_tx,
             push_tx,
             closed: closed.clone(),
         };
@@ -113,6 +143,7 @@ impl Link {
                 config,
                 conn: conn_rx,
                 state: state_rx,
+                disconnect: disconnect_rx,
                 closed,
             }),
             PushEvents { rx: push_rx },
@@ -147,6 +178,10 @@ impl Link {
 
     pub(super) fn state(&self) -> watch::Receiver<ConnectionState> {
         self.state.clone()
+    }
+
+    pub(super) fn disconnects(&self) -> watch::Receiver<Option<Disconnect>> {
+        self.disconnect.clone()
     }
 
     pub(super) fn close(&self) {
@@ -196,6 +231,7 @@ struct Supervisor {
     config: ClientConfig,
     conn_tx: watch::Sender<Option<quinn::Connection>>,
     state_tx: watch::Sender<ConnectionState>,
+    disconnect_tx: watch::Sender<Option<Disconnect>>,
     push_tx: mpsc::Sender<PushFrame>,
     closed: CancellationToken,
 }
@@ -206,7 +242,10 @@ impl Supervisor {
         let mut generation = 1;
         loop {
             tokio::select! {
-                reason = current.closed() => tracing::debug!(%reason, "connection lost"),
+                reason = current.closed() => {
+                    tracing::debug!(%reason, "connection lost");
+                    let _ = self.disconnect_tx.send(Some(Disconnect::from_error(&reason)));
+                }
                 () = self.closed.cancelled() => {}
             }
             if self.closed.is_cancelled() {

@@ -14,7 +14,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 pub use call::{CallRequest, Channel, OutgoingBody};
-pub use connection::{ConnectionState, PushEvents};
+pub use connection::{ConnectionState, Disconnect, PushEvents};
 
 use crate::body::{MessageStream, Streaming};
 use crate::frame::DEFAULT_MAX_PAYLOAD;
@@ -212,6 +212,14 @@ impl Client {
     /// Watches the connection state (connected, reconnecting, failed).
     pub fn state(&self) -> tokio::sync::watch::Receiver<ConnectionState> {
         self.channel.state()
+    }
+
+    /// Watches how connections end: holds the last [`Disconnect`] (application close code and
+    /// reason) once the first connection is lost, updated before the state changes to
+    /// reconnecting or closed. An application reads it to tell a server-side close (a
+    /// revoked session, say) from a network failure.
+    pub fn disconnects(&self) -> tokio::sync::watch::Receiver<Option<Disconnect>> {
+        self.channel.disconnects()
     }
 
     /// Moves the client to a new local UDP socket (QUIC connection migration): calls in

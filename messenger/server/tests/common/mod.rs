@@ -145,3 +145,26 @@ pub async fn next_event(
         .expect("push stream closed")
         .expect("undecodable push event")
 }
+
+/// Waits (up to 10 s) for the server to close `client`'s connection, and returns how.
+pub async fn disconnected(client: &qrpc::Client) -> qrpc::Disconnect {
+    let mut rx = client.disconnects();
+    let wait = rx.wait_for(Option::is_some);
+    let d = tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+        .await
+        .expect("the connection was not closed within 10 s")
+        .expect("client dropped");
+    d.clone().expect("checked by wait_for")
+}
+
+/// A client that does not reconnect, so calls after a server-side close fail `Unavailable`.
+pub async fn connect_once(h: &Harness) -> qrpc::Client {
+    qrpc::Client::builder(h.server.addr, ClientTls::pinned(h.server.fingerprint))
+        .configure(|c| {
+            c.alpn = vec![b"qpq/1".to_vec()];
+            c.reconnect.enabled = false;
+        })
+        .connect()
+        .await
+        .unwrap()
+}
