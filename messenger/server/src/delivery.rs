@@ -81,26 +81,27 @@ impl<S: Store> Api<S> {
     /// Marks messages as sent by logged-in `me`, decides which recipients have never talked to
     /// `me`, and takes the sender's rate-limit cells (all messages, and those to strangers).
     async fn attribute(&self, me: &DeviceId, messages: &mut [NewMessage]) -> Result<(), Status> {
-        let mut peers: Vec<String> = messages.iter().map(|m| m.recipient.user.clone()).collect();
-        peers.sort();
-        peers.dedup();
-        let known = self
-            .state
-            .store
-            .known_by(me.user.clone(), peers.clone())
-            .await?;
-        let strangers: std::collections::HashSet<&String> = peers
-            .iter()
-            .zip(&known)
-            .filter(|(_, k)| !**k)
-            .map(|(p, _)| p)
-            .collect();
+        let mut recipients: Vec<String> =
+            messages.iter().map(|m| m.recipient.user.clone()).collect();
+        recipients.sort();
+        recipients.dedup();
+        let mut strangers = std::collections::HashSet::new();
+        for recipient in recipients {
+            // "Known" is from the recipient's side: it wrote to us or shares a channel with us.
+            let known = self
+                .state
+                .store
+                .known_by(recipient.clone(), vec![me.user.clone()])
+                .await?;
+            if !known.first().copied().unwrap_or(false) {
+                strangers.insert(recipient);
+            }
+        }
         let sender = format!("{}/{}", me.user, me.device);
         let mut to_strangers = 0u32;
         for m in messages.iter_mut() {
             m.sender.clone_from(&sender);
             m.sender_user = Some(me.user.clone());
-            // "Known" is from the recipient's side: it wrote to us or shares a channel.
             m.stranger = strangers.contains(&m.recipient.user);
             to_strangers += u32::from(m.stranger);
         }
@@ -246,6 +247,9 @@ impl<S: Store> Delivery for Api<S> {
         let mut arrivals = self.state.watch_arrivals(&me);
         arrivals.mark_seen();
         loop {
+            self.state
+                .fetch_wait_queries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let messages = self
                 .state
                 .store

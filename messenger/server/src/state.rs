@@ -81,6 +81,9 @@ pub struct AppState<S> {
     waiters: Mutex<HashMap<DeviceId, watch::Sender<u64>>>,
     /// Blobs (by SHA-256) with an upload in progress.
     uploads: Mutex<HashSet<Vec<u8>>>,
+    /// Store queries made by `FetchWait` calls (a metric, and what the amplification test
+    /// watches).
+    pub fetch_wait_queries: std::sync::atomic::AtomicU64,
 }
 
 impl<S> std::fmt::Debug for AppState<S> {
@@ -117,6 +120,7 @@ impl<S: Store> AppState<S> {
             sessions: Arc::new(Sessions::default()),
             waiters: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashSet::new()),
+            fetch_wait_queries: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

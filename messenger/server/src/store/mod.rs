@@ -286,8 +286,8 @@ pub trait Store: Send + Sync + 'static {
         limits: QueueLimits,
         now_ms: u64,
     ) -> impl Future<Output = StoreResult<Vec<StoreResult<Enqueued>>>> + Send;
-    /// For each of `peers`, whether it ever wrote to `user`, shares a channel with it, or is
-    /// `user` itself.
+    /// For each of `peers`, whether `user` knows it: `user` wrote to it, shares a channel with
+    /// it, or is it.
     fn known_by(
         &self,
         user: String,
