@@ -18,8 +18,7 @@ use crate::kem::{HYBRID_PUBLIC_LEN, HybridPublicKey};
 /// Bundle format version.
 pub const BUNDLE_VERSION: u8 = 2;
 /// Length of the fixed part of a bundle (version, keys and signature, without the names).
-pub const BUNDLE_FIXED_LEN: usize =
-    1 + 2 + IDENTITY_PUBLIC_LEN + HYBRID_PUBLIC_LEN + SIGNATURE_LEN;
+pub const BUNDLE_FIXED_LEN: usize = 1 + 2 + IDENTITY_PUBLIC_LEN + HYBRID_PUBLIC_LEN + SIGNATURE_LEN;
 /// Longest encoded bundle (both names 255 bytes).
 pub const BUNDLE_MAX_LEN: usize = BUNDLE_FIXED_LEN + 2 * 255;
 const LABEL: &[u8] = b"qpq key bundle v2";

@@ -320,7 +320,10 @@ impl<S: Store> Auth for Api<S> {
         else {
             return Err(Status::unauthenticated("log in first"));
         };
-        self.state.store.delete_session(info.token_hash.to_vec()).await?;
+        self.state
+            .store
+            .delete_session(info.token_hash.to_vec())
+            .await?;
         self.state.sessions.end_token(
             info.token_hash,
             EndReason::LoggedOut,
@@ -355,7 +358,9 @@ impl<S: Store> Authenticator for SessionAuth<S> {
         // Ended or expired: the session's watch closes the connection; a call that got here
         // first is refused all the same.
         if info.expires_at_ms <= now_ms() {
-            self.state.sessions.end_token(info.token_hash, EndReason::Expired, None);
+            self.state
+                .sessions
+                .end_token(info.token_hash, EndReason::Expired, None);
         }
         Err(Status::unauthenticated("session ended"))
     }

@@ -205,7 +205,10 @@ impl Config {
             ("max_queue_bytes", l.max_queue_bytes),
             ("max_message_bytes", u64::from(l.max_message_bytes)),
             ("max_pending_per_sender", l.max_pending_per_sender),
-            ("max_pending_bytes_per_sender", l.max_pending_bytes_per_sender),
+            (
+                "max_pending_bytes_per_sender",
+                l.max_pending_bytes_per_sender,
+            ),
             ("max_pending_per_stranger", l.max_pending_per_stranger),
             (
                 "max_pending_bytes_per_stranger",

@@ -73,7 +73,12 @@ impl<S: Store> Device for Api<S> {
         validate::device(&request.device)?;
         self.check_write(&me)?;
         let device = DeviceId::new(me.user, request.device);
-        match self.state.store.revoke_device(device.clone(), now_ms()).await {
+        match self
+            .state
+            .store
+            .revoke_device(device.clone(), now_ms())
+            .await
+        {
             Ok(()) => {
                 // Every connection of the device is closed now; a device revoking itself keeps
                 // this connection (logged out) until it has read the answer.

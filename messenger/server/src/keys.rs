@@ -121,12 +121,7 @@ impl<S: Store> Keys for Api<S> {
         if me.user != device.user {
             // One-time packages are scarce: nobody may drain another user's supply.
             let l = &self.state.limiters;
-            l.check(
-                &l.key_packages_per_user,
-                &me.user,
-                1,
-                "key-package fetches",
-            )?;
+            l.check(&l.key_packages_per_user, &me.user, 1, "key-package fetches")?;
             l.check(
                 &l.key_packages_per_pair,
                 &(me.user.clone(), device.user.clone()),

@@ -70,7 +70,8 @@ pub fn public_methods() -> AuthPolicy {
 
 /// The layer stack every call passes: audit, then the per-IP call limit, then the session
 /// check. (The limits that need a user or target are applied by the handlers.)
-type Layers<S> = Stack<AuthLayer<SessionAuth<S>>, Stack<RateLimitLayer, Stack<AuditLayer, Identity>>>;
+type Layers<S> =
+    Stack<AuthLayer<SessionAuth<S>>, Stack<RateLimitLayer, Stack<AuditLayer, Identity>>>;
 
 /// Everything `start` prepares before binding: state, TLS, and the server with every layer
 /// and service.

@@ -241,10 +241,7 @@ async fn revocation_drops_push_registration_and_stops_calls_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let server = InProcess::new(config(dir.path())).await.unwrap();
     let store = &server.state.store;
-    store
-        .create_user("bob".into(), vec![1], 0)
-        .await
-        .unwrap();
+    store.create_user("bob".into(), vec![1], 0).await.unwrap();
     let laptop = DeviceId::new("bob", "laptop");
     store
         .register_device(laptop.clone(), String::new(), 0, true, 10)
@@ -261,11 +258,10 @@ async fn revocation_drops_push_registration_and_stops_calls_in_flight() {
         .await;
     assert!(ok.is_ok());
 
-    server.state.sessions.end_device(
-        &laptop,
-        qpq_server::session::EndReason::Revoked,
-        None,
-    );
+    server
+        .state
+        .sessions
+        .end_device(&laptop, qpq_server::session::EndReason::Revoked, None);
     assert_eq!(server.state.registry.len(), 0);
     assert!(server.state.sessions.is_empty());
     let err = server
@@ -358,7 +354,11 @@ async fn nobody_drains_another_users_key_packages() {
     for _ in 0..2 {
         mallory.keys().fetch_key_package(&request).await.unwrap();
     }
-    let err = mallory.keys().fetch_key_package(&request).await.unwrap_err();
+    let err = mallory
+        .keys()
+        .fetch_key_package(&request)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     // Alice's allowance for Bob is her own, and Bob's supply is not exhausted.
     let got = alice.keys().fetch_key_package(&request).await.unwrap();
@@ -400,7 +400,11 @@ async fn endpoints_are_visible_only_to_channel_peers() {
         .resolve_endpoint(&request)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "indistinguishable from unpublished");
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "indistinguishable from unpublished"
+    );
     // The publisher's own devices see it.
     v1::p2p_client::P2pClient::new(bob.client.clone())
         .resolve_endpoint(&request)
@@ -691,7 +695,9 @@ async fn a_second_uploader_cannot_hijack_or_truncate_an_upload() {
     // Mallory uploads the same hash meanwhile: refused, and nothing of Alice's is touched.
     let body = RequestBody::new(
         Bytes::new(),
-        Box::pin(futures::stream::iter(vec![Ok(chunk(&sha, total, 0, b"junk"))])),
+        Box::pin(futures::stream::iter(vec![Ok(chunk(
+            &sha, total, 0, b"junk",
+        ))])),
     );
     let err = server.call(&mallory, 50, body).await.unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
@@ -786,8 +792,24 @@ async fn the_janitor_deletes_expired_sessions_and_forgets_ended_ones() {
     assert_eq!(server.state.sessions.len(), 1);
     let deleted = server.state.janitor_pass().await;
     assert_eq!(deleted, 1);
-    assert!(server.state.store.session(vec![1; 32]).await.unwrap().is_none());
-    assert!(server.state.store.session(vec![2; 32]).await.unwrap().is_some());
+    assert!(
+        server
+            .state
+            .store
+            .session(vec![1; 32])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        server
+            .state
+            .store
+            .session(vec![2; 32])
+            .await
+            .unwrap()
+            .is_some()
+    );
     server.state.sessions.end_connection(&conn);
     server.state.janitor_pass().await;
     assert!(server.state.sessions.is_empty());

@@ -93,46 +93,326 @@ fn rows() -> Vec<Row> {
     use Code::*;
     vec![
         // Auth: reachable by everyone; these requests are malformed on purpose.
-        row(1, |_| unary(&v1::RegisterStartRequest { user: "zed".into(), ..Default::default() }), InvalidArgument, InvalidArgument, InvalidArgument),
-        row(2, |_| unary(&v1::RegisterFinishRequest { user: "zed".into(), ..Default::default() }), InvalidArgument, InvalidArgument, InvalidArgument),
-        row(3, |_| unary(&v1::LoginStartRequest { user: "bob".into(), device: "phone".into(), ..Default::default() }), InvalidArgument, InvalidArgument, InvalidArgument),
-        row(4, |_| unary(&v1::LoginFinishRequest { login_id: vec![0; 16].into(), ..Default::default() }), InvalidArgument, InvalidArgument, InvalidArgument),
-        row(5, |_| unary(&v1::ResumeSessionRequest { session_token: vec![0; 32].into() }), Unauthenticated, Unauthenticated, Unauthenticated),
+        row(
+            1,
+            |_| {
+                unary(&v1::RegisterStartRequest {
+                    user: "zed".into(),
+                    ..Default::default()
+                })
+            },
+            InvalidArgument,
+            InvalidArgument,
+            InvalidArgument,
+        ),
+        row(
+            2,
+            |_| {
+                unary(&v1::RegisterFinishRequest {
+                    user: "zed".into(),
+                    ..Default::default()
+                })
+            },
+            InvalidArgument,
+            InvalidArgument,
+            InvalidArgument,
+        ),
+        row(
+            3,
+            |_| {
+                unary(&v1::LoginStartRequest {
+                    user: "bob".into(),
+                    device: "phone".into(),
+                    ..Default::default()
+                })
+            },
+            InvalidArgument,
+            InvalidArgument,
+            InvalidArgument,
+        ),
+        row(
+            4,
+            |_| {
+                unary(&v1::LoginFinishRequest {
+                    login_id: vec![0; 16].into(),
+                    ..Default::default()
+                })
+            },
+            InvalidArgument,
+            InvalidArgument,
+            InvalidArgument,
+        ),
+        row(
+            5,
+            |_| {
+                unary(&v1::ResumeSessionRequest {
+                    session_token: vec![0; 32].into(),
+                })
+            },
+            Unauthenticated,
+            Unauthenticated,
+            Unauthenticated,
+        ),
         row(6, |_| unary(&v1::LogoutRequest {}), Unauthenticated, Ok, Ok),
         // Delivery: a sender without a session needs the recipient's delivery token.
         row(10, |f| unary(&f.enqueue()), PermissionDenied, Ok, Ok),
-        row(11, |_| unary(&v1::FetchRequest { after_seq: 0, limit: 10 }), Unauthenticated, Ok, Ok),
-        row(12, |_| unary(&v1::FetchWaitRequest { after_seq: 0, limit: 10, timeout_ms: 0 }), Unauthenticated, Ok, Ok),
+        row(
+            11,
+            |_| {
+                unary(&v1::FetchRequest {
+                    after_seq: 0,
+                    limit: 10,
+                })
+            },
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        row(
+            12,
+            |_| {
+                unary(&v1::FetchWaitRequest {
+                    after_seq: 0,
+                    limit: 10,
+                    timeout_ms: 0,
+                })
+            },
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
         row(13, |_| unary(&v1::PeekRequest {}), Unauthenticated, Ok, Ok),
-        row(14, |_| unary(&v1::AckRequest { up_to_seq: 0 }), Unauthenticated, Ok, Ok),
-        row(15, |f| unary(&v1::BatchEnqueueRequest { messages: vec![f.enqueue()] }), Unauthenticated, Ok, Ok),
+        row(
+            14,
+            |_| unary(&v1::AckRequest { up_to_seq: 0 }),
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        row(
+            15,
+            |f| {
+                unary(&v1::BatchEnqueueRequest {
+                    messages: vec![f.enqueue()],
+                })
+            },
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
         // Keys: a key package or bundle names its device; nobody uploads another's.
-        row(20, |f| unary(&v1::UploadKeyPackageRequest { key_packages: vec![f.key_package.clone().into()], last_resort: false }), Unauthenticated, Ok, PermissionDenied),
-        row(21, |f| unary(&v1::FetchKeyPackageRequest { device: Some(f.bob.clone()) }), Unauthenticated, Ok, Ok),
-        row(22, |f| unary(&v1::UploadHybridKeyRequest { key_bundle: f.bundle.clone().into(), delivery_token: Default::default() }), Unauthenticated, Ok, PermissionDenied),
-        row(23, |f| unary(&v1::FetchHybridKeyRequest { device: Some(f.bob.clone()) }), Unauthenticated, Ok, Ok),
-        row(24, |f| unary(&v1::BatchFetchHybridKeysRequest { devices: vec![f.bob.clone()] }), Unauthenticated, Ok, Ok),
-        row(30, |f| unary(&v1::CreateChannelRequest { name: format!("c{}", f.next()), members: vec![], mls_group_id: Default::default() }), Unauthenticated, Ok, Ok),
-        row(40, |_| unary(&v1::ResolveUserRequest { user: "bob".into() }), Unauthenticated, Ok, Ok),
-        row(41, |_| unary(&v1::ResolveIdentityRequest { identity_key: vec![1; 32].into() }), Unauthenticated, NotFound, NotFound),
+        row(
+            20,
+            |f| {
+                unary(&v1::UploadKeyPackageRequest {
+                    key_packages: vec![f.key_package.clone().into()],
+                    last_resort: false,
+                })
+            },
+            Unauthenticated,
+            Ok,
+            PermissionDenied,
+        ),
+        row(
+            21,
+            |f| {
+                unary(&v1::FetchKeyPackageRequest {
+                    device: Some(f.bob.clone()),
+                })
+            },
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        row(
+            22,
+            |f| {
+                unary(&v1::UploadHybridKeyRequest {
+                    key_bundle: f.bundle.clone().into(),
+                    delivery_token: Default::default(),
+                })
+            },
+            Unauthenticated,
+            Ok,
+            PermissionDenied,
+        ),
+        row(
+            23,
+            |f| {
+                unary(&v1::FetchHybridKeyRequest {
+                    device: Some(f.bob.clone()),
+                })
+            },
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        row(
+            24,
+            |f| {
+                unary(&v1::BatchFetchHybridKeysRequest {
+                    devices: vec![f.bob.clone()],
+                })
+            },
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        row(
+            30,
+            |f| {
+                unary(&v1::CreateChannelRequest {
+                    name: format!("c{}", f.next()),
+                    members: vec![],
+                    mls_group_id: Default::default(),
+                })
+            },
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        row(
+            40,
+            |_| unary(&v1::ResolveUserRequest { user: "bob".into() }),
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        row(
+            41,
+            |_| {
+                unary(&v1::ResolveIdentityRequest {
+                    identity_key: vec![1; 32].into(),
+                })
+            },
+            Unauthenticated,
+            NotFound,
+            NotFound,
+        ),
         // Blobs are content-addressed capabilities: whoever knows the hash may fetch it.
-        row(50, |f| RequestBody::new(Bytes::new(), Box::pin(futures::stream::iter(vec![Result::Ok(f.blob_chunk())]))), Unauthenticated, Ok, Ok),
-        row(51, |f| unary(&v1::DownloadBlobRequest { sha256: qpq_server::state::sha256(&f.blob).to_vec().into(), offset: 0 }), Unauthenticated, Ok, Ok),
+        row(
+            50,
+            |f| {
+                RequestBody::new(
+                    Bytes::new(),
+                    Box::pin(futures::stream::iter(vec![Result::Ok(f.blob_chunk())])),
+                )
+            },
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        row(
+            51,
+            |f| {
+                unary(&v1::DownloadBlobRequest {
+                    sha256: qpq_server::state::sha256(&f.blob).to_vec().into(),
+                    offset: 0,
+                })
+            },
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
         // Devices: every call acts on the caller's own user; "spare" is Bob's, not Mallory's.
-        row(60, |f| unary(&v1::RegisterDeviceRequest { device: format!("d{}", f.next()), label: String::new() }), Unauthenticated, Ok, Ok),
-        row(61, |_| unary(&v1::ListDevicesRequest {}), Unauthenticated, Ok, Ok),
-        row(62, |_| unary(&v1::RevokeDeviceRequest { device: "spare".into() }), Unauthenticated, Ok, NotFound),
+        row(
+            60,
+            |f| {
+                unary(&v1::RegisterDeviceRequest {
+                    device: format!("d{}", f.next()),
+                    label: String::new(),
+                })
+            },
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        row(
+            61,
+            |_| unary(&v1::ListDevicesRequest {}),
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        row(
+            62,
+            |_| {
+                unary(&v1::RevokeDeviceRequest {
+                    device: "spare".into(),
+                })
+            },
+            Unauthenticated,
+            Ok,
+            NotFound,
+        ),
         // P2P: Bob's address is visible to his own devices and channel peers only.
         row(70, |_| unary(&v1::HealthRequest {}), Ok, Ok, Ok),
-        row(71, |_| unary(&v1::PublishEndpointRequest { addresses: vec!["192.0.2.1:1".into()], ttl_ms: 1000 }), Unauthenticated, Ok, Ok),
-        row(72, |f| unary(&v1::ResolveEndpointRequest { device: Some(f.bob.clone()) }), Unauthenticated, Ok, NotFound),
+        row(
+            71,
+            |_| {
+                unary(&v1::PublishEndpointRequest {
+                    addresses: vec!["192.0.2.1:1".into()],
+                    ttl_ms: 1000,
+                })
+            },
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        row(
+            72,
+            |f| {
+                unary(&v1::ResolveEndpointRequest {
+                    device: Some(f.bob.clone()),
+                })
+            },
+            Unauthenticated,
+            Ok,
+            NotFound,
+        ),
         // Federation is not served; anonymous callers do not learn even that.
-        row(80, |_| unary(&v1::RelayEnqueueRequest::default()), Unauthenticated, Unimplemented, Unimplemented),
-        row(81, |_| unary(&v1::RelayBatchEnqueueRequest::default()), Unauthenticated, Unimplemented, Unimplemented),
-        row(82, |_| unary(&v1::FetchKeyPackageRequest::default()), Unauthenticated, Unimplemented, Unimplemented),
-        row(83, |_| unary(&v1::FetchHybridKeyRequest::default()), Unauthenticated, Unimplemented, Unimplemented),
-        row(84, |_| unary(&v1::ResolveUserRequest::default()), Unauthenticated, Unimplemented, Unimplemented),
-        row(85, |_| unary(&v1::FederationHealthRequest::default()), Unauthenticated, Unimplemented, Unimplemented),
+        row(
+            80,
+            |_| unary(&v1::RelayEnqueueRequest::default()),
+            Unauthenticated,
+            Unimplemented,
+            Unimplemented,
+        ),
+        row(
+            81,
+            |_| unary(&v1::RelayBatchEnqueueRequest::default()),
+            Unauthenticated,
+            Unimplemented,
+            Unimplemented,
+        ),
+        row(
+            82,
+            |_| unary(&v1::FetchKeyPackageRequest::default()),
+            Unauthenticated,
+            Unimplemented,
+            Unimplemented,
+        ),
+        row(
+            83,
+            |_| unary(&v1::FetchHybridKeyRequest::default()),
+            Unauthenticated,
+            Unimplemented,
+            Unimplemented,
+        ),
+        row(
+            84,
+            |_| unary(&v1::ResolveUserRequest::default()),
+            Unauthenticated,
+            Unimplemented,
+            Unimplemented,
+        ),
+        row(
+            85,
+            |_| unary(&v1::FederationHealthRequest::default()),
+            Unauthenticated,
+            Unimplemented,
+            Unimplemented,
+        ),
     ]
 }
 
@@ -149,7 +429,11 @@ fn every_method_has_a_row() {
 }
 
 async fn device(server: &InProcess, user: &str, device: &str) -> DeviceId {
-    let _ = server.state.store.create_user(user.into(), vec![1], 0).await;
+    let _ = server
+        .state
+        .store
+        .create_user(user.into(), vec![1], 0)
+        .await;
     let d = DeviceId::new(user, device);
     server
         .state
@@ -167,8 +451,14 @@ fn caller(server: &InProcess, column: usize, port: u16) -> qrpc::Connection {
     let sessions = &server.state.sessions;
     match COLUMNS[column] {
         "anonymous" => {}
-        "owner" => sessions.bind(&conn, SessionInfo::new(DeviceId::new("bob", "phone"), u64::MAX, token)),
-        "other" => sessions.bind(&conn, SessionInfo::new(DeviceId::new("mallory", "pc"), u64::MAX, token)),
+        "owner" => sessions.bind(
+            &conn,
+            SessionInfo::new(DeviceId::new("bob", "phone"), u64::MAX, token),
+        ),
+        "other" => sessions.bind(
+            &conn,
+            SessionInfo::new(DeviceId::new("mallory", "pc"), u64::MAX, token),
+        ),
         "revoked" => {
             let laptop = DeviceId::new("bob", "laptop");
             sessions.bind(&conn, SessionInfo::new(laptop.clone(), u64::MAX, token));
@@ -176,7 +466,10 @@ fn caller(server: &InProcess, column: usize, port: u16) -> qrpc::Connection {
             // still arrive, as calls in flight would.
             sessions.end_device(&laptop, EndReason::Revoked, None);
         }
-        "expired" => sessions.bind(&conn, SessionInfo::new(DeviceId::new("bob", "tab"), 1, token)),
+        "expired" => sessions.bind(
+            &conn,
+            SessionInfo::new(DeviceId::new("bob", "tab"), 1, token),
+        ),
         other => panic!("unknown column {other}"),
     }
     conn
@@ -228,10 +521,34 @@ async fn authorization_matrix() {
         counter: AtomicU32::new(0),
     };
     let setup = [
-        (22, unary(&v1::UploadHybridKeyRequest { key_bundle: bundle.into(), delivery_token: Default::default() })),
-        (20, unary(&v1::UploadKeyPackageRequest { key_packages: (0..4).map(|_| mls.key_package().unwrap().into()).collect(), last_resort: false })),
-        (71, unary(&v1::PublishEndpointRequest { addresses: vec!["192.0.2.7:4433".into()], ttl_ms: 600_000 })),
-        (50, RequestBody::new(Bytes::new(), Box::pin(futures::stream::iter(vec![Ok(fixture.blob_chunk())])))),
+        (
+            22,
+            unary(&v1::UploadHybridKeyRequest {
+                key_bundle: bundle.into(),
+                delivery_token: Default::default(),
+            }),
+        ),
+        (
+            20,
+            unary(&v1::UploadKeyPackageRequest {
+                key_packages: (0..4).map(|_| mls.key_package().unwrap().into()).collect(),
+                last_resort: false,
+            }),
+        ),
+        (
+            71,
+            unary(&v1::PublishEndpointRequest {
+                addresses: vec!["192.0.2.7:4433".into()],
+                ttl_ms: 600_000,
+            }),
+        ),
+        (
+            50,
+            RequestBody::new(
+                Bytes::new(),
+                Box::pin(futures::stream::iter(vec![Ok(fixture.blob_chunk())])),
+            ),
+        ),
     ];
     for (method, body) in setup {
         server.call(&owner, method, body).await.unwrap();
@@ -243,7 +560,10 @@ async fn authorization_matrix() {
         for (column, expected) in row.expect.iter().enumerate() {
             port += 1;
             let conn = caller(&server, column, port);
-            let got = match server.call(&conn, row.method, (row.request)(&fixture)).await {
+            let got = match server
+                .call(&conn, row.method, (row.request)(&fixture))
+                .await
+            {
                 Ok(_) => Code::Ok,
                 Err(status) => status.code(),
             };

@@ -294,11 +294,8 @@ pub trait Store: Send + Sync + 'static {
         peers: Vec<String>,
     ) -> impl Future<Output = StoreResult<Vec<bool>>> + Send;
     /// Whether two users are members of a common channel (or are the same user).
-    fn share_channel(
-        &self,
-        a: String,
-        b: String,
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    fn share_channel(&self, a: String, b: String)
+    -> impl Future<Output = StoreResult<bool>> + Send;
     /// Messages after `after_seq`, oldest first.
     fn fetch(
         &self,

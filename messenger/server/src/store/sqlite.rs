@@ -198,9 +198,7 @@ fn enqueue_one(
     } else {
         (limits.sender_messages, limits.sender_bytes)
     };
-    if u(sender_messages) >= max_messages
-        || u(sender_bytes).saturating_add(size) > max_bytes
-    {
+    if u(sender_messages) >= max_messages || u(sender_bytes).saturating_add(size) > max_bytes {
         return Err(StoreError::SenderQuota {
             stranger: m.stranger,
         });
@@ -226,7 +224,12 @@ fn enqueue_one(
              queue_bytes = queue_bytes + ?4 WHERE user = ?1 AND device = ?2",
     )
     .and_then(|mut st| {
-        st.execute(params![m.recipient.user, m.recipient.device, seq + 1, i(size)])
+        st.execute(params![
+            m.recipient.user,
+            m.recipient.device,
+            seq + 1,
+            i(size)
+        ])
     })
     .map_err(backend)?;
     if let Some(sender) = &m.sender_user
@@ -431,10 +434,16 @@ impl Store for SqliteStore {
     async fn delete_expired(&self, now_ms: u64) -> StoreResult<u64> {
         self.write(move |tx| {
             let sessions = tx
-                .execute("DELETE FROM sessions WHERE expires_at_ms <= ?1", [i(now_ms)])
+                .execute(
+                    "DELETE FROM sessions WHERE expires_at_ms <= ?1",
+                    [i(now_ms)],
+                )
                 .map_err(backend)?;
             let endpoints = tx
-                .execute("DELETE FROM endpoints WHERE expires_at_ms <= ?1", [i(now_ms)])
+                .execute(
+                    "DELETE FROM endpoints WHERE expires_at_ms <= ?1",
+                    [i(now_ms)],
+                )
                 .map_err(backend)?;
             Ok((sessions + endpoints) as u64)
         })
@@ -561,10 +570,9 @@ impl Store for SqliteStore {
                      WHERE user = ?1 AND device = ?2 AND seq <= ?3",
                 )
                 .and_then(|mut st| {
-                    st.query_row(
-                        params![device.user, device.device, i(up_to_seq)],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
+                    st.query_row(params![device.user, device.device, i(up_to_seq)], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
                 })
                 .map_err(backend)?;
             if count == 0 {
@@ -1083,7 +1091,13 @@ mod tests {
             .batch_enqueue(vec![msg(&carol, 2)], lim(2), 0)
             .await
             .unwrap();
-        assert!(matches!(again[0], Ok(Enqueued { duplicate: false, .. })));
+        assert!(matches!(
+            again[0],
+            Ok(Enqueued {
+                duplicate: false,
+                ..
+            })
+        ));
     }
 
     #[tokio::test]
@@ -1143,20 +1157,31 @@ mod tests {
             vec![false, true]
         );
         // Ann writing to Bob does not make Ann known to Bob; Bob writing to Ann does.
-        s.enqueue(from("ann/pc", &bob, 1), lim(10), 0).await.unwrap();
+        s.enqueue(from("ann/pc", &bob, 1), lim(10), 0)
+            .await
+            .unwrap();
         assert_eq!(
             s.known_by("bob".into(), vec!["ann".into()]).await.unwrap(),
             vec![false]
         );
-        s.enqueue(from("bob/phone", &ann, 1), lim(10), 0).await.unwrap();
+        s.enqueue(from("bob/phone", &ann, 1), lim(10), 0)
+            .await
+            .unwrap();
         assert_eq!(
             s.known_by("bob".into(), vec!["ann".into()]).await.unwrap(),
             vec![true]
         );
         assert!(!s.share_channel("bob".into(), "cat".into()).await.unwrap());
-        s.create_channel(vec![1; 16], "c".into(), "bob".into(), vec!["cat".into()], vec![], 0)
-            .await
-            .unwrap();
+        s.create_channel(
+            vec![1; 16],
+            "c".into(),
+            "bob".into(),
+            vec!["cat".into()],
+            vec![],
+            0,
+        )
+        .await
+        .unwrap();
         assert!(s.share_channel("cat".into(), "bob".into()).await.unwrap());
         assert_eq!(
             s.known_by("bob".into(), vec!["cat".into()]).await.unwrap(),

@@ -104,13 +104,9 @@ impl Account {
     pub async fn publish_keys(&self, delivery_token: &[u8]) -> PublishedKeys {
         let identity = qpq_core::identity::IdentityKey::generate();
         let hybrid = qpq_core::kem::HybridSecretKey::generate();
-        let bundle = qpq_core::bundle::KeyBundle::new(
-            &identity,
-            hybrid.public(),
-            &self.user,
-            &self.device,
-        )
-        .unwrap();
+        let bundle =
+            qpq_core::bundle::KeyBundle::new(&identity, hybrid.public(), &self.user, &self.device)
+                .unwrap();
         self.keys()
             .upload_hybrid_key(&v1::UploadHybridKeyRequest {
                 key_bundle: bundle.encode().into(),
