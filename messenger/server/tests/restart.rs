@@ -91,6 +91,19 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_or_session() {
         user: "bob".into(),
         device: "laptop".into(),
     };
+    // Bob writes first, so Alice is not a stranger to him (strangers get a tiny quota).
+    v1::delivery_client::DeliveryClient::new(bob.clone())
+        .enqueue(&v1::EnqueueRequest {
+            recipient: Some(v1::DeviceRef {
+                user: "alice".into(),
+                device: "phone".into(),
+            }),
+            message_id: vec![0xb0; 16].into(),
+            payload: b"hi".to_vec().into(),
+            delivery_token: Default::default(),
+        })
+        .await
+        .unwrap();
     let acknowledged: Arc<Mutex<HashSet<Vec<u8>>>> = Arc::default();
     let senders: Vec<_> = (0..4u8)
         .map(|sender| {
