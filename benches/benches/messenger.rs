@@ -23,6 +23,18 @@ async fn setup() -> Setup {
     config.limits.calls_per_second_per_ip = 1_000_000;
     config.limits.logins_per_minute_per_ip = 1_000_000;
     config.limits.max_queue_depth = 1_000_000;
+    // The bench measures throughput; the abuse controls (per-user rates, per-sender and
+    // stranger quotas, login limits per account and connection) would only throttle it.
+    config.limits.messages_per_second_per_user = 1_000_000;
+    config.limits.stranger_messages_per_minute_per_user = 1_000_000;
+    config.limits.max_pending_per_sender = 1_000_000;
+    config.limits.max_pending_per_stranger = 1_000_000;
+    config.limits.max_pending_bytes_per_stranger = 1 << 40;
+    config.limits.max_pending_bytes_per_sender = 1 << 40;
+    config.limits.max_queue_bytes = 1 << 40;
+    config.limits.writes_per_second_per_user = 1_000_000;
+    config.limits.logins_per_minute_per_account = 1_000_000;
+    config.limits.auth_attempts_per_connection = 1_000_000;
     let server = qpq_server::start(config).await.unwrap();
     Setup { _dir: dir, server }
 }

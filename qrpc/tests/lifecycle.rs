@@ -191,12 +191,19 @@ async fn client_reconnects_with_backoff_after_a_server_restart() {
         )
         .await
         .unwrap();
+    assert_eq!(*client.disconnects().borrow(), None);
     first.shutdown().await.unwrap();
     let mut state = client.state();
     state
         .wait_for(|s| matches!(s, ConnectionState::Reconnecting { .. }))
         .await
         .unwrap();
+    // The graceful shutdown's close code reached the client before the state changed.
+    let closed = client.disconnects().borrow().clone().unwrap();
+    assert_eq!(
+        closed.application_code,
+        Some(qrpc::protocol::close::NO_ERROR.into_inner())
+    );
 
     let _second = start_on(addr, &cert);
     state
