@@ -107,12 +107,15 @@ impl<S: Store> Auth for Api<S> {
 
     async fn register_finish(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         request: v1::RegisterFinishRequest,
     ) -> Result<v1::RegisterFinishResponse, Status> {
         validate::user(&request.user)?;
         let upload = RegistrationUpload::<OpaqueSuite>::deserialize(&request.registration_upload)
             .map_err(malformed("registration_upload"))?;
+        // Creating accounts is limited like logging in: per IP and per connection.
+        self.check_login_ip(&ctx)?;
+        self.count_attempt(&ctx)?;
         let record = ServerRegistration::finish(upload);
         match self
             .state
@@ -313,7 +316,8 @@ impl<S: Store> Auth for Api<S> {
         ctx: RequestContext,
         _request: v1::LogoutRequest,
     ) -> Result<v1::LogoutResponse, Status> {
-        caller(&ctx)?;
+        let me = caller(&ctx)?;
+        self.check_write(&me)?;
         let Some(info) = ctx
             .connection()
             .with_extensions(|e| e.get::<SessionInfo>().cloned())

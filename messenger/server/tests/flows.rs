@@ -693,7 +693,7 @@ async fn fetch_is_capped_and_login_attempts_are_rate_limited() {
         c.limits.logins_per_minute_per_ip = 4;
     })
     .await;
-    // Account::create uses one registration and one login: two of the four attempts.
+    // Account::create uses a registration (start and finish) and a login: three of the four.
     let alice = Account::create(&h, "alice", "phone").await;
     for i in 0..5 {
         alice
