@@ -813,6 +813,25 @@ async fn the_janitor_deletes_expired_sessions_and_forgets_ended_ones() {
     server.state.sessions.end_connection(&conn);
     server.state.janitor_pass().await;
     assert!(server.state.sessions.is_empty());
+
+    // Rate-limit state of a key is forgotten once its bucket has refilled.
+    let limiters = &server.state.limiters;
+    limiters
+        .check(&limiters.messages_per_user, &"bob".to_string(), 1, "messages")
+        .unwrap();
+    assert_eq!(limiters.keys(), 1);
+    let forgotten = async {
+        loop {
+            server.state.janitor_pass().await;
+            if limiters.keys() == 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), forgotten)
+        .await
+        .expect("an idle limiter key was never pruned");
 }
 
 #[tokio::test]
