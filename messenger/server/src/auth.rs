@@ -17,14 +17,7 @@ use crate::state::{Api, AppState, now_ms, sha256};
 use crate::store::{DeviceId, Session, Store, StoreError};
 use crate::validate;
 
-/// OPAQUE: Ristretto255 OPRF, 3DH with SHA-512, Argon2id as the key-stretching function.
-pub struct OpaqueSuite;
-
-impl opaque_ke::CipherSuite for OpaqueSuite {
-    type OprfCs = opaque_ke::Ristretto255;
-    type KeyExchange = opaque_ke::TripleDh<opaque_ke::Ristretto255, sha2_010::Sha512>;
-    type Ksf = opaque_ke::argon2::Argon2<'static>;
-}
+pub use qpq_proto::auth_flows::OpaqueSuite;
 
 /// Logins between their two flights, per connection.
 #[derive(Default)]

@@ -15,12 +15,10 @@
 //! | [`blob`] | resumable, content-addressed attachments with quotas |
 //! | [`device`] | device management and P2P rendezvous |
 //! | [`store`] | the `Store` trait and its SQLite implementation |
-//! | [`client_auth`] | the client side of OPAQUE registration and login |
 
 pub mod abuse;
 pub mod auth;
 pub mod blob;
-pub mod client_auth;
 pub mod config;
 pub mod delivery;
 pub mod device;

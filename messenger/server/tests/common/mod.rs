@@ -40,7 +40,7 @@ impl Harness {
     }
 }
 
-pub use qpq_server::client_auth::{login, register};
+pub use qpq_proto::auth_flows::{login, register};
 
 /// A registered, logged-in device.
 pub struct Account {

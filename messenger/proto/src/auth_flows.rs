@@ -1,15 +1,24 @@
-//! The client side of registration and login, over the generated Auth client. Used by tests,
-//! benchmarks and tools until the SDK exists.
+//! The OPAQUE cipher suite both ends use, and the client side of registration and login over
+//! the generated Auth client (used by the SDK, tests, benchmarks and tools).
 
 use opaque_ke::{
     ClientLogin, ClientLoginFinishParameters, ClientRegistration,
     ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
 };
-use qpq_proto::v1::{self, auth_client::AuthClient};
 use qrpc::Status;
 use zeroize::Zeroizing;
 
-use crate::auth::OpaqueSuite;
+use crate::v1::{self, auth_client::AuthClient};
+
+/// OPAQUE: Ristretto255 OPRF, 3DH with SHA-512, Argon2id as the key-stretching function.
+/// Part of the protocol: a server and its clients must use the same suite.
+pub struct OpaqueSuite;
+
+impl opaque_ke::CipherSuite for OpaqueSuite {
+    type OprfCs = opaque_ke::Ristretto255;
+    type KeyExchange = opaque_ke::TripleDh<opaque_ke::Ristretto255, sha2_010::Sha512>;
+    type Ksf = opaque_ke::argon2::Argon2<'static>;
+}
 
 fn bad_server_message(_: opaque_ke::errors::ProtocolError) -> Status {
     Status::internal("server sent an invalid OPAQUE message")
