@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use qpq_proto::v1::{self, delivery_client::DeliveryClient, server_event_push::Events};
 use qpq_proto::auth_flows::{login, register};
+use qpq_proto::v1::{self, delivery_client::DeliveryClient, server_event_push::Events};
 
 struct Setup {
     _dir: tempfile::TempDir,

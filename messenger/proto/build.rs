@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "p2p",
         "federation",
         "push",
+        "content",
     ]
     .map(|name| format!("../../proto/qpq/v1/{name}.proto"));
     qrpc_build::compile_protos(&files, &["../../proto"])?;

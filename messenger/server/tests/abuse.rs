@@ -817,7 +817,12 @@ async fn the_janitor_deletes_expired_sessions_and_forgets_ended_ones() {
     // Rate-limit state of a key is forgotten once its bucket has refilled.
     let limiters = &server.state.limiters;
     limiters
-        .check(&limiters.messages_per_user, &"bob".to_string(), 1, "messages")
+        .check(
+            &limiters.messages_per_user,
+            &"bob".to_string(),
+            1,
+            "messages",
+        )
         .unwrap();
     assert_eq!(limiters.keys(), 1);
     let forgotten = async {

@@ -1,0 +1,1006 @@
+//! [`QpqClient`]: accounts, conversations, sending and receiving.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
+use qpq_core::bundle::KeyBundle;
+use qpq_core::identity::IdentityKey;
+use qpq_core::kem::{HybridPublicKey, HybridSecretKey};
+use qpq_core::mls::{Incoming, MlsMember, Suite};
+use qpq_core::sealed::ReplayGuard;
+use qpq_proto::v1;
+use qrpc::Code;
+use qrpc::tls::ClientTls;
+use tokio::sync::{Notify, broadcast};
+use zeroize::Zeroizing;
+
+use crate::error::{SdkError, SdkResult};
+use crate::events::{ClientEvent, ConnectionState};
+use crate::model::{
+    Conversation, ConversationId, ConversationKind, Message, MessageId, SendState, user_of,
+};
+use crate::store::{Delivery, LocalStore, StoreKey, StoredAccount};
+
+/// The ALPN the messenger server speaks.
+const ALPN: &[u8] = b"qpq/1";
+
+/// Limits and timings of a client. Every field has a default.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientLimits {
+    /// Longest text message, in bytes (default 64 KiB).
+    pub max_text_bytes: usize,
+    /// Most member devices a conversation may have (default 100).
+    pub max_conversation_devices: usize,
+    /// One-time key packages published at the first login (default 20).
+    pub key_packages: usize,
+    /// How long one long-poll waits on the server (default 20 s).
+    pub fetch_wait: Duration,
+    /// First retry delay of the outbox and the receiver; doubles up to `max_backoff`
+    /// (default 200 ms).
+    pub initial_backoff: Duration,
+    /// Longest retry delay (default 10 s).
+    pub max_backoff: Duration,
+    /// Events buffered for a slow subscriber before it misses some (default 1024).
+    pub event_buffer: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            max_text_bytes: 64 * 1024,
+            max_conversation_devices: 100,
+            key_packages: 20,
+            fetch_wait: Duration::from_secs(20),
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            event_buffer: 1024,
+        }
+    }
+}
+
+/// Configures a [`QpqClient`]; see [`QpqClient::builder`].
+#[derive(Debug, Default)]
+pub struct QpqClientBuilder {
+    server: Option<SocketAddr>,
+    tls: Option<ClientTls>,
+    data_dir: Option<PathBuf>,
+    key: Option<StoreKey>,
+    limits: ClientLimits,
+}
+
+impl QpqClientBuilder {
+    /// The server's address.
+    pub fn server(mut self, addr: SocketAddr) -> Self {
+        self.server = Some(addr);
+        self
+    }
+
+    /// Trusts exactly the server certificate with this SHA-256 (printed by `qpq-server`).
+    pub fn pin(mut self, fingerprint: [u8; 32]) -> Self {
+        self.tls = Some(ClientTls::pinned(fingerprint));
+        self
+    }
+
+    /// Any other trust setting (CA roots, say).
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Where the encrypted store lives (one directory per account and device).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Encrypts the store with a key stretched from `passphrase` (Argon2id, per-store salt).
+    pub fn passphrase(mut self, passphrase: impl Into<String>) -> Self {
+        self.key = Some(StoreKey::Passphrase(Zeroizing::new(passphrase.into())));
+        self
+    }
+
+    /// Encrypts the store with a raw 32-byte key.
+    pub fn raw_key(mut self, key: [u8; 32]) -> Self {
+        self.key = Some(StoreKey::Raw(Zeroizing::new(key)));
+        self
+    }
+
+    /// Replaces the limits.
+    pub fn limits(mut self, limits: ClientLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Opens the local store (offline). Nothing talks to the server until
+    /// [`register`](QpqClient::register), [`login`](QpqClient::login) or
+    /// [`connect`](QpqClient::connect).
+    pub fn build(self) -> SdkResult<QpqClient> {
+        let server = self
+            .server
+            .ok_or_else(|| SdkError::Config("server address missing".into()))?;
+        let tls = self
+            .tls
+            .ok_or_else(|| SdkError::Config("server trust (pin or tls) missing".into()))?;
+        let dir = self
+            .data_dir
+            .ok_or_else(|| SdkError::Config("data directory missing".into()))?;
+        let key = self
+            .key
+            .ok_or_else(|| SdkError::Config("store key (passphrase or raw key) missing".into()))?;
+        let store = LocalStore::open(&dir, &key)?;
+        let (events, _) = broadcast::channel(self.limits.event_buffer.max(1));
+        Ok(QpqClient {
+            tasks: Arc::new(Tasks::default()),
+            inner: Arc::new(Inner {
+                store,
+                server,
+                tls,
+                limits: self.limits,
+                rpc: tokio::sync::Mutex::new(None),
+                keys: Mutex::new(None),
+                events,
+                outbox_wake: Notify::new(),
+                peer_keys: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+/// The device's secrets once logged in.
+struct Keys {
+    me: String,
+    identity: IdentityKey,
+    hybrid: HybridSecretKey,
+    mls: MlsMember,
+    replay: ReplayGuard,
+}
+
+struct Inner {
+    store: LocalStore,
+    server: SocketAddr,
+    tls: ClientTls,
+    limits: ClientLimits,
+    rpc: tokio::sync::Mutex<Option<qrpc::Client>>,
+    keys: Mutex<Option<Keys>>,
+    events: broadcast::Sender<ClientEvent>,
+    outbox_wake: Notify,
+    peer_keys: Mutex<HashMap<(String, String), HybridPublicKey>>,
+}
+
+/// A quicproquo client: one account on one device, with its encrypted store.
+///
+/// Cheap to clone. Background tasks (receiving, the outbox) run from a successful
+/// [`login`](Self::login) or [`connect`](Self::connect) until [`logout`](Self::logout) or until
+/// the last clone is dropped.
+#[derive(Clone)]
+pub struct QpqClient {
+    inner: Arc<Inner>,
+    tasks: Arc<Tasks>,
+}
+
+/// The background tasks; aborted when the last clone of the client goes away.
+#[derive(Default)]
+struct Tasks(Mutex<Vec<tokio::task::JoinHandle<()>>>);
+
+impl Tasks {
+    fn stop(&self) {
+        for task in lock(&self.0).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl std::fmt::Debug for QpqClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QpqClient")
+            .field("server", &self.inner.server)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Envelopes are accepted up to this old: a device may be offline for a month.
+const REPLAY_WINDOW_MS: u64 = 31 * 24 * 3600 * 1000;
+
+fn delivery_id(item: &MessageId, user: &str, device: &str) -> [u8; 16] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"qpq delivery id");
+    h.update(item.0);
+    h.update(user.as_bytes());
+    h.update([0]);
+    h.update(device.as_bytes());
+    let digest = h.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
+}
+
+fn split_name(name: &[u8]) -> Option<(String, String)> {
+    let name = std::str::from_utf8(name).ok()?;
+    let (user, device) = name.split_once('/')?;
+    Some((user.to_owned(), device.to_owned()))
+}
+
+impl QpqClient {
+    /// Starts configuring a client.
+    pub fn builder() -> QpqClientBuilder {
+        QpqClientBuilder::default()
+    }
+
+    /// Subscribes to events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ClientEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The local store (read access for front ends).
+    pub fn store(&self) -> &LocalStore {
+        &self.inner.store
+    }
+
+    /// `user/device` of the logged-in account, if any.
+    pub fn whoami(&self) -> Option<String> {
+        lock(&self.inner.keys).as_ref().map(|k| k.me.clone())
+    }
+
+    fn emit(&self, event: ClientEvent) {
+        let _ = self.inner.events.send(event);
+    }
+
+    async fn rpc(&self) -> SdkResult<qrpc::Client> {
+        self.inner.rpc().await
+    }
+
+    /// Creates an account on the server. Does not log in.
+    pub async fn register(&self, user: &str, password: &str) -> SdkResult<()> {
+        let rpc = self.rpc().await?;
+        qpq_proto::auth_flows::register(&rpc, user, password).await?;
+        Ok(())
+    }
+
+    /// Logs `device` of `user` in. The first login on this store creates the device's keys
+    /// and publishes them; later logins reuse them. Starts receiving and sending.
+    pub async fn login(&self, user: &str, device: &str, password: &str) -> SdkResult<()> {
+        let existing = self.inner.store.account()?;
+        if let Some(a) = &existing
+            && (a.user != user || a.device != device)
+        {
+            return Err(SdkError::OtherAccount(format!("{}/{}", a.user, a.device)));
+        }
+        let rpc = self.rpc().await?;
+        let session = qpq_proto::auth_flows::login(&rpc, user, device, password).await?;
+        let first = existing.is_none();
+        if first {
+            self.inner.store.create_account(&StoredAccount {
+                user: user.into(),
+                device: device.into(),
+                identity_secret: IdentityKey::generate().to_secret_bytes(),
+                hybrid_seed: HybridSecretKey::generate().to_seed(),
+                delivery_token: Zeroizing::new(rand::random()),
+                session_token: None,
+            })?;
+        }
+        self.inner
+            .store
+            .set_session_token(Some(&session.session_token))?;
+        self.load_keys(first)?;
+        self.publish_keys(&rpc, first).await?;
+        self.start_tasks();
+        Ok(())
+    }
+
+    /// Resumes the stored session (after a restart): works offline too, then connects and
+    /// catches up in the background. Fails with [`SdkError::NotLoggedIn`] if this store never
+    /// logged in.
+    pub async fn connect(&self) -> SdkResult<()> {
+        let account = self.inner.store.account()?.ok_or(SdkError::NotLoggedIn)?;
+        if account.session_token.is_none() {
+            return Err(SdkError::NotLoggedIn);
+        }
+        self.load_keys(false)?;
+        self.start_tasks();
+        Ok(())
+    }
+
+    /// Ends the session on the server and stops the background tasks. The store keeps the
+    /// conversations and keys; log in again to continue.
+    pub async fn logout(&self) -> SdkResult<()> {
+        self.stop_tasks();
+        if let Ok(rpc) = self.rpc().await {
+            v1::auth_client::AuthClient::new(rpc)
+                .logout(&v1::LogoutRequest {})
+                .await?;
+        }
+        self.inner.store.set_session_token(None)?;
+        Ok(())
+    }
+
+    fn load_keys(&self, first: bool) -> SdkResult<()> {
+        let account = self.inner.store.account()?.ok_or(SdkError::NotLoggedIn)?;
+        let me = format!("{}/{}", account.user, account.device);
+        let conn = self.inner.store.mls_connection()?;
+        let mls = if first {
+            MlsMember::create(conn, me.as_bytes(), Suite::XWing)?
+        } else {
+            MlsMember::load(conn)?
+        };
+        *lock(&self.inner.keys) = Some(Keys {
+            me,
+            identity: IdentityKey::from_secret_bytes(&account.identity_secret),
+            hybrid: HybridSecretKey::from_seed(&account.hybrid_seed),
+            mls,
+            replay: ReplayGuard::new(REPLAY_WINDOW_MS),
+        });
+        Ok(())
+    }
+
+    /// Publishes the key bundle (with the delivery token) and, on the first login, one-time
+    /// key packages and a last-resort one.
+    async fn publish_keys(&self, rpc: &qrpc::Client, first: bool) -> SdkResult<()> {
+        let account = self.inner.store.account()?.ok_or(SdkError::NotLoggedIn)?;
+        let (bundle, packages, last_resort) = {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            let bundle = KeyBundle::new(
+                &keys.identity,
+                keys.hybrid.public(),
+                &account.user,
+                &account.device,
+            )
+            .map_err(|e| SdkError::Crypto(e.to_string()))?;
+            let mut packages = Vec::new();
+            let mut last_resort = None;
+            if first {
+                for _ in 0..self.inner.limits.key_packages {
+                    packages.push(bytes::Bytes::from(keys.mls.key_package()?));
+                }
+                last_resort = Some(bytes::Bytes::from(keys.mls.last_resort_key_package()?));
+            }
+            (bundle, packages, last_resort)
+        };
+        let keys_client = v1::keys_client::KeysClient::new(rpc.clone());
+        if first {
+            keys_client
+                .upload_hybrid_key(&v1::UploadHybridKeyRequest {
+                    key_bundle: bundle.encode().into(),
+                    delivery_token: account.delivery_token.to_vec().into(),
+                })
+                .await?;
+            keys_client
+                .upload_key_package(&v1::UploadKeyPackageRequest {
+                    key_packages: packages,
+                    last_resort: false,
+                })
+                .await?;
+            if let Some(kp) = last_resort {
+                keys_client
+                    .upload_key_package(&v1::UploadKeyPackageRequest {
+                        key_packages: vec![kp],
+                        last_resort: true,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_tasks(&self) {
+        self.stop_tasks();
+        let receiver = tokio::spawn(receive_loop(Arc::clone(&self.inner)));
+        let outbox = tokio::spawn(outbox_loop(Arc::clone(&self.inner)));
+        lock(&self.tasks.0).extend([receiver, outbox]);
+        self.inner.outbox_wake.notify_one();
+    }
+
+    fn stop_tasks(&self) {
+        self.tasks.stop();
+    }
+
+    /// Every conversation, newest first.
+    pub fn conversations(&self) -> SdkResult<Vec<Conversation>> {
+        self.inner.store.conversations()
+    }
+
+    /// The newest `limit` messages of a conversation, oldest first.
+    pub fn messages(&self, conversation: &ConversationId, limit: u32) -> SdkResult<Vec<Message>> {
+        self.inner.store.messages(conversation, limit)
+    }
+
+    /// Creates a direct conversation with `user`: an MLS group with every device of theirs and
+    /// every other device of this user, each invited through its sealed queue.
+    pub async fn create_dm(&self, user: &str) -> SdkResult<Conversation> {
+        let rpc = self.session_rpc().await?;
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        let my_user = user_of(&me).to_owned();
+        if user == my_user {
+            return Err(SdkError::InvalidArgument(
+                "user: a direct conversation needs another user".into(),
+            ));
+        }
+        let users = v1::user_client::UserClient::new(rpc.clone());
+        let keys = v1::keys_client::KeysClient::new(rpc.clone());
+        let mut devices = Vec::new();
+        for u in [user.to_owned(), my_user.clone()] {
+            let resolved = users
+                .resolve_user(&v1::ResolveUserRequest { user: u.clone() })
+                .await?;
+            for d in resolved.devices {
+                let name = format!("{u}/{}", d.device);
+                if name != me {
+                    devices.push((u.clone(), d.device));
+                }
+            }
+        }
+        if !devices.iter().any(|(u, _)| u == user) {
+            return Err(SdkError::NotFound(format!(
+                "{user} has no device with published keys"
+            )));
+        }
+        if devices.len() > self.inner.limits.max_conversation_devices {
+            return Err(SdkError::InvalidArgument(format!(
+                "a conversation may have at most {} devices",
+                self.inner.limits.max_conversation_devices
+            )));
+        }
+        let mut packages = Vec::new();
+        for (u, d) in &devices {
+            let kp = keys
+                .fetch_key_package(&v1::FetchKeyPackageRequest {
+                    device: Some(v1::DeviceRef {
+                        user: u.clone(),
+                        device: d.clone(),
+                    }),
+                })
+                .await?;
+            let info = qpq_core::mls::inspect_key_package(&kp.key_package)
+                .map_err(|e| SdkError::Invalid(format!("key package of {u}/{d}: {e}")))?;
+            if info.name != format!("{u}/{d}").as_bytes() {
+                return Err(SdkError::Invalid(format!(
+                    "the key package fetched for {u}/{d} names someone else"
+                )));
+            }
+            packages.push(kp.key_package.to_vec());
+        }
+        let id = ConversationId(rand::random());
+        let welcome = {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            let mut group = keys.mls.create_group(&id.0)?;
+            let refs: Vec<&[u8]> = packages.iter().map(Vec::as_slice).collect();
+            let (_commit, welcome) = group.add_members(&keys.mls, &refs)?;
+            welcome
+        };
+        let mut members = vec![user.to_owned(), my_user];
+        members.sort();
+        let conversation = Conversation {
+            id,
+            kind: ConversationKind::Direct,
+            name: String::new(),
+            members,
+        };
+        let transport = v1::Transport {
+            kind: Some(v1::transport::Kind::Invitation(v1::Invitation {
+                welcome: welcome.into(),
+                conversation_id: id.0.to_vec().into(),
+                kind: ConversationKind::Direct.code(),
+                name: String::new(),
+            })),
+        }
+        .encode_to_vec();
+        let item = MessageId::random();
+        let deliveries: Vec<Delivery> = devices
+            .iter()
+            .map(|(u, d)| Delivery {
+                item,
+                user: u.clone(),
+                device: d.clone(),
+                message_id: delivery_id(&item, u, d),
+                transport: transport.clone(),
+            })
+            .collect();
+        self.inner
+            .store
+            .insert_conversation(&conversation, i64::try_from(now_ms()).unwrap_or(0))?;
+        self.inner.store.queue_outgoing(None, &deliveries)?;
+        self.emit(ClientEvent::ConversationCreated(conversation.clone()));
+        self.inner.outbox_wake.notify_one();
+        Ok(conversation)
+    }
+
+    /// Sends a text message (optionally a reply). It is stored and shown at once (local echo,
+    /// state [`SendState::Queued`]), then delivered by the outbox, which retries until the
+    /// server takes it — also after a restart.
+    pub fn send_text(
+        &self,
+        conversation: &ConversationId,
+        body: &str,
+        reply_to: Option<MessageId>,
+    ) -> SdkResult<MessageId> {
+        if body.is_empty() || body.len() > self.inner.limits.max_text_bytes {
+            return Err(SdkError::InvalidArgument(format!(
+                "text: 1 to {} bytes",
+                self.inner.limits.max_text_bytes
+            )));
+        }
+        if self.inner.store.conversation(conversation)?.is_none() {
+            return Err(SdkError::NotFound(format!("conversation {conversation}")));
+        }
+        let id = MessageId::random();
+        let sent_at_ms = now_ms();
+        let content = v1::Content {
+            id: id.0.to_vec().into(),
+            sent_at_ms,
+            body: Some(v1::content::Body::Text(v1::Text {
+                body: body.to_owned(),
+                reply_to: reply_to.map(|r| r.0.to_vec()).unwrap_or_default().into(),
+            })),
+        }
+        .encode_to_vec();
+        let (me, ciphertext, recipients) = {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            let mut group = keys
+                .mls
+                .group(&conversation.0)?
+                .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
+            let ciphertext = group.encrypt(&keys.mls, &content)?;
+            let recipients: Vec<(String, String)> = group
+                .members()
+                .iter()
+                .filter(|name| name.as_slice() != keys.me.as_bytes())
+                .filter_map(|name| split_name(name))
+                .collect();
+            (keys.me.clone(), ciphertext, recipients)
+        };
+        let transport = v1::Transport {
+            kind: Some(v1::transport::Kind::Group(v1::GroupMessage {
+                conversation_id: conversation.0.to_vec().into(),
+                mls: ciphertext.into(),
+            })),
+        }
+        .encode_to_vec();
+        let deliveries: Vec<Delivery> = recipients
+            .iter()
+            .map(|(u, d)| Delivery {
+                item: id,
+                user: u.clone(),
+                device: d.clone(),
+                message_id: delivery_id(&id, u, d),
+                transport: transport.clone(),
+            })
+            .collect();
+        let echo = Message {
+            id,
+            conversation: *conversation,
+            sender: me,
+            body: body.to_owned(),
+            reply_to,
+            sent_at_ms,
+            received_at_ms: sent_at_ms,
+            outgoing: true,
+            state: if deliveries.is_empty() {
+                SendState::Sent
+            } else {
+                SendState::Queued
+            },
+        };
+        self.inner.store.queue_outgoing(Some(&echo), &deliveries)?;
+        self.emit(ClientEvent::MessageReceived(echo.clone()));
+        self.emit(ClientEvent::SendStateChanged {
+            id,
+            conversation: *conversation,
+            state: echo.state,
+        });
+        self.inner.outbox_wake.notify_one();
+        Ok(id)
+    }
+
+    /// A connection with a live session: resumes the stored session on a new connection.
+    async fn session_rpc(&self) -> SdkResult<qrpc::Client> {
+        let rpc = self.rpc().await?;
+        Ok(rpc)
+    }
+}
+
+impl Inner {
+    /// The connection, made on first use; the qrpc client reconnects by itself afterwards.
+    async fn rpc(&self) -> SdkResult<qrpc::Client> {
+        let mut rpc = self.rpc.lock().await;
+        if let Some(client) = rpc.as_ref() {
+            return Ok(client.clone());
+        }
+        let client = qrpc::Client::builder(self.server, self.tls.clone())
+            .configure(|c| c.alpn = vec![ALPN.to_vec()])
+            .connect()
+            .await?;
+        *rpc = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Makes sure the connection holds the session, resuming it if the connection is new.
+    async fn resume(self: &Arc<Self>) -> SdkResult<qrpc::Client> {
+        let rpc = self.rpc().await?;
+        let token = self
+            .store
+            .account()?
+            .and_then(|a| a.session_token)
+            .ok_or(SdkError::NotLoggedIn)?;
+        v1::auth_client::AuthClient::new(rpc.clone())
+            .resume_session(&v1::ResumeSessionRequest {
+                session_token: token.to_vec().into(),
+            })
+            .await?;
+        Ok(rpc)
+    }
+
+    /// Seals and hands every pending delivery to the server once. Returns whether anything is
+    /// left to retry.
+    async fn flush_outbox(self: &Arc<Self>, rpc: &qrpc::Client) -> SdkResult<bool> {
+        let pending = self.store.pending_deliveries(100)?;
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        let keys_client = v1::keys_client::KeysClient::new(rpc.clone());
+        let mut requests = Vec::with_capacity(pending.len());
+        for d in &pending {
+            let hybrid = self.peer_key(&keys_client, &d.user, &d.device).await?;
+            let sealed = {
+                let keys = lock(&self.keys);
+                let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+                qpq_core::sealed::seal(&keys.identity, &hybrid, now_ms(), &d.transport)
+                    .map_err(|e| SdkError::Crypto(e.to_string()))?
+            };
+            requests.push(v1::EnqueueRequest {
+                recipient: Some(v1::DeviceRef {
+                    user: d.user.clone(),
+                    device: d.device.clone(),
+                }),
+                message_id: d.message_id.to_vec().into(),
+                payload: sealed.into(),
+                delivery_token: Default::default(),
+            });
+        }
+        let results = v1::delivery_client::DeliveryClient::new(rpc.clone())
+            .batch_enqueue(&v1::BatchEnqueueRequest { messages: requests })
+            .await?
+            .results;
+        let mut retry = false;
+        for (d, r) in pending.iter().zip(results) {
+            let refused = Code::from_u8(u8::try_from(r.code).unwrap_or(u8::MAX));
+            let done = match refused {
+                Code::Ok => true,
+                // The device is gone (revoked): nothing will ever reach it.
+                Code::NotFound => true,
+                Code::ResourceExhausted | Code::Unavailable => {
+                    self.store.delivery_failed(&d.item, &d.user, &d.device)?;
+                    retry = true;
+                    false
+                }
+                _ => {
+                    let state = SendState::Failed {
+                        recoverable: false,
+                        reason: format!("{}/{}: {}", d.user, d.device, r.error),
+                    };
+                    self.set_state(&d.item, state)?;
+                    self.store.delivery_done(&d.item, &d.user, &d.device)?;
+                    false
+                }
+            };
+            if done && self.store.delivery_done(&d.item, &d.user, &d.device)? {
+                self.set_state(&d.item, SendState::Sent)?;
+            }
+        }
+        Ok(retry || self.store.outbox_len()? > 0)
+    }
+
+    fn set_state(self: &Arc<Self>, item: &MessageId, state: SendState) -> SdkResult<()> {
+        if let Some(conversation) = self.store.set_state(item, &state)? {
+            let _ = self.events.send(ClientEvent::SendStateChanged {
+                id: *item,
+                conversation,
+                state,
+            });
+        }
+        Ok(())
+    }
+
+    /// A device's hybrid key, fetched once and checked to be signed for that device.
+    async fn peer_key(
+        &self,
+        keys: &v1::keys_client::KeysClient,
+        user: &str,
+        device: &str,
+    ) -> SdkResult<HybridPublicKey> {
+        let key = (user.to_owned(), device.to_owned());
+        if let Some(k) = lock(&self.peer_keys).get(&key) {
+            return Ok(k.clone());
+        }
+        let fetched = keys
+            .fetch_hybrid_key(&v1::FetchHybridKeyRequest {
+                device: Some(v1::DeviceRef {
+                    user: user.to_owned(),
+                    device: device.to_owned(),
+                }),
+            })
+            .await?;
+        let bundle = KeyBundle::decode(&fetched.key_bundle)
+            .map_err(|e| SdkError::Invalid(format!("key bundle of {user}/{device}: {e}")))?;
+        if !bundle.is_for(user, device) {
+            return Err(SdkError::Invalid(format!(
+                "the key bundle fetched for {user}/{device} is signed for someone else"
+            )));
+        }
+        lock(&self.peer_keys).insert(key, bundle.hybrid.clone());
+        Ok(bundle.hybrid)
+    }
+
+    /// Decrypts and applies one queue entry, committing it with the cursor.
+    fn apply(self: &Arc<Self>, envelope: &v1::Envelope) -> SdkResult<()> {
+        let seq = envelope.seq;
+        let outcome = self.open(envelope);
+        match outcome {
+            Ok(Applied::Conversation(c)) => {
+                self.store.commit_incoming(
+                    seq,
+                    Some((&c, i64::try_from(now_ms()).unwrap_or(0))),
+                    None,
+                )?;
+                let _ = self.events.send(ClientEvent::ConversationCreated(c));
+            }
+            Ok(Applied::Message(m)) => {
+                if self.store.commit_incoming(seq, None, Some(&m))? {
+                    let _ = self.events.send(ClientEvent::MessageReceived(m));
+                }
+            }
+            Ok(Applied::Nothing) => {
+                self.store.commit_incoming(seq, None, None)?;
+            }
+            Err(reason) => {
+                tracing::warn!(seq, %reason, "undecryptable queue entry skipped");
+                self.store.commit_incoming(seq, None, None)?;
+                let _ = self
+                    .events
+                    .send(ClientEvent::UndecryptableMessage { seq, reason });
+            }
+        }
+        Ok(())
+    }
+
+    fn open(self: &Arc<Self>, envelope: &v1::Envelope) -> Result<Applied, String> {
+        let mut keys = lock(&self.keys);
+        let keys = keys.as_mut().ok_or("not logged in")?;
+        let opened =
+            qpq_core::sealed::open(&keys.hybrid, &envelope.payload, &mut keys.replay, now_ms())
+                .map_err(|e| format!("sealed envelope: {e}"))?;
+        let transport = v1::Transport::decode(opened.payload.as_slice())
+            .map_err(|e| format!("transport: {e}"))?;
+        match transport.kind {
+            Some(v1::transport::Kind::Invitation(inv)) => {
+                let id: [u8; 16] = inv
+                    .conversation_id
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| "invitation: bad conversation id".to_owned())?;
+                let group = keys
+                    .mls
+                    .join(&inv.welcome)
+                    .map_err(|e| format!("invitation: {e}"))?;
+                if group.id() != id {
+                    return Err("invitation: conversation id does not match its group".into());
+                }
+                let mut members: Vec<String> = group
+                    .members()
+                    .iter()
+                    .filter_map(|n| split_name(n).map(|(u, _)| u))
+                    .collect();
+                members.sort();
+                members.dedup();
+                Ok(Applied::Conversation(Conversation {
+                    id: ConversationId(id),
+                    kind: ConversationKind::from_code(inv.kind),
+                    name: inv.name,
+                    members,
+                }))
+            }
+            Some(v1::transport::Kind::Group(g)) => {
+                let id: [u8; 16] = g
+                    .conversation_id
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| "group message: bad conversation id".to_owned())?;
+                let mut group = keys
+                    .mls
+                    .group(&id)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("group message for an unknown conversation")?;
+                match group
+                    .process(&keys.mls, &g.mls)
+                    .map_err(|e| e.to_string())?
+                {
+                    Incoming::Application { sender, plaintext } => {
+                        let content = v1::Content::decode(plaintext.as_slice())
+                            .map_err(|e| format!("content: {e}"))?;
+                        let Some(v1::content::Body::Text(text)) = content.body else {
+                            return Ok(Applied::Nothing);
+                        };
+                        let message_id: [u8; 16] = content
+                            .id
+                            .as_ref()
+                            .try_into()
+                            .map_err(|_| "content: bad message id".to_owned())?;
+                        let reply_to = <[u8; 16]>::try_from(text.reply_to.as_ref())
+                            .ok()
+                            .map(MessageId);
+                        Ok(Applied::Message(Message {
+                            id: MessageId(message_id),
+                            conversation: ConversationId(id),
+                            sender: String::from_utf8_lossy(&sender).into_owned(),
+                            body: text.body,
+                            reply_to,
+                            sent_at_ms: content.sent_at_ms,
+                            received_at_ms: now_ms(),
+                            outgoing: false,
+                            state: SendState::Received,
+                        }))
+                    }
+                    _ => Ok(Applied::Nothing),
+                }
+            }
+            None => Err("transport: empty".into()),
+        }
+    }
+}
+
+enum Applied {
+    Conversation(Conversation),
+    Message(Message),
+    Nothing,
+}
+
+fn backoff(limits: &ClientLimits, attempt: u32) -> Duration {
+    let factor = 1u32 << attempt.min(16);
+    (limits.initial_backoff * factor).min(limits.max_backoff)
+}
+
+/// Fetches, applies and acknowledges queue entries in order, for as long as the client lives.
+async fn receive_loop(strong: Arc<Inner>) {
+    let mut attempt = 0u32;
+    loop {
+        let limits = strong.limits.clone();
+        match receive_session(&strong).await {
+            Ok(()) => return,
+            Err(SdkError::Server(status)) if status.code() == Code::Unauthenticated => {
+                let _ = strong.events.send(ClientEvent::ConnectionStateChanged(
+                    ConnectionState::SessionEnded {
+                        reason: status.message().to_owned(),
+                    },
+                ));
+                return;
+            }
+            Err(e) => {
+                let _ = strong.events.send(ClientEvent::ConnectionStateChanged(
+                    ConnectionState::Offline {
+                        reason: e.to_string(),
+                    },
+                ));
+            }
+        }
+        tokio::time::sleep(backoff(&limits, attempt)).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
+    let rpc = inner.rpc().await?;
+    let delivery = v1::delivery_client::DeliveryClient::new(rpc);
+    let _ = inner.events.send(ClientEvent::ConnectionStateChanged(
+        ConnectionState::CatchingUp,
+    ));
+    let mut caught_up = false;
+    let mut resumed = false;
+    loop {
+        let cursor = inner.store.cursor()?;
+        let request = v1::FetchWaitRequest {
+            after_seq: cursor,
+            limit: 100,
+            timeout_ms: if caught_up {
+                u32::try_from(inner.limits.fetch_wait.as_millis()).unwrap_or(u32::MAX)
+            } else {
+                0
+            },
+        };
+        let page = match delivery.fetch_wait(&request).await {
+            Ok(page) => page,
+            // A new connection (a restart, a reconnect) starts without the session: resume
+            // it once; a second refusal means the server ended it.
+            Err(status) if status.code() == Code::Unauthenticated && !resumed => {
+                inner.resume().await?;
+                resumed = true;
+                inner.outbox_wake.notify_one();
+                continue;
+            }
+            Err(status) => return Err(status.into()),
+        };
+        if page.messages.is_empty() && !caught_up {
+            caught_up = true;
+            let _ = inner.events.send(ClientEvent::ConnectionStateChanged(
+                ConnectionState::Connected,
+            ));
+        }
+        let mut last = None;
+        for envelope in &page.messages {
+            inner.apply(envelope)?;
+            last = Some(envelope.seq);
+        }
+        // Acknowledge only what is committed locally.
+        if let Some(up_to_seq) = last {
+            delivery.ack(&v1::AckRequest { up_to_seq }).await?;
+            resumed = false;
+        }
+    }
+}
+
+/// Delivers the outbox whenever it is woken, retrying with backoff while anything is left.
+async fn outbox_loop(strong: Arc<Inner>) {
+    let mut attempt = 0u32;
+    loop {
+        let result = match strong.rpc().await {
+            Ok(rpc) => match strong.flush_outbox(&rpc).await {
+                // The connection lost its session (a reconnect): resume it and go again.
+                Err(SdkError::Server(status)) if status.code() == Code::Unauthenticated => {
+                    match strong.resume().await {
+                        Ok(rpc) => strong.flush_outbox(&rpc).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            },
+            Err(e) => Err(e),
+        };
+        let delay = match result {
+            Ok(false) => {
+                attempt = 0;
+                None
+            }
+            Ok(true) | Err(_) => {
+                if let Err(e) = &result {
+                    tracing::debug!(error = %e, "outbox delivery failed; will retry");
+                }
+                attempt = attempt.saturating_add(1);
+                Some(backoff(&strong.limits, attempt))
+            }
+        };
+        let wake = async {
+            strong.outbox_wake.notified().await;
+        };
+        match delay {
+            None => wake.await,
+            Some(d) => {
+                tokio::select! {
+                    () = wake => {}
+                    () = tokio::time::sleep(d) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! # qpq-sdk — the quicproquo client library
+//!
+//! One [`QpqClient`] is one account on one device, with its own encrypted local store
+//! (SQLCipher; the key is a passphrase stretched with Argon2id, or a raw key). It speaks to a
+//! qpq-server only through the clients qrpc-build generated, and does its cryptography only
+//! through qpq-core: MLS (X-Wing ciphersuite) for conversations, sealed-sender envelopes to
+//! each member device's hybrid key, OPAQUE for the password.
+//!
+//! ```no_run
+//! # async fn demo(addr: std::net::SocketAddr, fingerprint: [u8; 32]) -> Result<(), qpq_sdk::SdkError> {
+//! let alice = qpq_sdk::QpqClient::builder()
+//!     .server(addr)
+//!     .pin(fingerprint)
+//!     .data_dir("/tmp/alice")
+//!     .passphrase("correct horse battery staple")
+//!     .build()?;
+//! let mut events = alice.subscribe();
+//! alice.register("alice", "password").await?;
+//! alice.login("alice", "laptop", "password").await?;
+//! let dm = alice.create_dm("bob").await?;
+//! alice.send_text(&dm.id, "hello Bob", None)?;
+//! while let Ok(event) = events.recv().await {
+//!     println!("{event:?}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Sending never needs a connection: a message is stored and shown at once, and the outbox
+//! delivers it when the server can be reached, retrying with backoff, also after a restart.
+//! Receiving commits each message and the receive cursor in one transaction before the server
+//! is told to drop it, so a restart neither loses nor repeats a message.
+
+mod client;
+mod error;
+mod events;
+mod model;
+mod store;
+
+pub use client::{ClientLimits, QpqClient, QpqClientBuilder};
+pub use error::{SdkError, SdkResult};
+pub use events::{ClientEvent, ConnectionState};
+pub use model::{Conversation, ConversationId, ConversationKind, Message, MessageId, SendState};
+pub use store::{LocalStore, StoreKey};

@@ -1,0 +1,594 @@
+//! The encrypted local store: one SQLCipher database per account and device, holding the
+//! account's keys, conversations, messages, the outbox, the receive cursor and (through
+//! qpq-core) the MLS state. Nothing is written to disk in plaintext.
+//!
+//! The key is either a raw 32-byte key or a passphrase stretched with Argon2id under a random
+//! per-store salt (kept beside the database in `store.salt`; a salt is not secret).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use zeroize::Zeroizing;
+
+use crate::error::{SdkError, SdkResult};
+use crate::model::{Conversation, ConversationId, ConversationKind, Message, MessageId, SendState};
+
+/// How the local store is encrypted.
+pub enum StoreKey {
+    /// A passphrase, stretched with Argon2id and the store's salt.
+    Passphrase(Zeroizing<String>),
+    /// A raw 32-byte key (from a keyring, say).
+    Raw(Zeroizing<[u8; 32]>),
+}
+
+impl std::fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Passphrase(_) => f.write_str("StoreKey::Passphrase(..)"),
+            Self::Raw(_) => f.write_str("StoreKey::Raw(..)"),
+        }
+    }
+}
+
+const SALT_FILE: &str = "store.salt";
+const DB_FILE: &str = "qpq-client.db";
+
+impl StoreKey {
+    /// The 32-byte database key for the store in `dir` (creating its salt on first use).
+    fn derive(&self, dir: &Path) -> SdkResult<Zeroizing<[u8; 32]>> {
+        match self {
+            Self::Raw(key) => Ok(key.clone()),
+            Self::Passphrase(passphrase) => {
+                let salt_path = dir.join(SALT_FILE);
+                let salt = match std::fs::read(&salt_path) {
+                    Ok(salt) if salt.len() == 16 => salt,
+                    Ok(_) => {
+                        return Err(SdkError::Store(format!(
+                            "{} is corrupt (expected 16 bytes)",
+                            salt_path.display()
+                        )));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let salt: [u8; 16] = rand::random();
+                        std::fs::write(&salt_path, salt)?;
+                        salt.to_vec()
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let mut key = Zeroizing::new([0u8; 32]);
+                opaque_ke::argon2::Argon2::default()
+                    .hash_password_into(passphrase.as_bytes(), &salt, key.as_mut())
+                    .map_err(|e| SdkError::Store(format!("key derivation: {e}")))?;
+                Ok(key)
+            }
+        }
+    }
+}
+
+/// Opens a connection to the encrypted database and checks the key.
+fn open_keyed(path: &Path, key: &[u8; 32]) -> SdkResult<Connection> {
+    let conn = Connection::open(path)?;
+    let hex: Zeroizing<String> = Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect());
+    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex.as_str()))?;
+    // With a wrong key the first read fails: SQLCipher cannot decrypt page 1.
+    if conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .is_err()
+    {
+        return Err(SdkError::WrongStoreKey);
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE account (
+    id              INTEGER PRIMARY KEY CHECK (id = 1),
+    user            TEXT NOT NULL,
+    device          TEXT NOT NULL,
+    identity_secret BLOB NOT NULL,
+    hybrid_seed     BLOB NOT NULL,
+    delivery_token  BLOB NOT NULL,
+    session_token   BLOB,
+    cursor          INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE conversations (
+    id            BLOB PRIMARY KEY,
+    kind          INTEGER NOT NULL,
+    name          TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE members (
+    conversation BLOB NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    user         TEXT NOT NULL,
+    PRIMARY KEY (conversation, user)
+);
+CREATE TABLE messages (
+    id             BLOB PRIMARY KEY,
+    conversation   BLOB NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    sender         TEXT NOT NULL,
+    body           TEXT NOT NULL,
+    reply_to       BLOB,
+    sent_at_ms     INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    outgoing       INTEGER NOT NULL,
+    state          TEXT NOT NULL,
+    state_reason   TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX messages_by_conversation ON messages(conversation, received_at_ms);
+-- What must still reach each device: one row per (outbox item, device). `transport` is the
+-- encoded Transport, sealed afresh at every attempt; `message_id` is fixed, so the server
+-- stores a retried delivery once.
+CREATE TABLE deliveries (
+    item       BLOB NOT NULL,
+    user       TEXT NOT NULL,
+    device     TEXT NOT NULL,
+    message_id BLOB NOT NULL,
+    transport  BLOB NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (item, user, device)
+);
+"];
+
+/// The encrypted local store.
+pub struct LocalStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The account stored on this device.
+pub(crate) struct StoredAccount {
+    pub user: String,
+    pub device: String,
+    pub identity_secret: Zeroizing<[u8; 32]>,
+    pub hybrid_seed: Zeroizing<[u8; 32]>,
+    pub delivery_token: Zeroizing<[u8; 32]>,
+    pub session_token: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// One pending delivery.
+pub(crate) struct Delivery {
+    pub item: MessageId,
+    pub user: String,
+    pub device: String,
+    pub message_id: [u8; 16],
+    pub transport: Vec<u8>,
+}
+
+fn array<const N: usize>(v: Vec<u8>, what: &str) -> SdkResult<[u8; N]> {
+    v.try_into()
+        .map_err(|_| SdkError::Store(format!("corrupt {what}")))
+}
+
+fn state_from(state: &str, reason: String) -> SendState {
+    match state {
+        "queued" => SendState::Queued,
+        "sent" => SendState::Sent,
+        "failed" => SendState::Failed {
+            recoverable: false,
+            reason,
+        },
+        _ => SendState::Received,
+    }
+}
+
+fn state_name(state: &SendState) -> (&'static str, String) {
+    match state {
+        SendState::Queued | SendState::Sending => ("queued", String::new()),
+        SendState::Sent => ("sent", String::new()),
+        SendState::Failed { reason, .. } => ("failed", reason.clone()),
+        SendState::Received => ("received", String::new()),
+    }
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the store in `dir`. Works offline. A wrong key is
+    /// [`SdkError::WrongStoreKey`].
+    pub fn open(dir: &Path, key: &StoreKey) -> SdkResult<Self> {
+        std::fs::create_dir_all(dir)?;
+        let key = key.derive(dir)?;
+        let path = dir.join(DB_FILE);
+        let mut conn = open_keyed(&path, &key)?;
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?
+            .try_into()
+            .unwrap_or(0);
+        for (n, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", n + 1)?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path,
+            key,
+        })
+    }
+
+    /// A second connection to the same database, for the MLS state.
+    pub(crate) fn mls_connection(&self) -> SdkResult<Connection> {
+        open_keyed(&self.path, &self.key)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // Every critical section is one statement or one transaction; a panic mid-way rolls
+        // the transaction back, so the connection stays usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn account(&self) -> SdkResult<Option<StoredAccount>> {
+        let conn = self.lock();
+        let row = conn
+            .query_row(
+                "SELECT user, device, identity_secret, hybrid_seed, delivery_token, session_token
+                 FROM account WHERE id = 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, Option<Vec<u8>>>(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((user, device, identity, hybrid, token, session)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(StoredAccount {
+            user,
+            device,
+            identity_secret: Zeroizing::new(array(identity, "identity key")?),
+            hybrid_seed: Zeroizing::new(array(hybrid, "hybrid key")?),
+            delivery_token: Zeroizing::new(array(token, "delivery token")?),
+            session_token: session.map(Zeroizing::new),
+        }))
+    }
+
+    pub(crate) fn create_account(&self, a: &StoredAccount) -> SdkResult<()> {
+        self.lock().execute(
+            "INSERT INTO account (id, user, device, identity_secret, hybrid_seed, delivery_token)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+            params![
+                a.user,
+                a.device,
+                a.identity_secret.as_slice(),
+                a.hybrid_seed.as_slice(),
+                a.delivery_token.as_slice()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn set_session_token(&self, token: Option<&[u8]>) -> SdkResult<()> {
+        self.lock().execute(
+            "UPDATE account SET session_token = ?1 WHERE id = 1",
+            [token],
+        )?;
+        Ok(())
+    }
+
+    /// The last queue sequence number whose effects are committed here.
+    pub(crate) fn cursor(&self) -> SdkResult<u64> {
+        let conn = self.lock();
+        let cursor: Option<i64> = conn
+            .query_row("SELECT cursor FROM account WHERE id = 1", [], |r| r.get(0))
+            .optional()?;
+        Ok(cursor.map_or(0, |c| u64::try_from(c).unwrap_or(0)))
+    }
+
+    /// Commits the effects of queue entry `seq` and advances the cursor to it, in one
+    /// transaction: after a crash, the entry is either fully applied or fetched again.
+    pub(crate) fn commit_incoming(
+        &self,
+        seq: u64,
+        conversation: Option<(&Conversation, i64)>,
+        message: Option<&Message>,
+    ) -> SdkResult<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut inserted = false;
+        if let Some((c, created_at)) = conversation {
+            insert_conversation(&tx, c, created_at)?;
+        }
+        if let Some(m) = message {
+            inserted = insert_message(&tx, m)?;
+        }
+        tx.execute(
+            "UPDATE account SET cursor = MAX(cursor, ?1) WHERE id = 1",
+            [i64::try_from(seq).unwrap_or(i64::MAX)],
+        )?;
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    pub(crate) fn insert_conversation(
+        &self,
+        c: &Conversation,
+        created_at_ms: i64,
+    ) -> SdkResult<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        insert_conversation(&tx, c, created_at_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every conversation, newest first.
+    pub fn conversations(&self) -> SdkResult<Vec<Conversation>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT id FROM conversations ORDER BY created_at_ms DESC, id")?;
+        let ids: Vec<Vec<u8>> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        drop(stmt);
+        ids.into_iter()
+            .map(|id| load_conversation(&conn, &ConversationId(array(id, "conversation id")?)))
+            .collect::<SdkResult<Option<Vec<_>>>>()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// One conversation.
+    pub fn conversation(&self, id: &ConversationId) -> SdkResult<Option<Conversation>> {
+        load_conversation(&self.lock(), id)
+    }
+
+    /// The newest `limit` messages of a conversation, oldest first.
+    pub fn messages(&self, conversation: &ConversationId, limit: u32) -> SdkResult<Vec<Message>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, sender, body, reply_to, sent_at_ms, received_at_ms, outgoing, state,
+                    state_reason
+             FROM messages WHERE conversation = ?1
+             ORDER BY received_at_ms DESC, rowid DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![conversation.0.as_slice(), limit], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, bool>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, sender, body, reply_to, sent, received, outgoing, state, reason) = row?;
+            out.push(Message {
+                id: MessageId(array(id, "message id")?),
+                conversation: *conversation,
+                sender,
+                body,
+                reply_to: reply_to
+                    .map(|r| array(r, "reply id").map(MessageId))
+                    .transpose()?,
+                sent_at_ms: u64::try_from(sent).unwrap_or(0),
+                received_at_ms: u64::try_from(received).unwrap_or(0),
+                outgoing,
+                state: state_from(&state, reason),
+            });
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Queues an outgoing message: its local echo and one delivery per recipient device, in
+    /// one transaction.
+    pub(crate) fn queue_outgoing(
+        &self,
+        echo: Option<&Message>,
+        deliveries: &[Delivery],
+    ) -> SdkResult<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        if let Some(m) = echo {
+            insert_message(&tx, m)?;
+        }
+        for d in deliveries {
+            tx.execute(
+                "INSERT OR IGNORE INTO deliveries (item, user, device, message_id, transport)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    d.item.0.as_slice(),
+                    d.user,
+                    d.device,
+                    d.message_id.as_slice(),
+                    d.transport
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deliveries still to make, oldest items first.
+    pub(crate) fn pending_deliveries(&self, limit: u32) -> SdkResult<Vec<Delivery>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT item, user, device, message_id, transport FROM deliveries
+             ORDER BY rowid LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (item, user, device, message_id, transport) = row?;
+            Ok(Delivery {
+                item: MessageId(array(item, "outbox item")?),
+                user,
+                device,
+                message_id: array(message_id, "delivery id")?,
+                transport,
+            })
+        })
+        .collect()
+    }
+
+    /// Records that a delivery reached the server (or can never be made); returns whether its
+    /// item has no delivery left.
+    pub(crate) fn delivery_done(
+        &self,
+        item: &MessageId,
+        user: &str,
+        device: &str,
+    ) -> SdkResult<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM deliveries WHERE item = ?1 AND user = ?2 AND device = ?3",
+            params![item.0.as_slice(), user, device],
+        )?;
+        let left: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM deliveries WHERE item = ?1",
+            [item.0.as_slice()],
+            |r| r.get(0),
+        )?;
+        tx.commit()?;
+        Ok(left == 0)
+    }
+
+    /// Counts one more failed attempt on a delivery.
+    pub(crate) fn delivery_failed(
+        &self,
+        item: &MessageId,
+        user: &str,
+        device: &str,
+    ) -> SdkResult<()> {
+        self.lock().execute(
+            "UPDATE deliveries SET attempts = attempts + 1
+             WHERE item = ?1 AND user = ?2 AND device = ?3",
+            params![item.0.as_slice(), user, device],
+        )?;
+        Ok(())
+    }
+
+    /// Outgoing items not yet fully delivered.
+    pub fn outbox_len(&self) -> SdkResult<u64> {
+        let n: i64 =
+            self.lock()
+                .query_row("SELECT COUNT(DISTINCT item) FROM deliveries", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Moves an outgoing message to `state`, unless it already failed (a failure for one
+    /// device is final for the message). Returns its conversation when the state changed.
+    pub(crate) fn set_state(
+        &self,
+        id: &MessageId,
+        state: &SendState,
+    ) -> SdkResult<Option<ConversationId>> {
+        let (name, reason) = state_name(state);
+        let conversation: Option<Vec<u8>> = self
+            .lock()
+            .query_row(
+                "UPDATE messages SET state = ?2, state_reason = ?3
+                 WHERE id = ?1 AND outgoing = 1 AND state <> 'failed' AND state <> ?2
+                 RETURNING conversation",
+                params![id.0.as_slice(), name, reason],
+                |r| r.get(0),
+            )
+            .optional()?;
+        conversation
+            .map(|c| array(c, "conversation id").map(ConversationId))
+            .transpose()
+    }
+}
+
+fn insert_conversation(
+    tx: &rusqlite::Transaction<'_>,
+    c: &Conversation,
+    created_at_ms: i64,
+) -> SdkResult<()> {
+    tx.execute(
+        "INSERT INTO conversations (id, kind, name, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET name = ?3",
+        params![c.id.0.as_slice(), c.kind.code(), c.name, created_at_ms],
+    )?;
+    for user in &c.members {
+        tx.execute(
+            "INSERT OR IGNORE INTO members (conversation, user) VALUES (?1, ?2)",
+            params![c.id.0.as_slice(), user],
+        )?;
+    }
+    Ok(())
+}
+
+/// Inserts a message unless its id is stored; returns whether it was new.
+fn insert_message(tx: &rusqlite::Transaction<'_>, m: &Message) -> SdkResult<bool> {
+    let (state, reason) = state_name(&m.state);
+    let n = tx.execute(
+        "INSERT OR IGNORE INTO messages
+             (id, conversation, sender, body, reply_to, sent_at_ms, received_at_ms, outgoing,
+              state, state_reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            m.id.0.as_slice(),
+            m.conversation.0.as_slice(),
+            m.sender,
+            m.body,
+            m.reply_to.map(|r| r.0.to_vec()),
+            i64::try_from(m.sent_at_ms).unwrap_or(i64::MAX),
+            i64::try_from(m.received_at_ms).unwrap_or(i64::MAX),
+            m.outgoing,
+            state,
+            reason
+        ],
+    )?;
+    Ok(n > 0)
+}
+
+fn load_conversation(conn: &Connection, id: &ConversationId) -> SdkResult<Option<Conversation>> {
+    let row: Option<(u32, String)> = conn
+        .query_row(
+            "SELECT kind, name FROM conversations WHERE id = ?1",
+            [id.0.as_slice()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((kind, name)) = row else {
+        return Ok(None);
+    };
+    let mut stmt =
+        conn.prepare("SELECT user FROM members WHERE conversation = ?1 ORDER BY user")?;
+    let members = stmt
+        .query_map([id.0.as_slice()], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(Some(Conversation {
+        id: *id,
+        kind: ConversationKind::from_code(kind),
+        name,
+        members,
+    }))
+}

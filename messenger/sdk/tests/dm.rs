@@ -1,0 +1,325 @@
+//! SDK to SDK through a real qpq-server on loopback.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use qpq_sdk::{ClientEvent, ClientLimits, ConversationId, QpqClient, SdkError, SendState};
+use tokio::sync::broadcast;
+
+struct Server {
+    dir: tempfile::TempDir,
+    running: Option<qpq_server::RunningServer>,
+    addr: SocketAddr,
+    fingerprint: [u8; 32],
+}
+
+fn server_config(dir: &std::path::Path, listen: SocketAddr) -> qpq_server::Config {
+    qpq_server::Config {
+        listen,
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    }
+}
+
+impl Server {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let running = qpq_server::start(server_config(dir.path(), "127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+        Self {
+            addr: running.addr,
+            fingerprint: running.fingerprint,
+            running: Some(running),
+            dir,
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(s) = self.running.take() {
+            s.shutdown().await;
+        }
+    }
+
+    /// Starts again on the same address and data (same certificate). The old endpoint frees
+    /// its socket once its closing connections are gone: poll the bind with a deadline.
+    async fn restart(&mut self) {
+        self.stop().await;
+        let start = async {
+            loop {
+                match qpq_server::start(server_config(self.dir.path(), self.addr)).await {
+                    Ok(running) => return running,
+                    Err(e) if e.to_string().contains("cannot bind") => {
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => panic!("restart failed: {e}"),
+                }
+            }
+        };
+        let running = tokio::time::timeout(Duration::from_secs(20), start)
+            .await
+            .expect("the old server never released its socket");
+        assert_eq!(running.fingerprint, self.fingerprint);
+        self.running = Some(running);
+    }
+
+    fn client(&self, dir: &std::path::Path) -> QpqClient {
+        QpqClient::builder()
+            .server(self.addr)
+            .pin(self.fingerprint)
+            .data_dir(dir)
+            .passphrase("store passphrase")
+            .limits({
+                let mut l = ClientLimits::default();
+                l.initial_backoff = Duration::from_millis(50);
+                l.max_backoff = Duration::from_millis(300);
+                l.key_packages = 3;
+                l
+            })
+            .build()
+            .unwrap()
+    }
+}
+
+/// Waits up to 20 s for the first event `pick` accepts.
+async fn next<T>(
+    events: &mut broadcast::Receiver<ClientEvent>,
+    mut pick: impl FnMut(ClientEvent) -> Option<T>,
+) -> T {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Some(t) = pick(e) {
+                        return t;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .expect("no such event within 20 s")
+}
+
+async fn text(events: &mut broadcast::Receiver<ClientEvent>) -> (String, String) {
+    next(events, |e| match e {
+        ClientEvent::MessageReceived(m) if !m.outgoing => Some((m.sender, m.body)),
+        _ => None,
+    })
+    .await
+}
+
+async fn sent(events: &mut broadcast::Receiver<ClientEvent>, id: qpq_sdk::MessageId) {
+    next(events, |e| match e {
+        ClientEvent::SendStateChanged { id: i, state, .. } if i == id => match state {
+            SendState::Sent => Some(()),
+            SendState::Failed { reason, .. } => panic!("send failed: {reason}"),
+            _ => None,
+        },
+        _ => None,
+    })
+    .await;
+}
+
+async fn account(server: &Server, dir: &std::path::Path, user: &str, device: &str) -> QpqClient {
+    let client = server.client(dir);
+    client.register(user, "pw").await.unwrap();
+    client.login(user, device, "pw").await.unwrap();
+    client
+}
+
+#[tokio::test]
+async fn a_direct_conversation_both_ways() {
+    let server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut alice_events = alice.subscribe();
+    let mut bob_events = bob.subscribe();
+
+    let dm = alice.create_dm("bob").await.unwrap();
+    assert_eq!(dm.members, vec!["alice".to_string(), "bob".to_string()]);
+    let joined = next(&mut bob_events, |e| match e {
+        ClientEvent::ConversationCreated(c) => Some(c),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined.id, dm.id);
+    assert_eq!(joined.members, dm.members);
+
+    let hello = alice.send_text(&dm.id, "hello Bob", None).unwrap();
+    assert_eq!(hello.short().len(), 6);
+    sent(&mut alice_events, hello).await;
+    assert_eq!(
+        text(&mut bob_events).await,
+        ("alice/laptop".to_string(), "hello Bob".to_string())
+    );
+    let reply = bob.send_text(&dm.id, "hi Alice", Some(hello)).unwrap();
+    sent(&mut bob_events, reply).await;
+    assert_eq!(
+        text(&mut alice_events).await,
+        ("bob/phone".to_string(), "hi Alice".to_string())
+    );
+
+    // Both stores hold the conversation in the same order, with delivery states.
+    let on_bob = bob.messages(&dm.id, 10).unwrap();
+    assert_eq!(
+        on_bob.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        vec!["hello Bob", "hi Alice"]
+    );
+    assert_eq!(on_bob[1].reply_to, Some(hello));
+    assert_eq!(on_bob[1].state, SendState::Sent);
+    assert_eq!(on_bob[0].state, SendState::Received);
+    assert_eq!(alice.conversations().unwrap(), vec![dm.clone()]);
+}
+
+#[tokio::test]
+async fn an_offline_recipient_gets_everything_in_order_after_a_restart() {
+    let server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut alice_events = alice.subscribe();
+    let mut bob_events = bob.subscribe();
+    let dm = alice.create_dm("bob").await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+    // Bob's process goes away.
+    drop(bob_events);
+    drop(bob);
+
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(alice.send_text(&dm.id, &format!("m{i}"), None).unwrap());
+    }
+    for id in ids {
+        sent(&mut alice_events, id).await;
+    }
+
+    // Bob starts again from his store (same passphrase) and catches up.
+    let bob = server.client(b_dir.path());
+    let mut bob_events = bob.subscribe();
+    bob.connect().await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(text(&mut bob_events).await.1);
+    }
+    assert_eq!(got, vec!["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(bob.messages(&dm.id, 100).unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn messages_sent_while_the_server_is_down_are_delivered_when_it_returns() {
+    let mut server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut alice_events = alice.subscribe();
+    let mut bob_events = bob.subscribe();
+    let dm = alice.create_dm("bob").await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+
+    server.stop().await;
+    let id = alice.send_text(&dm.id, "sent while offline", None).unwrap();
+    // The local echo is there at once, queued.
+    let echo = alice.messages(&dm.id, 1).unwrap();
+    assert_eq!(echo[0].state, SendState::Queued);
+    assert_eq!(alice.store().outbox_len().unwrap(), 1);
+
+    server.restart().await;
+    sent(&mut alice_events, id).await;
+    assert_eq!(text(&mut bob_events).await.1, "sent while offline");
+    assert_eq!(alice.store().outbox_len().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_store_is_encrypted_and_a_wrong_passphrase_is_a_clear_error() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = account(&server, dir.path(), "alice", "laptop").await;
+    let bob_dir = tempfile::tempdir().unwrap();
+    let _bob = account(&server, bob_dir.path(), "bob", "phone").await;
+    let dm = alice.create_dm("bob").await.unwrap();
+    alice
+        .send_text(&dm.id, "a very secret sentence", None)
+        .unwrap();
+    drop(alice);
+
+    let err = QpqClient::builder()
+        .server(server.addr)
+        .pin(server.fingerprint)
+        .data_dir(dir.path())
+        .passphrase("not the passphrase")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, SdkError::WrongStoreKey), "{err}");
+    // Nothing readable on disk: no SQLite header, no message text, no user name.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let find = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(!find(b"SQLite format 3"));
+        assert!(!find(b"a very secret sentence"));
+        assert!(!find(b"alice/laptop"));
+    }
+    // The right passphrase opens it offline (no server call).
+    let reopened = server.client(dir.path());
+    assert_eq!(reopened.conversations().unwrap().len(), 1);
+    assert_eq!(
+        reopened.messages(&dm.id, 10).unwrap()[0].body,
+        "a very secret sentence"
+    );
+}
+
+#[tokio::test]
+async fn bad_arguments_are_clear_errors() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = QpqClient::builder()
+        .server(server.addr)
+        .data_dir(dir.path())
+        .passphrase("x")
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("pin"), "{err}");
+    let alice = account(&server, dir.path(), "alice", "laptop").await;
+    let unknown = ConversationId([9; 16]);
+    assert!(matches!(
+        alice.send_text(&unknown, "x", None),
+        Err(SdkError::NotFound(_))
+    ));
+    assert!(matches!(
+        alice.create_dm("alice").await,
+        Err(SdkError::InvalidArgument(_))
+    ));
+    // A user without published keys.
+    let nobody = server.client(tempfile::tempdir().unwrap().path());
+    nobody.register("carol", "pw").await.unwrap();
+    assert!(matches!(
+        alice.create_dm("carol").await,
+        Err(SdkError::NotFound(_))
+    ));
+    let dm_err = alice.create_dm("nobody-at-all").await.unwrap_err();
+    assert!(dm_err.to_string().contains("no such user"), "{dm_err}");
+    // Another account on the same store is refused.
+    assert!(matches!(
+        alice.login("bob", "phone", "pw").await,
+        Err(SdkError::OtherAccount(_))
+    ));
+    let long = "x".repeat(64 * 1024 + 1);
+    let bob_dir = tempfile::tempdir().unwrap();
+    let _bob = account(&server, bob_dir.path(), "bob", "phone").await;
+    let dm = alice.create_dm("bob").await.unwrap();
+    assert!(matches!(
+        alice.send_text(&dm.id, &long, None),
+        Err(SdkError::InvalidArgument(_))
+    ));
+}
