@@ -23,7 +23,7 @@ use crate::events::{ClientEvent, ConnectionState};
 use crate::model::{
     Conversation, ConversationId, ConversationKind, Message, MessageId, SendState, user_of,
 };
-use crate::store::{Delivery, LocalStore, StoreKey, StoredAccount};
+use crate::store::{Delivery, Effect, LocalStore, StoreKey, StoredAccount};
 
 /// The ALPN the messenger server speaks.
 const ALPN: &[u8] = b"qpq/1";
@@ -426,10 +426,255 @@ impl QpqClient {
         self.inner.store.messages(conversation, limit)
     }
 
+    /// Encrypts `body` for `conversation` and queues one delivery per member device (other
+    /// than this one). Returns the content id and this device's name.
+    fn send_content(
+        &self,
+        conversation: &ConversationId,
+        body: v1::content::Body,
+        echo: impl FnOnce(MessageId, String, u64, bool) -> Option<Message>,
+    ) -> SdkResult<MessageId> {
+        if self.inner.store.conversation(conversation)?.is_none() {
+            return Err(SdkError::NotFound(format!("conversation {conversation}")));
+        }
+        let id = MessageId::random();
+        let sent_at_ms = now_ms();
+        let content = v1::Content {
+            id: id.0.to_vec().into(),
+            sent_at_ms,
+            body: Some(body),
+        }
+        .encode_to_vec();
+        let (me, ciphertext, recipients) = {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            let mut group = keys
+                .mls
+                .group(&conversation.0)?
+                .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
+            let ciphertext = group.encrypt(&keys.mls, &content)?;
+            (keys.me.clone(), ciphertext, other_devices(&group, &keys.me))
+        };
+        let transport = group_transport(conversation, ciphertext);
+        let deliveries = deliveries_for(id, &recipients, &transport);
+        let echo = echo(id, me, sent_at_ms, deliveries.is_empty());
+        self.inner
+            .store
+            .queue_outgoing(echo.as_ref(), &deliveries)?;
+        if let Some(echo) = echo {
+            self.emit(ClientEvent::MessageReceived(echo.clone()));
+            self.emit(ClientEvent::SendStateChanged {
+                id,
+                conversation: *conversation,
+                state: echo.state,
+            });
+        }
+        self.inner.outbox_wake.notify_one();
+        Ok(id)
+    }
+
+    /// Sends a text message (optionally a reply). It is stored and shown at once (local echo,
+    /// state [`SendState::Queued`]), then delivered by the outbox, which retries until the
+    /// server takes it — also after a restart.
+    pub fn send_text(
+        &self,
+        conversation: &ConversationId,
+        body: &str,
+        reply_to: Option<MessageId>,
+    ) -> SdkResult<MessageId> {
+        self.check_text(body)?;
+        let conversation = *conversation;
+        let text = body.to_owned();
+        self.send_content(
+            &conversation,
+            v1::content::Body::Text(v1::Text {
+                body: body.to_owned(),
+                reply_to: reply_to.map(|r| r.0.to_vec()).unwrap_or_default().into(),
+            }),
+            move |id, me, sent_at_ms, nobody| {
+                Some(Message {
+                    id,
+                    conversation,
+                    sender: me,
+                    body: text,
+                    reply_to,
+                    sent_at_ms,
+                    received_at_ms: sent_at_ms,
+                    outgoing: true,
+                    state: if nobody {
+                        SendState::Sent
+                    } else {
+                        SendState::Queued
+                    },
+                    edited: false,
+                    deleted: false,
+                    reactions: Vec::new(),
+                    read_by: Vec::new(),
+                })
+            },
+        )
+    }
+
+    fn check_text(&self, body: &str) -> SdkResult<()> {
+        if body.is_empty() || body.len() > self.inner.limits.max_text_bytes {
+            return Err(SdkError::InvalidArgument(format!(
+                "text: 1 to {} bytes",
+                self.inner.limits.max_text_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// This user's message `id`, or an error naming why it cannot be changed.
+    fn own_message(&self, id: &MessageId) -> SdkResult<Message> {
+        let m = self
+            .inner
+            .store
+            .message(id)?
+            .ok_or_else(|| SdkError::NotFound(format!("message {id}")))?;
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        if user_of(&m.sender) != user_of(&me) {
+            return Err(SdkError::InvalidArgument(
+                "only the author may edit or delete a message".into(),
+            ));
+        }
+        if m.deleted {
+            return Err(SdkError::InvalidArgument("the message was deleted".into()));
+        }
+        Ok(m)
+    }
+
+    /// Applies this device's own action locally and reports it.
+    fn apply_local(&self, effect: Effect) -> SdkResult<()> {
+        if self.inner.store.apply(&effect)?
+            && let Some(event) = event_for(&self.inner.store, &effect)?
+        {
+            self.emit(event);
+        }
+        Ok(())
+    }
+
+    /// Changes the text of one of this user's messages, on every member's device.
+    pub fn edit(&self, id: &MessageId, body: &str) -> SdkResult<()> {
+        self.check_text(body)?;
+        let m = self.own_message(id)?;
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        self.send_content(
+            &m.conversation,
+            v1::content::Body::Edit(v1::Edit {
+                target: id.0.to_vec().into(),
+                body: body.to_owned(),
+            }),
+            |_, _, _, _| None,
+        )?;
+        self.apply_local(Effect::Edit {
+            conversation: m.conversation,
+            target: *id,
+            author: user_of(&me).to_owned(),
+            body: body.to_owned(),
+        })
+    }
+
+    /// Withdraws one of this user's messages from every member's device.
+    pub fn delete(&self, id: &MessageId) -> SdkResult<()> {
+        let m = self.own_message(id)?;
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        self.send_content(
+            &m.conversation,
+            v1::content::Body::Delete(v1::Delete {
+                target: id.0.to_vec().into(),
+            }),
+            |_, _, _, _| None,
+        )?;
+        self.apply_local(Effect::Delete {
+            conversation: m.conversation,
+            target: *id,
+            author: user_of(&me).to_owned(),
+        })
+    }
+
+    /// Adds (or with `remove`, takes back) this user's reaction to a message.
+    pub fn react(&self, id: &MessageId, emoji: &str, remove: bool) -> SdkResult<()> {
+        if emoji.is_empty() || emoji.len() > 32 {
+            return Err(SdkError::InvalidArgument("emoji: 1 to 32 bytes".into()));
+        }
+        let m = self
+            .inner
+            .store
+            .message(id)?
+            .ok_or_else(|| SdkError::NotFound(format!("message {id}")))?;
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        self.send_content(
+            &m.conversation,
+            v1::content::Body::Reaction(v1::Reaction {
+                target: id.0.to_vec().into(),
+                emoji: emoji.to_owned(),
+                remove,
+            }),
+            |_, _, _, _| None,
+        )?;
+        self.apply_local(Effect::Reaction {
+            conversation: m.conversation,
+            target: *id,
+            user: user_of(&me).to_owned(),
+            emoji: emoji.to_owned(),
+            remove,
+        })
+    }
+
+    /// Tells the conversation's members that this user has read these messages.
+    pub fn mark_read(&self, conversation: &ConversationId, ids: &[MessageId]) -> SdkResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        self.send_content(
+            conversation,
+            v1::content::Body::Receipt(v1::Receipt {
+                read: ids.iter().map(|id| id.0.to_vec().into()).collect(),
+            }),
+            |_, _, _, _| None,
+        )?;
+        self.apply_local(Effect::Receipt {
+            conversation: *conversation,
+            targets: ids.to_vec(),
+            user: user_of(&me).to_owned(),
+            at_ms: now_ms(),
+        })
+    }
+
+    /// Renames a group for every member.
+    pub fn rename(&self, conversation: &ConversationId, name: &str) -> SdkResult<()> {
+        check_name(name)?;
+        self.send_content(
+            conversation,
+            v1::content::Body::Rename(v1::Rename {
+                name: name.to_owned(),
+            }),
+            |_, _, _, _| None,
+        )?;
+        self.apply_local(Effect::Rename {
+            conversation: *conversation,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Creates a group named `name` with `members` (user names; this user is added): one MLS
+    /// group with every device of every member, each invited through its sealed queue.
+    pub async fn create_group(&self, name: &str, members: &[&str]) -> SdkResult<Conversation> {
+        check_name(name)?;
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        let mut users: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
+        users.push(user_of(&me).to_owned());
+        users.sort();
+        users.dedup();
+        self.create_conversation(ConversationKind::Group, name, users)
+            .await
+    }
+
     /// Creates a direct conversation with `user`: an MLS group with every device of theirs and
     /// every other device of this user, each invited through its sealed queue.
     pub async fn create_dm(&self, user: &str) -> SdkResult<Conversation> {
-        let rpc = self.session_rpc().await?;
         let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
         let my_user = user_of(&me).to_owned();
         if user == my_user {
@@ -437,24 +682,188 @@ impl QpqClient {
                 "user: a direct conversation needs another user".into(),
             ));
         }
-        let users = v1::user_client::UserClient::new(rpc.clone());
-        let keys = v1::keys_client::KeysClient::new(rpc.clone());
-        let mut devices = Vec::new();
-        for u in [user.to_owned(), my_user.clone()] {
-            let resolved = users
-                .resolve_user(&v1::ResolveUserRequest { user: u.clone() })
-                .await?;
-            for d in resolved.devices {
-                let name = format!("{u}/{}", d.device);
-                if name != me {
-                    devices.push((u.clone(), d.device));
-                }
+        let mut users = vec![user.to_owned(), my_user];
+        users.sort();
+        self.create_conversation(ConversationKind::Direct, "", users)
+            .await
+    }
+
+    async fn create_conversation(
+        &self,
+        kind: ConversationKind,
+        name: &str,
+        users: Vec<String>,
+    ) -> SdkResult<Conversation> {
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        let rpc = self.rpc().await?;
+        let devices = self.member_devices(&rpc, &users, &[me.clone()]).await?;
+        for u in users.iter().filter(|u| **u != user_of(&me)) {
+            if !devices.iter().any(|(du, _)| du == u) {
+                return Err(SdkError::NotFound(format!(
+                    "{u} has no device with published keys"
+                )));
             }
         }
-        if !devices.iter().any(|(u, _)| u == user) {
+        let packages = self.key_packages(&rpc, &devices).await?;
+        let id = ConversationId(rand::random());
+        let welcome = {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            let mut group = keys.mls.create_group(&id.0)?;
+            if packages.is_empty() {
+                None
+            } else {
+                let refs: Vec<&[u8]> = packages.iter().map(Vec::as_slice).collect();
+                Some(group.add_members(&keys.mls, &refs)?.1)
+            }
+        };
+        let conversation = Conversation {
+            id,
+            kind,
+            name: name.to_owned(),
+            members: users,
+        };
+        let item = MessageId::random();
+        let deliveries = match welcome {
+            Some(welcome) => deliveries_for(item, &devices, &invitation(&conversation, welcome)),
+            None => Vec::new(),
+        };
+        self.inner
+            .store
+            .apply(&Effect::Conversation(conversation.clone()))?;
+        self.inner.store.queue_outgoing(None, &deliveries)?;
+        self.emit(ClientEvent::ConversationCreated(conversation.clone()));
+        self.inner.outbox_wake.notify_one();
+        Ok(conversation)
+    }
+
+    /// Adds `user` (every device of theirs) to a conversation: the commit goes to the current
+    /// members, the invitation to the new devices.
+    pub async fn invite(&self, conversation: &ConversationId, user: &str) -> SdkResult<()> {
+        let mut c = self
+            .inner
+            .store
+            .conversation(conversation)?
+            .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
+        if c.members.iter().any(|m| m == user) {
+            return Err(SdkError::InvalidArgument(format!(
+                "{user} is already a member"
+            )));
+        }
+        let rpc = self.rpc().await?;
+        let devices = self.member_devices(&rpc, &[user.to_owned()], &[]).await?;
+        if devices.is_empty() {
             return Err(SdkError::NotFound(format!(
                 "{user} has no device with published keys"
             )));
+        }
+        let packages = self.key_packages(&rpc, &devices).await?;
+        let (commit, welcome, existing) = {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            let mut group = keys
+                .mls
+                .group(&conversation.0)?
+                .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
+            let existing = other_devices(&group, &keys.me);
+            if existing.len() + devices.len() > self.inner.limits.max_conversation_devices {
+                return Err(SdkError::InvalidArgument(format!(
+                    "a conversation may have at most {} devices",
+                    self.inner.limits.max_conversation_devices
+                )));
+            }
+            let refs: Vec<&[u8]> = packages.iter().map(Vec::as_slice).collect();
+            let (commit, welcome) = group.add_members(&keys.mls, &refs)?;
+            (commit, welcome, existing)
+        };
+        c.members.push(user.to_owned());
+        c.members.sort();
+        let item = MessageId::random();
+        let mut deliveries =
+            deliveries_for(item, &existing, &group_transport(conversation, commit));
+        deliveries.extend(deliveries_for(item, &devices, &invitation(&c, welcome)));
+        self.inner.store.apply(&Effect::Members {
+            conversation: *conversation,
+            members: c.members.clone(),
+        })?;
+        self.inner.store.queue_outgoing(None, &deliveries)?;
+        self.emit(ClientEvent::MemberJoined {
+            conversation: *conversation,
+            user: user.to_owned(),
+        });
+        self.emit(ClientEvent::ConversationUpdated(c));
+        self.inner.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    /// Removes `user` (every device of theirs) from a conversation. The removed devices get
+    /// the commit too, so they learn it; they cannot read anything sent afterwards.
+    pub async fn remove(&self, conversation: &ConversationId, user: &str) -> SdkResult<()> {
+        let mut c = self
+            .inner
+            .store
+            .conversation(conversation)?
+            .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        if user == user_of(&me) {
+            return Err(SdkError::InvalidArgument(
+                "remove: use another member's device to remove this user".into(),
+            ));
+        }
+        let (commit, recipients) = {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            let mut group = keys
+                .mls
+                .group(&conversation.0)?
+                .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
+            let recipients = other_devices(&group, &keys.me);
+            let names: Vec<Vec<u8>> = recipients
+                .iter()
+                .filter(|(u, _)| u == user)
+                .map(|(u, d)| format!("{u}/{d}").into_bytes())
+                .collect();
+            if names.is_empty() {
+                return Err(SdkError::NotFound(format!("{user} is not a member")));
+            }
+            let refs: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+            (group.remove_members(&keys.mls, &refs)?, recipients)
+        };
+        c.members.retain(|m| m != user);
+        let item = MessageId::random();
+        let deliveries = deliveries_for(item, &recipients, &group_transport(conversation, commit));
+        self.inner.store.apply(&Effect::Members {
+            conversation: *conversation,
+            members: c.members.clone(),
+        })?;
+        self.inner.store.queue_outgoing(None, &deliveries)?;
+        self.emit(ClientEvent::MemberLeft {
+            conversation: *conversation,
+            user: user.to_owned(),
+        });
+        self.emit(ClientEvent::ConversationUpdated(c));
+        self.inner.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    /// Every device of `users` with published keys, except `skip`.
+    async fn member_devices(
+        &self,
+        rpc: &qrpc::Client,
+        users: &[String],
+        skip: &[String],
+    ) -> SdkResult<Vec<(String, String)>> {
+        let client = v1::user_client::UserClient::new(rpc.clone());
+        let mut devices = Vec::new();
+        for u in users {
+            let resolved = client
+                .resolve_user(&v1::ResolveUserRequest { user: u.clone() })
+                .await?;
+            for d in resolved.devices {
+                if !skip.contains(&format!("{u}/{}", d.device)) {
+                    devices.push((u.clone(), d.device));
+                }
+            }
         }
         if devices.len() > self.inner.limits.max_conversation_devices {
             return Err(SdkError::InvalidArgument(format!(
@@ -462,8 +871,18 @@ impl QpqClient {
                 self.inner.limits.max_conversation_devices
             )));
         }
-        let mut packages = Vec::new();
-        for (u, d) in &devices {
+        Ok(devices)
+    }
+
+    /// One key package per device, each checked to name its device.
+    async fn key_packages(
+        &self,
+        rpc: &qrpc::Client,
+        devices: &[(String, String)],
+    ) -> SdkResult<Vec<Vec<u8>>> {
+        let keys = v1::keys_client::KeysClient::new(rpc.clone());
+        let mut packages = Vec::with_capacity(devices.len());
+        for (u, d) in devices {
             let kp = keys
                 .fetch_key_package(&v1::FetchKeyPackageRequest {
                     device: Some(v1::DeviceRef {
@@ -481,144 +900,7 @@ impl QpqClient {
             }
             packages.push(kp.key_package.to_vec());
         }
-        let id = ConversationId(rand::random());
-        let welcome = {
-            let keys = lock(&self.inner.keys);
-            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            let mut group = keys.mls.create_group(&id.0)?;
-            let refs: Vec<&[u8]> = packages.iter().map(Vec::as_slice).collect();
-            let (_commit, welcome) = group.add_members(&keys.mls, &refs)?;
-            welcome
-        };
-        let mut members = vec![user.to_owned(), my_user];
-        members.sort();
-        let conversation = Conversation {
-            id,
-            kind: ConversationKind::Direct,
-            name: String::new(),
-            members,
-        };
-        let transport = v1::Transport {
-            kind: Some(v1::transport::Kind::Invitation(v1::Invitation {
-                welcome: welcome.into(),
-                conversation_id: id.0.to_vec().into(),
-                kind: ConversationKind::Direct.code(),
-                name: String::new(),
-            })),
-        }
-        .encode_to_vec();
-        let item = MessageId::random();
-        let deliveries: Vec<Delivery> = devices
-            .iter()
-            .map(|(u, d)| Delivery {
-                item,
-                user: u.clone(),
-                device: d.clone(),
-                message_id: delivery_id(&item, u, d),
-                transport: transport.clone(),
-            })
-            .collect();
-        self.inner
-            .store
-            .insert_conversation(&conversation, i64::try_from(now_ms()).unwrap_or(0))?;
-        self.inner.store.queue_outgoing(None, &deliveries)?;
-        self.emit(ClientEvent::ConversationCreated(conversation.clone()));
-        self.inner.outbox_wake.notify_one();
-        Ok(conversation)
-    }
-
-    /// Sends a text message (optionally a reply). It is stored and shown at once (local echo,
-    /// state [`SendState::Queued`]), then delivered by the outbox, which retries until the
-    /// server takes it — also after a restart.
-    pub fn send_text(
-        &self,
-        conversation: &ConversationId,
-        body: &str,
-        reply_to: Option<MessageId>,
-    ) -> SdkResult<MessageId> {
-        if body.is_empty() || body.len() > self.inner.limits.max_text_bytes {
-            return Err(SdkError::InvalidArgument(format!(
-                "text: 1 to {} bytes",
-                self.inner.limits.max_text_bytes
-            )));
-        }
-        if self.inner.store.conversation(conversation)?.is_none() {
-            return Err(SdkError::NotFound(format!("conversation {conversation}")));
-        }
-        let id = MessageId::random();
-        let sent_at_ms = now_ms();
-        let content = v1::Content {
-            id: id.0.to_vec().into(),
-            sent_at_ms,
-            body: Some(v1::content::Body::Text(v1::Text {
-                body: body.to_owned(),
-                reply_to: reply_to.map(|r| r.0.to_vec()).unwrap_or_default().into(),
-            })),
-        }
-        .encode_to_vec();
-        let (me, ciphertext, recipients) = {
-            let keys = lock(&self.inner.keys);
-            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            let mut group = keys
-                .mls
-                .group(&conversation.0)?
-                .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
-            let ciphertext = group.encrypt(&keys.mls, &content)?;
-            let recipients: Vec<(String, String)> = group
-                .members()
-                .iter()
-                .filter(|name| name.as_slice() != keys.me.as_bytes())
-                .filter_map(|name| split_name(name))
-                .collect();
-            (keys.me.clone(), ciphertext, recipients)
-        };
-        let transport = v1::Transport {
-            kind: Some(v1::transport::Kind::Group(v1::GroupMessage {
-                conversation_id: conversation.0.to_vec().into(),
-                mls: ciphertext.into(),
-            })),
-        }
-        .encode_to_vec();
-        let deliveries: Vec<Delivery> = recipients
-            .iter()
-            .map(|(u, d)| Delivery {
-                item: id,
-                user: u.clone(),
-                device: d.clone(),
-                message_id: delivery_id(&id, u, d),
-                transport: transport.clone(),
-            })
-            .collect();
-        let echo = Message {
-            id,
-            conversation: *conversation,
-            sender: me,
-            body: body.to_owned(),
-            reply_to,
-            sent_at_ms,
-            received_at_ms: sent_at_ms,
-            outgoing: true,
-            state: if deliveries.is_empty() {
-                SendState::Sent
-            } else {
-                SendState::Queued
-            },
-        };
-        self.inner.store.queue_outgoing(Some(&echo), &deliveries)?;
-        self.emit(ClientEvent::MessageReceived(echo.clone()));
-        self.emit(ClientEvent::SendStateChanged {
-            id,
-            conversation: *conversation,
-            state: echo.state,
-        });
-        self.inner.outbox_wake.notify_one();
-        Ok(id)
-    }
-
-    /// A connection with a live session: resumes the stored session on a new connection.
-    async fn session_rpc(&self) -> SdkResult<qrpc::Client> {
-        let rpc = self.rpc().await?;
-        Ok(rpc)
+        Ok(packages)
     }
 }
 
@@ -757,27 +1039,23 @@ impl Inner {
     /// Decrypts and applies one queue entry, committing it with the cursor.
     fn apply(self: &Arc<Self>, envelope: &v1::Envelope) -> SdkResult<()> {
         let seq = envelope.seq;
-        let outcome = self.open(envelope);
-        match outcome {
-            Ok(Applied::Conversation(c)) => {
-                self.store.commit_incoming(
-                    seq,
-                    Some((&c, i64::try_from(now_ms()).unwrap_or(0))),
-                    None,
-                )?;
-                let _ = self.events.send(ClientEvent::ConversationCreated(c));
-            }
-            Ok(Applied::Message(m)) => {
-                if self.store.commit_incoming(seq, None, Some(&m))? {
-                    let _ = self.events.send(ClientEvent::MessageReceived(m));
+        match self.open(envelope) {
+            Ok(effect) => {
+                let before = match &effect {
+                    Effect::Members { conversation, .. } => {
+                        self.store.conversation(conversation)?
+                    }
+                    _ => None,
+                };
+                if self.store.commit_incoming(seq, &effect)? {
+                    for event in events_for(&self.store, &effect, before)? {
+                        let _ = self.events.send(event);
+                    }
                 }
-            }
-            Ok(Applied::Nothing) => {
-                self.store.commit_incoming(seq, None, None)?;
             }
             Err(reason) => {
                 tracing::warn!(seq, %reason, "undecryptable queue entry skipped");
-                self.store.commit_incoming(seq, None, None)?;
+                self.store.commit_incoming(seq, &Effect::None)?;
                 let _ = self
                     .events
                     .send(ClientEvent::UndecryptableMessage { seq, reason });
@@ -786,7 +1064,7 @@ impl Inner {
         Ok(())
     }
 
-    fn open(self: &Arc<Self>, envelope: &v1::Envelope) -> Result<Applied, String> {
+    fn open(self: &Arc<Self>, envelope: &v1::Envelope) -> Result<Effect, String> {
         let mut keys = lock(&self.keys);
         let keys = keys.as_mut().ok_or("not logged in")?;
         let opened =
@@ -796,41 +1074,26 @@ impl Inner {
             .map_err(|e| format!("transport: {e}"))?;
         match transport.kind {
             Some(v1::transport::Kind::Invitation(inv)) => {
-                let id: [u8; 16] = inv
-                    .conversation_id
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| "invitation: bad conversation id".to_owned())?;
+                let id = conversation_id(&inv.conversation_id)?;
                 let group = keys
                     .mls
                     .join(&inv.welcome)
                     .map_err(|e| format!("invitation: {e}"))?;
-                if group.id() != id {
+                if group.id() != id.0 {
                     return Err("invitation: conversation id does not match its group".into());
                 }
-                let mut members: Vec<String> = group
-                    .members()
-                    .iter()
-                    .filter_map(|n| split_name(n).map(|(u, _)| u))
-                    .collect();
-                members.sort();
-                members.dedup();
-                Ok(Applied::Conversation(Conversation {
-                    id: ConversationId(id),
+                Ok(Effect::Conversation(Conversation {
+                    id,
                     kind: ConversationKind::from_code(inv.kind),
                     name: inv.name,
-                    members,
+                    members: member_users(&group),
                 }))
             }
             Some(v1::transport::Kind::Group(g)) => {
-                let id: [u8; 16] = g
-                    .conversation_id
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| "group message: bad conversation id".to_owned())?;
+                let id = conversation_id(&g.conversation_id)?;
                 let mut group = keys
                     .mls
-                    .group(&id)
+                    .group(&id.0)
                     .map_err(|e| e.to_string())?
                     .ok_or("group message for an unknown conversation")?;
                 match group
@@ -838,32 +1101,24 @@ impl Inner {
                     .map_err(|e| e.to_string())?
                 {
                     Incoming::Application { sender, plaintext } => {
+                        let sender = String::from_utf8_lossy(&sender).into_owned();
                         let content = v1::Content::decode(plaintext.as_slice())
                             .map_err(|e| format!("content: {e}"))?;
-                        let Some(v1::content::Body::Text(text)) = content.body else {
-                            return Ok(Applied::Nothing);
-                        };
-                        let message_id: [u8; 16] = content
-                            .id
-                            .as_ref()
-                            .try_into()
-                            .map_err(|_| "content: bad message id".to_owned())?;
-                        let reply_to = <[u8; 16]>::try_from(text.reply_to.as_ref())
-                            .ok()
-                            .map(MessageId);
-                        Ok(Applied::Message(Message {
-                            id: MessageId(message_id),
-                            conversation: ConversationId(id),
-                            sender: String::from_utf8_lossy(&sender).into_owned(),
-                            body: text.body,
-                            reply_to,
-                            sent_at_ms: content.sent_at_ms,
-                            received_at_ms: now_ms(),
-                            outgoing: false,
-                            state: SendState::Received,
-                        }))
+                        content_effect(id, sender, content)
                     }
-                    _ => Ok(Applied::Nothing),
+                    Incoming::Commit { removed_self } => {
+                        let mut members = member_users(&group);
+                        if removed_self {
+                            // This device is out: it no longer counts its user as a member.
+                            let me = user_of(&keys.me).to_owned();
+                            members.retain(|u| *u != me);
+                        }
+                        Ok(Effect::Members {
+                            conversation: id,
+                            members,
+                        })
+                    }
+                    _ => Ok(Effect::None),
                 }
             }
             None => Err("transport: empty".into()),
@@ -871,10 +1126,230 @@ impl Inner {
     }
 }
 
-enum Applied {
-    Conversation(Conversation),
-    Message(Message),
-    Nothing,
+fn conversation_id(bytes: &[u8]) -> Result<ConversationId, String> {
+    <[u8; 16]>::try_from(bytes)
+        .map(ConversationId)
+        .map_err(|_| "bad conversation id".to_owned())
+}
+
+fn message_id(bytes: &[u8]) -> Result<MessageId, String> {
+    <[u8; 16]>::try_from(bytes)
+        .map(MessageId)
+        .map_err(|_| "bad message id".to_owned())
+}
+
+/// The member users of a group, sorted, from its `user/device` credentials.
+fn member_users(group: &qpq_core::mls::Group) -> Vec<String> {
+    let mut members: Vec<String> = group
+        .members()
+        .iter()
+        .filter_map(|n| split_name(n).map(|(u, _)| u))
+        .collect();
+    members.sort();
+    members.dedup();
+    members
+}
+
+/// `(user, device)` of every member device but `me`.
+fn other_devices(group: &qpq_core::mls::Group, me: &str) -> Vec<(String, String)> {
+    group
+        .members()
+        .iter()
+        .filter(|name| name.as_slice() != me.as_bytes())
+        .filter_map(|name| split_name(name))
+        .collect()
+}
+
+fn group_transport(conversation: &ConversationId, mls: Vec<u8>) -> Vec<u8> {
+    v1::Transport {
+        kind: Some(v1::transport::Kind::Group(v1::GroupMessage {
+            conversation_id: conversation.0.to_vec().into(),
+            mls: mls.into(),
+        })),
+    }
+    .encode_to_vec()
+}
+
+fn invitation(c: &Conversation, welcome: Vec<u8>) -> Vec<u8> {
+    v1::Transport {
+        kind: Some(v1::transport::Kind::Invitation(v1::Invitation {
+            welcome: welcome.into(),
+            conversation_id: c.id.0.to_vec().into(),
+            kind: c.kind.code(),
+            name: c.name.clone(),
+        })),
+    }
+    .encode_to_vec()
+}
+
+fn deliveries_for(
+    item: MessageId,
+    devices: &[(String, String)],
+    transport: &[u8],
+) -> Vec<Delivery> {
+    devices
+        .iter()
+        .map(|(u, d)| Delivery {
+            item,
+            user: u.clone(),
+            device: d.clone(),
+            message_id: delivery_id(&item, u, d),
+            transport: transport.to_vec(),
+        })
+        .collect()
+}
+
+fn check_name(name: &str) -> SdkResult<()> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(SdkError::InvalidArgument("name: 1 to 64 bytes".into()));
+    }
+    Ok(())
+}
+
+/// What an incoming content item does to the store.
+fn content_effect(
+    conversation: ConversationId,
+    sender: String,
+    content: v1::Content,
+) -> Result<Effect, String> {
+    let author = user_of(&sender).to_owned();
+    Ok(match content.body {
+        Some(v1::content::Body::Text(text)) => Effect::Message(Message {
+            id: message_id(&content.id)?,
+            conversation,
+            sender,
+            body: text.body,
+            reply_to: message_id(&text.reply_to).ok(),
+            sent_at_ms: content.sent_at_ms,
+            received_at_ms: now_ms(),
+            outgoing: false,
+            state: SendState::Received,
+            edited: false,
+            deleted: false,
+            reactions: Vec::new(),
+            read_by: Vec::new(),
+        }),
+        Some(v1::content::Body::Edit(e)) => Effect::Edit {
+            conversation,
+            target: message_id(&e.target)?,
+            author,
+            body: e.body,
+        },
+        Some(v1::content::Body::Delete(d)) => Effect::Delete {
+            conversation,
+            target: message_id(&d.target)?,
+            author,
+        },
+        Some(v1::content::Body::Reaction(r)) => Effect::Reaction {
+            conversation,
+            target: message_id(&r.target)?,
+            user: author,
+            emoji: r.emoji,
+            remove: r.remove,
+        },
+        Some(v1::content::Body::Receipt(r)) => Effect::Receipt {
+            conversation,
+            targets: r
+                .read
+                .iter()
+                .map(|id| message_id(id))
+                .collect::<Result<_, _>>()?,
+            user: author,
+            at_ms: content.sent_at_ms,
+        },
+        Some(v1::content::Body::Rename(r)) => Effect::Rename {
+            conversation,
+            name: r.name,
+        },
+        None => Effect::None,
+    })
+}
+
+/// The event one applied effect reports (membership changes report several).
+fn event_for(store: &LocalStore, effect: &Effect) -> SdkResult<Option<ClientEvent>> {
+    Ok(events_for(store, effect, None)?.into_iter().next())
+}
+
+fn events_for(
+    store: &LocalStore,
+    effect: &Effect,
+    before: Option<Conversation>,
+) -> SdkResult<Vec<ClientEvent>> {
+    Ok(match effect {
+        Effect::None => Vec::new(),
+        Effect::Conversation(c) => vec![ClientEvent::ConversationCreated(c.clone())],
+        Effect::Message(m) => vec![ClientEvent::MessageReceived(m.clone())],
+        Effect::Members {
+            conversation,
+            members,
+        } => {
+            let old = before.map(|c| c.members).unwrap_or_default();
+            let mut events: Vec<ClientEvent> = members
+                .iter()
+                .filter(|u| !old.contains(u))
+                .map(|u| ClientEvent::MemberJoined {
+                    conversation: *conversation,
+                    user: u.clone(),
+                })
+                .chain(old.iter().filter(|u| !members.contains(u)).map(|u| {
+                    ClientEvent::MemberLeft {
+                        conversation: *conversation,
+                        user: u.clone(),
+                    }
+                }))
+                .collect();
+            if let Some(c) = store.conversation(conversation)? {
+                events.push(ClientEvent::ConversationUpdated(c));
+            }
+            events
+        }
+        Effect::Edit {
+            conversation,
+            target,
+            body,
+            ..
+        } => vec![ClientEvent::MessageEdited {
+            id: *target,
+            conversation: *conversation,
+            body: body.clone(),
+        }],
+        Effect::Delete {
+            conversation,
+            target,
+            ..
+        } => vec![ClientEvent::MessageDeleted {
+            id: *target,
+            conversation: *conversation,
+        }],
+        Effect::Reaction {
+            conversation,
+            target,
+            user,
+            emoji,
+            remove,
+        } => vec![ClientEvent::ReactionChanged {
+            id: *target,
+            conversation: *conversation,
+            user: user.clone(),
+            emoji: emoji.clone(),
+            added: !remove,
+        }],
+        Effect::Receipt {
+            conversation,
+            targets,
+            user,
+            ..
+        } => vec![ClientEvent::ReceiptChanged {
+            ids: targets.clone(),
+            conversation: *conversation,
+            user: user.clone(),
+        }],
+        Effect::Rename { conversation, .. } => store
+            .conversation(conversation)?
+            .map(ClientEvent::ConversationUpdated)
+            .into_iter()
+            .collect(),
+    })
 }
 
 fn backoff(limits: &ClientLimits, attempt: u32) -> Duration {

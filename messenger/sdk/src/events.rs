@@ -31,6 +31,60 @@ pub enum ClientEvent {
     MessageReceived(Message),
     /// This device joined a conversation, or created one.
     ConversationCreated(Conversation),
+    /// A conversation's name or members changed (the new state).
+    ConversationUpdated(Conversation),
+    /// A user joined a conversation.
+    MemberJoined {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The user.
+        user: String,
+    },
+    /// A user left or was removed from a conversation (this user too, when removed).
+    MemberLeft {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The user.
+        user: String,
+    },
+    /// A message's author changed its text.
+    MessageEdited {
+        /// The message.
+        id: MessageId,
+        /// Its conversation.
+        conversation: ConversationId,
+        /// The new text.
+        body: String,
+    },
+    /// A message's author withdrew it.
+    MessageDeleted {
+        /// The message.
+        id: MessageId,
+        /// Its conversation.
+        conversation: ConversationId,
+    },
+    /// A reaction was added or removed.
+    ReactionChanged {
+        /// The message.
+        id: MessageId,
+        /// Its conversation.
+        conversation: ConversationId,
+        /// Who reacted.
+        user: String,
+        /// The reaction.
+        emoji: String,
+        /// Added (true) or removed (false).
+        added: bool,
+    },
+    /// A user read messages.
+    ReceiptChanged {
+        /// The messages.
+        ids: Vec<MessageId>,
+        /// Their conversation.
+        conversation: ConversationId,
+        /// The reader.
+        user: String,
+    },
     /// An outgoing message moved on.
     SendStateChanged {
         /// The message.

@@ -128,6 +128,14 @@ pub struct Message {
     pub outgoing: bool,
     /// Delivery state.
     pub state: SendState,
+    /// Whether its author changed the text.
+    pub edited: bool,
+    /// Whether its author withdrew it (the body is then empty).
+    pub deleted: bool,
+    /// `(user, emoji)` reactions, sorted.
+    pub reactions: Vec<(String, String)>,
+    /// Users who have read it, sorted.
+    pub read_by: Vec<String>,
 }
 
 /// The sender's user name from `user/device`.

@@ -87,7 +87,8 @@ fn open_keyed(path: &Path, key: &[u8; 32]) -> SdkResult<Connection> {
     Ok(conn)
 }
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE account (
     id              INTEGER PRIMARY KEY CHECK (id = 1),
     user            TEXT NOT NULL,
@@ -134,7 +135,73 @@ CREATE TABLE deliveries (
     attempts   INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (item, user, device)
 );
-"];
+",
+    "
+ALTER TABLE messages ADD COLUMN edited INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE reactions (
+    message BLOB NOT NULL,
+    user    TEXT NOT NULL,
+    emoji   TEXT NOT NULL,
+    PRIMARY KEY (message, user, emoji)
+);
+CREATE TABLE receipts (
+    message    BLOB NOT NULL,
+    user       TEXT NOT NULL,
+    read_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (message, user)
+);
+",
+];
+
+/// A change to apply to the store, from an incoming message or a local action.
+#[derive(Debug, Clone)]
+pub(crate) enum Effect {
+    /// Nothing to store (the cursor still advances).
+    None,
+    /// A conversation joined or created.
+    Conversation(Conversation),
+    /// A conversation's member users changed.
+    Members {
+        conversation: ConversationId,
+        members: Vec<String>,
+    },
+    /// A new message.
+    Message(Message),
+    /// A message's author changed its text.
+    Edit {
+        conversation: ConversationId,
+        target: MessageId,
+        author: String,
+        body: String,
+    },
+    /// A message's author withdrew it.
+    Delete {
+        conversation: ConversationId,
+        target: MessageId,
+        author: String,
+    },
+    /// A reaction added or removed.
+    Reaction {
+        conversation: ConversationId,
+        target: MessageId,
+        user: String,
+        emoji: String,
+        remove: bool,
+    },
+    /// Messages read by a user.
+    Receipt {
+        conversation: ConversationId,
+        targets: Vec<MessageId>,
+        user: String,
+        at_ms: u64,
+    },
+    /// A conversation renamed.
+    Rename {
+        conversation: ConversationId,
+        name: String,
+    },
+}
 
 /// The encrypted local store.
 pub struct LocalStore {
@@ -296,41 +363,45 @@ impl LocalStore {
         Ok(cursor.map_or(0, |c| u64::try_from(c).unwrap_or(0)))
     }
 
-    /// Commits the effects of queue entry `seq` and advances the cursor to it, in one
+    /// Applies the effect of queue entry `seq` and advances the cursor to it, in one
     /// transaction: after a crash, the entry is either fully applied or fetched again.
-    pub(crate) fn commit_incoming(
-        &self,
-        seq: u64,
-        conversation: Option<(&Conversation, i64)>,
-        message: Option<&Message>,
-    ) -> SdkResult<bool> {
+    /// Returns whether the effect changed anything (a repeat or a forbidden edit does not).
+    pub(crate) fn commit_incoming(&self, seq: u64, effect: &Effect) -> SdkResult<bool> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let mut inserted = false;
-        if let Some((c, created_at)) = conversation {
-            insert_conversation(&tx, c, created_at)?;
-        }
-        if let Some(m) = message {
-            inserted = insert_message(&tx, m)?;
-        }
+        let changed = apply_effect(&tx, effect)?;
         tx.execute(
             "UPDATE account SET cursor = MAX(cursor, ?1) WHERE id = 1",
             [i64::try_from(seq).unwrap_or(i64::MAX)],
         )?;
         tx.commit()?;
-        Ok(inserted)
+        Ok(changed)
     }
 
-    pub(crate) fn insert_conversation(
-        &self,
-        c: &Conversation,
-        created_at_ms: i64,
-    ) -> SdkResult<()> {
+    /// Applies a local action's effect (this device's own edit, reaction, ...).
+    pub(crate) fn apply(&self, effect: &Effect) -> SdkResult<bool> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        insert_conversation(&tx, c, created_at_ms)?;
+        let changed = apply_effect(&tx, effect)?;
         tx.commit()?;
-        Ok(())
+        Ok(changed)
+    }
+
+    /// One message.
+    pub fn message(&self, id: &MessageId) -> SdkResult<Option<Message>> {
+        let conn = self.lock();
+        let conversation: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT conversation FROM messages WHERE id = ?1",
+                [id.0.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(conversation) = conversation else {
+            return Ok(None);
+        };
+        let conversation = ConversationId(array(conversation, "conversation id")?);
+        Ok(load_messages(&conn, &conversation, Some(id), u32::MAX)?.pop())
     }
 
     /// Every conversation, newest first.
@@ -355,45 +426,7 @@ impl LocalStore {
 
     /// The newest `limit` messages of a conversation, oldest first.
     pub fn messages(&self, conversation: &ConversationId, limit: u32) -> SdkResult<Vec<Message>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT id, sender, body, reply_to, sent_at_ms, received_at_ms, outgoing, state,
-                    state_reason
-             FROM messages WHERE conversation = ?1
-             ORDER BY received_at_ms DESC, rowid DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![conversation.0.as_slice(), limit], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<Vec<u8>>>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, bool>(6)?,
-                r.get::<_, String>(7)?,
-                r.get::<_, String>(8)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, sender, body, reply_to, sent, received, outgoing, state, reason) = row?;
-            out.push(Message {
-                id: MessageId(array(id, "message id")?),
-                conversation: *conversation,
-                sender,
-                body,
-                reply_to: reply_to
-                    .map(|r| array(r, "reply id").map(MessageId))
-                    .transpose()?,
-                sent_at_ms: u64::try_from(sent).unwrap_or(0),
-                received_at_ms: u64::try_from(received).unwrap_or(0),
-                outgoing,
-                state: state_from(&state, reason),
-            });
-        }
-        out.reverse();
-        Ok(out)
+        load_messages(&self.lock(), conversation, None, limit)
     }
 
     /// Queues an outgoing message: its local echo and one delivery per recipient device, in
@@ -524,6 +557,198 @@ impl LocalStore {
             .map(|c| array(c, "conversation id").map(ConversationId))
             .transpose()
     }
+}
+
+fn load_messages(
+    conn: &Connection,
+    conversation: &ConversationId,
+    only: Option<&MessageId>,
+    limit: u32,
+) -> SdkResult<Vec<Message>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, sender, body, reply_to, sent_at_ms, received_at_ms, outgoing, state,
+                state_reason, edited, deleted
+         FROM messages WHERE conversation = ?1 AND (?2 IS NULL OR id = ?2)
+         ORDER BY received_at_ms DESC, rowid DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(
+        params![conversation.0.as_slice(), only.map(|m| m.0.to_vec()), limit],
+        |r| {
+            Ok((
+                (
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<Vec<u8>>>(3)?,
+                ),
+                (
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, bool>(6)?,
+                ),
+                (r.get::<_, String>(7)?, r.get::<_, String>(8)?),
+                (r.get::<_, bool>(9)?, r.get::<_, bool>(10)?),
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (
+            (id, sender, body, reply_to),
+            (sent, received, outgoing),
+            (state, reason),
+            (edited, deleted),
+        ) = row?;
+        let id = MessageId(array(id, "message id")?);
+        let mut reactions = Vec::new();
+        let mut rs = conn.prepare_cached(
+            "SELECT user, emoji FROM reactions WHERE message = ?1 ORDER BY user, emoji",
+        )?;
+        for r in rs.query_map([id.0.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))? {
+            reactions.push(r?);
+        }
+        let mut rd =
+            conn.prepare_cached("SELECT user FROM receipts WHERE message = ?1 ORDER BY user")?;
+        let read_by = rd
+            .query_map([id.0.as_slice()], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        out.push(Message {
+            id,
+            conversation: *conversation,
+            sender,
+            body: if deleted { String::new() } else { body },
+            reply_to: reply_to
+                .map(|r| array(r, "reply id").map(MessageId))
+                .transpose()?,
+            sent_at_ms: u64::try_from(sent).unwrap_or(0),
+            received_at_ms: u64::try_from(received).unwrap_or(0),
+            outgoing,
+            state: state_from(&state, reason),
+            edited,
+            deleted,
+            reactions,
+            read_by,
+        });
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// The author user of a stored message, if it is in `conversation`.
+fn author_of(
+    tx: &rusqlite::Transaction<'_>,
+    conversation: &ConversationId,
+    id: &MessageId,
+) -> SdkResult<Option<String>> {
+    let sender: Option<String> = tx
+        .query_row(
+            "SELECT sender FROM messages WHERE id = ?1 AND conversation = ?2",
+            params![id.0.as_slice(), conversation.0.as_slice()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(sender.map(|s| crate::model::user_of(&s).to_owned()))
+}
+
+fn apply_effect(tx: &rusqlite::Transaction<'_>, effect: &Effect) -> SdkResult<bool> {
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+    )
+    .unwrap_or(0);
+    Ok(match effect {
+        Effect::None => false,
+        Effect::Conversation(c) => {
+            insert_conversation(tx, c, now)?;
+            true
+        }
+        Effect::Members {
+            conversation,
+            members,
+        } => {
+            tx.execute(
+                "DELETE FROM members WHERE conversation = ?1",
+                [conversation.0.as_slice()],
+            )?;
+            for user in members {
+                tx.execute(
+                    "INSERT OR IGNORE INTO members (conversation, user) VALUES (?1, ?2)",
+                    params![conversation.0.as_slice(), user],
+                )?;
+            }
+            true
+        }
+        Effect::Message(m) => insert_message(tx, m)?,
+        Effect::Edit {
+            conversation,
+            target,
+            author,
+            body,
+        } => {
+            // Only the author may edit, and a deleted message stays deleted.
+            author_of(tx, conversation, target)?.as_deref() == Some(author.as_str())
+                && tx.execute(
+                    "UPDATE messages SET body = ?2, edited = 1 WHERE id = ?1 AND deleted = 0",
+                    params![target.0.as_slice(), body],
+                )? > 0
+        }
+        Effect::Delete {
+            conversation,
+            target,
+            author,
+        } => {
+            author_of(tx, conversation, target)?.as_deref() == Some(author.as_str())
+                && tx.execute(
+                    "UPDATE messages SET body = '', deleted = 1 WHERE id = ?1 AND deleted = 0",
+                    [target.0.as_slice()],
+                )? > 0
+        }
+        Effect::Reaction {
+            conversation,
+            target,
+            user,
+            emoji,
+            remove,
+        } => {
+            if author_of(tx, conversation, target)?.is_none() {
+                false
+            } else if *remove {
+                tx.execute(
+                    "DELETE FROM reactions WHERE message = ?1 AND user = ?2 AND emoji = ?3",
+                    params![target.0.as_slice(), user, emoji],
+                )? > 0
+            } else {
+                tx.execute(
+                    "INSERT OR IGNORE INTO reactions (message, user, emoji) VALUES (?1, ?2, ?3)",
+                    params![target.0.as_slice(), user, emoji],
+                )? > 0
+            }
+        }
+        Effect::Receipt {
+            conversation,
+            targets,
+            user,
+            at_ms,
+        } => {
+            let mut changed = false;
+            for target in targets {
+                if author_of(tx, conversation, target)?.is_some() {
+                    changed |= tx.execute(
+                        "INSERT OR IGNORE INTO receipts (message, user, read_at_ms) VALUES (?1, ?2, ?3)",
+                        params![target.0.as_slice(), user, i64::try_from(*at_ms).unwrap_or(0)],
+                    )? > 0;
+                }
+            }
+            changed
+        }
+        Effect::Rename { conversation, name } => {
+            tx.execute(
+                "UPDATE conversations SET name = ?2 WHERE id = ?1",
+                params![conversation.0.as_slice(), name],
+            )? > 0
+        }
+    })
 }
 
 fn insert_conversation(

@@ -1,0 +1,193 @@
+//! Groups and message actions, SDK to SDK through a real qpq-server.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use qpq_sdk::{ClientEvent, ConversationKind, QpqClient};
+use tokio::sync::broadcast;
+
+struct Member {
+    client: QpqClient,
+    events: broadcast::Receiver<ClientEvent>,
+    _dir: tempfile::TempDir,
+}
+
+async fn member(server: &Server, user: &str) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let client = account(server, dir.path(), user, "d1").await;
+    let events = client.subscribe();
+    Member {
+        client,
+        events,
+        _dir: dir,
+    }
+}
+
+async fn joined(m: &mut Member) -> qpq_sdk::Conversation {
+    next(&mut m.events, |e| match e {
+        ClientEvent::ConversationCreated(c) => Some(c),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_group_of_five_with_add_remove_and_rename() {
+    let server = Server::start().await;
+    let mut alice = member(&server, "alice").await;
+    let mut others = Vec::new();
+    for user in ["bob", "carol", "dave"] {
+        others.push(member(&server, user).await);
+    }
+    let group = alice
+        .client
+        .create_group("team", &["bob", "carol", "dave"])
+        .await
+        .unwrap();
+    assert_eq!(group.kind, ConversationKind::Group);
+    assert_eq!(group.members, vec!["alice", "bob", "carol", "dave"]);
+    for m in &mut others {
+        let c = joined(m).await;
+        assert_eq!((c.id, c.name.as_str()), (group.id, "team"));
+        assert_eq!(c.members, group.members);
+    }
+
+    // Erin is invited later: the others learn it, she joins with the current members.
+    let mut erin = member(&server, "erin").await;
+    alice.client.invite(&group.id, "erin").await.unwrap();
+    let c = joined(&mut erin).await;
+    assert_eq!(c.members, vec!["alice", "bob", "carol", "dave", "erin"]);
+    for m in &mut others {
+        let user = next(&mut m.events, |e| match e {
+            ClientEvent::MemberJoined { user, .. } => Some(user),
+            _ => None,
+        })
+        .await;
+        assert_eq!(user, "erin");
+    }
+    others.push(erin);
+
+    // Everyone reads a message from anyone.
+    let id = others[1]
+        .client
+        .send_text(&group.id, "carol here", None)
+        .unwrap();
+    sent(&mut others[1].events, id).await;
+    assert_eq!(
+        text(&mut alice.events).await,
+        ("carol/d1".to_string(), "carol here".to_string())
+    );
+    for (i, m) in others.iter_mut().enumerate() {
+        if i != 1 {
+            assert_eq!(text(&mut m.events).await.1, "carol here");
+        }
+    }
+
+    // Bob is removed: the others see it, and he gets nothing sent afterwards.
+    alice.client.remove(&group.id, "bob").await.unwrap();
+    let left = next(&mut others[0].events, |e| match e {
+        ClientEvent::MemberLeft { user, .. } => Some(user),
+        _ => None,
+    })
+    .await;
+    assert_eq!(left, "bob", "bob learns he was removed");
+    for m in others.iter_mut().skip(1) {
+        let left = next(&mut m.events, |e| match e {
+            ClientEvent::MemberLeft { user, .. } => Some(user),
+            _ => None,
+        })
+        .await;
+        assert_eq!(left, "bob");
+    }
+    let secret = alice
+        .client
+        .send_text(&group.id, "after bob", None)
+        .unwrap();
+    sent(&mut alice.events, secret).await;
+    for m in others.iter_mut().skip(1) {
+        assert_eq!(text(&mut m.events).await.1, "after bob");
+    }
+    let bobs = others[0].client.messages(&group.id, 100).unwrap();
+    assert!(bobs.iter().all(|m| m.body != "after bob"));
+    assert_eq!(
+        others[0].client.conversations().unwrap()[0].members,
+        vec!["alice", "carol", "dave", "erin"]
+    );
+
+    // Rename reaches the remaining members.
+    others[2].client.rename(&group.id, "the team").unwrap();
+    let renamed = next(&mut alice.events, |e| match e {
+        ClientEvent::ConversationUpdated(c) if c.name == "the team" => Some(c),
+        _ => None,
+    })
+    .await;
+    assert_eq!(renamed.members, vec!["alice", "carol", "dave", "erin"]);
+}
+
+#[tokio::test]
+async fn edits_deletes_reactions_and_receipts() {
+    let server = Server::start().await;
+    let mut alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let dm = alice.client.create_dm("bob").await.unwrap();
+    joined(&mut bob).await;
+    let id = alice.client.send_text(&dm.id, "helo", None).unwrap();
+    assert_eq!(text(&mut bob.events).await.1, "helo");
+
+    alice.client.edit(&id, "hello").unwrap();
+    let edited = next(&mut bob.events, |e| match e {
+        ClientEvent::MessageEdited { id: i, body, .. } if i == id => Some(body),
+        _ => None,
+    })
+    .await;
+    assert_eq!(edited, "hello");
+    let on_bob = bob.client.store().message(&id).unwrap().unwrap();
+    assert!(on_bob.edited);
+    assert_eq!(on_bob.body, "hello");
+
+    // Only the author may edit: Bob's device refuses locally.
+    assert!(bob.client.edit(&id, "hijacked").is_err());
+
+    bob.client.react(&id, "👍", false).unwrap();
+    let (user, emoji, added) = next(&mut alice.events, |e| match e {
+        ClientEvent::ReactionChanged {
+            id: i,
+            user,
+            emoji,
+            added,
+            ..
+        } if i == id => Some((user, emoji, added)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((user.as_str(), emoji.as_str(), added), ("bob", "👍", true));
+
+    bob.client.mark_read(&dm.id, &[id]).unwrap();
+    let reader = next(&mut alice.events, |e| match e {
+        ClientEvent::ReceiptChanged { ids, user, .. } if ids == vec![id] => Some(user),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reader, "bob");
+    let on_alice = alice.client.store().message(&id).unwrap().unwrap();
+    assert_eq!(
+        on_alice.reactions,
+        vec![("bob".to_string(), "👍".to_string())]
+    );
+    assert_eq!(on_alice.read_by, vec!["bob".to_string()]);
+
+    alice.client.delete(&id).unwrap();
+    next(&mut bob.events, |e| match e {
+        ClientEvent::MessageDeleted { id: i, .. } if i == id => Some(()),
+        _ => None,
+    })
+    .await;
+    let gone = bob.client.store().message(&id).unwrap().unwrap();
+    assert!(gone.deleted);
+    assert_eq!(gone.body, "");
+    assert!(
+        alice.client.edit(&id, "back").is_err(),
+        "a deleted message stays deleted"
+    );
+}
