@@ -696,7 +696,7 @@ impl QpqClient {
     ) -> SdkResult<Conversation> {
         let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
         let rpc = self.rpc().await?;
-        let devices = self.member_devices(&rpc, &users, &[me.clone()]).await?;
+        let devices = self.member_devices(&rpc, &users, std::slice::from_ref(&me)).await?;
         for u in users.iter().filter(|u| **u != user_of(&me)) {
             if !devices.iter().any(|(du, _)| du == u) {
                 return Err(SdkError::NotFound(format!(
