@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::error::{SdkError, SdkResult};
 use crate::events::{ClientEvent, ConnectionState};
 use crate::model::{
-    Conversation, ConversationId, ConversationKind, Message, MessageId, SendState, user_of,
+    Conversation, ConversationId, ConversationKind, Device, Message, MessageId, SendState, user_of,
 };
 use crate::store::{Delivery, Effect, LocalStore, StoreKey, StoredAccount};
 
@@ -696,7 +696,9 @@ impl QpqClient {
     ) -> SdkResult<Conversation> {
         let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
         let rpc = self.rpc().await?;
-        let devices = self.member_devices(&rpc, &users, std::slice::from_ref(&me)).await?;
+        let devices = self
+            .member_devices(&rpc, &users, std::slice::from_ref(&me))
+            .await?;
         for u in users.iter().filter(|u| **u != user_of(&me)) {
             if !devices.iter().any(|(du, _)| du == u) {
                 return Err(SdkError::NotFound(format!(
@@ -757,36 +759,13 @@ impl QpqClient {
                 "{user} has no device with published keys"
             )));
         }
-        let packages = self.key_packages(&rpc, &devices).await?;
-        let (commit, welcome, existing) = {
-            let keys = lock(&self.inner.keys);
-            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            let mut group = keys
-                .mls
-                .group(&conversation.0)?
-                .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
-            let existing = other_devices(&group, &keys.me);
-            if existing.len() + devices.len() > self.inner.limits.max_conversation_devices {
-                return Err(SdkError::InvalidArgument(format!(
-                    "a conversation may have at most {} devices",
-                    self.inner.limits.max_conversation_devices
-                )));
-            }
-            let refs: Vec<&[u8]> = packages.iter().map(Vec::as_slice).collect();
-            let (commit, welcome) = group.add_members(&keys.mls, &refs)?;
-            (commit, welcome, existing)
-        };
         c.members.push(user.to_owned());
         c.members.sort();
-        let item = MessageId::random();
-        let mut deliveries =
-            deliveries_for(item, &existing, &group_transport(conversation, commit));
-        deliveries.extend(deliveries_for(item, &devices, &invitation(&c, welcome)));
+        self.add_devices(&c, &devices).await?;
         self.inner.store.apply(&Effect::Members {
             conversation: *conversation,
             members: c.members.clone(),
         })?;
-        self.inner.store.queue_outgoing(None, &deliveries)?;
         self.emit(ClientEvent::MemberJoined {
             conversation: *conversation,
             user: user.to_owned(),
@@ -810,38 +789,171 @@ impl QpqClient {
                 "remove: use another member's device to remove this user".into(),
             ));
         }
-        let (commit, recipients) = {
-            let keys = lock(&self.inner.keys);
-            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            let mut group = keys
-                .mls
-                .group(&conversation.0)?
-                .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
-            let recipients = other_devices(&group, &keys.me);
-            let names: Vec<Vec<u8>> = recipients
-                .iter()
-                .filter(|(u, _)| u == user)
-                .map(|(u, d)| format!("{u}/{d}").into_bytes())
-                .collect();
-            if names.is_empty() {
-                return Err(SdkError::NotFound(format!("{user} is not a member")));
-            }
-            let refs: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
-            (group.remove_members(&keys.mls, &refs)?, recipients)
-        };
+        let gone = user.to_owned();
+        self.remove_devices(&c, |(u, _)| *u == gone)?;
         c.members.retain(|m| m != user);
-        let item = MessageId::random();
-        let deliveries = deliveries_for(item, &recipients, &group_transport(conversation, commit));
         self.inner.store.apply(&Effect::Members {
             conversation: *conversation,
             members: c.members.clone(),
         })?;
-        self.inner.store.queue_outgoing(None, &deliveries)?;
         self.emit(ClientEvent::MemberLeft {
             conversation: *conversation,
             user: user.to_owned(),
         });
         self.emit(ClientEvent::ConversationUpdated(c));
+        self.inner.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    /// This user's devices as the server lists them.
+    pub async fn devices(&self) -> SdkResult<Vec<Device>> {
+        let rpc = self.rpc().await?;
+        let listed = v1::device_client::DeviceClient::new(rpc)
+            .list_devices(&v1::ListDevicesRequest {})
+            .await?;
+        let me = self.whoami().unwrap_or_default();
+        Ok(listed
+            .devices
+            .into_iter()
+            .map(|d| Device {
+                this_device: me.ends_with(&format!("/{}", d.device)),
+                id: d.device,
+                label: d.label,
+                created_at_ms: d.created_at_ms,
+                has_keys: d.has_keys,
+            })
+            .collect())
+    }
+
+    /// Registers a new device of this user (step one of linking): it may then log in with
+    /// the account password, and [`adopt_devices`](Self::adopt_devices) brings it into the
+    /// conversations.
+    pub async fn link_device(&self, device: &str, label: &str) -> SdkResult<()> {
+        let rpc = self.rpc().await?;
+        v1::device_client::DeviceClient::new(rpc)
+            .register_device(&v1::RegisterDeviceRequest {
+                device: device.to_owned(),
+                label: label.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Adds every device of this user that has published keys but is missing from a
+    /// conversation to it (the linked device's step two). Returns how many conversations
+    /// changed.
+    pub async fn adopt_devices(&self) -> SdkResult<usize> {
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        let rpc = self.rpc().await?;
+        let mine = self
+            .member_devices(&rpc, &[user_of(&me).to_owned()], std::slice::from_ref(&me))
+            .await?;
+        let mut changed = 0;
+        for c in self.inner.store.conversations()? {
+            let missing: Vec<(String, String)> = {
+                let keys = lock(&self.inner.keys);
+                let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+                let Some(group) = keys.mls.group(&c.id.0)? else {
+                    continue;
+                };
+                let present = other_devices(&group, &keys.me);
+                if !c.members.contains(&user_of(&me).to_owned()) {
+                    continue;
+                }
+                mine.iter()
+                    .filter(|d| !present.contains(d))
+                    .cloned()
+                    .collect()
+            };
+            if missing.is_empty() {
+                continue;
+            }
+            self.add_devices(&c, &missing).await?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
+    /// Revokes one of this user's devices: the server closes its connections at once and
+    /// its id can never be used again, and it is removed from every conversation this device
+    /// shares with it (so it cannot read anything sent afterwards).
+    pub async fn revoke_device(&self, device: &str) -> SdkResult<()> {
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        let target = (user_of(&me).to_owned(), device.to_owned());
+        let rpc = self.rpc().await?;
+        v1::device_client::DeviceClient::new(rpc)
+            .revoke_device(&v1::RevokeDeviceRequest {
+                device: device.to_owned(),
+            })
+            .await?;
+        for c in self.inner.store.conversations()? {
+            match self.remove_devices(&c, |d| *d == target) {
+                Ok(()) | Err(SdkError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `devices` to conversation `c`: the commit to its current members, the
+    /// invitation to the new devices.
+    async fn add_devices(&self, c: &Conversation, devices: &[(String, String)]) -> SdkResult<()> {
+        let rpc = self.rpc().await?;
+        let packages = self.key_packages(&rpc, devices).await?;
+        let (commit, welcome, existing) = {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            let mut group = keys
+                .mls
+                .group(&c.id.0)?
+                .ok_or_else(|| SdkError::NotFound(format!("conversation {}", c.id)))?;
+            let existing = other_devices(&group, &keys.me);
+            if existing.len() + devices.len() > self.inner.limits.max_conversation_devices {
+                return Err(SdkError::InvalidArgument(format!(
+                    "a conversation may have at most {} devices",
+                    self.inner.limits.max_conversation_devices
+                )));
+            }
+            let refs: Vec<&[u8]> = packages.iter().map(Vec::as_slice).collect();
+            let (commit, welcome) = group.add_members(&keys.mls, &refs)?;
+            (commit, welcome, existing)
+        };
+        let item = MessageId::random();
+        let mut deliveries = deliveries_for(item, &existing, &group_transport(&c.id, commit));
+        deliveries.extend(deliveries_for(item, devices, &invitation(c, welcome)));
+        self.inner.store.queue_outgoing(None, &deliveries)?;
+        self.inner.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    /// Removes the member devices `which` selects from conversation `c`; the commit goes to
+    /// every other device, the removed ones included. `NotFound` when none matches.
+    fn remove_devices(
+        &self,
+        c: &Conversation,
+        which: impl Fn(&(String, String)) -> bool,
+    ) -> SdkResult<()> {
+        let (commit, recipients) = {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            let Some(mut group) = keys.mls.group(&c.id.0)? else {
+                return Err(SdkError::NotFound(format!("conversation {}", c.id)));
+            };
+            let recipients = other_devices(&group, &keys.me);
+            let names: Vec<Vec<u8>> = recipients
+                .iter()
+                .filter(|d| which(d))
+                .map(|(u, d)| format!("{u}/{d}").into_bytes())
+                .collect();
+            if names.is_empty() {
+                return Err(SdkError::NotFound("no such member device".into()));
+            }
+            let refs: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+            (group.remove_members(&keys.mls, &refs)?, recipients)
+        };
+        let item = MessageId::random();
+        let deliveries = deliveries_for(item, &recipients, &group_transport(&c.id, commit));
+        self.inner.store.queue_outgoing(None, &deliveries)?;
         self.inner.outbox_wake.notify_one();
         Ok(())
     }
@@ -1104,7 +1216,7 @@ impl Inner {
                         let sender = String::from_utf8_lossy(&sender).into_owned();
                         let content = v1::Content::decode(plaintext.as_slice())
                             .map_err(|e| format!("content: {e}"))?;
-                        content_effect(id, sender, content)
+                        content_effect(id, sender, content, user_of(&keys.me))
                     }
                     Incoming::Commit { removed_self } => {
                         let mut members = member_users(&group);
@@ -1211,8 +1323,11 @@ fn content_effect(
     conversation: ConversationId,
     sender: String,
     content: v1::Content,
+    my_user: &str,
 ) -> Result<Effect, String> {
     let author = user_of(&sender).to_owned();
+    // What this user sent from another device shows as its own, already sent.
+    let mine = author == my_user;
     Ok(match content.body {
         Some(v1::content::Body::Text(text)) => Effect::Message(Message {
             id: message_id(&content.id)?,
@@ -1222,8 +1337,12 @@ fn content_effect(
             reply_to: message_id(&text.reply_to).ok(),
             sent_at_ms: content.sent_at_ms,
             received_at_ms: now_ms(),
-            outgoing: false,
-            state: SendState::Received,
+            outgoing: mine,
+            state: if mine {
+                SendState::Sent
+            } else {
+                SendState::Received
+            },
             edited: false,
             deleted: false,
             reactions: Vec::new(),

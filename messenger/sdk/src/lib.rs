@@ -39,5 +39,7 @@ mod store;
 pub use client::{ClientLimits, QpqClient, QpqClientBuilder};
 pub use error::{SdkError, SdkResult};
 pub use events::{ClientEvent, ConnectionState};
-pub use model::{Conversation, ConversationId, ConversationKind, Message, MessageId, SendState};
+pub use model::{
+    Conversation, ConversationId, ConversationKind, Device, Message, MessageId, SendState,
+};
 pub use store::{LocalStore, StoreKey};

@@ -142,3 +142,18 @@ pub struct Message {
 pub(crate) fn user_of(sender: &str) -> &str {
     sender.split_once('/').map_or(sender, |(u, _)| u)
 }
+
+/// One of this user's devices, as the server lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The device id.
+    pub id: String,
+    /// The label it was registered with.
+    pub label: String,
+    /// Registered at, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Whether it has published keys (has logged in).
+    pub has_keys: bool,
+    /// Whether it is the device this client runs as.
+    pub this_device: bool,
+}
