@@ -30,6 +30,11 @@
 //! Receiving commits each message and the receive cursor in one transaction before the server
 //! is told to drop it, so a restart neither loses nor repeats a message.
 
+/// The SDK guide (`docs/sdk-guide.md`), compiled (and its first example run) as doc-tests.
+#[doc = include_str!("../../../docs/sdk-guide.md")]
+#[cfg(doctest)]
+pub mod guide {}
+
 mod client;
 mod error;
 mod events;
