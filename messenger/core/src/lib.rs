@@ -11,10 +11,12 @@
 //! | [`sealed`] | sealed-sender envelopes with replay protection |
 //! | [`mls`] | MLS groups (openmls), X-Wing suite by default, state in SQLite |
 //! | [`kt`] | key-transparency Merkle log, proofs and signed tree heads |
+//! | [`attachment`] | client-side encryption of attachments under a fresh key |
 //!
 //! Secrets are zeroized on drop and never appear in `Debug`, `Display` or errors. What each
 //! construction protects against, and what it does not, is in `docs/security-model.md`.
 
+pub mod attachment;
 pub mod bundle;
 pub mod identity;
 pub mod kem;

@@ -21,7 +21,8 @@ use zeroize::Zeroizing;
 use crate::error::{SdkError, SdkResult};
 use crate::events::{ClientEvent, ConnectionState};
 use crate::model::{
-    Conversation, ConversationId, ConversationKind, Device, Message, MessageId, SendState, user_of,
+    AttachmentInfo, Conversation, ConversationId, ConversationKind, Device, Message, MessageId,
+    Progress, SendState, user_of,
 };
 use crate::store::{Delivery, Effect, LocalStore, StoreKey, StoredAccount};
 
@@ -34,6 +35,10 @@ const ALPN: &[u8] = b"qpq/1";
 pub struct ClientLimits {
     /// Longest text message, in bytes (default 64 KiB).
     pub max_text_bytes: usize,
+    /// Largest attachment, in bytes (default 100 MiB, the server's default blob limit).
+    pub max_attachment_bytes: u64,
+    /// Attempts an upload or download makes, resuming where it stopped (default 8).
+    pub transfer_attempts: u32,
     /// Most member devices a conversation may have (default 100).
     pub max_conversation_devices: usize,
     /// One-time key packages published at the first login (default 20).
@@ -53,6 +58,8 @@ impl Default for ClientLimits {
     fn default() -> Self {
         Self {
             max_text_bytes: 64 * 1024,
+            max_attachment_bytes: 100 * 1024 * 1024,
+            transfer_attempts: 8,
             max_conversation_devices: 100,
             key_packages: 20,
             fetch_wait: Duration::from_secs(20),
@@ -510,9 +517,210 @@ impl QpqClient {
                     deleted: false,
                     reactions: Vec::new(),
                     read_by: Vec::new(),
+                    attachment: None,
                 })
             },
         )
+    }
+
+    /// Sends a file: encrypts it under a fresh key, uploads the ciphertext as a blob in
+    /// chunks (resuming after a disconnect, `progress` called as the server confirms bytes),
+    /// then sends a message carrying the key to the conversation.
+    pub async fn send_attachment(
+        &self,
+        conversation: &ConversationId,
+        name: &str,
+        mime: &str,
+        caption: &str,
+        data: &[u8],
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> SdkResult<MessageId> {
+        if data.len() as u64 > self.inner.limits.max_attachment_bytes {
+            return Err(SdkError::InvalidArgument(format!(
+                "attachment: at most {} bytes",
+                self.inner.limits.max_attachment_bytes
+            )));
+        }
+        if name.is_empty() || name.len() > 255 {
+            return Err(SdkError::InvalidArgument("name: 1 to 255 bytes".into()));
+        }
+        if self.inner.store.conversation(conversation)?.is_none() {
+            return Err(SdkError::NotFound(format!("conversation {conversation}")));
+        }
+        let sealed = qpq_core::attachment::encrypt(data);
+        self.upload(&sealed.ciphertext, &sealed.sha256, &mut progress)
+            .await?;
+        let wire = v1::Attachment {
+            blob_sha256: sealed.sha256.to_vec().into(),
+            key: sealed.key.to_vec().into(),
+            name: name.to_owned(),
+            size: data.len() as u64,
+            mime: mime.to_owned(),
+            caption: caption.to_owned(),
+        };
+        let conversation = *conversation;
+        let info = AttachmentInfo::from_wire(wire.clone());
+        let caption = caption.to_owned();
+        self.send_content(
+            &conversation,
+            v1::content::Body::Attachment(wire),
+            move |id, me, sent_at_ms, nobody| {
+                Some(Message {
+                    id,
+                    conversation,
+                    sender: me,
+                    body: caption,
+                    reply_to: None,
+                    sent_at_ms,
+                    received_at_ms: sent_at_ms,
+                    outgoing: true,
+                    state: if nobody {
+                        SendState::Sent
+                    } else {
+                        SendState::Queued
+                    },
+                    edited: false,
+                    deleted: false,
+                    reactions: Vec::new(),
+                    read_by: Vec::new(),
+                    attachment: Some(info),
+                })
+            },
+        )
+    }
+
+    /// Uploads a blob in calls of up to 1 MiB, each answered with the bytes the server holds,
+    /// so an interrupted upload resumes where the server stopped.
+    async fn upload(
+        &self,
+        ciphertext: &[u8],
+        sha256: &[u8; 32],
+        progress: &mut (impl FnMut(Progress) + Send),
+    ) -> SdkResult<()> {
+        const CHUNK: usize = 256 * 1024;
+        const CALL: usize = 4 * CHUNK;
+        let total = ciphertext.len() as u64;
+        let chunk = |offset: u64, data: &[u8]| v1::BlobChunk {
+            sha256: sha256.to_vec().into(),
+            total_size: total,
+            offset,
+            data: data.to_vec().into(),
+        };
+        let mut offset: Option<u64> = Some(0);
+        let mut failures = 0u32;
+        loop {
+            let blobs = v1::blob_client::BlobClient::new(self.rpc().await?);
+            // Without a known offset, ask: a call with no data answers how much is stored.
+            let from = offset.unwrap_or(0);
+            let call: Vec<v1::BlobChunk> = match offset {
+                None => vec![chunk(0, &[])],
+                Some(from) => {
+                    let start = usize::try_from(from)
+                        .unwrap_or(usize::MAX)
+                        .min(ciphertext.len());
+                    let end = (start + CALL).min(ciphertext.len());
+                    ciphertext[start..end]
+                        .chunks(CHUNK)
+                        .scan(from, |at, piece| {
+                            let c = chunk(*at, piece);
+                            *at += piece.len() as u64;
+                            Some(c)
+                        })
+                        .collect()
+                }
+            };
+            let answer = blobs.upload_blob(futures_iter(call)).await;
+            match answer {
+                Ok(r) => {
+                    failures = 0;
+                    progress(Progress {
+                        done: r.received,
+                        total,
+                    });
+                    if r.complete {
+                        return Ok(());
+                    }
+                    offset = Some(r.received);
+                    let _ = from;
+                }
+                Err(status)
+                    if retryable(&status) && failures < self.inner.limits.transfer_attempts =>
+                {
+                    failures += 1;
+                    if status.code() == Code::Unauthenticated {
+                        self.inner.resume().await?;
+                    } else {
+                        tokio::time::sleep(backoff(&self.inner.limits, failures)).await;
+                    }
+                    offset = None;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    /// Downloads, verifies and decrypts the file of an attachment message; `progress` is called
+    /// as bytes arrive. An interrupted download resumes where it stopped.
+    pub async fn download_attachment(
+        &self,
+        id: &MessageId,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> SdkResult<Zeroizing<Vec<u8>>> {
+        use futures::StreamExt;
+        let wire = self
+            .inner
+            .store
+            .attachment(id)?
+            .ok_or_else(|| SdkError::NotFound(format!("attachment of message {id}")))?;
+        let wire = AttachmentInfo::decode(&wire)?.wire;
+        let total = wire.size + 16;
+        let mut data: Vec<u8> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        let mut failures = 0u32;
+        while (data.len() as u64) < total {
+            let blobs = v1::blob_client::BlobClient::new(self.rpc().await?);
+            let result: Result<(), qrpc::Status> = async {
+                let mut stream = blobs
+                    .download_blob(&v1::DownloadBlobRequest {
+                        sha256: wire.blob_sha256.clone(),
+                        offset: data.len() as u64,
+                    })
+                    .await?;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    if chunk.offset != data.len() as u64
+                        || data.len() as u64 + chunk.data.len() as u64 > total
+                    {
+                        return Err(qrpc::Status::data_loss("blob chunk out of place"));
+                    }
+                    data.extend_from_slice(&chunk.data);
+                    progress(Progress {
+                        done: data.len() as u64,
+                        total,
+                    });
+                }
+                Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) if (data.len() as u64) < total => {
+                    return Err(SdkError::Invalid("blob shorter than announced".into()));
+                }
+                Ok(()) => {}
+                Err(status)
+                    if retryable(&status) && failures < self.inner.limits.transfer_attempts =>
+                {
+                    failures += 1;
+                    if status.code() == Code::Unauthenticated {
+                        self.inner.resume().await?;
+                    } else {
+                        tokio::time::sleep(backoff(&self.inner.limits, failures)).await;
+                    }
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+        qpq_core::attachment::decrypt(&wire.key, &wire.blob_sha256, &data)
+            .map_err(|e| SdkError::Invalid(e.to_string()))
     }
 
     fn check_text(&self, body: &str) -> SdkResult<()> {
@@ -1347,6 +1555,27 @@ fn content_effect(
             deleted: false,
             reactions: Vec::new(),
             read_by: Vec::new(),
+            attachment: None,
+        }),
+        Some(v1::content::Body::Attachment(a)) => Effect::Message(Message {
+            id: message_id(&content.id)?,
+            conversation,
+            sender,
+            body: a.caption.clone(),
+            reply_to: None,
+            sent_at_ms: content.sent_at_ms,
+            received_at_ms: now_ms(),
+            outgoing: mine,
+            state: if mine {
+                SendState::Sent
+            } else {
+                SendState::Received
+            },
+            edited: false,
+            deleted: false,
+            reactions: Vec::new(),
+            read_by: Vec::new(),
+            attachment: Some(AttachmentInfo::from_wire(a)),
         }),
         Some(v1::content::Body::Edit(e)) => Effect::Edit {
             conversation,
@@ -1469,6 +1698,20 @@ fn events_for(
             .into_iter()
             .collect(),
     })
+}
+
+/// Errors a transfer survives by trying again (after resuming the session if need be).
+fn retryable(status: &qrpc::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unauthenticated | Code::Aborted | Code::DeadlineExceeded
+    )
+}
+
+fn futures_iter(
+    chunks: Vec<v1::BlobChunk>,
+) -> futures::stream::Iter<std::vec::IntoIter<v1::BlobChunk>> {
+    futures::stream::iter(chunks)
 }
 
 fn backoff(limits: &ClientLimits, attempt: u32) -> Duration {

@@ -45,6 +45,7 @@ pub use client::{ClientLimits, QpqClient, QpqClientBuilder};
 pub use error::{SdkError, SdkResult};
 pub use events::{ClientEvent, ConnectionState};
 pub use model::{
-    Conversation, ConversationId, ConversationKind, Device, Message, MessageId, SendState,
+    AttachmentInfo, Conversation, ConversationId, ConversationKind, Device, Message, MessageId,
+    Progress, SendState,
 };
 pub use store::{LocalStore, StoreKey};

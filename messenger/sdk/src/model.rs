@@ -136,6 +136,60 @@ pub struct Message {
     pub reactions: Vec<(String, String)>,
     /// Users who have read it, sorted.
     pub read_by: Vec<String>,
+    /// The file it carries, if it is an attachment (`body` is then the caption).
+    pub attachment: Option<AttachmentInfo>,
+}
+
+/// What a message says about its attached file (the key stays inside the SDK).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AttachmentInfo {
+    /// The file name the sender gave.
+    pub name: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// MIME type the sender gave (may be empty).
+    pub mime: String,
+    pub(crate) wire: qpq_proto::v1::Attachment,
+}
+
+impl std::fmt::Debug for AttachmentInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachmentInfo")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .field("mime", &self.mime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AttachmentInfo {
+    pub(crate) fn from_wire(wire: qpq_proto::v1::Attachment) -> Self {
+        Self {
+            name: wire.name.clone(),
+            size: wire.size,
+            mime: wire.mime.clone(),
+            wire,
+        }
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(&self.wire)
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> crate::error::SdkResult<Self> {
+        <qpq_proto::v1::Attachment as prost::Message>::decode(bytes)
+            .map(Self::from_wire)
+            .map_err(|e| crate::error::SdkError::Store(format!("corrupt attachment: {e}")))
+    }
+}
+
+/// How far an upload or download is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes done (confirmed by the server for uploads).
+    pub done: u64,
+    /// Bytes in all.
+    pub total: u64,
 }
 
 /// The sender's user name from `user/device`.

@@ -152,6 +152,10 @@ CREATE TABLE receipts (
     PRIMARY KEY (message, user)
 );
 ",
+    "
+-- The encoded qpq.v1.Attachment (with its key) of an attachment message.
+ALTER TABLE messages ADD COLUMN attachment BLOB;
+",
 ];
 
 /// A change to apply to the store, from an incoming message or a local action.
@@ -387,6 +391,19 @@ impl LocalStore {
         Ok(changed)
     }
 
+    /// The encoded attachment (with its key) of a message.
+    pub(crate) fn attachment(&self, id: &MessageId) -> SdkResult<Option<Vec<u8>>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT attachment FROM messages WHERE id = ?1 AND deleted = 0",
+                [id.0.as_slice()],
+                |r| r.get::<_, Option<Vec<u8>>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
     /// One message.
     pub fn message(&self, id: &MessageId) -> SdkResult<Option<Message>> {
         let conn = self.lock();
@@ -567,7 +584,7 @@ fn load_messages(
 ) -> SdkResult<Vec<Message>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, sender, body, reply_to, sent_at_ms, received_at_ms, outgoing, state,
-                state_reason, edited, deleted
+                state_reason, edited, deleted, attachment
          FROM messages WHERE conversation = ?1 AND (?2 IS NULL OR id = ?2)
          ORDER BY received_at_ms DESC, rowid DESC LIMIT ?3",
     )?;
@@ -588,6 +605,7 @@ fn load_messages(
                 ),
                 (r.get::<_, String>(7)?, r.get::<_, String>(8)?),
                 (r.get::<_, bool>(9)?, r.get::<_, bool>(10)?),
+                r.get::<_, Option<Vec<u8>>>(11)?,
             ))
         },
     )?;
@@ -598,6 +616,7 @@ fn load_messages(
             (sent, received, outgoing),
             (state, reason),
             (edited, deleted),
+            attachment,
         ) = row?;
         let id = MessageId(array(id, "message id")?);
         let mut reactions = Vec::new();
@@ -628,6 +647,10 @@ fn load_messages(
             deleted,
             reactions,
             read_by,
+            attachment: attachment
+                .filter(|_| !deleted)
+                .map(|bytes: Vec<u8>| crate::model::AttachmentInfo::decode(&bytes))
+                .transpose()?,
         });
     }
     out.reverse();
@@ -700,7 +723,8 @@ fn apply_effect(tx: &rusqlite::Transaction<'_>, effect: &Effect) -> SdkResult<bo
         } => {
             author_of(tx, conversation, target)?.as_deref() == Some(author.as_str())
                 && tx.execute(
-                    "UPDATE messages SET body = '', deleted = 1 WHERE id = ?1 AND deleted = 0",
+                    "UPDATE messages SET body = '', attachment = NULL, deleted = 1
+                     WHERE id = ?1 AND deleted = 0",
                     [target.0.as_slice()],
                 )? > 0
         }
@@ -776,8 +800,8 @@ fn insert_message(tx: &rusqlite::Transaction<'_>, m: &Message) -> SdkResult<bool
     let n = tx.execute(
         "INSERT OR IGNORE INTO messages
              (id, conversation, sender, body, reply_to, sent_at_ms, received_at_ms, outgoing,
-              state, state_reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+              state, state_reason, attachment)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             m.id.0.as_slice(),
             m.conversation.0.as_slice(),
@@ -788,7 +812,10 @@ fn insert_message(tx: &rusqlite::Transaction<'_>, m: &Message) -> SdkResult<bool
             i64::try_from(m.received_at_ms).unwrap_or(i64::MAX),
             m.outgoing,
             state,
-            reason
+            reason,
+            m.attachment
+                .as_ref()
+                .map(crate::model::AttachmentInfo::encode)
         ],
     )?;
     Ok(n > 0)

@@ -64,6 +64,17 @@ impl Server {
         self.running = Some(running);
     }
 
+    pub fn client_with(&self, dir: &std::path::Path, limits: ClientLimits) -> QpqClient {
+        QpqClient::builder()
+            .server(self.addr)
+            .pin(self.fingerprint)
+            .data_dir(dir)
+            .passphrase("store passphrase")
+            .limits(limits)
+            .build()
+            .unwrap()
+    }
+
     pub fn client(&self, dir: &std::path::Path) -> QpqClient {
         QpqClient::builder()
             .server(self.addr)
@@ -75,6 +86,7 @@ impl Server {
                 l.initial_backoff = Duration::from_millis(50);
                 l.max_backoff = Duration::from_millis(300);
                 l.key_packages = 3;
+                l.transfer_attempts = 100;
                 l
             })
             .build()
