@@ -469,7 +469,7 @@ impl QpqClient {
             .store
             .queue_outgoing(echo.as_ref(), &deliveries)?;
         if let Some(echo) = echo {
-            self.emit(ClientEvent::MessageReceived(echo.clone()));
+            self.emit(ClientEvent::MessageReceived(Box::new(echo.clone())));
             self.emit(ClientEvent::SendStateChanged {
                 id,
                 conversation: *conversation,
@@ -1537,7 +1537,7 @@ fn content_effect(
     // What this user sent from another device shows as its own, already sent.
     let mine = author == my_user;
     Ok(match content.body {
-        Some(v1::content::Body::Text(text)) => Effect::Message(Message {
+        Some(v1::content::Body::Text(text)) => Effect::Message(Box::new(Message {
             id: message_id(&content.id)?,
             conversation,
             sender,
@@ -1556,8 +1556,8 @@ fn content_effect(
             reactions: Vec::new(),
             read_by: Vec::new(),
             attachment: None,
-        }),
-        Some(v1::content::Body::Attachment(a)) => Effect::Message(Message {
+        })),
+        Some(v1::content::Body::Attachment(a)) => Effect::Message(Box::new(Message {
             id: message_id(&content.id)?,
             conversation,
             sender,
@@ -1576,7 +1576,7 @@ fn content_effect(
             reactions: Vec::new(),
             read_by: Vec::new(),
             attachment: Some(AttachmentInfo::from_wire(a)),
-        }),
+        })),
         Some(v1::content::Body::Edit(e)) => Effect::Edit {
             conversation,
             target: message_id(&e.target)?,

@@ -28,7 +28,7 @@ pub enum ConnectionState {
 #[non_exhaustive]
 pub enum ClientEvent {
     /// A message arrived (or, for an outgoing one, was stored: the local echo).
-    MessageReceived(Message),
+    MessageReceived(Box<Message>),
     /// This device joined a conversation, or created one.
     ConversationCreated(Conversation),
     /// A conversation's name or members changed (the new state).

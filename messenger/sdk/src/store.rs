@@ -171,7 +171,7 @@ pub(crate) enum Effect {
         members: Vec<String>,
     },
     /// A new message.
-    Message(Message),
+    Message(Box<Message>),
     /// A message's author changed its text.
     Edit {
         conversation: ConversationId,
