@@ -197,3 +197,53 @@ async fn bad_arguments_are_clear_errors() {
         Err(SdkError::InvalidArgument(_))
     ));
 }
+
+#[tokio::test]
+async fn a_sender_restarted_before_its_outbox_drained_delivers_each_message_once() {
+    let mut server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut bob_events = bob.subscribe();
+    let dm = alice.create_dm("bob").await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+
+    // Alice queues three messages with the server down, then her process goes away.
+    server.stop().await;
+    for i in 0..3 {
+        alice
+            .send_text(&dm.id, &format!("queued {i}"), None)
+            .unwrap();
+    }
+    assert_eq!(alice.store().outbox_len().unwrap(), 3);
+    drop(alice);
+
+    server.restart().await;
+    let alice = server.client(a_dir.path());
+    let mut alice_events = alice.subscribe();
+    alice.connect().await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(text(&mut bob_events).await.1);
+    }
+    assert_eq!(got, vec!["queued 0", "queued 1", "queued 2"]);
+    // Everything is marked sent, and nothing arrives twice.
+    next(&mut alice_events, |e| {
+        (alice.store().outbox_len().unwrap() == 0).then_some(e)
+    })
+    .await;
+    let marker = alice.send_text(&dm.id, "last", None).unwrap();
+    sent(&mut alice_events, marker).await;
+    assert_eq!(text(&mut bob_events).await.1, "last");
+    assert_eq!(bob.messages(&dm.id, 100).unwrap().len(), 4);
+    assert!(
+        alice
+            .messages(&dm.id, 100)
+            .unwrap()
+            .iter()
+            .all(|m| m.state == SendState::Sent)
+    );
+}

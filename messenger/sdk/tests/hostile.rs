@@ -1,0 +1,113 @@
+//! What a hostile sender or server can inject into a device queue surfaces as events, and the
+//! conversation goes on.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use prost::Message as _;
+use qpq_proto::v1;
+use qpq_sdk::ClientEvent;
+
+async fn undecryptable(events: &mut tokio::sync::broadcast::Receiver<ClientEvent>) -> String {
+    next(events, |e| match e {
+        ClientEvent::UndecryptableMessage { reason, .. } => Some(reason),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tampered_garbled_and_replayed_envelopes_are_events_not_failures() {
+    let server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut bob_events = bob.subscribe();
+    let dm = alice.create_dm("bob").await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+
+    // Mallory talks to the server directly with the generated clients.
+    let mallory = qrpc::Client::builder(
+        server.addr,
+        qrpc::tls::ClientTls::pinned(server.fingerprint),
+    )
+    .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+    .connect()
+    .await
+    .unwrap();
+    qpq_proto::auth_flows::register(&mallory, "mallory", "pw")
+        .await
+        .unwrap();
+    qpq_proto::auth_flows::login(&mallory, "mallory", "pc", "pw")
+        .await
+        .unwrap();
+    let bob_ref = v1::DeviceRef {
+        user: "bob".into(),
+        device: "phone".into(),
+    };
+    let bundle = v1::keys_client::KeysClient::new(mallory.clone())
+        .fetch_hybrid_key(&v1::FetchHybridKeyRequest {
+            device: Some(bob_ref.clone()),
+        })
+        .await
+        .unwrap();
+    let bob_key = qpq_core::bundle::KeyBundle::decode(&bundle.key_bundle)
+        .unwrap()
+        .hybrid;
+    let garbage = v1::Transport {
+        kind: Some(v1::transport::Kind::Group(v1::GroupMessage {
+            conversation_id: dm.id.0.to_vec().into(),
+            mls: vec![0x00, 0x01, 0x02, 0x03].into(),
+        })),
+    }
+    .encode_to_vec();
+    let envelope = qpq_core::sealed::seal(
+        &qpq_core::identity::IdentityKey::generate(),
+        &bob_key,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        &garbage,
+    )
+    .unwrap();
+    let delivery = v1::delivery_client::DeliveryClient::new(mallory.clone());
+    let send = |id: u8, payload: Vec<u8>| {
+        let delivery = delivery.clone();
+        let to = bob_ref.clone();
+        async move {
+            delivery
+                .enqueue(&v1::EnqueueRequest {
+                    recipient: Some(to),
+                    message_id: vec![id; 16].into(),
+                    payload: payload.into(),
+                    delivery_token: Default::default(),
+                })
+                .await
+                .unwrap();
+        }
+    };
+
+    let mut tampered = envelope.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x55;
+    send(1, tampered).await;
+    assert!(
+        undecryptable(&mut bob_events)
+            .await
+            .contains("sealed envelope")
+    );
+    send(2, envelope.clone()).await;
+    let garbled = undecryptable(&mut bob_events).await;
+    assert!(!garbled.contains("sealed envelope"), "{garbled}");
+    send(3, envelope).await; // the same envelope again
+    assert!(undecryptable(&mut bob_events).await.contains("replay"));
+
+    // The conversation goes on.
+    alice.send_text(&dm.id, "still here", None).unwrap();
+    assert_eq!(text(&mut bob_events).await.1, "still here");
+}
