@@ -428,6 +428,12 @@ impl QpqClient {
         self.inner.store.conversations()
     }
 
+    /// Searches this device's decrypted messages (full-text, every word must match), best
+    /// matches first. The index lives in the encrypted store; nothing leaves the device.
+    pub fn search(&self, query: &str) -> SdkResult<Vec<Message>> {
+        self.inner.store.search(query, 50)
+    }
+
     /// The newest `limit` messages of a conversation, oldest first.
     pub fn messages(&self, conversation: &ConversationId, limit: u32) -> SdkResult<Vec<Message>> {
         self.inner.store.messages(conversation, limit)

@@ -156,6 +156,21 @@ CREATE TABLE receipts (
 -- The encoded qpq.v1.Attachment (with its key) of an attachment message.
 ALTER TABLE messages ADD COLUMN attachment BLOB;
 ",
+    "
+-- Full-text index of message text, inside the encrypted database like everything else.
+CREATE VIRTUAL TABLE messages_fts USING fts5(body, content = 'messages', content_rowid = 'rowid');
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, body) VALUES (new.rowid, new.body);
+END;
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.rowid, old.body);
+END;
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.rowid, old.body);
+    INSERT INTO messages_fts (rowid, body) VALUES (new.rowid, new.body);
+END;
+INSERT INTO messages_fts (rowid, body) SELECT rowid, body FROM messages;
+",
 ];
 
 /// A change to apply to the store, from an incoming message or a local action.
@@ -402,6 +417,40 @@ impl LocalStore {
             )
             .optional()?
             .flatten())
+    }
+
+    /// Messages whose text contains every word of `query` (full-text, case-insensitive),
+    /// best matches first, at most `limit`. Deleted messages are not found.
+    pub fn search(&self, query: &str, limit: u32) -> SdkResult<Vec<Message>> {
+        // Each word becomes a quoted FTS5 string, so no input is a syntax error.
+        let terms: Vec<String> = query
+            .split_whitespace()
+            .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+            .collect();
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hits: Vec<(Vec<u8>, Vec<u8>)> = {
+            let conn = self.lock();
+            let mut stmt = conn.prepare_cached(
+                "SELECT m.id, m.conversation FROM messages_fts
+                 JOIN messages m ON m.rowid = messages_fts.rowid
+                 WHERE messages_fts MATCH ?1 AND m.deleted = 0
+                 ORDER BY rank LIMIT ?2",
+            )?;
+            stmt.query_map(params![terms.join(" "), limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        let conn = self.lock();
+        let mut out = Vec::with_capacity(hits.len());
+        for (id, conversation) in hits {
+            let id = MessageId(array(id, "message id")?);
+            let conversation = ConversationId(array(conversation, "conversation id")?);
+            out.extend(load_messages(&conn, &conversation, Some(&id), 1)?);
+        }
+        Ok(out)
     }
 
     /// One message.

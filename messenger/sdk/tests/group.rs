@@ -191,3 +191,38 @@ async fn edits_deletes_reactions_and_receipts() {
         "a deleted message stays deleted"
     );
 }
+
+#[tokio::test]
+async fn search_finds_decrypted_messages_in_this_store_only() {
+    let server = Server::start().await;
+    let mut alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let carol = member(&server, "carol").await;
+    let dm = alice.client.create_dm("bob").await.unwrap();
+    joined(&mut bob).await;
+    alice
+        .client
+        .send_text(&dm.id, "The Quick brown fox", None)
+        .unwrap();
+    let id = alice
+        .client
+        .send_text(&dm.id, "a lazy dog \"quoted\" (sic)", None)
+        .unwrap();
+    text(&mut bob.events).await;
+    text(&mut bob.events).await;
+    let found = bob.client.search("quick FOX").unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].body, "The Quick brown fox");
+    // Input with FTS syntax characters is just text.
+    assert_eq!(bob.client.search("\"quoted\" (sic)").unwrap()[0].id, id);
+    assert!(bob.client.search("fox cat").unwrap().is_empty());
+    assert!(bob.client.search("   ").unwrap().is_empty());
+    // Another user's store knows nothing of it.
+    assert!(carol.client.search("fox").unwrap().is_empty());
+    // Edits are re-indexed; deleted messages are not found.
+    alice.client.edit(&id, "a sleepy cat").unwrap();
+    assert_eq!(alice.client.search("sleepy").unwrap().len(), 1);
+    alice.client.delete(&id).unwrap();
+    assert!(alice.client.search("sleepy").unwrap().is_empty());
+    let _ = &mut alice.events;
+}
