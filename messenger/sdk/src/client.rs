@@ -311,7 +311,7 @@ impl QpqClient {
             .store
             .set_session_token(Some(&session.session_token))?;
         self.load_keys(first)?;
-        self.publish_keys(&rpc, first).await?;
+        self.publish_keys(&rpc).await?;
         self.start_tasks();
         Ok(())
     }
@@ -361,54 +361,31 @@ impl QpqClient {
         Ok(())
     }
 
-    /// Publishes the key bundle (with the delivery token) and, on the first login, one-time
-    /// key packages and a last-resort one.
-    async fn publish_keys(&self, rpc: &qrpc::Client, first: bool) -> SdkResult<()> {
+    /// Publishes the key bundle (with the delivery token) unless the store records it as
+    /// published, then tops up the one-time key packages.
+    async fn publish_keys(&self, rpc: &qrpc::Client) -> SdkResult<()> {
         let account = self.inner.store.account()?.ok_or(SdkError::NotLoggedIn)?;
-        let (bundle, packages, last_resort) = {
-            let keys = lock(&self.inner.keys);
-            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            let bundle = KeyBundle::new(
-                &keys.identity,
-                keys.hybrid.public(),
-                &account.user,
-                &account.device,
-            )
-            .map_err(|e| SdkError::Crypto(e.to_string()))?;
-            let mut packages = Vec::new();
-            let mut last_resort = None;
-            if first {
-                for _ in 0..self.inner.limits.key_packages {
-                    packages.push(bytes::Bytes::from(keys.mls.key_package()?));
-                }
-                last_resort = Some(bytes::Bytes::from(keys.mls.last_resort_key_package()?));
-            }
-            (bundle, packages, last_resort)
-        };
-        let keys_client = v1::keys_client::KeysClient::new(rpc.clone());
-        if first {
-            keys_client
+        if !self.inner.store.keys_published()? {
+            let bundle = {
+                let keys = lock(&self.inner.keys);
+                let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+                KeyBundle::new(
+                    &keys.identity,
+                    keys.hybrid.public(),
+                    &account.user,
+                    &account.device,
+                )
+                .map_err(|e| SdkError::Crypto(e.to_string()))?
+            };
+            v1::keys_client::KeysClient::new(rpc.clone())
                 .upload_hybrid_key(&v1::UploadHybridKeyRequest {
                     key_bundle: bundle.encode().into(),
                     delivery_token: account.delivery_token.to_vec().into(),
                 })
                 .await?;
-            keys_client
-                .upload_key_package(&v1::UploadKeyPackageRequest {
-                    key_packages: packages,
-                    last_resort: false,
-                })
-                .await?;
-            if let Some(kp) = last_resort {
-                keys_client
-                    .upload_key_package(&v1::UploadKeyPackageRequest {
-                        key_packages: vec![kp],
-                        last_resort: true,
-                    })
-                    .await?;
-            }
+            self.inner.store.set_keys_published()?;
         }
-        Ok(())
+        self.inner.replenish(rpc).await
     }
 
     fn start_tasks(&self) {
@@ -1261,6 +1238,45 @@ impl Inner {
         Ok(rpc)
     }
 
+    /// Tops the server's stock of this device's one-time key packages back up to
+    /// `limits.key_packages` and rotates the last-resort package. Each invitation this device
+    /// accepts used one package; the server's answer corrects the local count.
+    async fn replenish(&self, rpc: &qrpc::Client) -> SdkResult<()> {
+        let target = self.limits.key_packages;
+        let have = usize::try_from(self.store.key_packages()?).unwrap_or(0);
+        if have >= target {
+            return Ok(());
+        }
+        let (packages, last_resort) = {
+            let keys = lock(&self.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            let mut packages = Vec::with_capacity(target - have);
+            for _ in have..target {
+                packages.push(bytes::Bytes::from(keys.mls.key_package()?));
+            }
+            (
+                packages,
+                bytes::Bytes::from(keys.mls.last_resort_key_package()?),
+            )
+        };
+        let keys_client = v1::keys_client::KeysClient::new(rpc.clone());
+        let stored = keys_client
+            .upload_key_package(&v1::UploadKeyPackageRequest {
+                key_packages: packages,
+                last_resort: false,
+            })
+            .await?
+            .stored;
+        keys_client
+            .upload_key_package(&v1::UploadKeyPackageRequest {
+                key_packages: vec![last_resort],
+                last_resort: true,
+            })
+            .await?;
+        self.store.set_key_packages(u64::from(stored))?;
+        Ok(())
+    }
+
     /// Seals and hands every pending delivery to the server once. Returns whether anything is
     /// left to retry.
     async fn flush_outbox(self: &Arc<Self>, rpc: &qrpc::Client) -> SdkResult<bool> {
@@ -1374,6 +1390,9 @@ impl Inner {
                     _ => None,
                 };
                 if self.store.commit_incoming(seq, &effect)? {
+                    if matches!(effect, Effect::Conversation(_)) {
+                        self.store.key_package_used()?;
+                    }
                     for event in events_for(&self.store, &effect, before)? {
                         let _ = self.events.send(event);
                     }
@@ -1799,6 +1818,14 @@ async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
         if let Some(up_to_seq) = last {
             delivery.ack(&v1::AckRequest { up_to_seq }).await?;
             resumed = false;
+            let low = usize::try_from(inner.store.key_packages()?).unwrap_or(0)
+                <= inner.limits.key_packages / 2;
+            if low {
+                let rpc = inner.rpc().await?;
+                if let Err(e) = inner.replenish(&rpc).await {
+                    tracing::warn!(error = %e, "could not replenish key packages");
+                }
+            }
         }
     }
 }

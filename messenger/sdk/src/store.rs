@@ -171,6 +171,12 @@ CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages BEGIN
 END;
 INSERT INTO messages_fts (rowid, body) SELECT rowid, body FROM messages;
 ",
+    "
+-- Whether the key bundle is on the server, and how many one-time key packages are believed
+-- to be there (corrected by the server's answer at every upload).
+ALTER TABLE account ADD COLUMN keys_published INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE account ADD COLUMN key_packages INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 /// A change to apply to the store, from an incoming message or a local action.
@@ -369,6 +375,50 @@ impl LocalStore {
         self.lock().execute(
             "UPDATE account SET session_token = ?1 WHERE id = 1",
             [token],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn keys_published(&self) -> SdkResult<bool> {
+        Ok(self
+            .lock()
+            .query_row("SELECT keys_published FROM account WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(false))
+    }
+
+    pub(crate) fn set_keys_published(&self) -> SdkResult<()> {
+        self.lock()
+            .execute("UPDATE account SET keys_published = 1 WHERE id = 1", [])?;
+        Ok(())
+    }
+
+    /// One-time key packages believed to be on the server.
+    pub(crate) fn key_packages(&self) -> SdkResult<u64> {
+        let n: Option<i64> = self
+            .lock()
+            .query_row("SELECT key_packages FROM account WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    }
+
+    pub(crate) fn set_key_packages(&self, n: u64) -> SdkResult<()> {
+        self.lock().execute(
+            "UPDATE account SET key_packages = ?1 WHERE id = 1",
+            [i64::try_from(n).unwrap_or(i64::MAX)],
+        )?;
+        Ok(())
+    }
+
+    /// Counts one key package as used (an invitation was accepted).
+    pub(crate) fn key_package_used(&self) -> SdkResult<()> {
+        self.lock().execute(
+            "UPDATE account SET key_packages = MAX(key_packages - 1, 0) WHERE id = 1",
+            [],
         )?;
         Ok(())
     }

@@ -226,3 +226,55 @@ async fn search_finds_decrypted_messages_in_this_store_only() {
     assert!(alice.client.search("sleepy").unwrap().is_empty());
     let _ = &mut alice.events;
 }
+
+#[tokio::test]
+async fn key_packages_are_replenished_as_invitations_use_them() {
+    // The harness publishes 3 one-time key packages per device.
+    let server = Server::start().await;
+    let mut alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    // Mallory checks from outside which kind of package the server hands out for Bob.
+    let mallory = qrpc::Client::builder(
+        server.addr,
+        qrpc::tls::ClientTls::pinned(server.fingerprint),
+    )
+    .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+    .connect()
+    .await
+    .unwrap();
+    qpq_proto::auth_flows::register(&mallory, "mallory", "pw")
+        .await
+        .unwrap();
+    qpq_proto::auth_flows::login(&mallory, "mallory", "pc", "pw")
+        .await
+        .unwrap();
+
+    // Two invitations use two of Bob's three packages; a message read after them proves
+    // Bob's client finished the page where it topped the stock up again.
+    for i in 0..2 {
+        let c = alice
+            .client
+            .create_group(&format!("g{i}"), &["bob"])
+            .await
+            .unwrap();
+        joined(&mut bob).await;
+        alice.client.send_text(&c.id, "ping", None).unwrap();
+        text(&mut bob.events).await;
+    }
+    alice.client.create_group("g2", &["bob"]).await.unwrap();
+    joined(&mut bob).await;
+    let fetched = qpq_proto::v1::keys_client::KeysClient::new(mallory)
+        .fetch_key_package(&qpq_proto::v1::FetchKeyPackageRequest {
+            device: Some(qpq_proto::v1::DeviceRef {
+                user: "bob".into(),
+                device: "d1".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    assert!(
+        !fetched.last_resort,
+        "after three invitations Bob still has one-time key packages"
+    );
+    let _ = &mut alice.events;
+}
