@@ -152,6 +152,7 @@ impl QpqClientBuilder {
                 keys: Mutex::new(None),
                 events,
                 outbox_wake: Notify::new(),
+                sealed_bytes_sent: std::sync::atomic::AtomicU64::new(0),
                 peer_keys: Mutex::new(HashMap::new()),
             }),
         })
@@ -176,6 +177,7 @@ struct Inner {
     keys: Mutex<Option<Keys>>,
     events: broadcast::Sender<ClientEvent>,
     outbox_wake: Notify,
+    sealed_bytes_sent: std::sync::atomic::AtomicU64,
     peer_keys: Mutex<HashMap<(String, String), HybridPublicKey>>,
 }
 
@@ -258,6 +260,30 @@ impl QpqClient {
     /// Subscribes to events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<ClientEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// Events from now on as a `Stream`. A subscriber that falls more than `event_buffer`
+    /// events behind skips the oldest ones (the store keeps the full state).
+    pub fn events(&self) -> impl futures::Stream<Item = ClientEvent> + Send + 'static {
+        futures::stream::unfold(self.subscribe(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => return Some((event, rx)),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "event subscriber fell behind");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+
+    /// Bytes of sealed envelopes this client has handed to the server (its upload traffic
+    /// for messages, without attachments and transport overhead).
+    pub fn sealed_bytes_sent(&self) -> u64 {
+        self.inner
+            .sealed_bytes_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The local store (read access for front ends).
@@ -1304,10 +1330,13 @@ impl Inner {
                 delivery_token: Default::default(),
             });
         }
+        let bytes: usize = requests.iter().map(|r| r.payload.len()).sum();
         let results = v1::delivery_client::DeliveryClient::new(rpc.clone())
             .batch_enqueue(&v1::BatchEnqueueRequest { messages: requests })
             .await?
             .results;
+        self.sealed_bytes_sent
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         let mut retry = false;
         for (d, r) in pending.iter().zip(results) {
             let refused = Code::from_u8(u8::try_from(r.code).unwrap_or(u8::MAX));

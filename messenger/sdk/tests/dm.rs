@@ -247,3 +247,28 @@ async fn a_sender_restarted_before_its_outbox_drained_delivers_each_message_once
             .all(|m| m.state == SendState::Sent)
     );
 }
+
+#[tokio::test]
+async fn events_are_also_a_stream_and_sent_bytes_are_counted() {
+    use futures::StreamExt;
+    let server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let _bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut stream = Box::pin(alice.events());
+    let dm = alice.create_dm("bob").await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, ClientEvent::ConversationCreated(dm.clone()));
+    let mut events = alice.subscribe();
+    let id = alice.send_text(&dm.id, "counted", None).unwrap();
+    sent(&mut events, id).await;
+    // An invitation and a message, each sealed with a hybrid KEM ciphertext and padding.
+    assert!(
+        alice.sealed_bytes_sent() > 2 * 1120,
+        "{}",
+        alice.sealed_bytes_sent()
+    );
+}
