@@ -1,0 +1,252 @@
+//! qpq-sdk to qpq-sdk on loopback, through a real qpq-server: one direct message end to end
+//! (send call to MessageReceived on the other client), a group send to 10 and to 100 members
+//! (until every member has it, with the sealed bytes sent), and catching up on 10,000 queued
+//! messages. Percentiles of the direct message are printed after its run.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use qpq_sdk::{ClientEvent, ConversationId, MessageId, QpqClient};
+use tokio::sync::broadcast;
+
+struct World {
+    _dir: tempfile::TempDir,
+    server: qpq_server::RunningServer,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = qpq_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    // Throughput runs: the abuse controls would only throttle them.
+    let l = &mut config.limits;
+    l.calls_per_second_per_ip = 1_000_000;
+    l.logins_per_minute_per_ip = 1_000_000;
+    l.logins_per_minute_per_account = 1_000_000;
+    l.messages_per_second_per_user = 1_000_000;
+    l.stranger_messages_per_minute_per_user = 1_000_000;
+    l.max_pending_per_sender = 1_000_000;
+    l.max_pending_per_stranger = 1_000_000;
+    l.max_pending_bytes_per_sender = 1 << 40;
+    l.max_pending_bytes_per_stranger = 1 << 40;
+    l.max_queue_depth = 1_000_000;
+    l.max_queue_bytes = 1 << 40;
+    l.writes_per_second_per_user = 1_000_000;
+    l.key_package_fetches_per_minute_per_pair = 1_000_000;
+    l.key_package_fetches_per_minute_per_user = 1_000_000;
+    World {
+        server: qpq_server::start(config).await.unwrap(),
+        _dir: dir,
+    }
+}
+
+struct User {
+    client: QpqClient,
+    events: broadcast::Receiver<ClientEvent>,
+    dir: tempfile::TempDir,
+}
+
+fn client(w: &World, dir: &Path) -> QpqClient {
+    QpqClient::builder()
+        .server(w.server.addr)
+        .pin(w.server.fingerprint)
+        .data_dir(dir)
+        .raw_key([7; 32])
+        .build()
+        .unwrap()
+}
+
+async fn user(w: &World, name: &str) -> User {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client(w, dir.path());
+    client.register(name, "pw").await.unwrap();
+    client.login(name, "d1", "pw").await.unwrap();
+    let events = client.subscribe();
+    User {
+        client,
+        events,
+        dir,
+    }
+}
+
+async fn wait_for(
+    events: &mut broadcast::Receiver<ClientEvent>,
+    pick: impl Fn(&ClientEvent) -> bool,
+) {
+    loop {
+        match events.recv().await {
+            Ok(e) if pick(&e) => return,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+async fn joined(u: &mut User) {
+    wait_for(&mut u.events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_))
+    })
+    .await;
+}
+
+async fn received(u: &mut User, id: MessageId) {
+    wait_for(
+        &mut u.events,
+        |e| matches!(e, ClientEvent::MessageReceived(m) if m.id == id),
+    )
+    .await;
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn sdk(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let w = rt.block_on(world());
+    let mut g = c.benchmark_group("sdk");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+
+    // One direct message, end to end.
+    let (mut alice, mut bob, dm) = rt.block_on(async {
+        let alice = user(&w, "alice").await;
+        let mut bob = user(&w, "bob").await;
+        let dm = alice.client.create_dm("bob").await.unwrap();
+        joined(&mut bob).await;
+        (alice, bob, dm.id)
+    });
+    let mut samples = Vec::new();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("dm_end_to_end", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let id = alice.client.send_text(&dm, "ping", None).unwrap();
+                    received(&mut bob, id).await;
+                    let took = start.elapsed();
+                    samples.push(took);
+                    total += took;
+                }
+                total
+            })
+        })
+    });
+    samples.sort();
+    println!(
+        "sdk/dm_end_to_end percentiles over {} messages: p50 {:?}, p99 {:?}",
+        samples.len(),
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.99)
+    );
+    let _ = &mut alice.events;
+
+    // A group send, until every member has it.
+    for size in [10usize, 100] {
+        let (sender, mut members, group) = rt.block_on(async {
+            let sender = user(&w, &format!("g{size}owner")).await;
+            let mut members = Vec::new();
+            for i in 1..size {
+                members.push(user(&w, &format!("g{size}m{i}")).await);
+            }
+            let names: Vec<String> = (1..size).map(|i| format!("g{size}m{i}")).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let group = sender.client.create_group("bench", &refs).await.unwrap();
+            for m in &mut members {
+                joined(m).await;
+            }
+            (sender, members, group.id)
+        });
+        let before = sender.client.sealed_bytes_sent();
+        let mut sends = 0u64;
+        g.throughput(Throughput::Elements((size - 1) as u64));
+        g.bench_function(BenchmarkId::new("group_send", size), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let id = sender.client.send_text(&group, "to all", None).unwrap();
+                        sends += 1;
+                        for m in &mut members {
+                            received(m, id).await;
+                        }
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        println!(
+            "sdk/group_send/{size}: {} sealed bytes per message ({} sends)",
+            (sender.client.sealed_bytes_sent() - before) / sends.max(1),
+            sends
+        );
+    }
+
+    // Catching up on 10,000 messages queued while the recipient was offline.
+    let per_round = 10_000u64;
+    let (carol_dir, dm2) = rt.block_on(async {
+        let mut carol = user(&w, "carol").await;
+        let dm2 = alice.client.create_dm("carol").await.unwrap();
+        joined(&mut carol).await;
+        (carol.dir, dm2.id)
+    });
+    g.throughput(Throughput::Elements(per_round));
+    g.bench_function(BenchmarkId::new("catch_up", per_round), |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += catch_up(&w, &alice.client, carol_dir.path(), dm2, per_round).await;
+                }
+                total
+            })
+        })
+    });
+    g.finish();
+}
+
+/// Queues `n` messages for Carol while she is offline (untimed), then times her client from
+/// start until it has received them all.
+async fn catch_up(
+    w: &World,
+    alice: &QpqClient,
+    carol_dir: &Path,
+    dm: ConversationId,
+    n: u64,
+) -> Duration {
+    let mut alice_events = alice.subscribe();
+    let mut last = None;
+    for i in 0..n {
+        last = Some(alice.send_text(&dm, &format!("m{i}"), None).unwrap());
+    }
+    let last = last.unwrap();
+    wait_for(&mut alice_events, |e| {
+        matches!(e, ClientEvent::SendStateChanged { id, state: qpq_sdk::SendState::Sent, .. } if *id == last)
+    })
+    .await;
+    let start = Instant::now();
+    let carol = client(w, carol_dir);
+    let mut events = carol.subscribe();
+    carol.connect().await.unwrap();
+    wait_for(
+        &mut events,
+        |e| matches!(e, ClientEvent::MessageReceived(m) if m.id == last),
+    )
+    .await;
+    start.elapsed()
+}
+
+criterion_group!(benches, sdk);
+criterion_main!(benches);
