@@ -44,6 +44,8 @@ pub struct Limiters {
     pub logins_per_account: DefaultKeyedRateLimiter<String>,
     /// Session resumes per client IP.
     pub resumes_per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    /// Typing notifications per user.
+    pub typing_per_user: DefaultKeyedRateLimiter<String>,
 }
 
 impl std::fmt::Debug for Limiters {
@@ -72,6 +74,7 @@ impl Limiters {
             logins_per_ip: RateLimiter::keyed(per_minute(l.logins_per_minute_per_ip)),
             logins_per_account: RateLimiter::keyed(per_minute(l.logins_per_minute_per_account)),
             resumes_per_ip: RateLimiter::keyed(per_minute(l.resumes_per_minute_per_ip)),
+            typing_per_user: RateLimiter::keyed(per_minute(l.typing_per_minute_per_user)),
         }
     }
 
@@ -113,6 +116,7 @@ impl Limiters {
         self.logins_per_ip.retain_recent();
         self.logins_per_account.retain_recent();
         self.resumes_per_ip.retain_recent();
+        self.typing_per_user.retain_recent();
     }
 
     /// Keys held across all limiters (for tests and metrics).
@@ -126,6 +130,7 @@ impl Limiters {
             + self.logins_per_ip.len()
             + self.logins_per_account.len()
             + self.resumes_per_ip.len()
+            + self.typing_per_user.len()
     }
 }
 

@@ -64,6 +64,8 @@ pub struct Limits {
     pub auth_attempts_per_connection: u32,
     /// Session resumes per minute per client IP (default 60).
     pub resumes_per_minute_per_ip: u32,
+    /// Typing notifications one user may send per minute (default 30, also the burst).
+    pub typing_per_minute_per_user: u32,
     /// Devices one user may have (default 10).
     pub max_devices_per_user: u32,
     /// `FetchWait` calls one connection may have waiting at once (default 4).
@@ -125,6 +127,7 @@ impl Default for Limits {
             logins_per_minute_per_account: 10,
             auth_attempts_per_connection: 10,
             resumes_per_minute_per_ip: 60,
+            typing_per_minute_per_user: 30,
             max_devices_per_user: 10,
             max_fetch_waits_per_connection: 4,
             janitor_interval_secs: 60,
@@ -247,6 +250,10 @@ impl Config {
                 u64::from(l.resumes_per_minute_per_ip),
             ),
             ("max_devices_per_user", u64::from(l.max_devices_per_user)),
+            (
+                "typing_per_minute_per_user",
+                u64::from(l.typing_per_minute_per_user),
+            ),
             (
                 "max_fetch_waits_per_connection",
                 u64::from(l.max_fetch_waits_per_connection),

@@ -106,4 +106,81 @@ impl<S: Store> Channel for Api<S> {
             channel_id: id.to_vec().into(),
         })
     }
+
+    async fn update_channel(
+        &self,
+        ctx: RequestContext,
+        request: v1::UpdateChannelRequest,
+    ) -> Result<v1::UpdateChannelResponse, Status> {
+        let me = caller(&ctx)?;
+        validate::exact_len("channel_id", &request.channel_id, 16)?;
+        if request.add.len() + request.remove.len() > MAX_CHANNEL_MEMBERS {
+            return Err(Status::invalid_argument(format!(
+                "add and remove: at most {MAX_CHANNEL_MEMBERS} names"
+            )));
+        }
+        for user in request.add.iter().chain(&request.remove) {
+            validate::user(user)?;
+        }
+        self.check_write(&me)?;
+        let members = match self
+            .state
+            .store
+            .update_channel(
+                request.channel_id.to_vec(),
+                me.user.clone(),
+                request.add.clone(),
+                request.remove.clone(),
+                MAX_CHANNEL_MEMBERS,
+            )
+            .await
+        {
+            Ok(members) => members,
+            // A stranger cannot tell a channel it is not in from no channel at all.
+            Err(StoreError::NotFound) => {
+                return Err(Status::not_found(
+                    "no such channel among yours, or an added user does not exist",
+                ));
+            }
+            Err(StoreError::QuotaExceeded) => {
+                return Err(Status::resource_exhausted(format!(
+                    "a channel has at most {MAX_CHANNEL_MEMBERS} members"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let event = Event::Channel(v1::ChannelUpdate {
+            channel_id: request.channel_id.clone(),
+            change: "members".into(),
+        });
+        for user in members.iter().chain(&request.remove) {
+            self.state.push_to_user(user, &event).await;
+        }
+        Ok(v1::UpdateChannelResponse { members })
+    }
+
+    async fn typing(
+        &self,
+        ctx: RequestContext,
+        request: v1::TypingRequest,
+    ) -> Result<v1::TypingResponse, Status> {
+        let me = caller(&ctx)?;
+        validate::exact_len("channel_id", &request.channel_id, 16)?;
+        let l = &self.state.limiters;
+        l.check(&l.typing_per_user, &me.user, 1, "typing notifications")?;
+        let members = self
+            .state
+            .store
+            .channel_members(request.channel_id.to_vec(), me.user.clone())
+            .await?
+            .ok_or_else(|| Status::not_found("no such channel among yours"))?;
+        let event = Event::Typing(v1::TypingNotification {
+            channel_id: request.channel_id,
+            user: me.user.clone(),
+        });
+        for user in members.iter().filter(|u| **u != me.user) {
+            self.state.push_to_user(user, &event).await;
+        }
+        Ok(v1::TypingResponse {})
+    }
 }

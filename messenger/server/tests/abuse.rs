@@ -412,6 +412,91 @@ async fn endpoints_are_visible_only_to_channel_peers() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn only_members_change_a_channel_or_type_in_it_and_typing_is_limited() {
+    let h = start(|c| c.limits.typing_per_minute_per_user = 2).await;
+    let bob = Account::create(&h, "bob", "phone").await;
+    let alice = Account::create(&h, "alice", "phone").await;
+    let mallory = Account::create(&h, "mallory", "pc").await;
+    let mut bob_events = v1::server_event_push::Events::new(bob.client.push_events().unwrap());
+    let channels = |a: &Account| v1::channel_client::ChannelClient::new(a.client.clone());
+    let id = channels(&alice)
+        .create_channel(&v1::CreateChannelRequest {
+            name: "pair".into(),
+            members: vec!["bob".into()],
+            mls_group_id: Default::default(),
+        })
+        .await
+        .unwrap()
+        .channel_id;
+    // Bob hears about the channel, then about Alice typing in it.
+    assert!(matches!(
+        next_event(&mut bob_events).await,
+        v1::server_event_push::Event::Channel(_)
+    ));
+    channels(&alice)
+        .typing(&v1::TypingRequest {
+            channel_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    match next_event(&mut bob_events).await {
+        v1::server_event_push::Event::Typing(t) => {
+            assert_eq!(
+                (t.user.as_str(), t.channel_id.as_ref()),
+                ("alice", id.as_ref())
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A stranger can neither type into it nor add itself.
+    let err = channels(&mallory)
+        .typing(&v1::TypingRequest {
+            channel_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = channels(&mallory)
+        .update_channel(&v1::UpdateChannelRequest {
+            channel_id: id.clone(),
+            add: vec!["mallory".into()],
+            remove: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // A member changes the membership.
+    let members = channels(&bob)
+        .update_channel(&v1::UpdateChannelRequest {
+            channel_id: id.clone(),
+            add: vec!["mallory".into()],
+            remove: vec!["alice".into()],
+        })
+        .await
+        .unwrap()
+        .members;
+    assert_eq!(members, vec!["bob".to_string(), "mallory".to_string()]);
+    // Typing is rate limited per user: the limit is 2 per minute and one is used.
+    channels(&bob)
+        .typing(&v1::TypingRequest {
+            channel_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    channels(&bob)
+        .typing(&v1::TypingRequest {
+            channel_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let err = channels(&bob)
+        .typing(&v1::TypingRequest { channel_id: id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+}
+
 // 6. FetchWait amplification -----------------------------------------------------------------
 
 async fn in_process_with(users: &[(&str, &str)]) -> (tempfile::TempDir, InProcess) {

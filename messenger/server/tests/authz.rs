@@ -59,6 +59,8 @@ struct Fixture {
     bundle: Vec<u8>,
     blob: Vec<u8>,
     counter: AtomicU32,
+    /// Bob's channel (created during setup).
+    channel: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Fixture {
@@ -75,6 +77,10 @@ impl Fixture {
             payload: b"ciphertext".to_vec().into(),
             delivery_token: Default::default(),
         }
+    }
+
+    fn channel(&self) -> Vec<u8> {
+        self.channel.get().cloned().unwrap_or_else(|| vec![0; 16])
     }
 
     fn blob_chunk(&self) -> Bytes {
@@ -270,6 +276,31 @@ fn rows() -> Vec<Row> {
             Unauthenticated,
             Ok,
             Ok,
+        ),
+        // A channel is visible to its members only.
+        row(
+            31,
+            |f| {
+                unary(&v1::UpdateChannelRequest {
+                    channel_id: f.channel().into(),
+                    add: vec![],
+                    remove: vec![],
+                })
+            },
+            Unauthenticated,
+            Ok,
+            NotFound,
+        ),
+        row(
+            32,
+            |f| {
+                unary(&v1::TypingRequest {
+                    channel_id: f.channel().into(),
+                })
+            },
+            Unauthenticated,
+            Ok,
+            NotFound,
         ),
         row(
             40,
@@ -519,6 +550,7 @@ async fn authorization_matrix() {
         bundle: bundle.clone(),
         blob: b"an encrypted attachment".to_vec(),
         counter: AtomicU32::new(0),
+        channel: std::sync::OnceLock::new(),
     };
     let setup = [
         (
@@ -553,6 +585,23 @@ async fn authorization_matrix() {
     for (method, body) in setup {
         server.call(&owner, method, body).await.unwrap();
     }
+    let created = server
+        .call(
+            &owner,
+            30,
+            unary(&v1::CreateChannelRequest {
+                name: "bob's".into(),
+                members: vec![],
+                mls_group_id: Default::default(),
+            }),
+        )
+        .await
+        .unwrap();
+    let qrpc::ResponseBody::Unary(bytes) = created.into_inner() else {
+        panic!("unary answer expected")
+    };
+    let channel = v1::CreateChannelResponse::decode(bytes).unwrap().channel_id;
+    fixture.channel.set(channel.to_vec()).unwrap();
 
     let mut failures = Vec::new();
     let mut port = 10;

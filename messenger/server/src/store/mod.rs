@@ -376,6 +376,23 @@ pub trait Store: Send + Sync + 'static {
         mls_group_id: Vec<u8>,
         now_ms: u64,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Adds and removes members of a channel `caller` belongs to, keeping at most
+    /// `max_members`; returns the members after the change, sorted. `NotFound` when the
+    /// channel does not exist, the caller is not a member, or an added user does not exist.
+    fn update_channel(
+        &self,
+        id: Vec<u8>,
+        caller: String,
+        add: Vec<String>,
+        remove: Vec<String>,
+        max_members: usize,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+    /// A channel's members, sorted, if `caller` is one of them.
+    fn channel_members(
+        &self,
+        id: Vec<u8>,
+        caller: String,
+    ) -> impl Future<Output = StoreResult<Option<Vec<String>>>> + Send;
     /// Whether a user exists.
     fn user_exists(&self, user: String) -> impl Future<Output = StoreResult<bool>> + Send;
 

@@ -245,6 +245,22 @@ fn enqueue_one(
     })
 }
 
+fn is_member(c: &Connection, id: &[u8], user: &str) -> StoreResult<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM channel_members WHERE channel_id = ?1 AND user = ?2)",
+    )
+    .and_then(|mut st| st.query_row(params![id, user], |r| r.get(0)))
+    .map_err(backend)
+}
+
+fn members_of(c: &Connection, id: &[u8]) -> StoreResult<Vec<String>> {
+    let mut st = c
+        .prepare_cached("SELECT user FROM channel_members WHERE channel_id = ?1 ORDER BY user")
+        .map_err(backend)?;
+    let rows = st.query_map([id], |r| r.get(0)).map_err(backend)?;
+    rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+}
+
 fn share_channel_in(c: &Connection, a: &str, b: &str) -> StoreResult<bool> {
     if a == b {
         return Ok(true);
@@ -816,6 +832,58 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn update_channel(
+        &self,
+        id: Vec<u8>,
+        caller: String,
+        add: Vec<String>,
+        remove: Vec<String>,
+        max_members: usize,
+    ) -> StoreResult<Vec<String>> {
+        self.write(move |tx| {
+            if !is_member(tx, &id, &caller)? {
+                return Err(StoreError::NotFound);
+            }
+            for user in &add {
+                if !user_exists_in(tx, user)? {
+                    return Err(StoreError::NotFound);
+                }
+                tx.execute(
+                    "INSERT OR IGNORE INTO channel_members (channel_id, user) VALUES (?1, ?2)",
+                    params![id, user],
+                )
+                .map_err(backend)?;
+            }
+            for user in &remove {
+                tx.execute(
+                    "DELETE FROM channel_members WHERE channel_id = ?1 AND user = ?2",
+                    params![id, user],
+                )
+                .map_err(backend)?;
+            }
+            let members = members_of(tx, &id)?;
+            if members.len() > max_members {
+                return Err(StoreError::QuotaExceeded);
+            }
+            Ok(members)
+        })
+        .await
+    }
+
+    async fn channel_members(
+        &self,
+        id: Vec<u8>,
+        caller: String,
+    ) -> StoreResult<Option<Vec<String>>> {
+        self.read(move |c| {
+            if !is_member(c, &id, &caller)? {
+                return Ok(None);
+            }
+            members_of(c, &id).map(Some)
         })
         .await
     }
