@@ -876,6 +876,41 @@ impl QpqClient {
         })
     }
 
+    /// Tells the conversation's other members' live connections that this user is typing.
+    /// Nothing is stored; the server rate-limits it (call it at most every few seconds).
+    pub async fn typing(&self, conversation: &ConversationId) -> SdkResult<()> {
+        let channel = self
+            .inner
+            .store
+            .channel(conversation)?
+            .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
+        v1::channel_client::ChannelClient::new(self.rpc().await?)
+            .typing(&v1::TypingRequest {
+                channel_id: channel.into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps the server channel's membership in step with the conversation's.
+    async fn update_channel(
+        &self,
+        conversation: &ConversationId,
+        add: Vec<String>,
+        remove: Vec<String>,
+    ) -> SdkResult<()> {
+        if let Some(channel) = self.inner.store.channel(conversation)? {
+            v1::channel_client::ChannelClient::new(self.rpc().await?)
+                .update_channel(&v1::UpdateChannelRequest {
+                    channel_id: channel.into(),
+                    add,
+                    remove,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Creates a group named `name` with `members` (user names; this user is added): one MLS
     /// group with every device of every member, each invited through its sealed queue.
     pub async fn create_group(&self, name: &str, members: &[&str]) -> SdkResult<Conversation> {
@@ -936,6 +971,19 @@ impl QpqClient {
                 Some(group.add_members(&keys.mls, &refs)?.1)
             }
         };
+        let channel = v1::channel_client::ChannelClient::new(rpc.clone())
+            .create_channel(&v1::CreateChannelRequest {
+                name: if name.is_empty() { "direct" } else { name }.to_owned(),
+                members: users
+                    .iter()
+                    .filter(|u| **u != user_of(&me))
+                    .cloned()
+                    .collect(),
+                mls_group_id: id.0.to_vec().into(),
+            })
+            .await?
+            .channel_id
+            .to_vec();
         let conversation = Conversation {
             id,
             kind,
@@ -944,12 +992,16 @@ impl QpqClient {
         };
         let item = MessageId::random();
         let deliveries = match welcome {
-            Some(welcome) => deliveries_for(item, &devices, &invitation(&conversation, welcome)),
+            Some(welcome) => deliveries_for(
+                item,
+                &devices,
+                &invitation(&conversation, welcome, Some(&channel)),
+            ),
             None => Vec::new(),
         };
         self.inner
             .store
-            .apply(&Effect::Conversation(conversation.clone()))?;
+            .apply(&Effect::Conversation(conversation.clone(), Some(channel)))?;
         self.inner.store.queue_outgoing(None, &deliveries)?;
         self.emit(ClientEvent::ConversationCreated(conversation.clone()));
         self.inner.outbox_wake.notify_one();
@@ -978,6 +1030,8 @@ impl QpqClient {
         }
         c.members.push(user.to_owned());
         c.members.sort();
+        self.update_channel(conversation, vec![user.to_owned()], Vec::new())
+            .await?;
         self.add_devices(&c, &devices).await?;
         self.inner.store.apply(&Effect::Members {
             conversation: *conversation,
@@ -1008,6 +1062,8 @@ impl QpqClient {
         }
         let gone = user.to_owned();
         self.remove_devices(&c, |(u, _)| *u == gone)?;
+        self.update_channel(conversation, Vec::new(), vec![user.to_owned()])
+            .await?;
         c.members.retain(|m| m != user);
         self.inner.store.apply(&Effect::Members {
             conversation: *conversation,
@@ -1137,7 +1193,12 @@ impl QpqClient {
         };
         let item = MessageId::random();
         let mut deliveries = deliveries_for(item, &existing, &group_transport(&c.id, commit));
-        deliveries.extend(deliveries_for(item, devices, &invitation(c, welcome)));
+        let channel = self.inner.store.channel(&c.id)?;
+        deliveries.extend(deliveries_for(
+            item,
+            devices,
+            &invitation(c, welcome, channel.as_deref()),
+        ));
         self.inner.store.queue_outgoing(None, &deliveries)?;
         self.inner.outbox_wake.notify_one();
         Ok(())
@@ -1235,7 +1296,8 @@ impl QpqClient {
 
 impl Inner {
     /// The connection, made on first use; the qrpc client reconnects by itself afterwards.
-    async fn rpc(&self) -> SdkResult<qrpc::Client> {
+    /// Its push events are forwarded for as long as the client lives.
+    async fn rpc(self: &Arc<Self>) -> SdkResult<qrpc::Client> {
         let mut rpc = self.rpc.lock().await;
         if let Some(client) = rpc.as_ref() {
             return Ok(client.clone());
@@ -1244,6 +1306,12 @@ impl Inner {
             .configure(|c| c.alpn = vec![ALPN.to_vec()])
             .connect()
             .await?;
+        if let Some(push) = client.push_events() {
+            tokio::spawn(forward_pushes(
+                Arc::downgrade(self),
+                v1::server_event_push::Events::new(push),
+            ));
+        }
         *rpc = Some(client.clone());
         Ok(client)
     }
@@ -1419,7 +1487,7 @@ impl Inner {
                     _ => None,
                 };
                 if self.store.commit_incoming(seq, &effect)? {
-                    if matches!(effect, Effect::Conversation(_)) {
+                    if matches!(effect, Effect::Conversation(..)) {
                         self.store.key_package_used()?;
                     }
                     for event in events_for(&self.store, &effect, before)? {
@@ -1456,12 +1524,16 @@ impl Inner {
                 if group.id() != id.0 {
                     return Err("invitation: conversation id does not match its group".into());
                 }
-                Ok(Effect::Conversation(Conversation {
-                    id,
-                    kind: ConversationKind::from_code(inv.kind),
-                    name: inv.name,
-                    members: member_users(&group),
-                }))
+                let channel = (inv.channel_id.len() == 16).then(|| inv.channel_id.to_vec());
+                Ok(Effect::Conversation(
+                    Conversation {
+                        id,
+                        kind: ConversationKind::from_code(inv.kind),
+                        name: inv.name,
+                        members: member_users(&group),
+                    },
+                    channel,
+                ))
             }
             Some(v1::transport::Kind::Group(g)) => {
                 let id = conversation_id(&g.conversation_id)?;
@@ -1496,6 +1568,28 @@ impl Inner {
                 }
             }
             None => Err("transport: empty".into()),
+        }
+    }
+}
+
+/// Turns the server's live notifications into events (typing) and nudges (new messages are
+/// fetched by the receive loop anyway).
+async fn forward_pushes(inner: std::sync::Weak<Inner>, mut pushes: v1::server_event_push::Events) {
+    while let Some(event) = pushes.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        if let Ok(v1::server_event_push::Event::Typing(t)) = event {
+            let me = lock(&inner.keys)
+                .as_ref()
+                .map(|k| user_of(&k.me).to_owned());
+            if me.as_deref() == Some(t.user.as_str()) {
+                continue;
+            }
+            if let Ok(Some(conversation)) = inner.store.conversation_of_channel(&t.channel_id) {
+                let _ = inner.events.send(ClientEvent::Typing {
+                    conversation,
+                    user: t.user,
+                });
+            }
         }
     }
 }
@@ -1544,13 +1638,14 @@ fn group_transport(conversation: &ConversationId, mls: Vec<u8>) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn invitation(c: &Conversation, welcome: Vec<u8>) -> Vec<u8> {
+fn invitation(c: &Conversation, welcome: Vec<u8>, channel: Option<&[u8]>) -> Vec<u8> {
     v1::Transport {
         kind: Some(v1::transport::Kind::Invitation(v1::Invitation {
             welcome: welcome.into(),
             conversation_id: c.id.0.to_vec().into(),
             kind: c.kind.code(),
             name: c.name.clone(),
+            channel_id: channel.map(<[u8]>::to_vec).unwrap_or_default().into(),
         })),
     }
     .encode_to_vec()
@@ -1679,7 +1774,7 @@ fn events_for(
 ) -> SdkResult<Vec<ClientEvent>> {
     Ok(match effect {
         Effect::None => Vec::new(),
-        Effect::Conversation(c) => vec![ClientEvent::ConversationCreated(c.clone())],
+        Effect::Conversation(c, _) => vec![ClientEvent::ConversationCreated(c.clone())],
         Effect::Message(m) => vec![ClientEvent::MessageReceived(m.clone())],
         Effect::Members {
             conversation,

@@ -94,6 +94,13 @@ pub enum ClientEvent {
         /// The new state.
         state: SendState,
     },
+    /// A member is typing (a live notification; nothing is stored).
+    Typing {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who.
+        user: String,
+    },
     /// The connection changed.
     ConnectionStateChanged(ConnectionState),
     /// Something arrived that could not be decrypted or verified; it was skipped and the

@@ -177,6 +177,11 @@ INSERT INTO messages_fts (rowid, body) SELECT rowid, body FROM messages;
 ALTER TABLE account ADD COLUMN keys_published INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE account ADD COLUMN key_packages INTEGER NOT NULL DEFAULT 0;
 ",
+    "
+-- The server channel a conversation's members share (typing notifications).
+ALTER TABLE conversations ADD COLUMN channel BLOB;
+CREATE INDEX conversations_by_channel ON conversations(channel);
+",
 ];
 
 /// A change to apply to the store, from an incoming message or a local action.
@@ -184,8 +189,8 @@ ALTER TABLE account ADD COLUMN key_packages INTEGER NOT NULL DEFAULT 0;
 pub(crate) enum Effect {
     /// Nothing to store (the cursor still advances).
     None,
-    /// A conversation joined or created.
-    Conversation(Conversation),
+    /// A conversation joined or created, with its server channel.
+    Conversation(Conversation, Option<Vec<u8>>),
     /// A conversation's member users changed.
     Members {
         conversation: ConversationId,
@@ -421,6 +426,36 @@ impl LocalStore {
             [],
         )?;
         Ok(())
+    }
+
+    /// The server channel of a conversation, if it has one.
+    pub(crate) fn channel(&self, conversation: &ConversationId) -> SdkResult<Option<Vec<u8>>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT channel FROM conversations WHERE id = ?1",
+                [conversation.0.as_slice()],
+                |r| r.get::<_, Option<Vec<u8>>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// The conversation using a server channel.
+    pub(crate) fn conversation_of_channel(
+        &self,
+        channel: &[u8],
+    ) -> SdkResult<Option<ConversationId>> {
+        let id: Option<Vec<u8>> = self
+            .lock()
+            .query_row(
+                "SELECT id FROM conversations WHERE channel = ?1",
+                [channel],
+                |r| r.get(0),
+            )
+            .optional()?;
+        id.map(|id| array(id, "conversation id").map(ConversationId))
+            .transpose()
     }
 
     /// The last queue sequence number whose effects are committed here.
@@ -781,8 +816,14 @@ fn apply_effect(tx: &rusqlite::Transaction<'_>, effect: &Effect) -> SdkResult<bo
     .unwrap_or(0);
     Ok(match effect {
         Effect::None => false,
-        Effect::Conversation(c) => {
+        Effect::Conversation(c, channel) => {
             insert_conversation(tx, c, now)?;
+            if let Some(channel) = channel {
+                tx.execute(
+                    "UPDATE conversations SET channel = ?2 WHERE id = ?1",
+                    params![c.id.0.as_slice(), channel],
+                )?;
+            }
             true
         }
         Effect::Members {

@@ -278,3 +278,32 @@ async fn key_packages_are_replenished_as_invitations_use_them() {
     );
     let _ = &mut alice.events;
 }
+
+#[tokio::test]
+async fn typing_reaches_the_members_including_one_invited_later() {
+    let server = Server::start().await;
+    let mut alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let mut carol = member(&server, "carol").await;
+    let team = alice.client.create_group("team", &["bob"]).await.unwrap();
+    joined(&mut bob).await;
+    bob.client.typing(&team.id).await.unwrap();
+    let who = next(&mut alice.events, |e| match e {
+        ClientEvent::Typing { conversation, user } if conversation == team.id => Some(user),
+        _ => None,
+    })
+    .await;
+    assert_eq!(who, "bob");
+
+    alice.client.invite(&team.id, "carol").await.unwrap();
+    joined(&mut carol).await;
+    carol.client.typing(&team.id).await.unwrap();
+    for m in [&mut alice, &mut bob] {
+        let who = next(&mut m.events, |e| match e {
+            ClientEvent::Typing { user, .. } => Some(user),
+            _ => None,
+        })
+        .await;
+        assert_eq!(who, "carol");
+    }
+}
