@@ -18,7 +18,7 @@ const MAX_BATCH_FETCH: usize = 256;
 impl<S: Store> Api<S> {
     async fn proof_for(&self, device: &DeviceId) -> Result<Option<v1::KtProof>, Status> {
         match self.state.store.bundle(device.clone()).await? {
-            Some(row) => Ok(Some(self.state.kt_proof(row.kt_index).await?)),
+            Some(row) => Ok(Some(self.state.kt_proof(row.kt_index, device).await?)),
             None => Ok(None),
         }
     }
@@ -27,12 +27,12 @@ impl<S: Store> Api<S> {
         &self,
         device: DeviceId,
     ) -> Result<Option<v1::FetchHybridKeyResponse>, Status> {
-        let Some(row) = self.state.store.bundle(device).await? else {
+        let Some(row) = self.state.store.bundle(device.clone()).await? else {
             return Ok(None);
         };
         Ok(Some(v1::FetchHybridKeyResponse {
             key_bundle: row.bundle.into(),
-            proof: Some(self.state.kt_proof(row.kt_index).await?),
+            proof: Some(self.state.kt_proof(row.kt_index, &device).await?),
         }))
     }
 
@@ -186,7 +186,7 @@ impl<S: Store> Keys for Api<S> {
                 }
             })?;
         Ok(v1::UploadHybridKeyResponse {
-            proof: Some(self.state.kt_proof(index).await?),
+            proof: Some(self.state.kt_proof(index, &me).await?),
         })
     }
 
@@ -199,6 +199,14 @@ impl<S: Store> Keys for Api<S> {
         self.fetch_bundle(device)
             .await?
             .ok_or_else(|| Status::not_found("the device has no key bundle"))
+    }
+
+    async fn kt_head(
+        &self,
+        _ctx: RequestContext,
+        request: v1::KtHeadRequest,
+    ) -> Result<v1::KtHeadResponse, Status> {
+        self.state.kt_head(request.since_size).await
     }
 
     async fn batch_fetch_hybrid_keys(

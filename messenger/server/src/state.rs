@@ -249,27 +249,59 @@ impl<S: Store> AppState<S> {
         Ok(index)
     }
 
-    /// The inclusion proof of leaf `index` at the current head, with the signed head.
-    pub async fn kt_proof(&self, index: u64) -> Result<v1::KtProof, Status> {
+    /// The inclusion proof of leaf `index` at the current head, with the signed head and the
+    /// binding's key-package hash (that of `device`'s current last-resort package).
+    pub async fn kt_proof(&self, index: u64, device: &DeviceId) -> Result<v1::KtProof, Status> {
+        let key_package_hash = self
+            .store
+            .last_resort_key_package(device.clone())
+            .await?
+            .map_or([0; 32], |kp| sha256(&kp));
         let mut kt = self.kt.lock().await;
         let size = kt.log.size();
         let proof = kt
             .log
             .inclusion_proof(index, size)
             .map_err(|_| Status::internal("key-transparency leaf missing"))?;
-        let head = match &kt.head {
-            Some(head) if head.tree_size == size => head.clone(),
-            _ => {
-                let head = kt.log.sign_head(&self.kt_key, now_ms());
-                kt.head = Some(head.clone());
-                head
-            }
-        };
+        let head = Self::current_head(&mut kt, &self.kt_key);
         Ok(v1::KtProof {
             leaf_index: index,
             inclusion_proof: proof.encode().into(),
             tree_head: head.encode().into(),
+            key_package_hash: key_package_hash.to_vec().into(),
         })
+    }
+
+    /// The latest signed head and a consistency proof from `since_size` to it.
+    pub async fn kt_head(&self, since_size: u64) -> Result<v1::KtHeadResponse, Status> {
+        let mut kt = self.kt.lock().await;
+        let size = kt.log.size();
+        let consistency = if since_size == 0 {
+            Vec::new()
+        } else {
+            kt.log
+                .consistency_proof(since_size, size)
+                .map_err(|_| Status::out_of_range("since_size: larger than the log"))?
+                .encode()
+        };
+        let head = Self::current_head(&mut kt, &self.kt_key);
+        Ok(v1::KtHeadResponse {
+            log_key: self.kt_key.public().to_bytes().to_vec().into(),
+            tree_head: head.encode().into(),
+            consistency_proof: consistency.into(),
+        })
+    }
+
+    fn current_head(kt: &mut KtLog, key: &IdentityKey) -> SignedTreeHead {
+        let size = kt.log.size();
+        match &kt.head {
+            Some(head) if head.tree_size == size => head.clone(),
+            _ => {
+                let head = kt.log.sign_head(key, now_ms());
+                kt.head = Some(head.clone());
+                head
+            }
+        }
     }
 }
 

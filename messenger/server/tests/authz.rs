@@ -265,6 +265,13 @@ fn rows() -> Vec<Row> {
             Ok,
         ),
         row(
+            25,
+            |_| unary(&v1::KtHeadRequest { since_size: 0 }),
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        row(
             30,
             |f| {
                 unary(&v1::CreateChannelRequest {

@@ -728,3 +728,64 @@ async fn fetch_is_capped_and_login_attempts_are_rate_limited() {
     }
     assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
 }
+
+#[tokio::test]
+async fn kt_heads_are_consistent_and_proofs_rebuild_the_leaf() {
+    let h = start(|_| {}).await;
+    let alice = Account::create(&h, "alice", "phone").await;
+    let bob = Account::create(&h, "bob", "laptop").await;
+    alice.publish_keys(&[]).await;
+    let keys = alice.keys();
+    let first = keys
+        .kt_head(&v1::KtHeadRequest { since_size: 0 })
+        .await
+        .unwrap();
+    let log_key = qpq_core::identity::IdentityPublic::from_bytes(&first.log_key).unwrap();
+    assert_eq!(log_key, h.server.kt_public);
+    let mut monitor = qpq_core::kt::LogMonitor::new(log_key);
+    let head = qpq_core::kt::SignedTreeHead::decode(&first.tree_head).unwrap();
+    assert!(first.consistency_proof.is_empty(), "no proof from size 0");
+    // The first head is trusted on first use; no proof is needed.
+    let none = qpq_core::kt::ConsistencyProof {
+        old_size: 0,
+        new_size: head.tree_size,
+        path: Vec::new(),
+    };
+    monitor.advance(head.clone(), &none).unwrap();
+    let published = bob.publish_keys(&[]).await;
+    let later = keys
+        .kt_head(&v1::KtHeadRequest {
+            since_size: head.tree_size,
+        })
+        .await
+        .unwrap();
+    let new_head = qpq_core::kt::SignedTreeHead::decode(&later.tree_head).unwrap();
+    assert!(new_head.tree_size > head.tree_size);
+    let proof = qpq_core::kt::ConsistencyProof::decode(&later.consistency_proof).unwrap();
+    monitor.advance(new_head, &proof).unwrap();
+    // The key answer's proof carries what rebuilds the binding's leaf.
+    let fetched = keys
+        .fetch_hybrid_key(&v1::FetchHybridKeyRequest {
+            device: Some(bob.me()),
+        })
+        .await
+        .unwrap();
+    let kt = fetched.proof.unwrap();
+    let binding = qpq_core::kt::KeyBinding {
+        user: "bob".into(),
+        device: "laptop".into(),
+        identity_key: published.identity.public().to_bytes(),
+        hybrid_key_hash: published.hybrid.public().hash(),
+        key_package_hash: kt.key_package_hash.as_ref().try_into().unwrap(),
+    };
+    let inclusion = qpq_core::kt::InclusionProof::decode(&kt.inclusion_proof).unwrap();
+    monitor.verify_binding(&binding, &inclusion).unwrap();
+    // A head the client has not seen is refused as a starting point.
+    let err = keys
+        .kt_head(&v1::KtHeadRequest {
+            since_size: 1 << 40,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+}
