@@ -1264,13 +1264,17 @@ impl QpqClient {
         Ok(devices)
     }
 
-    /// One key package per device, each checked to name its device.
+    /// One key package per device, each checked to name its device, after the device's
+    /// published keys are checked against the key-transparency log.
     async fn key_packages(
         &self,
         rpc: &qrpc::Client,
         devices: &[(String, String)],
     ) -> SdkResult<Vec<Vec<u8>>> {
         let keys = v1::keys_client::KeysClient::new(rpc.clone());
+        for (u, d) in devices {
+            self.inner.peer_key(&keys, u, d).await?;
+        }
         let mut packages = Vec::with_capacity(devices.len());
         for (u, d) in devices {
             let kp = keys
@@ -1380,8 +1384,25 @@ impl Inner {
         }
         let keys_client = v1::keys_client::KeysClient::new(rpc.clone());
         let mut requests = Vec::with_capacity(pending.len());
+        let mut included = Vec::with_capacity(pending.len());
         for d in &pending {
-            let hybrid = self.peer_key(&keys_client, &d.user, &d.device).await?;
+            let hybrid = match self.peer_key(&keys_client, &d.user, &d.device).await {
+                Ok(key) => key,
+                // A key that does not verify is never used: this copy fails for good.
+                Err(SdkError::KeyTransparency(reason) | SdkError::Invalid(reason)) => {
+                    self.set_state(
+                        &d.item,
+                        SendState::Failed {
+                            recoverable: false,
+                            reason: format!("{}/{}: {reason}", d.user, d.device),
+                        },
+                    )?;
+                    self.store.delivery_done(&d.item, &d.user, &d.device)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            included.push(d);
             let sealed = {
                 let keys = lock(&self.keys);
                 let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
@@ -1398,6 +1419,10 @@ impl Inner {
                 delivery_token: Default::default(),
             });
         }
+        let requests_empty = requests.is_empty();
+        if requests_empty {
+            return Ok(self.store.outbox_len()? > 0);
+        }
         let bytes: usize = requests.iter().map(|r| r.payload.len()).sum();
         let results = v1::delivery_client::DeliveryClient::new(rpc.clone())
             .batch_enqueue(&v1::BatchEnqueueRequest { messages: requests })
@@ -1406,7 +1431,7 @@ impl Inner {
         self.sealed_bytes_sent
             .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         let mut retry = false;
-        for (d, r) in pending.iter().zip(results) {
+        for (d, r) in included.into_iter().zip(results) {
             let refused = Code::from_u8(u8::try_from(r.code).unwrap_or(u8::MAX));
             let done = match refused {
                 Code::Ok => true,
@@ -1445,6 +1470,123 @@ impl Inner {
         Ok(())
     }
 
+    /// Advances the pinned view of the server's key-transparency log to its latest head:
+    /// pins the log key on first use, then requires every new head to be signed by it and to
+    /// extend the last one (a consistency proof). Returns the head now trusted.
+    async fn kt_sync(
+        &self,
+        keys: &v1::keys_client::KeysClient,
+    ) -> Result<qpq_core::kt::SignedTreeHead, String> {
+        use qpq_core::kt::{ConsistencyProof, LogMonitor, SignedTreeHead};
+        let stored = self.store.kt().map_err(|e| e.to_string())?;
+        let since = match &stored {
+            Some((_, head)) => {
+                SignedTreeHead::decode(head)
+                    .map_err(|e| format!("stored head: {e}"))?
+                    .tree_size
+            }
+            None => 0,
+        };
+        let answer = keys
+            .kt_head(&v1::KtHeadRequest { since_size: since })
+            .await
+            .map_err(|e| format!("log head: {e}"))?;
+        let log_key_bytes = match &stored {
+            Some((pinned, _)) => pinned.clone(),
+            None => answer.log_key.to_vec(),
+        };
+        if log_key_bytes.as_slice() != answer.log_key.as_ref() {
+            return Err("the log signing key changed".into());
+        }
+        let log_key = qpq_core::identity::IdentityPublic::from_bytes(&log_key_bytes)
+            .map_err(|e| format!("log key: {e}"))?;
+        let head = SignedTreeHead::decode(&answer.tree_head).map_err(|e| format!("head: {e}"))?;
+        let mut monitor = LogMonitor::new(log_key);
+        if let Some((_, old)) = &stored {
+            let old = SignedTreeHead::decode(old).map_err(|e| format!("stored head: {e}"))?;
+            monitor
+                .advance(
+                    old.clone(),
+                    &ConsistencyProof {
+                        old_size: 0,
+                        new_size: old.tree_size,
+                        path: Vec::new(),
+                    },
+                )
+                .map_err(|e| format!("stored head: {e}"))?;
+            if head.tree_size < old.tree_size {
+                return Err("the log shrank (a rollback)".into());
+            }
+            if head.tree_size == old.tree_size {
+                head.verify(&monitor_key(&log_key_bytes)?)
+                    .map_err(|e| format!("head signature: {e}"))?;
+                if head.root != old.root {
+                    return Err("two different logs of the same size (equivocation)".into());
+                }
+            } else {
+                let proof = ConsistencyProof::decode(&answer.consistency_proof)
+                    .map_err(|e| format!("consistency proof: {e}"))?;
+                monitor
+                    .advance(head.clone(), &proof)
+                    .map_err(|e| format!("the new head does not extend the old one: {e}"))?;
+            }
+        } else {
+            head.verify(&monitor_key(&log_key_bytes)?)
+                .map_err(|e| format!("head signature: {e}"))?;
+        }
+        self.store
+            .set_kt(&log_key_bytes, &head.encode())
+            .map_err(|e| e.to_string())?;
+        Ok(head)
+    }
+
+    /// Checks that `bundle` is the binding the log holds for `user/device` at a head
+    /// consistent with everything seen before.
+    async fn kt_check(
+        &self,
+        keys: v1::keys_client::KeysClient,
+        user: &str,
+        device: &str,
+        bundle: &KeyBundle,
+        proof: &v1::KtProof,
+    ) -> Result<(), String> {
+        use qpq_core::kt::{InclusionProof, KeyBinding, SignedTreeHead};
+        let head = SignedTreeHead::decode(&proof.tree_head).map_err(|e| format!("head: {e}"))?;
+        // The answer's head must be one the pinned view reaches: sync until it does.
+        let mut trusted = self.kt_sync(&keys).await?;
+        for _ in 0..3 {
+            if trusted.tree_size >= head.tree_size {
+                break;
+            }
+            trusted = self.kt_sync(&keys).await?;
+        }
+        if trusted.tree_size != head.tree_size || trusted.root != head.root {
+            return Err(format!(
+                "the key answer's head (size {}) is not the log's (size {})",
+                head.tree_size, trusted.tree_size
+            ));
+        }
+        let binding = KeyBinding {
+            user: user.to_owned(),
+            device: device.to_owned(),
+            identity_key: bundle.identity.to_bytes(),
+            hybrid_key_hash: bundle.hybrid.hash(),
+            key_package_hash: proof
+                .key_package_hash
+                .as_ref()
+                .try_into()
+                .map_err(|_| "binding: bad key-package hash".to_owned())?,
+        };
+        let inclusion = InclusionProof::decode(&proof.inclusion_proof)
+            .map_err(|e| format!("inclusion proof: {e}"))?;
+        if inclusion.tree_size != head.tree_size {
+            return Err("inclusion proof for another head".into());
+        }
+        inclusion
+            .verify(&binding.leaf_hash(), &head.root)
+            .map_err(|_| format!("{user}/{device}'s keys are not in the log"))
+    }
+
     /// A device's hybrid key, fetched once and checked to be signed for that device.
     async fn peer_key(
         &self,
@@ -1470,6 +1612,19 @@ impl Inner {
             return Err(SdkError::Invalid(format!(
                 "the key bundle fetched for {user}/{device} is signed for someone else"
             )));
+        }
+        let proof = fetched
+            .proof
+            .ok_or_else(|| SdkError::KeyTransparency("key answer without a proof".into()))?;
+        if let Err(reason) = self
+            .kt_check(keys.clone(), user, device, &bundle, &proof)
+            .await
+        {
+            let _ = self.events.send(ClientEvent::KeyTransparencyAlarm {
+                device: format!("{user}/{device}"),
+                reason: reason.clone(),
+            });
+            return Err(SdkError::KeyTransparency(reason));
         }
         lock(&self.peer_keys).insert(key, bundle.hybrid.clone());
         Ok(bundle.hybrid)
@@ -1592,6 +1747,10 @@ async fn forward_pushes(inner: std::sync::Weak<Inner>, mut pushes: v1::server_ev
             }
         }
     }
+}
+
+fn monitor_key(bytes: &[u8]) -> Result<qpq_core::identity::IdentityPublic, String> {
+    qpq_core::identity::IdentityPublic::from_bytes(bytes).map_err(|e| format!("log key: {e}"))
 }
 
 fn conversation_id(bytes: &[u8]) -> Result<ConversationId, String> {

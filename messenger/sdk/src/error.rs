@@ -31,6 +31,10 @@ pub enum SdkError {
     /// The peer or the server sent something that does not decode or verify.
     #[error("invalid data from the network: {0}")]
     Invalid(String),
+    /// The server's key-transparency log did not check out (see
+    /// [`ClientEvent::KeyTransparencyAlarm`](crate::ClientEvent::KeyTransparencyAlarm)).
+    #[error("key transparency: {0}")]
+    KeyTransparency(String),
     /// An argument is out of range; the message names it.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

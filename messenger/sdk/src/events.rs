@@ -103,6 +103,15 @@ pub enum ClientEvent {
     },
     /// The connection changed.
     ConnectionStateChanged(ConnectionState),
+    /// Key transparency failed: the server showed a log head inconsistent with one it showed
+    /// before, or a key that is not in its log. The key was not used. Treat the server as
+    /// compromised for this contact and compare safety numbers out of band.
+    KeyTransparencyAlarm {
+        /// `user/device` whose key was being checked.
+        device: String,
+        /// What failed.
+        reason: String,
+    },
     /// Something arrived that could not be decrypted or verified; it was skipped and the
     /// conversation goes on.
     UndecryptableMessage {

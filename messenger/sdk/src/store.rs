@@ -182,6 +182,14 @@ ALTER TABLE account ADD COLUMN key_packages INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE conversations ADD COLUMN channel BLOB;
 CREATE INDEX conversations_by_channel ON conversations(channel);
 ",
+    "
+-- The key-transparency log key (pinned on first use) and the last head verified.
+CREATE TABLE kt (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    log_key BLOB NOT NULL,
+    head    BLOB NOT NULL
+);
+",
 ];
 
 /// A change to apply to the store, from an incoming message or a local action.
@@ -424,6 +432,26 @@ impl LocalStore {
         self.lock().execute(
             "UPDATE account SET key_packages = MAX(key_packages - 1, 0) WHERE id = 1",
             [],
+        )?;
+        Ok(())
+    }
+
+    /// The pinned key-transparency log key and the last verified head.
+    pub(crate) fn kt(&self) -> SdkResult<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .lock()
+            .query_row("SELECT log_key, head FROM kt WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+
+    /// Records a newly verified head (and pins the log key on first use).
+    pub(crate) fn set_kt(&self, log_key: &[u8], head: &[u8]) -> SdkResult<()> {
+        self.lock().execute(
+            "INSERT INTO kt (id, log_key, head) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET head = ?2",
+            params![log_key, head],
         )?;
         Ok(())
     }

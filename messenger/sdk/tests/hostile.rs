@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use prost::Message as _;
 use qpq_proto::v1;
-use qpq_sdk::ClientEvent;
+use qpq_sdk::{ClientEvent, SdkError};
 
 async fn undecryptable(events: &mut tokio::sync::broadcast::Receiver<ClientEvent>) -> String {
     next(events, |e| match e {
@@ -110,4 +110,38 @@ async fn tampered_garbled_and_replayed_envelopes_are_events_not_failures() {
     // The conversation goes on.
     alice.send_text(&dm.id, "still here", None).unwrap();
     assert_eq!(text(&mut bob_events).await.1, "still here");
+}
+
+#[tokio::test]
+async fn a_server_that_rewrites_its_key_log_raises_an_alarm_and_the_key_is_not_used() {
+    let mut server = Server::start().await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let alice = account(&server, dirs[0].path(), "alice", "laptop").await;
+    let _bob = account(&server, dirs[1].path(), "bob", "phone").await;
+    let mut alice_events = alice.subscribe();
+    // Alice's client pins the log and verifies Bob's keys in it.
+    alice.create_dm("bob").await.unwrap();
+
+    // The operator rewrites history: Bob's leaf is replaced (say, to slip in another key).
+    server.stop().await;
+    {
+        let db = rusqlite::Connection::open(server.dir.path().join("qpq.db")).unwrap();
+        db.execute(
+            "UPDATE kt_leaves SET leaf_hash = zeroblob(32) WHERE idx = 1",
+            [],
+        )
+        .unwrap();
+    }
+    server.restart().await;
+    let _carol = account(&server, dirs[2].path(), "carol", "pc").await;
+
+    let err = alice.create_dm("carol").await.unwrap_err();
+    assert!(matches!(err, SdkError::KeyTransparency(_)), "{err}");
+    let (device, reason) = next(&mut alice_events, |e| match e {
+        ClientEvent::KeyTransparencyAlarm { device, reason } => Some((device, reason)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(device, "carol/pc");
+    assert!(reason.contains("extend"), "{reason}");
 }
