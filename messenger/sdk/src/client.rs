@@ -1378,9 +1378,23 @@ impl Inner {
     /// Seals and hands every pending delivery to the server once. Returns whether anything is
     /// left to retry.
     async fn flush_outbox(self: &Arc<Self>, rpc: &qrpc::Client) -> SdkResult<bool> {
+        loop {
+            match self.flush_batch(rpc).await? {
+                Batch::Empty => return Ok(false),
+                Batch::Retry => return Ok(true),
+                Batch::More => {}
+            }
+        }
+    }
+
+    /// One `BatchEnqueue`: at most 100 deliveries and about `BATCH_BYTES` of envelopes (a
+    /// request frame is bounded by the server), oldest first.
+    async fn flush_batch(self: &Arc<Self>, rpc: &qrpc::Client) -> SdkResult<Batch> {
+        /// Envelope bytes one call carries at most (the server's frame limit is 4 MiB).
+        const BATCH_BYTES: usize = 2 * 1024 * 1024;
         let pending = self.store.pending_deliveries(100)?;
         if pending.is_empty() {
-            return Ok(false);
+            return Ok(Batch::Empty);
         }
         let keys_client = v1::keys_client::KeysClient::new(rpc.clone());
         let mut requests = Vec::with_capacity(pending.len());
@@ -1402,13 +1416,20 @@ impl Inner {
                 }
                 Err(e) => return Err(e),
             };
-            included.push(d);
             let sealed = {
                 let keys = lock(&self.keys);
                 let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
                 qpq_core::sealed::seal(&keys.identity, &hybrid, now_ms(), &d.transport)
                     .map_err(|e| SdkError::Crypto(e.to_string()))?
             };
+            let size: usize = requests
+                .iter()
+                .map(|r: &v1::EnqueueRequest| r.payload.len())
+                .sum();
+            if !requests.is_empty() && size + sealed.len() > BATCH_BYTES {
+                break;
+            }
+            included.push(d);
             requests.push(v1::EnqueueRequest {
                 recipient: Some(v1::DeviceRef {
                     user: d.user.clone(),
@@ -1419,9 +1440,9 @@ impl Inner {
                 delivery_token: Default::default(),
             });
         }
-        let requests_empty = requests.is_empty();
-        if requests_empty {
-            return Ok(self.store.outbox_len()? > 0);
+        if requests.is_empty() {
+            // Everything in this page failed for good; look at the next one.
+            return Ok(Batch::More);
         }
         let bytes: usize = requests.iter().map(|r| r.payload.len()).sum();
         let results = v1::delivery_client::DeliveryClient::new(rpc.clone())
@@ -1456,7 +1477,7 @@ impl Inner {
                 self.set_state(&d.item, SendState::Sent)?;
             }
         }
-        Ok(retry || self.store.outbox_len()? > 0)
+        Ok(if retry { Batch::Retry } else { Batch::More })
     }
 
     fn set_state(self: &Arc<Self>, item: &MessageId, state: SendState) -> SdkResult<()> {
@@ -2006,6 +2027,16 @@ fn events_for(
             .into_iter()
             .collect(),
     })
+}
+
+/// What one outbox batch left behind.
+enum Batch {
+    /// Nothing is pending.
+    Empty,
+    /// The server asked to retry later (a full queue, a rate limit).
+    Retry,
+    /// More may be pending: go on.
+    More,
 }
 
 /// Errors a transfer survives by trying again (after resuming the session if need be).

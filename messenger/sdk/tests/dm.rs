@@ -272,3 +272,31 @@ async fn events_are_also_a_stream_and_sent_bytes_are_counted() {
         alice.sealed_bytes_sent()
     );
 }
+
+#[tokio::test]
+async fn a_backlog_larger_than_one_request_frame_is_sent_in_several_batches() {
+    let mut server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut alice_events = alice.subscribe();
+    let mut bob_events = bob.subscribe();
+    let dm = alice.create_dm("bob").await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+    // 70 messages of 60 KiB queue up while the server is away: about 4.3 MB of envelopes,
+    // more than one 4 MiB request frame can carry.
+    server.stop().await;
+    let body = "x".repeat(60 * 1024);
+    let mut last = None;
+    for _ in 0..70 {
+        last = Some(alice.send_text(&dm.id, &body, None).unwrap());
+    }
+    server.restart().await;
+    sent(&mut alice_events, last.unwrap()).await;
+    for _ in 0..70 {
+        assert_eq!(text(&mut bob_events).await.1.len(), body.len());
+    }
+}
