@@ -12,6 +12,7 @@ use super::*;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V1__initial.sql"),
     include_str!("../../migrations/V2__abuse_controls.sql"),
+    include_str!("../../migrations/V3__sender_totals.sql"),
 ];
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -183,7 +184,7 @@ fn enqueue_one(
     }
     let (sender_messages, sender_bytes): (i64, i64) = tx
         .prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue
+            "SELECT messages, bytes FROM queue_senders
              WHERE user = ?1 AND device = ?2 AND sender = ?3",
         )
         .and_then(|mut st| {
@@ -191,8 +192,10 @@ fn enqueue_one(
                 params![m.recipient.user, m.recipient.device, m.sender],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
+            .optional()
         })
-        .map_err(backend)?;
+        .map_err(backend)?
+        .unwrap_or((0, 0));
     let (max_messages, max_bytes) = if m.stranger {
         (limits.stranger_messages, limits.stranger_bytes)
     } else {
@@ -231,6 +234,13 @@ fn enqueue_one(
             i(size)
         ])
     })
+    .map_err(backend)?;
+    tx.prepare_cached(
+        "INSERT INTO queue_senders (user, device, sender, messages, bytes) VALUES (?1, ?2, ?3, 1, ?4)
+         ON CONFLICT (user, device, sender) DO UPDATE SET
+             messages = messages + 1, bytes = bytes + excluded.bytes",
+    )
+    .and_then(|mut st| st.execute(params![m.recipient.user, m.recipient.device, m.sender, i(size)]))
     .map_err(backend)?;
     if let Some(sender) = &m.sender_user
         && *sender != m.recipient.user
@@ -580,23 +590,42 @@ impl Store for SqliteStore {
 
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> StoreResult<u64> {
         self.write(move |tx| {
-            let (count, bytes): (i64, i64) = tx
-                .prepare_cached(
-                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue
-                     WHERE user = ?1 AND device = ?2 AND seq <= ?3",
-                )
-                .and_then(|mut st| {
-                    st.query_row(params![device.user, device.device, i(up_to_seq)], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
+            let per_sender: Vec<(String, i64, i64)> = {
+                let mut st = tx
+                    .prepare_cached(
+                        "SELECT sender, COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue
+                         WHERE user = ?1 AND device = ?2 AND seq <= ?3 GROUP BY sender",
+                    )
+                    .map_err(backend)?;
+                let rows = st
+                    .query_map(params![device.user, device.device, i(up_to_seq)], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     })
-                })
-                .map_err(backend)?;
-            if count == 0 {
+                    .map_err(backend)?;
+                rows.collect::<Result<_, _>>().map_err(backend)?
+            };
+            if per_sender.is_empty() {
                 return Ok(0);
             }
             tx.prepare_cached("DELETE FROM queue WHERE user = ?1 AND device = ?2 AND seq <= ?3")
                 .and_then(|mut st| st.execute(params![device.user, device.device, i(up_to_seq)]))
                 .map_err(backend)?;
+            let (mut count, mut bytes) = (0i64, 0i64);
+            for (sender, n, b) in &per_sender {
+                count += n;
+                bytes += b;
+                tx.prepare_cached(
+                    "UPDATE queue_senders SET messages = messages - ?4, bytes = bytes - ?5
+                     WHERE user = ?1 AND device = ?2 AND sender = ?3",
+                )
+                .and_then(|mut st| st.execute(params![device.user, device.device, sender, n, b]))
+                .map_err(backend)?;
+            }
+            tx.prepare_cached(
+                "DELETE FROM queue_senders WHERE user = ?1 AND device = ?2 AND messages <= 0",
+            )
+            .and_then(|mut st| st.execute(params![device.user, device.device]))
+            .map_err(backend)?;
             tx.prepare_cached(
                 "UPDATE devices SET queue_messages = MAX(queue_messages - ?3, 0),
                      queue_bytes = MAX(queue_bytes - ?4, 0) WHERE user = ?1 AND device = ?2",
