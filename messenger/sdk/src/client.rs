@@ -509,24 +509,9 @@ impl QpqClient {
             }),
             move |id, me, sent_at_ms, nobody| {
                 Some(Message {
-                    id,
-                    conversation,
-                    sender: me,
                     body: text,
                     reply_to,
-                    sent_at_ms,
-                    received_at_ms: sent_at_ms,
-                    outgoing: true,
-                    state: if nobody {
-                        SendState::Sent
-                    } else {
-                        SendState::Queued
-                    },
-                    edited: false,
-                    deleted: false,
-                    reactions: Vec::new(),
-                    read_by: Vec::new(),
-                    attachment: None,
+                    ..Message::new(id, conversation, me, sent_at_ms, true, echo_state(nobody))
                 })
             },
         )
@@ -575,24 +560,9 @@ impl QpqClient {
             v1::content::Body::Attachment(wire),
             move |id, me, sent_at_ms, nobody| {
                 Some(Message {
-                    id,
-                    conversation,
-                    sender: me,
                     body: caption,
-                    reply_to: None,
-                    sent_at_ms,
-                    received_at_ms: sent_at_ms,
-                    outgoing: true,
-                    state: if nobody {
-                        SendState::Sent
-                    } else {
-                        SendState::Queued
-                    },
-                    edited: false,
-                    deleted: false,
-                    reactions: Vec::new(),
-                    read_by: Vec::new(),
                     attachment: Some(info),
+                    ..Message::new(id, conversation, me, sent_at_ms, true, echo_state(nobody))
                 })
             },
         )
@@ -1865,46 +1835,33 @@ fn content_effect(
     let author = user_of(&sender).to_owned();
     // What this user sent from another device shows as its own, already sent.
     let mine = author == my_user;
+    let state = if mine {
+        SendState::Sent
+    } else {
+        SendState::Received
+    };
+    let incoming = || -> Result<Message, String> {
+        let mut m = Message::new(
+            message_id(&content.id)?,
+            conversation,
+            sender.clone(),
+            content.sent_at_ms,
+            mine,
+            state.clone(),
+        );
+        m.received_at_ms = now_ms();
+        Ok(m)
+    };
     Ok(match content.body {
         Some(v1::content::Body::Text(text)) => Effect::Message(Box::new(Message {
-            id: message_id(&content.id)?,
-            conversation,
-            sender,
             body: text.body,
             reply_to: message_id(&text.reply_to).ok(),
-            sent_at_ms: content.sent_at_ms,
-            received_at_ms: now_ms(),
-            outgoing: mine,
-            state: if mine {
-                SendState::Sent
-            } else {
-                SendState::Received
-            },
-            edited: false,
-            deleted: false,
-            reactions: Vec::new(),
-            read_by: Vec::new(),
-            attachment: None,
+            ..incoming()?
         })),
         Some(v1::content::Body::Attachment(a)) => Effect::Message(Box::new(Message {
-            id: message_id(&content.id)?,
-            conversation,
-            sender,
             body: a.caption.clone(),
-            reply_to: None,
-            sent_at_ms: content.sent_at_ms,
-            received_at_ms: now_ms(),
-            outgoing: mine,
-            state: if mine {
-                SendState::Sent
-            } else {
-                SendState::Received
-            },
-            edited: false,
-            deleted: false,
-            reactions: Vec::new(),
-            read_by: Vec::new(),
             attachment: Some(AttachmentInfo::from_wire(a)),
+            ..incoming()?
         })),
         Some(v1::content::Body::Edit(e)) => Effect::Edit {
             conversation,
@@ -2027,6 +1984,15 @@ fn events_for(
             .into_iter()
             .collect(),
     })
+}
+
+/// The state of a local echo: sent at once when nobody else is in the conversation.
+fn echo_state(nobody: bool) -> SendState {
+    if nobody {
+        SendState::Sent
+    } else {
+        SendState::Queued
+    }
 }
 
 /// What one outbox batch left behind.

@@ -140,6 +140,35 @@ pub struct Message {
     pub attachment: Option<AttachmentInfo>,
 }
 
+impl Message {
+    /// A message with no text, reactions or attachment yet (received when sent).
+    pub(crate) fn new(
+        id: MessageId,
+        conversation: ConversationId,
+        sender: String,
+        sent_at_ms: u64,
+        outgoing: bool,
+        state: SendState,
+    ) -> Self {
+        Self {
+            id,
+            conversation,
+            sender,
+            body: String::new(),
+            reply_to: None,
+            sent_at_ms,
+            received_at_ms: sent_at_ms,
+            outgoing,
+            state,
+            edited: false,
+            deleted: false,
+            reactions: Vec::new(),
+            read_by: Vec::new(),
+            attachment: None,
+        }
+    }
+}
+
 /// What a message says about its attached file (the key stays inside the SDK).
 #[derive(Clone, PartialEq, Eq)]
 pub struct AttachmentInfo {
