@@ -154,6 +154,7 @@ impl QpqClientBuilder {
                 outbox_wake: Notify::new(),
                 sealed_bytes_sent: std::sync::atomic::AtomicU64::new(0),
                 peer_keys: Mutex::new(HashMap::new()),
+                peer_identities: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -179,6 +180,7 @@ struct Inner {
     outbox_wake: Notify,
     sealed_bytes_sent: std::sync::atomic::AtomicU64,
     peer_keys: Mutex<HashMap<(String, String), HybridPublicKey>>,
+    peer_identities: Mutex<HashMap<(String, String), qpq_core::identity::IdentityPublic>>,
 }
 
 /// A quicproquo client: one account on one device, with its encrypted store.
@@ -1048,6 +1050,39 @@ impl QpqClient {
         Ok(())
     }
 
+    /// The safety number between this device and each device of `user` whose keys are in
+    /// the server's key-transparency log: `(device, 60 digits in groups of 5)`. Two people
+    /// compare them out of band; equal numbers mean no one sits between their devices.
+    pub async fn safety_numbers(&self, user: &str) -> SdkResult<Vec<(String, String)>> {
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        let my_key = lock(&self.inner.keys)
+            .as_ref()
+            .map(|k| k.identity.public())
+            .ok_or(SdkError::NotLoggedIn)?;
+        let rpc = self.rpc().await?;
+        let keys = v1::keys_client::KeysClient::new(rpc.clone());
+        let devices = self
+            .member_devices(&rpc, &[user.to_owned()], std::slice::from_ref(&me))
+            .await?;
+        let mut out = Vec::with_capacity(devices.len());
+        for (u, d) in devices {
+            // Fetching through the key-transparency check, like every key this client uses.
+            self.inner.peer_key(&keys, &u, &d).await?;
+            let identity = lock(&self.inner.peer_identities)
+                .get(&(u.clone(), d.clone()))
+                .cloned()
+                .ok_or_else(|| SdkError::NotFound(format!("{u}/{d}")))?;
+            let number = qpq_core::identity::SafetyNumber::compute(
+                &me,
+                &my_key,
+                &format!("{u}/{d}"),
+                &identity,
+            );
+            out.push((d, number.grouped()));
+        }
+        Ok(out)
+    }
+
     /// This user's devices as the server lists them.
     pub async fn devices(&self) -> SdkResult<Vec<Device>> {
         let rpc = self.rpc().await?;
@@ -1617,6 +1652,7 @@ impl Inner {
             });
             return Err(SdkError::KeyTransparency(reason));
         }
+        lock(&self.peer_identities).insert(key.clone(), bundle.identity.clone());
         lock(&self.peer_keys).insert(key, bundle.hybrid.clone());
         Ok(bundle.hybrid)
     }

@@ -300,3 +300,31 @@ async fn a_backlog_larger_than_one_request_frame_is_sent_in_several_batches() {
         assert_eq!(text(&mut bob_events).await.1.len(), body.len());
     }
 }
+
+#[tokio::test]
+async fn both_sides_compute_the_same_safety_number() {
+    let server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let on_alice = alice.safety_numbers("bob").await.unwrap();
+    let on_bob = bob.safety_numbers("alice").await.unwrap();
+    assert_eq!(on_alice.len(), 1);
+    assert_eq!(on_alice[0].0, "phone");
+    assert_eq!(on_bob[0].0, "laptop");
+    assert_eq!(on_alice[0].1, on_bob[0].1);
+    let groups: Vec<&str> = on_alice[0].1.split(' ').collect();
+    assert_eq!(groups.len(), 12);
+    assert!(
+        groups
+            .iter()
+            .all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit()))
+    );
+    // Another pair of devices has another number.
+    let carol_dir = tempfile::tempdir().unwrap();
+    let _carol = account(&server, carol_dir.path(), "carol", "pc").await;
+    assert_ne!(
+        alice.safety_numbers("carol").await.unwrap()[0].1,
+        on_alice[0].1
+    );
+}
