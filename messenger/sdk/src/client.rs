@@ -1652,7 +1652,7 @@ impl Inner {
             });
             return Err(SdkError::KeyTransparency(reason));
         }
-        lock(&self.peer_identities).insert(key.clone(), bundle.identity.clone());
+        lock(&self.peer_identities).insert(key.clone(), bundle.identity);
         lock(&self.peer_keys).insert(key, bundle.hybrid.clone());
         Ok(bundle.hybrid)
     }
