@@ -152,6 +152,7 @@ impl QpqClientBuilder {
                 keys: Mutex::new(None),
                 events,
                 outbox_wake: Notify::new(),
+                session_generation: std::sync::atomic::AtomicU64::new(0),
                 sealed_bytes_sent: std::sync::atomic::AtomicU64::new(0),
                 peer_keys: Mutex::new(HashMap::new()),
                 peer_identities: Mutex::new(HashMap::new()),
@@ -178,6 +179,8 @@ struct Inner {
     keys: Mutex<Option<Keys>>,
     events: broadcast::Sender<ClientEvent>,
     outbox_wake: Notify,
+    /// The connection generation the session was last bound on (0: none).
+    session_generation: std::sync::atomic::AtomicU64,
     sealed_bytes_sent: std::sync::atomic::AtomicU64,
     peer_keys: Mutex<HashMap<(String, String), HybridPublicKey>>,
     peer_identities: Mutex<HashMap<(String, String), qpq_core::identity::IdentityPublic>>,
@@ -324,6 +327,7 @@ impl QpqClient {
         }
         let rpc = self.rpc().await?;
         let session = qpq_proto::auth_flows::login(&rpc, user, device, password).await?;
+        self.inner.session_bound(&rpc);
         let first = existing.is_none();
         if first {
             self.inner.store.create_account(&StoredAccount {
@@ -590,7 +594,7 @@ impl QpqClient {
         let mut offset: Option<u64> = Some(0);
         let mut failures = 0u32;
         loop {
-            let blobs = v1::blob_client::BlobClient::new(self.rpc().await?);
+            let blobs = v1::blob_client::BlobClient::new(self.inner.session().await?);
             // Without a known offset, ask: a call with no data answers how much is stored.
             let from = offset.unwrap_or(0);
             let call: Vec<v1::BlobChunk> = match offset {
@@ -658,7 +662,7 @@ impl QpqClient {
         let mut data: Vec<u8> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
         let mut failures = 0u32;
         while (data.len() as u64) < total {
-            let blobs = v1::blob_client::BlobClient::new(self.rpc().await?);
+            let blobs = v1::blob_client::BlobClient::new(self.inner.session().await?);
             let result: Result<(), qrpc::Status> = async {
                 let mut stream = blobs
                     .download_blob(&v1::DownloadBlobRequest {
@@ -856,7 +860,7 @@ impl QpqClient {
             .store
             .channel(conversation)?
             .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
-        v1::channel_client::ChannelClient::new(self.rpc().await?)
+        v1::channel_client::ChannelClient::new(self.inner.session().await?)
             .typing(&v1::TypingRequest {
                 channel_id: channel.into(),
             })
@@ -872,7 +876,7 @@ impl QpqClient {
         remove: Vec<String>,
     ) -> SdkResult<()> {
         if let Some(channel) = self.inner.store.channel(conversation)? {
-            v1::channel_client::ChannelClient::new(self.rpc().await?)
+            v1::channel_client::ChannelClient::new(self.inner.session().await?)
                 .update_channel(&v1::UpdateChannelRequest {
                     channel_id: channel.into(),
                     add,
@@ -919,7 +923,7 @@ impl QpqClient {
         users: Vec<String>,
     ) -> SdkResult<Conversation> {
         let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
-        let rpc = self.rpc().await?;
+        let rpc = self.inner.session().await?;
         let devices = self
             .member_devices(&rpc, &users, std::slice::from_ref(&me))
             .await?;
@@ -993,29 +997,20 @@ impl QpqClient {
                 "{user} is already a member"
             )));
         }
-        let rpc = self.rpc().await?;
+        let rpc = self.inner.session().await?;
         let devices = self.member_devices(&rpc, &[user.to_owned()], &[]).await?;
         if devices.is_empty() {
             return Err(SdkError::NotFound(format!(
                 "{user} has no device with published keys"
             )));
         }
+        let before = c.clone();
         c.members.push(user.to_owned());
         c.members.sort();
         self.update_channel(conversation, vec![user.to_owned()], Vec::new())
             .await?;
         self.add_devices(&c, &devices).await?;
-        self.inner.store.apply(&Effect::Members {
-            conversation: *conversation,
-            members: c.members.clone(),
-        })?;
-        self.emit(ClientEvent::MemberJoined {
-            conversation: *conversation,
-            user: user.to_owned(),
-        });
-        self.emit(ClientEvent::ConversationUpdated(c));
-        self.inner.outbox_wake.notify_one();
-        Ok(())
+        self.set_members(before, c.members)
     }
 
     /// Removes `user` (every device of theirs) from a conversation. The removed devices get
@@ -1036,18 +1031,9 @@ impl QpqClient {
         self.remove_devices(&c, |(u, _)| *u == gone)?;
         self.update_channel(conversation, Vec::new(), vec![user.to_owned()])
             .await?;
+        let before = c.clone();
         c.members.retain(|m| m != user);
-        self.inner.store.apply(&Effect::Members {
-            conversation: *conversation,
-            members: c.members.clone(),
-        })?;
-        self.emit(ClientEvent::MemberLeft {
-            conversation: *conversation,
-            user: user.to_owned(),
-        });
-        self.emit(ClientEvent::ConversationUpdated(c));
-        self.inner.outbox_wake.notify_one();
-        Ok(())
+        self.set_members(before, c.members)
     }
 
     /// The safety number between this device and each device of `user` whose keys are in
@@ -1059,7 +1045,7 @@ impl QpqClient {
             .as_ref()
             .map(|k| k.identity.public())
             .ok_or(SdkError::NotLoggedIn)?;
-        let rpc = self.rpc().await?;
+        let rpc = self.inner.session().await?;
         let keys = v1::keys_client::KeysClient::new(rpc.clone());
         let devices = self
             .member_devices(&rpc, &[user.to_owned()], std::slice::from_ref(&me))
@@ -1085,7 +1071,7 @@ impl QpqClient {
 
     /// This user's devices as the server lists them.
     pub async fn devices(&self) -> SdkResult<Vec<Device>> {
-        let rpc = self.rpc().await?;
+        let rpc = self.inner.session().await?;
         let listed = v1::device_client::DeviceClient::new(rpc)
             .list_devices(&v1::ListDevicesRequest {})
             .await?;
@@ -1107,7 +1093,7 @@ impl QpqClient {
     /// the account password, and [`adopt_devices`](Self::adopt_devices) brings it into the
     /// conversations.
     pub async fn link_device(&self, device: &str, label: &str) -> SdkResult<()> {
-        let rpc = self.rpc().await?;
+        let rpc = self.inner.session().await?;
         v1::device_client::DeviceClient::new(rpc)
             .register_device(&v1::RegisterDeviceRequest {
                 device: device.to_owned(),
@@ -1122,7 +1108,7 @@ impl QpqClient {
     /// changed.
     pub async fn adopt_devices(&self) -> SdkResult<usize> {
         let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
-        let rpc = self.rpc().await?;
+        let rpc = self.inner.session().await?;
         let mine = self
             .member_devices(&rpc, &[user_of(&me).to_owned()], std::slice::from_ref(&me))
             .await?;
@@ -1158,7 +1144,7 @@ impl QpqClient {
     pub async fn revoke_device(&self, device: &str) -> SdkResult<()> {
         let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
         let target = (user_of(&me).to_owned(), device.to_owned());
-        let rpc = self.rpc().await?;
+        let rpc = self.inner.session().await?;
         v1::device_client::DeviceClient::new(rpc)
             .revoke_device(&v1::RevokeDeviceRequest {
                 device: device.to_owned(),
@@ -1176,7 +1162,7 @@ impl QpqClient {
     /// Adds `devices` to conversation `c`: the commit to its current members, the
     /// invitation to the new devices.
     async fn add_devices(&self, c: &Conversation, devices: &[(String, String)]) -> SdkResult<()> {
-        let rpc = self.rpc().await?;
+        let rpc = self.inner.session().await?;
         let packages = self.key_packages(&rpc, devices).await?;
         let (commit, welcome, existing) = {
             let keys = lock(&self.inner.keys);
@@ -1206,6 +1192,21 @@ impl QpqClient {
         ));
         self.inner.store.queue_outgoing(None, &deliveries)?;
         self.inner.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    /// Stores a conversation's new member list and reports the change, the same way an
+    /// incoming commit is reported (joins, departures, the updated conversation).
+    fn set_members(&self, before: Conversation, members: Vec<String>) -> SdkResult<()> {
+        let effect = Effect::Members {
+            conversation: before.id,
+            members,
+        };
+        if self.inner.store.apply(&effect)? {
+            for event in events_for(&self.inner.store, &effect, Some(before))? {
+                self.emit(event);
+            }
+        }
         Ok(())
     }
 
@@ -1338,6 +1339,36 @@ impl Inner {
                 session_token: token.to_vec().into(),
             })
             .await?;
+        self.session_bound(&rpc);
+        Ok(rpc)
+    }
+
+    /// Records that the session is bound to `rpc`'s current connection.
+    fn session_bound(&self, rpc: &qrpc::Client) {
+        self.session_generation
+            .store(generation(rpc), std::sync::atomic::Ordering::Release);
+    }
+
+    /// The connection for a call that needs the session: a connection made since the
+    /// session was last bound (a reconnect) gets it resumed first.
+    async fn session(self: &Arc<Self>) -> SdkResult<qrpc::Client> {
+        let rpc = self.rpc().await?;
+        // While the client reconnects, wait for the new connection before comparing.
+        let mut state = rpc.state();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            state.wait_for(|s| !matches!(s, qrpc::ConnectionState::Reconnecting { .. })),
+        )
+        .await;
+        let now = generation(&rpc);
+        if now != 0
+            && now
+                != self
+                    .session_generation
+                    .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return self.resume().await;
+        }
         Ok(rpc)
     }
 
@@ -1404,6 +1435,7 @@ impl Inner {
         let keys_client = v1::keys_client::KeysClient::new(rpc.clone());
         let mut requests = Vec::with_capacity(pending.len());
         let mut included = Vec::with_capacity(pending.len());
+        let mut batch_bytes = 0usize;
         for d in &pending {
             let hybrid = match self.peer_key(&keys_client, &d.user, &d.device).await {
                 Ok(key) => key,
@@ -1427,13 +1459,10 @@ impl Inner {
                 qpq_core::sealed::seal(&keys.identity, &hybrid, now_ms(), &d.transport)
                     .map_err(|e| SdkError::Crypto(e.to_string()))?
             };
-            let size: usize = requests
-                .iter()
-                .map(|r: &v1::EnqueueRequest| r.payload.len())
-                .sum();
-            if !requests.is_empty() && size + sealed.len() > BATCH_BYTES {
+            if !requests.is_empty() && batch_bytes + sealed.len() > BATCH_BYTES {
                 break;
             }
+            batch_bytes += sealed.len();
             included.push(d);
             requests.push(v1::EnqueueRequest {
                 recipient: Some(v1::DeviceRef {
@@ -1449,13 +1478,12 @@ impl Inner {
             // Everything in this page failed for good; look at the next one.
             return Ok(Batch::More);
         }
-        let bytes: usize = requests.iter().map(|r| r.payload.len()).sum();
         let results = v1::delivery_client::DeliveryClient::new(rpc.clone())
             .batch_enqueue(&v1::BatchEnqueueRequest { messages: requests })
             .await?
             .results;
         self.sealed_bytes_sent
-            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(batch_bytes as u64, std::sync::atomic::Ordering::Relaxed);
         let mut retry = false;
         for (d, r) in included.into_iter().zip(results) {
             let refused = Code::from_u8(u8::try_from(r.code).unwrap_or(u8::MAX));
@@ -1578,8 +1606,18 @@ impl Inner {
     ) -> Result<(), String> {
         use qpq_core::kt::{InclusionProof, KeyBinding, SignedTreeHead};
         let head = SignedTreeHead::decode(&proof.tree_head).map_err(|e| format!("head: {e}"))?;
-        // The answer's head must be one the pinned view reaches: sync until it does.
-        let mut trusted = self.kt_sync(&keys).await?;
+        // The answer's head must be one the pinned view reaches. The head verified last is
+        // enough when it is the same tree (most key fetches); otherwise sync until it is.
+        let stored = self
+            .store
+            .kt()
+            .map_err(|e| e.to_string())?
+            .and_then(|(_, bytes)| SignedTreeHead::decode(&bytes).ok())
+            .filter(|h| h.tree_size == head.tree_size && h.root == head.root);
+        let mut trusted = match stored {
+            Some(known) => known,
+            None => self.kt_sync(&keys).await?,
+        };
         for _ in 0..3 {
             if trusted.tree_size >= head.tree_size {
                 break;
@@ -2031,6 +2069,14 @@ fn echo_state(nobody: bool) -> SendState {
     }
 }
 
+/// The client's current connection generation (0 while it is reconnecting).
+fn generation(rpc: &qrpc::Client) -> u64 {
+    match &*rpc.state().borrow() {
+        qrpc::ConnectionState::Connected { generation } => *generation,
+        _ => 0,
+    }
+}
+
 /// What one outbox batch left behind.
 enum Batch {
     /// Nothing is pending.
@@ -2089,7 +2135,7 @@ async fn receive_loop(strong: Arc<Inner>) {
 }
 
 async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
-    let rpc = inner.rpc().await?;
+    let rpc = inner.session().await?;
     let delivery = v1::delivery_client::DeliveryClient::new(rpc);
     let _ = inner.events.send(ClientEvent::ConnectionStateChanged(
         ConnectionState::CatchingUp,
@@ -2137,7 +2183,7 @@ async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
             let low = usize::try_from(inner.store.key_packages()?).unwrap_or(0)
                 <= inner.limits.key_packages / 2;
             if low {
-                let rpc = inner.rpc().await?;
+                let rpc = inner.session().await?;
                 if let Err(e) = inner.replenish(&rpc).await {
                     tracing::warn!(error = %e, "could not replenish key packages");
                 }
@@ -2150,7 +2196,7 @@ async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
 async fn outbox_loop(strong: Arc<Inner>) {
     let mut attempt = 0u32;
     loop {
-        let result = match strong.rpc().await {
+        let result = match strong.session().await {
             Ok(rpc) => match strong.flush_outbox(&rpc).await {
                 // The connection lost its session (a reconnect): resume it and go again.
                 Err(SdkError::Server(status)) if status.code() == Code::Unauthenticated => {

@@ -234,20 +234,7 @@ async fn key_packages_are_replenished_as_invitations_use_them() {
     let mut alice = member(&server, "alice").await;
     let mut bob = member(&server, "bob").await;
     // Mallory checks from outside which kind of package the server hands out for Bob.
-    let mallory = qrpc::Client::builder(
-        server.addr,
-        qrpc::tls::ClientTls::pinned(server.fingerprint),
-    )
-    .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
-    .connect()
-    .await
-    .unwrap();
-    qpq_proto::auth_flows::register(&mallory, "mallory", "pw")
-        .await
-        .unwrap();
-    qpq_proto::auth_flows::login(&mallory, "mallory", "pc", "pw")
-        .await
-        .unwrap();
+    let mallory = raw_account(&server, "mallory", "pc").await;
 
     // Two invitations use two of Bob's three packages; a message read after them proves
     // Bob's client finished the page where it topped the stock up again.

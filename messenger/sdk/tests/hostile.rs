@@ -31,20 +31,7 @@ async fn tampered_garbled_and_replayed_envelopes_are_events_not_failures() {
     .await;
 
     // Mallory talks to the server directly with the generated clients.
-    let mallory = qrpc::Client::builder(
-        server.addr,
-        qrpc::tls::ClientTls::pinned(server.fingerprint),
-    )
-    .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
-    .connect()
-    .await
-    .unwrap();
-    qpq_proto::auth_flows::register(&mallory, "mallory", "pw")
-        .await
-        .unwrap();
-    qpq_proto::auth_flows::login(&mallory, "mallory", "pc", "pw")
-        .await
-        .unwrap();
+    let mallory = raw_account(&server, "mallory", "pc").await;
     let bob_ref = v1::DeviceRef {
         user: "bob".into(),
         device: "phone".into(),

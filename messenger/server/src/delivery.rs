@@ -85,18 +85,17 @@ impl<S: Store> Api<S> {
             messages.iter().map(|m| m.recipient.user.clone()).collect();
         recipients.sort();
         recipients.dedup();
-        let mut strangers = std::collections::HashSet::new();
-        for recipient in recipients {
-            // "Known" is from the recipient's side: it wrote to us or shares a channel with us.
-            let known = self
-                .state
-                .store
-                .known_by(recipient.clone(), vec![me.user.clone()])
-                .await?;
-            if !known.first().copied().unwrap_or(false) {
-                strangers.insert(recipient);
-            }
-        }
+        // "Known" is from the recipient's side: it wrote to us or shares a channel with us.
+        let known = self
+            .state
+            .store
+            .known_to(me.user.clone(), recipients.clone())
+            .await?;
+        let strangers: std::collections::HashSet<String> = recipients
+            .into_iter()
+            .zip(known)
+            .filter_map(|(r, k)| (!k).then_some(r))
+            .collect();
         let sender = format!("{}/{}", me.user, me.device);
         let mut to_strangers = 0u32;
         for m in messages.iter_mut() {

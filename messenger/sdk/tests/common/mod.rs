@@ -148,3 +148,22 @@ pub async fn account(
     client.login(user, device, "pw").await.unwrap();
     client
 }
+
+/// A logged-in account on the generated clients alone, outside the SDK (an attacker's view).
+pub async fn raw_account(server: &Server, user: &str, device: &str) -> qrpc::Client {
+    let client = qrpc::Client::builder(
+        server.addr,
+        qrpc::tls::ClientTls::pinned(server.fingerprint),
+    )
+    .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+    .connect()
+    .await
+    .unwrap();
+    qpq_proto::auth_flows::register(&client, user, "pw")
+        .await
+        .unwrap();
+    qpq_proto::auth_flows::login(&client, user, device, "pw")
+        .await
+        .unwrap();
+    client
+}

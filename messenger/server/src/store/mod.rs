@@ -286,12 +286,12 @@ pub trait Store: Send + Sync + 'static {
         limits: QueueLimits,
         now_ms: u64,
     ) -> impl Future<Output = StoreResult<Vec<StoreResult<Enqueued>>>> + Send;
-    /// For each of `peers`, whether `user` knows it: `user` wrote to it, shares a channel with
-    /// it, or is it.
-    fn known_by(
+    /// For each of `recipients`, whether it knows `sender`: it wrote to `sender`, shares a
+    /// channel with it, or is it. One read for a whole batch.
+    fn known_to(
         &self,
-        user: String,
-        peers: Vec<String>,
+        sender: String,
+        recipients: Vec<String>,
     ) -> impl Future<Output = StoreResult<Vec<bool>>> + Send;
     /// Whether two users are members of a common channel (or are the same user).
     fn share_channel(&self, a: String, b: String)

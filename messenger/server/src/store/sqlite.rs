@@ -514,21 +514,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn known_by(&self, user: String, peers: Vec<String>) -> StoreResult<Vec<bool>> {
+    async fn known_to(&self, sender: String, recipients: Vec<String>) -> StoreResult<Vec<bool>> {
         self.read(move |c| {
-            peers
+            recipients
                 .iter()
-                .map(|peer| {
-                    if *peer == user {
+                .map(|recipient| {
+                    if *recipient == sender {
                         return Ok(true);
                     }
                     let wrote: bool = c
                         .prepare_cached(
                             "SELECT EXISTS(SELECT 1 FROM contacts WHERE user = ?1 AND peer = ?2)",
                         )
-                        .and_then(|mut st| st.query_row(params![user, peer], |r| r.get(0)))
+                        .and_then(|mut st| st.query_row(params![recipient, sender], |r| r.get(0)))
                         .map_err(backend)?;
-                    Ok(wrote || share_channel_in(c, &user, peer)?)
+                    Ok(wrote || share_channel_in(c, recipient, &sender)?)
                 })
                 .collect()
         })
@@ -1247,25 +1247,28 @@ mod tests {
         let bob = with_device(&s, "bob", "phone").await;
         let ann = with_device(&s, "ann", "pc").await;
         with_device(&s, "cat", "pc").await;
+        // Ann is not known to Bob; Bob is known to himself.
         assert_eq!(
-            s.known_by("bob".into(), vec!["ann".into(), "bob".into()])
-                .await
-                .unwrap(),
-            vec![false, true]
+            s.known_to("ann".into(), vec!["bob".into()]).await.unwrap(),
+            vec![false]
+        );
+        assert_eq!(
+            s.known_to("bob".into(), vec!["bob".into()]).await.unwrap(),
+            vec![true]
         );
         // Ann writing to Bob does not make Ann known to Bob; Bob writing to Ann does.
         s.enqueue(from("ann/pc", &bob, 1), lim(10), 0)
             .await
             .unwrap();
         assert_eq!(
-            s.known_by("bob".into(), vec!["ann".into()]).await.unwrap(),
+            s.known_to("ann".into(), vec!["bob".into()]).await.unwrap(),
             vec![false]
         );
         s.enqueue(from("bob/phone", &ann, 1), lim(10), 0)
             .await
             .unwrap();
         assert_eq!(
-            s.known_by("bob".into(), vec!["ann".into()]).await.unwrap(),
+            s.known_to("ann".into(), vec!["bob".into()]).await.unwrap(),
             vec![true]
         );
         assert!(!s.share_channel("bob".into(), "cat".into()).await.unwrap());
@@ -1281,7 +1284,7 @@ mod tests {
         .unwrap();
         assert!(s.share_channel("cat".into(), "bob".into()).await.unwrap());
         assert_eq!(
-            s.known_by("bob".into(), vec!["cat".into()]).await.unwrap(),
+            s.known_to("cat".into(), vec!["bob".into()]).await.unwrap(),
             vec![true]
         );
     }
