@@ -72,7 +72,19 @@ pub enum MlsError {
     /// The named member is not in the group.
     #[error("no such member in the group")]
     NotAMember,
+    /// The message belongs to an epoch this member has not reached yet (a commit before it is
+    /// still on its way): keep it and process it once the group gets there.
+    #[error("MLS message from epoch {epoch}, ahead of the group")]
+    FutureEpoch {
+        /// The message's epoch.
+        epoch: u64,
+    },
 }
+
+/// Past epochs whose secrets a member keeps, so that an application message sent just before
+/// a commit still decrypts when the commit overtakes it. Low on purpose: each kept epoch
+/// weakens forward secrecy a little.
+pub const PAST_EPOCHS: usize = 3;
 
 fn protocol(operation: &'static str) -> impl FnOnce(&dyn std::fmt::Debug) -> MlsError {
     move |e| MlsError::Protocol {
@@ -103,40 +115,36 @@ impl Codec for JsonCodec {
     }
 }
 
-/// openmls provider: libcrux crypto and SQLite storage.
-pub struct Provider {
-    crypto: CryptoProvider,
-    storage: SqliteStorageProvider<JsonCodec, Connection>,
+/// openmls provider: libcrux crypto and SQLite storage on the member's connection, borrowed for
+/// one operation (so the member can also run other statements in the same transaction).
+pub struct Provider<'a> {
+    crypto: &'a CryptoProvider,
+    storage: SqliteStorageProvider<JsonCodec, &'a Connection>,
 }
 
-impl OpenMlsProvider for Provider {
+impl<'a> OpenMlsProvider for Provider<'a> {
     type CryptoProvider = CryptoProvider;
     type RandProvider = CryptoProvider;
-    type StorageProvider = SqliteStorageProvider<JsonCodec, Connection>;
+    type StorageProvider = SqliteStorageProvider<JsonCodec, &'a Connection>;
 
     fn storage(&self) -> &Self::StorageProvider {
         &self.storage
     }
 
     fn crypto(&self) -> &Self::CryptoProvider {
-        &self.crypto
+        self.crypto
     }
 
     fn rand(&self) -> &Self::RandProvider {
-        &self.crypto
+        self.crypto
     }
 }
 
-impl Provider {
-    fn new(mut conn: Connection) -> Result<Self, MlsError> {
-        SqliteStorageProvider::<JsonCodec, &mut Connection>::new(&mut conn)
-            .run_migrations()
-            .map_err(|e| MlsError::Store(e.to_string()))?;
-        Ok(Self {
-            crypto: CryptoProvider::new().map_err(|e| protocol("crypto init")(&e))?,
-            storage: SqliteStorageProvider::new(conn),
-        })
-    }
+/// Creates openmls's tables in the database behind `conn` (idempotent).
+fn migrate(conn: &mut Connection) -> Result<(), MlsError> {
+    SqliteStorageProvider::<JsonCodec, &mut Connection>::new(conn)
+        .run_migrations()
+        .map_err(|e| MlsError::Store(e.to_string()))
 }
 
 const MEMBER_TABLE: &str = "CREATE TABLE IF NOT EXISTS qpq_mls_member (
@@ -148,7 +156,8 @@ const MEMBER_TABLE: &str = "CREATE TABLE IF NOT EXISTS qpq_mls_member (
 
 /// One device's MLS state: signer, credential and persistent storage.
 pub struct MlsMember {
-    provider: Provider,
+    conn: Connection,
+    crypto: CryptoProvider,
     signer: SignatureKeyPair,
     credential: CredentialWithKey,
     suite: Suite,
@@ -167,7 +176,7 @@ impl std::fmt::Debug for MlsMember {
 impl MlsMember {
     /// Creates a member named `name` in the database behind `conn` (which may be an encrypted
     /// SQLCipher connection), replacing none: fails if the store already has a member.
-    pub fn create(conn: Connection, name: &[u8], suite: Suite) -> Result<Self, MlsError> {
+    pub fn create(mut conn: Connection, name: &[u8], suite: Suite) -> Result<Self, MlsError> {
         let store = |e: rusqlite::Error| MlsError::Store(e.to_string());
         conn.execute(MEMBER_TABLE, []).map_err(store)?;
         let signer = mls_try!(
@@ -179,9 +188,13 @@ impl MlsMember {
             rusqlite::params![name, suite.code(), signer.to_public_vec()],
         )
         .map_err(store)?;
-        let provider = Provider::new(conn)?;
-        mls_try!("storing the signer", signer.store(provider.storage()));
-        Ok(Self::assemble(provider, signer, suite, name.to_vec()))
+        migrate(&mut conn)?;
+        let member = Self::assemble(conn, signer, suite, name.to_vec())?;
+        mls_try!(
+            "storing the signer",
+            member.signer.store(member.provider().storage())
+        );
+        Ok(member)
     }
 
     /// Creates a member in a database file.
@@ -194,7 +207,7 @@ impl MlsMember {
     }
 
     /// Reopens the member stored in the database behind `conn`.
-    pub fn load(conn: Connection) -> Result<Self, MlsError> {
+    pub fn load(mut conn: Connection) -> Result<Self, MlsError> {
         let store = |e: rusqlite::Error| MlsError::Store(e.to_string());
         conn.execute(MEMBER_TABLE, []).map_err(store)?;
         let row: Option<(Vec<u8>, u16, Vec<u8>)> = conn
@@ -208,14 +221,14 @@ impl MlsMember {
         let (name, suite_code, public_key) = row.ok_or(MlsError::NoMember)?;
         let suite = Suite::from_code(suite_code)
             .ok_or(MlsError::Store("unknown ciphersuite in store".into()))?;
-        let provider = Provider::new(conn)?;
+        migrate(&mut conn)?;
         let signer = SignatureKeyPair::read(
-            provider.storage(),
+            &SqliteStorageProvider::<JsonCodec, &Connection>::new(&conn),
             &public_key,
             suite.ciphersuite().signature_algorithm(),
         )
         .ok_or(MlsError::Store("signer missing from store".into()))?;
-        Ok(Self::assemble(provider, signer, suite, name))
+        Self::assemble(conn, signer, suite, name)
     }
 
     /// Reopens the member stored in a database file.
@@ -223,18 +236,53 @@ impl MlsMember {
         Self::load(Connection::open(path).map_err(|e| MlsError::Store(e.to_string()))?)
     }
 
-    fn assemble(provider: Provider, signer: SignatureKeyPair, suite: Suite, name: Vec<u8>) -> Self {
+    fn assemble(
+        conn: Connection,
+        signer: SignatureKeyPair,
+        suite: Suite,
+        name: Vec<u8>,
+    ) -> Result<Self, MlsError> {
         let credential = CredentialWithKey {
             credential: BasicCredential::new(name.clone()).into(),
             signature_key: signer.to_public_vec().into(),
         };
-        Self {
-            provider,
+        Ok(Self {
+            conn,
+            crypto: CryptoProvider::new().map_err(|e| protocol("crypto init")(&e))?,
             signer,
             credential,
             suite,
             name,
+        })
+    }
+
+    /// The openmls provider over this member's connection.
+    fn provider(&self) -> Provider<'_> {
+        Provider {
+            crypto: &self.crypto,
+            storage: SqliteStorageProvider::new(&self.conn),
         }
+    }
+
+    /// Runs `f` in one SQLite transaction on this member's database: every group change made
+    /// through this member while `f` runs, and every statement `f` runs on the connection it
+    /// is given, commit together when `f` succeeds and are rolled back together when it fails
+    /// (or panics). A process killed half-way through leaves the state from before.
+    ///
+    /// Groups loaded before the call keep their in-memory state; load them again inside `f`.
+    pub fn atomically<R, E: From<MlsError>>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let store = |e: rusqlite::Error| MlsError::Store(e.to_string());
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(store)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(store)?;
+        Ok(out)
     }
 
     /// The member's name (its credential identity).
@@ -270,7 +318,7 @@ impl MlsMember {
             "key package",
             builder.build(
                 self.suite.ciphersuite(),
-                &self.provider,
+                &self.provider(),
                 &self.signer,
                 self.credential.clone()
             )
@@ -288,8 +336,9 @@ impl MlsMember {
             MlsGroup::builder()
                 .ciphersuite(self.suite.ciphersuite())
                 .use_ratchet_tree_extension(true)
+                .max_past_epochs(PAST_EPOCHS)
                 .with_group_id(GroupId::from_slice(group_id))
-                .build(&self.provider, &self.signer, self.credential.clone())
+                .build(&self.provider(), &self.signer, self.credential.clone())
         );
         Ok(Group { group })
     }
@@ -303,18 +352,19 @@ impl MlsMember {
         };
         let config = MlsGroupJoinConfig::builder()
             .use_ratchet_tree_extension(true)
+            .max_past_epochs(PAST_EPOCHS)
             .build();
         let staged = mls_try!(
             "welcome",
-            StagedWelcome::new_from_welcome(&self.provider, &config, welcome, None)
+            StagedWelcome::new_from_welcome(&self.provider(), &config, welcome, None)
         );
-        let group = mls_try!("joining", staged.into_group(&self.provider));
+        let group = mls_try!("joining", staged.into_group(&self.provider()));
         Ok(Group { group })
     }
 
     /// Loads a group from the store.
     pub fn group(&self, group_id: &[u8]) -> Result<Option<Group>, MlsError> {
-        let group = MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group_id))
+        let group = MlsGroup::load(self.provider().storage(), &GroupId::from_slice(group_id))
             .map_err(|e| MlsError::Store(format!("{e:?}")))?;
         Ok(group.map(|group| Group { group }))
     }
@@ -389,16 +439,17 @@ impl Group {
                 .map_err(|_| MlsError::Malformed("key package"))?;
             packages.push(mls_try!(
                 "key package validation",
-                kp.validate(me.provider.crypto(), ProtocolVersion::Mls10)
+                kp.validate(me.provider().crypto(), ProtocolVersion::Mls10)
             ));
         }
         let (commit, welcome, _info) = mls_try!(
             "add",
-            self.group.add_members(&me.provider, &me.signer, &packages)
+            self.group
+                .add_members(&me.provider(), &me.signer, &packages)
         );
         mls_try!(
             "merging own commit",
-            self.group.merge_pending_commit(&me.provider)
+            self.group.merge_pending_commit(&me.provider())
         );
         Ok((
             mls_try!("commit encoding", commit.to_bytes()),
@@ -419,11 +470,12 @@ impl Group {
         }
         let (commit, _welcome, _info) = mls_try!(
             "remove",
-            self.group.remove_members(&me.provider, &me.signer, &leaves)
+            self.group
+                .remove_members(&me.provider(), &me.signer, &leaves)
         );
         mls_try!(
             "merging own commit",
-            self.group.merge_pending_commit(&me.provider)
+            self.group.merge_pending_commit(&me.provider())
         );
         Ok(mls_try!("commit encoding", commit.to_bytes()))
     }
@@ -433,13 +485,20 @@ impl Group {
         let bundle = mls_try!(
             "self update",
             self.group
-                .self_update(&me.provider, &me.signer, LeafNodeParameters::default())
+                .self_update(&me.provider(), &me.signer, LeafNodeParameters::default())
         );
         mls_try!(
             "merging own commit",
-            self.group.merge_pending_commit(&me.provider)
+            self.group.merge_pending_commit(&me.provider())
         );
         Ok(mls_try!("commit encoding", bundle.into_commit().to_bytes()))
+    }
+
+    /// Deletes the group and every secret of it from the store (after leaving it).
+    pub fn delete(mut self, me: &MlsMember) -> Result<(), MlsError> {
+        self.group
+            .delete(me.provider().storage())
+            .map_err(|e| MlsError::Store(format!("{e:?}")))
     }
 
     /// Encrypts an application message for the group.
@@ -447,7 +506,7 @@ impl Group {
         let message = mls_try!(
             "encrypt",
             self.group
-                .create_message(&me.provider, &me.signer, plaintext)
+                .create_message(&me.provider(), &me.signer, plaintext)
         );
         Ok(mls_try!("message encoding", message.to_bytes()))
     }
@@ -460,9 +519,13 @@ impl Group {
         let protocol_message = message
             .try_into_protocol_message()
             .map_err(|_| MlsError::Malformed("protocol message"))?;
+        let epoch = protocol_message.epoch().as_u64();
+        if protocol_message.group_id() == self.group.group_id() && epoch > self.epoch() {
+            return Err(MlsError::FutureEpoch { epoch });
+        }
         let processed = mls_try!(
             "processing",
-            self.group.process_message(&me.provider, protocol_message)
+            self.group.process_message(&me.provider(), protocol_message)
         );
         let sender = credential_name(processed.credential()).unwrap_or_default();
         match processed.into_content() {
@@ -474,7 +537,7 @@ impl Group {
                 let removed_self = staged.self_removed();
                 mls_try!(
                     "merging commit",
-                    self.group.merge_staged_commit(&me.provider, *staged)
+                    self.group.merge_staged_commit(&me.provider(), *staged)
                 );
                 Ok(Incoming::Commit { removed_self })
             }
@@ -482,7 +545,7 @@ impl Group {
                 mls_try!(
                     "storing proposal",
                     self.group
-                        .store_pending_proposal(me.provider.storage(), *proposal)
+                        .store_pending_proposal(me.provider().storage(), *proposal)
                 );
                 Ok(Incoming::Proposal)
             }
@@ -490,7 +553,7 @@ impl Group {
                 mls_try!(
                     "storing proposal",
                     self.group
-                        .store_pending_proposal(me.provider.storage(), *proposal)
+                        .store_pending_proposal(me.provider().storage(), *proposal)
                 );
                 Ok(Incoming::Proposal)
             }

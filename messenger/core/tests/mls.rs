@@ -207,3 +207,95 @@ fn group_state_can_live_in_an_encrypted_sqlcipher_database() {
     assert!(alice.group(b"private").unwrap().is_some());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// alice, bob and carol in one group (X25519: fast), each with a handle on it.
+fn trio() -> ([MlsMember; 3], [qpq_core::mls::Group; 3]) {
+    let members = [
+        member("alice", Suite::X25519),
+        member("bob", Suite::X25519),
+        member("carol", Suite::X25519),
+    ];
+    let mut a = members[0].create_group(b"group-t").unwrap();
+    let kp_b = members[1].key_package().unwrap();
+    let kp_c = members[2].key_package().unwrap();
+    let (_, welcome) = a.add_members(&members[0], &[&kp_b, &kp_c]).unwrap();
+    let b = members[1].join(&welcome).unwrap();
+    let c = members[2].join(&welcome).unwrap();
+    (members, [a, b, c])
+}
+
+#[test]
+fn a_message_from_a_later_epoch_is_reported_as_such_and_processes_after_the_commit() {
+    let ([alice, bob, carol], [mut a, mut b, mut c]) = trio();
+    let dave = member("dave", Suite::X25519);
+    let (commit, _) = a
+        .add_members(&alice, &[&dave.key_package().unwrap()])
+        .unwrap();
+    b.process(&bob, &commit).unwrap();
+    let ahead = b.encrypt(&bob, b"after the commit").unwrap();
+    // Carol gets bob's message before alice's commit.
+    let err = c.process(&carol, &ahead).unwrap_err();
+    assert!(
+        matches!(err, qpq_core::mls::MlsError::FutureEpoch { epoch } if epoch == c.epoch() + 1),
+        "{err}"
+    );
+    c.process(&carol, &commit).unwrap();
+    assert_eq!(
+        expect_app(c.process(&carol, &ahead).unwrap()).1,
+        b"after the commit"
+    );
+}
+
+#[test]
+fn a_message_from_a_recent_past_epoch_still_decrypts() {
+    let ([alice, bob, carol], [mut a, mut b, mut c]) = trio();
+    let before = b.encrypt(&bob, b"sent before the commit").unwrap();
+    let commit = a.self_update(&alice).unwrap();
+    c.process(&carol, &commit).unwrap();
+    b.process(&bob, &commit).unwrap();
+    // The commit overtook bob's message on the way to carol.
+    assert_eq!(
+        expect_app(c.process(&carol, &before).unwrap()).1,
+        b"sent before the commit"
+    );
+}
+
+#[test]
+fn work_done_atomically_is_undone_when_it_fails() {
+    let ([alice, bob, _carol], [mut a, _b, _c]) = trio();
+    let ct = a.encrypt(&alice, b"once").unwrap();
+    let group_id = a.id();
+    // Processing succeeds, then something after it fails: nothing of it stays.
+    let failed: Result<(), qpq_core::mls::MlsError> = bob.atomically(|conn| {
+        let mut g = bob.group(&group_id)?.unwrap();
+        expect_app(g.process(&bob, &ct)?);
+        conn.execute_batch("CREATE TABLE side_effect (x INTEGER)")
+            .unwrap();
+        Err(qpq_core::mls::MlsError::NotAMember)
+    });
+    assert!(failed.is_err());
+    let mut g = bob.group(&group_id).unwrap().unwrap();
+    assert_eq!(expect_app(g.process(&bob, &ct).unwrap()).1, b"once");
+    // The same work that succeeds is kept: processing twice is then a replay.
+    let ct = a.encrypt(&alice, b"twice").unwrap();
+    bob.atomically(|_| {
+        let mut g = bob.group(&group_id)?.unwrap();
+        g.process(&bob, &ct).map(|_| ())
+    })
+    .unwrap();
+    assert!(
+        bob.group(&group_id)
+            .unwrap()
+            .unwrap()
+            .process(&bob, &ct)
+            .is_err()
+    );
+}
+
+#[test]
+fn a_deleted_group_is_gone() {
+    let ([alice, ..], [a, ..]) = trio();
+    let id = a.id();
+    a.delete(&alice).unwrap();
+    assert!(alice.group(&id).unwrap().is_none());
+}
