@@ -24,7 +24,7 @@ use crate::model::{
     AttachmentInfo, Conversation, ConversationId, ConversationKind, Device, Message, MessageId,
     Progress, SendState, user_of,
 };
-use crate::store::{Delivery, Effect, LocalStore, StoreKey, StoredAccount};
+use crate::store::{self, Delivery, Effect, LocalStore, StoreKey, StoredAccount};
 
 /// The ALPN the messenger server speaks.
 const ALPN: &[u8] = b"qpq/1";
@@ -52,6 +52,12 @@ pub struct ClientLimits {
     pub max_backoff: Duration,
     /// Events buffered for a slow subscriber before it misses some (default 1024).
     pub event_buffer: usize,
+    /// Undelivered outgoing items (messages, edits, reactions, ...) the outbox holds at most;
+    /// a send beyond it fails with [`SdkError::OutboxFull`] (default 10,000).
+    pub max_outbox: u64,
+    /// Group messages per conversation kept while they wait for the commit before them
+    /// (default 1,000); beyond it one is reported as undecryptable.
+    pub max_parked: u64,
 }
 
 impl Default for ClientLimits {
@@ -66,6 +72,8 @@ impl Default for ClientLimits {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             event_buffer: 1024,
+            max_outbox: 10_000,
+            max_parked: 1_000,
         }
     }
 }
@@ -78,9 +86,18 @@ pub struct QpqClientBuilder {
     data_dir: Option<PathBuf>,
     key: Option<StoreKey>,
     limits: ClientLimits,
+    crash: Option<CrashPoint>,
 }
 
 impl QpqClientBuilder {
+    /// Tests only: the first time the client reaches `point`, its background tasks stop as if
+    /// the process were killed there (reported as `Offline` with "simulated crash").
+    #[doc(hidden)]
+    pub fn crash_at(mut self, point: CrashPoint) -> Self {
+        self.crash = Some(point);
+        self
+    }
+
     /// The server's address.
     pub fn server(mut self, addr: SocketAddr) -> Self {
         self.server = Some(addr);
@@ -156,6 +173,7 @@ impl QpqClientBuilder {
                 sealed_bytes_sent: std::sync::atomic::AtomicU64::new(0),
                 peer_keys: Mutex::new(HashMap::new()),
                 peer_identities: Mutex::new(HashMap::new()),
+                crash: Mutex::new(self.crash),
             }),
         })
     }
@@ -184,6 +202,7 @@ struct Inner {
     sealed_bytes_sent: std::sync::atomic::AtomicU64,
     peer_keys: Mutex<HashMap<(String, String), HybridPublicKey>>,
     peer_identities: Mutex<HashMap<(String, String), qpq_core::identity::IdentityPublic>>,
+    crash: CrashSwitch,
 }
 
 /// A quicproquo client: one account on one device, with its encrypted store.
@@ -456,8 +475,20 @@ impl QpqClient {
         body: v1::content::Body,
         echo: impl FnOnce(MessageId, String, u64, bool) -> Option<Message>,
     ) -> SdkResult<MessageId> {
-        if self.inner.store.conversation(conversation)?.is_none() {
-            return Err(SdkError::NotFound(format!("conversation {conversation}")));
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        let c = self
+            .inner
+            .store
+            .conversation(conversation)?
+            .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
+        if !c.members.iter().any(|m| m == user_of(&me)) {
+            return Err(SdkError::InvalidArgument(format!(
+                "this user is no longer a member of conversation {conversation}"
+            )));
+        }
+        let limit = self.inner.limits.max_outbox;
+        if self.inner.store.outbox_len()? >= limit {
+            return Err(SdkError::OutboxFull { limit });
         }
         let id = MessageId::random();
         let sent_at_ms = now_ms();
@@ -467,22 +498,25 @@ impl QpqClient {
             body: Some(body),
         }
         .encode_to_vec();
-        let (me, ciphertext, recipients) = {
+        // Encrypting moves the group's ratchet: the ciphertext is queued in the same
+        // transaction, so a crash leaves neither.
+        let echo = {
             let keys = lock(&self.inner.keys);
             let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            let mut group = keys
-                .mls
-                .group(&conversation.0)?
-                .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
-            let ciphertext = group.encrypt(&keys.mls, &content)?;
-            (keys.me.clone(), ciphertext, other_devices(&group, &keys.me))
+            keys.mls.atomically(|conn| {
+                let mut group = keys
+                    .mls
+                    .group(&conversation.0)?
+                    .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
+                let ciphertext = group.encrypt(&keys.mls, &content)?;
+                let recipients = other_devices(&group, &keys.me);
+                let transport = group_transport(conversation, ciphertext);
+                let deliveries = deliveries_for(id, &recipients, &transport);
+                let echo = echo(id, keys.me.clone(), sent_at_ms, deliveries.is_empty());
+                store::queue_outgoing_on(conn, echo.as_ref(), &deliveries)?;
+                SdkResult::Ok(echo)
+            })?
         };
-        let transport = group_transport(conversation, ciphertext);
-        let deliveries = deliveries_for(id, &recipients, &transport);
-        let echo = echo(id, me, sent_at_ms, deliveries.is_empty());
-        self.inner
-            .store
-            .queue_outgoing(echo.as_ref(), &deliveries)?;
         if let Some(echo) = echo {
             self.emit(ClientEvent::MessageReceived(Box::new(echo.clone())));
             self.emit(ClientEvent::SendStateChanged {
@@ -936,17 +970,6 @@ impl QpqClient {
         }
         let packages = self.key_packages(&rpc, &devices).await?;
         let id = ConversationId(rand::random());
-        let welcome = {
-            let keys = lock(&self.inner.keys);
-            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            let mut group = keys.mls.create_group(&id.0)?;
-            if packages.is_empty() {
-                None
-            } else {
-                let refs: Vec<&[u8]> = packages.iter().map(Vec::as_slice).collect();
-                Some(group.add_members(&keys.mls, &refs)?.1)
-            }
-        };
         let channel = v1::channel_client::ChannelClient::new(rpc.clone())
             .create_channel(&v1::CreateChannelRequest {
                 name: if name.is_empty() { "direct" } else { name }.to_owned(),
@@ -966,19 +989,31 @@ impl QpqClient {
             name: name.to_owned(),
             members: users,
         };
-        let item = MessageId::random();
-        let deliveries = match welcome {
-            Some(welcome) => deliveries_for(
-                item,
-                &devices,
-                &invitation(&conversation, welcome, Some(&channel)),
-            ),
-            None => Vec::new(),
-        };
-        self.inner
-            .store
-            .apply(&Effect::Conversation(conversation.clone(), Some(channel)))?;
-        self.inner.store.queue_outgoing(None, &deliveries)?;
+        // The group, the conversation and the invitations commit together.
+        {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            keys.mls.atomically(|conn| {
+                let mut group = keys.mls.create_group(&id.0)?;
+                let deliveries = if packages.is_empty() {
+                    Vec::new()
+                } else {
+                    let refs: Vec<&[u8]> = packages.iter().map(Vec::as_slice).collect();
+                    let welcome = group.add_members(&keys.mls, &refs)?.1;
+                    deliveries_for(
+                        MessageId::random(),
+                        &devices,
+                        &invitation(&conversation, welcome, Some(&channel)),
+                    )
+                };
+                store::apply_on(
+                    conn,
+                    &Effect::Conversation(conversation.clone(), Some(channel.clone())),
+                )?;
+                store::queue_outgoing_on(conn, None, &deliveries)?;
+                SdkResult::Ok(())
+            })?;
+        }
         self.emit(ClientEvent::ConversationCreated(conversation.clone()));
         self.inner.outbox_wake.notify_one();
         Ok(conversation)
@@ -1034,6 +1069,53 @@ impl QpqClient {
         let before = c.clone();
         c.members.retain(|m| m != user);
         self.set_members(before, c.members)
+    }
+
+    /// Leaves a conversation with every device of this user: the members are told, one of
+    /// their devices (the first by name) removes this user's devices from the MLS group, and
+    /// this device forgets the group's keys at once, so it cannot read anything sent later.
+    /// Sending to the conversation fails from now on; its history stays in the store.
+    pub async fn leave(&self, conversation: &ConversationId) -> SdkResult<()> {
+        let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
+        let my_user = user_of(&me).to_owned();
+        let before = self
+            .inner
+            .store
+            .conversation(conversation)?
+            .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
+        self.send_content(
+            conversation,
+            v1::content::Body::Leave(v1::Leave {}),
+            |_, _, _, _| None,
+        )?;
+        let mut members = before.members.clone();
+        members.retain(|u| *u != my_user);
+        let effect = Effect::Members {
+            conversation: *conversation,
+            members,
+        };
+        {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            keys.mls.atomically(|conn| {
+                if let Some(group) = keys.mls.group(&conversation.0)? {
+                    group.delete(&keys.mls)?;
+                }
+                store::apply_on(conn, &effect)
+            })?;
+        }
+        for event in events_for(&self.inner.store, &effect, Some(before))? {
+            self.emit(event);
+        }
+        // The server channel (typing, endpoint lookups) is left on a best-effort basis: the
+        // members' commit is what takes this user out of the conversation.
+        if let Err(e) = self
+            .update_channel(conversation, Vec::new(), vec![my_user])
+            .await
+        {
+            tracing::warn!(error = %e, "could not leave the server channel");
+        }
+        Ok(())
     }
 
     /// The safety number between this device and each device of `user` whose keys are in
@@ -1164,33 +1246,35 @@ impl QpqClient {
     async fn add_devices(&self, c: &Conversation, devices: &[(String, String)]) -> SdkResult<()> {
         let rpc = self.inner.session().await?;
         let packages = self.key_packages(&rpc, devices).await?;
-        let (commit, welcome, existing) = {
+        let channel = self.inner.store.channel(&c.id)?;
+        {
             let keys = lock(&self.inner.keys);
             let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            let mut group = keys
-                .mls
-                .group(&c.id.0)?
-                .ok_or_else(|| SdkError::NotFound(format!("conversation {}", c.id)))?;
-            let existing = other_devices(&group, &keys.me);
-            if existing.len() + devices.len() > self.inner.limits.max_conversation_devices {
-                return Err(SdkError::InvalidArgument(format!(
-                    "a conversation may have at most {} devices",
-                    self.inner.limits.max_conversation_devices
-                )));
-            }
-            let refs: Vec<&[u8]> = packages.iter().map(Vec::as_slice).collect();
-            let (commit, welcome) = group.add_members(&keys.mls, &refs)?;
-            (commit, welcome, existing)
-        };
-        let item = MessageId::random();
-        let mut deliveries = deliveries_for(item, &existing, &group_transport(&c.id, commit));
-        let channel = self.inner.store.channel(&c.id)?;
-        deliveries.extend(deliveries_for(
-            item,
-            devices,
-            &invitation(c, welcome, channel.as_deref()),
-        ));
-        self.inner.store.queue_outgoing(None, &deliveries)?;
+            keys.mls.atomically(|conn| {
+                let mut group = keys
+                    .mls
+                    .group(&c.id.0)?
+                    .ok_or_else(|| SdkError::NotFound(format!("conversation {}", c.id)))?;
+                let existing = other_devices(&group, &keys.me);
+                if existing.len() + devices.len() > self.inner.limits.max_conversation_devices {
+                    return Err(SdkError::InvalidArgument(format!(
+                        "a conversation may have at most {} devices",
+                        self.inner.limits.max_conversation_devices
+                    )));
+                }
+                let refs: Vec<&[u8]> = packages.iter().map(Vec::as_slice).collect();
+                let (commit, welcome) = group.add_members(&keys.mls, &refs)?;
+                let item = MessageId::random();
+                let mut deliveries =
+                    deliveries_for(item, &existing, &group_transport(&c.id, commit));
+                deliveries.extend(deliveries_for(
+                    item,
+                    devices,
+                    &invitation(c, welcome, channel.as_deref()),
+                ));
+                store::queue_outgoing_on(conn, None, &deliveries)
+            })?;
+        }
         self.inner.outbox_wake.notify_one();
         Ok(())
     }
@@ -1217,27 +1301,32 @@ impl QpqClient {
         c: &Conversation,
         which: impl Fn(&(String, String)) -> bool,
     ) -> SdkResult<()> {
-        let (commit, recipients) = {
+        {
             let keys = lock(&self.inner.keys);
             let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            let Some(mut group) = keys.mls.group(&c.id.0)? else {
-                return Err(SdkError::NotFound(format!("conversation {}", c.id)));
-            };
-            let recipients = other_devices(&group, &keys.me);
-            let names: Vec<Vec<u8>> = recipients
-                .iter()
-                .filter(|d| which(d))
-                .map(|(u, d)| format!("{u}/{d}").into_bytes())
-                .collect();
-            if names.is_empty() {
-                return Err(SdkError::NotFound("no such member device".into()));
-            }
-            let refs: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
-            (group.remove_members(&keys.mls, &refs)?, recipients)
-        };
-        let item = MessageId::random();
-        let deliveries = deliveries_for(item, &recipients, &group_transport(&c.id, commit));
-        self.inner.store.queue_outgoing(None, &deliveries)?;
+            keys.mls.atomically(|conn| {
+                let Some(mut group) = keys.mls.group(&c.id.0)? else {
+                    return Err(SdkError::NotFound(format!("conversation {}", c.id)));
+                };
+                let recipients = other_devices(&group, &keys.me);
+                let names: Vec<Vec<u8>> = recipients
+                    .iter()
+                    .filter(|d| which(d))
+                    .map(|(u, d)| format!("{u}/{d}").into_bytes())
+                    .collect();
+                if names.is_empty() {
+                    return Err(SdkError::NotFound("no such member device".into()));
+                }
+                let refs: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+                let commit = group.remove_members(&keys.mls, &refs)?;
+                let deliveries = deliveries_for(
+                    MessageId::random(),
+                    &recipients,
+                    &group_transport(&c.id, commit),
+                );
+                store::queue_outgoing_on(conn, None, &deliveries)
+            })?;
+        }
         self.inner.outbox_wake.notify_one();
         Ok(())
     }
@@ -1690,107 +1779,408 @@ impl Inner {
             });
             return Err(SdkError::KeyTransparency(reason));
         }
+        if self
+            .store
+            .note_identity(user, device, &bundle.identity.to_bytes())?
+        {
+            let _ = self.events.send(ClientEvent::SafetyNumberChanged {
+                user: user.to_owned(),
+                device: device.to_owned(),
+            });
+        }
         lock(&self.peer_identities).insert(key.clone(), bundle.identity);
         lock(&self.peer_keys).insert(key, bundle.hybrid.clone());
         Ok(bundle.hybrid)
     }
 
-    /// Decrypts and applies one queue entry, committing it with the cursor.
+    /// Decrypts and applies one queue entry. The MLS work (joining, decrypting, merging a
+    /// commit, committing a member's departure), its effect on the store, anything it queues
+    /// and the receive cursor commit in one transaction: a process killed at any point either
+    /// did all of it or fetches the entry again and does it then.
     fn apply(self: &Arc<Self>, envelope: &v1::Envelope) -> SdkResult<()> {
         let seq = envelope.seq;
-        match self.open(envelope) {
-            Ok(effect) => {
-                let before = match &effect {
-                    Effect::Members { conversation, .. } => {
-                        self.store.conversation(conversation)?
-                    }
-                    _ => None,
-                };
-                if self.store.commit_incoming(seq, &effect)? {
-                    if matches!(effect, Effect::Conversation(..)) {
-                        self.store.key_package_used()?;
-                    }
-                    for event in events_for(&self.store, &effect, before)? {
-                        let _ = self.events.send(event);
-                    }
-                }
+        let mut guard = lock(&self.keys);
+        let keys = guard.as_mut().ok_or(SdkError::NotLoggedIn)?;
+        let result = match open_sealed(keys, envelope) {
+            Ok(transport) => {
+                let keys = &*keys;
+                keys.mls.atomically(|conn| {
+                    let applied = self.process(keys, conn, seq, transport)?;
+                    fail_point(&self.crash, CrashPoint::AfterDecrypt)?;
+                    Ok(applied)
+                })
             }
-            Err(reason) => {
+            Err(reason) => Err(Fail::Undecryptable(reason)),
+        };
+        let applied = match result {
+            Ok(applied) => applied,
+            Err(Fail::Sdk(e)) => return Err(e),
+            Err(Fail::Undecryptable(reason)) => {
+                drop(guard);
                 tracing::warn!(seq, %reason, "undecryptable queue entry skipped");
                 self.store.commit_incoming(seq, &Effect::None)?;
                 let _ = self
                     .events
                     .send(ClientEvent::UndecryptableMessage { seq, reason });
+                return Ok(());
             }
+        };
+        let mut events = Vec::new();
+        let mut queued = applied.queued;
+        let unpark = applied.epoch_changed();
+        if applied.changed && matches!(applied.effect, Effect::Conversation(..)) {
+            self.store.key_package_used()?;
+        }
+        events.extend(applied.events(&self.store)?);
+        if let Some(conversation) = unpark {
+            let (more, more_queued) = self.unpark(guard.as_ref(), conversation)?;
+            events.extend(more);
+            queued |= more_queued;
+        }
+        drop(guard);
+        for event in events {
+            let _ = self.events.send(event);
+        }
+        if queued {
+            self.outbox_wake.notify_one();
         }
         Ok(())
     }
 
-    fn open(self: &Arc<Self>, envelope: &v1::Envelope) -> Result<Effect, String> {
-        let mut keys = lock(&self.keys);
-        let keys = keys.as_mut().ok_or("not logged in")?;
-        let opened =
-            qpq_core::sealed::open(&keys.hybrid, &envelope.payload, &mut keys.replay, now_ms())
-                .map_err(|e| format!("sealed envelope: {e}"))?;
-        let transport = v1::Transport::decode(opened.payload.as_slice())
-            .map_err(|e| format!("transport: {e}"))?;
-        match transport.kind {
+    /// Retries the messages parked for `conversation` now that its epoch moved, until a pass
+    /// makes no progress (a parked commit may unlock more). Returns their events and whether
+    /// anything was queued.
+    fn unpark(
+        self: &Arc<Self>,
+        keys: Option<&Keys>,
+        conversation: ConversationId,
+    ) -> SdkResult<(Vec<ClientEvent>, bool)> {
+        let keys = keys.ok_or(SdkError::NotLoggedIn)?;
+        let mut events = Vec::new();
+        let mut queued = false;
+        loop {
+            let parked = self.store.parked(&conversation)?;
+            let mut progress = false;
+            for p in parked {
+                let result = keys.mls.atomically(|conn| {
+                    let Some(mut group) = keys.mls.group(&p.conversation.0)? else {
+                        store::unpark_on(conn, p.seq)?;
+                        return Ok(None);
+                    };
+                    let (effect, queued) =
+                        self.process_group(keys, conn, &mut group, p.conversation, p.seq, &p.mls)?;
+                    if matches!(effect, Effect::Park { .. }) {
+                        return Ok(None);
+                    }
+                    store::unpark_on(conn, p.seq)?;
+                    Applied::commit(conn, p.seq, effect, queued).map(Some)
+                });
+                match result {
+                    Ok(None) => {}
+                    Ok(Some(applied)) => {
+                        progress = true;
+                        queued |= applied.queued;
+                        events.extend(applied.events(&self.store)?);
+                    }
+                    Err(Fail::Undecryptable(reason)) => {
+                        progress = true;
+                        self.store.unpark(p.seq)?;
+                        events.push(ClientEvent::UndecryptableMessage { seq: p.seq, reason });
+                    }
+                    Err(Fail::Sdk(e)) => return Err(e),
+                }
+            }
+            if !progress {
+                return Ok((events, queued));
+            }
+        }
+    }
+
+    /// What one transport does, worked out and committed inside the caller's transaction.
+    fn process(
+        &self,
+        keys: &Keys,
+        conn: &rusqlite::Connection,
+        seq: u64,
+        transport: v1::Transport,
+    ) -> Result<Applied, Fail> {
+        let my_user = user_of(&keys.me);
+        let (effect, queued) = match transport.kind {
             Some(v1::transport::Kind::Invitation(inv)) => {
                 let id = conversation_id(&inv.conversation_id)?;
                 let group = keys
                     .mls
                     .join(&inv.welcome)
-                    .map_err(|e| format!("invitation: {e}"))?;
+                    .map_err(|e| Fail::Undecryptable(format!("invitation: {e}")))?;
                 if group.id() != id.0 {
-                    return Err("invitation: conversation id does not match its group".into());
+                    return Err(Fail::Undecryptable(
+                        "invitation: conversation id does not match its group".into(),
+                    ));
                 }
                 let channel = (inv.channel_id.len() == 16).then(|| inv.channel_id.to_vec());
-                Ok(Effect::Conversation(
-                    Conversation {
-                        id,
-                        kind: ConversationKind::from_code(inv.kind),
-                        name: inv.name,
-                        members: member_users(&group),
-                    },
-                    channel,
-                ))
+                let c = Conversation {
+                    id,
+                    kind: ConversationKind::from_code(inv.kind),
+                    name: inv.name,
+                    members: member_users(&group),
+                };
+                (Effect::Conversation(c, channel), false)
             }
             Some(v1::transport::Kind::Group(g)) => {
                 let id = conversation_id(&g.conversation_id)?;
-                let mut group = keys
-                    .mls
-                    .group(&id.0)
-                    .map_err(|e| e.to_string())?
-                    .ok_or("group message for an unknown conversation")?;
-                match group
-                    .process(&keys.mls, &g.mls)
-                    .map_err(|e| e.to_string())?
-                {
-                    Incoming::Application { sender, plaintext } => {
-                        let sender = String::from_utf8_lossy(&sender).into_owned();
-                        let content = v1::Content::decode(plaintext.as_slice())
-                            .map_err(|e| format!("content: {e}"))?;
-                        content_effect(id, sender, content, user_of(&keys.me))
-                    }
-                    Incoming::Commit { removed_self } => {
-                        let mut members = member_users(&group);
-                        if removed_self {
-                            // This device is out: it no longer counts its user as a member.
-                            let me = user_of(&keys.me).to_owned();
-                            members.retain(|u| *u != me);
+                match keys.mls.group(&id.0)? {
+                    Some(mut group) => {
+                        let (effect, queued) =
+                            self.process_group(keys, conn, &mut group, id, seq, &g.mls)?;
+                        if matches!(effect, Effect::Park { .. })
+                            && store::parked_count_on(conn, &id)? >= self.limits.max_parked
+                        {
+                            return Err(Fail::Undecryptable(format!(
+                                "{} messages already wait for an earlier commit in this \
+                                 conversation",
+                                self.limits.max_parked
+                            )));
                         }
-                        Ok(Effect::Members {
-                            conversation: id,
-                            members,
-                        })
+                        (effect, queued)
                     }
-                    _ => Ok(Effect::None),
+                    // A conversation this device left: what is sent there is not for it.
+                    None if store::conversation_on(conn, &id)?
+                        .is_some_and(|c| !c.members.iter().any(|m| m == my_user)) =>
+                    {
+                        (Effect::None, false)
+                    }
+                    None => {
+                        return Err(Fail::Undecryptable(
+                            "group message for an unknown conversation".into(),
+                        ));
+                    }
                 }
             }
-            None => Err("transport: empty".into()),
+            None => return Err(Fail::Undecryptable("transport: empty".into())),
+        };
+        Applied::commit(conn, seq, effect, queued)
+    }
+
+    /// Processes one MLS message of a group this device is in. A message from an epoch not
+    /// reached yet becomes [`Effect::Park`]; a member's request to leave is committed here if
+    /// this device is the one to do it. Returns the effect and whether anything was queued.
+    fn process_group(
+        &self,
+        keys: &Keys,
+        conn: &rusqlite::Connection,
+        group: &mut qpq_core::mls::Group,
+        id: ConversationId,
+        seq: u64,
+        mls: &[u8],
+    ) -> Result<(Effect, bool), Fail> {
+        match group.process(&keys.mls, mls) {
+            Err(qpq_core::mls::MlsError::FutureEpoch { epoch }) => Ok((
+                Effect::Park {
+                    seq,
+                    conversation: id,
+                    epoch,
+                    mls: mls.to_vec(),
+                },
+                false,
+            )),
+            Err(e) => Err(e.into()),
+            Ok(Incoming::Application { sender, plaintext }) => {
+                let sender = String::from_utf8_lossy(&sender).into_owned();
+                let content = v1::Content::decode(plaintext.as_slice())
+                    .map_err(|e| Fail::Undecryptable(format!("content: {e}")))?;
+                let effect = content_effect(id, sender, content, user_of(&keys.me))
+                    .map_err(Fail::Undecryptable)?;
+                if let Effect::LeaveRequest { user, .. } = &effect
+                    && let Some(members) = self.commit_leave(keys, conn, group, &id, user)?
+                {
+                    return Ok((
+                        Effect::Members {
+                            conversation: id,
+                            members,
+                        },
+                        true,
+                    ));
+                }
+                Ok((effect, false))
+            }
+            Ok(Incoming::Commit { removed_self }) => {
+                let mut members = member_users(group);
+                if removed_self {
+                    // This device is out: it no longer counts its user as a member, and the
+                    // group's keys are of no more use to it.
+                    let me = user_of(&keys.me).to_owned();
+                    members.retain(|u| *u != me);
+                    if let Some(stored) = keys.mls.group(&id.0)? {
+                        stored.delete(&keys.mls)?;
+                    }
+                }
+                Ok((
+                    Effect::Members {
+                        conversation: id,
+                        members,
+                    },
+                    false,
+                ))
+            }
+            Ok(_) => Ok((Effect::None, false)),
+        }
+    }
+
+    /// Removes every device of `leaving` from the group if this device is the remaining
+    /// member device that comes first by name (so exactly one member commits it), queueing the
+    /// commit to every other device, the leaving ones included. Returns the new member users.
+    fn commit_leave(
+        &self,
+        keys: &Keys,
+        conn: &rusqlite::Connection,
+        group: &mut qpq_core::mls::Group,
+        id: &ConversationId,
+        leaving: &str,
+    ) -> Result<Option<Vec<String>>, Fail> {
+        let mut names: Vec<(String, String)> = group
+            .members()
+            .iter()
+            .filter_map(|n| split_name(n))
+            .collect();
+        names.sort();
+        let committer = names.iter().find(|(u, _)| u != leaving);
+        if committer.map(|(u, d)| format!("{u}/{d}")).as_deref() != Some(keys.me.as_str()) {
+            return Ok(None);
+        }
+        let gone: Vec<Vec<u8>> = names
+            .iter()
+            .filter(|(u, _)| u == leaving)
+            .map(|(u, d)| format!("{u}/{d}").into_bytes())
+            .collect();
+        if gone.is_empty() {
+            return Ok(None);
+        }
+        let refs: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
+        let recipients = other_devices(group, &keys.me);
+        let commit = group.remove_members(&keys.mls, &refs)?;
+        let deliveries = deliveries_for(
+            MessageId::random(),
+            &recipients,
+            &group_transport(id, commit),
+        );
+        store::queue_outgoing_on(conn, None, &deliveries)?;
+        Ok(Some(member_users(group)))
+    }
+}
+
+/// Opens the sealed envelope of a queue entry and decodes its transport.
+fn open_sealed(keys: &mut Keys, envelope: &v1::Envelope) -> Result<v1::Transport, String> {
+    let opened =
+        qpq_core::sealed::open(&keys.hybrid, &envelope.payload, &mut keys.replay, now_ms())
+            .map_err(|e| format!("sealed envelope: {e}"))?;
+    v1::Transport::decode(opened.payload.as_slice()).map_err(|e| format!("transport: {e}"))
+}
+
+/// Why a queue entry was not applied.
+enum Fail {
+    /// It cannot be decrypted or verified: skipped, reported with an event.
+    Undecryptable(String),
+    /// The local store failed: the entry is fetched again later.
+    Sdk(SdkError),
+}
+
+impl From<SdkError> for Fail {
+    fn from(e: SdkError) -> Self {
+        Self::Sdk(e)
+    }
+}
+
+impl From<String> for Fail {
+    fn from(reason: String) -> Self {
+        Self::Undecryptable(reason)
+    }
+}
+
+impl From<qpq_core::mls::MlsError> for Fail {
+    fn from(e: qpq_core::mls::MlsError) -> Self {
+        match e {
+            qpq_core::mls::MlsError::Store(_) => Self::Sdk(e.into()),
+            e => Self::Undecryptable(e.to_string()),
         }
     }
 }
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sdk(e.into())
+    }
+}
+
+/// An effect committed with its queue entry, and what is needed to report it.
+struct Applied {
+    effect: Effect,
+    before: Option<Conversation>,
+    changed: bool,
+    queued: bool,
+}
+
+impl Applied {
+    fn commit(
+        conn: &rusqlite::Connection,
+        seq: u64,
+        effect: Effect,
+        queued: bool,
+    ) -> Result<Self, Fail> {
+        let before = match &effect {
+            Effect::Members { conversation, .. } => store::conversation_on(conn, conversation)?,
+            _ => None,
+        };
+        let changed = store::commit_incoming_on(conn, seq, &effect)?;
+        Ok(Self {
+            effect,
+            before,
+            changed,
+            queued,
+        })
+    }
+
+    /// The conversation whose epoch this moved (parked messages there may now process).
+    fn epoch_changed(&self) -> Option<ConversationId> {
+        match &self.effect {
+            Effect::Members { conversation, .. } => Some(*conversation),
+            Effect::Conversation(c, _) => Some(c.id),
+            _ => None,
+        }
+    }
+
+    fn events(&self, store: &LocalStore) -> SdkResult<Vec<ClientEvent>> {
+        if !self.changed {
+            return Ok(Vec::new());
+        }
+        events_for(store, &self.effect, self.before.clone())
+    }
+}
+
+/// Places where a test makes the client stop as if its process were killed there.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// After an entry is decrypted and its effect computed, before it is committed.
+    AfterDecrypt,
+    /// After an entry is committed locally, before the server is told (acknowledged).
+    BeforeAck,
+}
+
+/// The armed crash point, if any (tests only; see [`QpqClientBuilder::crash_at`]).
+type CrashSwitch = Mutex<Option<CrashPoint>>;
+
+/// Fails once with a store error naming `point` if it is armed, disarming it; the background
+/// tasks then stop as if the process had died.
+fn fail_point(switch: &CrashSwitch, point: CrashPoint) -> SdkResult<()> {
+    let mut armed = lock(switch);
+    if *armed == Some(point) {
+        *armed = None;
+        return Err(SdkError::Store(format!("{SIMULATED_CRASH} at {point:?}")));
+    }
+    Ok(())
+}
+
+const SIMULATED_CRASH: &str = "simulated crash";
 
 /// Turns the server's live notifications into events (typing) and nudges (new messages are
 /// fetched by the receive loop anyway).
@@ -1969,6 +2359,8 @@ fn content_effect(
             conversation,
             name: r.name,
         },
+        // A device can only ever ask for its own user to leave.
+        Some(v1::content::Body::Leave(_)) => Effect::LeaveRequest { user: author },
         None => Effect::None,
     })
 }
@@ -1984,7 +2376,7 @@ fn events_for(
     before: Option<Conversation>,
 ) -> SdkResult<Vec<ClientEvent>> {
     Ok(match effect {
-        Effect::None => Vec::new(),
+        Effect::None | Effect::Park { .. } | Effect::LeaveRequest { .. } => Vec::new(),
         Effect::Conversation(c, _) => vec![ClientEvent::ConversationCreated(c.clone())],
         Effect::Message(m) => vec![ClientEvent::MessageReceived(m.clone())],
         Effect::Members {
@@ -2122,11 +2514,14 @@ async fn receive_loop(strong: Arc<Inner>) {
                 return;
             }
             Err(e) => {
+                let reason = e.to_string();
+                let crashed = reason.contains(SIMULATED_CRASH);
                 let _ = strong.events.send(ClientEvent::ConnectionStateChanged(
-                    ConnectionState::Offline {
-                        reason: e.to_string(),
-                    },
+                    ConnectionState::Offline { reason },
                 ));
+                if crashed {
+                    return;
+                }
             }
         }
         tokio::time::sleep(backoff(&limits, attempt)).await;
@@ -2178,6 +2573,7 @@ async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
         }
         // Acknowledge only what is committed locally.
         if let Some(up_to_seq) = last {
+            fail_point(&inner.crash, CrashPoint::BeforeAck)?;
             delivery.ack(&v1::AckRequest { up_to_seq }).await?;
             resumed = false;
             let low = usize::try_from(inner.store.key_packages()?).unwrap_or(0)

@@ -41,6 +41,13 @@ pub enum SdkError {
     /// No such conversation or message.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The outbox holds `limit` undelivered items already (the client is offline for long):
+    /// wait until it drains, or raise [`ClientLimits::max_outbox`](crate::ClientLimits).
+    #[error("the outbox is full ({limit} undelivered items); try again once it drains")]
+    OutboxFull {
+        /// The configured limit.
+        limit: u64,
+    },
     /// The client was configured incompletely; the message says what is missing.
     #[error("configuration: {0}")]
     Config(String),

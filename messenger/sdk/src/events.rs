@@ -112,6 +112,15 @@ pub enum ClientEvent {
         /// What failed.
         reason: String,
     },
+    /// The safety number with one of `user`'s devices changed: the device's identity key is
+    /// not the one seen before, or it is a device of theirs this client had not seen. Compare
+    /// safety numbers again ([`QpqClient::safety_numbers`](crate::QpqClient::safety_numbers)).
+    SafetyNumberChanged {
+        /// The user.
+        user: String,
+        /// The device whose key is new.
+        device: String,
+    },
     /// Something arrived that could not be decrypted or verified; it was skipped and the
     /// conversation goes on.
     UndecryptableMessage {

@@ -41,7 +41,7 @@ mod events;
 mod model;
 mod store;
 
-pub use client::{ClientLimits, QpqClient, QpqClientBuilder};
+pub use client::{ClientLimits, CrashPoint, QpqClient, QpqClientBuilder};
 pub use error::{SdkError, SdkResult};
 pub use events::{ClientEvent, ConnectionState};
 pub use model::{

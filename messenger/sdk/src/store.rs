@@ -190,6 +190,25 @@ CREATE TABLE kt (
     head    BLOB NOT NULL
 );
 ",
+    "
+-- Group messages from an epoch this device has not reached (their commit is still on its
+-- way), kept until it gets there; `seq` is the queue entry they came in.
+CREATE TABLE parked (
+    seq          INTEGER PRIMARY KEY,
+    conversation BLOB NOT NULL,
+    epoch        INTEGER NOT NULL,
+    mls          BLOB NOT NULL
+);
+CREATE INDEX parked_by_conversation ON parked(conversation, epoch, seq);
+-- The identity key of every other device whose keys this device has used: a change, or a new
+-- device of a known user, changes the safety number.
+CREATE TABLE peer_identities (
+    user     TEXT NOT NULL,
+    device   TEXT NOT NULL,
+    identity BLOB NOT NULL,
+    PRIMARY KEY (user, device)
+);
+",
 ];
 
 /// A change to apply to the store, from an incoming message or a local action.
@@ -239,6 +258,115 @@ pub(crate) enum Effect {
         conversation: ConversationId,
         name: String,
     },
+    /// A group message from an epoch not reached yet: kept until the commit before it comes.
+    Park {
+        seq: u64,
+        conversation: ConversationId,
+        epoch: u64,
+        mls: Vec<u8>,
+    },
+    /// A user asked to leave a conversation (the commit removing it follows).
+    LeaveRequest { user: String },
+}
+
+/// A parked group message.
+#[derive(Debug, Clone)]
+pub(crate) struct Parked {
+    pub(crate) seq: u64,
+    pub(crate) conversation: ConversationId,
+    pub(crate) mls: Vec<u8>,
+}
+
+/// Applies the effect of queue entry `seq` and advances the cursor to it, inside the caller's
+/// transaction on `conn` (which also holds the MLS work that produced the effect). Returns
+/// whether the effect changed anything (a repeat or a forbidden edit does not).
+pub(crate) fn commit_incoming_on(conn: &Connection, seq: u64, effect: &Effect) -> SdkResult<bool> {
+    let changed = apply_effect(conn, effect)?;
+    conn.execute(
+        "UPDATE account SET cursor = MAX(cursor, ?1) WHERE id = 1",
+        [i64::try_from(seq).unwrap_or(i64::MAX)],
+    )?;
+    Ok(changed)
+}
+
+/// Queues an outgoing message (its local echo and one delivery per recipient device) inside
+/// the caller's transaction on `conn`, with the MLS work that encrypted it.
+pub(crate) fn queue_outgoing_on(
+    conn: &Connection,
+    echo: Option<&Message>,
+    deliveries: &[Delivery],
+) -> SdkResult<()> {
+    if let Some(m) = echo {
+        insert_message(conn, m)?;
+    }
+    for d in deliveries {
+        conn.execute(
+            "INSERT OR IGNORE INTO deliveries (item, user, device, message_id, transport)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                d.item.0.as_slice(),
+                d.user,
+                d.device,
+                d.message_id.as_slice(),
+                d.transport
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Messages parked for `conversation`, oldest first.
+pub(crate) fn parked_on(
+    conn: &Connection,
+    conversation: &ConversationId,
+) -> SdkResult<Vec<Parked>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, mls FROM parked WHERE conversation = ?1 ORDER BY epoch, seq",
+    )?;
+    let rows = stmt.query_map([conversation.0.as_slice()], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    rows.map(|row| {
+        let (seq, mls) = row?;
+        Ok(Parked {
+            seq: u64::try_from(seq).unwrap_or(0),
+            conversation: *conversation,
+            mls,
+        })
+    })
+    .collect()
+}
+
+/// How many messages are parked for `conversation`.
+pub(crate) fn parked_count_on(conn: &Connection, conversation: &ConversationId) -> SdkResult<u64> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM parked WHERE conversation = ?1",
+        [conversation.0.as_slice()],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Forgets a parked message (processed, or given up on).
+pub(crate) fn unpark_on(conn: &Connection, seq: u64) -> SdkResult<()> {
+    conn.execute(
+        "DELETE FROM parked WHERE seq = ?1",
+        [i64::try_from(seq).unwrap_or(i64::MAX)],
+    )?;
+    Ok(())
+}
+
+/// Applies a local action's effect inside the caller's transaction on `conn`.
+pub(crate) fn apply_on(conn: &Connection, effect: &Effect) -> SdkResult<bool> {
+    apply_effect(conn, effect)
+}
+
+/// A conversation as stored, read on `conn`.
+pub(crate) fn conversation_on(
+    conn: &Connection,
+    id: &ConversationId,
+) -> SdkResult<Option<Conversation>> {
+    load_conversation(conn, id)
 }
 
 /// The encrypted local store.
@@ -501,11 +629,7 @@ impl LocalStore {
     pub(crate) fn commit_incoming(&self, seq: u64, effect: &Effect) -> SdkResult<bool> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let changed = apply_effect(&tx, effect)?;
-        tx.execute(
-            "UPDATE account SET cursor = MAX(cursor, ?1) WHERE id = 1",
-            [i64::try_from(seq).unwrap_or(i64::MAX)],
-        )?;
+        let changed = commit_incoming_on(&tx, seq, effect)?;
         tx.commit()?;
         Ok(changed)
     }
@@ -608,35 +732,6 @@ impl LocalStore {
         load_messages(&self.lock(), conversation, None, limit)
     }
 
-    /// Queues an outgoing message: its local echo and one delivery per recipient device, in
-    /// one transaction.
-    pub(crate) fn queue_outgoing(
-        &self,
-        echo: Option<&Message>,
-        deliveries: &[Delivery],
-    ) -> SdkResult<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        if let Some(m) = echo {
-            insert_message(&tx, m)?;
-        }
-        for d in deliveries {
-            tx.execute(
-                "INSERT OR IGNORE INTO deliveries (item, user, device, message_id, transport)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    d.item.0.as_slice(),
-                    d.user,
-                    d.device,
-                    d.message_id.as_slice(),
-                    d.transport
-                ],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Deliveries still to make, oldest items first.
     pub(crate) fn pending_deliveries(&self, limit: u32) -> SdkResult<Vec<Delivery>> {
         let conn = self.lock();
@@ -702,6 +797,53 @@ impl LocalStore {
             params![item.0.as_slice(), user, device],
         )?;
         Ok(())
+    }
+
+    /// Records the identity key `user/device` uses. Returns whether that changes a safety
+    /// number this device had: the device's key differs from the one seen before, or it is a
+    /// new device of a user seen before. The first device of a user is recorded quietly.
+    pub(crate) fn note_identity(
+        &self,
+        user: &str,
+        device: &str,
+        identity: &[u8],
+    ) -> SdkResult<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let known: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT identity FROM peer_identities WHERE user = ?1 AND device = ?2",
+                params![user, device],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let changed = match known {
+            Some(k) => k != identity,
+            None => {
+                tx.query_row(
+                    "SELECT COUNT(*) FROM peer_identities WHERE user = ?1",
+                    [user],
+                    |r| r.get::<_, i64>(0),
+                )? > 0
+            }
+        };
+        tx.execute(
+            "INSERT INTO peer_identities (user, device, identity) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user, device) DO UPDATE SET identity = ?3",
+            params![user, device, identity],
+        )?;
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// Messages parked for `conversation`, oldest first.
+    pub(crate) fn parked(&self, conversation: &ConversationId) -> SdkResult<Vec<Parked>> {
+        parked_on(&self.lock(), conversation)
+    }
+
+    /// Forgets a parked message.
+    pub(crate) fn unpark(&self, seq: u64) -> SdkResult<()> {
+        unpark_on(&self.lock(), seq)
     }
 
     /// Outgoing items not yet fully delivered.
@@ -821,7 +963,7 @@ fn load_messages(
 
 /// The author user of a stored message, if it is in `conversation`.
 fn author_of(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     conversation: &ConversationId,
     id: &MessageId,
 ) -> SdkResult<Option<String>> {
@@ -835,7 +977,7 @@ fn author_of(
     Ok(sender.map(|s| crate::model::user_of(&s).to_owned()))
 }
 
-fn apply_effect(tx: &rusqlite::Transaction<'_>, effect: &Effect) -> SdkResult<bool> {
+fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
     let now = i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -940,14 +1082,28 @@ fn apply_effect(tx: &rusqlite::Transaction<'_>, effect: &Effect) -> SdkResult<bo
                 params![conversation.0.as_slice(), name],
             )? > 0
         }
+        Effect::Park {
+            seq,
+            conversation,
+            epoch,
+            mls,
+        } => {
+            tx.execute(
+                "INSERT OR IGNORE INTO parked (seq, conversation, epoch, mls) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    i64::try_from(*seq).unwrap_or(i64::MAX),
+                    conversation.0.as_slice(),
+                    i64::try_from(*epoch).unwrap_or(i64::MAX),
+                    mls
+                ],
+            )?;
+            false
+        }
+        Effect::LeaveRequest { .. } => false,
     })
 }
 
-fn insert_conversation(
-    tx: &rusqlite::Transaction<'_>,
-    c: &Conversation,
-    created_at_ms: i64,
-) -> SdkResult<()> {
+fn insert_conversation(tx: &Connection, c: &Conversation, created_at_ms: i64) -> SdkResult<()> {
     tx.execute(
         "INSERT INTO conversations (id, kind, name, created_at_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (id) DO UPDATE SET name = ?3",
@@ -963,7 +1119,7 @@ fn insert_conversation(
 }
 
 /// Inserts a message unless its id is stored; returns whether it was new.
-fn insert_message(tx: &rusqlite::Transaction<'_>, m: &Message) -> SdkResult<bool> {
+fn insert_message(tx: &Connection, m: &Message) -> SdkResult<bool> {
     let (state, reason) = state_name(&m.state);
     let n = tx.execute(
         "INSERT OR IGNORE INTO messages
