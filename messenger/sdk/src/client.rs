@@ -1039,6 +1039,19 @@ impl QpqClient {
                 "{user} has no device with published keys"
             )));
         }
+        let present = {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            keys.mls
+                .group(&conversation.0)?
+                .map_or(0, |g| other_devices(&g, &keys.me).len())
+        };
+        if present + devices.len() > self.inner.limits.max_conversation_devices {
+            return Err(SdkError::InvalidArgument(format!(
+                "a conversation may have at most {} devices",
+                self.inner.limits.max_conversation_devices
+            )));
+        }
         let before = c.clone();
         c.members.push(user.to_owned());
         c.members.sort();

@@ -47,8 +47,15 @@ async fn a_linked_device_joins_conversations_and_a_revoked_one_is_cut_off() {
         "nothing left to adopt"
     );
 
-    // Both of Alice's devices receive Bob's message.
+    // Both of Alice's devices receive Bob's message. Bob's client, sealing to a device of
+    // Alice it had not seen, reports that its safety number with Alice changed.
     bob.send_text(&dm.id, "hi both", None).unwrap();
+    let changed = next(&mut bob_events, |e| match e {
+        ClientEvent::SafetyNumberChanged { user, device } => Some((user, device)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(changed, ("alice".to_string(), "tablet".to_string()));
     assert_eq!(text(&mut laptop_events).await.1, "hi both");
     assert_eq!(text(&mut tablet_events).await.1, "hi both");
 

@@ -328,3 +328,45 @@ async fn both_sides_compute_the_same_safety_number() {
         on_alice[0].1
     );
 }
+
+#[tokio::test]
+async fn the_outbox_is_bounded_and_says_so() {
+    let mut server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut bob_events = bob.subscribe();
+    let dm = alice.create_dm("bob").await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+    drop(alice);
+
+    server.stop().await;
+    let mut limits = qpq_sdk::ClientLimits::default();
+    limits.max_outbox = 2;
+    let alice = server.client_with(a_dir.path(), limits);
+    alice.connect().await.unwrap();
+    alice.send_text(&dm.id, "one", None).unwrap();
+    alice.send_text(&dm.id, "two", None).unwrap();
+    let err = alice.send_text(&dm.id, "three", None).unwrap_err();
+    assert!(matches!(err, SdkError::OutboxFull { limit: 2 }), "{err}");
+    assert!(err.to_string().contains("outbox is full"), "{err}");
+    // Nothing of the refused message was kept.
+    assert_eq!(alice.messages(&dm.id, 10).unwrap().len(), 2);
+
+    // Once the server is back and the outbox drains, sending works again.
+    let mut alice_events = alice.subscribe();
+    server.restart().await;
+    next(&mut alice_events, |e| {
+        (alice.store().outbox_len().unwrap() == 0).then_some(e)
+    })
+    .await;
+    alice.send_text(&dm.id, "three", None).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(text(&mut bob_events).await.1);
+    }
+    assert_eq!(got, vec!["one", "two", "three"]);
+}

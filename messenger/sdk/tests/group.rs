@@ -294,3 +294,31 @@ async fn typing_reaches_the_members_including_one_invited_later() {
         assert_eq!(who, "carol");
     }
 }
+
+#[tokio::test]
+async fn the_group_size_limit_is_enforced_on_create_and_invite() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut limits = qpq_sdk::ClientLimits::default();
+    limits.max_conversation_devices = 2;
+    let alice = server.client_with(dir.path(), limits);
+    alice.register("alice", "pw").await.unwrap();
+    alice.login("alice", "d1", "pw").await.unwrap();
+    let mut others = Vec::new();
+    for user in ["bob", "carol", "dave"] {
+        others.push(member(&server, user).await);
+    }
+    let err = alice
+        .create_group("too big", &["bob", "carol", "dave"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 2 devices"), "{err}");
+    assert!(alice.conversations().unwrap().is_empty());
+    let group = alice.create_group("fits", &["bob", "carol"]).await.unwrap();
+    let err = alice.invite(&group.id, "dave").await.unwrap_err();
+    assert!(err.to_string().contains("at most 2 devices"), "{err}");
+    assert_eq!(
+        alice.conversations().unwrap()[0].members,
+        vec!["alice", "bob", "carol"]
+    );
+}

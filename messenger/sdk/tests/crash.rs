@@ -1,0 +1,103 @@
+//! A receiving process killed at the worst moments loses nothing and shows nothing twice.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use qpq_sdk::{ClientEvent, ConnectionState, ConversationId, CrashPoint, QpqClient};
+use tokio::sync::broadcast;
+
+/// Alice and Bob share a DM; Bob's process is then replaced by one armed to crash at `point`.
+async fn crash_scenario(point: CrashPoint) {
+    let server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut bob_events = bob.subscribe();
+    let dm = alice.create_dm("bob").await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+    drop(bob);
+
+    // Bob's next process dies while it handles the first message.
+    let doomed = QpqClient::builder()
+        .server(server.addr)
+        .pin(server.fingerprint)
+        .data_dir(b_dir.path())
+        .passphrase("store passphrase")
+        .crash_at(point)
+        .build()
+        .unwrap();
+    let mut doomed_events = doomed.subscribe();
+    doomed.connect().await.unwrap();
+    alice.send_text(&dm.id, "first", None).unwrap();
+    let reason = next(&mut doomed_events, |e| match e {
+        ClientEvent::ConnectionStateChanged(ConnectionState::Offline { reason })
+            if reason.contains("simulated crash") =>
+        {
+            Some(reason)
+        }
+        _ => None,
+    })
+    .await;
+    let stored = doomed.messages(&dm.id, 10).unwrap().len();
+    match point {
+        CrashPoint::AfterDecrypt => assert_eq!(stored, 0, "died before committing: {reason}"),
+        CrashPoint::BeforeAck => assert_eq!(stored, 1, "died after committing: {reason}"),
+    }
+    drop(doomed);
+
+    // The restarted process shows "first" exactly once, then what follows.
+    let bob = server.client(b_dir.path());
+    let mut bob_events = bob.subscribe();
+    bob.connect().await.unwrap();
+    alice.send_text(&dm.id, "second", None).unwrap();
+    let seen = received_until(&mut bob_events, "second").await;
+    match point {
+        CrashPoint::AfterDecrypt => assert_eq!(seen, vec!["first", "second"]),
+        CrashPoint::BeforeAck => assert_eq!(seen, vec!["second"], "first is not shown again"),
+    }
+    assert_texts(&bob, &dm.id, &["first", "second"]);
+}
+
+/// Incoming texts up to and including `last`; fails on an undecryptable entry.
+async fn received_until(events: &mut broadcast::Receiver<ClientEvent>, last: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let body = next(events, |e| match e {
+            ClientEvent::MessageReceived(m) if !m.outgoing => Some(m.body),
+            ClientEvent::UndecryptableMessage { reason, .. } => {
+                panic!("an entry was lost: {reason}")
+            }
+            _ => None,
+        })
+        .await;
+        let done = body == last;
+        seen.push(body);
+        if done {
+            return seen;
+        }
+    }
+}
+
+fn assert_texts(client: &QpqClient, dm: &ConversationId, want: &[&str]) {
+    let stored: Vec<String> = client
+        .messages(dm, 100)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(stored, want);
+}
+
+#[tokio::test]
+async fn a_receiver_killed_after_decrypting_but_before_committing_loses_nothing() {
+    crash_scenario(CrashPoint::AfterDecrypt).await;
+}
+
+#[tokio::test]
+async fn a_receiver_killed_after_committing_but_before_acknowledging_shows_nothing_twice() {
+    crash_scenario(CrashPoint::BeforeAck).await;
+}

@@ -1,0 +1,203 @@
+//! Leaving a group, and group messages that arrive before the commit they depend on.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use qpq_proto::v1;
+use qpq_sdk::{ClientEvent, ClientLimits, QpqClient, SdkError};
+use tokio::sync::broadcast;
+
+struct Member {
+    client: QpqClient,
+    events: broadcast::Receiver<ClientEvent>,
+    dir: tempfile::TempDir,
+}
+
+async fn member(server: &Server, user: &str) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let client = account(server, dir.path(), user, "d1").await;
+    let events = client.subscribe();
+    Member {
+        client,
+        events,
+        dir,
+    }
+}
+
+async fn joined(m: &mut Member) -> qpq_sdk::Conversation {
+    next(&mut m.events, |e| match e {
+        ClientEvent::ConversationCreated(c) => Some(c),
+        _ => None,
+    })
+    .await
+}
+
+async fn left(m: &mut Member) -> String {
+    next(&mut m.events, |e| match e {
+        ClientEvent::MemberLeft { user, .. } => Some(user),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_member_who_leaves_is_removed_by_the_others_and_reads_nothing_afterwards() {
+    let server = Server::start().await;
+    let mut alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let mut carol = member(&server, "carol").await;
+    let group = alice
+        .client
+        .create_group("team", &["bob", "carol"])
+        .await
+        .unwrap();
+    joined(&mut bob).await;
+    joined(&mut carol).await;
+
+    carol.client.leave(&group.id).await.unwrap();
+    // Carol's device is out at once; the others learn it from the commit of the first
+    // remaining device by name (alice/d1).
+    assert_eq!(left(&mut carol).await, "carol");
+    assert_eq!(left(&mut alice).await, "carol");
+    assert_eq!(left(&mut bob).await, "carol");
+    for m in [&alice, &bob] {
+        assert_eq!(
+            m.client.conversations().unwrap()[0].members,
+            vec!["alice", "bob"]
+        );
+    }
+    let err = carol
+        .client
+        .send_text(&group.id, "still here?", None)
+        .unwrap_err();
+    assert!(matches!(err, SdkError::InvalidArgument(_)), "{err}");
+
+    // What is sent afterwards reaches bob, never carol.
+    let id = bob.client.send_text(&group.id, "just us", None).unwrap();
+    sent(&mut bob.events, id).await;
+    assert_eq!(text(&mut alice.events).await.1, "just us");
+    let marker = alice.client.create_dm("carol").await.unwrap();
+    let dm = joined(&mut carol).await;
+    assert_eq!(dm.id, marker.id);
+    // Carol has processed everything queued before the DM invitation by now.
+    assert!(
+        carol
+            .client
+            .messages(&group.id, 100)
+            .unwrap()
+            .iter()
+            .all(|m| m.body != "just us")
+    );
+    while let Ok(e) = carol.events.try_recv() {
+        assert!(
+            !matches!(e, ClientEvent::UndecryptableMessage { .. }),
+            "messages of a left group are not errors: {e:?}"
+        );
+    }
+    // The history before leaving stays.
+    assert_eq!(carol.client.conversations().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn messages_that_overtake_their_commit_wait_for_it_and_the_wait_is_bounded() {
+    let server = Server::start().await;
+    let alice = member(&server, "alice").await;
+    let mut bob = member(&server, "bob").await;
+    let mut carol = member(&server, "carol").await;
+    let mut dave = member(&server, "dave").await;
+    let group = alice
+        .client
+        .create_group("team", &["bob", "carol"])
+        .await
+        .unwrap();
+    joined(&mut bob).await;
+    joined(&mut carol).await;
+    let carol_dir = carol.dir;
+    drop(carol.client);
+
+    // While carol is away, alice adds dave (a commit), then bob writes twice in the new epoch.
+    alice.client.invite(&group.id, "dave").await.unwrap();
+    joined(&mut dave).await;
+    next(&mut bob.events, |e| {
+        matches!(e, ClientEvent::MemberJoined { .. }).then_some(())
+    })
+    .await;
+    for body in ["after 1", "after 2"] {
+        let id = bob.client.send_text(&group.id, body, None).unwrap();
+        sent(&mut bob.events, id).await;
+    }
+
+    // Carol's queue now holds the commit, then bob's two messages. A reordering network (or
+    // server) hands them over the other way round.
+    let raw = qrpc::Client::builder(
+        server.addr,
+        qrpc::tls::ClientTls::pinned(server.fingerprint),
+    )
+    .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+    .connect()
+    .await
+    .unwrap();
+    qpq_proto::auth_flows::login(&raw, "carol", "d1", "pw")
+        .await
+        .unwrap();
+    let delivery = v1::delivery_client::DeliveryClient::new(raw.clone());
+    let queued = delivery
+        .fetch(&v1::FetchRequest {
+            after_seq: 0,
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .messages;
+    assert_eq!(queued.len(), 3);
+    delivery
+        .ack(&v1::AckRequest {
+            up_to_seq: queued[2].seq,
+        })
+        .await
+        .unwrap();
+    for (i, envelope) in [&queued[1], &queued[2], &queued[0]].into_iter().enumerate() {
+        delivery
+            .enqueue(&v1::EnqueueRequest {
+                recipient: Some(v1::DeviceRef {
+                    user: "carol".into(),
+                    device: "d1".into(),
+                }),
+                message_id: vec![0xC0 + i as u8; 16].into(),
+                payload: envelope.payload.clone(),
+                delivery_token: Default::default(),
+            })
+            .await
+            .unwrap();
+    }
+
+    // Carol comes back able to park one message: "after 1" waits for the commit, "after 2"
+    // finds the waiting room full and is reported; the commit then releases "after 1".
+    let mut limits = ClientLimits::default();
+    limits.max_parked = 1;
+    let carol = server.client_with(carol_dir.path(), limits);
+    let mut carol_events = carol.subscribe();
+    carol.connect().await.unwrap();
+    let reason = next(&mut carol_events, |e| match e {
+        ClientEvent::UndecryptableMessage { reason, .. } => Some(reason),
+        ClientEvent::MessageReceived(m) => panic!("{} arrived before the commit", m.body),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("wait for an earlier commit"), "{reason}");
+    let user = next(&mut carol_events, |e| match e {
+        ClientEvent::MemberJoined { user, .. } => Some(user),
+        _ => None,
+    })
+    .await;
+    assert_eq!(user, "dave");
+    assert_eq!(text(&mut carol_events).await.1, "after 1");
+    let stored: Vec<String> = carol
+        .messages(&group.id, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(stored, vec!["after 1"]);
+}
