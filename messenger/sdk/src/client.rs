@@ -820,6 +820,19 @@ impl QpqClient {
         })
     }
 
+    /// Takes back a message no device has received yet (still queued, for instance while
+    /// offline): it is removed from the outbox and the store, reported as
+    /// [`ClientEvent::MessageDeleted`]. Once the outbox has started handing it over, this
+    /// fails; [`delete`](Self::delete) it instead.
+    pub fn cancel(&self, id: &MessageId) -> SdkResult<()> {
+        let conversation = self.inner.store.cancel(id)?;
+        self.emit(ClientEvent::MessageDeleted {
+            id: *id,
+            conversation,
+        });
+        Ok(())
+    }
+
     /// Adds (or with `remove`, takes back) this user's reaction to a message.
     pub fn react(&self, id: &MessageId, emoji: &str, remove: bool) -> SdkResult<()> {
         if emoji.is_empty() || emoji.len() > 32 {
@@ -1538,7 +1551,24 @@ impl Inner {
         let mut requests = Vec::with_capacity(pending.len());
         let mut included = Vec::with_capacity(pending.len());
         let mut batch_bytes = 0usize;
+        let mut claimed: Vec<MessageId> = Vec::new();
         for d in &pending {
+            // Claim each item once: from here it cannot be cancelled, and one cancelled in
+            // the meantime is skipped.
+            if !claimed.contains(&d.item) {
+                let (still_pending, changed) = self.store.claim(&d.item)?;
+                if let Some(conversation) = changed {
+                    let _ = self.events.send(ClientEvent::SendStateChanged {
+                        id: d.item,
+                        conversation,
+                        state: SendState::Sending,
+                    });
+                }
+                if !still_pending {
+                    continue;
+                }
+                claimed.push(d.item);
+            }
             let hybrid = match self.peer_key(&keys_client, &d.user, &d.device).await {
                 Ok(key) => key,
                 // A key that does not verify is never used: this copy fails for good.
@@ -1550,7 +1580,8 @@ impl Inner {
                             reason: format!("{}/{}: {reason}", d.user, d.device),
                         },
                     )?;
-                    self.store.delivery_done(&d.item, &d.user, &d.device)?;
+                    self.store
+                        .delivery_done(&d.item, &d.user, &d.device, false)?;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -1580,10 +1611,25 @@ impl Inner {
             // Everything in this page failed for good; look at the next one.
             return Ok(Batch::More);
         }
-        let results = v1::delivery_client::DeliveryClient::new(rpc.clone())
+        let results = match v1::delivery_client::DeliveryClient::new(rpc.clone())
             .batch_enqueue(&v1::BatchEnqueueRequest { messages: requests })
-            .await?
-            .results;
+            .await
+        {
+            Ok(answer) => answer.results,
+            Err(status) => {
+                // Nothing of this call is known to be stored: the items wait for a retry.
+                for d in &included {
+                    self.set_state(
+                        &d.item,
+                        SendState::Failed {
+                            recoverable: true,
+                            reason: format!("server: {status}; retrying"),
+                        },
+                    )?;
+                }
+                return Err(status.into());
+            }
+        };
         self.sealed_bytes_sent
             .fetch_add(batch_bytes as u64, std::sync::atomic::Ordering::Relaxed);
         let mut retry = false;
@@ -1595,6 +1641,13 @@ impl Inner {
                 Code::NotFound => true,
                 Code::ResourceExhausted | Code::Unavailable => {
                     self.store.delivery_failed(&d.item, &d.user, &d.device)?;
+                    self.set_state(
+                        &d.item,
+                        SendState::Failed {
+                            recoverable: true,
+                            reason: format!("{}/{}: {}; retrying", d.user, d.device, r.error),
+                        },
+                    )?;
                     retry = true;
                     false
                 }
@@ -1604,11 +1657,16 @@ impl Inner {
                         reason: format!("{}/{}: {}", d.user, d.device, r.error),
                     };
                     self.set_state(&d.item, state)?;
-                    self.store.delivery_done(&d.item, &d.user, &d.device)?;
+                    self.store
+                        .delivery_done(&d.item, &d.user, &d.device, false)?;
                     false
                 }
             };
-            if done && self.store.delivery_done(&d.item, &d.user, &d.device)? {
+            if done
+                && self
+                    .store
+                    .delivery_done(&d.item, &d.user, &d.device, refused == Code::Ok)?
+            {
                 self.set_state(&d.item, SendState::Sent)?;
             }
         }

@@ -208,6 +208,8 @@ CREATE TABLE peer_identities (
     identity BLOB NOT NULL,
     PRIMARY KEY (user, device)
 );
+-- Whether some device's queue took an outgoing message (it can then no longer be cancelled).
+ALTER TABLE messages ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0;
 ",
 ];
 
@@ -411,7 +413,12 @@ fn array<const N: usize>(v: Vec<u8>, what: &str) -> SdkResult<[u8; N]> {
 fn state_from(state: &str, reason: String) -> SendState {
     match state {
         "queued" => SendState::Queued,
+        "sending" => SendState::Sending,
         "sent" => SendState::Sent,
+        "retrying" => SendState::Failed {
+            recoverable: true,
+            reason,
+        },
         "failed" => SendState::Failed {
             recoverable: false,
             reason,
@@ -422,8 +429,13 @@ fn state_from(state: &str, reason: String) -> SendState {
 
 fn state_name(state: &SendState) -> (&'static str, String) {
     match state {
-        SendState::Queued | SendState::Sending => ("queued", String::new()),
+        SendState::Queued => ("queued", String::new()),
+        SendState::Sending => ("sending", String::new()),
         SendState::Sent => ("sent", String::new()),
+        SendState::Failed {
+            recoverable: true,
+            reason,
+        } => ("retrying", reason.clone()),
         SendState::Failed { reason, .. } => ("failed", reason.clone()),
         SendState::Received => ("received", String::new()),
     }
@@ -761,13 +773,74 @@ impl LocalStore {
         .collect()
     }
 
-    /// Records that a delivery reached the server (or can never be made); returns whether its
-    /// item has no delivery left.
+    /// Claims an outbox item for one attempt: a queued (or retrying) message moves to
+    /// `sending`, after which it can no longer be cancelled. Returns whether the item still
+    /// has deliveries to make (a cancelled one has none) and whether its state changed.
+    pub(crate) fn claim(&self, item: &MessageId) -> SdkResult<(bool, Option<ConversationId>)> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let conversation: Option<Vec<u8>> = tx
+            .query_row(
+                "UPDATE messages SET state = 'sending', state_reason = ''
+                 WHERE id = ?1 AND outgoing = 1 AND state IN ('queued', 'retrying')
+                 RETURNING conversation",
+                [item.0.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let pending: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE item = ?1)",
+            [item.0.as_slice()],
+            |r| r.get(0),
+        )?;
+        tx.commit()?;
+        Ok((
+            pending,
+            conversation
+                .map(|c| array(c, "conversation id").map(ConversationId))
+                .transpose()?,
+        ))
+    }
+
+    /// Withdraws a message no device has received yet: its deliveries and the message go.
+    /// Fails once the outbox has claimed it or any device's queue has taken it.
+    pub(crate) fn cancel(&self, id: &MessageId) -> SdkResult<ConversationId> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let row: Option<(Vec<u8>, String, bool)> = tx
+            .query_row(
+                "SELECT conversation, state, accepted FROM messages WHERE id = ?1 AND outgoing = 1",
+                [id.0.as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((conversation, state, accepted)) = row else {
+            return Err(SdkError::NotFound(format!("outgoing message {id}")));
+        };
+        if accepted || !matches!(state.as_str(), "queued" | "retrying") {
+            return Err(SdkError::InvalidArgument(format!(
+                "message {id} is already on its way ({state}); delete it instead"
+            )));
+        }
+        tx.execute("DELETE FROM deliveries WHERE item = ?1", [id.0.as_slice()])?;
+        tx.execute(
+            "DELETE FROM reactions WHERE message = ?1",
+            [id.0.as_slice()],
+        )?;
+        tx.execute("DELETE FROM receipts WHERE message = ?1", [id.0.as_slice()])?;
+        tx.execute("DELETE FROM messages WHERE id = ?1", [id.0.as_slice()])?;
+        tx.commit()?;
+        Ok(ConversationId(array(conversation, "conversation id")?))
+    }
+
+    /// Records that a delivery reached the server (`accepted`) or can never be made; returns
+    /// whether its item has no delivery left.
     pub(crate) fn delivery_done(
         &self,
         item: &MessageId,
         user: &str,
         device: &str,
+        accepted: bool,
     ) -> SdkResult<bool> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -775,6 +848,12 @@ impl LocalStore {
             "DELETE FROM deliveries WHERE item = ?1 AND user = ?2 AND device = ?3",
             params![item.0.as_slice(), user, device],
         )?;
+        if accepted {
+            tx.execute(
+                "UPDATE messages SET accepted = 1 WHERE id = ?1 AND outgoing = 1",
+                [item.0.as_slice()],
+            )?;
+        }
         let left: i64 = tx.query_row(
             "SELECT COUNT(*) FROM deliveries WHERE item = ?1",
             [item.0.as_slice()],
@@ -869,6 +948,7 @@ impl LocalStore {
             .query_row(
                 "UPDATE messages SET state = ?2, state_reason = ?3
                  WHERE id = ?1 AND outgoing = 1 AND state <> 'failed' AND state <> ?2
+                   AND NOT (state = 'sent' AND ?2 IN ('sending', 'retrying'))
                  RETURNING conversation",
                 params![id.0.as_slice(), name, reason],
                 |r| r.get(0),

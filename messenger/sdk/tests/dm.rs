@@ -370,3 +370,62 @@ async fn the_outbox_is_bounded_and_says_so() {
     }
     assert_eq!(got, vec!["one", "two", "three"]);
 }
+
+#[tokio::test]
+async fn a_queued_message_can_be_cancelled_until_the_outbox_hands_it_over() {
+    let mut server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut bob_events = bob.subscribe();
+    let dm = alice.create_dm("bob").await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+    drop(alice);
+
+    // Offline: both messages wait in the outbox; one is taken back.
+    server.stop().await;
+    let alice = server.client(a_dir.path());
+    let mut alice_events = alice.subscribe();
+    alice.connect().await.unwrap();
+    let keep = alice.send_text(&dm.id, "keep", None).unwrap();
+    let oops = alice.send_text(&dm.id, "oops", None).unwrap();
+    alice.cancel(&oops).unwrap();
+    let deleted = next(&mut alice_events, |e| match e {
+        ClientEvent::MessageDeleted { id, .. } => Some(id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(deleted, oops);
+    assert_eq!(alice.store().outbox_len().unwrap(), 1);
+    assert!(matches!(
+        alice.cancel(&oops).unwrap_err(),
+        SdkError::NotFound(_)
+    ));
+
+    // Back online: "keep" goes Sending -> Sent, and can no longer be cancelled.
+    server.restart().await;
+    let mut states = Vec::new();
+    while states.last() != Some(&SendState::Sent) {
+        states.push(
+            next(&mut alice_events, |e| match e {
+                ClientEvent::SendStateChanged { id, state, .. } if id == keep => Some(state),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    assert_eq!(states[0], SendState::Sending, "{states:?}");
+    let err = alice.cancel(&keep).unwrap_err();
+    assert!(err.to_string().contains("delete it instead"), "{err}");
+    assert_eq!(text(&mut bob_events).await.1, "keep");
+    let marker = alice.send_text(&dm.id, "marker", None).unwrap();
+    sent(&mut alice_events, marker).await;
+    assert_eq!(
+        text(&mut bob_events).await.1,
+        "marker",
+        "oops never arrives"
+    );
+}
