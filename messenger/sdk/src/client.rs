@@ -24,7 +24,9 @@ use crate::model::{
     AttachmentInfo, Conversation, ConversationId, ConversationKind, Device, Message, MessageId,
     Progress, SendState, user_of,
 };
-use crate::store::{self, Delivery, Effect, LocalStore, StoreKey, StoredAccount};
+use crate::store::{
+    Delivery, Effect, MemoryStore, SqlStore, Store, StoreKey, StoredAccount, Tx, transact,
+};
 
 /// The ALPN the messenger server speaks.
 const ALPN: &[u8] = b"qpq/1";
@@ -87,6 +89,7 @@ pub struct QpqClientBuilder {
     key: Option<StoreKey>,
     limits: ClientLimits,
     crash: Option<CrashPoint>,
+    in_memory: bool,
 }
 
 impl QpqClientBuilder {
@@ -134,6 +137,13 @@ impl QpqClientBuilder {
         self
     }
 
+    /// Keeps everything in memory instead of a data directory (tests, throwaway bots):
+    /// nothing survives the process, and no data directory or store key is needed.
+    pub fn in_memory(mut self) -> Self {
+        self.in_memory = true;
+        self
+    }
+
     /// Replaces the limits.
     pub fn limits(mut self, limits: ClientLimits) -> Self {
         self.limits = limits;
@@ -150,13 +160,17 @@ impl QpqClientBuilder {
         let tls = self
             .tls
             .ok_or_else(|| SdkError::Config("server trust (pin or tls) missing".into()))?;
-        let dir = self
-            .data_dir
-            .ok_or_else(|| SdkError::Config("data directory missing".into()))?;
-        let key = self
-            .key
-            .ok_or_else(|| SdkError::Config("store key (passphrase or raw key) missing".into()))?;
-        let store = LocalStore::open(&dir, &key)?;
+        let store: Box<dyn Store> = if self.in_memory {
+            Box::new(MemoryStore::new()?)
+        } else {
+            let dir = self
+                .data_dir
+                .ok_or_else(|| SdkError::Config("data directory missing".into()))?;
+            let key = self.key.ok_or_else(|| {
+                SdkError::Config("store key (passphrase or raw key) missing".into())
+            })?;
+            Box::new(SqlStore::open(&dir, &key)?)
+        };
         let (events, _) = broadcast::channel(self.limits.event_buffer.max(1));
         Ok(QpqClient {
             tasks: Arc::new(Tasks::default()),
@@ -189,7 +203,7 @@ struct Keys {
 }
 
 struct Inner {
-    store: LocalStore,
+    store: Box<dyn Store>,
     server: SocketAddr,
     tls: ClientTls,
     limits: ClientLimits,
@@ -310,9 +324,15 @@ impl QpqClient {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The local store (read access for front ends).
-    pub fn store(&self) -> &LocalStore {
-        &self.inner.store
+    /// Outgoing items (messages, edits, reactions, membership changes) the outbox has not
+    /// handed to the server yet.
+    pub fn outbox_len(&self) -> SdkResult<u64> {
+        self.inner.store.outbox_len()
+    }
+
+    /// One message from the store.
+    pub fn message(&self, id: &MessageId) -> SdkResult<Option<Message>> {
+        self.inner.store.message(id)
     }
 
     /// `user/device` of the logged-in account, if any.
@@ -464,7 +484,18 @@ impl QpqClient {
 
     /// The newest `limit` messages of a conversation, oldest first.
     pub fn messages(&self, conversation: &ConversationId, limit: u32) -> SdkResult<Vec<Message>> {
-        self.inner.store.messages(conversation, limit)
+        self.inner.store.messages(conversation, None, limit)
+    }
+
+    /// The `limit` messages of a conversation just older than `before`, oldest first (paging
+    /// back through history: pass the first message of the previous page).
+    pub fn messages_before(
+        &self,
+        conversation: &ConversationId,
+        before: &MessageId,
+        limit: u32,
+    ) -> SdkResult<Vec<Message>> {
+        self.inner.store.messages(conversation, Some(before), limit)
     }
 
     /// Encrypts `body` for `conversation` and queues one delivery per member device (other
@@ -503,7 +534,7 @@ impl QpqClient {
         let echo = {
             let keys = lock(&self.inner.keys);
             let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            keys.mls.atomically(|conn| {
+            transact(&*self.inner.store, Some(&keys.mls), |tx| {
                 let mut group = keys
                     .mls
                     .group(&conversation.0)?
@@ -513,7 +544,7 @@ impl QpqClient {
                 let transport = group_transport(conversation, ciphertext);
                 let deliveries = deliveries_for(id, &recipients, &transport);
                 let echo = echo(id, keys.me.clone(), sent_at_ms, deliveries.is_empty());
-                store::queue_outgoing_on(conn, echo.as_ref(), &deliveries)?;
+                tx.queue_outgoing(echo.as_ref(), &deliveries)?;
                 SdkResult::Ok(echo)
             })?
         };
@@ -774,7 +805,7 @@ impl QpqClient {
     /// Applies this device's own action locally and reports it.
     fn apply_local(&self, effect: Effect) -> SdkResult<()> {
         if self.inner.store.apply(&effect)?
-            && let Some(event) = event_for(&self.inner.store, &effect)?
+            && let Some(event) = event_for(&*self.inner.store, &effect)?
         {
             self.emit(event);
         }
@@ -1006,7 +1037,7 @@ impl QpqClient {
         {
             let keys = lock(&self.inner.keys);
             let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            keys.mls.atomically(|conn| {
+            transact(&*self.inner.store, Some(&keys.mls), |tx| {
                 let mut group = keys.mls.create_group(&id.0)?;
                 let deliveries = if packages.is_empty() {
                     Vec::new()
@@ -1019,11 +1050,11 @@ impl QpqClient {
                         &invitation(&conversation, welcome, Some(&channel)),
                     )
                 };
-                store::apply_on(
-                    conn,
-                    &Effect::Conversation(conversation.clone(), Some(channel.clone())),
-                )?;
-                store::queue_outgoing_on(conn, None, &deliveries)?;
+                tx.apply(&Effect::Conversation(
+                    conversation.clone(),
+                    Some(channel.clone()),
+                ))?;
+                tx.queue_outgoing(None, &deliveries)?;
                 SdkResult::Ok(())
             })?;
         }
@@ -1123,14 +1154,14 @@ impl QpqClient {
         {
             let keys = lock(&self.inner.keys);
             let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            keys.mls.atomically(|conn| {
+            transact(&*self.inner.store, Some(&keys.mls), |tx| {
                 if let Some(group) = keys.mls.group(&conversation.0)? {
                     group.delete(&keys.mls)?;
                 }
-                store::apply_on(conn, &effect)
+                tx.apply(&effect)
             })?;
         }
-        for event in events_for(&self.inner.store, &effect, Some(before))? {
+        for event in events_for(&*self.inner.store, &effect, Some(before))? {
             self.emit(event);
         }
         // The server channel (typing, endpoint lookups) is left on a best-effort basis: the
@@ -1276,7 +1307,7 @@ impl QpqClient {
         {
             let keys = lock(&self.inner.keys);
             let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            keys.mls.atomically(|conn| {
+            transact(&*self.inner.store, Some(&keys.mls), |tx| {
                 let mut group = keys
                     .mls
                     .group(&c.id.0)?
@@ -1298,7 +1329,7 @@ impl QpqClient {
                     devices,
                     &invitation(c, welcome, channel.as_deref()),
                 ));
-                store::queue_outgoing_on(conn, None, &deliveries)
+                tx.queue_outgoing(None, &deliveries)
             })?;
         }
         self.inner.outbox_wake.notify_one();
@@ -1313,7 +1344,7 @@ impl QpqClient {
             members,
         };
         if self.inner.store.apply(&effect)? {
-            for event in events_for(&self.inner.store, &effect, Some(before))? {
+            for event in events_for(&*self.inner.store, &effect, Some(before))? {
                 self.emit(event);
             }
         }
@@ -1330,7 +1361,7 @@ impl QpqClient {
         {
             let keys = lock(&self.inner.keys);
             let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-            keys.mls.atomically(|conn| {
+            transact(&*self.inner.store, Some(&keys.mls), |tx| {
                 let Some(mut group) = keys.mls.group(&c.id.0)? else {
                     return Err(SdkError::NotFound(format!("conversation {}", c.id)));
                 };
@@ -1350,7 +1381,7 @@ impl QpqClient {
                     &recipients,
                     &group_transport(&c.id, commit),
                 );
-                store::queue_outgoing_on(conn, None, &deliveries)
+                tx.queue_outgoing(None, &deliveries)
             })?;
         }
         self.inner.outbox_wake.notify_one();
@@ -1875,8 +1906,8 @@ impl Inner {
         let result = match open_sealed(keys, envelope) {
             Ok(transport) => {
                 let keys = &*keys;
-                keys.mls.atomically(|conn| {
-                    let applied = self.process(keys, conn, seq, transport)?;
+                transact(&*self.store, Some(&keys.mls), |tx| {
+                    let applied = self.process(keys, tx, seq, transport)?;
                     fail_point(&self.crash, CrashPoint::AfterDecrypt)?;
                     Ok(applied)
                 })
@@ -1902,7 +1933,7 @@ impl Inner {
         if applied.changed && matches!(applied.effect, Effect::Conversation(..)) {
             self.store.key_package_used()?;
         }
-        events.extend(applied.events(&self.store)?);
+        events.extend(applied.events(&*self.store)?);
         if let Some(conversation) = unpark {
             let (more, more_queued) = self.unpark(guard.as_ref(), conversation)?;
             events.extend(more);
@@ -1933,25 +1964,25 @@ impl Inner {
             let parked = self.store.parked(&conversation)?;
             let mut progress = false;
             for p in parked {
-                let result = keys.mls.atomically(|conn| {
+                let result = transact(&*self.store, Some(&keys.mls), |tx| {
                     let Some(mut group) = keys.mls.group(&p.conversation.0)? else {
-                        store::unpark_on(conn, p.seq)?;
+                        tx.unpark(p.seq)?;
                         return Ok(None);
                     };
                     let (effect, queued) =
-                        self.process_group(keys, conn, &mut group, p.conversation, p.seq, &p.mls)?;
+                        self.process_group(keys, tx, &mut group, p.conversation, p.seq, &p.mls)?;
                     if matches!(effect, Effect::Park { .. }) {
                         return Ok(None);
                     }
-                    store::unpark_on(conn, p.seq)?;
-                    Applied::commit(conn, p.seq, effect, queued).map(Some)
+                    tx.unpark(p.seq)?;
+                    Applied::commit(tx, p.seq, effect, queued).map(Some)
                 });
                 match result {
                     Ok(None) => {}
                     Ok(Some(applied)) => {
                         progress = true;
                         queued |= applied.queued;
-                        events.extend(applied.events(&self.store)?);
+                        events.extend(applied.events(&*self.store)?);
                     }
                     Err(Fail::Undecryptable(reason)) => {
                         progress = true;
@@ -1971,7 +2002,7 @@ impl Inner {
     fn process(
         &self,
         keys: &Keys,
-        conn: &rusqlite::Connection,
+        tx: &mut dyn Tx,
         seq: u64,
         transport: v1::Transport,
     ) -> Result<Applied, Fail> {
@@ -2002,9 +2033,9 @@ impl Inner {
                 match keys.mls.group(&id.0)? {
                     Some(mut group) => {
                         let (effect, queued) =
-                            self.process_group(keys, conn, &mut group, id, seq, &g.mls)?;
+                            self.process_group(keys, tx, &mut group, id, seq, &g.mls)?;
                         if matches!(effect, Effect::Park { .. })
-                            && store::parked_count_on(conn, &id)? >= self.limits.max_parked
+                            && tx.parked_count(&id)? >= self.limits.max_parked
                         {
                             return Err(Fail::Undecryptable(format!(
                                 "{} messages already wait for an earlier commit in this \
@@ -2015,7 +2046,8 @@ impl Inner {
                         (effect, queued)
                     }
                     // A conversation this device left: what is sent there is not for it.
-                    None if store::conversation_on(conn, &id)?
+                    None if tx
+                        .conversation(&id)?
                         .is_some_and(|c| !c.members.iter().any(|m| m == my_user)) =>
                     {
                         (Effect::None, false)
@@ -2029,7 +2061,7 @@ impl Inner {
             }
             None => return Err(Fail::Undecryptable("transport: empty".into())),
         };
-        Applied::commit(conn, seq, effect, queued)
+        Applied::commit(tx, seq, effect, queued)
     }
 
     /// Processes one MLS message of a group this device is in. A message from an epoch not
@@ -2038,7 +2070,7 @@ impl Inner {
     fn process_group(
         &self,
         keys: &Keys,
-        conn: &rusqlite::Connection,
+        tx: &mut dyn Tx,
         group: &mut qpq_core::mls::Group,
         id: ConversationId,
         seq: u64,
@@ -2062,7 +2094,7 @@ impl Inner {
                 let effect = content_effect(id, sender, content, user_of(&keys.me))
                     .map_err(Fail::Undecryptable)?;
                 if let Effect::LeaveRequest { user, .. } = &effect
-                    && let Some(members) = self.commit_leave(keys, conn, group, &id, user)?
+                    && let Some(members) = self.commit_leave(keys, tx, group, &id, user)?
                 {
                     return Ok((
                         Effect::Members {
@@ -2103,7 +2135,7 @@ impl Inner {
     fn commit_leave(
         &self,
         keys: &Keys,
-        conn: &rusqlite::Connection,
+        tx: &mut dyn Tx,
         group: &mut qpq_core::mls::Group,
         id: &ConversationId,
         leaving: &str,
@@ -2134,7 +2166,7 @@ impl Inner {
             &recipients,
             &group_transport(id, commit),
         );
-        store::queue_outgoing_on(conn, None, &deliveries)?;
+        tx.queue_outgoing(None, &deliveries)?;
         Ok(Some(member_users(group)))
     }
 }
@@ -2191,17 +2223,12 @@ struct Applied {
 }
 
 impl Applied {
-    fn commit(
-        conn: &rusqlite::Connection,
-        seq: u64,
-        effect: Effect,
-        queued: bool,
-    ) -> Result<Self, Fail> {
+    fn commit(tx: &mut dyn Tx, seq: u64, effect: Effect, queued: bool) -> Result<Self, Fail> {
         let before = match &effect {
-            Effect::Members { conversation, .. } => store::conversation_on(conn, conversation)?,
+            Effect::Members { conversation, .. } => tx.conversation(conversation)?,
             _ => None,
         };
-        let changed = store::commit_incoming_on(conn, seq, &effect)?;
+        let changed = tx.commit_incoming(seq, &effect)?;
         Ok(Self {
             effect,
             before,
@@ -2219,7 +2246,7 @@ impl Applied {
         }
     }
 
-    fn events(&self, store: &LocalStore) -> SdkResult<Vec<ClientEvent>> {
+    fn events(&self, store: &dyn Store) -> SdkResult<Vec<ClientEvent>> {
         if !self.changed {
             return Ok(Vec::new());
         }
@@ -2437,12 +2464,12 @@ fn content_effect(
 }
 
 /// The event one applied effect reports (membership changes report several).
-fn event_for(store: &LocalStore, effect: &Effect) -> SdkResult<Option<ClientEvent>> {
+fn event_for(store: &dyn Store, effect: &Effect) -> SdkResult<Option<ClientEvent>> {
     Ok(events_for(store, effect, None)?.into_iter().next())
 }
 
 fn events_for(
-    store: &LocalStore,
+    store: &dyn Store,
     effect: &Effect,
     before: Option<Conversation>,
 ) -> SdkResult<Vec<ClientEvent>> {

@@ -48,4 +48,3 @@ pub use model::{
     AttachmentInfo, Conversation, ConversationId, ConversationKind, Device, Message, MessageId,
     Progress, SendState,
 };
-pub use store::{LocalStore, StoreKey};

@@ -107,12 +107,12 @@ async fn messages_sent_while_the_server_is_down_are_delivered_when_it_returns() 
     // The local echo is there at once, queued.
     let echo = alice.messages(&dm.id, 1).unwrap();
     assert_eq!(echo[0].state, SendState::Queued);
-    assert_eq!(alice.store().outbox_len().unwrap(), 1);
+    assert_eq!(alice.outbox_len().unwrap(), 1);
 
     server.restart().await;
     sent(&mut alice_events, id).await;
     assert_eq!(text(&mut bob_events).await.1, "sent while offline");
-    assert_eq!(alice.store().outbox_len().unwrap(), 0);
+    assert_eq!(alice.outbox_len().unwrap(), 0);
 }
 
 #[tokio::test]
@@ -218,7 +218,7 @@ async fn a_sender_restarted_before_its_outbox_drained_delivers_each_message_once
             .send_text(&dm.id, &format!("queued {i}"), None)
             .unwrap();
     }
-    assert_eq!(alice.store().outbox_len().unwrap(), 3);
+    assert_eq!(alice.outbox_len().unwrap(), 3);
     drop(alice);
 
     server.restart().await;
@@ -232,7 +232,7 @@ async fn a_sender_restarted_before_its_outbox_drained_delivers_each_message_once
     assert_eq!(got, vec!["queued 0", "queued 1", "queued 2"]);
     // Everything is marked sent, and nothing arrives twice.
     next(&mut alice_events, |e| {
-        (alice.store().outbox_len().unwrap() == 0).then_some(e)
+        (alice.outbox_len().unwrap() == 0).then_some(e)
     })
     .await;
     let marker = alice.send_text(&dm.id, "last", None).unwrap();
@@ -360,7 +360,7 @@ async fn the_outbox_is_bounded_and_says_so() {
     let mut alice_events = alice.subscribe();
     server.restart().await;
     next(&mut alice_events, |e| {
-        (alice.store().outbox_len().unwrap() == 0).then_some(e)
+        (alice.outbox_len().unwrap() == 0).then_some(e)
     })
     .await;
     alice.send_text(&dm.id, "three", None).unwrap();
@@ -399,7 +399,7 @@ async fn a_queued_message_can_be_cancelled_until_the_outbox_hands_it_over() {
     })
     .await;
     assert_eq!(deleted, oops);
-    assert_eq!(alice.store().outbox_len().unwrap(), 1);
+    assert_eq!(alice.outbox_len().unwrap(), 1);
     assert!(matches!(
         alice.cancel(&oops).unwrap_err(),
         SdkError::NotFound(_)
@@ -428,4 +428,36 @@ async fn a_queued_message_can_be_cancelled_until_the_outbox_hands_it_over() {
         "marker",
         "oops never arrives"
     );
+}
+
+#[tokio::test]
+async fn clients_on_in_memory_stores_talk_like_any_other() {
+    let server = Server::start().await;
+    let memory = || {
+        QpqClient::builder()
+            .server(server.addr)
+            .pin(server.fingerprint)
+            .in_memory()
+            .build()
+            .unwrap()
+    };
+    let (alice, bob) = (memory(), memory());
+    for (client, user) in [(&alice, "alice"), (&bob, "bob")] {
+        client.register(user, "pw").await.unwrap();
+        client.login(user, "d1", "pw").await.unwrap();
+    }
+    let mut bob_events = bob.subscribe();
+    let mut alice_events = alice.subscribe();
+    let dm = alice.create_dm("bob").await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+    alice.send_text(&dm.id, "from memory", None).unwrap();
+    assert_eq!(text(&mut bob_events).await.1, "from memory");
+    let reply = bob.send_text(&dm.id, "to memory", None).unwrap();
+    sent(&mut bob_events, reply).await;
+    assert_eq!(text(&mut alice_events).await.1, "to memory");
+    assert_eq!(bob.message(&reply).unwrap().unwrap().state, SendState::Sent);
+    assert_eq!(bob.search("memory").unwrap().len(), 2);
 }

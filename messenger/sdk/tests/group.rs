@@ -142,7 +142,7 @@ async fn edits_deletes_reactions_and_receipts() {
     })
     .await;
     assert_eq!(edited, "hello");
-    let on_bob = bob.client.store().message(&id).unwrap().unwrap();
+    let on_bob = bob.client.message(&id).unwrap().unwrap();
     assert!(on_bob.edited);
     assert_eq!(on_bob.body, "hello");
 
@@ -170,7 +170,7 @@ async fn edits_deletes_reactions_and_receipts() {
     })
     .await;
     assert_eq!(reader, "bob");
-    let on_alice = alice.client.store().message(&id).unwrap().unwrap();
+    let on_alice = alice.client.message(&id).unwrap().unwrap();
     assert_eq!(
         on_alice.reactions,
         vec![("bob".to_string(), "👍".to_string())]
@@ -183,7 +183,7 @@ async fn edits_deletes_reactions_and_receipts() {
         _ => None,
     })
     .await;
-    let gone = bob.client.store().message(&id).unwrap().unwrap();
+    let gone = bob.client.message(&id).unwrap().unwrap();
     assert!(gone.deleted);
     assert_eq!(gone.body, "");
     assert!(

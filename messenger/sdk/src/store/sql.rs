@@ -1,9 +1,4 @@
-//! The encrypted local store: one SQLCipher database per account and device, holding the
-//! account's keys, conversations, messages, the outbox, the receive cursor and (through
-//! qpq-core) the MLS state. Nothing is written to disk in plaintext.
-//!
-//! The key is either a raw 32-byte key or a passphrase stretched with Argon2id under a random
-//! per-store salt (kept beside the database in `store.salt`; a salt is not secret).
+//! [`SqlStore`]: the SQLCipher store (one encrypted database per account and device).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -11,32 +6,18 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
+use qpq_core::mls::MlsMember;
+
+use super::{Delivery, Effect, Parked, Store, StoreKey, StoredAccount, Tx, state_from, state_name};
 use crate::error::{SdkError, SdkResult};
 use crate::model::{Conversation, ConversationId, ConversationKind, Message, MessageId, SendState};
-
-/// How the local store is encrypted.
-pub enum StoreKey {
-    /// A passphrase, stretched with Argon2id and the store's salt.
-    Passphrase(Zeroizing<String>),
-    /// A raw 32-byte key (from a keyring, say).
-    Raw(Zeroizing<[u8; 32]>),
-}
-
-impl std::fmt::Debug for StoreKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Passphrase(_) => f.write_str("StoreKey::Passphrase(..)"),
-            Self::Raw(_) => f.write_str("StoreKey::Raw(..)"),
-        }
-    }
-}
 
 const SALT_FILE: &str = "store.salt";
 const DB_FILE: &str = "qpq-client.db";
 
 impl StoreKey {
     /// The 32-byte database key for the store in `dir` (creating its salt on first use).
-    fn derive(&self, dir: &Path) -> SdkResult<Zeroizing<[u8; 32]>> {
+    pub(super) fn derive(&self, dir: &Path) -> SdkResult<Zeroizing<[u8; 32]>> {
         match self {
             Self::Raw(key) => Ok(key.clone()),
             Self::Passphrase(passphrase) => {
@@ -213,76 +194,10 @@ ALTER TABLE messages ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0;
 ",
 ];
 
-/// A change to apply to the store, from an incoming message or a local action.
-#[derive(Debug, Clone)]
-pub(crate) enum Effect {
-    /// Nothing to store (the cursor still advances).
-    None,
-    /// A conversation joined or created, with its server channel.
-    Conversation(Conversation, Option<Vec<u8>>),
-    /// A conversation's member users changed.
-    Members {
-        conversation: ConversationId,
-        members: Vec<String>,
-    },
-    /// A new message.
-    Message(Box<Message>),
-    /// A message's author changed its text.
-    Edit {
-        conversation: ConversationId,
-        target: MessageId,
-        author: String,
-        body: String,
-    },
-    /// A message's author withdrew it.
-    Delete {
-        conversation: ConversationId,
-        target: MessageId,
-        author: String,
-    },
-    /// A reaction added or removed.
-    Reaction {
-        conversation: ConversationId,
-        target: MessageId,
-        user: String,
-        emoji: String,
-        remove: bool,
-    },
-    /// Messages read by a user.
-    Receipt {
-        conversation: ConversationId,
-        targets: Vec<MessageId>,
-        user: String,
-        at_ms: u64,
-    },
-    /// A conversation renamed.
-    Rename {
-        conversation: ConversationId,
-        name: String,
-    },
-    /// A group message from an epoch not reached yet: kept until the commit before it comes.
-    Park {
-        seq: u64,
-        conversation: ConversationId,
-        epoch: u64,
-        mls: Vec<u8>,
-    },
-    /// A user asked to leave a conversation (the commit removing it follows).
-    LeaveRequest { user: String },
-}
-
-/// A parked group message.
-#[derive(Debug, Clone)]
-pub(crate) struct Parked {
-    pub(crate) seq: u64,
-    pub(crate) conversation: ConversationId,
-    pub(crate) mls: Vec<u8>,
-}
-
 /// Applies the effect of queue entry `seq` and advances the cursor to it, inside the caller's
 /// transaction on `conn` (which also holds the MLS work that produced the effect). Returns
 /// whether the effect changed anything (a repeat or a forbidden edit does not).
-pub(crate) fn commit_incoming_on(conn: &Connection, seq: u64, effect: &Effect) -> SdkResult<bool> {
+fn commit_incoming_on(conn: &Connection, seq: u64, effect: &Effect) -> SdkResult<bool> {
     let changed = apply_effect(conn, effect)?;
     conn.execute(
         "UPDATE account SET cursor = MAX(cursor, ?1) WHERE id = 1",
@@ -293,7 +208,7 @@ pub(crate) fn commit_incoming_on(conn: &Connection, seq: u64, effect: &Effect) -
 
 /// Queues an outgoing message (its local echo and one delivery per recipient device) inside
 /// the caller's transaction on `conn`, with the MLS work that encrypted it.
-pub(crate) fn queue_outgoing_on(
+fn queue_outgoing_on(
     conn: &Connection,
     echo: Option<&Message>,
     deliveries: &[Delivery],
@@ -318,10 +233,7 @@ pub(crate) fn queue_outgoing_on(
 }
 
 /// Messages parked for `conversation`, oldest first.
-pub(crate) fn parked_on(
-    conn: &Connection,
-    conversation: &ConversationId,
-) -> SdkResult<Vec<Parked>> {
+fn parked_on(conn: &Connection, conversation: &ConversationId) -> SdkResult<Vec<Parked>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, mls FROM parked WHERE conversation = ?1 ORDER BY epoch, seq",
     )?;
@@ -340,7 +252,7 @@ pub(crate) fn parked_on(
 }
 
 /// How many messages are parked for `conversation`.
-pub(crate) fn parked_count_on(conn: &Connection, conversation: &ConversationId) -> SdkResult<u64> {
+fn parked_count_on(conn: &Connection, conversation: &ConversationId) -> SdkResult<u64> {
     let n: i64 = conn.query_row(
         "SELECT COUNT(*) FROM parked WHERE conversation = ?1",
         [conversation.0.as_slice()],
@@ -350,7 +262,7 @@ pub(crate) fn parked_count_on(conn: &Connection, conversation: &ConversationId) 
 }
 
 /// Forgets a parked message (processed, or given up on).
-pub(crate) fn unpark_on(conn: &Connection, seq: u64) -> SdkResult<()> {
+fn unpark_on(conn: &Connection, seq: u64) -> SdkResult<()> {
     conn.execute(
         "DELETE FROM parked WHERE seq = ?1",
         [i64::try_from(seq).unwrap_or(i64::MAX)],
@@ -359,50 +271,28 @@ pub(crate) fn unpark_on(conn: &Connection, seq: u64) -> SdkResult<()> {
 }
 
 /// Applies a local action's effect inside the caller's transaction on `conn`.
-pub(crate) fn apply_on(conn: &Connection, effect: &Effect) -> SdkResult<bool> {
+fn apply_on(conn: &Connection, effect: &Effect) -> SdkResult<bool> {
     apply_effect(conn, effect)
 }
 
 /// A conversation as stored, read on `conn`.
-pub(crate) fn conversation_on(
-    conn: &Connection,
-    id: &ConversationId,
-) -> SdkResult<Option<Conversation>> {
+fn conversation_on(conn: &Connection, id: &ConversationId) -> SdkResult<Option<Conversation>> {
     load_conversation(conn, id)
 }
 
 /// The encrypted local store.
-pub struct LocalStore {
+pub(crate) struct SqlStore {
     conn: Mutex<Connection>,
     path: PathBuf,
     key: Zeroizing<[u8; 32]>,
 }
 
-impl std::fmt::Debug for LocalStore {
+impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalStore")
+        f.debug_struct("SqlStore")
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
-}
-
-/// The account stored on this device.
-pub(crate) struct StoredAccount {
-    pub user: String,
-    pub device: String,
-    pub identity_secret: Zeroizing<[u8; 32]>,
-    pub hybrid_seed: Zeroizing<[u8; 32]>,
-    pub delivery_token: Zeroizing<[u8; 32]>,
-    pub session_token: Option<Zeroizing<Vec<u8>>>,
-}
-
-/// One pending delivery.
-pub(crate) struct Delivery {
-    pub item: MessageId,
-    pub user: String,
-    pub device: String,
-    pub message_id: [u8; 16],
-    pub transport: Vec<u8>,
 }
 
 fn array<const N: usize>(v: Vec<u8>, what: &str) -> SdkResult<[u8; N]> {
@@ -410,41 +300,10 @@ fn array<const N: usize>(v: Vec<u8>, what: &str) -> SdkResult<[u8; N]> {
         .map_err(|_| SdkError::Store(format!("corrupt {what}")))
 }
 
-fn state_from(state: &str, reason: String) -> SendState {
-    match state {
-        "queued" => SendState::Queued,
-        "sending" => SendState::Sending,
-        "sent" => SendState::Sent,
-        "retrying" => SendState::Failed {
-            recoverable: true,
-            reason,
-        },
-        "failed" => SendState::Failed {
-            recoverable: false,
-            reason,
-        },
-        _ => SendState::Received,
-    }
-}
-
-fn state_name(state: &SendState) -> (&'static str, String) {
-    match state {
-        SendState::Queued => ("queued", String::new()),
-        SendState::Sending => ("sending", String::new()),
-        SendState::Sent => ("sent", String::new()),
-        SendState::Failed {
-            recoverable: true,
-            reason,
-        } => ("retrying", reason.clone()),
-        SendState::Failed { reason, .. } => ("failed", reason.clone()),
-        SendState::Received => ("received", String::new()),
-    }
-}
-
-impl LocalStore {
+impl SqlStore {
     /// Opens (creating if needed) the store in `dir`. Works offline. A wrong key is
     /// [`SdkError::WrongStoreKey`].
-    pub fn open(dir: &Path, key: &StoreKey) -> SdkResult<Self> {
+    pub(crate) fn open(dir: &Path, key: &StoreKey) -> SdkResult<Self> {
         std::fs::create_dir_all(dir)?;
         let key = key.derive(dir)?;
         let path = dir.join(DB_FILE);
@@ -466,18 +325,68 @@ impl LocalStore {
         })
     }
 
-    /// A second connection to the same database, for the MLS state.
-    pub(crate) fn mls_connection(&self) -> SdkResult<Connection> {
-        open_keyed(&self.path, &self.key)
-    }
-
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // Every critical section is one statement or one transaction; a panic mid-way rolls
         // the transaction back, so the connection stays usable.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    pub(crate) fn account(&self) -> SdkResult<Option<StoredAccount>> {
+/// Statements inside one transaction of the caller's (on the MLS connection when MLS work is
+/// part of it).
+struct SqlTx<'a>(&'a Connection);
+
+impl Tx for SqlTx<'_> {
+    fn commit_incoming(&mut self, seq: u64, effect: &Effect) -> SdkResult<bool> {
+        commit_incoming_on(self.0, seq, effect)
+    }
+
+    fn apply(&mut self, effect: &Effect) -> SdkResult<bool> {
+        apply_on(self.0, effect)
+    }
+
+    fn queue_outgoing(&mut self, echo: Option<&Message>, deliveries: &[Delivery]) -> SdkResult<()> {
+        queue_outgoing_on(self.0, echo, deliveries)
+    }
+
+    fn parked_count(&mut self, conversation: &ConversationId) -> SdkResult<u64> {
+        parked_count_on(self.0, conversation)
+    }
+
+    fn unpark(&mut self, seq: u64) -> SdkResult<()> {
+        unpark_on(self.0, seq)
+    }
+
+    fn conversation(&mut self, id: &ConversationId) -> SdkResult<Option<Conversation>> {
+        conversation_on(self.0, id)
+    }
+}
+
+impl Store for SqlStore {
+    /// A second connection to the same database: the MLS state lives beside the rest.
+    fn mls_connection(&self) -> SdkResult<Connection> {
+        open_keyed(&self.path, &self.key)
+    }
+
+    fn transact_dyn(
+        &self,
+        mls: Option<&MlsMember>,
+        f: &mut dyn FnMut(&mut dyn Tx) -> SdkResult<()>,
+    ) -> SdkResult<()> {
+        match mls {
+            // The member's connection carries the MLS writes: the store's go there too.
+            Some(mls) => mls.atomically(|conn| f(&mut SqlTx(conn))),
+            None => {
+                let mut conn = self.lock();
+                let tx = conn.transaction()?;
+                f(&mut SqlTx(&tx))?;
+                tx.commit()?;
+                Ok(())
+            }
+        }
+    }
+
+    fn account(&self) -> SdkResult<Option<StoredAccount>> {
         let conn = self.lock();
         let row = conn
             .query_row(
@@ -509,7 +418,7 @@ impl LocalStore {
         }))
     }
 
-    pub(crate) fn create_account(&self, a: &StoredAccount) -> SdkResult<()> {
+    fn create_account(&self, a: &StoredAccount) -> SdkResult<()> {
         self.lock().execute(
             "INSERT INTO account (id, user, device, identity_secret, hybrid_seed, delivery_token)
              VALUES (1, ?1, ?2, ?3, ?4, ?5)",
@@ -524,7 +433,7 @@ impl LocalStore {
         Ok(())
     }
 
-    pub(crate) fn set_session_token(&self, token: Option<&[u8]>) -> SdkResult<()> {
+    fn set_session_token(&self, token: Option<&[u8]>) -> SdkResult<()> {
         self.lock().execute(
             "UPDATE account SET session_token = ?1 WHERE id = 1",
             [token],
@@ -532,7 +441,7 @@ impl LocalStore {
         Ok(())
     }
 
-    pub(crate) fn keys_published(&self) -> SdkResult<bool> {
+    fn keys_published(&self) -> SdkResult<bool> {
         Ok(self
             .lock()
             .query_row("SELECT keys_published FROM account WHERE id = 1", [], |r| {
@@ -542,14 +451,14 @@ impl LocalStore {
             .unwrap_or(false))
     }
 
-    pub(crate) fn set_keys_published(&self) -> SdkResult<()> {
+    fn set_keys_published(&self) -> SdkResult<()> {
         self.lock()
             .execute("UPDATE account SET keys_published = 1 WHERE id = 1", [])?;
         Ok(())
     }
 
     /// One-time key packages believed to be on the server.
-    pub(crate) fn key_packages(&self) -> SdkResult<u64> {
+    fn key_packages(&self) -> SdkResult<u64> {
         let n: Option<i64> = self
             .lock()
             .query_row("SELECT key_packages FROM account WHERE id = 1", [], |r| {
@@ -559,7 +468,7 @@ impl LocalStore {
         Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
-    pub(crate) fn set_key_packages(&self, n: u64) -> SdkResult<()> {
+    fn set_key_packages(&self, n: u64) -> SdkResult<()> {
         self.lock().execute(
             "UPDATE account SET key_packages = ?1 WHERE id = 1",
             [i64::try_from(n).unwrap_or(i64::MAX)],
@@ -568,7 +477,7 @@ impl LocalStore {
     }
 
     /// Counts one key package as used (an invitation was accepted).
-    pub(crate) fn key_package_used(&self) -> SdkResult<()> {
+    fn key_package_used(&self) -> SdkResult<()> {
         self.lock().execute(
             "UPDATE account SET key_packages = MAX(key_packages - 1, 0) WHERE id = 1",
             [],
@@ -577,7 +486,7 @@ impl LocalStore {
     }
 
     /// The pinned key-transparency log key and the last verified head.
-    pub(crate) fn kt(&self) -> SdkResult<Option<(Vec<u8>, Vec<u8>)>> {
+    fn kt(&self) -> SdkResult<Option<(Vec<u8>, Vec<u8>)>> {
         Ok(self
             .lock()
             .query_row("SELECT log_key, head FROM kt WHERE id = 1", [], |r| {
@@ -587,7 +496,7 @@ impl LocalStore {
     }
 
     /// Records a newly verified head (and pins the log key on first use).
-    pub(crate) fn set_kt(&self, log_key: &[u8], head: &[u8]) -> SdkResult<()> {
+    fn set_kt(&self, log_key: &[u8], head: &[u8]) -> SdkResult<()> {
         self.lock().execute(
             "INSERT INTO kt (id, log_key, head) VALUES (1, ?1, ?2)
              ON CONFLICT (id) DO UPDATE SET head = ?2",
@@ -597,7 +506,7 @@ impl LocalStore {
     }
 
     /// The server channel of a conversation, if it has one.
-    pub(crate) fn channel(&self, conversation: &ConversationId) -> SdkResult<Option<Vec<u8>>> {
+    fn channel(&self, conversation: &ConversationId) -> SdkResult<Option<Vec<u8>>> {
         Ok(self
             .lock()
             .query_row(
@@ -610,10 +519,7 @@ impl LocalStore {
     }
 
     /// The conversation using a server channel.
-    pub(crate) fn conversation_of_channel(
-        &self,
-        channel: &[u8],
-    ) -> SdkResult<Option<ConversationId>> {
+    fn conversation_of_channel(&self, channel: &[u8]) -> SdkResult<Option<ConversationId>> {
         let id: Option<Vec<u8>> = self
             .lock()
             .query_row(
@@ -627,7 +533,7 @@ impl LocalStore {
     }
 
     /// The last queue sequence number whose effects are committed here.
-    pub(crate) fn cursor(&self) -> SdkResult<u64> {
+    fn cursor(&self) -> SdkResult<u64> {
         let conn = self.lock();
         let cursor: Option<i64> = conn
             .query_row("SELECT cursor FROM account WHERE id = 1", [], |r| r.get(0))
@@ -635,28 +541,8 @@ impl LocalStore {
         Ok(cursor.map_or(0, |c| u64::try_from(c).unwrap_or(0)))
     }
 
-    /// Applies the effect of queue entry `seq` and advances the cursor to it, in one
-    /// transaction: after a crash, the entry is either fully applied or fetched again.
-    /// Returns whether the effect changed anything (a repeat or a forbidden edit does not).
-    pub(crate) fn commit_incoming(&self, seq: u64, effect: &Effect) -> SdkResult<bool> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let changed = commit_incoming_on(&tx, seq, effect)?;
-        tx.commit()?;
-        Ok(changed)
-    }
-
-    /// Applies a local action's effect (this device's own edit, reaction, ...).
-    pub(crate) fn apply(&self, effect: &Effect) -> SdkResult<bool> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let changed = apply_effect(&tx, effect)?;
-        tx.commit()?;
-        Ok(changed)
-    }
-
     /// The encoded attachment (with its key) of a message.
-    pub(crate) fn attachment(&self, id: &MessageId) -> SdkResult<Option<Vec<u8>>> {
+    fn attachment(&self, id: &MessageId) -> SdkResult<Option<Vec<u8>>> {
         Ok(self
             .lock()
             .query_row(
@@ -670,7 +556,7 @@ impl LocalStore {
 
     /// Messages whose text contains every word of `query` (full-text, case-insensitive),
     /// best matches first, at most `limit`. Deleted messages are not found.
-    pub fn search(&self, query: &str, limit: u32) -> SdkResult<Vec<Message>> {
+    fn search(&self, query: &str, limit: u32) -> SdkResult<Vec<Message>> {
         // Each word becomes a quoted FTS5 string, so no input is a syntax error.
         let terms: Vec<String> = query
             .split_whitespace()
@@ -697,13 +583,13 @@ impl LocalStore {
         for (id, conversation) in hits {
             let id = MessageId(array(id, "message id")?);
             let conversation = ConversationId(array(conversation, "conversation id")?);
-            out.extend(load_messages(&conn, &conversation, Some(&id), 1)?);
+            out.extend(load_messages(&conn, &conversation, Some(&id), None, 1)?);
         }
         Ok(out)
     }
 
     /// One message.
-    pub fn message(&self, id: &MessageId) -> SdkResult<Option<Message>> {
+    fn message(&self, id: &MessageId) -> SdkResult<Option<Message>> {
         let conn = self.lock();
         let conversation: Option<Vec<u8>> = conn
             .query_row(
@@ -716,11 +602,11 @@ impl LocalStore {
             return Ok(None);
         };
         let conversation = ConversationId(array(conversation, "conversation id")?);
-        Ok(load_messages(&conn, &conversation, Some(id), u32::MAX)?.pop())
+        Ok(load_messages(&conn, &conversation, Some(id), None, u32::MAX)?.pop())
     }
 
     /// Every conversation, newest first.
-    pub fn conversations(&self) -> SdkResult<Vec<Conversation>> {
+    fn conversations(&self) -> SdkResult<Vec<Conversation>> {
         let conn = self.lock();
         let mut stmt =
             conn.prepare("SELECT id FROM conversations ORDER BY created_at_ms DESC, id")?;
@@ -735,17 +621,22 @@ impl LocalStore {
     }
 
     /// One conversation.
-    pub fn conversation(&self, id: &ConversationId) -> SdkResult<Option<Conversation>> {
+    fn conversation(&self, id: &ConversationId) -> SdkResult<Option<Conversation>> {
         load_conversation(&self.lock(), id)
     }
 
     /// The newest `limit` messages of a conversation, oldest first.
-    pub fn messages(&self, conversation: &ConversationId, limit: u32) -> SdkResult<Vec<Message>> {
-        load_messages(&self.lock(), conversation, None, limit)
+    fn messages(
+        &self,
+        conversation: &ConversationId,
+        before: Option<&MessageId>,
+        limit: u32,
+    ) -> SdkResult<Vec<Message>> {
+        load_messages(&self.lock(), conversation, None, before, limit)
     }
 
     /// Deliveries still to make, oldest items first.
-    pub(crate) fn pending_deliveries(&self, limit: u32) -> SdkResult<Vec<Delivery>> {
+    fn pending_deliveries(&self, limit: u32) -> SdkResult<Vec<Delivery>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
             "SELECT item, user, device, message_id, transport FROM deliveries
@@ -776,7 +667,7 @@ impl LocalStore {
     /// Claims an outbox item for one attempt: a queued (or retrying) message moves to
     /// `sending`, after which it can no longer be cancelled. Returns whether the item still
     /// has deliveries to make (a cancelled one has none) and whether its state changed.
-    pub(crate) fn claim(&self, item: &MessageId) -> SdkResult<(bool, Option<ConversationId>)> {
+    fn claim(&self, item: &MessageId) -> SdkResult<(bool, Option<ConversationId>)> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let conversation: Option<Vec<u8>> = tx
@@ -804,7 +695,7 @@ impl LocalStore {
 
     /// Withdraws a message no device has received yet: its deliveries and the message go.
     /// Fails once the outbox has claimed it or any device's queue has taken it.
-    pub(crate) fn cancel(&self, id: &MessageId) -> SdkResult<ConversationId> {
+    fn cancel(&self, id: &MessageId) -> SdkResult<ConversationId> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let row: Option<(Vec<u8>, String, bool)> = tx
@@ -835,7 +726,7 @@ impl LocalStore {
 
     /// Records that a delivery reached the server (`accepted`) or can never be made; returns
     /// whether its item has no delivery left.
-    pub(crate) fn delivery_done(
+    fn delivery_done(
         &self,
         item: &MessageId,
         user: &str,
@@ -864,12 +755,7 @@ impl LocalStore {
     }
 
     /// Counts one more failed attempt on a delivery.
-    pub(crate) fn delivery_failed(
-        &self,
-        item: &MessageId,
-        user: &str,
-        device: &str,
-    ) -> SdkResult<()> {
+    fn delivery_failed(&self, item: &MessageId, user: &str, device: &str) -> SdkResult<()> {
         self.lock().execute(
             "UPDATE deliveries SET attempts = attempts + 1
              WHERE item = ?1 AND user = ?2 AND device = ?3",
@@ -881,12 +767,7 @@ impl LocalStore {
     /// Records the identity key `user/device` uses. Returns whether that changes a safety
     /// number this device had: the device's key differs from the one seen before, or it is a
     /// new device of a user seen before. The first device of a user is recorded quietly.
-    pub(crate) fn note_identity(
-        &self,
-        user: &str,
-        device: &str,
-        identity: &[u8],
-    ) -> SdkResult<bool> {
+    fn note_identity(&self, user: &str, device: &str, identity: &[u8]) -> SdkResult<bool> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let known: Option<Vec<u8>> = tx
@@ -916,17 +797,17 @@ impl LocalStore {
     }
 
     /// Messages parked for `conversation`, oldest first.
-    pub(crate) fn parked(&self, conversation: &ConversationId) -> SdkResult<Vec<Parked>> {
+    fn parked(&self, conversation: &ConversationId) -> SdkResult<Vec<Parked>> {
         parked_on(&self.lock(), conversation)
     }
 
     /// Forgets a parked message.
-    pub(crate) fn unpark(&self, seq: u64) -> SdkResult<()> {
+    fn unpark(&self, seq: u64) -> SdkResult<()> {
         unpark_on(&self.lock(), seq)
     }
 
     /// Outgoing items not yet fully delivered.
-    pub fn outbox_len(&self) -> SdkResult<u64> {
+    fn outbox_len(&self) -> SdkResult<u64> {
         let n: i64 =
             self.lock()
                 .query_row("SELECT COUNT(DISTINCT item) FROM deliveries", [], |r| {
@@ -937,11 +818,7 @@ impl LocalStore {
 
     /// Moves an outgoing message to `state`, unless it already failed (a failure for one
     /// device is final for the message). Returns its conversation when the state changed.
-    pub(crate) fn set_state(
-        &self,
-        id: &MessageId,
-        state: &SendState,
-    ) -> SdkResult<Option<ConversationId>> {
+    fn set_state(&self, id: &MessageId, state: &SendState) -> SdkResult<Option<ConversationId>> {
         let (name, reason) = state_name(state);
         let conversation: Option<Vec<u8>> = self
             .lock()
@@ -964,16 +841,24 @@ fn load_messages(
     conn: &Connection,
     conversation: &ConversationId,
     only: Option<&MessageId>,
+    before: Option<&MessageId>,
     limit: u32,
 ) -> SdkResult<Vec<Message>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, sender, body, reply_to, sent_at_ms, received_at_ms, outgoing, state,
                 state_reason, edited, deleted, attachment
          FROM messages WHERE conversation = ?1 AND (?2 IS NULL OR id = ?2)
+           AND (?4 IS NULL OR (received_at_ms, rowid) <
+                (SELECT received_at_ms, rowid FROM messages WHERE id = ?4))
          ORDER BY received_at_ms DESC, rowid DESC LIMIT ?3",
     )?;
     let rows = stmt.query_map(
-        params![conversation.0.as_slice(), only.map(|m| m.0.to_vec()), limit],
+        params![
+            conversation.0.as_slice(),
+            only.map(|m| m.0.to_vec()),
+            limit,
+            before.map(|m| m.0.to_vec())
+        ],
         |r| {
             Ok((
                 (
