@@ -1,0 +1,198 @@
+//! How conversations, messages and events read in a terminal.
+
+use qpq_sdk::{ClientEvent, ConnectionState, Conversation, ConversationKind, Message, SendState};
+
+/// `hh:mm:ss` (UTC) of a time in milliseconds since the Unix epoch.
+pub fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
+}
+
+/// A conversation's name as people read it: the group's name, or the other user of a DM.
+pub fn conversation_name(c: &Conversation, me: Option<&str>) -> String {
+    match c.kind {
+        ConversationKind::Group => c.name.clone(),
+        _ => {
+            let others: Vec<&str> = c
+                .members
+                .iter()
+                .map(String::as_str)
+                .filter(|u| Some(*u) != me)
+                .collect();
+            if others.is_empty() {
+                "(just you)".to_owned()
+            } else {
+                others.join(", ")
+            }
+        }
+    }
+}
+
+/// A delivery state in words (empty for incoming messages).
+pub fn state(s: &SendState) -> String {
+    match s {
+        SendState::Queued => "queued".into(),
+        SendState::Sending => "sending".into(),
+        SendState::Sent => "sent".into(),
+        SendState::Failed {
+            recoverable: true,
+            reason,
+        } => format!("retrying ({reason})"),
+        SendState::Failed { reason, .. } => format!("FAILED ({reason})"),
+        _ => String::new(),
+    }
+}
+
+/// One message on one line: time, short id, sender, text, and what happened to it.
+pub fn message(m: &Message) -> String {
+    let mut line = format!("[{}] {} {}: ", clock(m.sent_at_ms), m.id.short(), m.sender);
+    if let Some(r) = &m.reply_to {
+        line.push_str(&format!("↪{} ", r.short()));
+    }
+    if m.deleted {
+        line.push_str("(deleted)");
+    } else {
+        line.push_str(&m.body);
+        if let Some(a) = &m.attachment {
+            line.push_str(&format!(" 📎 {} ({} bytes)", a.name, a.size));
+        }
+        if m.edited {
+            line.push_str(" (edited)");
+        }
+    }
+    if !m.reactions.is_empty() {
+        let r: Vec<String> = m
+            .reactions
+            .iter()
+            .map(|(u, e)| format!("{e} {u}"))
+            .collect();
+        line.push_str(&format!("  [{}]", r.join(", ")));
+    }
+    if m.outgoing {
+        line.push_str(&format!("  · {}", state(&m.state)));
+        if !m.read_by.is_empty() {
+            line.push_str(&format!(", read by {}", m.read_by.join(", ")));
+        }
+    }
+    line
+}
+
+/// A connection state in words.
+pub fn connection(s: &ConnectionState) -> String {
+    match s {
+        ConnectionState::Connected => "Connected".into(),
+        ConnectionState::CatchingUp => "CatchingUp".into(),
+        ConnectionState::Offline { reason } => format!("Offline ({reason})"),
+        ConnectionState::SessionEnded { reason } => format!("Session ended ({reason})"),
+        _ => "Unknown".into(),
+    }
+}
+
+/// An event as a line for the REPL, with the conversation's name; `None` for events the
+/// REPL does not print (its own local echo, connection chatter while connected).
+pub fn event(
+    e: &ClientEvent,
+    conversation: impl Fn(&qpq_sdk::ConversationId) -> String,
+) -> Option<String> {
+    Some(match e {
+        ClientEvent::MessageReceived(m) if !m.outgoing || m.state == SendState::Sent => {
+            format!("#{} {}", conversation(&m.conversation), message(m))
+        }
+        ClientEvent::MessageReceived(_) => return None,
+        ClientEvent::MessageEdited {
+            id,
+            conversation: c,
+            body,
+        } => {
+            format!("#{} {} edited: {body}", conversation(c), id.short())
+        }
+        ClientEvent::MessageDeleted {
+            id,
+            conversation: c,
+        } => {
+            format!("#{} {} was deleted", conversation(c), id.short())
+        }
+        ClientEvent::ReactionChanged {
+            id,
+            conversation: c,
+            user,
+            emoji,
+            added,
+        } => format!(
+            "#{} {user} {} {emoji} {} {}",
+            conversation(c),
+            if *added { "reacted" } else { "took back" },
+            if *added { "to" } else { "on" },
+            id.short()
+        ),
+        ClientEvent::ReceiptChanged {
+            ids,
+            conversation: c,
+            user,
+        } => {
+            let ids: Vec<String> = ids.iter().map(qpq_sdk::MessageId::short).collect();
+            format!("#{} {user} read {}", conversation(c), ids.join(" "))
+        }
+        ClientEvent::SendStateChanged {
+            id,
+            conversation: c,
+            state: s,
+        } => match s {
+            SendState::Failed { .. } => format!("#{} {} {}", conversation(c), id.short(), state(s)),
+            _ => return None,
+        },
+        ClientEvent::Typing {
+            conversation: c,
+            user,
+        } => {
+            format!("#{} {user} is typing…", conversation(c))
+        }
+        ClientEvent::ConversationCreated(c) => {
+            format!("joined #{} ({})", conversation(&c.id), c.members.join(", "))
+        }
+        ClientEvent::ConversationUpdated(c) => format!(
+            "#{} now: {} ({})",
+            conversation(&c.id),
+            c.name,
+            c.members.join(", ")
+        ),
+        ClientEvent::MemberJoined {
+            conversation: c,
+            user,
+        } => {
+            format!("#{} {user} joined", conversation(c))
+        }
+        ClientEvent::MemberLeft {
+            conversation: c,
+            user,
+        } => {
+            format!("#{} {user} left", conversation(c))
+        }
+        ClientEvent::ConnectionStateChanged(s) => format!("-- {}", connection(s)),
+        ClientEvent::KeyTransparencyAlarm { device, reason } => format!(
+            "!!! KEY TRANSPARENCY ALARM for {device}: {reason}. Its key was NOT used. \
+             Compare safety numbers out of band (/safety)."
+        ),
+        ClientEvent::SafetyNumberChanged { user, device } => format!(
+            "! safety number with {user} changed (device {device}); compare again with /safety {user}"
+        ),
+        ClientEvent::UndecryptableMessage { seq, reason } => {
+            format!("! could not decrypt queue entry {seq}: {reason}")
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn clock_reads_utc_time_of_day() {
+        // 2026-11-30T13:05:09Z
+        assert_eq!(clock(1_796_043_909_000), "13:05:09");
+        assert_eq!(clock(0), "00:00:00");
+    }
+}

@@ -1,0 +1,172 @@
+//! Finding the server: a configured pin is trusted as given; a server on this machine is
+//! found (or started) without any configuration; a remote one needs a pin.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// The server to talk to, and how it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The SHA-256 of its certificate, pinned.
+    pub pin: [u8; 32],
+    /// Whether this call started it.
+    pub launched: bool,
+}
+
+/// The data directory of the local server qpq starts on demand.
+pub fn default_local_dir() -> PathBuf {
+    qpq_server::config::default_data_dir()
+}
+
+/// The certificate fingerprint of the server whose data directory is `dir`, from the
+/// certificate it wrote there (`tls/cert.pem`).
+pub fn local_fingerprint(dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let tls_dir = dir.join("tls");
+    let tls =
+        qrpc::tls::ServerTls::from_pem_files(&tls_dir.join("cert.pem"), &tls_dir.join("key.pem"))
+            .with_context(|| {
+            format!(
+                "reading the local server's certificate in {}",
+                dir.display()
+            )
+        })?;
+    let leaf = tls
+        .leaf()
+        .context("the local server's certificate file is empty")?;
+    Ok(qrpc::tls::fingerprint(leaf))
+}
+
+/// Whether a qpq server with this certificate answers at `addr`.
+pub async fn answers(addr: SocketAddr, pin: [u8; 32]) -> bool {
+    let connect = qrpc::Client::builder(addr, qrpc::tls::ClientTls::pinned(pin))
+        .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+        .connect();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), connect).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Resolves the server. With `pin`, the address is used as it is. Without, the address must
+/// be on this machine: if the local server (data in `local_dir`) answers there it is pinned
+/// from its certificate file; otherwise `launch` starts it and this waits until it answers.
+pub async fn resolve(
+    addr: SocketAddr,
+    pin: Option<[u8; 32]>,
+    local_dir: &Path,
+    launch: impl FnOnce(SocketAddr, &Path) -> anyhow::Result<()>,
+) -> anyhow::Result<Target> {
+    if let Some(pin) = pin {
+        return Ok(Target {
+            addr,
+            pin,
+            launched: false,
+        });
+    }
+    if !addr.ip().is_loopback() {
+        bail!(
+            "{addr} is not on this machine: give its certificate's SHA-256 with --pin (qpq-server \
+             prints it at start) or `pin = \"...\"` in the config; qpq never trusts a remote \
+             server blindly"
+        );
+    }
+    if let Ok(pin) = local_fingerprint(local_dir)
+        && answers(addr, pin).await
+    {
+        return Ok(Target {
+            addr,
+            pin,
+            launched: false,
+        });
+    }
+    launch(addr, local_dir)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(pin) = local_fingerprint(local_dir)
+            && answers(addr, pin).await
+        {
+            return Ok(Target {
+                addr,
+                pin,
+                launched: true,
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "started a local server in {} but it does not answer at {addr} (is the port taken \
+                 by something else? see {})",
+                local_dir.display(),
+                local_dir.join("server.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts `qpq server` from this executable as a background process in its own process group
+/// (so it outlives this one and ignores this terminal's Ctrl-C), logging to `server.log`.
+pub fn spawn_detached(
+    exe: &Path,
+    addr: SocketAddr,
+    dir: &Path,
+) -> anyhow::Result<std::process::Child> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log = std::fs::File::create(dir.join("server.log"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("server")
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        cmd.process_group(0);
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {} server", exe.display()))
+}
+
+/// `qpq server`: runs a qpq-server in the foreground until Ctrl-C or SIGTERM.
+pub async fn serve(listen: SocketAddr, dir: PathBuf) -> anyhow::Result<()> {
+    let server = qpq_server::start(qpq_server::Config {
+        listen,
+        data_dir: dir.clone(),
+        ..Default::default()
+    })
+    .await?;
+    println!("qpq server listening on {}", server.addr);
+    println!("data directory: {}", dir.display());
+    println!(
+        "certificate sha256: {}",
+        qrpc::tls::format_fingerprint(&server.fingerprint)
+    );
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    server.shutdown().await;
+    Ok(())
+}
