@@ -8,6 +8,8 @@ use rustyline::error::ReadlineError;
 use rustyline::{Context, ExternalPrinter as _};
 use tokio::sync::{mpsc, oneshot};
 
+use qpq_sdk::ClientEvent;
+
 use crate::session::Session;
 
 /// What completion offers after the command: user and conversation names.
@@ -104,8 +106,84 @@ impl rustyline::Helper for Helper {}
 /// A line typed, and where to say that it was handled (with the next prompt).
 type Typed = (Result<String, ReadlineError>, oneshot::Sender<String>);
 
-/// Runs the REPL until `/quit` or end of input.
-pub async fn run(mut session: Session, history: std::path::PathBuf) -> anyhow::Result<()> {
+/// Runs the REPL until `/quit` or end of input. When standard input is not a terminal
+/// (a script, a pipe) it reads plain lines and prints events as they come.
+pub async fn run(session: Session, history: std::path::PathBuf) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    if std::io::stdin().is_terminal() {
+        interactive(session, history).await
+    } else {
+        plain(session).await
+    }
+}
+
+/// Prints every event `client` reports, with conversation names, through `print`.
+fn spawn_event_printer(
+    client: qpq_sdk::QpqClient,
+    mut print: impl FnMut(String) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let mut events = client.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    let convs = client.conversations().unwrap_or_default();
+                    let me = client
+                        .whoami()
+                        .map(|w| w.split('/').next().unwrap_or_default().to_owned());
+                    let name = |id: &qpq_sdk::ConversationId| {
+                        convs.iter().find(|c| c.id == *id).map_or_else(
+                            || id.to_string(),
+                            |c| crate::format::conversation_name(c, me.as_deref()),
+                        )
+                    };
+                    // This user's own receipts and reactions need no announcement.
+                    let own = match &e {
+                        ClientEvent::ReceiptChanged { user, .. }
+                        | ClientEvent::ReactionChanged { user, .. } => me.as_ref() == Some(user),
+                        _ => false,
+                    };
+                    if !own && let Some(line) = crate::format::event(&e, name) {
+                        print(line);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    print(format!("({n} events skipped; /history shows the state)"));
+                }
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// Lines from a pipe: no editing, no prompt.
+async fn plain(mut session: Session) -> anyhow::Result<()> {
+    let printer = spawn_event_printer(session.client().clone(), |line| println!("{line}"));
+    loop {
+        // Standard input is shared with password prompts, which read the next line too.
+        let mut line = String::new();
+        if tokio::task::block_in_place(|| std::io::stdin().read_line(&mut line))? == 0 {
+            break;
+        }
+        let mut ask = |label: &str| crate::passphrase::prompt_hidden(label);
+        let mut progress = |_: qpq_sdk::Progress| {};
+        match session.run_line(&line, &mut ask, &mut progress).await {
+            Ok(out) => {
+                for l in &out.lines {
+                    println!("{l}");
+                }
+                if out.quit {
+                    break;
+                }
+            }
+            Err(e) => println!("error: {e}"),
+        }
+    }
+    printer.abort();
+    Ok(())
+}
+
+async fn interactive(mut session: Session, history: std::path::PathBuf) -> anyhow::Result<()> {
     let names = Names::default();
     names.refresh(&session);
     let mut editor: rustyline::Editor<Helper, rustyline::history::FileHistory> =
@@ -117,33 +195,8 @@ pub async fn run(mut session: Session, history: std::path::PathBuf) -> anyhow::R
     let mut printer = editor.create_external_printer()?;
 
     // Events are printed by rustyline above the line being edited.
-    let mut events = session.client().subscribe();
-    let event_session_names = session.client().clone();
-    let printer_task = tokio::spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(e) => {
-                    let convs = event_session_names.conversations().unwrap_or_default();
-                    let me = event_session_names
-                        .whoami()
-                        .map(|w| w.split('/').next().unwrap_or_default().to_owned());
-                    let name = |id: &qpq_sdk::ConversationId| {
-                        convs.iter().find(|c| c.id == *id).map_or_else(
-                            || id.to_string(),
-                            |c| crate::format::conversation_name(c, me.as_deref()),
-                        )
-                    };
-                    if let Some(line) = crate::format::event(&e, name) {
-                        let _ = printer.print(format!("{line}\n"));
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let _ =
-                        printer.print(format!("({n} events skipped; /history shows the state)\n"));
-                }
-                Err(_) => return,
-            }
-        }
+    let printer_task = spawn_event_printer(session.client().clone(), move |line| {
+        let _ = printer.print(format!("{line}\n"));
     });
 
     // The editor blocks: it lives on its own thread and hands lines over one at a time.

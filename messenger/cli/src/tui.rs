@@ -618,14 +618,21 @@ pub async fn run(mut session: Session, keys: KeyMap) -> anyhow::Result<()> {
         let _ = session.mark_read(&first);
     }
     app.refresh(&session);
-    app.log(format!(
-        "{}: help · type /login <user> or /register <user> to start",
-        app.view
-            .keys
-            .iter()
-            .find(|(_, a)| a.contains("help"))
-            .map_or("f1", |(k, _)| k.as_str())
-    ));
+    let help_key = app
+        .view
+        .keys
+        .iter()
+        .find(|(_, a)| a.contains("help"))
+        .map_or_else(|| "f1".to_owned(), |(k, _)| k.clone());
+    if session.client().whoami().is_some() {
+        app.log(format!(
+            "{help_key}: help · /dm <user> starts a conversation"
+        ));
+    } else {
+        app.log(format!(
+            "{help_key}: help · /register <user> or /login <user> to start"
+        ));
+    }
     let mut input = EventStream::new();
     let mut events = session.client().subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));

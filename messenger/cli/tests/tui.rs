@@ -88,7 +88,7 @@ fn screen(v: &View, w: u16, h: u16) -> String {
 
 #[test]
 fn the_screen_shows_conversations_messages_states_and_the_status_bar() {
-    let s = screen(&view(), 100, 20);
+    let s = screen(&view(), 140, 20);
     for expected in [
         "alice/laptop · Connected · outbox 1",
         "f1: help",
