@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use qpq_cli::config::{self, Config};
-use qpq_cli::{keys, launcher, passphrase, repl, session, tui};
+use qpq_cli::{keys, launcher, passphrase, repl, script, session, tui};
 
 /// The quicproquo terminal messenger.
 #[derive(Debug, Parser)]
@@ -32,6 +32,9 @@ struct Args {
     /// The profile's store directory (overrides the config).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Print results as JSON, one object per line (send, read, conversations).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -44,6 +47,40 @@ enum Cmd {
     Repl,
     /// The full-screen client.
     Tui,
+    /// Run a playbook (YAML) of actions and expectations on a throwaway server.
+    Play {
+        /// The playbook file.
+        file: PathBuf,
+    },
+    /// Send a text and wait until the server has it.
+    Send {
+        /// Conversation: its number from `qpq conversations`, its name, or the other user of a DM.
+        conversation: String,
+        /// The text.
+        text: String,
+    },
+    /// Print unread messages (and mark them read); with --follow, keep printing new ones.
+    Read {
+        /// Keep printing messages as they arrive, until Ctrl-C.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// List conversations with unread counts.
+    Conversations,
+    /// Create an account and log this profile in (the password is read from the terminal,
+    /// or from standard input's first line when it is not a terminal).
+    Register {
+        /// The user name.
+        user: String,
+    },
+    /// Log this profile in (password as for `register`).
+    Login {
+        /// The user name.
+        user: String,
+        /// This device's name (default: the profile's, or "cli").
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Run a qpq server in the foreground (what `qpq` starts on demand).
     Server {
         /// Address to listen on.
@@ -56,8 +93,18 @@ enum Cmd {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            eprintln!("qpq: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("QPQ_LOG")
@@ -74,12 +121,85 @@ async fn main() -> anyhow::Result<()> {
         Some(Cmd::Server { listen, data_dir }) => {
             launcher::serve(listen, data_dir.unwrap_or_else(launcher::default_local_dir)).await
         }
-        Some(Cmd::Tui) => interactive(&args, true).await,
-        Some(Cmd::Repl) | None => interactive(&args, false).await,
+        Some(Cmd::Play { ref file }) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let book = qpq_cli::play::parse(&text)
+                .with_context(|| format!("{} is not a valid playbook", file.display()))?;
+            let mut out = std::io::stdout();
+            qpq_cli::play::run(&book, &mut out)
+                .await
+                .with_context(|| format!("playbook {} failed", file.display()))
+        }
+        Some(Cmd::Tui) => {
+            let (session, _, keymap) = open(&args).await?;
+            tui::run(session, keymap).await
+        }
+        Some(Cmd::Repl) | None => {
+            let (session, dir, _) = open(&args).await?;
+            repl::run(session, dir.join("history.txt")).await
+        }
+        Some(Cmd::Send {
+            ref conversation,
+            ref text,
+        }) => {
+            let (session, _, _) = open(&args).await?;
+            script::send(
+                &session,
+                conversation,
+                text,
+                &mut std::io::stdout(),
+                args.json,
+            )
+            .await
+        }
+        Some(Cmd::Read { follow }) => {
+            let (session, _, _) = open_with(&args, |client| client.subscribe()).await?;
+            let (session, events) = session;
+            script::read(&session, events, follow, &mut std::io::stdout(), args.json).await
+        }
+        Some(Cmd::Conversations) => {
+            let (session, _, _) = open(&args).await?;
+            script::conversations(&session, &mut std::io::stdout(), args.json)
+        }
+        Some(Cmd::Register { ref user }) => {
+            let (session, _, _) = open(&args).await?;
+            let password = passphrase::prompt_hidden(&format!("new password for {user}: "))?;
+            let device = session.device().to_owned();
+            session.client().register(user, &password).await?;
+            session.client().login(user, &device, &password).await?;
+            println!("registered and logged in as {user}/{device}");
+            Ok(())
+        }
+        Some(Cmd::Login {
+            ref user,
+            ref device,
+        }) => {
+            let (session, _, _) = open(&args).await?;
+            let password = passphrase::prompt_hidden(&format!("password for {user}: "))?;
+            let device = device
+                .clone()
+                .unwrap_or_else(|| session.device().to_owned());
+            session.client().login(user, &device, &password).await?;
+            println!("logged in as {user}/{device}");
+            Ok(())
+        }
     }
 }
 
-async fn interactive(args: &Args, full_screen: bool) -> anyhow::Result<()> {
+/// The profile's session (connected in the background when it has an account), its store
+/// directory and the TUI key map.
+async fn open(args: &Args) -> anyhow::Result<(session::Session, PathBuf, keys::KeyMap)> {
+    let ((session, ()), dir, keymap) = open_with(args, |_| ()).await?;
+    Ok((session, dir, keymap))
+}
+
+/// Like [`open`], with `early` run on the client before it connects (to subscribe to events
+/// from the start).
+async fn open_with<T>(
+    args: &Args,
+    early: impl FnOnce(&qpq_sdk::QpqClient) -> T,
+) -> anyhow::Result<((session::Session, T), PathBuf, keys::KeyMap)> {
     let config_path = args
         .config
         .clone()
@@ -127,17 +247,13 @@ async fn interactive(args: &Args, full_screen: bool) -> anyhow::Result<()> {
         .passphrase(passphrase.as_str())
         .build()?;
     let device = profile.device.clone().unwrap_or_else(|| "cli".into());
+    let early = early(&client);
     match client.connect().await {
         Ok(()) => {}
         Err(qpq_sdk::SdkError::NotLoggedIn) => eprintln!(
-            "profile {profile_name}: no account yet — /register <user> or /login <user> [device]"
+            "profile {profile_name}: no account yet — register or log in (qpq register <user>, or /register in the REPL)"
         ),
         Err(e) => return Err(e.into()),
     }
-    let session = session::Session::new(client, device);
-    if full_screen {
-        tui::run(session, keymap).await
-    } else {
-        repl::run(session, dir.join("history.txt")).await
-    }
+    Ok(((session::Session::new(client, device), early), dir, keymap))
 }

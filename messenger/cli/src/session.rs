@@ -66,6 +66,11 @@ impl Session {
         }
     }
 
+    /// The device name `/login` and `/register` use by default.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
     /// The client.
     pub fn client(&self) -> &QpqClient {
         &self.client
@@ -233,7 +238,9 @@ impl Session {
                 });
                 let conv = match existing {
                     Some(conv) => conv,
-                    None => c.create_dm(&user).await?,
+                    None => c.create_dm(&user).await.map_err(|e| {
+                        CommandError::Other(format!("cannot start a conversation with {user}: {e}"))
+                    })?,
                 };
                 self.current = Some(conv.id);
                 let lines = self.history(&conv.id, 20)?;
@@ -327,9 +334,9 @@ impl Session {
                 Output::default()
             }
             Command::Attach(path, caption) => {
-                let id = self.open()?;
                 let data = std::fs::read(&path)
                     .map_err(|e| CommandError::Other(format!("cannot read {path}: {e}")))?;
+                let id = self.open()?;
                 let name = PathBuf::from(&path)
                     .file_name()
                     .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());

@@ -222,3 +222,97 @@ fn keys_edit_the_line_submit_it_and_move_between_conversations() {
         Intent::Quit
     );
 }
+
+/// Compares a screen with `tests/snapshots/<name>.txt`; `UPDATE_SNAPSHOTS=1` rewrites it.
+fn snapshot(name: &str, screen: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, screen).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_SNAPSHOTS=1 to create it)",
+            path.display()
+        )
+    });
+    assert!(
+        want == screen,
+        "{name} differs from {}:\n{screen}",
+        path.display()
+    );
+}
+
+#[test]
+fn snapshots_of_the_main_screen_a_narrow_terminal_and_an_alarm() {
+    snapshot("main", &screen(&view(), 100, 16));
+    snapshot("narrow", &screen(&view(), 34, 14));
+    let mut alarmed = view();
+    alarmed.alarm = Some("bob/phone: the log shrank (a rollback)".into());
+    snapshot("alarm", &screen(&alarmed, 100, 16));
+}
+
+#[test]
+fn scripted_keys_switch_send_and_scroll() {
+    let keys = KeyMap::new(&BTreeMap::new()).unwrap();
+    let mut v = view();
+    // Switch to the next conversation and back.
+    assert_eq!(
+        handle_key(
+            &mut v,
+            &keys,
+            KeyEvent::new(KeyCode::Down, KeyModifiers::ALT)
+        ),
+        Intent::Select(1)
+    );
+    v.selected = 1;
+    assert_eq!(
+        handle_key(&mut v, &keys, KeyEvent::new(KeyCode::Up, KeyModifiers::ALT)),
+        Intent::Select(0)
+    );
+    v.selected = 0;
+    // Type and send.
+    let mut intents = Vec::new();
+    for c in "see you".chars() {
+        intents.push(handle_key(&mut v, &keys, key(KeyCode::Char(c))));
+    }
+    assert!(
+        intents.iter().all(|i| *i == Intent::Typed),
+        "plain text announces typing"
+    );
+    assert_eq!(
+        handle_key(&mut v, &keys, key(KeyCode::Enter)),
+        Intent::Submit("see you".into())
+    );
+    // A long history: PageUp shows older messages, PageDown returns to the newest.
+    v.messages = (1..=40)
+        .map(|n| {
+            message(
+                n,
+                "bob/phone",
+                &format!("line {n}"),
+                false,
+                SendState::Received,
+            )
+        })
+        .collect();
+    let newest = screen(&v, 80, 14);
+    assert!(
+        newest.contains("line 40") && !newest.contains("line 30 "),
+        "{newest}"
+    );
+    handle_key(&mut v, &keys, key(KeyCode::PageUp));
+    handle_key(&mut v, &keys, key(KeyCode::PageUp));
+    let older = screen(&v, 80, 14);
+    assert!(
+        older.contains("line 30") && !older.contains("line 40"),
+        "{older}"
+    );
+    snapshot("scrolled", &older);
+    handle_key(&mut v, &keys, key(KeyCode::PageDown));
+    handle_key(&mut v, &keys, key(KeyCode::PageDown));
+    assert_eq!(screen(&v, 80, 14), newest);
+}

@@ -461,3 +461,26 @@ async fn clients_on_in_memory_stores_talk_like_any_other() {
     assert_eq!(bob.message(&reply).unwrap().unwrap().state, SendState::Sent);
     assert_eq!(bob.search("memory").unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_the_event_buffer_is_told_and_the_store_has_everything() {
+    let server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let _bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut limits = qpq_sdk::ClientLimits::default();
+    limits.event_buffer = 2;
+    let alice = server.client_with(a_dir.path(), limits);
+    alice.register("alice", "pw").await.unwrap();
+    alice.login("alice", "laptop", "pw").await.unwrap();
+    let dm = alice.create_dm("bob").await.unwrap();
+    let mut slow = alice.subscribe();
+    for i in 0..3 {
+        alice.send_text(&dm.id, &format!("m{i}"), None).unwrap();
+    }
+    // Three local echoes are six events: the oldest ones are gone for this subscriber.
+    match slow.recv().await {
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => assert!(n >= 4, "{n}"),
+        other => panic!("expected a lag, got {other:?}"),
+    }
+    assert_eq!(alice.messages(&dm.id, 10).unwrap().len(), 3);
+}

@@ -52,6 +52,9 @@ fn open_keyed(path: &Path, key: &[u8; 32]) -> SdkResult<Connection> {
     let conn = Connection::open(path)?;
     let hex: Zeroizing<String> = Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect());
     conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex.as_str()))?;
+    // SQLCipher would log a wrong key's failed page check to stderr; the error below says it.
+    // (Set after the key: keying sets SQLCipher's default log level the first time.)
+    let _ = conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()));
     // With a wrong key the first read fails: SQLCipher cannot decrypt page 1.
     if conn
         .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
