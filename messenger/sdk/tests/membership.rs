@@ -150,7 +150,10 @@ async fn messages_that_overtake_their_commit_wait_for_it_and_the_wait_is_bounded
         .await
         .unwrap()
         .messages;
-    assert_eq!(queued.len(), 3);
+    // The invitation may still be there too: carol committed it, but her client may have
+    // been dropped before its acknowledgement reached the server.
+    assert!(matches!(queued.len(), 3 | 4), "{} entries", queued.len());
+    let queued = &queued[queued.len() - 3..];
     delivery
         .ack(&v1::AckRequest {
             up_to_seq: queued[2].seq,
