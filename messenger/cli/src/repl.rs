@@ -49,7 +49,12 @@ pub fn complete(line: &str, pos: usize, names: &[String]) -> (usize, Vec<String>
     let Some(before) = line.get(..pos) else {
         return (pos, Vec::new());
     };
-    let start = before.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+    // After the last whitespace character (which may be several bytes long).
+    let start = before
+        .char_indices()
+        .filter(|(_, c)| c.is_whitespace())
+        .last()
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let word = &before[start..];
     if start == 0 && word.starts_with('/') {
         let mut out: Vec<String> = crate::commands::names()
