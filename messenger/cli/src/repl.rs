@@ -52,8 +52,7 @@ pub fn complete(line: &str, pos: usize, names: &[String]) -> (usize, Vec<String>
     // After the last whitespace character (which may be several bytes long).
     let start = before
         .char_indices()
-        .filter(|(_, c)| c.is_whitespace())
-        .last()
+        .rfind(|(_, c)| c.is_whitespace())
         .map_or(0, |(i, c)| i + c.len_utf8());
     let word = &before[start..];
     if start == 0 && word.starts_with('/') {
