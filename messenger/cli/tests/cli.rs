@@ -1,6 +1,10 @@
 //! The `qpq` binary and its session against a real server on loopback.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
+use common::{Server, server};
+
 use std::time::Duration;
 
 use qpq_cli::session::{CommandError, Output, Session};
@@ -39,23 +43,6 @@ fn qpq_demo_runs_with_no_arguments_and_tells_the_story() {
     let a = caught_up.find("Carol, the notes are up.").unwrap();
     let b = caught_up.find("See you all at 12:30!").unwrap();
     assert!(a < b, "{text}");
-}
-
-struct Server {
-    _dir: tempfile::TempDir,
-    running: qpq_server::RunningServer,
-}
-
-async fn server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let running = qpq_server::start(qpq_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    Server { _dir: dir, running }
 }
 
 fn session(s: &Server) -> Session {

@@ -1,25 +1,12 @@
 //! Two `qpq` processes exchange messages through one server; bad input gets one clear line.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
+use common::{Server, server};
+
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
-
-struct Server {
-    _dir: tempfile::TempDir,
-    running: qpq_server::RunningServer,
-}
-
-async fn server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let running = qpq_server::start(qpq_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    Server { _dir: dir, running }
-}
 
 /// Runs `qpq` for the profile in `dir` against `s`, with `stdin` as its input.
 fn qpq(s: &Server, dir: &std::path::Path, passphrase: &str, args: &[&str], stdin: &str) -> Output {

@@ -4,33 +4,7 @@
 mod common;
 
 use common::*;
-use qpq_sdk::{ClientEvent, ConversationKind, QpqClient};
-use tokio::sync::broadcast;
-
-struct Member {
-    client: QpqClient,
-    events: broadcast::Receiver<ClientEvent>,
-    _dir: tempfile::TempDir,
-}
-
-async fn member(server: &Server, user: &str) -> Member {
-    let dir = tempfile::tempdir().unwrap();
-    let client = account(server, dir.path(), user, "d1").await;
-    let events = client.subscribe();
-    Member {
-        client,
-        events,
-        _dir: dir,
-    }
-}
-
-async fn joined(m: &mut Member) -> qpq_sdk::Conversation {
-    next(&mut m.events, |e| match e {
-        ClientEvent::ConversationCreated(c) => Some(c),
-        _ => None,
-    })
-    .await
-}
+use qpq_sdk::{ClientEvent, ConversationKind};
 
 #[tokio::test]
 async fn a_group_of_five_with_add_remove_and_rename() {

@@ -5,33 +5,7 @@ mod common;
 
 use common::*;
 use qpq_proto::v1;
-use qpq_sdk::{ClientEvent, ClientLimits, QpqClient, SdkError};
-use tokio::sync::broadcast;
-
-struct Member {
-    client: QpqClient,
-    events: broadcast::Receiver<ClientEvent>,
-    dir: tempfile::TempDir,
-}
-
-async fn member(server: &Server, user: &str) -> Member {
-    let dir = tempfile::tempdir().unwrap();
-    let client = account(server, dir.path(), user, "d1").await;
-    let events = client.subscribe();
-    Member {
-        client,
-        events,
-        dir,
-    }
-}
-
-async fn joined(m: &mut Member) -> qpq_sdk::Conversation {
-    next(&mut m.events, |e| match e {
-        ClientEvent::ConversationCreated(c) => Some(c),
-        _ => None,
-    })
-    .await
-}
+use qpq_sdk::{ClientEvent, ClientLimits, SdkError};
 
 async fn left(m: &mut Member) -> String {
     next(&mut m.events, |e| match e {

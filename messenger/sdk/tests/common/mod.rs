@@ -167,3 +167,30 @@ pub async fn raw_account(server: &Server, user: &str, device: &str) -> qrpc::Cli
         .unwrap();
     client
 }
+
+/// A user on one device ("d1") with its own store, and its events from the start.
+pub struct Member {
+    pub client: QpqClient,
+    pub events: broadcast::Receiver<ClientEvent>,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn member(server: &Server, user: &str) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let client = account(server, dir.path(), user, "d1").await;
+    let events = client.subscribe();
+    Member {
+        client,
+        events,
+        dir,
+    }
+}
+
+/// Waits until `m` joins a conversation.
+pub async fn joined(m: &mut Member) -> qpq_sdk::Conversation {
+    next(&mut m.events, |e| match e {
+        ClientEvent::ConversationCreated(c) => Some(c),
+        _ => None,
+    })
+    .await
+}
