@@ -6,10 +6,12 @@
 
 mod pool;
 mod sqlite;
+mod writer;
 
 use std::future::Future;
 
 pub use sqlite::SqliteStore;
+pub use writer::WriterStats;
 
 /// A device address: user name and device id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,7 +44,7 @@ impl DeviceId {
 }
 
 /// Why a storage operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The thing to create exists.

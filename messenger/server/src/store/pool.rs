@@ -20,7 +20,7 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Settings every pooled connection gets.
-fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+pub(crate) fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     // WAL: readers never block the writer. synchronous=NORMAL keeps every committed transaction
     // across a process crash (SIGKILL); only a power loss can lose the last commits.
     conn.pragma_update(None, "journal_mode", "WAL")?;

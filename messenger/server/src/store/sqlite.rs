@@ -3,9 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::pool::Pool;
+use super::writer::{Writer, WriterStats};
 use super::*;
 
 /// Numbered migrations; `PRAGMA user_version` records how many ran.
@@ -73,6 +74,7 @@ fn i(v: u64) -> i64 {
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: Arc<Pool>,
+    writer: Arc<Writer>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -86,7 +88,13 @@ impl SqliteStore {
     pub async fn open(path: &Path, pool_size: usize) -> StoreResult<Self> {
         let pool = Pool::open(path, pool_size)?;
         pool.run(migrate).await?;
-        Ok(Self { pool })
+        let writer = Arc::new(Writer::start(path, super::pool::configure)?);
+        Ok(Self { pool, writer })
+    }
+
+    /// The group-commit writer's counters: how many writes went into how many commits.
+    pub fn writer_stats(&self) -> Arc<WriterStats> {
+        self.writer.stats()
     }
 
     /// The schema version after migrations.
@@ -104,16 +112,8 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
-        self.pool
-            .run(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(backend)?;
-                let value = f(&tx)?;
-                tx.commit().map_err(backend)?;
-                Ok(value)
-            })
-            .await
+        // Group commit: committed with whatever other writes are waiting.
+        self.writer.write(f).await
     }
 
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
