@@ -195,5 +195,123 @@ fn messenger(c: &mut Criterion) {
     rt.block_on(s.server.shutdown());
 }
 
-criterion_group!(benches, messenger);
+/// The physical ceiling: the server's enqueue, fetch and ack statements run directly on rusqlite
+/// in this process — no RPC, no sessions, no limits — with 16 enqueues per commit, as group
+/// commit does for 16 concurrent senders. The server's throughput is reported against it.
+fn store_ceiling(c: &mut Criterion) {
+    use rusqlite::{Connection, params};
+    const GROUP: u64 = 16;
+    const ROUND: u64 = 256;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ceiling.db");
+    // The real schema, from the server's migrations.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(qpq_server::store::SqliteStore::open(&path, 1))
+        .unwrap();
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+         INSERT INTO users (name, password_file, created_at_ms) VALUES ('r', x'00', 0);
+         INSERT INTO devices (user, device, created_at_ms) VALUES ('r', 'd1', 0);",
+    )
+    .unwrap();
+    let payload = vec![0x5au8; 256];
+    let mut next = 0u64;
+    let mut g = c.benchmark_group("store_ceiling");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(ROUND));
+    g.bench_function("enqueue_fetch_ack_16_per_commit", |b| {
+        b.iter(|| {
+            let mut sender_ids = 0u64;
+            for _ in 0..ROUND / GROUP {
+                let tx = conn.unchecked_transaction().unwrap();
+                for _ in 0..GROUP {
+                    next += 1;
+                    sender_ids += 1;
+                    let sender = format!("s{}/d1", sender_ids % 16);
+                    let id = next.to_be_bytes().to_vec();
+                    // The same statements as the server's enqueue, in the same order.
+                    let _dup: Option<i64> = tx
+                        .prepare_cached("SELECT seq FROM queue WHERE user = ?1 AND device = ?2 AND sender = ?3 AND message_id = ?4")
+                        .unwrap()
+                        .query_row(params!["r", "d1", sender, id], |r| r.get(0))
+                        .ok();
+                    let (seq, _, _): (i64, i64, i64) = tx
+                        .prepare_cached("SELECT next_seq, queue_messages, queue_bytes FROM devices WHERE user = ?1 AND device = ?2")
+                        .unwrap()
+                        .query_row(params!["r", "d1"], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .unwrap();
+                    let _quota: Option<(i64, i64)> = tx
+                        .prepare_cached("SELECT messages, bytes FROM queue_senders WHERE user = ?1 AND device = ?2 AND sender = ?3")
+                        .unwrap()
+                        .query_row(params!["r", "d1", sender], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .ok();
+                    tx.prepare_cached("INSERT INTO queue (user, device, seq, sender, message_id, payload, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)")
+                        .unwrap()
+                        .execute(params!["r", "d1", seq, sender, id, payload])
+                        .unwrap();
+                    tx.prepare_cached("UPDATE devices SET next_seq = ?3, queue_messages = queue_messages + 1, queue_bytes = queue_bytes + ?4 WHERE user = ?1 AND device = ?2")
+                        .unwrap()
+                        .execute(params!["r", "d1", seq + 1, 256])
+                        .unwrap();
+                    tx.prepare_cached("INSERT INTO queue_senders (user, device, sender, messages, bytes) VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT (user, device, sender) DO UPDATE SET messages = messages + 1, bytes = bytes + excluded.bytes")
+                        .unwrap()
+                        .execute(params!["r", "d1", sender, 256])
+                        .unwrap();
+                }
+                tx.commit().unwrap();
+            }
+            // Fetch everything in pages of 500, then one ack, as the benchmark's recipient does.
+            let mut after = 0i64;
+            loop {
+                let page: Vec<(i64, Vec<u8>)> = conn
+                    .prepare_cached("SELECT seq, payload FROM queue WHERE user = ?1 AND device = ?2 AND seq > ?3 ORDER BY seq LIMIT 500")
+                    .unwrap()
+                    .query_map(params!["r", "d1", after], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                match page.last() {
+                    Some((seq, _)) => after = *seq,
+                    None => break,
+                }
+            }
+            let tx = conn.unchecked_transaction().unwrap();
+            let per_sender: Vec<(String, i64, i64)> = tx
+                .prepare_cached("SELECT sender, COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue WHERE user = ?1 AND device = ?2 AND seq <= ?3 GROUP BY sender")
+                .unwrap()
+                .query_map(params!["r", "d1", after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            tx.prepare_cached("DELETE FROM queue WHERE user = ?1 AND device = ?2 AND seq <= ?3")
+                .unwrap()
+                .execute(params!["r", "d1", after])
+                .unwrap();
+            let (mut count, mut bytes) = (0i64, 0i64);
+            for (sender, n, b) in &per_sender {
+                count += n;
+                bytes += b;
+                tx.prepare_cached("UPDATE queue_senders SET messages = messages - ?4, bytes = bytes - ?5 WHERE user = ?1 AND device = ?2 AND sender = ?3")
+                    .unwrap()
+                    .execute(params!["r", "d1", sender, n, b])
+                    .unwrap();
+            }
+            tx.prepare_cached("DELETE FROM queue_senders WHERE user = ?1 AND device = ?2 AND messages <= 0")
+                .unwrap()
+                .execute(params!["r", "d1"])
+                .unwrap();
+            tx.prepare_cached("UPDATE devices SET queue_messages = MAX(queue_messages - ?3, 0), queue_bytes = MAX(queue_bytes - ?4, 0) WHERE user = ?1 AND device = ?2")
+                .unwrap()
+                .execute(params!["r", "d1", count, bytes])
+                .unwrap();
+            tx.commit().unwrap();
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, messenger, store_ceiling);
 criterion_main!(benches);

@@ -86,11 +86,7 @@ impl<S: Store> Api<S> {
         recipients.sort();
         recipients.dedup();
         // "Known" is from the recipient's side: it wrote to us or shares a channel with us.
-        let known = self
-            .state
-            .store
-            .known_to(me.user.clone(), recipients.clone())
-            .await?;
+        let known = self.state.known_to(&me.user, &recipients).await?;
         let strangers: std::collections::HashSet<String> = recipients
             .into_iter()
             .zip(known)
@@ -202,11 +198,15 @@ impl<S: Store> Delivery for Api<S> {
             }
         }
         let recipient = message.recipient.clone();
+        let sender_user = message.sender_user.clone();
         let outcome = self
             .state
             .store
             .enqueue(message, self.state.queue_limits(), now_ms())
             .await?;
+        if let Some(sender) = &sender_user {
+            self.state.wrote_to(sender, &recipient.user);
+        }
         if !outcome.duplicate {
             self.state.message_arrived(&recipient, outcome.seq);
         }
@@ -318,6 +318,9 @@ impl<S: Store> Delivery for Api<S> {
             .batch_enqueue(messages, self.state.queue_limits(), now_ms())
             .await?;
         for (recipient, outcome) in recipients.iter().zip(&outcomes) {
+            if outcome.is_ok() {
+                self.state.wrote_to(&me.user, &recipient.user);
+            }
             if let Ok(o) = outcome
                 && !o.duplicate
             {

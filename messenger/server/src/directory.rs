@@ -102,6 +102,7 @@ impl<S: Store> Channel for Api<S> {
         for member in &members {
             self.state.push_to_user(member, &event).await;
         }
+        self.state.channels_changed();
         Ok(v1::CreateChannelResponse {
             channel_id: id.to_vec().into(),
         })
@@ -156,6 +157,7 @@ impl<S: Store> Channel for Api<S> {
         for user in members.iter().chain(&request.remove) {
             self.state.push_to_user(user, &event).await;
         }
+        self.state.channels_changed();
         Ok(v1::UpdateChannelResponse { members })
     }
 

@@ -84,7 +84,19 @@ pub struct AppState<S> {
     /// Store queries made by `FetchWait` calls (a metric, and what the amplification test
     /// watches).
     pub fetch_wait_queries: std::sync::atomic::AtomicU64,
+    /// `(recipient, sender)` pairs recently checked, with the answer (does the recipient know
+    /// the sender?) and until when it holds: spares the stranger check a store read on every
+    /// message. Forgotten when the recipient writes to the sender and when channels change.
+    known: Mutex<HashMap<(String, String), (bool, std::time::Instant)>>,
 }
+
+/// How long a "does the recipient know the sender" answer is reused, at most. Every change
+/// that can make a stranger known (the recipient writes to the sender, a channel is created or
+/// changed) forgets it at once; a relationship that ends is noticed within this time.
+const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Pairs remembered at most; the memory is cleared when full.
+const KNOWN_PAIRS: usize = 100_000;
 
 impl<S> std::fmt::Debug for AppState<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,7 +133,65 @@ impl<S: Store> AppState<S> {
             waiters: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashSet::new()),
             fetch_wait_queries: std::sync::atomic::AtomicU64::new(0),
+            known: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `writer` just wrote to `reader`: from now on `writer` knows `reader`.
+    pub fn wrote_to(&self, writer: &str, reader: &str) {
+        let key = (writer.to_owned(), reader.to_owned());
+        let mut known = lock(&self.known);
+        if matches!(known.get(&key), Some((false, _))) {
+            known.remove(&key);
+        }
+    }
+
+    /// Channel memberships changed: every cached answer may be stale.
+    pub fn channels_changed(&self) {
+        lock(&self.known).clear();
+    }
+
+    /// Which of `recipients` know `sender` (wrote to it or share a channel), reusing recent
+    /// answers and asking the store for the rest.
+    pub async fn known_to(
+        &self,
+        sender: &str,
+        recipients: &[String],
+    ) -> crate::store::StoreResult<Vec<bool>> {
+        let now = std::time::Instant::now();
+        let mut answers: Vec<Option<bool>> = {
+            let known = lock(&self.known);
+            recipients
+                .iter()
+                .map(|r| {
+                    known
+                        .get(&(r.clone(), sender.to_owned()))
+                        .filter(|(_, until)| *until > now)
+                        .map(|(k, _)| *k)
+                })
+                .collect()
+        };
+        let ask: Vec<String> = recipients
+            .iter()
+            .zip(&answers)
+            .filter(|(_, a)| a.is_none())
+            .map(|(r, _)| r.clone())
+            .collect();
+        if !ask.is_empty() {
+            let fresh = self.store.known_to(sender.to_owned(), ask.clone()).await?;
+            let mut known = lock(&self.known);
+            if known.len() >= KNOWN_PAIRS {
+                known.clear();
+            }
+            let mut fresh = ask.into_iter().zip(fresh);
+            for answer in answers.iter_mut().filter(|a| a.is_none()) {
+                if let Some((r, k)) = fresh.next() {
+                    known.insert((r, sender.to_owned()), (k, now + KNOWN_FOR));
+                    *answer = Some(k);
+                }
+            }
+        }
+        Ok(answers.into_iter().map(|a| a.unwrap_or(false)).collect())
     }
 
     /// The bounds of every recipient queue.

@@ -89,6 +89,52 @@ async fn a_stranger_cannot_flood_a_queue_and_known_senders_still_get_through() {
 }
 
 #[tokio::test]
+async fn a_stranger_who_becomes_known_gets_the_larger_quota_at_once() {
+    let h = start(|c| {
+        c.limits.max_pending_per_stranger = 1;
+        c.limits.max_pending_per_sender = 3;
+    })
+    .await;
+    let bob = Account::create(&h, "bob", "phone").await;
+    let mallory = Account::create(&h, "mallory", "pc").await;
+    let eve = Account::create(&h, "eve", "pc").await;
+    let send = |from: &Account, id: u8| {
+        let delivery = from.delivery();
+        let to = bob.me();
+        async move { delivery.enqueue(&enqueue_to(&to, id, b"x")).await }
+    };
+    // Both are strangers to Bob: one message each, then refused (and the answer is remembered).
+    for who in [&mallory, &eve] {
+        send(who, 1).await.unwrap();
+        assert_eq!(
+            send(who, 2).await.unwrap_err().code(),
+            Code::ResourceExhausted
+        );
+    }
+    // Bob writes to Mallory: she is known from then on, with the larger quota.
+    bob.delivery()
+        .enqueue(&enqueue_to(&mallory.me(), 9, b"hello"))
+        .await
+        .unwrap();
+    send(&mallory, 2).await.unwrap();
+    send(&mallory, 3).await.unwrap();
+    assert_eq!(
+        send(&mallory, 4).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    // Bob puts Eve in a channel with him: the same.
+    v1::channel_client::ChannelClient::new(bob.client.clone())
+        .create_channel(&v1::CreateChannelRequest {
+            name: "eve and bob".into(),
+            members: vec!["eve".into()],
+            mls_group_id: vec![1; 16].into(),
+        })
+        .await
+        .unwrap();
+    send(&eve, 2).await.unwrap();
+}
+
+#[tokio::test]
 async fn queue_bytes_message_size_and_device_count_are_bounded() {
     let h = start(|c| {
         c.limits.max_message_bytes = 1000;
