@@ -29,7 +29,8 @@ pub struct Config {
 pub struct Limits {
     /// Largest request payload (default 4 MiB).
     pub max_payload_bytes: u32,
-    /// Concurrent calls per connection (default 100).
+    /// Concurrent calls per connection (default 32; quinn sets aside state for each on every
+    /// connection, so this is also a memory knob).
     pub max_concurrent_streams: u32,
     /// Messages a device queue may hold (default 10,000).
     pub max_queue_depth: u64,
@@ -111,7 +112,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_payload_bytes: 4 * 1024 * 1024,
-            max_concurrent_streams: 100,
+            max_concurrent_streams: 32,
             max_queue_depth: 10_000,
             max_queue_bytes: 256 * 1024 * 1024,
             max_message_bytes: 1024 * 1024,
