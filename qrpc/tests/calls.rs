@@ -194,6 +194,24 @@ async fn oversize_payload_fails_that_call_only() {
 }
 
 #[tokio::test]
+async fn a_server_sending_one_datagram_at_a_time_still_moves_megabytes() {
+    let server = start_with(TestService::default(), |c| {
+        c.max_send_segments = Some(1);
+        c
+    });
+    let client = qrpc::Client::builder(server.addr, server.tls())
+        .connect()
+        .await
+        .unwrap();
+    let big = Msg {
+        data: (0..2 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect(),
+        ..Msg::default()
+    };
+    let echoed: Msg = client.unary(ECHO.id, &big).await.unwrap();
+    assert_eq!(echoed.data, big.data);
+}
+
+#[tokio::test]
 async fn oversize_response_is_refused_by_the_client() {
     let server = start(TestService::default());
     let client = qrpc::Client::builder(server.addr, server.tls())

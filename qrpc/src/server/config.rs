@@ -29,6 +29,12 @@ pub struct ServerConfig {
     pub push_queue_capacity: usize,
     /// ALPN protocol ids offered, most preferred first (default `qrpc/1`).
     pub alpn: Vec<Vec<u8>>,
+    /// Most datagrams quinn batches into one send (UDP segmentation offload); `None` (the
+    /// default) uses what the socket supports. quinn keeps each connection's transmit buffer at
+    /// the largest batch it sent (about 13 KB at ten segments), so a server holding many idle
+    /// connections can set 1 or 2 to save that memory, at the cost of more system calls for
+    /// bulk sends.
+    pub max_send_segments: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +48,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             push_queue_capacity: 256,
             alpn: vec![DEFAULT_ALPN.to_vec()],
+            max_send_segments: None,
         }
     }
 }
