@@ -196,7 +196,7 @@ async fn oversize_payload_fails_that_call_only() {
 #[tokio::test]
 async fn a_server_sending_one_datagram_at_a_time_still_moves_megabytes() {
     let server = start_with(TestService::default(), |c| {
-        c.max_send_segments = Some(1);
+        c.segmentation_offload = false;
         c
     });
     let client = qrpc::Client::builder(server.addr, server.tls())

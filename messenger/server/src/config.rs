@@ -32,11 +32,10 @@ pub struct Limits {
     /// Concurrent calls per connection (default 32; quinn sets aside state for each on every
     /// connection, so this is also a memory knob).
     pub max_concurrent_streams: u32,
-    /// Datagrams batched into one UDP send (segmentation offload); 0 = what the socket
-    /// supports (default 1: each connection then keeps a transmit buffer of one datagram
-    /// instead of about 13 KB, which matters with thousands of idle connections; bulk sends make
-    /// more system calls).
-    pub udp_send_segments: u32,
+    /// Batch several datagrams into one UDP send (segmentation offload; default false: each
+    /// connection then keeps a transmit buffer of one datagram instead of about 13 KB, which
+    /// matters with thousands of idle connections; bulk sends make more system calls).
+    pub udp_segmentation_offload: bool,
     /// Messages a device queue may hold (default 10,000).
     pub max_queue_depth: u64,
     /// Payload bytes a device queue may hold (default 256 MiB).
@@ -118,7 +117,7 @@ impl Default for Limits {
         Self {
             max_payload_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 32,
-            udp_send_segments: 1,
+            udp_segmentation_offload: false,
             max_queue_depth: 10_000,
             max_queue_bytes: 256 * 1024 * 1024,
             max_message_bytes: 1024 * 1024,

@@ -128,10 +128,7 @@ async fn prepare(config: &Config) -> anyhow::Result<Prepared<SqliteStore>> {
     let builder = qrpc::Server::builder().tls(tls).configure(|c| {
         c.max_payload = limits.max_payload_bytes;
         c.max_concurrent_streams = limits.max_concurrent_streams;
-        c.max_send_segments = match limits.udp_send_segments {
-            0 => None,
-            n => Some(n as usize),
-        };
+        c.segmentation_offload = limits.udp_segmentation_offload;
         c.alpn = vec![b"qpq/1".to_vec()];
         c.shutdown_grace = std::time::Duration::from_secs(10);
     });

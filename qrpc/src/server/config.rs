@@ -29,12 +29,12 @@ pub struct ServerConfig {
     pub push_queue_capacity: usize,
     /// ALPN protocol ids offered, most preferred first (default `qrpc/1`).
     pub alpn: Vec<Vec<u8>>,
-    /// Most datagrams quinn batches into one send (UDP segmentation offload); `None` (the
-    /// default) uses what the socket supports. quinn keeps each connection's transmit buffer at
-    /// the largest batch it sent (about 13 KB at ten segments), so a server holding many idle
-    /// connections can set 1 or 2 to save that memory, at the cost of more system calls for
-    /// bulk sends.
-    pub max_send_segments: Option<usize>,
+    /// Whether quinn batches several datagrams into one send (UDP generic segmentation offload,
+    /// where the socket supports it; default true). quinn keeps each connection's transmit
+    /// buffer at the largest batch it sent (about 13 KB at ten segments), so a server holding
+    /// many idle connections can turn this off to save that memory, at the cost of more system
+    /// calls for bulk sends.
+    pub segmentation_offload: bool,
 }
 
 impl Default for ServerConfig {
@@ -48,7 +48,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             push_queue_capacity: 256,
             alpn: vec![DEFAULT_ALPN.to_vec()],
-            max_send_segments: None,
+            segmentation_offload: true,
         }
     }
 }
@@ -60,7 +60,8 @@ impl ServerConfig {
             .max_concurrent_bidi_streams(self.max_concurrent_streams.into())
             // Clients never open unidirectional streams; the server opens the push stream.
             .max_concurrent_uni_streams(0u32.into())
-            .max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
+            .max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok())
+            .enable_segmentation_offload(self.segmentation_offload);
         Arc::new(transport)
     }
 }

@@ -2,7 +2,6 @@
 
 mod call;
 mod config;
-mod socket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -143,7 +142,7 @@ impl<L> Server<L> {
         let mut quic =
             quinn::ServerConfig::with_crypto(Arc::new(tls.quic_config(&self.config.alpn)?));
         quic.transport_config(self.config.transport());
-        let endpoint = endpoint(quic, addr, self.config.max_send_segments)
+        let endpoint = quinn::Endpoint::server(quic, addr)
             .map_err(|source| ServerError::Bind { addr, source })?;
         let service = self.layer.layer(routes.clone());
         Ok(BoundServer {
@@ -329,27 +328,4 @@ where
         }
     }
     connection.on_closed();
-}
-
-/// The QUIC endpoint on `addr`, with sends capped to `max_send_segments` datagrams if given.
-fn endpoint(
-    quic: quinn::ServerConfig,
-    addr: SocketAddr,
-    max_send_segments: Option<usize>,
-) -> std::io::Result<quinn::Endpoint> {
-    let Some(max_segments) = max_send_segments else {
-        return quinn::Endpoint::server(quic, addr);
-    };
-    let runtime =
-        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
-    let inner = runtime.wrap_udp_socket(std::net::UdpSocket::bind(addr)?)?;
-    quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
-        Some(quic),
-        Arc::new(socket::CappedSegments {
-            inner,
-            max_segments,
-        }),
-        runtime,
-    )
 }
