@@ -40,15 +40,26 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Starts a qrpc echo server on loopback and connects a generated client to it.
 pub async fn qrpc_pair() -> Result<EchoClient, Error> {
+    qrpc_pair_with(qrpc::TransportProfile::default()).await
+}
+
+/// Like [`qrpc_pair`], with `profile` on both sides.
+pub async fn qrpc_pair_with(profile: qrpc::TransportProfile) -> Result<EchoClient, Error> {
     let cert = SelfSigned::generate(&["localhost"])?;
     let server = qrpc::Server::builder()
         .tls(cert.server_tls())
-        .configure(|c| c.max_concurrent_streams = MAX_STREAMS)
+        .configure(|c| {
+            c.max_concurrent_streams = MAX_STREAMS;
+            c.transport_profile = profile;
+        })
         .add_service(EchoServer::new(EchoService))
         .bind(loopback())?;
     let addr = server.local_addr()?;
     tokio::spawn(server.serve());
-    let client = qrpc::Client::connect(addr, ClientTls::pinned(cert.fingerprint())).await?;
+    let client = qrpc::Client::builder(addr, ClientTls::pinned(cert.fingerprint()))
+        .configure(|c| c.transport_profile = profile)
+        .connect()
+        .await?;
     Ok(EchoClient::new(client))
 }
 

@@ -76,6 +76,7 @@ mod routes;
 mod server;
 mod status;
 pub mod tls;
+mod transport;
 
 pub use body::{
     MessageStream, Request, RequestBody, Response, ResponseBody, ResponseStream, Streaming,
@@ -94,6 +95,7 @@ pub use routes::{
 };
 pub use server::{BoundServer, Server, ServerConfig, ServerError};
 pub use status::{Code, ErrorStatus, Status};
+pub use transport::{RPC_MAX_ACK_DELAY, TransportProfile};
 
 /// Includes the code qrpc-build generated for every package, nested in modules that mirror the
 /// package names (so cross-package references resolve). Use at the crate root or in a module.

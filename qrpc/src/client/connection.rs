@@ -102,6 +102,7 @@ impl Link {
     ) -> Result<(Arc<Self>, PushEvents), ClientError> {
         let mut quic = quinn::ClientConfig::new(Arc::new(tls.quic_config(&config.alpn)?));
         let mut transport = quinn::TransportConfig::default();
+        config.transport_profile.apply(&mut transport);
         transport
             .keep_alive_interval(config.keep_alive_interval)
             .max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok())

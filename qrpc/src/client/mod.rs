@@ -88,6 +88,8 @@ pub struct ClientConfig {
     pub local_addr: Option<SocketAddr>,
     /// Reconnect behaviour.
     pub reconnect: ReconnectPolicy,
+    /// QUIC transport preset (default [`TransportProfile::Rpc`](crate::TransportProfile::Rpc)).
+    pub transport_profile: crate::TransportProfile,
 }
 
 impl Default for ClientConfig {
@@ -101,6 +103,7 @@ impl Default for ClientConfig {
             alpn: vec![DEFAULT_ALPN.to_vec()],
             local_addr: None,
             reconnect: ReconnectPolicy::default(),
+            transport_profile: crate::TransportProfile::default(),
         }
     }
 }

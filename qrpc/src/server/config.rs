@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// many idle connections can turn this off to save that memory, at the cost of more system
     /// calls for bulk sends.
     pub segmentation_offload: bool,
+    /// QUIC transport preset (default [`TransportProfile::Rpc`](crate::TransportProfile::Rpc)).
+    pub transport_profile: crate::TransportProfile,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +51,7 @@ impl Default for ServerConfig {
             push_queue_capacity: 256,
             alpn: vec![DEFAULT_ALPN.to_vec()],
             segmentation_offload: true,
+            transport_profile: crate::TransportProfile::default(),
         }
     }
 }
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
 impl ServerConfig {
     pub(crate) fn transport(&self) -> Arc<quinn::TransportConfig> {
         let mut transport = quinn::TransportConfig::default();
+        self.transport_profile.apply(&mut transport);
         transport
             .max_concurrent_bidi_streams(self.max_concurrent_streams.into())
             // Clients never open unidirectional streams; the server opens the push stream.
