@@ -75,17 +75,22 @@ async fn register_login_and_wrong_password() {
 
 #[tokio::test]
 async fn unknown_users_get_indistinguishable_login_responses() {
+    use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse};
     let h = start(|_| {}).await;
     let client = h.connect().await;
     register(&client, "known", "pw").await.unwrap();
     let auth = v1::auth_client::AuthClient::new(client.clone());
     let mut sizes = Vec::new();
-    for user in ["known", "unknown"] {
-        let start = opaque_ke::ClientLogin::<qpq_server::auth::OpaqueSuite>::start(
-            &mut rand_core_06::OsRng,
-            b"pw",
-        )
-        .unwrap();
+    // An unknown user's answer looks and behaves like a known user's with a wrong password: same
+    // size, it parses, and only the password's owner can finish with it.
+    for (user, password, finishes) in [
+        ("known", &b"pw"[..], true),
+        ("known", b"wrong", false),
+        ("unknown", b"pw", false),
+    ] {
+        let mut rng = rand_core_06::OsRng;
+        let start =
+            ClientLogin::<qpq_server::auth::OpaqueSuite>::start(&mut rng, password).unwrap();
         let r = auth
             .login_start(&v1::LoginStartRequest {
                 user: user.into(),
@@ -95,8 +100,16 @@ async fn unknown_users_get_indistinguishable_login_responses() {
             .await
             .unwrap();
         sizes.push(r.credential_response.len());
+        let response = CredentialResponse::deserialize(&r.credential_response).unwrap();
+        let finished = start.state.finish(
+            &mut rng,
+            password,
+            response,
+            ClientLoginFinishParameters::default(),
+        );
+        assert_eq!(finished.is_ok(), finishes, "{user} with {password:?}");
     }
-    assert_eq!(sizes[0], sizes[1]);
+    assert!(sizes.iter().all(|s| *s == sizes[0]), "{sizes:?}");
 }
 
 #[tokio::test]

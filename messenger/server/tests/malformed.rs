@@ -40,6 +40,7 @@ async fn every_method_refuses_garbage_and_empty_requests() {
     let account = Account::create(&h, "alice", "phone").await;
     let public = qpq_server::server::public_methods();
     let mut checked = 0;
+    let mut accepted_empty = Vec::new();
     for descriptor in qpq_proto::descriptors() {
         for method in descriptor.methods {
             // Before login: public methods decode and refuse; protected ones refuse to run.
@@ -76,12 +77,15 @@ async fn every_method_refuses_garbage_and_empty_requests() {
             // An empty (all-defaults) request is refused with a clear client-side code, never
             // Internal; a few methods legitimately accept it.
             let result = call(&account.client, method.kind, method.id, Bytes::new()).await;
-            if let Err(err) = result {
-                assert!(
-                    !matches!(err.code(), Code::Internal | Code::Unknown),
-                    "{method} answered an empty request with {err}"
-                );
-                assert!(!err.message().is_empty(), "{method}");
+            match result {
+                Err(err) => {
+                    assert!(
+                        !matches!(err.code(), Code::Internal | Code::Unknown),
+                        "{method} answered an empty request with {err}"
+                    );
+                    assert!(!err.message().is_empty(), "{method}");
+                }
+                Ok(()) => accepted_empty.push(method.name),
             }
             if method.id == qpq_proto::v1::auth_server::LOGOUT.id {
                 // An empty Logout request is valid and ends the session: log in again.
@@ -93,6 +97,21 @@ async fn every_method_refuses_garbage_and_empty_requests() {
         }
     }
     assert_eq!(checked, 37);
+    // Exactly the methods whose every field is optional take an all-defaults request.
+    accepted_empty.sort_unstable();
+    assert_eq!(
+        accepted_empty,
+        [
+            "Ack",
+            "Fetch",
+            "FetchWait",
+            "Health",
+            "KtHead",
+            "ListDevices",
+            "Logout",
+            "Peek"
+        ]
+    );
     // Still serving.
     let health = qpq_proto::v1::p2p_client::P2pClient::new(anonymous.clone())
         .health(&qpq_proto::v1::HealthRequest {})
