@@ -400,7 +400,9 @@ async fn client_cancel_drops_the_handler_future() {
 
 #[tokio::test]
 async fn dropping_a_response_stream_cancels_the_server_stream() {
-    let server = start(TestService::default());
+    let service = TestService::default();
+    let observed = service.observed.clone();
+    let server = start(service);
     let client = server.client().await;
     let mut stream = client
         .server_streaming::<_, Msg>(COUNT.id, &Msg::n(1_000_000))
@@ -408,8 +410,20 @@ async fn dropping_a_response_stream_cancels_the_server_stream() {
         .unwrap();
     assert_eq!(stream.message().await.unwrap().unwrap().n, 0);
     drop(stream);
-    // The server stops producing; the connection is healthy.
+    // The server drops its stream long before the end, and stops producing.
+    eventually(|| observed.count_dropped.load(Ordering::SeqCst) == 1).await;
+    let produced = observed.count_produced.load(Ordering::SeqCst);
+    assert!(produced < 1_000_000, "{produced} items produced");
+    assert_eq!(observed.count_produced.load(Ordering::SeqCst), produced);
+    // The connection is healthy.
     assert!(client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.is_ok());
+    // A stream read to its end is not counted as dropped.
+    let mut all = client
+        .server_streaming::<_, Msg>(COUNT.id, &Msg::n(3))
+        .await
+        .unwrap();
+    while all.message().await.unwrap().is_some() {}
+    assert_eq!(observed.count_dropped.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -67,6 +67,24 @@ pub struct Observed {
     pub slow_finished: AtomicUsize,
     pub in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
+    /// Items the Count stream has produced.
+    pub count_produced: AtomicUsize,
+    /// Count streams dropped before their last item.
+    pub count_dropped: AtomicUsize,
+}
+
+/// Counts a Count stream dropped before it finished.
+struct CountGuard {
+    observed: Arc<Observed>,
+    finished: bool,
+}
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.observed.count_dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -90,6 +108,7 @@ impl RpcService for TestService {
 
     fn register(self, routes: &mut RoutesBuilder) {
         let observed = self.observed.clone();
+        let count_observed = self.observed.clone();
         routes
             .add(
                 ECHO,
@@ -114,9 +133,24 @@ impl RpcService for TestService {
             )
             .add(
                 COUNT,
-                Handler::server_streaming(|_ctx, m: Msg| async move {
-                    let items = (0..m.n).map(|i| Ok(Msg::n(i)));
-                    Ok::<_, Status>(futures::stream::iter(items).boxed())
+                Handler::server_streaming(move |_ctx, m: Msg| {
+                    let observed = Arc::clone(&count_observed);
+                    async move {
+                        let guard = CountGuard {
+                            observed,
+                            finished: false,
+                        };
+                        let items =
+                            futures::stream::unfold((0u64, guard), move |(i, mut g)| async move {
+                                if i >= m.n {
+                                    g.finished = true;
+                                    return None;
+                                }
+                                g.observed.count_produced.fetch_add(1, Ordering::SeqCst);
+                                Some((Ok(Msg::n(i)), (i + 1, g)))
+                            });
+                        Ok::<_, Status>(items.boxed())
+                    }
                 }),
             )
             .add(
