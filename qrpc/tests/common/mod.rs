@@ -79,6 +79,12 @@ struct CountGuard {
     finished: bool,
 }
 
+impl CountGuard {
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
 impl Drop for CountGuard {
     fn drop(&mut self) {
         if !self.finished {
@@ -143,7 +149,7 @@ impl RpcService for TestService {
                         let items =
                             futures::stream::unfold((0u64, guard), move |(i, mut g)| async move {
                                 if i >= m.n {
-                                    g.finished = true;
+                                    g.finish();
                                     return None;
                                 }
                                 g.observed.count_produced.fetch_add(1, Ordering::SeqCst);
