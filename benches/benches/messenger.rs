@@ -20,21 +20,8 @@ async fn setup() -> Setup {
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
     };
-    config.limits.calls_per_second_per_ip = 1_000_000;
-    config.limits.logins_per_minute_per_ip = 1_000_000;
-    config.limits.max_queue_depth = 1_000_000;
-    // The bench measures throughput; the abuse controls (per-user rates, per-sender and
-    // stranger quotas, login limits per account and connection) would only throttle it.
-    config.limits.messages_per_second_per_user = 1_000_000;
-    config.limits.stranger_messages_per_minute_per_user = 1_000_000;
-    config.limits.max_pending_per_sender = 1_000_000;
-    config.limits.max_pending_per_stranger = 1_000_000;
-    config.limits.max_pending_bytes_per_stranger = 1 << 40;
-    config.limits.max_pending_bytes_per_sender = 1 << 40;
-    config.limits.max_queue_bytes = 1 << 40;
-    config.limits.writes_per_second_per_user = 1_000_000;
-    config.limits.logins_per_minute_per_account = 1_000_000;
-    config.limits.auth_attempts_per_connection = 1_000_000;
+    // The bench measures throughput; the abuse controls would only throttle it.
+    qrpc_benches::unthrottled(&mut config);
     let server = qpq_server::start(config).await.unwrap();
     Setup { _dir: dir, server }
 }
@@ -184,7 +171,7 @@ fn messenger(c: &mut Criterion) {
     g.finish();
     latencies.sort();
     if !latencies.is_empty() {
-        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+        let pct = |p: f64| qrpc_benches::percentile(&latencies, p);
         println!(
             "messenger/enqueue_to_push percentiles over {} samples: p50 {:?}, p99 {:?}",
             latencies.len(),

@@ -24,21 +24,7 @@ async fn world() -> World {
         ..Default::default()
     };
     // Throughput runs: the abuse controls would only throttle them.
-    let l = &mut config.limits;
-    l.calls_per_second_per_ip = 1_000_000;
-    l.logins_per_minute_per_ip = 1_000_000;
-    l.logins_per_minute_per_account = 1_000_000;
-    l.messages_per_second_per_user = 1_000_000;
-    l.stranger_messages_per_minute_per_user = 1_000_000;
-    l.max_pending_per_sender = 1_000_000;
-    l.max_pending_per_stranger = 1_000_000;
-    l.max_pending_bytes_per_sender = 1 << 40;
-    l.max_pending_bytes_per_stranger = 1 << 40;
-    l.max_queue_depth = 1_000_000;
-    l.max_queue_bytes = 1 << 40;
-    l.writes_per_second_per_user = 1_000_000;
-    l.key_package_fetches_per_minute_per_pair = 1_000_000;
-    l.key_package_fetches_per_minute_per_user = 1_000_000;
+    qrpc_benches::unthrottled(&mut config);
     World {
         server: qpq_server::start(config).await.unwrap(),
         _dir: dir,
@@ -102,10 +88,6 @@ async fn received(u: &mut User, id: MessageId) {
     .await;
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 fn sdk(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -148,8 +130,8 @@ fn sdk(c: &mut Criterion) {
     println!(
         "sdk/dm_end_to_end percentiles over {} messages: p50 {:?}, p99 {:?}",
         samples.len(),
-        percentile(&samples, 0.50),
-        percentile(&samples, 0.99)
+        qrpc_benches::percentile(&samples, 0.50),
+        qrpc_benches::percentile(&samples, 0.99)
     );
     let _ = &mut alice.events;
 

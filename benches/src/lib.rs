@@ -161,6 +161,38 @@ impl RawQuinn {
     }
 }
 
+/// Lifts every rate limit and quota of a qpq-server configuration: throughput and load runs
+/// measure the server, which the abuse controls would only throttle.
+pub fn unthrottled(config: &mut qpq_server::Config) {
+    const RATE: u32 = 10_000_000;
+    const COUNT: u64 = 10_000_000;
+    let l = &mut config.limits;
+    l.calls_per_second_per_ip = RATE;
+    l.logins_per_minute_per_ip = RATE;
+    l.logins_per_minute_per_account = RATE;
+    l.auth_attempts_per_connection = RATE;
+    l.resumes_per_minute_per_ip = RATE;
+    l.messages_per_second_per_user = RATE;
+    l.stranger_messages_per_minute_per_user = RATE;
+    l.writes_per_second_per_user = RATE;
+    l.key_package_fetches_per_minute_per_pair = RATE;
+    l.key_package_fetches_per_minute_per_user = RATE;
+    l.max_pending_per_sender = COUNT;
+    l.max_pending_per_stranger = COUNT;
+    l.max_pending_bytes_per_sender = 1 << 40;
+    l.max_pending_bytes_per_stranger = 1 << 40;
+    l.max_queue_depth = COUNT;
+    l.max_queue_bytes = 1 << 40;
+}
+
+/// The `p` quantile (0 to 1) of sorted samples; zero when there are none.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }

@@ -56,13 +56,6 @@ struct Args {
     connections: usize,
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 fn rss_kib(pid: Option<u32>) -> Option<u64> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/status"),
@@ -98,21 +91,7 @@ async fn target(args: &Args) -> anyhow::Result<Target> {
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
     };
-    let l = &mut config.limits;
-    l.calls_per_second_per_ip = 10_000_000;
-    l.logins_per_minute_per_ip = 10_000_000;
-    l.logins_per_minute_per_account = 10_000_000;
-    l.auth_attempts_per_connection = 10_000_000;
-    l.resumes_per_minute_per_ip = 10_000_000;
-    l.messages_per_second_per_user = 10_000_000;
-    l.stranger_messages_per_minute_per_user = 10_000_000;
-    l.max_pending_per_sender = 10_000_000;
-    l.max_pending_per_stranger = 10_000_000;
-    l.max_pending_bytes_per_sender = 1 << 40;
-    l.max_pending_bytes_per_stranger = 1 << 40;
-    l.max_queue_depth = 10_000_000;
-    l.max_queue_bytes = 1 << 40;
-    l.writes_per_second_per_user = 10_000_000;
+    qrpc_benches::unthrottled(&mut config);
     let server = qpq_server::start(config).await?;
     Ok(Target {
         addr: server.addr,
@@ -350,14 +329,14 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "enqueue call latency: p50 {:?}, p99 {:?}, max {:?}",
-        pct(&enqueue_latencies, 0.50),
-        pct(&enqueue_latencies, 0.99),
+        qrpc_benches::percentile(&enqueue_latencies, 0.50),
+        qrpc_benches::percentile(&enqueue_latencies, 0.99),
         enqueue_latencies.last().copied().unwrap_or_default()
     );
     println!(
         "send to fetch latency: p50 {:?}, p99 {:?}",
-        pct(&delivery_latencies, 0.50),
-        pct(&delivery_latencies, 0.99)
+        qrpc_benches::percentile(&delivery_latencies, 0.50),
+        qrpc_benches::percentile(&delivery_latencies, 0.99)
     );
     println!("delivery check: {lost} lost, {duplicated} duplicated, {unexpected} unexpected");
 

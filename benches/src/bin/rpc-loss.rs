@@ -26,13 +26,6 @@ struct Args {
     payload: usize,
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
@@ -90,9 +83,9 @@ async fn main() -> anyhow::Result<()> {
         args.stack,
         args.in_flight,
         sorted.len() as f64 / args.seconds as f64,
-        ms(pct(&sorted, 0.50)),
-        ms(pct(&sorted, 0.99)),
-        ms(pct(&sorted, 0.999)),
+        ms(qrpc_benches::percentile(&sorted, 0.50)),
+        ms(qrpc_benches::percentile(&sorted, 0.99)),
+        ms(qrpc_benches::percentile(&sorted, 0.999)),
     );
     Ok(())
 }

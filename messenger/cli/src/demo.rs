@@ -36,21 +36,8 @@ struct User {
 
 struct Demo<'a> {
     out: &'a mut (dyn Write + Send),
-    server: qpq_server::RunningServer,
+    server: crate::embedded::Embedded,
     summary: Summary,
-}
-
-fn client(
-    server: &qpq_server::RunningServer,
-    dir: &std::path::Path,
-    key: [u8; 32],
-) -> anyhow::Result<QpqClient> {
-    Ok(QpqClient::builder()
-        .server(server.addr)
-        .pin(server.fingerprint)
-        .data_dir(dir)
-        .raw_key(key)
-        .build()?)
 }
 
 /// Waits for the first event `pick` accepts.
@@ -128,7 +115,7 @@ impl Demo<'_> {
     async fn user(&mut self, name: &'static str, device: &'static str) -> anyhow::Result<User> {
         let dir = tempfile::tempdir()?;
         let key: [u8; 32] = rand::random();
-        let client = client(&self.server, dir.path(), key)?;
+        let client = self.server.client(dir.path(), key)?;
         let events = client.subscribe();
         let password = format!("{name}'s password");
         client.register(name, &password).await?;
@@ -176,14 +163,7 @@ impl Demo<'_> {
 
 /// Runs the demo, writing its transcript to `out`.
 pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<Summary> {
-    let server_dir = tempfile::tempdir()?;
-    let server = qpq_server::start(qpq_server::Config {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: server_dir.path().to_path_buf(),
-        ..Default::default()
-    })
-    .await
-    .context("starting the embedded server")?;
+    let server = crate::embedded::Embedded::start().await?;
     let mut demo = Demo {
         out,
         server,
@@ -201,8 +181,8 @@ async fn script(d: &mut Demo<'_>) -> anyhow::Result<()> {
     d.say("qpq demo — three users on a throwaway qpq-server (loopback only, nothing kept)")?;
     d.say(format!(
         "server {} · certificate sha256 {}",
-        d.server.addr,
-        qrpc::tls::format_fingerprint(&d.server.fingerprint)
+        d.server.server.addr,
+        qrpc::tls::format_fingerprint(&d.server.server.fingerprint)
     ))?;
 
     d.say("\n1. Accounts (OPAQUE registration: the server never sees a password)")?;
@@ -361,7 +341,7 @@ async fn script(d: &mut Demo<'_>) -> anyhow::Result<()> {
             .await?;
         away.push(id);
     }
-    let carol_client = client(&d.server, carol_dir.path(), carol_key)?;
+    let carol_client = d.server.client(carol_dir.path(), carol_key)?;
     let mut carol = User {
         name: "carol",
         device: "tablet",

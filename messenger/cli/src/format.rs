@@ -2,6 +2,11 @@
 
 use qpq_sdk::{ClientEvent, ConnectionState, Conversation, ConversationKind, Message, SendState};
 
+/// The user part of a `user/device` name.
+pub fn user_of(name: &str) -> &str {
+    name.split('/').next().unwrap_or_default()
+}
+
 /// `hh:mm:ss` (UTC) of a time in milliseconds since the Unix epoch.
 pub fn clock(ms: u64) -> String {
     let s = ms / 1000;

@@ -10,6 +10,7 @@
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod embedded;
 pub mod format;
 pub mod keys;
 pub mod launcher;

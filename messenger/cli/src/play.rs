@@ -195,7 +195,7 @@ struct Player {
 }
 
 struct Run {
-    server: qpq_server::RunningServer,
+    server: crate::embedded::Embedded,
     players: HashMap<String, Player>,
     messages: HashMap<String, (String, MessageId)>,
 }
@@ -219,12 +219,7 @@ impl Run {
     }
 
     fn open(&self, dir: &std::path::Path, key: [u8; 32]) -> anyhow::Result<QpqClient> {
-        Ok(QpqClient::builder()
-            .server(self.server.addr)
-            .pin(self.server.fingerprint)
-            .data_dir(dir)
-            .raw_key(key)
-            .build()?)
+        self.server.client(dir, key)
     }
 
     /// The conversation `to` names from `from`'s side: a group by name, or the DM with a user.
@@ -388,14 +383,7 @@ impl Run {
 /// Runs a playbook on a throwaway embedded server, reporting each step to `out`. The error
 /// names the first step that failed and why.
 pub async fn run(book: &Playbook, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
-    let server_dir = tempfile::tempdir()?;
-    let server = qpq_server::start(qpq_server::Config {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: server_dir.path().to_path_buf(),
-        ..Default::default()
-    })
-    .await
-    .context("starting the embedded server")?;
+    let server = crate::embedded::Embedded::start().await?;
     let mut run = Run {
         server,
         players: HashMap::new(),

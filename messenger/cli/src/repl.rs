@@ -134,7 +134,7 @@ fn spawn_event_printer(
                     let convs = client.conversations().unwrap_or_default();
                     let me = client
                         .whoami()
-                        .map(|w| w.split('/').next().unwrap_or_default().to_owned());
+                        .map(|w| crate::format::user_of(&w).to_owned());
                     let name = |id: &qpq_sdk::ConversationId| {
                         convs.iter().find(|c| c.id == *id).map_or_else(
                             || id.to_string(),

@@ -88,9 +88,7 @@ impl Session {
 
     /// This user's name, once logged in.
     pub fn me(&self) -> Option<String> {
-        self.client
-            .whoami()
-            .map(|w| w.split('/').next().unwrap_or_default().to_owned())
+        self.client.whoami().map(|w| format::user_of(&w).to_owned())
     }
 
     /// A conversation's display name.

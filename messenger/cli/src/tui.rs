@@ -102,7 +102,7 @@ fn message_lines(
             Style::default().fg(Color::DarkGray),
         ),
         Span::styled(
-            format!("{}: ", m.sender.split('/').next().unwrap_or_default()),
+            format!("{}: ", crate::format::user_of(&m.sender)),
             Style::default().add_modifier(Modifier::BOLD),
         ),
     ];
@@ -530,9 +530,19 @@ impl App {
         self.view.messages = current
             .and_then(|conv| c.messages(&conv.id, 300).ok())
             .unwrap_or_default();
+        self.refresh_typing();
+    }
+
+    /// Recomputes who is typing in the selected conversation (indicators expire after 6 s).
+    fn refresh_typing(&mut self) {
         let now = Instant::now();
+        let current = self
+            .view
+            .conversations
+            .get(self.view.selected)
+            .map(|(id, _, _)| *id);
         self.view.typing = current
-            .and_then(|conv| self.typing.get(&conv.id))
+            .and_then(|id| self.typing.get(&id))
             .map(|users| {
                 users
                     .iter()
@@ -567,7 +577,7 @@ impl App {
             }
             ClientEvent::MessageReceived(m) if !m.outgoing => {
                 if let Some(users) = self.typing.get_mut(&m.conversation) {
-                    users.remove(m.sender.split('/').next().unwrap_or_default());
+                    users.remove(crate::format::user_of(&m.sender));
                 }
                 if session.current() == Some(m.conversation) {
                     let _ = session.client().mark_read(&m.conversation, &[m.id]);
@@ -652,8 +662,9 @@ pub async fn run(mut session: Session, keys: KeyMap) -> anyhow::Result<()> {
                 app.refresh(&session);
                 Intent::Redraw
             }
+            // Only typing indicators change with time alone; everything else changes by events.
             _ = tick.tick() => {
-                app.refresh(&session);
+                app.refresh_typing();
                 Intent::Redraw
             }
         };

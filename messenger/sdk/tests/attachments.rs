@@ -9,15 +9,14 @@ use qpq_sdk::{ClientEvent, Progress};
 #[tokio::test]
 async fn a_5_mib_attachment_survives_a_server_restart_mid_upload() {
     let mut server = Server::start().await;
-    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
-    let bob = account(&server, b_dir.path(), "bob", "phone").await;
-    let mut bob_events = bob.subscribe();
-    let dm = alice.create_dm("bob").await.unwrap();
-    next(&mut bob_events, |e| {
-        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
-    })
-    .await;
+    let Pair {
+        a_dir: _a_dir,
+        b_dir: _b_dir,
+        alice,
+        bob,
+        mut bob_events,
+        dm,
+    } = pair(&server).await;
 
     let file: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();

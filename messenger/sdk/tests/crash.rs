@@ -10,15 +10,14 @@ use tokio::sync::broadcast;
 /// Alice and Bob share a DM; Bob's process is then replaced by one armed to crash at `point`.
 async fn crash_scenario(point: CrashPoint) {
     let server = Server::start().await;
-    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
-    let bob = account(&server, b_dir.path(), "bob", "phone").await;
-    let mut bob_events = bob.subscribe();
-    let dm = alice.create_dm("bob").await.unwrap();
-    next(&mut bob_events, |e| {
-        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
-    })
-    .await;
+    let Pair {
+        a_dir: _a_dir,
+        b_dir,
+        alice,
+        bob,
+        bob_events: _bob_events,
+        dm,
+    } = pair(&server).await;
     drop(bob);
 
     // Bob's next process dies while it handles the first message.

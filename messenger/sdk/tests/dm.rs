@@ -201,15 +201,14 @@ async fn bad_arguments_are_clear_errors() {
 #[tokio::test]
 async fn a_sender_restarted_before_its_outbox_drained_delivers_each_message_once() {
     let mut server = Server::start().await;
-    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
-    let bob = account(&server, b_dir.path(), "bob", "phone").await;
-    let mut bob_events = bob.subscribe();
-    let dm = alice.create_dm("bob").await.unwrap();
-    next(&mut bob_events, |e| {
-        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
-    })
-    .await;
+    let Pair {
+        a_dir,
+        b_dir: _b_dir,
+        alice,
+        bob,
+        mut bob_events,
+        dm,
+    } = pair(&server).await;
 
     // Alice queues three messages with the server down, then her process goes away.
     server.stop().await;
@@ -332,15 +331,14 @@ async fn both_sides_compute_the_same_safety_number() {
 #[tokio::test]
 async fn the_outbox_is_bounded_and_says_so() {
     let mut server = Server::start().await;
-    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
-    let bob = account(&server, b_dir.path(), "bob", "phone").await;
-    let mut bob_events = bob.subscribe();
-    let dm = alice.create_dm("bob").await.unwrap();
-    next(&mut bob_events, |e| {
-        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
-    })
-    .await;
+    let Pair {
+        a_dir,
+        b_dir: _b_dir,
+        alice,
+        bob: _bob,
+        mut bob_events,
+        dm,
+    } = pair(&server).await;
     drop(alice);
 
     server.stop().await;
@@ -374,15 +372,14 @@ async fn the_outbox_is_bounded_and_says_so() {
 #[tokio::test]
 async fn a_queued_message_can_be_cancelled_until_the_outbox_hands_it_over() {
     let mut server = Server::start().await;
-    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
-    let bob = account(&server, b_dir.path(), "bob", "phone").await;
-    let mut bob_events = bob.subscribe();
-    let dm = alice.create_dm("bob").await.unwrap();
-    next(&mut bob_events, |e| {
-        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
-    })
-    .await;
+    let Pair {
+        a_dir,
+        b_dir: _b_dir,
+        alice,
+        bob: _bob,
+        mut bob_events,
+        dm,
+    } = pair(&server).await;
     drop(alice);
 
     // Offline: both messages wait in the outbox; one is taken back.

@@ -20,15 +20,14 @@ async fn undecryptable(events: &mut tokio::sync::broadcast::Receiver<ClientEvent
 #[tokio::test]
 async fn tampered_garbled_and_replayed_envelopes_are_events_not_failures() {
     let server = Server::start().await;
-    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
-    let bob = account(&server, b_dir.path(), "bob", "phone").await;
-    let mut bob_events = bob.subscribe();
-    let dm = alice.create_dm("bob").await.unwrap();
-    next(&mut bob_events, |e| {
-        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
-    })
-    .await;
+    let Pair {
+        a_dir: _a_dir,
+        b_dir: _b_dir,
+        alice,
+        bob: _bob,
+        mut bob_events,
+        dm,
+    } = pair(&server).await;
 
     // Mallory talks to the server directly with the generated clients.
     let mallory = raw_account(&server, "mallory", "pc").await;

@@ -87,7 +87,7 @@ pub struct AppState<S> {
     /// `(recipient, sender)` pairs recently checked, with the answer (does the recipient know
     /// the sender?) and until when it holds: spares the stranger check a store read on every
     /// message. Forgotten when the recipient writes to the sender and when channels change.
-    known: Mutex<HashMap<(String, String), (bool, std::time::Instant)>>,
+    known: Mutex<KnownPairs>,
 }
 
 /// How long a "does the recipient know the sender" answer is reused, at most. Every change
@@ -97,6 +97,53 @@ const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Pairs remembered at most; the memory is cleared when full.
 const KNOWN_PAIRS: usize = 100_000;
+
+/// Remembered stranger checks: recipient, then sender (looked up by `&str`, no allocation on
+/// the enqueue path), to the answer and until when it holds.
+#[derive(Default)]
+struct KnownPairs {
+    by_recipient: HashMap<String, HashMap<String, (bool, std::time::Instant)>>,
+    pairs: usize,
+}
+
+impl KnownPairs {
+    fn get(&self, recipient: &str, sender: &str, now: std::time::Instant) -> Option<bool> {
+        self.by_recipient
+            .get(recipient)?
+            .get(sender)
+            .filter(|(_, until)| *until > now)
+            .map(|(k, _)| *k)
+    }
+
+    fn insert(&mut self, recipient: String, sender: &str, known: bool, until: std::time::Instant) {
+        if self.pairs >= KNOWN_PAIRS {
+            self.clear();
+        }
+        let previous = self
+            .by_recipient
+            .entry(recipient)
+            .or_default()
+            .insert(sender.to_owned(), (known, until));
+        if previous.is_none() {
+            self.pairs += 1;
+        }
+    }
+
+    /// `recipient` wrote to `sender`: a remembered "stranger" answer no longer holds.
+    fn forget_stranger(&mut self, recipient: &str, sender: &str) {
+        if let Some(senders) = self.by_recipient.get_mut(recipient)
+            && matches!(senders.get(sender), Some((false, _)))
+        {
+            senders.remove(sender);
+            self.pairs -= 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_recipient.clear();
+        self.pairs = 0;
+    }
+}
 
 impl<S> std::fmt::Debug for AppState<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,17 +180,13 @@ impl<S: Store> AppState<S> {
             waiters: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashSet::new()),
             fetch_wait_queries: std::sync::atomic::AtomicU64::new(0),
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(KnownPairs::default()),
         }
     }
 
     /// `writer` just wrote to `reader`: from now on `writer` knows `reader`.
     pub fn wrote_to(&self, writer: &str, reader: &str) {
-        let key = (writer.to_owned(), reader.to_owned());
-        let mut known = lock(&self.known);
-        if matches!(known.get(&key), Some((false, _))) {
-            known.remove(&key);
-        }
+        lock(&self.known).forget_stranger(writer, reader);
     }
 
     /// Channel memberships changed: every cached answer may be stale.
@@ -163,12 +206,7 @@ impl<S: Store> AppState<S> {
             let known = lock(&self.known);
             recipients
                 .iter()
-                .map(|r| {
-                    known
-                        .get(&(r.clone(), sender.to_owned()))
-                        .filter(|(_, until)| *until > now)
-                        .map(|(k, _)| *k)
-                })
+                .map(|r| known.get(r, sender, now))
                 .collect()
         };
         let ask: Vec<String> = recipients
@@ -180,13 +218,10 @@ impl<S: Store> AppState<S> {
         if !ask.is_empty() {
             let fresh = self.store.known_to(sender.to_owned(), ask.clone()).await?;
             let mut known = lock(&self.known);
-            if known.len() >= KNOWN_PAIRS {
-                known.clear();
-            }
             let mut fresh = ask.into_iter().zip(fresh);
             for answer in answers.iter_mut().filter(|a| a.is_none()) {
                 if let Some((r, k)) = fresh.next() {
-                    known.insert((r, sender.to_owned()), (k, now + KNOWN_FOR));
+                    known.insert(r, sender, k, now + KNOWN_FOR);
                     *answer = Some(k);
                 }
             }

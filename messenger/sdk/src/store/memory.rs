@@ -8,12 +8,11 @@ use std::sync::{Mutex, MutexGuard};
 use qpq_core::mls::MlsMember;
 use rusqlite::{Connection, OpenFlags};
 
-use super::{
-    Delivery, Effect, Parked, Store, StoredAccount, Tx, author, now_ms, state_from, state_name,
-};
+use super::{Delivery, Effect, Parked, Store, StoredAccount, Tx, now_ms, state_from, state_name};
 use crate::error::{SdkError, SdkResult};
 use crate::model::{
     AttachmentInfo, Conversation, ConversationId, ConversationKind, Message, MessageId, SendState,
+    user_of,
 };
 
 /// A store that lives in memory. MLS state is in an in-memory SQLite database (openmls's
@@ -194,18 +193,16 @@ impl State {
 
     fn apply(&mut self, effect: &Effect) -> SdkResult<bool> {
         Ok(match effect {
-            Effect::None | Effect::Park { .. } | Effect::LeaveRequest { .. } => {
-                if let Effect::Park {
-                    seq,
-                    conversation,
-                    epoch,
-                    mls,
-                } = effect
-                {
-                    self.parked
-                        .entry(*seq)
-                        .or_insert_with(|| (*conversation, *epoch, mls.clone()));
-                }
+            Effect::None | Effect::LeaveRequest { .. } => false,
+            Effect::Park {
+                seq,
+                conversation,
+                epoch,
+                mls,
+            } => {
+                self.parked
+                    .entry(*seq)
+                    .or_insert_with(|| (*conversation, *epoch, mls.clone()));
                 false
             }
             Effect::Conversation(c, channel) => {
@@ -245,7 +242,7 @@ impl State {
             } => match self.messages.get_mut(&target.0) {
                 Some(row)
                     if row.message.conversation == *conversation
-                        && author(&row.message.sender) == by
+                        && user_of(&row.message.sender) == by
                         && !row.message.deleted =>
                 {
                     row.message.body.clone_from(body);
@@ -261,7 +258,7 @@ impl State {
             } => match self.messages.get_mut(&target.0) {
                 Some(row)
                     if row.message.conversation == *conversation
-                        && author(&row.message.sender) == by
+                        && user_of(&row.message.sender) == by
                         && !row.message.deleted =>
                 {
                     row.message.body.clear();

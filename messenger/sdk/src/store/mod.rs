@@ -316,11 +316,6 @@ impl dyn Store + '_ {
     }
 }
 
-/// The user part of a `user/device` sender.
-fn author(sender: &str) -> &str {
-    crate::model::user_of(sender)
-}
-
 fn now_ms() -> i64 {
     i64::try_from(
         std::time::SystemTime::now()

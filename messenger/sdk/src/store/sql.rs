@@ -946,12 +946,7 @@ fn author_of(
 }
 
 fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis()),
-    )
-    .unwrap_or(0);
+    let now = super::now_ms();
     Ok(match effect {
         Effect::None => false,
         Effect::Conversation(c, channel) => {

@@ -194,3 +194,34 @@ pub async fn joined(m: &mut Member) -> qpq_sdk::Conversation {
     })
     .await
 }
+
+/// Alice (laptop) and Bob (phone), each with a store in its own directory, and a direct
+/// conversation between them that Bob has joined.
+pub struct Pair {
+    pub a_dir: tempfile::TempDir,
+    pub b_dir: tempfile::TempDir,
+    pub alice: QpqClient,
+    pub bob: QpqClient,
+    pub bob_events: broadcast::Receiver<ClientEvent>,
+    pub dm: qpq_sdk::Conversation,
+}
+
+pub async fn pair(server: &Server) -> Pair {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(server, b_dir.path(), "bob", "phone").await;
+    let mut bob_events = bob.subscribe();
+    let dm = alice.create_dm("bob").await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+    Pair {
+        a_dir,
+        b_dir,
+        alice,
+        bob,
+        bob_events,
+        dm,
+    }
+}

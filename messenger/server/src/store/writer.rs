@@ -119,18 +119,20 @@ fn commit_group(conn: &mut Connection, jobs: impl Iterator<Item = Job>) {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
-            let e = backend(e);
-            for job in jobs {
-                // Without a transaction the job cannot run: its caller learns why.
-                drop(job);
-                tracing::error!(error = %e, "store writer cannot begin a transaction");
-            }
+            // Without a transaction no job can run: dropping them answers their callers with
+            // an error.
+            tracing::error!(error = %e, "store writer cannot begin a transaction");
+            drop(jobs.collect::<Vec<_>>());
             return;
         }
     };
     let mut finishes: Vec<Finish> = Vec::new();
     for job in jobs {
-        if let Err(e) = tx.execute_batch("SAVEPOINT job") {
+        // Cached statements: this runs for every write.
+        if let Err(e) = tx
+            .prepare_cached("SAVEPOINT job")
+            .and_then(|mut st| st.execute([]))
+        {
             tracing::error!(error = %e, "store writer cannot open a savepoint");
             drop(job);
             continue;
@@ -139,11 +141,13 @@ fn commit_group(conn: &mut Connection, jobs: impl Iterator<Item = Job>) {
         let ran = std::panic::catch_unwind(AssertUnwindSafe(|| job(&tx)));
         let keep = matches!(&ran, Ok((true, _)));
         let end = if keep {
-            "RELEASE job"
+            tx.prepare_cached("RELEASE job")
+                .and_then(|mut st| st.execute([]))
+                .map(|_| ())
         } else {
-            "ROLLBACK TO job; RELEASE job"
+            tx.execute_batch("ROLLBACK TO job; RELEASE job")
         };
-        if let Err(e) = tx.execute_batch(end) {
+        if let Err(e) = end {
             tracing::error!(error = %e, "store writer cannot close a savepoint");
         }
         if let Ok((_, finish)) = ran {
