@@ -48,6 +48,32 @@ pub enum IdError {
         /// The second method.
         second: String,
     },
+    /// A method that streams its request is marked idempotent: a request stream cannot be
+    /// replayed, so such a method is never sent as 0-RTT data.
+    #[error(
+        "{file}: method {service}.{method} streams its request and cannot be idempotent: only unary and server-streaming methods may set idempotency_level"
+    )]
+    StreamingIdempotent {
+        /// The `.proto` file.
+        file: String,
+        /// Fully qualified service name.
+        service: String,
+        /// Method name.
+        method: String,
+    },
+    /// Two push channels of one package use the same event type, so a client could not tell
+    /// their events apart.
+    #[error("event type {event_type} of package {package} is used by both {first} and {second}")]
+    SharedEventType {
+        /// The package.
+        package: String,
+        /// The event type.
+        event_type: u16,
+        /// The first channel.
+        first: String,
+        /// The second channel.
+        second: String,
+    },
     /// A push channel message is malformed.
     #[error("{file}: push channel {message}: {reason}")]
     PushChannel {
@@ -76,13 +102,23 @@ pub(crate) struct PushChannel {
     pub(crate) name: String,
     pub(crate) comments: Vec<String>,
     pub(crate) events: Vec<PushEventDef>,
+    /// Events travel as QUIC datagrams (`(qrpc.unreliable)`).
+    pub(crate) unreliable: bool,
+}
+
+/// What the generator needs to know of one method.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MethodDef {
+    pub(crate) id: u16,
+    /// `idempotency_level` is IDEMPOTENT or NO_SIDE_EFFECTS.
+    pub(crate) idempotent: bool,
 }
 
 /// What the service generator needs beyond prost's view.
 #[derive(Debug, Default)]
 pub(crate) struct Model {
-    /// (fully qualified service, method proto name) -> id
-    pub(crate) method_ids: HashMap<(String, String), u16>,
+    /// (fully qualified service, method proto name) -> id and flags
+    pub(crate) methods: HashMap<(String, String), MethodDef>,
     /// package -> push channels
     pub(crate) push: HashMap<String, Vec<PushChannel>>,
 }
@@ -95,10 +131,11 @@ impl fmt::Display for Located<'_> {
     }
 }
 
-pub(crate) fn collect(pool: &DescriptorPool, _opened: &[String]) -> Result<Model, IdError> {
+pub(crate) fn collect(pool: &DescriptorPool) -> Result<Model, IdError> {
     let mut model = Model::default();
     let method_ext = pool.get_extension_by_name("qrpc.method_id");
     let push_ext = pool.get_extension_by_name("qrpc.push_channel");
+    let unreliable_ext = pool.get_extension_by_name("qrpc.unreliable");
     let mut seen: HashMap<u16, String> = HashMap::new();
 
     for service in pool.services() {
@@ -136,9 +173,24 @@ pub(crate) fn collect(pool: &DescriptorPool, _opened: &[String]) -> Result<Model
                 });
             }
             seen.insert(id, here);
-            model.method_ids.insert(
+            let idempotent = method
+                .method_descriptor_proto()
+                .options
+                .as_ref()
+                .is_some_and(|o| {
+                    o.idempotency_level()
+                        != prost_types::method_options::IdempotencyLevel::IdempotencyUnknown
+                });
+            if idempotent && method.is_client_streaming() {
+                return Err(IdError::StreamingIdempotent {
+                    file: file.clone(),
+                    service: service.full_name().to_owned(),
+                    method: method.name().to_owned(),
+                });
+            }
+            model.methods.insert(
                 (service.full_name().to_owned(), method.name().to_owned()),
-                id,
+                MethodDef { id, idempotent },
             );
         }
     }
@@ -149,7 +201,11 @@ pub(crate) fn collect(pool: &DescriptorPool, _opened: &[String]) -> Result<Model
             if options.has_extension(&push_ext)
                 && matches!(options.get_extension(&push_ext).as_ref(), Value::Bool(true))
             {
-                let channel = push_channel(&message)?;
+                let unreliable = unreliable_ext.as_ref().is_some_and(|ext| {
+                    options.has_extension(ext)
+                        && matches!(options.get_extension(ext).as_ref(), Value::Bool(true))
+                });
+                let channel = push_channel(&message, unreliable)?;
                 model
                     .push
                     .entry(message.package_name().to_owned())
@@ -158,10 +214,27 @@ pub(crate) fn collect(pool: &DescriptorPool, _opened: &[String]) -> Result<Model
             }
         }
     }
+    for (package, channels) in &model.push {
+        let mut owners: HashMap<u16, &str> = HashMap::new();
+        for channel in channels {
+            for event in &channel.events {
+                if let Some(first) = owners.insert(event.event_type, &channel.name)
+                    && first != channel.name
+                {
+                    return Err(IdError::SharedEventType {
+                        package: package.clone(),
+                        event_type: event.event_type,
+                        first: first.to_owned(),
+                        second: channel.name.clone(),
+                    });
+                }
+            }
+        }
+    }
     Ok(model)
 }
 
-fn push_channel(message: &MessageDescriptor) -> Result<PushChannel, IdError> {
+fn push_channel(message: &MessageDescriptor, unreliable: bool) -> Result<PushChannel, IdError> {
     let err = |reason: String| IdError::PushChannel {
         file: message.parent_file().name().to_owned(),
         message: message.full_name().to_owned(),
@@ -209,6 +282,7 @@ fn push_channel(message: &MessageDescriptor) -> Result<PushChannel, IdError> {
         name: message.name().to_owned(),
         comments: leading_comments(&message.parent_file(), message.path()),
         events,
+        unreliable,
     })
 }
 

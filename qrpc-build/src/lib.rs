@@ -23,6 +23,12 @@
 //! `qrpc/options.proto`, which qrpc-build provides to the compiler itself. A missing or
 //! duplicate id fails the build with the file, service and method named.
 //!
+//! A unary or server-streaming method with the standard `option idempotency_level =
+//! IDEMPOTENT;` (or `NO_SIDE_EFFECTS`) is marked idempotent in its `MethodInfo`: the
+//! generated client sends it as 0-RTT data on a resumed connection, and the server accepts
+//! only such methods from 0-RTT data. A push channel with `option (qrpc.unreliable) = true;`
+//! sends its events as QUIC datagrams.
+//!
 //! [`MethodInfo`]: https://docs.rs/qrpc
 
 mod ids;
@@ -72,13 +78,28 @@ pub fn configure() -> Builder {
     Builder::default()
 }
 
+type ProstHook = std::sync::Arc<dyn Fn(&mut prost_build::Config) + Send + Sync>;
+
 /// Code generation settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Builder {
     out_dir: Option<PathBuf>,
     include_file: Option<String>,
     emit_rerun_if_changed: bool,
     bytes: bool,
+    prost_hooks: Vec<ProstHook>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("out_dir", &self.out_dir)
+            .field("include_file", &self.include_file)
+            .field("emit_rerun_if_changed", &self.emit_rerun_if_changed)
+            .field("bytes", &self.bytes)
+            .field("prost_hooks", &self.prost_hooks.len())
+            .finish()
+    }
 }
 
 impl Default for Builder {
@@ -88,6 +109,7 @@ impl Default for Builder {
             include_file: Some("_qrpc_include.rs".into()),
             emit_rerun_if_changed: true,
             bytes: true,
+            prost_hooks: Vec::new(),
         }
     }
 }
@@ -115,6 +137,27 @@ impl Builder {
     /// Whether `bytes` fields become `bytes::Bytes` instead of `Vec<u8>` (default true).
     pub fn bytes(mut self, yes: bool) -> Self {
         self.bytes = yes;
+        self
+    }
+
+    /// Adjusts the [`prost_build::Config`] before generation, as `tonic-build` allows: extern
+    /// paths, type and field attributes, and so on. Hooks run in the order given, after
+    /// qrpc-build's own settings (output directory, include file, `bytes`), so a hook may
+    /// override them; the service generator is always qrpc's.
+    ///
+    /// ```no_run
+    /// qrpc_build::configure()
+    ///     .prost_config(|config| {
+    ///         config.type_attribute(".echo.v1.Msg", "#[derive(Eq, Hash)]");
+    ///     })
+    ///     .compile(&["proto/echo.proto"], &["proto"])
+    ///     .expect("protos compile");
+    /// ```
+    pub fn prost_config(
+        mut self,
+        hook: impl Fn(&mut prost_build::Config) + Send + Sync + 'static,
+    ) -> Self {
+        self.prost_hooks.push(std::sync::Arc::new(hook));
         self
     }
 
@@ -149,12 +192,7 @@ impl Builder {
         }
 
         let pool = compiler.descriptor_pool();
-        let opened: Vec<String> = compiler
-            .files()
-            .filter(|f| !f.is_import())
-            .map(|f| f.name().to_owned())
-            .collect();
-        let model = ids::collect(&pool, &opened)?;
+        let model = ids::collect(&pool)?;
 
         let mut config = prost_build::Config::new();
         config.out_dir(&out_dir);
@@ -164,8 +202,33 @@ impl Builder {
         if self.bytes {
             config.bytes(["."]);
         }
-        config.service_generator(Box::new(service::Generator::new(model)));
+        for hook in &self.prost_hooks {
+            hook(&mut config);
+        }
+        let channels = model.push.clone();
+        let finalized = std::rc::Rc::default();
+        config.service_generator(Box::new(service::Generator::new(
+            model,
+            std::rc::Rc::clone(&finalized),
+        )));
         config.compile_fds(compiler.file_descriptor_set())?;
+        // prost finalizes only packages that have services: append the push channels of the
+        // others to their files.
+        for (package, channels) in channels {
+            if finalized.borrow().contains(&package) {
+                continue;
+            }
+            let file = out_dir.join(if package.is_empty() {
+                "_.rs".to_owned()
+            } else {
+                format!("{package}.rs")
+            });
+            let mut code = std::fs::read_to_string(&file)?;
+            for channel in &channels {
+                code.push_str(&service::pretty(push::generate(channel)));
+            }
+            std::fs::write(&file, code)?;
+        }
         Ok(())
     }
 }

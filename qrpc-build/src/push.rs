@@ -14,12 +14,15 @@ pub(crate) fn generate(channel: &PushChannel) -> TokenStream {
     let mut type_arms = Vec::new();
     let mut encode_arms = Vec::new();
     let mut decode_arms = Vec::new();
+    let mut event_types = Vec::new();
+    let unreliable = channel.unreliable;
     for event in &channel.events {
         let variant = format_ident!("{}", event.variant);
         let ty = syn::parse_str::<syn::Path>(&format!("super::{}", event.rust_type))
             .map_or_else(|e| e.to_compile_error(), |p| quote!(#p));
         let const_ident = format_ident!("{}", snake(&event.variant).to_uppercase());
         let event_type = event.event_type;
+        event_types.push(quote!(#const_ident));
         let event_docs = docs(&event.comments);
         let const_doc = format!(" Event type of [`Event::{}`].", event.variant);
         variants.push(quote! { #event_docs #variant(#ty), });
@@ -39,6 +42,9 @@ pub(crate) fn generate(channel: &PushChannel) -> TokenStream {
         pub mod #module {
             #(#consts)*
 
+            /// Every event type of this channel, for telling its frames from other channels'.
+            pub const EVENT_TYPES: &[u16] = &[#(#event_types),*];
+
             #channel_docs
             #[derive(Debug, Clone, PartialEq)]
             pub enum Event {
@@ -46,6 +52,8 @@ pub(crate) fn generate(channel: &PushChannel) -> TokenStream {
             }
 
             impl ::qrpc::codegen::PushEvent for Event {
+                const UNRELIABLE: bool = #unreliable;
+
                 fn event_type(&self) -> u16 {
                     match self { #(#type_arms)* }
                 }

@@ -9,11 +9,17 @@ use crate::push;
 
 pub(crate) struct Generator {
     model: Model,
+    /// Packages whose push channels were written; prost finalizes only packages with
+    /// services, and the builder writes the others' channels itself.
+    finalized: std::rc::Rc<std::cell::RefCell<std::collections::HashSet<String>>>,
 }
 
 impl Generator {
-    pub(crate) fn new(model: Model) -> Self {
-        Self { model }
+    pub(crate) fn new(
+        model: Model,
+        finalized: std::rc::Rc<std::cell::RefCell<std::collections::HashSet<String>>>,
+    ) -> Self {
+        Self { model, finalized }
     }
 }
 
@@ -59,15 +65,23 @@ impl prost_build::ServiceGenerator for Generator {
         let mut client_methods = Vec::new();
 
         for method in &service.methods {
-            // `ids::collect` checked every method of every service in the pool.
-            let Some(id) = self
+            // `ids::collect` checked every method of every service in the pool, so a miss is a
+            // bug here; it still fails the build with the method named.
+            let Some(def) = self
                 .model
-                .method_ids
+                .methods
                 .get(&(full_service.clone(), method.proto_name.clone()))
                 .copied()
             else {
+                let message = format!(
+                    "qrpc-build: method {full_service}.{} has no method id",
+                    method.proto_name
+                );
+                buf.push_str(&quote!(::core::compile_error!(#message);).to_string());
                 continue;
             };
+            let id = def.id;
+            let idempotent = def.idempotent;
             let kind = match (method.client_streaming, method.server_streaming) {
                 (false, false) => Kind::Unary,
                 (false, true) => Kind::ServerStreaming,
@@ -94,6 +108,7 @@ impl prost_build::ServiceGenerator for Generator {
                     service: #full_service,
                     name: #proto_name,
                     kind: ::qrpc::codegen::CallKind::#kind_tokens,
+                    idempotent: #idempotent,
                 };
             });
             const_idents.push(const_ident.clone());
@@ -140,13 +155,13 @@ impl prost_build::ServiceGenerator for Generator {
                 Kind::Unary => quote! {
                     #method_docs
                     pub async fn #method_ident(&self, request: &#input) -> ::core::result::Result<#output, ::qrpc::codegen::Status> {
-                        self.inner.unary(super::#server_mod::#const_ident.id, request).await
+                        self.inner.unary_method(&super::#server_mod::#const_ident, request).await
                     }
                 },
                 Kind::ServerStreaming => quote! {
                     #method_docs
                     pub async fn #method_ident(&self, request: &#input) -> ::core::result::Result<::qrpc::codegen::Streaming<#output>, ::qrpc::codegen::Status> {
-                        self.inner.server_streaming(super::#server_mod::#const_ident.id, request).await
+                        self.inner.server_streaming_method(&super::#server_mod::#const_ident, request).await
                     }
                 },
                 Kind::ClientStreaming => quote! {
@@ -254,14 +269,25 @@ impl prost_build::ServiceGenerator for Generator {
                 }
             }
         };
-        buf.push_str(&tokens.to_string());
+        buf.push_str(&pretty(tokens));
     }
 
     fn finalize_package(&mut self, package: &str, buf: &mut String) {
+        self.finalized.borrow_mut().insert(package.to_owned());
         if let Some(channels) = self.model.push.get(package) {
             for channel in channels {
-                buf.push_str(&push::generate(channel).to_string());
+                buf.push_str(&pretty(push::generate(channel)));
             }
         }
+    }
+}
+
+/// Formats generated items like rustfmt would, so generated files are readable. Tokens that do
+/// not parse as a file (which would be a generator bug) are written as they are, and the
+/// compiler reports them where the file is included.
+pub(crate) fn pretty(tokens: TokenStream) -> String {
+    match syn::parse2::<syn::File>(tokens.clone()) {
+        Ok(file) => prettyplease::unparse(&file),
+        Err(_) => tokens.to_string(),
     }
 }

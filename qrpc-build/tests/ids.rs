@@ -120,3 +120,91 @@ fn syntax_errors_are_reported_with_the_file() {
         .to_string();
     assert!(err.contains("svc.proto"), "{err}");
 }
+
+#[test]
+fn idempotency_level_marks_methods_idempotent_and_streamed_requests_cannot_be() {
+    let src = format!(
+        "{HEADER}service S {{\n rpc Get(M) returns (M) {{ option (qrpc.method_id) = 1; option idempotency_level = IDEMPOTENT; }}\n rpc Look(M) returns (stream M) {{ option (qrpc.method_id) = 2; option idempotency_level = NO_SIDE_EFFECTS; }}\n rpc Put(M) returns (M) {{ option (qrpc.method_id) = 3; }}\n}}\n"
+    );
+    let code = std::fs::read_to_string(compile("idem", &src).unwrap().join("out/t.v1.rs")).unwrap();
+    let constant = |name: &str| -> String {
+        let start = code
+            .find(&format!("pub const {name}: ::qrpc::codegen::MethodInfo"))
+            .unwrap_or_else(|| panic!("no constant {name} in:\n{code}"));
+        let end = start + code[start..].find("};").unwrap();
+        code[start..end].to_owned()
+    };
+    assert!(constant("GET").contains("idempotent: true"));
+    assert!(constant("LOOK").contains("idempotent: true"));
+    assert!(constant("PUT").contains("idempotent: false"));
+
+    let streamed = format!(
+        "{HEADER}service S {{ rpc Up(stream M) returns (M) {{ option (qrpc.method_id) = 1; option idempotency_level = IDEMPOTENT; }} }}\n"
+    );
+    let err = compile("idem-stream", &streamed).unwrap_err().to_string();
+    assert!(
+        err.contains("svc.proto: method t.v1.S.Up streams its request and cannot be idempotent"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreliable_channels_are_marked_and_channels_of_a_package_cannot_share_event_types() {
+    let src = format!(
+        "{HEADER}message Typing {{}}\nmessage Note {{}}\nmessage Ephemeral {{ option (qrpc.push_channel) = true; option (qrpc.unreliable) = true; oneof e {{ Typing typing = 5; }} }}\nmessage Events {{ option (qrpc.push_channel) = true; oneof e {{ Note note = 1; }} }}\n"
+    );
+    let code =
+        std::fs::read_to_string(compile("unreliable", &src).unwrap().join("out/t.v1.rs")).unwrap();
+    let module = |name: &str| -> String {
+        let start = code
+            .find(&format!("pub mod {name}"))
+            .unwrap_or_else(|| panic!("no module {name} in:\n{code}"));
+        code[start..].to_owned()
+    };
+    let ephemeral = module("ephemeral_push");
+    assert!(
+        ephemeral.contains("const UNRELIABLE: bool = true;"),
+        "{ephemeral}"
+    );
+    assert!(
+        ephemeral.contains("pub const EVENT_TYPES: &[u16] = &[TYPING];"),
+        "{ephemeral}"
+    );
+    let events = module("events_push");
+    assert!(
+        events.contains("const UNRELIABLE: bool = false;"),
+        "{events}"
+    );
+
+    let clash = format!(
+        "{HEADER}message Typing {{}}\nmessage Ephemeral {{ option (qrpc.push_channel) = true; oneof e {{ Typing typing = 1; }} }}\nmessage Events {{ option (qrpc.push_channel) = true; oneof e {{ Typing other = 1; }} }}\n"
+    );
+    let err = compile("clash", &clash).unwrap_err().to_string();
+    assert!(
+        err.contains("event type 1 of package t.v1 is used by both Ephemeral and Events"),
+        "{err}"
+    );
+}
+
+#[test]
+fn output_is_formatted_and_prost_config_hooks_apply() {
+    let dir = workdir("hook");
+    let src = format!(
+        "{HEADER}// The service.\nservice S {{ rpc A(M) returns (M) {{ option (qrpc.method_id) = 1; }} }}\n"
+    );
+    std::fs::write(dir.join("svc.proto"), src).unwrap();
+    qrpc_build::configure()
+        .out_dir(dir.join("out"))
+        .emit_rerun_if_changed(false)
+        .prost_config(|config| {
+            config.type_attribute(".t.v1.M", "#[derive(Eq, Hash)]");
+        })
+        .compile(&[dir.join("svc.proto")], &[&dir])
+        .unwrap();
+    let code = std::fs::read_to_string(dir.join("out/t.v1.rs")).unwrap();
+    assert!(code.contains("#[derive(Eq, Hash)]"), "{code}");
+    // One item per line, indented, as rustfmt would: not one long token line.
+    assert!(code.contains("\npub mod s_server {\n"), "{code}");
+    assert!(code.contains("\n    pub trait S:"), "{code}");
+    assert!(code.lines().all(|l| l.len() < 200), "{code}");
+}

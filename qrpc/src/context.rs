@@ -267,6 +267,7 @@ pub struct RequestContext {
     method: Option<MethodInfo>,
     request_id: u32,
     extensions: Extensions,
+    early_data: bool,
 }
 
 impl RequestContext {
@@ -283,7 +284,20 @@ impl RequestContext {
             method,
             request_id,
             extensions: Extensions::new(),
+            early_data: false,
         }
+    }
+
+    /// Marks the call as having arrived in 0-RTT data.
+    pub(crate) fn set_early_data(&mut self, early: bool) {
+        self.early_data = early;
+    }
+
+    /// Whether the call arrived in 0-RTT data on a resumed connection. Only idempotent
+    /// methods are ever run from 0-RTT data; such a request may be a replay, so a handler
+    /// must not make it the trigger for anything it must do only once.
+    pub fn early_data(&self) -> bool {
+        self.early_data
     }
 
     /// The connection the call arrived on.

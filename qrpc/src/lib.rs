@@ -33,7 +33,9 @@
 //! #[derive(Clone, PartialEq, prost::Message)]
 //! struct Ping { #[prost(uint64, tag = "1")] n: u64 }
 //!
-//! const PING: MethodInfo = MethodInfo { id: 1, service: "demo.Ping", name: "Ping", kind: CallKind::Unary };
+//! const PING: MethodInfo = MethodInfo {
+//!     id: 1, service: "demo.Ping", name: "Ping", kind: CallKind::Unary, idempotent: true,
+//! };
 //! static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor { name: "demo.Ping", methods: &[PING] };
 //!
 //! struct PingService;
@@ -57,7 +59,7 @@
 //! tokio::spawn(server.serve());
 //!
 //! let client = qrpc::Client::connect(addr, qrpc::tls::ClientTls::pinned(cert.fingerprint())).await?;
-//! let pong: Ping = client.unary(PING.id, &Ping { n: 41 }).await?;
+//! let pong: Ping = client.unary_method(&PING, &Ping { n: 41 }).await?;
 //! assert_eq!(pong.n, 42);
 //! # Ok(()) }
 //! ```
@@ -88,6 +90,7 @@ pub use client::{
 pub use context::{Connection, Extensions, Identity, RequestContext};
 pub use push::{
     PushDelivery, PushError, PushEvent, PushRegistry, PushSender, TypedPushEvents, TypedPushSender,
+    UnreliableDelivery,
 };
 pub use routes::{
     CallKind, DuplicateMethodId, Handler, MethodInfo, Routes, RoutesBuilder, RpcService,

@@ -25,6 +25,10 @@ pub mod reset {
     /// A frame announced a payload over the receiver's limit; sent as `STOP_SENDING` after the
     /// `ResourceExhausted` status so that the sender stops transmitting the payload.
     pub const PAYLOAD_TOO_LARGE: VarInt = VarInt::from_u32(0x05);
+    /// The call arrived in 0-RTT data but its method is not idempotent (or not known): the
+    /// server did not execute it, because 0-RTT data can be replayed. The client may send it
+    /// again once the handshake has completed.
+    pub const TOO_EARLY: VarInt = VarInt::from_u32(0x06);
 }
 
 /// Application error codes carried by `CONNECTION_CLOSE`.

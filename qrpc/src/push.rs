@@ -10,6 +10,15 @@
 //! events, each at most `max_payload` bytes). Beyond that, QUIC flow control holds back the writer
 //! of a client that does not read. [`PushSender::try_send`] fails with [`PushError::Full`] rather
 //! than growing the queue, and [`PushSender::send`] waits for room.
+//!
+//! **Unreliable channels.** Events of a channel marked `(qrpc.unreliable)` (or sent with
+//! [`PushSender::send_unreliable`]) go in QUIC DATAGRAM frames (RFC 9221), one event per
+//! datagram, encoded exactly like a push-stream frame. They are not retransmitted, may arrive
+//! out of order with respect to every other event, and may be dropped (by the network, by
+//! quinn's bounded datagram send buffer, or by a client whose push buffer is full). An event
+//! larger than [`ServerConfig::max_datagram_event`](crate::ServerConfig::max_datagram_event) or
+//! the path's datagram limit, or for a client that does not accept datagrams, goes on the push
+//! stream instead.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +55,25 @@ pub struct PushSender {
     tx: mpsc::Sender<PushFrame>,
     max_payload: u32,
     connection_id: u64,
+    datagrams: Option<Datagrams>,
+}
+
+/// The connection an unreliable event is sent on, and the largest datagram event.
+#[derive(Clone, Debug)]
+struct Datagrams {
+    conn: quinn::Connection,
+    max_event: usize,
+}
+
+/// How [`PushSender::send_unreliable`] sent an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnreliableDelivery {
+    /// In a QUIC datagram.
+    Datagram,
+    /// On the push stream: the client does not accept datagrams, or the event is too large
+    /// for one.
+    Stream,
 }
 
 impl PushSender {
@@ -60,9 +88,49 @@ impl PushSender {
                 tx,
                 max_payload,
                 connection_id,
+                datagrams: None,
             },
             rx,
         )
+    }
+
+    /// Lets unreliable events go out as datagrams on `conn`, up to `max_event` bytes each.
+    pub(crate) fn with_datagrams(mut self, conn: quinn::Connection, max_event: usize) -> Self {
+        self.datagrams = Some(Datagrams { conn, max_event });
+        self
+    }
+
+    /// Sends an event of an unreliable channel without waiting: in a QUIC datagram when the
+    /// client accepts datagrams and the encoded event fits, otherwise queued on the push stream
+    /// as [`try_send`](Self::try_send) does.
+    pub fn send_unreliable(
+        &self,
+        event_type: u16,
+        payload: Bytes,
+    ) -> Result<UnreliableDelivery, PushError> {
+        let frame = self.frame(event_type, payload)?;
+        if let Some(datagrams) = &self.datagrams {
+            let limit = datagrams
+                .conn
+                .max_datagram_size()
+                .map(|path| path.min(datagrams.max_event));
+            let encoded_len = crate::frame::PUSH_HEADER_LEN + frame.payload.len();
+            if limit.is_some_and(|limit| encoded_len <= limit) {
+                match datagrams.conn.send_datagram(frame.to_bytes()) {
+                    Ok(()) => return Ok(UnreliableDelivery::Datagram),
+                    Err(quinn::SendDatagramError::ConnectionLost(_)) => {
+                        return Err(PushError::Closed);
+                    }
+                    // Unsupported, disabled or too large after all: use the stream.
+                    Err(err) => tracing::debug!(%err, "datagram refused; using the push stream"),
+                }
+            }
+        }
+        self.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PushError::Full,
+            mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+        })?;
+        Ok(UnreliableDelivery::Stream)
     }
 
     fn frame(&self, event_type: u16, payload: Bytes) -> Result<PushFrame, PushError> {
@@ -222,6 +290,10 @@ pub(crate) async fn run_writer(conn: quinn::Connection, mut rx: mpsc::Receiver<P
 
 /// A typed push event: generated for every `(qrpc.push_channel)` message by qrpc-build.
 pub trait PushEvent: Sized + Send + 'static {
+    /// Whether the channel is unreliable (`(qrpc.unreliable)`): its events go as QUIC
+    /// datagrams where possible.
+    const UNRELIABLE: bool = false;
+
     /// The event type on the wire.
     fn event_type(&self) -> u16;
     /// The protobuf payload.
@@ -255,14 +327,25 @@ impl<E: PushEvent> TypedPushSender<E> {
         }
     }
 
-    /// Queues an event without waiting.
+    /// Queues an event without waiting (an unreliable channel's event goes as a datagram
+    /// where possible).
     pub fn try_send(&self, event: &E) -> Result<(), PushError> {
+        if E::UNRELIABLE {
+            return self
+                .inner
+                .send_unreliable(event.event_type(), event.encode_payload())
+                .map(drop);
+        }
         self.inner
             .try_send(event.event_type(), event.encode_payload())
     }
 
-    /// Queues an event, waiting for room.
+    /// Queues an event, waiting for room (an unreliable channel's event never waits: it goes
+    /// as a datagram where possible).
     pub async fn send(&self, event: &E) -> Result<(), PushError> {
+        if E::UNRELIABLE {
+            return self.try_send(event);
+        }
         self.inner
             .send(event.event_type(), event.encode_payload())
             .await
@@ -270,9 +353,21 @@ impl<E: PushEvent> TypedPushSender<E> {
 }
 
 impl PushRegistry {
-    /// Queues a typed event on every connection bound to `identity`, never waiting.
+    /// Queues a typed event on every connection bound to `identity`, never waiting (an
+    /// unreliable channel's event goes as a datagram where possible).
     pub fn try_send_event<E: PushEvent>(&self, identity: &Identity, event: &E) -> PushDelivery {
-        self.try_send_to(identity, event.event_type(), event.encode_payload())
+        if !E::UNRELIABLE {
+            return self.try_send_to(identity, event.event_type(), event.encode_payload());
+        }
+        let payload = event.encode_payload();
+        let mut delivery = PushDelivery::default();
+        for sender in self.connections(identity) {
+            match sender.send_unreliable(event.event_type(), payload.clone()) {
+                Ok(_) => delivery.queued += 1,
+                Err(_) => delivery.dropped += 1,
+            }
+        }
+        delivery
     }
 }
 

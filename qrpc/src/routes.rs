@@ -51,6 +51,9 @@ pub struct MethodInfo {
     pub name: &'static str,
     /// The call kind.
     pub kind: CallKind,
+    /// Whether calling it twice has the effect of calling it once (the `.proto` sets
+    /// `idempotency_level`). Only such calls travel in 0-RTT data, which can be replayed.
+    pub idempotent: bool,
 }
 
 impl fmt::Display for MethodInfo {

@@ -118,22 +118,26 @@ impl ServerTls {
         self.certs.first()
     }
 
-    /// A quinn server configuration with this certificate and `alpn`.
+    /// A quinn server configuration with this certificate and `alpn` (no 0-RTT).
     pub fn quinn_server_config(&self, alpn: &[Vec<u8>]) -> Result<quinn::ServerConfig, TlsError> {
         Ok(quinn::ServerConfig::with_crypto(Arc::new(
-            self.quic_config(alpn)?,
+            self.quic_config(alpn, false)?,
         )))
     }
 
     pub(crate) fn quic_config(
         &self,
         alpn: &[Vec<u8>],
+        early_data: bool,
     ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
         let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
             .with_single_cert(self.certs.clone(), self.key.clone_key())?;
         tls.alpn_protocols = alpn.to_vec();
+        tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SERVER_SESSIONS);
+        // QUIC allows no other early data limit: 0 (off) or u32::MAX (on).
+        tls.max_early_data_size = if early_data { u32::MAX } else { 0 };
         quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| TlsError::Quic(e.to_string()))
     }
@@ -231,11 +235,24 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 }
 
 /// How a client decides to trust the server.
+///
+/// Clones share one TLS session cache: a client built from a clone of a `ClientTls` that
+/// already reached a server resumes the session, and may send idempotent calls as 0-RTT data
+/// ([`ClientConfig::zero_rtt`](crate::ClientConfig::zero_rtt)).
 #[derive(Clone)]
 pub struct ClientTls {
     trust: Trust,
     server_name: String,
+    /// Built on first use and shared by clones; holds the session cache.
+    base: Arc<std::sync::Mutex<Option<Arc<rustls::ClientConfig>>>>,
 }
+
+/// TLS sessions a client remembers per [`ClientTls`] (for resumption and 0-RTT).
+const CLIENT_SESSIONS: usize = 64;
+
+/// TLS 1.3 sessions a server remembers for resumption. The cache is stateful, so each session
+/// ticket is accepted once: replayed 0-RTT data on a second connection is rejected by TLS.
+const SERVER_SESSIONS: usize = 4096;
 
 #[derive(Clone)]
 enum Trust {
@@ -249,6 +266,7 @@ impl ClientTls {
         Self {
             trust: Trust::Roots(Arc::new(roots)),
             server_name: server_name.into(),
+            base: Arc::default(),
         }
     }
 
@@ -270,6 +288,7 @@ impl ClientTls {
         Self {
             trust: Trust::Pinned(sha256),
             server_name: "qrpc.invalid".into(),
+            base: Arc::default(),
         }
     }
 
@@ -285,15 +304,33 @@ impl ClientTls {
     }
 
     /// A quinn client configuration with this trust and `alpn`, for talking to a qrpc server
-    /// with plain quinn.
+    /// with plain quinn (no 0-RTT).
     pub fn quinn_client_config(&self, alpn: &[Vec<u8>]) -> Result<quinn::ClientConfig, TlsError> {
-        Ok(quinn::ClientConfig::new(Arc::new(self.quic_config(alpn)?)))
+        Ok(quinn::ClientConfig::new(Arc::new(
+            self.quic_config(alpn, false)?,
+        )))
     }
 
     pub(crate) fn quic_config(
         &self,
         alpn: &[Vec<u8>],
+        early_data: bool,
     ) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+        let mut tls = (*self.base()?).clone();
+        tls.alpn_protocols = alpn.to_vec();
+        tls.enable_early_data = early_data;
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| TlsError::Quic(e.to_string()))
+    }
+
+    /// The rustls configuration every connection of this `ClientTls` (and its clones) starts
+    /// from. It is built once because rustls resumes a session only under the very verifier
+    /// (the same `Arc`) that accepted it.
+    fn base(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(config) = base.as_ref() {
+            return Ok(Arc::clone(config));
+        }
         let provider = crypto_provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -309,9 +346,12 @@ impl ClientTls {
                 }))
                 .with_no_client_auth(),
         };
-        tls.alpn_protocols = alpn.to_vec();
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| TlsError::Quic(e.to_string()))
+        tls.resumption = rustls::client::Resumption::store(Arc::new(
+            rustls::client::ClientSessionMemoryCache::new(CLIENT_SESSIONS),
+        ));
+        let config = Arc::new(tls);
+        *base = Some(Arc::clone(&config));
+        Ok(config)
     }
 }
 

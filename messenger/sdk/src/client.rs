@@ -1463,10 +1463,7 @@ impl Inner {
             .connect()
             .await?;
         if let Some(push) = client.push_events() {
-            tokio::spawn(forward_pushes(
-                Arc::downgrade(self),
-                v1::server_event_push::Events::new(push),
-            ));
+            tokio::spawn(forward_pushes(Arc::downgrade(self), push));
         }
         *rpc = Some(client.clone());
         Ok(client)
@@ -2280,12 +2277,19 @@ fn fail_point(switch: &CrashSwitch, point: CrashPoint) -> SdkResult<()> {
 
 const SIMULATED_CRASH: &str = "simulated crash";
 
-/// Turns the server's live notifications into events (typing) and nudges (new messages are
-/// fetched by the receive loop anyway).
-async fn forward_pushes(inner: std::sync::Weak<Inner>, mut pushes: v1::server_event_push::Events) {
-    while let Some(event) = pushes.recv().await {
+/// Turns the server's ephemeral notifications (typing, sent as QUIC datagrams) into events.
+/// Server events on the push stream need no forwarding: new messages are fetched by the
+/// receive loop anyway.
+async fn forward_pushes(inner: std::sync::Weak<Inner>, mut pushes: qrpc::PushEvents) {
+    use qrpc::PushEvent as _;
+    while let Some(frame) = pushes.recv().await {
         let Some(inner) = inner.upgrade() else { return };
-        if let Ok(v1::server_event_push::Event::Typing(t)) = event {
+        if !v1::ephemeral_event_push::EVENT_TYPES.contains(&frame.event_type) {
+            continue;
+        }
+        let event =
+            v1::ephemeral_event_push::Event::decode_payload(frame.event_type, frame.payload);
+        if let Ok(v1::ephemeral_event_push::Event::Typing(t)) = event {
             let me = lock(&inner.keys)
                 .as_ref()
                 .map(|k| user_of(&k.me).to_owned());

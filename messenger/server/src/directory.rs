@@ -176,7 +176,8 @@ impl<S: Store> Channel for Api<S> {
             .channel_members(request.channel_id.to_vec(), me.user.clone())
             .await?
             .ok_or_else(|| Status::not_found("no such channel among yours"))?;
-        let event = Event::Typing(v1::TypingNotification {
+        // Typing is stale once late: an unreliable channel, sent as QUIC datagrams.
+        let event = v1::ephemeral_event_push::Event::Typing(v1::TypingNotification {
             channel_id: request.channel_id,
             user: me.user.clone(),
         });

@@ -303,7 +303,7 @@ impl<S: Store> AppState<S> {
     }
 
     /// Pushes an event to every device of `user`.
-    pub async fn push_to_user(&self, user: &str, event: &Event) {
+    pub async fn push_to_user<E: qrpc::PushEvent>(&self, user: &str, event: &E) {
         if let Ok(devices) = self.store.list_devices(user.to_owned()).await {
             for d in devices {
                 let identity: Identity = DeviceId::new(user, d.device).identity();

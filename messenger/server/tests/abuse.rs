@@ -464,7 +464,7 @@ async fn only_members_change_a_channel_or_type_in_it_and_typing_is_limited() {
     let bob = Account::create(&h, "bob", "phone").await;
     let alice = Account::create(&h, "alice", "phone").await;
     let mallory = Account::create(&h, "mallory", "pc").await;
-    let mut bob_events = v1::server_event_push::Events::new(bob.client.push_events().unwrap());
+    let mut bob_events = bob.client.push_events().unwrap();
     let channels = |a: &Account| v1::channel_client::ChannelClient::new(a.client.clone());
     let id = channels(&alice)
         .create_channel(&v1::CreateChannelRequest {
@@ -475,10 +475,14 @@ async fn only_members_change_a_channel_or_type_in_it_and_typing_is_limited() {
         .await
         .unwrap()
         .channel_id;
-    // Bob hears about the channel, then about Alice typing in it.
+    // Bob hears about the channel, then about Alice typing in it (an ephemeral event).
+    let frame = next_frame(&mut bob_events).await;
     assert!(matches!(
-        next_event(&mut bob_events).await,
-        v1::server_event_push::Event::Channel(_)
+        <v1::server_event_push::Event as qrpc::PushEvent>::decode_payload(
+            frame.event_type,
+            frame.payload
+        ),
+        Ok(v1::server_event_push::Event::Channel(_))
     ));
     channels(&alice)
         .typing(&v1::TypingRequest {
@@ -486,14 +490,20 @@ async fn only_members_change_a_channel_or_type_in_it_and_typing_is_limited() {
         })
         .await
         .unwrap();
-    match next_event(&mut bob_events).await {
-        v1::server_event_push::Event::Typing(t) => {
+    let frame = next_frame(&mut bob_events).await;
+    assert!(v1::ephemeral_event_push::EVENT_TYPES.contains(&frame.event_type));
+    match <v1::ephemeral_event_push::Event as qrpc::PushEvent>::decode_payload(
+        frame.event_type,
+        frame.payload,
+    )
+    .unwrap()
+    {
+        v1::ephemeral_event_push::Event::Typing(t) => {
             assert_eq!(
                 (t.user.as_str(), t.channel_id.as_ref()),
                 ("alice", id.as_ref())
             );
         }
-        other => panic!("unexpected {other:?}"),
     }
     // A stranger can neither type into it nor add itself.
     let err = channels(&mallory)

@@ -48,6 +48,10 @@ pub struct CallRequest {
     pub kind: CallKind,
     /// What to send.
     pub body: OutgoingBody,
+    /// Whether the method is idempotent: a unary or server-streaming call marked so may be
+    /// sent as 0-RTT data on a resumed connection, and is sent again if the server rejects
+    /// that data. Never set it for a method with side effects: 0-RTT data can be replayed.
+    pub idempotent: bool,
 }
 
 impl CallRequest {
@@ -57,6 +61,7 @@ impl CallRequest {
             method_id,
             kind: CallKind::Unary,
             body: OutgoingBody::Single(request),
+            idempotent: false,
         }
     }
 
@@ -66,6 +71,7 @@ impl CallRequest {
             method_id,
             kind: CallKind::ServerStreaming,
             body: OutgoingBody::Single(request),
+            idempotent: false,
         }
     }
 
@@ -75,6 +81,7 @@ impl CallRequest {
             method_id,
             kind: CallKind::ClientStreaming,
             body: OutgoingBody::Stream(requests),
+            idempotent: false,
         }
     }
 
@@ -84,7 +91,14 @@ impl CallRequest {
             method_id,
             kind: CallKind::Bidi,
             body: OutgoingBody::Stream(requests),
+            idempotent: false,
         }
+    }
+
+    /// Marks the call idempotent or not (see [`CallRequest::idempotent`]).
+    pub fn with_idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
     }
 }
 
@@ -143,7 +157,40 @@ impl Channel {
     }
 
     async fn call(self, request: CallRequest) -> Result<MessageStream, Status> {
-        let conn = self.link.connection().await?;
+        let live = self.link.connection().await?;
+        let replay = match &request.body {
+            OutgoingBody::Single(payload) if request.idempotent && live.is_early() => CallRequest {
+                method_id: request.method_id,
+                kind: request.kind,
+                body: OutgoingBody::Single(payload.clone()),
+                idempotent: true,
+            },
+            _ => {
+                // Not replay-safe: wait until the handshake completes, so nothing of this call
+                // travels as 0-RTT data.
+                live.handshake_done().await?;
+                return self.open(&live.conn, request).await;
+            }
+        };
+        let sent = self.open(&live.conn, request).await;
+        if live.handshake_done().await? {
+            sent
+        } else {
+            // The server rejected the 0-RTT data: the call never reached its application.
+            drop(sent);
+            tracing::debug!(
+                method_id = replay.method_id,
+                "0-RTT rejected; sending again"
+            );
+            self.open(&live.conn, replay).await
+        }
+    }
+
+    async fn open(
+        &self,
+        conn: &quinn::Connection,
+        request: CallRequest,
+    ) -> Result<MessageStream, Status> {
         let (send, recv) = conn.open_bi().await.map_err(connection_lost)?;
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let mut send = ResetOnDrop::new(send);
@@ -381,6 +428,10 @@ fn reset_status(code: quinn::VarInt) -> Status {
         Status::internal("server reset the call: protocol error")
     } else if code == reset::CANCELLED {
         Status::cancelled("server cancelled the call")
+    } else if code == reset::TOO_EARLY {
+        Status::unavailable(
+            "server refused a call sent in 0-RTT data (its method is not idempotent); retry",
+        )
     } else {
         Status::unknown(format!("server reset the call with code {code}"))
     }

@@ -84,11 +84,57 @@ impl Stream for PushEvents {
     }
 }
 
+/// Where a connection's handshake stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Handshake {
+    /// A resumed connection carrying 0-RTT data; the server has not answered yet.
+    Pending,
+    /// The handshake completed; `early_accepted` says whether the server took the 0-RTT data.
+    Done { early_accepted: bool },
+}
+
+/// A connection and the state of its handshake.
+#[derive(Debug, Clone)]
+pub(super) struct Live {
+    pub(super) conn: quinn::Connection,
+    handshake: watch::Receiver<Handshake>,
+}
+
+impl Live {
+    fn established(conn: quinn::Connection) -> Self {
+        let (_done, handshake) = watch::channel(Handshake::Done {
+            early_accepted: false,
+        });
+        Self { conn, handshake }
+    }
+
+    /// Whether data sent now travels as 0-RTT data.
+    pub(super) fn is_early(&self) -> bool {
+        *self.handshake.borrow() == Handshake::Pending
+    }
+
+    /// Waits for the handshake; `Ok(true)` when the server accepted the 0-RTT data sent on
+    /// this connection.
+    pub(super) async fn handshake_done(&self) -> Result<bool, Status> {
+        let mut handshake = self.handshake.clone();
+        loop {
+            if let Handshake::Done { early_accepted } = *handshake.borrow_and_update() {
+                return Ok(early_accepted);
+            }
+            if handshake.changed().await.is_err() {
+                return Err(Status::unavailable(
+                    "the resumed connection's handshake did not complete",
+                ));
+            }
+        }
+    }
+}
+
 /// The connection every clone of a client shares.
 pub(super) struct Link {
     pub(super) endpoint: quinn::Endpoint,
     pub(super) config: ClientConfig,
-    conn: watch::Receiver<Option<quinn::Connection>>,
+    conn: watch::Receiver<Option<Live>>,
     state: watch::Receiver<ConnectionState>,
     disconnect: watch::Receiver<Option<Disconnect>>,
     closed: CancellationToken,
@@ -100,15 +146,9 @@ impl Link {
         tls: &crate::tls::ClientTls,
         config: ClientConfig,
     ) -> Result<(Arc<Self>, PushEvents), ClientError> {
-        let mut quic = quinn::ClientConfig::new(Arc::new(tls.quic_config(&config.alpn)?));
-        let mut transport = quinn::TransportConfig::default();
-        config.transport_profile.apply(&mut transport);
-        transport
-            .keep_alive_interval(config.keep_alive_interval)
-            .max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok())
-            // The server opens exactly one push stream per connection.
-            .max_concurrent_uni_streams(1u32.into());
-        quic.transport_config(Arc::new(transport));
+        let mut quic =
+            quinn::ClientConfig::new(Arc::new(tls.quic_config(&config.alpn, config.zero_rtt)?));
+        quic.transport_config(Arc::new(config.transport()));
 
         let local = config.local_addr.unwrap_or_else(|| default_local(addr));
         let endpoint = quinn::Endpoint::client(local).map_err(ClientError::Bind)?;
@@ -116,11 +156,7 @@ impl Link {
         let first = dial(&endpoint, &quic, addr, &server_name, &config).await?;
 
         let (push_tx, push_rx) = mpsc::channel(config.push_buffer.max(1));
-        tokio::spawn(read_push(
-            first.clone(),
-            push_tx.clone(),
-            config.max_payload,
-        ));
+        spawn_push_readers(&first.conn, &push_tx, config.max_payload);
         let (conn_tx, conn_rx) = watch::channel(Some(first.clone()));
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connected { generation: 1 });
         let (disconnect_tx, disconnect_rx) = watch::channel(None);
@@ -152,15 +188,15 @@ impl Link {
     }
 
     /// The current connection, waiting for a reconnect up to the connect timeout.
-    pub(super) async fn connection(&self) -> Result<quinn::Connection, Status> {
+    pub(super) async fn connection(&self) -> Result<Live, Status> {
         let mut conn = self.conn.clone();
         let mut state = self.state.clone();
         let wait = async {
             loop {
-                if let Some(c) = conn.borrow_and_update().as_ref()
-                    && c.close_reason().is_none()
+                if let Some(live) = conn.borrow_and_update().as_ref()
+                    && live.conn.close_reason().is_none()
                 {
-                    return Ok(c.clone());
+                    return Ok(live.clone());
                 }
                 if let ConnectionState::Closed { reason } = &*state.borrow_and_update() {
                     return Err(Status::unavailable(format!("client closed: {reason}")));
@@ -187,8 +223,8 @@ impl Link {
 
     pub(super) fn close(&self) {
         self.closed.cancel();
-        if let Some(conn) = self.conn.borrow().as_ref() {
-            conn.close(close::NO_ERROR, b"client closed");
+        if let Some(live) = self.conn.borrow().as_ref() {
+            live.conn.close(close::NO_ERROR, b"client closed");
         }
     }
 }
@@ -209,16 +245,40 @@ fn default_local(server: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, 0)
 }
 
+/// Connects. A resumable session with 0-RTT enabled returns at once, before the handshake
+/// completes: idempotent calls go out as 0-RTT data, everything else waits for
+/// [`Live::handshake_done`]. A handshake that does not complete within the connect timeout
+/// closes the connection, which the supervisor then replaces.
 async fn dial(
     endpoint: &quinn::Endpoint,
     quic: &quinn::ClientConfig,
     addr: SocketAddr,
     server_name: &str,
     config: &ClientConfig,
-) -> Result<quinn::Connection, ClientError> {
-    let connecting = endpoint.connect_with(quic.clone(), addr, server_name)?;
+) -> Result<Live, ClientError> {
+    let mut connecting = endpoint.connect_with(quic.clone(), addr, server_name)?;
+    if config.zero_rtt {
+        match connecting.into_0rtt() {
+            Ok((conn, accepted)) => {
+                let (tx, handshake) = watch::channel(Handshake::Pending);
+                let timeout = config.connect_timeout;
+                let watched = conn.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, accepted).await {
+                        Ok(early_accepted) => {
+                            tracing::debug!(early_accepted, "resumed handshake done");
+                            let _ = tx.send(Handshake::Done { early_accepted });
+                        }
+                        Err(_) => watched.close(close::NO_ERROR, b"handshake timed out"),
+                    }
+                });
+                return Ok(Live { conn, handshake });
+            }
+            Err(full) => connecting = full,
+        }
+    }
     match tokio::time::timeout(config.connect_timeout, connecting).await {
-        Ok(result) => Ok(result?),
+        Ok(result) => Ok(Live::established(result?)),
         Err(_) => Err(ClientError::Timeout),
     }
 }
@@ -230,7 +290,7 @@ struct Supervisor {
     addr: SocketAddr,
     server_name: String,
     config: ClientConfig,
-    conn_tx: watch::Sender<Option<quinn::Connection>>,
+    conn_tx: watch::Sender<Option<Live>>,
     state_tx: watch::Sender<ConnectionState>,
     disconnect_tx: watch::Sender<Option<Disconnect>>,
     push_tx: mpsc::Sender<PushFrame>,
@@ -238,12 +298,12 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    async fn run(self, mut current: quinn::Connection) {
+    async fn run(self, mut current: Live) {
         let policy = self.config.reconnect.clone();
         let mut generation = 1;
         loop {
             tokio::select! {
-                reason = current.closed() => {
+                reason = current.conn.closed() => {
                     tracing::debug!(%reason, "connection lost");
                     let _ = self.disconnect_tx.send(Some(Disconnect::from_error(&reason)));
                 }
@@ -293,11 +353,7 @@ impl Supervisor {
                 }
             };
             generation += 1;
-            tokio::spawn(read_push(
-                current.clone(),
-                self.push_tx.clone(),
-                self.config.max_payload,
-            ));
+            spawn_push_readers(&current.conn, &self.push_tx, self.config.max_payload);
             let _ = self.conn_tx.send(Some(current.clone()));
             let _ = self
                 .state_tx
@@ -311,6 +367,37 @@ impl Supervisor {
         let _ = self.state_tx.send(ConnectionState::Closed {
             reason: reason.to_owned(),
         });
+    }
+}
+
+fn spawn_push_readers(conn: &quinn::Connection, tx: &mpsc::Sender<PushFrame>, max_payload: u32) {
+    tokio::spawn(read_push(conn.clone(), tx.clone(), max_payload));
+    tokio::spawn(read_datagrams(conn.clone(), tx.clone(), max_payload));
+}
+
+/// Reads push events sent as QUIC datagrams (unreliable channels) into the client's push
+/// buffer. Unlike the push stream, a full buffer drops the event: datagrams are droppable by
+/// contract and reading must not stall behind a slow consumer.
+async fn read_datagrams(conn: quinn::Connection, tx: mpsc::Sender<PushFrame>, max_payload: u32) {
+    loop {
+        let datagram = match conn.read_datagram().await {
+            Ok(datagram) => datagram,
+            Err(_) => return,
+        };
+        match PushFrame::decode_exact(&datagram, max_payload) {
+            Ok(frame) => match tx.try_send(frame) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::debug!("push buffer full; unreliable event dropped");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            },
+            Err(err) => {
+                tracing::warn!(%err, "malformed push datagram; closing the connection");
+                conn.close(close::PUSH_PROTOCOL_ERROR, b"malformed push datagram");
+                return;
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub use connection::{ConnectionState, Disconnect, PushEvents};
 use crate::body::{MessageStream, Streaming};
 use crate::frame::DEFAULT_MAX_PAYLOAD;
 use crate::protocol::DEFAULT_ALPN;
+use crate::routes::MethodInfo;
 use crate::status::Status;
 use crate::tls::{ClientTls, TlsError};
 
@@ -90,6 +91,37 @@ pub struct ClientConfig {
     pub reconnect: ReconnectPolicy,
     /// QUIC transport preset (default [`TransportProfile::Rpc`](crate::TransportProfile::Rpc)).
     pub transport_profile: crate::TransportProfile,
+    /// Whether a resumed connection sends idempotent calls as 0-RTT data (default true).
+    ///
+    /// A client resumes a TLS session when its [`ClientTls`] (or a clone of it) reached the
+    /// same server before, in this client or another. Then [`ClientBuilder::connect`] and every
+    /// reconnect return without waiting for the handshake: unary and server-streaming calls of
+    /// methods marked idempotent go out at once, in the first flight; every other call waits
+    /// for the handshake to complete. If the server rejects the 0-RTT data, the idempotent calls
+    /// are sent again, once, after the handshake. Because the handshake is not awaited, a
+    /// server that vanished since the session was made shows up as `Unavailable` on the first
+    /// calls rather than as a connect error.
+    pub zero_rtt: bool,
+    /// Whether the client accepts QUIC datagrams (default true). Servers send the events of
+    /// unreliable push channels as datagrams to clients that accept them, and on the push
+    /// stream to clients that do not.
+    pub datagrams: bool,
+}
+
+impl ClientConfig {
+    pub(crate) fn transport(&self) -> quinn::TransportConfig {
+        let mut transport = quinn::TransportConfig::default();
+        self.transport_profile.apply(&mut transport);
+        transport
+            .keep_alive_interval(self.keep_alive_interval)
+            .max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok())
+            // The server opens exactly one push stream per connection.
+            .max_concurrent_uni_streams(1u32.into());
+        if !self.datagrams {
+            transport.datagram_receive_buffer_size(None);
+        }
+        transport
+    }
 }
 
 impl Default for ClientConfig {
@@ -104,6 +136,8 @@ impl Default for ClientConfig {
             local_addr: None,
             reconnect: ReconnectPolicy::default(),
             transport_profile: crate::TransportProfile::default(),
+            zero_rtt: true,
+            datagrams: true,
         }
     }
 }
@@ -292,6 +326,39 @@ impl Client {
             .unary_raw(method_id, request.encode_to_vec().into())
             .await?;
         decode_response(bytes)
+    }
+
+    /// A typed unary call of `method`; an idempotent method may travel as 0-RTT data
+    /// (see [`ClientConfig::zero_rtt`]). Generated clients call this.
+    pub async fn unary_method<Req, Resp>(
+        &self,
+        method: &MethodInfo,
+        request: &Req,
+    ) -> Result<Resp, Status>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let call = CallRequest::unary(method.id, request.encode_to_vec().into())
+            .with_idempotent(method.idempotent);
+        let mut responses = self.call(call).await?;
+        decode_response(call::single_response(&mut responses).await?)
+    }
+
+    /// A typed server-streaming call of `method`; an idempotent method may travel as 0-RTT
+    /// data (see [`ClientConfig::zero_rtt`]). Generated clients call this.
+    pub async fn server_streaming_method<Req, Resp>(
+        &self,
+        method: &MethodInfo,
+        request: &Req,
+    ) -> Result<Streaming<Resp>, Status>
+    where
+        Req: prost::Message,
+        Resp: prost::Message + Default,
+    {
+        let call = CallRequest::server_streaming(method.id, request.encode_to_vec().into())
+            .with_idempotent(method.idempotent);
+        Ok(Streaming::from_server(self.call(call).await?))
     }
 
     /// A typed server-streaming call.

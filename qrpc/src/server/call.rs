@@ -37,6 +37,7 @@ pub(super) async fn serve_call<S>(
     S::Future: Send,
 {
     let max_payload = shared.config.max_payload;
+    let early = recv.is_0rtt();
     let mut reader = FrameReader::new(recv, max_payload);
     let first =
         match tokio::time::timeout(shared.config.header_timeout, reader.next_request()).await {
@@ -60,7 +61,19 @@ pub(super) async fn serve_call<S>(
     let method_id = first.method_id;
     let request_id = first.request_id;
     let method = shared.routes.method(method_id);
-    let ctx = RequestContext::new(connection, method_id, method, request_id);
+    if early && !method.is_some_and(|m| m.idempotent) {
+        // 0-RTT data can be replayed: run nothing from it but idempotent methods.
+        tracing::debug!(
+            method_id,
+            request_id,
+            "non-idempotent call in 0-RTT data refused"
+        );
+        reader.stop(reset::TOO_EARLY);
+        let _ = send.reset(reset::TOO_EARLY);
+        return;
+    }
+    let mut ctx = RequestContext::new(connection, method_id, method, request_id);
+    ctx.set_early_data(early);
     let rest = request_messages(reader, method_id, request_id);
     let request = Request::new(ctx, RequestBody::new(first.payload, rest));
 

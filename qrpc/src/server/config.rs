@@ -37,6 +37,15 @@ pub struct ServerConfig {
     pub segmentation_offload: bool,
     /// QUIC transport preset (default [`TransportProfile::Rpc`](crate::TransportProfile::Rpc)).
     pub transport_profile: crate::TransportProfile,
+    /// Whether resumed clients may send calls in 0-RTT data (default true). Only calls of
+    /// methods marked idempotent are executed from 0-RTT data; any other call that arrives
+    /// that way is reset with `TOO_EARLY` without running (0-RTT data can be replayed by an
+    /// attacker; session tickets are single-use, which stops replays on other connections).
+    pub zero_rtt: bool,
+    /// Largest event, encoded, that an unreliable push channel sends as one QUIC datagram
+    /// (default 1,200 bytes); larger events, and events for clients that do not accept
+    /// datagrams, go on the push stream. The connection's path MTU bounds it further.
+    pub max_datagram_event: usize,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +61,8 @@ impl Default for ServerConfig {
             alpn: vec![DEFAULT_ALPN.to_vec()],
             segmentation_offload: true,
             transport_profile: crate::TransportProfile::default(),
+            zero_rtt: true,
+            max_datagram_event: 1200,
         }
     }
 }
@@ -65,7 +76,12 @@ impl ServerConfig {
             // Clients never open unidirectional streams; the server opens the push stream.
             .max_concurrent_uni_streams(0u32.into())
             .max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok())
-            .enable_segmentation_offload(self.segmentation_offload);
+            .enable_segmentation_offload(self.segmentation_offload)
+            // Clients send no datagrams. A zero-byte receive buffer advertises a maximum
+            // DATAGRAM frame size of 0 ("not supported", RFC 9221 section 3), so a client cannot
+            // park quinn's default 1.25 MB of unread datagrams per connection, while quinn still
+            // lets the server send them (it refuses to send when receiving is off entirely).
+            .datagram_receive_buffer_size(Some(0));
         Arc::new(transport)
     }
 }

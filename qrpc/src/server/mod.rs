@@ -139,8 +139,9 @@ impl<L> Server<L> {
     {
         let routes = self.routes.build()?;
         let tls = self.tls.ok_or(ServerError::NoTls)?;
-        let mut quic =
-            quinn::ServerConfig::with_crypto(Arc::new(tls.quic_config(&self.config.alpn)?));
+        let mut quic = quinn::ServerConfig::with_crypto(Arc::new(
+            tls.quic_config(&self.config.alpn, self.config.zero_rtt)?,
+        ));
         quic.transport_config(self.config.transport());
         let endpoint = quinn::Endpoint::server(quic, addr)
             .map_err(|source| ServerError::Bind { addr, source })?;
@@ -286,22 +287,15 @@ where
     S::Future: Send,
 {
     let remote = incoming.remote_address();
-    let quic = match tokio::time::timeout(shared.config.handshake_timeout, incoming).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(err)) => {
-            tracing::debug!(%remote, %err, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%remote, "handshake timed out");
-            return;
-        }
+    let Some(quic) = establish(incoming, &shared).await else {
+        return;
     };
     let (push, push_rx) = PushSender::new(
         shared.config.push_queue_capacity,
         shared.config.max_payload,
         quic.stable_id() as u64,
     );
+    let push = push.with_datagrams(quic.clone(), shared.config.max_datagram_event);
     tokio::spawn(crate::push::run_writer(quic.clone(), push_rx));
     let connection = Connection::new(quic.clone(), push, shared.registry.clone());
     tracing::debug!(%remote, id = connection.id(), "connection established");
@@ -328,4 +322,48 @@ where
         }
     }
     connection.on_closed();
+}
+
+/// Completes the handshake. With 0-RTT enabled the connection is served at once (a resumed
+/// client's 0-RTT calls are in its first flight); streams opened before the handshake is done
+/// are marked 0-RTT and only idempotent methods run from them. The handshake timeout still
+/// applies: a client that never finishes is closed.
+async fn establish(incoming: quinn::Incoming, shared: &Shared) -> Option<quinn::Connection> {
+    let remote = incoming.remote_address();
+    let timeout = shared.config.handshake_timeout;
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(err) => {
+            tracing::debug!(%remote, %err, "connection refused");
+            return None;
+        }
+    };
+    let connecting = if shared.config.zero_rtt {
+        match connecting.into_0rtt() {
+            Ok((conn, done)) => {
+                let watched = conn.clone();
+                tokio::spawn(async move {
+                    if tokio::time::timeout(timeout, done).await.is_err() {
+                        tracing::debug!(%remote, "handshake timed out");
+                        watched.close(close::NO_ERROR, b"handshake timed out");
+                    }
+                });
+                return Some(conn);
+            }
+            Err(connecting) => connecting,
+        }
+    } else {
+        connecting
+    };
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(err)) => {
+            tracing::debug!(%remote, %err, "handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "handshake timed out");
+            None
+        }
+    }
 }

@@ -38,6 +38,7 @@ const fn method(id: u16, name: &'static str, kind: CallKind) -> MethodInfo {
         service: "test.Svc",
         name,
         kind,
+        idempotent: false,
     }
 }
 

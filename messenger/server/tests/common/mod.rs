@@ -142,6 +142,14 @@ pub async fn next_event(
         .expect("undecodable push event")
 }
 
+/// The next raw push frame (of any channel), failing the test after 5 s.
+pub async fn next_frame(events: &mut qrpc::PushEvents) -> qrpc::frame::PushFrame {
+    tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+        .await
+        .expect("no push event within 5 s")
+        .expect("push stream closed")
+}
+
 /// Waits (up to 10 s) for the server to close `client`'s connection, and returns how.
 pub async fn disconnected(client: &qrpc::Client) -> qrpc::Disconnect {
     let mut rx = client.disconnects();

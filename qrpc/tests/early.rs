@@ -1,0 +1,310 @@
+//! 0-RTT calls on resumed connections and push events in QUIC datagrams.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use qrpc::tls::{ClientTls, SelfSigned};
+use qrpc::{
+    CallKind, CallRequest, Client, Handler, MethodInfo, RoutesBuilder, RpcService, Server,
+    ServiceDescriptor, Status, UnreliableDelivery,
+};
+use tower::ServiceExt;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Msg {
+    #[prost(bool, tag = "1")]
+    early: bool,
+    #[prost(uint64, tag = "2")]
+    runs: u64,
+    #[prost(string, tag = "3")]
+    text: String,
+    #[prost(bytes = "vec", tag = "4")]
+    data: Vec<u8>,
+}
+
+const fn method(id: u16, name: &'static str, idempotent: bool) -> MethodInfo {
+    MethodInfo {
+        id,
+        service: "test.Early",
+        name,
+        kind: CallKind::Unary,
+        idempotent,
+    }
+}
+
+/// Idempotent: answers whether it ran from 0-RTT data.
+const GET: MethodInfo = method(1, "Get", true);
+/// Not idempotent: counts its runs.
+const PUT: MethodInfo = method(2, "Put", false);
+/// Pushes one unreliable event carrying `data` and says how it went out.
+const TYPING: MethodInfo = method(3, "Typing", false);
+
+static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
+    name: "test.Early",
+    methods: &[GET, PUT, TYPING],
+};
+
+const TYPING_EVENT: u16 = 40;
+
+#[derive(Clone, Default)]
+struct Early {
+    gets: Arc<AtomicUsize>,
+    puts: Arc<AtomicUsize>,
+}
+
+impl RpcService for Early {
+    fn descriptor(&self) -> &'static ServiceDescriptor {
+        &DESCRIPTOR
+    }
+
+    fn register(self, routes: &mut RoutesBuilder) {
+        let gets = self.gets;
+        let puts = self.puts;
+        routes
+            .add(
+                GET,
+                Handler::unary(move |ctx, _m: Msg| {
+                    let runs = gets.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+                    async move {
+                        Ok::<_, Status>(Msg {
+                            early: ctx.early_data(),
+                            runs,
+                            ..Msg::default()
+                        })
+                    }
+                }),
+            )
+            .add(
+                PUT,
+                Handler::unary(move |ctx, _m: Msg| {
+                    let runs = puts.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+                    async move {
+                        Ok::<_, Status>(Msg {
+                            early: ctx.early_data(),
+                            runs,
+                            ..Msg::default()
+                        })
+                    }
+                }),
+            )
+            .add(
+                TYPING,
+                Handler::unary(|ctx, m: Msg| async move {
+                    let how = ctx
+                        .connection()
+                        .push()
+                        .send_unreliable(TYPING_EVENT, m.data.into())
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    Ok::<_, Status>(Msg {
+                        text: format!("{how:?}"),
+                        ..Msg::default()
+                    })
+                }),
+            );
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    service: Early,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+fn serve(
+    cert: &SelfSigned,
+    addr: SocketAddr,
+    config: impl FnOnce(&mut qrpc::ServerConfig),
+) -> Running {
+    let service = Early::default();
+    let server = Server::builder()
+        .tls(cert.server_tls())
+        .configure(|c| {
+            c.shutdown_grace = std::time::Duration::from_secs(1);
+            config(c);
+        })
+        .add_service(service.clone())
+        .bind(addr)
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve_with_shutdown(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        service,
+        stop: Some(stop),
+        task,
+    }
+}
+
+async fn client(
+    addr: SocketAddr,
+    tls: &ClientTls,
+    f: impl FnOnce(&mut qrpc::ClientConfig),
+) -> Client {
+    Client::builder(addr, tls.clone())
+        .configure(f)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Makes one full connection with `tls` and one call, so that `tls` holds a session ticket
+/// of the server (the ticket arrives before the call's response).
+async fn learn_ticket(addr: SocketAddr, tls: &ClientTls) {
+    let first = client(addr, tls, |_| {}).await;
+    let reply: Msg = first.unary_method(&GET, &Msg::default()).await.unwrap();
+    assert!(!reply.early, "a first connection has no 0-RTT");
+    first.close();
+}
+
+#[tokio::test]
+async fn a_resumed_client_sends_idempotent_calls_in_0rtt_and_nothing_else() {
+    let cert = SelfSigned::generate(&["localhost"]).unwrap();
+    let server = serve(&cert, "127.0.0.1:0".parse().unwrap(), |_| {});
+    let tls = ClientTls::pinned(cert.fingerprint());
+    learn_ticket(server.addr, &tls).await;
+
+    let resumed = client(server.addr, &tls, |_| {}).await;
+    let get: Msg = resumed.unary_method(&GET, &Msg::default()).await.unwrap();
+    assert!(get.early, "the idempotent call travelled in 0-RTT data");
+    let put: Msg = resumed.unary_method(&PUT, &Msg::default()).await.unwrap();
+    assert!(!put.early, "a non-idempotent call waits for the handshake");
+    assert_eq!(put.runs, 1);
+    // After the handshake, idempotent calls are ordinary 1-RTT calls.
+    let again: Msg = resumed.unary_method(&GET, &Msg::default()).await.unwrap();
+    assert!(!again.early);
+
+    // With 0-RTT off on the client, a resumed connection sends nothing early.
+    let careful = client(server.addr, &tls, |c| c.zero_rtt = false).await;
+    let get: Msg = careful.unary_method(&GET, &Msg::default()).await.unwrap();
+    assert!(!get.early);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_refuses_a_non_idempotent_call_sent_in_0rtt_without_running_it() {
+    let cert = SelfSigned::generate(&["localhost"]).unwrap();
+    let server = serve(&cert, "127.0.0.1:0".parse().unwrap(), |_| {});
+    let tls = ClientTls::pinned(cert.fingerprint());
+    learn_ticket(server.addr, &tls).await;
+
+    // A client that lies about PUT being idempotent gets it into 0-RTT data.
+    let liar = client(server.addr, &tls, |_| {}).await;
+    let call = CallRequest::unary(
+        PUT.id,
+        prost::Message::encode_to_vec(&Msg::default()).into(),
+    )
+    .with_idempotent(true);
+    let mut responses = liar.channel().clone().oneshot(call).await.unwrap();
+    let refused = futures::StreamExt::next(&mut responses)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.code(), qrpc::Code::Unavailable, "{refused}");
+    assert!(refused.message().contains("0-RTT"), "{refused}");
+    assert_eq!(
+        server.service.puts.load(Ordering::SeqCst),
+        0,
+        "PUT never ran"
+    );
+
+    // The same call after the handshake runs normally.
+    let put: Msg = liar.unary_method(&PUT, &Msg::default()).await.unwrap();
+    assert_eq!(put.runs, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rejected_0rtt_is_sent_again_after_the_handshake_exactly_once() {
+    let cert = SelfSigned::generate(&["localhost"]).unwrap();
+    let first = serve(&cert, "127.0.0.1:0".parse().unwrap(), |_| {});
+    let addr = first.addr;
+    let tls = ClientTls::pinned(cert.fingerprint());
+    learn_ticket(addr, &tls).await;
+    first.stop().await;
+
+    // A restarted server has forgotten the session: it rejects the 0-RTT data.
+    let restarted = serve(&cert, addr, |_| {});
+    let resumed = client(addr, &tls, |_| {}).await;
+    let get: Msg = resumed.unary_method(&GET, &Msg::default()).await.unwrap();
+    assert!(!get.early, "sent again in 1-RTT data");
+    assert_eq!(get.runs, 1, "the rejected 0-RTT copy never ran");
+    assert_eq!(restarted.service.gets.load(Ordering::SeqCst), 1);
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_without_0rtt_runs_every_call_after_the_handshake() {
+    let cert = SelfSigned::generate(&["localhost"]).unwrap();
+    let server = serve(&cert, "127.0.0.1:0".parse().unwrap(), |c| {
+        c.zero_rtt = false
+    });
+    let tls = ClientTls::pinned(cert.fingerprint());
+    learn_ticket(server.addr, &tls).await;
+    let resumed = client(server.addr, &tls, |_| {}).await;
+    let get: Msg = resumed.unary_method(&GET, &Msg::default()).await.unwrap();
+    assert!(!get.early);
+    server.stop().await;
+}
+
+async fn typing(client: &Client, data: Vec<u8>) -> String {
+    let reply: Msg = client
+        .unary_method(
+            &TYPING,
+            &Msg {
+                data,
+                ..Msg::default()
+            },
+        )
+        .await
+        .unwrap();
+    reply.text
+}
+
+#[tokio::test]
+async fn unreliable_events_travel_as_datagrams_and_fall_back_to_the_push_stream() {
+    let cert = SelfSigned::generate(&["localhost"]).unwrap();
+    let server = serve(&cert, "127.0.0.1:0".parse().unwrap(), |c| {
+        c.max_datagram_event = 200
+    });
+    let tls = ClientTls::pinned(cert.fingerprint());
+    let datagram = format!("{:?}", UnreliableDelivery::Datagram);
+    let stream = format!("{:?}", UnreliableDelivery::Stream);
+
+    let accepting = client(server.addr, &tls, |_| {}).await;
+    let mut events = accepting.push_events().unwrap();
+    assert_eq!(typing(&accepting, b"small".to_vec()).await, datagram);
+    let event = events.recv().await.unwrap();
+    assert_eq!(
+        (event.event_type, &event.payload[..]),
+        (TYPING_EVENT, &b"small"[..])
+    );
+    // 194 bytes of payload + 6 of header = 200: still one datagram; one more byte is not.
+    assert_eq!(typing(&accepting, vec![1; 194]).await, datagram);
+    assert_eq!(events.recv().await.unwrap().payload.len(), 194);
+    assert_eq!(typing(&accepting, vec![2; 195]).await, stream);
+    assert_eq!(events.recv().await.unwrap().payload.len(), 195);
+
+    // A client that does not accept datagrams gets the same events on the push stream.
+    let refusing = client(server.addr, &tls, |c| c.datagrams = false).await;
+    let mut events = refusing.push_events().unwrap();
+    assert_eq!(typing(&refusing, b"small".to_vec()).await, stream);
+    let event = events.recv().await.unwrap();
+    assert_eq!(
+        (event.event_type, &event.payload[..]),
+        (TYPING_EVENT, &b"small"[..])
+    );
+    server.stop().await;
+}
