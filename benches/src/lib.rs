@@ -24,10 +24,22 @@ pub use qrpc_gen::bench::v1::Payload;
 use qrpc_gen::bench::v1::echo_client::EchoClient;
 use qrpc_gen::bench::v1::echo_server::{Echo, EchoServer};
 
-struct EchoService;
+#[derive(Default)]
+struct EchoService {
+    /// `Look` calls that arrived in 0-RTT data.
+    early: Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl Echo for EchoService {
     async fn echo(&self, _ctx: RequestContext, request: Payload) -> Result<Payload, Status> {
+        Ok(request)
+    }
+
+    async fn look(&self, ctx: RequestContext, request: Payload) -> Result<Payload, Status> {
+        if ctx.early_data() {
+            self.early
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(request)
     }
 }
@@ -52,7 +64,7 @@ pub async fn qrpc_pair_with(profile: qrpc::TransportProfile) -> Result<EchoClien
             c.max_concurrent_streams = MAX_STREAMS;
             c.transport_profile = profile;
         })
-        .add_service(EchoServer::new(EchoService))
+        .add_service(EchoServer::new(EchoService::default()))
         .bind(loopback())?;
     let addr = server.local_addr()?;
     tokio::spawn(server.serve());
@@ -61,6 +73,145 @@ pub async fn qrpc_pair_with(profile: qrpc::TransportProfile) -> Result<EchoClien
         .connect()
         .await?;
     Ok(EchoClient::new(client))
+}
+
+/// How a fresh qrpc client reaches the server in [`QrpcEchoServer::connect_and_call`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// A new TLS session: full handshake, certificate checked.
+    Full,
+    /// A resumed session, calling a method without side effects: the call goes in 0-RTT data.
+    ZeroRtt,
+    /// A resumed session with 0-RTT turned off: the call waits for the handshake.
+    ResumedNoEarlyData,
+}
+
+/// A qrpc echo server for connection benchmarks: every client is new.
+pub struct QrpcEchoServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    fingerprint: [u8; 32],
+    /// A client TLS configuration that has reached the server once (it holds tickets).
+    warmed: ClientTls,
+    early: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl QrpcEchoServer {
+    /// Starts the server on `addr` (port 0 for any) and warms a session cache.
+    pub async fn start(addr: SocketAddr) -> Result<Self, Error> {
+        let cert = SelfSigned::generate(&["localhost"])?;
+        let service = EchoService::default();
+        let early = Arc::clone(&service.early);
+        let server = qrpc::Server::builder()
+            .tls(cert.server_tls())
+            .add_service(EchoServer::new(service))
+            .bind(addr)?;
+        let addr = server.local_addr()?;
+        tokio::spawn(server.serve());
+        let this = Self {
+            addr,
+            fingerprint: cert.fingerprint(),
+            warmed: ClientTls::pinned(cert.fingerprint()),
+            early,
+        };
+        // Warm the session cache with a connection that lives long enough to get tickets.
+        let client = qrpc::Client::connect(addr, this.warmed.clone()).await?;
+        EchoClient::new(client.clone())
+            .echo(&Payload::default())
+            .await?;
+        client.close();
+        Ok(this)
+    }
+
+    /// The SHA-256 fingerprint of the server's certificate.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// How many first calls arrived in 0-RTT data so far (to check that 0-RTT happened).
+    pub fn early_calls(&self) -> u64 {
+        self.early.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Connects a new client (its own UDP socket) and makes its first call; returns the time
+    /// from the start of the connection to the first response. With [`Resume::Full`] the
+    /// client has no session to resume.
+    ///
+    /// Before closing, a resumed client makes one more (untimed) call that waits for the
+    /// handshake: the server sends new session tickets when the handshake completes, after
+    /// it answered the 0-RTT call, and single-use tickets must be replenished as a long-lived
+    /// client's would be.
+    pub async fn connect_and_call(
+        &self,
+        to: SocketAddr,
+        resume: Resume,
+        request: &Payload,
+    ) -> Result<std::time::Duration, Error> {
+        let tls = match resume {
+            Resume::Full => ClientTls::pinned(self.fingerprint),
+            Resume::ZeroRtt | Resume::ResumedNoEarlyData => self.warmed.clone(),
+        };
+        let start = std::time::Instant::now();
+        let client = qrpc::Client::builder(to, tls)
+            .configure(|c| c.zero_rtt = resume == Resume::ZeroRtt)
+            .connect()
+            .await?;
+        let echo = EchoClient::new(client.clone());
+        let reply = echo.look(request).await?;
+        let elapsed = start.elapsed();
+        if reply.data.len() != request.data.len() {
+            return Err("echo changed the payload".into());
+        }
+        if resume != Resume::Full {
+            echo.echo(request).await?;
+        }
+        client.close();
+        Ok(elapsed)
+    }
+}
+
+/// A tonic echo server (TLS over TCP) for connection benchmarks.
+pub struct TonicEchoServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    cert_pem: String,
+}
+
+impl TonicEchoServer {
+    /// Starts the server on `addr` (port 0 for any).
+    pub async fn start(addr: SocketAddr) -> Result<Self, Error> {
+        let cert = SelfSigned::generate(&["localhost"])?;
+        let addr = spawn_tonic(&cert, addr).await?;
+        Ok(Self {
+            addr,
+            cert_pem: cert.cert_pem(),
+        })
+    }
+
+    /// Opens a new TCP connection with a full TLS 1.3 handshake and HTTP/2 setup, and makes
+    /// its first call; returns the time from the start of the connection to the response.
+    pub async fn connect_and_call(
+        &self,
+        to: SocketAddr,
+        request: &tonic_gen::Payload,
+    ) -> Result<std::time::Duration, Error> {
+        use tonic::transport::{Certificate, ClientTlsConfig};
+        let start = std::time::Instant::now();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.cert_pem))
+            .domain_name("localhost");
+        let channel = tonic::transport::Channel::from_shared(format!("https://{to}"))?
+            .tls_config(tls)?
+            .connect()
+            .await?;
+        let mut client = tonic_gen::echo_client::EchoClient::new(channel);
+        let reply = client.echo(request.clone()).await?.into_inner();
+        let elapsed = start.elapsed();
+        if reply.data.len() != request.data.len() {
+            return Err("echo changed the payload".into());
+        }
+        Ok(elapsed)
+    }
 }
 
 struct TonicEcho;
@@ -78,10 +229,24 @@ impl tonic_gen::echo_server::Echo for TonicEcho {
 /// Starts a tonic echo server (TLS over TCP) on loopback and connects a client to it.
 pub async fn tonic_pair()
 -> Result<tonic_gen::echo_client::EchoClient<tonic::transport::Channel>, Error> {
-    use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+    use tonic::transport::{Certificate, ClientTlsConfig};
     let cert = SelfSigned::generate(&["localhost"])?;
+    let addr = spawn_tonic(&cert, loopback()).await?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(cert.cert_pem()))
+        .domain_name("localhost");
+    let channel = tonic::transport::Channel::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(tonic_gen::echo_client::EchoClient::new(channel))
+}
+
+/// Serves the tonic echo with TLS on `addr`; returns the bound address.
+async fn spawn_tonic(cert: &SelfSigned, addr: SocketAddr) -> Result<SocketAddr, Error> {
+    use tonic::transport::{Identity, ServerTlsConfig};
     let identity = Identity::from_pem(cert.cert_pem(), cert.key_pem().as_bytes());
-    let listener = tokio::net::TcpListener::bind(loopback()).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let server = tonic::transport::Server::builder()
         .tls_config(ServerTlsConfig::new().identity(identity))?
@@ -98,14 +263,7 @@ pub async fn tonic_pair()
             ),
         );
     tokio::spawn(server);
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(cert.cert_pem()))
-        .domain_name("localhost");
-    let channel = tonic::transport::Channel::from_shared(format!("https://{addr}"))?
-        .tls_config(tls)?
-        .connect()
-        .await?;
-    Ok(tonic_gen::echo_client::EchoClient::new(channel))
+    Ok(addr)
 }
 
 /// A raw quinn echo: one bidi stream per call, read to end, write back, finish.
@@ -158,6 +316,141 @@ impl RawQuinn {
         send.write_all(data).await?;
         send.finish()?;
         Ok(recv.read_to_end(usize::MAX).await?)
+    }
+}
+
+/// A UDP relay on loopback that forwards datagrams to `upstream` and back, each after `delay`
+/// (one way) and in order, so a round trip through it costs `2 × delay`: a network path for
+/// benchmarks on a machine without netem. Each client address gets its own upstream socket.
+/// Returns the relay's address; it runs until the runtime ends.
+pub async fn udp_delay_relay(
+    upstream: SocketAddr,
+    delay: std::time::Duration,
+) -> Result<SocketAddr, Error> {
+    use std::collections::HashMap;
+    let front = Arc::new(tokio::net::UdpSocket::bind(loopback()).await?);
+    let addr = front.local_addr()?;
+    tokio::spawn(async move {
+        let mut lines: HashMap<SocketAddr, DelayLine> = HashMap::new();
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((len, client)) = front.recv_from(&mut buf).await {
+            if !lines.contains_key(&client) {
+                let Ok(back) = tokio::net::UdpSocket::bind(loopback()).await else {
+                    continue;
+                };
+                if back.connect(upstream).await.is_err() {
+                    continue;
+                }
+                let back = Arc::new(back);
+                // Server to client: read from the upstream socket, deliver through the front.
+                let to_client = {
+                    let front = Arc::clone(&front);
+                    delay_line(move |datagram: Vec<u8>| {
+                        let front = Arc::clone(&front);
+                        async move {
+                            let _ = front.send_to(&datagram, client).await;
+                        }
+                    })
+                };
+                let reader = Arc::clone(&back);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65_536];
+                    while let Ok(len) = reader.recv(&mut buf).await {
+                        to_client.push(buf[..len].to_vec(), delay);
+                    }
+                });
+                let to_server = delay_line(move |datagram: Vec<u8>| {
+                    let back = Arc::clone(&back);
+                    async move {
+                        let _ = back.send(&datagram).await;
+                    }
+                });
+                lines.insert(client, to_server);
+            }
+            if let Some(line) = lines.get(&client) {
+                line.push(buf[..len].to_vec(), delay);
+            }
+        }
+    });
+    Ok(addr)
+}
+
+/// Packets waiting to be delivered, in order, each at its due time.
+struct DelayLine(tokio::sync::mpsc::UnboundedSender<(tokio::time::Instant, Vec<u8>)>);
+
+impl DelayLine {
+    fn push(&self, packet: Vec<u8>, delay: std::time::Duration) {
+        let _ = self.0.send((tokio::time::Instant::now() + delay, packet));
+    }
+}
+
+fn delay_line<F, Fut>(deliver: F) -> DelayLine
+where
+    F: Fn(Vec<u8>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Some((due, packet)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            deliver(packet).await;
+        }
+    });
+    DelayLine(tx)
+}
+
+/// A TCP relay on loopback that forwards each connection to `upstream` and back, every chunk
+/// after `delay` (one way), in order. See [`udp_delay_relay`].
+pub async fn tcp_delay_relay(
+    upstream: SocketAddr,
+    delay: std::time::Duration,
+) -> Result<SocketAddr, Error> {
+    let listener = tokio::net::TcpListener::bind(loopback()).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(delayed_pipe(client_read, server_write, delay));
+                tokio::spawn(delayed_pipe(server_read, client_write, delay));
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Copies `from` to `to`, each chunk written `delay` after it was read, in order.
+async fn delayed_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 65_536];
+    while let Ok(len) = from.read(&mut buf).await {
+        if len == 0 {
+            return;
+        }
+        let due = tokio::time::Instant::now() + delay;
+        if tx.send((due, buf[..len].to_vec())).is_err() {
+            return;
+        }
     }
 }
 

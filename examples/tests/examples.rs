@@ -35,9 +35,13 @@ async fn chat_pushes_events_in_order() {
 
 #[tokio::test]
 async fn middleware_guards_and_limits() {
-    let codes = qrpc_examples::middleware::run().await.unwrap();
+    let report = qrpc_examples::middleware::run().await.unwrap();
     assert_eq!(
-        codes,
+        report.echoed, "open to all",
+        "the guard covers the room only"
+    );
+    assert_eq!(
+        report.posts,
         vec![
             Code::Unauthenticated,
             Code::Ok,

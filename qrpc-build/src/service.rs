@@ -61,7 +61,7 @@ impl prost_build::ServiceGenerator for Generator {
         let mut consts = Vec::new();
         let mut const_idents = Vec::new();
         let mut trait_methods = Vec::new();
-        let mut registrations = Vec::new();
+        let mut arms = Vec::new();
         let mut client_methods = Vec::new();
 
         for method in &service.methods {
@@ -113,22 +113,18 @@ impl prost_build::ServiceGenerator for Generator {
             });
             const_idents.push(const_ident.clone());
 
-            let (request_ty, response_ty, handler) = match kind {
-                Kind::Unary => (quote!(#input), quote!(#output), quote!(unary)),
+            let (request_ty, response_ty) = match kind {
+                Kind::Unary => (quote!(#input), quote!(#output)),
                 Kind::ServerStreaming => (
                     quote!(#input),
                     quote!(::qrpc::codegen::ResponseStream<#output>),
-                    quote!(server_streaming),
                 ),
-                Kind::ClientStreaming => (
-                    quote!(::qrpc::codegen::Streaming<#input>),
-                    quote!(#output),
-                    quote!(client_streaming),
-                ),
+                Kind::ClientStreaming => {
+                    (quote!(::qrpc::codegen::Streaming<#input>), quote!(#output))
+                }
                 Kind::Bidi => (
                     quote!(::qrpc::codegen::Streaming<#input>),
                     quote!(::qrpc::codegen::ResponseStream<#output>),
-                    quote!(bidi),
                 ),
             };
             trait_methods.push(quote! {
@@ -141,27 +137,32 @@ impl prost_build::ServiceGenerator for Generator {
                     Output = ::core::result::Result<#response_ty, ::qrpc::codegen::Status>,
                 > + ::core::marker::Send;
             });
-            registrations.push(quote! {
-                let inner = ::std::sync::Arc::clone(&self.inner);
-                routes.add(
-                    #const_ident,
-                    ::qrpc::codegen::Handler::#handler(move |ctx, request| {
-                        let inner = ::std::sync::Arc::clone(&inner);
-                        async move { inner.#method_ident(ctx, request).await }
-                    }),
-                );
+            let serve = match kind {
+                Kind::Unary => quote!(serve_unary),
+                Kind::ServerStreaming => quote!(serve_server_streaming),
+                Kind::ClientStreaming => quote!(serve_client_streaming),
+                Kind::Bidi => quote!(serve_bidi),
+            };
+            let message_ty = match kind {
+                Kind::Unary | Kind::ServerStreaming => quote!(#input),
+                Kind::ClientStreaming | Kind::Bidi => quote!(::qrpc::codegen::Streaming<#input>),
+            };
+            arms.push(quote! {
+                #id => ::qrpc::codegen::#serve(request, move |ctx, message: #message_ty| async move {
+                    inner.#method_ident(ctx, message).await
+                }),
             });
             client_methods.push(match kind {
                 Kind::Unary => quote! {
                     #method_docs
                     pub async fn #method_ident(&self, request: &#input) -> ::core::result::Result<#output, ::qrpc::codegen::Status> {
-                        self.inner.unary_method(&super::#server_mod::#const_ident, request).await
+                        ::qrpc::codegen::unary(&self.inner, &super::#server_mod::#const_ident, request).await
                     }
                 },
                 Kind::ServerStreaming => quote! {
                     #method_docs
                     pub async fn #method_ident(&self, request: &#input) -> ::core::result::Result<::qrpc::codegen::Streaming<#output>, ::qrpc::codegen::Status> {
-                        self.inner.server_streaming_method(&super::#server_mod::#const_ident, request).await
+                        ::qrpc::codegen::server_streaming(&self.inner, &super::#server_mod::#const_ident, request).await
                     }
                 },
                 Kind::ClientStreaming => quote! {
@@ -170,7 +171,7 @@ impl prost_build::ServiceGenerator for Generator {
                         &self,
                         requests: impl ::qrpc::codegen::Stream<Item = #input> + ::core::marker::Send + 'static,
                     ) -> ::core::result::Result<#output, ::qrpc::codegen::Status> {
-                        self.inner.client_streaming(super::#server_mod::#const_ident.id, requests).await
+                        ::qrpc::codegen::client_streaming(&self.inner, &super::#server_mod::#const_ident, requests).await
                     }
                 },
                 Kind::Bidi => quote! {
@@ -179,7 +180,7 @@ impl prost_build::ServiceGenerator for Generator {
                         &self,
                         requests: impl ::qrpc::codegen::Stream<Item = #input> + ::core::marker::Send + 'static,
                     ) -> ::core::result::Result<::qrpc::codegen::Streaming<#output>, ::qrpc::codegen::Status> {
-                        self.inner.bidi(super::#server_mod::#const_ident.id, requests).await
+                        ::qrpc::codegen::bidi(&self.inner, &super::#server_mod::#const_ident, requests).await
                     }
                 },
             });
@@ -189,7 +190,9 @@ impl prost_build::ServiceGenerator for Generator {
             format!(" Server side of `{full_service}`: its trait, adapter and method ids.");
         let client_mod_doc = format!(" Client of `{full_service}`.");
         let adapter_doc = format!(
-            " Serves a [`{}`] implementation: pass it to `qrpc::Server::add_service`.",
+            " Serves a [`{}`] implementation: a tower service over raw calls; pass it to \
+             `qrpc::Server::add_service`, alone or behind per-service layers \
+             (`qrpc::LayerExt::named_layer`).",
             service.name
         );
         let tokens = quote! {
@@ -233,13 +236,30 @@ impl prost_build::ServiceGenerator for Generator {
                     }
                 }
 
-                impl<T: #service_ident> ::qrpc::codegen::RpcService for #server_ident<T> {
+                impl<T> ::qrpc::codegen::NamedService for #server_ident<T> {
                     fn descriptor(&self) -> &'static ::qrpc::codegen::ServiceDescriptor {
                         &DESCRIPTOR
                     }
+                }
 
-                    fn register(self, routes: &mut ::qrpc::codegen::RoutesBuilder) {
-                        #(#registrations)*
+                impl<T: #service_ident> ::qrpc::codegen::Service<::qrpc::codegen::Request<::qrpc::codegen::RequestBody>> for #server_ident<T> {
+                    type Response = ::qrpc::codegen::Response<::qrpc::codegen::ResponseBody>;
+                    type Error = ::qrpc::codegen::Status;
+                    type Future = ::qrpc::codegen::CallFuture;
+
+                    fn poll_ready(
+                        &mut self,
+                        _cx: &mut ::core::task::Context<'_>,
+                    ) -> ::core::task::Poll<::core::result::Result<(), Self::Error>> {
+                        ::core::task::Poll::Ready(::core::result::Result::Ok(()))
+                    }
+
+                    fn call(&mut self, request: ::qrpc::codegen::Request<::qrpc::codegen::RequestBody>) -> Self::Future {
+                        let inner = ::std::sync::Arc::clone(&self.inner);
+                        match request.context().method_id() {
+                            #(#arms)*
+                            _ => ::qrpc::codegen::serve_unimplemented(&request),
+                        }
                     }
                 }
             }
@@ -248,20 +268,23 @@ impl prost_build::ServiceGenerator for Generator {
             #[allow(dead_code, clippy::all, missing_docs)]
             pub mod #client_mod {
                 #service_docs
+                ///
+                /// Calls go through `T`: a `qrpc::Client` (the default), or any tower service
+                /// over `qrpc::CallRequest` (for example a client behind client-side layers).
                 #[derive(Debug, Clone)]
-                pub struct #client_ident {
-                    inner: ::qrpc::codegen::Client,
+                pub struct #client_ident<T = ::qrpc::codegen::Client> {
+                    inner: T,
                 }
 
-                impl #client_ident {
-                    /// A typed client over a connected `qrpc::Client` (cheap to clone, shareable
-                    /// with other typed clients).
-                    pub fn new(inner: ::qrpc::codegen::Client) -> Self {
+                impl<T: ::qrpc::codegen::Transport> #client_ident<T> {
+                    /// A typed client over a transport: a connected `qrpc::Client` (cheap to
+                    /// clone, shareable with other typed clients) or a layered one.
+                    pub fn new(inner: T) -> Self {
                         Self { inner }
                     }
 
-                    /// The untyped client beneath.
-                    pub fn inner(&self) -> &::qrpc::codegen::Client {
+                    /// The transport beneath.
+                    pub fn inner(&self) -> &T {
                         &self.inner
                     }
 

@@ -3,22 +3,122 @@
 
 pub use bytes::Bytes;
 pub use futures::Stream;
-pub use futures::StreamExt;
 pub use prost;
+pub use tower::Service;
 
+pub use crate::body::{MessageStream, Request, RequestBody, Response, ResponseBody};
 pub use crate::body::{ResponseStream, Streaming};
-pub use crate::client::Client;
-pub use crate::client::PushEvents;
-pub use crate::context::Identity;
+pub use crate::client::{CallRequest, Client};
 pub use crate::context::RequestContext;
-pub use crate::frame::PushFrame;
-pub use crate::push::{
-    PushDelivery, PushError, PushEvent, PushRegistry, PushSender, TypedPushEvents, TypedPushSender,
-};
+pub use crate::push::{PushEvent, TypedPushEvents, TypedPushSender};
 pub use crate::routes::{
-    CallKind, Handler, MethodInfo, RoutesBuilder, RpcService, ServiceDescriptor,
+    CallFuture, CallKind, MethodInfo, NamedService, ServiceDescriptor, serve_bidi,
+    serve_client_streaming, serve_server_streaming, serve_unary, serve_unimplemented,
 };
 pub use crate::status::Status;
 
-/// Boxes a future: generated adapters store handlers as boxed futures.
-pub type BoxFuture<T> = futures::future::BoxFuture<'static, T>;
+use futures::StreamExt;
+use tower::ServiceExt;
+
+/// What a generated client calls through: a [`Client`], or any tower service over
+/// [`CallRequest`]s (a client behind client-side layers).
+pub trait Transport:
+    Service<
+        CallRequest,
+        Response = MessageStream,
+        Error: Into<tower::BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Transport for T where
+    T: Service<
+            CallRequest,
+            Response = MessageStream,
+            Error: Into<tower::BoxError>,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+async fn call<T: Transport>(transport: &T, request: CallRequest) -> Result<MessageStream, Status> {
+    transport
+        .clone()
+        .oneshot(request)
+        .await
+        .map_err(|e| Status::from_error(e.into()))
+}
+
+async fn single<Resp: prost::Message + Default>(
+    mut responses: MessageStream,
+) -> Result<Resp, Status> {
+    let bytes = crate::client::single_response(&mut responses).await?;
+    crate::client::decode_response(bytes)
+}
+
+/// A unary call of `method` through `transport`.
+pub async fn unary<T: Transport, Req: prost::Message, Resp: prost::Message + Default>(
+    transport: &T,
+    method: &MethodInfo,
+    request: &Req,
+) -> Result<Resp, Status> {
+    let request = CallRequest::unary(method.id, request.encode_to_vec().into())
+        .with_idempotent(method.idempotent);
+    single(call(transport, request).await?).await
+}
+
+/// A server-streaming call of `method` through `transport`.
+pub async fn server_streaming<T: Transport, Req: prost::Message, Resp: prost::Message + Default>(
+    transport: &T,
+    method: &MethodInfo,
+    request: &Req,
+) -> Result<Streaming<Resp>, Status> {
+    let request = CallRequest::server_streaming(method.id, request.encode_to_vec().into())
+        .with_idempotent(method.idempotent);
+    Ok(Streaming::from_server(call(transport, request).await?))
+}
+
+/// A client-streaming call of `method` through `transport`.
+pub async fn client_streaming<T, Req, Resp>(
+    transport: &T,
+    method: &MethodInfo,
+    requests: impl Stream<Item = Req> + Send + 'static,
+) -> Result<Resp, Status>
+where
+    T: Transport,
+    Req: prost::Message + 'static,
+    Resp: prost::Message + Default,
+{
+    let messages = requests.map(|r| Bytes::from(r.encode_to_vec())).boxed();
+    single(
+        call(
+            transport,
+            CallRequest::client_streaming(method.id, messages),
+        )
+        .await?,
+    )
+    .await
+}
+
+/// A bidi-streaming call of `method` through `transport`.
+pub async fn bidi<T, Req, Resp>(
+    transport: &T,
+    method: &MethodInfo,
+    requests: impl Stream<Item = Req> + Send + 'static,
+) -> Result<Streaming<Resp>, Status>
+where
+    T: Transport,
+    Req: prost::Message + 'static,
+    Resp: prost::Message + Default,
+{
+    let messages = requests.map(|r| Bytes::from(r.encode_to_vec())).boxed();
+    let responses = call(transport, CallRequest::bidi(method.id, messages)).await?;
+    Ok(Streaming::from_server(responses))
+}

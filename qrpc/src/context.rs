@@ -110,6 +110,8 @@ struct ConnectionInner {
     state: Mutex<ConnectionState>,
     push: PushSender,
     registry: PushRegistry,
+    /// Cancelled when the server begins a graceful shutdown.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// A server-side handle to one client connection and its state. Cheap to clone.
@@ -117,7 +119,12 @@ struct ConnectionInner {
 pub struct Connection(Arc<ConnectionInner>);
 
 impl Connection {
-    pub(crate) fn new(quic: quinn::Connection, push: PushSender, registry: PushRegistry) -> Self {
+    pub(crate) fn new(
+        quic: quinn::Connection,
+        push: PushSender,
+        registry: PushRegistry,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
         let remote = quic.remote_address();
         let id = quic.stable_id() as u64;
         Self(Arc::new(ConnectionInner {
@@ -127,6 +134,7 @@ impl Connection {
             state: Mutex::new(ConnectionState::default()),
             push,
             registry,
+            shutdown,
         }))
     }
 
@@ -145,6 +153,7 @@ impl Connection {
             state: Mutex::new(ConnectionState::default()),
             push,
             registry,
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }))
     }
 
@@ -179,19 +188,38 @@ impl Connection {
 
     /// Binds `identity` to this connection: later calls see it, and the server's
     /// [`PushRegistry`] can reach this connection by it. Replaces any earlier identity.
+    ///
+    /// Atomic: concurrent binds and clears of one connection apply one after another, so the
+    /// bound identity and the registry always agree (pushes for one identity never reach a
+    /// connection bound to another).
     pub fn bind_identity(&self, identity: Identity) {
-        let previous = self.state().identity.replace(identity.clone());
-        if let Some(previous) = previous {
+        self.bind_identity_with(identity, |_| ());
+    }
+
+    /// Binds `identity` as [`bind_identity`](Self::bind_identity) does and, in the same
+    /// critical section, runs `f` on the connection's extensions: session state kept there
+    /// (a session record, say) changes together with the identity, never apart from it.
+    pub fn bind_identity_with<R>(
+        &self,
+        identity: Identity,
+        f: impl FnOnce(&mut Extensions) -> R,
+    ) -> R {
+        let mut state = self.state();
+        // The registry's lock is taken inside the state lock, never the other way round.
+        if let Some(previous) = state.identity.replace(identity.clone()) {
             self.0.registry.unregister(&previous, self.id());
         }
         self.0
             .registry
             .register(identity, self.id(), self.0.push.clone());
+        f(&mut state.extensions)
     }
 
-    /// Removes the bound identity (for example on logout or session expiry).
+    /// Removes the bound identity (for example on logout or session expiry), atomically with
+    /// respect to binds.
     pub fn clear_identity(&self) -> Option<Identity> {
-        let previous = self.state().identity.take();
+        let mut state = self.state();
+        let previous = state.identity.take();
         if let Some(previous) = &previous {
             self.0.registry.unregister(previous, self.id());
         }
@@ -234,6 +262,19 @@ impl Connection {
         }
     }
 
+    /// Completes when the server begins a graceful shutdown (never for a detached
+    /// connection). In-flight calls get the server's shutdown grace to finish; a handler that
+    /// waits on its own (a long poll, a subscription) should select on this and answer at
+    /// once, so that shutdown does not wait out the grace.
+    pub async fn server_shutdown(&self) {
+        self.0.shutdown.cancelled().await;
+    }
+
+    /// Whether the server has begun a graceful shutdown.
+    pub fn is_server_shutting_down(&self) -> bool {
+        self.0.shutdown.is_cancelled()
+    }
+
     /// Round-trip time estimate of the connection (zero when detached).
     pub fn rtt(&self) -> std::time::Duration {
         self.0
@@ -243,9 +284,7 @@ impl Connection {
     }
 
     pub(crate) fn on_closed(&self) {
-        if let Some(identity) = self.state().identity.take() {
-            self.0.registry.unregister(&identity, self.id());
-        }
+        self.clear_identity();
     }
 }
 
@@ -361,5 +400,53 @@ mod tests {
         assert_eq!(ext.remove::<String>().as_deref(), Some("s"));
         assert_eq!(ext.len(), 1);
         assert_eq!(format!("{ext:?}"), "Extensions { len: 1 }");
+    }
+
+    #[test]
+    fn concurrent_binds_leave_the_identity_and_the_registry_in_agreement() {
+        let registry = PushRegistry::new();
+        let names: Vec<Identity> = (0..3).map(|i| Identity::new(format!("user{i}"))).collect();
+        for _ in 0..300 {
+            let conn = Connection::detached("127.0.0.1:9".parse().unwrap(), registry.clone());
+            let threads: Vec<_> = (0..4)
+                .map(|t| {
+                    let (conn, names) = (conn.clone(), names.clone());
+                    std::thread::spawn(move || {
+                        for i in 0..40 {
+                            conn.bind_identity(names[(t + i) % names.len()].clone());
+                        }
+                    })
+                })
+                .collect();
+            for thread in threads {
+                thread.join().unwrap();
+            }
+            let bound = conn.identity().unwrap();
+            for name in &names {
+                let registered = registry.registered(name).contains(&conn.id());
+                assert_eq!(
+                    registered,
+                    *name == bound,
+                    "{name:?} registered: {registered}, bound: {bound:?}"
+                );
+            }
+            conn.clear_identity();
+            assert!(
+                names
+                    .iter()
+                    .all(|n| !registry.registered(n).contains(&conn.id()))
+            );
+        }
+    }
+
+    #[test]
+    fn bind_identity_with_changes_the_extensions_in_the_same_step() {
+        let conn = Connection::detached("127.0.0.1:9".parse().unwrap(), PushRegistry::new());
+        let previous = conn.bind_identity_with(Identity::new("a"), |e| e.insert(1u32));
+        assert_eq!(previous, None);
+        let previous = conn.bind_identity_with(Identity::new("b"), |e| e.insert(2u32));
+        assert_eq!(previous, Some(1));
+        assert_eq!(conn.identity(), Some(Identity::new("b")));
+        assert_eq!(conn.with_extensions(|e| e.get::<u32>().copied()), Some(2));
     }
 }

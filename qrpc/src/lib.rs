@@ -22,13 +22,15 @@
 //! * [`tls`] — rustls with aws-lc-rs (post-quantum `X25519MLKEM768` key exchange preferred),
 //!   self-signed certificates for development, PEM loading and certificate pinning.
 //!
-//! Services are usually generated from `.proto` files by `qrpc-build`; [`Handler`] builds them
-//! by hand.
+//! Services are usually generated from `.proto` files by `qrpc-build`; [`Methods`] and
+//! [`Handler`] build them by hand. Every service is a [`tower::Service`] that names its methods
+//! ([`NamedService`]), so tower layers wrap a whole server ([`Server::layer`]) or one service
+//! ([`LayerExt::named_layer`]).
 //!
 //! ## Example: a hand-written unary service
 //!
 //! ```
-//! use qrpc::{CallKind, Handler, MethodInfo, RoutesBuilder, RpcService, ServiceDescriptor, Status};
+//! use qrpc::{CallKind, Handler, MethodInfo, Methods, ServiceDescriptor, Status};
 //!
 //! #[derive(Clone, PartialEq, prost::Message)]
 //! struct Ping { #[prost(uint64, tag = "1")] n: u64 }
@@ -38,22 +40,16 @@
 //! };
 //! static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor { name: "demo.Ping", methods: &[PING] };
 //!
-//! struct PingService;
-//! impl RpcService for PingService {
-//!     fn descriptor(&self) -> &'static ServiceDescriptor { &DESCRIPTOR }
-//!     fn register(self, routes: &mut RoutesBuilder) {
-//!         routes.add(PING, Handler::unary(|_ctx, req: Ping| async move {
-//!             Ok::<_, Status>(Ping { n: req.n + 1 })
-//!         }));
-//!     }
-//! }
-//!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ping = Methods::new(&DESCRIPTOR).route(PING, Handler::unary(|_ctx, req: Ping| async move {
+//!     Ok::<_, Status>(Ping { n: req.n + 1 })
+//! }));
+//!
 //! let cert = qrpc::tls::SelfSigned::generate(&["localhost"])?;
 //! let server = qrpc::Server::builder()
 //!     .tls(cert.server_tls())
-//!     .add_service(PingService)
+//!     .add_service(ping)
 //!     .bind("127.0.0.1:0".parse()?)?;
 //! let addr = server.local_addr()?;
 //! tokio::spawn(server.serve());
@@ -93,8 +89,8 @@ pub use push::{
     UnreliableDelivery,
 };
 pub use routes::{
-    CallKind, DuplicateMethodId, Handler, MethodInfo, Routes, RoutesBuilder, RpcService,
-    ServiceDescriptor,
+    CallKind, DuplicateMethodId, Handler, LayerExt, MethodInfo, MethodRef, Methods, Named,
+    NamedService, Routes, ServiceDescriptor,
 };
 pub use server::{BoundServer, Server, ServerConfig, ServerError};
 pub use status::{Code, ErrorStatus, Status};

@@ -217,6 +217,15 @@ impl PushRegistry {
         }
     }
 
+    /// The ids of the connections registered for `identity`, closed or not.
+    #[cfg(test)]
+    pub(crate) fn registered(&self, identity: &Identity) -> Vec<u64> {
+        self.lock()
+            .get(identity)
+            .map(|s| s.iter().map(|s| s.connection_id).collect())
+            .unwrap_or_default()
+    }
+
     /// The push senders of every live connection bound to `identity`.
     pub fn connections(&self, identity: &Identity) -> Vec<PushSender> {
         self.lock()

@@ -56,6 +56,31 @@ pub struct MethodInfo {
     pub idempotent: bool,
 }
 
+/// Names a method in a policy: a generated [`MethodInfo`] constant (preferred: it cannot drift
+/// from the `.proto`) or a raw wire id.
+pub trait MethodRef {
+    /// The method's wire id.
+    fn method_id(&self) -> u16;
+}
+
+impl MethodRef for u16 {
+    fn method_id(&self) -> u16 {
+        *self
+    }
+}
+
+impl MethodRef for MethodInfo {
+    fn method_id(&self) -> u16 {
+        self.id
+    }
+}
+
+impl<M: MethodRef + ?Sized> MethodRef for &M {
+    fn method_id(&self) -> u16 {
+        (**self).method_id()
+    }
+}
+
 impl fmt::Display for MethodInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.service, self.name)
@@ -110,17 +135,10 @@ impl Handler {
         Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
     {
         let f = Arc::new(f);
-        Self::from_fn(move |req: Request<RequestBody>| {
+        Self(Arc::new(move |req| {
             let f = Arc::clone(&f);
-            async move {
-                let (ctx, body) = req.into_parts();
-                let msg = Req::decode(body.into_unary())?;
-                let resp = f(ctx, msg).await?;
-                Ok(Response::new(ResponseBody::Unary(
-                    resp.encode_to_vec().into(),
-                )))
-            }
-        })
+            serve_unary(req, move |ctx, msg| f(ctx, msg))
+        }))
     }
 
     /// A server-streaming handler.
@@ -132,15 +150,10 @@ impl Handler {
         Fut: Future<Output = Result<ResponseStream<Resp>, Status>> + Send + 'static,
     {
         let f = Arc::new(f);
-        Self::from_fn(move |req: Request<RequestBody>| {
+        Self(Arc::new(move |req| {
             let f = Arc::clone(&f);
-            async move {
-                let (ctx, body) = req.into_parts();
-                let msg = Req::decode(body.into_unary())?;
-                let stream = f(ctx, msg).await?;
-                Ok(Response::new(ResponseBody::Stream(encode_stream(stream))))
-            }
-        })
+            serve_server_streaming(req, move |ctx, msg| f(ctx, msg))
+        }))
     }
 
     /// A client-streaming handler.
@@ -152,17 +165,10 @@ impl Handler {
         Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
     {
         let f = Arc::new(f);
-        Self::from_fn(move |req: Request<RequestBody>| {
+        Self(Arc::new(move |req| {
             let f = Arc::clone(&f);
-            async move {
-                let (ctx, body) = req.into_parts();
-                let stream = Streaming::new(body.into_streaming()?);
-                let resp = f(ctx, stream).await?;
-                Ok(Response::new(ResponseBody::Unary(
-                    resp.encode_to_vec().into(),
-                )))
-            }
-        })
+            serve_client_streaming(req, move |ctx, msgs| f(ctx, msgs))
+        }))
     }
 
     /// A bidi-streaming handler.
@@ -174,15 +180,10 @@ impl Handler {
         Fut: Future<Output = Result<ResponseStream<Resp>, Status>> + Send + 'static,
     {
         let f = Arc::new(f);
-        Self::from_fn(move |req: Request<RequestBody>| {
+        Self(Arc::new(move |req| {
             let f = Arc::clone(&f);
-            async move {
-                let (ctx, body) = req.into_parts();
-                let stream = Streaming::new(body.into_streaming()?);
-                let out = f(ctx, stream).await?;
-                Ok(Response::new(ResponseBody::Stream(encode_stream(out))))
-            }
-        })
+            serve_bidi(req, move |ctx, msgs| f(ctx, msgs))
+        }))
     }
 
     fn call(
@@ -197,6 +198,90 @@ impl fmt::Debug for Handler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Handler")
     }
+}
+
+/// The future a served call resolves to.
+pub type CallFuture = BoxFuture<'static, Result<Response<ResponseBody>, Status>>;
+
+/// Serves one unary call with `f`: decodes the request, encodes the response.
+pub fn serve_unary<Req, Resp, F, Fut>(req: Request<RequestBody>, f: F) -> CallFuture
+where
+    Req: prost::Message + Default + 'static,
+    Resp: prost::Message + 'static,
+    F: FnOnce(RequestContext, Req) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    async move {
+        let (ctx, body) = req.into_parts();
+        let msg = Req::decode(body.into_unary())?;
+        let resp = f(ctx, msg).await?;
+        Ok(Response::new(ResponseBody::Unary(
+            resp.encode_to_vec().into(),
+        )))
+    }
+    .boxed()
+}
+
+/// Serves one server-streaming call with `f`.
+pub fn serve_server_streaming<Req, Resp, F, Fut>(req: Request<RequestBody>, f: F) -> CallFuture
+where
+    Req: prost::Message + Default + 'static,
+    Resp: prost::Message + 'static,
+    F: FnOnce(RequestContext, Req) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<ResponseStream<Resp>, Status>> + Send + 'static,
+{
+    async move {
+        let (ctx, body) = req.into_parts();
+        let msg = Req::decode(body.into_unary())?;
+        let stream = f(ctx, msg).await?;
+        Ok(Response::new(ResponseBody::Stream(encode_stream(stream))))
+    }
+    .boxed()
+}
+
+/// Serves one client-streaming call with `f`.
+pub fn serve_client_streaming<Req, Resp, F, Fut>(req: Request<RequestBody>, f: F) -> CallFuture
+where
+    Req: prost::Message + Default + 'static,
+    Resp: prost::Message + 'static,
+    F: FnOnce(RequestContext, Streaming<Req>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    async move {
+        let (ctx, body) = req.into_parts();
+        let stream = Streaming::new(body.into_streaming()?);
+        let resp = f(ctx, stream).await?;
+        Ok(Response::new(ResponseBody::Unary(
+            resp.encode_to_vec().into(),
+        )))
+    }
+    .boxed()
+}
+
+/// Serves one bidi-streaming call with `f`.
+pub fn serve_bidi<Req, Resp, F, Fut>(req: Request<RequestBody>, f: F) -> CallFuture
+where
+    Req: prost::Message + Default + 'static,
+    Resp: prost::Message + 'static,
+    F: FnOnce(RequestContext, Streaming<Req>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<ResponseStream<Resp>, Status>> + Send + 'static,
+{
+    async move {
+        let (ctx, body) = req.into_parts();
+        let stream = Streaming::new(body.into_streaming()?);
+        let out = f(ctx, stream).await?;
+        Ok(Response::new(ResponseBody::Stream(encode_stream(out))))
+    }
+    .boxed()
+}
+
+/// Answers a call whose method the service does not have.
+pub fn serve_unimplemented(req: &Request<RequestBody>) -> CallFuture {
+    let id = req.context().method_id();
+    futures::future::ready(Err(Status::unimplemented(format!(
+        "method id {id} is not served here"
+    ))))
+    .boxed()
 }
 
 fn encode_stream<T: prost::Message + 'static>(
@@ -217,28 +302,170 @@ pub struct DuplicateMethodId {
     pub second: String,
 }
 
-/// The method table a service registers into; see [`RpcService`].
+/// A service a qrpc server can host: a tower service over raw calls that says which methods
+/// it serves. Generated `<Service>Server` types implement it; so do [`Methods`] (hand-written
+/// services) and [`Named`] (a service behind per-service layers).
+pub trait NamedService {
+    /// The service's name and methods.
+    fn descriptor(&self) -> &'static ServiceDescriptor;
+}
+
+/// A hand-written service: a handler per method of a [`ServiceDescriptor`]. A method of the
+/// descriptor without a handler answers `Unimplemented`.
+#[derive(Clone, Debug)]
+pub struct Methods {
+    descriptor: &'static ServiceDescriptor,
+    handlers: Arc<HashMap<u16, Handler>>,
+}
+
+impl Methods {
+    /// A service with the methods of `descriptor` and no handlers yet.
+    pub fn new(descriptor: &'static ServiceDescriptor) -> Self {
+        Self {
+            descriptor,
+            handlers: Arc::default(),
+        }
+    }
+
+    /// Serves `method` with `handler`.
+    ///
+    /// # Panics
+    /// If `method` is not one of the descriptor's methods: that is a programming error that
+    /// would otherwise make the method unreachable.
+    pub fn route(mut self, method: MethodInfo, handler: Handler) -> Self {
+        assert!(
+            self.descriptor.methods.contains(&method),
+            "{method} is not a method of {}",
+            self.descriptor.name
+        );
+        Arc::make_mut(&mut self.handlers).insert(method.id, handler);
+        self
+    }
+}
+
+impl NamedService for Methods {
+    fn descriptor(&self) -> &'static ServiceDescriptor {
+        self.descriptor
+    }
+}
+
+impl tower::Service<Request<RequestBody>> for Methods {
+    type Response = Response<ResponseBody>;
+    type Error = Status;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        match self.handlers.get(&req.context().method_id()) {
+            Some(handler) => handler.call(req),
+            None => serve_unimplemented(&req),
+        }
+    }
+}
+
+/// A service behind per-service layers that keeps the inner service's descriptor, so a server
+/// can still route to it. Made by [`LayerExt::named_layer`].
+#[derive(Clone, Debug)]
+pub struct Named<S> {
+    inner: S,
+    descriptor: &'static ServiceDescriptor,
+}
+
+impl<S> NamedService for Named<S> {
+    fn descriptor(&self) -> &'static ServiceDescriptor {
+        self.descriptor
+    }
+}
+
+impl<S, B> tower::Service<B> for Named<S>
+where
+    S: tower::Service<B>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: B) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+/// Wraps one service in a layer, as tonic's `LayerExt` does: the layers apply to that service's
+/// calls only, and the result can still be added to a server.
+///
+/// ```
+/// # use qrpc::{LayerExt, Methods, ServiceDescriptor};
+/// # static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor { name: "demo.Ping", methods: &[] };
+/// let timeout = tower::timeout::TimeoutLayer::new(std::time::Duration::from_secs(2));
+/// let cert = qrpc::tls::SelfSigned::generate(&["localhost"]).unwrap();
+/// let server = qrpc::Server::builder()
+///     .tls(cert.server_tls())
+///     .add_service(timeout.named_layer(Methods::new(&DESCRIPTOR)));
+/// ```
+pub trait LayerExt {
+    /// `self` applied to `service`, keeping `service`'s descriptor.
+    fn named_layer<S>(&self, service: S) -> Named<<Self as tower_layer::Layer<S>>::Service>
+    where
+        Self: tower_layer::Layer<S>,
+        S: NamedService,
+    {
+        let descriptor = service.descriptor();
+        Named {
+            inner: self.layer(service),
+            descriptor,
+        }
+    }
+}
+
+impl<L> LayerExt for L {}
+
+type BoxedService =
+    tower::util::BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, Status>;
+
+/// The method table the server builds from its services.
 #[derive(Debug, Default)]
-pub struct RoutesBuilder {
-    routes: HashMap<u16, (MethodInfo, Handler)>,
+pub(crate) struct RoutesBuilder {
+    routes: HashMap<u16, (MethodInfo, BoxedService)>,
     errors: Vec<DuplicateMethodId>,
 }
 
 impl RoutesBuilder {
-    /// Registers a handler for `method`. A second handler for the same id is recorded as an
-    /// error that [`Server::bind`](crate::Server::bind) reports.
-    pub fn add(&mut self, method: MethodInfo, handler: Handler) -> &mut Self {
-        match self.routes.get(&method.id) {
-            Some((existing, _)) => self.errors.push(DuplicateMethodId {
-                id: method.id,
-                first: existing.to_string(),
-                second: method.to_string(),
-            }),
-            None => {
-                self.routes.insert(method.id, (method, handler));
+    /// Routes every method of `service`'s descriptor to it. A method id taken by an earlier
+    /// service is recorded as an error that [`Server::bind`](crate::Server::bind) reports.
+    pub(crate) fn add_service<S>(&mut self, service: S)
+    where
+        S: tower::Service<Request<RequestBody>, Response = Response<ResponseBody>>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<tower::BoxError>,
+        S::Future: Send + 'static,
+    {
+        let descriptor = service.descriptor();
+        let boxed = BoxedService::new(tower::ServiceExt::map_err(service, |e: S::Error| {
+            Status::from_error(e.into())
+        }));
+        for method in descriptor.methods {
+            match self.routes.get(&method.id) {
+                Some((existing, _)) => self.errors.push(DuplicateMethodId {
+                    id: method.id,
+                    first: existing.to_string(),
+                    second: method.to_string(),
+                }),
+                None => {
+                    self.routes.insert(method.id, (*method, boxed.clone()));
+                }
             }
         }
-        self
     }
 
     pub(crate) fn build(self) -> Result<Routes, DuplicateMethodId> {
@@ -249,19 +476,16 @@ impl RoutesBuilder {
     }
 }
 
-/// A service that can be served: generated server adapters implement it.
-pub trait RpcService: Send + 'static {
-    /// The service's static description.
-    fn descriptor(&self) -> &'static ServiceDescriptor;
-    /// Registers every method of the service.
-    fn register(self, routes: &mut RoutesBuilder);
-}
+/// The innermost service of a server: dispatches a raw request by method id to the service
+/// that has the method. An id no service has gets `Unimplemented`.
+#[derive(Clone)]
+pub struct Routes(Arc<HashMap<u16, (MethodInfo, BoxedService)>>);
 
-/// The innermost service of a server: dispatches a raw request by method id.
-///
-/// An id with no handler gets `Unimplemented`.
-#[derive(Clone, Debug)]
-pub struct Routes(Arc<HashMap<u16, (MethodInfo, Handler)>>);
+impl fmt::Debug for Routes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.methods()).finish()
+    }
+}
 
 impl Routes {
     /// The registered method with `id`.
@@ -278,20 +502,16 @@ impl Routes {
 impl tower::Service<Request<RequestBody>> for Routes {
     type Response = Response<ResponseBody>;
     type Error = Status;
-    type Future = BoxFuture<'static, Result<Response<ResponseBody>, Status>>;
+    type Future = CallFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
-        let id = req.context().method_id();
-        match self.0.get(&id) {
-            Some((_, handler)) => handler.call(req),
-            None => futures::future::ready(Err(Status::unimplemented(format!(
-                "method id {id} is not served here"
-            ))))
-            .boxed(),
+        match self.0.get(&req.context().method_id()) {
+            Some((_, service)) => tower::ServiceExt::oneshot(service.clone(), req).boxed(),
+            None => serve_unimplemented(&req),
         }
     }
 }

@@ -431,8 +431,8 @@ async fn duplicate_method_ids_refuse_to_bind() {
     let cert = cert();
     let err = qrpc::Server::builder()
         .tls(cert.server_tls())
-        .add_service(TestService::default())
-        .add_service(TestService::default())
+        .add_service(TestService::default().into_methods())
+        .add_service(TestService::default().into_methods())
         .bind("127.0.0.1:0".parse().unwrap())
         .unwrap_err();
     let text = err.to_string();

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use qrpc::tls::{ClientTls, SelfSigned};
 use qrpc::{
-    CallKind, CallRequest, Client, Handler, MethodInfo, RoutesBuilder, RpcService, Server,
-    ServiceDescriptor, Status, UnreliableDelivery,
+    CallKind, CallRequest, Client, Handler, MethodInfo, Methods, Server, ServiceDescriptor, Status,
+    UnreliableDelivery,
 };
 use tower::ServiceExt;
 
@@ -54,16 +54,13 @@ struct Early {
     puts: Arc<AtomicUsize>,
 }
 
-impl RpcService for Early {
-    fn descriptor(&self) -> &'static ServiceDescriptor {
-        &DESCRIPTOR
-    }
-
-    fn register(self, routes: &mut RoutesBuilder) {
+impl Early {
+    /// The service, ready for `Server::add_service`.
+    pub fn into_methods(self) -> Methods {
         let gets = self.gets;
         let puts = self.puts;
-        routes
-            .add(
+        Methods::new(&DESCRIPTOR)
+            .route(
                 GET,
                 Handler::unary(move |ctx, _m: Msg| {
                     let runs = gets.fetch_add(1, Ordering::SeqCst) as u64 + 1;
@@ -76,7 +73,7 @@ impl RpcService for Early {
                     }
                 }),
             )
-            .add(
+            .route(
                 PUT,
                 Handler::unary(move |ctx, _m: Msg| {
                     let runs = puts.fetch_add(1, Ordering::SeqCst) as u64 + 1;
@@ -89,7 +86,7 @@ impl RpcService for Early {
                     }
                 }),
             )
-            .add(
+            .route(
                 TYPING,
                 Handler::unary(|ctx, m: Msg| async move {
                     let how = ctx
@@ -102,7 +99,7 @@ impl RpcService for Early {
                         ..Msg::default()
                     })
                 }),
-            );
+            )
     }
 }
 
@@ -132,7 +129,7 @@ fn serve(
             c.shutdown_grace = std::time::Duration::from_secs(1);
             config(c);
         })
-        .add_service(service.clone())
+        .add_service(service.clone().into_methods())
         .bind(addr)
         .unwrap();
     let addr = server.local_addr().unwrap();

@@ -3,7 +3,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use common::*;
 use qrpc::tls::ClientTls;
@@ -34,7 +36,7 @@ async fn root_trust_with_matching_name_connects() {
     let cert = cert();
     let server = qrpc::Server::builder()
         .tls(cert.server_tls())
-        .add_service(TestService::default())
+        .add_service(TestService::default().into_methods())
         .bind("127.0.0.1:0".parse().unwrap())
         .unwrap();
     let server = run(server, cert.fingerprint());
@@ -124,13 +126,16 @@ async fn registry_reaches_a_connection_by_identity() {
 
 #[tokio::test]
 async fn graceful_shutdown_completes_in_flight_calls() {
-    let mut server = start(TestService::default());
+    let service = TestService::default();
+    let observed = service.observed.clone();
+    let mut server = start(service);
     let client = server.client().await;
     let call = tokio::spawn({
         let client = client.clone();
         async move { client.unary::<_, Msg>(SLOW.id, &Msg::n(300)).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Shut down only once the call is running in its handler.
+    observed.slow_start.notified().await;
     let serve = server.shutdown();
     let reply = call.await.unwrap().unwrap();
     assert_eq!(reply.n, 300);
@@ -148,7 +153,9 @@ async fn graceful_shutdown_completes_in_flight_calls() {
 
 #[tokio::test]
 async fn shutdown_grace_bounds_how_long_calls_may_run() {
-    let mut server = start_with(TestService::default(), |c| {
+    let service = TestService::default();
+    let observed = service.observed.clone();
+    let mut server = start_with(service, |c| {
         c.shutdown_grace = Duration::from_millis(200);
         c
     });
@@ -157,15 +164,70 @@ async fn shutdown_grace_bounds_how_long_calls_may_run() {
         let client = client.clone();
         async move { client.unary::<_, Msg>(SLOW.id, &Msg::n(60_000)).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+    observed.slow_start.notified().await;
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
         .await
-        .unwrap()
+        .expect("shutdown waited for the minute-long call instead of its grace")
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(3));
     let err = call.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
+    // The call was cut by the expired grace (SHUTDOWN), not refused before it started.
+    let disconnect = client.disconnects().borrow().clone().unwrap();
+    assert_eq!(
+        disconnect.application_code,
+        Some(qrpc::protocol::close::SHUTDOWN.into_inner()),
+        "{disconnect:?}"
+    );
+    assert_eq!(observed.slow_finished.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn handlers_see_the_shutdown_and_can_answer_before_the_grace() {
+    const WAIT: qrpc::MethodInfo = qrpc::MethodInfo {
+        id: 1,
+        service: "test.Wait",
+        name: "Wait",
+        kind: qrpc::CallKind::Unary,
+        idempotent: false,
+    };
+    static WAITER: qrpc::ServiceDescriptor = qrpc::ServiceDescriptor {
+        name: "test.Wait",
+        methods: &[WAIT],
+    };
+    let started = Arc::new(tokio::sync::Notify::new());
+    let handler_started = Arc::clone(&started);
+    let waiter = qrpc::Methods::new(&WAITER).route(
+        WAIT,
+        qrpc::Handler::unary(move |ctx, _m: Msg| {
+            let started = Arc::clone(&handler_started);
+            async move {
+                started.notify_one();
+                // A long poll: it ends when the server shuts down.
+                ctx.connection().server_shutdown().await;
+                Ok::<_, qrpc::Status>(Msg::n(7))
+            }
+        }),
+    );
+    let cert = cert();
+    let bound = qrpc::Server::builder()
+        .tls(cert.server_tls())
+        .configure(|c| c.shutdown_grace = Duration::from_secs(600))
+        .add_service(waiter)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let mut server = run(bound, cert.fingerprint());
+    let client = server.client().await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.unary::<_, Msg>(WAIT.id, &Msg::default()).await }
+    });
+    started.notified().await;
+    // Without the signal this would wait out the 600 s grace.
+    tokio::time::timeout(Duration::from_secs(20), server.shutdown())
+        .await
+        .expect("the long poll held the shutdown")
+        .unwrap();
+    assert_eq!(call.await.unwrap().unwrap().n, 7, "answered, not cut");
 }
 
 #[tokio::test]

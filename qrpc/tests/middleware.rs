@@ -52,6 +52,10 @@ async fn auth_refuses_protected_methods_until_the_connection_logs_in() {
         .unwrap();
     let me: Msg = client.unary(WHOAMI.id, &Msg::default()).await.unwrap();
     assert_eq!(me.text, "alice");
+    // Once authenticated, an unknown method is what it is (docs/wire-protocol.md §7): the
+    // method table is hidden from anonymous peers only.
+    let err = client.unary_raw(999, Default::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
 
     // The connection is the session: another connection is not logged in.
     let other = server.client().await;

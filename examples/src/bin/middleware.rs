@@ -1,11 +1,13 @@
-//! Runs the middleware example: auth and per-method rate limits.
+//! Runs the middleware example: a server-wide audit layer, a guarded chat room next to an open
+//! echo service, and a client-side deadline.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter("qrpc::audit=info")
         .init();
-    let codes = qrpc_examples::middleware::run().await?;
-    println!("post before join, then four posts: {codes:?}");
+    let report = qrpc_examples::middleware::run().await?;
+    println!("echo before joining the room: {:?}", report.echoed);
+    println!("post before join, then four posts: {:?}", report.posts);
     Ok(())
 }

@@ -84,6 +84,75 @@ fn inclusion_proofs_match_the_reference() {
     p5.verify(&log.leaf(5).unwrap(), &h(ROOTS[8])).unwrap();
 }
 
+/// Consistency proofs of the reference tree, as published with the Certificate Transparency
+/// reference verifier's test data (certificate-transparency-go, `merkle/log_verifier_test.go`,
+/// `consistencyProofs`): produced and checked by an implementation other than this one.
+const CONSISTENCY: [(u64, u64, &[&str]); 4] = [
+    (1, 1, &[]),
+    (
+        1,
+        8,
+        &[
+            "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+        ],
+    ),
+    (
+        6,
+        8,
+        &[
+            "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+            "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+        ],
+    ),
+    (
+        2,
+        5,
+        &[
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+        ],
+    ),
+];
+
+#[test]
+fn consistency_proofs_match_the_reference_and_the_reference_proofs_verify() {
+    let log = reference_log();
+    for (old, new, path) in CONSISTENCY {
+        let reference: Vec<Hash> = path.iter().map(|p| h(p)).collect();
+        // The prover produces exactly the published proof...
+        let ours = log.consistency_proof(old, new).unwrap();
+        assert_eq!(ours.path, reference, "proof {old} -> {new}");
+        // ...and the verifier accepts the published proof between the published roots, built
+        // here without the prover.
+        let published = ConsistencyProof {
+            old_size: old,
+            new_size: new,
+            path: reference.clone(),
+        };
+        let (old_root, new_root) = (h(ROOTS[old as usize]), h(ROOTS[new as usize]));
+        published.verify(&old_root, &new_root).unwrap();
+        if reference.is_empty() {
+            continue;
+        }
+        // Swapped roots, a flipped bit, a dropped or an extra hash: all refused.
+        assert!(published.verify(&new_root, &old_root).is_err());
+        for i in 0..reference.len() {
+            let mut flipped = published.clone();
+            flipped.path[i][0] ^= 16;
+            assert!(flipped.verify(&old_root, &new_root).is_err(), "bit {i}");
+        }
+        let mut short = published.clone();
+        short.path.pop();
+        assert!(short.verify(&old_root, &new_root).is_err());
+        let mut long = published.clone();
+        long.path.push(old_root);
+        assert!(long.verify(&old_root, &new_root).is_err());
+    }
+}
+
 #[test]
 fn every_inclusion_and_consistency_proof_verifies_up_to_40_leaves() {
     let mut log = MerkleLog::new();

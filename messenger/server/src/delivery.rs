@@ -259,10 +259,13 @@ impl<S: Store> Delivery for Api<S> {
                     messages: messages.into_iter().map(envelope).collect(),
                 });
             }
-            if tokio::time::timeout_at(deadline, arrivals.wait_past(request.after_seq))
-                .await
-                .is_err()
-            {
+            // Answer at once when the server shuts down: the long poll must not hold a
+            // graceful shutdown for its whole grace period.
+            let woken = tokio::select! {
+                woken = tokio::time::timeout_at(deadline, arrivals.wait_past(request.after_seq)) => woken.is_ok(),
+                () = ctx.connection().server_shutdown() => false,
+            };
+            if !woken {
                 return Ok(v1::FetchResponse {
                     messages: Vec::new(),
                 });

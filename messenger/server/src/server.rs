@@ -26,11 +26,17 @@ pub struct RunningServer {
     pub fingerprint: [u8; 32],
     /// The key that signs key-transparency tree heads.
     pub kt_public: IdentityPublic,
+    state: Arc<AppState<SqliteStore>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
+    /// The server's shared state: its store, sessions and counters (for monitoring and tests).
+    pub fn state(&self) -> &Arc<AppState<SqliteStore>> {
+        &self.state
+    }
+
     /// Shuts down gracefully and waits for it.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -129,6 +135,7 @@ async fn prepare(config: &Config) -> anyhow::Result<Prepared<SqliteStore>> {
         c.max_payload = limits.max_payload_bytes;
         c.max_concurrent_streams = limits.max_concurrent_streams;
         c.segmentation_offload = limits.udp_segmentation_offload;
+        c.zero_rtt = limits.zero_rtt;
         c.alpn = vec![b"qpq/1".to_vec()];
         c.shutdown_grace = std::time::Duration::from_secs(10);
     });
@@ -197,6 +204,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let server = prepared.server.bind(config.listen)?;
     let addr = server.local_addr()?;
     let janitor = spawn_janitor(&prepared.state);
+    let state = Arc::clone(&prepared.state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         server
@@ -210,6 +218,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         addr,
         fingerprint: prepared.fingerprint,
         kt_public: prepared.kt_public,
+        state,
         shutdown: Some(tx),
         task: Some(task),
     })

@@ -124,12 +124,13 @@ impl Sessions {
     pub fn bind(self: &Arc<Self>, connection: &Connection, info: SessionInfo) {
         {
             let mut map = self.lock();
-            let previous = connection.with_extensions(|e| e.insert(info.clone()));
+            // Identity, push registration and session record change in one step.
+            let previous =
+                connection.bind_identity_with(info.device.identity(), |e| e.insert(info.clone()));
             if let Some(previous) = previous {
                 previous.ended.cancel();
                 remove_connection(&mut map, &previous.device, connection.id());
             }
-            connection.bind_identity(info.device.identity());
             map.entry(info.device.clone()).or_default().push(Live {
                 connection: connection.clone(),
                 info: info.clone(),

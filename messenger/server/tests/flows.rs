@@ -190,7 +190,21 @@ async fn fetch_wait_wakes_on_enqueue_and_times_out_empty() {
             .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Enqueue only once the call is parked (its first, empty query done), so that the
+    // wake-up path is what answers it.
+    let parked = async {
+        while h.server.state().waiting_devices() < 1 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), parked)
+        .await
+        .expect("the FetchWait call never parked");
+    let queries = h
+        .server
+        .state()
+        .fetch_wait_queries
+        .load(std::sync::atomic::Ordering::SeqCst);
     let started = Instant::now();
     alice
         .delivery()
@@ -204,6 +218,14 @@ async fn fetch_wait_wakes_on_enqueue_and_times_out_empty() {
         .unwrap();
     assert_eq!(got.messages.len(), 1);
     assert!(started.elapsed() < Duration::from_secs(2));
+    // Woken by the arrival: exactly one more query, not a poll loop.
+    assert_eq!(
+        h.server
+            .state()
+            .fetch_wait_queries
+            .load(std::sync::atomic::Ordering::SeqCst),
+        queries + 1
+    );
 }
 
 #[tokio::test]
@@ -611,9 +633,10 @@ async fn channels_users_and_p2p() {
         p2p.health(&v1::HealthRequest {}).await.unwrap().status,
         "ok"
     );
+    // A minute-long lifetime: found, however slow this machine is.
     p2p.publish_endpoint(&v1::PublishEndpointRequest {
         addresses: vec!["127.0.0.1:4000".into()],
-        ttl_ms: 200,
+        ttl_ms: 60_000,
     })
     .await
     .unwrap();
@@ -625,7 +648,15 @@ async fn channels_users_and_p2p() {
         .await
         .unwrap();
     assert_eq!(found.addresses, vec!["127.0.0.1:4000".to_owned()]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A 1 ms lifetime replaces it; once more than that has passed (any delay only makes it
+    // more certain), the endpoint is gone.
+    p2p.publish_endpoint(&v1::PublishEndpointRequest {
+        addresses: vec!["127.0.0.1:4001".into()],
+        ttl_ms: 1,
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let err = alice_p2p
         .resolve_endpoint(&v1::ResolveEndpointRequest {
             device: Some(bob.me()),

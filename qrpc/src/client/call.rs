@@ -382,7 +382,7 @@ impl Drop for ResponseReader {
 }
 
 /// Takes the single response of a unary or client-streaming call.
-pub(super) async fn single_response(responses: &mut MessageStream) -> Result<Bytes, Status> {
+pub(crate) async fn single_response(responses: &mut MessageStream) -> Result<Bytes, Status> {
     match responses.next().await {
         Some(result) => result,
         None => Err(Status::internal("server ended the call without a response")),

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
+pub(crate) use call::single_response;
 pub use call::{CallRequest, Channel, OutgoingBody};
 pub use connection::{ConnectionState, Disconnect, PushEvents};
 
@@ -270,7 +271,7 @@ impl Client {
         self.channel.close();
     }
 
-    async fn call(&self, request: CallRequest) -> Result<MessageStream, Status> {
+    async fn dispatch(&self, request: CallRequest) -> Result<MessageStream, Status> {
         self.service
             .clone()
             .oneshot(request)
@@ -280,7 +281,9 @@ impl Client {
 
     /// A raw unary call.
     pub async fn unary_raw(&self, method_id: u16, request: Bytes) -> Result<Bytes, Status> {
-        let mut responses = self.call(CallRequest::unary(method_id, request)).await?;
+        let mut responses = self
+            .dispatch(CallRequest::unary(method_id, request))
+            .await?;
         call::single_response(&mut responses).await
     }
 
@@ -290,7 +293,7 @@ impl Client {
         method_id: u16,
         request: Bytes,
     ) -> Result<MessageStream, Status> {
-        self.call(CallRequest::server_streaming(method_id, request))
+        self.dispatch(CallRequest::server_streaming(method_id, request))
             .await
     }
 
@@ -301,7 +304,7 @@ impl Client {
         requests: impl futures::Stream<Item = Bytes> + Send + 'static,
     ) -> Result<Bytes, Status> {
         let mut responses = self
-            .call(CallRequest::client_streaming(method_id, requests.boxed()))
+            .dispatch(CallRequest::client_streaming(method_id, requests.boxed()))
             .await?;
         call::single_response(&mut responses).await
     }
@@ -312,7 +315,7 @@ impl Client {
         method_id: u16,
         requests: impl futures::Stream<Item = Bytes> + Send + 'static,
     ) -> Result<MessageStream, Status> {
-        self.call(CallRequest::bidi(method_id, requests.boxed()))
+        self.dispatch(CallRequest::bidi(method_id, requests.boxed()))
             .await
     }
 
@@ -341,7 +344,7 @@ impl Client {
     {
         let call = CallRequest::unary(method.id, request.encode_to_vec().into())
             .with_idempotent(method.idempotent);
-        let mut responses = self.call(call).await?;
+        let mut responses = self.dispatch(call).await?;
         decode_response(call::single_response(&mut responses).await?)
     }
 
@@ -358,7 +361,7 @@ impl Client {
     {
         let call = CallRequest::server_streaming(method.id, request.encode_to_vec().into())
             .with_idempotent(method.idempotent);
-        Ok(Streaming::from_server(self.call(call).await?))
+        Ok(Streaming::from_server(self.dispatch(call).await?))
     }
 
     /// A typed server-streaming call.
@@ -410,6 +413,26 @@ impl Client {
     }
 }
 
-fn decode_response<T: prost::Message + Default>(bytes: Bytes) -> Result<T, Status> {
+/// A client is the transport of generated clients, and can sit under client-side layers of
+/// its own: `EchoClient::new(ServiceBuilder::new().layer(..).service(client))`.
+impl Service<CallRequest> for Client {
+    type Response = MessageStream;
+    type Error = Status;
+    type Future = futures::future::BoxFuture<'static, Result<MessageStream, Status>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Status>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: CallRequest) -> Self::Future {
+        let client = self.clone();
+        Box::pin(async move { client.dispatch(request).await })
+    }
+}
+
+pub(crate) fn decode_response<T: prost::Message + Default>(bytes: Bytes) -> Result<T, Status> {
     T::decode(bytes).map_err(|e| Status::internal(format!("undecodable response: {e}")))
 }

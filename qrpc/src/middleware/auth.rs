@@ -45,6 +45,8 @@ impl Authenticator for RequireIdentity {
     }
 }
 
+use crate::routes::MethodRef;
+
 /// Which methods are public. Every method not listed is protected: a method added later is
 /// protected until someone decides otherwise.
 #[derive(Debug, Clone, Default)]
@@ -58,16 +60,22 @@ impl AuthPolicy {
         Self::default()
     }
 
-    /// Marks `method_id` public.
-    pub fn public(mut self, method_id: u16) -> Self {
-        self.public.insert(method_id);
+    /// Marks a method public: a generated `MethodInfo` constant (`echo_server::SAY`) or a raw id.
+    pub fn public(mut self, method: impl MethodRef) -> Self {
+        self.public.insert(method.method_id());
         self
     }
 
-    /// Marks every id in `method_ids` public.
-    pub fn public_methods(mut self, method_ids: impl IntoIterator<Item = u16>) -> Self {
-        self.public.extend(method_ids);
+    /// Marks every method in `methods` public.
+    pub fn public_methods<M: MethodRef>(mut self, methods: impl IntoIterator<Item = M>) -> Self {
+        self.public
+            .extend(methods.into_iter().map(|m| m.method_id()));
         self
+    }
+
+    /// Marks every method of a service public (its generated `DESCRIPTOR`).
+    pub fn public_service(self, service: &crate::ServiceDescriptor) -> Self {
+        self.public_methods(service.methods)
     }
 
     /// Whether `method_id` is public.

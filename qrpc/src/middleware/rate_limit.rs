@@ -107,9 +107,10 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Limits calls of one method per caller (its identity once bound, its IP before).
-    pub fn per_method(mut self, method_id: u16, quota: Quota) -> Self {
-        self.per_method.insert(method_id, quota);
+    /// Limits calls of one method per caller (its identity once bound, its IP before). The
+    /// method is a generated `MethodInfo` constant or a raw id.
+    pub fn per_method(mut self, method: impl crate::routes::MethodRef, quota: Quota) -> Self {
+        self.per_method.insert(method.method_id(), quota);
         self
     }
 

@@ -18,7 +18,7 @@ use crate::body::{Request, RequestBody, Response, ResponseBody};
 use crate::context::Connection;
 use crate::protocol::close;
 use crate::push::{PushRegistry, PushSender};
-use crate::routes::{DuplicateMethodId, Routes, RoutesBuilder, RpcService};
+use crate::routes::{DuplicateMethodId, NamedService, Routes, RoutesBuilder};
 use crate::tls::{ServerTls, TlsError};
 
 /// Why a server could not start.
@@ -47,7 +47,7 @@ pub enum ServerError {
 /// Builds and runs a qrpc server.
 ///
 /// ```no_run
-/// # async fn run(svc: impl qrpc::RpcService) -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run(svc: qrpc::Methods) -> Result<(), Box<dyn std::error::Error>> {
 /// let cert = qrpc::tls::SelfSigned::generate(&["localhost"])?;
 /// qrpc::Server::builder()
 ///     .tls(cert.server_tls())
@@ -109,10 +109,23 @@ impl<L> Server<L> {
         }
     }
 
-    /// Registers every method of `service`. A method id registered twice makes
-    /// [`bind`](Self::bind) fail with [`ServerError::DuplicateMethod`].
-    pub fn add_service(mut self, service: impl RpcService) -> Self {
-        service.register(&mut self.routes);
+    /// Hosts `service`: a generated `<Service>Server`, a hand-written [`Methods`](crate::Methods),
+    /// or either behind per-service layers ([`LayerExt::named_layer`](crate::LayerExt)). Layers
+    /// added with [`layer`](Self::layer) wrap every service; a service's own layers run inside
+    /// them. A method id served twice makes [`bind`](Self::bind) fail with
+    /// [`ServerError::DuplicateMethod`].
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request<RequestBody>, Response = Response<ResponseBody>>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<tower::BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.routes.add_service(service);
         self
     }
 
@@ -154,6 +167,7 @@ impl<L> Server<L> {
                 registry: self.registry,
                 calls: TaskTracker::new(),
                 shutting_down: AtomicBool::new(false),
+                shutdown: tokio_util::sync::CancellationToken::new(),
             }),
             service,
         })
@@ -200,6 +214,8 @@ pub(crate) struct Shared {
     registry: PushRegistry,
     calls: TaskTracker,
     shutting_down: AtomicBool,
+    /// Cancelled when graceful shutdown begins; handlers see it through their connection.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// A server bound to its socket, ready to serve.
@@ -262,6 +278,7 @@ where
         }
         tracing::info!("shutting down: no new connections or calls");
         shared.shutting_down.store(true, Ordering::SeqCst);
+        shared.shutdown.cancel();
         endpoint.set_server_config(None);
         shared.calls.close();
         let graceful = tokio::time::timeout(shared.config.shutdown_grace, shared.calls.wait())
@@ -297,7 +314,12 @@ where
     );
     let push = push.with_datagrams(quic.clone(), shared.config.max_datagram_event);
     tokio::spawn(crate::push::run_writer(quic.clone(), push_rx));
-    let connection = Connection::new(quic.clone(), push, shared.registry.clone());
+    let connection = Connection::new(
+        quic.clone(),
+        push,
+        shared.registry.clone(),
+        shared.shutdown.clone(),
+    );
     tracing::debug!(%remote, id = connection.id(), "connection established");
     loop {
         match quic.accept_bi().await {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use qrpc::tls::{ClientTls, SelfSigned};
 use qrpc::{
-    BoundServer, CallKind, Client, Handler, Identity, MethodInfo, RoutesBuilder, RpcService,
-    Server, ServiceDescriptor, Status,
+    BoundServer, CallKind, Client, Handler, Identity, MethodInfo, Methods, Server,
+    ServiceDescriptor, Status,
 };
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -64,6 +64,8 @@ pub static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
 #[derive(Default)]
 pub struct Observed {
     pub slow_started: AtomicUsize,
+    /// Signalled each time a Slow call starts (a permit is kept if nobody waits yet).
+    pub slow_start: tokio::sync::Notify,
     pub slow_dropped: AtomicUsize,
     pub slow_finished: AtomicUsize,
     pub in_flight: AtomicUsize,
@@ -108,25 +110,23 @@ impl Drop for DropFlag {
     }
 }
 
-impl RpcService for TestService {
-    fn descriptor(&self) -> &'static ServiceDescriptor {
-        &DESCRIPTOR
-    }
-
-    fn register(self, routes: &mut RoutesBuilder) {
+impl TestService {
+    /// The service, ready for `Server::add_service`.
+    pub fn into_methods(self) -> Methods {
         let observed = self.observed.clone();
         let count_observed = self.observed.clone();
-        routes
-            .add(
+        Methods::new(&DESCRIPTOR)
+            .route(
                 ECHO,
                 Handler::unary(|_ctx, m: Msg| async move { Ok::<_, Status>(m) }),
             )
-            .add(
+            .route(
                 SLOW,
                 Handler::unary(move |_ctx, m: Msg| {
                     let observed = observed.clone();
                     async move {
                         observed.slow_started.fetch_add(1, Ordering::SeqCst);
+                        observed.slow_start.notify_one();
                         let now = observed.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                         observed.max_in_flight.fetch_max(now, Ordering::SeqCst);
                         let mut flag = DropFlag(observed.clone(), false);
@@ -138,7 +138,7 @@ impl RpcService for TestService {
                     }
                 }),
             )
-            .add(
+            .route(
                 COUNT,
                 Handler::server_streaming(move |_ctx, m: Msg| {
                     let observed = Arc::clone(&count_observed);
@@ -160,7 +160,7 @@ impl RpcService for TestService {
                     }
                 }),
             )
-            .add(
+            .route(
                 SUM,
                 Handler::client_streaming(|_ctx, mut s: qrpc::Streaming<Msg>| async move {
                     let mut total = 0;
@@ -170,13 +170,13 @@ impl RpcService for TestService {
                     Ok::<_, Status>(Msg::n(total))
                 }),
             )
-            .add(
+            .route(
                 CHAT,
                 Handler::bidi(|_ctx, s: qrpc::Streaming<Msg>| async move {
                     Ok::<_, Status>(s.map(|m| m.map(|m| Msg::n(m.n * 2))).boxed())
                 }),
             )
-            .add(
+            .route(
                 PANIC,
                 Handler::unary(|_ctx, _m: Msg| async move {
                     if std::hint::black_box(true) {
@@ -185,7 +185,7 @@ impl RpcService for TestService {
                     Ok::<Msg, Status>(Msg::default())
                 }),
             )
-            .add(
+            .route(
                 LOGIN,
                 Handler::unary(|ctx, m: Msg| async move {
                     ctx.connection()
@@ -193,7 +193,7 @@ impl RpcService for TestService {
                     Ok::<_, Status>(m)
                 }),
             )
-            .add(
+            .route(
                 WHOAMI,
                 Handler::unary(|ctx, _m: Msg| async move {
                     let text = ctx
@@ -206,7 +206,7 @@ impl RpcService for TestService {
                     })
                 }),
             )
-            .add(
+            .route(
                 PUSH,
                 Handler::unary(|ctx, m: Msg| async move {
                     let mut queued = 0;
@@ -224,7 +224,7 @@ impl RpcService for TestService {
                     Ok::<_, Status>(Msg::n(queued))
                 }),
             )
-            .add(
+            .route(
                 FAIL,
                 Handler::unary(|_ctx, m: Msg| async move {
                     Err::<Msg, _>(Status::with_details(
@@ -233,7 +233,7 @@ impl RpcService for TestService {
                         vec![1, 2, 3].into(),
                     ))
                 }),
-            );
+            )
     }
 }
 
@@ -301,7 +301,7 @@ pub fn start(service: TestService) -> Running {
 pub fn start_on(addr: SocketAddr, cert: &SelfSigned) -> Running {
     let server = Server::builder()
         .tls(cert.server_tls())
-        .add_service(TestService::default())
+        .add_service(TestService::default().into_methods())
         .bind(addr)
         .unwrap();
     run(server, cert.fingerprint())
@@ -324,7 +324,7 @@ where
     let server = Server::builder()
         .tls(cert.server_tls())
         .layer(layer)
-        .add_service(service)
+        .add_service(service.into_methods())
         .bind("127.0.0.1:0".parse().unwrap())
         .unwrap();
     run(server, cert.fingerprint())
@@ -341,7 +341,7 @@ pub fn start_with(
         .configure(|c| {
             f(c);
         })
-        .add_service(service)
+        .add_service(service.into_methods())
         .bind("127.0.0.1:0".parse().unwrap())
         .unwrap();
     run(server, cert.fingerprint())
