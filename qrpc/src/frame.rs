@@ -63,6 +63,16 @@ pub struct RequestHeader {
 }
 
 impl RequestHeader {
+    /// The header's wire bytes.
+    pub fn encode(&self) -> [u8; REQUEST_HEADER_LEN] {
+        let mut out = [0u8; REQUEST_HEADER_LEN];
+        let mut b = &mut out[..];
+        b.put_u16(self.method_id);
+        b.put_u32(self.request_id);
+        b.put_u32(self.payload_len);
+        out
+    }
+
     /// Reads a request header from the front of `buf` without consuming it.
     ///
     /// Returns `Ok(None)` when fewer than [`REQUEST_HEADER_LEN`] bytes are available, and an
@@ -93,6 +103,16 @@ pub struct ResponseHeader {
 }
 
 impl ResponseHeader {
+    /// The header's wire bytes.
+    pub fn encode(&self) -> [u8; RESPONSE_HEADER_LEN] {
+        let mut out = [0u8; RESPONSE_HEADER_LEN];
+        let mut b = &mut out[..];
+        b.put_u8(self.status);
+        b.put_u32(self.request_id);
+        b.put_u32(self.payload_len);
+        out
+    }
+
     /// Reads a response header from the front of `buf` without consuming it.
     pub fn peek(buf: &[u8], max_payload: u32) -> Result<Option<Self>, FrameError> {
         let Some(mut h) = buf.get(..RESPONSE_HEADER_LEN) else {
@@ -118,6 +138,15 @@ pub struct PushHeader {
 }
 
 impl PushHeader {
+    /// The header's wire bytes.
+    pub fn encode(&self) -> [u8; PUSH_HEADER_LEN] {
+        let mut out = [0u8; PUSH_HEADER_LEN];
+        let mut b = &mut out[..];
+        b.put_u16(self.event_type);
+        b.put_u32(self.payload_len);
+        out
+    }
+
     /// Reads a push header from the front of `buf` without consuming it.
     pub fn peek(buf: &[u8], max_payload: u32) -> Result<Option<Self>, FrameError> {
         let Some(mut h) = buf.get(..PUSH_HEADER_LEN) else {
@@ -221,11 +250,18 @@ pub struct RequestFrame {
 }
 
 impl RequestFrame {
+    /// The frame's header.
+    pub fn header(&self) -> RequestHeader {
+        RequestHeader {
+            method_id: self.method_id,
+            request_id: self.request_id,
+            payload_len: wire_len(&self.payload),
+        }
+    }
+
     /// Encodes the frame into `buf`.
     pub fn encode(&self, buf: &mut impl BufMut) {
-        buf.put_u16(self.method_id);
-        buf.put_u32(self.request_id);
-        buf.put_u32(wire_len(&self.payload));
+        buf.put_slice(&self.header().encode());
         buf.put_slice(&self.payload);
     }
 }
@@ -250,11 +286,18 @@ pub struct ResponseFrame {
 }
 
 impl ResponseFrame {
+    /// The frame's header.
+    pub fn header(&self) -> ResponseHeader {
+        ResponseHeader {
+            status: self.status,
+            request_id: self.request_id,
+            payload_len: wire_len(&self.payload),
+        }
+    }
+
     /// Encodes the frame into `buf`.
     pub fn encode(&self, buf: &mut impl BufMut) {
-        buf.put_u8(self.status);
-        buf.put_u32(self.request_id);
-        buf.put_u32(wire_len(&self.payload));
+        buf.put_slice(&self.header().encode());
         buf.put_slice(&self.payload);
     }
 }
@@ -277,10 +320,17 @@ pub struct PushFrame {
 }
 
 impl PushFrame {
+    /// The frame's header.
+    pub fn header(&self) -> PushHeader {
+        PushHeader {
+            event_type: self.event_type,
+            payload_len: wire_len(&self.payload),
+        }
+    }
+
     /// Encodes the frame into `buf`.
     pub fn encode(&self, buf: &mut impl BufMut) {
-        buf.put_u16(self.event_type);
-        buf.put_u32(wire_len(&self.payload));
+        buf.put_slice(&self.header().encode());
         buf.put_slice(&self.payload);
     }
 }

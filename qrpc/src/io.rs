@@ -1,10 +1,13 @@
 //! The thin async shell around the frame codec: reading frames from and writing frames to QUIC
 //! streams.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 
-use crate::frame::{FrameError, PushFrame, RequestFrame, ResponseFrame};
+use crate::call_state::{StreamInput, reserve_frame};
+use crate::frame::{
+    FrameError, PUSH_HEADER_LEN, PushFrame, PushHeader, RequestFrame, ResponseFrame,
+};
 
 /// Why reading the next frame failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,27 +23,18 @@ pub(crate) enum ReadFrameError {
     Stream(#[from] quinn::ReadError),
 }
 
-/// A decoder function of the frame codec.
-type DecodeFn<F> = fn(&mut BytesMut, u32) -> Result<Option<F>, FrameError>;
-
-/// How far ahead of the received bytes a frame buffer may be reserved.
-const MAX_RESERVE_AHEAD: usize = 256 * 1024;
-
-/// Makes room for the rest of the frame once its header is buffered, so a payload arriving in
-/// many packets is not copied through repeated reallocations. The reservation runs at most
-/// [`MAX_RESERVE_AHEAD`] past the bytes received, so a peer that announces a large payload and
-/// sends nothing cannot make the receiver allocate it. In every frame shape the payload length
-/// is the last four bytes of the header.
-fn reserve_frame(buf: &mut BytesMut, header_len: usize) {
-    if let Some(len) = buf.get(header_len - 4..header_len) {
-        let payload_len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let missing = (header_len + payload_len).saturating_sub(buf.len());
-        buf.reserve(missing.min(MAX_RESERVE_AHEAD));
+/// Reads what happens next on a receive stream, as input for a call state machine.
+pub(crate) async fn read_input(recv: &mut RecvStream) -> StreamInput {
+    match recv.read_chunk(usize::MAX, true).await {
+        Ok(Some(chunk)) => StreamInput::Data(chunk.bytes),
+        Ok(None) => StreamInput::Fin,
+        Err(quinn::ReadError::Reset(code)) => StreamInput::Reset(code.into_inner()),
+        Err(quinn::ReadError::ConnectionLost(err)) => StreamInput::ConnectionLost(err.to_string()),
+        Err(other) => StreamInput::Failed(other.to_string()),
     }
 }
 
-/// Reads whole frames from a receive stream, buffering at most one frame beyond what the caller
-/// has taken.
+/// Reads whole push frames from the push stream.
 pub(crate) struct FrameReader {
     recv: RecvStream,
     buf: BytesMut,
@@ -58,17 +52,19 @@ impl FrameReader {
         }
     }
 
-    async fn next<F>(
-        &mut self,
-        decode: DecodeFn<F>,
-        header_len: usize,
-    ) -> Result<Option<F>, ReadFrameError> {
+    /// The next push frame, or `None` at a clean end of stream.
+    pub(crate) async fn next_push(&mut self) -> Result<Option<PushFrame>, ReadFrameError> {
         loop {
-            if let Some(frame) = decode(&mut self.buf, self.max_payload)? {
+            if let Some(frame) = PushFrame::decode(&mut self.buf, self.max_payload)? {
                 return Ok(Some(frame));
             }
             // The decoder has checked the announced length against the limit by now.
-            reserve_frame(&mut self.buf, header_len);
+            let header = PushHeader::peek(&self.buf, u32::MAX).ok().flatten();
+            reserve_frame(
+                &mut self.buf,
+                PUSH_HEADER_LEN,
+                header.map(|h| h.payload_len),
+            );
             if self.finished {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -89,35 +85,6 @@ impl FrameReader {
             }
         }
     }
-
-    /// The next request frame, or `None` at a clean end of stream.
-    pub(crate) async fn next_request(&mut self) -> Result<Option<RequestFrame>, ReadFrameError> {
-        self.next(RequestFrame::decode, crate::frame::REQUEST_HEADER_LEN)
-            .await
-    }
-
-    /// The next response frame, or `None` at a clean end of stream.
-    pub(crate) async fn next_response(&mut self) -> Result<Option<ResponseFrame>, ReadFrameError> {
-        self.next(ResponseFrame::decode, crate::frame::RESPONSE_HEADER_LEN)
-            .await
-    }
-
-    /// The next push frame, or `None` at a clean end of stream.
-    pub(crate) async fn next_push(&mut self) -> Result<Option<PushFrame>, ReadFrameError> {
-        self.next(PushFrame::decode, crate::frame::PUSH_HEADER_LEN)
-            .await
-    }
-
-    /// Bytes received but not yet taken as frames, if any.
-    pub(crate) fn buffered(&self) -> Option<&[u8]> {
-        (!self.buf.is_empty()).then_some(&self.buf[..])
-    }
-
-    /// Tells the peer to stop sending on this stream.
-    pub(crate) fn stop(&mut self, code: quinn::VarInt) {
-        // Stopping an already finished or reset stream is not an error worth reporting.
-        let _ = self.recv.stop(code);
-    }
 }
 
 /// Writes a frame as two chunks (header, payload) so the payload is never copied.
@@ -135,12 +102,7 @@ pub(crate) async fn write_request(
     send: &mut SendStream,
     frame: &RequestFrame,
 ) -> Result<(), quinn::WriteError> {
-    let mut header = [0u8; crate::frame::REQUEST_HEADER_LEN];
-    let mut h = &mut header[..];
-    h.put_u16(frame.method_id);
-    h.put_u32(frame.request_id);
-    h.put_u32(u32::try_from(frame.payload.len()).unwrap_or(u32::MAX));
-    write_frame(send, &header, &frame.payload).await
+    write_frame(send, &frame.header().encode(), &frame.payload).await
 }
 
 /// Writes a response frame.
@@ -148,12 +110,7 @@ pub(crate) async fn write_response(
     send: &mut SendStream,
     frame: &ResponseFrame,
 ) -> Result<(), quinn::WriteError> {
-    let mut header = [0u8; crate::frame::RESPONSE_HEADER_LEN];
-    let mut h = &mut header[..];
-    h.put_u8(frame.status);
-    h.put_u32(frame.request_id);
-    h.put_u32(u32::try_from(frame.payload.len()).unwrap_or(u32::MAX));
-    write_frame(send, &header, &frame.payload).await
+    write_frame(send, &frame.header().encode(), &frame.payload).await
 }
 
 /// Writes a push frame.
@@ -161,11 +118,7 @@ pub(crate) async fn write_push(
     send: &mut SendStream,
     frame: &PushFrame,
 ) -> Result<(), quinn::WriteError> {
-    let mut header = [0u8; crate::frame::PUSH_HEADER_LEN];
-    let mut h = &mut header[..];
-    h.put_u16(frame.event_type);
-    h.put_u32(u32::try_from(frame.payload.len()).unwrap_or(u32::MAX));
-    write_frame(send, &header, &frame.payload).await
+    write_frame(send, &frame.header().encode(), &frame.payload).await
 }
 
 #[cfg(test)]
@@ -176,10 +129,15 @@ mod tests {
     fn reservation_never_runs_far_ahead_of_received_bytes() {
         // A request header announcing 4 MiB, with no payload yet.
         let mut buf = BytesMut::from(&[0u8, 1, 0, 0, 0, 1, 0, 0x40, 0, 0][..]);
-        reserve_frame(&mut buf, crate::frame::REQUEST_HEADER_LEN);
-        assert!(buf.capacity() >= MAX_RESERVE_AHEAD);
+        let header = crate::frame::RequestHeader::peek(&buf, u32::MAX).unwrap();
+        reserve_frame(
+            &mut buf,
+            crate::frame::REQUEST_HEADER_LEN,
+            header.map(|h| h.payload_len),
+        );
+        assert!(buf.capacity() >= 256 * 1024);
         assert!(
-            buf.capacity() <= 2 * (10 + MAX_RESERVE_AHEAD),
+            buf.capacity() <= 2 * (10 + 256 * 1024),
             "reserved {}",
             buf.capacity()
         );
@@ -189,11 +147,13 @@ mod tests {
     fn a_small_frame_gets_room_for_all_of_it() {
         // A push header announcing 1000 bytes.
         let mut buf = BytesMut::from(&[0u8, 7, 0, 0, 0x03, 0xE8][..]);
-        reserve_frame(&mut buf, crate::frame::PUSH_HEADER_LEN);
+        let header = PushHeader::peek(&buf, u32::MAX).unwrap();
+        reserve_frame(&mut buf, PUSH_HEADER_LEN, header.map(|h| h.payload_len));
         assert!(buf.capacity() >= 1006);
         // Less than a header: nothing to do.
         let mut short = BytesMut::from(&[0u8, 7][..]);
-        reserve_frame(&mut short, crate::frame::PUSH_HEADER_LEN);
+        let header = PushHeader::peek(&short, u32::MAX).unwrap();
+        reserve_frame(&mut short, PUSH_HEADER_LEN, header.map(|h| h.payload_len));
         assert_eq!(short.len(), 2);
     }
 }

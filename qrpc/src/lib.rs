@@ -61,6 +61,7 @@
 //! ```
 
 mod body;
+pub mod call_state;
 mod client;
 #[doc(hidden)]
 pub mod codegen;

@@ -130,7 +130,16 @@ impl ServerTls {
         alpn: &[Vec<u8>],
         early_data: bool,
     ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
-        let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        self.quic_config_with(alpn, early_data, crypto_provider())
+    }
+
+    fn quic_config_with(
+        &self,
+        alpn: &[Vec<u8>],
+        early_data: bool,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
             .with_single_cert(self.certs.clone(), self.key.clone_key())?;
@@ -331,7 +340,12 @@ impl ClientTls {
         if let Some(config) = base.as_ref() {
             return Ok(Arc::clone(config));
         }
-        let provider = crypto_provider();
+        let config = Arc::new(self.build_base(crypto_provider())?);
+        *base = Some(Arc::clone(&config));
+        Ok(config)
+    }
+
+    fn build_base(&self, provider: Arc<CryptoProvider>) -> Result<rustls::ClientConfig, TlsError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
         let mut tls = match &self.trust {
@@ -349,9 +363,7 @@ impl ClientTls {
         tls.resumption = rustls::client::Resumption::store(Arc::new(
             rustls::client::ClientSessionMemoryCache::new(CLIENT_SESSIONS),
         ));
-        let config = Arc::new(tls);
-        *base = Some(Arc::clone(&config));
-        Ok(config)
+        Ok(tls)
     }
 }
 
@@ -466,5 +478,174 @@ mod tests {
             ServerTls::from_pem_files(&dir.join("nope.pem"), &dir.join("key.pem")).unwrap_err();
         assert!(err.to_string().contains("nope.pem"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Key exchanges that wrap the provider's and record which group completed on each side.
+    mod observed {
+        use std::sync::{Arc, Mutex};
+
+        use rustls::crypto::{
+            ActiveKeyExchange, CompletedKeyExchange, CryptoProvider, SharedSecret, SupportedKxGroup,
+        };
+        use rustls::{NamedGroup, ProtocolVersion};
+
+        pub(super) type Log = Arc<Mutex<Vec<NamedGroup>>>;
+
+        #[derive(Debug)]
+        struct Group {
+            inner: &'static dyn SupportedKxGroup,
+            log: Log,
+        }
+
+        impl SupportedKxGroup for Group {
+            fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, rustls::Error> {
+                Ok(Box::new(Active {
+                    inner: self.inner.start()?,
+                    log: Arc::clone(&self.log),
+                }))
+            }
+
+            fn start_and_complete(
+                &self,
+                peer_pub_key: &[u8],
+            ) -> Result<CompletedKeyExchange, rustls::Error> {
+                let done = self.inner.start_and_complete(peer_pub_key)?;
+                self.log.lock().unwrap().push(done.group);
+                Ok(done)
+            }
+
+            fn name(&self) -> NamedGroup {
+                self.inner.name()
+            }
+
+            fn usable_for_version(&self, version: ProtocolVersion) -> bool {
+                self.inner.usable_for_version(version)
+            }
+        }
+
+        struct Active {
+            inner: Box<dyn ActiveKeyExchange>,
+            log: Log,
+        }
+
+        impl ActiveKeyExchange for Active {
+            fn complete(
+                self: Box<Self>,
+                peer_pub_key: &[u8],
+            ) -> Result<SharedSecret, rustls::Error> {
+                let group = self.inner.group();
+                let secret = self.inner.complete(peer_pub_key)?;
+                self.log.lock().unwrap().push(group);
+                Ok(secret)
+            }
+
+            fn hybrid_component(&self) -> Option<(NamedGroup, &[u8])> {
+                self.inner.hybrid_component()
+            }
+
+            fn complete_hybrid_component(
+                self: Box<Self>,
+                peer_pub_key: &[u8],
+            ) -> Result<SharedSecret, rustls::Error> {
+                let group = self.inner.hybrid_component().map(|(g, _)| g);
+                let secret = self.inner.complete_hybrid_component(peer_pub_key)?;
+                if let Some(group) = group {
+                    self.log.lock().unwrap().push(group);
+                }
+                Ok(secret)
+            }
+
+            fn pub_key(&self) -> &[u8] {
+                self.inner.pub_key()
+            }
+
+            fn group(&self) -> NamedGroup {
+                self.inner.group()
+            }
+        }
+
+        /// qrpc's provider with every group recorded; `only` keeps just these groups.
+        pub(super) fn provider(only: Option<&[NamedGroup]>) -> (Arc<CryptoProvider>, Log) {
+            let log = Log::default();
+            let mut provider = (*super::crypto_provider()).clone();
+            provider.kx_groups = provider
+                .kx_groups
+                .iter()
+                .filter(|g| only.is_none_or(|only| only.contains(&g.name())))
+                .map(|g| {
+                    let group: &'static dyn SupportedKxGroup = Box::leak(Box::new(Group {
+                        inner: *g,
+                        log: Arc::clone(&log),
+                    }));
+                    group
+                })
+                .collect();
+            (Arc::new(provider), log)
+        }
+    }
+
+    /// Runs one QUIC handshake between qrpc's server and client TLS configurations built with
+    /// the given providers, and returns the groups each side completed.
+    async fn handshake(
+        server_only: Option<&[rustls::NamedGroup]>,
+        client_only: Option<&[rustls::NamedGroup]>,
+    ) -> (Vec<rustls::NamedGroup>, Vec<rustls::NamedGroup>) {
+        let cert = SelfSigned::generate(&["localhost"]).unwrap();
+        let alpn = [crate::protocol::DEFAULT_ALPN.to_vec()];
+        let (server_provider, server_log) = observed::provider(server_only);
+        let (client_provider, client_log) = observed::provider(client_only);
+        let server_crypto = cert
+            .server_tls()
+            .quic_config_with(&alpn, false, server_provider)
+            .unwrap();
+        let server = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(server_crypto)),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            conn.closed().await;
+        });
+        let mut client_tls = ClientTls::pinned(cert.fingerprint())
+            .build_base(client_provider)
+            .unwrap();
+        client_tls.alpn_protocols = alpn.to_vec();
+        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap();
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = client
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(client_crypto)),
+                addr,
+                "localhost",
+            )
+            .unwrap()
+            .await
+            .unwrap();
+        conn.close(0u32.into(), b"done");
+        accept.await.unwrap();
+        let server_groups = server_log.lock().unwrap().clone();
+        let client_groups = client_log.lock().unwrap().clone();
+        (server_groups, client_groups)
+    }
+
+    #[tokio::test]
+    async fn handshakes_negotiate_the_post_quantum_hybrid_on_both_sides() {
+        let (server, client) = handshake(None, None).await;
+        assert_eq!(server, vec![rustls::NamedGroup::X25519MLKEM768]);
+        assert_eq!(client, vec![rustls::NamedGroup::X25519MLKEM768]);
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_hybrid_falls_back_to_x25519() {
+        let classical: &[rustls::NamedGroup] = &[rustls::NamedGroup::X25519];
+        let (server, client) = handshake(None, Some(classical)).await;
+        assert_eq!(server, vec![rustls::NamedGroup::X25519]);
+        assert_eq!(client, vec![rustls::NamedGroup::X25519]);
+        // And a server without it, against qrpc's client.
+        let (server, client) = handshake(Some(classical), None).await;
+        assert_eq!(server, vec![rustls::NamedGroup::X25519]);
+        assert_eq!(client, vec![rustls::NamedGroup::X25519]);
     }
 }

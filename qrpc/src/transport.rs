@@ -34,6 +34,13 @@ impl TransportProfile {
                 let mut ack = quinn::AckFrequencyConfig::default();
                 ack.max_ack_delay(Some(RPC_MAX_ACK_DELAY));
                 transport.ack_frequency_config(Some(ack));
+                let upper: u16 = std::env::var("QRPC_MTU")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1452);
+                let mut mtu = quinn::MtuDiscoveryConfig::default();
+                mtu.upper_bound(upper);
+                transport.mtu_discovery_config(Some(mtu));
             }
             Self::QuinnDefaults => {}
         }

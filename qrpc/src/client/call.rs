@@ -15,11 +15,12 @@ use tokio::sync::oneshot;
 use super::connection::{ConnectionState, Link, PushEvents};
 use super::{ClientConfig, ClientError};
 use crate::body::MessageStream;
-use crate::frame::{FrameError, RequestFrame};
-use crate::io::{FrameReader, ReadFrameError, write_request};
+use crate::call_state::{ClientCallState, ResponseEvent};
+use crate::frame::RequestFrame;
+use crate::io::write_request;
 use crate::protocol::reset;
 use crate::routes::CallKind;
-use crate::status::{Code, Status};
+use crate::status::Status;
 use crate::tls::ClientTls;
 
 /// What the client sends on a call.
@@ -195,10 +196,12 @@ impl Channel {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let mut send = ResetOnDrop::new(send);
         let mut reader = ResponseReader {
-            reader: FrameReader::new(recv, self.link.config.max_payload),
-            request_id,
-            single: !request.kind.server_streams(),
-            done: false,
+            recv,
+            state: ClientCallState::new(
+                request_id,
+                !request.kind.server_streams(),
+                self.link.config.max_payload,
+            ),
             _sender: None,
         };
         match request.body {
@@ -327,42 +330,28 @@ async fn send_messages(
     }
 }
 
-/// Reads a call's response frames. Dropped before the call ended, it stops the stream with
-/// `CANCELLED`, which makes the server drop the handler.
+/// Reads a call's response stream through the call rules ([`ClientCallState`]). Dropped before
+/// the call ended, it stops the stream with `CANCELLED`, which makes the server drop the handler.
 struct ResponseReader {
-    reader: FrameReader,
-    request_id: u32,
-    /// Whether exactly one OK frame ends the call (unary and client-streaming).
-    single: bool,
-    done: bool,
+    recv: quinn::RecvStream,
+    state: ClientCallState,
     /// Dropping this cancels the task that sends a streamed request.
     _sender: Option<oneshot::Sender<()>>,
 }
 
 impl ResponseReader {
     async fn next(&mut self) -> Option<Result<Bytes, Status>> {
-        if self.done {
-            return None;
+        loop {
+            match self.state.poll() {
+                Some(ResponseEvent::Message(payload)) => return Some(Ok(payload)),
+                Some(ResponseEvent::Failed(status)) => return Some(Err(status)),
+                Some(ResponseEvent::End) => return None,
+                None if self.state.is_done() => return None,
+                None => {}
+            }
+            let input = crate::io::read_input(&mut self.recv).await;
+            self.state.handle(input);
         }
-        let item = match self.reader.next_response().await {
-            Ok(None) => None,
-            Ok(Some(frame)) if frame.request_id != self.request_id => {
-                Some(Err(Status::internal(format!(
-                    "response for request {} on the stream of request {}",
-                    frame.request_id, self.request_id
-                ))))
-            }
-            Ok(Some(frame)) if frame.status == Code::Ok.as_u8() => {
-                if self.single {
-                    self.done = true;
-                }
-                return Some(Ok(frame.payload));
-            }
-            Ok(Some(frame)) => Some(Err(Status::from_wire(frame.status, &frame.payload))),
-            Err(err) => Some(Err(read_failed(err))),
-        };
-        self.done = true;
-        item
     }
 
     fn into_stream(self) -> MessageStream {
@@ -375,8 +364,8 @@ impl ResponseReader {
 
 impl Drop for ResponseReader {
     fn drop(&mut self) {
-        if !self.done {
-            self.reader.stop(reset::CANCELLED);
+        if self.state.wants_input() {
+            let _ = self.recv.stop(reset::CANCELLED);
         }
     }
 }
@@ -397,42 +386,5 @@ fn write_failed(err: quinn::WriteError) -> Status {
     match err {
         quinn::WriteError::ConnectionLost(err) => connection_lost(err),
         other => Status::unavailable(format!("cannot send request: {other}")),
-    }
-}
-
-fn read_failed(err: ReadFrameError) -> Status {
-    match err {
-        ReadFrameError::Frame(FrameError::PayloadTooLarge { len, max }) => {
-            Status::resource_exhausted(format!(
-                "response payload of {len} bytes exceeds the client limit of {max} bytes"
-            ))
-        }
-        ReadFrameError::Frame(other) => Status::internal(format!("malformed response: {other}")),
-        ReadFrameError::Truncated(_) => {
-            Status::internal("server ended the stream inside a response frame")
-        }
-        ReadFrameError::Stream(quinn::ReadError::Reset(code)) => reset_status(code),
-        ReadFrameError::Stream(quinn::ReadError::ConnectionLost(err)) => connection_lost(err),
-        ReadFrameError::Stream(other) => {
-            Status::unavailable(format!("response stream failed: {other}"))
-        }
-    }
-}
-
-fn reset_status(code: quinn::VarInt) -> Status {
-    if code == reset::REFUSED {
-        Status::unavailable("server is shutting down and refused the call")
-    } else if code == reset::HEADER_TIMEOUT {
-        Status::deadline_exceeded("server timed out waiting for the request frame")
-    } else if code == reset::PROTOCOL_ERROR {
-        Status::internal("server reset the call: protocol error")
-    } else if code == reset::CANCELLED {
-        Status::cancelled("server cancelled the call")
-    } else if code == reset::TOO_EARLY {
-        Status::unavailable(
-            "server refused a call sent in 0-RTT data (its method is not idempotent); retry",
-        )
-    } else {
-        Status::unknown(format!("server reset the call with code {code}"))
     }
 }

@@ -15,15 +15,47 @@ use tower::{Service, ServiceExt};
 
 use super::Shared;
 use crate::body::{MessageStream, Request, RequestBody, Response, ResponseBody};
+use crate::call_state::{Rejection, RequestEvent, ServerCallState};
 use crate::context::{Connection, RequestContext};
-use crate::frame::{FrameError, RequestHeader, ResponseFrame};
-use crate::io::{FrameReader, ReadFrameError, write_response};
+use crate::frame::ResponseFrame;
+use crate::io::write_response;
 use crate::protocol::reset;
 use crate::status::{Code, Status};
 
 /// How long a finished call waits for the client to acknowledge its last bytes, so that a
 /// graceful shutdown does not cut responses short.
 const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// A call's request stream and the state machine that applies the call rules to it.
+pub(crate) struct Incoming {
+    recv: RecvStream,
+    state: ServerCallState,
+}
+
+impl Incoming {
+    fn new(recv: RecvStream, max_payload: u32) -> Self {
+        Self {
+            recv,
+            state: ServerCallState::new(max_payload),
+        }
+    }
+
+    /// The next event of the request stream, reading from QUIC as the rules need.
+    async fn next(&mut self) -> RequestEvent {
+        loop {
+            if let Some(event) = self.state.poll() {
+                return event;
+            }
+            let input = crate::io::read_input(&mut self.recv).await;
+            self.state.handle(input);
+        }
+    }
+
+    fn stop(&mut self, code: quinn::VarInt) {
+        // Stopping an already finished or reset stream is not an error worth reporting.
+        let _ = self.recv.stop(code);
+    }
+}
 
 pub(super) async fn serve_call<S>(
     mut send: SendStream,
@@ -36,27 +68,27 @@ pub(super) async fn serve_call<S>(
     S::Error: Into<tower::BoxError>,
     S::Future: Send,
 {
-    let max_payload = shared.config.max_payload;
     let early = recv.is_0rtt();
-    let mut reader = FrameReader::new(recv, max_payload);
-    let first =
-        match tokio::time::timeout(shared.config.header_timeout, reader.next_request()).await {
-            Err(_) => {
-                reader.stop(reset::HEADER_TIMEOUT);
-                let _ = send.reset(reset::HEADER_TIMEOUT);
-                return;
+    let mut incoming = Incoming::new(recv, shared.config.max_payload);
+    let event = tokio::time::timeout(shared.config.header_timeout, incoming.next()).await;
+    let first = match event {
+        Err(_) => {
+            if let Some(rejection) = incoming.state.header_timeout() {
+                reject(&mut send, &mut incoming, rejection).await;
             }
-            Ok(Ok(Some(frame))) => frame,
-            Ok(Ok(None)) => {
-                // The client finished the stream without sending a frame: nothing to answer.
-                let _ = send.reset(reset::PROTOCOL_ERROR);
-                return;
-            }
-            Ok(Err(err)) => {
-                reject_opening(&mut send, &mut reader, err).await;
-                return;
-            }
-        };
+            return;
+        }
+        Ok(RequestEvent::Open(frame)) => frame,
+        Ok(RequestEvent::Rejected(rejection)) => {
+            reject(&mut send, &mut incoming, rejection).await;
+            return;
+        }
+        Ok(RequestEvent::Cancelled | RequestEvent::End | RequestEvent::Message(_)) => {
+            // Reset by the client or connection lost: the client is no longer listening.
+            let _ = send.reset(reset::CANCELLED);
+            return;
+        }
+    };
 
     let method_id = first.method_id;
     let request_id = first.request_id;
@@ -68,13 +100,13 @@ pub(super) async fn serve_call<S>(
             request_id,
             "non-idempotent call in 0-RTT data refused"
         );
-        reader.stop(reset::TOO_EARLY);
+        incoming.stop(reset::TOO_EARLY);
         let _ = send.reset(reset::TOO_EARLY);
         return;
     }
     let mut ctx = RequestContext::new(connection, method_id, method, request_id);
     ctx.set_early_data(early);
-    let rest = request_messages(reader, method_id, request_id);
+    let rest = request_messages(incoming);
     let request = Request::new(ctx, RequestBody::new(first.payload, rest));
 
     let call = AssertUnwindSafe(async move {
@@ -118,74 +150,46 @@ fn panicked() -> Status {
     Status::internal("handler panicked")
 }
 
-/// Answers an opening frame that could not be read. The request id is known when the header
-/// was complete; otherwise the status goes out with request id 0.
-async fn reject_opening(send: &mut SendStream, reader: &mut FrameReader, err: ReadFrameError) {
-    let (status, stop) = match &err {
-        ReadFrameError::Frame(FrameError::PayloadTooLarge { len, max }) => (
-            Status::resource_exhausted(format!(
-                "request payload of {len} bytes exceeds the limit of {max} bytes"
-            )),
-            Some(reset::PAYLOAD_TOO_LARGE),
-        ),
-        ReadFrameError::Frame(other) => (
-            Status::invalid_argument(other.to_string()),
-            Some(reset::PROTOCOL_ERROR),
-        ),
-        ReadFrameError::Truncated(_) => (
-            Status::invalid_argument("stream ended inside the request frame"),
-            None,
-        ),
-        ReadFrameError::Stream(_) => {
-            // Reset by the client or connection lost: the client is no longer listening.
-            let _ = send.reset(reset::CANCELLED);
-            return;
-        }
-    };
-    let request_id = reader
-        .buffered()
-        .and_then(|buf| RequestHeader::peek(buf, u32::MAX).ok().flatten())
-        .map_or(0, |h| h.request_id);
-    if let Some(code) = stop {
-        reader.stop(code);
+/// Ends a call whose request stream broke the rules, as the rules say: stop the request
+/// stream, then reset the response stream or answer with a status.
+async fn reject(send: &mut SendStream, incoming: &mut Incoming, rejection: Rejection) {
+    if let Some(code) = rejection.stop {
+        incoming.stop(code);
     }
-    tracing::debug!(%status, request_id, "rejected malformed request");
-    if send_status(send, request_id, &status).await.is_ok() {
-        let _ = send.finish();
-        let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
+    if let Some(code) = rejection.reset {
+        let _ = send.reset(code);
+        return;
+    }
+    if let Some((request_id, status)) = rejection.answer {
+        tracing::debug!(%status, request_id, "rejected malformed request");
+        if send_status(send, request_id, &status).await.is_ok() {
+            let _ = send.finish();
+            let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
+        }
     }
 }
 
-/// The request messages after the opening frame, checked to belong to this call.
-fn request_messages(reader: FrameReader, method_id: u16, request_id: u32) -> MessageStream {
+/// The request messages after the opening frame, as the rules deliver them.
+fn request_messages(incoming: Incoming) -> MessageStream {
     Box::pin(futures::stream::unfold(
-        Some(reader),
-        move |state| async move {
-            let mut reader = state?;
-            let item = match reader.next_request().await {
-                Ok(None) => return None,
-                Ok(Some(frame))
-                    if frame.method_id == method_id && frame.request_id == request_id =>
-                {
-                    return Some((Ok(frame.payload), Some(reader)));
+        Some(incoming),
+        |state| async move {
+            let mut incoming = state?;
+            let item = match incoming.next().await {
+                RequestEvent::Message(payload) => return Some((Ok(payload), Some(incoming))),
+                RequestEvent::End => return None,
+                RequestEvent::Cancelled => Status::cancelled("client reset the request stream"),
+                RequestEvent::Rejected(rejection) => {
+                    if let Some(code) = rejection.stop {
+                        incoming.stop(code);
+                    }
+                    rejection.answer.map_or_else(
+                        || Status::invalid_argument("malformed request stream"),
+                        |(_, status)| status,
+                    )
                 }
-                Ok(Some(_)) => {
-                    reader.stop(reset::PROTOCOL_ERROR);
-                    Status::invalid_argument("request frame belongs to another call")
-                }
-                Err(ReadFrameError::Frame(FrameError::PayloadTooLarge { len, max })) => {
-                    reader.stop(reset::PAYLOAD_TOO_LARGE);
-                    Status::resource_exhausted(format!(
-                        "request payload of {len} bytes exceeds the limit of {max} bytes"
-                    ))
-                }
-                Err(ReadFrameError::Frame(err)) => Status::invalid_argument(err.to_string()),
-                Err(ReadFrameError::Truncated(_)) => {
-                    Status::invalid_argument("stream ended inside a request frame")
-                }
-                Err(ReadFrameError::Stream(_)) => {
-                    Status::cancelled("client reset the request stream")
-                }
+                // The rules give one opening frame only.
+                RequestEvent::Open(_) => Status::internal("request stream opened twice"),
             };
             Some((Err(item), None))
         },
