@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use qrpc::tls::{ClientTls, SelfSigned};
-use qrpc::{Identity, PushRegistry, RequestContext, Status};
+use qrpc::{PeerIdentity, PushRegistry, RequestContext, Status};
 
 use crate::proto::chat::v1::room_client::RoomClient;
 use crate::proto::chat::v1::room_event_push::{Event, Events};
@@ -31,18 +31,20 @@ impl ChatRoom {
 
     fn online_members(&self) -> Vec<String> {
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-        members.retain(|name| self.registry.is_online(&Identity::new(name.as_str())));
+        members.retain(|name| self.registry.is_online(&PeerIdentity::new(name.as_str())));
         members.iter().cloned().collect()
     }
 
     fn broadcast(&self, event: &Event) {
         for name in self.online_members() {
             // Push is a notification: a member whose queue is full misses this one.
-            let _ = self.registry.try_send_event(&Identity::new(name), event);
+            let _ = self
+                .registry
+                .try_send_event(&PeerIdentity::new(name), event);
         }
     }
 
-    fn member(ctx: &RequestContext) -> Result<Identity, Status> {
+    fn member(ctx: &RequestContext) -> Result<PeerIdentity, Status> {
         ctx.identity()
             .ok_or_else(|| Status::unauthenticated("join the room first"))
     }
@@ -57,7 +59,8 @@ impl Room for ChatRoom {
         if self.online_members().contains(&name) {
             return Err(Status::already_exists("that name is taken"));
         }
-        ctx.connection().bind_identity(Identity::new(name.as_str()));
+        ctx.connection()
+            .bind_identity(PeerIdentity::new(name.as_str()));
         self.members
             .lock()
             .unwrap_or_else(|e| e.into_inner())

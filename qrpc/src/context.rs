@@ -1,6 +1,6 @@
 //! What a handler and a layer know about a call: the peer, the connection and its state.
 //!
-//! The connection is the session: a handler that authenticates a peer binds an [`Identity`] to
+//! The connection is the session: a handler that authenticates a peer binds an [`PeerIdentity`] to
 //! the [`Connection`], and every later call on that connection sees it.
 
 use std::any::{Any, TypeId};
@@ -14,9 +14,9 @@ use crate::routes::MethodInfo;
 
 /// An authenticated principal bound to a connection (a user or device name, or a key id).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Identity(Arc<str>);
+pub struct PeerIdentity(Arc<str>);
 
-impl Identity {
+impl PeerIdentity {
     /// An identity from its textual form.
     pub fn new(id: impl Into<Arc<str>>) -> Self {
         Self(id.into())
@@ -28,13 +28,13 @@ impl Identity {
     }
 }
 
-impl fmt::Debug for Identity {
+impl fmt::Debug for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Identity({:?})", &*self.0)
+        write!(f, "PeerIdentity({:?})", &*self.0)
     }
 }
 
-impl fmt::Display for Identity {
+impl fmt::Display for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -97,8 +97,8 @@ impl fmt::Debug for Extensions {
 }
 
 #[derive(Default)]
-struct ConnectionState {
-    identity: Option<Identity>,
+struct ConnectionData {
+    identity: Option<PeerIdentity>,
     extensions: Extensions,
 }
 
@@ -107,7 +107,7 @@ struct ConnectionInner {
     quic: Option<quinn::Connection>,
     id: u64,
     remote: SocketAddr,
-    state: Mutex<ConnectionState>,
+    state: Mutex<ConnectionData>,
     push: PushSender,
     registry: PushRegistry,
     /// Cancelled when the server begins a graceful shutdown.
@@ -131,18 +131,15 @@ impl Connection {
             quic: Some(quic),
             id,
             remote,
-            state: Mutex::new(ConnectionState::default()),
+            state: Mutex::new(ConnectionData::default()),
             push,
             registry,
             shutdown,
         }))
     }
 
-    /// A connection not backed by QUIC, for testing layers and handlers without a network.
-    ///
-    /// Its push sender reports [`PushError::Closed`](crate::PushError::Closed); binding an
-    /// identity registers it in `registry` like a real connection.
-    pub fn detached(remote: SocketAddr, registry: PushRegistry) -> Self {
+    /// A connection not backed by QUIC; see [`testing::detached_connection`](crate::testing::detached_connection).
+    pub(crate) fn detached(remote: SocketAddr, registry: PushRegistry) -> Self {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 48);
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (push, _) = PushSender::new(1, 0, id);
@@ -150,14 +147,14 @@ impl Connection {
             quic: None,
             id,
             remote,
-            state: Mutex::new(ConnectionState::default()),
+            state: Mutex::new(ConnectionData::default()),
             push,
             registry,
             shutdown: tokio_util::sync::CancellationToken::new(),
         }))
     }
 
-    fn state(&self) -> MutexGuard<'_, ConnectionState> {
+    fn state(&self) -> MutexGuard<'_, ConnectionData> {
         // A poisoned lock only means a handler panicked while holding it; the state itself
         // (an identity and a type map) stays consistent, so keep serving.
         self.0.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -182,7 +179,7 @@ impl Connection {
     }
 
     /// The identity bound to this connection, if a handler bound one.
-    pub fn identity(&self) -> Option<Identity> {
+    pub fn identity(&self) -> Option<PeerIdentity> {
         self.state().identity.clone()
     }
 
@@ -192,7 +189,7 @@ impl Connection {
     /// Atomic: concurrent binds and clears of one connection apply one after another, so the
     /// bound identity and the registry always agree (pushes for one identity never reach a
     /// connection bound to another).
-    pub fn bind_identity(&self, identity: Identity) {
+    pub fn bind_identity(&self, identity: PeerIdentity) {
         self.bind_identity_with(identity, |_| ());
     }
 
@@ -201,7 +198,7 @@ impl Connection {
     /// (a session record, say) changes together with the identity, never apart from it.
     pub fn bind_identity_with<R>(
         &self,
-        identity: Identity,
+        identity: PeerIdentity,
         f: impl FnOnce(&mut Extensions) -> R,
     ) -> R {
         let mut state = self.state();
@@ -217,7 +214,7 @@ impl Connection {
 
     /// Removes the bound identity (for example on logout or session expiry), atomically with
     /// respect to binds.
-    pub fn clear_identity(&self) -> Option<Identity> {
+    pub fn clear_identity(&self) -> Option<PeerIdentity> {
         let mut state = self.state();
         let previous = state.identity.take();
         if let Some(previous) = &previous {
@@ -310,8 +307,9 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// A context for a call; the server builds these, tests of layers and handlers may too.
-    pub fn new(
+    /// A context for a call; the server builds these (tests use
+    /// [`testing::request_context`](crate::testing::request_context)).
+    pub(crate) fn new(
         connection: Connection,
         method_id: u16,
         method: Option<MethodInfo>,
@@ -355,7 +353,7 @@ impl RequestContext {
     }
 
     /// The identity bound to the connection, if any.
-    pub fn identity(&self) -> Option<Identity> {
+    pub fn identity(&self) -> Option<PeerIdentity> {
         self.connection.identity()
     }
 
@@ -405,7 +403,9 @@ mod tests {
     #[test]
     fn concurrent_binds_leave_the_identity_and_the_registry_in_agreement() {
         let registry = PushRegistry::new();
-        let names: Vec<Identity> = (0..3).map(|i| Identity::new(format!("user{i}"))).collect();
+        let names: Vec<PeerIdentity> = (0..3)
+            .map(|i| PeerIdentity::new(format!("user{i}")))
+            .collect();
         for _ in 0..300 {
             let conn = Connection::detached("127.0.0.1:9".parse().unwrap(), registry.clone());
             let threads: Vec<_> = (0..4)
@@ -442,11 +442,11 @@ mod tests {
     #[test]
     fn bind_identity_with_changes_the_extensions_in_the_same_step() {
         let conn = Connection::detached("127.0.0.1:9".parse().unwrap(), PushRegistry::new());
-        let previous = conn.bind_identity_with(Identity::new("a"), |e| e.insert(1u32));
+        let previous = conn.bind_identity_with(PeerIdentity::new("a"), |e| e.insert(1u32));
         assert_eq!(previous, None);
-        let previous = conn.bind_identity_with(Identity::new("b"), |e| e.insert(2u32));
+        let previous = conn.bind_identity_with(PeerIdentity::new("b"), |e| e.insert(2u32));
         assert_eq!(previous, Some(1));
-        assert_eq!(conn.identity(), Some(Identity::new("b")));
+        assert_eq!(conn.identity(), Some(PeerIdentity::new("b")));
         assert_eq!(conn.with_extensions(|e| e.get::<u32>().copied()), Some(2));
     }
 }

@@ -68,12 +68,14 @@ pub mod codegen;
 mod context;
 pub mod frame;
 mod io;
+mod metrics;
 pub mod middleware;
 pub mod protocol;
 mod push;
 mod routes;
 mod server;
 mod status;
+pub mod testing;
 pub mod tls;
 mod transport;
 
@@ -84,7 +86,7 @@ pub use client::{
     CallRequest, Channel, Client, ClientBuilder, ClientConfig, ClientError, ConnectionState,
     Disconnect, OutgoingBody, PushEvents, ReconnectPolicy,
 };
-pub use context::{Connection, Extensions, Identity, RequestContext};
+pub use context::{Connection, Extensions, PeerIdentity, RequestContext};
 pub use push::{
     PushDelivery, PushError, PushEvent, PushRegistry, PushSender, TypedPushEvents, TypedPushSender,
     UnreliableDelivery,
@@ -96,6 +98,11 @@ pub use routes::{
 pub use server::{BoundServer, Server, ServerConfig, ServerError};
 pub use status::{Code, ErrorStatus, Status};
 pub use transport::{RPC_MAX_ACK_DELAY, TransportProfile};
+
+/// The QUIC implementation beneath, re-exported because its types appear in qrpc's API
+/// (`protocol::VarInt` codes, `ClientError`'s causes, `ServerTls::quinn_server_config`): use
+/// this path so that your quinn and qrpc's always agree.
+pub use quinn;
 
 /// Includes the code qrpc-build generated for every package, nested in modules that mirror the
 /// package names (so cross-package references resolve). Use at the crate root or in a module.

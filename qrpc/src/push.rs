@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::context::Identity;
+use crate::context::PeerIdentity;
 use crate::frame::PushFrame;
 
 /// Why a push event was not queued.
@@ -126,10 +126,7 @@ impl PushSender {
                 }
             }
         }
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => PushError::Full,
-            mpsc::error::TrySendError::Closed(_) => PushError::Closed,
-        })?;
+        self.enqueue(frame)?;
         Ok(UnreliableDelivery::Stream)
     }
 
@@ -149,9 +146,16 @@ impl PushSender {
     /// Queues an event without waiting; fails with [`PushError::Full`] when the queue is full.
     pub fn try_send(&self, event_type: u16, payload: Bytes) -> Result<(), PushError> {
         let frame = self.frame(event_type, payload)?;
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => PushError::Full,
-            mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+        self.enqueue(frame)
+    }
+
+    fn enqueue(&self, frame: PushFrame) -> Result<(), PushError> {
+        self.tx.try_send(frame).map_err(|e| {
+            crate::metrics::push_dropped();
+            match e {
+                mpsc::error::TrySendError::Full(_) => PushError::Full,
+                mpsc::error::TrySendError::Closed(_) => PushError::Closed,
+            }
         })
     }
 
@@ -181,7 +185,7 @@ pub struct PushDelivery {
     pub dropped: usize,
 }
 
-type Registered = HashMap<Identity, Vec<PushSender>>;
+type Registered = HashMap<PeerIdentity, Vec<PushSender>>;
 
 /// Reaches connections by the identity bound to them. Cheap to clone; one per server.
 #[derive(Clone, Debug, Default)]
@@ -200,14 +204,14 @@ impl PushRegistry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn register(&self, identity: Identity, connection_id: u64, sender: PushSender) {
+    pub(crate) fn register(&self, identity: PeerIdentity, connection_id: u64, sender: PushSender) {
         let mut map = self.lock();
         let senders = map.entry(identity).or_default();
         senders.retain(|s| s.connection_id != connection_id && !s.is_closed());
         senders.push(sender);
     }
 
-    pub(crate) fn unregister(&self, identity: &Identity, connection_id: u64) {
+    pub(crate) fn unregister(&self, identity: &PeerIdentity, connection_id: u64) {
         let mut map = self.lock();
         if let Some(senders) = map.get_mut(identity) {
             senders.retain(|s| s.connection_id != connection_id);
@@ -219,7 +223,7 @@ impl PushRegistry {
 
     /// The ids of the connections registered for `identity`, closed or not.
     #[cfg(test)]
-    pub(crate) fn registered(&self, identity: &Identity) -> Vec<u64> {
+    pub(crate) fn registered(&self, identity: &PeerIdentity) -> Vec<u64> {
         self.lock()
             .get(identity)
             .map(|s| s.iter().map(|s| s.connection_id).collect())
@@ -227,7 +231,7 @@ impl PushRegistry {
     }
 
     /// The push senders of every live connection bound to `identity`.
-    pub fn connections(&self, identity: &Identity) -> Vec<PushSender> {
+    pub fn connections(&self, identity: &PeerIdentity) -> Vec<PushSender> {
         self.lock()
             .get(identity)
             .map(|s| s.iter().filter(|s| !s.is_closed()).cloned().collect())
@@ -235,14 +239,14 @@ impl PushRegistry {
     }
 
     /// Whether at least one live connection is bound to `identity`.
-    pub fn is_online(&self, identity: &Identity) -> bool {
+    pub fn is_online(&self, identity: &PeerIdentity) -> bool {
         !self.connections(identity).is_empty()
     }
 
     /// Queues an event on every connection bound to `identity`, never waiting.
     pub fn try_send_to(
         &self,
-        identity: &Identity,
+        identity: &PeerIdentity,
         event_type: u16,
         payload: Bytes,
     ) -> PushDelivery {
@@ -364,7 +368,7 @@ impl<E: PushEvent> TypedPushSender<E> {
 impl PushRegistry {
     /// Queues a typed event on every connection bound to `identity`, never waiting (an
     /// unreliable channel's event goes as a datagram where possible).
-    pub fn try_send_event<E: PushEvent>(&self, identity: &Identity, event: &E) -> PushDelivery {
+    pub fn try_send_event<E: PushEvent>(&self, identity: &PeerIdentity, event: &E) -> PushDelivery {
         if !E::UNRELIABLE {
             return self.try_send_to(identity, event.event_type(), event.encode_payload());
         }

@@ -22,14 +22,15 @@ use sha2::{Digest, Sha256};
 #[non_exhaustive]
 pub enum TlsError {
     /// A PEM file could not be read or parsed.
-    #[error("cannot load {what} from {path}: {reason}")]
+    #[error("cannot load {what} from {path}")]
     Pem {
         /// What was being loaded.
         what: &'static str,
         /// The file.
         path: String,
         /// Why it failed.
-        reason: String,
+        #[source]
+        source: PemError,
     },
     /// Certificate generation failed.
     #[error("cannot generate a self-signed certificate: {0}")]
@@ -38,11 +39,23 @@ pub enum TlsError {
     #[error("invalid TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     /// The rustls configuration cannot drive QUIC.
-    #[error("TLS configuration unusable for QUIC: {0}")]
-    Quic(String),
+    #[error("TLS configuration unusable for QUIC")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
     /// A fingerprint string was not 64 hex digits.
     #[error("a SHA-256 fingerprint is 64 hex digits (colons allowed)")]
     BadFingerprint,
+}
+
+/// Why a PEM file did not yield what was asked of it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PemError {
+    /// The file could not be read or is not valid PEM (the error never contains key material).
+    #[error(transparent)]
+    Parse(#[from] rustls::pki_types::pem::Error),
+    /// The file holds no certificate.
+    #[error("no certificate found")]
+    NoCertificate,
 }
 
 /// The crypto provider qrpc uses: aws-lc-rs, preferring `X25519MLKEM768`.
@@ -91,25 +104,21 @@ impl ServerTls {
 
     /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
-        let pem_err = |what, path: &Path, reason: String| TlsError::Pem {
+        let pem_err = |what, path: &Path, source: PemError| TlsError::Pem {
             what,
             path: path.display().to_string(),
-            reason,
+            source,
         };
         let certs = CertificateDer::pem_file_iter(cert_path)
-            .map_err(|e| pem_err("certificates", cert_path, e.to_string()))?
+            .map_err(|e| pem_err("certificates", cert_path, e.into()))?
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| pem_err("certificates", cert_path, e.to_string()))?;
+            .map_err(|e| pem_err("certificates", cert_path, e.into()))?;
         if certs.is_empty() {
-            return Err(pem_err(
-                "certificates",
-                cert_path,
-                "no certificate found".into(),
-            ));
+            return Err(pem_err("certificates", cert_path, PemError::NoCertificate));
         }
         // The key's error text never includes key material.
         let key = PrivateKeyDer::from_pem_file(key_path)
-            .map_err(|e| pem_err("private key", key_path, e.to_string()))?;
+            .map_err(|e| pem_err("private key", key_path, e.into()))?;
         Ok(Self { certs, key })
     }
 
@@ -147,8 +156,7 @@ impl ServerTls {
         tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SERVER_SESSIONS);
         // QUIC allows no other early data limit: 0 (off) or u32::MAX (on).
         tls.max_early_data_size = if early_data { u32::MAX } else { 0 };
-        quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-            .map_err(|e| TlsError::Quic(e.to_string()))
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(TlsError::Quic)
     }
 }
 
@@ -328,8 +336,7 @@ impl ClientTls {
         let mut tls = (*self.base()?).clone();
         tls.alpn_protocols = alpn.to_vec();
         tls.enable_early_data = early_data;
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| TlsError::Quic(e.to_string()))
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(TlsError::Quic)
     }
 
     /// The rustls configuration every connection of this `ClientTls` (and its clones) starts
@@ -477,6 +484,21 @@ mod tests {
         let err =
             ServerTls::from_pem_files(&dir.join("nope.pem"), &dir.join("key.pem")).unwrap_err();
         assert!(err.to_string().contains("nope.pem"));
+        // The cause is kept as the error's source, not flattened into the message.
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(matches!(
+            source.downcast_ref::<PemError>(),
+            Some(PemError::Parse(rustls::pki_types::pem::Error::Io(_)))
+        ));
+        assert!(!err.to_string().contains(&source.to_string()));
+        // A file with no certificate says so.
+        std::fs::write(dir.join("empty.pem"), "").unwrap();
+        let err =
+            ServerTls::from_pem_files(&dir.join("empty.pem"), &dir.join("key.pem")).unwrap_err();
+        assert!(matches!(
+            std::error::Error::source(&err).and_then(|s| s.downcast_ref::<PemError>()),
+            Some(PemError::NoCertificate)
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

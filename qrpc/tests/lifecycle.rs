@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use qrpc::tls::ClientTls;
-use qrpc::{Client, ClientError, Code, ConnectionState, Identity};
+use qrpc::{Client, ClientError, Code, ConnectionState, PeerIdentity};
 
 #[tokio::test]
 async fn wrong_pinned_certificate_is_refused() {
@@ -111,7 +111,7 @@ async fn registry_reaches_a_connection_by_identity() {
         )
         .await
         .unwrap();
-    let id = Identity::new("alice");
+    let id = PeerIdentity::new("alice");
     assert!(server.registry.is_online(&id));
     let delivery =
         server

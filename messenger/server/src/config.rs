@@ -19,6 +19,11 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Names the self-signed certificate is valid for (default `["localhost"]`).
     pub tls_names: Vec<String>,
+    /// Serve Prometheus metrics over HTTP at this address (default: off). qrpc's call,
+    /// connection and push metrics (`qrpc_calls_total`, `qrpc_call_duration_seconds`,
+    /// `qrpc_connections_open`, `qrpc_push_dropped_total`) at `http://<address>/metrics`.
+    /// Plain HTTP with no authentication: bind it to loopback or a private network.
+    pub metrics_listen: Option<SocketAddr>,
     /// Limits.
     pub limits: Limits,
 }
@@ -111,6 +116,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_names: vec!["localhost".into()],
+            metrics_listen: None,
             limits: Limits::default(),
         }
     }

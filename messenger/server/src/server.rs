@@ -200,6 +200,14 @@ fn spawn_janitor<S: Store>(state: &Arc<AppState<S>>) -> tokio::task::JoinHandle<
 /// Prepares the data directory, storage, keys and TLS, binds the socket and serves in the
 /// background.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    if let Some(addr) = config.metrics_listen {
+        // One exporter per process: it installs the global `metrics` recorder.
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     let prepared = prepare(&config).await?;
     let server = prepared.server.bind(config.listen)?;
     let addr = server.local_addr()?;
@@ -255,7 +263,7 @@ impl InProcess {
 
     /// A fresh, unauthenticated connection from `remote` (not backed by QUIC).
     pub fn connection(&self, remote: SocketAddr) -> qrpc::Connection {
-        qrpc::Connection::detached(remote, self.state.registry.clone())
+        qrpc::testing::detached_connection(remote, self.state.registry.clone())
     }
 
     /// Makes one call of `method_id` with `body` on `connection`, through every layer.
@@ -270,7 +278,7 @@ impl InProcess {
             .iter()
             .find_map(|d| d.method(method_id))
             .copied();
-        let ctx = qrpc::RequestContext::new(connection.clone(), method_id, method, 1);
+        let ctx = qrpc::testing::request_context(connection, method_id, method, 1);
         self.service
             .clone()
             .oneshot(qrpc::Request::new(ctx, body))

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use qpq_core::identity::IdentityKey;
 use qpq_core::kt::{KeyBinding, MerkleLog, SignedTreeHead};
 use qpq_proto::v1::{self, server_event_push::Event};
-use qrpc::{Identity, PushRegistry, Status};
+use qrpc::{PeerIdentity, PushRegistry, Status};
 use tokio::sync::watch;
 
 use crate::abuse::Limiters;
@@ -306,7 +306,7 @@ impl<S: Store> AppState<S> {
     pub async fn push_to_user<E: qrpc::PushEvent>(&self, user: &str, event: &E) {
         if let Ok(devices) = self.store.list_devices(user.to_owned()).await {
             for d in devices {
-                let identity: Identity = DeviceId::new(user, d.device).identity();
+                let identity: PeerIdentity = DeviceId::new(user, d.device).identity();
                 self.registry.try_send_event(&identity, event);
             }
         }

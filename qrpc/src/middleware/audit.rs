@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use tower::{BoxError, Layer, Service};
 
 use crate::body::Request;
-use crate::context::Identity;
+use crate::context::PeerIdentity;
 use crate::routes::MethodInfo;
 use crate::status::{Code, Status};
 
@@ -30,7 +30,7 @@ pub struct AuditRecord {
     /// The connection id.
     pub connection_id: u64,
     /// The identity bound to the connection when the call started.
-    pub identity: Option<Identity>,
+    pub identity: Option<PeerIdentity>,
     /// Time until the response started (for streaming responses, until the stream began).
     pub duration: Duration,
     /// The status the call started its response with.
@@ -67,7 +67,7 @@ impl AuditLayer {
                 method = %r.method.map_or_else(|| "<unknown>".to_owned(), |m| m.to_string()),
                 peer = %r.peer,
                 connection = r.connection_id,
-                identity = r.identity.as_ref().map(Identity::as_str),
+                identity = r.identity.as_ref().map(PeerIdentity::as_str),
                 duration_us = r.duration.as_micros() as u64,
                 code = %r.code,
                 "call"

@@ -17,7 +17,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use tower::{BoxError, Layer, Service};
 
 use crate::body::Request;
-use crate::context::{Identity, RequestContext};
+use crate::context::{PeerIdentity, RequestContext};
 use crate::status::Status;
 
 /// How often (in checks) idle keys are pruned.
@@ -27,12 +27,12 @@ const PRUNE_EVERY: u64 = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Caller {
     Ip(IpAddr),
-    Identity(Identity),
+    PeerIdentity(PeerIdentity),
 }
 
 struct Limits {
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    per_identity: Option<DefaultKeyedRateLimiter<Identity>>,
+    per_identity: Option<DefaultKeyedRateLimiter<PeerIdentity>>,
     per_method: HashMap<u16, DefaultKeyedRateLimiter<Caller>>,
     checks: AtomicU64,
     clock: DefaultClock,
@@ -52,7 +52,7 @@ impl Limits {
             self.check_key(limiter, identity, "identity")?;
         }
         if let Some(limiter) = self.per_method.get(&ctx.method_id()) {
-            let caller = identity.map_or(Caller::Ip(ip), Caller::Identity);
+            let caller = identity.map_or(Caller::Ip(ip), Caller::PeerIdentity);
             self.check_key(limiter, &caller, "method")?;
         }
         Ok(())

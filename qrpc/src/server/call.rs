@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use quinn::{RecvStream, SendStream};
 use tower::{Service, ServiceExt};
+use tracing::Instrument;
 
 use super::Shared;
 use crate::body::{MessageStream, Request, RequestBody, Response, ResponseBody};
@@ -104,6 +105,40 @@ pub(super) async fn serve_call<S>(
         let _ = send.reset(reset::TOO_EARLY);
         return;
     }
+    // Every log line of the handler and the layers is tied to its call.
+    let span = tracing::debug_span!(
+        "call",
+        method = %method.map_or_else(|| format!("#{method_id}"), |m| m.to_string()),
+        request_id,
+        connection = connection.id(),
+        peer = %connection.remote_address(),
+        early_data = early,
+    );
+    serve_opened(send, incoming, first, method, early, connection, service)
+        .instrument(span)
+        .await;
+}
+
+/// Runs an opened call: the service, then its response frames.
+async fn serve_opened<S>(
+    mut send: SendStream,
+    incoming: Incoming,
+    first: crate::frame::RequestFrame,
+    method: Option<crate::routes::MethodInfo>,
+    early: bool,
+    connection: Connection,
+    service: S,
+) where
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>> + Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send,
+{
+    let method_id = first.method_id;
+    let request_id = first.request_id;
+    let started = std::time::Instant::now();
+    let finished = |code: Code| {
+        crate::metrics::call_finished(method.as_ref(), method_id, code, started.elapsed());
+    };
     let mut ctx = RequestContext::new(connection, method_id, method, request_id);
     ctx.set_early_data(early);
     let rest = request_messages(incoming);
@@ -126,21 +161,28 @@ pub(super) async fn serve_call<S>(
         _ = stopped => {
             // The client cancelled: dropping `call` drops the handler future.
             tracing::debug!(method_id, request_id, "call cancelled by client");
+            finished(Code::Cancelled);
             return;
         }
     };
 
     let result = match outcome {
         Ok(response) => match response.into_inner() {
-            ResponseBody::Unary(payload) => send_ok(&mut send, request_id, payload).await,
+            ResponseBody::Unary(payload) => send_ok(&mut send, request_id, payload)
+                .await
+                .map(|()| Code::Ok),
             ResponseBody::Stream(stream) => send_stream(&mut send, request_id, stream).await,
         },
-        Err(status) => send_status(&mut send, request_id, &status).await,
+        Err(status) => send_status(&mut send, request_id, &status)
+            .await
+            .map(|()| status.code()),
     };
-    if result.is_err() {
+    let Ok(code) = result else {
         // The client stopped reading or the connection is gone; nothing more to say.
+        finished(Code::Cancelled);
         return;
-    }
+    };
+    finished(code);
     let _ = send.finish();
     let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
 }
@@ -227,11 +269,12 @@ async fn send_status(
     write_response(send, &frame).await
 }
 
+/// Writes a response stream; returns the code the call ended with.
 async fn send_stream(
     send: &mut SendStream,
     request_id: u32,
     mut stream: MessageStream,
-) -> Result<(), quinn::WriteError> {
+) -> Result<Code, quinn::WriteError> {
     let stopped = send.stopped();
     let mut stopped = std::pin::pin!(stopped);
     loop {
@@ -240,10 +283,18 @@ async fn send_stream(
             _ = &mut stopped => return Err(quinn::WriteError::ClosedStream),
         };
         match next {
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(Code::Ok),
             Ok(Some(Ok(payload))) => send_ok(send, request_id, payload).await?,
-            Ok(Some(Err(status))) => return send_status(send, request_id, &status).await,
-            Err(_) => return send_status(send, request_id, &panicked()).await,
+            Ok(Some(Err(status))) => {
+                return send_status(send, request_id, &status)
+                    .await
+                    .map(|()| status.code());
+            }
+            Err(_) => {
+                return send_status(send, request_id, &panicked())
+                    .await
+                    .map(|()| Code::Internal);
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::task::TaskTracker;
 use tower::Service;
 use tower_layer::{Identity as IdentityLayer, Layer, Stack};
+use tracing::Instrument;
 
 pub use config::ServerConfig;
 
@@ -136,7 +137,7 @@ impl<L> Server<L> {
 
     /// The server's whole call path (every layer over the router) without a socket: for
     /// driving the real stack in-process, as tests and fuzz targets do with
-    /// [`Connection::detached`](crate::Connection::detached) connections.
+    /// [`testing::detached_connection`](crate::testing::detached_connection) connections.
     pub fn into_service<S>(self) -> Result<S, DuplicateMethodId>
     where
         L: Layer<Routes, Service = S>,
@@ -270,7 +271,15 @@ where
                 () = &mut signal => break,
                 incoming = endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        connections.spawn(handle_connection(incoming, Arc::clone(&shared), service.clone()));
+                        let span = tracing::debug_span!(
+                            "connection",
+                            peer = %incoming.remote_address(),
+                            id = tracing::field::Empty,
+                        );
+                        connections.spawn(
+                            handle_connection(incoming, Arc::clone(&shared), service.clone())
+                                .instrument(span),
+                        );
                     }
                     None => break,
                 },
@@ -320,7 +329,9 @@ where
         shared.registry.clone(),
         shared.shutdown.clone(),
     );
-    tracing::debug!(%remote, id = connection.id(), "connection established");
+    tracing::Span::current().record("id", connection.id());
+    tracing::debug!(%remote, "connection established");
+    crate::metrics::connection_opened();
     loop {
         match quic.accept_bi().await {
             Ok((mut send, mut recv)) => {
@@ -329,13 +340,18 @@ where
                     let _ = recv.stop(crate::protocol::reset::REFUSED);
                     continue;
                 }
-                shared.calls.spawn(call::serve_call(
-                    send,
-                    recv,
-                    connection.clone(),
-                    Arc::clone(&shared),
-                    service.clone(),
-                ));
+                // Each call runs in its own span (see `call::serve_call`), a child of the
+                // connection's.
+                shared.calls.spawn(
+                    call::serve_call(
+                        send,
+                        recv,
+                        connection.clone(),
+                        Arc::clone(&shared),
+                        service.clone(),
+                    )
+                    .in_current_span(),
+                );
             }
             Err(err) => {
                 tracing::debug!(%remote, id = connection.id(), %err, "connection closed");
@@ -344,6 +360,7 @@ where
         }
     }
     connection.on_closed();
+    crate::metrics::connection_closed();
 }
 
 /// Completes the handshake. With 0-RTT enabled the connection is served at once (a resumed

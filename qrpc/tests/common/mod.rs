@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use qrpc::tls::{ClientTls, SelfSigned};
 use qrpc::{
-    BoundServer, CallKind, Client, Handler, Identity, MethodInfo, Methods, Server,
+    BoundServer, CallKind, Client, Handler, MethodInfo, Methods, PeerIdentity, Server,
     ServiceDescriptor, Status,
 };
 
@@ -189,7 +189,7 @@ impl TestService {
                 LOGIN,
                 Handler::unary(|ctx, m: Msg| async move {
                     ctx.connection()
-                        .bind_identity(Identity::new(m.text.clone()));
+                        .bind_identity(PeerIdentity::new(m.text.clone()));
                     Ok::<_, Status>(m)
                 }),
             )

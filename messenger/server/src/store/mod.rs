@@ -32,12 +32,12 @@ impl DeviceId {
     }
 
     /// The identity a logged-in connection is bound to: `user/device`.
-    pub fn identity(&self) -> qrpc::Identity {
-        qrpc::Identity::new(format!("{}/{}", self.user, self.device))
+    pub fn identity(&self) -> qrpc::PeerIdentity {
+        qrpc::PeerIdentity::new(format!("{}/{}", self.user, self.device))
     }
 
     /// Parses `user/device` back.
-    pub fn from_identity(identity: &qrpc::Identity) -> Option<Self> {
+    pub fn from_identity(identity: &qrpc::PeerIdentity) -> Option<Self> {
         let (user, device) = identity.as_str().split_once('/')?;
         Some(Self::new(user, device))
     }
@@ -68,9 +68,34 @@ pub enum StoreError {
     /// A quota would be exceeded.
     #[error("quota exceeded")]
     QuotaExceeded,
-    /// The backend failed.
-    #[error("storage failure: {0}")]
-    Backend(String),
+    /// The backend failed; the source chain says why.
+    #[error("storage failure")]
+    Backend(#[source] BackendError),
+}
+
+impl StoreError {
+    /// A backend failure caused by `source` (an error, or a text for failures with no error
+    /// value of their own).
+    pub fn backend(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Backend(BackendError(std::sync::Arc::from(source.into())))
+    }
+}
+
+/// Why the storage backend failed: the backend's own error, kept whole (its source chain
+/// included) for logs; never shown to clients.
+#[derive(Debug, Clone)]
+pub struct BackendError(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 impl From<StoreError> for qrpc::Status {
@@ -90,7 +115,14 @@ impl From<StoreError> for qrpc::Status {
             ),
             StoreError::QuotaExceeded => qrpc::Status::resource_exhausted("storage quota exceeded"),
             StoreError::Backend(reason) => {
-                tracing::error!(%reason, "storage failure");
+                let mut chain = reason.to_string();
+                let mut source = std::error::Error::source(&reason);
+                while let Some(cause) = source {
+                    chain.push_str(": ");
+                    chain.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                tracing::error!(reason = %chain, "storage failure");
                 qrpc::Status::internal("storage failure")
             }
         }

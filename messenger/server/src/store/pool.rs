@@ -15,8 +15,8 @@ pub(crate) struct Pool {
     permits: Semaphore,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::backend(e)
 }
 
 /// Settings every pooled connection gets.

@@ -16,8 +16,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V3__sender_totals.sql"),
 ];
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::backend(e)
 }
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
@@ -828,7 +828,7 @@ impl Store for SqliteStore {
                 let bytes = row.map_err(backend)?;
                 bytes
                     .try_into()
-                    .map_err(|_| StoreError::Backend("corrupt key-transparency leaf".into()))
+                    .map_err(|_| StoreError::backend("corrupt key-transparency leaf"))
             })
             .collect()
         })

@@ -52,8 +52,8 @@ impl Writer {
         path: &Path,
         configure: fn(&Connection) -> Result<(), rusqlite::Error>,
     ) -> StoreResult<Self> {
-        let mut conn = Connection::open(path).map_err(|e| StoreError::Backend(e.to_string()))?;
-        configure(&conn).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let mut conn = Connection::open(path).map_err(|e| StoreError::backend(e))?;
+        configure(&conn).map_err(|e| StoreError::backend(e))?;
         let (jobs, mut queue) = mpsc::channel::<Job>(QUEUE);
         let stats = Arc::new(WriterStats::default());
         let counters = Arc::clone(&stats);
@@ -76,7 +76,7 @@ impl Writer {
                     commit_group(&mut conn, group.drain(..));
                 }
             })
-            .map_err(|e| StoreError::Backend(format!("starting the writer: {e}")))?;
+            .map_err(|e| StoreError::backend(format!("starting the writer: {e}")))?;
         Ok(Self { jobs, stats })
     }
 
@@ -106,16 +106,16 @@ impl Writer {
         self.jobs
             .send(job)
             .await
-            .map_err(|_| StoreError::Backend("the store writer has stopped".into()))?;
+            .map_err(|_| StoreError::backend("the store writer has stopped"))?;
         answered
             .await
-            .map_err(|_| StoreError::Backend("a write failed inside the store writer".into()))?
+            .map_err(|_| StoreError::backend("a write failed inside the store writer"))?
     }
 }
 
 /// Runs a group of jobs in one transaction and answers them after the commit.
 fn commit_group(conn: &mut Connection, jobs: impl Iterator<Item = Job>) {
-    let backend = |e: rusqlite::Error| StoreError::Backend(e.to_string());
+    let backend = |e: rusqlite::Error| StoreError::backend(e);
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -196,7 +196,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 w.write(move |tx| {
                     tx.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", [k])
-                        .map_err(|e| StoreError::Backend(e.to_string()))?;
+                        .map_err(|e| StoreError::backend(e))?;
                     match k % 50 {
                         // Writes, then fails: its row must not survive.
                         7 => Err(StoreError::QuotaExceeded),
@@ -213,7 +213,7 @@ mod tests {
             match (k % 50, t.await.unwrap()) {
                 (7, Err(StoreError::QuotaExceeded)) => {}
                 (9, Err(StoreError::Backend(e))) => {
-                    assert!(e.contains("inside the store writer"), "{e}")
+                    assert!(e.to_string().contains("inside the store writer"), "{e}")
                 }
                 (_, Ok(v)) => {
                     assert_eq!(v, k as i64);
@@ -243,7 +243,7 @@ mod tests {
         let (dir, w) = writer();
         w.write(|tx| {
             tx.execute("INSERT INTO t (k, v) VALUES (1, 'durable')", [])
-                .map_err(|e| StoreError::Backend(e.to_string()))
+                .map_err(|e| StoreError::backend(e))
         })
         .await
         .unwrap();
