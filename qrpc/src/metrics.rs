@@ -3,7 +3,7 @@
 //!
 //! | name | kind | labels | meaning |
 //! |---|---|---|---|
-//! | `qrpc_calls_total` | counter | `method`, `code` | calls answered, by final status |
+//! | `qrpc_calls_total` | counter | `method` (`unknown` for ids the server lacks), `code` | calls answered, by final status |
 //! | `qrpc_call_duration_seconds` | histogram | `method` | from the opening frame to the last response frame written |
 //! | `qrpc_connections_open` | gauge | | connections past their handshake and not yet closed |
 //! | `qrpc_push_dropped_total` | counter | | push events refused because a connection's queue was full or closing |
@@ -12,22 +12,73 @@ use std::time::Duration;
 
 use crate::status::Code;
 
-/// A call of `method` (`method_id` when the server has no such method) ended with `code`
-/// after `elapsed`.
-#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-pub(crate) fn call_finished(
-    method: Option<&crate::routes::MethodInfo>,
-    method_id: u16,
-    code: Code,
-    elapsed: Duration,
-) {
+/// Per-method call metrics of one server, with the `metrics` handles registered once (on a
+/// method's first call with each code) so that a call costs a map lookup and an increment.
+/// Install the `metrics` recorder before the server serves.
+#[derive(Debug, Default)]
+pub(crate) struct CallMetrics {
     #[cfg(feature = "metrics")]
-    {
-        let method = method.map_or_else(|| format!("#{method_id}"), ToString::to_string);
-        metrics::counter!("qrpc_calls_total", "method" => method.clone(), "code" => code.description())
-            .increment(1);
-        metrics::histogram!("qrpc_call_duration_seconds", "method" => method)
-            .record(elapsed.as_secs_f64());
+    methods: std::collections::HashMap<u16, MethodMetrics>,
+    #[cfg(feature = "metrics")]
+    unknown: MethodMetrics,
+}
+
+#[cfg(feature = "metrics")]
+#[derive(Debug, Default)]
+struct MethodMetrics {
+    name: String,
+    calls: [std::sync::OnceLock<metrics::Counter>; 17],
+    duration: std::sync::OnceLock<metrics::Histogram>,
+}
+
+impl CallMetrics {
+    /// Handles for every method of `routes`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn new(routes: &crate::routes::Routes) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            let methods = routes
+                .methods()
+                .map(|m| {
+                    let metrics = MethodMetrics {
+                        name: m.to_string(),
+                        ..MethodMetrics::default()
+                    };
+                    (m.id, metrics)
+                })
+                .collect();
+            let unknown = MethodMetrics {
+                name: "unknown".into(),
+                ..MethodMetrics::default()
+            };
+            Self { methods, unknown }
+        }
+        #[cfg(not(feature = "metrics"))]
+        Self::default()
+    }
+
+    /// A call of `method_id` ended with `code` after `elapsed`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn finished(&self, method_id: u16, code: Code, elapsed: Duration) {
+        #[cfg(feature = "metrics")]
+        {
+            let m = self.methods.get(&method_id).unwrap_or(&self.unknown);
+            let index = usize::from(code.as_u8()).min(m.calls.len() - 1);
+            m.calls[index]
+                .get_or_init(|| {
+                    metrics::counter!(
+                        "qrpc_calls_total",
+                        "method" => m.name.clone(),
+                        "code" => code.description()
+                    )
+                })
+                .increment(1);
+            m.duration
+                .get_or_init(|| {
+                    metrics::histogram!("qrpc_call_duration_seconds", "method" => m.name.clone())
+                })
+                .record(elapsed.as_secs_f64());
+        }
     }
 }
 

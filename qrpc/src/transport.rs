@@ -34,13 +34,6 @@ impl TransportProfile {
                 let mut ack = quinn::AckFrequencyConfig::default();
                 ack.max_ack_delay(Some(RPC_MAX_ACK_DELAY));
                 transport.ack_frequency_config(Some(ack));
-                let upper: u16 = std::env::var("QRPC_MTU")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1452);
-                let mut mtu = quinn::MtuDiscoveryConfig::default();
-                mtu.upper_bound(upper);
-                transport.mtu_discovery_config(Some(mtu));
             }
             Self::QuinnDefaults => {}
         }
@@ -69,5 +62,37 @@ mod tests {
         assert!(plain.contains("ack_frequency_config: None"), "{plain}");
         assert_eq!(plain, format!("{:?}", quinn::TransportConfig::default()));
         assert_eq!(TransportProfile::default(), TransportProfile::Rpc);
+    }
+
+    #[test]
+    fn both_sides_build_their_transport_from_the_profile() {
+        // Read back from the quinn configurations the server and the client actually use.
+        let server = format!("{:?}", crate::ServerConfig::default().transport());
+        let client = format!("{:?}", crate::ClientConfig::default().transport());
+        for side in [&server, &client] {
+            assert!(side.contains("max_ack_delay: Some(1ms)"), "{side}");
+        }
+        // The server takes no datagrams (a zero-size advertisement); the client takes them
+        // unless told otherwise.
+        assert!(
+            server.contains("datagram_receive_buffer_size: Some(0)"),
+            "{server}"
+        );
+        assert!(
+            !client.contains("datagram_receive_buffer_size: Some(0)"),
+            "{client}"
+        );
+        let mut no_datagrams = crate::ClientConfig::default();
+        no_datagrams.datagrams = false;
+        let refusing = format!("{:?}", no_datagrams.transport());
+        assert!(
+            refusing.contains("datagram_receive_buffer_size: None"),
+            "{refusing}"
+        );
+
+        let mut plain = crate::ServerConfig::default();
+        plain.transport_profile = TransportProfile::QuinnDefaults;
+        let plain = format!("{:?}", plain.transport());
+        assert!(plain.contains("ack_frequency_config: None"), "{plain}");
     }
 }

@@ -418,18 +418,20 @@ impl Client {
 impl Service<CallRequest> for Client {
     type Response = MessageStream;
     type Error = Status;
-    type Future = futures::future::BoxFuture<'static, Result<MessageStream, Status>>;
+    type Future = futures::future::MapErr<
+        futures::future::BoxFuture<'static, Result<MessageStream, tower::BoxError>>,
+        fn(tower::BoxError) -> Status,
+    >;
 
     fn poll_ready(
         &mut self,
-        _cx: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Status>> {
-        std::task::Poll::Ready(Ok(()))
+        self.service.poll_ready(cx).map_err(Status::from_error)
     }
 
     fn call(&mut self, request: CallRequest) -> Self::Future {
-        let client = self.clone();
-        Box::pin(async move { client.dispatch(request).await })
+        futures::TryFutureExt::map_err(self.service.call(request), Status::from_error)
     }
 }
 

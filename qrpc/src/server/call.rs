@@ -114,9 +114,11 @@ pub(super) async fn serve_call<S>(
         peer = %connection.remote_address(),
         early_data = early,
     );
-    serve_opened(send, incoming, first, method, early, connection, service)
-        .instrument(span)
-        .await;
+    serve_opened(
+        send, incoming, first, method, early, connection, &shared, service,
+    )
+    .instrument(span)
+    .await;
 }
 
 /// Runs an opened call: the service, then its response frames.
@@ -127,6 +129,7 @@ async fn serve_opened<S>(
     method: Option<crate::routes::MethodInfo>,
     early: bool,
     connection: Connection,
+    shared: &Shared,
     service: S,
 ) where
     S: Service<Request<RequestBody>, Response = Response<ResponseBody>> + Send + 'static,
@@ -136,9 +139,7 @@ async fn serve_opened<S>(
     let method_id = first.method_id;
     let request_id = first.request_id;
     let started = std::time::Instant::now();
-    let finished = |code: Code| {
-        crate::metrics::call_finished(method.as_ref(), method_id, code, started.elapsed());
-    };
+    let finished = |code: Code| shared.metrics.finished(method_id, code, started.elapsed());
     let mut ctx = RequestContext::new(connection, method_id, method, request_id);
     ctx.set_early_data(early);
     let rest = request_messages(incoming);

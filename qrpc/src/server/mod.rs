@@ -160,6 +160,7 @@ impl<L> Server<L> {
         let endpoint = quinn::Endpoint::server(quic, addr)
             .map_err(|source| ServerError::Bind { addr, source })?;
         let service = self.layer.layer(routes.clone());
+        let metrics = crate::metrics::CallMetrics::new(&routes);
         Ok(BoundServer {
             endpoint,
             shared: Arc::new(Shared {
@@ -169,6 +170,7 @@ impl<L> Server<L> {
                 calls: TaskTracker::new(),
                 shutting_down: AtomicBool::new(false),
                 shutdown: tokio_util::sync::CancellationToken::new(),
+                metrics,
             }),
             service,
         })
@@ -217,6 +219,7 @@ pub(crate) struct Shared {
     shutting_down: AtomicBool,
     /// Cancelled when graceful shutdown begins; handlers see it through their connection.
     shutdown: tokio_util::sync::CancellationToken,
+    pub(crate) metrics: crate::metrics::CallMetrics,
 }
 
 /// A server bound to its socket, ready to serve.
