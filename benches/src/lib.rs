@@ -334,42 +334,43 @@ pub async fn udp_delay_relay(
         let mut lines: HashMap<SocketAddr, DelayLine> = HashMap::new();
         let mut buf = vec![0u8; 65_536];
         while let Ok((len, client)) = front.recv_from(&mut buf).await {
-            if !lines.contains_key(&client) {
-                let Ok(back) = tokio::net::UdpSocket::bind(loopback()).await else {
-                    continue;
-                };
-                if back.connect(upstream).await.is_err() {
-                    continue;
-                }
-                let back = Arc::new(back);
-                // Server to client: read from the upstream socket, deliver through the front.
-                let to_client = {
-                    let front = Arc::clone(&front);
-                    delay_line(move |datagram: Vec<u8>| {
+            let line = match lines.entry(client) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let Ok(back) = tokio::net::UdpSocket::bind(loopback()).await else {
+                        continue;
+                    };
+                    if back.connect(upstream).await.is_err() {
+                        continue;
+                    }
+                    let back = Arc::new(back);
+                    // Server to client: read from the upstream socket, deliver through the front.
+                    let to_client = {
                         let front = Arc::clone(&front);
-                        async move {
-                            let _ = front.send_to(&datagram, client).await;
+                        delay_line(move |datagram: Vec<u8>| {
+                            let front = Arc::clone(&front);
+                            async move {
+                                let _ = front.send_to(&datagram, client).await;
+                            }
+                        })
+                    };
+                    let reader = Arc::clone(&back);
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65_536];
+                        while let Ok(len) = reader.recv(&mut buf).await {
+                            to_client.push(buf[..len].to_vec(), delay);
                         }
-                    })
-                };
-                let reader = Arc::clone(&back);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 65_536];
-                    while let Ok(len) = reader.recv(&mut buf).await {
-                        to_client.push(buf[..len].to_vec(), delay);
-                    }
-                });
-                let to_server = delay_line(move |datagram: Vec<u8>| {
-                    let back = Arc::clone(&back);
-                    async move {
-                        let _ = back.send(&datagram).await;
-                    }
-                });
-                lines.insert(client, to_server);
-            }
-            if let Some(line) = lines.get(&client) {
-                line.push(buf[..len].to_vec(), delay);
-            }
+                    });
+                    let to_server = delay_line(move |datagram: Vec<u8>| {
+                        let back = Arc::clone(&back);
+                        async move {
+                            let _ = back.send(&datagram).await;
+                        }
+                    });
+                    entry.insert(to_server)
+                }
+            };
+            line.push(buf[..len].to_vec(), delay);
         }
     });
     Ok(addr)

@@ -123,6 +123,7 @@ pub(crate) async fn write_push(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

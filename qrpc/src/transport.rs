@@ -82,16 +82,20 @@ mod tests {
             !client.contains("datagram_receive_buffer_size: Some(0)"),
             "{client}"
         );
-        let mut no_datagrams = crate::ClientConfig::default();
-        no_datagrams.datagrams = false;
+        let no_datagrams = crate::ClientConfig {
+            datagrams: false,
+            ..Default::default()
+        };
         let refusing = format!("{:?}", no_datagrams.transport());
         assert!(
             refusing.contains("datagram_receive_buffer_size: None"),
             "{refusing}"
         );
 
-        let mut plain = crate::ServerConfig::default();
-        plain.transport_profile = TransportProfile::QuinnDefaults;
+        let plain = crate::ServerConfig {
+            transport_profile: TransportProfile::QuinnDefaults,
+            ..Default::default()
+        };
         let plain = format!("{:?}", plain.transport());
         assert!(plain.contains("ack_frequency_config: None"), "{plain}");
     }

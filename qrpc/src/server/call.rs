@@ -114,20 +114,29 @@ pub(super) async fn serve_call<S>(
         peer = %connection.remote_address(),
         early_data = early,
     );
-    serve_opened(
-        send, incoming, first, method, early, connection, &shared, service,
-    )
-    .instrument(span)
-    .await;
+    let opened = Opened {
+        frame: first,
+        method,
+        early,
+    };
+    serve_opened(send, incoming, opened, connection, &shared, service)
+        .instrument(span)
+        .await;
+}
+
+/// A call whose opening frame arrived and may run.
+struct Opened {
+    frame: crate::frame::RequestFrame,
+    method: Option<crate::routes::MethodInfo>,
+    /// It arrived in 0-RTT data.
+    early: bool,
 }
 
 /// Runs an opened call: the service, then its response frames.
 async fn serve_opened<S>(
     mut send: SendStream,
     incoming: Incoming,
-    first: crate::frame::RequestFrame,
-    method: Option<crate::routes::MethodInfo>,
-    early: bool,
+    opened: Opened,
     connection: Connection,
     shared: &Shared,
     service: S,
@@ -136,6 +145,11 @@ async fn serve_opened<S>(
     S::Error: Into<tower::BoxError>,
     S::Future: Send,
 {
+    let Opened {
+        frame: first,
+        method,
+        early,
+    } = opened;
     let method_id = first.method_id;
     let request_id = first.request_id;
     let started = std::time::Instant::now();

@@ -52,8 +52,8 @@ impl Writer {
         path: &Path,
         configure: fn(&Connection) -> Result<(), rusqlite::Error>,
     ) -> StoreResult<Self> {
-        let mut conn = Connection::open(path).map_err(|e| StoreError::backend(e))?;
-        configure(&conn).map_err(|e| StoreError::backend(e))?;
+        let mut conn = Connection::open(path).map_err(StoreError::backend)?;
+        configure(&conn).map_err(StoreError::backend)?;
         let (jobs, mut queue) = mpsc::channel::<Job>(QUEUE);
         let stats = Arc::new(WriterStats::default());
         let counters = Arc::clone(&stats);
@@ -196,7 +196,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 w.write(move |tx| {
                     tx.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", [k])
-                        .map_err(|e| StoreError::backend(e))?;
+                        .map_err(StoreError::backend)?;
                     match k % 50 {
                         // Writes, then fails: its row must not survive.
                         7 => Err(StoreError::QuotaExceeded),
@@ -243,7 +243,7 @@ mod tests {
         let (dir, w) = writer();
         w.write(|tx| {
             tx.execute("INSERT INTO t (k, v) VALUES (1, 'durable')", [])
-                .map_err(|e| StoreError::backend(e))
+                .map_err(StoreError::backend)
         })
         .await
         .unwrap();
