@@ -151,7 +151,10 @@ async fn client(
     f: impl FnOnce(&mut qrpc::ClientConfig),
 ) -> Client {
     Client::builder(addr, tls.clone())
-        .configure(f)
+        .configure(|c| {
+            c.zero_rtt = true;
+            f(c);
+        })
         .connect()
         .await
         .unwrap()

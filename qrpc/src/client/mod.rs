@@ -92,7 +92,10 @@ pub struct ClientConfig {
     pub reconnect: ReconnectPolicy,
     /// QUIC transport preset (default [`TransportProfile::Rpc`](crate::TransportProfile::Rpc)).
     pub transport_profile: crate::TransportProfile,
-    /// Whether a resumed connection sends idempotent calls as 0-RTT data (default true).
+    /// Whether a resumed connection sends idempotent calls as 0-RTT data (default false:
+    /// opt in). In one of the messenger's tests, a client that reconnected with 0-RTT while the
+    /// server was restarting left a large client-streaming upload stalled after the server
+    /// rejected the early data; until that is explained, 0-RTT is off unless asked for.
     ///
     /// A client resumes a TLS session when its [`ClientTls`] (or a clone of it) reached the
     /// same server before, in this client or another. Then [`ClientBuilder::connect`] and every
@@ -137,7 +140,7 @@ impl Default for ClientConfig {
             local_addr: None,
             reconnect: ReconnectPolicy::default(),
             transport_profile: crate::TransportProfile::default(),
-            zero_rtt: true,
+            zero_rtt: false,
             datagrams: true,
         }
     }
