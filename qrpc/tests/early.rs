@@ -60,32 +60,8 @@ impl Early {
         let gets = self.gets;
         let puts = self.puts;
         Methods::new(&DESCRIPTOR)
-            .route(
-                GET,
-                Handler::unary(move |ctx, _m: Msg| {
-                    let runs = gets.fetch_add(1, Ordering::SeqCst) as u64 + 1;
-                    async move {
-                        Ok::<_, Status>(Msg {
-                            early: ctx.early_data(),
-                            runs,
-                            ..Msg::default()
-                        })
-                    }
-                }),
-            )
-            .route(
-                PUT,
-                Handler::unary(move |ctx, _m: Msg| {
-                    let runs = puts.fetch_add(1, Ordering::SeqCst) as u64 + 1;
-                    async move {
-                        Ok::<_, Status>(Msg {
-                            early: ctx.early_data(),
-                            runs,
-                            ..Msg::default()
-                        })
-                    }
-                }),
-            )
+            .route(GET, counting(gets))
+            .route(PUT, counting(puts))
             .route(
                 TYPING,
                 Handler::unary(|ctx, m: Msg| async move {
@@ -101,6 +77,20 @@ impl Early {
                 }),
             )
     }
+}
+
+/// A handler that counts its runs and answers whether it ran from 0-RTT data.
+fn counting(runs: Arc<AtomicUsize>) -> Handler {
+    Handler::unary(move |ctx, _m: Msg| {
+        let runs = runs.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+        async move {
+            Ok::<_, Status>(Msg {
+                early: ctx.early_data(),
+                runs,
+                ..Msg::default()
+            })
+        }
+    })
 }
 
 struct Running {

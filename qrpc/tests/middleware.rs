@@ -17,13 +17,6 @@ use qrpc::middleware::{
 };
 use tower::{Service, ServiceExt};
 
-fn login(name: &str) -> Msg {
-    Msg {
-        text: name.into(),
-        ..Msg::default()
-    }
-}
-
 #[tokio::test]
 async fn auth_refuses_protected_methods_until_the_connection_logs_in() {
     let policy = AuthPolicy::new().public_methods([LOGIN.id, ECHO.id]);

@@ -10,13 +10,6 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use qrpc::middleware::AuditLayer;
 
-fn login(name: &str) -> Msg {
-    Msg {
-        text: name.into(),
-        ..Msg::default()
-    }
-}
-
 /// Everything the `tracing` subscriber writes, for reading back.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -23,6 +23,14 @@ pub struct Msg {
     pub text: String,
 }
 
+/// A message carrying `name` as its text (what the Login method binds).
+pub fn login(name: &str) -> Msg {
+    Msg {
+        text: name.into(),
+        ..Msg::default()
+    }
+}
+
 impl Msg {
     pub fn n(n: u64) -> Self {
         Self {
