@@ -92,8 +92,8 @@ pub use push::{
     UnreliableDelivery,
 };
 pub use routes::{
-    CallKind, DuplicateMethodId, Handler, LayerExt, MethodInfo, MethodRef, Methods, Named,
-    NamedService, Routes, ServiceDescriptor,
+    CallKind, DuplicateMethodId, Handler, HostedService, LayerExt, MethodInfo, MethodRef, Methods,
+    Named, NamedService, Routes, ServiceDescriptor,
 };
 pub use server::{BoundServer, Server, ServerConfig, ServerError};
 pub use status::{Code, ErrorStatus, Status};

@@ -214,10 +214,7 @@ where
     async move {
         let (ctx, body) = req.into_parts();
         let msg = Req::decode(body.into_unary())?;
-        let resp = f(ctx, msg).await?;
-        Ok(Response::new(ResponseBody::Unary(
-            resp.encode_to_vec().into(),
-        )))
+        Ok(unary_response(&f(ctx, msg).await?))
     }
     .boxed()
 }
@@ -233,8 +230,7 @@ where
     async move {
         let (ctx, body) = req.into_parts();
         let msg = Req::decode(body.into_unary())?;
-        let stream = f(ctx, msg).await?;
-        Ok(Response::new(ResponseBody::Stream(encode_stream(stream))))
+        Ok(stream_response(f(ctx, msg).await?))
     }
     .boxed()
 }
@@ -250,10 +246,7 @@ where
     async move {
         let (ctx, body) = req.into_parts();
         let stream = Streaming::new(body.into_streaming()?);
-        let resp = f(ctx, stream).await?;
-        Ok(Response::new(ResponseBody::Unary(
-            resp.encode_to_vec().into(),
-        )))
+        Ok(unary_response(&f(ctx, stream).await?))
     }
     .boxed()
 }
@@ -269,8 +262,7 @@ where
     async move {
         let (ctx, body) = req.into_parts();
         let stream = Streaming::new(body.into_streaming()?);
-        let out = f(ctx, stream).await?;
-        Ok(Response::new(ResponseBody::Stream(encode_stream(out))))
+        Ok(stream_response(f(ctx, stream).await?))
     }
     .boxed()
 }
@@ -284,10 +276,17 @@ pub fn serve_unimplemented(req: &Request<RequestBody>) -> CallFuture {
     .boxed()
 }
 
-fn encode_stream<T: prost::Message + 'static>(
+/// A handler's single response message, encoded.
+fn unary_response<T: prost::Message>(message: &T) -> Response<ResponseBody> {
+    Response::new(ResponseBody::Unary(message.encode_to_vec().into()))
+}
+
+/// A handler's response stream, encoded message by message.
+fn stream_response<T: prost::Message + 'static>(
     stream: ResponseStream<T>,
-) -> crate::body::MessageStream {
-    Box::pin(stream.map(|item| item.map(|m| Bytes::from(m.encode_to_vec()))))
+) -> Response<ResponseBody> {
+    let encoded = stream.map(|item| item.map(|m| Bytes::from(m.encode_to_vec())));
+    Response::new(ResponseBody::Stream(Box::pin(encoded)))
 }
 
 /// Two services registered the same method id.
@@ -308,6 +307,37 @@ pub struct DuplicateMethodId {
 pub trait NamedService {
     /// The service's name and methods.
     fn descriptor(&self) -> &'static ServiceDescriptor;
+}
+
+/// Everything a server asks of a service it hosts: a tower service over raw calls that names
+/// its methods, cheap to clone, shareable across tasks. Implemented for every such type;
+/// generated servers, [`Methods`] and [`Named`] all qualify.
+pub trait HostedService:
+    tower::Service<
+        Request<RequestBody>,
+        Response = Response<ResponseBody>,
+        Error: Into<tower::BoxError>,
+        Future: Send + 'static,
+    > + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> HostedService for S where
+    S: tower::Service<
+            Request<RequestBody>,
+            Response = Response<ResponseBody>,
+            Error: Into<tower::BoxError>,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// A hand-written service: a handler per method of a [`ServiceDescriptor`]. A method of the
@@ -439,17 +469,7 @@ pub(crate) struct RoutesBuilder {
 impl RoutesBuilder {
     /// Routes every method of `service`'s descriptor to it. A method id taken by an earlier
     /// service is recorded as an error that [`Server::bind`](crate::Server::bind) reports.
-    pub(crate) fn add_service<S>(&mut self, service: S)
-    where
-        S: tower::Service<Request<RequestBody>, Response = Response<ResponseBody>>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<tower::BoxError>,
-        S::Future: Send + 'static,
-    {
+    pub(crate) fn add_service<S: HostedService>(&mut self, service: S) {
         let descriptor = service.descriptor();
         let boxed = BoxedService::new(tower::ServiceExt::map_err(service, |e: S::Error| {
             Status::from_error(e.into())

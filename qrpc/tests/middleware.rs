@@ -136,14 +136,7 @@ async fn audit_records_method_peer_and_status() {
         AuditLayer::with_sink(move |r| sink.lock().unwrap().push(r.clone())),
     );
     let client = server.client().await;
-    client
-        .unary::<_, Msg>(ECHO.id, &login("secret-payload"))
-        .await
-        .unwrap();
-    let _ = client
-        .unary::<_, Msg>(FAIL.id, &login("secret-reason"))
-        .await
-        .unwrap_err();
+    echo_then_fail_with_secrets(&client).await;
     let _ = client
         .unary_raw(4242, Default::default())
         .await

@@ -47,14 +47,7 @@ async fn the_audit_log_line_sits_in_the_call_span_and_leaks_no_request_data() {
     tracing::subscriber::set_global_default(subscriber).unwrap();
     let server = start_layered(TestService::default(), AuditLayer::new());
     let client = server.client().await;
-    client
-        .unary::<_, Msg>(ECHO.id, &login("secret-payload"))
-        .await
-        .unwrap();
-    let _ = client
-        .unary::<_, Msg>(FAIL.id, &login("secret-reason"))
-        .await
-        .unwrap_err();
+    echo_then_fail_with_secrets(&client).await;
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let audit: Vec<&str> = log.lines().filter(|l| l.contains("qrpc::audit")).collect();
     assert_eq!(audit.len(), 2, "{log}");

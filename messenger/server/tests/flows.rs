@@ -648,21 +648,31 @@ async fn channels_users_and_p2p() {
         .await
         .unwrap();
     assert_eq!(found.addresses, vec!["127.0.0.1:4000".to_owned()]);
-    // A 1 ms lifetime replaces it; once more than that has passed (any delay only makes it
-    // more certain), the endpoint is gone.
+    // A 1 ms lifetime replaces it: resolving shows the replacement until it expires, then
+    // NotFound (polled, with a deadline).
     p2p.publish_endpoint(&v1::PublishEndpointRequest {
         addresses: vec!["127.0.0.1:4001".into()],
         ttl_ms: 1,
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let err = alice_p2p
-        .resolve_endpoint(&v1::ResolveEndpointRequest {
-            device: Some(bob.me()),
-        })
+    let expired = async {
+        loop {
+            match alice_p2p
+                .resolve_endpoint(&v1::ResolveEndpointRequest {
+                    device: Some(bob.me()),
+                })
+                .await
+            {
+                Ok(found) => assert_eq!(found.addresses, vec!["127.0.0.1:4001".to_owned()]),
+                Err(err) => return err,
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let err = tokio::time::timeout(Duration::from_secs(10), expired)
         .await
-        .unwrap_err();
+        .expect("the 1 ms endpoint never expired");
     assert_eq!(err.code(), Code::NotFound, "endpoints expire");
 }
 

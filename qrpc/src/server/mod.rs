@@ -19,7 +19,7 @@ use crate::body::{Request, RequestBody, Response, ResponseBody};
 use crate::context::Connection;
 use crate::protocol::close;
 use crate::push::{PushRegistry, PushSender};
-use crate::routes::{DuplicateMethodId, NamedService, Routes, RoutesBuilder};
+use crate::routes::{DuplicateMethodId, HostedService, Routes, RoutesBuilder};
 use crate::tls::{ServerTls, TlsError};
 
 /// Why a server could not start.
@@ -115,17 +115,7 @@ impl<L> Server<L> {
     /// added with [`layer`](Self::layer) wrap every service; a service's own layers run inside
     /// them. A method id served twice makes [`bind`](Self::bind) fail with
     /// [`ServerError::DuplicateMethod`].
-    pub fn add_service<S>(mut self, service: S) -> Self
-    where
-        S: Service<Request<RequestBody>, Response = Response<ResponseBody>>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Error: Into<tower::BoxError>,
-        S::Future: Send + 'static,
-    {
+    pub fn add_service(mut self, service: impl HostedService) -> Self {
         self.routes.add_service(service);
         self
     }

@@ -31,6 +31,19 @@ pub fn login(name: &str) -> Msg {
     }
 }
 
+/// One successful call (Echo) and one failing call (Fail, whose status message echoes its
+/// request), both carrying "secret" data that audit records and logs must not show.
+pub async fn echo_then_fail_with_secrets(client: &Client) {
+    client
+        .unary::<_, Msg>(ECHO.id, &login("secret-payload"))
+        .await
+        .unwrap();
+    let _ = client
+        .unary::<_, Msg>(FAIL.id, &login("secret-reason"))
+        .await
+        .unwrap_err();
+}
+
 impl Msg {
     pub fn n(n: u64) -> Self {
         Self {
