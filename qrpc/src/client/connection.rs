@@ -116,6 +116,11 @@ impl Live {
     /// Waits for the handshake; `Ok(true)` when the server accepted the 0-RTT data sent on
     /// this connection.
     pub(super) async fn handshake_done(&self) -> Result<bool, Status> {
+        // Every call asks; nearly always the handshake is long done: answer without cloning
+        // the watch.
+        if let Handshake::Done { early_accepted } = *self.handshake.borrow() {
+            return Ok(early_accepted);
+        }
         let mut handshake = self.handshake.clone();
         loop {
             if let Handshake::Done { early_accepted } = *handshake.borrow_and_update() {

@@ -335,7 +335,7 @@ impl Client {
     }
 
     /// A typed unary call of `method`; an idempotent method may travel as 0-RTT data
-    /// (see [`ClientConfig::zero_rtt`]). Generated clients call this.
+    /// (see [`ClientConfig::zero_rtt`]). The same call generated clients make.
     pub async fn unary_method<Req, Resp>(
         &self,
         method: &MethodInfo,
@@ -345,14 +345,11 @@ impl Client {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let call = CallRequest::unary(method.id, request.encode_to_vec().into())
-            .with_idempotent(method.idempotent);
-        let mut responses = self.dispatch(call).await?;
-        decode_response(call::single_response(&mut responses).await?)
+        crate::codegen::unary(self, method, request).await
     }
 
     /// A typed server-streaming call of `method`; an idempotent method may travel as 0-RTT
-    /// data (see [`ClientConfig::zero_rtt`]). Generated clients call this.
+    /// data (see [`ClientConfig::zero_rtt`]). The same call generated clients make.
     pub async fn server_streaming_method<Req, Resp>(
         &self,
         method: &MethodInfo,
@@ -362,9 +359,7 @@ impl Client {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let call = CallRequest::server_streaming(method.id, request.encode_to_vec().into())
-            .with_idempotent(method.idempotent);
-        Ok(Streaming::from_server(self.dispatch(call).await?))
+        crate::codegen::server_streaming(self, method, request).await
     }
 
     /// A typed server-streaming call.
