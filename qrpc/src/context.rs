@@ -12,6 +12,53 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::push::{PushRegistry, PushSender};
 use crate::routes::MethodInfo;
 
+/// The QUIC connection behind the handles an application may keep ([`Connection`],
+/// [`PushSender`]), emptied by the server when the connection ends.
+///
+/// Every quinn connection handle keeps the endpoint's UDP socket open. If the handles an
+/// application holds on to (a session table, a push registry) held quinn's connection
+/// itself, a stopped server's socket would stay bound for as long as any of them lived, and
+/// a server restarted on the same address could not bind it.
+#[derive(Clone, Default)]
+pub(crate) struct QuicSlot(Arc<std::sync::RwLock<Option<quinn::Connection>>>);
+
+impl fmt::Debug for QuicSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let open = self.with(|_| ()).is_some();
+        f.debug_struct("QuicSlot").field("open", &open).finish()
+    }
+}
+
+impl QuicSlot {
+    pub(crate) fn new(conn: quinn::Connection) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Some(conn))))
+    }
+
+    /// A detached slot: no connection, ever.
+    pub(crate) fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` on the connection while it lasts; `None` once it ended (or when detached).
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&quinn::Connection) -> R) -> Option<R> {
+        let guard = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.as_ref().map(f)
+    }
+
+    /// Drops the connection handle: called once the connection has ended.
+    pub(crate) fn clear(&self) {
+        let taken = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        drop(taken);
+    }
+}
+
 /// An authenticated principal bound to a connection (a user or device name, or a key id).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerIdentity(Arc<str>);
@@ -103,8 +150,11 @@ struct ConnectionData {
 }
 
 struct ConnectionInner {
-    /// `None` for a detached connection (tests of layers and handlers).
-    quic: Option<quinn::Connection>,
+    /// Empty for a detached connection (tests of layers and handlers), and once the connection
+    /// ended.
+    quic: QuicSlot,
+    /// Whether this is a detached connection.
+    detached: bool,
     id: u64,
     remote: SocketAddr,
     state: Mutex<ConnectionData>,
@@ -120,7 +170,8 @@ pub struct Connection(Arc<ConnectionInner>);
 
 impl Connection {
     pub(crate) fn new(
-        quic: quinn::Connection,
+        quic: &quinn::Connection,
+        slot: QuicSlot,
         push: PushSender,
         registry: PushRegistry,
         shutdown: tokio_util::sync::CancellationToken,
@@ -128,7 +179,8 @@ impl Connection {
         let remote = quic.remote_address();
         let id = quic.stable_id() as u64;
         Self(Arc::new(ConnectionInner {
-            quic: Some(quic),
+            quic: slot,
+            detached: false,
             id,
             remote,
             state: Mutex::new(ConnectionData::default()),
@@ -144,7 +196,8 @@ impl Connection {
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (push, _) = PushSender::new(1, 0, id);
         Self(Arc::new(ConnectionInner {
-            quic: None,
+            quic: QuicSlot::empty(),
+            detached: true,
             id,
             remote,
             state: Mutex::new(ConnectionData::default()),
@@ -165,12 +218,13 @@ impl Connection {
         self.0.id
     }
 
-    /// The peer's current address (it can change when the client migrates).
+    /// The peer's current address (it can change when the client migrates); its last one once
+    /// the connection ended.
     pub fn remote_address(&self) -> SocketAddr {
         self.0
             .quic
-            .as_ref()
-            .map_or(self.0.remote, quinn::Connection::remote_address)
+            .with(quinn::Connection::remote_address)
+            .unwrap_or(self.0.remote)
     }
 
     /// The peer's address when the connection was accepted.
@@ -235,27 +289,28 @@ impl Connection {
 
     /// Closes the connection with an application error code and a reason for the peer.
     pub fn close(&self, code: quinn::VarInt, reason: &[u8]) {
-        if let Some(quic) = &self.0.quic {
-            quic.close(code, reason);
-        }
+        self.0.quic.with(|quic| quic.close(code, reason));
     }
 
     /// Whether the connection has closed (never for a detached connection).
     pub fn is_closed(&self) -> bool {
-        self.0
-            .quic
-            .as_ref()
-            .is_some_and(|quic| quic.close_reason().is_some())
+        !self.0.detached
+            && self
+                .0
+                .quic
+                .with(|quic| quic.close_reason().is_some())
+                .unwrap_or(true)
     }
 
     /// Completes when the connection closes, for whatever reason; never for a detached
     /// connection. Lets an application release per-connection state at once.
     pub async fn closed(&self) {
-        match &self.0.quic {
-            Some(quic) => {
-                quic.closed().await;
-            }
-            None => std::future::pending::<()>().await,
+        if self.0.detached {
+            return std::future::pending::<()>().await;
+        }
+        // Waiting holds a handle of its own, released when the connection closes.
+        if let Some(quic) = self.0.quic.with(quinn::Connection::clone) {
+            quic.closed().await;
         }
     }
 
@@ -276,8 +331,8 @@ impl Connection {
     pub fn rtt(&self) -> std::time::Duration {
         self.0
             .quic
-            .as_ref()
-            .map_or(std::time::Duration::ZERO, quinn::Connection::rtt)
+            .with(quinn::Connection::rtt)
+            .unwrap_or(std::time::Duration::ZERO)
     }
 
     pub(crate) fn on_closed(&self) {

@@ -61,7 +61,7 @@ pub struct PushSender {
 /// The connection an unreliable event is sent on, and the largest datagram event.
 #[derive(Clone, Debug)]
 struct Datagrams {
-    conn: quinn::Connection,
+    conn: crate::context::QuicSlot,
     max_event: usize,
 }
 
@@ -95,7 +95,11 @@ impl PushSender {
     }
 
     /// Lets unreliable events go out as datagrams on `conn`, up to `max_event` bytes each.
-    pub(crate) fn with_datagrams(mut self, conn: quinn::Connection, max_event: usize) -> Self {
+    pub(crate) fn with_datagrams(
+        mut self,
+        conn: crate::context::QuicSlot,
+        max_event: usize,
+    ) -> Self {
         self.datagrams = Some(Datagrams { conn, max_event });
         self
     }
@@ -110,20 +114,30 @@ impl PushSender {
     ) -> Result<UnreliableDelivery, PushError> {
         let frame = self.frame(event_type, payload)?;
         if let Some(datagrams) = &self.datagrams {
-            let limit = datagrams
-                .conn
-                .max_datagram_size()
-                .map(|path| path.min(datagrams.max_event));
             let encoded_len = crate::frame::PUSH_HEADER_LEN + frame.payload.len();
-            if limit.is_some_and(|limit| encoded_len <= limit) {
-                match datagrams.conn.send_datagram(frame.to_bytes()) {
-                    Ok(()) => return Ok(UnreliableDelivery::Datagram),
+            let sent = datagrams.conn.with(|conn| {
+                let limit = conn
+                    .max_datagram_size()
+                    .map(|path| path.min(datagrams.max_event));
+                if limit.is_none_or(|limit| encoded_len > limit) {
+                    return None;
+                }
+                match conn.send_datagram(frame.to_bytes()) {
+                    Ok(()) => Some(Ok(UnreliableDelivery::Datagram)),
                     Err(quinn::SendDatagramError::ConnectionLost(_)) => {
-                        return Err(PushError::Closed);
+                        Some(Err(PushError::Closed))
                     }
                     // Unsupported, disabled or too large after all: use the stream.
-                    Err(err) => tracing::debug!(%err, "datagram refused; using the push stream"),
+                    Err(err) => {
+                        tracing::debug!(%err, "datagram refused; using the push stream");
+                        None
+                    }
                 }
+            });
+            // Otherwise the stream takes it; once the connection ended, the push queue answers
+            // `Closed`.
+            if let Some(Some(result)) = sent {
+                return result;
             }
         }
         self.enqueue(frame)?;

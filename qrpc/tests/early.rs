@@ -10,6 +10,7 @@ use qrpc::{
     CallKind, CallRequest, Client, Handler, MethodInfo, Methods, Server, ServiceDescriptor, Status,
     UnreliableDelivery,
 };
+use tokio::sync::Notify;
 use tower::ServiceExt;
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -40,10 +41,12 @@ const GET: MethodInfo = method(1, "Get", true);
 const PUT: MethodInfo = method(2, "Put", false);
 /// Pushes one unreliable event carrying `data` and says how it went out.
 const TYPING: MethodInfo = method(3, "Typing", false);
+/// Not idempotent: says it started, then answers when the test releases it.
+const HOLD: MethodInfo = method(4, "Hold", false);
 
 static DESCRIPTOR: ServiceDescriptor = ServiceDescriptor {
     name: "test.Early",
-    methods: &[GET, PUT, TYPING],
+    methods: &[GET, PUT, TYPING, HOLD],
 };
 
 const TYPING_EVENT: u16 = 40;
@@ -52,6 +55,8 @@ const TYPING_EVENT: u16 = 40;
 struct Early {
     gets: Arc<AtomicUsize>,
     puts: Arc<AtomicUsize>,
+    hold_started: Arc<Notify>,
+    hold_release: Arc<Notify>,
 }
 
 impl Early {
@@ -59,7 +64,19 @@ impl Early {
     pub fn into_methods(self) -> Methods {
         let gets = self.gets;
         let puts = self.puts;
+        let (started, release) = (self.hold_started, self.hold_release);
         Methods::new(&DESCRIPTOR)
+            .route(
+                HOLD,
+                Handler::unary(move |_ctx, _m: Msg| {
+                    let (started, release) = (started.clone(), release.clone());
+                    async move {
+                        started.notify_one();
+                        release.notified().await;
+                        Ok::<_, Status>(Msg::default())
+                    }
+                }),
+            )
             .route(GET, counting(gets))
             .route(PUT, counting(puts))
             .route(
@@ -232,6 +249,52 @@ async fn rejected_0rtt_is_sent_again_after_the_handshake_exactly_once() {
     assert!(!get.early, "sent again in 1-RTT data");
     assert_eq!(get.runs, 1, "the rejected 0-RTT copy never ran");
     assert_eq!(restarted.service.gets.load(Ordering::SeqCst), 1);
+    restarted.stop().await;
+}
+
+/// When the server rejects 0-RTT data, quinn numbers the client's streams from zero again, so
+/// the first call after the handshake takes the stream id of the first rejected one. Dropping
+/// the rejected call's stream late must not touch the newer call: quinn keys the waker of a
+/// blocked read by stream id, and a stale handle's drop used to clear it, leaving the newer
+/// call waiting for a response that had arrived.
+///
+/// Runs on the single-threaded runtime, where each task runs until it waits, so the order
+/// below is exact.
+#[tokio::test]
+async fn a_rejected_0rtt_call_dropped_late_leaves_the_call_reusing_its_stream_id_alone() {
+    let cert = SelfSigned::generate(&["localhost"]).unwrap();
+    let first = serve(&cert, "127.0.0.1:0".parse().unwrap(), |_| {});
+    let addr = first.addr;
+    let tls = ClientTls::pinned(cert.fingerprint());
+    learn_ticket(addr, &tls).await;
+    first.stop().await;
+    let restarted = serve(&cert, addr, |_| {});
+    let resumed = client(addr, &tls, |_| {}).await;
+
+    // GET goes out as 0-RTT data on the first stream, then waits for the handshake; it is
+    // polled once and then held without being polled, as a caller busy elsewhere would.
+    let request = Msg::default();
+    let mut early = Box::pin(resumed.unary_method::<_, Msg>(&GET, &request));
+    assert!(futures::poll!(&mut early).is_pending());
+
+    // HOLD waits for the handshake, which rejects the 0-RTT data, and then opens the first
+    // stream again. It reaches the server and waits for its response.
+    let held = tokio::spawn({
+        let resumed = resumed.clone();
+        async move { resumed.unary_method::<_, Msg>(&HOLD, &Msg::default()).await }
+    });
+    restarted.service.hold_started.notified().await;
+
+    drop(early);
+    restarted.service.hold_release.notify_one();
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(10), held).await;
+    let reply = answered.expect("the held call's response woke it");
+    reply.unwrap().unwrap();
+    assert_eq!(
+        restarted.service.gets.load(Ordering::SeqCst),
+        0,
+        "the rejected GET never ran and was dropped before it was sent again"
+    );
     restarted.stop().await;
 }
 

@@ -124,6 +124,33 @@ async fn registry_reaches_a_connection_by_identity() {
     eventually(|| !server.registry.is_online(&id)).await;
 }
 
+/// An application keeps connection handles (a session table) and push senders past the end of
+/// their connections; they must not keep a stopped server's address bound.
+#[tokio::test]
+async fn kept_connection_handles_do_not_hold_a_stopped_servers_address() {
+    let service = TestService::default();
+    let observed = service.observed.clone();
+    let mut server = start(service);
+    let addr = server.addr;
+    let client = server.client().await;
+    client
+        .unary::<_, Msg>(LOGIN.id, &login("erin"))
+        .await
+        .unwrap();
+    let kept = observed.kept.lock().unwrap()[0].clone();
+    let push = kept.push().clone();
+    client.close();
+    server.shutdown().await.unwrap();
+
+    // The handles still answer, as for any ended connection.
+    eventually(|| kept.is_closed()).await;
+    assert!(push.try_send(3, bytes::Bytes::new()).is_err());
+    assert!(push.send_unreliable(3, bytes::Bytes::new()).is_err());
+    // The address is free once the closed connections have drained (three probe timeouts,
+    // milliseconds on loopback).
+    eventually(|| std::net::UdpSocket::bind(addr).is_ok()).await;
+}
+
 #[tokio::test]
 async fn graceful_shutdown_completes_in_flight_calls() {
     let service = TestService::default();

@@ -659,7 +659,11 @@ impl QpqClient {
         let mut offset: Option<u64> = Some(0);
         let mut failures = 0u32;
         loop {
-            let blobs = v1::blob_client::BlobClient::new(self.inner.session().await?);
+            let Some(rpc) = self.transfer_session(&mut failures).await? else {
+                offset = None;
+                continue;
+            };
+            let blobs = v1::blob_client::BlobClient::new(rpc);
             // Without a known offset, ask: a call with no data answers how much is stored.
             let from = offset.unwrap_or(0);
             let call: Vec<v1::BlobChunk> = match offset {
@@ -727,7 +731,10 @@ impl QpqClient {
         let mut data: Vec<u8> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
         let mut failures = 0u32;
         while (data.len() as u64) < total {
-            let blobs = v1::blob_client::BlobClient::new(self.inner.session().await?);
+            let Some(rpc) = self.transfer_session(&mut failures).await? else {
+                continue;
+            };
+            let blobs = v1::blob_client::BlobClient::new(rpc);
             let result: Result<(), qrpc::Status> = async {
                 let mut stream = blobs
                     .download_blob(&v1::DownloadBlobRequest {
@@ -771,6 +778,24 @@ impl QpqClient {
         }
         qpq_core::attachment::decrypt(&wire.key, &wire.blob_sha256, &data)
             .map_err(|e| SdkError::Invalid(e.to_string()))
+    }
+
+    /// The session for one attempt of a transfer. A server that cannot be reached (or a
+    /// session that cannot be resumed yet) counts as a failed attempt like a failed call:
+    /// after a backoff the answer is `None`, try again, until the attempts are used up.
+    async fn transfer_session(&self, failures: &mut u32) -> SdkResult<Option<qrpc::Client>> {
+        match self.inner.session().await {
+            Ok(rpc) => Ok(Some(rpc)),
+            Err(SdkError::Server(status))
+                if retryable(&status) && *failures < self.inner.limits.transfer_attempts =>
+            {
+                *failures += 1;
+                tracing::debug!(%status, attempt = *failures, "no session for the transfer yet");
+                tokio::time::sleep(backoff(&self.inner.limits, *failures)).await;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn check_text(&self, body: &str) -> SdkResult<()> {

@@ -12,7 +12,7 @@ use futures::{FutureExt, StreamExt};
 use quinn::SendStream;
 use tokio::sync::oneshot;
 
-use super::connection::{ConnectionState, Link, PushEvents};
+use super::connection::{ConnectionState, EarlyHandle, EarlyStreams, Link, Live, PushEvents};
 use super::{ClientConfig, ClientError};
 use crate::body::MessageStream;
 use crate::call_state::{ClientCallState, ResponseEvent};
@@ -157,52 +157,90 @@ impl Channel {
         self.link.endpoint.local_addr()
     }
 
-    async fn call(self, request: CallRequest) -> Result<MessageStream, Status> {
-        let live = self.link.connection().await?;
-        let replay = match &request.body {
-            OutgoingBody::Single(payload) if request.idempotent && live.is_early() => CallRequest {
-                method_id: request.method_id,
-                kind: request.kind,
-                body: OutgoingBody::Single(payload.clone()),
-                idempotent: true,
-            },
-            _ => {
-                // Not replay-safe: wait until the handshake completes, so nothing of this call
-                // travels as 0-RTT data.
-                live.handshake_done().await?;
-                return self.open(&live.conn, request).await;
+    async fn call(self, mut request: CallRequest) -> Result<MessageStream, Status> {
+        // A resumed connection whose handshake fails is replaced by the supervisor like any
+        // lost connection; the call then waits for the next one, as a call does when it finds
+        // no connection, within the same connect timeout.
+        let give_up = tokio::time::Instant::now() + self.link.config.connect_timeout;
+        loop {
+            let live = self.link.connection().await?;
+            let retry = |err: Status| {
+                if tokio::time::Instant::now() < give_up {
+                    tracing::debug!(%err, "resumed handshake failed; waiting for a new connection");
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            };
+            let replay = match &request.body {
+                OutgoingBody::Single(payload) if request.idempotent && live.is_early() => {
+                    CallRequest {
+                        method_id: request.method_id,
+                        kind: request.kind,
+                        body: OutgoingBody::Single(payload.clone()),
+                        idempotent: true,
+                    }
+                }
+                _ => {
+                    // Not replay-safe: wait until the handshake completes, so nothing of this
+                    // call travels as 0-RTT data.
+                    match live.handshake_done().await {
+                        Ok(_) => return self.open(&live, request).await.map(|(stream, _)| stream),
+                        Err(err) => {
+                            retry(err)?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let sent = self.open(&live, request).await;
+            // A stream opened once the handshake had completed (it may complete while the
+            // call is being opened) is not 0-RTT data and reaches the server whatever became
+            // of the early data; only a stream sent as 0-RTT data is lost with it.
+            let sent_early = sent.as_ref().map_or(true, |(_, early)| *early);
+            match live.handshake_done().await {
+                Ok(accepted) if accepted || !sent_early => return sent.map(|(stream, _)| stream),
+                Ok(_) => {
+                    // The server rejected the 0-RTT data: the call never reached its
+                    // application.
+                    drop(sent);
+                    tracing::debug!(
+                        method_id = replay.method_id,
+                        "0-RTT rejected; sending again"
+                    );
+                    return self.open(&live, replay).await.map(|(stream, _)| stream);
+                }
+                Err(err) => {
+                    // Idempotent, so sending it again on the next connection is safe even if
+                    // the early copy did reach the server.
+                    drop(sent);
+                    retry(err)?;
+                    request = replay;
+                }
             }
-        };
-        let sent = self.open(&live.conn, request).await;
-        if live.handshake_done().await? {
-            sent
-        } else {
-            // The server rejected the 0-RTT data: the call never reached its application.
-            drop(sent);
-            tracing::debug!(
-                method_id = replay.method_id,
-                "0-RTT rejected; sending again"
-            );
-            self.open(&live.conn, replay).await
         }
     }
 
+    /// Opens the call's stream and sends the request; also says whether the stream went out
+    /// as 0-RTT data.
     async fn open(
         &self,
-        conn: &quinn::Connection,
+        live: &Live,
         request: CallRequest,
-    ) -> Result<MessageStream, Status> {
-        let (send, recv) = conn.open_bi().await.map_err(connection_lost)?;
+    ) -> Result<(MessageStream, bool), Status> {
+        let (send, recv) = live.conn.open_bi().await.map_err(connection_lost)?;
+        let early = recv.is_0rtt();
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let mut send = ResetOnDrop::new(send);
+        let mut send = ResetOnDrop::new(send, live.early_streams(early));
         let mut reader = ResponseReader {
-            recv,
+            recv: Some(recv),
             state: ClientCallState::new(
                 request_id,
                 !request.kind.server_streams(),
                 self.link.config.max_payload,
             ),
             _sender: None,
+            early_streams: live.early_streams(early),
         };
         match request.body {
             OutgoingBody::Single(payload) => {
@@ -211,14 +249,14 @@ impl Channel {
                     request_id,
                     payload,
                 };
-                match write_request(send.get(), &frame).await {
+                match send.write(&frame).await {
                     Ok(()) => send.finish(),
                     // The server stopped reading (for example an oversize payload): its status
                     // is on the response stream.
                     Err(quinn::WriteError::Stopped(_)) => send.disarm(),
                     Err(err) => return Err(write_failed(err)),
                 }
-                Ok(reader.into_stream())
+                Ok((reader.into_stream(), early))
             }
             OutgoingBody::Stream(messages) => {
                 let open = RequestFrame {
@@ -226,11 +264,11 @@ impl Channel {
                     request_id,
                     payload: Bytes::new(),
                 };
-                match write_request(send.get(), &open).await {
+                match send.write(&open).await {
                     Ok(()) => {}
                     Err(quinn::WriteError::Stopped(_)) => {
                         send.disarm();
-                        return Ok(reader.into_stream());
+                        return Ok((reader.into_stream(), early));
                     }
                     Err(err) => return Err(write_failed(err)),
                 }
@@ -243,7 +281,7 @@ impl Channel {
                     cancel_rx,
                 ));
                 reader._sender = Some(cancel_tx);
-                Ok(reader.into_stream())
+                Ok((reader.into_stream(), early))
             }
         }
     }
@@ -264,24 +302,36 @@ impl tower::Service<CallRequest> for Channel {
 }
 
 /// A send stream that is reset with `CANCELLED` if dropped before it was finished, so that a
-/// dropped call never looks like a complete request to the server.
+/// dropped call never looks like a complete request to the server. A stream sent as 0-RTT data
+/// hands its handle to the connection's [`EarlyStreams`] instead of dropping it.
 struct ResetOnDrop {
-    send: SendStream,
+    /// `None` only while being dropped.
+    send: Option<SendStream>,
     armed: bool,
+    early_streams: Option<Arc<EarlyStreams>>,
 }
 
 impl ResetOnDrop {
-    fn new(send: SendStream) -> Self {
-        Self { send, armed: true }
+    fn new(send: SendStream, early_streams: Option<Arc<EarlyStreams>>) -> Self {
+        Self {
+            send: Some(send),
+            armed: true,
+            early_streams,
+        }
     }
 
-    fn get(&mut self) -> &mut SendStream {
-        &mut self.send
+    async fn write(&mut self, frame: &RequestFrame) -> Result<(), quinn::WriteError> {
+        match self.send.as_mut() {
+            Some(send) => write_request(send, frame).await,
+            None => Err(quinn::WriteError::ClosedStream),
+        }
     }
 
     fn finish(&mut self) {
         self.armed = false;
-        let _ = self.send.finish();
+        if let Some(send) = self.send.as_mut() {
+            let _ = send.finish();
+        }
     }
 
     fn disarm(&mut self) {
@@ -291,8 +341,14 @@ impl ResetOnDrop {
 
 impl Drop for ResetOnDrop {
     fn drop(&mut self) {
+        let Some(mut send) = self.send.take() else {
+            return;
+        };
         if self.armed {
-            let _ = self.send.reset(reset::CANCELLED);
+            let _ = send.reset(reset::CANCELLED);
+        }
+        if let Some(early) = &self.early_streams {
+            early.release(EarlyHandle::Send(send));
         }
     }
 }
@@ -319,7 +375,7 @@ async fn send_messages(
             payload,
         };
         let write = tokio::select! {
-            write = write_request(send.get(), &frame) => write,
+            write = send.write(&frame) => write,
             _ = &mut cancel => return,
         };
         if write.is_err() {
@@ -333,10 +389,14 @@ async fn send_messages(
 /// Reads a call's response stream through the call rules ([`ClientCallState`]). Dropped before
 /// the call ended, it stops the stream with `CANCELLED`, which makes the server drop the handler.
 struct ResponseReader {
-    recv: quinn::RecvStream,
+    /// `None` only while being dropped.
+    recv: Option<quinn::RecvStream>,
     state: ClientCallState,
     /// Dropping this cancels the task that sends a streamed request.
     _sender: Option<oneshot::Sender<()>>,
+    /// Set when the stream was sent as 0-RTT data: where its handle goes (see
+    /// [`EarlyStreams`]).
+    early_streams: Option<Arc<EarlyStreams>>,
 }
 
 impl ResponseReader {
@@ -349,7 +409,8 @@ impl ResponseReader {
                 None if self.state.is_done() => return None,
                 None => {}
             }
-            let input = crate::io::read_input(&mut self.recv).await;
+            let recv = self.recv.as_mut()?;
+            let input = crate::io::read_input(recv).await;
             self.state.handle(input);
         }
     }
@@ -364,8 +425,14 @@ impl ResponseReader {
 
 impl Drop for ResponseReader {
     fn drop(&mut self) {
+        let Some(mut recv) = self.recv.take() else {
+            return;
+        };
         if self.state.wants_input() {
-            let _ = self.recv.stop(reset::CANCELLED);
+            let _ = recv.stop(reset::CANCELLED);
+        }
+        if let Some(early) = &self.early_streams {
+            early.release(EarlyHandle::Recv(recv));
         }
     }
 }

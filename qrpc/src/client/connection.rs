@@ -91,6 +91,8 @@ pub(super) enum Handshake {
     Pending,
     /// The handshake completed; `early_accepted` says whether the server took the 0-RTT data.
     Done { early_accepted: bool },
+    /// The connection was lost or timed out before the handshake completed.
+    Failed,
 }
 
 /// A connection and the state of its handshake.
@@ -98,6 +100,8 @@ pub(super) enum Handshake {
 pub(super) struct Live {
     pub(super) conn: quinn::Connection,
     handshake: watch::Receiver<Handshake>,
+    /// On a connection that sent 0-RTT data, where the handles of its 0-RTT streams go.
+    early_streams: Option<Arc<EarlyStreams>>,
 }
 
 impl Live {
@@ -105,7 +109,11 @@ impl Live {
         let (_done, handshake) = watch::channel(Handshake::Done {
             early_accepted: false,
         });
-        Self { conn, handshake }
+        Self {
+            conn,
+            handshake,
+            early_streams: None,
+        }
     }
 
     /// Whether data sent now travels as 0-RTT data.
@@ -113,8 +121,15 @@ impl Live {
         *self.handshake.borrow() == Handshake::Pending
     }
 
+    /// Where a stream's handles go when dropped, if the stream was opened as 0-RTT data
+    /// (`is_0rtt`); `None` for every other stream.
+    pub(super) fn early_streams(&self, is_0rtt: bool) -> Option<Arc<EarlyStreams>> {
+        self.early_streams.as_ref().filter(|_| is_0rtt).cloned()
+    }
+
     /// Waits for the handshake; `Ok(true)` when the server accepted the 0-RTT data sent on
-    /// this connection.
+    /// this connection. An error means the handshake failed: nothing sent on this connection
+    /// reached the server's application, except perhaps 0-RTT data.
     pub(super) async fn handshake_done(&self) -> Result<bool, Status> {
         // Every call asks; nearly always the handshake is long done: answer without cloning
         // the watch.
@@ -123,15 +138,94 @@ impl Live {
         }
         let mut handshake = self.handshake.clone();
         loop {
-            if let Handshake::Done { early_accepted } = *handshake.borrow_and_update() {
-                return Ok(early_accepted);
+            match *handshake.borrow_and_update() {
+                Handshake::Done { early_accepted } => return Ok(early_accepted),
+                Handshake::Failed => break,
+                Handshake::Pending => {}
             }
             if handshake.changed().await.is_err() {
-                return Err(Status::unavailable(
-                    "the resumed connection's handshake did not complete",
-                ));
+                break;
             }
         }
+        Err(Status::unavailable(
+            "the resumed connection's handshake did not complete",
+        ))
+    }
+}
+
+/// The handle of a stream opened as 0-RTT data.
+#[expect(
+    dead_code,
+    reason = "a handle is only held, so that it is dropped at the right time"
+)]
+pub(super) enum EarlyHandle {
+    /// The sending half.
+    Send(quinn::SendStream),
+    /// The receiving half.
+    Recv(quinn::RecvStream),
+}
+
+/// Keeps the handles of a connection's 0-RTT streams that their calls are done with, unless
+/// the server is known to have accepted the 0-RTT data.
+///
+/// When the server rejects 0-RTT data, quinn forgets the client's streams and numbers new ones
+/// from zero again, so a new stream takes the id of a rejected one. Dropping a rejected
+/// stream's handle then clears the waker quinn keeps for that id (quinn 0.11 removes it before
+/// it looks at the stream), and the new stream's blocked write or read never wakes. So a
+/// rejected stream's handles live as long as the connection, and the handles of a call dropped
+/// before the handshake settled wait here until it does.
+#[derive(Default)]
+pub(super) struct EarlyStreams {
+    state: std::sync::Mutex<EarlyState>,
+}
+
+#[derive(Default)]
+struct EarlyState {
+    /// `Some(accepted)` once the handshake completed.
+    accepted: Option<bool>,
+    parked: Vec<EarlyHandle>,
+}
+
+impl std::fmt::Debug for EarlyStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("EarlyStreams")
+            .field("accepted", &state.accepted)
+            .field("parked", &state.parked.len())
+            .finish()
+    }
+}
+
+impl EarlyStreams {
+    fn lock(&self) -> std::sync::MutexGuard<'_, EarlyState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a 0-RTT stream's handle that its call is done with.
+    pub(super) fn release(&self, handle: EarlyHandle) {
+        let mut state = self.lock();
+        if state.accepted == Some(true) {
+            drop(state);
+            drop(handle);
+        } else {
+            state.parked.push(handle);
+        }
+    }
+
+    /// Records how the handshake ended; on acceptance the parked handles are dropped.
+    fn settle(&self, accepted: bool) {
+        let released = {
+            let mut state = self.lock();
+            state.accepted = Some(accepted);
+            if accepted {
+                std::mem::take(&mut state.parked)
+            } else {
+                Vec::new()
+            }
+        };
+        drop(released);
     }
 }
 
@@ -266,18 +360,34 @@ async fn dial(
         match connecting.into_0rtt() {
             Ok((conn, accepted)) => {
                 let (tx, handshake) = watch::channel(Handshake::Pending);
+                let early_streams = Arc::new(EarlyStreams::default());
+                let settled = Arc::clone(&early_streams);
                 let timeout = config.connect_timeout;
                 let watched = conn.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(timeout, accepted).await {
-                        Ok(early_accepted) => {
+                    let outcome = tokio::time::timeout(timeout, accepted).await;
+                    match outcome {
+                        // quinn also answers "not accepted" when the connection is lost.
+                        Ok(early_accepted) if watched.close_reason().is_none() => {
                             tracing::debug!(early_accepted, "resumed handshake done");
+                            settled.settle(early_accepted);
                             let _ = tx.send(Handshake::Done { early_accepted });
                         }
-                        Err(_) => watched.close(close::NO_ERROR, b"handshake timed out"),
+                        Ok(_) => {
+                            tracing::debug!("resumed connection lost during the handshake");
+                            let _ = tx.send(Handshake::Failed);
+                        }
+                        Err(_) => {
+                            watched.close(close::NO_ERROR, b"handshake timed out");
+                            let _ = tx.send(Handshake::Failed);
+                        }
                     }
                 });
-                return Ok(Live { conn, handshake });
+                return Ok(Live {
+                    conn,
+                    handshake,
+                    early_streams: Some(early_streams),
+                });
             }
             Err(full) => connecting = full,
         }

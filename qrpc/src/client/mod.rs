@@ -92,10 +92,7 @@ pub struct ClientConfig {
     pub reconnect: ReconnectPolicy,
     /// QUIC transport preset (default [`TransportProfile::Rpc`](crate::TransportProfile::Rpc)).
     pub transport_profile: crate::TransportProfile,
-    /// Whether a resumed connection sends idempotent calls as 0-RTT data (default false:
-    /// opt in). In one of the messenger's tests, a client that reconnected with 0-RTT while the
-    /// server was restarting left a large client-streaming upload stalled after the server
-    /// rejected the early data; until that is explained, 0-RTT is off unless asked for.
+    /// Whether a resumed connection sends idempotent calls as 0-RTT data (default true).
     ///
     /// A client resumes a TLS session when its [`ClientTls`] (or a clone of it) reached the
     /// same server before, in this client or another. Then [`ClientBuilder::connect`] and every
@@ -103,8 +100,9 @@ pub struct ClientConfig {
     /// methods marked idempotent go out at once, in the first flight; every other call waits
     /// for the handshake to complete. If the server rejects the 0-RTT data, the idempotent calls
     /// are sent again, once, after the handshake. Because the handshake is not awaited, a
-    /// server that vanished since the session was made shows up as `Unavailable` on the first
-    /// calls rather than as a connect error.
+    /// server that vanished since the session was made is not a connect error: if the
+    /// handshake fails, the calls waiting on it wait for the next connection, as they do while
+    /// the client reconnects, and fail with `Unavailable` after the connect timeout.
     pub zero_rtt: bool,
     /// Whether the client accepts QUIC datagrams (default true). Servers send the events of
     /// unreliable push channels as datagrams to clients that accept them, and on the push
@@ -140,7 +138,7 @@ impl Default for ClientConfig {
             local_addr: None,
             reconnect: ReconnectPolicy::default(),
             transport_profile: crate::TransportProfile::default(),
-            zero_rtt: false,
+            zero_rtt: true,
             datagrams: true,
         }
     }

@@ -314,10 +314,12 @@ where
         shared.config.max_payload,
         quic.stable_id() as u64,
     );
-    let push = push.with_datagrams(quic.clone(), shared.config.max_datagram_event);
+    let slot = crate::context::QuicSlot::new(quic.clone());
+    let push = push.with_datagrams(slot.clone(), shared.config.max_datagram_event);
     tokio::spawn(crate::push::run_writer(quic.clone(), push_rx));
     let connection = Connection::new(
-        quic.clone(),
+        &quic,
+        slot.clone(),
         push,
         shared.registry.clone(),
         shared.shutdown.clone(),
@@ -353,6 +355,7 @@ where
         }
     }
     connection.on_closed();
+    slot.clear();
     crate::metrics::connection_closed();
 }
 

@@ -95,6 +95,8 @@ pub struct Observed {
     pub count_produced: AtomicUsize,
     /// Count streams dropped before their last item.
     pub count_dropped: AtomicUsize,
+    /// The connections of Login calls, kept as an application's session table keeps them.
+    pub kept: std::sync::Mutex<Vec<qrpc::Connection>>,
 }
 
 /// Counts a Count stream dropped before it finished.
@@ -208,10 +210,17 @@ impl TestService {
             )
             .route(
                 LOGIN,
-                Handler::unary(|ctx, m: Msg| async move {
-                    ctx.connection()
-                        .bind_identity(PeerIdentity::new(m.text.clone()));
-                    Ok::<_, Status>(m)
+                Handler::unary({
+                    let observed = Arc::clone(&self.observed);
+                    move |ctx, m: Msg| {
+                        let observed = Arc::clone(&observed);
+                        async move {
+                            ctx.connection()
+                                .bind_identity(PeerIdentity::new(m.text.clone()));
+                            observed.kept.lock().unwrap().push(ctx.connection().clone());
+                            Ok::<_, Status>(m)
+                        }
+                    }
                 }),
             )
             .route(
