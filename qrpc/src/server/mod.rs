@@ -250,7 +250,10 @@ where
 
     /// Serves until `signal` completes, then shuts down gracefully: stop accepting connections
     /// and calls (new calls are reset with `REFUSED`), let in-flight calls finish within
-    /// `shutdown_grace`, then close every connection.
+    /// `shutdown_grace`, then close every connection. Returns once the closed connections have
+    /// drained (three probe timeouts: milliseconds on a local network, at most 10 s); the
+    /// endpoint's driver then releases the socket, so a restart in the same process can bind
+    /// the address again right away.
     pub async fn serve_with_shutdown(self, signal: impl Future<Output = ()> + Send) {
         let Self {
             endpoint,
@@ -294,10 +297,20 @@ where
         }
         connections.close();
         connections.wait().await;
-        // Let the CONNECTION_CLOSE frames go out; bounded so a vanished peer cannot hold us.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+        // Closed connections drain for three probe timeouts (RFC 9000 §10.2) and the endpoint
+        // keeps its socket until they have: wait, so that the address is free when this
+        // returns. Milliseconds on a quiet path; bounded for pathological round-trip times.
+        if tokio::time::timeout(DRAIN_BOUND, endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("closed connections still draining; the address may stay bound a while");
+        }
     }
 }
+
+/// The longest a stopped server waits for its closed connections to drain.
+const DRAIN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn handle_connection<S>(incoming: quinn::Incoming, shared: Arc<Shared>, service: S)
 where
