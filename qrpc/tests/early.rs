@@ -233,18 +233,24 @@ async fn the_server_refuses_a_non_idempotent_call_sent_in_0rtt_without_running_i
     server.stop().await;
 }
 
-#[tokio::test]
-async fn rejected_0rtt_is_sent_again_after_the_handshake_exactly_once() {
+/// A server that gave a ticket, restarted in place, and a client resuming with that ticket: a
+/// restarted server has forgotten the session, so it rejects the client's 0-RTT data. The
+/// client is returned before its handshake completes.
+async fn resumed_after_a_restart() -> (Running, Client) {
     let cert = SelfSigned::generate(&["localhost"]).unwrap();
     let first = serve(&cert, "127.0.0.1:0".parse().unwrap(), |_| {});
     let addr = first.addr;
     let tls = ClientTls::pinned(cert.fingerprint());
     learn_ticket(addr, &tls).await;
     first.stop().await;
-
-    // A restarted server has forgotten the session: it rejects the 0-RTT data.
     let restarted = serve(&cert, addr, |_| {});
     let resumed = client(addr, &tls, |_| {}).await;
+    (restarted, resumed)
+}
+
+#[tokio::test]
+async fn rejected_0rtt_is_sent_again_after_the_handshake_exactly_once() {
+    let (restarted, resumed) = resumed_after_a_restart().await;
     let get: Msg = resumed.unary_method(&GET, &Msg::default()).await.unwrap();
     assert!(!get.early, "sent again in 1-RTT data");
     assert_eq!(get.runs, 1, "the rejected 0-RTT copy never ran");
@@ -262,14 +268,7 @@ async fn rejected_0rtt_is_sent_again_after_the_handshake_exactly_once() {
 /// below is exact.
 #[tokio::test]
 async fn a_rejected_0rtt_call_dropped_late_leaves_the_call_reusing_its_stream_id_alone() {
-    let cert = SelfSigned::generate(&["localhost"]).unwrap();
-    let first = serve(&cert, "127.0.0.1:0".parse().unwrap(), |_| {});
-    let addr = first.addr;
-    let tls = ClientTls::pinned(cert.fingerprint());
-    learn_ticket(addr, &tls).await;
-    first.stop().await;
-    let restarted = serve(&cert, addr, |_| {});
-    let resumed = client(addr, &tls, |_| {}).await;
+    let (restarted, resumed) = resumed_after_a_restart().await;
 
     // GET goes out as 0-RTT data on the first stream, then waits for the handshake; it is
     // polled once and then held without being polled, as a caller busy elsewhere would.
