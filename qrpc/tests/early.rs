@@ -297,6 +297,67 @@ async fn a_rejected_0rtt_call_dropped_late_leaves_the_call_reusing_its_stream_id
     restarted.stop().await;
 }
 
+/// A resumed handshake that fails (here the address answers with an endpoint that refuses
+/// connections) is not a rejection of the early data: a call waiting on it must not be sent on
+/// the dead connection, but wait for the next one, as it would during a reconnect.
+#[tokio::test]
+async fn a_call_waiting_on_a_failed_resumed_handshake_goes_to_the_next_connection() {
+    let cert = SelfSigned::generate(&["localhost"]).unwrap();
+    let first = serve(&cert, "127.0.0.1:0".parse().unwrap(), |_| {});
+    let addr = first.addr;
+    let tls = ClientTls::pinned(cert.fingerprint());
+    learn_ticket(addr, &tls).await;
+    first.stop().await;
+
+    let quic = cert
+        .server_tls()
+        .quinn_server_config(&[qrpc::protocol::DEFAULT_ALPN.to_vec()])
+        .unwrap();
+    let refuser = qrpc::quinn::Endpoint::server(quic, addr).unwrap();
+    let refused = Arc::new(Notify::new());
+    let refusing = tokio::spawn({
+        let (refuser, refused) = (refuser.clone(), refused.clone());
+        async move {
+            while let Some(incoming) = refuser.accept().await {
+                incoming.refuse();
+                refused.notify_one();
+            }
+        }
+    });
+
+    // The client returns before its handshake; PUT is not idempotent and waits for it.
+    let resumed = client(addr, &tls, |c| {
+        c.reconnect.initial_backoff = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let put = tokio::spawn({
+        let resumed = resumed.clone();
+        async move { resumed.unary_method::<_, Msg>(&PUT, &Msg::default()).await }
+    });
+    refused.notified().await;
+
+    // The server comes back on the address.
+    refusing.abort();
+    refuser.close(0u32.into(), b"");
+    refuser.wait_idle().await;
+    drop(refuser);
+    let free = async {
+        while std::net::UdpSocket::bind(addr).is_err() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), free)
+        .await
+        .expect("the refusing endpoint released the address");
+    let back = serve(&cert, addr, |_| {});
+
+    let reply = put.await.unwrap().expect("PUT ran on the next connection");
+    assert_eq!(reply.runs, 1);
+    assert!(!reply.early);
+    assert_eq!(back.service.puts.load(Ordering::SeqCst), 1);
+    back.stop().await;
+}
+
 #[tokio::test]
 async fn a_server_without_0rtt_runs_every_call_after_the_handshake() {
     let cert = SelfSigned::generate(&["localhost"]).unwrap();
