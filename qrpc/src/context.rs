@@ -169,15 +169,19 @@ struct ConnectionInner {
 pub struct Connection(Arc<ConnectionInner>);
 
 impl Connection {
+    /// The application's handle to `quic`; `push` gets to send datagrams (events of up to
+    /// `max_datagram_event` bytes) through the same slot.
     pub(crate) fn new(
-        quic: &quinn::Connection,
-        slot: QuicSlot,
+        quic: quinn::Connection,
         push: PushSender,
+        max_datagram_event: usize,
         registry: PushRegistry,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Self {
         let remote = quic.remote_address();
         let id = quic.stable_id() as u64;
+        let slot = QuicSlot::new(quic);
+        let push = push.with_datagrams(slot.clone(), max_datagram_event);
         Self(Arc::new(ConnectionInner {
             quic: slot,
             detached: false,
@@ -335,7 +339,10 @@ impl Connection {
             .unwrap_or(std::time::Duration::ZERO)
     }
 
+    /// The connection ended: its identity is unbound and the handle to quinn's connection
+    /// dropped (see [`QuicSlot`]).
     pub(crate) fn on_closed(&self) {
+        self.0.quic.clear();
         self.clear_identity();
     }
 }

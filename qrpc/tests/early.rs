@@ -233,16 +233,23 @@ async fn the_server_refuses_a_non_idempotent_call_sent_in_0rtt_without_running_i
     server.stop().await;
 }
 
-/// A server that gave a ticket, restarted in place, and a client resuming with that ticket: a
-/// restarted server has forgotten the session, so it rejects the client's 0-RTT data. The
-/// client is returned before its handshake completes.
-async fn resumed_after_a_restart() -> (Running, Client) {
+/// A server's certificate and address, and a `ClientTls` holding a ticket of that server,
+/// which has stopped since.
+async fn ticket_of_a_stopped_server() -> (SelfSigned, SocketAddr, ClientTls) {
     let cert = SelfSigned::generate(&["localhost"]).unwrap();
     let first = serve(&cert, "127.0.0.1:0".parse().unwrap(), |_| {});
     let addr = first.addr;
     let tls = ClientTls::pinned(cert.fingerprint());
     learn_ticket(addr, &tls).await;
     first.stop().await;
+    (cert, addr, tls)
+}
+
+/// A server that gave a ticket, restarted in place, and a client resuming with that ticket: a
+/// restarted server has forgotten the session, so it rejects the client's 0-RTT data. The
+/// client is returned before its handshake completes.
+async fn resumed_after_a_restart() -> (Running, Client) {
+    let (cert, addr, tls) = ticket_of_a_stopped_server().await;
     let restarted = serve(&cert, addr, |_| {});
     let resumed = client(addr, &tls, |_| {}).await;
     (restarted, resumed)
@@ -302,12 +309,7 @@ async fn a_rejected_0rtt_call_dropped_late_leaves_the_call_reusing_its_stream_id
 /// the dead connection, but wait for the next one, as it would during a reconnect.
 #[tokio::test]
 async fn a_call_waiting_on_a_failed_resumed_handshake_goes_to_the_next_connection() {
-    let cert = SelfSigned::generate(&["localhost"]).unwrap();
-    let first = serve(&cert, "127.0.0.1:0".parse().unwrap(), |_| {});
-    let addr = first.addr;
-    let tls = ClientTls::pinned(cert.fingerprint());
-    learn_ticket(addr, &tls).await;
-    first.stop().await;
+    let (cert, addr, tls) = ticket_of_a_stopped_server().await;
 
     let quic = cert
         .server_tls()

@@ -697,18 +697,10 @@ impl QpqClient {
                     offset = Some(r.received);
                     let _ = from;
                 }
-                Err(status)
-                    if retryable(&status) && failures < self.inner.limits.transfer_attempts =>
-                {
-                    failures += 1;
-                    if status.code() == Code::Unauthenticated {
-                        self.inner.resume().await?;
-                    } else {
-                        tokio::time::sleep(backoff(&self.inner.limits, failures)).await;
-                    }
+                Err(status) => {
+                    self.after_failed_attempt(status, &mut failures).await?;
                     offset = None;
                 }
-                Err(status) => return Err(status.into()),
             }
         }
     }
@@ -763,17 +755,7 @@ impl QpqClient {
                     return Err(SdkError::Invalid("blob shorter than announced".into()));
                 }
                 Ok(()) => {}
-                Err(status)
-                    if retryable(&status) && failures < self.inner.limits.transfer_attempts =>
-                {
-                    failures += 1;
-                    if status.code() == Code::Unauthenticated {
-                        self.inner.resume().await?;
-                    } else {
-                        tokio::time::sleep(backoff(&self.inner.limits, failures)).await;
-                    }
-                }
-                Err(status) => return Err(status.into()),
+                Err(status) => self.after_failed_attempt(status, &mut failures).await?,
             }
         }
         qpq_core::attachment::decrypt(&wire.key, &wire.blob_sha256, &data)
@@ -782,20 +764,37 @@ impl QpqClient {
 
     /// The session for one attempt of a transfer. A server that cannot be reached (or a
     /// session that cannot be resumed yet) counts as a failed attempt like a failed call:
-    /// after a backoff the answer is `None`, try again, until the attempts are used up.
+    /// after it is waited out the answer is `None`, try again, until the attempts are used up.
     async fn transfer_session(&self, failures: &mut u32) -> SdkResult<Option<qrpc::Client>> {
         match self.inner.session().await {
             Ok(rpc) => Ok(Some(rpc)),
-            Err(SdkError::Server(status))
-                if retryable(&status) && *failures < self.inner.limits.transfer_attempts =>
-            {
-                *failures += 1;
-                tracing::debug!(%status, attempt = *failures, "no session for the transfer yet");
-                tokio::time::sleep(backoff(&self.inner.limits, *failures)).await;
+            Err(SdkError::Server(status)) => {
+                tracing::debug!(%status, "no session for the transfer yet");
+                self.after_failed_attempt(status, failures).await?;
                 Ok(None)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// After a failed attempt of a transfer: `Ok` once another attempt may follow (the session
+    /// resumed if the server no longer knew it, else a backoff waited out), or the error when
+    /// it cannot be retried or the attempts are used up.
+    async fn after_failed_attempt(
+        &self,
+        status: qrpc::Status,
+        failures: &mut u32,
+    ) -> SdkResult<()> {
+        if !retryable(&status) || *failures >= self.inner.limits.transfer_attempts {
+            return Err(status.into());
+        }
+        *failures += 1;
+        if status.code() == Code::Unauthenticated {
+            self.inner.resume().await?;
+        } else {
+            tokio::time::sleep(backoff(&self.inner.limits, *failures)).await;
+        }
+        Ok(())
     }
 
     fn check_text(&self, body: &str) -> SdkResult<()> {

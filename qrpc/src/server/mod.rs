@@ -327,13 +327,11 @@ where
         shared.config.max_payload,
         quic.stable_id() as u64,
     );
-    let slot = crate::context::QuicSlot::new(quic.clone());
-    let push = push.with_datagrams(slot.clone(), shared.config.max_datagram_event);
     tokio::spawn(crate::push::run_writer(quic.clone(), push_rx));
     let connection = Connection::new(
-        &quic,
-        slot.clone(),
+        quic.clone(),
         push,
+        shared.config.max_datagram_event,
         shared.registry.clone(),
         shared.shutdown.clone(),
     );
@@ -368,7 +366,6 @@ where
         }
     }
     connection.on_closed();
-    slot.clear();
     crate::metrics::connection_closed();
 }
 
