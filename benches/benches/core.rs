@@ -18,6 +18,7 @@ fn member(name: String, suite: Suite) -> MlsMember {
     MlsMember::create(
         Connection::open_in_memory().unwrap(),
         name.as_bytes(),
+        &qpq_core::identity::IdentityKey::generate(),
         suite,
     )
     .unwrap()
@@ -68,7 +69,7 @@ fn mls(c: &mut Criterion) {
         let (_, welcome) = a
             .add_members(&alice, &[&bob.key_package().unwrap()])
             .unwrap();
-        let mut bg = bob.join(&welcome).unwrap();
+        let mut bg = bob.join(&welcome).unwrap().0;
         let message = vec![0x42u8; 1024];
         // Decrypting first: encrypting alone afterwards runs alice's ratchet far ahead of bob's.
         g.bench_function(BenchmarkId::new("encrypt_decrypt_1KiB", name), |b| {

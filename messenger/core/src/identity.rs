@@ -127,6 +127,100 @@ impl fmt::Debug for IdentityPublic {
     }
 }
 
+/// The version prefix of an encoded [`DeviceName`].
+pub const DEVICE_NAME_PREFIX: &str = "qpq1:";
+
+/// Why a device name was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// Not `qpq1:user@domain/device` (wrong version, a part missing or empty, or a character
+    /// a part may not hold).
+    #[error("not a qpq device name (expected qpq1:user@domain/device)")]
+    Malformed,
+}
+
+/// The name that identifies one device everywhere it is bound to a key: in the
+/// key-transparency log and in MLS credentials.
+///
+/// Encoded as `qpq1:<user>@<domain>/<device>`: the version prefix lets the format change
+/// without ambiguity, and the domain is that of the user's home server, so names stay unique
+/// when servers of different operators deliver to each other. A user part holds no `@` or
+/// `/`, a domain no `/`, `@` or `:`, a device no `/`; none is empty, none holds control
+/// characters or spaces, and the whole encoding is at most 255 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceName {
+    user: String,
+    domain: String,
+    device: String,
+}
+
+fn name_part_ok(part: &str, forbidden: &[char]) -> bool {
+    !part.is_empty()
+        && part
+            .chars()
+            .all(|c| !c.is_control() && !c.is_whitespace() && !forbidden.contains(&c))
+}
+
+impl DeviceName {
+    /// Builds a name from its parts, checking each.
+    pub fn new(user: &str, domain: &str, device: &str) -> Result<Self, NameError> {
+        let ok = name_part_ok(user, &['@', '/'])
+            && name_part_ok(domain, &['@', '/', ':'])
+            && name_part_ok(device, &['/'])
+            && DEVICE_NAME_PREFIX.len() + user.len() + domain.len() + device.len() + 2 <= 255;
+        if !ok {
+            return Err(NameError::Malformed);
+        }
+        Ok(Self {
+            user: user.to_owned(),
+            domain: domain.to_owned(),
+            device: device.to_owned(),
+        })
+    }
+
+    /// Parses the encoding, rejecting anything [`new`](Self::new) would not build.
+    pub fn parse(bytes: &[u8]) -> Result<Self, NameError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| NameError::Malformed)?;
+        let rest = text
+            .strip_prefix(DEVICE_NAME_PREFIX)
+            .ok_or(NameError::Malformed)?;
+        let (user, rest) = rest.split_once('@').ok_or(NameError::Malformed)?;
+        let (domain, device) = rest.split_once('/').ok_or(NameError::Malformed)?;
+        Self::new(user, domain, device)
+    }
+
+    /// The encoding: `qpq1:user@domain/device`.
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_string().into_bytes()
+    }
+
+    /// The user, without the domain.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The user's home server.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The device id within the user.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+}
+
+impl fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{DEVICE_NAME_PREFIX}{}@{}/{}",
+            self.user, self.domain, self.device
+        )
+    }
+}
+
 /// Format version of safety numbers (part of every hash input).
 const SAFETY_NUMBER_VERSION: u16 = 1;
 /// Hash iterations per fingerprint: makes searching for a colliding key expensive.
@@ -243,6 +337,34 @@ mod tests {
             .collect();
         assert!(!format!("{key:?}").contains(&secret_hex[..16]));
         assert!(IdentityPublic::from_bytes(&[0u8; 31]).is_err());
+    }
+
+    #[test]
+    fn device_names_round_trip_and_reject_ambiguity() {
+        let name = DeviceName::new("alice", "example.org", "laptop").unwrap();
+        assert_eq!(name.to_string(), "qpq1:alice@example.org/laptop");
+        assert_eq!(DeviceName::parse(&name.encode()).unwrap(), name);
+        for bad in [
+            "alice@example.org/laptop",
+            "qpq2:alice@example.org/laptop",
+            "qpq1:alice/laptop",
+            "qpq1:@example.org/laptop",
+            "qpq1:alice@/laptop",
+            "qpq1:alice@example.org/",
+            "qpq1:al@ice@example.org/laptop",
+            "qpq1:alice@example.org/lap/top",
+            "qpq1:alice@exa:mple.org/laptop",
+            "qpq1:alice@example.org/lap\u{1b}top",
+            "qpq1:ali ce@example.org/laptop",
+        ] {
+            assert_eq!(
+                DeviceName::parse(bad.as_bytes()),
+                Err(NameError::Malformed),
+                "{bad}"
+            );
+        }
+        assert!(DeviceName::parse(&[0xff, 0xfe]).is_err());
+        assert!(DeviceName::new("a", &"d".repeat(250), "x").is_err());
     }
 
     #[test]

@@ -84,10 +84,19 @@ fn sibling_is_left(f_n: &mut u64, s_n: &mut u64) -> bool {
 }
 
 /// What the log binds: a user's device and its keys.
+///
+/// The user, domain and device together are the device's [`DeviceName`]
+/// (`qpq1:user@domain/device`), the name its MLS credentials carry; the identity key is also
+/// the key that signs its MLS leaves. A client that checks a group member checks that the
+/// leaf's name and key are a binding in this log.
+///
+/// [`DeviceName`]: crate::identity::DeviceName
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyBinding {
     /// The user name.
     pub user: String,
+    /// The user's home server.
+    pub domain: String,
     /// The device id within the user.
     pub device: String,
     /// The device's identity key.
@@ -99,12 +108,15 @@ pub struct KeyBinding {
 }
 
 impl KeyBinding {
-    /// The canonical leaf encoding: `"qpq-kt-v1" || len16(user) || user || len16(device) ||
-    /// device || identity_key || hybrid_key_hash || key_package_hash`.
+    /// The canonical leaf encoding: `"qpq-kt-v2" || len16(user) || user || len16(domain) ||
+    /// domain || len16(device) || device || identity_key || hybrid_key_hash ||
+    /// key_package_hash`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + 4 + self.user.len() + self.device.len() + 96);
-        out.extend_from_slice(b"qpq-kt-v1");
-        for s in [&self.user, &self.device] {
+        let mut out = Vec::with_capacity(
+            9 + 6 + self.user.len() + self.domain.len() + self.device.len() + 96,
+        );
+        out.extend_from_slice(b"qpq-kt-v2");
+        for s in [&self.user, &self.domain, &self.device] {
             let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(&s.as_bytes()[..usize::from(len)]);

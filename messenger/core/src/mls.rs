@@ -17,6 +17,8 @@ use openmls_traits::OpenMlsProvider;
 use rusqlite::{Connection, OptionalExtension};
 use zeroize::Zeroizing;
 
+use crate::identity::{IdentityKey, IdentityPublic};
+
 /// The ciphersuites qpq uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
@@ -72,6 +74,10 @@ pub enum MlsError {
     /// The named member is not in the group.
     #[error("no such member in the group")]
     NotAMember,
+    /// The store's member signs with another key than the device's identity key (a store made
+    /// before MLS keys were bound to identities, or another device's store).
+    #[error("the MLS member in this store does not sign with this device's identity key")]
+    IdentityMismatch,
     /// The message belongs to an epoch this member has not reached yet (a commit before it is
     /// still on its way): keep it and process it once the group gets there.
     #[error("MLS message from epoch {epoch}, ahead of the group")]
@@ -115,6 +121,17 @@ impl Codec for JsonCodec {
     }
 }
 
+/// The member's signer: the identity key, as openmls's Ed25519 key pair (both qpq suites
+/// sign with Ed25519).
+fn signer_of(identity: &IdentityKey, suite: Suite) -> SignatureKeyPair {
+    let secret = identity.to_secret_bytes();
+    SignatureKeyPair::from_raw(
+        suite.ciphersuite().signature_algorithm(),
+        secret.to_vec(),
+        identity.public().to_bytes().to_vec(),
+    )
+}
+
 /// openmls provider: libcrux crypto and SQLite storage on the member's connection, borrowed for
 /// one operation (so the member can also run other statements in the same transaction).
 pub struct Provider<'a> {
@@ -155,6 +172,10 @@ const MEMBER_TABLE: &str = "CREATE TABLE IF NOT EXISTS qpq_mls_member (
 )";
 
 /// One device's MLS state: signer, credential and persistent storage.
+///
+/// The member signs with the device's identity key: the key that signs its leaf in every
+/// group is the one the device published (and the key-transparency log holds), so a leaf can
+/// be checked against the log and safety numbers cover it.
 pub struct MlsMember {
     conn: Connection,
     crypto: CryptoProvider,
@@ -174,40 +195,46 @@ impl std::fmt::Debug for MlsMember {
 }
 
 impl MlsMember {
-    /// Creates a member named `name` in the database behind `conn` (which may be an encrypted
-    /// SQLCipher connection), replacing none: fails if the store already has a member.
-    pub fn create(mut conn: Connection, name: &[u8], suite: Suite) -> Result<Self, MlsError> {
+    /// Creates a member named `name`, signing with `identity`, in the database behind `conn`
+    /// (which may be an encrypted SQLCipher connection), replacing none: fails if the store
+    /// already has a member. The signing key is not stored: it is the device's identity key,
+    /// given again to [`load`](Self::load).
+    pub fn create(
+        mut conn: Connection,
+        name: &[u8],
+        identity: &IdentityKey,
+        suite: Suite,
+    ) -> Result<Self, MlsError> {
         let store = |e: rusqlite::Error| MlsError::Store(e.to_string());
         conn.execute(MEMBER_TABLE, []).map_err(store)?;
-        let signer = mls_try!(
-            "signature key generation",
-            SignatureKeyPair::new(suite.ciphersuite().signature_algorithm())
-        );
+        let signer = signer_of(identity, suite);
         conn.execute(
             "INSERT INTO qpq_mls_member (id, name, suite, signature_public_key) VALUES (1, ?1, ?2, ?3)",
             rusqlite::params![name, suite.code(), signer.to_public_vec()],
         )
         .map_err(store)?;
         migrate(&mut conn)?;
-        let member = Self::assemble(conn, signer, suite, name.to_vec())?;
-        mls_try!(
-            "storing the signer",
-            member.signer.store(member.provider().storage())
-        );
-        Ok(member)
+        Self::assemble(conn, signer, suite, name.to_vec())
     }
 
     /// Creates a member in a database file.
-    pub fn create_at(path: &Path, name: &[u8], suite: Suite) -> Result<Self, MlsError> {
+    pub fn create_at(
+        path: &Path,
+        name: &[u8],
+        identity: &IdentityKey,
+        suite: Suite,
+    ) -> Result<Self, MlsError> {
         Self::create(
             Connection::open(path).map_err(|e| MlsError::Store(e.to_string()))?,
             name,
+            identity,
             suite,
         )
     }
 
-    /// Reopens the member stored in the database behind `conn`.
-    pub fn load(mut conn: Connection) -> Result<Self, MlsError> {
+    /// Reopens the member stored in the database behind `conn`, signing with `identity`;
+    /// [`MlsError::IdentityMismatch`] if the store's member was made with another key.
+    pub fn load(mut conn: Connection, identity: &IdentityKey) -> Result<Self, MlsError> {
         let store = |e: rusqlite::Error| MlsError::Store(e.to_string());
         conn.execute(MEMBER_TABLE, []).map_err(store)?;
         let row: Option<(Vec<u8>, u16, Vec<u8>)> = conn
@@ -221,19 +248,19 @@ impl MlsMember {
         let (name, suite_code, public_key) = row.ok_or(MlsError::NoMember)?;
         let suite = Suite::from_code(suite_code)
             .ok_or(MlsError::Store("unknown ciphersuite in store".into()))?;
+        if public_key != identity.public().to_bytes() {
+            return Err(MlsError::IdentityMismatch);
+        }
         migrate(&mut conn)?;
-        let signer = SignatureKeyPair::read(
-            &SqliteStorageProvider::<JsonCodec, &Connection>::new(&conn),
-            &public_key,
-            suite.ciphersuite().signature_algorithm(),
-        )
-        .ok_or(MlsError::Store("signer missing from store".into()))?;
-        Self::assemble(conn, signer, suite, name)
+        Self::assemble(conn, signer_of(identity, suite), suite, name)
     }
 
     /// Reopens the member stored in a database file.
-    pub fn load_at(path: &Path) -> Result<Self, MlsError> {
-        Self::load(Connection::open(path).map_err(|e| MlsError::Store(e.to_string()))?)
+    pub fn load_at(path: &Path, identity: &IdentityKey) -> Result<Self, MlsError> {
+        Self::load(
+            Connection::open(path).map_err(|e| MlsError::Store(e.to_string()))?,
+            identity,
+        )
     }
 
     fn assemble(
@@ -290,6 +317,11 @@ impl MlsMember {
         &self.name
     }
 
+    /// The key that signs this member's leaves: the device's identity key.
+    pub fn signature_key(&self) -> Vec<u8> {
+        self.signer.to_public_vec()
+    }
+
     /// The ciphersuite.
     pub fn suite(&self) -> Suite {
         self.suite
@@ -344,7 +376,9 @@ impl MlsMember {
     }
 
     /// Joins a group from a Welcome another member produced for one of our key packages.
-    pub fn join(&self, welcome: &[u8]) -> Result<Group, MlsError> {
+    /// Returns the group and the leaf of the member that sent the Welcome (the one whose key
+    /// signed the group's state the Welcome carries).
+    pub fn join(&self, welcome: &[u8]) -> Result<(Group, Leaf), MlsError> {
         let message = MlsMessageIn::tls_deserialize_exact(welcome)
             .map_err(|_| MlsError::Malformed("welcome"))?;
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
@@ -358,8 +392,9 @@ impl MlsMember {
             "welcome",
             StagedWelcome::new_from_welcome(&self.provider(), &config, welcome, None)
         );
+        let sender = mls_try!("welcome sender", staged.welcome_sender().map(Leaf::of_node));
         let group = mls_try!("joining", staged.into_group(&self.provider()));
-        Ok(Group { group })
+        Ok((Group { group }, sender))
     }
 
     /// Loads a group from the store.
@@ -370,14 +405,46 @@ impl MlsMember {
     }
 }
 
+/// One leaf of a group: the name its credential claims and the key that signs for it. The
+/// name is only a claim until the key is checked against the key the name's device published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    /// The credential's identity (for qpq, an encoded `DeviceName`); empty if the credential
+    /// is not a basic credential.
+    pub name: Vec<u8>,
+    /// The leaf's signature public key.
+    pub signature_key: Vec<u8>,
+}
+
+impl Leaf {
+    fn of_member(m: &Member) -> Self {
+        Self {
+            name: credential_name(&m.credential).unwrap_or_default(),
+            signature_key: m.signature_key.clone(),
+        }
+    }
+
+    fn of_node(node: &LeafNode) -> Self {
+        Self {
+            name: credential_name(node.credential()).unwrap_or_default(),
+            signature_key: node.signature_key().as_slice().to_vec(),
+        }
+    }
+
+    /// Whether this leaf signs with `identity`.
+    pub fn signs_with(&self, identity: &IdentityPublic) -> bool {
+        self.signature_key.as_slice() == identity.to_bytes().as_slice()
+    }
+}
+
 /// What processing an incoming group message produced.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Incoming {
     /// An application message (wiped on drop).
     Application {
-        /// The sender's name.
-        sender: Vec<u8>,
+        /// The sender's leaf (its signature verified by MLS).
+        sender: Leaf,
         /// The plaintext.
         plaintext: Zeroizing<Vec<u8>>,
     },
@@ -385,6 +452,8 @@ pub enum Incoming {
     Commit {
         /// Whether this member was removed by it.
         removed_self: bool,
+        /// The committer's leaf as it was before the commit (the key that signed it).
+        committer: Option<Leaf>,
     },
     /// A proposal, stored until a commit covers it.
     Proposal,
@@ -419,6 +488,11 @@ impl Group {
             .members()
             .filter_map(|m| credential_name(&m.credential))
             .collect()
+    }
+
+    /// Every leaf, in leaf order: each name with the key that signs for it.
+    pub fn leaves(&self) -> Vec<Leaf> {
+        self.group.members().map(|m| Leaf::of_member(&m)).collect()
     }
 
     /// A value all members share in an epoch; comparing it out of band detects a split view.
@@ -527,10 +601,14 @@ impl Group {
             "processing",
             self.group.process_message(&me.provider(), protocol_message)
         );
-        let sender = credential_name(processed.credential()).unwrap_or_default();
+        // The sender's leaf before anything is merged: the key that signed this message.
+        let sender = match processed.sender() {
+            Sender::Member(index) => self.group.member_at(*index).map(|m| Leaf::of_member(&m)),
+            _ => None,
+        };
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => Ok(Incoming::Application {
-                sender,
+                sender: sender.ok_or(MlsError::Malformed("application message sender"))?,
                 plaintext: Zeroizing::new(app.into_bytes()),
             }),
             ProcessedMessageContent::StagedCommitMessage(staged) => {
@@ -539,7 +617,10 @@ impl Group {
                     "merging commit",
                     self.group.merge_staged_commit(&me.provider(), *staged)
                 );
-                Ok(Incoming::Commit { removed_self })
+                Ok(Incoming::Commit {
+                    removed_self,
+                    committer: sender,
+                })
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
                 mls_try!(
@@ -566,11 +647,24 @@ impl Group {
     }
 }
 
+/// The epoch an MLS group message (public or private) belongs to, read from its unencrypted
+/// header, without any key.
+pub fn message_epoch(message: &[u8]) -> Result<u64, MlsError> {
+    let message =
+        MlsMessageIn::tls_deserialize_exact(message).map_err(|_| MlsError::Malformed("message"))?;
+    let protocol_message = message
+        .try_into_protocol_message()
+        .map_err(|_| MlsError::Malformed("protocol message"))?;
+    Ok(protocol_message.epoch().as_u64())
+}
+
 /// What a server may learn from a key package it stores for others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPackageInfo {
     /// The credential identity (the owner's name).
     pub name: Vec<u8>,
+    /// The leaf's signature key: for qpq, the owner's identity key.
+    pub signature_key: Vec<u8>,
     /// Whether it is marked last-resort.
     pub last_resort: bool,
     /// Its ciphersuite, if it is one of qpq's.
@@ -592,6 +686,7 @@ pub fn inspect_key_package(bytes: &[u8]) -> Result<KeyPackageInfo, MlsError> {
     Ok(KeyPackageInfo {
         name: credential_name(kp.leaf_node().credential())
             .ok_or(MlsError::Malformed("credential"))?,
+        signature_key: kp.leaf_node().signature_key().as_slice().to_vec(),
         last_resort: kp.last_resort(),
         suite,
     })

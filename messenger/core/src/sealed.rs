@@ -133,6 +133,19 @@ pub fn open(
     guard: &mut ReplayGuard,
     now_ms: u64,
 ) -> Result<Opened, SealedError> {
+    let opened = open_unrecorded(recipient, envelope)?;
+    guard.check(opened.message_id, opened.timestamp_ms, now_ms)?;
+    Ok(opened)
+}
+
+/// Opens and verifies an envelope without consulting a replay guard: for a receiver that
+/// records the envelope only once what it carries is durably applied (check
+/// [`ReplayGuard::is_fresh`] first, then [`ReplayGuard::check`] after the commit), so a
+/// failure between the two never turns the envelope into a "replay".
+pub fn open_unrecorded(
+    recipient: &HybridSecretKey,
+    envelope: &[u8],
+) -> Result<Opened, SealedError> {
     let (header, sealed) = envelope
         .split_at_checked(HEADER_LEN)
         .ok_or(SealedError::Truncated)?;
@@ -170,7 +183,6 @@ pub fn open(
             signature,
         )
         .map_err(|_| SealedError::BadSignature)?;
-    guard.check(message_id, timestamp_ms, now_ms)?;
     Ok(Opened {
         sender,
         timestamp_ms,
@@ -196,6 +208,22 @@ impl ReplayGuard {
             window_ms,
             seen: HashMap::new(),
         }
+    }
+
+    /// Whether `check` would accept this message now, without recording it.
+    pub fn is_fresh(
+        &self,
+        message_id: &[u8; 16],
+        timestamp_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), SealedError> {
+        if timestamp_ms.abs_diff(now_ms) > self.window_ms {
+            return Err(SealedError::Stale);
+        }
+        if self.seen.contains_key(message_id) {
+            return Err(SealedError::Replayed);
+        }
+        Ok(())
     }
 
     /// Checks and records one message.

@@ -225,6 +225,7 @@ fn signed_heads_and_the_client_monitor() {
     let mut log = MerkleLog::new();
     let binding = KeyBinding {
         user: "alice".into(),
+        domain: "example.org".into(),
         device: "phone".into(),
         identity_key: [1; 32],
         hybrid_key_hash: [2; 32],

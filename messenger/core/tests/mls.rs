@@ -1,13 +1,15 @@
 //! MLS flows under both ciphersuites, and persistence across reopening the store.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use qpq_core::mls::{Incoming, MlsMember, Suite};
+use qpq_core::identity::IdentityKey;
+use qpq_core::mls::{Incoming, MlsError, MlsMember, Suite};
 use rusqlite::Connection;
 
 fn member(name: &str, suite: Suite) -> MlsMember {
     MlsMember::create(
         Connection::open_in_memory().unwrap(),
         name.as_bytes(),
+        &IdentityKey::generate(),
         suite,
     )
     .unwrap()
@@ -15,7 +17,7 @@ fn member(name: &str, suite: Suite) -> MlsMember {
 
 fn expect_app(incoming: Incoming) -> (Vec<u8>, Vec<u8>) {
     match incoming {
-        Incoming::Application { sender, plaintext } => (sender, plaintext.to_vec()),
+        Incoming::Application { sender, plaintext } => (sender.name, plaintext.to_vec()),
         other => panic!("expected an application message, got {other:?}"),
     }
 }
@@ -30,8 +32,8 @@ fn three_member_flow(suite: Suite) {
     let kp_b = bob.key_package().unwrap();
     let kp_c = carol.key_package().unwrap();
     let (_commit, welcome) = a.add_members(&alice, &[&kp_b, &kp_c]).unwrap();
-    let mut b = bob.join(&welcome).unwrap();
-    let mut c = carol.join(&welcome).unwrap();
+    let mut b = bob.join(&welcome).unwrap().0;
+    let mut c = carol.join(&welcome).unwrap().0;
     assert_eq!(
         a.members(),
         vec![b"alice".to_vec(), b"bob".to_vec(), b"carol".to_vec()]
@@ -57,13 +59,15 @@ fn three_member_flow(suite: Suite) {
     assert!(matches!(
         a.process(&alice, &update).unwrap(),
         Incoming::Commit {
-            removed_self: false
+            removed_self: false,
+            ..
         }
     ));
     assert!(matches!(
         c.process(&carol, &update).unwrap(),
         Incoming::Commit {
-            removed_self: false
+            removed_self: false,
+            ..
         }
     ));
     assert_eq!(a.epoch(), epoch + 1);
@@ -74,12 +78,16 @@ fn three_member_flow(suite: Suite) {
     assert!(matches!(
         b.process(&bob, &removal).unwrap(),
         Incoming::Commit {
-            removed_self: false
+            removed_self: false,
+            ..
         }
     ));
     assert!(matches!(
         c.process(&carol, &removal).unwrap(),
-        Incoming::Commit { removed_self: true }
+        Incoming::Commit {
+            removed_self: true,
+            ..
+        }
     ));
     assert_eq!(a.members(), vec![b"alice".to_vec(), b"bob".to_vec()]);
 
@@ -118,18 +126,23 @@ fn group_survives_closing_and_reopening_the_store() {
     let bob = member("bob", Suite::XWing);
     let group_id = b"persistent".to_vec();
     let mut b;
+    let alice_key = IdentityKey::generate();
     {
-        let alice = MlsMember::create_at(&path, b"alice", Suite::XWing).unwrap();
+        let alice = MlsMember::create_at(&path, b"alice", &alice_key, Suite::XWing).unwrap();
         let mut a = alice.create_group(&group_id).unwrap();
         let (_, welcome) = a
             .add_members(&alice, &[&bob.key_package().unwrap()])
             .unwrap();
-        b = bob.join(&welcome).unwrap();
+        b = bob.join(&welcome).unwrap().0;
         let ct = a.encrypt(&alice, b"before").unwrap();
         expect_app(b.process(&bob, &ct).unwrap());
     } // alice's store is closed here
 
-    let alice = MlsMember::load_at(&path).unwrap();
+    assert!(matches!(
+        MlsMember::load_at(&path, &IdentityKey::generate()),
+        Err(MlsError::IdentityMismatch)
+    ));
+    let alice = MlsMember::load_at(&path, &alice_key).unwrap();
     assert_eq!(alice.name(), b"alice");
     assert_eq!(alice.suite(), Suite::XWing);
     let mut a = alice.group(&group_id).unwrap().expect("group persisted");
@@ -156,14 +169,18 @@ fn last_resort_key_package_can_be_used_more_than_once() {
     for id in [b"g1".as_slice(), b"g2".as_slice()] {
         let mut g = alice.create_group(id).unwrap();
         let (_, welcome) = g.add_members(&alice, &[&last_resort]).unwrap();
-        let joined = bob.join(&welcome).unwrap();
+        let joined = bob.join(&welcome).unwrap().0;
         assert_eq!(joined.id(), id);
     }
 }
 
 #[test]
 fn a_store_without_member_says_so() {
-    let err = MlsMember::load(Connection::open_in_memory().unwrap()).unwrap_err();
+    let err = MlsMember::load(
+        Connection::open_in_memory().unwrap(),
+        &IdentityKey::generate(),
+    )
+    .unwrap_err();
     assert!(matches!(err, qpq_core::mls::MlsError::NoMember));
 }
 
@@ -187,13 +204,14 @@ fn group_state_can_live_in_an_encrypted_sqlcipher_database() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("secret.db");
     let _ = std::fs::remove_file(&path);
+    let key = IdentityKey::generate();
     let open = |key: &str| {
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "key", key).unwrap();
         conn
     };
     {
-        let alice = MlsMember::create(open("correct horse"), b"alice", Suite::XWing).unwrap();
+        let alice = MlsMember::create(open("correct horse"), b"alice", &key, Suite::XWing).unwrap();
         alice.create_group(b"private").unwrap();
     }
     let raw = std::fs::read(&path).unwrap();
@@ -202,8 +220,8 @@ fn group_state_can_live_in_an_encrypted_sqlcipher_database() {
         "the file must be encrypted"
     );
     assert!(!raw.windows(5).any(|w| w == b"alice"));
-    assert!(MlsMember::load(open("wrong key")).is_err());
-    let alice = MlsMember::load(open("correct horse")).unwrap();
+    assert!(MlsMember::load(open("wrong key"), &key).is_err());
+    let alice = MlsMember::load(open("correct horse"), &key).unwrap();
     assert!(alice.group(b"private").unwrap().is_some());
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -219,8 +237,8 @@ fn trio() -> ([MlsMember; 3], [qpq_core::mls::Group; 3]) {
     let kp_b = members[1].key_package().unwrap();
     let kp_c = members[2].key_package().unwrap();
     let (_, welcome) = a.add_members(&members[0], &[&kp_b, &kp_c]).unwrap();
-    let b = members[1].join(&welcome).unwrap();
-    let c = members[2].join(&welcome).unwrap();
+    let b = members[1].join(&welcome).unwrap().0;
+    let c = members[2].join(&welcome).unwrap().0;
     (members, [a, b, c])
 }
 
@@ -298,4 +316,43 @@ fn a_deleted_group_is_gone() {
     let id = a.id();
     a.delete(&alice).unwrap();
     assert!(alice.group(&id).unwrap().is_none());
+}
+
+#[test]
+fn leaves_sign_with_the_identity_key_and_senders_are_reported_with_their_keys() {
+    let (alice_key, bob_key) = (IdentityKey::generate(), IdentityKey::generate());
+    let open = || Connection::open_in_memory().unwrap();
+    let alice = MlsMember::create(open(), b"alice", &alice_key, Suite::X25519).unwrap();
+    let bob = MlsMember::create(open(), b"bob", &bob_key, Suite::X25519).unwrap();
+    assert_eq!(alice.signature_key(), alice_key.public().to_bytes());
+    let kp = bob.key_package().unwrap();
+    let info = qpq_core::mls::inspect_key_package(&kp).unwrap();
+    assert_eq!(info.signature_key, bob_key.public().to_bytes());
+
+    let mut a = alice.create_group(b"keys").unwrap();
+    let (_, welcome) = a.add_members(&alice, &[&kp]).unwrap();
+    let (mut b, sender) = bob.join(&welcome).unwrap();
+    assert_eq!(sender.name, b"alice");
+    assert!(sender.signs_with(&alice_key.public()));
+    assert!(!sender.signs_with(&bob_key.public()));
+    let leaves = b.leaves();
+    assert_eq!(leaves.len(), 2);
+    assert!(
+        leaves
+            .iter()
+            .any(|l| l.name == b"bob" && l.signs_with(&bob_key.public()))
+    );
+
+    let ct = a.encrypt(&alice, b"signed").unwrap();
+    match b.process(&bob, &ct).unwrap() {
+        Incoming::Application { sender, .. } => assert!(sender.signs_with(&alice_key.public())),
+        other => panic!("expected an application message, got {other:?}"),
+    }
+    let update = a.self_update(&alice).unwrap();
+    match b.process(&bob, &update).unwrap() {
+        Incoming::Commit { committer, .. } => {
+            assert!(committer.unwrap().signs_with(&alice_key.public()))
+        }
+        other => panic!("expected a commit, got {other:?}"),
+    }
 }

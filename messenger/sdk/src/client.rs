@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
 use qpq_core::bundle::KeyBundle;
-use qpq_core::identity::IdentityKey;
+use qpq_core::identity::{DeviceName, IdentityKey, IdentityPublic};
 use qpq_core::kem::{HybridPublicKey, HybridSecretKey};
-use qpq_core::mls::{Incoming, MlsMember, Suite};
+use qpq_core::mls::{Incoming, Leaf, MlsMember, Suite};
 use qpq_core::sealed::ReplayGuard;
 use qpq_proto::v1;
 use qrpc::Code;
@@ -60,6 +60,10 @@ pub struct ClientLimits {
     /// Group messages per conversation kept while they wait for the commit before them
     /// (default 1,000); beyond it one is reported as undecryptable.
     pub max_parked: u64,
+    /// Group messages from one sender (in every conversation, its invitation not arrived
+    /// or its commit not yet processed) kept while they wait (default 200): anyone who knows
+    /// a conversation's id can send to it, so one sender cannot fill the parking.
+    pub max_parked_per_sender: u64,
 }
 
 impl Default for ClientLimits {
@@ -76,6 +80,7 @@ impl Default for ClientLimits {
             event_buffer: 1024,
             max_outbox: 10_000,
             max_parked: 1_000,
+            max_parked_per_sender: 200,
         }
     }
 }
@@ -195,7 +200,10 @@ impl QpqClientBuilder {
 
 /// The device's secrets once logged in.
 struct Keys {
+    /// `user/device`, as the user sees it.
     me: String,
+    /// This device's name in the log and in MLS credentials.
+    name: DeviceName,
     identity: IdentityKey,
     hybrid: HybridSecretKey,
     mls: MlsMember,
@@ -283,10 +291,35 @@ fn delivery_id(item: &MessageId, user: &str, device: &str) -> [u8; 16] {
     id
 }
 
+/// `(user, device)` of a credential name. Names are checked against the key-transparency log
+/// when their leaf joins a group; this only reads them.
 fn split_name(name: &[u8]) -> Option<(String, String)> {
-    let name = std::str::from_utf8(name).ok()?;
-    let (user, device) = name.split_once('/')?;
-    Some((user.to_owned(), device.to_owned()))
+    let name = DeviceName::parse(name).ok()?;
+    Some((name.user().to_owned(), name.device().to_owned()))
+}
+
+/// The credential name of `user/device` under this device's domain.
+fn device_name(keys: &Keys, user: &str, device: &str) -> SdkResult<DeviceName> {
+    DeviceName::new(user, keys.name.domain(), device)
+        .map_err(|_| SdkError::InvalidArgument(format!("{user}/{device}: not a valid device name")))
+}
+
+/// Devices whose keys could not be checked against the log in this pass, with the reason: a
+/// leaf naming one of them is refused instead of fetched again.
+type Refused = HashMap<(String, String), String>;
+
+/// What retrying parked messages did: their events, whether anything was queued, and the
+/// devices whose keys the messages still parked wait for.
+type Unparked = (Vec<ClientEvent>, bool, Vec<(String, String)>);
+
+/// What applying a queue entry needs next.
+enum Step {
+    /// Applied (or refused and reported): go on.
+    Done,
+    /// Nothing was applied: these devices' keys must be checked against the log first.
+    NeedKeys(Vec<(String, String)>),
+    /// Applied; messages parked for this conversation wait for these devices' keys.
+    UnparkAfter(ConversationId, Vec<(String, String)>),
 }
 
 impl QpqClient {
@@ -368,6 +401,11 @@ impl QpqClient {
         let session = qpq_proto::auth_flows::login(&rpc, user, device, password).await?;
         self.inner.session_bound(&rpc);
         let first = existing.is_none();
+        if first && session.domain.is_empty() {
+            return Err(SdkError::Invalid(
+                "the server did not name its domain (a server older than this client)".into(),
+            ));
+        }
         if first {
             self.inner.store.create_account(&StoredAccount {
                 user: user.into(),
@@ -381,7 +419,7 @@ impl QpqClient {
         self.inner
             .store
             .set_session_token(Some(&session.session_token))?;
-        self.load_keys(first)?;
+        self.load_keys(first.then_some(session.domain.as_str()))?;
         self.publish_keys(&rpc).await?;
         self.start_tasks();
         Ok(())
@@ -395,7 +433,7 @@ impl QpqClient {
         if account.session_token.is_none() {
             return Err(SdkError::NotLoggedIn);
         }
-        self.load_keys(false)?;
+        self.load_keys(None)?;
         self.start_tasks();
         Ok(())
     }
@@ -413,18 +451,39 @@ impl QpqClient {
         Ok(())
     }
 
-    fn load_keys(&self, first: bool) -> SdkResult<()> {
+    /// Loads the device's keys; `new_domain` is the server's domain on the first login, when
+    /// the MLS member is created (its credential names the device under that domain).
+    fn load_keys(&self, new_domain: Option<&str>) -> SdkResult<()> {
         let account = self.inner.store.account()?.ok_or(SdkError::NotLoggedIn)?;
         let me = format!("{}/{}", account.user, account.device);
+        let identity = IdentityKey::from_secret_bytes(&account.identity_secret);
         let conn = self.inner.store.mls_connection()?;
-        let mls = if first {
-            MlsMember::create(conn, me.as_bytes(), Suite::XWing)?
-        } else {
-            MlsMember::load(conn)?
+        let mls = match new_domain {
+            Some(domain) => {
+                let name = DeviceName::new(&account.user, domain, &account.device)
+                    .map_err(|_| SdkError::Invalid(format!("server domain {domain:?}")))?;
+                MlsMember::create(conn, &name.encode(), &identity, Suite::XWing)?
+            }
+            None => MlsMember::load(conn, &identity).map_err(|e| match e {
+                qpq_core::mls::MlsError::IdentityMismatch => SdkError::Crypto(
+                    "this store was made by a qpq-sdk whose MLS keys were not bound to the \
+                     device identity; use a new data directory and log in as a new device"
+                        .into(),
+                ),
+                e => e.into(),
+            })?,
         };
+        let name = DeviceName::parse(mls.name()).map_err(|_| {
+            SdkError::Crypto(
+                "this store's MLS member has no versioned device name (made by an older \
+                 qpq-sdk); use a new data directory and log in as a new device"
+                    .into(),
+            )
+        })?;
         *lock(&self.inner.keys) = Some(Keys {
             me,
-            identity: IdentityKey::from_secret_bytes(&account.identity_secret),
+            name,
+            identity,
             hybrid: HybridSecretKey::from_seed(&account.hybrid_seed),
             mls,
             replay: ReplayGuard::new(REPLAY_WINDOW_MS),
@@ -1393,8 +1452,8 @@ impl QpqClient {
                 let names: Vec<Vec<u8>> = recipients
                     .iter()
                     .filter(|d| which(d))
-                    .map(|(u, d)| format!("{u}/{d}").into_bytes())
-                    .collect();
+                    .map(|(u, d)| device_name(keys, u, d).map(|n| n.encode()))
+                    .collect::<SdkResult<_>>()?;
                 if names.is_empty() {
                     return Err(SdkError::NotFound("no such member device".into()));
                 }
@@ -1451,8 +1510,18 @@ impl QpqClient {
         for (u, d) in devices {
             self.inner.peer_key(&keys, u, d).await?;
         }
+        let domain = lock(&self.inner.keys)
+            .as_ref()
+            .map(|k| k.name.domain().to_owned())
+            .ok_or(SdkError::NotLoggedIn)?;
         let mut packages = Vec::with_capacity(devices.len());
         for (u, d) in devices {
+            let name = DeviceName::new(u, &domain, d)
+                .map_err(|_| SdkError::InvalidArgument(format!("{u}/{d}: not a device name")))?;
+            let identity = lock(&self.inner.peer_identities)
+                .get(&(u.clone(), d.clone()))
+                .copied()
+                .ok_or_else(|| SdkError::NotFound(format!("{u}/{d}")))?;
             let kp = keys
                 .fetch_key_package(&v1::FetchKeyPackageRequest {
                     device: Some(v1::DeviceRef {
@@ -1463,9 +1532,15 @@ impl QpqClient {
                 .await?;
             let info = qpq_core::mls::inspect_key_package(&kp.key_package)
                 .map_err(|e| SdkError::Invalid(format!("key package of {u}/{d}: {e}")))?;
-            if info.name != format!("{u}/{d}").as_bytes() {
+            if info.name != name.encode() {
                 return Err(SdkError::Invalid(format!(
                     "the key package fetched for {u}/{d} names someone else"
+                )));
+            }
+            // Its leaf must sign with the identity key the log holds for the device.
+            if info.signature_key != identity.to_bytes() {
+                return Err(SdkError::Invalid(format!(
+                    "the key package fetched for {u}/{d} is not signed by its identity key"
                 )));
             }
             packages.push(kp.key_package.to_vec());
@@ -1736,19 +1811,20 @@ impl Inner {
         Ok(())
     }
 
-    /// Advances the pinned view of the server's key-transparency log to its latest head:
+    /// Brings the pinned view of the key-transparency log up to the server's latest head:
     /// pins the log key on first use, then requires every new head to be signed by it and to
     /// extend the last one (a consistency proof). Returns the head now trusted.
     async fn kt_sync(
         &self,
         keys: &v1::keys_client::KeysClient,
-    ) -> Result<qpq_core::kt::SignedTreeHead, String> {
+    ) -> Result<qpq_core::kt::SignedTreeHead, KtFail> {
         use qpq_core::kt::{ConsistencyProof, LogMonitor, SignedTreeHead};
-        let stored = self.store.kt().map_err(|e| e.to_string())?;
+        let alarm = KtFail::Alarm;
+        let stored = self.store.kt().map_err(KtFail::Other)?;
         let since = match &stored {
             Some((_, head)) => {
                 SignedTreeHead::decode(head)
-                    .map_err(|e| format!("stored head: {e}"))?
+                    .map_err(|e| alarm(format!("stored head: {e}")))?
                     .tree_size
             }
             None => 0,
@@ -1756,20 +1832,31 @@ impl Inner {
         let answer = keys
             .kt_head(&v1::KtHeadRequest { since_size: since })
             .await
-            .map_err(|e| format!("log head: {e}"))?;
+            .map_err(|e| KtFail::Other(e.into()))?;
+        if let Some(domain) = lock(&self.keys)
+            .as_ref()
+            .map(|k| k.name.domain().to_owned())
+            && answer.domain != domain
+        {
+            return Err(alarm(format!(
+                "the log is for domain {:?}, not {domain:?}",
+                answer.domain
+            )));
+        }
         let log_key_bytes = match &stored {
             Some((pinned, _)) => pinned.clone(),
             None => answer.log_key.to_vec(),
         };
         if log_key_bytes.as_slice() != answer.log_key.as_ref() {
-            return Err("the log signing key changed".into());
+            return Err(alarm("the log signing key changed".into()));
         }
-        let log_key = qpq_core::identity::IdentityPublic::from_bytes(&log_key_bytes)
-            .map_err(|e| format!("log key: {e}"))?;
-        let head = SignedTreeHead::decode(&answer.tree_head).map_err(|e| format!("head: {e}"))?;
+        let log_key = monitor_key(&log_key_bytes).map_err(alarm)?;
+        let head =
+            SignedTreeHead::decode(&answer.tree_head).map_err(|e| alarm(format!("head: {e}")))?;
         let mut monitor = LogMonitor::new(log_key);
         if let Some((_, old)) = &stored {
-            let old = SignedTreeHead::decode(old).map_err(|e| format!("stored head: {e}"))?;
+            let old =
+                SignedTreeHead::decode(old).map_err(|e| alarm(format!("stored head: {e}")))?;
             monitor
                 .advance(
                     old.clone(),
@@ -1779,31 +1866,89 @@ impl Inner {
                         path: Vec::new(),
                     },
                 )
-                .map_err(|e| format!("stored head: {e}"))?;
+                .map_err(|e| alarm(format!("stored head: {e}")))?;
             if head.tree_size < old.tree_size {
-                return Err("the log shrank (a rollback)".into());
+                return Err(alarm("the log shrank (a rollback)".into()));
             }
             if head.tree_size == old.tree_size {
-                head.verify(&monitor_key(&log_key_bytes)?)
-                    .map_err(|e| format!("head signature: {e}"))?;
+                head.verify(&log_key)
+                    .map_err(|e| alarm(format!("head signature: {e}")))?;
                 if head.root != old.root {
-                    return Err("two different logs of the same size (equivocation)".into());
+                    return Err(alarm(
+                        "two different logs of the same size (equivocation)".into(),
+                    ));
                 }
             } else {
                 let proof = ConsistencyProof::decode(&answer.consistency_proof)
-                    .map_err(|e| format!("consistency proof: {e}"))?;
+                    .map_err(|e| alarm(format!("consistency proof: {e}")))?;
                 monitor
                     .advance(head.clone(), &proof)
-                    .map_err(|e| format!("the new head does not extend the old one: {e}"))?;
+                    .map_err(|e| alarm(format!("the new head does not extend the old one: {e}")))?;
             }
         } else {
-            head.verify(&monitor_key(&log_key_bytes)?)
-                .map_err(|e| format!("head signature: {e}"))?;
+            head.verify(&log_key)
+                .map_err(|e| alarm(format!("head signature: {e}")))?;
         }
         self.store
             .set_kt(&log_key_bytes, &head.encode())
-            .map_err(|e| e.to_string())?;
+            .map_err(KtFail::Other)?;
         Ok(head)
+    }
+
+    /// Proves that `head` (from a key answer) is a head of the log this client pinned: signed
+    /// by the pinned key, and equal to or a prefix of the latest head, which itself extends
+    /// the pinned one. The log may grow between a key answer and the client's sync (any
+    /// device publishing keys grows it): that is proven consistent, not an alarm.
+    async fn kt_reach(
+        &self,
+        keys: &v1::keys_client::KeysClient,
+        head: &qpq_core::kt::SignedTreeHead,
+    ) -> Result<(), KtFail> {
+        use qpq_core::kt::{ConsistencyProof, SignedTreeHead};
+        let alarm = KtFail::Alarm;
+        for _ in 0..3 {
+            let latest = self.kt_sync(keys).await?;
+            if latest.tree_size == head.tree_size {
+                return if latest.root == head.root {
+                    Ok(())
+                } else {
+                    Err(alarm(
+                        "two different logs of the same size (equivocation)".into(),
+                    ))
+                };
+            }
+            if latest.tree_size < head.tree_size {
+                continue;
+            }
+            let answer = keys
+                .kt_head(&v1::KtHeadRequest {
+                    since_size: head.tree_size,
+                })
+                .await
+                .map_err(|e| KtFail::Other(e.into()))?;
+            let newer = SignedTreeHead::decode(&answer.tree_head)
+                .map_err(|e| alarm(format!("head: {e}")))?;
+            if newer.tree_size != latest.tree_size || newer.root != latest.root {
+                // The log grew again in between: prove against the newest head next round.
+                continue;
+            }
+            let log_key = monitor_key(&answer.log_key).map_err(alarm)?;
+            head.verify(&log_key)
+                .map_err(|e| alarm(format!("the key answer's head: {e}")))?;
+            let proof = ConsistencyProof::decode(&answer.consistency_proof)
+                .map_err(|e| alarm(format!("consistency proof: {e}")))?;
+            if proof.old_size != head.tree_size || proof.new_size != latest.tree_size {
+                return Err(alarm("consistency proof for other heads".into()));
+            }
+            return proof.verify(&head.root, &latest.root).map_err(|e| {
+                alarm(format!(
+                    "the key answer's head is not part of the pinned log: {e}"
+                ))
+            });
+        }
+        Err(KtFail::Other(SdkError::KeyTransparency(
+            "the log kept moving while the key answer was checked; try again".into(),
+        )))
     }
 
     /// Checks that `bundle` is the binding the log holds for `user/device` at a head
@@ -1815,35 +1960,29 @@ impl Inner {
         device: &str,
         bundle: &KeyBundle,
         proof: &v1::KtProof,
-    ) -> Result<(), String> {
+    ) -> Result<(), KtFail> {
         use qpq_core::kt::{InclusionProof, KeyBinding, SignedTreeHead};
-        let head = SignedTreeHead::decode(&proof.tree_head).map_err(|e| format!("head: {e}"))?;
-        // The answer's head must be one the pinned view reaches. The head verified last is
-        // enough when it is the same tree (most key fetches); otherwise sync until it is.
-        let stored = self
+        let alarm = KtFail::Alarm;
+        let domain = lock(&self.keys)
+            .as_ref()
+            .map(|k| k.name.domain().to_owned())
+            .ok_or(KtFail::Other(SdkError::NotLoggedIn))?;
+        let head =
+            SignedTreeHead::decode(&proof.tree_head).map_err(|e| alarm(format!("head: {e}")))?;
+        // The head verified last is enough when it is the same tree (most key fetches);
+        // otherwise the answer's head is proven to belong to the pinned log.
+        let known = self
             .store
             .kt()
-            .map_err(|e| e.to_string())?
+            .map_err(KtFail::Other)?
             .and_then(|(_, bytes)| SignedTreeHead::decode(&bytes).ok())
-            .filter(|h| h.tree_size == head.tree_size && h.root == head.root);
-        let mut trusted = match stored {
-            Some(known) => known,
-            None => self.kt_sync(&keys).await?,
-        };
-        for _ in 0..3 {
-            if trusted.tree_size >= head.tree_size {
-                break;
-            }
-            trusted = self.kt_sync(&keys).await?;
-        }
-        if trusted.tree_size != head.tree_size || trusted.root != head.root {
-            return Err(format!(
-                "the key answer's head (size {}) is not the log's (size {})",
-                head.tree_size, trusted.tree_size
-            ));
+            .is_some_and(|h| h.tree_size == head.tree_size && h.root == head.root);
+        if !known {
+            self.kt_reach(&keys, &head).await?;
         }
         let binding = KeyBinding {
             user: user.to_owned(),
+            domain,
             device: device.to_owned(),
             identity_key: bundle.identity.to_bytes(),
             hybrid_key_hash: bundle.hybrid.hash(),
@@ -1851,16 +1990,16 @@ impl Inner {
                 .key_package_hash
                 .as_ref()
                 .try_into()
-                .map_err(|_| "binding: bad key-package hash".to_owned())?,
+                .map_err(|_| alarm("binding: bad key-package hash".to_owned()))?,
         };
         let inclusion = InclusionProof::decode(&proof.inclusion_proof)
-            .map_err(|e| format!("inclusion proof: {e}"))?;
+            .map_err(|e| alarm(format!("inclusion proof: {e}")))?;
         if inclusion.tree_size != head.tree_size {
-            return Err("inclusion proof for another head".into());
+            return Err(alarm("inclusion proof for another head".into()));
         }
         inclusion
             .verify(&binding.leaf_hash(), &head.root)
-            .map_err(|_| format!("{user}/{device}'s keys are not in the log"))
+            .map_err(|_| alarm(format!("{user}/{device}'s keys are not in the log")))
     }
 
     /// A device's hybrid key, fetched once and checked to be signed for that device.
@@ -1892,15 +2031,19 @@ impl Inner {
         let proof = fetched
             .proof
             .ok_or_else(|| SdkError::KeyTransparency("key answer without a proof".into()))?;
-        if let Err(reason) = self
+        match self
             .kt_check(keys.clone(), user, device, &bundle, &proof)
             .await
         {
-            let _ = self.events.send(ClientEvent::KeyTransparencyAlarm {
-                device: format!("{user}/{device}"),
-                reason: reason.clone(),
-            });
-            return Err(SdkError::KeyTransparency(reason));
+            Ok(()) => {}
+            Err(KtFail::Alarm(reason)) => {
+                let _ = self.events.send(ClientEvent::KeyTransparencyAlarm {
+                    device: format!("{user}/{device}"),
+                    reason: reason.clone(),
+                });
+                return Err(SdkError::KeyTransparency(reason));
+            }
+            Err(KtFail::Other(e)) => return Err(e),
         }
         if self
             .store
@@ -1920,24 +2063,39 @@ impl Inner {
     /// commit, committing a member's departure), its effect on the store, anything it queues
     /// and the receive cursor commit in one transaction: a process killed at any point either
     /// did all of it or fetches the entry again and does it then.
-    fn apply(self: &Arc<Self>, envelope: &v1::Envelope) -> SdkResult<()> {
+    ///
+    /// Every leaf that joins a group (with an invitation or a commit) and the sender of every
+    /// message is checked against the key-transparency log: its name must be a device whose
+    /// logged identity key is the key that signs for the leaf, and the envelope's sealed
+    /// sender must be that key. A device whose keys this client has not checked yet makes
+    /// the entry come back as [`Step::NeedKeys`], with nothing applied; devices in `refused`
+    /// could not be checked and make the entry fail instead.
+    fn apply(self: &Arc<Self>, envelope: &v1::Envelope, refused: &Refused) -> SdkResult<Step> {
         let seq = envelope.seq;
         let mut guard = lock(&self.keys);
         let keys = guard.as_mut().ok_or(SdkError::NotLoggedIn)?;
-        let result = match open_sealed(keys, envelope) {
-            Ok(transport) => {
-                let keys = &*keys;
-                transact(&*self.store, Some(&keys.mls), |tx| {
-                    let applied = self.process(keys, tx, seq, transport)?;
+        let now = now_ms();
+        let result = match open_sealed(keys, envelope, now) {
+            Ok((sender, message_id, timestamp_ms, transport)) => {
+                let keys_ref = &*keys;
+                let result = transact(&*self.store, Some(&keys_ref.mls), |tx| {
+                    let applied = self.process(keys_ref, tx, seq, &sender, transport, refused)?;
                     fail_point(&self.crash, CrashPoint::AfterDecrypt)?;
                     Ok(applied)
-                })
+                });
+                // The envelope counts as seen only once what it carries is committed (or it
+                // was refused for good): a store failure leaves it to be fetched again.
+                if matches!(result, Ok(_) | Err(Fail::Undecryptable(_))) {
+                    let _ = keys.replay.check(message_id, timestamp_ms, now);
+                }
+                result
             }
             Err(reason) => Err(Fail::Undecryptable(reason)),
         };
         let applied = match result {
             Ok(applied) => applied,
             Err(Fail::Sdk(e)) => return Err(e),
+            Err(Fail::NeedKeys(devices)) => return Ok(Step::NeedKeys(devices)),
             Err(Fail::Undecryptable(reason)) => {
                 drop(guard);
                 tracing::warn!(seq, %reason, "undecryptable queue entry skipped");
@@ -1945,7 +2103,7 @@ impl Inner {
                 let _ = self
                     .events
                     .send(ClientEvent::UndecryptableMessage { seq, reason });
-                return Ok(());
+                return Ok(Step::Done);
             }
         };
         let mut events = Vec::new();
@@ -1955,10 +2113,14 @@ impl Inner {
             self.store.key_package_used()?;
         }
         events.extend(applied.events(&*self.store)?);
+        let mut step = Step::Done;
         if let Some(conversation) = unpark {
-            let (more, more_queued) = self.unpark(guard.as_ref(), conversation)?;
+            let (more, more_queued, needed) = self.unpark(guard.as_ref(), conversation, refused)?;
             events.extend(more);
             queued |= more_queued;
+            if !needed.is_empty() {
+                step = Step::UnparkAfter(conversation, needed);
+            }
         }
         drop(guard);
         for event in events {
@@ -1967,31 +2129,44 @@ impl Inner {
         if queued {
             self.outbox_wake.notify_one();
         }
-        Ok(())
+        Ok(step)
     }
 
-    /// Retries the messages parked for `conversation` now that its epoch moved, until a pass
-    /// makes no progress (a parked commit may unlock more). Returns their events and whether
-    /// anything was queued.
+    /// Retries the messages parked for `conversation` now that its epoch moved (or the
+    /// conversation arrived), until a pass makes no progress (a parked commit may unlock
+    /// more). Returns their events, whether anything was queued, and the devices whose keys
+    /// parked messages wait for.
     fn unpark(
         self: &Arc<Self>,
         keys: Option<&Keys>,
         conversation: ConversationId,
-    ) -> SdkResult<(Vec<ClientEvent>, bool)> {
+        refused: &Refused,
+    ) -> SdkResult<Unparked> {
         let keys = keys.ok_or(SdkError::NotLoggedIn)?;
         let mut events = Vec::new();
         let mut queued = false;
         loop {
             let parked = self.store.parked(&conversation)?;
             let mut progress = false;
+            let mut needed = Vec::new();
             for p in parked {
+                let sender = IdentityPublic::from_bytes(&p.sender);
                 let result = transact(&*self.store, Some(&keys.mls), |tx| {
+                    let sender = sender
+                        .map_err(|_| Fail::Undecryptable("parked message: no sender".into()))?;
                     let Some(mut group) = keys.mls.group(&p.conversation.0)? else {
-                        tx.unpark(p.seq)?;
                         return Ok(None);
                     };
-                    let (effect, queued) =
-                        self.process_group(keys, tx, &mut group, p.conversation, p.seq, &p.mls)?;
+                    let (effect, queued) = self.process_group(
+                        keys,
+                        tx,
+                        &mut group,
+                        p.conversation,
+                        p.seq,
+                        &p.mls,
+                        &sender,
+                        refused,
+                    )?;
                     if matches!(effect, Effect::Park { .. }) {
                         return Ok(None);
                     }
@@ -2010,28 +2185,128 @@ impl Inner {
                         self.store.unpark(p.seq)?;
                         events.push(ClientEvent::UndecryptableMessage { seq: p.seq, reason });
                     }
+                    Err(Fail::NeedKeys(devices)) => needed.extend(devices),
                     Err(Fail::Sdk(e)) => return Err(e),
                 }
             }
             if !progress {
-                return Ok((events, queued));
+                needed.sort();
+                needed.dedup();
+                return Ok((events, queued, needed));
             }
         }
     }
 
+    /// Checks every devices' keys of `devices` against the log (fetching what is not cached);
+    /// those that cannot be checked go into `refused` with the reason. Fails only when the
+    /// check could not be made (the network): the entry is retried later.
+    async fn check_devices(
+        self: &Arc<Self>,
+        devices: &[(String, String)],
+        refused: &mut Refused,
+    ) -> SdkResult<()> {
+        let rpc = self.session().await?;
+        let keys = v1::keys_client::KeysClient::new(rpc);
+        for (user, device) in devices {
+            let reason = match self.peer_key(&keys, user, device).await {
+                Ok(_) => continue,
+                Err(SdkError::Server(status)) if status.code() == Code::NotFound => {
+                    "no keys in the server's key-transparency log".to_owned()
+                }
+                Err(SdkError::Server(status)) if status.code() == Code::InvalidArgument => {
+                    format!("not a device of this server ({})", status.message())
+                }
+                Err(SdkError::KeyTransparency(reason)) => {
+                    format!("keys fail the key-transparency check ({reason})")
+                }
+                Err(SdkError::Invalid(reason)) => reason,
+                Err(e) => return Err(e),
+            };
+            refused.insert((user.clone(), device.clone()), reason);
+        }
+        Ok(())
+    }
+
+    /// Checks one leaf against the log: its name must be a device of this server whose
+    /// identity key, as this client checked it in the log, is the key that signs for the leaf.
+    /// Returns `(user, device)`.
+    fn verify_leaf(
+        &self,
+        keys: &Keys,
+        tx: &mut dyn Tx,
+        leaf: &Leaf,
+        refused: &Refused,
+    ) -> Result<(String, String), Fail> {
+        let name = DeviceName::parse(&leaf.name)
+            .map_err(|_| Fail::Undecryptable("a member's name is not a qpq device name".into()))?;
+        if name.domain() != keys.name.domain() {
+            return Err(Fail::Undecryptable(format!(
+                "member {name} belongs to another server"
+            )));
+        }
+        let who = (name.user().to_owned(), name.device().to_owned());
+        let logged = if name == keys.name {
+            Some(keys.identity.public().to_bytes().to_vec())
+        } else {
+            tx.identity(&who.0, &who.1)?
+        };
+        match logged {
+            Some(key) if key == leaf.signature_key => Ok(who),
+            Some(_) => Err(Fail::Undecryptable(format!(
+                "{}/{} is forged: the key that signs for it is not the one in the \
+                 key-transparency log",
+                who.0, who.1
+            ))),
+            None => match refused.get(&who) {
+                Some(reason) => Err(Fail::Undecryptable(format!(
+                    "{}/{} cannot be verified: {reason}",
+                    who.0, who.1
+                ))),
+                None => Err(Fail::NeedKeys(vec![who])),
+            },
+        }
+    }
+
+    /// Checks every leaf of a group (see [`verify_leaf`](Self::verify_leaf)); collects every
+    /// device whose keys must be checked first.
+    fn verify_leaves(
+        &self,
+        keys: &Keys,
+        tx: &mut dyn Tx,
+        leaves: &[Leaf],
+        refused: &Refused,
+    ) -> Result<(), Fail> {
+        let mut needed = Vec::new();
+        for leaf in leaves {
+            match self.verify_leaf(keys, tx, leaf, refused) {
+                Ok(_) => {}
+                Err(Fail::NeedKeys(devices)) => needed.extend(devices),
+                Err(e) => return Err(e),
+            }
+        }
+        if needed.is_empty() {
+            Ok(())
+        } else {
+            Err(Fail::NeedKeys(needed))
+        }
+    }
+
     /// What one transport does, worked out and committed inside the caller's transaction.
+    /// `sender` is the identity the sealed envelope was signed by.
     fn process(
         &self,
         keys: &Keys,
         tx: &mut dyn Tx,
         seq: u64,
+        sender: &IdentityPublic,
         transport: v1::Transport,
+        refused: &Refused,
     ) -> Result<Applied, Fail> {
         let my_user = user_of(&keys.me);
         let (effect, queued) = match transport.kind {
             Some(v1::transport::Kind::Invitation(inv)) => {
                 let id = conversation_id(&inv.conversation_id)?;
-                let group = keys
+                let (group, inviter) = keys
                     .mls
                     .join(&inv.welcome)
                     .map_err(|e| Fail::Undecryptable(format!("invitation: {e}")))?;
@@ -2040,12 +2315,35 @@ impl Inner {
                         "invitation: conversation id does not match its group".into(),
                     ));
                 }
+                if !inviter.signs_with(sender) {
+                    return Err(Fail::Undecryptable(
+                        "invitation: the envelope's sender is not the member who signed the \
+                         group"
+                            .into(),
+                    ));
+                }
+                self.verify_leaves(keys, tx, &group.leaves(), refused)?;
+                let (inviter_user, _) = self.verify_leaf(keys, tx, &inviter, refused)?;
+                let members = member_users(&group);
+                let kind = ConversationKind::from_code(inv.kind);
+                // A direct conversation is between its inviter and this user, and no one else.
+                if kind == ConversationKind::Direct
+                    && (members.len() != 2
+                        || !members.contains(&inviter_user)
+                        || !members.iter().any(|m| m == my_user))
+                {
+                    return Err(Fail::Undecryptable(
+                        "invitation: a direct conversation must be between its inviter and \
+                         this user alone"
+                            .into(),
+                    ));
+                }
                 let channel = (inv.channel_id.len() == 16).then(|| inv.channel_id.to_vec());
                 let c = Conversation {
                     id,
-                    kind: ConversationKind::from_code(inv.kind),
+                    kind,
                     name: inv.name,
-                    members: member_users(&group),
+                    members,
                 };
                 (Effect::Conversation(c, channel), false)
             }
@@ -2053,16 +2351,11 @@ impl Inner {
                 let id = conversation_id(&g.conversation_id)?;
                 match keys.mls.group(&id.0)? {
                     Some(mut group) => {
-                        let (effect, queued) =
-                            self.process_group(keys, tx, &mut group, id, seq, &g.mls)?;
-                        if matches!(effect, Effect::Park { .. })
-                            && tx.parked_count(&id)? >= self.limits.max_parked
-                        {
-                            return Err(Fail::Undecryptable(format!(
-                                "{} messages already wait for an earlier commit in this \
-                                 conversation",
-                                self.limits.max_parked
-                            )));
+                        let (effect, queued) = self.process_group(
+                            keys, tx, &mut group, id, seq, &g.mls, sender, refused,
+                        )?;
+                        if matches!(effect, Effect::Park { .. }) {
+                            self.check_parking(tx, &id, sender)?;
                         }
                         (effect, queued)
                     }
@@ -2073,10 +2366,22 @@ impl Inner {
                     {
                         (Effect::None, false)
                     }
+                    // Not joined yet: the invitation may still be on its way. Parked until
+                    // it comes, within the sender's parking budget.
                     None => {
-                        return Err(Fail::Undecryptable(
-                            "group message for an unknown conversation".into(),
-                        ));
+                        let epoch = qpq_core::mls::message_epoch(&g.mls)
+                            .map_err(|e| Fail::Undecryptable(e.to_string()))?;
+                        self.check_parking(tx, &id, sender)?;
+                        (
+                            Effect::Park {
+                                seq,
+                                conversation: id,
+                                epoch,
+                                sender: sender.to_bytes().to_vec(),
+                                mls: g.mls.to_vec(),
+                            },
+                            false,
+                        )
                     }
                 }
             }
@@ -2085,9 +2390,34 @@ impl Inner {
         Applied::commit(tx, seq, effect, queued)
     }
 
+    /// Refuses to park one more message from `sender` for `conversation` when either budget
+    /// is spent: messages parked for the conversation, and messages parked from the sender.
+    fn check_parking(
+        &self,
+        tx: &mut dyn Tx,
+        conversation: &ConversationId,
+        sender: &IdentityPublic,
+    ) -> Result<(), Fail> {
+        if tx.parked_count(conversation)? >= self.limits.max_parked {
+            return Err(Fail::Undecryptable(format!(
+                "{} messages already wait for an earlier commit or invitation in this \
+                 conversation",
+                self.limits.max_parked
+            )));
+        }
+        if tx.parked_from(&sender.to_bytes())? >= self.limits.max_parked_per_sender {
+            return Err(Fail::Undecryptable(format!(
+                "{} messages of this sender already wait for an earlier commit or invitation",
+                self.limits.max_parked_per_sender
+            )));
+        }
+        Ok(())
+    }
+
     /// Processes one MLS message of a group this device is in. A message from an epoch not
     /// reached yet becomes [`Effect::Park`]; a member's request to leave is committed here if
     /// this device is the one to do it. Returns the effect and whether anything was queued.
+    #[allow(clippy::too_many_arguments)]
     fn process_group(
         &self,
         keys: &Keys,
@@ -2096,23 +2426,43 @@ impl Inner {
         id: ConversationId,
         seq: u64,
         mls: &[u8],
+        sender: &IdentityPublic,
+        refused: &Refused,
     ) -> Result<(Effect, bool), Fail> {
+        let current = group.epoch();
         match group.process(&keys.mls, mls) {
-            Err(qpq_core::mls::MlsError::FutureEpoch { epoch }) => Ok((
-                Effect::Park {
-                    seq,
-                    conversation: id,
-                    epoch,
-                    mls: mls.to_vec(),
-                },
-                false,
-            )),
+            Err(qpq_core::mls::MlsError::FutureEpoch { epoch }) => {
+                if epoch > current.saturating_add(MAX_EPOCHS_AHEAD) {
+                    return Err(Fail::Undecryptable(format!(
+                        "message from epoch {epoch}, far beyond the group's epoch {current}"
+                    )));
+                }
+                Ok((
+                    Effect::Park {
+                        seq,
+                        conversation: id,
+                        epoch,
+                        sender: sender.to_bytes().to_vec(),
+                        mls: mls.to_vec(),
+                    },
+                    false,
+                ))
+            }
             Err(e) => Err(e.into()),
-            Ok(Incoming::Application { sender, plaintext }) => {
-                let sender = String::from_utf8_lossy(&sender).into_owned();
+            Ok(Incoming::Application {
+                sender: author,
+                plaintext,
+            }) => {
+                if !author.signs_with(sender) {
+                    return Err(Fail::Undecryptable(
+                        "the envelope's sender is not the message's author".into(),
+                    ));
+                }
+                let (user, device) = self.verify_leaf(keys, tx, &author, refused)?;
+                let author = format!("{user}/{device}");
                 let content = v1::Content::decode(plaintext.as_slice())
                     .map_err(|e| Fail::Undecryptable(format!("content: {e}")))?;
-                let effect = content_effect(id, sender, content, user_of(&keys.me))
+                let effect = content_effect(id, author, content, user_of(&keys.me))
                     .map_err(Fail::Undecryptable)?;
                 if let Effect::LeaveRequest { user, .. } = &effect
                     && let Some(members) = self.commit_leave(keys, tx, group, &id, user)?
@@ -2127,7 +2477,17 @@ impl Inner {
                 }
                 Ok((effect, false))
             }
-            Ok(Incoming::Commit { removed_self }) => {
+            Ok(Incoming::Commit {
+                removed_self,
+                committer,
+            }) => {
+                let committer = committer
+                    .ok_or_else(|| Fail::Undecryptable("a commit not sent by a member".into()))?;
+                if !committer.signs_with(sender) {
+                    return Err(Fail::Undecryptable(
+                        "the envelope's sender is not the commit's author".into(),
+                    ));
+                }
                 let mut members = member_users(group);
                 if removed_self {
                     // This device is out: it no longer counts its user as a member, and the
@@ -2137,6 +2497,9 @@ impl Inner {
                     if let Some(stored) = keys.mls.group(&id.0)? {
                         stored.delete(&keys.mls)?;
                     }
+                } else {
+                    // Every leaf the commit added or changed, checked before it counts.
+                    self.verify_leaves(keys, tx, &group.leaves(), refused)?;
                 }
                 Ok((
                     Effect::Members {
@@ -2174,8 +2537,8 @@ impl Inner {
         let gone: Vec<Vec<u8>> = names
             .iter()
             .filter(|(u, _)| u == leaving)
-            .map(|(u, d)| format!("{u}/{d}").into_bytes())
-            .collect();
+            .map(|(u, d)| device_name(keys, u, d).map(|n| n.encode()))
+            .collect::<SdkResult<_>>()?;
         if gone.is_empty() {
             return Ok(None);
         }
@@ -2192,12 +2555,80 @@ impl Inner {
     }
 }
 
-/// Opens the sealed envelope of a queue entry and decodes its transport.
-fn open_sealed(keys: &mut Keys, envelope: &v1::Envelope) -> Result<v1::Transport, String> {
-    let opened =
-        qpq_core::sealed::open(&keys.hybrid, &envelope.payload, &mut keys.replay, now_ms())
-            .map_err(|e| format!("sealed envelope: {e}"))?;
-    v1::Transport::decode(opened.payload.as_slice()).map_err(|e| format!("transport: {e}"))
+impl Inner {
+    /// Applies one queue entry, first checking against the log the keys of every device it
+    /// names that this client has not checked yet.
+    async fn apply_checked(self: &Arc<Self>, envelope: &v1::Envelope) -> SdkResult<()> {
+        let mut refused = Refused::new();
+        let mut checked = false;
+        loop {
+            match self.apply(envelope, &refused)? {
+                Step::Done => return Ok(()),
+                Step::NeedKeys(devices) => {
+                    if checked {
+                        // Checked already and still unknown: refuse rather than loop.
+                        for d in devices {
+                            refused
+                                .entry(d)
+                                .or_insert_with(|| "keys unavailable".into());
+                        }
+                    } else {
+                        self.check_devices(&devices, &mut refused).await?;
+                        checked = true;
+                    }
+                }
+                Step::UnparkAfter(conversation, devices) => {
+                    self.check_devices(&devices, &mut refused).await?;
+                    let (events, queued, _) = {
+                        let guard = lock(&self.keys);
+                        self.unpark(guard.as_ref(), conversation, &refused)?
+                    };
+                    for event in events {
+                        let _ = self.events.send(event);
+                    }
+                    if queued {
+                        self.outbox_wake.notify_one();
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// How far beyond a group's epoch a message may be and still be parked: further is no
+/// commit on its way but a sender filling the parking.
+const MAX_EPOCHS_AHEAD: u64 = 64;
+
+/// Opens the sealed envelope of a queue entry without recording it as seen, refuses a replay,
+/// and decodes its transport. Returns the verified sender, the envelope's id and time, and
+/// the transport.
+fn open_sealed(
+    keys: &Keys,
+    envelope: &v1::Envelope,
+    now: u64,
+) -> Result<(IdentityPublic, [u8; 16], u64, v1::Transport), String> {
+    let opened = qpq_core::sealed::open_unrecorded(&keys.hybrid, &envelope.payload)
+        .map_err(|e| format!("sealed envelope: {e}"))?;
+    keys.replay
+        .is_fresh(&opened.message_id, opened.timestamp_ms, now)
+        .map_err(|e| format!("sealed envelope: {e}"))?;
+    let transport =
+        v1::Transport::decode(opened.payload.as_slice()).map_err(|e| format!("transport: {e}"))?;
+    Ok((
+        opened.sender,
+        opened.message_id,
+        opened.timestamp_ms,
+        transport,
+    ))
+}
+
+/// Why a key answer was not accepted.
+enum KtFail {
+    /// The log did not check out: an alarm for the user.
+    Alarm(String),
+    /// The check could not be made (the network, the local store): try again later.
+    Other(SdkError),
 }
 
 /// Why a queue entry was not applied.
@@ -2206,6 +2637,8 @@ enum Fail {
     Undecryptable(String),
     /// The local store failed: the entry is fetched again later.
     Sdk(SdkError),
+    /// These devices' keys must be checked against the log before the entry can be.
+    NeedKeys(Vec<(String, String)>),
 }
 
 impl From<SdkError> for Fail {
@@ -2363,8 +2796,8 @@ fn other_devices(group: &qpq_core::mls::Group, me: &str) -> Vec<(String, String)
     group
         .members()
         .iter()
-        .filter(|name| name.as_slice() != me.as_bytes())
         .filter_map(|name| split_name(name))
+        .filter(|(u, d)| me.split_once('/') != Some((u.as_str(), d.as_str())))
         .collect()
 }
 
@@ -2694,7 +3127,7 @@ async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
         }
         let mut last = None;
         for envelope in &page.messages {
-            inner.apply(envelope)?;
+            inner.apply_checked(envelope).await?;
             last = Some(envelope.seq);
         }
         // Acknowledge only what is committed locally.

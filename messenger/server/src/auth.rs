@@ -267,6 +267,7 @@ impl<S: Store> Auth for Api<S> {
         Ok(v1::LoginFinishResponse {
             session_token: token.to_vec().into(),
             expires_at_ms,
+            domain: self.state.domain.clone(),
         })
     }
 

@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// UDP address to listen on (default `127.0.0.1:7443`; use `0.0.0.0:7443` to serve others).
     pub listen: SocketAddr,
+    /// The server's domain (default `localhost`): every device name it vouches for is
+    /// `qpq1:user@<domain>/device`, in its key-transparency log and in its users' MLS
+    /// credentials. Fixed when the database is created: a server refuses to start with
+    /// another domain than the one its log was written under.
+    pub domain: String,
     /// Where the database, TLS files and blobs live.
     pub data_dir: PathBuf,
     /// PEM certificate chain; with `tls_key`, replaces the generated self-signed certificate.
@@ -112,6 +117,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            domain: "localhost".into(),
             data_dir: default_data_dir(),
             tls_cert: None,
             tls_key: None,
@@ -214,6 +220,17 @@ impl Config {
 
     /// Checks values that would make the server misbehave.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let domain_ok = (1..=200).contains(&self.domain.len())
+            && self
+                .domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'))
+            && qpq_core::identity::DeviceName::new("u", &self.domain, "d").is_ok();
+        if !domain_ok {
+            return Err(ConfigError::Invalid(
+                "domain: 1 to 200 characters of a-z, 0-9, '.', '-'".into(),
+            ));
+        }
         let l = &self.limits;
         let positive = [
             ("max_payload_bytes", u64::from(l.max_payload_bytes)),

@@ -36,6 +36,19 @@ impl<S: Store> Api<S> {
         }))
     }
 
+    /// The identity key `me` published with its key bundle.
+    async fn published_identity(&self, me: &DeviceId) -> Result<[u8; 32], Status> {
+        match self.state.store.bundle(me.clone()).await? {
+            Some(row) => Ok(KeyBundle::decode(&row.bundle)
+                .map_err(|_| Status::internal("stored key bundle is corrupt"))?
+                .identity
+                .to_bytes()),
+            None => Err(Status::failed_precondition(
+                "publish the device's key bundle (UploadHybridKey) before its key packages",
+            )),
+        }
+    }
+
     /// Re-publishes the device's binding after its last-resort package changed.
     async fn rebind(&self, me: &DeviceId) -> Result<(), Status> {
         if let Some(row) = self.state.store.bundle(me.clone()).await? {
@@ -74,7 +87,13 @@ impl<S: Store> Keys for Api<S> {
                 "key_packages: exactly one last-resort package",
             ));
         }
-        let expected_name = format!("{}/{}", me.user, me.device);
+        let expected_name =
+            qpq_core::identity::DeviceName::new(&me.user, &self.state.domain, &me.device)
+                .map_err(|_| Status::internal("device name out of range"))?
+                .to_string();
+        // The leaf of every package must sign with the identity key the device published, so
+        // that members can check it against the key-transparency log.
+        let mut identity = None;
         for kp in &request.key_packages {
             validate::max_len("key_packages[]", kp.len(), MAX_KEY_PACKAGE_BYTES)?;
             let info = qpq_core::mls::inspect_key_package(kp)
@@ -85,6 +104,15 @@ impl<S: Store> Keys for Api<S> {
                 return Err(Status::permission_denied(format!(
                     "key_packages[]: credential must be \"{expected_name}\""
                 )));
+            }
+            let identity = match identity {
+                Some(key) => key,
+                None => *identity.insert(self.published_identity(&me).await?),
+            };
+            if info.signature_key != identity {
+                return Err(Status::permission_denied(
+                    "key_packages[]: the leaf must sign with the device's published identity key",
+                ));
             }
             if info.last_resort != request.last_resort {
                 return Err(Status::invalid_argument(

@@ -124,6 +124,17 @@ async fn prepare(config: &Config) -> anyhow::Result<Prepared<SqliteStore>> {
         .try_into()
         .context("stored log key is corrupt")?;
     let kt_key = IdentityKey::from_secret_bytes(&seed);
+    // The log's leaves name devices under the domain; it cannot change under them.
+    let stored_domain = store
+        .init_secret("domain".into(), config.domain.as_bytes().to_vec())
+        .await?;
+    if stored_domain != config.domain.as_bytes() {
+        anyhow::bail!(
+            "this database belongs to domain {:?}; the configuration says {:?}",
+            String::from_utf8_lossy(&stored_domain),
+            config.domain
+        );
+    }
     let kt_public = kt_key.public();
     let mut log = MerkleLog::new();
     for leaf in store.kt_leaves().await? {
@@ -139,15 +150,18 @@ async fn prepare(config: &Config) -> anyhow::Result<Prepared<SqliteStore>> {
         c.alpn = vec![b"qpq/1".to_vec()];
         c.shutdown_grace = std::time::Duration::from_secs(10);
     });
-    let state = Arc::new(AppState::new(
-        store,
-        builder.push_registry(),
-        limits.clone(),
-        blob_dir,
-        opaque,
-        log,
-        kt_key,
-    ));
+    let state = Arc::new(
+        AppState::new(
+            store,
+            builder.push_registry(),
+            limits.clone(),
+            blob_dir,
+            opaque,
+            log,
+            kt_key,
+        )
+        .with_domain(config.domain.clone()),
+    );
     let api = Api::new(Arc::clone(&state));
     let server = builder
         .layer(AuditLayer::new())

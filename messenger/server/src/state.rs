@@ -65,6 +65,8 @@ pub struct AppState<S> {
     pub registry: PushRegistry,
     /// Limits.
     pub limits: Limits,
+    /// The server's domain: the one in every device name it vouches for.
+    pub domain: String,
     /// Where blobs live.
     pub blob_dir: std::path::PathBuf,
     /// OPAQUE server keys (secret).
@@ -169,6 +171,7 @@ impl<S: Store> AppState<S> {
             store,
             registry,
             limits,
+            domain: "localhost".into(),
             blob_dir,
             opaque,
             kt: tokio::sync::Mutex::new(KtLog {
@@ -182,6 +185,12 @@ impl<S: Store> AppState<S> {
             fetch_wait_queries: std::sync::atomic::AtomicU64::new(0),
             known: Mutex::new(KnownPairs::default()),
         }
+    }
+
+    /// Sets the server's domain (default `localhost`).
+    pub fn with_domain(mut self, domain: String) -> Self {
+        self.domain = domain;
+        self
     }
 
     /// `writer` just wrote to `reader`: from now on `writer` knows `reader`.
@@ -325,6 +334,7 @@ impl<S: Store> AppState<S> {
         let last_resort = self.store.last_resort_key_package(device.clone()).await?;
         let binding = KeyBinding {
             user: device.user.clone(),
+            domain: self.domain.clone(),
             device: device.device.clone(),
             identity_key,
             hybrid_key_hash,
@@ -391,6 +401,7 @@ impl<S: Store> AppState<S> {
         };
         let head = Self::current_head(&mut kt, &self.kt_key);
         Ok(v1::KtHeadResponse {
+            domain: self.domain.clone(),
             log_key: self.kt_key.public().to_bytes().to_vec().into(),
             tree_head: head.encode().into(),
             consistency_proof: consistency.into(),

@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use prost::Message;
-use qpq_core::mls::{MlsMember, Suite};
 use qpq_proto::v1;
 use qpq_server::InProcess;
 use qpq_server::session::SessionInfo;
@@ -380,12 +379,7 @@ async fn nobody_drains_another_users_key_packages() {
     let bob = Account::create(&h, "bob", "laptop").await;
     let mallory = Account::create(&h, "mallory", "pc").await;
     let alice = Account::create(&h, "alice", "phone").await;
-    let mls = MlsMember::create(
-        rusqlite::Connection::open_in_memory().unwrap(),
-        b"bob/laptop",
-        Suite::XWing,
-    )
-    .unwrap();
+    let (_, mls) = bob.mls_member().await;
     let kps: Vec<Bytes> = (0..5).map(|_| mls.key_package().unwrap().into()).collect();
     bob.keys()
         .upload_key_package(&v1::UploadKeyPackageRequest {

@@ -544,7 +544,10 @@ async fn authorization_matrix() {
     .encode();
     let mls = MlsMember::create(
         rusqlite::Connection::open_in_memory().unwrap(),
-        b"bob/phone",
+        &qpq_core::identity::DeviceName::new("bob", "localhost", "phone")
+            .unwrap()
+            .encode(),
+        &identity,
         Suite::XWing,
     )
     .unwrap();

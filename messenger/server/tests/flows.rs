@@ -318,18 +318,14 @@ async fn key_packages_run_out_then_last_resort_with_kt_proofs() {
     let h = start(|_| {}).await;
     let bob = Account::create(&h, "bob", "laptop").await;
     let alice = Account::create(&h, "alice", "phone").await;
-    let mls = MlsMember::create(
-        rusqlite::Connection::open_in_memory().unwrap(),
-        b"bob/laptop",
-        Suite::XWing,
-    )
-    .unwrap();
-
-    let PublishedKeys {
-        identity,
-        hybrid,
-        bundle,
-    } = bob.publish_keys(&[]).await;
+    let (
+        PublishedKeys {
+            identity,
+            hybrid,
+            bundle,
+        },
+        mls,
+    ) = bob.mls_member().await;
     let kps: Vec<_> = (0..2).map(|_| mls.key_package().unwrap().into()).collect();
     let stored = bob
         .keys()
@@ -348,22 +344,51 @@ async fn key_packages_run_out_then_last_resort_with_kt_proofs() {
         .await
         .unwrap();
 
-    // A key package naming someone else is refused.
-    let mallory = MlsMember::create(
+    // A key package naming someone else is refused, and so is one naming this device whose
+    // leaf signs with another key than the device's published identity key.
+    for (name, key) in [
+        (alice.device_name(), &identity),
+        (b"bob/laptop".to_vec(), &identity),
+        (
+            bob.device_name(),
+            &qpq_core::identity::IdentityKey::generate(),
+        ),
+    ] {
+        let forged = MlsMember::create(
+            rusqlite::Connection::open_in_memory().unwrap(),
+            &name,
+            key,
+            Suite::XWing,
+        )
+        .unwrap();
+        let err = bob
+            .keys()
+            .upload_key_package(&v1::UploadKeyPackageRequest {
+                key_packages: vec![forged.key_package().unwrap().into()],
+                last_resort: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    }
+    // Key packages before the key bundle are refused: there is no identity to check them by.
+    let carol = Account::create(&h, "carol", "pc").await;
+    let early = MlsMember::create(
         rusqlite::Connection::open_in_memory().unwrap(),
-        b"alice/phone",
+        &carol.device_name(),
+        &identity,
         Suite::XWing,
     )
     .unwrap();
-    let err = bob
+    let err = carol
         .keys()
         .upload_key_package(&v1::UploadKeyPackageRequest {
-            key_packages: vec![mallory.key_package().unwrap().into()],
+            key_packages: vec![early.key_package().unwrap().into()],
             last_resort: false,
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
 
     let request = v1::FetchKeyPackageRequest {
         device: Some(bob.me()),
@@ -395,6 +420,7 @@ async fn key_packages_run_out_then_last_resort_with_kt_proofs() {
     let inclusion = qpq_core::kt::InclusionProof::decode(&proof.inclusion_proof).unwrap();
     let binding = qpq_core::kt::KeyBinding {
         user: "bob".into(),
+        domain: "localhost".into(),
         device: "laptop".into(),
         identity_key: identity.public().to_bytes(),
         hybrid_key_hash: hybrid.public().hash(),
@@ -827,6 +853,7 @@ async fn kt_heads_are_consistent_and_proofs_rebuild_the_leaf() {
     let kt = fetched.proof.unwrap();
     let binding = qpq_core::kt::KeyBinding {
         user: "bob".into(),
+        domain: "localhost".into(),
         device: "laptop".into(),
         identity_key: published.identity.public().to_bytes(),
         hybrid_key_hash: published.hybrid.public().hash(),

@@ -555,6 +555,7 @@ fn parked_messages_wait_in_epoch_order() {
             seq,
             conversation,
             epoch,
+            sender: vec![7; 32],
             mls: vec![u8::try_from(seq).unwrap()],
         };
         store.create_account(&account()).unwrap();
@@ -573,6 +574,16 @@ fn parked_messages_wait_in_epoch_order() {
             transact(store, None, |tx| tx.parked_count(&c.id)).unwrap(),
             3
         );
+        assert_eq!(
+            transact(store, None, |tx| tx.parked_from(&[7; 32])).unwrap(),
+            4,
+            "the parking budget counts per sender, across conversations"
+        );
+        assert_eq!(
+            transact(store, None, |tx| tx.parked_from(&[8; 32])).unwrap(),
+            0
+        );
+        assert_eq!(store.parked(&c.id).unwrap()[0].sender, vec![7; 32]);
         store.unpark(11).unwrap();
         transact(store, None, |tx| tx.unpark(13)).unwrap();
         let left: Vec<u64> = store.parked(&c.id).unwrap().iter().map(|p| p.seq).collect();

@@ -78,7 +78,8 @@ struct State {
     /// In insertion order; (item, user, device) is unique.
     deliveries: Vec<DeliveryRow>,
     /// seq -> (conversation, epoch, mls).
-    parked: BTreeMap<u64, (ConversationId, u64, Vec<u8>)>,
+    /// seq -> (conversation, epoch, sender, mls)
+    parked: BTreeMap<u64, (ConversationId, u64, Vec<u8>, Vec<u8>)>,
     peer_identities: HashMap<(String, String), Vec<u8>>,
 }
 
@@ -198,11 +199,12 @@ impl State {
                 seq,
                 conversation,
                 epoch,
+                sender,
                 mls,
             } => {
                 self.parked
                     .entry(*seq)
-                    .or_insert_with(|| (*conversation, *epoch, mls.clone()));
+                    .or_insert_with(|| (*conversation, *epoch, sender.clone(), mls.clone()));
                 false
             }
             Effect::Conversation(c, channel) => {
@@ -358,7 +360,16 @@ impl Tx for MemoryTx<'_> {
             .0
             .parked
             .values()
-            .filter(|(c, _, _)| c == conversation)
+            .filter(|(c, ..)| c == conversation)
+            .count() as u64)
+    }
+
+    fn parked_from(&mut self, sender: &[u8]) -> SdkResult<u64> {
+        Ok(self
+            .0
+            .parked
+            .values()
+            .filter(|(_, _, s, _)| s == sender)
             .count() as u64)
     }
 
@@ -369,6 +380,14 @@ impl Tx for MemoryTx<'_> {
 
     fn conversation(&mut self, id: &ConversationId) -> SdkResult<Option<Conversation>> {
         Ok(self.0.conversation(id))
+    }
+
+    fn identity(&mut self, user: &str, device: &str) -> SdkResult<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .peer_identities
+            .get(&(user.to_owned(), device.to_owned()))
+            .cloned())
     }
 }
 
@@ -691,13 +710,14 @@ impl Store for MemoryStore {
         let mut out: Vec<(u64, Parked)> = state
             .parked
             .iter()
-            .filter(|(_, (c, _, _))| c == conversation)
-            .map(|(seq, (c, epoch, mls))| {
+            .filter(|(_, (c, ..))| c == conversation)
+            .map(|(seq, (c, epoch, sender, mls))| {
                 (
                     *epoch,
                     Parked {
                         seq: *seq,
                         conversation: *c,
+                        sender: sender.clone(),
                         mls: mls.clone(),
                     },
                 )

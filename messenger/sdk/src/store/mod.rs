@@ -97,6 +97,9 @@ pub(crate) enum Effect {
         seq: u64,
         conversation: ConversationId,
         epoch: u64,
+        /// The identity that sealed it (checked again against the MLS sender when it is
+        /// processed; the parking budget is counted per sender).
+        sender: Vec<u8>,
         mls: Vec<u8>,
     },
     /// A user asked to leave a conversation (the commit removing it follows).
@@ -108,6 +111,7 @@ pub(crate) enum Effect {
 pub(crate) struct Parked {
     pub(crate) seq: u64,
     pub(crate) conversation: ConversationId,
+    pub(crate) sender: Vec<u8>,
     pub(crate) mls: Vec<u8>,
 }
 
@@ -266,10 +270,15 @@ pub(crate) trait Tx {
     fn queue_outgoing(&mut self, echo: Option<&Message>, deliveries: &[Delivery]) -> SdkResult<()>;
     /// How many messages are parked for `conversation`.
     fn parked_count(&mut self, conversation: &ConversationId) -> SdkResult<u64>;
+    /// How many messages sealed by `sender` are parked, in every conversation.
+    fn parked_from(&mut self, sender: &[u8]) -> SdkResult<u64>;
     /// Forgets a parked message.
     fn unpark(&mut self, seq: u64) -> SdkResult<()>;
     /// One conversation, as this transaction sees it.
     fn conversation(&mut self, id: &ConversationId) -> SdkResult<Option<Conversation>>;
+    /// The identity key recorded for `user/device` by
+    /// [`Store::note_identity`] (only ever after a key-transparency check), if any.
+    fn identity(&mut self, user: &str, device: &str) -> SdkResult<Option<Vec<u8>>>;
 }
 
 /// Runs `f` as one transaction on `store`, with the MLS work done through `mls` while it

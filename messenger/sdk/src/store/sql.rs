@@ -195,6 +195,12 @@ CREATE TABLE peer_identities (
 -- Whether some device's queue took an outgoing message (it can then no longer be cancelled).
 ALTER TABLE messages ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0;
 ",
+    "
+-- The identity that sealed a parked message: checked against its MLS sender when it is
+-- processed, and the parking budget is counted per sender.
+ALTER TABLE parked ADD COLUMN sender BLOB NOT NULL DEFAULT x'';
+CREATE INDEX parked_by_sender ON parked(sender);
+",
 ];
 
 /// Applies the effect of queue entry `seq` and advances the cursor to it, inside the caller's
@@ -238,16 +244,21 @@ fn queue_outgoing_on(
 /// Messages parked for `conversation`, oldest first.
 fn parked_on(conn: &Connection, conversation: &ConversationId) -> SdkResult<Vec<Parked>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, mls FROM parked WHERE conversation = ?1 ORDER BY epoch, seq",
+        "SELECT seq, mls, sender FROM parked WHERE conversation = ?1 ORDER BY epoch, seq",
     )?;
     let rows = stmt.query_map([conversation.0.as_slice()], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
     })?;
     rows.map(|row| {
-        let (seq, mls) = row?;
+        let (seq, mls, sender) = row?;
         Ok(Parked {
             seq: u64::try_from(seq).unwrap_or(0),
             conversation: *conversation,
+            sender,
             mls,
         })
     })
@@ -261,6 +272,14 @@ fn parked_count_on(conn: &Connection, conversation: &ConversationId) -> SdkResul
         [conversation.0.as_slice()],
         |r| r.get(0),
     )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// How many messages sealed by `sender` are parked.
+fn parked_from_on(conn: &Connection, sender: &[u8]) -> SdkResult<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM parked WHERE sender = ?1")?
+        .query_row([sender], |r| r.get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -356,12 +375,24 @@ impl Tx for SqlTx<'_> {
         parked_count_on(self.0, conversation)
     }
 
+    fn parked_from(&mut self, sender: &[u8]) -> SdkResult<u64> {
+        parked_from_on(self.0, sender)
+    }
+
     fn unpark(&mut self, seq: u64) -> SdkResult<()> {
         unpark_on(self.0, seq)
     }
 
     fn conversation(&mut self, id: &ConversationId) -> SdkResult<Option<Conversation>> {
         conversation_on(self.0, id)
+    }
+
+    fn identity(&mut self, user: &str, device: &str) -> SdkResult<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT identity FROM peer_identities WHERE user = ?1 AND device = ?2")?
+            .query_row(params![user, device], |r| r.get(0))
+            .optional()?)
     }
 }
 
@@ -1049,15 +1080,18 @@ fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
             seq,
             conversation,
             epoch,
+            sender,
             mls,
         } => {
             tx.execute(
-                "INSERT OR IGNORE INTO parked (seq, conversation, epoch, mls) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR IGNORE INTO parked (seq, conversation, epoch, mls, sender)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
                     i64::try_from(*seq).unwrap_or(i64::MAX),
                     conversation.0.as_slice(),
                     i64::try_from(*epoch).unwrap_or(i64::MAX),
-                    mls
+                    mls,
+                    sender
                 ],
             )?;
             false

@@ -121,6 +121,27 @@ impl Account {
         }
     }
 
+    /// Publishes a key bundle and returns an MLS member of this device that signs with its
+    /// identity key and is named `qpq1:user@localhost/device`, as a real client's is.
+    pub async fn mls_member(&self) -> (PublishedKeys, qpq_core::mls::MlsMember) {
+        let keys = self.publish_keys(&[]).await;
+        let member = qpq_core::mls::MlsMember::create(
+            rusqlite::Connection::open_in_memory().unwrap(),
+            &self.device_name(),
+            &keys.identity,
+            qpq_core::mls::Suite::XWing,
+        )
+        .unwrap();
+        (keys, member)
+    }
+
+    /// This device's credential name under the test server's domain.
+    pub fn device_name(&self) -> Vec<u8> {
+        qpq_core::identity::DeviceName::new(&self.user, "localhost", &self.device)
+            .unwrap()
+            .encode()
+    }
+
     /// Messages in this device's queue.
     pub async fn depth(&self) -> u64 {
         self.delivery()

@@ -1,0 +1,281 @@
+//! An ordinary account attacks other users with the public crates alone (qpq-core, qpq-proto
+//! and qrpc), exactly as it could against a real server, and the victims' clients refuse.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use prost::Message as _;
+use qpq_core::bundle::KeyBundle;
+use qpq_core::identity::{DeviceName, IdentityKey};
+use qpq_core::kem::HybridSecretKey;
+use qpq_core::mls::{MlsMember, Suite};
+use qpq_proto::v1;
+use qpq_sdk::{ClientEvent, ConversationId};
+
+/// Invitation kinds on the wire (`content.proto`).
+const DIRECT: u32 = 1;
+const GROUP: u32 = 2;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Mallory: an account on the server, driven through the generated clients, with an identity
+/// key she published (so her own name checks out) and MLS members she builds herself.
+struct Mallory {
+    rpc: qrpc::Client,
+    identity: IdentityKey,
+}
+
+impl Mallory {
+    async fn new(server: &Server) -> Self {
+        let rpc = raw_account(server, "mallory", "pc").await;
+        let identity = IdentityKey::generate();
+        let bundle = KeyBundle::new(
+            &identity,
+            HybridSecretKey::generate().public(),
+            "mallory",
+            "pc",
+        )
+        .unwrap();
+        v1::keys_client::KeysClient::new(rpc.clone())
+            .upload_hybrid_key(&v1::UploadHybridKeyRequest {
+                key_bundle: bundle.encode().into(),
+                delivery_token: Default::default(),
+            })
+            .await
+            .unwrap();
+        Self { rpc, identity }
+    }
+
+    /// An MLS member named `user/device` of this server, signing with `key`.
+    fn member(user: &str, device: &str, key: &IdentityKey) -> MlsMember {
+        MlsMember::create(
+            rusqlite::Connection::open_in_memory().unwrap(),
+            &DeviceName::new(user, "localhost", device).unwrap().encode(),
+            key,
+            Suite::XWing,
+        )
+        .unwrap()
+    }
+
+    fn device(user: &str, device: &str) -> v1::DeviceRef {
+        v1::DeviceRef {
+            user: user.into(),
+            device: device.into(),
+        }
+    }
+
+    async fn key_package(&self, user: &str, device: &str) -> Vec<u8> {
+        v1::keys_client::KeysClient::new(self.rpc.clone())
+            .fetch_key_package(&v1::FetchKeyPackageRequest {
+                device: Some(Self::device(user, device)),
+            })
+            .await
+            .unwrap()
+            .key_package
+            .to_vec()
+    }
+
+    /// Seals `transport` to `user/device` with Mallory's identity and queues it there.
+    async fn send(&self, user: &str, device: &str, transport: Vec<u8>) {
+        let bundle = v1::keys_client::KeysClient::new(self.rpc.clone())
+            .fetch_hybrid_key(&v1::FetchHybridKeyRequest {
+                device: Some(Self::device(user, device)),
+            })
+            .await
+            .unwrap();
+        let hybrid = KeyBundle::decode(&bundle.key_bundle).unwrap().hybrid;
+        let envelope =
+            qpq_core::sealed::seal(&self.identity, &hybrid, now_ms(), &transport).unwrap();
+        v1::delivery_client::DeliveryClient::new(self.rpc.clone())
+            .enqueue(&v1::EnqueueRequest {
+                recipient: Some(Self::device(user, device)),
+                message_id: rand::random::<[u8; 16]>().to_vec().into(),
+                payload: envelope.into(),
+                delivery_token: Default::default(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn invitation(id: &[u8; 16], kind: u32, welcome: Vec<u8>) -> Vec<u8> {
+    v1::Transport {
+        kind: Some(v1::transport::Kind::Invitation(v1::Invitation {
+            welcome: welcome.into(),
+            conversation_id: id.to_vec().into(),
+            kind,
+            name: "chat".into(),
+            channel_id: Default::default(),
+        })),
+    }
+    .encode_to_vec()
+}
+
+fn group_message(id: &[u8; 16], mls: Vec<u8>) -> Vec<u8> {
+    v1::Transport {
+        kind: Some(v1::transport::Kind::Group(v1::GroupMessage {
+            conversation_id: id.to_vec().into(),
+            mls: mls.into(),
+        })),
+    }
+    .encode_to_vec()
+}
+
+async fn refusal(events: &mut tokio::sync::broadcast::Receiver<ClientEvent>) -> String {
+    next(events, |e| match e {
+        ClientEvent::UndecryptableMessage { reason, .. } => Some(reason),
+        ClientEvent::ConversationCreated(c) => panic!("a forged conversation was joined: {c:?}"),
+        ClientEvent::MessageReceived(m) => panic!("a forged message was shown: {m:?}"),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_forged_direct_conversation_as_another_user_is_refused() {
+    let server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut bob_events = bob.subscribe();
+    let mallory = Mallory::new(&server).await;
+
+    // Mallory builds a member that claims to be Alice's laptop, with a key of her own (she
+    // cannot have Alice's), invites Bob into a "direct conversation" with it and talks.
+    let fake_alice = Mallory::member("alice", "laptop", &mallory.identity);
+    let id: [u8; 16] = rand::random();
+    let mut group = fake_alice.create_group(&id).unwrap();
+    let bob_kp = mallory.key_package("bob", "phone").await;
+    let (_, welcome) = group.add_members(&fake_alice, &[&bob_kp]).unwrap();
+    mallory
+        .send("bob", "phone", invitation(&id, DIRECT, welcome))
+        .await;
+    let reason = refusal(&mut bob_events).await;
+    assert!(reason.contains("alice/laptop is forged"), "{reason}");
+    let text = group
+        .encrypt(&fake_alice, &text_content("hi Bob, it's Alice"))
+        .unwrap();
+    // Bob never joined that group: the message waits (parked, within Mallory's budget) for
+    // an invitation that will never be accepted, and is never shown (`refusal` below fails
+    // on any message shown or conversation joined).
+    mallory.send("bob", "phone", group_message(&id, text)).await;
+
+    // The same forgery sealed with Alice's name on a leaf that signs with the sealing key
+    // but under an unknown device is refused too: no such device in the log.
+    let ghost = Mallory::member("alice", "ghost", &mallory.identity);
+    let id2: [u8; 16] = rand::random();
+    let mut group = ghost.create_group(&id2).unwrap();
+    let bob_kp = mallory.key_package("bob", "phone").await;
+    let (_, welcome) = group.add_members(&ghost, &[&bob_kp]).unwrap();
+    mallory
+        .send("bob", "phone", invitation(&id2, DIRECT, welcome))
+        .await;
+    let reason = refusal(&mut bob_events).await;
+    assert!(
+        reason.contains("alice/ghost cannot be verified"),
+        "{reason}"
+    );
+    assert!(bob.conversations().unwrap().is_empty());
+
+    // Bob's real conversation with Alice is a new one, and Alice reads it.
+    let mut alice_events = alice.subscribe();
+    let dm = bob.create_dm("alice").await.unwrap();
+    assert_ne!(dm.id.0, id);
+    bob.send_text(&dm.id, "hello, real Alice", None).unwrap();
+    assert_eq!(
+        text_of(&mut alice_events).await,
+        ("bob/phone".to_string(), "hello, real Alice".to_string())
+    );
+}
+
+async fn text_of(events: &mut tokio::sync::broadcast::Receiver<ClientEvent>) -> (String, String) {
+    common::text(events).await
+}
+
+/// A text message's content, as a client encodes it.
+fn text_content(body: &str) -> Vec<u8> {
+    v1::Content {
+        id: rand::random::<[u8; 16]>().to_vec().into(),
+        sent_at_ms: now_ms(),
+        body: Some(v1::content::Body::Text(v1::Text {
+            body: body.into(),
+            ..Default::default()
+        })),
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test]
+async fn a_member_cannot_add_a_forged_leaf_or_speak_for_another() {
+    let server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let _alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut bob_events = bob.subscribe();
+    let mallory = Mallory::new(&server).await;
+
+    // Mallory, under her own name and published key, makes a real group with Bob.
+    let me = Mallory::member("mallory", "pc", &mallory.identity);
+    let id: [u8; 16] = rand::random();
+    let mut group = me.create_group(&id).unwrap();
+    let bob_kp = mallory.key_package("bob", "phone").await;
+    let (_, welcome) = group.add_members(&me, &[&bob_kp]).unwrap();
+    mallory
+        .send("bob", "phone", invitation(&id, GROUP, welcome))
+        .await;
+    let joined = next(&mut bob_events, |e| match e {
+        ClientEvent::ConversationCreated(c) => Some(c),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined.members, vec!["bob", "mallory"]);
+
+    // A message sealed by Mallory but signed in MLS by her member is hers; one sealed with
+    // another identity is refused (the sealed sender must be the MLS sender).
+    let content = text_content;
+    let honest = group.encrypt(&me, &content("from mallory")).unwrap();
+    mallory
+        .send("bob", "phone", group_message(&id, honest))
+        .await;
+    assert_eq!(
+        text_of(&mut bob_events).await,
+        ("mallory/pc".to_string(), "from mallory".to_string())
+    );
+    let other = Mallory {
+        rpc: mallory.rpc.clone(),
+        identity: IdentityKey::generate(),
+    };
+    let mismatched = group
+        .encrypt(&me, &content("sealed by someone else"))
+        .unwrap();
+    other
+        .send("bob", "phone", group_message(&id, mismatched))
+        .await;
+    let reason = refusal(&mut bob_events).await;
+    assert!(reason.contains("not the message's author"), "{reason}");
+
+    // She commits the Add of a leaf she made herself under Alice's name: Bob refuses the
+    // commit, and Alice never appears among the conversation's members.
+    let fake_alice = Mallory::member("alice", "laptop", &IdentityKey::generate());
+    let (commit, _) = group
+        .add_members(&me, &[&fake_alice.key_package().unwrap()])
+        .unwrap();
+    mallory
+        .send("bob", "phone", group_message(&id, commit))
+        .await;
+    let reason = refusal(&mut bob_events).await;
+    assert!(reason.contains("alice/laptop is forged"), "{reason}");
+    let c = bob
+        .conversations()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == ConversationId(id))
+        .unwrap();
+    assert_eq!(c.members, vec!["bob", "mallory"]);
+}
