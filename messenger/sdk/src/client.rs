@@ -98,9 +98,11 @@ pub struct QpqClientBuilder {
 }
 
 impl QpqClientBuilder {
-    /// Tests only: the first time the client reaches `point`, its background tasks stop as if
-    /// the process were killed there (reported as `Offline` with "simulated crash").
-    #[doc(hidden)]
+    /// Tests only (the `testing` feature): the first time the client reaches `point`, it
+    /// fails there: a crash point stops the background tasks as if the process were killed
+    /// (reported as `Offline` with "simulated crash"); [`CrashPoint::StoreFailure`] fails
+    /// like a local store error, and the client goes on in the same process.
+    #[cfg(feature = "testing")]
     pub fn crash_at(mut self, point: CrashPoint) -> Self {
         self.crash = Some(point);
         self
@@ -1658,11 +1660,44 @@ impl Inner {
     async fn flush_outbox(self: &Arc<Self>, rpc: &qrpc::Client) -> SdkResult<bool> {
         loop {
             match self.flush_batch(rpc).await? {
-                Batch::Empty => return Ok(false),
-                Batch::Retry => return Ok(true),
+                // What is left waits out a retry delay.
+                Batch::Empty => return Ok(self.store.outbox_len()? > 0),
                 Batch::More => {}
             }
         }
+    }
+
+    /// One delivery failed for now: it waits out its own delay while the ones behind it go
+    /// on, and its message says it is retrying.
+    fn retry_later(self: &Arc<Self>, d: &Delivery, reason: &str) -> SdkResult<()> {
+        let now = now_ms();
+        let retry_at = |attempts: u32| {
+            let delay = backoff(&self.limits, attempts.saturating_sub(1));
+            now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+        };
+        self.store
+            .delivery_failed(&d.item, &d.user, &d.device, &retry_at)?;
+        self.set_state(
+            &d.item,
+            SendState::Failed {
+                recoverable: true,
+                reason: format!("{}/{}: {reason}; retrying", d.user, d.device),
+            },
+        )
+    }
+
+    /// One delivery can never succeed: it fails alone, with the reason in its message.
+    fn fail_delivery(self: &Arc<Self>, d: &Delivery, reason: &str) -> SdkResult<()> {
+        self.set_state(
+            &d.item,
+            SendState::Failed {
+                recoverable: false,
+                reason: format!("{}/{}: {reason}", d.user, d.device),
+            },
+        )?;
+        self.store
+            .delivery_done(&d.item, &d.user, &d.device, false)?;
+        Ok(())
     }
 
     /// One `BatchEnqueue`: at most 100 deliveries and about `BATCH_BYTES` of envelopes (a
@@ -1670,7 +1705,7 @@ impl Inner {
     async fn flush_batch(self: &Arc<Self>, rpc: &qrpc::Client) -> SdkResult<Batch> {
         /// Envelope bytes one call carries at most (the server's frame limit is 4 MiB).
         const BATCH_BYTES: usize = 2 * 1024 * 1024;
-        let pending = self.store.pending_deliveries(100)?;
+        let pending = self.store.pending_deliveries(100, now_ms())?;
         if pending.is_empty() {
             return Ok(Batch::Empty);
         }
@@ -1700,15 +1735,13 @@ impl Inner {
                 Ok(key) => key,
                 // A key that does not verify is never used: this copy fails for good.
                 Err(SdkError::KeyTransparency(reason) | SdkError::Invalid(reason)) => {
-                    self.set_state(
-                        &d.item,
-                        SendState::Failed {
-                            recoverable: false,
-                            reason: format!("{}/{}: {reason}", d.user, d.device),
-                        },
-                    )?;
-                    self.store
-                        .delivery_done(&d.item, &d.user, &d.device, false)?;
+                    self.fail_delivery(d, &reason)?;
+                    continue;
+                }
+                // The device or its keys are gone (revoked, never published): nothing will
+                // ever reach it.
+                Err(SdkError::Server(status)) if !retryable(&status) => {
+                    self.fail_delivery(d, &format!("no keys to seal to ({status})"))?;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -1744,8 +1777,10 @@ impl Inner {
         {
             Ok(answer) => answer.results,
             Err(status) => {
-                // Nothing of this call is known to be stored: the items wait for a retry.
+                // The call's outcome is unknown: its items may be in their queues (so they can
+                // no longer be cancelled) and are sent again (the server drops repeats).
                 for d in &included {
+                    self.store.mark_accepted(&d.item)?;
                     self.set_state(
                         &d.item,
                         SendState::Failed {
@@ -1759,7 +1794,6 @@ impl Inner {
         };
         self.sealed_bytes_sent
             .fetch_add(batch_bytes as u64, std::sync::atomic::Ordering::Relaxed);
-        let mut retry = false;
         for (d, r) in included.into_iter().zip(results) {
             let refused = Code::from_u8(u8::try_from(r.code).unwrap_or(u8::MAX));
             let done = match refused {
@@ -1767,25 +1801,11 @@ impl Inner {
                 // The device is gone (revoked): nothing will ever reach it.
                 Code::NotFound => true,
                 Code::ResourceExhausted | Code::Unavailable => {
-                    self.store.delivery_failed(&d.item, &d.user, &d.device)?;
-                    self.set_state(
-                        &d.item,
-                        SendState::Failed {
-                            recoverable: true,
-                            reason: format!("{}/{}: {}; retrying", d.user, d.device, r.error),
-                        },
-                    )?;
-                    retry = true;
+                    self.retry_later(d, &r.error)?;
                     false
                 }
                 _ => {
-                    let state = SendState::Failed {
-                        recoverable: false,
-                        reason: format!("{}/{}: {}", d.user, d.device, r.error),
-                    };
-                    self.set_state(&d.item, state)?;
-                    self.store
-                        .delivery_done(&d.item, &d.user, &d.device, false)?;
+                    self.fail_delivery(d, &r.error)?;
                     false
                 }
             };
@@ -1797,7 +1817,7 @@ impl Inner {
                 self.set_state(&d.item, SendState::Sent)?;
             }
         }
-        Ok(if retry { Batch::Retry } else { Batch::More })
+        Ok(Batch::More)
     }
 
     fn set_state(self: &Arc<Self>, item: &MessageId, state: SendState) -> SdkResult<()> {
@@ -2708,31 +2728,57 @@ impl Applied {
     }
 }
 
-/// Places where a test makes the client stop as if its process were killed there.
-#[doc(hidden)]
+/// Places where a test makes the client fail (the `testing` feature).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
-    /// After an entry is decrypted and its effect computed, before it is committed.
+    /// After an entry is decrypted and its effect computed, before it is committed: the
+    /// process dies.
     AfterDecrypt,
-    /// After an entry is committed locally, before the server is told (acknowledged).
+    /// After an entry is committed locally, before the server is told (acknowledged): the
+    /// process dies.
     BeforeAck,
+    /// Where [`AfterDecrypt`](Self::AfterDecrypt) is, the local store fails once (busy,
+    /// full, I/O) and the process goes on.
+    StoreFailure,
 }
 
 /// The armed crash point, if any (tests only; see [`QpqClientBuilder::crash_at`]).
 type CrashSwitch = Mutex<Option<CrashPoint>>;
 
-/// Fails once with a store error naming `point` if it is armed, disarming it; the background
-/// tasks then stop as if the process had died.
+/// Fails once if `point` (or, at `AfterDecrypt`, a store failure) is armed, disarming it: a
+/// crash point with [`SdkError::SimulatedCrash`] (the background tasks then stop as if the
+/// process had died), a store failure as the store would.
+#[cfg(feature = "testing")]
 fn fail_point(switch: &CrashSwitch, point: CrashPoint) -> SdkResult<()> {
     let mut armed = lock(switch);
-    if *armed == Some(point) {
-        *armed = None;
-        return Err(SdkError::Store(format!("{SIMULATED_CRASH} at {point:?}")));
+    match *armed {
+        Some(p) if p == point => {
+            *armed = None;
+            Err(SdkError::SimulatedCrash(point))
+        }
+        Some(CrashPoint::StoreFailure) if point == CrashPoint::AfterDecrypt => {
+            *armed = None;
+            Err(SdkError::Store("injected store failure".into()))
+        }
+        _ => Ok(()),
     }
+}
+
+/// Without the `testing` feature nothing is ever armed.
+#[cfg(not(feature = "testing"))]
+fn fail_point(_switch: &CrashSwitch, _point: CrashPoint) -> SdkResult<()> {
     Ok(())
 }
 
-const SIMULATED_CRASH: &str = "simulated crash";
+/// Whether `e` is a test's simulated crash (never, without the `testing` feature).
+fn simulated_crash(e: &SdkError) -> bool {
+    #[cfg(feature = "testing")]
+    if matches!(e, SdkError::SimulatedCrash(_)) {
+        return true;
+    }
+    let _ = e;
+    false
+}
 
 /// Turns the server's ephemeral notifications (typing, sent as QUIC datagrams) into events.
 /// Server events on the push stream need no forwarding: new messages are fetched by the
@@ -3030,11 +3076,9 @@ fn generation(rpc: &qrpc::Client) -> u64 {
 
 /// What one outbox batch left behind.
 enum Batch {
-    /// Nothing is pending.
+    /// Nothing is due.
     Empty,
-    /// The server asked to retry later (a full queue, a rate limit).
-    Retry,
-    /// More may be pending: go on.
+    /// More may be due: go on.
     More,
 }
 
@@ -3074,7 +3118,7 @@ async fn receive_loop(strong: Arc<Inner>) {
             }
             Err(e) => {
                 let reason = e.to_string();
-                let crashed = reason.contains(SIMULATED_CRASH);
+                let crashed = simulated_crash(&e);
                 let _ = strong.events.send(ClientEvent::ConnectionStateChanged(
                     ConnectionState::Offline { reason },
                 ));

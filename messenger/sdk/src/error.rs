@@ -51,6 +51,11 @@ pub enum SdkError {
     /// The client was configured incompletely; the message says what is missing.
     #[error("configuration: {0}")]
     Config(String),
+    /// A test stopped the client at this point as if its process died (the `testing`
+    /// feature only).
+    #[cfg(feature = "testing")]
+    #[error("simulated crash at {0:?}")]
+    SimulatedCrash(crate::CrashPoint),
 }
 
 impl From<rusqlite::Error> for SdkError {

@@ -41,7 +41,9 @@ mod events;
 mod model;
 mod store;
 
-pub use client::{ClientLimits, CrashPoint, QpqClient, QpqClientBuilder};
+#[cfg(feature = "testing")]
+pub use client::CrashPoint;
+pub use client::{ClientLimits, QpqClient, QpqClientBuilder};
 pub use error::{SdkError, SdkResult};
 pub use events::{ClientEvent, ConnectionState};
 pub use model::{

@@ -279,3 +279,61 @@ async fn a_member_cannot_add_a_forged_leaf_or_speak_for_another() {
         .unwrap();
     assert_eq!(c.members, vec!["bob", "mallory"]);
 }
+
+#[tokio::test]
+async fn a_full_queue_never_holds_up_the_rest_of_the_outbox() {
+    // Bob is offline with a queue that holds five messages: everything beyond waits and
+    // retries, and must not hold up Alice's messages to Carol behind it.
+    let server = Server::start_with(|c| c.limits.max_queue_depth = 5).await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut limits = qpq_sdk::ClientLimits::default();
+    limits.initial_backoff = std::time::Duration::from_millis(50);
+    limits.max_backoff = std::time::Duration::from_secs(5);
+    let alice = server.client_with(dirs[0].path(), limits);
+    alice.register("alice", "pw").await.unwrap();
+    alice.login("alice", "laptop", "pw").await.unwrap();
+    let bob = account(&server, dirs[1].path(), "bob", "phone").await;
+    let mut bob_events = bob.subscribe();
+    let dm = alice.create_dm("bob").await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+    bob.logout().await.unwrap();
+    drop(bob);
+
+    let mut alice_events = alice.subscribe();
+    let mut last = None;
+    for i in 0..120 {
+        last = Some(
+            alice
+                .send_text(&dm.id, &format!("to bob {i}"), None)
+                .unwrap(),
+        );
+    }
+    // The last one to Bob is refused by his full queue and says it is retrying.
+    let last = last.unwrap();
+    let reason = next(&mut alice_events, |e| match e {
+        ClientEvent::SendStateChanged {
+            id,
+            state:
+                qpq_sdk::SendState::Failed {
+                    recoverable: true,
+                    reason,
+                },
+            ..
+        } if id == last => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("retrying"), "{reason}");
+
+    let carol = account(&server, dirs[2].path(), "carol", "pc").await;
+    let mut carol_events = carol.subscribe();
+    let to_carol = alice.create_dm("carol").await.unwrap();
+    alice.send_text(&to_carol.id, "hello carol", None).unwrap();
+    assert_eq!(
+        text_of(&mut carol_events).await,
+        ("alice/laptop".to_string(), "hello carol".to_string())
+    );
+}

@@ -45,6 +45,7 @@ async fn crash_scenario(point: CrashPoint) {
     match point {
         CrashPoint::AfterDecrypt => assert_eq!(stored, 0, "died before committing: {reason}"),
         CrashPoint::BeforeAck => assert_eq!(stored, 1, "died after committing: {reason}"),
+        CrashPoint::StoreFailure => unreachable!("not a crash"),
     }
     drop(doomed);
 
@@ -57,6 +58,7 @@ async fn crash_scenario(point: CrashPoint) {
     match point {
         CrashPoint::AfterDecrypt => assert_eq!(seen, vec!["first", "second"]),
         CrashPoint::BeforeAck => assert_eq!(seen, vec!["second"], "first is not shown again"),
+        CrashPoint::StoreFailure => unreachable!("not a crash"),
     }
     assert_texts(&bob, &dm.id, &["first", "second"]);
 }
@@ -99,4 +101,48 @@ async fn a_receiver_killed_after_decrypting_but_before_committing_loses_nothing(
 #[tokio::test]
 async fn a_receiver_killed_after_committing_but_before_acknowledging_shows_nothing_twice() {
     crash_scenario(CrashPoint::BeforeAck).await;
+}
+
+#[tokio::test]
+async fn a_store_failure_while_receiving_loses_nothing_in_the_same_process() {
+    // Bob's store fails once (busy, full, I/O) while it commits the first message; the same
+    // process fetches the entry again and must apply it, not take it for a replay.
+    let server = Server::start().await;
+    let Pair {
+        a_dir: _a_dir,
+        b_dir,
+        alice,
+        bob,
+        bob_events: _bob_events,
+        dm,
+    } = pair(&server).await;
+    drop(bob);
+    let bob = QpqClient::builder()
+        .server(server.addr)
+        .pin(server.fingerprint)
+        .data_dir(b_dir.path())
+        .passphrase("store passphrase")
+        .crash_at(CrashPoint::StoreFailure)
+        .build()
+        .unwrap();
+    let mut bob_events = bob.subscribe();
+    bob.connect().await.unwrap();
+    alice.send_text(&dm.id, "first", None).unwrap();
+    let reason = next(&mut bob_events, |e| match e {
+        ClientEvent::ConnectionStateChanged(ConnectionState::Offline { reason }) => Some(reason),
+        ClientEvent::UndecryptableMessage { reason, .. } => panic!("an entry was lost: {reason}"),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("injected store failure"), "{reason}");
+    assert_eq!(
+        received_until(&mut bob_events, "first").await,
+        vec!["first"]
+    );
+    alice.send_text(&dm.id, "second", None).unwrap();
+    assert_eq!(
+        received_until(&mut bob_events, "second").await,
+        vec!["second"]
+    );
+    assert_texts(&bob, &dm.id, &["first", "second"]);
 }

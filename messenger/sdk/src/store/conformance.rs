@@ -393,7 +393,7 @@ fn the_outbox_claims_cancels_and_counts() {
         })
         .unwrap();
         assert_eq!(store.outbox_len().unwrap(), 3);
-        let pending = store.pending_deliveries(10).unwrap();
+        let pending = store.pending_deliveries(10, 0).unwrap();
         assert_eq!(
             pending
                 .iter()
@@ -402,7 +402,7 @@ fn the_outbox_claims_cancels_and_counts() {
             vec![(1, "phone"), (1, "tablet"), (2, "phone"), (3, "phone")]
         );
         assert_eq!(pending[0], delivery(&a.id, "bob", "phone"));
-        assert_eq!(store.pending_deliveries(1).unwrap().len(), 1);
+        assert_eq!(store.pending_deliveries(1, 0).unwrap().len(), 1);
 
         // Claimed: Sending, no longer cancellable.
         assert_eq!(store.claim(&a.id).unwrap(), (true, Some(c.id)));
@@ -416,7 +416,27 @@ fn the_outbox_claims_cancels_and_counts() {
             SdkError::InvalidArgument(_)
         ));
         assert!(!store.delivery_done(&a.id, "bob", "phone", true).unwrap());
-        store.delivery_failed(&a.id, "bob", "tablet").unwrap();
+        // A failed delivery waits out its delay; the ones behind it come first meanwhile.
+        let at = |attempts: u32| u64::from(attempts) * 500;
+        assert_eq!(
+            store.delivery_failed(&a.id, "bob", "tablet", &at).unwrap(),
+            1
+        );
+        assert_eq!(
+            store.delivery_failed(&a.id, "bob", "tablet", &at).unwrap(),
+            2
+        );
+        let due = |now| {
+            store
+                .pending_deliveries(10, now)
+                .unwrap()
+                .iter()
+                .map(|d| (d.item.0[0], d.device.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert!(!due(999).contains(&(1, "tablet".into())));
+        assert_eq!(due(999)[0], (2, "phone".into()));
+        assert_eq!(due(1000)[0], (1, "tablet".into()));
         assert!(store.delivery_done(&a.id, "bob", "tablet", true).unwrap());
 
         // Still queued: cancelled, with its deliveries.
@@ -436,6 +456,19 @@ fn the_outbox_claims_cancels_and_counts() {
                 .unwrap()
         );
         assert_eq!(store.outbox_len().unwrap(), 0);
+        // A queued message that a call of unknown outcome carried may be in a queue: it
+        // can no longer be cancelled.
+        let d = outgoing(5, &c, "maybe stored", 4);
+        transact(store, None, |tx| {
+            tx.queue_outgoing(Some(&d), &[delivery(&d.id, "bob", "phone")])
+        })
+        .unwrap();
+        store.mark_accepted(&d.id).unwrap();
+        assert!(matches!(
+            store.cancel(&d.id).unwrap_err(),
+            SdkError::InvalidArgument(_)
+        ));
+        assert!(store.delivery_done(&d.id, "bob", "phone", true).unwrap());
         // Incoming messages cannot be cancelled.
         store
             .apply(&Effect::Message(Box::new(message(

@@ -62,6 +62,7 @@ struct MessageRow {
 struct DeliveryRow {
     delivery: Delivery,
     attempts: u32,
+    not_before_ms: u64,
 }
 
 #[derive(Clone, Default)]
@@ -349,6 +350,7 @@ impl Tx for MemoryTx<'_> {
                 self.0.deliveries.push(DeliveryRow {
                     delivery: d.clone(),
                     attempts: 0,
+                    not_before_ms: 0,
                 });
             }
         }
@@ -589,11 +591,12 @@ impl Store for MemoryStore {
         Ok(rows.into_iter().map(|m| state.load(m)).collect())
     }
 
-    fn pending_deliveries(&self, limit: u32) -> SdkResult<Vec<Delivery>> {
+    fn pending_deliveries(&self, limit: u32, now_ms: u64) -> SdkResult<Vec<Delivery>> {
         Ok(self
             .lock()
             .deliveries
             .iter()
+            .filter(|r| r.not_before_ms <= now_ms)
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .map(|r| r.delivery.clone())
             .collect())
@@ -661,11 +664,29 @@ impl Store for MemoryStore {
         Ok(!state.deliveries.iter().any(|r| r.delivery.item == *item))
     }
 
-    fn delivery_failed(&self, item: &MessageId, user: &str, device: &str) -> SdkResult<()> {
+    fn delivery_failed(
+        &self,
+        item: &MessageId,
+        user: &str,
+        device: &str,
+        retry_at: &dyn Fn(u32) -> u64,
+    ) -> SdkResult<u32> {
+        let mut attempts = 0;
         for r in &mut self.lock().deliveries {
             if r.delivery.item == *item && r.delivery.user == user && r.delivery.device == device {
                 r.attempts = r.attempts.saturating_add(1);
+                r.not_before_ms = retry_at(r.attempts);
+                attempts = r.attempts;
             }
+        }
+        Ok(attempts)
+    }
+
+    fn mark_accepted(&self, item: &MessageId) -> SdkResult<()> {
+        if let Some(row) = self.lock().messages.get_mut(&item.0)
+            && row.message.outgoing
+        {
+            row.accepted = true;
         }
         Ok(())
     }

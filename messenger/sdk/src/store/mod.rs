@@ -225,8 +225,8 @@ pub(crate) trait Store: Send + Sync {
         before: Option<&MessageId>,
         limit: u32,
     ) -> SdkResult<Vec<Message>>;
-    /// Deliveries still to make, oldest items first.
-    fn pending_deliveries(&self, limit: u32) -> SdkResult<Vec<Delivery>>;
+    /// Deliveries due at `now_ms` (not waiting out a retry delay), oldest items first.
+    fn pending_deliveries(&self, limit: u32, now_ms: u64) -> SdkResult<Vec<Delivery>>;
     /// Claims an outbox item for one attempt: a queued (or retrying) message moves to
     /// `Sending`, after which it can no longer be cancelled. Returns whether the item still
     /// has deliveries to make and, if its state changed, its conversation.
@@ -242,8 +242,19 @@ pub(crate) trait Store: Send + Sync {
         device: &str,
         accepted: bool,
     ) -> SdkResult<bool>;
-    /// Counts one more failed attempt on a delivery.
-    fn delivery_failed(&self, item: &MessageId, user: &str, device: &str) -> SdkResult<()>;
+    /// Counts one more failed attempt on a delivery and holds it back until
+    /// `retry_at(attempts)` (milliseconds since the Unix epoch), so deliveries behind it go
+    /// first. Returns the attempts made so far.
+    fn delivery_failed(
+        &self,
+        item: &MessageId,
+        user: &str,
+        device: &str,
+        retry_at: &dyn Fn(u32) -> u64,
+    ) -> SdkResult<u32>;
+    /// Marks an outgoing item as possibly taken by a queue (a call whose outcome is unknown
+    /// carried it): it can no longer be cancelled.
+    fn mark_accepted(&self, item: &MessageId) -> SdkResult<()>;
     /// Outgoing items not yet fully delivered.
     fn outbox_len(&self) -> SdkResult<u64>;
     /// Moves an outgoing message to `state` unless it failed for good, or is sent and

@@ -200,6 +200,8 @@ ALTER TABLE messages ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0;
 -- processed, and the parking budget is counted per sender.
 ALTER TABLE parked ADD COLUMN sender BLOB NOT NULL DEFAULT x'';
 CREATE INDEX parked_by_sender ON parked(sender);
+-- A delivery that failed waits until then, so the ones behind it are not held up.
+ALTER TABLE deliveries ADD COLUMN not_before_ms INTEGER NOT NULL DEFAULT 0;
 ",
 ];
 
@@ -670,13 +672,14 @@ impl Store for SqlStore {
     }
 
     /// Deliveries still to make, oldest items first.
-    fn pending_deliveries(&self, limit: u32) -> SdkResult<Vec<Delivery>> {
+    fn pending_deliveries(&self, limit: u32, now_ms: u64) -> SdkResult<Vec<Delivery>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT item, user, device, message_id, transport FROM deliveries
-             ORDER BY rowid LIMIT ?1",
+             WHERE not_before_ms <= ?2 ORDER BY rowid LIMIT ?1",
         )?;
-        let rows = stmt.query_map([limit], |r| {
+        let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![limit, now], |r| {
             Ok((
                 r.get::<_, Vec<u8>>(0)?,
                 r.get::<_, String>(1)?,
@@ -788,12 +791,45 @@ impl Store for SqlStore {
         Ok(left == 0)
     }
 
-    /// Counts one more failed attempt on a delivery.
-    fn delivery_failed(&self, item: &MessageId, user: &str, device: &str) -> SdkResult<()> {
-        self.lock().execute(
-            "UPDATE deliveries SET attempts = attempts + 1
+    fn delivery_failed(
+        &self,
+        item: &MessageId,
+        user: &str,
+        device: &str,
+        retry_at: &dyn Fn(u32) -> u64,
+    ) -> SdkResult<u32> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let attempts: Option<i64> = tx
+            .query_row(
+                "UPDATE deliveries SET attempts = attempts + 1
+                 WHERE item = ?1 AND user = ?2 AND device = ?3 RETURNING attempts",
+                params![item.0.as_slice(), user, device],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(attempts) = attempts else {
+            return Ok(0);
+        };
+        let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+        tx.execute(
+            "UPDATE deliveries SET not_before_ms = ?4
              WHERE item = ?1 AND user = ?2 AND device = ?3",
-            params![item.0.as_slice(), user, device],
+            params![
+                item.0.as_slice(),
+                user,
+                device,
+                i64::try_from(retry_at(attempts)).unwrap_or(i64::MAX)
+            ],
+        )?;
+        tx.commit()?;
+        Ok(attempts)
+    }
+
+    fn mark_accepted(&self, item: &MessageId) -> SdkResult<()> {
+        self.lock().execute(
+            "UPDATE messages SET accepted = 1 WHERE id = ?1 AND outgoing = 1",
+            [item.0.as_slice()],
         )?;
         Ok(())
     }

@@ -24,10 +24,15 @@ pub fn server_config(dir: &std::path::Path, listen: SocketAddr) -> qpq_server::C
 
 impl Server {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server whose configuration `f` adjusts first.
+    pub async fn start_with(f: impl FnOnce(&mut qpq_server::Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let running = qpq_server::start(server_config(dir.path(), "127.0.0.1:0".parse().unwrap()))
-            .await
-            .unwrap();
+        let mut config = server_config(dir.path(), "127.0.0.1:0".parse().unwrap());
+        f(&mut config);
+        let running = qpq_server::start(config).await.unwrap();
         Self {
             addr: running.addr,
             fingerprint: running.fingerprint,
