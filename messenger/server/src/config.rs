@@ -56,10 +56,17 @@ pub struct Limits {
     pub max_queue_bytes: u64,
     /// Largest message payload accepted by Enqueue and BatchEnqueue (default 1 MiB).
     pub max_message_bytes: u32,
-    /// Messages one sender may have waiting in one recipient queue (default 1,000).
+    /// Messages one sending user (all its devices together) may have waiting in one
+    /// recipient queue (default 1,000). Sealed sends, which name no sender, share one such
+    /// allowance per queue.
     pub max_pending_per_sender: u64,
-    /// Payload bytes one sender may have waiting in one recipient queue (default 32 MiB).
+    /// Payload bytes one sending user may have waiting in one recipient queue (default
+    /// 32 MiB); sealed sends share one such allowance per queue.
     pub max_pending_bytes_per_sender: u64,
+    /// The share of a queue's depth and bytes (`max_queue_depth`, `max_queue_bytes`) one
+    /// sending user, or all sealed senders together, may fill, in percent (default 10): with
+    /// the per-sender limits above, the lower bound applies.
+    pub max_queue_share_percent: u8,
     /// Messages a stranger (a sender the recipient never wrote to and shares no channel
     /// with) may have waiting in one recipient queue (default 20).
     pub max_pending_per_stranger: u64,
@@ -140,6 +147,7 @@ impl Default for Limits {
             max_message_bytes: 1024 * 1024,
             max_pending_per_sender: 1_000,
             max_pending_bytes_per_sender: 32 * 1024 * 1024,
+            max_queue_share_percent: 10,
             max_pending_per_stranger: 20,
             max_pending_bytes_per_stranger: 1024 * 1024,
             messages_per_second_per_user: 200,
@@ -310,11 +318,20 @@ impl Config {
                 u64::from(l.sealed_enqueues_per_second_per_ip),
             ),
             ("db_pool_size", l.db_pool_size as u64),
+            (
+                "max_queue_share_percent",
+                u64::from(l.max_queue_share_percent),
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!(
                 "limits.{name} must be greater than 0"
             )));
+        }
+        if l.max_queue_share_percent > 100 {
+            return Err(ConfigError::Invalid(
+                "limits.max_queue_share_percent must be at most 100".into(),
+            ));
         }
         if u64::from(l.max_message_bytes) > l.max_queue_bytes {
             return Err(ConfigError::Invalid(

@@ -92,6 +92,11 @@ pub struct AppState<S> {
     known: Mutex<KnownPairs>,
 }
 
+/// `percent` % of `total`, at least 1.
+fn share(total: u64, percent: u8) -> u64 {
+    (u128::from(total) * u128::from(percent) / 100).clamp(1, u128::from(u64::MAX)) as u64
+}
+
 /// How long a "does the recipient know the sender" answer is reused, at most. Every change
 /// that can make a stranger known (the recipient writes to the sender, a channel is created or
 /// changed) forgets it at once; a relationship that ends is noticed within this time.
@@ -244,8 +249,12 @@ impl<S: Store> AppState<S> {
         QueueLimits {
             max_messages: l.max_queue_depth,
             max_bytes: l.max_queue_bytes,
-            sender_messages: l.max_pending_per_sender,
-            sender_bytes: l.max_pending_bytes_per_sender,
+            sender_messages: l
+                .max_pending_per_sender
+                .min(share(l.max_queue_depth, l.max_queue_share_percent)),
+            sender_bytes: l
+                .max_pending_bytes_per_sender
+                .min(share(l.max_queue_bytes, l.max_queue_share_percent)),
             stranger_messages: l.max_pending_per_stranger,
             stranger_bytes: l.max_pending_bytes_per_stranger,
         }

@@ -139,6 +139,8 @@ async fn queue_bytes_message_size_and_device_count_are_bounded() {
         c.limits.max_message_bytes = 1000;
         c.limits.max_queue_bytes = 2500;
         c.limits.max_devices_per_user = 2;
+        // The whole queue's bound, not one sender's share of it, is under test.
+        c.limits.max_queue_share_percent = 100;
     })
     .await;
     let bob = Account::create(&h, "bob", "phone").await;
@@ -1010,4 +1012,98 @@ async fn logout_kills_the_token_everywhere() {
         .await
         .unwrap();
     bob.delivery().peek(&v1::PeekRequest {}).await.unwrap();
+}
+
+/// Logs `user` in on `device` after registering it from `owner`'s session.
+async fn another_device(h: &Harness, owner: &Account, device: &str) -> Account {
+    v1::device_client::DeviceClient::new(owner.client.clone())
+        .register_device(&v1::RegisterDeviceRequest {
+            device: device.into(),
+            label: device.into(),
+        })
+        .await
+        .unwrap();
+    let client = h.connect().await;
+    let r = login(&client, &owner.user, device, "correct horse battery")
+        .await
+        .unwrap();
+    Account {
+        client,
+        user: owner.user.clone(),
+        device: device.into(),
+        token: r.session_token.to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn one_user_cannot_fill_a_queue_with_many_devices() {
+    // The per-sender quota counts the sending user, whatever device sends.
+    let h = start(|c| {
+        c.limits.max_pending_per_sender = 4;
+        c.limits.max_pending_per_stranger = 4;
+    })
+    .await;
+    let bob = Account::create(&h, "bob", "phone").await;
+    let first = Account::create(&h, "mallory", "d0").await;
+    let mut devices = vec![first];
+    for i in 1..4 {
+        let d = another_device(&h, &devices[0], &format!("d{i}")).await;
+        devices.push(d);
+    }
+    let mut accepted = 0;
+    for (n, d) in devices.iter().enumerate() {
+        for i in 0..4u8 {
+            let id = u8::try_from(n).unwrap() * 16 + i;
+            match d
+                .delivery()
+                .enqueue(&enqueue_to(&bob.me(), id, b"flood"))
+                .await
+            {
+                Ok(_) => accepted += 1,
+                Err(e) => assert_eq!(e.code(), Code::ResourceExhausted, "{e}"),
+            }
+        }
+    }
+    assert_eq!(accepted, 4, "four devices share one user's allowance");
+    assert_eq!(bob.depth().await, 4);
+}
+
+#[tokio::test]
+async fn one_user_fills_at_most_its_share_of_a_queue() {
+    // 10 % of a 30-message queue is 3, below the per-sender limit of 1,000.
+    let h = start(|c| {
+        c.limits.max_queue_depth = 30;
+        c.limits.max_queue_share_percent = 10;
+    })
+    .await;
+    let bob = Account::create(&h, "bob", "phone").await;
+    let alice = Account::create(&h, "alice", "phone").await;
+    let carol = Account::create(&h, "carol", "phone").await;
+    // Bob knows both, so the stranger quota is not what stops them.
+    for who in [&alice, &carol] {
+        bob.delivery()
+            .enqueue(&enqueue_to(&who.me(), 1, b"hi"))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        alice
+            .delivery()
+            .enqueue(&enqueue_to(&bob.me(), i, b"x"))
+            .await
+            .unwrap();
+    }
+    let err = alice
+        .delivery()
+        .enqueue(&enqueue_to(&bob.me(), 3, b"x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    // Carol's share is her own.
+    carol
+        .delivery()
+        .enqueue(&enqueue_to(&bob.me(), 0, b"x"))
+        .await
+        .unwrap();
+    assert_eq!(bob.depth().await, 4);
 }

@@ -172,6 +172,17 @@ pub struct NewMessage {
     pub payload: Vec<u8>,
 }
 
+impl NewMessage {
+    /// What the per-sender quota of the recipient queue counts this message under: the
+    /// sending user (every device of it together), or `""` for sealed sends, which share one
+    /// bucket per queue.
+    pub fn quota_key(&self) -> &str {
+        self.sender
+            .split_once('/')
+            .map_or(self.sender.as_str(), |(user, _)| user)
+    }
+}
+
 /// Bounds of one recipient queue, checked in the transaction that inserts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
@@ -179,9 +190,10 @@ pub struct QueueLimits {
     pub max_messages: u64,
     /// Payload bytes the queue may hold.
     pub max_bytes: u64,
-    /// Messages one sender may have waiting in it.
+    /// Messages one sending user (every device of it), or all sealed senders together, may
+    /// have waiting in it.
     pub sender_messages: u64,
-    /// Payload bytes one sender may have waiting in it.
+    /// Payload bytes one sending user, or all sealed senders together, may have waiting in it.
     pub sender_bytes: u64,
     /// Messages a stranger (see [`NewMessage::stranger`]) may have waiting in it.
     pub stranger_messages: u64,

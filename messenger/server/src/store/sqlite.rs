@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V1__initial.sql"),
     include_str!("../../migrations/V2__abuse_controls.sql"),
     include_str!("../../migrations/V3__sender_totals.sql"),
+    include_str!("../../migrations/V4__quota_per_user.sql"),
 ];
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -182,6 +183,7 @@ fn enqueue_one(
     if u(messages) >= limits.max_messages || u(bytes).saturating_add(size) > limits.max_bytes {
         return Err(StoreError::QueueFull);
     }
+    let quota_key = m.quota_key();
     let (sender_messages, sender_bytes): (i64, i64) = tx
         .prepare_cached(
             "SELECT messages, bytes FROM queue_senders
@@ -189,7 +191,7 @@ fn enqueue_one(
         )
         .and_then(|mut st| {
             st.query_row(
-                params![m.recipient.user, m.recipient.device, m.sender],
+                params![m.recipient.user, m.recipient.device, quota_key],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
@@ -240,7 +242,7 @@ fn enqueue_one(
          ON CONFLICT (user, device, sender) DO UPDATE SET
              messages = messages + 1, bytes = bytes + excluded.bytes",
     )
-    .and_then(|mut st| st.execute(params![m.recipient.user, m.recipient.device, m.sender, i(size)]))
+    .and_then(|mut st| st.execute(params![m.recipient.user, m.recipient.device, quota_key, i(size)]))
     .map_err(backend)?;
     if let Some(sender) = &m.sender_user
         && *sender != m.recipient.user
@@ -593,8 +595,11 @@ impl Store for SqliteStore {
             let per_sender: Vec<(String, i64, i64)> = {
                 let mut st = tx
                     .prepare_cached(
-                        "SELECT sender, COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue
-                         WHERE user = ?1 AND device = ?2 AND seq <= ?3 GROUP BY sender",
+                        "SELECT CASE WHEN instr(sender, '/') > 0
+                                     THEN substr(sender, 1, instr(sender, '/') - 1)
+                                     ELSE sender END AS quota_key,
+                                COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM queue
+                         WHERE user = ?1 AND device = ?2 AND seq <= ?3 GROUP BY quota_key",
                     )
                     .map_err(backend)?;
                 let rows = st
