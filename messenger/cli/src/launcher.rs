@@ -115,8 +115,10 @@ pub fn spawn_detached(
     addr: SocketAddr,
     dir: &Path,
 ) -> anyhow::Result<std::process::Child> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let log = std::fs::File::create(dir.join("server.log"))?;
+    qpq_core::files::private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log_path = dir.join("server.log");
+    qpq_core::files::write_private(&log_path, b"")?;
+    let log = std::fs::OpenOptions::new().append(true).open(&log_path)?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("server")
         .arg("--listen")

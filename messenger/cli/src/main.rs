@@ -232,7 +232,7 @@ async fn open_with<T>(
         .data_dir
         .clone()
         .unwrap_or_else(|| config::profile_dir(&profile_name, &profile));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    qpq_core::files::private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let (passphrase, source) = passphrase::resolve(
         args.passphrase.as_deref(),
         &profile,

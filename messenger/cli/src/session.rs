@@ -355,13 +355,16 @@ impl Session {
                     .ok_or_else(|| CommandError::Other(format!("{short} has no attachment")))?;
                 let bytes = c.download_attachment(&target.id, &mut *progress).await?;
                 let path = path.unwrap_or_else(|| safe_file_name(&info.name));
-                if std::path::Path::new(&path).exists() {
-                    return Err(CommandError::Other(format!(
-                        "{path} exists; give another path: /download {short} <path>"
-                    )));
-                }
-                std::fs::write(&path, &*bytes)
-                    .map_err(|e| CommandError::Other(format!("cannot write {path}: {e}")))?;
+                // Created exclusively: an existing file, or a link planted where it would go,
+                // is never written through.
+                qpq_core::files::create_new_private(std::path::Path::new(&path), &bytes).map_err(
+                    |e| match e.kind() {
+                        std::io::ErrorKind::AlreadyExists => CommandError::Other(format!(
+                            "{path} exists; give another path: /download {short} <path>"
+                        )),
+                        _ => CommandError::Other(format!("cannot write {path}: {e}")),
+                    },
+                )?;
                 Output::line(format!("saved {path} ({} bytes, verified)", bytes.len()))
             }
             Command::Search(words) => {

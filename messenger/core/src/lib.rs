@@ -12,12 +12,14 @@
 //! | [`mls`] | MLS groups (openmls), X-Wing suite by default, state in SQLite |
 //! | [`kt`] | key-transparency Merkle log, proofs and signed tree heads |
 //! | [`attachment`] | client-side encryption of attachments under a fresh key |
+//! | [`files`] | owner-only directories and files for everything that holds secrets |
 //!
 //! Secrets are zeroized on drop and never appear in `Debug`, `Display` or errors. What each
 //! construction protects against, and what it does not, is in `docs/security-model.md`.
 
 pub mod attachment;
 pub mod bundle;
+pub mod files;
 pub mod identity;
 pub mod kem;
 pub mod kt;

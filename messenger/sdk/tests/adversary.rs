@@ -337,3 +337,23 @@ async fn a_full_queue_never_holds_up_the_rest_of_the_outbox() {
         ("alice/laptop".to_string(), "hello carol".to_string())
     );
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_local_store_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let server = Server::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("profile");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _alice = account(&server, &dir, "alice", "laptop").await;
+    assert_eq!(mode(&dir), 0o700);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
+}

@@ -92,10 +92,20 @@ async fn prepare(config: &Config) -> anyhow::Result<Prepared<SqliteStore>> {
     config.validate()?;
     create_private_dir(&config.data_dir)?;
     let blob_dir = config.data_dir.join("blobs");
-    std::fs::create_dir_all(blob_dir.join("partial"))
-        .with_context(|| format!("creating {}", blob_dir.display()))?;
+    create_private_dir(&blob_dir)?;
+    create_private_dir(&blob_dir.join("partial"))?;
     let (tls, fingerprint) = crate::tls::load_or_create(config)?;
-    let store = SqliteStore::open(&config.data_dir.join("qpq.db"), config.limits.db_pool_size)
+    // The database holds the OPAQUE server secret, the log's signing key and every password
+    // file: owner-only before SQLite first opens it (its -wal and -shm files copy the mode).
+    let db_path = config.data_dir.join("qpq.db");
+    qpq_core::files::private_file(&db_path)
+        .with_context(|| format!("creating {}", db_path.display()))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = db_path.clone().into_os_string();
+        side.push(suffix);
+        qpq_core::files::tighten_if_exists(std::path::Path::new(&side))?;
+    }
+    let store = SqliteStore::open(&db_path, config.limits.db_pool_size)
         .await
         .context("opening the database")?;
 
@@ -305,14 +315,5 @@ impl InProcess {
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder
-        .create(dir)
-        .with_context(|| format!("creating data directory {}", dir.display()))
+    qpq_core::files::private_dir(dir).with_context(|| format!("creating {}", dir.display()))
 }

@@ -22,7 +22,8 @@ pub fn load_or_create(config: &Config) -> anyhow::Result<(ServerTls, [u8; 32])> 
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
     if !cert_path.exists() || !key_path.exists() {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        qpq_core::files::private_dir(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
         let names: Vec<&str> = config.tls_names.iter().map(String::as_str).collect();
         let generated = SelfSigned::generate(&names)?;
         write_private(&key_path, generated.key_pem().as_bytes())?;
@@ -40,18 +41,6 @@ pub fn load_or_create(config: &Config) -> anyhow::Result<(ServerTls, [u8; 32])> 
 
 /// Writes a file only its owner can read.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(())
+    qpq_core::files::write_private(path, bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -32,7 +32,7 @@ impl StoreKey {
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         let salt: [u8; 16] = rand::random();
-                        std::fs::write(&salt_path, salt)?;
+                        qpq_core::files::write_private(&salt_path, &salt)?;
                         salt.to_vec()
                     }
                     Err(e) => return Err(e.into()),
@@ -328,9 +328,10 @@ impl SqlStore {
     /// Opens (creating if needed) the store in `dir`. Works offline. A wrong key is
     /// [`SdkError::WrongStoreKey`].
     pub(crate) fn open(dir: &Path, key: &StoreKey) -> SdkResult<Self> {
-        std::fs::create_dir_all(dir)?;
+        qpq_core::files::private_dir(dir)?;
         let key = key.derive(dir)?;
         let path = dir.join(DB_FILE);
+        qpq_core::files::private_file(&path)?;
         let mut conn = open_keyed(&path, &key)?;
         let version: usize = conn
             .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?
