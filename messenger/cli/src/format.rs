@@ -2,6 +2,25 @@
 
 use qpq_sdk::{ClientEvent, ConnectionState, Conversation, ConversationKind, Message, SendState};
 
+/// `text` safe to print on a terminal: control characters (escape sequences, carriage
+/// returns, line breaks, C1 codes) and the invisible marks that reorder text (bidirectional
+/// overrides and isolates) become U+FFFD, so another user's message, file name or group
+/// name can neither drive the terminal nor disguise what it says.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if text.chars().any(unsafe_char) {
+        text.chars()
+            .map(|c| if unsafe_char(c) { '\u{fffd}' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 /// The user part of a `user/device` name.
 pub fn user_of(name: &str) -> &str {
     name.split('/').next().unwrap_or_default()
@@ -193,6 +212,22 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn escape_sequences_and_reordering_marks_never_reach_the_terminal() {
+        let hostile = "hi\x1b]52;c;ZXZpbA==\x07\x1b[2J\r\nfake line\u{9b}31m \u{202e}gpj.exe";
+        let shown = printable(hostile);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert!(!shown.contains('\u{202e}'));
+        assert_eq!(
+            shown,
+            "hi\u{fffd}]52;c;ZXZpbA==\u{fffd}\u{fffd}[2J\u{fffd}\u{fffd}fake line\u{fffd}31m \u{fffd}gpj.exe"
+        );
+        assert!(matches!(
+            printable("plain text ✓"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn clock_reads_utc_time_of_day() {

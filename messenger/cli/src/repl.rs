@@ -162,7 +162,9 @@ fn spawn_event_printer(
 
 /// Lines from a pipe: no editing, no prompt.
 async fn plain(mut session: Session) -> anyhow::Result<()> {
-    let printer = spawn_event_printer(session.client().clone(), |line| println!("{line}"));
+    let printer = spawn_event_printer(session.client().clone(), |line| {
+        println!("{}", crate::format::printable(&line));
+    });
     loop {
         // Standard input is shared with password prompts, which read the next line too.
         let mut line = String::new();
@@ -174,13 +176,13 @@ async fn plain(mut session: Session) -> anyhow::Result<()> {
         match session.run_line(&line, &mut ask, &mut progress).await {
             Ok(out) => {
                 for l in &out.lines {
-                    println!("{l}");
+                    println!("{}", crate::format::printable(l));
                 }
                 if out.quit {
                     break;
                 }
             }
-            Err(e) => println!("error: {e}"),
+            Err(e) => println!("error: {}", crate::format::printable(&e.to_string())),
         }
     }
     printer.abort();
@@ -200,7 +202,7 @@ async fn interactive(mut session: Session, history: std::path::PathBuf) -> anyho
 
     // Events are printed by rustyline above the line being edited.
     let printer_task = spawn_event_printer(session.client().clone(), move |line| {
-        let _ = printer.print(format!("{line}\n"));
+        let _ = printer.print(format!("{}\n", crate::format::printable(&line)));
     });
 
     // The editor blocks: it lives on its own thread and hands lines over one at a time.
@@ -247,14 +249,14 @@ async fn interactive(mut session: Session, history: std::path::PathBuf) -> anyho
         match session.run_line(&line, &mut ask, &mut progress).await {
             Ok(out) => {
                 for l in &out.lines {
-                    println!("{l}");
+                    println!("{}", crate::format::printable(l));
                 }
                 if out.quit {
                     let _ = done.send(String::new());
                     break;
                 }
             }
-            Err(e) => println!("error: {e}"),
+            Err(e) => println!("error: {}", crate::format::printable(&e.to_string())),
         }
         names.refresh(&session);
         let _ = done.send(prompt(&session));

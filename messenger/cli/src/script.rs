@@ -41,12 +41,12 @@ fn print_message(
     if as_json {
         writeln!(out, "{}", message_json(session, m))?;
     } else {
-        writeln!(
-            out,
+        let line = format!(
             "#{} {}",
             session.name_of(&m.conversation),
             crate::format::message(m)
-        )?;
+        );
+        writeln!(out, "{}", crate::format::printable(&line))?;
     }
     out.flush()?;
     Ok(())
@@ -82,12 +82,12 @@ pub fn conversations(session: &Session, out: &mut dyn Write, as_json: bool) -> a
                 })
             )?;
         } else {
-            writeln!(
-                out,
+            let line = format!(
                 "{:>2}. {name} ({}) — {unread} unread",
                 i + 1,
                 c.members.join(", ")
-            )?;
+            );
+            writeln!(out, "{}", crate::format::printable(&line))?;
         }
     }
     Ok(())

@@ -8,6 +8,9 @@ use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use sha2::Digest;
 use zeroize::Zeroizing;
 
+/// Bytes the ciphertext adds to the plaintext (the Poly1305 tag).
+pub const OVERHEAD: usize = 16;
+
 /// Why an attachment could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -780,8 +780,19 @@ impl QpqClient {
             .attachment(id)?
             .ok_or_else(|| SdkError::NotFound(format!("attachment of message {id}")))?;
         let wire = AttachmentInfo::decode(&wire)?.wire;
-        let total = wire.size + 16;
-        let mut data: Vec<u8> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        // The size comes from the sender: bounded, and the buffer grows as chunks arrive.
+        let limit = self.inner.limits.max_attachment_bytes;
+        if wire.size > limit {
+            return Err(SdkError::Invalid(format!(
+                "the attachment announces {} bytes, above this client's limit of {limit}",
+                wire.size
+            )));
+        }
+        let total = wire
+            .size
+            .checked_add(qpq_core::attachment::OVERHEAD as u64)
+            .ok_or_else(|| SdkError::Invalid("attachment size out of range".into()))?;
+        let mut data: Vec<u8> = Vec::new();
         let mut failures = 0u32;
         while (data.len() as u64) < total {
             let Some(rpc) = self.transfer_session(&mut failures).await? else {
@@ -2482,6 +2493,14 @@ impl Inner {
                 let author = format!("{user}/{device}");
                 let content = v1::Content::decode(plaintext.as_slice())
                     .map_err(|e| Fail::Undecryptable(format!("content: {e}")))?;
+                if let Some(v1::content::Body::Attachment(a)) = &content.body
+                    && a.size > self.limits.max_attachment_bytes
+                {
+                    return Err(Fail::Undecryptable(format!(
+                        "an attachment of {} bytes, above this client's limit of {}",
+                        a.size, self.limits.max_attachment_bytes
+                    )));
+                }
                 let effect = content_effect(id, author, content, user_of(&keys.me))
                     .map_err(Fail::Undecryptable)?;
                 if let Effect::LeaveRequest { user, .. } = &effect

@@ -211,6 +211,52 @@ fn text_content(body: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Mallory, under her own name and published key, in a real group with Bob, which Bob has
+/// joined: what a member of Bob's conversations can do.
+struct Shared {
+    mallory: Mallory,
+    me: MlsMember,
+    group: qpq_core::mls::Group,
+    id: [u8; 16],
+}
+
+impl Shared {
+    async fn new(
+        server: &Server,
+        bob_events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
+    ) -> Self {
+        let mallory = Mallory::new(server).await;
+        let me = Mallory::member("mallory", "pc", &mallory.identity);
+        let id: [u8; 16] = rand::random();
+        let mut group = me.create_group(&id).unwrap();
+        let bob_kp = mallory.key_package("bob", "phone").await;
+        let (_, welcome) = group.add_members(&me, &[&bob_kp]).unwrap();
+        mallory
+            .send("bob", "phone", invitation(&id, GROUP, welcome))
+            .await;
+        let joined = next(bob_events, |e| match e {
+            ClientEvent::ConversationCreated(c) => Some(c),
+            _ => None,
+        })
+        .await;
+        assert_eq!(joined.members, vec!["bob", "mallory"]);
+        Self {
+            mallory,
+            me,
+            group,
+            id,
+        }
+    }
+
+    /// Sends `content` to Bob in the group, sealed by Mallory.
+    async fn say(&mut self, content: &[u8]) {
+        let ct = self.group.encrypt(&self.me, content).unwrap();
+        self.mallory
+            .send("bob", "phone", group_message(&self.id, ct))
+            .await;
+    }
+}
+
 #[tokio::test]
 async fn a_member_cannot_add_a_forged_leaf_or_speak_for_another() {
     let server = Server::start().await;
@@ -218,23 +264,12 @@ async fn a_member_cannot_add_a_forged_leaf_or_speak_for_another() {
     let _alice = account(&server, a_dir.path(), "alice", "laptop").await;
     let bob = account(&server, b_dir.path(), "bob", "phone").await;
     let mut bob_events = bob.subscribe();
-    let mallory = Mallory::new(&server).await;
-
-    // Mallory, under her own name and published key, makes a real group with Bob.
-    let me = Mallory::member("mallory", "pc", &mallory.identity);
-    let id: [u8; 16] = rand::random();
-    let mut group = me.create_group(&id).unwrap();
-    let bob_kp = mallory.key_package("bob", "phone").await;
-    let (_, welcome) = group.add_members(&me, &[&bob_kp]).unwrap();
-    mallory
-        .send("bob", "phone", invitation(&id, GROUP, welcome))
-        .await;
-    let joined = next(&mut bob_events, |e| match e {
-        ClientEvent::ConversationCreated(c) => Some(c),
-        _ => None,
-    })
-    .await;
-    assert_eq!(joined.members, vec!["bob", "mallory"]);
+    let Shared {
+        mallory,
+        me,
+        mut group,
+        id,
+    } = Shared::new(&server, &mut bob_events).await;
 
     // A message sealed by Mallory but signed in MLS by her member is hers; one sealed with
     // another identity is refused (the sealed sender must be the MLS sender).
@@ -356,4 +391,36 @@ async fn the_local_store_is_readable_by_its_owner_only() {
             assert_eq!(mode(&path), 0o600, "{}", path.display());
         }
     }
+}
+
+#[tokio::test]
+async fn an_attachment_announcing_a_huge_size_is_refused_on_receipt() {
+    let server = Server::start().await;
+    let b_dir = tempfile::tempdir().unwrap();
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut bob_events = bob.subscribe();
+    let mut shared = Shared::new(&server, &mut bob_events).await;
+    for size in [u64::MAX, u64::MAX - 15, 100 * 1024 * 1024 + 1] {
+        let content = v1::Content {
+            id: rand::random::<[u8; 16]>().to_vec().into(),
+            sent_at_ms: now_ms(),
+            body: Some(v1::content::Body::Attachment(v1::Attachment {
+                blob_sha256: vec![0; 32].into(),
+                key: vec![0; 32].into(),
+                name: "huge.bin".into(),
+                size,
+                mime: "application/octet-stream".into(),
+                caption: String::new(),
+            })),
+        };
+        shared.say(&content.encode_to_vec()).await;
+        let reason = refusal(&mut bob_events).await;
+        assert!(reason.contains("above this client's limit"), "{reason}");
+    }
+    // The conversation goes on.
+    shared.say(&text_content("still here")).await;
+    assert_eq!(
+        text_of(&mut bob_events).await,
+        ("mallory/pc".to_string(), "still here".to_string())
+    );
 }
