@@ -455,7 +455,7 @@ pub enum Incoming {
         /// The committer's leaf as it was before the commit (the key that signed it).
         committer: Option<Leaf>,
     },
-    /// A proposal, stored until a commit covers it.
+    /// A proposal: not kept (see [`Group::process`]).
     Proposal,
 }
 
@@ -500,6 +500,13 @@ impl Group {
         self.group.epoch_authenticator().as_slice().to_vec()
     }
 
+    /// Drops every pending proposal, so this member's commit holds only what it chose.
+    fn forget_proposals(&mut self, me: &MlsMember) -> Result<(), MlsError> {
+        self.group
+            .clear_pending_proposals(me.provider().storage())
+            .map_err(|e| MlsError::Store(format!("{e:?}")))
+    }
+
     /// Adds members from their key packages; returns the commit (for existing members) and the
     /// Welcome (for the new ones). The commit is merged locally at once.
     pub fn add_members(
@@ -516,6 +523,7 @@ impl Group {
                 kp.validate(me.provider().crypto(), ProtocolVersion::Mls10)
             ));
         }
+        self.forget_proposals(me)?;
         let (commit, welcome, _info) = mls_try!(
             "add",
             self.group
@@ -542,6 +550,7 @@ impl Group {
                 .ok_or(MlsError::NotAMember)?;
             leaves.push(leaf.index);
         }
+        self.forget_proposals(me)?;
         let (commit, _welcome, _info) = mls_try!(
             "remove",
             self.group
@@ -556,6 +565,7 @@ impl Group {
 
     /// Rotates this member's leaf keys (post-compromise security); returns the commit.
     pub fn self_update(&mut self, me: &MlsMember) -> Result<Vec<u8>, MlsError> {
+        self.forget_proposals(me)?;
         let bundle = mls_try!(
             "self update",
             self.group
@@ -622,22 +632,12 @@ impl Group {
                     committer: sender,
                 })
             }
-            ProcessedMessageContent::ProposalMessage(proposal) => {
-                mls_try!(
-                    "storing proposal",
-                    self.group
-                        .store_pending_proposal(me.provider().storage(), *proposal)
-                );
-                Ok(Incoming::Proposal)
-            }
-            ProcessedMessageContent::ExternalJoinProposalMessage(proposal) => {
-                mls_try!(
-                    "storing proposal",
-                    self.group
-                        .store_pending_proposal(me.provider().storage(), *proposal)
-                );
-                Ok(Incoming::Proposal)
-            }
+            // Proposals are not kept: qpq members commit their changes directly, and a kept
+            // proposal would go into this member's next commit unchecked (another member's
+            // forged Add, committed in this member's name). A commit that refers to a
+            // proposal by reference therefore fails to process.
+            ProcessedMessageContent::ProposalMessage(_)
+            | ProcessedMessageContent::ExternalJoinProposalMessage(_) => Ok(Incoming::Proposal),
             // Echoes of this member's own messages carry nothing new.
             _ => Err(MlsError::Protocol {
                 operation: "processing",

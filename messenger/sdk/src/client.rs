@@ -64,6 +64,9 @@ pub struct ClientLimits {
     /// or its commit not yet processed) kept while they wait (default 200): anyone who knows
     /// a conversation's id can send to it, so one sender cannot fill the parking.
     pub max_parked_per_sender: u64,
+    /// Group messages kept waiting in all (default 2,000), whoever sealed them: a sealed
+    /// sender is any key its author made, so this bounds what the parking can hold.
+    pub max_parked_total: u64,
 }
 
 impl Default for ClientLimits {
@@ -81,6 +84,7 @@ impl Default for ClientLimits {
             max_outbox: 10_000,
             max_parked: 1_000,
             max_parked_per_sender: 200,
+            max_parked_total: 2_000,
         }
     }
 }
@@ -194,6 +198,8 @@ impl QpqClientBuilder {
                 sealed_bytes_sent: std::sync::atomic::AtomicU64::new(0),
                 peer_keys: Mutex::new(HashMap::new()),
                 peer_identities: Mutex::new(HashMap::new()),
+                unverifiable: Mutex::new(HashMap::new()),
+                one_at_a_time: std::sync::atomic::AtomicBool::new(false),
                 crash: Mutex::new(self.crash),
             }),
         })
@@ -226,6 +232,10 @@ struct Inner {
     sealed_bytes_sent: std::sync::atomic::AtomicU64,
     peer_keys: Mutex<HashMap<(String, String), HybridPublicKey>>,
     peer_identities: Mutex<HashMap<(String, String), qpq_core::identity::IdentityPublic>>,
+    /// Whether the outbox sends one delivery per call (a call was refused as a whole).
+    one_at_a_time: std::sync::atomic::AtomicBool,
+    /// Devices whose keys recently failed the check, with the reason and when.
+    unverifiable: Mutex<HashMap<(String, String), (String, std::time::Instant)>>,
     crash: CrashSwitch,
 }
 
@@ -1656,12 +1666,21 @@ impl Inner {
             })
             .await?
             .stored;
-        keys_client
+        // A fresh last-resort package each time; the server limits how often a device may
+        // change it (each change is logged), and the previous one stays valid meanwhile.
+        match keys_client
             .upload_key_package(&v1::UploadKeyPackageRequest {
                 key_packages: vec![last_resort],
                 last_resort: true,
             })
-            .await?;
+            .await
+        {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::ResourceExhausted && have > 0 => {
+                tracing::debug!(%status, "last-resort key package kept for now");
+            }
+            Err(status) => return Err(status.into()),
+        }
         self.store.set_key_packages(u64::from(stored))?;
         Ok(())
     }
@@ -1716,7 +1735,15 @@ impl Inner {
     async fn flush_batch(self: &Arc<Self>, rpc: &qrpc::Client) -> SdkResult<Batch> {
         /// Envelope bytes one call carries at most (the server's frame limit is 4 MiB).
         const BATCH_BYTES: usize = 2 * 1024 * 1024;
-        let pending = self.store.pending_deliveries(100, now_ms())?;
+        let page = if self
+            .one_at_a_time
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            1
+        } else {
+            100
+        };
+        let pending = self.store.pending_deliveries(page, now_ms())?;
         if pending.is_empty() {
             return Ok(Batch::Empty);
         }
@@ -1787,6 +1814,20 @@ impl Inner {
             .await
         {
             Ok(answer) => answer.results,
+            // The server refused the whole call (one item it cannot take at all): nothing of
+            // it was stored. Send one at a time until the item that cannot go has failed on
+            // its own.
+            Err(status) if !retryable(&status) && status.code() != Code::ResourceExhausted => {
+                if let [d] = included.as_slice() {
+                    self.fail_delivery(d, &status.to_string())?;
+                    self.one_at_a_time
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    self.one_at_a_time
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                return Ok(Batch::More);
+            }
             Err(status) => {
                 // The call's outcome is unknown: its items may be in their queues (so they can
                 // no longer be cancelled) and are sent again (the server drops repeats).
@@ -1963,7 +2004,14 @@ impl Inner {
                 // The log grew again in between: prove against the newest head next round.
                 continue;
             }
-            let log_key = monitor_key(&answer.log_key).map_err(alarm)?;
+            // Checked against the pinned key (kt_sync just required the server's to equal it).
+            let pinned = self
+                .store
+                .kt()
+                .map_err(KtFail::Other)?
+                .map(|(key, _)| key)
+                .unwrap_or_default();
+            let log_key = monitor_key(&pinned).map_err(alarm)?;
             head.verify(&log_key)
                 .map_err(|e| alarm(format!("the key answer's head: {e}")))?;
             let proof = ConsistencyProof::decode(&answer.consistency_proof)
@@ -1977,9 +2025,10 @@ impl Inner {
                 ))
             });
         }
-        Err(KtFail::Other(SdkError::KeyTransparency(
-            "the log kept moving while the key answer was checked; try again".into(),
-        )))
+        // Busy, not wrong: the caller retries later, as after any unavailable server.
+        Err(KtFail::Other(SdkError::Server(qrpc::Status::unavailable(
+            "the key-transparency log kept growing while a key answer was checked",
+        ))))
     }
 
     /// Checks that `bundle` is the binding the log holds for `user/device` at a head
@@ -2253,6 +2302,10 @@ impl Inner {
                 Err(SdkError::Invalid(reason)) => reason,
                 Err(e) => return Err(e),
             };
+            lock(&self.unverifiable).insert(
+                (user.clone(), device.clone()),
+                (reason.clone(), std::time::Instant::now()),
+            );
             refused.insert((user.clone(), device.clone()), reason);
         }
         Ok(())
@@ -2307,6 +2360,15 @@ impl Inner {
         leaves: &[Leaf],
         refused: &Refused,
     ) -> Result<(), Fail> {
+        // A group larger than this client takes part in is refused before any of its names
+        // costs a key lookup.
+        if leaves.len() > self.limits.max_conversation_devices + 1 {
+            return Err(Fail::Undecryptable(format!(
+                "a group of {} devices, above this client's limit of {}",
+                leaves.len(),
+                self.limits.max_conversation_devices
+            )));
+        }
         let mut needed = Vec::new();
         for leaf in leaves {
             match self.verify_leaf(keys, tx, leaf, refused) {
@@ -2436,6 +2498,12 @@ impl Inner {
                 self.limits.max_parked
             )));
         }
+        if tx.parked_total()? >= self.limits.max_parked_total {
+            return Err(Fail::Undecryptable(format!(
+                "{} messages already wait for earlier commits or invitations",
+                self.limits.max_parked_total
+            )));
+        }
         if tx.parked_from(&sender.to_bytes())? >= self.limits.max_parked_per_sender {
             return Err(Fail::Undecryptable(format!(
                 "{} messages of this sender already wait for an earlier commit or invitation",
@@ -2527,11 +2595,15 @@ impl Inner {
                         "the envelope's sender is not the commit's author".into(),
                     ));
                 }
+                let before = tx.conversation(&id)?;
                 let mut members = member_users(group);
                 if removed_self {
                     // This device is out: it no longer counts its user as a member, and the
-                    // group's keys are of no more use to it.
+                    // group's keys are of no more use to it. The tree it was removed from is
+                    // not checked any more, so the members it reports are the ones checked
+                    // before, less this user.
                     let me = user_of(&keys.me).to_owned();
+                    members = before.map(|c| c.members).unwrap_or_default();
                     members.retain(|u| *u != me);
                     if let Some(stored) = keys.mls.group(&id.0)? {
                         stored.delete(&keys.mls)?;
@@ -2539,6 +2611,16 @@ impl Inner {
                 } else {
                     // Every leaf the commit added or changed, checked before it counts.
                     self.verify_leaves(keys, tx, &group.leaves(), refused)?;
+                    // A direct conversation stays between its two users: devices come and go,
+                    // nobody new comes in.
+                    if let Some(c) = &before
+                        && c.kind == ConversationKind::Direct
+                        && members.iter().any(|u| !c.members.contains(u))
+                    {
+                        return Err(Fail::Undecryptable(
+                            "a commit may not bring someone new into a direct conversation".into(),
+                        ));
+                    }
                 }
                 Ok((
                     Effect::Members {
@@ -2598,7 +2680,7 @@ impl Inner {
     /// Applies one queue entry, first checking against the log the keys of every device it
     /// names that this client has not checked yet.
     async fn apply_checked(self: &Arc<Self>, envelope: &v1::Envelope) -> SdkResult<()> {
-        let mut refused = Refused::new();
+        let mut refused = self.recently_refused();
         let mut checked = false;
         loop {
             match self.apply(envelope, &refused)? {
@@ -2617,23 +2699,87 @@ impl Inner {
                     }
                 }
                 Step::UnparkAfter(conversation, devices) => {
-                    self.check_devices(&devices, &mut refused).await?;
-                    let (events, queued, _) = {
-                        let guard = lock(&self.keys);
-                        self.unpark(guard.as_ref(), conversation, &refused)?
-                    };
-                    for event in events {
-                        let _ = self.events.send(event);
-                    }
-                    if queued {
-                        self.outbox_wake.notify_one();
-                    }
-                    return Ok(());
+                    return self
+                        .unpark_checked(conversation, devices, &mut refused)
+                        .await;
                 }
             }
         }
     }
+
+    /// Retries the messages parked for `conversation` after checking the keys of `devices`
+    /// (the ones they wait for); any still missing are refused on the second pass.
+    async fn unpark_checked(
+        self: &Arc<Self>,
+        conversation: ConversationId,
+        mut devices: Vec<(String, String)>,
+        refused: &mut Refused,
+    ) -> SdkResult<()> {
+        for _ in 0..2 {
+            if !devices.is_empty() {
+                self.check_devices(&devices, refused).await?;
+            }
+            let (events, queued, needed) = {
+                let guard = lock(&self.keys);
+                self.unpark(guard.as_ref(), conversation, refused)?
+            };
+            for event in events {
+                let _ = self.events.send(event);
+            }
+            if queued {
+                self.outbox_wake.notify_one();
+            }
+            if needed.is_empty() {
+                break;
+            }
+            for d in &needed {
+                if devices.contains(d) {
+                    refused
+                        .entry(d.clone())
+                        .or_insert_with(|| "keys unavailable".into());
+                }
+            }
+            devices = needed;
+        }
+        Ok(())
+    }
+
+    /// At the start of a receive session: forgets parked messages whose commit or invitation
+    /// never came (reported), and retries the others, so none is stranded by a check that
+    /// failed before (the network) after its queue entry was committed.
+    async fn retry_parked(self: &Arc<Self>) -> SdkResult<()> {
+        let horizon = now_ms().saturating_sub(PARKED_FOR_MS);
+        for seq in self.store.expire_parked(horizon)? {
+            let _ = self.events.send(ClientEvent::UndecryptableMessage {
+                seq,
+                reason: "waited a week for the commit or invitation before it".into(),
+            });
+        }
+        let mut refused = self.recently_refused();
+        for conversation in self.store.parked_conversations()? {
+            self.unpark_checked(conversation, Vec::new(), &mut refused)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Devices whose keys failed the check within the last few minutes, so a flood of names
+    /// that are not in the log costs one lookup each, not one per message.
+    fn recently_refused(&self) -> Refused {
+        let mut cache = lock(&self.unverifiable);
+        cache.retain(|_, (_, at)| at.elapsed() < REFUSAL_MEMORY);
+        cache
+            .iter()
+            .map(|(device, (reason, _))| (device.clone(), reason.clone()))
+            .collect()
+    }
 }
+
+/// How long a parked message waits for the commit or invitation before it.
+const PARKED_FOR_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// How long a device whose keys failed the check is refused without asking again.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(600);
 
 /// How far beyond a group's epoch a message may be and still be parked: further is no
 /// commit on its way but a sender filling the parking.
@@ -2749,6 +2895,7 @@ impl Applied {
 
 /// Places where a test makes the client fail (the `testing` feature).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub enum CrashPoint {
     /// After an entry is decrypted and its effect computed, before it is committed: the
     /// process dies.
@@ -3159,6 +3306,7 @@ async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
     ));
     let mut caught_up = false;
     let mut resumed = false;
+    inner.retry_parked().await?;
     loop {
         let cursor = inner.store.cursor()?;
         let request = v1::FetchWaitRequest {

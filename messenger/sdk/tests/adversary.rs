@@ -338,26 +338,21 @@ async fn a_full_queue_never_holds_up_the_rest_of_the_outbox() {
     drop(bob);
 
     let mut alice_events = alice.subscribe();
-    let mut last = None;
     for i in 0..120 {
-        last = Some(
-            alice
-                .send_text(&dm.id, &format!("to bob {i}"), None)
-                .unwrap(),
-        );
+        alice
+            .send_text(&dm.id, &format!("to bob {i}"), None)
+            .unwrap();
     }
-    // The last one to Bob is refused by his full queue and says it is retrying.
-    let last = last.unwrap();
+    // Those beyond Bob's full queue are refused and say they are retrying.
     let reason = next(&mut alice_events, |e| match e {
         ClientEvent::SendStateChanged {
-            id,
             state:
                 qpq_sdk::SendState::Failed {
                     recoverable: true,
                     reason,
                 },
             ..
-        } if id == last => Some(reason),
+        } => Some(reason),
         _ => None,
     })
     .await;
@@ -423,4 +418,87 @@ async fn an_attachment_announcing_a_huge_size_is_refused_on_receipt() {
         text_of(&mut bob_events).await,
         ("mallory/pc".to_string(), "still here".to_string())
     );
+}
+
+#[tokio::test]
+async fn nobody_new_is_brought_into_a_direct_conversation() {
+    let server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let _alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut bob_events = bob.subscribe();
+    let mallory = Mallory::new(&server).await;
+    // A real direct conversation between Mallory and Bob...
+    let me = Mallory::member("mallory", "pc", &mallory.identity);
+    let id: [u8; 16] = rand::random();
+    let mut group = me.create_group(&id).unwrap();
+    let bob_kp = mallory.key_package("bob", "phone").await;
+    let (_, welcome) = group.add_members(&me, &[&bob_kp]).unwrap();
+    mallory
+        .send("bob", "phone", invitation(&id, DIRECT, welcome))
+        .await;
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+    // ...into which she commits Alice's real device: refused.
+    let alice_kp = mallory.key_package("alice", "laptop").await;
+    let (commit, _) = group.add_members(&me, &[&alice_kp]).unwrap();
+    mallory
+        .send("bob", "phone", group_message(&id, commit))
+        .await;
+    let reason = refusal(&mut bob_events).await;
+    assert!(reason.contains("direct conversation"), "{reason}");
+    let c = bob
+        .conversations()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == ConversationId(id))
+        .unwrap();
+    assert_eq!(c.members, vec!["bob", "mallory"]);
+}
+
+#[tokio::test]
+async fn an_invitation_back_into_a_conversation_shows_who_is_in_it_now() {
+    let server = Server::start().await;
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = account(&server, a_dir.path(), "alice", "laptop").await;
+    let mut alice_events = alice.subscribe();
+    let bob = account(&server, b_dir.path(), "bob", "phone").await;
+    let mut bob_events = bob.subscribe();
+    let Shared {
+        mallory,
+        me,
+        group,
+        id: raw_id,
+    } = Shared::new(&server, &mut bob_events).await;
+    let id = ConversationId(raw_id);
+    bob.invite(&id, "alice").await.unwrap();
+    next(&mut alice_events, |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+    bob.leave(&id).await.unwrap();
+    // Mallory builds a new group under the same id with only herself and Bob, and invites
+    // him "back": Bob sees that Alice is not in it.
+    group.delete(&me).unwrap();
+    let mut group = me.create_group(&raw_id).unwrap();
+    let bob_kp = mallory.key_package("bob", "phone").await;
+    let (_, welcome) = group.add_members(&me, &[&bob_kp]).unwrap();
+    mallory
+        .send("bob", "phone", invitation(&raw_id, GROUP, welcome))
+        .await;
+    let back = next(&mut bob_events, |e| match e {
+        ClientEvent::ConversationCreated(c) if c.id == id => Some(c),
+        _ => None,
+    })
+    .await;
+    assert_eq!(back.members, vec!["bob", "mallory"]);
+    let stored = bob
+        .conversations()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == id)
+        .unwrap();
+    assert_eq!(stored.members, vec!["bob", "mallory"]);
 }

@@ -23,6 +23,10 @@ fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
 }
 
+fn per_hour(n: u32) -> Quota {
+    Quota::per_hour(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
+}
+
 /// Every server-side rate limit.
 pub struct Limiters {
     clock: DefaultClock,
@@ -46,6 +50,8 @@ pub struct Limiters {
     pub resumes_per_ip: DefaultKeyedRateLimiter<IpAddr>,
     /// Typing notifications per user.
     pub typing_per_user: DefaultKeyedRateLimiter<String>,
+    /// Key-bundle publishes per device (each may grow the key-transparency log).
+    pub key_publishes_per_device: DefaultKeyedRateLimiter<(String, String)>,
 }
 
 impl std::fmt::Debug for Limiters {
@@ -75,6 +81,9 @@ impl Limiters {
             logins_per_account: RateLimiter::keyed(per_minute(l.logins_per_minute_per_account)),
             resumes_per_ip: RateLimiter::keyed(per_minute(l.resumes_per_minute_per_ip)),
             typing_per_user: RateLimiter::keyed(per_minute(l.typing_per_minute_per_user)),
+            key_publishes_per_device: RateLimiter::keyed(per_hour(
+                l.key_publishes_per_hour_per_device,
+            )),
         }
     }
 
@@ -117,6 +126,7 @@ impl Limiters {
         self.logins_per_account.retain_recent();
         self.resumes_per_ip.retain_recent();
         self.typing_per_user.retain_recent();
+        self.key_publishes_per_device.retain_recent();
     }
 
     /// Keys held across all limiters (for tests and metrics).

@@ -63,6 +63,10 @@ pub struct Limits {
     /// Payload bytes one sending user may have waiting in one recipient queue (default
     /// 32 MiB); sealed sends share one such allowance per queue.
     pub max_pending_bytes_per_sender: u64,
+    /// Key publishes (a new key bundle, or a new last-resort key package) per device per hour
+    /// (default 20): each one that changes anything adds a leaf to the key-transparency log,
+    /// which every server start replays.
+    pub key_publishes_per_hour_per_device: u32,
     /// The share of a queue's depth and bytes (`max_queue_depth`, `max_queue_bytes`) one
     /// sending user, or all sealed senders together, may fill, in percent (default 10): with
     /// the per-sender limits above, the lower bound applies.
@@ -148,6 +152,7 @@ impl Default for Limits {
             max_pending_per_sender: 1_000,
             max_pending_bytes_per_sender: 32 * 1024 * 1024,
             max_queue_share_percent: 10,
+            key_publishes_per_hour_per_device: 20,
             max_pending_per_stranger: 20,
             max_pending_bytes_per_stranger: 1024 * 1024,
             messages_per_second_per_user: 200,
@@ -318,6 +323,10 @@ impl Config {
                 u64::from(l.sealed_enqueues_per_second_per_ip),
             ),
             ("db_pool_size", l.db_pool_size as u64),
+            (
+                "key_publishes_per_hour_per_device",
+                u64::from(l.key_publishes_per_hour_per_device),
+            ),
             (
                 "max_queue_share_percent",
                 u64::from(l.max_queue_share_percent),

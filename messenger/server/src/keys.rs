@@ -18,7 +18,7 @@ const MAX_BATCH_FETCH: usize = 256;
 impl<S: Store> Api<S> {
     async fn proof_for(&self, device: &DeviceId) -> Result<Option<v1::KtProof>, Status> {
         match self.state.store.bundle(device.clone()).await? {
-            Some(row) => Ok(Some(self.state.kt_proof(row.kt_index, device).await?)),
+            Some(row) => Ok(Some(self.state.kt_proof(&row, device).await?)),
             None => Ok(None),
         }
     }
@@ -31,8 +31,8 @@ impl<S: Store> Api<S> {
             return Ok(None);
         };
         Ok(Some(v1::FetchHybridKeyResponse {
+            proof: Some(self.state.kt_proof(&row, &device).await?),
             key_bundle: row.bundle.into(),
-            proof: Some(self.state.kt_proof(row.kt_index, &device).await?),
         }))
     }
 
@@ -122,6 +122,13 @@ impl<S: Store> Keys for Api<S> {
         }
         let packages: Vec<Vec<u8>> = request.key_packages.iter().map(|b| b.to_vec()).collect();
         if request.last_resort {
+            let l = &self.state.limiters;
+            l.check(
+                &l.key_publishes_per_device,
+                &(me.user.clone(), me.device.clone()),
+                1,
+                "key publishes for this device",
+            )?;
             let package = packages.into_iter().next().unwrap_or_default();
             self.state
                 .store
@@ -185,6 +192,21 @@ impl<S: Store> Keys for Api<S> {
             )));
         }
         self.check_write(&me)?;
+        let previous = self.state.store.bundle(me.clone()).await?;
+        if let Some(row) = &previous
+            && row.identity_key != bundle.identity.to_bytes()
+        {
+            return Err(Status::permission_denied(
+                "key_bundle: a device's identity key never changes; register a new device",
+            ));
+        }
+        let l = &self.state.limiters;
+        l.check(
+            &l.key_publishes_per_device,
+            &(me.user.clone(), me.device.clone()),
+            1,
+            "key publishes for this device",
+        )?;
         let token_hash = match request.delivery_token.len() {
             0 => None,
             32 => Some(sha256(&request.delivery_token).to_vec()),
@@ -194,8 +216,7 @@ impl<S: Store> Keys for Api<S> {
                 )));
             }
         };
-        let index = self
-            .state
+        self.state
             .publish_binding(
                 &me,
                 request.key_bundle.to_vec(),
@@ -213,8 +234,14 @@ impl<S: Store> Keys for Api<S> {
                     e
                 }
             })?;
+        let row = self
+            .state
+            .store
+            .bundle(me.clone())
+            .await?
+            .ok_or_else(|| Status::internal("published bundle missing"))?;
         Ok(v1::UploadHybridKeyResponse {
-            proof: Some(self.state.kt_proof(index, &me).await?),
+            proof: Some(self.state.kt_proof(&row, &me).await?),
         })
     }
 

@@ -15,7 +15,7 @@ use crate::abuse::Limiters;
 use crate::auth::OpaqueSuite;
 use crate::config::Limits;
 use crate::session::Sessions;
-use crate::store::{DeviceId, QueueLimits, Store};
+use crate::store::{BundleRow, DeviceId, QueueLimits, Store};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -330,8 +330,11 @@ impl<S: Store> AppState<S> {
         }
     }
 
-    /// Appends `device`'s current key binding (bundle + last-resort key package) to the log.
-    /// Store and memory are updated under one lock so their leaf orders agree.
+    /// Appends `device`'s current key binding (bundle + last-resort key package) to the log,
+    /// unless the log's latest binding for it is the same (then nothing grows). Store and
+    /// memory are updated under one lock, and the last-resort package is read under it, so
+    /// their leaf orders agree and the leaf holds the package stored with it. Returns the
+    /// binding's leaf index.
     pub async fn publish_binding(
         &self,
         device: &DeviceId,
@@ -340,17 +343,25 @@ impl<S: Store> AppState<S> {
         hybrid_key_hash: [u8; 32],
         delivery_token_hash: Option<Vec<u8>>,
     ) -> Result<u64, Status> {
+        let mut kt = self.kt.lock().await;
         let last_resort = self.store.last_resort_key_package(device.clone()).await?;
+        let key_package_hash = last_resort.map_or([0; 32], |kp| sha256(&kp));
+        if let Some(row) = self.store.bundle(device.clone()).await?
+            && row.bundle == bundle
+            && row.delivery_token_hash == delivery_token_hash
+            && row.kt_key_package_hash.as_deref() == Some(key_package_hash.as_slice())
+        {
+            return Ok(row.kt_index);
+        }
         let binding = KeyBinding {
             user: device.user.clone(),
             domain: self.domain.clone(),
             device: device.device.clone(),
             identity_key,
             hybrid_key_hash,
-            key_package_hash: last_resort.map_or([0; 32], |kp| sha256(&kp)),
+            key_package_hash,
         };
         let leaf = binding.leaf_hash();
-        let mut kt = self.kt.lock().await;
         let index = self
             .store
             .publish_bundle(
@@ -359,6 +370,7 @@ impl<S: Store> AppState<S> {
                 identity_key.to_vec(),
                 delivery_token_hash,
                 leaf,
+                key_package_hash,
             )
             .await?;
         let memory_index = kt.log.append_hash(leaf);
@@ -373,14 +385,24 @@ impl<S: Store> AppState<S> {
         Ok(index)
     }
 
-    /// The inclusion proof of leaf `index` at the current head, with the signed head and the
-    /// binding's key-package hash (that of `device`'s current last-resort package).
-    pub async fn kt_proof(&self, index: u64, device: &DeviceId) -> Result<v1::KtProof, Status> {
-        let key_package_hash = self
-            .store
-            .last_resort_key_package(device.clone())
-            .await?
-            .map_or([0; 32], |kp| sha256(&kp));
+    /// The inclusion proof of `device`'s binding (`row`) at the current head, with the signed
+    /// head and the key-package hash its leaf was built with.
+    pub async fn kt_proof(
+        &self,
+        row: &BundleRow,
+        device: &DeviceId,
+    ) -> Result<v1::KtProof, Status> {
+        let index = row.kt_index;
+        let key_package_hash = match &row.kt_key_package_hash {
+            Some(hash) => hash.clone(),
+            // Written before the hash was kept: the current package's.
+            None => self
+                .store
+                .last_resort_key_package(device.clone())
+                .await?
+                .map_or([0; 32], |kp| sha256(&kp))
+                .to_vec(),
+        };
         let mut kt = self.kt.lock().await;
         let size = kt.log.size();
         let proof = kt
@@ -392,7 +414,7 @@ impl<S: Store> AppState<S> {
             leaf_index: index,
             inclusion_proof: proof.encode().into(),
             tree_head: head.encode().into(),
-            key_package_hash: key_package_hash.to_vec().into(),
+            key_package_hash: key_package_hash.into(),
         })
     }
 

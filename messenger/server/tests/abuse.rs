@@ -1107,3 +1107,66 @@ async fn one_user_fills_at_most_its_share_of_a_queue() {
         .unwrap();
     assert_eq!(bob.depth().await, 4);
 }
+
+#[tokio::test]
+async fn key_publishes_grow_the_log_only_with_news_and_are_limited_per_device() {
+    let h = start(|c| c.limits.key_publishes_per_hour_per_device = 4).await;
+    let bob = Account::create(&h, "bob", "phone").await;
+    let size = || async {
+        let head = bob
+            .keys()
+            .kt_head(&v1::KtHeadRequest { since_size: 0 })
+            .await
+            .unwrap();
+        qpq_core::kt::SignedTreeHead::decode(&head.tree_head)
+            .unwrap()
+            .tree_size
+    };
+    let (keys, mls) = bob.mls_member().await;
+    assert_eq!(size().await, 1);
+    // The same bundle again: no new leaf.
+    let upload = v1::UploadHybridKeyRequest {
+        key_bundle: keys.bundle.encode().into(),
+        delivery_token: Default::default(),
+    };
+    bob.keys().upload_hybrid_key(&upload).await.unwrap();
+    assert_eq!(size().await, 1, "an unchanged binding is not logged again");
+    // Another identity for the same device is refused: identities never change.
+    let other = qpq_core::bundle::KeyBundle::new(
+        &qpq_core::identity::IdentityKey::generate(),
+        keys.hybrid.public(),
+        "bob",
+        "phone",
+    )
+    .unwrap();
+    let err = bob
+        .keys()
+        .upload_hybrid_key(&v1::UploadHybridKeyRequest {
+            key_bundle: other.encode().into(),
+            delivery_token: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    // New last-resort packages are news, up to the hourly limit (4, two used above).
+    for _ in 0..2 {
+        bob.keys()
+            .upload_key_package(&v1::UploadKeyPackageRequest {
+                key_packages: vec![mls.last_resort_key_package().unwrap().into()],
+                last_resort: true,
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(size().await, 3);
+    let err = bob
+        .keys()
+        .upload_key_package(&v1::UploadKeyPackageRequest {
+            key_packages: vec![mls.last_resort_key_package().unwrap().into()],
+            last_resort: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert_eq!(size().await, 3);
+}

@@ -136,14 +136,15 @@ fn conversations_members_channels_and_renames() {
         let c = conversation(1, &["alice", "bob"]);
         with_conversation(store, &c);
         assert_eq!(store.conversation(&c.id).unwrap(), Some(c.clone()));
-        // Joining again adds members and takes the name; it never drops a member.
-        let mut again = conversation(1, &["carol"]);
+        // Joining again (an invitation back into a conversation this device left) takes the
+        // conversation as the invitation shows it: none of the old members stays behind.
+        let mut again = conversation(1, &["bob", "carol"]);
         again.name = "renamed".into();
         store
             .apply(&Effect::Conversation(again, Some(vec![5; 16])))
             .unwrap();
         let got = store.conversation(&c.id).unwrap().unwrap();
-        assert_eq!(got.members, vec!["alice", "bob", "carol"]);
+        assert_eq!(got.members, vec!["bob", "carol"]);
         assert_eq!(got.name, "renamed");
         assert_eq!(store.channel(&c.id).unwrap(), Some(vec![5; 16]));
         assert_eq!(store.conversation_of_channel(&[5; 16]).unwrap(), Some(c.id));

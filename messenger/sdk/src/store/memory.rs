@@ -58,6 +58,9 @@ struct MessageRow {
     rowid: u64,
 }
 
+/// A parked message: conversation, epoch, sender, MLS message, when it was parked.
+type ParkedRow = (ConversationId, u64, Vec<u8>, Vec<u8>, i64);
+
 #[derive(Clone)]
 struct DeliveryRow {
     delivery: Delivery,
@@ -79,8 +82,7 @@ struct State {
     /// In insertion order; (item, user, device) is unique.
     deliveries: Vec<DeliveryRow>,
     /// seq -> (conversation, epoch, mls).
-    /// seq -> (conversation, epoch, sender, mls)
-    parked: BTreeMap<u64, (ConversationId, u64, Vec<u8>, Vec<u8>)>,
+    parked: BTreeMap<u64, ParkedRow>,
     peer_identities: HashMap<(String, String), Vec<u8>>,
 }
 
@@ -203,9 +205,9 @@ impl State {
                 sender,
                 mls,
             } => {
-                self.parked
-                    .entry(*seq)
-                    .or_insert_with(|| (*conversation, *epoch, sender.clone(), mls.clone()));
+                self.parked.entry(*seq).or_insert_with(|| {
+                    (*conversation, *epoch, sender.clone(), mls.clone(), now_ms())
+                });
                 false
             }
             Effect::Conversation(c, channel) => {
@@ -219,8 +221,9 @@ impl State {
                         channel: None,
                         members: BTreeSet::new(),
                     });
+                row.kind = c.kind;
                 row.name.clone_from(&c.name);
-                row.members.extend(c.members.iter().cloned());
+                row.members = c.members.iter().cloned().collect();
                 if let Some(channel) = channel {
                     row.channel = Some(channel.clone());
                 }
@@ -371,8 +374,12 @@ impl Tx for MemoryTx<'_> {
             .0
             .parked
             .values()
-            .filter(|(_, _, s, _)| s == sender)
+            .filter(|(_, _, s, ..)| s == sender)
             .count() as u64)
+    }
+
+    fn parked_total(&mut self) -> SdkResult<u64> {
+        Ok(self.0.parked.len() as u64)
     }
 
     fn unpark(&mut self, seq: u64) -> SdkResult<()> {
@@ -592,11 +599,26 @@ impl Store for MemoryStore {
     }
 
     fn pending_deliveries(&self, limit: u32, now_ms: u64) -> SdkResult<Vec<Delivery>> {
-        Ok(self
-            .lock()
+        let state = self.lock();
+        // A device with a delivery waiting out its delay gets nothing after it meanwhile.
+        let mut held: BTreeSet<(String, String)> = BTreeSet::new();
+        let due: Vec<&DeliveryRow> = state
             .deliveries
             .iter()
-            .filter(|r| r.not_before_ms <= now_ms)
+            .filter(|r| {
+                let device = (r.delivery.user.clone(), r.delivery.device.clone());
+                if held.contains(&device) {
+                    return false;
+                }
+                if r.not_before_ms > now_ms {
+                    held.insert(device);
+                    return false;
+                }
+                true
+            })
+            .collect();
+        Ok(due
+            .into_iter()
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
             .map(|r| r.delivery.clone())
             .collect())
@@ -732,7 +754,7 @@ impl Store for MemoryStore {
             .parked
             .iter()
             .filter(|(_, (c, ..))| c == conversation)
-            .map(|(seq, (c, epoch, sender, mls))| {
+            .map(|(seq, (c, epoch, sender, mls, _))| {
                 (
                     *epoch,
                     Parked {
@@ -751,5 +773,26 @@ impl Store for MemoryStore {
     fn unpark(&self, seq: u64) -> SdkResult<()> {
         self.lock().parked.remove(&seq);
         Ok(())
+    }
+
+    fn expire_parked(&self, before_ms: u64) -> SdkResult<Vec<u64>> {
+        let before = i64::try_from(before_ms).unwrap_or(i64::MAX);
+        let mut state = self.lock();
+        let gone: Vec<u64> = state
+            .parked
+            .iter()
+            .filter(|(_, (.., at))| *at < before)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in &gone {
+            state.parked.remove(seq);
+        }
+        Ok(gone)
+    }
+
+    fn parked_conversations(&self) -> SdkResult<Vec<ConversationId>> {
+        let state = self.lock();
+        let set: BTreeSet<[u8; 16]> = state.parked.values().map(|(c, ..)| c.0).collect();
+        Ok(set.into_iter().map(ConversationId).collect())
     }
 }

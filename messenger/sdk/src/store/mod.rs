@@ -266,6 +266,10 @@ pub(crate) trait Store: Send + Sync {
     fn note_identity(&self, user: &str, device: &str, identity: &[u8]) -> SdkResult<bool>;
     /// Messages parked for `conversation`, oldest epoch first.
     fn parked(&self, conversation: &ConversationId) -> SdkResult<Vec<Parked>>;
+    /// Forgets the messages parked before `before_ms`; returns their queue seqs.
+    fn expire_parked(&self, before_ms: u64) -> SdkResult<Vec<u64>>;
+    /// The conversations that have parked messages.
+    fn parked_conversations(&self) -> SdkResult<Vec<ConversationId>>;
     /// Forgets a parked message.
     fn unpark(&self, seq: u64) -> SdkResult<()>;
 }
@@ -283,6 +287,8 @@ pub(crate) trait Tx {
     fn parked_count(&mut self, conversation: &ConversationId) -> SdkResult<u64>;
     /// How many messages sealed by `sender` are parked, in every conversation.
     fn parked_from(&mut self, sender: &[u8]) -> SdkResult<u64>;
+    /// How many messages are parked in all.
+    fn parked_total(&mut self) -> SdkResult<u64>;
     /// Forgets a parked message.
     fn unpark(&mut self, seq: u64) -> SdkResult<()>;
     /// One conversation, as this transaction sees it.

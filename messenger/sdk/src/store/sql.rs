@@ -8,7 +8,9 @@ use zeroize::Zeroizing;
 
 use qpq_core::mls::MlsMember;
 
-use super::{Delivery, Effect, Parked, Store, StoreKey, StoredAccount, Tx, state_from, state_name};
+use super::{
+    Delivery, Effect, Parked, Store, StoreKey, StoredAccount, Tx, now_ms, state_from, state_name,
+};
 use crate::error::{SdkError, SdkResult};
 use crate::model::{Conversation, ConversationId, ConversationKind, Message, MessageId, SendState};
 
@@ -200,8 +202,12 @@ ALTER TABLE messages ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0;
 -- processed, and the parking budget is counted per sender.
 ALTER TABLE parked ADD COLUMN sender BLOB NOT NULL DEFAULT x'';
 CREATE INDEX parked_by_sender ON parked(sender);
--- A delivery that failed waits until then, so the ones behind it are not held up.
+-- When it was parked: parked messages expire.
+ALTER TABLE parked ADD COLUMN parked_at_ms INTEGER NOT NULL DEFAULT 0;
+-- A delivery that failed waits until then, so the ones to other devices are not held up
+-- (those behind it to the same device wait with it: their order is kept).
 ALTER TABLE deliveries ADD COLUMN not_before_ms INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX deliveries_by_device ON deliveries(user, device);
 ",
 ];
 
@@ -274,6 +280,14 @@ fn parked_count_on(conn: &Connection, conversation: &ConversationId) -> SdkResul
         [conversation.0.as_slice()],
         |r| r.get(0),
     )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// How many messages are parked in all.
+fn parked_total_on(conn: &Connection) -> SdkResult<u64> {
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM parked")?
+        .query_row([], |r| r.get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -380,6 +394,10 @@ impl Tx for SqlTx<'_> {
 
     fn parked_from(&mut self, sender: &[u8]) -> SdkResult<u64> {
         parked_from_on(self.0, sender)
+    }
+
+    fn parked_total(&mut self) -> SdkResult<u64> {
+        parked_total_on(self.0)
     }
 
     fn unpark(&mut self, seq: u64) -> SdkResult<()> {
@@ -676,8 +694,12 @@ impl Store for SqlStore {
     fn pending_deliveries(&self, limit: u32, now_ms: u64) -> SdkResult<Vec<Delivery>> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT item, user, device, message_id, transport FROM deliveries
-             WHERE not_before_ms <= ?2 ORDER BY rowid LIMIT ?1",
+            "SELECT d.item, d.user, d.device, d.message_id, d.transport FROM deliveries AS d
+             WHERE d.not_before_ms <= ?2
+               AND NOT EXISTS (SELECT 1 FROM deliveries AS e
+                               WHERE e.user = d.user AND e.device = d.device
+                                 AND e.rowid < d.rowid AND e.not_before_ms > ?2)
+             ORDER BY d.rowid LIMIT ?1",
         )?;
         let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![limit, now], |r| {
@@ -870,6 +892,24 @@ impl Store for SqlStore {
     /// Messages parked for `conversation`, oldest first.
     fn parked(&self, conversation: &ConversationId) -> SdkResult<Vec<Parked>> {
         parked_on(&self.lock(), conversation)
+    }
+
+    fn expire_parked(&self, before_ms: u64) -> SdkResult<Vec<u64>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("DELETE FROM parked WHERE parked_at_ms < ?1 RETURNING seq")?;
+        let rows = stmt.query_map([i64::try_from(before_ms).unwrap_or(i64::MAX)], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        rows.map(|r| Ok(u64::try_from(r?).unwrap_or(0))).collect()
+    }
+
+    fn parked_conversations(&self) -> SdkResult<Vec<ConversationId>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached("SELECT DISTINCT conversation FROM parked")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        rows.map(|r| array(r?, "conversation id").map(ConversationId))
+            .collect()
     }
 
     /// Forgets a parked message.
@@ -1121,14 +1161,15 @@ fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
             mls,
         } => {
             tx.execute(
-                "INSERT OR IGNORE INTO parked (seq, conversation, epoch, mls, sender)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO parked (seq, conversation, epoch, mls, sender, parked_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     i64::try_from(*seq).unwrap_or(i64::MAX),
                     conversation.0.as_slice(),
                     i64::try_from(*epoch).unwrap_or(i64::MAX),
                     mls,
-                    sender
+                    sender,
+                    now_ms()
                 ],
             )?;
             false
@@ -1137,11 +1178,17 @@ fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
     })
 }
 
+/// Stores a conversation as it now is: a repeated id (an invitation back into a conversation
+/// this device left) takes the new kind, name and members outright, never the old ones.
 fn insert_conversation(tx: &Connection, c: &Conversation, created_at_ms: i64) -> SdkResult<()> {
     tx.execute(
         "INSERT INTO conversations (id, kind, name, created_at_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (id) DO UPDATE SET name = ?3",
+         ON CONFLICT (id) DO UPDATE SET kind = ?2, name = ?3",
         params![c.id.0.as_slice(), c.kind.code(), c.name, created_at_ms],
+    )?;
+    tx.execute(
+        "DELETE FROM members WHERE conversation = ?1",
+        [c.id.0.as_slice()],
     )?;
     for user in &c.members {
         tx.execute(

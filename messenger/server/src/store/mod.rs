@@ -245,6 +245,9 @@ pub struct BundleRow {
     pub delivery_token_hash: Option<Vec<u8>>,
     /// The binding's key-transparency leaf index.
     pub kt_index: u64,
+    /// The last-resort key-package hash in that leaf (`None` for bindings written before
+    /// schema version 5).
+    pub kt_key_package_hash: Option<Vec<u8>>,
 }
 
 /// A blob's upload state.
@@ -393,6 +396,7 @@ pub trait Store: Send + Sync + 'static {
         identity_key: Vec<u8>,
         delivery_token_hash: Option<Vec<u8>>,
         leaf_hash: [u8; 32],
+        key_package_hash: [u8; 32],
     ) -> impl Future<Output = StoreResult<u64>> + Send;
     /// A device's bundle.
     fn bundle(

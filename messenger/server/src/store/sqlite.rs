@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V2__abuse_controls.sql"),
     include_str!("../../migrations/V3__sender_totals.sql"),
     include_str!("../../migrations/V4__quota_per_user.sql"),
+    include_str!("../../migrations/V5__binding_key_package_hash.sql"),
 ];
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -741,6 +742,7 @@ impl Store for SqliteStore {
         identity_key: Vec<u8>,
         delivery_token_hash: Option<Vec<u8>>,
         leaf_hash: [u8; 32],
+        key_package_hash: [u8; 32],
     ) -> StoreResult<u64> {
         self.write(move |tx| {
             let index: i64 = tx
@@ -749,11 +751,20 @@ impl Store for SqliteStore {
             tx.execute("INSERT INTO kt_leaves (idx, leaf_hash) VALUES (?1, ?2)", params![index, leaf_hash.to_vec()])
                 .map_err(backend)?;
             tx.execute(
-                "INSERT INTO key_bundles (user, device, bundle, identity_key, delivery_token_hash, kt_index)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO key_bundles (user, device, bundle, identity_key, delivery_token_hash, kt_index,
+                     kt_key_package_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (user, device) DO UPDATE SET bundle = ?3, identity_key = ?4,
-                     delivery_token_hash = ?5, kt_index = ?6",
-                params![device.user, device.device, bundle, identity_key, delivery_token_hash, index],
+                     delivery_token_hash = ?5, kt_index = ?6, kt_key_package_hash = ?7",
+                params![
+                    device.user,
+                    device.device,
+                    bundle,
+                    identity_key,
+                    delivery_token_hash,
+                    index,
+                    key_package_hash.to_vec()
+                ],
             )
             .map_err(|e| {
                 // The identity key is unique: it belongs to the device that published it first.
@@ -771,7 +782,8 @@ impl Store for SqliteStore {
     async fn bundle(&self, device: DeviceId) -> StoreResult<Option<BundleRow>> {
         self.read(move |c| {
             c.query_row(
-                "SELECT bundle, identity_key, delivery_token_hash, kt_index FROM key_bundles WHERE user = ?1 AND device = ?2",
+                "SELECT bundle, identity_key, delivery_token_hash, kt_index, kt_key_package_hash
+                 FROM key_bundles WHERE user = ?1 AND device = ?2",
                 params![device.user, device.device],
                 |r| {
                     Ok(BundleRow {
@@ -779,6 +791,7 @@ impl Store for SqliteStore {
                         identity_key: r.get(1)?,
                         delivery_token_hash: r.get(2)?,
                         kt_index: u(r.get(3)?),
+                        kt_key_package_hash: r.get(4)?,
                     })
                 },
             )
