@@ -50,6 +50,8 @@ pub struct Limiters {
     pub resumes_per_ip: DefaultKeyedRateLimiter<IpAddr>,
     /// Typing notifications per user.
     pub typing_per_user: DefaultKeyedRateLimiter<String>,
+    /// Channel invitations per inviting user.
+    pub channel_invites_per_user: DefaultKeyedRateLimiter<String>,
     /// Key-bundle publishes per device (each may grow the key-transparency log).
     pub key_publishes_per_device: DefaultKeyedRateLimiter<(String, String)>,
 }
@@ -81,6 +83,9 @@ impl Limiters {
             logins_per_account: RateLimiter::keyed(per_minute(l.logins_per_minute_per_account)),
             resumes_per_ip: RateLimiter::keyed(per_minute(l.resumes_per_minute_per_ip)),
             typing_per_user: RateLimiter::keyed(per_minute(l.typing_per_minute_per_user)),
+            channel_invites_per_user: RateLimiter::keyed(per_minute(
+                l.channel_invites_per_minute_per_user,
+            )),
             key_publishes_per_device: RateLimiter::keyed(per_hour(
                 l.key_publishes_per_hour_per_device,
             )),
@@ -127,6 +132,7 @@ impl Limiters {
         self.resumes_per_ip.retain_recent();
         self.typing_per_user.retain_recent();
         self.key_publishes_per_device.retain_recent();
+        self.channel_invites_per_user.retain_recent();
     }
 
     /// Keys held across all limiters (for tests and metrics).

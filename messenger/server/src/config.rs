@@ -63,6 +63,12 @@ pub struct Limits {
     /// Payload bytes one sending user may have waiting in one recipient queue (default
     /// 32 MiB); sealed sends share one such allowance per queue.
     pub max_pending_bytes_per_sender: u64,
+    /// Channels one user may own (default 500).
+    pub max_channels_per_user: u32,
+    /// Users one CreateChannel or UpdateChannel call may invite (default 100).
+    pub max_channel_invites_per_call: u32,
+    /// Users one user may invite to channels per minute (default 120).
+    pub channel_invites_per_minute_per_user: u32,
     /// Key publishes (a new key bundle, or a new last-resort key package) per device per hour
     /// (default 20): each one that changes anything adds a leaf to the key-transparency log,
     /// which every server start replays.
@@ -153,6 +159,9 @@ impl Default for Limits {
             max_pending_bytes_per_sender: 32 * 1024 * 1024,
             max_queue_share_percent: 10,
             key_publishes_per_hour_per_device: 20,
+            max_channels_per_user: 500,
+            max_channel_invites_per_call: 100,
+            channel_invites_per_minute_per_user: 120,
             max_pending_per_stranger: 20,
             max_pending_bytes_per_stranger: 1024 * 1024,
             messages_per_second_per_user: 200,
@@ -323,6 +332,15 @@ impl Config {
                 u64::from(l.sealed_enqueues_per_second_per_ip),
             ),
             ("db_pool_size", l.db_pool_size as u64),
+            ("max_channels_per_user", u64::from(l.max_channels_per_user)),
+            (
+                "max_channel_invites_per_call",
+                u64::from(l.max_channel_invites_per_call),
+            ),
+            (
+                "channel_invites_per_minute_per_user",
+                u64::from(l.channel_invites_per_minute_per_user),
+            ),
             (
                 "key_publishes_per_hour_per_device",
                 u64::from(l.key_publishes_per_hour_per_device),

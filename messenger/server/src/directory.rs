@@ -52,6 +52,25 @@ impl<S: Store> User for Api<S> {
     }
 }
 
+impl<S: Store> Api<S> {
+    /// Bounds invitations: per call, and per inviting user per minute.
+    fn check_invites(&self, user: &str, n: usize) -> Result<(), Status> {
+        let per_call = self.state.limits.max_channel_invites_per_call as usize;
+        if n > per_call {
+            return Err(Status::invalid_argument(format!(
+                "at most {per_call} users may be invited in one call"
+            )));
+        }
+        let l = &self.state.limiters;
+        l.check(
+            &l.channel_invites_per_user,
+            &user.to_owned(),
+            u32::try_from(n).unwrap_or(u32::MAX),
+            "channel invitations",
+        )
+    }
+}
+
 impl<S: Store> Channel for Api<S> {
     async fn create_channel(
         &self,
@@ -64,18 +83,22 @@ impl<S: Store> Channel for Api<S> {
             return Err(Status::invalid_argument("name: 1 to 64 bytes"));
         }
         validate::max_len("mls_group_id", request.mls_group_id.len(), 256)?;
-        if request.members.len() > MAX_CHANNEL_MEMBERS {
-            return Err(Status::invalid_argument(format!(
-                "members: at most {MAX_CHANNEL_MEMBERS}"
-            )));
-        }
+        self.check_invites(&me.user, request.members.len())?;
         for member in &request.members {
             validate::user(member)?;
+        }
+        let owned = self.state.store.channels_owned(me.user.clone()).await?;
+        let max_owned = self.state.limits.max_channels_per_user;
+        if owned >= u64::from(max_owned) {
+            return Err(Status::resource_exhausted(format!(
+                "a user may own at most {max_owned} channels"
+            )));
         }
         let id: [u8; 16] = rand::random();
         let mut members = request.members.clone();
         members.sort();
         members.dedup();
+        members.retain(|m| *m != me.user);
         match self
             .state
             .store
@@ -115,15 +138,16 @@ impl<S: Store> Channel for Api<S> {
     ) -> Result<v1::UpdateChannelResponse, Status> {
         let me = caller(&ctx)?;
         validate::exact_len("channel_id", &request.channel_id, 16)?;
-        if request.add.len() + request.remove.len() > MAX_CHANNEL_MEMBERS {
+        if request.remove.len() > MAX_CHANNEL_MEMBERS {
             return Err(Status::invalid_argument(format!(
-                "add and remove: at most {MAX_CHANNEL_MEMBERS} names"
+                "remove: at most {MAX_CHANNEL_MEMBERS} names"
             )));
         }
         for user in request.add.iter().chain(&request.remove) {
             validate::user(user)?;
         }
         self.check_write(&me)?;
+        self.check_invites(&me.user, request.add.len())?;
         let members = match self
             .state
             .store
@@ -148,6 +172,11 @@ impl<S: Store> Channel for Api<S> {
                     "a channel has at most {MAX_CHANNEL_MEMBERS} members"
                 )));
             }
+            Err(StoreError::Forbidden) => {
+                return Err(Status::permission_denied(
+                    "only the channel's owner removes others; a member may remove itself",
+                ));
+            }
             Err(e) => return Err(e.into()),
         };
         let event = Event::Channel(v1::ChannelUpdate {
@@ -159,6 +188,39 @@ impl<S: Store> Channel for Api<S> {
         }
         self.state.channels_changed();
         Ok(v1::UpdateChannelResponse { members })
+    }
+
+    async fn answer_invitation(
+        &self,
+        ctx: RequestContext,
+        request: v1::AnswerInvitationRequest,
+    ) -> Result<v1::AnswerInvitationResponse, Status> {
+        let me = caller(&ctx)?;
+        validate::exact_len("channel_id", &request.channel_id, 16)?;
+        self.check_write(&me)?;
+        let members = match self
+            .state
+            .store
+            .answer_channel(request.channel_id.to_vec(), me.user.clone(), request.accept)
+            .await
+        {
+            Ok(members) => members,
+            Err(StoreError::NotFound) => {
+                return Err(Status::not_found("no invitation to such a channel"));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if request.accept {
+            let event = Event::Channel(v1::ChannelUpdate {
+                channel_id: request.channel_id.clone(),
+                change: "members".into(),
+            });
+            for user in &members {
+                self.state.push_to_user(user, &event).await;
+            }
+            self.state.channels_changed();
+        }
+        Ok(v1::AnswerInvitationResponse { members })
     }
 
     async fn typing(

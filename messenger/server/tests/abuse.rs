@@ -121,12 +121,25 @@ async fn a_stranger_who_becomes_known_gets_the_larger_quota_at_once() {
         send(&mallory, 4).await.unwrap_err().code(),
         Code::ResourceExhausted
     );
-    // Bob puts Eve in a channel with him: the same.
-    v1::channel_client::ChannelClient::new(bob.client.clone())
+    // Bob invites Eve to a channel with him: once she accepts, the same.
+    let channel = v1::channel_client::ChannelClient::new(bob.client.clone())
         .create_channel(&v1::CreateChannelRequest {
             name: "eve and bob".into(),
             members: vec!["eve".into()],
             mls_group_id: vec![1; 16].into(),
+        })
+        .await
+        .unwrap()
+        .channel_id;
+    assert_eq!(
+        send(&eve, 2).await.unwrap_err().code(),
+        Code::ResourceExhausted,
+        "an invitation not yet accepted is no membership"
+    );
+    v1::channel_client::ChannelClient::new(eve.client.clone())
+        .answer_invitation(&v1::AnswerInvitationRequest {
+            channel_id: channel,
+            accept: true,
         })
         .await
         .unwrap();
@@ -422,17 +435,32 @@ async fn endpoints_are_visible_only_to_channel_peers() {
         })
         .await
         .unwrap();
-    v1::channel_client::ChannelClient::new(alice.client.clone())
+    // Alice puts Bob in a channel without asking him: that shows her nothing.
+    let channel = v1::channel_client::ChannelClient::new(alice.client.clone())
         .create_channel(&v1::CreateChannelRequest {
             name: "friends".into(),
             members: vec!["bob".into()],
             mls_group_id: Default::default(),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .channel_id;
     let request = v1::ResolveEndpointRequest {
         device: Some(bob.me()),
     };
+    let err = v1::p2p_client::P2pClient::new(alice.client.clone())
+        .resolve_endpoint(&request)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "no consent, no address");
+    // Bob accepts: now she is a channel peer.
+    v1::channel_client::ChannelClient::new(bob.client.clone())
+        .answer_invitation(&v1::AnswerInvitationRequest {
+            channel_id: channel,
+            accept: true,
+        })
+        .await
+        .unwrap();
     let seen = v1::p2p_client::P2pClient::new(alice.client.clone())
         .resolve_endpoint(&request)
         .await
@@ -471,7 +499,26 @@ async fn only_members_change_a_channel_or_type_in_it_and_typing_is_limited() {
         .await
         .unwrap()
         .channel_id;
-    // Bob hears about the channel, then about Alice typing in it (an ephemeral event).
+    // Bob hears about the channel, accepts, then hears Alice typing in it (an ephemeral
+    // event).
+    let frame = next_frame(&mut bob_events).await;
+    assert!(matches!(
+        <v1::server_event_push::Event as qrpc::PushEvent>::decode_payload(
+            frame.event_type,
+            frame.payload
+        ),
+        Ok(v1::server_event_push::Event::Channel(_))
+    ));
+    let answer = |who: &Account, accept: bool| {
+        let client = channels(who);
+        let channel_id = id.clone();
+        async move {
+            client
+                .answer_invitation(&v1::AnswerInvitationRequest { channel_id, accept })
+                .await
+        }
+    };
+    answer(&bob, true).await.unwrap();
     let frame = next_frame(&mut bob_events).await;
     assert!(matches!(
         <v1::server_event_push::Event as qrpc::PushEvent>::decode_payload(
@@ -518,17 +565,46 @@ async fn only_members_change_a_channel_or_type_in_it_and_typing_is_limited() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    // A member changes the membership.
-    let members = channels(&bob)
-        .update_channel(&v1::UpdateChannelRequest {
+    // A member invites; only the owner removes others.
+    let update = |who: &Account, add: &[&str], remove: &[&str]| {
+        let client = channels(who);
+        let request = v1::UpdateChannelRequest {
             channel_id: id.clone(),
-            add: vec!["mallory".into()],
-            remove: vec!["alice".into()],
+            add: add.iter().map(|u| (*u).to_owned()).collect(),
+            remove: remove.iter().map(|u| (*u).to_owned()).collect(),
+        };
+        async move { client.update_channel(&request).await }
+    };
+    let err = update(&bob, &["mallory"], &["alice"]).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let members = update(&bob, &["mallory"], &[]).await.unwrap().members;
+    assert_eq!(members, vec!["alice", "bob"], "mallory is only invited");
+    // An invitee is no member: it cannot type, change the channel, or answer twice.
+    let err = channels(&mallory)
+        .typing(&v1::TypingRequest {
+            channel_id: id.clone(),
         })
         .await
-        .unwrap()
-        .members;
-    assert_eq!(members, vec!["bob".to_string(), "mallory".to_string()]);
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(
+        update(&mallory, &["eve"], &[]).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    answer(&mallory, false).await.unwrap();
+    assert_eq!(
+        answer(&mallory, true).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let members = update(&alice, &["mallory"], &[]).await.unwrap().members;
+    assert_eq!(members, vec!["alice", "bob"]);
+    assert_eq!(
+        answer(&mallory, true).await.unwrap().members,
+        vec!["alice", "bob", "mallory"]
+    );
+    // The owner removes a member; a member removes itself.
+    let members = update(&alice, &[], &["mallory"]).await.unwrap().members;
+    assert_eq!(members, vec!["alice", "bob"]);
     // Typing is rate limited per user: the limit is 2 per minute and one is used.
     channels(&bob)
         .typing(&v1::TypingRequest {
@@ -1169,4 +1245,45 @@ async fn key_publishes_grow_the_log_only_with_news_and_are_limited_per_device() 
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert_eq!(size().await, 3);
+}
+
+#[tokio::test]
+async fn channel_invitations_are_bounded_per_call_per_minute_and_per_owner() {
+    let h = start(|c| {
+        c.limits.max_channel_invites_per_call = 2;
+        c.limits.channel_invites_per_minute_per_user = 3;
+        c.limits.max_channels_per_user = 2;
+    })
+    .await;
+    let bob = Account::create(&h, "bob", "phone").await;
+    for u in ["u1", "u2", "u3"] {
+        Account::create(&h, u, "pc").await;
+    }
+    let channels = v1::channel_client::ChannelClient::new(bob.client.clone());
+    let create = |members: &[&str], name: &str| {
+        let channels = channels.clone();
+        let request = v1::CreateChannelRequest {
+            name: name.into(),
+            members: members.iter().map(|u| (*u).to_owned()).collect(),
+            mls_group_id: Default::default(),
+        };
+        async move { channels.create_channel(&request).await }
+    };
+    let err = create(&["u1", "u2", "u3"], "too many").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let first = create(&["u1", "u2"], "a").await.unwrap().channel_id;
+    // Two of three invitations this minute are used: two more are too many.
+    let err = channels
+        .update_channel(&v1::UpdateChannelRequest {
+            channel_id: first.clone(),
+            add: vec!["u3".into(), "u3".into()],
+            remove: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    create(&[], "b").await.unwrap();
+    let err = create(&[], "c").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("at most 2 channels"), "{err}");
 }

@@ -309,6 +309,19 @@ fn rows() -> Vec<Row> {
             Ok,
             NotFound,
         ),
+        // Only an invitee answers; neither the owner nor a stranger has an invitation.
+        row(
+            33,
+            |f| {
+                unary(&v1::AnswerInvitationRequest {
+                    channel_id: f.channel().into(),
+                    accept: false,
+                })
+            },
+            Unauthenticated,
+            NotFound,
+            NotFound,
+        ),
         row(
             40,
             |_| unary(&v1::ResolveUserRequest { user: "bob".into() }),
@@ -630,6 +643,152 @@ async fn authorization_matrix() {
                 failures.push(format!(
                     "method {} as {}: expected {expected:?}, got {got:?}",
                     row.method, COLUMNS[column]
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// What Mallory may do in Bob's channel in each state of her membership: none, invited (not
+/// yet answered), accepted, removed by the owner. Each cell runs on a fresh server.
+#[tokio::test]
+async fn channel_membership_states() {
+    use Code::*;
+    const OPS: [&str; 5] = ["typing", "invite", "remove owner", "endpoint", "accept"];
+    let cases = [
+        ("none", [NotFound, NotFound, NotFound, NotFound, NotFound]),
+        ("invited", [NotFound, NotFound, NotFound, NotFound, Ok]),
+        ("accepted", [Ok, Ok, PermissionDenied, Ok, NotFound]),
+        (
+            "removed",
+            [NotFound, NotFound, NotFound, NotFound, NotFound],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (state, expect) in cases {
+        for (op, expected) in expect.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = config(dir.path());
+            c.limits.calls_per_second_per_ip = 100_000;
+            let server = InProcess::new(c).await.unwrap();
+            device(&server, "bob", "phone").await;
+            device(&server, "mallory", "pc").await;
+            device(&server, "carol", "pc").await;
+            let bob = caller(&server, 1, 1);
+            let mallory = caller(&server, 2, 2);
+            let call = |conn: &qrpc::Connection, method: u16, body: RequestBody| {
+                let conn = conn.clone();
+                let server = &server;
+                async move {
+                    match server.call(&conn, method, body).await {
+                        Result::Ok(r) => Result::Ok(r),
+                        Err(status) => Err(status.code()),
+                    }
+                }
+            };
+            call(
+                &bob,
+                71,
+                unary(&v1::PublishEndpointRequest {
+                    addresses: vec!["192.0.2.7:4433".into()],
+                    ttl_ms: 600_000,
+                }),
+            )
+            .await
+            .unwrap();
+            let members = if state == "none" {
+                vec![]
+            } else {
+                vec!["mallory".to_owned()]
+            };
+            let created = call(
+                &bob,
+                30,
+                unary(&v1::CreateChannelRequest {
+                    name: "bob's".into(),
+                    members,
+                    mls_group_id: Default::default(),
+                }),
+            )
+            .await
+            .unwrap();
+            let qrpc::ResponseBody::Unary(bytes) = created.into_inner() else {
+                panic!("unary answer expected")
+            };
+            let channel = v1::CreateChannelResponse::decode(bytes).unwrap().channel_id;
+            if matches!(state, "accepted" | "removed") {
+                call(
+                    &mallory,
+                    33,
+                    unary(&v1::AnswerInvitationRequest {
+                        channel_id: channel.clone(),
+                        accept: true,
+                    }),
+                )
+                .await
+                .unwrap();
+            }
+            if state == "removed" {
+                call(
+                    &bob,
+                    31,
+                    unary(&v1::UpdateChannelRequest {
+                        channel_id: channel.clone(),
+                        add: vec![],
+                        remove: vec!["mallory".into()],
+                    }),
+                )
+                .await
+                .unwrap();
+            }
+            let update = |add: &str, remove: &str| v1::UpdateChannelRequest {
+                channel_id: channel.clone(),
+                add: [add]
+                    .iter()
+                    .filter(|u| !u.is_empty())
+                    .map(|u| (*u).to_owned())
+                    .collect(),
+                remove: [remove]
+                    .iter()
+                    .filter(|u| !u.is_empty())
+                    .map(|u| (*u).to_owned())
+                    .collect(),
+            };
+            let (method, body) = match OPS[op] {
+                "typing" => (
+                    32,
+                    unary(&v1::TypingRequest {
+                        channel_id: channel.clone(),
+                    }),
+                ),
+                "invite" => (31, unary(&update("carol", ""))),
+                "remove owner" => (31, unary(&update("", "bob"))),
+                "endpoint" => (
+                    72,
+                    unary(&v1::ResolveEndpointRequest {
+                        device: Some(v1::DeviceRef {
+                            user: "bob".into(),
+                            device: "phone".into(),
+                        }),
+                    }),
+                ),
+                _ => (
+                    33,
+                    unary(&v1::AnswerInvitationRequest {
+                        channel_id: channel.clone(),
+                        accept: true,
+                    }),
+                ),
+            };
+            let got = match call(&mallory, method, body).await {
+                Result::Ok(_) => Ok,
+                Err(code) => code,
+            };
+            if got != *expected {
+                failures.push(format!(
+                    "{} as a {state} member: expected {expected:?}, got {got:?}",
+                    OPS[op]
                 ));
             }
         }

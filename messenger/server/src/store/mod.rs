@@ -68,6 +68,9 @@ pub enum StoreError {
     /// A quota would be exceeded.
     #[error("quota exceeded")]
     QuotaExceeded,
+    /// The caller may not make this change (it exists, and the caller can see it).
+    #[error("not allowed")]
+    Forbidden,
     /// The backend failed; the source chain says why.
     #[error("storage failure")]
     Backend(#[source] BackendError),
@@ -114,6 +117,7 @@ impl From<StoreError> for qrpc::Status {
                 "this device id was revoked and cannot be used again; choose another",
             ),
             StoreError::QuotaExceeded => qrpc::Status::resource_exhausted("storage quota exceeded"),
+            StoreError::Forbidden => qrpc::Status::permission_denied("not allowed"),
             StoreError::Backend(reason) => {
                 let mut chain = reason.to_string();
                 let mut source = std::error::Error::source(&reason);
@@ -416,7 +420,7 @@ pub trait Store: Send + Sync + 'static {
     /// Every key-transparency leaf hash, in order (to rebuild the log at start).
     fn kt_leaves(&self) -> impl Future<Output = StoreResult<Vec<[u8; 32]>>> + Send;
 
-    /// Creates a channel with its members.
+    /// Creates a channel whose first member is `owner`, with `members` invited.
     fn create_channel(
         &self,
         id: Vec<u8>,
@@ -426,9 +430,11 @@ pub trait Store: Send + Sync + 'static {
         mls_group_id: Vec<u8>,
         now_ms: u64,
     ) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Adds and removes members of a channel `caller` belongs to, keeping at most
-    /// `max_members`; returns the members after the change, sorted. `NotFound` when the
-    /// channel does not exist, the caller is not a member, or an added user does not exist.
+    /// Invites users to and removes members from a channel `caller` is an accepted member of,
+    /// keeping at most `max_members` (invited and accepted); returns the accepted members
+    /// after the change, sorted. `NotFound` when the channel does not exist, the caller is not
+    /// a member, or an invited user does not exist; `Forbidden` when the caller, not its
+    /// owner, removes someone else.
     fn update_channel(
         &self,
         id: Vec<u8>,
@@ -437,7 +443,18 @@ pub trait Store: Send + Sync + 'static {
         remove: Vec<String>,
         max_members: usize,
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
-    /// A channel's members, sorted, if `caller` is one of them.
+    /// `user` answers its invitation to channel `id`: accepted, it becomes a member;
+    /// declined, the invitation is gone. Returns the accepted members after the answer.
+    /// `NotFound` when `user` has no invitation there.
+    fn answer_channel(
+        &self,
+        id: Vec<u8>,
+        user: String,
+        accept: bool,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+    /// Channels `user` owns.
+    fn channels_owned(&self, user: String) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// A channel's accepted members, sorted, if `caller` is one of them.
     fn channel_members(
         &self,
         id: Vec<u8>,

@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V3__sender_totals.sql"),
     include_str!("../../migrations/V4__quota_per_user.sql"),
     include_str!("../../migrations/V5__binding_key_package_hash.sql"),
+    include_str!("../../migrations/V6__channel_consent.sql"),
 ];
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -258,9 +259,11 @@ fn enqueue_one(
     })
 }
 
+/// Whether `user` is an accepted member of channel `id`.
 fn is_member(c: &Connection, id: &[u8], user: &str) -> StoreResult<bool> {
     c.prepare_cached(
-        "SELECT EXISTS(SELECT 1 FROM channel_members WHERE channel_id = ?1 AND user = ?2)",
+        "SELECT EXISTS(SELECT 1 FROM channel_members
+                       WHERE channel_id = ?1 AND user = ?2 AND state = 'accepted')",
     )
     .and_then(|mut st| st.query_row(params![id, user], |r| r.get(0)))
     .map_err(backend)
@@ -268,7 +271,10 @@ fn is_member(c: &Connection, id: &[u8], user: &str) -> StoreResult<bool> {
 
 fn members_of(c: &Connection, id: &[u8]) -> StoreResult<Vec<String>> {
     let mut st = c
-        .prepare_cached("SELECT user FROM channel_members WHERE channel_id = ?1 ORDER BY user")
+        .prepare_cached(
+            "SELECT user FROM channel_members WHERE channel_id = ?1 AND state = 'accepted'
+             ORDER BY user",
+        )
         .map_err(backend)?;
     let rows = st.query_map([id], |r| r.get(0)).map_err(backend)?;
     rows.collect::<Result<Vec<String>, _>>().map_err(backend)
@@ -280,7 +286,8 @@ fn share_channel_in(c: &Connection, a: &str, b: &str) -> StoreResult<bool> {
     }
     c.prepare_cached(
         "SELECT EXISTS(SELECT 1 FROM channel_members x JOIN channel_members y
-             ON x.channel_id = y.channel_id WHERE x.user = ?1 AND y.user = ?2)",
+             ON x.channel_id = y.channel_id
+             WHERE x.user = ?1 AND y.user = ?2 AND x.state = 'accepted' AND y.state = 'accepted')",
     )
     .and_then(|mut st| st.query_row(params![a, b], |r| r.get(0)))
     .map_err(backend)
@@ -868,12 +875,18 @@ impl Store for SqliteStore {
                 params![id, name, owner, mls_group_id, i(now_ms)],
             )
             .map_err(constraint_or(StoreError::AlreadyExists))?;
-            for member in members.iter().chain(std::iter::once(&owner)) {
+            tx.execute(
+                "INSERT INTO channel_members (channel_id, user, state) VALUES (?1, ?2, 'accepted')",
+                params![id, owner],
+            )
+            .map_err(backend)?;
+            for member in &members {
                 if !user_exists_in(tx, member)? {
                     return Err(StoreError::NotFound);
                 }
                 tx.execute(
-                    "INSERT OR IGNORE INTO channel_members (channel_id, user) VALUES (?1, ?2)",
+                    "INSERT OR IGNORE INTO channel_members (channel_id, user, state)
+                     VALUES (?1, ?2, 'invited')",
                     params![id, member],
                 )
                 .map_err(backend)?;
@@ -895,28 +908,87 @@ impl Store for SqliteStore {
             if !is_member(tx, &id, &caller)? {
                 return Err(StoreError::NotFound);
             }
+            let owner: String = tx
+                .query_row("SELECT owner FROM channels WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .map_err(backend)?;
             for user in &add {
                 if !user_exists_in(tx, user)? {
                     return Err(StoreError::NotFound);
                 }
                 tx.execute(
-                    "INSERT OR IGNORE INTO channel_members (channel_id, user) VALUES (?1, ?2)",
+                    "INSERT OR IGNORE INTO channel_members (channel_id, user, state)
+                     VALUES (?1, ?2, 'invited')",
                     params![id, user],
                 )
                 .map_err(backend)?;
             }
             for user in &remove {
+                // The owner removes anyone; a member only itself (leaving).
+                if *user != caller && caller != owner {
+                    return Err(StoreError::Forbidden);
+                }
                 tx.execute(
                     "DELETE FROM channel_members WHERE channel_id = ?1 AND user = ?2",
                     params![id, user],
                 )
                 .map_err(backend)?;
             }
-            let members = members_of(tx, &id)?;
-            if members.len() > max_members {
+            let all: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM channel_members WHERE channel_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if u(all) > max_members as u64 {
                 return Err(StoreError::QuotaExceeded);
             }
-            Ok(members)
+            members_of(tx, &id)
+        })
+        .await
+    }
+
+    async fn answer_channel(
+        &self,
+        id: Vec<u8>,
+        user: String,
+        accept: bool,
+    ) -> StoreResult<Vec<String>> {
+        self.write(move |tx| {
+            let changed = if accept {
+                tx.execute(
+                    "UPDATE channel_members SET state = 'accepted'
+                     WHERE channel_id = ?1 AND user = ?2 AND state = 'invited'",
+                    params![id, user],
+                )
+            } else {
+                tx.execute(
+                    "DELETE FROM channel_members
+                     WHERE channel_id = ?1 AND user = ?2 AND state = 'invited'",
+                    params![id, user],
+                )
+            }
+            .map_err(backend)?;
+            if changed == 0 {
+                return Err(StoreError::NotFound);
+            }
+            if accept {
+                members_of(tx, &id)
+            } else {
+                Ok(Vec::new())
+            }
+        })
+        .await
+    }
+
+    async fn channels_owned(&self, user: String) -> StoreResult<u64> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT COUNT(*) FROM channels WHERE owner = ?1")
+                .and_then(|mut st| st.query_row([user], |r| r.get::<_, i64>(0)))
+                .map(u)
+                .map_err(backend)
         })
         .await
     }
@@ -1300,11 +1372,60 @@ mod tests {
         )
         .await
         .unwrap();
+        // An invitation is not membership: Bob is not known to Cat until she accepts.
+        assert!(!s.share_channel("cat".into(), "bob".into()).await.unwrap());
+        assert_eq!(
+            s.known_to("bob".into(), vec!["cat".into()]).await.unwrap(),
+            vec![false]
+        );
+        assert!(
+            s.channel_members(vec![1; 16], "cat".into())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            s.answer_channel(vec![1; 16], "cat".into(), true)
+                .await
+                .unwrap(),
+            vec!["bob", "cat"]
+        );
         assert!(s.share_channel("cat".into(), "bob".into()).await.unwrap());
         assert_eq!(
             s.known_to("cat".into(), vec!["bob".into()]).await.unwrap(),
             vec![true]
         );
+        // Answered once: there is no invitation left to answer.
+        assert!(matches!(
+            s.answer_channel(vec![1; 16], "cat".into(), false).await,
+            Err(StoreError::NotFound)
+        ));
+        // Only the owner removes others; a member removes itself.
+        with_device(&s, "dan", "pc").await;
+        s.update_channel(vec![1; 16], "bob".into(), vec!["dan".into()], vec![], 10)
+            .await
+            .unwrap();
+        s.answer_channel(vec![1; 16], "dan".into(), true)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.update_channel(vec![1; 16], "cat".into(), vec![], vec!["dan".into()], 10)
+                .await,
+            Err(StoreError::Forbidden)
+        ));
+        assert_eq!(
+            s.update_channel(vec![1; 16], "cat".into(), vec![], vec!["cat".into()], 10)
+                .await
+                .unwrap(),
+            vec!["bob", "dan"]
+        );
+        assert_eq!(
+            s.update_channel(vec![1; 16], "bob".into(), vec![], vec!["dan".into()], 10)
+                .await
+                .unwrap(),
+            vec!["bob"]
+        );
+        assert_eq!(s.channels_owned("bob".into()).await.unwrap(), 1);
     }
 
     #[tokio::test]
