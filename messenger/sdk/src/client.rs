@@ -99,6 +99,20 @@ pub struct QpqClientBuilder {
     limits: ClientLimits,
     crash: Option<CrashPoint>,
     in_memory: bool,
+    invitations: InvitationPolicy,
+}
+
+/// Which invitations a client joins at once; the others become message requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvitationPolicy {
+    /// From this user's other devices and from users it already has a conversation with
+    /// (default). An invitation from anyone else is a message request
+    /// ([`ClientEvent::MessageRequest`]) that the user accepts or declines.
+    #[default]
+    FromKnown,
+    /// Every invitation (scripted users, tests): nobody is asked.
+    FromAnyone,
 }
 
 impl QpqClientBuilder {
@@ -109,6 +123,12 @@ impl QpqClientBuilder {
     #[cfg(feature = "testing")]
     pub fn crash_at(mut self, point: CrashPoint) -> Self {
         self.crash = Some(point);
+        self
+    }
+
+    /// Which invitations are joined at once (default [`InvitationPolicy::FromKnown`]).
+    pub fn invitations(mut self, policy: InvitationPolicy) -> Self {
+        self.invitations = policy;
         self
     }
 
@@ -199,6 +219,7 @@ impl QpqClientBuilder {
                 peer_keys: Mutex::new(HashMap::new()),
                 peer_identities: Mutex::new(HashMap::new()),
                 unverifiable: Mutex::new(HashMap::new()),
+                invitations: self.invitations,
                 one_at_a_time: std::sync::atomic::AtomicBool::new(false),
                 crash: Mutex::new(self.crash),
             }),
@@ -234,6 +255,8 @@ struct Inner {
     peer_identities: Mutex<HashMap<(String, String), qpq_core::identity::IdentityPublic>>,
     /// Whether the outbox sends one delivery per call (a call was refused as a whole).
     one_at_a_time: std::sync::atomic::AtomicBool,
+    /// Which invitations are joined at once.
+    invitations: InvitationPolicy,
     /// Devices whose keys recently failed the check, with the reason and when.
     unverifiable: Mutex<HashMap<(String, String), (String, std::time::Instant)>>,
     crash: CrashSwitch,
@@ -542,9 +565,72 @@ impl QpqClient {
         self.tasks.stop();
     }
 
-    /// Every conversation, newest first.
+    /// Every conversation, newest first (message requests are not among them).
     pub fn conversations(&self) -> SdkResult<Vec<Conversation>> {
         self.inner.store.conversations()
+    }
+
+    /// Message requests: invitations from users this one has no conversation with, newest
+    /// first, each with its inviter. Their messages are stored but not announced until the
+    /// request is accepted.
+    pub fn requests(&self) -> SdkResult<Vec<(Conversation, String)>> {
+        self.inner.store.requests()
+    }
+
+    /// Accepts a message request: the conversation joins the list
+    /// ([`ClientEvent::ConversationCreated`]) and this user becomes a member of its server
+    /// channel. `NotFound` if it is no request.
+    pub async fn accept_request(&self, id: &ConversationId) -> SdkResult<Conversation> {
+        let c = self
+            .inner
+            .store
+            .requests()?
+            .into_iter()
+            .map(|(c, _)| c)
+            .find(|c| c.id == *id)
+            .ok_or_else(|| SdkError::NotFound(format!("message request {id}")))?;
+        self.answer_channel(id, true).await?;
+        self.inner.store.accept_request(id)?;
+        self.emit(ClientEvent::ConversationCreated(c.clone()));
+        Ok(c)
+    }
+
+    /// Declines a message request: its conversation, messages and group keys are deleted,
+    /// and the server channel invitation is declined. `NotFound` if it is no request.
+    pub async fn decline_request(&self, id: &ConversationId) -> SdkResult<()> {
+        if !self.inner.store.is_request(id)? {
+            return Err(SdkError::NotFound(format!("message request {id}")));
+        }
+        self.answer_channel(id, false).await?;
+        {
+            let keys = lock(&self.inner.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            if let Some(group) = keys.mls.group(&id.0)? {
+                group.delete(&keys.mls)?;
+            }
+        }
+        self.inner.store.decline_request(id)?;
+        Ok(())
+    }
+
+    /// Answers the server channel invitation of conversation `id`, if it has a channel. An
+    /// invitation already answered (or withdrawn) is not an error.
+    async fn answer_channel(&self, id: &ConversationId, accept: bool) -> SdkResult<()> {
+        let Some(channel_id) = self.inner.store.channel(id)? else {
+            return Ok(());
+        };
+        let rpc = self.inner.session().await?;
+        match v1::channel_client::ChannelClient::new(rpc)
+            .answer_invitation(&v1::AnswerInvitationRequest {
+                channel_id: channel_id.into(),
+                accept,
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::NotFound => Ok(()),
+            Err(status) => Err(status.into()),
+        }
     }
 
     /// Searches this device's decrypted messages (full-text, every word must match), best
@@ -2189,8 +2275,16 @@ impl Inner {
         let mut events = Vec::new();
         let mut queued = applied.queued;
         let unpark = applied.epoch_changed();
-        if applied.changed && matches!(applied.effect, Effect::Conversation(..)) {
+        if applied.changed
+            && matches!(
+                applied.effect,
+                Effect::Conversation(..) | Effect::Request { .. }
+            )
+        {
             self.store.key_package_used()?;
+        }
+        if let Effect::Conversation(c, Some(channel)) = &applied.effect {
+            self.store.channel_to_accept(&c.id, channel)?;
         }
         events.extend(applied.events(&*self.store)?);
         let mut step = Step::Done;
@@ -2438,7 +2532,21 @@ impl Inner {
                     name: inv.name,
                     members,
                 };
-                (Effect::Conversation(c, channel), false)
+                let known = self.invitations == InvitationPolicy::FromAnyone
+                    || inviter_user == my_user
+                    || tx.knows(&inviter_user)?;
+                if known {
+                    (Effect::Conversation(c, channel), false)
+                } else {
+                    (
+                        Effect::Request {
+                            conversation: c,
+                            channel,
+                            inviter: inviter_user,
+                        },
+                        false,
+                    )
+                }
             }
             Some(v1::transport::Kind::Group(g)) => {
                 let id = conversation_id(&g.conversation_id)?;
@@ -2680,6 +2788,50 @@ impl Inner {
     /// Applies one queue entry, first checking against the log the keys of every device it
     /// names that this client has not checked yet.
     async fn apply_checked(self: &Arc<Self>, envelope: &v1::Envelope) -> SdkResult<()> {
+        self.apply_keys_checked(envelope).await?;
+        self.answer_invitations().await;
+        Ok(())
+    }
+
+    /// Tells the server this device's user accepted the channels of the invitations it joined.
+    /// Kept in the store until the server has the answer, so a stop in between only delays
+    /// it (to the next receive session); meanwhile the membership is an invitation there,
+    /// which only withholds what membership grants (typing, endpoints, the known-sender
+    /// quota).
+    async fn answer_invitations(self: &Arc<Self>) {
+        let Ok(pending) = self.store.channels_to_accept() else {
+            return;
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let Ok(rpc) = self.session().await else {
+            return;
+        };
+        let client = v1::channel_client::ChannelClient::new(rpc);
+        for (conversation, channel_id) in pending {
+            match client
+                .answer_invitation(&v1::AnswerInvitationRequest {
+                    channel_id: channel_id.into(),
+                    accept: true,
+                })
+                .await
+            {
+                // Answered now, or before (by another device of this user).
+                Ok(_) => {}
+                Err(status) if status.code() == Code::NotFound => {}
+                Err(status) => {
+                    tracing::warn!(%status, "could not accept a channel invitation yet");
+                    continue;
+                }
+            }
+            if let Err(e) = self.store.channel_accepted(&conversation) {
+                tracing::warn!(error = %e, "could not record a channel answer");
+            }
+        }
+    }
+
+    async fn apply_keys_checked(self: &Arc<Self>, envelope: &v1::Envelope) -> SdkResult<()> {
         let mut refused = self.recently_refused();
         let mut checked = false;
         loop {
@@ -3149,6 +3301,16 @@ fn events_for(
     Ok(match effect {
         Effect::None | Effect::Park { .. } | Effect::LeaveRequest { .. } => Vec::new(),
         Effect::Conversation(c, _) => vec![ClientEvent::ConversationCreated(c.clone())],
+        Effect::Request {
+            conversation,
+            inviter,
+            ..
+        } => vec![ClientEvent::MessageRequest {
+            conversation: conversation.clone(),
+            inviter: inviter.clone(),
+        }],
+        // What arrives in a message request waits, unannounced, until it is accepted.
+        Effect::Message(m) if store.is_request(&m.conversation)? => Vec::new(),
         Effect::Message(m) => vec![ClientEvent::MessageReceived(m.clone())],
         Effect::Members {
             conversation,
@@ -3307,6 +3469,7 @@ async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
     let mut caught_up = false;
     let mut resumed = false;
     inner.retry_parked().await?;
+    inner.answer_invitations().await;
     loop {
         let cursor = inner.store.cursor()?;
         let request = v1::FetchWaitRequest {

@@ -29,8 +29,17 @@ pub enum ConnectionState {
 pub enum ClientEvent {
     /// A message arrived (or, for an outgoing one, was stored: the local echo).
     MessageReceived(Box<Message>),
-    /// This device joined a conversation, or created one.
+    /// This device joined a conversation, or created one (or accepted a message request).
     ConversationCreated(Conversation),
+    /// A user this one has no conversation with invited it: a message request, kept out of
+    /// the conversation list (and its messages unannounced) until the user accepts it with
+    /// [`QpqClient::accept_request`](crate::QpqClient::accept_request) or declines it.
+    MessageRequest {
+        /// The conversation as the invitation shows it.
+        conversation: Conversation,
+        /// The inviting user.
+        inviter: String,
+    },
     /// A conversation's name or members changed (the new state).
     ConversationUpdated(Conversation),
     /// A user joined a conversation.

@@ -43,7 +43,7 @@ mod store;
 
 #[cfg(feature = "testing")]
 pub use client::CrashPoint;
-pub use client::{ClientLimits, QpqClient, QpqClientBuilder};
+pub use client::{ClientLimits, InvitationPolicy, QpqClient, QpqClientBuilder};
 pub use error::{SdkError, SdkResult};
 pub use events::{ClientEvent, ConnectionState};
 pub use model::{

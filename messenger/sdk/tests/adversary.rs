@@ -334,6 +334,9 @@ async fn a_full_queue_never_holds_up_the_rest_of_the_outbox() {
         matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
     })
     .await;
+    // Bob has written to Alice, so her messages are not a stranger's (whose rate is lower).
+    let hello = bob.send_text(&dm.id, "hi alice", None).unwrap();
+    sent(&mut bob_events, hello).await;
     bob.logout().await.unwrap();
     drop(bob);
 

@@ -435,6 +435,7 @@ async fn clients_on_in_memory_stores_talk_like_any_other() {
             .server(server.addr)
             .pin(server.fingerprint)
             .in_memory()
+            .invitations(qpq_sdk::InvitationPolicy::FromAnyone)
             .build()
             .unwrap()
     };

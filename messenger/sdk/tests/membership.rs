@@ -1,4 +1,5 @@
-//! Leaving a group, and group messages that arrive before the commit they depend on.
+//! Leaving a group, group messages that arrive before the commit they depend on, and
+//! invitations from strangers as message requests.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -177,4 +178,75 @@ async fn messages_that_overtake_their_commit_wait_for_it_and_the_wait_is_bounded
         .map(|m| m.body)
         .collect();
     assert_eq!(stored, vec!["after 1"]);
+}
+
+#[tokio::test]
+async fn a_strangers_invitation_is_a_request_until_the_user_answers() {
+    let server = Server::start().await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let alice = account(&server, dirs[0].path(), "alice", "laptop").await;
+    let bob = server.consenting_client(dirs[1].path());
+    bob.register("bob", "pw").await.unwrap();
+    bob.login("bob", "phone", "pw").await.unwrap();
+    let mut bob_events = bob.subscribe();
+
+    // Alice has never talked to Bob: her DM is a request, out of his list, and what she says
+    // in it is not announced.
+    let dm = alice.create_dm("bob").await.unwrap();
+    let (requested, inviter) = next(&mut bob_events, |e| match e {
+        ClientEvent::MessageRequest {
+            conversation,
+            inviter,
+        } => Some((conversation, inviter)),
+        ClientEvent::ConversationCreated(c) => panic!("joined without consent: {c:?}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!((requested.id, inviter.as_str()), (dm.id, "alice"));
+    assert!(bob.conversations().unwrap().is_empty());
+    assert_eq!(bob.requests().unwrap().len(), 1);
+    let mut alice_events = alice.subscribe();
+    let first = alice.send_text(&dm.id, "hi, it's Alice", None).unwrap();
+    sent(&mut alice_events, first).await;
+    // Bob accepts: the conversation joins his list with what was said, and the next message
+    // is announced as usual.
+    let accepted = bob.accept_request(&dm.id).await.unwrap();
+    assert_eq!(accepted.id, dm.id);
+    assert_eq!(bob.conversations().unwrap().len(), 1);
+    assert!(bob.requests().unwrap().is_empty());
+    alice.send_text(&dm.id, "welcome", None).unwrap();
+    let (_, body) = text(&mut bob_events).await;
+    let seen: Vec<String> = bob
+        .messages(&dm.id, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert!(seen.contains(&"welcome".to_string()), "{seen:?} {body}");
+
+    // Now Alice is known: her group invitation is joined at once.
+    let group = alice.create_group("team", &["bob"]).await.unwrap();
+    let joined = next(&mut bob_events, |e| match e {
+        ClientEvent::ConversationCreated(c) => Some(c),
+        ClientEvent::MessageRequest { .. } => panic!("a known inviter is not a stranger"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined.id, group.id);
+
+    // Carol, a stranger to Bob, invites him; he declines, and nothing of it stays.
+    let carol = account(&server, dirs[2].path(), "carol", "pc").await;
+    let hers = carol.create_dm("bob").await.unwrap();
+    next(&mut bob_events, |e| match e {
+        ClientEvent::MessageRequest { conversation, .. } if conversation.id == hers.id => Some(()),
+        _ => None,
+    })
+    .await;
+    bob.decline_request(&hers.id).await.unwrap();
+    assert!(bob.requests().unwrap().is_empty());
+    assert!(bob.conversations().unwrap().iter().all(|c| c.id != hers.id));
+    assert!(matches!(
+        bob.accept_request(&hers.id).await.unwrap_err(),
+        qpq_sdk::SdkError::NotFound(_)
+    ));
 }

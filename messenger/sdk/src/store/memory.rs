@@ -84,6 +84,10 @@ struct State {
     /// seq -> (conversation, epoch, mls).
     parked: BTreeMap<u64, ParkedRow>,
     peer_identities: HashMap<(String, String), Vec<u8>>,
+    /// Message requests: conversation -> inviter.
+    requests: BTreeMap<[u8; 16], String>,
+    /// Channels still to accept on the server: conversation -> channel.
+    channel_answers: BTreeMap<[u8; 16], Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -198,6 +202,15 @@ impl State {
     fn apply(&mut self, effect: &Effect) -> SdkResult<bool> {
         Ok(match effect {
             Effect::None | Effect::LeaveRequest { .. } => false,
+            Effect::Request {
+                conversation,
+                channel,
+                inviter,
+            } => {
+                self.apply(&Effect::Conversation(conversation.clone(), channel.clone()))?;
+                self.requests.insert(conversation.id.0, inviter.clone());
+                true
+            }
             Effect::Park {
                 seq,
                 conversation,
@@ -380,6 +393,14 @@ impl Tx for MemoryTx<'_> {
 
     fn parked_total(&mut self) -> SdkResult<u64> {
         Ok(self.0.parked.len() as u64)
+    }
+
+    fn knows(&mut self, user: &str) -> SdkResult<bool> {
+        Ok(self
+            .0
+            .conversations
+            .iter()
+            .any(|(id, c)| !self.0.requests.contains_key(id) && c.members.contains(user)))
     }
 
     fn unpark(&mut self, seq: u64) -> SdkResult<()> {
@@ -566,12 +587,65 @@ impl Store for MemoryStore {
         rows.sort_by(|a, b| b.1.created_at_ms.cmp(&a.1.created_at_ms).then(a.0.cmp(b.0)));
         Ok(rows
             .into_iter()
+            .filter(|(id, _)| !state.requests.contains_key(*id))
             .filter_map(|(id, _)| state.conversation(&ConversationId(*id)))
             .collect())
     }
 
     fn conversation(&self, id: &ConversationId) -> SdkResult<Option<Conversation>> {
         Ok(self.lock().conversation(id))
+    }
+
+    fn requests(&self) -> SdkResult<Vec<(Conversation, String)>> {
+        let state = self.lock();
+        let mut out: Vec<(i64, Conversation, String)> = state
+            .requests
+            .iter()
+            .filter_map(|(id, inviter)| {
+                let row = state.conversations.get(id)?;
+                let c = state.conversation(&ConversationId(*id))?;
+                Some((row.created_at_ms, c, inviter.clone()))
+            })
+            .collect();
+        out.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+        Ok(out.into_iter().map(|(_, c, i)| (c, i)).collect())
+    }
+
+    fn channel_to_accept(&self, id: &ConversationId, channel: &[u8]) -> SdkResult<()> {
+        self.lock().channel_answers.insert(id.0, channel.to_vec());
+        Ok(())
+    }
+
+    fn channels_to_accept(&self) -> SdkResult<Vec<(ConversationId, Vec<u8>)>> {
+        Ok(self
+            .lock()
+            .channel_answers
+            .iter()
+            .map(|(id, c)| (ConversationId(*id), c.clone()))
+            .collect())
+    }
+
+    fn channel_accepted(&self, id: &ConversationId) -> SdkResult<()> {
+        self.lock().channel_answers.remove(&id.0);
+        Ok(())
+    }
+
+    fn is_request(&self, id: &ConversationId) -> SdkResult<bool> {
+        Ok(self.lock().requests.contains_key(&id.0))
+    }
+
+    fn accept_request(&self, id: &ConversationId) -> SdkResult<bool> {
+        Ok(self.lock().requests.remove(&id.0).is_some())
+    }
+
+    fn decline_request(&self, id: &ConversationId) -> SdkResult<bool> {
+        let mut state = self.lock();
+        if state.requests.remove(&id.0).is_none() {
+            return Ok(false);
+        }
+        state.conversations.remove(&id.0);
+        state.messages.retain(|_, m| m.message.conversation != *id);
+        Ok(true)
     }
 
     fn messages(

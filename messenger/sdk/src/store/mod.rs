@@ -104,6 +104,13 @@ pub(crate) enum Effect {
     },
     /// A user asked to leave a conversation (the commit removing it follows).
     LeaveRequest { user: String },
+    /// An invitation from a user this one has no conversation with: the conversation is
+    /// kept as a message request until the user answers.
+    Request {
+        conversation: Conversation,
+        channel: Option<Vec<u8>>,
+        inviter: String,
+    },
 }
 
 /// A parked group message.
@@ -266,6 +273,20 @@ pub(crate) trait Store: Send + Sync {
     fn note_identity(&self, user: &str, device: &str, identity: &[u8]) -> SdkResult<bool>;
     /// Messages parked for `conversation`, oldest epoch first.
     fn parked(&self, conversation: &ConversationId) -> SdkResult<Vec<Parked>>;
+    /// Message requests (conversations not yet accepted), newest first, with their inviters.
+    fn requests(&self) -> SdkResult<Vec<(Conversation, String)>>;
+    /// Records that the server channel of joined conversation `id` is still to be accepted.
+    fn channel_to_accept(&self, id: &ConversationId, channel: &[u8]) -> SdkResult<()>;
+    /// Channels still to be accepted on the server.
+    fn channels_to_accept(&self) -> SdkResult<Vec<(ConversationId, Vec<u8>)>>;
+    /// The channel of `id` was accepted on the server.
+    fn channel_accepted(&self, id: &ConversationId) -> SdkResult<()>;
+    /// Whether `id` is a message request.
+    fn is_request(&self, id: &ConversationId) -> SdkResult<bool>;
+    /// Turns a request into a conversation; whether it was one.
+    fn accept_request(&self, id: &ConversationId) -> SdkResult<bool>;
+    /// Deletes a request with its conversation and messages; whether it was one.
+    fn decline_request(&self, id: &ConversationId) -> SdkResult<bool>;
     /// Forgets the messages parked before `before_ms`; returns their queue seqs.
     fn expire_parked(&self, before_ms: u64) -> SdkResult<Vec<u64>>;
     /// The conversations that have parked messages.
@@ -289,6 +310,9 @@ pub(crate) trait Tx {
     fn parked_from(&mut self, sender: &[u8]) -> SdkResult<u64>;
     /// How many messages are parked in all.
     fn parked_total(&mut self) -> SdkResult<u64>;
+    /// Whether `user` is a member of a conversation of this user's (a message request does
+    /// not count).
+    fn knows(&mut self, user: &str) -> SdkResult<bool>;
     /// Forgets a parked message.
     fn unpark(&mut self, seq: u64) -> SdkResult<()>;
     /// One conversation, as this transaction sees it.

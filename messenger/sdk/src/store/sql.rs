@@ -208,6 +208,17 @@ ALTER TABLE parked ADD COLUMN parked_at_ms INTEGER NOT NULL DEFAULT 0;
 -- (those behind it to the same device wait with it: their order is kept).
 ALTER TABLE deliveries ADD COLUMN not_before_ms INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX deliveries_by_device ON deliveries(user, device);
+-- Invitations from users this one has no conversation with (message requests): the
+-- conversation is kept out of the list until the user accepts it, or deleted if it declines.
+CREATE TABLE requests (
+    conversation BLOB PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
+    inviter      TEXT NOT NULL
+);
+-- Joined conversations whose server channel invitation is still to be accepted there.
+CREATE TABLE channel_answers (
+    conversation BLOB PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
+    channel      BLOB NOT NULL
+);
 ",
 ];
 
@@ -398,6 +409,17 @@ impl Tx for SqlTx<'_> {
 
     fn parked_total(&mut self) -> SdkResult<u64> {
         parked_total_on(self.0)
+    }
+
+    fn knows(&mut self, user: &str) -> SdkResult<bool> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM members m
+                               WHERE m.user = ?1
+                                 AND m.conversation NOT IN (SELECT conversation FROM requests))",
+            )?
+            .query_row([user], |r| r.get(0))?)
     }
 
     fn unpark(&mut self, seq: u64) -> SdkResult<()> {
@@ -663,8 +685,10 @@ impl Store for SqlStore {
     /// Every conversation, newest first.
     fn conversations(&self) -> SdkResult<Vec<Conversation>> {
         let conn = self.lock();
-        let mut stmt =
-            conn.prepare("SELECT id FROM conversations ORDER BY created_at_ms DESC, id")?;
+        let mut stmt = conn.prepare(
+            "SELECT id FROM conversations WHERE id NOT IN (SELECT conversation FROM requests)
+             ORDER BY created_at_ms DESC, id",
+        )?;
         let ids: Vec<Vec<u8>> = stmt
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
@@ -678,6 +702,81 @@ impl Store for SqlStore {
     /// One conversation.
     fn conversation(&self, id: &ConversationId) -> SdkResult<Option<Conversation>> {
         load_conversation(&self.lock(), id)
+    }
+
+    fn requests(&self) -> SdkResult<Vec<(Conversation, String)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT r.conversation, r.inviter FROM requests r
+             JOIN conversations c ON c.id = r.conversation ORDER BY c.created_at_ms DESC",
+        )?;
+        let rows: Vec<(Vec<u8>, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        drop(stmt);
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, inviter) in rows {
+            let id = ConversationId(array(id, "conversation id")?);
+            if let Some(c) = load_conversation(&conn, &id)? {
+                out.push((c, inviter));
+            }
+        }
+        Ok(out)
+    }
+
+    fn channel_to_accept(&self, id: &ConversationId, channel: &[u8]) -> SdkResult<()> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO channel_answers (conversation, channel) VALUES (?1, ?2)",
+            params![id.0.as_slice(), channel],
+        )?;
+        Ok(())
+    }
+
+    fn channels_to_accept(&self) -> SdkResult<Vec<(ConversationId, Vec<u8>)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached("SELECT conversation, channel FROM channel_answers")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?)))?;
+        rows.map(|r| {
+            let (id, channel) = r?;
+            Ok((ConversationId(array(id, "conversation id")?), channel))
+        })
+        .collect()
+    }
+
+    fn channel_accepted(&self, id: &ConversationId) -> SdkResult<()> {
+        self.lock().execute(
+            "DELETE FROM channel_answers WHERE conversation = ?1",
+            [id.0.as_slice()],
+        )?;
+        Ok(())
+    }
+
+    fn is_request(&self, id: &ConversationId) -> SdkResult<bool> {
+        Ok(self
+            .lock()
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM requests WHERE conversation = ?1)")?
+            .query_row([id.0.as_slice()], |r| r.get(0))?)
+    }
+
+    fn accept_request(&self, id: &ConversationId) -> SdkResult<bool> {
+        Ok(self.lock().execute(
+            "DELETE FROM requests WHERE conversation = ?1",
+            [id.0.as_slice()],
+        )? > 0)
+    }
+
+    fn decline_request(&self, id: &ConversationId) -> SdkResult<bool> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let was = tx.execute(
+            "DELETE FROM requests WHERE conversation = ?1",
+            [id.0.as_slice()],
+        )?;
+        if was > 0 {
+            tx.execute("DELETE FROM conversations WHERE id = ?1", [id.0.as_slice()])?;
+        }
+        tx.commit()?;
+        Ok(was > 0)
     }
 
     /// The newest `limit` messages of a conversation, oldest first.
@@ -1065,6 +1164,22 @@ fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
                     params![c.id.0.as_slice(), channel],
                 )?;
             }
+            true
+        }
+        Effect::Request {
+            conversation: c,
+            channel,
+            inviter,
+        } => {
+            insert_conversation(tx, c, now)?;
+            tx.execute(
+                "UPDATE conversations SET channel = ?2 WHERE id = ?1",
+                params![c.id.0.as_slice(), channel],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO requests (conversation, inviter) VALUES (?1, ?2)",
+                params![c.id.0.as_slice(), inviter],
+            )?;
             true
         }
         Effect::Members {

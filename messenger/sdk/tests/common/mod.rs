@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use qpq_sdk::{ClientEvent, ClientLimits, QpqClient, SendState};
+use qpq_sdk::{ClientEvent, ClientLimits, InvitationPolicy, QpqClient, SendState};
 use tokio::sync::broadcast;
 
 pub struct Server {
@@ -69,6 +69,17 @@ impl Server {
         self.running = Some(running);
     }
 
+    /// A client as a user installs it: strangers' invitations become message requests.
+    pub fn consenting_client(&self, dir: &std::path::Path) -> QpqClient {
+        QpqClient::builder()
+            .server(self.addr)
+            .pin(self.fingerprint)
+            .data_dir(dir)
+            .passphrase("store passphrase")
+            .build()
+            .unwrap()
+    }
+
     pub fn client_with(&self, dir: &std::path::Path, limits: ClientLimits) -> QpqClient {
         QpqClient::builder()
             .server(self.addr)
@@ -76,16 +87,19 @@ impl Server {
             .data_dir(dir)
             .passphrase("store passphrase")
             .limits(limits)
+            .invitations(InvitationPolicy::FromAnyone)
             .build()
             .unwrap()
     }
 
+    /// A client that joins every invitation at once (most tests are not about consent).
     pub fn client(&self, dir: &std::path::Path) -> QpqClient {
         QpqClient::builder()
             .server(self.addr)
             .pin(self.fingerprint)
             .data_dir(dir)
             .passphrase("store passphrase")
+            .invitations(InvitationPolicy::FromAnyone)
             .limits({
                 let mut l = ClientLimits::default();
                 l.initial_backoff = Duration::from_millis(50);
