@@ -37,6 +37,12 @@ pub enum Command {
     Download(String, Option<String>),
     /// `/search <words>`.
     Search(String),
+    /// `/requests`: invitations from people you have no conversation with.
+    Requests,
+    /// `/accept <#>`: accept a message request.
+    Accept(String),
+    /// `/decline <#>`: decline a message request.
+    Decline(String),
     // Groups
     /// `/group create <name> <members...>`.
     GroupCreate(String, Vec<String>),
@@ -109,6 +115,24 @@ pub const HELP: &[HelpEntry] = &[
         name: "/list",
         args: "",
         about: "list conversations with unread counts",
+    },
+    HelpEntry {
+        group: "Chat",
+        name: "/requests",
+        args: "",
+        about: "list message requests (invitations from people you have not talked to)",
+    },
+    HelpEntry {
+        group: "Chat",
+        name: "/accept",
+        args: "<#>",
+        about: "accept a message request: it joins your conversations",
+    },
+    HelpEntry {
+        group: "Chat",
+        name: "/decline",
+        args: "<#>",
+        about: "decline a message request: it is deleted",
     },
     HelpEntry {
         group: "Chat",
@@ -403,6 +427,9 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             Command::Open(args.to_owned())
         }
         "list" | "ls" => none("/list", Command::List)?,
+        "requests" => none("/requests", Command::Requests)?,
+        "accept" => Command::Accept(one("/accept")?),
+        "decline" => Command::Decline(one("/decline")?),
         "history" => {
             let n = if args.is_empty() {
                 20

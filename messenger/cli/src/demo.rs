@@ -105,6 +105,18 @@ async fn joins(user: &mut User) -> anyhow::Result<ConversationId> {
     .await
 }
 
+/// Waits for a message request to `user` and returns the conversation and the inviter.
+async fn requested(user: &mut User) -> anyhow::Result<(ConversationId, String)> {
+    wait(&mut user.events, "a message request", |e| match e {
+        ClientEvent::MessageRequest {
+            conversation,
+            inviter,
+        } => Some((conversation.id, inviter)),
+        _ => None,
+    })
+    .await
+}
+
 impl Demo<'_> {
     fn say(&mut self, line: impl AsRef<str>) -> anyhow::Result<()> {
         writeln!(self.out, "{}", line.as_ref())?;
@@ -115,7 +127,9 @@ impl Demo<'_> {
     async fn user(&mut self, name: &'static str, device: &'static str) -> anyhow::Result<User> {
         let dir = tempfile::tempdir()?;
         let key: [u8; 32] = rand::random();
-        let client = self.server.client(dir.path(), key)?;
+        let client = self
+            .server
+            .client(dir.path(), key, qpq_sdk::InvitationPolicy::default())?;
         let events = client.subscribe();
         let password = format!("{name}'s password");
         client.register(name, &password).await?;
@@ -198,7 +212,12 @@ async fn script(d: &mut Demo<'_>) -> anyhow::Result<()> {
 
     d.say("\n2. A direct conversation (an MLS group, X-Wing post-quantum ciphersuite)")?;
     let dm = alice.client.create_dm("bob").await?.id;
-    joins(&mut bob).await?;
+    // Bob has never talked to Alice: her invitation waits for his consent.
+    let (request, inviter) = requested(&mut bob).await?;
+    d.say(format!(
+        "  bob gets a message request from {inviter} (someone he has not talked to yet) and accepts it"
+    ))?;
+    bob.client.accept_request(&request).await?;
     let hi = d
         .send(
             &mut alice,
@@ -233,9 +252,11 @@ async fn script(d: &mut Demo<'_>) -> anyhow::Result<()> {
         .create_group("demo team", &["bob", "carol"])
         .await?
         .id;
+    // Bob knows Alice now and joins at once; Carol is asked first.
     joins(&mut bob).await?;
-    joins(&mut carol).await?;
-    d.say("  alice created #demo team with bob and carol")?;
+    let (request, _) = requested(&mut carol).await?;
+    carol.client.accept_request(&request).await?;
+    d.say("  alice created #demo team with bob and carol (carol accepted her request)")?;
     let typo = d
         .send(
             &mut carol,
@@ -341,7 +362,11 @@ async fn script(d: &mut Demo<'_>) -> anyhow::Result<()> {
             .await?;
         away.push(id);
     }
-    let carol_client = d.server.client(carol_dir.path(), carol_key)?;
+    let carol_client = d.server.client(
+        carol_dir.path(),
+        carol_key,
+        qpq_sdk::InvitationPolicy::default(),
+    )?;
     let mut carol = User {
         name: "carol",
         device: "tablet",

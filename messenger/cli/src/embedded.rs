@@ -24,13 +24,20 @@ impl Embedded {
         Ok(Self { server, _dir: dir })
     }
 
-    /// A client of this server with its store in `dir`, encrypted with `key`.
-    pub fn client(&self, dir: &std::path::Path, key: [u8; 32]) -> anyhow::Result<QpqClient> {
+    /// A client of this server with its store in `dir`, encrypted with `key`, joining the
+    /// invitations `invitations` allows at once (the others are message requests).
+    pub fn client(
+        &self,
+        dir: &std::path::Path,
+        key: [u8; 32],
+        invitations: qpq_sdk::InvitationPolicy,
+    ) -> anyhow::Result<QpqClient> {
         Ok(QpqClient::builder()
             .server(self.server.addr)
             .pin(self.server.fingerprint)
             .data_dir(dir)
             .raw_key(key)
+            .invitations(invitations)
             .build()?)
     }
 

@@ -174,6 +174,13 @@ pub fn event(
         ClientEvent::ConversationCreated(c) => {
             format!("joined #{} ({})", conversation(&c.id), c.members.join(", "))
         }
+        ClientEvent::MessageRequest {
+            conversation: c,
+            inviter,
+        } => format!(
+            "? message request: {inviter} invites you ({}); see /requests, then /accept or /decline",
+            c.members.join(", ")
+        ),
         ClientEvent::ConversationUpdated(c) => format!(
             "#{} now: {} ({})",
             conversation(&c.id),

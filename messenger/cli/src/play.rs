@@ -219,7 +219,9 @@ impl Run {
     }
 
     fn open(&self, dir: &std::path::Path, key: [u8; 32]) -> anyhow::Result<QpqClient> {
-        self.server.client(dir, key)
+        // Scripted users accept every invitation: a playbook says what they do.
+        self.server
+            .client(dir, key, qpq_sdk::InvitationPolicy::FromAnyone)
     }
 
     /// The conversation `to` names from `from`'s side: a group by name, or the DM with a user.

@@ -292,6 +292,7 @@ mod tests {
             (
                 0,
                 [
+                    "/requests",
                     "/reply",
                     "/react",
                     "/read",

@@ -131,6 +131,20 @@ impl Session {
         })
     }
 
+    /// A message request by its number in `/requests`.
+    fn find_request(&self, query: &str) -> Result<Conversation, CommandError> {
+        let all = self.client.requests()?;
+        query
+            .trim_start_matches('#')
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=all.len()).contains(n))
+            .map(|n| all[n - 1].0.clone())
+            .ok_or_else(|| {
+                CommandError::Other(format!("no message request {query}: see /requests"))
+            })
+    }
+
     /// Finds a conversation by number (as `/list` shows), name or id.
     pub fn find_conversation(&self, query: &str) -> Result<Conversation, CommandError> {
         let all = self.client.conversations()?;
@@ -285,6 +299,51 @@ impl Session {
                             .collect(),
                     )
                 }
+            }
+            Command::Requests => {
+                let requests = c.requests()?;
+                if requests.is_empty() {
+                    Output::line("no message requests")
+                } else {
+                    Output::lines(
+                        requests
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (conv, inviter))| {
+                                let kind = match conv.kind {
+                                    qpq_sdk::ConversationKind::Group => {
+                                        format!("group \"{}\"", conv.name)
+                                    }
+                                    _ => "a direct conversation".to_owned(),
+                                };
+                                format!(
+                                    "{:>2}. {inviter} invites you to {kind} ({}) — /accept {} or /decline {}",
+                                    i + 1,
+                                    conv.members.join(", "),
+                                    i + 1,
+                                    i + 1
+                                )
+                            })
+                            .collect(),
+                    )
+                }
+            }
+            Command::Accept(which) => {
+                let conv = self.find_request(&which)?;
+                let conv = c.accept_request(&conv.id).await?;
+                self.current = Some(conv.id);
+                let mut lines = vec![format!(
+                    "accepted: #{} is open",
+                    format::conversation_name(&conv, self.me().as_deref())
+                )];
+                lines.extend(self.history(&conv.id, 20)?);
+                self.mark_read(&conv.id)?;
+                Output::lines(lines)
+            }
+            Command::Decline(which) => {
+                let conv = self.find_request(&which)?;
+                c.decline_request(&conv.id).await?;
+                Output::line("declined; the invitation and what came with it are deleted")
             }
             Command::History(n) => {
                 let id = self.open()?;

@@ -33,6 +33,8 @@ pub struct View {
     pub alarm: Option<String>,
     /// Conversations: id, name, unread count.
     pub conversations: Vec<(ConversationId, String, usize)>,
+    /// Message requests waiting for an answer (`/requests`, `/accept`, `/decline`).
+    pub requests: usize,
     /// The selected conversation's index.
     pub selected: usize,
     /// The selected conversation's members.
@@ -175,6 +177,18 @@ pub fn draw(f: &mut Frame<'_>, v: &View) {
         Span::styled(v.connection.clone(), connection_style),
         Span::raw(format!(" · outbox {}", v.outbox)),
     ];
+    if v.requests > 0 {
+        status.push(Span::styled(
+            format!(
+                " · {} message request{} (/requests)",
+                v.requests,
+                if v.requests == 1 { "" } else { "s" }
+            ),
+            Style::default()
+                .fg(Color::Yellow)
+                .add_modifier(Modifier::BOLD),
+        ));
+    }
     if let Some(p) = v.transfer {
         status.push(Span::styled(
             format!(" · transfer {}", crate::progress::render(p, 10)),
@@ -504,6 +518,7 @@ impl App {
         let c = session.client();
         self.view.me = c.whoami().unwrap_or_else(|| "not logged in".into());
         self.view.outbox = c.outbox_len().unwrap_or(0);
+        self.view.requests = c.requests().map_or(0, |r| r.len());
         let me = session.me();
         let all = c.conversations().unwrap_or_default();
         self.view.conversations = all
@@ -583,7 +598,9 @@ impl App {
                     let _ = session.client().mark_read(&m.conversation, &[m.id]);
                 }
             }
-            ClientEvent::SafetyNumberChanged { .. } | ClientEvent::UndecryptableMessage { .. } => {
+            ClientEvent::SafetyNumberChanged { .. }
+            | ClientEvent::UndecryptableMessage { .. }
+            | ClientEvent::MessageRequest { .. } => {
                 if let Some(line) = crate::format::event(e, |id| session.name_of(id)) {
                     self.log(line);
                 }

@@ -117,10 +117,32 @@ async fn the_session_runs_every_kind_of_command() {
 
     let mut bob_events = bob.client().subscribe();
     assert!(ok(&mut alice, "/dm bob").await.contains("── #bob ──"));
+    // Bob has never talked to Alice: a message request he answers.
     next(&mut bob_events, |e| {
-        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+        matches!(e, ClientEvent::MessageRequest { .. }).then_some(())
     })
     .await;
+    assert_eq!(
+        ok(&mut bob, "/list").await.lines().count(),
+        1,
+        "not listed yet"
+    );
+    let requests = ok(&mut bob, "/requests").await;
+    assert!(
+        requests.contains("1. alice invites you to a direct conversation"),
+        "{requests}"
+    );
+    assert!(
+        err(&mut bob, "/accept 2")
+            .await
+            .contains("no message request 2")
+    );
+    assert!(
+        ok(&mut bob, "/accept 1")
+            .await
+            .contains("accepted: #alice is open")
+    );
+    assert_eq!(ok(&mut bob, "/requests").await, "no message requests");
     let hello = short_of(&ok(&mut alice, "hello bob").await);
     next(&mut bob_events, |e| {
         matches!(e, ClientEvent::MessageReceived(m) if !m.outgoing).then_some(())
@@ -214,10 +236,13 @@ async fn the_session_runs_every_kind_of_command() {
             .await
             .contains("created #team")
     );
+    // Carol is a stranger to Alice: the group is a request she accepts.
     next(&mut carol_events, |e| {
-        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+        matches!(e, ClientEvent::MessageRequest { .. }).then_some(())
     })
     .await;
+    assert!(ok(&mut carol, "/requests").await.contains("group \"team\""));
+    ok(&mut carol, "/accept 1").await;
     assert_eq!(ok(&mut alice, "/members").await, "alice, bob, carol");
     ok(&mut alice, "/rename the team").await;
     assert!(ok(&mut carol, "/open 1").await.contains("──"));

@@ -108,6 +108,11 @@ fn the_screen_shows_conversations_messages_states_and_the_status_bar() {
         assert!(s.contains(expected), "missing {expected:?} in\n{s}");
     }
     assert!(!s.contains("bob (0)"), "no count when nothing is unread");
+    assert!(!s.contains("message request"), "nothing to answer");
+    let mut v = view();
+    v.requests = 2;
+    let s = screen(&v, 140, 20);
+    assert!(s.contains("2 message requests (/requests)"), "{s}");
 }
 
 #[test]
