@@ -67,6 +67,16 @@ enum Cmd {
     },
     /// List conversations with unread counts.
     Conversations,
+    /// Accept a message request (its number as `qpq read` shows it).
+    Accept {
+        /// The request's number.
+        request: String,
+    },
+    /// Decline a message request: it is deleted with what came with it.
+    Decline {
+        /// The request's number.
+        request: String,
+    },
     /// Create an account and log this profile in (the password is read from the terminal,
     /// or from standard input's first line when it is not a terminal).
     Register {
@@ -157,6 +167,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let (session, _, _) = open_with(&args, |client| client.subscribe()).await?;
             let (session, events) = session;
             script::read(&session, events, follow, &mut std::io::stdout(), args.json).await
+        }
+        Some(Cmd::Accept { ref request }) | Some(Cmd::Decline { ref request }) => {
+            let accept = matches!(args.command, Some(Cmd::Accept { .. }));
+            let (session, _, _) = open_with(&args, |client| client.subscribe()).await?;
+            let (session, events) = session;
+            script::answer(&session, events, request, accept, &mut std::io::stdout()).await
         }
         Some(Cmd::Conversations) => {
             let (session, _, _) = open(&args).await?;

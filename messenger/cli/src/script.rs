@@ -157,6 +157,57 @@ pub async fn send(
 }
 
 /// Waits until the receiver has caught up with the server.
+/// Message requests waiting for an answer, one line each, with how to answer.
+fn print_requests(session: &Session, out: &mut dyn Write, as_json: bool) -> anyhow::Result<()> {
+    for (i, (c, inviter)) in session.client().requests()?.iter().enumerate() {
+        if as_json {
+            writeln!(
+                out,
+                "{}",
+                json!({"request": i + 1, "inviter": inviter, "members": c.members, "name": c.name})
+            )?;
+        } else {
+            let line = format!(
+                "? message request {} from {inviter} ({}): `qpq accept {}` or `qpq decline {}`",
+                i + 1,
+                c.members.join(", "),
+                i + 1,
+                i + 1
+            );
+            writeln!(out, "{}", crate::format::printable(&line))?;
+        }
+    }
+    Ok(())
+}
+
+/// `qpq accept <n>` / `qpq decline <n>`: answers message request `n` (as `qpq read` numbers
+/// them) once this device has caught up.
+pub async fn answer(
+    session: &Session,
+    mut events: tokio::sync::broadcast::Receiver<ClientEvent>,
+    which: &str,
+    accept: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    logged_in(session)?;
+    caught_up(&mut events).await?;
+    let requests = session.client().requests()?;
+    let (c, inviter) = which
+        .trim_start_matches('#')
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| requests.get(n.checked_sub(1)?))
+        .with_context(|| format!("no message request {which}: see `qpq read`"))?;
+    if accept {
+        session.client().accept_request(&c.id).await?;
+        writeln!(out, "accepted {inviter}'s invitation")?;
+    } else {
+        session.client().decline_request(&c.id).await?;
+        writeln!(out, "declined {inviter}'s invitation")?;
+    }
+    Ok(())
+}
+
 async fn caught_up(
     events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
 ) -> anyhow::Result<()> {
@@ -205,6 +256,7 @@ pub async fn read(
         let ids: Vec<_> = unread.iter().map(|m| m.id).collect();
         session.client().mark_read(&c.id, &ids)?;
     }
+    print_requests(session, out, as_json)?;
     if !follow {
         return Ok(());
     }

@@ -63,6 +63,13 @@ async fn two_processes_talk_through_one_server() {
     let sent: serde_json::Value = serde_json::from_str(sent.trim()).unwrap();
     assert_eq!(sent["state"], "sent");
 
+    // Alice is a stranger to Bob: her conversation is a request he accepts first.
+    let read = ok(&run(b.path(), &["read"], ""));
+    assert!(
+        read.contains("? message request 1 from alice (alice, bob): `qpq accept 1`"),
+        "{read}"
+    );
+    assert!(ok(&run(b.path(), &["accept", "1"], "")).contains("accepted alice's invitation"));
     let read = ok(&run(b.path(), &["read", "--json"], ""));
     let lines: Vec<serde_json::Value> = read
         .lines()
