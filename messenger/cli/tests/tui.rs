@@ -125,7 +125,7 @@ fn a_key_transparency_alarm_is_loud_and_help_lists_the_keys() {
         "{s}"
     );
     v.show_help = true;
-    let s = screen(&v, 100, 40);
+    let s = screen(&v, 100, 46);
     for expected in [
         "alt-down",
         "next conversation",
