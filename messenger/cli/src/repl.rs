@@ -189,6 +189,24 @@ async fn plain(mut session: Session) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the history file keeps of a typed line: commands only. Message text, captions,
+/// edits and searches never reach it (it sits beside the encrypted store, in plain text):
+/// of a command that carries text only the command's name is kept, and plain text (a
+/// message) is not kept at all.
+fn history_entry(line: &str) -> Option<String> {
+    let line = line.trim();
+    let rest = line.strip_prefix('/')?;
+    let name = rest.split_whitespace().next().unwrap_or_default();
+    const CARRY_TEXT: &[&str] = &[
+        "send", "s", "reply", "r", "edit", "attach", "search", "rename", "group",
+    ];
+    if CARRY_TEXT.contains(&name) {
+        Some(format!("/{name} "))
+    } else {
+        Some(line.to_owned())
+    }
+}
+
 async fn interactive(mut session: Session, history: std::path::PathBuf) -> anyhow::Result<()> {
     let names = Names::default();
     names.refresh(&session);
@@ -213,9 +231,9 @@ async fn interactive(mut session: Session, history: std::path::PathBuf) -> anyho
         loop {
             let line = editor.readline(&prompt_text);
             if let Ok(l) = &line
-                && !l.trim().is_empty()
+                && let Some(entry) = history_entry(l)
             {
-                let _ = editor.add_history_entry(l.as_str());
+                let _ = editor.add_history_entry(entry);
             }
             let stop = line.is_err();
             let (done_tx, done_rx) = oneshot::channel();
@@ -279,6 +297,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn history_keeps_commands_and_never_message_text() {
+        assert_eq!(history_entry("meet me at the docks"), None);
+        assert_eq!(history_entry("  "), None);
+        assert_eq!(
+            history_entry("/reply 0a1b secret plan"),
+            Some("/reply ".into())
+        );
+        assert_eq!(
+            history_entry("/send the code is 1234"),
+            Some("/send ".into())
+        );
+        assert_eq!(
+            history_entry("/search lunch docks"),
+            Some("/search ".into())
+        );
+        assert_eq!(history_entry("/dm bob"), Some("/dm bob".into()));
+        assert_eq!(history_entry("/open 2"), Some("/open 2".into()));
+    }
 
     #[test]
     fn commands_then_names_complete() {

@@ -475,15 +475,28 @@ impl QpqClient {
 
     /// Ends the session on the server and stops the background tasks. The store keeps the
     /// conversations and keys; log in again to continue.
+    ///
+    /// The session is resumed first if the connection was made anew (a reconnect leaves the
+    /// new connection without it), so the server really ends it; the local token is cleared
+    /// whatever the server answers. A server that cannot be reached is reported after the
+    /// token is gone: the session then ends on the server when it expires.
     pub async fn logout(&self) -> SdkResult<()> {
         self.stop_tasks();
-        if let Ok(rpc) = self.rpc().await {
-            v1::auth_client::AuthClient::new(rpc)
+        let ended = match self.inner.session().await {
+            Ok(rpc) => match v1::auth_client::AuthClient::new(rpc)
                 .logout(&v1::LogoutRequest {})
-                .await?;
-        }
+                .await
+            {
+                Ok(_) => Ok(()),
+                // Nothing to end: the server no longer knows the session.
+                Err(status) if status.code() == Code::Unauthenticated => Ok(()),
+                Err(status) => Err(status.into()),
+            },
+            Err(SdkError::Server(status)) if status.code() == Code::Unauthenticated => Ok(()),
+            Err(e) => Err(e),
+        };
         self.inner.store.set_session_token(None)?;
-        Ok(())
+        ended
     }
 
     /// Loads the device's keys; `new_domain` is the server's domain on the first login, when

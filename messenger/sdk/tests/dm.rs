@@ -482,3 +482,29 @@ async fn a_subscriber_that_falls_behind_the_event_buffer_is_told_and_the_store_h
     }
     assert_eq!(alice.messages(&dm.id, 10).unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn logout_after_a_reconnect_ends_the_session_and_forgets_the_token() {
+    let mut server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bob = account(&server, dir.path(), "bob", "phone").await;
+    let mut events = bob.subscribe();
+    // The server restarts: Bob's client reconnects, and the new connection has no session
+    // until it is resumed.
+    server.restart().await;
+    next(&mut events, |e| {
+        matches!(
+            e,
+            ClientEvent::ConnectionStateChanged(qpq_sdk::ConnectionState::Connected)
+        )
+        .then_some(())
+    })
+    .await;
+    bob.logout().await.unwrap();
+    drop(bob);
+    let again = server.client(dir.path());
+    assert!(matches!(
+        again.connect().await.unwrap_err(),
+        qpq_sdk::SdkError::NotLoggedIn
+    ));
+}

@@ -29,6 +29,9 @@ pub struct Config {
     /// `qrpc_connections_open`, `qrpc_push_dropped_total`) at `http://<address>/metrics`.
     /// Plain HTTP with no authentication: bind it to loopback or a private network.
     pub metrics_listen: Option<SocketAddr>,
+    /// Put the caller's IP address in the per-call audit log line (default false: the line
+    /// names the method, connection, account, duration and status only).
+    pub log_peer_addresses: bool,
     /// Limits.
     pub limits: Limits,
 }
@@ -140,6 +143,7 @@ impl Default for Config {
             tls_key: None,
             tls_names: vec!["localhost".into()],
             metrics_listen: None,
+            log_peer_addresses: false,
             limits: Limits::default(),
         }
     }
