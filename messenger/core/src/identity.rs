@@ -386,9 +386,13 @@ mod tests {
 
     #[test]
     fn safety_number_known_answer() {
-        // Pinned so the format never changes silently: keys from fixed seeds.
+        // Keys from fixed seeds; the keys and the number were computed independently of this
+        // crate (Python's `cryptography` Ed25519 and hashlib SHA-512, following the format in
+        // docs/security-model.md): messenger/core/tests/vectors/safety_number.py.
         let a = IdentityKey::from_secret_bytes(&[1u8; 32]).public();
         let b = IdentityKey::from_secret_bytes(&[2u8; 32]).public();
+        assert_eq!(hex(&a.to_bytes()), KNOWN_ALICE_KEY);
+        assert_eq!(hex(&b.to_bytes()), KNOWN_BOB_KEY);
         let sn = SafetyNumber::compute("alice", &a, "bob", &b);
         assert_eq!(
             sn.digits(),
@@ -397,7 +401,13 @@ mod tests {
         );
     }
 
-    /// Computed once by this implementation and pinned (a regression value, not an external vector).
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    const KNOWN_ALICE_KEY: &str =
+        "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c";
+    const KNOWN_BOB_KEY: &str = "8139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394";
     const KNOWN_SAFETY_NUMBER: &str =
         "246206875253868458520534599878656059377904366049985521255283";
 }
