@@ -97,6 +97,9 @@ fn non_empty(
     }
 }
 
+/// The longest secret the prompt takes, in bytes; typing beyond it is ignored.
+const MAX_SECRET_BYTES: usize = 1024;
+
 /// Reads a line from the terminal without echoing it (from standard input as it is when
 /// that is not a terminal, so scripts can pipe secrets in).
 pub fn prompt_hidden(label: &str) -> std::io::Result<Zeroizing<String>> {
@@ -107,14 +110,16 @@ pub fn prompt_hidden(label: &str) -> std::io::Result<Zeroizing<String>> {
     write!(out, "{label}")?;
     out.flush()?;
     if !std::io::stdin().is_terminal() {
-        let mut line = Zeroizing::new(String::new());
+        let mut line = Zeroizing::new(String::with_capacity(MAX_SECRET_BYTES));
         std::io::stdin().read_line(&mut line)?;
         let trimmed = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned());
         writeln!(out)?;
         return Ok(trimmed);
     }
     crossterm::terminal::enable_raw_mode()?;
-    let mut line = Zeroizing::new(String::new());
+    // Allocated once, never grown: a growing buffer would leave copies of the secret behind
+    // in memory that zeroizing the final one cannot reach.
+    let mut line = Zeroizing::new(String::with_capacity(MAX_SECRET_BYTES));
     let result = loop {
         match read() {
             Ok(Event::Key(k)) if k.kind != KeyEventKind::Release => match k.code {
@@ -125,7 +130,8 @@ pub fn prompt_hidden(label: &str) -> std::io::Result<Zeroizing<String>> {
                         "cancelled",
                     ));
                 }
-                KeyCode::Char(c) => line.push(c),
+                KeyCode::Char(c) if line.len() + c.len_utf8() <= MAX_SECRET_BYTES => line.push(c),
+                KeyCode::Char(_) => {}
                 KeyCode::Backspace => {
                     line.pop();
                 }

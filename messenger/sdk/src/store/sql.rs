@@ -15,6 +15,57 @@ use crate::error::{SdkError, SdkResult};
 use crate::model::{Conversation, ConversationId, ConversationKind, Message, MessageId, SendState};
 
 const SALT_FILE: &str = "store.salt";
+
+/// The passphrase's key derivation: Argon2id with these costs (RFC 9106's second
+/// recommendation: 64 MiB, three passes), recorded beside the salt so later versions can
+/// raise them for new stores and still open old ones.
+const KDF_MEMORY_KIB: u32 = 64 * 1024;
+const KDF_PASSES: u32 = 3;
+const KDF_LANES: u32 = 1;
+/// The salt file: `"qpq-kdf1" || memory_kib_be32 || passes_be32 || lanes_be32 || salt(16)`.
+/// A bare 16-byte salt is a store made before the costs were recorded (Argon2's defaults:
+/// 19 MiB, two passes, one lane).
+const KDF_MAGIC: &[u8; 8] = b"qpq-kdf1";
+const KDF_FILE_LEN: usize = 8 + 12 + 16;
+
+/// Argon2id costs and salt of one store.
+struct KdfParams {
+    memory_kib: u32,
+    passes: u32,
+    lanes: u32,
+    salt: [u8; 16],
+}
+
+impl KdfParams {
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let be = |b: &[u8]| <[u8; 4]>::try_from(b).ok().map(u32::from_be_bytes);
+        match bytes.len() {
+            16 => Some(Self {
+                memory_kib: 19 * 1024,
+                passes: 2,
+                lanes: 1,
+                salt: bytes.try_into().ok()?,
+            }),
+            KDF_FILE_LEN if bytes.starts_with(KDF_MAGIC) => Some(Self {
+                memory_kib: be(&bytes[8..12])?,
+                passes: be(&bytes[12..16])?,
+                lanes: be(&bytes[16..20])?,
+                salt: bytes[20..].try_into().ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(KDF_FILE_LEN);
+        out.extend_from_slice(KDF_MAGIC);
+        for n in [self.memory_kib, self.passes, self.lanes] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        out.extend_from_slice(&self.salt);
+        out
+    }
+}
 const DB_FILE: &str = "qpq-client.db";
 
 impl StoreKey {
@@ -24,24 +75,28 @@ impl StoreKey {
             Self::Raw(key) => Ok(key.clone()),
             Self::Passphrase(passphrase) => {
                 let salt_path = dir.join(SALT_FILE);
-                let salt = match std::fs::read(&salt_path) {
-                    Ok(salt) if salt.len() == 16 => salt,
-                    Ok(_) => {
-                        return Err(SdkError::Store(format!(
-                            "{} is corrupt (expected 16 bytes)",
-                            salt_path.display()
-                        )));
-                    }
+                let params = match std::fs::read(&salt_path) {
+                    Ok(bytes) => KdfParams::decode(&bytes).ok_or_else(|| {
+                        SdkError::Store(format!("{} is corrupt", salt_path.display()))
+                    })?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        let salt: [u8; 16] = rand::random();
-                        qpq_core::files::write_private(&salt_path, &salt)?;
-                        salt.to_vec()
+                        let params = KdfParams {
+                            memory_kib: KDF_MEMORY_KIB,
+                            passes: KDF_PASSES,
+                            lanes: KDF_LANES,
+                            salt: rand::random(),
+                        };
+                        qpq_core::files::write_private(&salt_path, &params.encode())?;
+                        params
                     }
                     Err(e) => return Err(e.into()),
                 };
+                use opaque_ke::argon2::{Algorithm, Argon2, Params, Version};
+                let costs = Params::new(params.memory_kib, params.passes, params.lanes, Some(32))
+                    .map_err(|e| SdkError::Store(format!("key derivation costs: {e}")))?;
                 let mut key = Zeroizing::new([0u8; 32]);
-                opaque_ke::argon2::Argon2::default()
-                    .hash_password_into(passphrase.as_bytes(), &salt, key.as_mut())
+                Argon2::new(Algorithm::Argon2id, Version::V0x13, costs)
+                    .hash_password_into(passphrase.as_bytes(), &params.salt, key.as_mut())
                     .map_err(|e| SdkError::Store(format!("key derivation: {e}")))?;
                 Ok(key)
             }
@@ -49,11 +104,25 @@ impl StoreKey {
     }
 }
 
+/// `PRAGMA key = "x'<64 hex digits>'";`
+const KEY_STATEMENT_LEN: usize = 16 + 64 + 3;
+
 /// Opens a connection to the encrypted database and checks the key.
 fn open_keyed(path: &Path, key: &[u8; 32]) -> SdkResult<Connection> {
     let conn = Connection::open(path)?;
-    let hex: Zeroizing<String> = Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect());
-    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex.as_str()))?;
+    // SQLCipher wipes the memory it frees (the key schedule among it).
+    let _ = conn.query_row("PRAGMA cipher_memory_security = ON", [], |_| Ok(()));
+    // The statement holds the key: built in one allocation that never grows, wiped after.
+    let mut statement = Zeroizing::new(String::with_capacity(KEY_STATEMENT_LEN));
+    statement.push_str("PRAGMA key = \"x'");
+    for b in key {
+        for digit in [b >> 4, b & 0x0f] {
+            statement.push(char::from_digit(u32::from(digit), 16).unwrap_or('0'));
+        }
+    }
+    statement.push_str("'\";");
+    debug_assert_eq!(statement.len(), KEY_STATEMENT_LEN, "the key statement grew");
+    conn.execute_batch(statement.as_str())?;
     // SQLCipher would log a wrong key's failed page check to stderr; the error below says it.
     // (Set after the key: keying sets SQLCipher's default log level the first time.)
     let _ = conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()));
@@ -1363,4 +1432,47 @@ fn load_conversation(conn: &Connection, id: &ConversationId) -> SdkResult<Option
         name,
         members,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn passphrase(p: &str) -> StoreKey {
+        StoreKey::Passphrase(Zeroizing::new(p.to_owned()))
+    }
+
+    #[test]
+    fn a_passphrase_store_records_its_key_derivation_costs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqlStore::open(dir.path(), &passphrase("correct horse")).unwrap();
+        drop(store);
+        let recorded = std::fs::read(dir.path().join(SALT_FILE)).unwrap();
+        let params = KdfParams::decode(&recorded).unwrap();
+        assert_eq!(
+            (params.memory_kib, params.passes, params.lanes),
+            (64 * 1024, 3, 1)
+        );
+        assert!(SqlStore::open(dir.path(), &passphrase("correct horse")).is_ok());
+        assert!(matches!(
+            SqlStore::open(dir.path(), &passphrase("wrong")),
+            Err(SdkError::WrongStoreKey)
+        ));
+    }
+
+    #[test]
+    fn a_store_keyed_before_the_costs_were_recorded_still_opens() {
+        // A bare 16-byte salt: Argon2's default costs (19 MiB, two passes), as before.
+        let dir = tempfile::tempdir().unwrap();
+        let salt = [9u8; 16];
+        std::fs::write(dir.path().join(SALT_FILE), salt).unwrap();
+        let mut key = Zeroizing::new([0u8; 32]);
+        opaque_ke::argon2::Argon2::default()
+            .hash_password_into(b"old pass", &salt, key.as_mut())
+            .unwrap();
+        drop(SqlStore::open(dir.path(), &StoreKey::Raw(key)).unwrap());
+        assert!(SqlStore::open(dir.path(), &passphrase("old pass")).is_ok());
+        assert!(KdfParams::decode(&[1; 20]).is_none());
+    }
 }
