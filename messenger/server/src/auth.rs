@@ -318,15 +318,20 @@ impl<S: Store> Auth for Api<S> {
         else {
             return Err(Status::unauthenticated("log in first"));
         };
-        self.state
-            .store
-            .delete_session(info.token_hash.to_vec())
-            .await?;
-        self.state.sessions.end_token(
-            info.token_hash,
-            EndReason::LoggedOut,
-            Some(ctx.connection().id()),
-        );
+        // As for revocation: ending the session does not depend on the caller staying.
+        let state = Arc::clone(&self.state);
+        let this_connection = ctx.connection().id();
+        let done = tokio::spawn(async move {
+            state.store.delete_session(info.token_hash.to_vec()).await?;
+            state
+                .sessions
+                .end_token(info.token_hash, EndReason::LoggedOut, Some(this_connection));
+            Ok::<(), StoreError>(())
+        });
+        match done.await {
+            Ok(result) => result?,
+            Err(_) => return Err(Status::internal("the logout task failed")),
+        }
         Ok(v1::LogoutResponse {})
     }
 }

@@ -1,6 +1,7 @@
 //! Devices (register, list, revoke) and P2P rendezvous.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use qpq_proto::v1::{self, device_server::Device, p2p_server::P2p};
 use qrpc::{RequestContext, Status};
@@ -73,24 +74,27 @@ impl<S: Store> Device for Api<S> {
         validate::device(&request.device)?;
         self.check_write(&me)?;
         let device = DeviceId::new(me.user, request.device);
-        match self
-            .state
-            .store
-            .revoke_device(device.clone(), now_ms())
-            .await
-        {
-            Ok(()) => {
-                // Every connection of the device is closed now; a device revoking itself keeps
-                // this connection (logged out) until it has read the answer.
-                self.state.sessions.end_device(
-                    &device,
-                    EndReason::Revoked,
-                    Some(ctx.connection().id()),
-                );
-                Ok(v1::RevokeDeviceResponse {})
+        // The store write and the end of the device's sessions run as one task of their own:
+        // a caller that goes away (its stream reset) in between cannot leave the revoked
+        // device a live session.
+        let state = Arc::clone(&self.state);
+        let this_connection = ctx.connection().id();
+        let done = tokio::spawn(async move {
+            let revoked = state.store.revoke_device(device.clone(), now_ms()).await;
+            if revoked.is_ok() {
+                // Every connection of the device is closed now; a device revoking itself
+                // keeps this connection (logged out) until it has read the answer.
+                state
+                    .sessions
+                    .end_device(&device, EndReason::Revoked, Some(this_connection));
             }
-            Err(StoreError::NotFound) => Err(Status::not_found("no such device")),
-            Err(e) => Err(e.into()),
+            revoked
+        });
+        match done.await {
+            Ok(Ok(())) => Ok(v1::RevokeDeviceResponse {}),
+            Ok(Err(StoreError::NotFound)) => Err(Status::not_found("no such device")),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Status::internal("the revocation task failed")),
         }
     }
 }

@@ -795,3 +795,60 @@ async fn channel_membership_states() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A revoking client that resets its stream right after the server stored the revocation
+/// still cuts the revoked device off: ending its sessions does not depend on the caller.
+#[tokio::test]
+async fn a_revocation_completes_when_the_revoking_call_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = InProcess::new(config(dir.path())).await.unwrap();
+    device(&server, "bob", "phone").await;
+    device(&server, "bob", "laptop").await;
+    let bind = |device: &str, port: u16| {
+        let conn = server.connection(([127, 0, 0, 1], port).into());
+        server.state.sessions.bind(
+            &conn,
+            SessionInfo::new(DeviceId::new("bob", device), u64::MAX, rand::random()),
+        );
+        conn
+    };
+    let (phone, laptop) = (bind("phone", 1), bind("laptop", 2));
+    let list = || unary(&v1::ListDevicesRequest {});
+    assert!(server.call(&laptop, 61, list()).await.is_ok());
+    let mut call = Box::pin(server.call(
+        &phone,
+        62,
+        unary(&v1::RevokeDeviceRequest {
+            device: "laptop".into(),
+        }),
+    ));
+    // Drive the call until the store has the revocation, then drop it (the stream reset).
+    let revoked = async {
+        loop {
+            if let std::task::Poll::Ready(result) = futures::poll!(call.as_mut()) {
+                result.unwrap();
+                break;
+            }
+            let devices = server.state.store.list_devices("bob".into()).await.unwrap();
+            if devices.iter().all(|d| d.device != "laptop") {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), revoked)
+        .await
+        .expect("the revocation never reached the store");
+    drop(call);
+    let cut_off = async {
+        loop {
+            match server.call(&laptop, 61, list()).await {
+                Err(status) if status.code() == Code::Unauthenticated => break,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), cut_off)
+        .await
+        .expect("the revoked device kept a live session");
+}
