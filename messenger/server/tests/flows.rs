@@ -622,6 +622,14 @@ async fn channels_users_and_p2p() {
         Event::Channel(u) => assert_eq!(u.channel_id, channel.channel_id),
         other => panic!("unexpected {other:?}"),
     }
+    // Bob accepts the invitation: from now on they are channel peers.
+    v1::channel_client::ChannelClient::new(bob.client.clone())
+        .answer_invitation(&v1::AnswerInvitationRequest {
+            channel_id: channel.channel_id.clone(),
+            accept: true,
+        })
+        .await
+        .unwrap();
     let err = v1::channel_client::ChannelClient::new(alice.client.clone())
         .create_channel(&v1::CreateChannelRequest {
             name: "x".into(),
