@@ -591,7 +591,8 @@ impl QpqClient {
     }
 
     /// Accepts a message request: the conversation joins the list
-    /// ([`ClientEvent::ConversationCreated`]) and this user becomes a member of its server
+    /// ([`ClientEvent::ConversationCreated`]), what arrived in it so far is announced
+    /// ([`ClientEvent::MessageReceived`]), and this user becomes a member of its server
     /// channel. `NotFound` if it is no request.
     pub async fn accept_request(&self, id: &ConversationId) -> SdkResult<Conversation> {
         let c = self
@@ -605,6 +606,12 @@ impl QpqClient {
         self.answer_channel(id, true).await?;
         self.inner.store.accept_request(id)?;
         self.emit(ClientEvent::ConversationCreated(c.clone()));
+        // What arrived while it was a request is announced now.
+        for m in self.inner.store.messages(id, None, 1000)? {
+            if !m.outgoing {
+                self.emit(ClientEvent::MessageReceived(Box::new(m)));
+            }
+        }
         Ok(c)
     }
 
@@ -1143,6 +1150,8 @@ impl QpqClient {
             .store
             .channel(conversation)?
             .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
+        // A conversation just joined may not have answered its channel invitation yet.
+        self.inner.answer_invitations().await;
         v1::channel_client::ChannelClient::new(self.inner.session().await?)
             .typing(&v1::TypingRequest {
                 channel_id: channel.into(),
@@ -1159,6 +1168,7 @@ impl QpqClient {
         remove: Vec<String>,
     ) -> SdkResult<()> {
         if let Some(channel) = self.inner.store.channel(conversation)? {
+            self.inner.answer_invitations().await;
             v1::channel_client::ChannelClient::new(self.inner.session().await?)
                 .update_channel(&v1::UpdateChannelRequest {
                     channel_id: channel.into(),
