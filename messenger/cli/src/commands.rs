@@ -39,9 +39,9 @@ pub enum Command {
     Search(String),
     /// `/requests`: invitations from people you have no conversation with.
     Requests,
-    /// `/accept <#>`: accept a message request.
+    /// `/accept <id>`: accept a message request (its id as `/requests` shows it).
     Accept(String),
-    /// `/decline <#>`: decline a message request.
+    /// `/decline <id>`: decline a message request.
     Decline(String),
     // Groups
     /// `/group create <name> <members...>`.
@@ -125,13 +125,13 @@ pub const HELP: &[HelpEntry] = &[
     HelpEntry {
         group: "Chat",
         name: "/accept",
-        args: "<#>",
+        args: "<id>",
         about: "accept a message request: it joins your conversations",
     },
     HelpEntry {
         group: "Chat",
         name: "/decline",
-        args: "<#>",
+        args: "<id>",
         about: "decline a message request: it is deleted",
     },
     HelpEntry {

@@ -67,14 +67,14 @@ enum Cmd {
     },
     /// List conversations with unread counts.
     Conversations,
-    /// Accept a message request (its number as `qpq read` shows it).
+    /// Accept a message request (its id as `qpq read` shows it).
     Accept {
-        /// The request's number.
+        /// The request's id.
         request: String,
     },
     /// Decline a message request: it is deleted with what came with it.
     Decline {
-        /// The request's number.
+        /// The request's id.
         request: String,
     },
     /// Create an account and log this profile in (the password is read from the terminal,

@@ -195,6 +195,10 @@ async fn plain(mut session: Session) -> anyhow::Result<()> {
 /// message) is not kept at all.
 fn history_entry(line: &str) -> Option<String> {
     let line = line.trim();
+    // `//text` sends "/text" as a message.
+    if line.starts_with("//") {
+        return None;
+    }
     let rest = line.strip_prefix('/')?;
     let name = rest.split_whitespace().next().unwrap_or_default();
     const CARRY_TEXT: &[&str] = &[
@@ -316,6 +320,7 @@ mod tests {
         );
         assert_eq!(history_entry("/dm bob"), Some("/dm bob".into()));
         assert_eq!(history_entry("/open 2"), Some("/open 2".into()));
+        assert_eq!(history_entry("//secret text"), None);
     }
 
     #[test]

@@ -159,20 +159,18 @@ pub async fn send(
 /// Waits until the receiver has caught up with the server.
 /// Message requests waiting for an answer, one line each, with how to answer.
 fn print_requests(session: &Session, out: &mut dyn Write, as_json: bool) -> anyhow::Result<()> {
-    for (i, (c, inviter)) in session.client().requests()?.iter().enumerate() {
+    for (c, inviter) in session.client().requests()? {
+        let id = crate::session::request_id(&c.id);
         if as_json {
             writeln!(
                 out,
                 "{}",
-                json!({"request": i + 1, "inviter": inviter, "members": c.members, "name": c.name})
+                json!({"request": id, "inviter": inviter, "members": c.members, "name": c.name})
             )?;
         } else {
             let line = format!(
-                "? message request {} from {inviter} ({}): `qpq accept {}` or `qpq decline {}`",
-                i + 1,
+                "? message request {id} from {inviter} ({}): `qpq accept {id}` or `qpq decline {id}`",
                 c.members.join(", "),
-                i + 1,
-                i + 1
             );
             writeln!(out, "{}", crate::format::printable(&line))?;
         }
@@ -191,13 +189,16 @@ pub async fn answer(
 ) -> anyhow::Result<()> {
     logged_in(session)?;
     caught_up(&mut events).await?;
+    let which = which.trim().to_ascii_lowercase();
     let requests = session.client().requests()?;
-    let (c, inviter) = which
-        .trim_start_matches('#')
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| requests.get(n.checked_sub(1)?))
-        .with_context(|| format!("no message request {which}: see `qpq read`"))?;
+    let mut matching = requests
+        .iter()
+        .filter(|(c, _)| !which.is_empty() && c.id.to_string().starts_with(&which));
+    let (c, inviter) = match (matching.next(), matching.next()) {
+        (Some(one), None) => one,
+        (None, _) => bail!("no message request {which}: see `qpq read`"),
+        (Some(_), Some(_)) => bail!("{which} names several requests: give more of the id"),
+    };
     if accept {
         session.client().accept_request(&c.id).await?;
         writeln!(out, "accepted {inviter}'s invitation")?;

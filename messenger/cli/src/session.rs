@@ -131,18 +131,26 @@ impl Session {
         })
     }
 
-    /// A message request by its number in `/requests`.
+    /// A message request by the id `/requests` shows (never by position: a request that
+    /// arrives meanwhile must not shift which one is answered).
     fn find_request(&self, query: &str) -> Result<Conversation, CommandError> {
-        let all = self.client.requests()?;
-        query
-            .trim_start_matches('#')
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=all.len()).contains(n))
-            .map(|n| all[n - 1].0.clone())
-            .ok_or_else(|| {
-                CommandError::Other(format!("no message request {query}: see /requests"))
-            })
+        let query = query.trim().to_ascii_lowercase();
+        let matching: Vec<Conversation> = self
+            .client
+            .requests()?
+            .into_iter()
+            .map(|(c, _)| c)
+            .filter(|c| !query.is_empty() && c.id.to_string().starts_with(&query))
+            .collect();
+        match matching.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(CommandError::Other(format!(
+                "no message request {query}: see /requests"
+            ))),
+            _ => Err(CommandError::Other(format!(
+                "{query} names several requests: give more of the id"
+            ))),
+        }
     }
 
     /// Finds a conversation by number (as `/list` shows), name or id.
@@ -308,20 +316,17 @@ impl Session {
                     Output::lines(
                         requests
                             .iter()
-                            .enumerate()
-                            .map(|(i, (conv, inviter))| {
+                            .map(|(conv, inviter)| {
                                 let kind = match conv.kind {
                                     qpq_sdk::ConversationKind::Group => {
                                         format!("group \"{}\"", conv.name)
                                     }
                                     _ => "a direct conversation".to_owned(),
                                 };
+                                let id = request_id(&conv.id);
                                 format!(
-                                    "{:>2}. {inviter} invites you to {kind} ({}) — /accept {} or /decline {}",
-                                    i + 1,
+                                    "{id} {inviter} invites you to {kind} ({}) — /accept {id} or /decline {id}",
                                     conv.members.join(", "),
-                                    i + 1,
-                                    i + 1
                                 )
                             })
                             .collect(),
@@ -581,4 +586,10 @@ fn safe_file_name(name: &str) -> String {
     } else {
         base
     }
+}
+
+/// How `/requests` and `qpq read` name a message request: the first 8 hex digits of its
+/// conversation id.
+pub fn request_id(id: &qpq_sdk::ConversationId) -> String {
+    id.to_string().chars().take(8).collect()
 }

@@ -65,11 +65,16 @@ async fn two_processes_talk_through_one_server() {
 
     // Alice is a stranger to Bob: her conversation is a request he accepts first.
     let read = ok(&run(b.path(), &["read"], ""));
+    let line = read
+        .lines()
+        .find(|l| l.starts_with("? message request "))
+        .unwrap_or_else(|| panic!("no request in {read}"));
     assert!(
-        read.contains("? message request 1 from alice (alice, bob): `qpq accept 1`"),
-        "{read}"
+        line.contains("from alice (alice, bob): `qpq accept "),
+        "{line}"
     );
-    assert!(ok(&run(b.path(), &["accept", "1"], "")).contains("accepted alice's invitation"));
+    let id = line.split_whitespace().nth(3).unwrap();
+    assert!(ok(&run(b.path(), &["accept", id], "")).contains("accepted alice's invitation"));
     let read = ok(&run(b.path(), &["read", "--json"], ""));
     let lines: Vec<serde_json::Value> = read
         .lines()

@@ -640,14 +640,22 @@ impl QpqClient {
             return Ok(());
         };
         let rpc = self.inner.session().await?;
-        match v1::channel_client::ChannelClient::new(rpc)
+        match v1::channel_client::ChannelClient::new(rpc.clone())
             .answer_invitation(&v1::AnswerInvitationRequest {
-                channel_id: channel_id.into(),
+                channel_id: channel_id.clone().into(),
                 accept,
+                mls_group_id: id.0.to_vec().into(),
             })
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(answer) => {
+                if accept {
+                    self.inner
+                        .guard_channel(&rpc, id, channel_id, &answer.members)
+                        .await;
+                }
+                Ok(())
+            }
             Err(status) if status.code() == Code::NotFound => Ok(()),
             Err(status) => Err(status.into()),
         }
@@ -2555,9 +2563,18 @@ impl Inner {
                     name: inv.name,
                     members,
                 };
+                // A conversation id this device already has is not taken over by someone it
+                // does not know (nor turned into a request that declining would delete).
+                let existing = tx.conversation(&id)?;
                 let known = self.invitations == InvitationPolicy::FromAnyone
                     || inviter_user == my_user
-                    || tx.knows(&inviter_user)?;
+                    || tx.knows(&inviter_user, my_user)?;
+                if existing.is_some() && !known {
+                    return Err(Fail::Undecryptable(
+                        "invitation: a stranger reuses the id of a conversation this device has"
+                            .into(),
+                    ));
+                }
                 if known {
                     (Effect::Conversation(c, channel), false)
                 } else {
@@ -2702,7 +2719,10 @@ impl Inner {
                 }
                 let effect = content_effect(id, author, content, user_of(&keys.me))
                     .map_err(Fail::Undecryptable)?;
+                // Nothing is sent on its own from inside a message request: answering would
+                // tell its author this user is there (and make it a contact).
                 if let Effect::LeaveRequest { user, .. } = &effect
+                    && !tx.in_request(&id)?
                     && let Some(members) = self.commit_leave(keys, tx, group, &id, user)?
                 {
                     return Ok((
@@ -2831,17 +2851,23 @@ impl Inner {
         let Ok(rpc) = self.session().await else {
             return;
         };
-        let client = v1::channel_client::ChannelClient::new(rpc);
+        let client = v1::channel_client::ChannelClient::new(rpc.clone());
         for (conversation, channel_id) in pending {
             match client
                 .answer_invitation(&v1::AnswerInvitationRequest {
-                    channel_id: channel_id.into(),
+                    channel_id: channel_id.clone().into(),
                     accept: true,
+                    mls_group_id: conversation.0.to_vec().into(),
                 })
                 .await
             {
-                // Answered now, or before (by another device of this user).
-                Ok(_) => {}
+                Ok(answer) => {
+                    self.guard_channel(&rpc, &conversation, channel_id, &answer.members)
+                        .await;
+                }
+                // Answered before (by another device of this user), or not this
+                // conversation's channel.
+                Err(status) if status.code() == Code::NotFound => {}
                 Err(status) if status.code() == Code::NotFound => {}
                 Err(status) => {
                     tracing::warn!(%status, "could not accept a channel invitation yet");
@@ -2851,6 +2877,39 @@ impl Inner {
             if let Err(e) = self.store.channel_accepted(&conversation) {
                 tracing::warn!(error = %e, "could not record a channel answer");
             }
+        }
+    }
+
+    /// Leaves a conversation's server channel again if it holds users who are not in the
+    /// conversation: whoever shares a channel with this user counts as known to it and may
+    /// see its endpoint, so the channel must hold the conversation's users only.
+    async fn guard_channel(
+        &self,
+        rpc: &qrpc::Client,
+        conversation: &ConversationId,
+        channel_id: Vec<u8>,
+        members: &[String],
+    ) {
+        let users = match self.store.conversation(conversation) {
+            Ok(Some(c)) => c.members,
+            _ => return,
+        };
+        if members.iter().all(|m| users.contains(m)) {
+            return;
+        }
+        let Some(me) = lock(&self.keys).as_ref().map(|k| user_of(&k.me).to_owned()) else {
+            return;
+        };
+        tracing::warn!("a channel holds users outside its conversation: leaving it");
+        if let Err(status) = v1::channel_client::ChannelClient::new(rpc.clone())
+            .update_channel(&v1::UpdateChannelRequest {
+                channel_id: channel_id.into(),
+                add: Vec::new(),
+                remove: vec![me],
+            })
+            .await
+        {
+            tracing::warn!(%status, "could not leave the channel");
         }
     }
 
@@ -3284,13 +3343,22 @@ fn content_effect(
             target: message_id(&d.target)?,
             author,
         },
-        Some(v1::content::Body::Reaction(r)) => Effect::Reaction {
-            conversation,
-            target: message_id(&r.target)?,
-            user: author,
-            emoji: r.emoji,
-            remove: r.remove,
-        },
+        Some(v1::content::Body::Reaction(r)) => {
+            // A reaction is an emoji, not a place for text.
+            if r.emoji.is_empty() || r.emoji.len() > MAX_EMOJI_BYTES {
+                return Err(format!(
+                    "a reaction of {} bytes (at most {MAX_EMOJI_BYTES})",
+                    r.emoji.len()
+                ));
+            }
+            Effect::Reaction {
+                conversation,
+                target: message_id(&r.target)?,
+                user: author,
+                emoji: r.emoji,
+                remove: r.remove,
+            }
+        }
         Some(v1::content::Body::Receipt(r)) => Effect::Receipt {
             conversation,
             targets: r
@@ -3316,11 +3384,34 @@ fn event_for(store: &dyn Store, effect: &Effect) -> SdkResult<Option<ClientEvent
     Ok(events_for(store, effect, None)?.into_iter().next())
 }
 
+/// Longest reaction accepted from a peer, in bytes (an emoji with its modifiers).
+const MAX_EMOJI_BYTES: usize = 32;
+
+/// The conversation an effect on existing content belongs to.
+fn effect_conversation(effect: &Effect) -> Option<ConversationId> {
+    match effect {
+        Effect::Message(m) => Some(m.conversation),
+        Effect::Members { conversation, .. }
+        | Effect::Edit { conversation, .. }
+        | Effect::Delete { conversation, .. }
+        | Effect::Reaction { conversation, .. }
+        | Effect::Receipt { conversation, .. }
+        | Effect::Rename { conversation, .. } => Some(*conversation),
+        _ => None,
+    }
+}
+
 fn events_for(
     store: &dyn Store,
     effect: &Effect,
     before: Option<Conversation>,
 ) -> SdkResult<Vec<ClientEvent>> {
+    // Nothing of a message request is announced until it is accepted.
+    if let Some(conversation) = effect_conversation(effect)
+        && store.is_request(&conversation)?
+    {
+        return Ok(Vec::new());
+    }
     Ok(match effect {
         Effect::None | Effect::Park { .. } | Effect::LeaveRequest { .. } => Vec::new(),
         Effect::Conversation(c, _) => vec![ClientEvent::ConversationCreated(c.clone())],
@@ -3332,8 +3423,6 @@ fn events_for(
             conversation: conversation.clone(),
             inviter: inviter.clone(),
         }],
-        // What arrives in a message request waits, unannounced, until it is accepted.
-        Effect::Message(m) if store.is_request(&m.conversation)? => Vec::new(),
         Effect::Message(m) => vec![ClientEvent::MessageReceived(m.clone())],
         Effect::Members {
             conversation,

@@ -248,3 +248,33 @@ async fn a_strangers_invitation_is_a_request_until_the_user_answers() {
         qpq_sdk::SdkError::NotFound(_)
     ));
 }
+
+#[tokio::test]
+async fn leaving_a_conversation_makes_its_members_strangers_again() {
+    let server = Server::start().await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let alice = account(&server, dirs[0].path(), "alice", "laptop").await;
+    let bob = server.consenting_client(dirs[1].path());
+    bob.register("bob", "pw").await.unwrap();
+    bob.login("bob", "phone", "pw").await.unwrap();
+    let mut bob_events = bob.subscribe();
+    // Bob joins Alice's group (a request he accepts), then leaves it.
+    let group = alice.create_group("club", &["bob"]).await.unwrap();
+    next(&mut bob_events, |e| {
+        matches!(e, ClientEvent::MessageRequest { .. }).then_some(())
+    })
+    .await;
+    bob.accept_request(&group.id).await.unwrap();
+    bob.leave(&group.id).await.unwrap();
+    // A direct conversation from Alice is a request again: leaving ended "known".
+    let dm = alice.create_dm("bob").await.unwrap();
+    let requested = next(&mut bob_events, |e| match e {
+        ClientEvent::MessageRequest { conversation, .. } => Some(conversation.id),
+        ClientEvent::ConversationCreated(c) if c.id == dm.id => {
+            panic!("joined a former group-mate's conversation without consent")
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(requested, dm.id);
+}

@@ -201,7 +201,12 @@ impl<S: Store> Channel for Api<S> {
         let members = match self
             .state
             .store
-            .answer_channel(request.channel_id.to_vec(), me.user.clone(), request.accept)
+            .answer_channel(
+                request.channel_id.to_vec(),
+                me.user.clone(),
+                request.mls_group_id.to_vec(),
+                request.accept,
+            )
             .await
         {
             Ok(members) => members,

@@ -140,6 +140,7 @@ async fn a_stranger_who_becomes_known_gets_the_larger_quota_at_once() {
         .answer_invitation(&v1::AnswerInvitationRequest {
             channel_id: channel,
             accept: true,
+            mls_group_id: Default::default(),
         })
         .await
         .unwrap();
@@ -458,6 +459,7 @@ async fn endpoints_are_visible_only_to_channel_peers() {
         .answer_invitation(&v1::AnswerInvitationRequest {
             channel_id: channel,
             accept: true,
+            mls_group_id: Default::default(),
         })
         .await
         .unwrap();
@@ -514,7 +516,11 @@ async fn only_members_change_a_channel_or_type_in_it_and_typing_is_limited() {
         let channel_id = id.clone();
         async move {
             client
-                .answer_invitation(&v1::AnswerInvitationRequest { channel_id, accept })
+                .answer_invitation(&v1::AnswerInvitationRequest {
+                    channel_id,
+                    accept,
+                    mls_group_id: Default::default(),
+                })
                 .await
         }
     };

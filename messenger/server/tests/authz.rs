@@ -316,6 +316,7 @@ fn rows() -> Vec<Row> {
                 unary(&v1::AnswerInvitationRequest {
                     channel_id: f.channel().into(),
                     accept: false,
+                    mls_group_id: Default::default(),
                 })
             },
             Unauthenticated,
@@ -724,6 +725,7 @@ async fn channel_membership_states() {
                     unary(&v1::AnswerInvitationRequest {
                         channel_id: channel.clone(),
                         accept: true,
+                        mls_group_id: Default::default(),
                     }),
                 )
                 .await
@@ -778,6 +780,7 @@ async fn channel_membership_states() {
                     unary(&v1::AnswerInvitationRequest {
                         channel_id: channel.clone(),
                         accept: true,
+                        mls_group_id: Default::default(),
                     }),
                 ),
             };

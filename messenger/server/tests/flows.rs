@@ -627,6 +627,7 @@ async fn channels_users_and_p2p() {
         .answer_invitation(&v1::AnswerInvitationRequest {
             channel_id: channel.channel_id.clone(),
             accept: true,
+            mls_group_id: vec![1; 16].into(),
         })
         .await
         .unwrap();

@@ -395,12 +395,14 @@ impl Tx for MemoryTx<'_> {
         Ok(self.0.parked.len() as u64)
     }
 
-    fn knows(&mut self, user: &str) -> SdkResult<bool> {
-        Ok(self
-            .0
-            .conversations
-            .iter()
-            .any(|(id, c)| !self.0.requests.contains_key(id) && c.members.contains(user)))
+    fn in_request(&mut self, id: &ConversationId) -> SdkResult<bool> {
+        Ok(self.0.requests.contains_key(&id.0))
+    }
+
+    fn knows(&mut self, user: &str, me: &str) -> SdkResult<bool> {
+        Ok(self.0.conversations.iter().any(|(id, c)| {
+            !self.0.requests.contains_key(id) && c.members.contains(user) && c.members.contains(me)
+        }))
     }
 
     fn unpark(&mut self, seq: u64) -> SdkResult<()> {

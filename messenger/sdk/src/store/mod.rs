@@ -310,9 +310,11 @@ pub(crate) trait Tx {
     fn parked_from(&mut self, sender: &[u8]) -> SdkResult<u64>;
     /// How many messages are parked in all.
     fn parked_total(&mut self) -> SdkResult<u64>;
-    /// Whether `user` is a member of a conversation of this user's (a message request does
-    /// not count).
-    fn knows(&mut self, user: &str) -> SdkResult<bool>;
+    /// Whether `user` is a member of a conversation that `me` (this user) is still a member
+    /// of (a message request, or a conversation this user left, does not count).
+    fn knows(&mut self, user: &str, me: &str) -> SdkResult<bool>;
+    /// Whether `id` is a message request, as this transaction sees it.
+    fn in_request(&mut self, id: &ConversationId) -> SdkResult<bool>;
     /// Forgets a parked message.
     fn unpark(&mut self, seq: u64) -> SdkResult<()>;
     /// One conversation, as this transaction sees it.

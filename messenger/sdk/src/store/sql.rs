@@ -51,6 +51,13 @@ impl KdfParams {
                 passes: be(&bytes[12..16])?,
                 lanes: be(&bytes[16..20])?,
                 salt: bytes[20..].try_into().ok()?,
+            })
+            // Costs outside these bounds are no store this code wrote: refused, so a rewritten
+            // file can neither exhaust memory nor weaken the derivation.
+            .filter(|p| {
+                (8 * 1024..=1024 * 1024).contains(&p.memory_kib)
+                    && (1..=10).contains(&p.passes)
+                    && (1..=4).contains(&p.lanes)
             }),
             _ => None,
         }
@@ -75,7 +82,15 @@ impl StoreKey {
             Self::Raw(key) => Ok(key.clone()),
             Self::Passphrase(passphrase) => {
                 let salt_path = dir.join(SALT_FILE);
-                let params = match std::fs::read(&salt_path) {
+                // A new store gets fresh costs and salt, whatever file was left where its salt
+                // goes (one planted there must not choose them).
+                let fresh = !dir.join(DB_FILE).exists();
+                let existing = if fresh {
+                    Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+                } else {
+                    std::fs::read(&salt_path)
+                };
+                let params = match existing {
                     Ok(bytes) => KdfParams::decode(&bytes).ok_or_else(|| {
                         SdkError::Store(format!("{} is corrupt", salt_path.display()))
                     })?,
@@ -283,11 +298,14 @@ CREATE TABLE requests (
     conversation BLOB PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
     inviter      TEXT NOT NULL
 );
--- Joined conversations whose server channel invitation is still to be accepted there.
+-- Joined conversations whose server channel invitation is still to be accepted there; the
+-- conversations from before channel invitations had to be answered are answered once.
 CREATE TABLE channel_answers (
     conversation BLOB PRIMARY KEY REFERENCES conversations(id) ON DELETE CASCADE,
     channel      BLOB NOT NULL
 );
+INSERT OR IGNORE INTO channel_answers (conversation, channel)
+    SELECT id, channel FROM conversations WHERE channel IS NOT NULL;
 ",
 ];
 
@@ -480,15 +498,23 @@ impl Tx for SqlTx<'_> {
         parked_total_on(self.0)
     }
 
-    fn knows(&mut self, user: &str) -> SdkResult<bool> {
+    fn knows(&mut self, user: &str, me: &str) -> SdkResult<bool> {
         Ok(self
             .0
             .prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM members m
+                "SELECT EXISTS(SELECT 1 FROM members m JOIN members mine
+                                 ON mine.conversation = m.conversation AND mine.user = ?2
                                WHERE m.user = ?1
                                  AND m.conversation NOT IN (SELECT conversation FROM requests))",
             )?
-            .query_row([user], |r| r.get(0))?)
+            .query_row(params![user, me], |r| r.get(0))?)
+    }
+
+    fn in_request(&mut self, id: &ConversationId) -> SdkResult<bool> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM requests WHERE conversation = ?1)")?
+            .query_row([id.0.as_slice()], |r| r.get(0))?)
     }
 
     fn unpark(&mut self, seq: u64) -> SdkResult<()> {
@@ -1474,5 +1500,16 @@ mod tests {
         drop(SqlStore::open(dir.path(), &StoreKey::Raw(key)).unwrap());
         assert!(SqlStore::open(dir.path(), &passphrase("old pass")).is_ok());
         assert!(KdfParams::decode(&[1; 20]).is_none());
+        // Costs out of bounds are refused, not run.
+        let mut huge = KdfParams {
+            memory_kib: u32::MAX,
+            passes: 3,
+            lanes: 1,
+            salt: [0; 16],
+        }
+        .encode();
+        assert!(KdfParams::decode(&huge).is_none());
+        huge[8..12].copy_from_slice(&(64 * 1024u32).to_be_bytes());
+        assert!(KdfParams::decode(&huge).is_some());
     }
 }

@@ -446,10 +446,12 @@ pub trait Store: Send + Sync + 'static {
     /// `user` answers its invitation to channel `id`: accepted, it becomes a member;
     /// declined, the invitation is gone. Returns the accepted members after the answer.
     /// `NotFound` when `user` has no invitation there.
+    /// `NotFound` too when the channel's MLS group id is not `mls_group_id`.
     fn answer_channel(
         &self,
         id: Vec<u8>,
         user: String,
+        mls_group_id: Vec<u8>,
         accept: bool,
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
     /// Channels `user` owns.

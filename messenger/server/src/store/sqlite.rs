@@ -954,9 +954,21 @@ impl Store for SqliteStore {
         &self,
         id: Vec<u8>,
         user: String,
+        mls_group_id: Vec<u8>,
         accept: bool,
     ) -> StoreResult<Vec<String>> {
         self.write(move |tx| {
+            let group: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT mls_group_id FROM channels WHERE id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            if group.as_deref() != Some(mls_group_id.as_slice()) {
+                return Err(StoreError::NotFound);
+            }
             let changed = if accept {
                 tx.execute(
                     "UPDATE channel_members SET state = 'accepted'
@@ -1385,7 +1397,7 @@ mod tests {
                 .is_none()
         );
         assert_eq!(
-            s.answer_channel(vec![1; 16], "cat".into(), true)
+            s.answer_channel(vec![1; 16], "cat".into(), vec![], true)
                 .await
                 .unwrap(),
             vec!["bob", "cat"]
@@ -1397,7 +1409,8 @@ mod tests {
         );
         // Answered once: there is no invitation left to answer.
         assert!(matches!(
-            s.answer_channel(vec![1; 16], "cat".into(), false).await,
+            s.answer_channel(vec![1; 16], "cat".into(), vec![], false)
+                .await,
             Err(StoreError::NotFound)
         ));
         // Only the owner removes others; a member removes itself.
@@ -1405,7 +1418,7 @@ mod tests {
         s.update_channel(vec![1; 16], "bob".into(), vec!["dan".into()], vec![], 10)
             .await
             .unwrap();
-        s.answer_channel(vec![1; 16], "dan".into(), true)
+        s.answer_channel(vec![1; 16], "dan".into(), vec![], true)
             .await
             .unwrap();
         assert!(matches!(
