@@ -36,6 +36,17 @@ impl<S: Store> Api<S> {
         }))
     }
 
+    /// Takes one of `me`'s key publishes (each may add a key-transparency leaf).
+    fn check_key_publish(&self, me: &DeviceId) -> Result<(), Status> {
+        let l = &self.state.limiters;
+        l.check(
+            &l.key_publishes_per_device,
+            &(me.user.clone(), me.device.clone()),
+            1,
+            "key publishes for this device",
+        )
+    }
+
     /// The identity key `me` published with its key bundle.
     async fn published_identity(&self, me: &DeviceId) -> Result<[u8; 32], Status> {
         match self.state.store.bundle(me.clone()).await? {
@@ -122,13 +133,7 @@ impl<S: Store> Keys for Api<S> {
         }
         let packages: Vec<Vec<u8>> = request.key_packages.iter().map(|b| b.to_vec()).collect();
         if request.last_resort {
-            let l = &self.state.limiters;
-            l.check(
-                &l.key_publishes_per_device,
-                &(me.user.clone(), me.device.clone()),
-                1,
-                "key publishes for this device",
-            )?;
+            self.check_key_publish(&me)?;
             let package = packages.into_iter().next().unwrap_or_default();
             self.state
                 .store
@@ -200,13 +205,7 @@ impl<S: Store> Keys for Api<S> {
                 "key_bundle: a device's identity key never changes; register a new device",
             ));
         }
-        let l = &self.state.limiters;
-        l.check(
-            &l.key_publishes_per_device,
-            &(me.user.clone(), me.device.clone()),
-            1,
-            "key publishes for this device",
-        )?;
+        self.check_key_publish(&me)?;
         let token_hash = match request.delivery_token.len() {
             0 => None,
             32 => Some(sha256(&request.delivery_token).to_vec()),

@@ -136,11 +136,21 @@ async fn a_stranger_who_becomes_known_gets_the_larger_quota_at_once() {
         Code::ResourceExhausted,
         "an invitation not yet accepted is no membership"
     );
+    // An answer naming another conversation's group is no answer to this channel.
+    let err = v1::channel_client::ChannelClient::new(eve.client.clone())
+        .answer_invitation(&v1::AnswerInvitationRequest {
+            channel_id: channel.clone(),
+            accept: true,
+            mls_group_id: vec![2; 16].into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
     v1::channel_client::ChannelClient::new(eve.client.clone())
         .answer_invitation(&v1::AnswerInvitationRequest {
             channel_id: channel,
             accept: true,
-            mls_group_id: Default::default(),
+            mls_group_id: vec![1; 16].into(),
         })
         .await
         .unwrap();
