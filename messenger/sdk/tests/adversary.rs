@@ -505,3 +505,44 @@ async fn an_invitation_back_into_a_conversation_shows_who_is_in_it_now() {
         .unwrap();
     assert_eq!(stored.members, vec!["bob", "mallory"]);
 }
+
+#[tokio::test]
+async fn messages_for_conversations_never_joined_cannot_fill_the_parking() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut limits = qpq_sdk::ClientLimits::default();
+    limits.max_parked_per_sender = 3;
+    limits.max_parked_total = 5;
+    let bob = server.client_with(dir.path(), limits);
+    bob.register("bob", "pw").await.unwrap();
+    bob.login("bob", "phone", "pw").await.unwrap();
+    let mut bob_events = bob.subscribe();
+    let mallory = Mallory::new(&server).await;
+    let me = Mallory::member("mallory", "pc", &mallory.identity);
+    let mut group = me.create_group(b"mallory's own").unwrap();
+    // Anyone who knows (or invents) a conversation id can send there: Bob parks such a
+    // message until its invitation comes, within the budgets.
+    let mut flood = |n: usize| {
+        (0..n)
+            .map(|_| {
+                let id: [u8; 16] = rand::random();
+                group_message(&id, group.encrypt(&me, b"parked").unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+    for transport in flood(4) {
+        mallory.send("bob", "phone", transport).await;
+    }
+    let reason = refusal(&mut bob_events).await;
+    assert!(reason.contains("messages of this sender already wait"), "{reason}");
+    // Another sealing identity (any key will do) meets the budget for all senders.
+    let other = Mallory {
+        rpc: mallory.rpc.clone(),
+        identity: IdentityKey::generate(),
+    };
+    for transport in flood(3) {
+        other.send("bob", "phone", transport).await;
+    }
+    let reason = refusal(&mut bob_events).await;
+    assert!(reason.contains("already wait for earlier commits"), "{reason}");
+}
