@@ -259,6 +259,9 @@ impl<S: Store> Delivery for Api<S> {
                     messages: messages.into_iter().map(envelope).collect(),
                 });
             }
+            self.state
+                .fetch_waits_parked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Answer at once when the server shuts down: the long poll must not hold a
             // graceful shutdown for its whole grace period.
             let woken = tokio::select! {

@@ -86,6 +86,9 @@ pub struct AppState<S> {
     /// Store queries made by `FetchWait` calls (a metric, and what the amplification test
     /// watches).
     pub fetch_wait_queries: std::sync::atomic::AtomicU64,
+    /// `FetchWait` calls that found nothing and began to wait (a metric; tests wait for it
+    /// so that what answers a call is the wake-up, not its first look).
+    pub fetch_waits_parked: std::sync::atomic::AtomicU64,
     /// `(recipient, sender)` pairs recently checked, with the answer (does the recipient know
     /// the sender?) and until when it holds: spares the stranger check a store read on every
     /// message. Forgotten when the recipient writes to the sender and when channels change.
@@ -188,6 +191,7 @@ impl<S: Store> AppState<S> {
             waiters: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashSet::new()),
             fetch_wait_queries: std::sync::atomic::AtomicU64::new(0),
+            fetch_waits_parked: std::sync::atomic::AtomicU64::new(0),
             known: Mutex::new(KnownPairs::default()),
         }
     }

@@ -179,6 +179,11 @@ async fn fetch_wait_wakes_on_enqueue_and_times_out_empty() {
     assert!(empty.messages.is_empty());
     assert!(started.elapsed() >= Duration::from_millis(250));
 
+    let parked_before = h
+        .server
+        .state()
+        .fetch_waits_parked
+        .load(std::sync::atomic::Ordering::SeqCst);
     let waiting = tokio::spawn({
         let d = bob.delivery();
         async move {
@@ -190,10 +195,16 @@ async fn fetch_wait_wakes_on_enqueue_and_times_out_empty() {
             .await
         }
     });
-    // Enqueue only once the call is parked (its first, empty query done), so that the
-    // wake-up path is what answers it.
+    // Enqueue only once the call is parked (its first query done and found nothing), so
+    // that the wake-up path is what answers it.
     let parked = async {
-        while h.server.state().waiting_devices() < 1 {
+        while h
+            .server
+            .state()
+            .fetch_waits_parked
+            .load(std::sync::atomic::Ordering::SeqCst)
+            <= parked_before
+        {
             tokio::task::yield_now().await;
         }
     };
