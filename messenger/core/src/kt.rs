@@ -281,14 +281,16 @@ impl MerkleLog {
 
     /// Signs the current head with the log's key.
     pub fn sign_head(&self, log_key: &IdentityKey, timestamp_ms: u64) -> SignedTreeHead {
-        let mut head = SignedTreeHead {
-            tree_size: self.size(),
-            root: self.root(),
-            timestamp_ms,
-            signature: [0u8; SIGNATURE_LEN],
-        };
-        head.signature = log_key.sign(&head.signed_bytes());
-        head
+        let (tree_size, root) = (self.size(), self.root());
+        let signature = log_key.sign(&head_signed_bytes(tree_size, &root, timestamp_ms));
+        SignedTreeHead {
+            head: UnverifiedTreeHead {
+                tree_size,
+                root,
+                timestamp_ms,
+                signature,
+            },
+        }
     }
 }
 
@@ -484,35 +486,46 @@ impl ConsistencyProof {
     }
 }
 
-/// A tree head signed by the log.
+/// A tree head whose signature by the log's key was checked: made by
+/// [`MerkleLog::sign_head`] or by [`UnverifiedTreeHead::verify`], never by decoding bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedTreeHead {
-    /// Number of leaves.
-    pub tree_size: u64,
-    /// Root hash at that size.
-    pub root: Hash,
-    /// When the log signed it, milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
-    /// The log's Ed25519 signature over [`SignedTreeHead::signed_bytes`].
-    pub signature: [u8; SIGNATURE_LEN],
+    head: UnverifiedTreeHead,
 }
 
-impl SignedTreeHead {
-    /// What the log signs: `"qpq-kt-sth-v1" || tree_size || root || timestamp_ms`.
-    pub fn signed_bytes(&self) -> Vec<u8> {
-        let mut m = Vec::with_capacity(13 + 8 + 32 + 8);
-        m.extend_from_slice(b"qpq-kt-sth-v1");
-        m.extend_from_slice(&self.tree_size.to_be_bytes());
-        m.extend_from_slice(&self.root);
-        m.extend_from_slice(&self.timestamp_ms.to_be_bytes());
-        m
-    }
+/// A tree head as it came off the wire or out of a store: its fields are claims until
+/// [`verify`](Self::verify) checks the log's signature over them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnverifiedTreeHead {
+    /// Number of leaves (claimed).
+    pub tree_size: u64,
+    /// Root hash at that size (claimed).
+    pub root: Hash,
+    /// When the log signed it, milliseconds since the Unix epoch (claimed).
+    pub timestamp_ms: u64,
+    signature: [u8; SIGNATURE_LEN],
+}
 
-    /// Checks the log's signature.
-    pub fn verify(&self, log_key: &IdentityPublic) -> Result<(), KtError> {
+/// What the log signs: `"qpq-kt-sth-v1" || tree_size || root || timestamp_ms`.
+fn head_signed_bytes(tree_size: u64, root: &Hash, timestamp_ms: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(13 + 8 + 32 + 8);
+    m.extend_from_slice(b"qpq-kt-sth-v1");
+    m.extend_from_slice(&tree_size.to_be_bytes());
+    m.extend_from_slice(root);
+    m.extend_from_slice(&timestamp_ms.to_be_bytes());
+    m
+}
+
+impl UnverifiedTreeHead {
+    /// Checks the log's signature; the verified head on success.
+    pub fn verify(&self, log_key: &IdentityPublic) -> Result<SignedTreeHead, KtError> {
         log_key
-            .verify(&self.signed_bytes(), &self.signature)
-            .map_err(|_| KtError::BadSignature)
+            .verify(
+                &head_signed_bytes(self.tree_size, &self.root, self.timestamp_ms),
+                &self.signature,
+            )
+            .map_err(|_| KtError::BadSignature)?;
+        Ok(SignedTreeHead { head: self.clone() })
     }
 
     /// Encoding: signed bytes without the label, then the signature (120 bytes).
@@ -524,9 +537,41 @@ impl SignedTreeHead {
         out.extend_from_slice(&self.signature);
         out
     }
+}
 
-    /// Decodes exactly 120 bytes.
-    pub fn decode(bytes: &[u8]) -> Result<Self, KtError> {
+impl SignedTreeHead {
+    /// Number of leaves.
+    pub fn tree_size(&self) -> u64 {
+        self.head.tree_size
+    }
+
+    /// Root hash at that size.
+    pub fn root(&self) -> &Hash {
+        &self.head.root
+    }
+
+    /// When the log signed it, milliseconds since the Unix epoch.
+    pub fn timestamp_ms(&self) -> u64 {
+        self.head.timestamp_ms
+    }
+
+    /// What the log signs: `"qpq-kt-sth-v1" || tree_size || root || timestamp_ms`.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        head_signed_bytes(self.head.tree_size, &self.head.root, self.head.timestamp_ms)
+    }
+
+    /// Encoding: signed bytes without the label, then the signature (120 bytes).
+    pub fn encode(&self) -> Vec<u8> {
+        self.head.encode()
+    }
+
+    /// Whether `other` claims this very head (same size and root).
+    pub fn is(&self, other: &UnverifiedTreeHead) -> bool {
+        self.head.tree_size == other.tree_size && self.head.root == other.root
+    }
+
+    /// Decodes exactly 120 bytes into a head that is not verified yet.
+    pub fn decode(bytes: &[u8]) -> Result<UnverifiedTreeHead, KtError> {
         if bytes.len() != 8 + 32 + 8 + SIGNATURE_LEN {
             return Err(KtError::Malformed);
         }
@@ -538,7 +583,7 @@ impl SignedTreeHead {
         let timestamp_ms = take_u64(&mut input)?;
         let mut signature = [0u8; SIGNATURE_LEN];
         signature.copy_from_slice(input);
-        Ok(Self {
+        Ok(UnverifiedTreeHead {
             tree_size,
             root,
             timestamp_ms,
@@ -572,15 +617,15 @@ impl LogMonitor {
     /// A smaller tree than the one already seen is refused (the log never shrinks).
     pub fn advance(
         &mut self,
-        head: SignedTreeHead,
+        head: &UnverifiedTreeHead,
         proof: &ConsistencyProof,
     ) -> Result<(), KtError> {
-        head.verify(&self.log_key)?;
+        let head = head.verify(&self.log_key)?;
         if let Some(old) = &self.head {
-            if proof.old_size != old.tree_size || proof.new_size != head.tree_size {
+            if proof.old_size != old.tree_size() || proof.new_size != head.tree_size() {
                 return Err(KtError::ProofMismatch);
             }
-            proof.verify(&old.root, &head.root)?;
+            proof.verify(old.root(), head.root())?;
         }
         self.head = Some(head);
         Ok(())
@@ -593,9 +638,9 @@ impl LogMonitor {
         proof: &InclusionProof,
     ) -> Result<(), KtError> {
         let head = self.head.as_ref().ok_or(KtError::ProofMismatch)?;
-        if proof.tree_size != head.tree_size {
+        if proof.tree_size != head.tree_size() {
             return Err(KtError::ProofMismatch);
         }
-        proof.verify(&binding.leaf_hash(), &head.root)
+        proof.verify(&binding.leaf_hash(), head.root())
     }
 }

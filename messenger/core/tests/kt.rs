@@ -235,9 +235,16 @@ fn signed_heads_and_the_client_monitor() {
     log.append(b"other");
     let mut monitor = LogMonitor::new(log_key.public());
     let head1 = log.sign_head(&log_key, 1000);
-    assert_eq!(SignedTreeHead::decode(&head1.encode()).unwrap(), head1);
+    // Decoding yields a head that is only a claim; verifying it gives the signed head back.
+    let decoded = SignedTreeHead::decode(&head1.encode()).unwrap();
+    assert_eq!(decoded.tree_size, head1.tree_size());
+    assert_eq!(decoded.verify(&log_key.public()).unwrap(), head1);
+    assert_eq!(
+        decoded.verify(&IdentityKey::generate().public()),
+        Err(KtError::BadSignature)
+    );
     monitor
-        .advance(head1.clone(), &log.consistency_proof(0, 2).unwrap())
+        .advance(&decoded, &log.consistency_proof(0, 2).unwrap())
         .unwrap();
     monitor
         .verify_binding(&binding, &log.inclusion_proof(0, 2).unwrap())
@@ -251,7 +258,7 @@ fn signed_heads_and_the_client_monitor() {
             .verify_binding(&fake, &log.inclusion_proof(0, 2).unwrap())
             .is_err()
     );
-    let mut forged = head1.clone();
+    let mut forged = decoded.clone();
     forged.root[0] ^= 1;
     assert_eq!(forged.verify(&log_key.public()), Err(KtError::BadSignature));
 
@@ -259,7 +266,10 @@ fn signed_heads_and_the_client_monitor() {
     log.append(b"third");
     let head2 = log.sign_head(&log_key, 2000);
     monitor
-        .advance(head2.clone(), &log.consistency_proof(2, 3).unwrap())
+        .advance(
+            &SignedTreeHead::decode(&head2.encode()).unwrap(),
+            &log.consistency_proof(2, 3).unwrap(),
+        )
         .unwrap();
 
     let mut forked = MerkleLog::new();
@@ -269,7 +279,10 @@ fn signed_heads_and_the_client_monitor() {
     forked.append(b"fourth");
     let forked_head = forked.sign_head(&log_key, 3000);
     let err = monitor
-        .advance(forked_head, &forked.consistency_proof(3, 4).unwrap())
+        .advance(
+            &SignedTreeHead::decode(&forked_head.encode()).unwrap(),
+            &forked.consistency_proof(3, 4).unwrap(),
+        )
         .unwrap_err();
     assert_eq!(err, KtError::ProofMismatch);
     assert_eq!(monitor.head(), Some(&head2));

@@ -2040,15 +2040,15 @@ impl Inner {
             return Err(alarm("the log signing key changed".into()));
         }
         let log_key = monitor_key(&log_key_bytes).map_err(alarm)?;
-        let head =
+        let claimed =
             SignedTreeHead::decode(&answer.tree_head).map_err(|e| alarm(format!("head: {e}")))?;
         let mut monitor = LogMonitor::new(log_key);
-        if let Some((_, old)) = &stored {
+        let head = if let Some((_, old)) = &stored {
             let old =
                 SignedTreeHead::decode(old).map_err(|e| alarm(format!("stored head: {e}")))?;
             monitor
                 .advance(
-                    old.clone(),
+                    &old,
                     &ConsistencyProof {
                         old_size: 0,
                         new_size: old.tree_size,
@@ -2056,28 +2056,35 @@ impl Inner {
                     },
                 )
                 .map_err(|e| alarm(format!("stored head: {e}")))?;
-            if head.tree_size < old.tree_size {
+            if claimed.tree_size < old.tree_size {
                 return Err(alarm("the log shrank (a rollback)".into()));
             }
-            if head.tree_size == old.tree_size {
-                head.verify(&log_key)
+            if claimed.tree_size == old.tree_size {
+                let head = claimed
+                    .verify(&log_key)
                     .map_err(|e| alarm(format!("head signature: {e}")))?;
-                if head.root != old.root {
+                if head.root() != &old.root {
                     return Err(alarm(
                         "two different logs of the same size (equivocation)".into(),
                     ));
                 }
+                head
             } else {
                 let proof = ConsistencyProof::decode(&answer.consistency_proof)
                     .map_err(|e| alarm(format!("consistency proof: {e}")))?;
                 monitor
-                    .advance(head.clone(), &proof)
+                    .advance(&claimed, &proof)
                     .map_err(|e| alarm(format!("the new head does not extend the old one: {e}")))?;
+                monitor
+                    .head()
+                    .cloned()
+                    .ok_or_else(|| alarm("no head accepted".into()))?
             }
         } else {
-            head.verify(&log_key)
-                .map_err(|e| alarm(format!("head signature: {e}")))?;
-        }
+            claimed
+                .verify(&log_key)
+                .map_err(|e| alarm(format!("head signature: {e}")))?
+        };
         self.store
             .set_kt(&log_key_bytes, &head.encode())
             .map_err(KtFail::Other)?;
@@ -2091,14 +2098,14 @@ impl Inner {
     async fn kt_reach(
         &self,
         keys: &v1::keys_client::KeysClient,
-        head: &qpq_core::kt::SignedTreeHead,
+        head: &qpq_core::kt::UnverifiedTreeHead,
     ) -> Result<(), KtFail> {
         use qpq_core::kt::{ConsistencyProof, SignedTreeHead};
         let alarm = KtFail::Alarm;
         for _ in 0..3 {
             let latest = self.kt_sync(keys).await?;
-            if latest.tree_size == head.tree_size {
-                return if latest.root == head.root {
+            if latest.tree_size() == head.tree_size {
+                return if latest.is(head) {
                     Ok(())
                 } else {
                     Err(alarm(
@@ -2106,7 +2113,7 @@ impl Inner {
                     ))
                 };
             }
-            if latest.tree_size < head.tree_size {
+            if latest.tree_size() < head.tree_size {
                 continue;
             }
             let answer = keys
@@ -2117,7 +2124,7 @@ impl Inner {
                 .map_err(|e| KtFail::Other(e.into()))?;
             let newer = SignedTreeHead::decode(&answer.tree_head)
                 .map_err(|e| alarm(format!("head: {e}")))?;
-            if newer.tree_size != latest.tree_size || newer.root != latest.root {
+            if !latest.is(&newer) {
                 // The log grew again in between: prove against the newest head next round.
                 continue;
             }
@@ -2133,10 +2140,10 @@ impl Inner {
                 .map_err(|e| alarm(format!("the key answer's head: {e}")))?;
             let proof = ConsistencyProof::decode(&answer.consistency_proof)
                 .map_err(|e| alarm(format!("consistency proof: {e}")))?;
-            if proof.old_size != head.tree_size || proof.new_size != latest.tree_size {
+            if proof.old_size != head.tree_size || proof.new_size != latest.tree_size() {
                 return Err(alarm("consistency proof for other heads".into()));
             }
-            return proof.verify(&head.root, &latest.root).map_err(|e| {
+            return proof.verify(&head.root, latest.root()).map_err(|e| {
                 alarm(format!(
                     "the key answer's head is not part of the pinned log: {e}"
                 ))

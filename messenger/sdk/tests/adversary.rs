@@ -534,7 +534,10 @@ async fn messages_for_conversations_never_joined_cannot_fill_the_parking() {
         mallory.send("bob", "phone", transport).await;
     }
     let reason = refusal(&mut bob_events).await;
-    assert!(reason.contains("messages of this sender already wait"), "{reason}");
+    assert!(
+        reason.contains("messages of this sender already wait"),
+        "{reason}"
+    );
     // Another sealing identity (any key will do) meets the budget for all senders.
     let other = Mallory {
         rpc: mallory.rpc.clone(),
@@ -544,5 +547,8 @@ async fn messages_for_conversations_never_joined_cannot_fill_the_parking() {
         other.send("bob", "phone", transport).await;
     }
     let reason = refusal(&mut bob_events).await;
-    assert!(reason.contains("already wait for earlier commits"), "{reason}");
+    assert!(
+        reason.contains("already wait for earlier commits"),
+        "{reason}"
+    );
 }

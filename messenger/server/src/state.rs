@@ -446,7 +446,7 @@ impl<S: Store> AppState<S> {
     fn current_head(kt: &mut KtLog, key: &IdentityKey) -> SignedTreeHead {
         let size = kt.log.size();
         match &kt.head {
-            Some(head) if head.tree_size == size => head.clone(),
+            Some(head) if head.tree_size() == size => head.clone(),
             _ => {
                 let head = kt.log.sign_head(key, now_ms());
                 kt.head = Some(head.clone());

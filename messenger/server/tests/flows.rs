@@ -851,7 +851,7 @@ async fn kt_heads_are_consistent_and_proofs_rebuild_the_leaf() {
         new_size: head.tree_size,
         path: Vec::new(),
     };
-    monitor.advance(head.clone(), &none).unwrap();
+    monitor.advance(&head, &none).unwrap();
     let published = bob.publish_keys(&[]).await;
     let later = keys
         .kt_head(&v1::KtHeadRequest {
@@ -862,7 +862,7 @@ async fn kt_heads_are_consistent_and_proofs_rebuild_the_leaf() {
     let new_head = qpq_core::kt::SignedTreeHead::decode(&later.tree_head).unwrap();
     assert!(new_head.tree_size > head.tree_size);
     let proof = qpq_core::kt::ConsistencyProof::decode(&later.consistency_proof).unwrap();
-    monitor.advance(new_head, &proof).unwrap();
+    monitor.advance(&new_head, &proof).unwrap();
     // The key answer's proof carries what rebuilds the binding's leaf.
     let fetched = keys
         .fetch_hybrid_key(&v1::FetchHybridKeyRequest {
