@@ -592,6 +592,24 @@ impl SignedTreeHead {
     }
 }
 
+/// Checks that `claimed` (a head a key answer came with) is a head of the same log as
+/// `latest` (a head already verified, and consistent with everything seen before): signed by
+/// `log_key`, and a prefix of `latest` by `proof` (a consistency proof from its size to
+/// `latest`'s). A log that grew between the answer and the check is therefore no alarm; a
+/// head of another log is.
+pub fn verify_prefix(
+    claimed: &UnverifiedTreeHead,
+    latest: &SignedTreeHead,
+    proof: &ConsistencyProof,
+    log_key: &IdentityPublic,
+) -> Result<(), KtError> {
+    claimed.verify(log_key)?;
+    if proof.old_size != claimed.tree_size || proof.new_size != latest.tree_size() {
+        return Err(KtError::ProofMismatch);
+    }
+    proof.verify(&claimed.root, latest.root())
+}
+
 /// What a client remembers of the log: the last head it verified.
 #[derive(Debug, Clone)]
 pub struct LogMonitor {

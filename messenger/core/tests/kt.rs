@@ -313,3 +313,40 @@ proptest! {
         prop_assert!(proof.verify(&[7; 32], &[8; 32]).is_err());
     }
 }
+
+#[test]
+fn a_head_older_than_the_latest_is_proven_part_of_the_log_not_an_alarm() {
+    // A key answer comes with the head of size 3; before the client checks it, the log
+    // grows to 5 (another device published keys). The older head is proven a prefix of the
+    // newer one; a head of another log of size 3 is not, nor one signed by another key.
+    let log_key = IdentityKey::generate();
+    let mut log = MerkleLog::new();
+    for leaf in [b"a", b"b", b"c"] {
+        log.append(leaf);
+    }
+    let answered = SignedTreeHead::decode(&log.sign_head(&log_key, 1).encode()).unwrap();
+    log.append(b"d");
+    log.append(b"e");
+    let latest = log.sign_head(&log_key, 2);
+    let proof = log.consistency_proof(3, 5).unwrap();
+    verify_prefix(&answered, &latest, &proof, &log_key.public()).unwrap();
+
+    let mut other = MerkleLog::new();
+    for leaf in [b"a", b"x", b"c"] {
+        other.append(leaf);
+    }
+    let forked = SignedTreeHead::decode(&other.sign_head(&log_key, 1).encode()).unwrap();
+    assert_eq!(
+        verify_prefix(&forked, &latest, &proof, &log_key.public()),
+        Err(KtError::ProofMismatch)
+    );
+    let foreign =
+        SignedTreeHead::decode(&log.sign_head(&IdentityKey::generate(), 1).encode()).unwrap();
+    assert!(verify_prefix(&foreign, &latest, &proof, &log_key.public()).is_err());
+    // A proof between other sizes proves nothing about this head.
+    let wrong = log.consistency_proof(2, 5).unwrap();
+    assert_eq!(
+        verify_prefix(&answered, &latest, &wrong, &log_key.public()),
+        Err(KtError::ProofMismatch)
+    );
+}

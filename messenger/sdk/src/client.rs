@@ -2136,14 +2136,9 @@ impl Inner {
                 .map(|(key, _)| key)
                 .unwrap_or_default();
             let log_key = monitor_key(&pinned).map_err(alarm)?;
-            head.verify(&log_key)
-                .map_err(|e| alarm(format!("the key answer's head: {e}")))?;
             let proof = ConsistencyProof::decode(&answer.consistency_proof)
                 .map_err(|e| alarm(format!("consistency proof: {e}")))?;
-            if proof.old_size != head.tree_size || proof.new_size != latest.tree_size() {
-                return Err(alarm("consistency proof for other heads".into()));
-            }
-            return proof.verify(&head.root, latest.root()).map_err(|e| {
+            return qpq_core::kt::verify_prefix(head, &latest, &proof, &log_key).map_err(|e| {
                 alarm(format!(
                     "the key answer's head is not part of the pinned log: {e}"
                 ))
