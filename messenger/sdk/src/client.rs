@@ -221,6 +221,7 @@ impl QpqClientBuilder {
                 unverifiable: Mutex::new(HashMap::new()),
                 invitations: self.invitations,
                 one_at_a_time: std::sync::atomic::AtomicBool::new(false),
+                channel_leaves: Mutex::new(Vec::new()),
                 crash: Mutex::new(self.crash),
             }),
         })
@@ -253,6 +254,8 @@ struct Inner {
     sealed_bytes_sent: std::sync::atomic::AtomicU64,
     peer_keys: Mutex<HashMap<(String, String), HybridPublicKey>>,
     peer_identities: Mutex<HashMap<(String, String), qpq_core::identity::IdentityPublic>>,
+    /// Server channels of conversations this device was removed from, still to leave.
+    channel_leaves: Mutex<Vec<Vec<u8>>>,
     /// Whether the outbox sends one delivery per call (a call was refused as a whole).
     one_at_a_time: std::sync::atomic::AtomicBool,
     /// Which invitations are joined at once.
@@ -1344,8 +1347,19 @@ impl QpqClient {
         }
         let gone = user.to_owned();
         self.remove_devices(&c, |(u, _)| *u == gone)?;
-        self.update_channel(conversation, Vec::new(), vec![user.to_owned()])
-            .await?;
+        // Only the channel's owner may remove others from the server channel: for anyone
+        // else the MLS removal is what counts, and the removed user's client leaves the
+        // channel when it learns it.
+        match self
+            .update_channel(conversation, Vec::new(), vec![user.to_owned()])
+            .await
+        {
+            Ok(()) => {}
+            Err(SdkError::Server(status)) if status.code() == Code::PermissionDenied => {
+                tracing::debug!("not the channel's owner: the removed user leaves it itself");
+            }
+            Err(e) => return Err(e),
+        }
         let before = c.clone();
         c.members.retain(|m| m != user);
         self.set_members(before, c.members)
@@ -2758,6 +2772,10 @@ impl Inner {
                     let me = user_of(&keys.me).to_owned();
                     members = before.map(|c| c.members).unwrap_or_default();
                     members.retain(|u| *u != me);
+                    // Out of the conversation, out of its server channel too.
+                    if let Some(channel) = tx.channel_of(&id)? {
+                        lock(&self.channel_leaves).push(channel);
+                    }
                     if let Some(stored) = keys.mls.group(&id.0)? {
                         stored.delete(&keys.mls)?;
                     }
@@ -2835,7 +2853,37 @@ impl Inner {
     async fn apply_checked(self: &Arc<Self>, envelope: &v1::Envelope) -> SdkResult<()> {
         self.apply_keys_checked(envelope).await?;
         self.answer_invitations().await;
+        self.leave_channels().await;
         Ok(())
+    }
+
+    /// Leaves the server channels of conversations this device was removed from (best
+    /// effort: a removed user is no member of the conversation whatever the channel says).
+    async fn leave_channels(self: &Arc<Self>) {
+        let channels: Vec<Vec<u8>> = std::mem::take(&mut *lock(&self.channel_leaves));
+        if channels.is_empty() {
+            return;
+        }
+        let Some(me) = lock(&self.keys).as_ref().map(|k| user_of(&k.me).to_owned()) else {
+            return;
+        };
+        let Ok(rpc) = self.session().await else {
+            return;
+        };
+        let client = v1::channel_client::ChannelClient::new(rpc);
+        for channel_id in channels {
+            if let Err(status) = client
+                .update_channel(&v1::UpdateChannelRequest {
+                    channel_id: channel_id.into(),
+                    add: Vec::new(),
+                    remove: vec![me.clone()],
+                })
+                .await
+                && status.code() != Code::NotFound
+            {
+                tracing::warn!(%status, "could not leave the channel of a conversation left");
+            }
+        }
     }
 
     /// Tells the server this device's user accepted the channels of the invitations it joined.

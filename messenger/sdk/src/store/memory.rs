@@ -395,6 +395,14 @@ impl Tx for MemoryTx<'_> {
         Ok(self.0.parked.len() as u64)
     }
 
+    fn channel_of(&mut self, id: &ConversationId) -> SdkResult<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .conversations
+            .get(&id.0)
+            .and_then(|c| c.channel.clone()))
+    }
+
     fn in_request(&mut self, id: &ConversationId) -> SdkResult<bool> {
         Ok(self.0.requests.contains_key(&id.0))
     }

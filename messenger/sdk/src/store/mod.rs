@@ -315,6 +315,8 @@ pub(crate) trait Tx {
     fn knows(&mut self, user: &str, me: &str) -> SdkResult<bool>;
     /// Whether `id` is a message request, as this transaction sees it.
     fn in_request(&mut self, id: &ConversationId) -> SdkResult<bool>;
+    /// The server channel of conversation `id`, as this transaction sees it.
+    fn channel_of(&mut self, id: &ConversationId) -> SdkResult<Option<Vec<u8>>>;
     /// Forgets a parked message.
     fn unpark(&mut self, seq: u64) -> SdkResult<()>;
     /// One conversation, as this transaction sees it.

@@ -510,6 +510,15 @@ impl Tx for SqlTx<'_> {
             .query_row(params![user, me], |r| r.get(0))?)
     }
 
+    fn channel_of(&mut self, id: &ConversationId) -> SdkResult<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT channel FROM conversations WHERE id = ?1")?
+            .query_row([id.0.as_slice()], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .optional()?
+            .flatten())
+    }
+
     fn in_request(&mut self, id: &ConversationId) -> SdkResult<bool> {
         Ok(self
             .0
