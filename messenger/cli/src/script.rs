@@ -190,6 +190,9 @@ pub async fn answer(
     logged_in(session)?;
     caught_up(&mut events).await?;
     let which = which.trim().to_ascii_lowercase();
+    if which.len() < 8 || !which.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{which:?} is no request id: give the 8-character id `qpq read` shows");
+    }
     let requests = session.client().requests()?;
     let mut matching = requests
         .iter()

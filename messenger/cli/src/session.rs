@@ -135,6 +135,13 @@ impl Session {
     /// arrives meanwhile must not shift which one is answered).
     fn find_request(&self, query: &str) -> Result<Conversation, CommandError> {
         let query = query.trim().to_ascii_lowercase();
+        // The whole id as shown: a short or numeric prefix could name whichever request an
+        // inviter chose an id for.
+        if query.len() < 8 || !query.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CommandError::Other(format!(
+                "{query:?} is no request id: give the 8-character id /requests shows"
+            )));
+        }
         let matching: Vec<Conversation> = self
             .client
             .requests()?

@@ -651,14 +651,7 @@ impl QpqClient {
             })
             .await
         {
-            Ok(answer) => {
-                if accept {
-                    self.inner
-                        .guard_channel(&rpc, id, channel_id, &answer.members)
-                        .await;
-                }
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(status) if status.code() == Code::NotFound => Ok(()),
             Err(status) => Err(status.into()),
         }
@@ -2573,6 +2566,12 @@ impl Inner {
                     ));
                 }
                 let channel = (inv.channel_id.len() == 16).then(|| inv.channel_id.to_vec());
+                // A channel another conversation of this device uses is not this one's: an
+                // invitation naming it would point typing, changes and leaving at it.
+                let channel = match channel {
+                    Some(ch) if tx.channel_user(&ch)?.is_some_and(|other| other != id) => None,
+                    other => other,
+                };
                 let c = Conversation {
                     id,
                     kind,
@@ -2860,8 +2859,7 @@ impl Inner {
     /// Leaves the server channels of conversations this device was removed from (best
     /// effort: a removed user is no member of the conversation whatever the channel says).
     async fn leave_channels(self: &Arc<Self>) {
-        let channels: Vec<Vec<u8>> = std::mem::take(&mut *lock(&self.channel_leaves));
-        if channels.is_empty() {
+        if lock(&self.channel_leaves).is_empty() {
             return;
         }
         let Some(me) = lock(&self.keys).as_ref().map(|k| user_of(&k.me).to_owned()) else {
@@ -2871,17 +2869,23 @@ impl Inner {
             return;
         };
         let client = v1::channel_client::ChannelClient::new(rpc);
+        let channels: Vec<Vec<u8>> = std::mem::take(&mut *lock(&self.channel_leaves));
         for channel_id in channels {
-            if let Err(status) = client
+            match client
                 .update_channel(&v1::UpdateChannelRequest {
-                    channel_id: channel_id.into(),
+                    channel_id: channel_id.clone().into(),
                     add: Vec::new(),
                     remove: vec![me.clone()],
                 })
                 .await
-                && status.code() != Code::NotFound
             {
-                tracing::warn!(%status, "could not leave the channel of a conversation left");
+                Ok(_) => {}
+                Err(status) if status.code() == Code::NotFound => {}
+                // Kept for the next entry or session.
+                Err(status) => {
+                    tracing::warn!(%status, "could not leave the channel of a conversation left");
+                    lock(&self.channel_leaves).push(channel_id);
+                }
             }
         }
     }
@@ -2911,13 +2915,9 @@ impl Inner {
                 })
                 .await
             {
-                Ok(answer) => {
-                    self.guard_channel(&rpc, &conversation, channel_id, &answer.members)
-                        .await;
-                }
+                Ok(_) => {}
                 // Answered before (by another device of this user), or not this
                 // conversation's channel.
-                Err(status) if status.code() == Code::NotFound => {}
                 Err(status) if status.code() == Code::NotFound => {}
                 Err(status) => {
                     tracing::warn!(%status, "could not accept a channel invitation yet");
@@ -2927,39 +2927,6 @@ impl Inner {
             if let Err(e) = self.store.channel_accepted(&conversation) {
                 tracing::warn!(error = %e, "could not record a channel answer");
             }
-        }
-    }
-
-    /// Leaves a conversation's server channel again if it holds users who are not in the
-    /// conversation: whoever shares a channel with this user counts as known to it and may
-    /// see its endpoint, so the channel must hold the conversation's users only.
-    async fn guard_channel(
-        &self,
-        rpc: &qrpc::Client,
-        conversation: &ConversationId,
-        channel_id: Vec<u8>,
-        members: &[String],
-    ) {
-        let users = match self.store.conversation(conversation) {
-            Ok(Some(c)) => c.members,
-            _ => return,
-        };
-        if members.iter().all(|m| users.contains(m)) {
-            return;
-        }
-        let Some(me) = lock(&self.keys).as_ref().map(|k| user_of(&k.me).to_owned()) else {
-            return;
-        };
-        tracing::warn!("a channel holds users outside its conversation: leaving it");
-        if let Err(status) = v1::channel_client::ChannelClient::new(rpc.clone())
-            .update_channel(&v1::UpdateChannelRequest {
-                channel_id: channel_id.into(),
-                add: Vec::new(),
-                remove: vec![me],
-            })
-            .await
-        {
-            tracing::warn!(%status, "could not leave the channel");
         }
     }
 

@@ -395,6 +395,15 @@ impl Tx for MemoryTx<'_> {
         Ok(self.0.parked.len() as u64)
     }
 
+    fn channel_user(&mut self, channel: &[u8]) -> SdkResult<Option<ConversationId>> {
+        Ok(self
+            .0
+            .conversations
+            .iter()
+            .find(|(_, c)| c.channel.as_deref() == Some(channel))
+            .map(|(id, _)| ConversationId(*id)))
+    }
+
     fn channel_of(&mut self, id: &ConversationId) -> SdkResult<Option<Vec<u8>>> {
         Ok(self
             .0

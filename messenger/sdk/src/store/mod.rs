@@ -317,6 +317,8 @@ pub(crate) trait Tx {
     fn in_request(&mut self, id: &ConversationId) -> SdkResult<bool>;
     /// The server channel of conversation `id`, as this transaction sees it.
     fn channel_of(&mut self, id: &ConversationId) -> SdkResult<Option<Vec<u8>>>;
+    /// The conversation using server channel `channel`, as this transaction sees it.
+    fn channel_user(&mut self, channel: &[u8]) -> SdkResult<Option<ConversationId>>;
     /// Forgets a parked message.
     fn unpark(&mut self, seq: u64) -> SdkResult<()>;
     /// One conversation, as this transaction sees it.

@@ -510,6 +510,15 @@ impl Tx for SqlTx<'_> {
             .query_row(params![user, me], |r| r.get(0))?)
     }
 
+    fn channel_user(&mut self, channel: &[u8]) -> SdkResult<Option<ConversationId>> {
+        self.0
+            .prepare_cached("SELECT id FROM conversations WHERE channel = ?1")?
+            .query_row([channel], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+            .map(|id| array(id, "conversation id").map(ConversationId))
+            .transpose()
+    }
+
     fn channel_of(&mut self, id: &ConversationId) -> SdkResult<Option<Vec<u8>>> {
         Ok(self
             .0
