@@ -359,14 +359,27 @@ async fn idle_timeout_closes_quiet_connections_and_keep_alive_prevents_it() {
         c.idle_timeout = Duration::from_millis(300);
         c
     });
-    let quiet = Client::builder(server.addr, server.tls())
-        .configure(|c| {
-            c.keep_alive_interval = None;
-            c.reconnect.enabled = false;
-        })
-        .connect()
+    // A client without keep-alives, used once and then left idle until the server's idle
+    // timeout closes it: each call waits out one idle period.
+    let idle_out = || async {
+        let quiet = Client::builder(server.addr, server.tls())
+            .configure(|c| {
+                c.keep_alive_interval = None;
+                c.reconnect.enabled = false;
+            })
+            .connect()
+            .await
+            .unwrap();
+        quiet.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.unwrap();
+        let mut state = quiet.state();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            state.wait_for(|s| matches!(s, ConnectionState::Closed { .. })),
+        )
         .await
+        .unwrap()
         .unwrap();
+    };
     let kept = Client::builder(server.addr, server.tls())
         .configure(|c| {
             c.keep_alive_interval = Some(Duration::from_millis(100));
@@ -375,34 +388,10 @@ async fn idle_timeout_closes_quiet_connections_and_keep_alive_prevents_it() {
         .connect()
         .await
         .unwrap();
-    quiet.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.unwrap();
-    let mut state = quiet.state();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        state.wait_for(|s| matches!(s, ConnectionState::Closed { .. })),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    // Another quiet client, connected now, idles out too: a second idle period has passed,
-    // and the client with keep-alives is still connected.
-    let later = Client::builder(server.addr, server.tls())
-        .configure(|c| {
-            c.keep_alive_interval = None;
-            c.reconnect.enabled = false;
-        })
-        .connect()
-        .await
-        .unwrap();
-    later.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.unwrap();
-    let mut state = later.state();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        state.wait_for(|s| matches!(s, ConnectionState::Closed { .. })),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    // Two idle periods pass, one after the other, and the client with keep-alives is still
+    // connected.
+    idle_out().await;
+    idle_out().await;
     assert!(matches!(
         *kept.state().borrow(),
         ConnectionState::Connected { .. }

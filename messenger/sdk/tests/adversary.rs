@@ -70,6 +70,18 @@ impl Mallory {
         }
     }
 
+    /// A new group of `member` with Bob's phone in it, its invitation (of `kind`) sealed to
+    /// Bob by Mallory.
+    async fn invite_bob(&self, member: &MlsMember, kind: u32) -> ([u8; 16], qpq_core::mls::Group) {
+        let id: [u8; 16] = rand::random();
+        let mut group = member.create_group(&id).unwrap();
+        let bob_kp = self.key_package("bob", "phone").await;
+        let (_, welcome) = group.add_members(member, &[&bob_kp]).unwrap();
+        self.send("bob", "phone", invitation(&id, kind, welcome))
+            .await;
+        (id, group)
+    }
+
     async fn key_package(&self, user: &str, device: &str) -> Vec<u8> {
         v1::keys_client::KeysClient::new(self.rpc.clone())
             .fetch_key_package(&v1::FetchKeyPackageRequest {
@@ -149,13 +161,7 @@ async fn a_forged_direct_conversation_as_another_user_is_refused() {
     // Mallory builds a member that claims to be Alice's laptop, with a key of her own (she
     // cannot have Alice's), invites Bob into a "direct conversation" with it and talks.
     let fake_alice = Mallory::member("alice", "laptop", &mallory.identity);
-    let id: [u8; 16] = rand::random();
-    let mut group = fake_alice.create_group(&id).unwrap();
-    let bob_kp = mallory.key_package("bob", "phone").await;
-    let (_, welcome) = group.add_members(&fake_alice, &[&bob_kp]).unwrap();
-    mallory
-        .send("bob", "phone", invitation(&id, DIRECT, welcome))
-        .await;
+    let (id, mut group) = mallory.invite_bob(&fake_alice, DIRECT).await;
     let reason = refusal(&mut bob_events).await;
     assert!(reason.contains("alice/laptop is forged"), "{reason}");
     let text = group
@@ -169,13 +175,7 @@ async fn a_forged_direct_conversation_as_another_user_is_refused() {
     // The same forgery sealed with Alice's name on a leaf that signs with the sealing key
     // but under an unknown device is refused too: no such device in the log.
     let ghost = Mallory::member("alice", "ghost", &mallory.identity);
-    let id2: [u8; 16] = rand::random();
-    let mut group = ghost.create_group(&id2).unwrap();
-    let bob_kp = mallory.key_package("bob", "phone").await;
-    let (_, welcome) = group.add_members(&ghost, &[&bob_kp]).unwrap();
-    mallory
-        .send("bob", "phone", invitation(&id2, DIRECT, welcome))
-        .await;
+    mallory.invite_bob(&ghost, DIRECT).await;
     let reason = refusal(&mut bob_events).await;
     assert!(
         reason.contains("alice/ghost cannot be verified"),
@@ -227,13 +227,7 @@ impl Shared {
     ) -> Self {
         let mallory = Mallory::new(server).await;
         let me = Mallory::member("mallory", "pc", &mallory.identity);
-        let id: [u8; 16] = rand::random();
-        let mut group = me.create_group(&id).unwrap();
-        let bob_kp = mallory.key_package("bob", "phone").await;
-        let (_, welcome) = group.add_members(&me, &[&bob_kp]).unwrap();
-        mallory
-            .send("bob", "phone", invitation(&id, GROUP, welcome))
-            .await;
+        let (id, group) = mallory.invite_bob(&me, GROUP).await;
         let joined = next(bob_events, |e| match e {
             ClientEvent::ConversationCreated(c) => Some(c),
             _ => None,
@@ -433,13 +427,7 @@ async fn nobody_new_is_brought_into_a_direct_conversation() {
     let mallory = Mallory::new(&server).await;
     // A real direct conversation between Mallory and Bob...
     let me = Mallory::member("mallory", "pc", &mallory.identity);
-    let id: [u8; 16] = rand::random();
-    let mut group = me.create_group(&id).unwrap();
-    let bob_kp = mallory.key_package("bob", "phone").await;
-    let (_, welcome) = group.add_members(&me, &[&bob_kp]).unwrap();
-    mallory
-        .send("bob", "phone", invitation(&id, DIRECT, welcome))
-        .await;
+    let (id, mut group) = mallory.invite_bob(&me, DIRECT).await;
     next(&mut bob_events, |e| {
         matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
     })

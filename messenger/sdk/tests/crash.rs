@@ -7,6 +7,18 @@ use common::*;
 use qpq_sdk::{ClientEvent, ConnectionState, ConversationId, CrashPoint, QpqClient};
 use tokio::sync::broadcast;
 
+/// A new process for the store in `dir`, armed to fail at `point`.
+fn armed(server: &Server, dir: &std::path::Path, point: CrashPoint) -> QpqClient {
+    QpqClient::builder()
+        .server(server.addr)
+        .pin(server.fingerprint)
+        .data_dir(dir)
+        .passphrase("store passphrase")
+        .crash_at(point)
+        .build()
+        .unwrap()
+}
+
 /// Alice and Bob share a DM; Bob's process is then replaced by one armed to crash at `point`.
 async fn crash_scenario(point: CrashPoint) {
     let server = Server::start().await;
@@ -21,14 +33,7 @@ async fn crash_scenario(point: CrashPoint) {
     drop(bob);
 
     // Bob's next process dies while it handles the first message.
-    let doomed = QpqClient::builder()
-        .server(server.addr)
-        .pin(server.fingerprint)
-        .data_dir(b_dir.path())
-        .passphrase("store passphrase")
-        .crash_at(point)
-        .build()
-        .unwrap();
+    let doomed = armed(&server, b_dir.path(), point);
     let mut doomed_events = doomed.subscribe();
     doomed.connect().await.unwrap();
     alice.send_text(&dm.id, "first", None).unwrap();
@@ -117,14 +122,7 @@ async fn a_store_failure_while_receiving_loses_nothing_in_the_same_process() {
         dm,
     } = pair(&server).await;
     drop(bob);
-    let bob = QpqClient::builder()
-        .server(server.addr)
-        .pin(server.fingerprint)
-        .data_dir(b_dir.path())
-        .passphrase("store passphrase")
-        .crash_at(CrashPoint::StoreFailure)
-        .build()
-        .unwrap();
+    let bob = armed(&server, b_dir.path(), CrashPoint::StoreFailure);
     let mut bob_events = bob.subscribe();
     bob.connect().await.unwrap();
     alice.send_text(&dm.id, "first", None).unwrap();
