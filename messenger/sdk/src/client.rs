@@ -1318,8 +1318,20 @@ impl QpqClient {
         let before = c.clone();
         c.members.push(user.to_owned());
         c.members.sort();
-        self.update_channel(conversation, vec![user.to_owned()], Vec::new())
-            .await?;
+        // Only the channel's owner brings users into the server channel (typing, endpoints):
+        // anyone else's invitation adds them to the conversation only.
+        match self
+            .update_channel(conversation, vec![user.to_owned()], Vec::new())
+            .await
+        {
+            Ok(()) => {}
+            Err(SdkError::Server(status)) if status.code() == Code::PermissionDenied => {
+                tracing::debug!(
+                    "not the channel's owner: the new member joins the conversation only"
+                );
+            }
+            Err(e) => return Err(e),
+        }
         self.add_devices(&c, &devices).await?;
         self.set_members(before, c.members)
     }

@@ -174,7 +174,7 @@ impl<S: Store> Channel for Api<S> {
             }
             Err(StoreError::Forbidden) => {
                 return Err(Status::permission_denied(
-                    "only the channel's owner removes others; a member may remove itself",
+                    "only the channel's owner invites or removes others; a member may remove itself",
                 ));
             }
             Err(e) => return Err(e.into()),

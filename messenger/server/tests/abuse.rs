@@ -581,7 +581,7 @@ async fn only_members_change_a_channel_or_type_in_it_and_typing_is_limited() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    // A member invites; only the owner removes others.
+    // Only the owner invites or removes others.
     let update = |who: &Account, add: &[&str], remove: &[&str]| {
         let client = channels(who);
         let request = v1::UpdateChannelRequest {
@@ -591,9 +591,11 @@ async fn only_members_change_a_channel_or_type_in_it_and_typing_is_limited() {
         };
         async move { client.update_channel(&request).await }
     };
-    let err = update(&bob, &["mallory"], &["alice"]).await.unwrap_err();
+    let err = update(&bob, &[], &["alice"]).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let members = update(&bob, &["mallory"], &[]).await.unwrap().members;
+    let err = update(&bob, &["mallory"], &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let members = update(&alice, &["mallory"], &[]).await.unwrap().members;
     assert_eq!(members, vec!["alice", "bob"], "mallory is only invited");
     // An invitee is no member: it cannot type, change the channel, or answer twice.
     let err = channels(&mallory)

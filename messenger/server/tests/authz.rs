@@ -660,7 +660,10 @@ async fn channel_membership_states() {
     let cases = [
         ("none", [NotFound, NotFound, NotFound, NotFound, NotFound]),
         ("invited", [NotFound, NotFound, NotFound, NotFound, Ok]),
-        ("accepted", [Ok, Ok, PermissionDenied, Ok, NotFound]),
+        (
+            "accepted",
+            [Ok, PermissionDenied, PermissionDenied, Ok, NotFound],
+        ),
         (
             "removed",
             [NotFound, NotFound, NotFound, NotFound, NotFound],

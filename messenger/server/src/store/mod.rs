@@ -434,7 +434,7 @@ pub trait Store: Send + Sync + 'static {
     /// keeping at most `max_members` (invited and accepted); returns the accepted members
     /// after the change, sorted. `NotFound` when the channel does not exist, the caller is not
     /// a member, or an invited user does not exist; `Forbidden` when the caller, not its
-    /// owner, removes someone else.
+    /// owner, invites anyone or removes someone else.
     fn update_channel(
         &self,
         id: Vec<u8>,

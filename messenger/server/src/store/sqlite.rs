@@ -913,6 +913,11 @@ impl Store for SqliteStore {
                     r.get(0)
                 })
                 .map_err(backend)?;
+            // Only the owner invites: nobody else can bring users into a channel whose
+            // members see each other's endpoints and count as known to each other.
+            if !add.is_empty() && caller != owner {
+                return Err(StoreError::Forbidden);
+            }
             for user in &add {
                 if !user_exists_in(tx, user)? {
                     return Err(StoreError::NotFound);
