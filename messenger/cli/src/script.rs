@@ -189,19 +189,9 @@ pub async fn answer(
 ) -> anyhow::Result<()> {
     logged_in(session)?;
     caught_up(&mut events).await?;
-    let which = which.trim().to_ascii_lowercase();
-    if which.len() < 8 || !which.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("{which:?} is no request id: give the 8-character id `qpq read` shows");
-    }
-    let requests = session.client().requests()?;
-    let mut matching = requests
-        .iter()
-        .filter(|(c, _)| !which.is_empty() && c.id.to_string().starts_with(&which));
-    let (c, inviter) = match (matching.next(), matching.next()) {
-        (Some(one), None) => one,
-        (None, _) => bail!("no message request {which}: see `qpq read`"),
-        (Some(_), Some(_)) => bail!("{which} names several requests: give more of the id"),
-    };
+    let (c, inviter) = session
+        .find_request(which, "`qpq read`")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     if accept {
         session.client().accept_request(&c.id).await?;
         writeln!(out, "accepted {inviter}'s invitation")?;

@@ -131,28 +131,31 @@ impl Session {
         })
     }
 
-    /// A message request by the id `/requests` shows (never by position: a request that
-    /// arrives meanwhile must not shift which one is answered).
-    fn find_request(&self, query: &str) -> Result<Conversation, CommandError> {
+    /// A message request, with its inviter, by the id `shown_by` lists (never by position:
+    /// a request that arrives meanwhile must not shift which one is answered).
+    pub fn find_request(
+        &self,
+        query: &str,
+        shown_by: &str,
+    ) -> Result<(Conversation, String), CommandError> {
         let query = query.trim().to_ascii_lowercase();
         // The whole id as shown: a short or numeric prefix could name whichever request an
         // inviter chose an id for.
         if query.len() < 8 || !query.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(CommandError::Other(format!(
-                "{query:?} is no request id: give the 8-character id /requests shows"
+                "{query:?} is no request id: give the 8-character id {shown_by} shows"
             )));
         }
-        let matching: Vec<Conversation> = self
+        let mut matching: Vec<(Conversation, String)> = self
             .client
             .requests()?
             .into_iter()
-            .map(|(c, _)| c)
-            .filter(|c| !query.is_empty() && c.id.to_string().starts_with(&query))
+            .filter(|(c, _)| c.id.to_string().starts_with(&query))
             .collect();
-        match matching.as_slice() {
-            [one] => Ok(one.clone()),
-            [] => Err(CommandError::Other(format!(
-                "no message request {query}: see /requests"
+        match matching.len() {
+            1 => Ok(matching.remove(0)),
+            0 => Err(CommandError::Other(format!(
+                "no message request {query}: see {shown_by}"
             ))),
             _ => Err(CommandError::Other(format!(
                 "{query} names several requests: give more of the id"
@@ -341,7 +344,7 @@ impl Session {
                 }
             }
             Command::Accept(which) => {
-                let conv = self.find_request(&which)?;
+                let (conv, _) = self.find_request(&which, "/requests")?;
                 let conv = c.accept_request(&conv.id).await?;
                 self.current = Some(conv.id);
                 let mut lines = vec![format!(
@@ -353,7 +356,7 @@ impl Session {
                 Output::lines(lines)
             }
             Command::Decline(which) => {
-                let conv = self.find_request(&which)?;
+                let (conv, _) = self.find_request(&which, "/requests")?;
                 c.decline_request(&conv.id).await?;
                 Output::line("declined; the invitation and what came with it are deleted")
             }

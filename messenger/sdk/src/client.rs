@@ -598,14 +598,11 @@ impl QpqClient {
     /// ([`ClientEvent::MessageReceived`]), and this user becomes a member of its server
     /// channel. `NotFound` if it is no request.
     pub async fn accept_request(&self, id: &ConversationId) -> SdkResult<Conversation> {
-        let c = self
-            .inner
-            .store
-            .requests()?
-            .into_iter()
-            .map(|(c, _)| c)
-            .find(|c| c.id == *id)
-            .ok_or_else(|| SdkError::NotFound(format!("message request {id}")))?;
+        let not_found = || SdkError::NotFound(format!("message request {id}"));
+        if !self.inner.store.is_request(id)? {
+            return Err(not_found());
+        }
+        let c = self.inner.store.conversation(id)?.ok_or_else(not_found)?;
         self.answer_channel(id, true).await?;
         self.inner.store.accept_request(id)?;
         self.emit(ClientEvent::ConversationCreated(c.clone()));
@@ -1669,10 +1666,7 @@ impl QpqClient {
         for (u, d) in devices {
             self.inner.peer_key(&keys, u, d).await?;
         }
-        let domain = lock(&self.inner.keys)
-            .as_ref()
-            .map(|k| k.name.domain().to_owned())
-            .ok_or(SdkError::NotLoggedIn)?;
+        let domain = self.inner.domain().ok_or(SdkError::NotLoggedIn)?;
         let mut packages = Vec::with_capacity(devices.len());
         for (u, d) in devices {
             let name = DeviceName::new(u, &domain, d)
@@ -2019,6 +2013,13 @@ impl Inner {
         Ok(())
     }
 
+    /// This device's home server's domain (from its device name), once logged in.
+    fn domain(&self) -> Option<String> {
+        lock(&self.keys)
+            .as_ref()
+            .map(|k| k.name.domain().to_owned())
+    }
+
     /// Brings the pinned view of the key-transparency log up to the server's latest head:
     /// pins the log key on first use, then requires every new head to be signed by it and to
     /// extend the last one (a consistency proof). Returns the head now trusted.
@@ -2041,9 +2042,7 @@ impl Inner {
             .kt_head(&v1::KtHeadRequest { since_size: since })
             .await
             .map_err(|e| KtFail::Other(e.into()))?;
-        if let Some(domain) = lock(&self.keys)
-            .as_ref()
-            .map(|k| k.name.domain().to_owned())
+        if let Some(domain) = self.domain()
             && answer.domain != domain
         {
             return Err(alarm(format!(
@@ -2181,10 +2180,7 @@ impl Inner {
     ) -> Result<(), KtFail> {
         use qpq_core::kt::{InclusionProof, KeyBinding, SignedTreeHead};
         let alarm = KtFail::Alarm;
-        let domain = lock(&self.keys)
-            .as_ref()
-            .map(|k| k.name.domain().to_owned())
-            .ok_or(KtFail::Other(SdkError::NotLoggedIn))?;
+        let domain = self.domain().ok_or(KtFail::Other(SdkError::NotLoggedIn))?;
         let head =
             SignedTreeHead::decode(&proof.tree_head).map_err(|e| alarm(format!("head: {e}")))?;
         // The head verified last is enough when it is the same tree (most key fetches);

@@ -116,6 +116,15 @@ impl Mallory {
     }
 }
 
+/// Bob's conversation `id` as his store has it.
+fn stored(bob: &qpq_sdk::QpqClient, id: [u8; 16]) -> qpq_sdk::Conversation {
+    bob.conversations()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == ConversationId(id))
+        .unwrap()
+}
+
 fn invitation(id: &[u8; 16], kind: u32, welcome: Vec<u8>) -> Vec<u8> {
     v1::Transport {
         kind: Some(v1::transport::Kind::Invitation(v1::Invitation {
@@ -300,13 +309,7 @@ async fn a_member_cannot_add_a_forged_leaf_or_speak_for_another() {
         .await;
     let reason = refusal(&mut bob_events).await;
     assert!(reason.contains("alice/laptop is forged"), "{reason}");
-    let c = bob
-        .conversations()
-        .unwrap()
-        .into_iter()
-        .find(|c| c.id == ConversationId(id))
-        .unwrap();
-    assert_eq!(c.members, vec!["bob", "mallory"]);
+    assert_eq!(stored(&bob, id).members, vec!["bob", "mallory"]);
 }
 
 #[tokio::test]
@@ -440,13 +443,7 @@ async fn nobody_new_is_brought_into_a_direct_conversation() {
         .await;
     let reason = refusal(&mut bob_events).await;
     assert!(reason.contains("direct conversation"), "{reason}");
-    let c = bob
-        .conversations()
-        .unwrap()
-        .into_iter()
-        .find(|c| c.id == ConversationId(id))
-        .unwrap();
-    assert_eq!(c.members, vec!["bob", "mallory"]);
+    assert_eq!(stored(&bob, id).members, vec!["bob", "mallory"]);
 }
 
 #[tokio::test]
@@ -485,13 +482,7 @@ async fn an_invitation_back_into_a_conversation_shows_who_is_in_it_now() {
     })
     .await;
     assert_eq!(back.members, vec!["bob", "mallory"]);
-    let stored = bob
-        .conversations()
-        .unwrap()
-        .into_iter()
-        .find(|c| c.id == id)
-        .unwrap();
-    assert_eq!(stored.members, vec!["bob", "mallory"]);
+    assert_eq!(stored(&bob, raw_id).members, vec!["bob", "mallory"]);
 }
 
 #[tokio::test]

@@ -215,7 +215,8 @@ impl<S: Store> Keys for Api<S> {
                 )));
             }
         };
-        self.state
+        let (index, key_package_hash) = self
+            .state
             .publish_binding(
                 &me,
                 request.key_bundle.to_vec(),
@@ -233,14 +234,12 @@ impl<S: Store> Keys for Api<S> {
                     e
                 }
             })?;
-        let row = self
-            .state
-            .store
-            .bundle(me.clone())
-            .await?
-            .ok_or_else(|| Status::internal("published bundle missing"))?;
         Ok(v1::UploadHybridKeyResponse {
-            proof: Some(self.state.kt_proof(&row, &me).await?),
+            proof: Some(
+                self.state
+                    .kt_proof_at(index, key_package_hash.to_vec())
+                    .await?,
+            ),
         })
     }
 

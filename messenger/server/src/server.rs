@@ -174,7 +174,8 @@ async fn prepare(config: &Config) -> anyhow::Result<Prepared<SqliteStore>> {
     );
     let api = Api::new(Arc::clone(&state));
     let server = builder
-        .layer(audit_layer(config.log_peer_addresses))
+        // The caller's IP address is personal data: logged only when the operator asks.
+        .layer(AuditLayer::tracing(config.log_peer_addresses))
         .layer(
             RateLimitLayer::builder()
                 .per_ip(quota_per_second(limits.calls_per_second_per_ip))
@@ -312,32 +313,6 @@ impl InProcess {
                 Err(other) => qrpc::Status::internal(other.to_string()),
             })
     }
-}
-
-/// One INFO line per call at target `qrpc::audit`: method, connection, account, duration and
-/// status. The caller's IP address only when the operator asks for it
-/// (`log_peer_addresses`): it is personal data the server does not need to keep.
-fn audit_layer(peer_addresses: bool) -> AuditLayer {
-    AuditLayer::with_sink(move |r: &qrpc::middleware::AuditRecord| {
-        let method = r
-            .method
-            .map_or_else(|| "<unknown>".to_owned(), |m| m.to_string());
-        let identity = r.identity.as_ref().map(qrpc::PeerIdentity::as_str);
-        let duration_us = u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX);
-        if peer_addresses {
-            tracing::info!(
-                target: "qrpc::audit",
-                method_id = r.method_id, %method, peer = %r.peer, connection = r.connection_id,
-                identity, duration_us, code = %r.code, "call"
-            );
-        } else {
-            tracing::info!(
-                target: "qrpc::audit",
-                method_id = r.method_id, %method, connection = r.connection_id,
-                identity, duration_us, code = %r.code, "call"
-            );
-        }
-    })
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {

@@ -338,7 +338,7 @@ impl<S: Store> AppState<S> {
     /// unless the log's latest binding for it is the same (then nothing grows). Store and
     /// memory are updated under one lock, and the last-resort package is read under it, so
     /// their leaf orders agree and the leaf holds the package stored with it. Returns the
-    /// binding's leaf index.
+    /// binding's leaf index and the key-package hash its leaf holds.
     pub async fn publish_binding(
         &self,
         device: &DeviceId,
@@ -346,7 +346,7 @@ impl<S: Store> AppState<S> {
         identity_key: [u8; 32],
         hybrid_key_hash: [u8; 32],
         delivery_token_hash: Option<Vec<u8>>,
-    ) -> Result<u64, Status> {
+    ) -> Result<(u64, [u8; 32]), Status> {
         let mut kt = self.kt.lock().await;
         let last_resort = self.store.last_resort_key_package(device.clone()).await?;
         let key_package_hash = last_resort.map_or([0; 32], |kp| sha256(&kp));
@@ -355,7 +355,7 @@ impl<S: Store> AppState<S> {
             && row.delivery_token_hash == delivery_token_hash
             && row.kt_key_package_hash.as_deref() == Some(key_package_hash.as_slice())
         {
-            return Ok(row.kt_index);
+            return Ok((row.kt_index, key_package_hash));
         }
         let binding = KeyBinding {
             user: device.user.clone(),
@@ -386,7 +386,7 @@ impl<S: Store> AppState<S> {
             );
             return Err(Status::internal("key-transparency log out of step"));
         }
-        Ok(index)
+        Ok((index, key_package_hash))
     }
 
     /// The inclusion proof of `device`'s binding (`row`) at the current head, with the signed
@@ -396,7 +396,6 @@ impl<S: Store> AppState<S> {
         row: &BundleRow,
         device: &DeviceId,
     ) -> Result<v1::KtProof, Status> {
-        let index = row.kt_index;
         let key_package_hash = match &row.kt_key_package_hash {
             Some(hash) => hash.clone(),
             // Written before the hash was kept: the current package's.
@@ -407,6 +406,16 @@ impl<S: Store> AppState<S> {
                 .map_or([0; 32], |kp| sha256(&kp))
                 .to_vec(),
         };
+        self.kt_proof_at(row.kt_index, key_package_hash).await
+    }
+
+    /// The inclusion proof of leaf `index` (built with `key_package_hash`) at the current
+    /// head, with the signed head.
+    pub async fn kt_proof_at(
+        &self,
+        index: u64,
+        key_package_hash: Vec<u8>,
+    ) -> Result<v1::KtProof, Status> {
         let mut kt = self.kt.lock().await;
         let size = kt.log.size();
         let proof = kt

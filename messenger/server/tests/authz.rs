@@ -527,6 +527,30 @@ fn caller(server: &InProcess, column: usize, port: u16) -> qrpc::Connection {
     conn
 }
 
+/// Creates "bob's" channel as `owner`, inviting `members`; returns its id.
+async fn create_channel(
+    server: &InProcess,
+    owner: &qrpc::Connection,
+    members: Vec<String>,
+) -> bytes::Bytes {
+    let created = server
+        .call(
+            owner,
+            30,
+            unary(&v1::CreateChannelRequest {
+                name: "bob's".into(),
+                members,
+                mls_group_id: Default::default(),
+            }),
+        )
+        .await
+        .unwrap();
+    let qrpc::ResponseBody::Unary(bytes) = created.into_inner() else {
+        panic!("unary answer expected")
+    };
+    v1::CreateChannelResponse::decode(bytes).unwrap().channel_id
+}
+
 #[tokio::test]
 async fn authorization_matrix() {
     let dir = tempfile::tempdir().unwrap();
@@ -609,22 +633,7 @@ async fn authorization_matrix() {
     for (method, body) in setup {
         server.call(&owner, method, body).await.unwrap();
     }
-    let created = server
-        .call(
-            &owner,
-            30,
-            unary(&v1::CreateChannelRequest {
-                name: "bob's".into(),
-                members: vec![],
-                mls_group_id: Default::default(),
-            }),
-        )
-        .await
-        .unwrap();
-    let qrpc::ResponseBody::Unary(bytes) = created.into_inner() else {
-        panic!("unary answer expected")
-    };
-    let channel = v1::CreateChannelResponse::decode(bytes).unwrap().channel_id;
+    let channel = create_channel(&server, &owner, vec![]).await;
     fixture.channel.set(channel.to_vec()).unwrap();
 
     let mut failures = Vec::new();
@@ -706,21 +715,7 @@ async fn channel_membership_states() {
             } else {
                 vec!["mallory".to_owned()]
             };
-            let created = call(
-                &bob,
-                30,
-                unary(&v1::CreateChannelRequest {
-                    name: "bob's".into(),
-                    members,
-                    mls_group_id: Default::default(),
-                }),
-            )
-            .await
-            .unwrap();
-            let qrpc::ResponseBody::Unary(bytes) = created.into_inner() else {
-                panic!("unary answer expected")
-            };
-            let channel = v1::CreateChannelResponse::decode(bytes).unwrap().channel_id;
+            let channel = create_channel(&server, &bob, members).await;
             if matches!(state, "accepted" | "removed") {
                 call(
                     &mallory,

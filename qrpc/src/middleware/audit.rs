@@ -58,14 +58,20 @@ impl Default for AuditLayer {
 }
 
 impl AuditLayer {
-    /// Records to `tracing`.
+    /// Records to `tracing`, with the peer's address.
     pub fn new() -> Self {
-        Self::with_sink(|r: &AuditRecord| {
+        Self::tracing(true)
+    }
+
+    /// Records to `tracing`; the peer's address (personal data a service may not need to
+    /// keep) only if `peer_addresses`.
+    pub fn tracing(peer_addresses: bool) -> Self {
+        Self::with_sink(move |r: &AuditRecord| {
             tracing::info!(
                 target: "qrpc::audit",
                 method_id = r.method_id,
                 method = %r.method.map_or_else(|| "<unknown>".to_owned(), |m| m.to_string()),
-                peer = %r.peer,
+                peer = peer_addresses.then(|| tracing::field::display(r.peer)),
                 connection = r.connection_id,
                 identity = r.identity.as_ref().map(PeerIdentity::as_str),
                 duration_us = r.duration.as_micros() as u64,
