@@ -13,7 +13,7 @@ use qrpc::middleware::Authenticator;
 use qrpc::{RequestContext, Status};
 
 use crate::session::{EndReason, SessionInfo, caller};
-use crate::state::{Api, AppState, now_ms, sha256};
+use crate::state::{Api, AppState, sha256};
 use crate::store::{DeviceId, Session, Store, StoreError};
 use crate::validate;
 
@@ -113,7 +113,11 @@ impl<S: Store> Auth for Api<S> {
         match self
             .state
             .store
-            .create_user(request.user, record.serialize().to_vec(), now_ms())
+            .create_user(
+                request.user,
+                record.serialize().to_vec(),
+                self.state.now_ms(),
+            )
             .await
         {
             Ok(()) => Ok(v1::RegisterFinishResponse {}),
@@ -160,7 +164,7 @@ impl<S: Store> Auth for Api<S> {
         )
         .map_err(|_| Status::invalid_argument("credential_request rejected"))?;
         let login_id: [u8; 16] = rand::random();
-        let now = now_ms();
+        let now = self.state.now_ms();
         ctx.connection().with_extensions(|e| {
             if e.get::<PendingLogins>().is_none() {
                 e.insert(PendingLogins::default());
@@ -211,7 +215,7 @@ impl<S: Store> Auth for Api<S> {
                 e.get_mut::<PendingLogins>()
                     .and_then(|p| p.0.remove(&login_id))
             })
-            .filter(|p| now_ms().saturating_sub(p.started_ms) < LOGIN_TIMEOUT_MS)
+            .filter(|p| self.state.now_ms().saturating_sub(p.started_ms) < LOGIN_TIMEOUT_MS)
             .ok_or_else(|| {
                 Status::failed_precondition("no login in progress with this id on this connection")
             })?;
@@ -231,7 +235,7 @@ impl<S: Store> Auth for Api<S> {
                 .register_device(
                     device.clone(),
                     String::new(),
-                    now_ms(),
+                    self.state.now_ms(),
                     true,
                     self.state.limits.max_devices_per_user,
                 )
@@ -248,8 +252,10 @@ impl<S: Store> Auth for Api<S> {
         }
         let token = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
         let token_hash = sha256(token.as_slice());
-        let expires_at_ms =
-            now_ms().saturating_add(self.state.limits.session_ttl_secs.saturating_mul(1000));
+        let expires_at_ms = self
+            .state
+            .now_ms()
+            .saturating_add(self.state.limits.session_ttl_secs.saturating_mul(1000));
         self.state
             .store
             .create_session(
@@ -292,7 +298,7 @@ impl<S: Store> Auth for Api<S> {
             .store
             .session(token_hash.to_vec())
             .await?
-            .filter(|s| s.expires_at_ms > now_ms())
+            .filter(|s| s.expires_at_ms > self.state.now_ms())
             .ok_or_else(|| Status::unauthenticated("session expired or unknown"))?;
         self.state.sessions.bind(
             ctx.connection(),
@@ -360,7 +366,7 @@ impl<S: Store> Authenticator for SessionAuth<S> {
         }
         // Ended or expired: the session's watch closes the connection; a call that got here
         // first is refused all the same.
-        if info.expires_at_ms <= now_ms() {
+        if info.expires_at_ms <= self.state.now_ms() {
             self.state
                 .sessions
                 .end_token(info.token_hash, EndReason::Expired, None);

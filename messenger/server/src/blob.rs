@@ -13,7 +13,7 @@ use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::session::caller;
-use crate::state::{Api, now_ms};
+use crate::state::Api;
 use crate::store::{Store, StoreError};
 use crate::validate;
 
@@ -119,7 +119,7 @@ impl<S: Store> Blob for Api<S> {
                         me.user.clone(),
                         total,
                         self.state.limits.blob_quota_bytes,
-                        now_ms(),
+                        self.state.now_ms(),
                     )
                     .await
                 {

@@ -7,7 +7,7 @@ use qrpc::{RequestContext, Status};
 use subtle::ConstantTimeEq;
 
 use crate::session::{caller, live_session};
-use crate::state::{Api, now_ms, sha256};
+use crate::state::{Api, sha256};
 use crate::store::{DeviceId, Enqueued, NewMessage, Store, StoreError, StoredMessage};
 use crate::validate;
 
@@ -202,7 +202,7 @@ impl<S: Store> Delivery for Api<S> {
         let outcome = self
             .state
             .store
-            .enqueue(message, self.state.queue_limits(), now_ms())
+            .enqueue(message, self.state.queue_limits(), self.state.now_ms())
             .await?;
         if let Some(sender) = &sender_user {
             self.state.wrote_to(sender, &recipient.user);
@@ -321,7 +321,7 @@ impl<S: Store> Delivery for Api<S> {
         let outcomes = self
             .state
             .store
-            .batch_enqueue(messages, self.state.queue_limits(), now_ms())
+            .batch_enqueue(messages, self.state.queue_limits(), self.state.now_ms())
             .await?;
         for (recipient, outcome) in recipients.iter().zip(&outcomes) {
             if outcome.is_ok() {

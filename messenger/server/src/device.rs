@@ -7,7 +7,7 @@ use qpq_proto::v1::{self, device_server::Device, p2p_server::P2p};
 use qrpc::{RequestContext, Status};
 
 use crate::session::{EndReason, caller};
-use crate::state::{Api, now_ms};
+use crate::state::Api;
 use crate::store::{DeviceId, Store, StoreError};
 use crate::validate;
 
@@ -31,7 +31,7 @@ impl<S: Store> Device for Api<S> {
         match self
             .state
             .store
-            .register_device(device, request.label, now_ms(), false, max)
+            .register_device(device, request.label, self.state.now_ms(), false, max)
             .await
         {
             Ok(()) => Ok(v1::RegisterDeviceResponse {}),
@@ -80,7 +80,10 @@ impl<S: Store> Device for Api<S> {
         let state = Arc::clone(&self.state);
         let this_connection = ctx.connection().id();
         let done = tokio::spawn(async move {
-            let revoked = state.store.revoke_device(device.clone(), now_ms()).await;
+            let revoked = state
+                .store
+                .revoke_device(device.clone(), state.now_ms())
+                .await;
             if revoked.is_ok() {
                 // Every connection of the device is closed now; a device revoking itself
                 // keeps this connection (logged out) until it has read the answer.
@@ -130,8 +133,10 @@ impl<S: Store> P2p for Api<S> {
         if request.ttl_ms == 0 {
             return Err(Status::invalid_argument("ttl_ms: must be positive"));
         }
-        let expires_at_ms =
-            now_ms().saturating_add(u64::from(request.ttl_ms).min(MAX_ENDPOINT_TTL_MS));
+        let expires_at_ms = self
+            .state
+            .now_ms()
+            .saturating_add(u64::from(request.ttl_ms).min(MAX_ENDPOINT_TTL_MS));
         self.state
             .store
             .publish_endpoint(me, request.addresses, expires_at_ms)
@@ -159,7 +164,7 @@ impl<S: Store> P2p for Api<S> {
         let (addresses, expires_at_ms) = self
             .state
             .store
-            .endpoint(device, now_ms())
+            .endpoint(device, self.state.now_ms())
             .await?
             .ok_or_else(|| Status::not_found("no published endpoint"))?;
         Ok(v1::ResolveEndpointResponse {

@@ -4,7 +4,7 @@ use qpq_proto::v1::{self, channel_server::Channel, server_event_push::Event, use
 use qrpc::{RequestContext, Status};
 
 use crate::session::caller;
-use crate::state::{Api, now_ms};
+use crate::state::Api;
 use crate::store::{Store, StoreError};
 use crate::validate;
 
@@ -108,7 +108,7 @@ impl<S: Store> Channel for Api<S> {
                 me.user.clone(),
                 members.clone(),
                 request.mls_group_id.to_vec(),
-                now_ms(),
+                self.state.now_ms(),
             )
             .await
         {

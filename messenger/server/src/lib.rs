@@ -19,6 +19,7 @@
 pub mod abuse;
 pub mod auth;
 pub mod blob;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod device;
@@ -31,5 +32,6 @@ pub mod store;
 pub mod tls;
 pub mod validate;
 
+pub use clock::Clock;
 pub use config::Config;
-pub use server::{InProcess, RunningServer, start};
+pub use server::{InProcess, RunningServer, start, start_with_clock};

@@ -13,6 +13,7 @@ use tower::layer::util::{Identity, Stack};
 use zeroize::Zeroizing;
 
 use crate::auth::{OpaqueSuite, SessionAuth};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::state::{Api, AppState};
 use crate::store::{SqliteStore, Store};
@@ -88,7 +89,7 @@ struct Prepared<S: Store> {
     kt_public: IdentityPublic,
 }
 
-async fn prepare(config: &Config) -> anyhow::Result<Prepared<SqliteStore>> {
+async fn prepare(config: &Config, clock: Clock) -> anyhow::Result<Prepared<SqliteStore>> {
     config.validate()?;
     create_private_dir(&config.data_dir)?;
     let blob_dir = config.data_dir.join("blobs");
@@ -170,7 +171,8 @@ async fn prepare(config: &Config) -> anyhow::Result<Prepared<SqliteStore>> {
             log,
             kt_key,
         )
-        .with_domain(config.domain.clone()),
+        .with_domain(config.domain.clone())
+        .with_clock(clock),
     );
     let api = Api::new(Arc::clone(&state));
     let server = builder
@@ -225,6 +227,12 @@ fn spawn_janitor<S: Store>(state: &Arc<AppState<S>>) -> tokio::task::JoinHandle<
 /// Prepares the data directory, storage, keys and TLS, binds the socket and serves in the
 /// background.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    start_with_clock(config, Clock::system()).await
+}
+
+/// [`start`] with another time source: tests drive a [`Clock::manual`] to reach expiries
+/// without waiting for them.
+pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<RunningServer> {
     if let Some(addr) = config.metrics_listen {
         // One exporter per process: it installs the global `metrics` recorder.
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -233,7 +241,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
-    let prepared = prepare(&config).await?;
+    let prepared = prepare(&config, clock).await?;
     let server = prepared.server.bind(config.listen)?;
     let addr = server.local_addr()?;
     let janitor = spawn_janitor(&prepared.state);
@@ -278,7 +286,7 @@ impl std::fmt::Debug for InProcess {
 impl InProcess {
     /// Prepares everything `start` does (data directory, database, keys) except the socket.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
-        let prepared = prepare(&config).await?;
+        let prepared = prepare(&config, Clock::system()).await?;
         let service = prepared.server.into_service()?;
         Ok(Self {
             state: prepared.state,

@@ -9,13 +9,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use qpq_proto::v1::{self, server_event_push::Event};
 use qrpc::{Connection, RequestContext, Status};
 use tokio_util::sync::CancellationToken;
 
-use crate::state::now_ms;
+use crate::clock::Clock;
 use crate::store::DeviceId;
 
 /// QUIC connection close codes the messenger uses (qrpc leaves codes from
@@ -74,6 +73,8 @@ pub struct SessionInfo {
     pub token_hash: [u8; 32],
     /// Cancelled when the session ends by any route.
     ended: CancellationToken,
+    /// What "expired" is measured by: the registry's clock once bound.
+    clock: Clock,
 }
 
 impl SessionInfo {
@@ -84,12 +85,13 @@ impl SessionInfo {
             expires_at_ms,
             token_hash,
             ended: CancellationToken::new(),
+            clock: Clock::system(),
         }
     }
 
     /// Whether the session has neither ended nor expired.
     pub fn is_live(&self) -> bool {
-        !self.ended.is_cancelled() && self.expires_at_ms > now_ms()
+        !self.ended.is_cancelled() && self.expires_at_ms > self.clock.now_ms()
     }
 }
 
@@ -99,9 +101,9 @@ struct Live {
 }
 
 /// Every live session, by device.
-#[derive(Default)]
 pub struct Sessions {
     by_device: Mutex<HashMap<DeviceId, Vec<Live>>>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -113,6 +115,14 @@ impl std::fmt::Debug for Sessions {
 }
 
 impl Sessions {
+    /// An empty registry whose sessions expire by `clock`.
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            by_device: Mutex::new(HashMap::new()),
+            clock,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<DeviceId, Vec<Live>>> {
         // Every critical section leaves the map consistent; a panic cannot half-apply one.
         self.by_device.lock().unwrap_or_else(|e| e.into_inner())
@@ -121,7 +131,8 @@ impl Sessions {
     /// Binds `info` to the call's connection, replacing any session it had, atomically with
     /// respect to every other bind and end: the identity, the push registration and this
     /// registry always agree. Starts the watch that ends the session at its expiry.
-    pub fn bind(self: &Arc<Self>, connection: &Connection, info: SessionInfo) {
+    pub fn bind(self: &Arc<Self>, connection: &Connection, mut info: SessionInfo) {
+        info.clock = self.clock.clone();
         {
             let mut map = self.lock();
             // Identity, push registration and session record change in one step.
@@ -139,10 +150,9 @@ impl Sessions {
         let sessions = Arc::clone(self);
         let connection = connection.clone();
         tokio::spawn(async move {
-            let remaining = Duration::from_millis(info.expires_at_ms.saturating_sub(now_ms()));
             tokio::select! {
                 () = connection.closed() => sessions.forget(&info.device, connection.id()),
-                () = tokio::time::sleep(remaining) => {
+                () = sessions.clock.sleep_until(info.expires_at_ms) => {
                     sessions.end_where(EndReason::Expired, None, |l| {
                         l.connection.id() == connection.id() && l.info.token_hash == info.token_hash
                     });

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use qpq_core::identity::IdentityKey;
 use qpq_core::kt::{KeyBinding, MerkleLog, SignedTreeHead};
@@ -13,16 +12,10 @@ use tokio::sync::watch;
 
 use crate::abuse::Limiters;
 use crate::auth::OpaqueSuite;
+use crate::clock::Clock;
 use crate::config::Limits;
 use crate::session::Sessions;
 use crate::store::{BundleRow, DeviceId, QueueLimits, Store};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a single map operation; a panic cannot leave it half-done.
@@ -79,6 +72,8 @@ pub struct AppState<S> {
     pub limiters: Limiters,
     /// Live sessions by device.
     pub sessions: Arc<Sessions>,
+    /// The time source of every expiry and stored timestamp.
+    pub clock: Clock,
     /// Per device with a `FetchWait` in progress: the newest seq enqueued while it waits.
     waiters: Mutex<HashMap<DeviceId, watch::Sender<u64>>>,
     /// Blobs (by SHA-256) with an upload in progress.
@@ -187,7 +182,8 @@ impl<S: Store> AppState<S> {
                 head: None,
             }),
             kt_key,
-            sessions: Arc::new(Sessions::default()),
+            sessions: Arc::new(Sessions::new(Clock::system())),
+            clock: Clock::system(),
             waiters: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashSet::new()),
             fetch_wait_queries: std::sync::atomic::AtomicU64::new(0),
@@ -200,6 +196,18 @@ impl<S: Store> AppState<S> {
     pub fn with_domain(mut self, domain: String) -> Self {
         self.domain = domain;
         self
+    }
+
+    /// Sets the time source (default: the system clock).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.sessions = Arc::new(Sessions::new(clock.clone()));
+        self.clock = clock;
+        self
+    }
+
+    /// Milliseconds since the Unix epoch by the server's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// `writer` just wrote to `reader`: from now on `writer` knows `reader`.
@@ -315,7 +323,7 @@ impl<S: Store> AppState<S> {
         self.limiters.prune();
         self.sessions.prune();
         lock(&self.waiters).retain(|_, tx| tx.receiver_count() > 0);
-        match self.store.delete_expired(now_ms()).await {
+        match self.store.delete_expired(self.now_ms()).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "janitor could not delete expired rows");
@@ -422,7 +430,7 @@ impl<S: Store> AppState<S> {
             .log
             .inclusion_proof(index, size)
             .map_err(|_| Status::internal("key-transparency leaf missing"))?;
-        let head = Self::current_head(&mut kt, &self.kt_key);
+        let head = Self::current_head(&mut kt, &self.kt_key, self.now_ms());
         Ok(v1::KtProof {
             leaf_index: index,
             inclusion_proof: proof.encode().into(),
@@ -443,7 +451,7 @@ impl<S: Store> AppState<S> {
                 .map_err(|_| Status::out_of_range("since_size: larger than the log"))?
                 .encode()
         };
-        let head = Self::current_head(&mut kt, &self.kt_key);
+        let head = Self::current_head(&mut kt, &self.kt_key, self.now_ms());
         Ok(v1::KtHeadResponse {
             domain: self.domain.clone(),
             log_key: self.kt_key.public().to_bytes().to_vec().into(),
@@ -452,12 +460,12 @@ impl<S: Store> AppState<S> {
         })
     }
 
-    fn current_head(kt: &mut KtLog, key: &IdentityKey) -> SignedTreeHead {
+    fn current_head(kt: &mut KtLog, key: &IdentityKey, now_ms: u64) -> SignedTreeHead {
         let size = kt.log.size();
         match &kt.head {
             Some(head) if head.tree_size() == size => head.clone(),
             _ => {
-                let head = kt.log.sign_head(key, now_ms());
+                let head = kt.log.sign_head(key, now_ms);
                 kt.head = Some(head.clone());
                 head
             }

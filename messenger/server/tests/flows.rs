@@ -617,7 +617,8 @@ async fn revoking_a_device_ends_its_session() {
 
 #[tokio::test]
 async fn channels_users_and_p2p() {
-    let h = start(|_| {}).await;
+    let clock = qpq_server::Clock::manual();
+    let h = start_with_clock(|_| {}, clock.clone()).await;
     let alice = Account::create(&h, "alice", "phone").await;
     let bob = Account::create(&h, "bob", "laptop").await;
     let mut bob_events = Events::new(bob.client.push_events().unwrap());
@@ -679,7 +680,7 @@ async fn channels_users_and_p2p() {
         p2p.health(&v1::HealthRequest {}).await.unwrap().status,
         "ok"
     );
-    // A minute-long lifetime: found, however slow this machine is.
+    // A minute-long lifetime: found until the server's clock has moved a minute on.
     p2p.publish_endpoint(&v1::PublishEndpointRequest {
         addresses: vec!["127.0.0.1:4000".into()],
         ttl_ms: 60_000,
@@ -694,31 +695,25 @@ async fn channels_users_and_p2p() {
         .await
         .unwrap();
     assert_eq!(found.addresses, vec!["127.0.0.1:4000".to_owned()]);
-    // A 1 ms lifetime replaces it: resolving shows the replacement until it expires, then
-    // NotFound (polled, with a deadline).
+    // A 10 s lifetime replaces it: resolving shows the replacement until it expires, then
+    // NotFound.
     p2p.publish_endpoint(&v1::PublishEndpointRequest {
         addresses: vec!["127.0.0.1:4001".into()],
-        ttl_ms: 1,
+        ttl_ms: 10_000,
     })
     .await
     .unwrap();
-    let expired = async {
-        loop {
-            match alice_p2p
-                .resolve_endpoint(&v1::ResolveEndpointRequest {
-                    device: Some(bob.me()),
-                })
-                .await
-            {
-                Ok(found) => assert_eq!(found.addresses, vec!["127.0.0.1:4001".to_owned()]),
-                Err(err) => return err,
-            }
-            tokio::task::yield_now().await;
-        }
+    let lookup = v1::ResolveEndpointRequest {
+        device: Some(bob.me()),
     };
-    let err = tokio::time::timeout(Duration::from_secs(10), expired)
-        .await
-        .expect("the 1 ms endpoint never expired");
+    let resolve = || alice_p2p.resolve_endpoint(&lookup);
+    clock.advance(Duration::from_millis(9_999));
+    assert_eq!(
+        resolve().await.unwrap().addresses,
+        vec!["127.0.0.1:4001".to_owned()]
+    );
+    clock.advance(Duration::from_millis(1));
+    let err = resolve().await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "endpoints expire");
 }
 
@@ -755,10 +750,13 @@ async fn logged_in_senders_are_not_held_to_the_sealed_send_limit() {
 
 #[tokio::test]
 async fn an_expired_session_is_closed_and_loses_access() {
-    let h = start(|c| c.limits.session_ttl_secs = 1).await;
+    let clock = qpq_server::Clock::manual();
+    let h = start_with_clock(|c| c.limits.session_ttl_secs = 60, clock.clone()).await;
     let alice = Account::create(&h, "alice", "phone").await;
+    clock.advance(Duration::from_secs(59));
     alice.delivery().peek(&v1::PeekRequest {}).await.unwrap();
     // At expiry the server closes the connection with the documented code.
+    clock.advance(Duration::from_secs(1));
     let closed = disconnected(&alice.client).await;
     assert_eq!(
         closed.application_code,

@@ -19,10 +19,15 @@ pub fn config(dir: &std::path::Path) -> Config {
 }
 
 pub async fn start(f: impl FnOnce(&mut Config)) -> Harness {
+    start_with_clock(f, qpq_server::Clock::system()).await
+}
+
+/// A server whose time moves only when the test advances `clock`.
+pub async fn start_with_clock(f: impl FnOnce(&mut Config), clock: qpq_server::Clock) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     f(&mut c);
-    let server = qpq_server::start(c).await.unwrap();
+    let server = qpq_server::start_with_clock(c, clock).await.unwrap();
     Harness { dir, server }
 }
 
