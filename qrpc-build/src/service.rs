@@ -94,6 +94,16 @@ impl prost_build::ServiceGenerator for Generator {
             let input = type_path(&method.input_type);
             let output = type_path(&method.output_type);
             let method_docs = docs(&method.comments.leading);
+            let with_metadata_ident =
+                format_ident!("{}_with_metadata", method.name.trim_start_matches("r#"));
+            let with_metadata_docs = {
+                let line = format!(
+                    " [`{}`](Self::{}), returning the response with the server's metadata.",
+                    method.name.trim_start_matches("r#"),
+                    method.name
+                );
+                quote!(#[doc = #line])
+            };
             let kind_tokens = match kind {
                 Kind::Unary => quote!(Unary),
                 Kind::ServerStreaming => quote!(ServerStreaming),
@@ -155,30 +165,55 @@ impl prost_build::ServiceGenerator for Generator {
             client_methods.push(match kind {
                 Kind::Unary => quote! {
                     #method_docs
-                    pub async fn #method_ident(&self, request: &#input) -> ::core::result::Result<#output, ::qrpc::codegen::Status> {
+                    ///
+                    /// `request` is the message, a reference to it, or a `qrpc::Request` with a
+                    /// timeout and metadata.
+                    pub async fn #method_ident(&self, request: impl ::qrpc::codegen::IntoRequest<#input>) -> ::core::result::Result<#output, ::qrpc::codegen::Status> {
+                        ::qrpc::codegen::unary(&self.inner, &super::#server_mod::#const_ident, request).await.map(::qrpc::codegen::Response::into_inner)
+                    }
+
+                    #with_metadata_docs
+                    pub async fn #with_metadata_ident(&self, request: impl ::qrpc::codegen::IntoRequest<#input>) -> ::core::result::Result<::qrpc::codegen::Response<#output>, ::qrpc::codegen::Status> {
                         ::qrpc::codegen::unary(&self.inner, &super::#server_mod::#const_ident, request).await
                     }
                 },
                 Kind::ServerStreaming => quote! {
                     #method_docs
-                    pub async fn #method_ident(&self, request: &#input) -> ::core::result::Result<::qrpc::codegen::Streaming<#output>, ::qrpc::codegen::Status> {
+                    ///
+                    /// `request` is the message, a reference to it, or a `qrpc::Request` with a
+                    /// timeout and metadata; the stream's `metadata()` is the server's.
+                    pub async fn #method_ident(&self, request: impl ::qrpc::codegen::IntoRequest<#input>) -> ::core::result::Result<::qrpc::codegen::Streaming<#output>, ::qrpc::codegen::Status> {
                         ::qrpc::codegen::server_streaming(&self.inner, &super::#server_mod::#const_ident, request).await
                     }
                 },
                 Kind::ClientStreaming => quote! {
                     #method_docs
+                    ///
+                    /// `requests` is a stream of messages, or a `qrpc::Request` wrapping one with
+                    /// a timeout and metadata.
                     pub async fn #method_ident(
                         &self,
-                        requests: impl ::qrpc::codegen::Stream<Item = #input> + ::core::marker::Send + 'static,
+                        requests: impl ::qrpc::codegen::IntoStreamingRequest<Message = #input>,
                     ) -> ::core::result::Result<#output, ::qrpc::codegen::Status> {
+                        ::qrpc::codegen::client_streaming(&self.inner, &super::#server_mod::#const_ident, requests).await.map(::qrpc::codegen::Response::into_inner)
+                    }
+
+                    #with_metadata_docs
+                    pub async fn #with_metadata_ident(
+                        &self,
+                        requests: impl ::qrpc::codegen::IntoStreamingRequest<Message = #input>,
+                    ) -> ::core::result::Result<::qrpc::codegen::Response<#output>, ::qrpc::codegen::Status> {
                         ::qrpc::codegen::client_streaming(&self.inner, &super::#server_mod::#const_ident, requests).await
                     }
                 },
                 Kind::Bidi => quote! {
                     #method_docs
+                    ///
+                    /// `requests` is a stream of messages, or a `qrpc::Request` wrapping one with
+                    /// a timeout and metadata; the response stream's `metadata()` is the server's.
                     pub async fn #method_ident(
                         &self,
-                        requests: impl ::qrpc::codegen::Stream<Item = #input> + ::core::marker::Send + 'static,
+                        requests: impl ::qrpc::codegen::IntoStreamingRequest<Message = #input>,
                     ) -> ::core::result::Result<::qrpc::codegen::Streaming<#output>, ::qrpc::codegen::Status> {
                         ::qrpc::codegen::bidi(&self.inner, &super::#server_mod::#const_ident, requests).await
                     }
@@ -242,8 +277,8 @@ impl prost_build::ServiceGenerator for Generator {
                     }
                 }
 
-                impl<T: #service_ident> ::qrpc::codegen::Service<::qrpc::codegen::Request<::qrpc::codegen::RequestBody>> for #server_ident<T> {
-                    type Response = ::qrpc::codegen::Response<::qrpc::codegen::ResponseBody>;
+                impl<T: #service_ident> ::qrpc::codegen::Service<::qrpc::codegen::ServerRequest<::qrpc::codegen::RequestBody>> for #server_ident<T> {
+                    type Response = ::qrpc::codegen::ServerResponse<::qrpc::codegen::ResponseBody>;
                     type Error = ::qrpc::codegen::Status;
                     type Future = ::qrpc::codegen::CallFuture;
 
@@ -254,7 +289,7 @@ impl prost_build::ServiceGenerator for Generator {
                         ::core::task::Poll::Ready(::core::result::Result::Ok(()))
                     }
 
-                    fn call(&mut self, request: ::qrpc::codegen::Request<::qrpc::codegen::RequestBody>) -> Self::Future {
+                    fn call(&mut self, request: ::qrpc::codegen::ServerRequest<::qrpc::codegen::RequestBody>) -> Self::Future {
                         let inner = ::std::sync::Arc::clone(&self.inner);
                         match request.context().method_id() {
                             #(#arms)*

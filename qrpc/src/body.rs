@@ -19,12 +19,12 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 
 /// A request: the call's context and its body.
 #[derive(Debug)]
-pub struct Request<T> {
+pub struct ServerRequest<T> {
     context: RequestContext,
     body: T,
 }
 
-impl<T> Request<T> {
+impl<T> ServerRequest<T> {
     /// A request from its parts.
     pub fn new(context: RequestContext, body: T) -> Self {
         Self { context, body }
@@ -53,11 +53,11 @@ impl<T> Request<T> {
 
 /// A response body on the server side.
 #[derive(Debug)]
-pub struct Response<T> {
+pub struct ServerResponse<T> {
     body: T,
 }
 
-impl<T> Response<T> {
+impl<T> ServerResponse<T> {
     /// A response carrying `body`.
     pub fn new(body: T) -> Self {
         Self { body }
@@ -147,6 +147,8 @@ impl fmt::Debug for ResponseBody {
 /// the stream.
 pub struct Streaming<T> {
     inner: MessageStream,
+    /// On the client, where the server's response metadata arrives.
+    metadata: Option<crate::client::MetadataSlot>,
     done: bool,
     decode_code: crate::status::Code,
     _marker: PhantomData<fn() -> T>,
@@ -157,6 +159,7 @@ impl<T: prost::Message + Default> Streaming<T> {
     pub fn new(inner: MessageStream) -> Self {
         Self {
             inner,
+            metadata: None,
             done: false,
             decode_code: crate::status::Code::InvalidArgument,
             _marker: PhantomData,
@@ -165,11 +168,21 @@ impl<T: prost::Message + Default> Streaming<T> {
 
     /// A typed stream over raw messages received by a client: a bad message from the server is
     /// the server's fault, so it maps to `Internal`.
-    pub(crate) fn from_server(inner: MessageStream) -> Self {
+    pub(crate) fn from_server(inner: MessageStream, metadata: crate::client::MetadataSlot) -> Self {
         Self {
             decode_code: crate::status::Code::Internal,
+            metadata: Some(metadata),
             ..Self::new(inner)
         }
+    }
+
+    /// On the client, the server's response metadata: known once the first message (or the
+    /// end of the stream) has arrived; empty if the server sent none.
+    pub fn metadata(&self) -> crate::metadata::Metadata {
+        self.metadata
+            .as_ref()
+            .and_then(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
     }
 
     /// The next message, `None` at the end.

@@ -13,6 +13,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::extension::{EXTENSION_METHOD_ID, EXTENSION_STATUS};
 use crate::frame::{
     FrameError, REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN, RequestFrame, RequestHeader,
     ResponseFrame, ResponseHeader,
@@ -50,6 +51,15 @@ pub struct Rejection {
 /// What the server sees of a call's request stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RequestEvent {
+    /// An extension frame before the opening frame: the payload of the call's extension
+    /// (`docs/wire-protocol.md` §9). At most one, always first.
+    Extension(Bytes),
+    /// Terminal: an extension frame and then the end of the stream, without an opening frame:
+    /// the client asks whether this server speaks the extension; answer under `request_id`.
+    Probe {
+        /// The probe's request id.
+        request_id: u32,
+    },
     /// The opening frame: the call can be dispatched.
     Open(RequestFrame),
     /// A later request message (client-streaming and bidi calls).
@@ -115,6 +125,8 @@ pub struct ServerCallState {
     max_payload: u32,
     /// Method and request id of the opening frame, once it arrived.
     opened: Option<(u16, u32)>,
+    /// Request id of the extension frame, once it arrived.
+    extension: Option<u32>,
     end: Option<End>,
     done: bool,
 }
@@ -126,6 +138,7 @@ impl ServerCallState {
             buf: BytesMut::new(),
             max_payload,
             opened: None,
+            extension: None,
             end: None,
             done: false,
         }
@@ -186,6 +199,9 @@ impl ServerCallState {
         self.done = true;
         Some(match end {
             End::Fin if self.buf.is_empty() && self.opened.is_some() => RequestEvent::End,
+            End::Fin if self.buf.is_empty() && self.extension.is_some() => RequestEvent::Probe {
+                request_id: self.extension.unwrap_or_default(),
+            },
             // FIN with no frame at all: nothing to answer.
             End::Fin if self.buf.is_empty() => RequestEvent::Rejected(Rejection {
                 answer: None,
@@ -209,17 +225,36 @@ impl ServerCallState {
     }
 
     fn frame(&mut self, frame: RequestFrame) -> RequestEvent {
-        match self.opened {
-            None => {
+        match (self.opened, self.extension) {
+            (None, None) if frame.method_id == EXTENSION_METHOD_ID => {
+                self.extension = Some(frame.request_id);
+                RequestEvent::Extension(frame.payload)
+            }
+            (None, Some(request_id))
+                if frame.method_id == EXTENSION_METHOD_ID || frame.request_id != request_id =>
+            {
+                self.done = true;
+                RequestEvent::Rejected(Rejection {
+                    answer: Some((
+                        request_id,
+                        Status::invalid_argument(
+                            "the frame after an extension frame must open the same call",
+                        ),
+                    )),
+                    stop: Some(reset::PROTOCOL_ERROR),
+                    reset: None,
+                })
+            }
+            (None, _) => {
                 self.opened = Some((frame.method_id, frame.request_id));
                 RequestEvent::Open(frame)
             }
-            Some((method_id, request_id))
+            (Some((method_id, request_id)), _)
                 if frame.method_id == method_id && frame.request_id == request_id =>
             {
                 RequestEvent::Message(frame.payload)
             }
-            Some((_, request_id)) => {
+            (Some((_, request_id)), _) => {
                 self.done = true;
                 RequestEvent::Rejected(Rejection {
                     answer: Some((
@@ -235,12 +270,16 @@ impl ServerCallState {
 
     fn reject_frame(&mut self, err: &FrameError) -> RequestEvent {
         self.done = true;
-        let request_id = self.opened.map(|(_, id)| id).unwrap_or_else(|| {
-            RequestHeader::peek(&self.buf, u32::MAX)
-                .ok()
-                .flatten()
-                .map_or(0, |h| h.request_id)
-        });
+        let request_id = self
+            .opened
+            .map(|(_, id)| id)
+            .or(self.extension)
+            .unwrap_or_else(|| {
+                RequestHeader::peek(&self.buf, u32::MAX)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |h| h.request_id)
+            });
         let (status, stop) = match err {
             FrameError::PayloadTooLarge { len, max } => (
                 Status::resource_exhausted(format!(
@@ -264,6 +303,9 @@ impl ServerCallState {
 /// What the client sees of a call's response stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ResponseEvent {
+    /// The server's extension frame (response metadata), before any message; only when the
+    /// request carried one.
+    Extension(Bytes),
     /// A response message.
     Message(Bytes),
     /// Terminal: the call ended with this error status.
@@ -284,6 +326,9 @@ pub struct ClientCallState {
     done: bool,
     /// A single-response call got its response: `End` comes next.
     answered: bool,
+    /// The request carried an extension frame, and no frame has come back yet: the server
+    /// may answer with an extension frame first.
+    extension_allowed: bool,
 }
 
 impl ClientCallState {
@@ -298,7 +343,15 @@ impl ClientCallState {
             end: None,
             done: false,
             answered: false,
+            extension_allowed: false,
         }
+    }
+
+    /// The request carried an extension frame, so the first response frame may be the
+    /// server's extension frame (status 255).
+    pub fn accept_extension(mut self) -> Self {
+        self.extension_allowed = true;
+        self
     }
 
     /// Feeds what happened on the response stream.
@@ -315,6 +368,12 @@ impl ClientCallState {
     /// Whether a terminal event was given.
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    /// The caller ended the call itself (its deadline passed, or a response extension was
+    /// malformed): no more events.
+    pub fn abandon(&mut self) {
+        self.done = true;
     }
 
     /// Whether reading more can change the outcome: false once a single-response call has its
@@ -373,6 +432,9 @@ impl ClientCallState {
                 "response for request {} on the stream of request {}",
                 frame.request_id, self.request_id
             )));
+        }
+        if std::mem::take(&mut self.extension_allowed) && frame.status == EXTENSION_STATUS {
+            return ResponseEvent::Extension(frame.payload);
         }
         if frame.status != Code::Ok.as_u8() {
             return self.fail(Status::from_wire(frame.status, &frame.payload));

@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::metadata::Metadata;
 use crate::push::{PushRegistry, PushSender};
 use crate::routes::MethodInfo;
 
@@ -357,6 +358,22 @@ impl fmt::Debug for Connection {
     }
 }
 
+/// Response metadata a handler sets while the call runs; sent before its response.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ResponseMetadata(Arc<Mutex<Metadata>>);
+
+impl ResponseMetadata {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Metadata> {
+        // Each critical section is one insert or take: a panic cannot leave it half-done.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What was set, leaving nothing.
+    pub(crate) fn take(&self) -> Metadata {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
 /// What a handler and a layer see of one call.
 #[derive(Debug)]
 pub struct RequestContext {
@@ -366,6 +383,9 @@ pub struct RequestContext {
     request_id: u32,
     extensions: Extensions,
     early_data: bool,
+    metadata: Metadata,
+    deadline: Option<tokio::time::Instant>,
+    response_metadata: ResponseMetadata,
 }
 
 impl RequestContext {
@@ -384,7 +404,25 @@ impl RequestContext {
             request_id,
             extensions: Extensions::new(),
             early_data: false,
+            metadata: Metadata::new(),
+            deadline: None,
+            response_metadata: ResponseMetadata::default(),
         }
+    }
+
+    /// Sets what the call's extension frame carried.
+    pub(crate) fn set_call_extension(
+        &mut self,
+        metadata: Metadata,
+        deadline: Option<tokio::time::Instant>,
+    ) {
+        self.metadata = metadata;
+        self.deadline = deadline;
+    }
+
+    /// The shared handle of the response metadata, for the server to send.
+    pub(crate) fn response_metadata_handle(&self) -> ResponseMetadata {
+        self.response_metadata.clone()
     }
 
     /// Marks the call as having arrived in 0-RTT data.
@@ -442,6 +480,31 @@ impl RequestContext {
     /// Mutable per-call values.
     pub fn extensions_mut(&mut self) -> &mut Extensions {
         &mut self.extensions
+    }
+
+    /// The metadata the client sent with the call (empty if none, or if the client speaks
+    /// only the plain framing).
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// When the client stops waiting, if it set a deadline: the server drops the handler then
+    /// and answers `DeadlineExceeded`.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
+    }
+
+    /// The time left before the deadline (zero once it passed), if the client set one.
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+    }
+
+    /// Adds to the metadata sent back before the response. Only a client that sent an
+    /// extension frame (a deadline or metadata) receives it; metadata set after the response
+    /// (or a stream's first message) has gone is not sent.
+    pub fn with_response_metadata<R>(&self, f: impl FnOnce(&mut Metadata) -> R) -> R {
+        f(&mut self.response_metadata.lock())
     }
 }
 

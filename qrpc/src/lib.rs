@@ -55,8 +55,8 @@
 //! tokio::spawn(server.serve());
 //!
 //! let client = qrpc::Client::connect(addr, qrpc::tls::ClientTls::pinned(cert.fingerprint())).await?;
-//! let pong: Ping = client.unary_method(&PING, &Ping { n: 41 }).await?;
-//! assert_eq!(pong.n, 42);
+//! let pong: qrpc::Response<Ping> = client.unary(&PING, Ping { n: 41 }).await?;
+//! assert_eq!(pong.get_ref().n, 42);
 //! # Ok(()) }
 //! ```
 
@@ -66,12 +66,15 @@ mod client;
 #[doc(hidden)]
 pub mod codegen;
 mod context;
+mod extension;
 pub mod frame;
 mod io;
+mod metadata;
 mod metrics;
 pub mod middleware;
 pub mod protocol;
 mod push;
+mod request;
 mod routes;
 mod server;
 mod status;
@@ -80,17 +83,20 @@ pub mod tls;
 mod transport;
 
 pub use body::{
-    MessageStream, Request, RequestBody, Response, ResponseBody, ResponseStream, Streaming,
+    MessageStream, RequestBody, ResponseBody, ResponseStream, ServerRequest, ServerResponse,
+    Streaming,
 };
 pub use client::{
     CallRequest, Channel, Client, ClientBuilder, ClientConfig, ClientError, ConnectionState,
     Disconnect, OutgoingBody, PushEvents, ReconnectPolicy,
 };
 pub use context::{Connection, Extensions, PeerIdentity, RequestContext};
+pub use metadata::{InvalidMetadata, Metadata};
 pub use push::{
     PushDelivery, PushError, PushEvent, PushRegistry, PushSender, TypedPushEvents, TypedPushSender,
     UnreliableDelivery,
 };
+pub use request::{IntoRequest, IntoStreamingRequest, Request, Response};
 pub use routes::{
     CallKind, DuplicateMethodId, Handler, HostedService, LayerExt, MethodInfo, MethodRef, Methods,
     Named, NamedService, Routes, ServiceDescriptor,

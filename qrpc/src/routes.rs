@@ -10,7 +10,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
-use crate::body::{Request, RequestBody, Response, ResponseBody, ResponseStream, Streaming};
+use crate::body::{
+    RequestBody, ResponseBody, ResponseStream, ServerRequest, ServerResponse, Streaming,
+};
 use crate::context::RequestContext;
 use crate::status::Status;
 
@@ -108,7 +110,9 @@ impl ServiceDescriptor {
     }
 }
 
-type HandlerFn = dyn Fn(Request<RequestBody>) -> BoxFuture<'static, Result<Response<ResponseBody>, Status>>
+type HandlerFn = dyn Fn(
+        ServerRequest<RequestBody>,
+    ) -> BoxFuture<'static, Result<ServerResponse<ResponseBody>, Status>>
     + Send
     + Sync;
 
@@ -120,8 +124,8 @@ impl Handler {
     /// A handler from a function over raw requests.
     pub fn from_fn<F, Fut>(f: F) -> Self
     where
-        F: Fn(Request<RequestBody>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Response<ResponseBody>, Status>> + Send + 'static,
+        F: Fn(ServerRequest<RequestBody>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<ServerResponse<ResponseBody>, Status>> + Send + 'static,
     {
         Self(Arc::new(move |req| f(req).boxed()))
     }
@@ -188,8 +192,8 @@ impl Handler {
 
     fn call(
         &self,
-        req: Request<RequestBody>,
-    ) -> BoxFuture<'static, Result<Response<ResponseBody>, Status>> {
+        req: ServerRequest<RequestBody>,
+    ) -> BoxFuture<'static, Result<ServerResponse<ResponseBody>, Status>> {
         (self.0)(req)
     }
 }
@@ -201,10 +205,10 @@ impl fmt::Debug for Handler {
 }
 
 /// The future a served call resolves to.
-pub type CallFuture = BoxFuture<'static, Result<Response<ResponseBody>, Status>>;
+pub type CallFuture = BoxFuture<'static, Result<ServerResponse<ResponseBody>, Status>>;
 
 /// Serves one unary call with `f`: decodes the request, encodes the response.
-pub fn serve_unary<Req, Resp, F, Fut>(req: Request<RequestBody>, f: F) -> CallFuture
+pub fn serve_unary<Req, Resp, F, Fut>(req: ServerRequest<RequestBody>, f: F) -> CallFuture
 where
     Req: prost::Message + Default + 'static,
     Resp: prost::Message + 'static,
@@ -220,7 +224,10 @@ where
 }
 
 /// Serves one server-streaming call with `f`.
-pub fn serve_server_streaming<Req, Resp, F, Fut>(req: Request<RequestBody>, f: F) -> CallFuture
+pub fn serve_server_streaming<Req, Resp, F, Fut>(
+    req: ServerRequest<RequestBody>,
+    f: F,
+) -> CallFuture
 where
     Req: prost::Message + Default + 'static,
     Resp: prost::Message + 'static,
@@ -236,7 +243,10 @@ where
 }
 
 /// Serves one client-streaming call with `f`.
-pub fn serve_client_streaming<Req, Resp, F, Fut>(req: Request<RequestBody>, f: F) -> CallFuture
+pub fn serve_client_streaming<Req, Resp, F, Fut>(
+    req: ServerRequest<RequestBody>,
+    f: F,
+) -> CallFuture
 where
     Req: prost::Message + Default + 'static,
     Resp: prost::Message + 'static,
@@ -252,7 +262,7 @@ where
 }
 
 /// Serves one bidi-streaming call with `f`.
-pub fn serve_bidi<Req, Resp, F, Fut>(req: Request<RequestBody>, f: F) -> CallFuture
+pub fn serve_bidi<Req, Resp, F, Fut>(req: ServerRequest<RequestBody>, f: F) -> CallFuture
 where
     Req: prost::Message + Default + 'static,
     Resp: prost::Message + 'static,
@@ -268,7 +278,7 @@ where
 }
 
 /// Answers a call whose method the service does not have.
-pub fn serve_unimplemented(req: &Request<RequestBody>) -> CallFuture {
+pub fn serve_unimplemented(req: &ServerRequest<RequestBody>) -> CallFuture {
     let id = req.context().method_id();
     futures::future::ready(Err(Status::unimplemented(format!(
         "method id {id} is not served here"
@@ -277,16 +287,16 @@ pub fn serve_unimplemented(req: &Request<RequestBody>) -> CallFuture {
 }
 
 /// A handler's single response message, encoded.
-fn unary_response<T: prost::Message>(message: &T) -> Response<ResponseBody> {
-    Response::new(ResponseBody::Unary(message.encode_to_vec().into()))
+fn unary_response<T: prost::Message>(message: &T) -> ServerResponse<ResponseBody> {
+    ServerResponse::new(ResponseBody::Unary(message.encode_to_vec().into()))
 }
 
 /// A handler's response stream, encoded message by message.
 fn stream_response<T: prost::Message + 'static>(
     stream: ResponseStream<T>,
-) -> Response<ResponseBody> {
+) -> ServerResponse<ResponseBody> {
     let encoded = stream.map(|item| item.map(|m| Bytes::from(m.encode_to_vec())));
-    Response::new(ResponseBody::Stream(Box::pin(encoded)))
+    ServerResponse::new(ResponseBody::Stream(Box::pin(encoded)))
 }
 
 /// Two services registered the same method id.
@@ -314,8 +324,8 @@ pub trait NamedService {
 /// generated servers, [`Methods`] and [`Named`] all qualify.
 pub trait HostedService:
     tower::Service<
-        Request<RequestBody>,
-        Response = Response<ResponseBody>,
+        ServerRequest<RequestBody>,
+        Response = ServerResponse<ResponseBody>,
         Error: Into<tower::BoxError>,
         Future: Send + 'static,
     > + NamedService
@@ -328,8 +338,8 @@ pub trait HostedService:
 
 impl<S> HostedService for S where
     S: tower::Service<
-            Request<RequestBody>,
-            Response = Response<ResponseBody>,
+            ServerRequest<RequestBody>,
+            Response = ServerResponse<ResponseBody>,
             Error: Into<tower::BoxError>,
             Future: Send + 'static,
         > + NamedService
@@ -379,8 +389,8 @@ impl NamedService for Methods {
     }
 }
 
-impl tower::Service<Request<RequestBody>> for Methods {
-    type Response = Response<ResponseBody>;
+impl tower::Service<ServerRequest<RequestBody>> for Methods {
+    type Response = ServerResponse<ResponseBody>;
     type Error = Status;
     type Future = CallFuture;
 
@@ -388,7 +398,7 @@ impl tower::Service<Request<RequestBody>> for Methods {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, req: ServerRequest<RequestBody>) -> Self::Future {
         match self.handlers.get(&req.context().method_id()) {
             Some(handler) => handler.call(req),
             None => serve_unimplemented(&req),
@@ -456,8 +466,11 @@ pub trait LayerExt {
 
 impl<L> LayerExt for L {}
 
-type BoxedService =
-    tower::util::BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, Status>;
+type BoxedService = tower::util::BoxCloneSyncService<
+    ServerRequest<RequestBody>,
+    ServerResponse<ResponseBody>,
+    Status,
+>;
 
 /// The method table the server builds from its services.
 #[derive(Debug, Default)]
@@ -519,8 +532,8 @@ impl Routes {
     }
 }
 
-impl tower::Service<Request<RequestBody>> for Routes {
-    type Response = Response<ResponseBody>;
+impl tower::Service<ServerRequest<RequestBody>> for Routes {
+    type Response = ServerResponse<ResponseBody>;
     type Error = Status;
     type Future = CallFuture;
 
@@ -528,7 +541,7 @@ impl tower::Service<Request<RequestBody>> for Routes {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, req: ServerRequest<RequestBody>) -> Self::Future {
         match self.0.get(&req.context().method_id()) {
             Some((_, service)) => tower::ServiceExt::oneshot(service.clone(), req).boxed(),
             None => serve_unimplemented(&req),

@@ -1,6 +1,6 @@
 //! Building blocks for testing layers, handlers and whole services without a network: a
 //! connection not backed by QUIC and a call context on it. Drive a service with
-//! `tower::ServiceExt::oneshot(Request::new(ctx, RequestBody::unary(bytes)))`, or a whole server
+//! `tower::ServiceExt::oneshot(ServerRequest::new(ctx, RequestBody::unary(bytes)))`, or a whole server
 //! with [`Server::into_service`](crate::Server::into_service).
 //!
 //! ```

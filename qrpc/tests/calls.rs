@@ -19,18 +19,19 @@ async fn all_four_call_kinds() {
 
     let echo: Msg = client
         .unary(
-            ECHO.id,
+            &ECHO,
             &Msg {
                 text: "hi".into(),
                 ..Msg::default()
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(echo.text, "hi");
 
     let mut stream = client
-        .server_streaming::<_, Msg>(COUNT.id, &Msg::n(5))
+        .server_streaming::<_, Msg>(&COUNT, &Msg::n(5))
         .await
         .unwrap();
     let mut got = vec![];
@@ -40,19 +41,21 @@ async fn all_four_call_kinds() {
     assert_eq!(got, vec![0, 1, 2, 3, 4]);
 
     let sum: Msg = client
-        .client_streaming(SUM.id, futures::stream::iter((1..=10).map(Msg::n)))
+        .client_streaming(&SUM, futures::stream::iter((1..=10).map(Msg::n)))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(sum.n, 55);
 
     let empty_sum: Msg = client
-        .client_streaming(SUM.id, futures::stream::empty::<Msg>())
+        .client_streaming(&SUM, futures::stream::empty::<Msg>())
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(empty_sum.n, 0);
 
     let replies: Vec<u64> = client
-        .bidi::<_, Msg>(CHAT.id, futures::stream::iter((1..=4).map(Msg::n)))
+        .bidi::<_, Msg>(&CHAT, futures::stream::iter((1..=4).map(Msg::n)))
         .await
         .unwrap()
         .map(|m| m.unwrap().n)
@@ -61,7 +64,7 @@ async fn all_four_call_kinds() {
     assert_eq!(replies, vec![2, 4, 6, 8]);
 
     let empty_stream = client
-        .server_streaming::<_, Msg>(COUNT.id, &Msg::n(0))
+        .server_streaming::<_, Msg>(&COUNT, &Msg::n(0))
         .await
         .unwrap();
     assert_eq!(empty_stream.count().await, 0);
@@ -73,7 +76,7 @@ async fn bidi_replies_interleave_with_requests() {
     let client = server.client().await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
     let mut replies = client
-        .bidi::<_, Msg>(CHAT.id, tokio_stream_from(rx))
+        .bidi::<_, Msg>(&CHAT, tokio_stream_from(rx))
         .await
         .unwrap();
     for i in 1..=3 {
@@ -97,7 +100,7 @@ async fn error_status_carries_code_message_and_details() {
     let client = server.client().await;
     let err = client
         .unary::<_, Msg>(
-            FAIL.id,
+            &FAIL,
             &Msg {
                 text: "no such thing".into(),
                 ..Msg::default()
@@ -119,14 +122,15 @@ async fn thousand_concurrent_unary_calls_on_one_connection() {
         async move {
             let reply: Msg = client
                 .unary(
-                    ECHO.id,
+                    &ECHO,
                     &Msg {
                         n: i,
                         data: i.to_be_bytes().to_vec(),
                         ..Msg::default()
                     },
                 )
-                .await?;
+                .await?
+                .into_inner();
             Ok::<_, Status>((i, reply))
         }
     });
@@ -143,10 +147,10 @@ async fn thousand_concurrent_unary_calls_on_one_connection() {
 async fn unknown_method_is_unimplemented() {
     let server = start(TestService::default());
     let client = server.client().await;
-    let err = client.unary_raw(999, Bytes::new()).await.unwrap_err();
+    let err = unary_raw(&client, 999, Bytes::new()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     // The connection keeps serving.
-    assert!(client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.is_ok());
+    assert!(client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.is_ok());
 }
 
 #[tokio::test]
@@ -164,7 +168,7 @@ async fn oversize_payload_fails_that_call_only() {
         data: vec![7; 1024 * 1024],
         ..Msg::default()
     };
-    let err = client.unary::<_, Msg>(ECHO.id, &big).await.unwrap_err();
+    let err = client.unary::<_, Msg>(&ECHO, &big).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert!(err.message().contains("exceeds the limit"), "{err}");
 
@@ -175,21 +179,21 @@ async fn oversize_payload_fails_that_call_only() {
         ..Msg::default()
     };
     assert_eq!(prost::Message::encoded_len(&at_limit), 64 * 1024);
-    assert!(client.unary::<_, Msg>(ECHO.id, &at_limit).await.is_ok());
+    assert!(client.unary::<_, Msg>(&ECHO, &at_limit).await.is_ok());
     let over = Msg {
         data: vec![0u8; 64 * 1024 - 3],
         ..Msg::default()
     };
     assert_eq!(
         client
-            .unary::<_, Msg>(ECHO.id, &over)
+            .unary::<_, Msg>(&ECHO, &over)
             .await
             .unwrap_err()
             .code(),
         Code::ResourceExhausted
     );
 
-    let ok: Msg = client.unary(ECHO.id, &Msg::n(3)).await.unwrap();
+    let ok: Msg = client.unary(&ECHO, &Msg::n(3)).await.unwrap().into_inner();
     assert_eq!(ok.n, 3);
 }
 
@@ -207,7 +211,7 @@ async fn a_server_sending_one_datagram_at_a_time_still_moves_megabytes() {
         data: (0..2 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect(),
         ..Msg::default()
     };
-    let echoed: Msg = client.unary(ECHO.id, &big).await.unwrap();
+    let echoed: Msg = client.unary(&ECHO, &big).await.unwrap().into_inner();
     assert_eq!(echoed.data, big.data);
 }
 
@@ -221,7 +225,7 @@ async fn oversize_response_is_refused_by_the_client() {
         .unwrap();
     let err = client
         .unary::<_, Msg>(
-            ECHO.id,
+            &ECHO,
             &Msg {
                 data: vec![1; 1000],
                 text: "x".repeat(100),
@@ -231,7 +235,7 @@ async fn oversize_response_is_refused_by_the_client() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
-    assert!(client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.is_ok());
+    assert!(client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.is_ok());
 }
 
 /// A raw QUIC connection to the server, for sending bytes no qrpc client would send.
@@ -370,15 +374,15 @@ async fn panicking_handler_gets_internal_and_server_keeps_serving() {
     let client = server.client().await;
     for _ in 0..3 {
         let err = client
-            .unary::<_, Msg>(PANIC.id, &Msg::default())
+            .unary::<_, Msg>(&PANIC, &Msg::default())
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Internal);
     }
-    let ok: Msg = client.unary(ECHO.id, &Msg::n(9)).await.unwrap();
+    let ok: Msg = client.unary(&ECHO, &Msg::n(9)).await.unwrap().into_inner();
     assert_eq!(ok.n, 9);
     let other = server.client().await;
-    assert!(other.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.is_ok());
+    assert!(other.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.is_ok());
 }
 
 #[tokio::test]
@@ -389,13 +393,13 @@ async fn client_cancel_drops_the_handler_future() {
     let client = server.client().await;
     let call = tokio::spawn({
         let client = client.clone();
-        async move { client.unary::<_, Msg>(SLOW.id, &Msg::n(60_000)).await }
+        async move { client.unary::<_, Msg>(&SLOW, &Msg::n(60_000)).await }
     });
     eventually(|| observed.slow_started.load(Ordering::SeqCst) == 1).await;
     call.abort();
     eventually(|| observed.slow_dropped.load(Ordering::SeqCst) == 1).await;
     assert_eq!(observed.slow_finished.load(Ordering::SeqCst), 0);
-    assert!(client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.is_ok());
+    assert!(client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.is_ok());
 }
 
 #[tokio::test]
@@ -405,7 +409,7 @@ async fn dropping_a_response_stream_cancels_the_server_stream() {
     let server = start(service);
     let client = server.client().await;
     let mut stream = client
-        .server_streaming::<_, Msg>(COUNT.id, &Msg::n(1_000_000))
+        .server_streaming::<_, Msg>(&COUNT, &Msg::n(1_000_000))
         .await
         .unwrap();
     assert_eq!(stream.message().await.unwrap().unwrap().n, 0);
@@ -416,7 +420,7 @@ async fn dropping_a_response_stream_cancels_the_server_stream() {
     assert!(produced < 1_000_000, "{produced} items produced");
     // The connection is healthy, and a round trip through it later the dropped stream has
     // produced nothing more.
-    assert!(client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.is_ok());
+    assert!(client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.is_ok());
     assert_eq!(
         observed.count_produced.load(Ordering::SeqCst),
         produced,
@@ -424,7 +428,7 @@ async fn dropping_a_response_stream_cancels_the_server_stream() {
     );
     // A stream read to its end is not counted as dropped.
     let mut all = client
-        .server_streaming::<_, Msg>(COUNT.id, &Msg::n(3))
+        .server_streaming::<_, Msg>(&COUNT, &Msg::n(3))
         .await
         .unwrap();
     while all.message().await.unwrap().is_some() {}

@@ -171,7 +171,11 @@ async fn client(
 /// of the server (the ticket arrives before the call's response).
 async fn learn_ticket(addr: SocketAddr, tls: &ClientTls) {
     let first = client(addr, tls, |_| {}).await;
-    let reply: Msg = first.unary_method(&GET, &Msg::default()).await.unwrap();
+    let reply: Msg = first
+        .unary(&GET, &Msg::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!reply.early, "a first connection has no 0-RTT");
     first.close();
 }
@@ -184,18 +188,34 @@ async fn a_resumed_client_sends_idempotent_calls_in_0rtt_and_nothing_else() {
     learn_ticket(server.addr, &tls).await;
 
     let resumed = client(server.addr, &tls, |_| {}).await;
-    let get: Msg = resumed.unary_method(&GET, &Msg::default()).await.unwrap();
+    let get: Msg = resumed
+        .unary(&GET, &Msg::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(get.early, "the idempotent call travelled in 0-RTT data");
-    let put: Msg = resumed.unary_method(&PUT, &Msg::default()).await.unwrap();
+    let put: Msg = resumed
+        .unary(&PUT, &Msg::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!put.early, "a non-idempotent call waits for the handshake");
     assert_eq!(put.runs, 1);
     // After the handshake, idempotent calls are ordinary 1-RTT calls.
-    let again: Msg = resumed.unary_method(&GET, &Msg::default()).await.unwrap();
+    let again: Msg = resumed
+        .unary(&GET, &Msg::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!again.early);
 
     // With 0-RTT off on the client, a resumed connection sends nothing early.
     let careful = client(server.addr, &tls, |c| c.zero_rtt = false).await;
-    let get: Msg = careful.unary_method(&GET, &Msg::default()).await.unwrap();
+    let get: Msg = careful
+        .unary(&GET, &Msg::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!get.early);
     server.stop().await;
 }
@@ -228,7 +248,11 @@ async fn the_server_refuses_a_non_idempotent_call_sent_in_0rtt_without_running_i
     );
 
     // The same call after the handshake runs normally.
-    let put: Msg = liar.unary_method(&PUT, &Msg::default()).await.unwrap();
+    let put: Msg = liar
+        .unary(&PUT, &Msg::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(put.runs, 1);
     server.stop().await;
 }
@@ -258,7 +282,11 @@ async fn resumed_after_a_restart() -> (Running, Client) {
 #[tokio::test]
 async fn rejected_0rtt_is_sent_again_after_the_handshake_exactly_once() {
     let (restarted, resumed) = resumed_after_a_restart().await;
-    let get: Msg = resumed.unary_method(&GET, &Msg::default()).await.unwrap();
+    let get: Msg = resumed
+        .unary(&GET, &Msg::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!get.early, "sent again in 1-RTT data");
     assert_eq!(get.runs, 1, "the rejected 0-RTT copy never ran");
     assert_eq!(restarted.service.gets.load(Ordering::SeqCst), 1);
@@ -280,14 +308,14 @@ async fn a_rejected_0rtt_call_dropped_late_leaves_the_call_reusing_its_stream_id
     // GET goes out as 0-RTT data on the first stream, then waits for the handshake; it is
     // polled once and then held without being polled, as a caller busy elsewhere would.
     let request = Msg::default();
-    let mut early = Box::pin(resumed.unary_method::<_, Msg>(&GET, &request));
+    let mut early = Box::pin(resumed.unary::<_, Msg>(&GET, &request));
     assert!(futures::poll!(&mut early).is_pending());
 
     // HOLD waits for the handshake, which rejects the 0-RTT data, and then opens the first
     // stream again. It reaches the server and waits for its response.
     let held = tokio::spawn({
         let resumed = resumed.clone();
-        async move { resumed.unary_method::<_, Msg>(&HOLD, &Msg::default()).await }
+        async move { resumed.unary::<_, Msg>(&HOLD, &Msg::default()).await }
     });
     restarted.service.hold_started.notified().await;
 
@@ -334,7 +362,7 @@ async fn a_call_waiting_on_a_failed_resumed_handshake_goes_to_the_next_connectio
     .await;
     let put = tokio::spawn({
         let resumed = resumed.clone();
-        async move { resumed.unary_method::<_, Msg>(&PUT, &Msg::default()).await }
+        async move { resumed.unary::<_, Msg>(&PUT, &Msg::default()).await }
     });
     refused.notified().await;
 
@@ -353,7 +381,11 @@ async fn a_call_waiting_on_a_failed_resumed_handshake_goes_to_the_next_connectio
         .expect("the refusing endpoint released the address");
     let back = serve(&cert, addr, |_| {});
 
-    let reply = put.await.unwrap().expect("PUT ran on the next connection");
+    let reply = put
+        .await
+        .unwrap()
+        .expect("PUT ran on the next connection")
+        .into_inner();
     assert_eq!(reply.runs, 1);
     assert!(!reply.early);
     assert_eq!(back.service.puts.load(Ordering::SeqCst), 1);
@@ -369,14 +401,18 @@ async fn a_server_without_0rtt_runs_every_call_after_the_handshake() {
     let tls = ClientTls::pinned(cert.fingerprint());
     learn_ticket(server.addr, &tls).await;
     let resumed = client(server.addr, &tls, |_| {}).await;
-    let get: Msg = resumed.unary_method(&GET, &Msg::default()).await.unwrap();
+    let get: Msg = resumed
+        .unary(&GET, &Msg::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!get.early);
     server.stop().await;
 }
 
 async fn typing(client: &Client, data: Vec<u8>) -> String {
     let reply: Msg = client
-        .unary_method(
+        .unary(
             &TYPING,
             &Msg {
                 data,
@@ -384,7 +420,8 @@ async fn typing(client: &Client, data: Vec<u8>) -> String {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     reply.text
 }
 

@@ -42,7 +42,7 @@ async fn root_trust_with_matching_name_connects() {
     let server = run(server, cert.fingerprint());
     let tls = ClientTls::trust_certificate(cert.cert().clone(), "localhost").unwrap();
     let client = Client::connect(server.addr, tls).await.unwrap();
-    assert!(client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.is_ok());
+    assert!(client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.is_ok());
     let bad_name = ClientTls::trust_certificate(cert.cert().clone(), "example.org").unwrap();
     assert!(Client::connect(server.addr, bad_name).await.is_err());
 }
@@ -56,7 +56,11 @@ async fn push_events_arrive_in_queue_order() {
         client.push_events().is_none(),
         "the push stream is taken once"
     );
-    let queued: Msg = client.unary(PUSH.id, &Msg::n(200)).await.unwrap();
+    let queued: Msg = client
+        .unary(&PUSH, &Msg::n(200))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(queued.n, 200);
     for i in 0..200 {
         let frame = events.recv().await.unwrap();
@@ -83,19 +87,19 @@ async fn a_client_that_never_reads_push_stays_bounded() {
         data: vec![0; 32 * 1024],
         ..Msg::default()
     };
-    let queued: Msg = client.unary(PUSH.id, &request).await.unwrap();
+    let queued: Msg = client.unary(&PUSH, &request).await.unwrap().into_inner();
     assert!(queued.n < 2000, "the queue must refuse events once full");
     // Nothing is read: round after round (each a round trip, giving the server's push writer
     // time to send what flow control lets through), at most a queue's worth fits again.
     for _ in 0..5 {
-        let again: Msg = client.unary(PUSH.id, &request).await.unwrap();
+        let again: Msg = client.unary(&PUSH, &request).await.unwrap().into_inner();
         assert!(
             again.n <= 8,
             "queued {} more events while the client read nothing",
             again.n
         );
     }
-    assert!(client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.is_ok());
+    assert!(client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.is_ok());
 }
 
 #[tokio::test]
@@ -105,7 +109,7 @@ async fn registry_reaches_a_connection_by_identity() {
     let mut alice_events = alice.push_events().unwrap();
     alice
         .unary::<_, Msg>(
-            LOGIN.id,
+            &LOGIN,
             &Msg {
                 text: "alice".into(),
                 ..Msg::default()
@@ -136,7 +140,7 @@ async fn kept_connection_handles_do_not_hold_a_stopped_servers_address() {
     let addr = server.addr;
     let client = server.client().await;
     client
-        .unary::<_, Msg>(LOGIN.id, &login("erin"))
+        .unary::<_, Msg>(&LOGIN, &login("erin"))
         .await
         .unwrap();
     let kept = observed.kept.lock().unwrap()[0].clone();
@@ -161,13 +165,13 @@ async fn graceful_shutdown_completes_in_flight_calls() {
     let client = server.client().await;
     let call = tokio::spawn({
         let client = client.clone();
-        async move { client.unary::<_, Msg>(SLOW.id, &Msg::n(300)).await }
+        async move { client.unary::<_, Msg>(&SLOW, &Msg::n(300)).await }
     });
     // Shut down only once the call is running in its handler.
     observed.slow_start.notified().await;
     let serve = server.shutdown();
     let reply = call.await.unwrap().unwrap();
-    assert_eq!(reply.n, 300);
+    assert_eq!(reply.get_ref().n, 300);
     tokio::time::timeout(Duration::from_secs(5), serve)
         .await
         .unwrap()
@@ -191,7 +195,7 @@ async fn shutdown_grace_bounds_how_long_calls_may_run() {
     let client = server.client().await;
     let call = tokio::spawn({
         let client = client.clone();
-        async move { client.unary::<_, Msg>(SLOW.id, &Msg::n(60_000)).await }
+        async move { client.unary::<_, Msg>(&SLOW, &Msg::n(60_000)).await }
     });
     observed.slow_start.notified().await;
     tokio::time::timeout(Duration::from_secs(10), server.shutdown())
@@ -248,7 +252,7 @@ async fn handlers_see_the_shutdown_and_can_answer_before_the_grace() {
     let client = server.client().await;
     let call = tokio::spawn({
         let client = client.clone();
-        async move { client.unary::<_, Msg>(WAIT.id, &Msg::default()).await }
+        async move { client.unary::<_, Msg>(&WAIT, &Msg::default()).await }
     });
     started.notified().await;
     // Without the signal this would wait out the 600 s grace.
@@ -256,7 +260,11 @@ async fn handlers_see_the_shutdown_and_can_answer_before_the_grace() {
         .await
         .expect("the long poll held the shutdown")
         .unwrap();
-    assert_eq!(call.await.unwrap().unwrap().n, 7, "answered, not cut");
+    assert_eq!(
+        call.await.unwrap().unwrap().get_ref().n,
+        7,
+        "answered, not cut"
+    );
 }
 
 #[tokio::test]
@@ -274,7 +282,7 @@ async fn client_reconnects_with_backoff_after_a_server_restart() {
         .unwrap();
     client
         .unary::<_, Msg>(
-            LOGIN.id,
+            &LOGIN,
             &Msg {
                 text: "dave".into(),
                 ..Msg::default()
@@ -301,7 +309,11 @@ async fn client_reconnects_with_backoff_after_a_server_restart() {
         .wait_for(|s| matches!(s, ConnectionState::Connected { generation: 2 }))
         .await
         .unwrap();
-    let me: Msg = client.unary(WHOAMI.id, &Msg::default()).await.unwrap();
+    let me: Msg = client
+        .unary(&WHOAMI, &Msg::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(me.text, "", "a new connection is a new session");
 }
 
@@ -323,10 +335,7 @@ async fn reconnect_gives_up_after_max_attempts() {
         .wait_for(|s| matches!(s, ConnectionState::Closed { .. }))
         .await
         .unwrap();
-    let err = client
-        .unary::<_, Msg>(ECHO.id, &Msg::n(1))
-        .await
-        .unwrap_err();
+    let err = client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
 }
 
@@ -336,7 +345,7 @@ async fn connection_migrates_to_a_new_local_socket() {
     let client = server.client().await;
     client
         .unary::<_, Msg>(
-            LOGIN.id,
+            &LOGIN,
             &Msg {
                 text: "erin".into(),
                 ..Msg::default()
@@ -349,7 +358,11 @@ async fn connection_migrates_to_a_new_local_socket() {
     let after = client.channel().local_addr().unwrap();
     assert_ne!(before.port(), after.port());
     // Same connection (the session survives) over the new path.
-    let me: Msg = client.unary(WHOAMI.id, &Msg::default()).await.unwrap();
+    let me: Msg = client
+        .unary(&WHOAMI, &Msg::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(me.text, "erin");
 }
 
@@ -370,7 +383,7 @@ async fn idle_timeout_closes_quiet_connections_and_keep_alive_prevents_it() {
             .connect()
             .await
             .unwrap();
-        quiet.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.unwrap();
+        quiet.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.unwrap();
         let mut state = quiet.state();
         tokio::time::timeout(
             Duration::from_secs(5),
@@ -396,5 +409,5 @@ async fn idle_timeout_closes_quiet_connections_and_keep_alive_prevents_it() {
         *kept.state().borrow(),
         ConnectionState::Connected { .. }
     ));
-    assert!(kept.unary::<_, Msg>(ECHO.id, &Msg::n(2)).await.is_ok());
+    assert!(kept.unary::<_, Msg>(&ECHO, &Msg::n(2)).await.is_ok());
 }

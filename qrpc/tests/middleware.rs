@@ -27,33 +27,41 @@ async fn auth_refuses_protected_methods_until_the_connection_logs_in() {
     let client = server.client().await;
 
     assert!(
-        client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.is_ok(),
+        client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.is_ok(),
         "public method"
     );
     let err = client
-        .unary::<_, Msg>(WHOAMI.id, &Msg::default())
+        .unary::<_, Msg>(&WHOAMI, &Msg::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     // Protected by default, including methods nobody listed.
-    let err = client.unary_raw(999, Default::default()).await.unwrap_err();
+    let err = unary_raw(&client, 999, Default::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     client
-        .unary::<_, Msg>(LOGIN.id, &login("alice"))
+        .unary::<_, Msg>(&LOGIN, &login("alice"))
         .await
         .unwrap();
-    let me: Msg = client.unary(WHOAMI.id, &Msg::default()).await.unwrap();
+    let me: Msg = client
+        .unary(&WHOAMI, &Msg::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(me.text, "alice");
     // Once authenticated, an unknown method is what it is (docs/wire-protocol.md §7): the
     // method table is hidden from anonymous peers only.
-    let err = client.unary_raw(999, Default::default()).await.unwrap_err();
+    let err = unary_raw(&client, 999, Default::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
 
     // The connection is the session: another connection is not logged in.
     let other = server.client().await;
     let err = other
-        .unary::<_, Msg>(WHOAMI.id, &Msg::default())
+        .unary::<_, Msg>(&WHOAMI, &Msg::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -68,19 +76,16 @@ async fn rate_limit_per_ip_exhausts_after_the_burst() {
     );
     let client = server.client().await;
     for _ in 0..5 {
-        client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.unwrap();
+        client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.unwrap();
     }
-    let err = client
-        .unary::<_, Msg>(ECHO.id, &Msg::n(1))
-        .await
-        .unwrap_err();
+    let err = client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains("retry in"), "{err}");
     // The limit is per IP, so a second connection from the same address is limited too.
     let other = server.client().await;
     assert_eq!(
         other
-            .unary::<_, Msg>(ECHO.id, &Msg::n(1))
+            .unary::<_, Msg>(&ECHO, &Msg::n(1))
             .await
             .unwrap_err()
             .code(),
@@ -97,10 +102,10 @@ async fn rate_limit_per_identity_and_per_method() {
     let server = start_layered(TestService::default(), limits);
     let client = server.client().await;
 
-    client.unary::<_, Msg>(SLOW.id, &Msg::n(0)).await.unwrap();
+    client.unary::<_, Msg>(&SLOW, &Msg::n(0)).await.unwrap();
     assert_eq!(
         client
-            .unary::<_, Msg>(SLOW.id, &Msg::n(0))
+            .unary::<_, Msg>(&SLOW, &Msg::n(0))
             .await
             .unwrap_err()
             .code(),
@@ -109,20 +114,14 @@ async fn rate_limit_per_identity_and_per_method() {
 
     // Before login there is no identity limit; after it, three calls per identity.
     for _ in 0..5 {
-        client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.unwrap();
+        client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.unwrap();
     }
     // The login call itself runs before the identity is bound, so it counts against the IP.
-    client
-        .unary::<_, Msg>(LOGIN.id, &login("bob"))
-        .await
-        .unwrap();
+    client.unary::<_, Msg>(&LOGIN, &login("bob")).await.unwrap();
     for _ in 0..3 {
-        client.unary::<_, Msg>(ECHO.id, &Msg::n(1)).await.unwrap();
+        client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.unwrap();
     }
-    let err = client
-        .unary::<_, Msg>(ECHO.id, &Msg::n(1))
-        .await
-        .unwrap_err();
+    let err = client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains("identity"), "{err}");
 }
@@ -137,8 +136,7 @@ async fn audit_records_method_peer_and_status() {
     );
     let client = server.client().await;
     echo_then_fail_with_secrets(&client).await;
-    let _ = client
-        .unary_raw(4242, Default::default())
+    let _ = unary_raw(&client, 4242, Default::default())
         .await
         .unwrap_err();
 
@@ -162,11 +160,11 @@ async fn tower_timeout_ends_slow_calls_with_deadline_exceeded() {
     );
     let client = server.client().await;
     let err = client
-        .unary::<_, Msg>(SLOW.id, &Msg::n(5_000))
+        .unary::<_, Msg>(&SLOW, &Msg::n(5_000))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded);
-    assert!(client.unary::<_, Msg>(SLOW.id, &Msg::n(1)).await.is_ok());
+    assert!(client.unary::<_, Msg>(&SLOW, &Msg::n(1)).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +180,7 @@ async fn tower_concurrency_limit_bounds_running_handlers() {
     let client = server.client().await;
     let calls = (0..10).map(|_| {
         let client = client.clone();
-        async move { client.unary::<_, Msg>(SLOW.id, &Msg::n(30)).await }
+        async move { client.unary::<_, Msg>(&SLOW, &Msg::n(30)).await }
     });
     for r in futures::future::join_all(calls).await {
         r.unwrap();
@@ -198,13 +196,14 @@ async fn layers_work_over_mock_services() {
     let conn =
         qrpc::testing::detached_connection("10.0.0.1:5000".parse().unwrap(), registry.clone());
     let request = |method_id| {
-        qrpc::Request::new(
+        qrpc::ServerRequest::new(
             qrpc::testing::request_context(&conn, method_id, None, 1),
             (),
         )
     };
-    let mock =
-        tower::service_fn(|_req: qrpc::Request<()>| async { Ok::<_, qrpc::Status>("handled") });
+    let mock = tower::service_fn(|_req: qrpc::ServerRequest<()>| async {
+        Ok::<_, qrpc::Status>("handled")
+    });
 
     let mut auth = tower::Layer::layer(
         &AuthLayer::new(RequireIdentity, AuthPolicy::new().public(1)),

@@ -271,8 +271,8 @@ pub struct InProcess {
     /// The shared state (store, sessions, limiters).
     pub state: Arc<AppState<SqliteStore>>,
     service: tower::util::BoxCloneSyncService<
-        qrpc::Request<qrpc::RequestBody>,
-        qrpc::Response<qrpc::ResponseBody>,
+        qrpc::ServerRequest<qrpc::RequestBody>,
+        qrpc::ServerResponse<qrpc::ResponseBody>,
         tower::BoxError,
     >,
 }
@@ -305,7 +305,7 @@ impl InProcess {
         connection: &qrpc::Connection,
         method_id: u16,
         body: qrpc::RequestBody,
-    ) -> Result<qrpc::Response<qrpc::ResponseBody>, qrpc::Status> {
+    ) -> Result<qrpc::ServerResponse<qrpc::ResponseBody>, qrpc::Status> {
         use tower::ServiceExt;
         let method = qpq_proto::descriptors()
             .iter()
@@ -314,7 +314,7 @@ impl InProcess {
         let ctx = qrpc::testing::request_context(connection, method_id, method, 1);
         self.service
             .clone()
-            .oneshot(qrpc::Request::new(ctx, body))
+            .oneshot(qrpc::ServerRequest::new(ctx, body))
             .await
             .map_err(|e| match e.downcast::<qrpc::Status>() {
                 Ok(status) => *status,

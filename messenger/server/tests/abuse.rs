@@ -680,7 +680,7 @@ fn unary(message: &impl Message) -> RequestBody {
     RequestBody::unary(message.encode_to_vec().into())
 }
 
-fn decode<T: Message + Default>(r: qrpc::Response<ResponseBody>) -> T {
+fn decode<T: Message + Default>(r: qrpc::ServerResponse<ResponseBody>) -> T {
     match r.into_inner() {
         ResponseBody::Unary(bytes) => T::decode(bytes).unwrap(),
         _ => panic!("expected a unary response"),

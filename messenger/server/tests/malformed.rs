@@ -16,20 +16,18 @@ async fn call(
     id: u16,
     payload: Bytes,
 ) -> Result<(), qrpc::Status> {
-    match kind {
-        CallKind::Unary => client.unary_raw(id, payload).await.map(|_| ()),
-        CallKind::ServerStreaming => {
-            use futures::StreamExt;
-            let mut s = client.server_streaming_raw(id, payload).await?;
-            match s.next().await {
-                Some(Err(e)) => Err(e),
-                _ => Ok(()),
-            }
-        }
-        _ => client
-            .client_streaming_raw(id, futures::stream::iter([payload]))
-            .await
-            .map(|_| ()),
+    use futures::StreamExt;
+    let request = match kind {
+        CallKind::Unary => qrpc::CallRequest::unary(id, payload),
+        CallKind::ServerStreaming => qrpc::CallRequest::server_streaming(id, payload),
+        _ => qrpc::CallRequest::client_streaming(id, futures::stream::iter([payload]).boxed()),
+    };
+    let mut responses = client.call(request).await?;
+    match responses.next().await {
+        Some(Err(e)) => Err(e),
+        Some(Ok(_)) => Ok(()),
+        None if kind == CallKind::ServerStreaming => Ok(()),
+        None => Err(qrpc::Status::internal("no response")),
     }
 }
 

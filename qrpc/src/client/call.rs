@@ -1,9 +1,10 @@
 //! One call on the client: the [`Channel`] service beneath client layers.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -11,13 +12,16 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use quinn::SendStream;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::connection::{ConnectionState, EarlyHandle, EarlyStreams, Link, Live, PushEvents};
 use super::{ClientConfig, ClientError};
 use crate::body::MessageStream;
 use crate::call_state::{ClientCallState, ResponseEvent};
+use crate::extension::{CallExtension, EXTENSION_METHOD_ID};
 use crate::frame::RequestFrame;
 use crate::io::write_request;
+use crate::metadata::Metadata;
 use crate::protocol::reset;
 use crate::routes::CallKind;
 use crate::status::Status;
@@ -40,7 +44,11 @@ impl std::fmt::Debug for OutgoingBody {
     }
 }
 
-/// A call as client layers see it: the method, its kind and the outgoing body.
+/// Where a call's response metadata is put when the server's extension frame arrives (before
+/// the first response message).
+pub(crate) type MetadataSlot = Arc<Mutex<Option<Metadata>>>;
+
+/// A call as client layers see it: the method, its kind, the outgoing body and its options.
 #[derive(Debug)]
 pub struct CallRequest {
     /// Method to call.
@@ -53,6 +61,15 @@ pub struct CallRequest {
     /// sent as 0-RTT data on a resumed connection, and is sent again if the server rejects
     /// that data. Never set it for a method with side effects: 0-RTT data can be replayed.
     pub idempotent: bool,
+    /// Metadata sent to the server with the call. A server that does not speak the call
+    /// extension (`docs/wire-protocol.md` §9) never sees it: the call goes out without it.
+    pub metadata: Metadata,
+    /// How long the caller waits for the call. The client ends the call with
+    /// `DeadlineExceeded` when it passes, and a server that speaks the call extension learns
+    /// the time left and cancels the handler then too.
+    pub timeout: Option<Duration>,
+    /// Filled with the server's response metadata, if it sends any.
+    response_metadata: MetadataSlot,
 }
 
 impl CallRequest {
@@ -63,6 +80,9 @@ impl CallRequest {
             kind: CallKind::Unary,
             body: OutgoingBody::Single(request),
             idempotent: false,
+            metadata: Metadata::new(),
+            timeout: None,
+            response_metadata: MetadataSlot::default(),
         }
     }
 
@@ -73,6 +93,9 @@ impl CallRequest {
             kind: CallKind::ServerStreaming,
             body: OutgoingBody::Single(request),
             idempotent: false,
+            metadata: Metadata::new(),
+            timeout: None,
+            response_metadata: MetadataSlot::default(),
         }
     }
 
@@ -83,6 +106,9 @@ impl CallRequest {
             kind: CallKind::ClientStreaming,
             body: OutgoingBody::Stream(requests),
             idempotent: false,
+            metadata: Metadata::new(),
+            timeout: None,
+            response_metadata: MetadataSlot::default(),
         }
     }
 
@@ -93,6 +119,9 @@ impl CallRequest {
             kind: CallKind::Bidi,
             body: OutgoingBody::Stream(requests),
             idempotent: false,
+            metadata: Metadata::new(),
+            timeout: None,
+            response_metadata: MetadataSlot::default(),
         }
     }
 
@@ -100,6 +129,41 @@ impl CallRequest {
     pub fn with_idempotent(mut self, idempotent: bool) -> Self {
         self.idempotent = idempotent;
         self
+    }
+
+    /// Sets the metadata sent with the call (see [`CallRequest::metadata`]).
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Sets the call's timeout (see [`CallRequest::timeout`]).
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Where the response metadata will be.
+    pub(crate) fn response_metadata(&self) -> MetadataSlot {
+        Arc::clone(&self.response_metadata)
+    }
+
+    /// Whether the call needs the extension frame.
+    fn has_extension(&self) -> bool {
+        self.timeout.is_some() || !self.metadata.is_empty()
+    }
+
+    /// A copy to send again (only single-message bodies can be copied).
+    fn copy_single(&self, payload: &Bytes) -> Self {
+        Self {
+            method_id: self.method_id,
+            kind: self.kind,
+            body: OutgoingBody::Single(payload.clone()),
+            idempotent: self.idempotent,
+            metadata: self.metadata.clone(),
+            timeout: self.timeout,
+            response_metadata: Arc::clone(&self.response_metadata),
+        }
     }
 }
 
@@ -157,7 +221,24 @@ impl Channel {
         self.link.endpoint.local_addr()
     }
 
-    async fn call(self, mut request: CallRequest) -> Result<MessageStream, Status> {
+    async fn call(self, request: CallRequest) -> Result<MessageStream, Status> {
+        // A deadline too far away to represent is no deadline.
+        let deadline = request.timeout.and_then(|t| Instant::now().checked_add(t));
+        match deadline {
+            None => self.call_until(request, None).await,
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline, self.call_until(request, Some(deadline)))
+                    .await
+                    .unwrap_or_else(|_| Err(deadline_exceeded()))
+            }
+        }
+    }
+
+    async fn call_until(
+        self,
+        mut request: CallRequest,
+        deadline: Option<Instant>,
+    ) -> Result<MessageStream, Status> {
         // A resumed connection whose handshake fails is replaced by the supervisor like any
         // lost connection; the call then waits for the next one, as a call does when it finds
         // no connection, within the same connect timeout.
@@ -173,19 +254,21 @@ impl Channel {
                 }
             };
             let replay = match &request.body {
-                OutgoingBody::Single(payload) if request.idempotent && live.is_early() => {
-                    CallRequest {
-                        method_id: request.method_id,
-                        kind: request.kind,
-                        body: OutgoingBody::Single(payload.clone()),
-                        idempotent: true,
-                    }
+                OutgoingBody::Single(payload)
+                    if request.idempotent && live.is_early() && !request.has_extension() =>
+                {
+                    request.copy_single(payload)
                 }
                 _ => {
                     // Not replay-safe: wait until the handshake completes, so nothing of this
                     // call travels as 0-RTT data.
                     match live.handshake_done().await {
-                        Ok(_) => return self.open(&live, request).await.map(|(stream, _)| stream),
+                        Ok(_) => {
+                            return self
+                                .open(&live, request, deadline)
+                                .await
+                                .map(|(stream, _)| stream);
+                        }
                         Err(err) => {
                             retry(err)?;
                             continue;
@@ -193,7 +276,7 @@ impl Channel {
                     }
                 }
             };
-            let sent = self.open(&live, request).await;
+            let sent = self.open(&live, request, deadline).await;
             // A stream opened once the handshake had completed (it may complete while the
             // call is being opened) is not 0-RTT data and reaches the server whatever became
             // of the early data; only a stream sent as 0-RTT data is lost with it.
@@ -208,7 +291,10 @@ impl Channel {
                         method_id = replay.method_id,
                         "0-RTT rejected; sending again"
                     );
-                    return self.open(&live, replay).await.map(|(stream, _)| stream);
+                    return self
+                        .open(&live, replay, deadline)
+                        .await
+                        .map(|(stream, _)| stream);
                 }
                 Err(err) => {
                     // Idempotent, so sending it again on the next connection is safe even if
@@ -227,21 +313,62 @@ impl Channel {
         &self,
         live: &Live,
         request: CallRequest,
+        deadline: Option<Instant>,
     ) -> Result<(MessageStream, bool), Status> {
+        let extension = match request.has_extension() {
+            true if self.speaks_extension(live).await? => {
+                // The server learns the time left when the call leaves, not the time asked.
+                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                Some(
+                    CallExtension::new(timeout, request.metadata.clone())
+                        .encode()
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                )
+            }
+            true => {
+                tracing::debug!(
+                    method_id = request.method_id,
+                    "the server does not speak the call extension: deadline kept locally, metadata not sent"
+                );
+                None
+            }
+            false => None,
+        };
         let (send, recv) = live.conn.open_bi().await.map_err(connection_lost)?;
         let early = recv.is_0rtt();
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let mut send = ResetOnDrop::new(send, live.early_streams(early));
+        let mut state = ClientCallState::new(
+            request_id,
+            !request.kind.server_streams(),
+            self.link.config.max_payload,
+        );
+        if extension.is_some() {
+            state = state.accept_extension();
+        }
         let mut reader = ResponseReader {
             recv: Some(recv),
-            state: ClientCallState::new(
-                request_id,
-                !request.kind.server_streams(),
-                self.link.config.max_payload,
-            ),
+            state,
             _sender: None,
             early_streams: live.early_streams(early),
+            deadline,
+            response_metadata: Some(request.response_metadata()),
         };
+        if let Some(payload) = extension {
+            let frame = RequestFrame {
+                method_id: EXTENSION_METHOD_ID,
+                request_id,
+                payload,
+            };
+            match send.write(&frame).await {
+                Ok(()) => {}
+                Err(quinn::WriteError::Stopped(_)) => {
+                    send.disarm();
+                    return Ok((reader.into_stream(), early));
+                }
+                Err(err) => return Err(write_failed(err)),
+            }
+        }
         match request.body {
             OutgoingBody::Single(payload) => {
                 let frame = RequestFrame {
@@ -285,6 +412,58 @@ impl Channel {
             }
         }
     }
+}
+
+impl Channel {
+    /// Whether the server speaks the call extension; the first call that needs to know asks
+    /// it once for the connection (a probe: an extension frame alone on a stream).
+    async fn speaks_extension(&self, live: &Live) -> Result<bool, Status> {
+        live.extension
+            .get_or_try_init(|| self.probe(live))
+            .await
+            .copied()
+    }
+
+    async fn probe(&self, live: &Live) -> Result<bool, Status> {
+        // Never in 0-RTT data: the answer must come from this connection's server.
+        live.handshake_done().await?;
+        let (send, recv) = live.conn.open_bi().await.map_err(connection_lost)?;
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let mut send = ResetOnDrop::new(send, None);
+        let hello = CallExtension::new(None, Metadata::new())
+            .encode()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let frame = RequestFrame {
+            method_id: EXTENSION_METHOD_ID,
+            request_id,
+            payload: hello,
+        };
+        send.write(&frame).await.map_err(write_failed)?;
+        send.finish();
+        let mut reader = ResponseReader {
+            recv: Some(recv),
+            state: ClientCallState::new(request_id, true, self.link.config.max_payload),
+            _sender: None,
+            early_streams: None,
+            deadline: None,
+            response_metadata: None,
+        };
+        let speaks = match reader.next().await {
+            Some(Ok(answer)) => CallExtension::decode(&answer).is_ok(),
+            // The connection went away: the next connection is asked again.
+            Some(Err(status)) if status.code() == crate::status::Code::Unavailable => {
+                return Err(status);
+            }
+            // Any other answer (Unimplemented, Unauthenticated, ...) is a server without it.
+            Some(Err(_)) | None => false,
+        };
+        tracing::debug!(speaks, "call extension probed");
+        Ok(speaks)
+    }
+}
+
+fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("the call's deadline passed")
 }
 
 impl tower::Service<CallRequest> for Channel {
@@ -397,12 +576,31 @@ struct ResponseReader {
     /// Set when the stream was sent as 0-RTT data: where its handle goes (see
     /// [`EarlyStreams`]).
     early_streams: Option<Arc<EarlyStreams>>,
+    /// When the call's deadline passes: the stream then ends with `DeadlineExceeded`.
+    deadline: Option<Instant>,
+    /// Where the server's response metadata goes.
+    response_metadata: Option<MetadataSlot>,
 }
 
 impl ResponseReader {
     async fn next(&mut self) -> Option<Result<Bytes, Status>> {
         loop {
             match self.state.poll() {
+                Some(ResponseEvent::Extension(payload)) => match CallExtension::decode(&payload) {
+                    Ok(extension) => {
+                        if let Some(slot) = &self.response_metadata {
+                            *slot.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(extension.metadata);
+                        }
+                        continue;
+                    }
+                    Err(err) => {
+                        self.end_early();
+                        return Some(Err(Status::internal(format!(
+                            "malformed response extension: {err}"
+                        ))));
+                    }
+                },
                 Some(ResponseEvent::Message(payload)) => return Some(Ok(payload)),
                 Some(ResponseEvent::Failed(status)) => return Some(Err(status)),
                 Some(ResponseEvent::End) => return None,
@@ -410,9 +608,29 @@ impl ResponseReader {
                 None => {}
             }
             let recv = self.recv.as_mut()?;
-            let input = crate::io::read_input(recv).await;
+            let input = match self.deadline {
+                None => crate::io::read_input(recv).await,
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, crate::io::read_input(recv)).await {
+                        Ok(input) => input,
+                        Err(_) => {
+                            self.end_early();
+                            return Some(Err(deadline_exceeded()));
+                        }
+                    }
+                }
+            };
             self.state.handle(input);
         }
+    }
+
+    /// Ends the call from this side: stops the response stream (the server drops the handler)
+    /// and gives no more events.
+    fn end_early(&mut self) {
+        if let Some(recv) = self.recv.as_mut() {
+            let _ = recv.stop(reset::CANCELLED);
+        }
+        self.state.abandon();
     }
 
     fn into_stream(self) -> MessageStream {

@@ -102,6 +102,9 @@ pub(super) struct Live {
     handshake: watch::Receiver<Handshake>,
     /// On a connection that sent 0-RTT data, where the handles of its 0-RTT streams go.
     early_streams: Option<Arc<EarlyStreams>>,
+    /// Whether the server speaks the call extension: probed once per connection, by the
+    /// first call that carries a deadline or metadata.
+    pub(super) extension: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl Live {
@@ -113,6 +116,7 @@ impl Live {
             conn,
             handshake,
             early_streams: None,
+            extension: Arc::default(),
         }
     }
 
@@ -387,6 +391,7 @@ async fn dial(
                     conn,
                     handshake,
                     early_streams: Some(early_streams),
+                    extension: Arc::default(),
                 });
             }
             Err(full) => connecting = full,

@@ -3,23 +3,23 @@
 
 mod call;
 mod connection;
+pub(crate) mod typed;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
-pub(crate) use call::single_response;
+pub(crate) use call::MetadataSlot;
 pub use call::{CallRequest, Channel, OutgoingBody};
 pub use connection::{ConnectionState, Disconnect, PushEvents};
 
 use crate::body::{MessageStream, Streaming};
 use crate::frame::DEFAULT_MAX_PAYLOAD;
 use crate::protocol::DEFAULT_ALPN;
+use crate::request::{IntoRequest, IntoStreamingRequest, Response};
 use crate::routes::MethodInfo;
 use crate::status::Status;
 use crate::tls::{ClientTls, TlsError};
@@ -280,132 +280,68 @@ impl Client {
             .map_err(Status::from_error)
     }
 
-    /// A raw unary call.
-    pub async fn unary_raw(&self, method_id: u16, request: Bytes) -> Result<Bytes, Status> {
-        let mut responses = self
-            .dispatch(CallRequest::unary(method_id, request))
-            .await?;
-        call::single_response(&mut responses).await
+    /// Any call as a [`CallRequest`], through the client's layers: raw bytes in, a raw
+    /// message stream out. The typed methods below are built on it.
+    pub async fn call(&self, request: CallRequest) -> Result<MessageStream, Status> {
+        self.dispatch(request).await
     }
 
-    /// A raw server-streaming call.
-    pub async fn server_streaming_raw(
-        &self,
-        method_id: u16,
-        request: Bytes,
-    ) -> Result<MessageStream, Status> {
-        self.dispatch(CallRequest::server_streaming(method_id, request))
-            .await
-    }
-
-    /// A raw client-streaming call.
-    pub async fn client_streaming_raw(
-        &self,
-        method_id: u16,
-        requests: impl futures::Stream<Item = Bytes> + Send + 'static,
-    ) -> Result<Bytes, Status> {
-        let mut responses = self
-            .dispatch(CallRequest::client_streaming(method_id, requests.boxed()))
-            .await?;
-        call::single_response(&mut responses).await
-    }
-
-    /// A raw bidi-streaming call.
-    pub async fn bidi_raw(
-        &self,
-        method_id: u16,
-        requests: impl futures::Stream<Item = Bytes> + Send + 'static,
-    ) -> Result<MessageStream, Status> {
-        self.dispatch(CallRequest::bidi(method_id, requests.boxed()))
-            .await
-    }
-
-    /// A typed unary call.
-    pub async fn unary<Req, Resp>(&self, method_id: u16, request: &Req) -> Result<Resp, Status>
-    where
-        Req: prost::Message,
-        Resp: prost::Message + Default,
-    {
-        let bytes = self
-            .unary_raw(method_id, request.encode_to_vec().into())
-            .await?;
-        decode_response(bytes)
-    }
-
-    /// A typed unary call of `method`; an idempotent method may travel as 0-RTT data
-    /// (see [`ClientConfig::zero_rtt`]). The same call generated clients make.
-    pub async fn unary_method<Req, Resp>(
+    /// A unary call of `method`. `request` is the message, a reference to it, or a
+    /// [`Request`](crate::Request) with a timeout and metadata; the [`Response`] carries the
+    /// server's metadata. An idempotent method may travel as 0-RTT data (see
+    /// [`ClientConfig::zero_rtt`]).
+    pub async fn unary<Req, Resp>(
         &self,
         method: &MethodInfo,
-        request: &Req,
-    ) -> Result<Resp, Status>
+        request: impl IntoRequest<Req>,
+    ) -> Result<Response<Resp>, Status>
     where
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        crate::codegen::unary(self, method, request).await
+        typed::unary(self, method, request).await
     }
 
-    /// A typed server-streaming call of `method`; an idempotent method may travel as 0-RTT
-    /// data (see [`ClientConfig::zero_rtt`]). The same call generated clients make.
-    pub async fn server_streaming_method<Req, Resp>(
-        &self,
-        method: &MethodInfo,
-        request: &Req,
-    ) -> Result<Streaming<Resp>, Status>
-    where
-        Req: prost::Message,
-        Resp: prost::Message + Default,
-    {
-        crate::codegen::server_streaming(self, method, request).await
-    }
-
-    /// A typed server-streaming call.
+    /// A server-streaming call of `method` (see [`unary`](Self::unary) for `request`).
     pub async fn server_streaming<Req, Resp>(
         &self,
-        method_id: u16,
-        request: &Req,
+        method: &MethodInfo,
+        request: impl IntoRequest<Req>,
     ) -> Result<Streaming<Resp>, Status>
     where
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let raw = self
-            .server_streaming_raw(method_id, request.encode_to_vec().into())
-            .await?;
-        Ok(Streaming::from_server(raw))
+        typed::server_streaming(self, method, request).await
     }
 
-    /// A typed client-streaming call.
-    pub async fn client_streaming<Req, Resp>(
+    /// A client-streaming call of `method`: `requests` is a stream of messages or a
+    /// [`Request`](crate::Request) wrapping one.
+    pub async fn client_streaming<R, Resp>(
         &self,
-        method_id: u16,
-        requests: impl futures::Stream<Item = Req> + Send + 'static,
-    ) -> Result<Resp, Status>
+        method: &MethodInfo,
+        requests: R,
+    ) -> Result<Response<Resp>, Status>
     where
-        Req: prost::Message + 'static,
+        R: IntoStreamingRequest,
+        R::Message: prost::Message + 'static,
         Resp: prost::Message + Default,
     {
-        let bytes = self
-            .client_streaming_raw(method_id, requests.map(|r| Bytes::from(r.encode_to_vec())))
-            .await?;
-        decode_response(bytes)
+        typed::client_streaming(self, method, requests).await
     }
 
-    /// A typed bidi-streaming call.
-    pub async fn bidi<Req, Resp>(
+    /// A bidi-streaming call of `method` (see [`client_streaming`](Self::client_streaming)).
+    pub async fn bidi<R, Resp>(
         &self,
-        method_id: u16,
-        requests: impl futures::Stream<Item = Req> + Send + 'static,
+        method: &MethodInfo,
+        requests: R,
     ) -> Result<Streaming<Resp>, Status>
     where
-        Req: prost::Message + 'static,
+        R: IntoStreamingRequest,
+        R::Message: prost::Message + 'static,
         Resp: prost::Message + Default,
     {
-        let raw = self
-            .bidi_raw(method_id, requests.map(|r| Bytes::from(r.encode_to_vec())))
-            .await?;
-        Ok(Streaming::from_server(raw))
+        typed::bidi(self, method, requests).await
     }
 }
 
@@ -429,8 +365,4 @@ impl Service<CallRequest> for Client {
     fn call(&mut self, request: CallRequest) -> Self::Future {
         futures::TryFutureExt::map_err(self.service.call(request), Status::from_error)
     }
-}
-
-pub(crate) fn decode_response<T: prost::Message + Default>(bytes: Bytes) -> Result<T, Status> {
-    T::decode(bytes).map_err(|e| Status::internal(format!("undecodable response: {e}")))
 }

@@ -12,7 +12,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tower::{BoxError, Layer, Service};
 
-use crate::body::Request;
+use crate::body::ServerRequest;
 use crate::context::PeerIdentity;
 use crate::routes::MethodInfo;
 use crate::status::{Code, Status};
@@ -127,9 +127,9 @@ impl<S> Audit<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for Audit<S>
+impl<S, B> Service<ServerRequest<B>> for Audit<S>
 where
-    S: Service<Request<B>>,
+    S: Service<ServerRequest<B>>,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
@@ -141,7 +141,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: ServerRequest<B>) -> Self::Future {
         let ctx = req.context();
         let mut record = AuditRecord {
             method_id: ctx.method_id(),

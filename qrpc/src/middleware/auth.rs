@@ -9,7 +9,7 @@ use futures::TryFutureExt;
 use futures::future::{Either, Ready};
 use tower::{BoxError, Layer, Service};
 
-use crate::body::Request;
+use crate::body::ServerRequest;
 use crate::context::RequestContext;
 use crate::status::Status;
 
@@ -152,9 +152,9 @@ impl<S, A> Auth<S, A> {
     }
 }
 
-impl<S, A, B> Service<Request<B>> for Auth<S, A>
+impl<S, A, B> Service<ServerRequest<B>> for Auth<S, A>
 where
-    S: Service<Request<B>>,
+    S: Service<ServerRequest<B>>,
     S::Error: Into<BoxError>,
     A: Authenticator,
 {
@@ -169,7 +169,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: ServerRequest<B>) -> Self::Future {
         let ctx = req.context();
         if !self.policy.is_public(ctx.method_id())
             && let Err(status) = self.authenticator.authenticate(ctx)

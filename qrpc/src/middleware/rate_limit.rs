@@ -16,7 +16,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use tower::{BoxError, Layer, Service};
 
-use crate::body::Request;
+use crate::body::ServerRequest;
 use crate::context::{PeerIdentity, RequestContext};
 use crate::status::Status;
 
@@ -193,9 +193,9 @@ impl<S> RateLimit<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for RateLimit<S>
+impl<S, B> Service<ServerRequest<B>> for RateLimit<S>
 where
-    S: Service<Request<B>>,
+    S: Service<ServerRequest<B>>,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
@@ -209,7 +209,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: ServerRequest<B>) -> Self::Future {
         if let Err(status) = self.limits.check(req.context()) {
             return Either::Left(futures::future::ready(Err(Box::new(status))));
         }

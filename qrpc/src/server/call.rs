@@ -15,11 +15,13 @@ use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
 use super::Shared;
-use crate::body::{MessageStream, Request, RequestBody, Response, ResponseBody};
+use crate::body::{MessageStream, RequestBody, ResponseBody, ServerRequest, ServerResponse};
 use crate::call_state::{Rejection, RequestEvent, ServerCallState};
 use crate::context::{Connection, RequestContext};
+use crate::extension::{CallExtension, EXTENSION_STATUS, ExtensionError};
 use crate::frame::ResponseFrame;
 use crate::io::write_response;
+use crate::metadata::Metadata;
 use crate::protocol::reset;
 use crate::status::{Code, Status};
 
@@ -65,13 +67,24 @@ pub(super) async fn serve_call<S>(
     shared: Arc<Shared>,
     service: S,
 ) where
-    S: Service<Request<RequestBody>, Response = Response<ResponseBody>> + Send + 'static,
+    S: Service<ServerRequest<RequestBody>, Response = ServerResponse<ResponseBody>>
+        + Send
+        + 'static,
     S::Error: Into<tower::BoxError>,
     S::Future: Send,
 {
     let early = recv.is_0rtt();
     let mut incoming = Incoming::new(recv, shared.config.max_payload);
-    let event = tokio::time::timeout(shared.config.header_timeout, incoming.next()).await;
+    let mut extension = None;
+    let opening = async {
+        loop {
+            match incoming.next().await {
+                RequestEvent::Extension(payload) => extension = Some(payload),
+                other => return other,
+            }
+        }
+    };
+    let event = tokio::time::timeout(shared.config.header_timeout, opening).await;
     let first = match event {
         Err(_) => {
             if let Some(rejection) = incoming.state.header_timeout() {
@@ -80,13 +93,42 @@ pub(super) async fn serve_call<S>(
             return;
         }
         Ok(RequestEvent::Open(frame)) => frame,
+        Ok(RequestEvent::Probe { request_id }) => {
+            answer_probe(&mut send, request_id, extension.as_deref()).await;
+            return;
+        }
         Ok(RequestEvent::Rejected(rejection)) => {
             reject(&mut send, &mut incoming, rejection).await;
             return;
         }
-        Ok(RequestEvent::Cancelled | RequestEvent::End | RequestEvent::Message(_)) => {
+        Ok(
+            RequestEvent::Cancelled
+            | RequestEvent::End
+            | RequestEvent::Message(_)
+            | RequestEvent::Extension(_),
+        ) => {
             // Reset by the client or connection lost: the client is no longer listening.
             let _ = send.reset(reset::CANCELLED);
+            return;
+        }
+    };
+    // The deadline counts from when the opening frame was read.
+    let extension = match extension.as_deref().map(CallExtension::decode) {
+        None => None,
+        Some(Ok(extension)) => Some(extension),
+        Some(Err(err)) => {
+            let status = match err {
+                ExtensionError::TooLarge(_) | ExtensionError::TooManyEntries(_) => {
+                    Status::resource_exhausted(err.to_string())
+                }
+                _ => Status::invalid_argument(err.to_string()),
+            };
+            let rejection = Rejection {
+                answer: Some((first.request_id, status)),
+                stop: Some(reset::PROTOCOL_ERROR),
+                reset: None,
+            };
+            reject(&mut send, &mut incoming, rejection).await;
             return;
         }
     };
@@ -113,11 +155,20 @@ pub(super) async fn serve_call<S>(
         connection = connection.id(),
         peer = %connection.remote_address(),
         early_data = early,
+        traceparent = tracing::field::Empty,
     );
+    if let Some(parent) = extension
+        .as_ref()
+        .and_then(|e| e.metadata.get("traceparent"))
+        .filter(|p| is_traceparent(p))
+    {
+        span.record("traceparent", parent);
+    }
     let opened = Opened {
         frame: first,
         method,
         early,
+        extension,
     };
     serve_opened(send, incoming, opened, connection, &shared, service)
         .instrument(span)
@@ -130,6 +181,45 @@ struct Opened {
     method: Option<crate::routes::MethodInfo>,
     /// It arrived in 0-RTT data.
     early: bool,
+    /// The call's extension, if its stream began with one.
+    extension: Option<CallExtension>,
+}
+
+/// Whether `value` has the shape of a W3C `traceparent` header
+/// (`version-traceid-parentid-flags`, lowercase hex), so only such values reach the logs.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && (parts[0] != "00" || parts.len() == 4)
+}
+
+/// Answers a probe: this server speaks the call extension.
+async fn answer_probe(send: &mut SendStream, request_id: u32, payload: Option<&[u8]>) {
+    if payload
+        .map(CallExtension::decode)
+        .is_some_and(|e| e.is_err())
+    {
+        let status = Status::invalid_argument("malformed call extension in a probe");
+        if send_status(send, request_id, &status).await.is_ok() {
+            let _ = send.finish();
+        }
+        return;
+    }
+    let Ok(hello) = CallExtension::new(None, Metadata::new()).encode() else {
+        return;
+    };
+    if send_ok(send, request_id, hello).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
+    }
 }
 
 /// Runs an opened call: the service, then its response frames.
@@ -141,7 +231,9 @@ async fn serve_opened<S>(
     shared: &Shared,
     service: S,
 ) where
-    S: Service<Request<RequestBody>, Response = Response<ResponseBody>> + Send + 'static,
+    S: Service<ServerRequest<RequestBody>, Response = ServerResponse<ResponseBody>>
+        + Send
+        + 'static,
     S::Error: Into<tower::BoxError>,
     S::Future: Send,
 {
@@ -149,6 +241,7 @@ async fn serve_opened<S>(
         frame: first,
         method,
         early,
+        extension,
     } = opened;
     let method_id = first.method_id;
     let request_id = first.request_id;
@@ -156,8 +249,24 @@ async fn serve_opened<S>(
     let finished = |code: Code| shared.metrics.finished(method_id, code, started.elapsed());
     let mut ctx = RequestContext::new(connection, method_id, method, request_id);
     ctx.set_early_data(early);
+    // A client that sent an extension frame reads one back; others never see it.
+    let response_metadata = extension.is_some().then(|| ctx.response_metadata_handle());
+    let deadline = extension.as_ref().and_then(|e| {
+        e.timeout
+            .and_then(|t| tokio::time::Instant::now().checked_add(t))
+    });
+    if let Some(extension) = extension {
+        ctx.set_call_extension(extension.metadata, deadline);
+    }
+    let expired = async move {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut expired = std::pin::pin!(expired);
     let rest = request_messages(incoming);
-    let request = Request::new(ctx, RequestBody::new(first.payload, rest));
+    let request = ServerRequest::new(ctx, RequestBody::new(first.payload, rest));
 
     let call = AssertUnwindSafe(async move {
         let svc = service
@@ -179,14 +288,27 @@ async fn serve_opened<S>(
             finished(Code::Cancelled);
             return;
         }
+        () = &mut expired => Err(deadline_passed()),
     };
 
+    if let Some(metadata) = response_metadata {
+        // Whatever the handler set before its response is sent with it.
+        if send_metadata(&mut send, request_id, &metadata)
+            .await
+            .is_err()
+        {
+            finished(Code::Cancelled);
+            return;
+        }
+    }
     let result = match outcome {
         Ok(response) => match response.into_inner() {
             ResponseBody::Unary(payload) => send_ok(&mut send, request_id, payload)
                 .await
                 .map(|()| Code::Ok),
-            ResponseBody::Stream(stream) => send_stream(&mut send, request_id, stream).await,
+            ResponseBody::Stream(stream) => {
+                send_stream(&mut send, request_id, stream, expired).await
+            }
         },
         Err(status) => send_status(&mut send, request_id, &status)
             .await
@@ -200,6 +322,37 @@ async fn serve_opened<S>(
     finished(code);
     let _ = send.finish();
     let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
+}
+
+fn deadline_passed() -> Status {
+    tracing::debug!("the call's deadline passed; the handler is dropped");
+    Status::deadline_exceeded("the call's deadline passed")
+}
+
+/// Sends the response extension frame, if the handler set any metadata.
+async fn send_metadata(
+    send: &mut SendStream,
+    request_id: u32,
+    metadata: &crate::context::ResponseMetadata,
+) -> Result<(), quinn::WriteError> {
+    let metadata = metadata.take();
+    if metadata.is_empty() {
+        return Ok(());
+    }
+    let payload = match CallExtension::new(None, metadata).encode() {
+        Ok(payload) => payload,
+        Err(err) => {
+            // The handler's metadata is over the limits: the call goes on without it.
+            tracing::warn!(%err, "response metadata not sent");
+            return Ok(());
+        }
+    };
+    let frame = ResponseFrame {
+        status: EXTENSION_STATUS,
+        request_id,
+        payload,
+    };
+    write_response(send, &frame).await
 }
 
 fn panicked() -> Status {
@@ -245,8 +398,10 @@ fn request_messages(incoming: Incoming) -> MessageStream {
                         |(_, status)| status,
                     )
                 }
-                // The rules give one opening frame only.
-                RequestEvent::Open(_) => Status::internal("request stream opened twice"),
+                // The rules give one opening frame only, before any message.
+                RequestEvent::Open(_) | RequestEvent::Extension(_) | RequestEvent::Probe { .. } => {
+                    Status::internal("request stream opened twice")
+                }
             };
             Some((Err(item), None))
         },
@@ -289,6 +444,7 @@ async fn send_stream(
     send: &mut SendStream,
     request_id: u32,
     mut stream: MessageStream,
+    mut expired: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> Result<Code, quinn::WriteError> {
     let stopped = send.stopped();
     let mut stopped = std::pin::pin!(stopped);
@@ -296,6 +452,7 @@ async fn send_stream(
         let next = tokio::select! {
             next = AssertUnwindSafe(stream.next()).catch_unwind() => next,
             _ = &mut stopped => return Err(quinn::WriteError::ClosedStream),
+            () = &mut expired => Ok(Some(Err(deadline_passed()))),
         };
         match next {
             Ok(None) => return Ok(Code::Ok),

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 pub use config::ServerConfig;
 
-use crate::body::{Request, RequestBody, Response, ResponseBody};
+use crate::body::{RequestBody, ResponseBody, ServerRequest, ServerResponse};
 use crate::context::Connection;
 use crate::protocol::close;
 use crate::push::{PushRegistry, PushSender};
@@ -170,7 +170,7 @@ impl<L> Server<L> {
     pub async fn serve<S>(self, addr: SocketAddr) -> Result<(), ServerError>
     where
         L: Layer<Routes, Service = S>,
-        S: Service<Request<RequestBody>, Response = Response<ResponseBody>>
+        S: Service<ServerRequest<RequestBody>, Response = ServerResponse<ResponseBody>>
             + Clone
             + Send
             + 'static,
@@ -189,7 +189,7 @@ impl<L> Server<L> {
     ) -> Result<(), ServerError>
     where
         L: Layer<Routes, Service = S>,
-        S: Service<Request<RequestBody>, Response = Response<ResponseBody>>
+        S: Service<ServerRequest<RequestBody>, Response = ServerResponse<ResponseBody>>
             + Clone
             + Send
             + 'static,
@@ -229,7 +229,10 @@ impl<S> std::fmt::Debug for BoundServer<S> {
 
 impl<S> BoundServer<S>
 where
-    S: Service<Request<RequestBody>, Response = Response<ResponseBody>> + Clone + Send + 'static,
+    S: Service<ServerRequest<RequestBody>, Response = ServerResponse<ResponseBody>>
+        + Clone
+        + Send
+        + 'static,
     S::Error: Into<tower::BoxError>,
     S::Future: Send,
 {
@@ -314,7 +317,10 @@ const DRAIN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn handle_connection<S>(incoming: quinn::Incoming, shared: Arc<Shared>, service: S)
 where
-    S: Service<Request<RequestBody>, Response = Response<ResponseBody>> + Clone + Send + 'static,
+    S: Service<ServerRequest<RequestBody>, Response = ServerResponse<ResponseBody>>
+        + Clone
+        + Send
+        + 'static,
     S::Error: Into<tower::BoxError>,
     S::Future: Send,
 {

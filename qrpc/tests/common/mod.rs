@@ -35,11 +35,11 @@ pub fn login(name: &str) -> Msg {
 /// request), both carrying "secret" data that audit records and logs must not show.
 pub async fn echo_then_fail_with_secrets(client: &Client) {
     client
-        .unary::<_, Msg>(ECHO.id, &login("secret-payload"))
+        .unary::<_, Msg>(&ECHO, &login("secret-payload"))
         .await
         .unwrap();
     let _ = client
-        .unary::<_, Msg>(FAIL.id, &login("secret-reason"))
+        .unary::<_, Msg>(&FAIL, &login("secret-reason"))
         .await
         .unwrap_err();
 }
@@ -299,8 +299,8 @@ pub fn cert() -> SelfSigned {
 pub fn run<S>(server: BoundServer<S>, fingerprint: [u8; 32]) -> Running
 where
     S: tower::Service<
-            qrpc::Request<qrpc::RequestBody>,
-            Response = qrpc::Response<qrpc::ResponseBody>,
+            qrpc::ServerRequest<qrpc::RequestBody>,
+            Response = qrpc::ServerResponse<qrpc::ResponseBody>,
         > + Clone
         + Send
         + 'static,
@@ -342,8 +342,8 @@ pub fn start_layered<L, S>(service: TestService, layer: L) -> Running
 where
     L: tower::Layer<qrpc::Routes, Service = S>,
     S: tower::Service<
-            qrpc::Request<qrpc::RequestBody>,
-            Response = qrpc::Response<qrpc::ResponseBody>,
+            qrpc::ServerRequest<qrpc::RequestBody>,
+            Response = qrpc::ServerResponse<qrpc::ResponseBody>,
         > + Clone
         + Send
         + 'static,
@@ -385,4 +385,20 @@ pub async fn eventually(mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not reached within 5 s");
+}
+
+/// A raw unary call of any method id (including ones no server has).
+pub async fn unary_raw(
+    client: &qrpc::Client,
+    method_id: u16,
+    payload: bytes::Bytes,
+) -> Result<bytes::Bytes, qrpc::Status> {
+    use futures::StreamExt;
+    let mut responses = client
+        .call(qrpc::CallRequest::unary(method_id, payload))
+        .await?;
+    responses
+        .next()
+        .await
+        .unwrap_or_else(|| Err(qrpc::Status::internal("no response")))
 }

@@ -1,0 +1,160 @@
+//! Typed calls: messages in, messages out, each of the four call kinds once, typed by the
+//! method's [`MethodInfo`] (so its idempotence, and with it 0-RTT, is never lost).
+
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message as _;
+use tower::{Service, ServiceExt};
+
+use super::call::{CallRequest, MetadataSlot, single_response};
+use crate::body::{MessageStream, Streaming};
+use crate::metadata::Metadata;
+use crate::request::{IntoRequest, IntoStreamingRequest, Response};
+use crate::routes::MethodInfo;
+use crate::status::Status;
+
+/// What typed calls go through: a [`Client`](super::Client), or any tower service over
+/// [`CallRequest`]s (a client behind client-side layers).
+pub trait Transport:
+    Service<
+        CallRequest,
+        Response = MessageStream,
+        Error: Into<tower::BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Transport for T where
+    T: Service<
+            CallRequest,
+            Response = MessageStream,
+            Error: Into<tower::BoxError>,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+async fn send<T: Transport>(transport: &T, request: CallRequest) -> Result<MessageStream, Status> {
+    transport
+        .clone()
+        .oneshot(request)
+        .await
+        .map_err(|e| Status::from_error(e.into()))
+}
+
+fn taken(slot: &MetadataSlot) -> Metadata {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_default()
+}
+
+async fn single<Resp: prost::Message + Default>(
+    mut responses: MessageStream,
+    slot: &MetadataSlot,
+) -> Result<Response<Resp>, Status> {
+    let bytes = single_response(&mut responses).await?;
+    Ok(Response::new(decode_response(bytes)?, taken(slot)))
+}
+
+pub(crate) fn decode_response<T: prost::Message + Default>(bytes: Bytes) -> Result<T, Status> {
+    T::decode(bytes).map_err(|e| Status::internal(format!("undecodable response: {e}")))
+}
+
+/// A unary call of `method` through `transport`.
+pub async fn unary<T, Req, Resp>(
+    transport: &T,
+    method: &MethodInfo,
+    request: impl IntoRequest<Req>,
+) -> Result<Response<Resp>, Status>
+where
+    T: Transport,
+    Req: prost::Message,
+    Resp: prost::Message + Default,
+{
+    let (message, metadata, timeout) = request.into_request().into_parts();
+    let call = CallRequest::unary(method.id, message.encode_to_vec().into())
+        .with_idempotent(method.idempotent)
+        .with_metadata(metadata)
+        .with_timeout(timeout);
+    let slot = call.response_metadata();
+    single(send(transport, call).await?, &slot).await
+}
+
+/// A server-streaming call of `method` through `transport`.
+pub async fn server_streaming<T, Req, Resp>(
+    transport: &T,
+    method: &MethodInfo,
+    request: impl IntoRequest<Req>,
+) -> Result<Streaming<Resp>, Status>
+where
+    T: Transport,
+    Req: prost::Message,
+    Resp: prost::Message + Default,
+{
+    let (message, metadata, timeout) = request.into_request().into_parts();
+    let call = CallRequest::server_streaming(method.id, message.encode_to_vec().into())
+        .with_idempotent(method.idempotent)
+        .with_metadata(metadata)
+        .with_timeout(timeout);
+    let slot = call.response_metadata();
+    Ok(Streaming::from_server(send(transport, call).await?, slot))
+}
+
+fn streaming_call<R>(method: &MethodInfo, requests: R, bidi: bool) -> CallRequest
+where
+    R: IntoStreamingRequest,
+    R::Message: prost::Message + 'static,
+{
+    let (messages, metadata, timeout) = requests.into_streaming_request().into_parts();
+    let messages = messages.map(|r| Bytes::from(r.encode_to_vec())).boxed();
+    let call = if bidi {
+        CallRequest::bidi(method.id, messages)
+    } else {
+        CallRequest::client_streaming(method.id, messages)
+    };
+    call.with_idempotent(method.idempotent)
+        .with_metadata(metadata)
+        .with_timeout(timeout)
+}
+
+/// A client-streaming call of `method` through `transport`.
+pub async fn client_streaming<T, R, Resp>(
+    transport: &T,
+    method: &MethodInfo,
+    requests: R,
+) -> Result<Response<Resp>, Status>
+where
+    T: Transport,
+    R: IntoStreamingRequest,
+    R::Message: prost::Message + 'static,
+    Resp: prost::Message + Default,
+{
+    let call = streaming_call(method, requests, false);
+    let slot = call.response_metadata();
+    single(send(transport, call).await?, &slot).await
+}
+
+/// A bidi-streaming call of `method` through `transport`.
+pub async fn bidi<T, R, Resp>(
+    transport: &T,
+    method: &MethodInfo,
+    requests: R,
+) -> Result<Streaming<Resp>, Status>
+where
+    T: Transport,
+    R: IntoStreamingRequest,
+    R::Message: prost::Message + 'static,
+    Resp: prost::Message + Default,
+{
+    let call = streaming_call(method, requests, true);
+    let slot = call.response_metadata();
+    Ok(Streaming::from_server(send(transport, call).await?, slot))
+}
