@@ -1,12 +1,12 @@
 #![no_main]
-//! The call rules (`qrpc::call_state`) driven by arbitrary inputs: bytes in arbitrary chunks,
+//! The call rules (`qrpc::fuzzing`) driven by arbitrary inputs: bytes in arbitrary chunks,
 //! FIN, resets, lost connections and header timeouts, in any order. Never panics; at most one
 //! opening frame and it comes first; exactly one terminal event once the stream ended and
 //! nothing after it; no payload over the limit; a single-response call yields at most one
 //! message.
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use qrpc::call_state::{
+use qrpc::fuzzing::{
     ClientCallState, RequestEvent, ResponseEvent, ServerCallState, StreamInput,
 };
 

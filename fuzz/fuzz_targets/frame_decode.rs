@@ -1,7 +1,7 @@
 #![no_main]
 //! Exact decoding of every frame shape: never panics, and what decodes re-encodes identically.
 use libfuzzer_sys::fuzz_target;
-use qrpc::frame::{PushFrame, RequestFrame, ResponseFrame};
+use qrpc::fuzzing::{PushFrame, RequestFrame, ResponseFrame};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(f) = RequestFrame::decode_exact(data, 1 << 16) {

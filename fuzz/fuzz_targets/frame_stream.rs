@@ -3,7 +3,7 @@
 //! returns a payload over the limit, and consumes exactly the frames it returns.
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use qrpc::frame::RequestFrame;
+use qrpc::fuzzing::RequestFrame;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else { return };

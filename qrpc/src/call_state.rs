@@ -11,6 +11,9 @@
 //! Both take [`StreamInput`]s with `handle` and give events with `poll` until a terminal
 //! event; after it, `poll` returns `None` forever and inputs are ignored.
 
+// Public for the fuzz targets (feature `fuzzing`); the rest of qrpc uses part of it.
+#![cfg_attr(not(feature = "fuzzing"), allow(dead_code, unreachable_pub))]
+
 use bytes::{Bytes, BytesMut};
 
 use crate::extension::{EXTENSION_METHOD_ID, EXTENSION_STATUS};

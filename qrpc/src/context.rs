@@ -36,6 +36,7 @@ impl QuicSlot {
     }
 
     /// A detached slot: no connection, ever.
+    #[cfg(feature = "testing")]
     pub(crate) fn empty() -> Self {
         Self::default()
     }
@@ -196,6 +197,7 @@ impl Connection {
     }
 
     /// A connection not backed by QUIC; see [`testing::detached_connection`](crate::testing::detached_connection).
+    #[cfg(feature = "testing")]
     pub(crate) fn detached(remote: SocketAddr, registry: PushRegistry) -> Self {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 48);
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

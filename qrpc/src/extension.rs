@@ -12,6 +12,9 @@
 //!
 //! The payload is protobuf (`proto/qrpc/v1/extension.proto`), so later versions add fields.
 
+// Public for the fuzz targets (feature `fuzzing`); the rest of qrpc uses part of it.
+#![cfg_attr(not(feature = "fuzzing"), allow(dead_code, unreachable_pub))]
+
 use std::time::Duration;
 
 use bytes::Bytes;

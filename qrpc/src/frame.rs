@@ -14,6 +14,9 @@
 //! rejects trailing bytes. The payload length is checked against a limit *before* any payload
 //! is buffered, so a peer cannot make the receiver allocate more than the limit.
 
+// Public for the fuzz targets (feature `fuzzing`); the rest of qrpc uses part of it.
+#![cfg_attr(not(feature = "fuzzing"), allow(dead_code, unreachable_pub))]
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Default upper bound for one frame's payload: 4 MiB.

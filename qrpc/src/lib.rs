@@ -14,7 +14,6 @@
 //!  └────────────────────┘                                └──────────────────────────────┘
 //! ```
 //!
-//! * [`frame`] — the sans-IO codec for the three frame shapes (`docs/wire-protocol.md`).
 //! * [`Server`] — builder with `.layer()`, `.add_service()`, `.serve()` and
 //!   `.serve_with_shutdown()`; limits in [`ServerConfig`].
 //! * [`Client`] — shared connection, all four call kinds, push events, reconnect with backoff.
@@ -60,14 +59,16 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(unreachable_pub, unnameable_types)]
+
 mod body;
-pub mod call_state;
+mod call_state;
 mod client;
 #[doc(hidden)]
 pub mod codegen;
 mod context;
 mod extension;
-pub mod frame;
+mod frame;
 mod io;
 mod metadata;
 mod metrics;
@@ -78,6 +79,7 @@ mod request;
 mod routes;
 mod server;
 mod status;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
 mod transport;
@@ -88,7 +90,7 @@ pub use body::{
 };
 pub use client::{
     CallRequest, Channel, Client, ClientBuilder, ClientConfig, ClientError, ConnectionState,
-    Disconnect, OutgoingBody, PushEvents, ReconnectPolicy,
+    Disconnect, OutgoingBody, PushEvents, RawPush, ReconnectPolicy,
 };
 pub use context::{Connection, Extensions, PeerIdentity, RequestContext};
 pub use metadata::{InvalidMetadata, Metadata};
@@ -102,7 +104,7 @@ pub use routes::{
     Named, NamedService, Routes, ServiceDescriptor,
 };
 pub use server::{BoundServer, Server, ServerConfig, ServerError};
-pub use status::{Code, ErrorStatus, Status};
+pub use status::{Code, Status};
 pub use transport::{RPC_MAX_ACK_DELAY, TransportProfile};
 
 /// The QUIC implementation beneath, re-exported because its types appear in qrpc's API
@@ -122,6 +124,15 @@ macro_rules! include_protos {
     () => {
         include!(concat!(env!("OUT_DIR"), "/_qrpc_include.rs"));
     };
+}
+
+/// The wire codecs and call state machines, public for fuzz targets and wire-level tests
+/// only (feature `fuzzing`): not a stable API.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use crate::call_state::*;
+    pub use crate::extension::*;
+    pub use crate::frame::*;
 }
 
 /// A boxed error, as tower middleware reports it.

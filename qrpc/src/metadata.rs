@@ -9,7 +9,7 @@ use std::fmt;
 use bytes::Bytes;
 
 /// Longest key, in bytes.
-pub const MAX_KEY_LEN: usize = 128;
+pub(crate) const MAX_KEY_LEN: usize = 128;
 
 /// Why a key or value cannot be metadata.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -417,8 +417,7 @@ impl<E: PushEvent> TypedPushEvents<E> {
 
     /// The next event; `None` once the client is closed for good.
     pub async fn recv(&mut self) -> Option<Result<E, crate::Status>> {
-        let frame = self.inner.recv().await?;
-        Some(E::decode_payload(frame.event_type, frame.payload))
+        Some(self.inner.recv().await?.decode())
     }
 }
 
@@ -432,6 +431,6 @@ impl<E: PushEvent> futures::Stream for TypedPushEvents<E> {
         use futures::StreamExt;
         self.inner
             .poll_next_unpin(cx)
-            .map(|frame| frame.map(|f| E::decode_payload(f.event_type, f.payload)))
+            .map(|push| push.map(crate::client::RawPush::decode))
     }
 }

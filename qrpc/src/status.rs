@@ -108,7 +108,7 @@ impl fmt::Display for Code {
 /// The protobuf payload of a non-OK response frame: `qrpc.v1.ErrorStatus`
 /// (`proto/qrpc/v1/status.proto`).
 #[derive(Clone, PartialEq, Message)]
-pub struct ErrorStatus {
+pub(crate) struct ErrorStatus {
     /// Human-readable message. Never carries secrets or user payloads.
     #[prost(string, tag = "1")]
     pub message: String,
@@ -211,7 +211,7 @@ impl Status {
     }
 
     /// Encodes the `ErrorStatus` payload of a non-OK response frame.
-    pub fn to_payload(&self) -> Bytes {
+    pub(crate) fn to_payload(&self) -> Bytes {
         ErrorStatus {
             message: self.0.message.clone(),
             details: self.0.details.clone(),
@@ -223,7 +223,7 @@ impl Status {
     /// Rebuilds a status from a non-OK response frame.
     ///
     /// An undecodable payload still yields the code, with a message saying the payload was bad.
-    pub fn from_wire(code: u8, payload: &[u8]) -> Self {
+    pub(crate) fn from_wire(code: u8, payload: &[u8]) -> Self {
         let code = Code::from_u8(code);
         match ErrorStatus::decode(payload) {
             Ok(es) => Self::with_details(code, es.message, es.details),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use futures::StreamExt;
-use qrpc::frame::{RequestFrame, ResponseFrame};
+use qrpc::fuzzing::{RequestFrame, ResponseFrame};
 use qrpc::{Code, Status};
 
 #[tokio::test]

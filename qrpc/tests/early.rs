@@ -440,14 +440,14 @@ async fn unreliable_events_travel_as_datagrams_and_fall_back_to_the_push_stream(
     assert_eq!(typing(&accepting, b"small".to_vec()).await, datagram);
     let event = events.recv().await.unwrap();
     assert_eq!(
-        (event.event_type, &event.payload[..]),
+        (event.event_type(), &event.payload()[..]),
         (TYPING_EVENT, &b"small"[..])
     );
     // 194 bytes of payload + 6 of header = 200: still one datagram; one more byte is not.
     assert_eq!(typing(&accepting, vec![1; 194]).await, datagram);
-    assert_eq!(events.recv().await.unwrap().payload.len(), 194);
+    assert_eq!(events.recv().await.unwrap().payload().len(), 194);
     assert_eq!(typing(&accepting, vec![2; 195]).await, stream);
-    assert_eq!(events.recv().await.unwrap().payload.len(), 195);
+    assert_eq!(events.recv().await.unwrap().payload().len(), 195);
 
     // A client that does not accept datagrams gets the same events on the push stream.
     let refusing = client(server.addr, &tls, |c| c.datagrams = false).await;
@@ -455,7 +455,7 @@ async fn unreliable_events_travel_as_datagrams_and_fall_back_to_the_push_stream(
     assert_eq!(typing(&refusing, b"small".to_vec()).await, stream);
     let event = events.recv().await.unwrap();
     assert_eq!(
-        (event.event_type, &event.payload[..]),
+        (event.event_type(), &event.payload()[..]),
         (TYPING_EVENT, &b"small"[..])
     );
     server.stop().await;

@@ -64,8 +64,8 @@ async fn push_events_arrive_in_queue_order() {
     assert_eq!(queued.n, 200);
     for i in 0..200 {
         let frame = events.recv().await.unwrap();
-        assert_eq!(frame.event_type, 7);
-        let msg: Msg = prost::Message::decode(frame.payload).unwrap();
+        assert_eq!(frame.event_type(), 7);
+        let msg: Msg = prost::Message::decode(frame.payload().clone()).unwrap();
         assert_eq!(msg.n, i);
     }
 }
@@ -125,7 +125,7 @@ async fn registry_reaches_a_connection_by_identity() {
             .try_send_to(&id, 3, prost::Message::encode_to_vec(&Msg::n(77)).into());
     assert_eq!((delivery.queued, delivery.dropped), (1, 0));
     let frame = alice_events.recv().await.unwrap();
-    assert_eq!(frame.event_type, 3);
+    assert_eq!(frame.event_type(), 3);
     alice.close();
     eventually(|| !server.registry.is_online(&id)).await;
 }

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use governor::Quota;
 use qrpc::Code;
+use qrpc::middleware::Quota;
 use qrpc::middleware::{
     AuditLayer, AuditRecord, AuthLayer, AuthPolicy, RateLimitLayer, RequireIdentity,
 };

@@ -3209,14 +3209,12 @@ fn simulated_crash(e: &SdkError) -> bool {
 /// Server events on the push stream need no forwarding: new messages are fetched by the
 /// receive loop anyway.
 async fn forward_pushes(inner: std::sync::Weak<Inner>, mut pushes: qrpc::PushEvents) {
-    use qrpc::PushEvent as _;
-    while let Some(frame) = pushes.recv().await {
+    while let Some(push) = pushes.recv().await {
         let Some(inner) = inner.upgrade() else { return };
-        if !v1::ephemeral_event_push::EVENT_TYPES.contains(&frame.event_type) {
+        if !v1::ephemeral_event_push::EVENT_TYPES.contains(&push.event_type()) {
             continue;
         }
-        let event =
-            v1::ephemeral_event_push::Event::decode_payload(frame.event_type, frame.payload);
+        let event = push.decode::<v1::ephemeral_event_push::Event>();
         if let Ok(v1::ephemeral_event_push::Event::Typing(t)) = event {
             let me = lock(&inner.keys)
                 .as_ref()

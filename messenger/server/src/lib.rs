@@ -34,4 +34,6 @@ pub mod validate;
 
 pub use clock::Clock;
 pub use config::Config;
-pub use server::{InProcess, RunningServer, start, start_with_clock};
+#[cfg(feature = "testing")]
+pub use server::InProcess;
+pub use server::{RunningServer, start, start_with_clock};

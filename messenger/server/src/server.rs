@@ -267,6 +267,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
 
 /// The server's whole call path (every layer, every service) without a socket, for driving
 /// the real router in-process: the authorization tests and the fuzz target use it.
+#[cfg(feature = "testing")]
 pub struct InProcess {
     /// The shared state (store, sessions, limiters).
     pub state: Arc<AppState<SqliteStore>>,
@@ -277,12 +278,14 @@ pub struct InProcess {
     >,
 }
 
+#[cfg(feature = "testing")]
 impl std::fmt::Debug for InProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InProcess").finish_non_exhaustive()
     }
 }
 
+#[cfg(feature = "testing")]
 impl InProcess {
     /// Prepares everything `start` does (data directory, database, keys) except the socket.
     pub async fn new(config: Config) -> anyhow::Result<Self> {

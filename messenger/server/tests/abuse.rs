@@ -515,10 +515,7 @@ async fn only_members_change_a_channel_or_type_in_it_and_typing_is_limited() {
     // event).
     let frame = next_frame(&mut bob_events).await;
     assert!(matches!(
-        <v1::server_event_push::Event as qrpc::PushEvent>::decode_payload(
-            frame.event_type,
-            frame.payload
-        ),
+        frame.clone().decode::<v1::server_event_push::Event>(),
         Ok(v1::server_event_push::Event::Channel(_))
     ));
     let answer = |who: &Account, accept: bool| {
@@ -537,10 +534,7 @@ async fn only_members_change_a_channel_or_type_in_it_and_typing_is_limited() {
     answer(&bob, true).await.unwrap();
     let frame = next_frame(&mut bob_events).await;
     assert!(matches!(
-        <v1::server_event_push::Event as qrpc::PushEvent>::decode_payload(
-            frame.event_type,
-            frame.payload
-        ),
+        frame.clone().decode::<v1::server_event_push::Event>(),
         Ok(v1::server_event_push::Event::Channel(_))
     ));
     channels(&alice)
@@ -550,12 +544,11 @@ async fn only_members_change_a_channel_or_type_in_it_and_typing_is_limited() {
         .await
         .unwrap();
     let frame = next_frame(&mut bob_events).await;
-    assert!(v1::ephemeral_event_push::EVENT_TYPES.contains(&frame.event_type));
-    match <v1::ephemeral_event_push::Event as qrpc::PushEvent>::decode_payload(
-        frame.event_type,
-        frame.payload,
-    )
-    .unwrap()
+    assert!(v1::ephemeral_event_push::EVENT_TYPES.contains(&frame.event_type()));
+    match frame
+        .clone()
+        .decode::<v1::ephemeral_event_push::Event>()
+        .unwrap()
     {
         v1::ephemeral_event_push::Event::Typing(t) => {
             assert_eq!(

@@ -14,7 +14,7 @@ use tower::{Layer, Service, ServiceExt};
 
 pub(crate) use call::MetadataSlot;
 pub use call::{CallRequest, Channel, OutgoingBody};
-pub use connection::{ConnectionState, Disconnect, PushEvents};
+pub use connection::{ConnectionState, Disconnect, PushEvents, RawPush};
 
 use crate::body::{MessageStream, Streaming};
 use crate::frame::DEFAULT_MAX_PAYLOAD;

@@ -1,5 +1,5 @@
 //! Tower middleware shipped with qrpc. Each layer works on raw requests
-//! ([`Request<RequestBody>`](crate::Request)), so it applies to every method of a server.
+//! ([`ServerRequest<RequestBody>`](crate::ServerRequest)), so it applies to every method of a server.
 //!
 //! tower's own layers compose with these: `tower::timeout::TimeoutLayer` ends a slow call with
 //! `DeadlineExceeded`, `tower::limit::ConcurrencyLimitLayer` bounds the calls a server runs at
@@ -7,10 +7,10 @@
 
 mod audit;
 mod auth;
+#[cfg(feature = "rate-limit")]
 mod rate_limit;
 
 pub use audit::{Audit, AuditLayer, AuditRecord};
 pub use auth::{Auth, AuthLayer, AuthPolicy, Authenticator, RequireIdentity};
-/// A rate: how many calls per period, with a burst (re-exported from governor).
-pub use governor::Quota;
-pub use rate_limit::{RateLimit, RateLimitLayer, RateLimitLayerBuilder};
+#[cfg(feature = "rate-limit")]
+pub use rate_limit::{Quota, RateLimit, RateLimitLayer, RateLimitLayerBuilder};

@@ -6,19 +6,85 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::TryFutureExt;
 use futures::future::{Either, Ready};
+use governor::DefaultKeyedRateLimiter;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
 use tower::{BoxError, Layer, Service};
 
 use crate::body::ServerRequest;
 use crate::context::{PeerIdentity, RequestContext};
 use crate::status::Status;
+
+/// A rate: calls replenish one at a time at a steady period, up to a burst.
+///
+/// `Quota::per_second(n)` allows `n` calls at once and one more every `1/n` s after that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    burst: NonZeroU32,
+    period: Duration,
+}
+
+impl Quota {
+    /// `n` calls per second, `n` at once.
+    pub fn per_second(n: NonZeroU32) -> Self {
+        Self::spread(Duration::from_secs(1), n)
+    }
+
+    /// `n` calls per minute, `n` at once.
+    pub fn per_minute(n: NonZeroU32) -> Self {
+        Self::spread(Duration::from_secs(60), n)
+    }
+
+    /// `n` calls per hour, `n` at once.
+    pub fn per_hour(n: NonZeroU32) -> Self {
+        Self::spread(Duration::from_secs(3600), n)
+    }
+
+    /// One call every `period`, one at a time; `None` for a zero period.
+    pub fn with_period(period: Duration) -> Option<Self> {
+        (!period.is_zero()).then_some(Self {
+            burst: NonZeroU32::MIN,
+            period,
+        })
+    }
+
+    /// The same rate, with at most `burst` calls at once.
+    pub fn allow_burst(self, burst: NonZeroU32) -> Self {
+        Self { burst, ..self }
+    }
+
+    /// Calls allowed at once.
+    pub fn burst(&self) -> NonZeroU32 {
+        self.burst
+    }
+
+    /// How often one more call is allowed.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    fn spread(total: Duration, n: NonZeroU32) -> Self {
+        Self {
+            burst: n,
+            period: (total / n.get()).max(Duration::from_nanos(1)),
+        }
+    }
+
+    fn limiter<K: Hash + Eq + Clone>(self) -> DefaultKeyedRateLimiter<K> {
+        // A period is never zero (see the constructors), so governor always has its quota.
+        let quota = governor::Quota::with_period(self.period)
+            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(self.burst);
+        governor::RateLimiter::keyed(quota)
+    }
+}
 
 /// How often (in checks) idle keys are pruned.
 const PRUNE_EVERY: u64 = 4096;
@@ -118,12 +184,12 @@ impl RateLimitLayerBuilder {
     pub fn build(self) -> RateLimitLayer {
         RateLimitLayer {
             limits: Arc::new(Limits {
-                per_ip: self.per_ip.map(governor::RateLimiter::keyed),
-                per_identity: self.per_identity.map(governor::RateLimiter::keyed),
+                per_ip: self.per_ip.map(Quota::limiter),
+                per_identity: self.per_identity.map(Quota::limiter),
                 per_method: self
                     .per_method
                     .into_iter()
-                    .map(|(id, q)| (id, governor::RateLimiter::keyed(q)))
+                    .map(|(id, q)| (id, q.limiter()))
                     .collect(),
                 checks: AtomicU64::new(0),
                 clock: DefaultClock::default(),
@@ -218,5 +284,39 @@ where
                 .call(req)
                 .map_err(Into::into as fn(S::Error) -> BoxError),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn n(v: u32) -> NonZeroU32 {
+        NonZeroU32::new(v).unwrap()
+    }
+
+    #[test]
+    fn quotas_spread_their_rate_and_bound_the_burst() {
+        let q = Quota::per_minute(n(120));
+        assert_eq!(
+            (q.burst().get(), q.period()),
+            (120, Duration::from_millis(500))
+        );
+        let q = Quota::per_hour(n(3)).allow_burst(n(1));
+        assert_eq!(
+            (q.burst().get(), q.period()),
+            (1, Duration::from_secs(1200))
+        );
+        assert!(Quota::with_period(Duration::ZERO).is_none());
+        // A huge rate still has a period: never a zero that governor would refuse.
+        assert!(!Quota::per_second(NonZeroU32::MAX).period().is_zero());
+
+        // The limiter built from a quota admits the burst, then refuses.
+        let limiter = Quota::per_hour(n(2)).limiter::<u8>();
+        assert!(limiter.check_key(&1).is_ok());
+        assert!(limiter.check_key(&1).is_ok());
+        assert!(limiter.check_key(&1).is_err());
+        assert!(limiter.check_key(&2).is_ok(), "keys are independent");
     }
 }

@@ -169,7 +169,7 @@ pub async fn next_event(
 }
 
 /// The next raw push frame (of any channel), failing the test after 5 s.
-pub async fn next_frame(events: &mut qrpc::PushEvents) -> qrpc::frame::PushFrame {
+pub async fn next_frame(events: &mut qrpc::PushEvents) -> qrpc::RawPush {
     tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
         .await
         .expect("no push event within 5 s")

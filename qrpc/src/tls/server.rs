@@ -1,0 +1,93 @@
+//! The server's certificate chain and key.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::{PemError, TlsError, crypto_provider};
+
+/// TLS 1.3 sessions a server remembers for resumption. The cache is stateful, so each session
+/// ticket is accepted once: replayed 0-RTT data on a second connection is rejected by TLS.
+const SERVER_SESSIONS: usize = 4096;
+
+/// A server's certificate chain and private key.
+pub struct ServerTls {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ServerTls {
+    /// A chain (leaf first) and its key.
+    pub fn new(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
+        Self { certs, key }
+    }
+
+    /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        let pem_err = |what, path: &Path, source: PemError| TlsError::Pem {
+            what,
+            path: path.display().to_string(),
+            source,
+        };
+        let certs = CertificateDer::pem_file_iter(cert_path)
+            .map_err(|e| pem_err("certificates", cert_path, e.into()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_err("certificates", cert_path, e.into()))?;
+        if certs.is_empty() {
+            return Err(pem_err("certificates", cert_path, PemError::NoCertificate));
+        }
+        // The key's error text never includes key material.
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .map_err(|e| pem_err("private key", key_path, e.into()))?;
+        Ok(Self { certs, key })
+    }
+
+    /// The leaf certificate.
+    pub fn leaf(&self) -> Option<&CertificateDer<'static>> {
+        self.certs.first()
+    }
+
+    /// A quinn server configuration with this certificate and `alpn` (no 0-RTT).
+    pub fn quinn_server_config(&self, alpn: &[Vec<u8>]) -> Result<quinn::ServerConfig, TlsError> {
+        Ok(quinn::ServerConfig::with_crypto(Arc::new(
+            self.quic_config(alpn, false)?,
+        )))
+    }
+
+    pub(crate) fn quic_config(
+        &self,
+        alpn: &[Vec<u8>],
+        early_data: bool,
+    ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+        self.quic_config_with(alpn, early_data, crypto_provider())
+    }
+
+    pub(super) fn quic_config_with(
+        &self,
+        alpn: &[Vec<u8>],
+        early_data: bool,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(self.certs.clone(), self.key.clone_key())?;
+        tls.alpn_protocols = alpn.to_vec();
+        tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SERVER_SESSIONS);
+        // QUIC allows no other early data limit: 0 (off) or u32::MAX (on).
+        tls.max_early_data_size = if early_data { u32::MAX } else { 0 };
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(TlsError::Quic)
+    }
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("chain_len", &self.certs.len())
+            .finish_non_exhaustive()
+    }
+}
