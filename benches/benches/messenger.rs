@@ -31,7 +31,9 @@ async fn connect(s: &Setup) -> qrpc::Client {
         s.server.addr,
         qrpc::tls::ClientTls::pinned(s.server.fingerprint),
     )
-    .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+    .configure(|c| {
+        c.alpn(vec![b"qpq/1".to_vec()]);
+    })
     .connect()
     .await
     .unwrap()

@@ -61,15 +61,17 @@ pub async fn qrpc_pair_with(profile: qrpc::TransportProfile) -> Result<EchoClien
     let server = qrpc::Server::builder()
         .tls(cert.server_tls())
         .configure(|c| {
-            c.max_concurrent_streams = MAX_STREAMS;
-            c.transport_profile = profile;
+            c.max_concurrent_streams(MAX_STREAMS);
+            c.transport_profile(profile);
         })
         .add_service(EchoServer::new(EchoService::default()))
         .bind(loopback())?;
     let addr = server.local_addr()?;
     tokio::spawn(server.serve());
     let client = qrpc::Client::builder(addr, ClientTls::pinned(cert.fingerprint()))
-        .configure(|c| c.transport_profile = profile)
+        .configure(|c| {
+            c.transport_profile(profile);
+        })
         .connect()
         .await?;
     Ok(EchoClient::new(client))
@@ -153,7 +155,9 @@ impl QrpcEchoServer {
         };
         let start = std::time::Instant::now();
         let client = qrpc::Client::builder(to, tls)
-            .configure(|c| c.zero_rtt = resume == Resume::ZeroRtt)
+            .configure(|c| {
+                c.zero_rtt(resume == Resume::ZeroRtt);
+            })
             .connect()
             .await?;
         let echo = EchoClient::new(client.clone());

@@ -59,8 +59,7 @@ impl Room for ChatRoom {
         if self.online_members().contains(&name) {
             return Err(Status::already_exists("that name is taken"));
         }
-        ctx.connection()
-            .bind_identity(PeerIdentity::new(name.as_str()));
+        ctx.peer().bind_identity(PeerIdentity::new(name.as_str()));
         self.members
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -148,7 +148,7 @@ impl fmt::Debug for ResponseBody {
 pub struct Streaming<T> {
     inner: MessageStream,
     /// On the client, where the server's response metadata arrives.
-    metadata: Option<crate::client::MetadataSlot>,
+    metadata: Option<crate::metadata::MetadataSlot>,
     done: bool,
     decode_code: crate::status::Code,
     _marker: PhantomData<fn() -> T>,
@@ -168,7 +168,10 @@ impl<T: prost::Message + Default> Streaming<T> {
 
     /// A typed stream over raw messages received by a client: a bad message from the server is
     /// the server's fault, so it maps to `Internal`.
-    pub(crate) fn from_server(inner: MessageStream, metadata: crate::client::MetadataSlot) -> Self {
+    pub(crate) fn from_server(
+        inner: MessageStream,
+        metadata: crate::metadata::MetadataSlot,
+    ) -> Self {
         Self {
             decode_code: crate::status::Code::Internal,
             metadata: Some(metadata),

@@ -8,13 +8,16 @@ pub use tower::Service;
 
 pub use crate::body::{MessageStream, RequestBody, ResponseBody, ServerRequest, ServerResponse};
 pub use crate::body::{ResponseStream, Streaming};
+pub use crate::client::TypedPushEvents;
 pub use crate::client::typed::{Transport, bidi, client_streaming, server_streaming, unary};
 pub use crate::client::{CallRequest, Client};
 pub use crate::context::RequestContext;
-pub use crate::push::{PushEvent, TypedPushEvents, TypedPushSender};
+pub use crate::event::PushEvent;
+pub use crate::method::{CallKind, MethodInfo, ServiceDescriptor};
+pub use crate::push::TypedPushSender;
 pub use crate::request::{IntoRequest, IntoStreamingRequest, Request, Response};
 pub use crate::routes::{
-    CallFuture, CallKind, MethodInfo, NamedService, ServiceDescriptor, serve_bidi,
-    serve_client_streaming, serve_server_streaming, serve_unary, serve_unimplemented,
+    CallFuture, NamedService, serve_bidi, serve_client_streaming, serve_server_streaming,
+    serve_unary, serve_unimplemented,
 };
 pub use crate::status::Status;

@@ -1,149 +1,18 @@
 //! What a handler and a layer know about a call: the peer, the connection and its state.
 //!
 //! The connection is the session: a handler that authenticates a peer binds an [`PeerIdentity`] to
-//! the [`Connection`], and every later call on that connection sees it.
+//! the [`Peer`], and every later call on that connection sees it.
 
-use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use crate::extensions::Extensions;
+pub use crate::identity::PeerIdentity;
+use crate::io::QuicSlot;
 use crate::metadata::Metadata;
+use crate::method::MethodInfo;
 use crate::push::{PushRegistry, PushSender};
-use crate::routes::MethodInfo;
-
-/// The QUIC connection behind the handles an application may keep ([`Connection`],
-/// [`PushSender`]), emptied by the server when the connection ends.
-///
-/// Every quinn connection handle keeps the endpoint's UDP socket open. If the handles an
-/// application holds on to (a session table, a push registry) held quinn's connection
-/// itself, a stopped server's socket would stay bound for as long as any of them lived, and
-/// a server restarted on the same address could not bind it.
-#[derive(Clone, Default)]
-pub(crate) struct QuicSlot(Arc<std::sync::RwLock<Option<quinn::Connection>>>);
-
-impl fmt::Debug for QuicSlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let open = self.with(|_| ()).is_some();
-        f.debug_struct("QuicSlot").field("open", &open).finish()
-    }
-}
-
-impl QuicSlot {
-    pub(crate) fn new(conn: quinn::Connection) -> Self {
-        Self(Arc::new(std::sync::RwLock::new(Some(conn))))
-    }
-
-    /// A detached slot: no connection, ever.
-    #[cfg(feature = "testing")]
-    pub(crate) fn empty() -> Self {
-        Self::default()
-    }
-
-    /// Runs `f` on the connection while it lasts; `None` once it ended (or when detached).
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&quinn::Connection) -> R) -> Option<R> {
-        let guard = self
-            .0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.as_ref().map(f)
-    }
-
-    /// Drops the connection handle: called once the connection has ended.
-    pub(crate) fn clear(&self) {
-        let taken = self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        drop(taken);
-    }
-}
-
-/// An authenticated principal bound to a connection (a user or device name, or a key id).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerIdentity(Arc<str>);
-
-impl PeerIdentity {
-    /// An identity from its textual form.
-    pub fn new(id: impl Into<Arc<str>>) -> Self {
-        Self(id.into())
-    }
-
-    /// The textual form.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for PeerIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeerIdentity({:?})", &*self.0)
-    }
-}
-
-impl fmt::Display for PeerIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A map from type to one value of that type, for state that layers and handlers share.
-#[derive(Default)]
-pub struct Extensions {
-    map: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
-}
-
-impl Extensions {
-    /// An empty map.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Stores `value`, returning the previous value of the same type.
-    pub fn insert<T: Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
-        self.map
-            .insert(TypeId::of::<T>(), Box::new(value))
-            .and_then(|old| old.downcast().ok().map(|b: Box<T>| *b))
-    }
-
-    /// The stored value of type `T`.
-    pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
-        self.map.get(&TypeId::of::<T>())?.downcast_ref()
-    }
-
-    /// The stored value of type `T`, mutably.
-    pub fn get_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
-        self.map.get_mut(&TypeId::of::<T>())?.downcast_mut()
-    }
-
-    /// Removes and returns the stored value of type `T`.
-    pub fn remove<T: Send + Sync + 'static>(&mut self) -> Option<T> {
-        self.map
-            .remove(&TypeId::of::<T>())
-            .and_then(|old| old.downcast().ok().map(|b: Box<T>| *b))
-    }
-
-    /// The number of stored values.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether nothing is stored.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
-
-impl fmt::Debug for Extensions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Values may be secrets (session keys, tokens): show only how many there are.
-        f.debug_struct("Extensions")
-            .field("len", &self.map.len())
-            .finish()
-    }
-}
 
 #[derive(Default)]
 struct ConnectionData {
@@ -168,9 +37,9 @@ struct ConnectionInner {
 
 /// A server-side handle to one client connection and its state. Cheap to clone.
 #[derive(Clone)]
-pub struct Connection(Arc<ConnectionInner>);
+pub struct Peer(Arc<ConnectionInner>);
 
-impl Connection {
+impl Peer {
     /// The application's handle to `quic`; `push` gets to send datagrams (events of up to
     /// `max_datagram_event` bytes) through the same slot.
     pub(crate) fn new(
@@ -350,9 +219,9 @@ impl Connection {
     }
 }
 
-impl fmt::Debug for Connection {
+impl fmt::Debug for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection")
+        f.debug_struct("Peer")
             .field("id", &self.id())
             .field("remote", &self.remote_address())
             .field("identity", &self.identity())
@@ -379,7 +248,7 @@ impl ResponseMetadata {
 /// What a handler and a layer see of one call.
 #[derive(Debug)]
 pub struct RequestContext {
-    connection: Connection,
+    connection: Peer,
     method_id: u16,
     method: Option<MethodInfo>,
     request_id: u32,
@@ -394,7 +263,7 @@ impl RequestContext {
     /// A context for a call; the server builds these (tests use
     /// [`testing::request_context`](crate::testing::request_context)).
     pub(crate) fn new(
-        connection: Connection,
+        connection: Peer,
         method_id: u16,
         method: Option<MethodInfo>,
         request_id: u32,
@@ -440,7 +309,7 @@ impl RequestContext {
     }
 
     /// The connection the call arrived on.
-    pub fn connection(&self) -> &Connection {
+    pub fn peer(&self) -> &Peer {
         &self.connection
     }
 
@@ -534,7 +403,7 @@ mod tests {
             .map(|i| PeerIdentity::new(format!("user{i}")))
             .collect();
         for _ in 0..300 {
-            let conn = Connection::detached("127.0.0.1:9".parse().unwrap(), registry.clone());
+            let conn = Peer::detached("127.0.0.1:9".parse().unwrap(), registry.clone());
             let threads: Vec<_> = (0..4)
                 .map(|t| {
                     let (conn, names) = (conn.clone(), names.clone());
@@ -568,7 +437,7 @@ mod tests {
 
     #[test]
     fn bind_identity_with_changes_the_extensions_in_the_same_step() {
-        let conn = Connection::detached("127.0.0.1:9".parse().unwrap(), PushRegistry::new());
+        let conn = Peer::detached("127.0.0.1:9".parse().unwrap(), PushRegistry::new());
         let previous = conn.bind_identity_with(PeerIdentity::new("a"), |e| e.insert(1u32));
         assert_eq!(previous, None);
         let previous = conn.bind_identity_with(PeerIdentity::new("b"), |e| e.insert(2u32));

@@ -1,6 +1,9 @@
 //! The thin async shell around the frame codec: reading frames from and writing frames to QUIC
 //! streams.
 
+use std::fmt;
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 
@@ -156,5 +159,53 @@ mod tests {
         let header = PushHeader::peek(&short, u32::MAX).unwrap();
         reserve_frame(&mut short, PUSH_HEADER_LEN, header.map(|h| h.payload_len));
         assert_eq!(short.len(), 2);
+    }
+}
+
+/// The QUIC connection behind the handles an application may keep ([`Peer`],
+/// [`PushSender`]), emptied by the server when the connection ends.
+///
+/// Every quinn connection handle keeps the endpoint's UDP socket open. If the handles an
+/// application holds on to (a session table, a push registry) held quinn's connection
+/// itself, a stopped server's socket would stay bound for as long as any of them lived, and
+/// a server restarted on the same address could not bind it.
+#[derive(Clone, Default)]
+pub(crate) struct QuicSlot(Arc<std::sync::RwLock<Option<quinn::Connection>>>);
+
+impl fmt::Debug for QuicSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let open = self.with(|_| ()).is_some();
+        f.debug_struct("QuicSlot").field("open", &open).finish()
+    }
+}
+
+impl QuicSlot {
+    pub(crate) fn new(conn: quinn::Connection) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Some(conn))))
+    }
+
+    /// A detached slot: no connection, ever.
+    #[cfg(feature = "testing")]
+    pub(crate) fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` on the connection while it lasts; `None` once it ended (or when detached).
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&quinn::Connection) -> R) -> Option<R> {
+        let guard = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.as_ref().map(f)
+    }
+
+    /// Drops the connection handle: called once the connection has ended.
+    pub(crate) fn clear(&self) {
+        let taken = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        drop(taken);
     }
 }

@@ -8,7 +8,7 @@
 //!  ┌────────────────────┐    one bidi stream per call    ┌──────────────────────────────┐
 //!  │ Client (clone-able)│ ─────────────────────────────▶ │ accept loop ─▶ call task     │
 //!  │  └ client layers   │  [method][req_id][len][proto]  │   layers (auth, rate, audit) │
-//!  │    └ Channel       │ ◀───────────────────────────── │     └ Routes ─▶ handler      │
+//!  │    └ CallService   │ ◀───────────────────────────── │     └ Router ─▶ handler      │
 //!  │ PushEvents         │  [status][req_id][len][proto]  │ PushSender / PushRegistry    │
 //!  │                    │ ◀══ one uni stream: push ═════ │                              │
 //!  └────────────────────┘                                └──────────────────────────────┘
@@ -17,7 +17,7 @@
 //! * [`Server`] — builder with `.layer()`, `.add_service()`, `.serve()` and
 //!   `.serve_with_shutdown()`; limits in [`ServerConfig`].
 //! * [`Client`] — shared connection, all four call kinds, push events, reconnect with backoff.
-//! * [`middleware`] — auth, rate limiting (governor) and audit layers.
+//! * [`middleware`] — auth, rate limiting (feature `rate-limit`) and audit layers.
 //! * [`tls`] — rustls with aws-lc-rs (post-quantum `X25519MLKEM768` key exchange preferred),
 //!   self-signed certificates for development, PEM loading and certificate pinning.
 //!
@@ -67,10 +67,14 @@ mod client;
 #[doc(hidden)]
 pub mod codegen;
 mod context;
+mod event;
 mod extension;
+mod extensions;
 mod frame;
+mod identity;
 mod io;
 mod metadata;
+mod method;
 mod metrics;
 pub mod middleware;
 pub mod protocol;
@@ -88,20 +92,21 @@ pub use body::{
     MessageStream, RequestBody, ResponseBody, ResponseStream, ServerRequest, ServerResponse,
     Streaming,
 };
+pub use client::TypedPushEvents;
 pub use client::{
-    CallRequest, Channel, Client, ClientBuilder, ClientConfig, ClientError, ConnectionState,
+    CallRequest, CallService, Client, ClientBuilder, ClientConfig, ClientError, ConnectionState,
     Disconnect, OutgoingBody, PushEvents, RawPush, ReconnectPolicy,
 };
-pub use context::{Connection, Extensions, PeerIdentity, RequestContext};
+pub use context::{Extensions, Peer, PeerIdentity, RequestContext};
+pub use event::PushEvent;
 pub use metadata::{InvalidMetadata, Metadata};
+pub use method::{CallKind, MethodInfo, MethodRef, ServiceDescriptor};
 pub use push::{
-    PushDelivery, PushError, PushEvent, PushRegistry, PushSender, TypedPushEvents, TypedPushSender,
-    UnreliableDelivery,
+    PushDelivery, PushError, PushRegistry, PushSender, TypedPushSender, UnreliableDelivery,
 };
 pub use request::{IntoRequest, IntoStreamingRequest, Request, Response};
 pub use routes::{
-    CallKind, DuplicateMethodId, Handler, HostedService, LayerExt, MethodInfo, MethodRef, Methods,
-    Named, NamedService, Routes, ServiceDescriptor,
+    DuplicateMethodId, Handler, HostedService, LayerExt, Methods, Named, NamedService, Router,
 };
 pub use server::{BoundServer, Server, ServerConfig, ServerError};
 pub use status::{Code, Status};

@@ -11,6 +11,10 @@ use bytes::Bytes;
 /// Longest key, in bytes.
 pub(crate) const MAX_KEY_LEN: usize = 128;
 
+/// Where a call's response metadata is put when the server's extension frame arrives (before
+/// the first response message).
+pub(crate) type MetadataSlot = std::sync::Arc<std::sync::Mutex<Option<Metadata>>>;
+
 /// Why a key or value cannot be metadata.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

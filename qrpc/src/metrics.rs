@@ -32,13 +32,12 @@ struct MethodMetrics {
 }
 
 impl CallMetrics {
-    /// Handles for every method of `routes`.
+    /// Handles for every method of a server.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn new(routes: &crate::routes::Routes) -> Self {
+    pub(crate) fn new<'a>(methods: impl Iterator<Item = &'a crate::method::MethodInfo>) -> Self {
         #[cfg(feature = "metrics")]
         {
-            let methods = routes
-                .methods()
+            let methods = methods
                 .map(|m| {
                     let metrics = MethodMetrics {
                         name: m.to_string(),

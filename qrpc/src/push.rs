@@ -26,8 +26,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::context::PeerIdentity;
+use crate::event::PushEvent;
 use crate::frame::PushFrame;
+use crate::identity::PeerIdentity;
 
 /// Why a push event was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,7 +62,7 @@ pub struct PushSender {
 /// The connection an unreliable event is sent on, and the largest datagram event.
 #[derive(Clone, Debug)]
 struct Datagrams {
-    conn: crate::context::QuicSlot,
+    conn: crate::io::QuicSlot,
     max_event: usize,
 }
 
@@ -95,11 +96,7 @@ impl PushSender {
     }
 
     /// Lets unreliable events go out as datagrams on `conn`, up to `max_event` bytes each.
-    pub(crate) fn with_datagrams(
-        mut self,
-        conn: crate::context::QuicSlot,
-        max_event: usize,
-    ) -> Self {
+    pub(crate) fn with_datagrams(mut self, conn: crate::io::QuicSlot, max_event: usize) -> Self {
         self.datagrams = Some(Datagrams { conn, max_event });
         self
     }
@@ -315,20 +312,6 @@ pub(crate) async fn run_writer(conn: quinn::Connection, mut rx: mpsc::Receiver<P
     }
 }
 
-/// A typed push event: generated for every `(qrpc.push_channel)` message by qrpc-build.
-pub trait PushEvent: Sized + Send + 'static {
-    /// Whether the channel is unreliable (`(qrpc.unreliable)`): its events go as QUIC
-    /// datagrams where possible.
-    const UNRELIABLE: bool = false;
-
-    /// The event type on the wire.
-    fn event_type(&self) -> u16;
-    /// The protobuf payload.
-    fn encode_payload(&self) -> Bytes;
-    /// Rebuilds an event from a push frame; unknown types and bad payloads are errors.
-    fn decode_payload(event_type: u16, payload: Bytes) -> Result<Self, crate::Status>;
-}
-
 /// Sends typed events to one connection.
 #[derive(Debug)]
 pub struct TypedPushSender<E> {
@@ -395,42 +378,5 @@ impl PushRegistry {
             }
         }
         delivery
-    }
-}
-
-/// A client's push events, decoded. An event that does not decode yields an error and the
-/// stream goes on.
-#[derive(Debug)]
-pub struct TypedPushEvents<E> {
-    inner: crate::client::PushEvents,
-    _marker: std::marker::PhantomData<fn() -> E>,
-}
-
-impl<E: PushEvent> TypedPushEvents<E> {
-    /// A typed view of a client's push events.
-    pub fn new(inner: crate::client::PushEvents) -> Self {
-        Self {
-            inner,
-            _marker: std::marker::PhantomData,
-        }
-    }
-
-    /// The next event; `None` once the client is closed for good.
-    pub async fn recv(&mut self) -> Option<Result<E, crate::Status>> {
-        Some(self.inner.recv().await?.decode())
-    }
-}
-
-impl<E: PushEvent> futures::Stream for TypedPushEvents<E> {
-    type Item = Result<E, crate::Status>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use futures::StreamExt;
-        self.inner
-            .poll_next_unpin(cx)
-            .map(|push| push.map(crate::client::RawPush::decode))
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::context::Extensions;
+use crate::extensions::Extensions;
 use crate::metadata::Metadata;
 
 /// A request message with its per-call options: a timeout, metadata for the server, and

@@ -14,101 +14,8 @@ use crate::body::{
     RequestBody, ResponseBody, ResponseStream, ServerRequest, ServerResponse, Streaming,
 };
 use crate::context::RequestContext;
+use crate::method::{MethodInfo, ServiceDescriptor};
 use crate::status::Status;
-
-/// The four call kinds (`docs/wire-protocol.md`, "Call kinds").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CallKind {
-    /// One request, one response.
-    Unary,
-    /// One request, a stream of responses.
-    ServerStreaming,
-    /// A stream of requests, one response.
-    ClientStreaming,
-    /// A stream of requests and a stream of responses.
-    Bidi,
-}
-
-impl CallKind {
-    /// Whether the client sends a stream (and so opens the call with an empty frame).
-    pub fn client_streams(self) -> bool {
-        matches!(self, Self::ClientStreaming | Self::Bidi)
-    }
-
-    /// Whether the server answers with a stream.
-    pub fn server_streams(self) -> bool {
-        matches!(self, Self::ServerStreaming | Self::Bidi)
-    }
-}
-
-/// Static description of one method: what logs, layers and tooling need to know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MethodInfo {
-    /// The wire id, unique within a server.
-    pub id: u16,
-    /// Fully qualified service name, such as `echo.v1.Echo`.
-    pub service: &'static str,
-    /// Method name as written in the `.proto`, such as `Say`.
-    pub name: &'static str,
-    /// The call kind.
-    pub kind: CallKind,
-    /// Whether calling it twice has the effect of calling it once (the `.proto` sets
-    /// `idempotency_level`). Only such calls travel in 0-RTT data, which can be replayed.
-    pub idempotent: bool,
-}
-
-/// Names a method in a policy: a generated [`MethodInfo`] constant (preferred: it cannot drift
-/// from the `.proto`) or a raw wire id.
-pub trait MethodRef {
-    /// The method's wire id.
-    fn method_id(&self) -> u16;
-}
-
-impl MethodRef for u16 {
-    fn method_id(&self) -> u16 {
-        *self
-    }
-}
-
-impl MethodRef for MethodInfo {
-    fn method_id(&self) -> u16 {
-        self.id
-    }
-}
-
-impl<M: MethodRef + ?Sized> MethodRef for &M {
-    fn method_id(&self) -> u16 {
-        (**self).method_id()
-    }
-}
-
-impl fmt::Display for MethodInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.service, self.name)
-    }
-}
-
-/// Static description of a service: its name and methods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServiceDescriptor {
-    /// Fully qualified service name.
-    pub name: &'static str,
-    /// Every method of the service.
-    pub methods: &'static [MethodInfo],
-}
-
-impl ServiceDescriptor {
-    /// The method with `id`, if the service has one.
-    pub fn method(&self, id: u16) -> Option<&'static MethodInfo> {
-        self.methods.iter().find(|m| m.id == id)
-    }
-
-    /// The method called `name`, if the service has one.
-    pub fn method_by_name(&self, name: &str) -> Option<&'static MethodInfo> {
-        self.methods.iter().find(|m| m.name == name)
-    }
-}
 
 type HandlerFn = dyn Fn(
         ServerRequest<RequestBody>,
@@ -474,13 +381,13 @@ type BoxedService = tower::util::BoxCloneSyncService<
 
 /// The method table the server builds from its services.
 #[derive(Debug, Default)]
-pub(crate) struct RoutesBuilder {
+pub(crate) struct RouterBuilder {
     routes: HashMap<u16, (MethodInfo, BoxedService)>,
     errors: Vec<DuplicateMethodId>,
 }
 
-impl RoutesBuilder {
-    /// Routes every method of `service`'s descriptor to it. A method id taken by an earlier
+impl RouterBuilder {
+    /// Router every method of `service`'s descriptor to it. A method id taken by an earlier
     /// service is recorded as an error that [`Server::bind`](crate::Server::bind) reports.
     pub(crate) fn add_service<S: HostedService>(&mut self, service: S) {
         let descriptor = service.descriptor();
@@ -501,26 +408,26 @@ impl RoutesBuilder {
         }
     }
 
-    pub(crate) fn build(self) -> Result<Routes, DuplicateMethodId> {
+    pub(crate) fn build(self) -> Result<Router, DuplicateMethodId> {
         if let Some(err) = self.errors.into_iter().next() {
             return Err(err);
         }
-        Ok(Routes(Arc::new(self.routes)))
+        Ok(Router(Arc::new(self.routes)))
     }
 }
 
 /// The innermost service of a server: dispatches a raw request by method id to the service
 /// that has the method. An id no service has gets `Unimplemented`.
 #[derive(Clone)]
-pub struct Routes(Arc<HashMap<u16, (MethodInfo, BoxedService)>>);
+pub struct Router(Arc<HashMap<u16, (MethodInfo, BoxedService)>>);
 
-impl fmt::Debug for Routes {
+impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set().entries(self.methods()).finish()
     }
 }
 
-impl Routes {
+impl Router {
     /// The registered method with `id`.
     pub fn method(&self, id: u16) -> Option<MethodInfo> {
         self.0.get(&id).map(|(info, _)| *info)
@@ -532,7 +439,7 @@ impl Routes {
     }
 }
 
-impl tower::Service<ServerRequest<RequestBody>> for Routes {
+impl tower::Service<ServerRequest<RequestBody>> for Router {
     type Response = ServerResponse<ResponseBody>;
     type Error = Status;
     type Future = CallFuture;

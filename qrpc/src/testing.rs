@@ -12,21 +12,21 @@
 
 use std::net::SocketAddr;
 
-use crate::context::{Connection, RequestContext};
+use crate::context::{Peer, RequestContext};
+use crate::method::MethodInfo;
 use crate::push::PushRegistry;
-use crate::routes::MethodInfo;
 
 /// A connection from `remote` that is not backed by QUIC. Its push sender reports
 /// [`PushError::Closed`](crate::PushError::Closed); binding an identity registers it in
 /// `registry` like a real connection; it never closes and never sees a server shutdown.
-pub fn detached_connection(remote: SocketAddr, registry: PushRegistry) -> Connection {
-    Connection::detached(remote, registry)
+pub fn detached_connection(remote: SocketAddr, registry: PushRegistry) -> Peer {
+    Peer::detached(remote, registry)
 }
 
 /// The context of a call of `method_id` (described by `method` when the server has it) with
 /// `request_id`, on `connection`.
 pub fn request_context(
-    connection: &Connection,
+    connection: &Peer,
     method_id: u16,
     method: Option<MethodInfo>,
     request_id: u32,

@@ -156,11 +156,13 @@ async fn unknown_method_is_unimplemented() {
 #[tokio::test]
 async fn oversize_payload_fails_that_call_only() {
     let server = start_with(TestService::default(), |c| {
-        c.max_payload = 64 * 1024;
+        c.max_payload(64 * 1024);
         c
     });
     let client = qrpc::Client::builder(server.addr, server.tls())
-        .configure(|c| c.max_payload = 8 * 1024 * 1024)
+        .configure(|c| {
+            c.max_payload(8 * 1024 * 1024);
+        })
         .connect()
         .await
         .unwrap();
@@ -200,7 +202,7 @@ async fn oversize_payload_fails_that_call_only() {
 #[tokio::test]
 async fn a_server_sending_one_datagram_at_a_time_still_moves_megabytes() {
     let server = start_with(TestService::default(), |c| {
-        c.segmentation_offload = false;
+        c.segmentation_offload(false);
         c
     });
     let client = qrpc::Client::builder(server.addr, server.tls())
@@ -219,7 +221,9 @@ async fn a_server_sending_one_datagram_at_a_time_still_moves_megabytes() {
 async fn oversize_response_is_refused_by_the_client() {
     let server = start(TestService::default());
     let client = qrpc::Client::builder(server.addr, server.tls())
-        .configure(|c| c.max_payload = 1024)
+        .configure(|c| {
+            c.max_payload(1024);
+        })
         .connect()
         .await
         .unwrap();
@@ -355,7 +359,7 @@ async fn frames_of_another_call_end_the_stream_with_invalid_argument() {
 #[tokio::test]
 async fn stream_without_header_is_reset_after_the_header_timeout() {
     let server = start_with(TestService::default(), |c| {
-        c.header_timeout = Duration::from_millis(200);
+        c.header_timeout(Duration::from_millis(200));
         c
     });
     let conn = raw_connection(&server).await;

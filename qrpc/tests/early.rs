@@ -83,7 +83,7 @@ impl Early {
                 TYPING,
                 Handler::unary(|ctx, m: Msg| async move {
                     let how = ctx
-                        .connection()
+                        .peer()
                         .push()
                         .send_unreliable(TYPING_EVENT, m.data.into())
                         .map_err(|e| Status::internal(e.to_string()))?;
@@ -133,7 +133,7 @@ fn serve(
     let server = Server::builder()
         .tls(cert.server_tls())
         .configure(|c| {
-            c.shutdown_grace = std::time::Duration::from_secs(1);
+            c.shutdown_grace(std::time::Duration::from_secs(1));
             config(c);
         })
         .add_service(service.clone().into_methods())
@@ -159,7 +159,7 @@ async fn client(
 ) -> Client {
     Client::builder(addr, tls.clone())
         .configure(|c| {
-            c.zero_rtt = true;
+            c.zero_rtt(true);
             f(c);
         })
         .connect()
@@ -210,7 +210,10 @@ async fn a_resumed_client_sends_idempotent_calls_in_0rtt_and_nothing_else() {
     assert!(!again.early);
 
     // With 0-RTT off on the client, a resumed connection sends nothing early.
-    let careful = client(server.addr, &tls, |c| c.zero_rtt = false).await;
+    let careful = client(server.addr, &tls, |c| {
+        c.zero_rtt(false);
+    })
+    .await;
     let get: Msg = careful
         .unary(&GET, &Msg::default())
         .await
@@ -357,7 +360,8 @@ async fn a_call_waiting_on_a_failed_resumed_handshake_goes_to_the_next_connectio
 
     // The client returns before its handshake; PUT is not idempotent and waits for it.
     let resumed = client(addr, &tls, |c| {
-        c.reconnect.initial_backoff = std::time::Duration::from_millis(20);
+        c.reconnect_mut()
+            .initial_backoff(std::time::Duration::from_millis(20));
     })
     .await;
     let put = tokio::spawn({
@@ -396,7 +400,7 @@ async fn a_call_waiting_on_a_failed_resumed_handshake_goes_to_the_next_connectio
 async fn a_server_without_0rtt_runs_every_call_after_the_handshake() {
     let cert = SelfSigned::generate(&["localhost"]).unwrap();
     let server = serve(&cert, "127.0.0.1:0".parse().unwrap(), |c| {
-        c.zero_rtt = false
+        c.zero_rtt(false);
     });
     let tls = ClientTls::pinned(cert.fingerprint());
     learn_ticket(server.addr, &tls).await;
@@ -429,7 +433,7 @@ async fn typing(client: &Client, data: Vec<u8>) -> String {
 async fn unreliable_events_travel_as_datagrams_and_fall_back_to_the_push_stream() {
     let cert = SelfSigned::generate(&["localhost"]).unwrap();
     let server = serve(&cert, "127.0.0.1:0".parse().unwrap(), |c| {
-        c.max_datagram_event = 200
+        c.max_datagram_event(200);
     });
     let tls = ClientTls::pinned(cert.fingerprint());
     let datagram = format!("{:?}", UnreliableDelivery::Datagram);
@@ -450,7 +454,10 @@ async fn unreliable_events_travel_as_datagrams_and_fall_back_to_the_push_stream(
     assert_eq!(events.recv().await.unwrap().payload().len(), 195);
 
     // A client that does not accept datagrams gets the same events on the push stream.
-    let refusing = client(server.addr, &tls, |c| c.datagrams = false).await;
+    let refusing = client(server.addr, &tls, |c| {
+        c.datagrams(false);
+    })
+    .await;
     let mut events = refusing.push_events().unwrap();
     assert_eq!(typing(&refusing, b"small".to_vec()).await, stream);
     let event = events.recv().await.unwrap();

@@ -19,7 +19,7 @@ async fn wrong_pinned_certificate_is_refused() {
     let err = Client::connect(server.addr, ClientTls::pinned(wrong))
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Connection(_)), "{err:?}");
+    assert!(matches!(err, ClientError::Peer(_)), "{err:?}");
     // A certificate trusted as a root works when the name matches, and fails when it does not.
     let other_cert = cert();
     let err = Client::connect(
@@ -28,7 +28,7 @@ async fn wrong_pinned_certificate_is_refused() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, ClientError::Connection(_)), "{err:?}");
+    assert!(matches!(err, ClientError::Peer(_)), "{err:?}");
 }
 
 #[tokio::test]
@@ -73,11 +73,13 @@ async fn push_events_arrive_in_queue_order() {
 #[tokio::test]
 async fn a_client_that_never_reads_push_stays_bounded() {
     let server = start_with(TestService::default(), |c| {
-        c.push_queue_capacity = 8;
+        c.push_queue_capacity(8);
         c
     });
     let client = Client::builder(server.addr, server.tls())
-        .configure(|c| c.push_buffer = 2)
+        .configure(|c| {
+            c.push_buffer(2);
+        })
         .connect()
         .await
         .unwrap();
@@ -178,7 +180,9 @@ async fn graceful_shutdown_completes_in_flight_calls() {
         .unwrap();
     // No new connections after shutdown.
     let refused = Client::builder(server.addr, server.tls())
-        .configure(|c| c.connect_timeout = Duration::from_millis(500))
+        .configure(|c| {
+            c.connect_timeout(Duration::from_millis(500));
+        })
         .connect()
         .await;
     assert!(refused.is_err());
@@ -189,7 +193,7 @@ async fn shutdown_grace_bounds_how_long_calls_may_run() {
     let service = TestService::default();
     let observed = service.observed.clone();
     let mut server = start_with(service, |c| {
-        c.shutdown_grace = Duration::from_millis(200);
+        c.shutdown_grace(Duration::from_millis(200));
         c
     });
     let client = server.client().await;
@@ -236,7 +240,7 @@ async fn handlers_see_the_shutdown_and_can_answer_before_the_grace() {
             async move {
                 started.notify_one();
                 // A long poll: it ends when the server shuts down.
-                ctx.connection().server_shutdown().await;
+                ctx.peer().server_shutdown().await;
                 Ok::<_, qrpc::Status>(Msg::n(7))
             }
         }),
@@ -244,7 +248,9 @@ async fn handlers_see_the_shutdown_and_can_answer_before_the_grace() {
     let cert = cert();
     let bound = qrpc::Server::builder()
         .tls(cert.server_tls())
-        .configure(|c| c.shutdown_grace = Duration::from_secs(600))
+        .configure(|c| {
+            c.shutdown_grace(Duration::from_secs(600));
+        })
         .add_service(waiter)
         .bind("127.0.0.1:0".parse().unwrap())
         .unwrap();
@@ -274,8 +280,8 @@ async fn client_reconnects_with_backoff_after_a_server_restart() {
     let addr = first.addr;
     let client = Client::builder(addr, first.tls())
         .configure(|c| {
-            c.reconnect.initial_backoff = Duration::from_millis(20);
-            c.reconnect.max_backoff = Duration::from_millis(200);
+            c.reconnect_mut().initial_backoff(Duration::from_millis(20));
+            c.reconnect_mut().max_backoff(Duration::from_millis(200));
         })
         .connect()
         .await
@@ -322,9 +328,9 @@ async fn reconnect_gives_up_after_max_attempts() {
     let mut server = start(TestService::default());
     let client = Client::builder(server.addr, server.tls())
         .configure(|c| {
-            c.reconnect.initial_backoff = Duration::from_millis(10);
-            c.reconnect.max_attempts = Some(2);
-            c.connect_timeout = Duration::from_millis(300);
+            c.reconnect_mut().initial_backoff(Duration::from_millis(10));
+            c.reconnect_mut().max_attempts(Some(2));
+            c.connect_timeout(Duration::from_millis(300));
         })
         .connect()
         .await
@@ -369,7 +375,7 @@ async fn connection_migrates_to_a_new_local_socket() {
 #[tokio::test]
 async fn idle_timeout_closes_quiet_connections_and_keep_alive_prevents_it() {
     let server = start_with(TestService::default(), |c| {
-        c.idle_timeout = Duration::from_millis(300);
+        c.idle_timeout(Duration::from_millis(300));
         c
     });
     // A client without keep-alives, used once and then left idle until the server's idle
@@ -377,8 +383,8 @@ async fn idle_timeout_closes_quiet_connections_and_keep_alive_prevents_it() {
     let idle_out = || async {
         let quiet = Client::builder(server.addr, server.tls())
             .configure(|c| {
-                c.keep_alive_interval = None;
-                c.reconnect.enabled = false;
+                c.keep_alive_interval(None);
+                c.reconnect_mut().enabled(false);
             })
             .connect()
             .await
@@ -395,8 +401,8 @@ async fn idle_timeout_closes_quiet_connections_and_keep_alive_prevents_it() {
     };
     let kept = Client::builder(server.addr, server.tls())
         .configure(|c| {
-            c.keep_alive_interval = Some(Duration::from_millis(100));
-            c.reconnect.enabled = false;
+            c.keep_alive_interval(Some(Duration::from_millis(100)));
+            c.reconnect_mut().enabled(false);
         })
         .connect()
         .await

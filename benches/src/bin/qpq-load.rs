@@ -103,7 +103,9 @@ async fn target(args: &Args) -> anyhow::Result<Target> {
 async fn connect(t: &Target) -> anyhow::Result<qrpc::Client> {
     Ok(
         qrpc::Client::builder(t.addr, qrpc::tls::ClientTls::pinned(t.fingerprint))
-            .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+            .configure(|c| {
+                c.alpn(vec![b"qpq/1".to_vec()]);
+            })
             .connect()
             .await?,
     )

@@ -44,7 +44,9 @@ pub fn local_fingerprint(dir: &Path) -> anyhow::Result<[u8; 32]> {
 /// Whether a qpq server with this certificate answers at `addr`.
 pub async fn answers(addr: SocketAddr, pin: [u8; 32]) -> bool {
     let connect = qrpc::Client::builder(addr, qrpc::tls::ClientTls::pinned(pin))
-        .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+        .configure(|c| {
+            c.alpn(vec![b"qpq/1".to_vec()]);
+        })
         .connect();
     matches!(
         tokio::time::timeout(Duration::from_secs(3), connect).await,

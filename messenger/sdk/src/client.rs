@@ -1711,7 +1711,9 @@ impl Inner {
             return Ok(client.clone());
         }
         let client = qrpc::Client::builder(self.server, self.tls.clone())
-            .configure(|c| c.alpn = vec![ALPN.to_vec()])
+            .configure(|c| {
+                c.alpn(vec![ALPN.to_vec()]);
+            })
             .connect()
             .await?;
         if let Some(push) = client.push_events() {

@@ -109,7 +109,9 @@ async fn messages_that_overtake_their_commit_wait_for_it_and_the_wait_is_bounded
         server.addr,
         qrpc::tls::ClientTls::pinned(server.fingerprint),
     )
-    .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+    .configure(|c| {
+        c.alpn(vec![b"qpq/1".to_vec()]);
+    })
     .connect()
     .await
     .unwrap();

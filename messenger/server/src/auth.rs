@@ -46,7 +46,7 @@ impl<S: Store> Api<S> {
     /// Counts one authentication attempt against the connection's lifetime allowance.
     fn count_attempt(&self, ctx: &RequestContext) -> Result<(), Status> {
         let max = self.state.limits.auth_attempts_per_connection;
-        ctx.connection().with_extensions(|e| {
+        ctx.peer().with_extensions(|e| {
             if e.get::<AuthAttempts>().is_none() {
                 e.insert(AuthAttempts::default());
             }
@@ -165,7 +165,7 @@ impl<S: Store> Auth for Api<S> {
         .map_err(|_| Status::invalid_argument("credential_request rejected"))?;
         let login_id: [u8; 16] = rand::random();
         let now = self.state.now_ms();
-        ctx.connection().with_extensions(|e| {
+        ctx.peer().with_extensions(|e| {
             if e.get::<PendingLogins>().is_none() {
                 e.insert(PendingLogins::default());
             }
@@ -210,7 +210,7 @@ impl<S: Store> Auth for Api<S> {
             CredentialFinalization::<OpaqueSuite>::deserialize(&request.credential_finalization)
                 .map_err(malformed("credential_finalization"))?;
         let pending = ctx
-            .connection()
+            .peer()
             .with_extensions(|e| {
                 e.get_mut::<PendingLogins>()
                     .and_then(|p| p.0.remove(&login_id))
@@ -267,7 +267,7 @@ impl<S: Store> Auth for Api<S> {
             )
             .await?;
         self.state.sessions.bind(
-            ctx.connection(),
+            ctx.peer(),
             SessionInfo::new(device, expires_at_ms, token_hash),
         );
         Ok(v1::LoginFinishResponse {
@@ -301,7 +301,7 @@ impl<S: Store> Auth for Api<S> {
             .filter(|s| s.expires_at_ms > self.state.now_ms())
             .ok_or_else(|| Status::unauthenticated("session expired or unknown"))?;
         self.state.sessions.bind(
-            ctx.connection(),
+            ctx.peer(),
             SessionInfo::new(session.device.clone(), session.expires_at_ms, token_hash),
         );
         Ok(v1::ResumeSessionResponse {
@@ -319,14 +319,14 @@ impl<S: Store> Auth for Api<S> {
         let me = caller(&ctx)?;
         self.check_write(&me)?;
         let Some(info) = ctx
-            .connection()
+            .peer()
             .with_extensions(|e| e.get::<SessionInfo>().cloned())
         else {
             return Err(Status::unauthenticated("log in first"));
         };
         // As for revocation: ending the session does not depend on the caller staying.
         let state = Arc::clone(&self.state);
-        let this_connection = ctx.connection().id();
+        let this_connection = ctx.peer().id();
         let done = tokio::spawn(async move {
             state.store.delete_session(info.token_hash.to_vec()).await?;
             state
@@ -357,7 +357,7 @@ impl<S> SessionAuth<S> {
 
 impl<S: Store> Authenticator for SessionAuth<S> {
     fn authenticate(&self, ctx: &RequestContext) -> Result<(), Status> {
-        let conn = ctx.connection();
+        let conn = ctx.peer();
         let Some(info) = conn.with_extensions(|e| e.get::<SessionInfo>().cloned()) else {
             return Err(Status::unauthenticated("log in first"));
         };

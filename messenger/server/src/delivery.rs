@@ -142,7 +142,7 @@ impl<S: Store> Api<S> {
 
     /// Takes one of the connection's `FetchWait` slots for as long as the guard lives.
     fn fetch_wait_slot(&self, ctx: &RequestContext) -> Result<FetchWaitSlot, Status> {
-        let counter = ctx.connection().with_extensions(|e| {
+        let counter = ctx.peer().with_extensions(|e| {
             if e.get::<FetchWaits>().is_none() {
                 e.insert(FetchWaits::default());
             }
@@ -266,7 +266,7 @@ impl<S: Store> Delivery for Api<S> {
             // graceful shutdown for its whole grace period.
             let woken = tokio::select! {
                 woken = tokio::time::timeout_at(deadline, arrivals.wait_past(request.after_seq)) => woken.is_ok(),
-                () = ctx.connection().server_shutdown() => false,
+                () = ctx.peer().server_shutdown() => false,
             };
             if !woken {
                 return Ok(v1::FetchResponse {

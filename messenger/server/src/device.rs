@@ -78,7 +78,7 @@ impl<S: Store> Device for Api<S> {
         // a caller that goes away (its stream reset) in between cannot leave the revoked
         // device a live session.
         let state = Arc::clone(&self.state);
-        let this_connection = ctx.connection().id();
+        let this_connection = ctx.peer().id();
         let done = tokio::spawn(async move {
             let revoked = state
                 .store

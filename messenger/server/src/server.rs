@@ -154,12 +154,12 @@ async fn prepare(config: &Config, clock: Clock) -> anyhow::Result<Prepared<Sqlit
 
     let limits = config.limits.clone();
     let builder = qrpc::Server::builder().tls(tls).configure(|c| {
-        c.max_payload = limits.max_payload_bytes;
-        c.max_concurrent_streams = limits.max_concurrent_streams;
-        c.segmentation_offload = limits.udp_segmentation_offload;
-        c.zero_rtt = limits.zero_rtt;
-        c.alpn = vec![b"qpq/1".to_vec()];
-        c.shutdown_grace = std::time::Duration::from_secs(10);
+        c.max_payload(limits.max_payload_bytes);
+        c.max_concurrent_streams(limits.max_concurrent_streams);
+        c.segmentation_offload(limits.udp_segmentation_offload);
+        c.zero_rtt(limits.zero_rtt);
+        c.alpn(vec![b"qpq/1".to_vec()]);
+        c.shutdown_grace(std::time::Duration::from_secs(10));
     });
     let state = Arc::new(
         AppState::new(
@@ -298,14 +298,14 @@ impl InProcess {
     }
 
     /// A fresh, unauthenticated connection from `remote` (not backed by QUIC).
-    pub fn connection(&self, remote: SocketAddr) -> qrpc::Connection {
+    pub fn connection(&self, remote: SocketAddr) -> qrpc::Peer {
         qrpc::testing::detached_connection(remote, self.state.registry.clone())
     }
 
     /// Makes one call of `method_id` with `body` on `connection`, through every layer.
     pub async fn call(
         &self,
-        connection: &qrpc::Connection,
+        connection: &qrpc::Peer,
         method_id: u16,
         body: qrpc::RequestBody,
     ) -> Result<qrpc::ServerResponse<qrpc::ResponseBody>, qrpc::Status> {

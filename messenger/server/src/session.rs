@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use qpq_proto::v1::{self, server_event_push::Event};
-use qrpc::{Connection, RequestContext, Status};
+use qrpc::{Peer, RequestContext, Status};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -96,7 +96,7 @@ impl SessionInfo {
 }
 
 struct Live {
-    connection: Connection,
+    connection: Peer,
     info: SessionInfo,
 }
 
@@ -131,7 +131,7 @@ impl Sessions {
     /// Binds `info` to the call's connection, replacing any session it had, atomically with
     /// respect to every other bind and end: the identity, the push registration and this
     /// registry always agree. Starts the watch that ends the session at its expiry.
-    pub fn bind(self: &Arc<Self>, connection: &Connection, mut info: SessionInfo) {
+    pub fn bind(self: &Arc<Self>, connection: &Peer, mut info: SessionInfo) {
         info.clock = self.clock.clone();
         {
             let mut map = self.lock();
@@ -220,7 +220,7 @@ impl Sessions {
     }
 
     /// Ends the session on one connection without closing it (the caller's own logout).
-    pub fn end_connection(&self, connection: &Connection) {
+    pub fn end_connection(&self, connection: &Peer) {
         let mut map = self.lock();
         if let Some(info) = connection.with_extensions(|e| e.remove::<SessionInfo>()) {
             info.ended.cancel();
@@ -263,7 +263,7 @@ fn remove_connection(map: &mut HashMap<DeviceId, Vec<Live>>, device: &DeviceId, 
 
 /// The call's live session, if its connection has one that has neither ended nor expired.
 pub fn live_session(ctx: &RequestContext) -> Option<SessionInfo> {
-    ctx.connection()
+    ctx.peer()
         .with_extensions(|e| e.get::<SessionInfo>().cloned())
         .filter(SessionInfo::is_live)
 }

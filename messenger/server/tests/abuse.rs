@@ -659,7 +659,7 @@ async fn in_process_with(users: &[(&str, &str)]) -> (tempfile::TempDir, InProces
     (dir, server)
 }
 
-fn logged_in(server: &InProcess, user: &str, device: &str, port: u16) -> qrpc::Connection {
+fn logged_in(server: &InProcess, user: &str, device: &str, port: u16) -> qrpc::Peer {
     let conn = server.connection(([127, 0, 0, 1], port).into());
     let token: [u8; 32] = rand::random();
     server.state.sessions.bind(
@@ -749,7 +749,7 @@ async fn fetch_wait_wakes_only_past_its_position_and_is_capped_per_connection() 
     assert_eq!(server.state.waiting_devices(), 0);
 
     // At most two FetchWaits wait on one connection; the third is refused at once.
-    let park = |conn: qrpc::Connection| {
+    let park = |conn: qrpc::Peer| {
         let server = Arc::clone(&server);
         tokio::spawn(async move {
             server

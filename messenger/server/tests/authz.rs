@@ -497,7 +497,7 @@ async fn device(server: &InProcess, user: &str, device: &str) -> DeviceId {
 }
 
 /// A fresh connection for one cell, with the session its column calls for.
-fn caller(server: &InProcess, column: usize, port: u16) -> qrpc::Connection {
+fn caller(server: &InProcess, column: usize, port: u16) -> qrpc::Peer {
     let conn = server.connection(([127, 0, 0, 1], port).into());
     let token: [u8; 32] = rand::random();
     let sessions = &server.state.sessions;
@@ -530,7 +530,7 @@ fn caller(server: &InProcess, column: usize, port: u16) -> qrpc::Connection {
 /// Creates "bob's" channel as `owner`, inviting `members`; returns its id.
 async fn create_channel(
     server: &InProcess,
-    owner: &qrpc::Connection,
+    owner: &qrpc::Peer,
     members: Vec<String>,
 ) -> bytes::Bytes {
     let created = server
@@ -690,7 +690,7 @@ async fn channel_membership_states() {
             device(&server, "carol", "pc").await;
             let bob = caller(&server, 1, 1);
             let mallory = caller(&server, 2, 2);
-            let call = |conn: &qrpc::Connection, method: u16, body: RequestBody| {
+            let call = |conn: &qrpc::Peer, method: u16, body: RequestBody| {
                 let conn = conn.clone();
                 let server = &server;
                 async move {

@@ -92,7 +92,9 @@ async fn audit_lines(log_peer_addresses: bool) -> String {
         running.addr,
         qrpc::tls::ClientTls::pinned(running.fingerprint),
     )
-    .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+    .configure(|c| {
+        c.alpn(vec![b"qpq/1".to_vec()]);
+    })
     .connect()
     .await
     .unwrap();

@@ -70,10 +70,10 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_or_session() {
         qrpc::tls::ClientTls::pinned(server.fingerprint),
     )
     .configure(|c| {
-        c.alpn = vec![b"qpq/1".to_vec()];
-        c.idle_timeout = std::time::Duration::from_secs(2);
-        c.keep_alive_interval = Some(std::time::Duration::from_millis(500));
-        c.reconnect.enabled = false;
+        c.alpn(vec![b"qpq/1".to_vec()]);
+        c.idle_timeout(std::time::Duration::from_secs(2));
+        c.keep_alive_interval(Some(std::time::Duration::from_millis(500)));
+        c.reconnect_mut().enabled(false);
     })
     .connect()
     .await

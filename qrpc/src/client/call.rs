@@ -1,8 +1,8 @@
-//! One call on the client: the [`Channel`] service beneath client layers.
+//! One call on the client: the [`CallService`] service beneath client layers.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,16 +14,17 @@ use quinn::SendStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::connection::{ConnectionState, EarlyHandle, EarlyStreams, Link, Live, PushEvents};
-use super::{ClientConfig, ClientError};
+use super::config::{ClientConfig, ClientError};
+use super::connection::{ConnectionState, EarlyHandle, EarlyStreams, Link, Live};
+use super::push::PushEvents;
 use crate::body::MessageStream;
 use crate::call_state::{ClientCallState, ResponseEvent};
 use crate::extension::{CallExtension, EXTENSION_METHOD_ID};
 use crate::frame::RequestFrame;
 use crate::io::write_request;
-use crate::metadata::Metadata;
+use crate::metadata::{Metadata, MetadataSlot};
+use crate::method::CallKind;
 use crate::protocol::reset;
-use crate::routes::CallKind;
 use crate::status::Status;
 use crate::tls::ClientTls;
 
@@ -43,10 +44,6 @@ impl std::fmt::Debug for OutgoingBody {
         }
     }
 }
-
-/// Where a call's response metadata is put when the server's extension frame arrives (before
-/// the first response message).
-pub(crate) type MetadataSlot = Arc<Mutex<Option<Metadata>>>;
 
 /// A call as client layers see it: the method, its kind, the outgoing body and its options.
 #[derive(Debug)]
@@ -169,20 +166,20 @@ impl CallRequest {
 
 /// The raw call service: opens one stream per call on the shared connection. Cheap to clone.
 #[derive(Clone)]
-pub struct Channel {
+pub struct CallService {
     link: Arc<Link>,
     next_request_id: Arc<AtomicU32>,
 }
 
-impl std::fmt::Debug for Channel {
+impl std::fmt::Debug for CallService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel")
+        f.debug_struct("CallService")
             .field("state", &*self.link.state().borrow())
             .finish()
     }
 }
 
-impl Channel {
+impl CallService {
     pub(super) async fn connect(
         addr: SocketAddr,
         tls: &ClientTls,
@@ -414,7 +411,7 @@ impl Channel {
     }
 }
 
-impl Channel {
+impl CallService {
     /// Whether the server speaks the call extension; the first call that needs to know asks
     /// it once for the connection (a probe: an extension frame alone on a stream).
     async fn speaks_extension(&self, live: &Live) -> Result<bool, Status> {
@@ -466,7 +463,7 @@ fn deadline_exceeded() -> Status {
     Status::deadline_exceeded("the call's deadline passed")
 }
 
-impl tower::Service<CallRequest> for Channel {
+impl tower::Service<CallRequest> for CallService {
     type Response = MessageStream;
     type Error = Status;
     type Future = BoxFuture<'static, Result<MessageStream, Status>>;

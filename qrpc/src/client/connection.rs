@@ -1,15 +1,13 @@
 //! The client's connection: dialing, the reconnect supervisor, and the push reader.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientConfig, ClientError};
+use super::config::{ClientConfig, ClientError};
+use super::push::PushEvents;
 use crate::frame::PushFrame;
 use crate::io::{FrameReader, ReadFrameError};
 use crate::protocol::close;
@@ -60,69 +58,6 @@ impl Disconnect {
                 reason: other.to_string(),
             },
         }
-    }
-}
-
-/// One push event as it arrived: its event type and encoded payload. Decode it with the
-/// generated event enum ([`RawPush::decode`]), or take [`PushEvents::typed`] for a stream of
-/// decoded events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawPush {
-    event_type: u16,
-    payload: bytes::Bytes,
-}
-
-impl RawPush {
-    /// The event type (an id from the push channel's `.proto`).
-    pub fn event_type(&self) -> u16 {
-        self.event_type
-    }
-
-    /// The encoded event.
-    pub fn payload(&self) -> &bytes::Bytes {
-        &self.payload
-    }
-
-    /// Decodes the event as `E` (a generated push channel's `Event`).
-    pub fn decode<E: crate::push::PushEvent>(self) -> Result<E, Status> {
-        E::decode_payload(self.event_type, self.payload)
-    }
-}
-
-impl RawPush {
-    fn from_frame(frame: PushFrame) -> Self {
-        Self {
-            event_type: frame.event_type,
-            payload: frame.payload,
-        }
-    }
-}
-
-/// The stream of push events a client receives. See [`Client::push_events`](super::Client::push_events).
-#[derive(Debug)]
-pub struct PushEvents {
-    rx: mpsc::Receiver<PushFrame>,
-}
-
-impl PushEvents {
-    /// The next event; `None` once the client is closed for good.
-    pub async fn recv(&mut self) -> Option<RawPush> {
-        self.rx.recv().await.map(RawPush::from_frame)
-    }
-
-    /// The same events, decoded as `E` (a generated push channel's `Event`).
-    pub fn typed<E: crate::push::PushEvent>(self) -> crate::push::TypedPushEvents<E> {
-        crate::push::TypedPushEvents::new(self)
-    }
-}
-
-impl Stream for PushEvents {
-    type Item = RawPush;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<RawPush>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|frame| frame.map(RawPush::from_frame))
     }
 }
 
@@ -328,7 +263,7 @@ impl Link {
                 disconnect: disconnect_rx,
                 closed,
             }),
-            PushEvents { rx: push_rx },
+            PushEvents::new(push_rx),
         ))
     }
 

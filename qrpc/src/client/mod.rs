@@ -2,147 +2,27 @@
 //! events, reconnect with backoff, and client-side tower layers.
 
 mod call;
+mod config;
 mod connection;
+mod push;
 pub(crate) mod typed;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
-pub(crate) use call::MetadataSlot;
-pub use call::{CallRequest, Channel, OutgoingBody};
-pub use connection::{ConnectionState, Disconnect, PushEvents, RawPush};
+pub use call::{CallRequest, CallService, OutgoingBody};
+pub use config::{ClientConfig, ClientError, ReconnectPolicy};
+pub use connection::{ConnectionState, Disconnect};
+pub use push::{PushEvents, RawPush, TypedPushEvents};
 
 use crate::body::{MessageStream, Streaming};
-use crate::frame::DEFAULT_MAX_PAYLOAD;
-use crate::protocol::DEFAULT_ALPN;
+use crate::method::MethodInfo;
 use crate::request::{IntoRequest, IntoStreamingRequest, Response};
-use crate::routes::MethodInfo;
 use crate::status::Status;
-use crate::tls::{ClientTls, TlsError};
-
-/// Why a client could not connect.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The TLS configuration was rejected.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// The local UDP socket could not be bound.
-    #[error("cannot bind a local socket: {0}")]
-    Bind(std::io::Error),
-    /// The connection attempt could not start (for example an invalid server name).
-    #[error("cannot connect: {0}")]
-    Connect(#[from] quinn::ConnectError),
-    /// The handshake failed (for example the server's certificate is not trusted).
-    #[error("connection failed: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    /// The handshake did not finish within the connect timeout.
-    #[error("connection attempt timed out")]
-    Timeout,
-}
-
-/// How the client reconnects after losing its connection.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ReconnectPolicy {
-    /// Whether to reconnect at all (default true).
-    pub enabled: bool,
-    /// Delay before the first retry (default 100 ms); doubles after every failure.
-    pub initial_backoff: Duration,
-    /// Upper bound of the delay (default 5 s).
-    pub max_backoff: Duration,
-    /// Attempts before giving up; `None` retries forever (default `None`).
-    pub max_attempts: Option<u32>,
-}
-
-impl Default for ReconnectPolicy {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
-            max_attempts: None,
-        }
-    }
-}
-
-/// Client limits and timeouts.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ClientConfig {
-    /// Largest payload of one response or push frame the client accepts (default 4 MiB).
-    pub max_payload: u32,
-    /// Handshake timeout, and how long a call waits for a connection (default 10 s).
-    pub connect_timeout: Duration,
-    /// Interval of QUIC keep-alive pings, which also keep the push stream open (default 10 s).
-    pub keep_alive_interval: Option<Duration>,
-    /// Idle timeout of the connection (default 30 s).
-    pub idle_timeout: Duration,
-    /// Push events buffered before the client stops reading the push stream (default 64).
-    pub push_buffer: usize,
-    /// ALPN protocol ids offered (default `qrpc/1`).
-    pub alpn: Vec<Vec<u8>>,
-    /// The local address to bind; by default loopback for a loopback server, else unspecified.
-    pub local_addr: Option<SocketAddr>,
-    /// Reconnect behaviour.
-    pub reconnect: ReconnectPolicy,
-    /// QUIC transport preset (default [`TransportProfile::Rpc`](crate::TransportProfile::Rpc)).
-    pub transport_profile: crate::TransportProfile,
-    /// Whether a resumed connection sends idempotent calls as 0-RTT data (default true).
-    ///
-    /// A client resumes a TLS session when its [`ClientTls`] (or a clone of it) reached the
-    /// same server before, in this client or another. Then [`ClientBuilder::connect`] and every
-    /// reconnect return without waiting for the handshake: unary and server-streaming calls of
-    /// methods marked idempotent go out at once, in the first flight; every other call waits
-    /// for the handshake to complete. If the server rejects the 0-RTT data, the idempotent calls
-    /// are sent again, once, after the handshake. Because the handshake is not awaited, a
-    /// server that vanished since the session was made is not a connect error: if the
-    /// handshake fails, the calls waiting on it wait for the next connection, as they do while
-    /// the client reconnects, and fail with `Unavailable` after the connect timeout.
-    pub zero_rtt: bool,
-    /// Whether the client accepts QUIC datagrams (default true). Servers send the events of
-    /// unreliable push channels as datagrams to clients that accept them, and on the push
-    /// stream to clients that do not.
-    pub datagrams: bool,
-}
-
-impl ClientConfig {
-    pub(crate) fn transport(&self) -> quinn::TransportConfig {
-        let mut transport = quinn::TransportConfig::default();
-        self.transport_profile.apply(&mut transport);
-        transport
-            .keep_alive_interval(self.keep_alive_interval)
-            .max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok())
-            // The server opens exactly one push stream per connection.
-            .max_concurrent_uni_streams(1u32.into());
-        if !self.datagrams {
-            transport.datagram_receive_buffer_size(None);
-        }
-        transport
-    }
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        Self {
-            max_payload: DEFAULT_MAX_PAYLOAD,
-            connect_timeout: Duration::from_secs(10),
-            keep_alive_interval: Some(Duration::from_secs(10)),
-            idle_timeout: Duration::from_secs(30),
-            push_buffer: 64,
-            alpn: vec![DEFAULT_ALPN.to_vec()],
-            local_addr: None,
-            reconnect: ReconnectPolicy::default(),
-            transport_profile: crate::TransportProfile::default(),
-            zero_rtt: true,
-            datagrams: true,
-        }
-    }
-}
+use crate::tls::ClientTls;
 
 type BoxedCallService = BoxCloneSyncService<CallRequest, MessageStream, tower::BoxError>;
 
@@ -165,6 +45,23 @@ impl<L> std::fmt::Debug for ClientBuilder<L> {
 }
 
 impl<L> ClientBuilder<L> {
+    /// Replaces the whole configuration.
+    ///
+    /// ```
+    /// let mut config = qrpc::ClientConfig::default();
+    /// config
+    ///     .connect_timeout(std::time::Duration::from_secs(3))
+    ///     .alpn(vec![b"my-app/1".to_vec()]);
+    /// # let tls = qrpc::tls::ClientTls::pinned([0; 32]);
+    /// let builder = qrpc::Client::builder("127.0.0.1:4433".parse()?, tls).config(config);
+    /// # let _ = builder;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
     /// Adjusts limits and timeouts in place.
     pub fn configure(mut self, f: impl FnOnce(&mut ClientConfig)) -> Self {
         f(&mut self.config);
@@ -185,12 +82,12 @@ impl<L> ClientBuilder<L> {
     /// Connects; fails if the first connection cannot be made.
     pub async fn connect(self) -> Result<Client, ClientError>
     where
-        L: Layer<Channel>,
+        L: Layer<CallService>,
         L::Service: Service<CallRequest, Response = MessageStream> + Clone + Send + Sync + 'static,
         <L::Service as Service<CallRequest>>::Error: Into<tower::BoxError>,
         <L::Service as Service<CallRequest>>::Future: Send + 'static,
     {
-        let (channel, push) = Channel::connect(self.addr, &self.tls, self.config).await?;
+        let (channel, push) = CallService::connect(self.addr, &self.tls, self.config).await?;
         let service = self.layer.layer(channel.clone()).map_err(Into::into);
         Ok(Client {
             channel,
@@ -206,7 +103,7 @@ impl<L> ClientBuilder<L> {
 /// lost when the client reconnects. Watch [`Client::state`] to re-establish it.
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
+    channel: CallService,
     service: BoxedCallService,
     push: Arc<std::sync::Mutex<Option<PushEvents>>>,
 }
@@ -236,7 +133,7 @@ impl Client {
     }
 
     /// The raw channel beneath the layers.
-    pub fn channel(&self) -> &Channel {
+    pub fn channel(&self) -> &CallService {
         &self.channel
     }
 

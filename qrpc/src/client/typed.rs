@@ -6,11 +6,11 @@ use futures::StreamExt;
 use prost::Message as _;
 use tower::{Service, ServiceExt};
 
-use super::call::{CallRequest, MetadataSlot, single_response};
+use super::call::{CallRequest, single_response};
 use crate::body::{MessageStream, Streaming};
-use crate::metadata::Metadata;
+use crate::metadata::{Metadata, MetadataSlot};
+use crate::method::MethodInfo;
 use crate::request::{IntoRequest, IntoStreamingRequest, Response};
-use crate::routes::MethodInfo;
 use crate::status::Status;
 
 /// What typed calls go through: a [`Client`](super::Client), or any tower service over

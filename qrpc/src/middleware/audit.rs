@@ -14,7 +14,7 @@ use tower::{BoxError, Layer, Service};
 
 use crate::body::ServerRequest;
 use crate::context::PeerIdentity;
-use crate::routes::MethodInfo;
+use crate::method::MethodInfo;
 use crate::status::{Code, Status};
 
 /// What the audit layer records of one call.

@@ -45,7 +45,7 @@ impl Authenticator for RequireIdentity {
     }
 }
 
-use crate::routes::MethodRef;
+use crate::method::MethodRef;
 
 /// Which methods are public. Every method not listed is protected: a method added later is
 /// protected until someone decides otherwise.

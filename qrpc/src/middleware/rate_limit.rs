@@ -175,7 +175,7 @@ impl RateLimitLayerBuilder {
 
     /// Limits calls of one method per caller (its identity once bound, its IP before). The
     /// method is a generated `MethodInfo` constant or a raw id.
-    pub fn per_method(mut self, method: impl crate::routes::MethodRef, quota: Quota) -> Self {
+    pub fn per_method(mut self, method: impl crate::method::MethodRef, quota: Quota) -> Self {
         self.per_method.insert(method.method_id(), quota);
         self
     }

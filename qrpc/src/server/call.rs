@@ -14,10 +14,10 @@ use quinn::{RecvStream, SendStream};
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-use super::Shared;
+use super::shared::Shared;
 use crate::body::{MessageStream, RequestBody, ResponseBody, ServerRequest, ServerResponse};
 use crate::call_state::{Rejection, RequestEvent, ServerCallState};
-use crate::context::{Connection, RequestContext};
+use crate::context::{Peer, RequestContext};
 use crate::extension::{CallExtension, EXTENSION_STATUS, ExtensionError};
 use crate::frame::ResponseFrame;
 use crate::io::write_response;
@@ -63,7 +63,7 @@ impl Incoming {
 pub(super) async fn serve_call<S>(
     mut send: SendStream,
     recv: RecvStream,
-    connection: Connection,
+    connection: Peer,
     shared: Arc<Shared>,
     service: S,
 ) where
@@ -178,7 +178,7 @@ pub(super) async fn serve_call<S>(
 /// A call whose opening frame arrived and may run.
 struct Opened {
     frame: crate::frame::RequestFrame,
-    method: Option<crate::routes::MethodInfo>,
+    method: Option<crate::method::MethodInfo>,
     /// It arrived in 0-RTT data.
     early: bool,
     /// The call's extension, if its stream began with one.
@@ -227,7 +227,7 @@ async fn serve_opened<S>(
     mut send: SendStream,
     incoming: Incoming,
     opened: Opened,
-    connection: Connection,
+    connection: Peer,
     shared: &Shared,
     service: S,
 ) where

@@ -12,40 +12,40 @@ use crate::protocol::DEFAULT_ALPN;
 pub struct ServerConfig {
     /// Largest payload of one request frame (default 4 MiB). A larger frame ends its call with
     /// `ResourceExhausted`.
-    pub max_payload: u32,
+    pub(crate) max_payload: u32,
     /// Calls (bidirectional streams) one connection may have open at once (default 100).
     /// QUIC flow control makes further calls wait on the client, not fail.
-    pub max_concurrent_streams: u32,
+    pub(crate) max_concurrent_streams: u32,
     /// A connection with no traffic for this long is closed (default 30 s).
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// A QUIC+TLS handshake that takes longer is abandoned (default 10 s).
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// A stream that does not deliver its first complete request frame in this time is reset
     /// with `HEADER_TIMEOUT` (default 10 s).
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// On graceful shutdown, how long in-flight calls may take to finish (default 30 s).
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
     /// Push events queued per connection before `try_send` reports `Full` (default 256).
-    pub push_queue_capacity: usize,
+    pub(crate) push_queue_capacity: usize,
     /// ALPN protocol ids offered, most preferred first (default `qrpc/1`).
-    pub alpn: Vec<Vec<u8>>,
+    pub(crate) alpn: Vec<Vec<u8>>,
     /// Whether quinn batches several datagrams into one send (UDP generic segmentation offload,
     /// where the socket supports it; default true). quinn keeps each connection's transmit
     /// buffer at the largest batch it sent (about 13 KB at ten segments), so a server holding
     /// many idle connections can turn this off to save that memory, at the cost of more system
     /// calls for bulk sends.
-    pub segmentation_offload: bool,
+    pub(crate) segmentation_offload: bool,
     /// QUIC transport preset (default [`TransportProfile::Rpc`](crate::TransportProfile::Rpc)).
-    pub transport_profile: crate::TransportProfile,
+    pub(crate) transport_profile: crate::TransportProfile,
     /// Whether resumed clients may send calls in 0-RTT data (default true). Only calls of
     /// methods marked idempotent are executed from 0-RTT data; any other call that arrives
     /// that way is reset with `TOO_EARLY` without running (0-RTT data can be replayed by an
     /// attacker; session tickets are single-use, which stops replays on other connections).
-    pub zero_rtt: bool,
+    pub(crate) zero_rtt: bool,
     /// Largest event, encoded, that an unreliable push channel sends as one QUIC datagram
     /// (default 1,200 bytes); larger events, and events for clients that do not accept
     /// datagrams, go on the push stream. The connection's path MTU bounds it further.
-    pub max_datagram_event: usize,
+    pub(crate) max_datagram_event: usize,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +68,90 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// Largest payload of one request frame (default 4 MiB). A larger frame ends its call with
+    /// `ResourceExhausted`.
+    pub fn max_payload(&mut self, value: u32) -> &mut Self {
+        self.max_payload = value;
+        self
+    }
+
+    /// Calls (bidirectional streams) one connection may have open at once (default 100).
+    /// QUIC flow control makes further calls wait on the client, not fail.
+    pub fn max_concurrent_streams(&mut self, value: u32) -> &mut Self {
+        self.max_concurrent_streams = value;
+        self
+    }
+
+    /// A connection with no traffic for this long is closed (default 30 s).
+    pub fn idle_timeout(&mut self, value: Duration) -> &mut Self {
+        self.idle_timeout = value;
+        self
+    }
+
+    /// A QUIC+TLS handshake that takes longer is abandoned (default 10 s).
+    pub fn handshake_timeout(&mut self, value: Duration) -> &mut Self {
+        self.handshake_timeout = value;
+        self
+    }
+
+    /// A stream that does not deliver its first complete request frame in this time is reset
+    /// with `HEADER_TIMEOUT` (default 10 s).
+    pub fn header_timeout(&mut self, value: Duration) -> &mut Self {
+        self.header_timeout = value;
+        self
+    }
+
+    /// On graceful shutdown, how long in-flight calls may take to finish (default 30 s).
+    pub fn shutdown_grace(&mut self, value: Duration) -> &mut Self {
+        self.shutdown_grace = value;
+        self
+    }
+
+    /// Push events queued per connection before `try_send` reports `Full` (default 256).
+    pub fn push_queue_capacity(&mut self, value: usize) -> &mut Self {
+        self.push_queue_capacity = value;
+        self
+    }
+
+    /// ALPN protocol ids offered, most preferred first (default `qrpc/1`).
+    pub fn alpn(&mut self, value: Vec<Vec<u8>>) -> &mut Self {
+        self.alpn = value;
+        self
+    }
+
+    /// Whether quinn batches several datagrams into one send (UDP generic segmentation offload,
+    /// where the socket supports it; default true). quinn keeps each connection's transmit
+    /// buffer at the largest batch it sent (about 13 KB at ten segments), so a server holding
+    /// many idle connections can turn this off to save that memory, at the cost of more system
+    /// calls for bulk sends.
+    pub fn segmentation_offload(&mut self, value: bool) -> &mut Self {
+        self.segmentation_offload = value;
+        self
+    }
+
+    /// QUIC transport preset (default [`TransportProfile::Rpc`](crate::TransportProfile::Rpc)).
+    pub fn transport_profile(&mut self, value: crate::TransportProfile) -> &mut Self {
+        self.transport_profile = value;
+        self
+    }
+
+    /// Whether resumed clients may send calls in 0-RTT data (default true). Only calls of
+    /// methods marked idempotent are executed from 0-RTT data; any other call that arrives
+    /// that way is reset with `TOO_EARLY` without running (0-RTT data can be replayed by an
+    /// attacker; session tickets are single-use, which stops replays on other connections).
+    pub fn zero_rtt(&mut self, value: bool) -> &mut Self {
+        self.zero_rtt = value;
+        self
+    }
+
+    /// Largest event, encoded, that an unreliable push channel sends as one QUIC datagram
+    /// (default 1,200 bytes); larger events, and events for clients that do not accept
+    /// datagrams, go on the push stream. The connection's path MTU bounds it further.
+    pub fn max_datagram_event(&mut self, value: usize) -> &mut Self {
+        self.max_datagram_event = value;
+        self
+    }
+
     pub(crate) fn transport(&self) -> Arc<quinn::TransportConfig> {
         let mut transport = quinn::TransportConfig::default();
         self.transport_profile.apply(&mut transport);

@@ -2,6 +2,7 @@
 
 mod call;
 mod config;
+mod shared;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,12 +15,13 @@ use tower_layer::{Identity as IdentityLayer, Layer, Stack};
 use tracing::Instrument;
 
 pub use config::ServerConfig;
+use shared::Shared;
 
 use crate::body::{RequestBody, ResponseBody, ServerRequest, ServerResponse};
-use crate::context::Connection;
+use crate::context::Peer;
 use crate::protocol::close;
 use crate::push::{PushRegistry, PushSender};
-use crate::routes::{DuplicateMethodId, HostedService, Routes, RoutesBuilder};
+use crate::routes::{DuplicateMethodId, HostedService, Router, RouterBuilder};
 use crate::tls::{ServerTls, TlsError};
 
 /// Why a server could not start.
@@ -63,7 +65,7 @@ pub struct Server<L = IdentityLayer> {
     config: ServerConfig,
     tls: Option<ServerTls>,
     layer: L,
-    routes: RoutesBuilder,
+    routes: RouterBuilder,
     registry: PushRegistry,
 }
 
@@ -74,7 +76,7 @@ impl Server<IdentityLayer> {
             config: ServerConfig::default(),
             tls: None,
             layer: IdentityLayer::new(),
-            routes: RoutesBuilder::default(),
+            routes: RouterBuilder::default(),
             registry: PushRegistry::new(),
         }
     }
@@ -130,7 +132,7 @@ impl<L> Server<L> {
     /// [`testing::detached_connection`](crate::testing::detached_connection) connections.
     pub fn into_service<S>(self) -> Result<S, DuplicateMethodId>
     where
-        L: Layer<Routes, Service = S>,
+        L: Layer<Router, Service = S>,
     {
         let routes = self.routes.build()?;
         Ok(self.layer.layer(routes))
@@ -139,7 +141,7 @@ impl<L> Server<L> {
     /// Binds the UDP socket; the server serves once [`BoundServer::serve`] runs.
     pub fn bind<S>(self, addr: SocketAddr) -> Result<BoundServer<S>, ServerError>
     where
-        L: Layer<Routes, Service = S>,
+        L: Layer<Router, Service = S>,
     {
         let routes = self.routes.build()?;
         let tls = self.tls.ok_or(ServerError::NoTls)?;
@@ -150,7 +152,7 @@ impl<L> Server<L> {
         let endpoint = quinn::Endpoint::server(quic, addr)
             .map_err(|source| ServerError::Bind { addr, source })?;
         let service = self.layer.layer(routes.clone());
-        let metrics = crate::metrics::CallMetrics::new(&routes);
+        let metrics = crate::metrics::CallMetrics::new(routes.methods());
         Ok(BoundServer {
             endpoint,
             shared: Arc::new(Shared {
@@ -169,7 +171,7 @@ impl<L> Server<L> {
     /// Binds `addr` and serves until the process ends.
     pub async fn serve<S>(self, addr: SocketAddr) -> Result<(), ServerError>
     where
-        L: Layer<Routes, Service = S>,
+        L: Layer<Router, Service = S>,
         S: Service<ServerRequest<RequestBody>, Response = ServerResponse<ResponseBody>>
             + Clone
             + Send
@@ -188,7 +190,7 @@ impl<L> Server<L> {
         signal: impl Future<Output = ()> + Send,
     ) -> Result<(), ServerError>
     where
-        L: Layer<Routes, Service = S>,
+        L: Layer<Router, Service = S>,
         S: Service<ServerRequest<RequestBody>, Response = ServerResponse<ResponseBody>>
             + Clone
             + Send
@@ -199,17 +201,6 @@ impl<L> Server<L> {
         self.bind(addr)?.serve_with_shutdown(signal).await;
         Ok(())
     }
-}
-
-pub(crate) struct Shared {
-    pub(crate) config: ServerConfig,
-    pub(crate) routes: Routes,
-    registry: PushRegistry,
-    calls: TaskTracker,
-    shutting_down: AtomicBool,
-    /// Cancelled when graceful shutdown begins; handlers see it through their connection.
-    shutdown: tokio_util::sync::CancellationToken,
-    pub(crate) metrics: crate::metrics::CallMetrics,
 }
 
 /// A server bound to its socket, ready to serve.
@@ -334,7 +325,7 @@ where
         quic.stable_id() as u64,
     );
     tokio::spawn(crate::push::run_writer(quic.clone(), push_rx));
-    let connection = Connection::new(
+    let connection = Peer::new(
         quic.clone(),
         push,
         shared.config.max_datagram_event,

@@ -7,8 +7,9 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 
+use super::error::TlsError;
+use super::keys::{crypto_provider, format_fingerprint};
 use super::pinned::PinnedVerifier;
-use super::{TlsError, crypto_provider, format_fingerprint};
 
 /// How a client decides to trust the server.
 ///

@@ -7,102 +7,28 @@
 //! without it). TLS 1.3 only, as QUIC requires. There is no verifier that accepts any
 //! certificate: a client trusts root certificates or pins the server's certificate by SHA-256.
 
-use std::sync::Arc;
-
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::CertificateDer;
-use sha2::{Digest, Sha256};
-
 mod client;
+mod error;
+mod keys;
 mod pinned;
 #[cfg(feature = "self-signed")]
 mod self_signed;
 mod server;
 
 pub use client::ClientTls;
+pub use error::{PemError, TlsError};
+pub use keys::{crypto_provider, fingerprint, format_fingerprint, parse_fingerprint};
 #[cfg(feature = "self-signed")]
 pub use self_signed::SelfSigned;
 pub use server::ServerTls;
-
-/// Why a TLS configuration could not be built or loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TlsError {
-    /// A PEM file could not be read or parsed.
-    #[error("cannot load {what} from {path}")]
-    Pem {
-        /// What was being loaded.
-        what: &'static str,
-        /// The file.
-        path: String,
-        /// Why it failed.
-        #[source]
-        source: PemError,
-    },
-    /// Certificate generation failed (the text says why).
-    #[error("cannot generate a self-signed certificate: {0}")]
-    Generate(String),
-    /// rustls rejected the configuration.
-    #[error("invalid TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-    /// The rustls configuration cannot drive QUIC.
-    #[error("TLS configuration unusable for QUIC")]
-    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
-    /// A fingerprint string was not 64 hex digits.
-    #[error("a SHA-256 fingerprint is 64 hex digits (colons allowed)")]
-    BadFingerprint,
-}
-
-/// Why a PEM file did not yield what was asked of it.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PemError {
-    /// The file could not be read or is not valid PEM (the error never contains key material).
-    #[error(transparent)]
-    Parse(#[from] rustls::pki_types::pem::Error),
-    /// The file holds no certificate.
-    #[error("no certificate found")]
-    NoCertificate,
-}
-
-/// The crypto provider qrpc uses: aws-lc-rs, preferring `X25519MLKEM768`.
-pub fn crypto_provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// The SHA-256 fingerprint of a DER certificate, as a client pins it.
-pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
-    Sha256::digest(cert.as_ref()).into()
-}
-
-/// Formats a fingerprint as lowercase hex pairs separated by colons.
-pub fn format_fingerprint(fp: &[u8; 32]) -> String {
-    fp.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Parses a fingerprint written as 64 hex digits, with or without colons.
-pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], TlsError> {
-    let hex: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
-    if hex.len() != 64 {
-        return Err(TlsError::BadFingerprint);
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let s = std::str::from_utf8(pair).map_err(|_| TlsError::BadFingerprint)?;
-        out[i] = u8::from_str_radix(s, 16).map_err(|_| TlsError::BadFingerprint)?;
-    }
-    Ok(out)
-}
 
 #[cfg(all(test, feature = "self-signed"))]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
 
     #[test]
     fn fingerprint_text_round_trip() {

@@ -7,7 +7,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::fingerprint;
+use super::keys::fingerprint;
 
 /// Accepts exactly the pinned leaf certificate, and checks handshake signatures against it.
 #[derive(Debug)]

@@ -6,7 +6,9 @@ use std::fmt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use zeroize::Zeroizing;
 
-use super::{ServerTls, TlsError, fingerprint, format_fingerprint};
+use super::error::TlsError;
+use super::keys::{fingerprint, format_fingerprint};
+use super::server::ServerTls;
 
 /// A freshly generated self-signed certificate, for development and zero-config servers.
 pub struct SelfSigned {

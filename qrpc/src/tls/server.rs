@@ -8,7 +8,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::{PemError, TlsError, crypto_provider};
+use super::error::{PemError, TlsError};
+use super::keys::crypto_provider;
 
 /// TLS 1.3 sessions a server remembers for resumption. The cache is stateful, so each session
 /// ticket is accepted once: replayed 0-RTT data on a second connection is rejected by TLS.

@@ -96,7 +96,7 @@ pub struct Observed {
     /// Count streams dropped before their last item.
     pub count_dropped: AtomicUsize,
     /// The connections of Login calls, kept as an application's session table keeps them.
-    pub kept: std::sync::Mutex<Vec<qrpc::Connection>>,
+    pub kept: std::sync::Mutex<Vec<qrpc::Peer>>,
 }
 
 /// Counts a Count stream dropped before it finished.
@@ -215,9 +215,8 @@ impl TestService {
                     move |ctx, m: Msg| {
                         let observed = Arc::clone(&observed);
                         async move {
-                            ctx.connection()
-                                .bind_identity(PeerIdentity::new(m.text.clone()));
-                            observed.kept.lock().unwrap().push(ctx.connection().clone());
+                            ctx.peer().bind_identity(PeerIdentity::new(m.text.clone()));
+                            observed.kept.lock().unwrap().push(ctx.peer().clone());
                             Ok::<_, Status>(m)
                         }
                     }
@@ -247,7 +246,7 @@ impl TestService {
                             ..Msg::default()
                         };
                         let payload = prost::Message::encode_to_vec(&event);
-                        if ctx.connection().push().try_send(7, payload.into()).is_ok() {
+                        if ctx.peer().push().try_send(7, payload.into()).is_ok() {
                             queued += 1;
                         }
                     }
@@ -340,7 +339,7 @@ pub fn start_on(addr: SocketAddr, cert: &SelfSigned) -> Running {
 /// `service` behind `layer` on loopback, with default settings.
 pub fn start_layered<L, S>(service: TestService, layer: L) -> Running
 where
-    L: tower::Layer<qrpc::Routes, Service = S>,
+    L: tower::Layer<qrpc::Router, Service = S>,
     S: tower::Service<
             qrpc::ServerRequest<qrpc::RequestBody>,
             Response = qrpc::ServerResponse<qrpc::ResponseBody>,

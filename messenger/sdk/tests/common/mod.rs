@@ -174,7 +174,9 @@ pub async fn raw_account(server: &Server, user: &str, device: &str) -> qrpc::Cli
         server.addr,
         qrpc::tls::ClientTls::pinned(server.fingerprint),
     )
-    .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+    .configure(|c| {
+        c.alpn(vec![b"qpq/1".to_vec()]);
+    })
     .connect()
     .await
     .unwrap();

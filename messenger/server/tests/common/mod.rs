@@ -33,7 +33,9 @@ pub async fn start_with_clock(f: impl FnOnce(&mut Config), clock: qpq_server::Cl
 
 pub async fn connect_to(addr: std::net::SocketAddr, fingerprint: [u8; 32]) -> qrpc::Client {
     qrpc::Client::builder(addr, ClientTls::pinned(fingerprint))
-        .configure(|c| c.alpn = vec![b"qpq/1".to_vec()])
+        .configure(|c| {
+            c.alpn(vec![b"qpq/1".to_vec()]);
+        })
         .connect()
         .await
         .unwrap()
@@ -191,8 +193,8 @@ pub async fn disconnected(client: &qrpc::Client) -> qrpc::Disconnect {
 pub async fn connect_once(h: &Harness) -> qrpc::Client {
     qrpc::Client::builder(h.server.addr, ClientTls::pinned(h.server.fingerprint))
         .configure(|c| {
-            c.alpn = vec![b"qpq/1".to_vec()];
-            c.reconnect.enabled = false;
+            c.alpn(vec![b"qpq/1".to_vec()]);
+            c.reconnect_mut().enabled(false);
         })
         .connect()
         .await
