@@ -16,6 +16,18 @@ pub struct EchoService;
 
 impl Echo for EchoService {
     async fn say(&self, ctx: RequestContext, request: SayRequest) -> Result<SayReply, Status> {
+        // A caller's trace context comes back as response metadata, with the time it gave the
+        // call (the server drops this handler, with `DeadlineExceeded`, when that runs out).
+        ctx.with_response_metadata(|m| -> Result<(), qrpc::InvalidMetadata> {
+            if let Some(parent) = ctx.metadata().get("traceparent") {
+                m.insert("traceparent", parent)?;
+            }
+            if let Some(left) = ctx.remaining() {
+                m.insert("x-time-left-ms", left.as_millis().to_string())?;
+            }
+            Ok(())
+        })
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(SayReply {
             text: request.text,
             index: 0,

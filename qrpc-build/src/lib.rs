@@ -31,6 +31,8 @@
 //!
 //! [`MethodInfo`]: https://docs.rs/qrpc
 
+#![warn(unreachable_pub, unnameable_types)]
+
 mod ids;
 mod names;
 mod push;
