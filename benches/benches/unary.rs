@@ -1,5 +1,6 @@
 //! Unary round trips through generated qrpc code, tonic 0.14 (both over rustls) and a raw quinn
-//! bidi-stream echo (the floor): 64 B and 64 KiB payloads, 1 and 64 calls in flight, one run.
+//! bidi-stream echo (the floor): 64 B and 64 KiB payloads, 1 and 64 calls in flight, one run;
+//! and qrpc's 64 B calls again with a deadline and two metadata entries.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use qrpc_benches::{Payload, RawQuinn, qrpc_pair, tonic_gen, tonic_pair};
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn unary(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -38,6 +41,30 @@ fn unary(c: &mut Criterion) {
                     }
                 });
             });
+
+            if size == 64 {
+                // The same call with a deadline and two metadata entries: what the call
+                // extension costs (a probe once per connection, then one frame each way).
+                group.bench_with_input(
+                    BenchmarkId::new("qrpc_deadline_metadata", &label),
+                    &request,
+                    |b, request| {
+                        b.to_async(&rt).iter(|| async {
+                            let calls = (0..in_flight).map(|_| {
+                                let mut call = qrpc::Request::new(request.clone());
+                                call.set_timeout(Duration::from_secs(30));
+                                let metadata = call.metadata_mut();
+                                metadata.insert("traceparent", TRACEPARENT).unwrap();
+                                metadata.insert("x-tenant", "blue").unwrap();
+                                qrpc.echo(call)
+                            });
+                            for reply in futures::future::join_all(calls).await {
+                                assert_eq!(reply.unwrap().data.len(), size);
+                            }
+                        });
+                    },
+                );
+            }
 
             let request = tonic_gen::Payload { data: data.clone() };
             group.bench_with_input(BenchmarkId::new("tonic", &label), &request, |b, request| {

@@ -122,7 +122,10 @@ fn exports(file: &Path, module: &str) -> BTreeSet<String> {
                 inline = Some((format!("{name}: "), cfg.clone()));
             }
         } else if let Some(rest) = s.strip_prefix("pub type ") {
-            items.insert(format!("type {}", rest.split([' ', '<', '=']).next().unwrap()));
+            items.insert(format!(
+                "type {}",
+                rest.split([' ', '<', '=']).next().unwrap()
+            ));
         } else if let Some(rest) = s.strip_prefix("macro_rules! ") {
             items.insert(format!("macro {}", rest.split([' ', '{']).next().unwrap()));
         }
@@ -185,9 +188,15 @@ fn public_signatures(text: &str) -> Vec<String> {
             }
             continue;
         }
-        let public = ["pub fn ", "pub async fn ", "pub struct ", "pub enum ", "pub trait "]
-            .iter()
-            .any(|p| line.starts_with(p))
+        let public = [
+            "pub fn ",
+            "pub async fn ",
+            "pub struct ",
+            "pub enum ",
+            "pub trait ",
+        ]
+        .iter()
+        .any(|p| line.starts_with(p))
             || line.starts_with("pub const ")
             || line.starts_with("pub type ")
             || (line.starts_with("pub ") && line.contains(": ") && line.ends_with(','));
