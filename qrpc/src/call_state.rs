@@ -16,7 +16,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::extension::{EXTENSION_METHOD_ID, EXTENSION_STATUS};
+use crate::extension::{EXTENSION_METHOD_ID, EXTENSION_STATUS, MAX_EXTENSION_LEN};
 use crate::frame::{
     FrameError, REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN, RequestFrame, RequestHeader,
     ResponseFrame, ResponseHeader,
@@ -55,7 +55,7 @@ pub struct Rejection {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RequestEvent {
     /// An extension frame before the opening frame: the payload of the call's extension
-    /// (`docs/wire-protocol.md` §9). At most one, always first.
+    /// (`docs/wire-protocol.md` §11). At most one, always first.
     Extension(Bytes),
     /// Terminal: an extension frame and then the end of the stream, without an opening frame:
     /// the client asks whether this server speaks the extension; answer under `request_id`.
@@ -119,6 +119,11 @@ impl End {
             StreamInput::Failed(why) => Err(Self::Failed(why)),
         }
     }
+}
+
+/// [`MAX_EXTENSION_LEN`] as a frame payload length.
+fn extension_limit() -> u32 {
+    u32::try_from(MAX_EXTENSION_LEN).unwrap_or(u32::MAX)
 }
 
 /// Reads one call's request stream on the server.
@@ -186,6 +191,19 @@ impl ServerCallState {
     pub fn poll(&mut self) -> Option<RequestEvent> {
         if self.done {
             return None;
+        }
+        if self.opened.is_none() && self.extension.is_none() {
+            // An extension frame has a smaller limit than a request: refused on its header,
+            // before its payload is buffered.
+            if let Ok(Some(h)) = RequestHeader::peek(&self.buf, u32::MAX) {
+                if h.method_id == EXTENSION_METHOD_ID && h.payload_len > extension_limit() {
+                    let too_large = FrameError::PayloadTooLarge {
+                        len: h.payload_len,
+                        max: extension_limit(),
+                    };
+                    return Some(self.reject_frame(&too_large));
+                }
+            }
         }
         match RequestFrame::decode(&mut self.buf, self.max_payload) {
             Ok(Some(frame)) => return Some(self.frame(frame)),
@@ -393,6 +411,17 @@ impl ClientCallState {
         if self.answered {
             self.done = true;
             return Some(ResponseEvent::End);
+        }
+        if self.extension_allowed {
+            if let Ok(Some(h)) = ResponseHeader::peek(&self.buf, u32::MAX) {
+                if h.status == EXTENSION_STATUS && h.payload_len > extension_limit() {
+                    return Some(self.fail(Status::resource_exhausted(format!(
+                        "response extension of {} bytes exceeds the limit of {} bytes",
+                        h.payload_len,
+                        extension_limit()
+                    ))));
+                }
+            }
         }
         match ResponseFrame::decode(&mut self.buf, self.max_payload) {
             Ok(Some(frame)) => return Some(self.frame(frame)),

@@ -1,5 +1,5 @@
 //! The call extension: a call's deadline and metadata on the wire, added to the framing
-//! without changing it (`docs/wire-protocol.md`, §9).
+//! without changing it (`docs/wire-protocol.md`, §11).
 //!
 //! * A request stream may begin with one *extension frame*: a request frame whose method id
 //!   is 0 (never a method's id) and whose payload is an encoded [`CallExtension`]; the call's
@@ -74,7 +74,8 @@ struct WireEntry {
 pub struct CallExtension {
     /// The sender's extension version.
     pub version: u32,
-    /// The time the caller gives the call, from when the server reads this frame.
+    /// The time the caller gives the call, from when the server reads the call's opening
+    /// frame.
     pub timeout: Option<Duration>,
     /// Request or response metadata.
     pub metadata: Metadata,
@@ -121,6 +122,12 @@ impl CallExtension {
         if payload.len() > MAX_EXTENSION_LEN {
             return Err(ExtensionError::TooLarge(payload.len()));
         }
+        // Counted before decoding, so that many tiny entries cannot make decoding allocate
+        // far more than the payload.
+        let entries = count_metadata_entries(payload)?;
+        if entries > MAX_METADATA_ENTRIES {
+            return Err(ExtensionError::TooManyEntries(entries));
+        }
         let wire =
             WireExtension::decode(payload).map_err(|e| ExtensionError::Malformed(e.to_string()))?;
         if wire.metadata.len() > MAX_METADATA_ENTRIES {
@@ -136,6 +143,39 @@ impl CallExtension {
             metadata,
         })
     }
+}
+
+/// Counts the metadata fields (field 3) of an encoded extension by walking its top-level fields.
+fn count_metadata_entries(mut bytes: &[u8]) -> Result<usize, ExtensionError> {
+    fn varint(bytes: &mut &[u8]) -> Result<u64, ExtensionError> {
+        prost::encoding::decode_varint(bytes).map_err(|e| ExtensionError::Malformed(e.to_string()))
+    }
+    fn skip(bytes: &mut &[u8], n: u64) -> Result<(), ExtensionError> {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if n > bytes.len() {
+            return Err(ExtensionError::Malformed("field runs past the end".into()));
+        }
+        *bytes = &bytes[n..];
+        Ok(())
+    }
+    let mut entries = 0;
+    while !bytes.is_empty() {
+        let key = varint(&mut bytes)?;
+        match key & 7 {
+            0 => drop(varint(&mut bytes)?),
+            1 => skip(&mut bytes, 8)?,
+            2 => {
+                let len = varint(&mut bytes)?;
+                skip(&mut bytes, len)?;
+                if key >> 3 == 3 {
+                    entries += 1;
+                }
+            }
+            5 => skip(&mut bytes, 4)?,
+            other => return Err(ExtensionError::Malformed(format!("wire type {other}"))),
+        }
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]
@@ -181,6 +221,12 @@ mod tests {
         assert!(matches!(
             CallExtension::decode(&vec![0u8; MAX_EXTENSION_LEN + 1]),
             Err(ExtensionError::TooLarge(_))
+        ));
+        // Thousands of empty entries (1a 00) are refused by their count, before decoding.
+        let tiny: Vec<u8> = [0x1a, 0x00].repeat(MAX_EXTENSION_LEN / 2);
+        assert!(matches!(
+            CallExtension::decode(&tiny),
+            Err(ExtensionError::TooManyEntries(8192))
         ));
         // A key that is not metadata, and text under a -bin key's opposite, are refused.
         let bad_key = WireExtension {

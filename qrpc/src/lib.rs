@@ -56,8 +56,21 @@
 //! let client = qrpc::Client::connect(addr, qrpc::tls::ClientTls::pinned(cert.fingerprint())).await?;
 //! let pong: qrpc::Response<Ping> = client.unary(&PING, Ping { n: 41 }).await?;
 //! assert_eq!(pong.get_ref().n, 42);
+//!
+//! // Per-call options travel with the call: a deadline the server also keeps, and metadata.
+//! let mut request = qrpc::Request::new(Ping { n: 1 });
+//! request.set_timeout(std::time::Duration::from_secs(2));
+//! request.metadata_mut().insert("x-tenant", "blue")?;
+//! let pong: qrpc::Response<Ping> = client.unary(&PING, request).await?;
+//! assert_eq!(pong.into_inner().n, 2);
 //! # Ok(()) }
 //! ```
+//!
+//! A handler reads them from its [`RequestContext`]: [`metadata`](RequestContext::metadata),
+//! [`remaining`](RequestContext::remaining) time, and answers metadata with
+//! [`with_response_metadata`](RequestContext::with_response_metadata). On the wire they are an
+//! extension of the framing negotiated per connection (`docs/wire-protocol.md` §11), so peers
+//! that predate it still interoperate.
 
 #![warn(unreachable_pub, unnameable_types)]
 

@@ -401,6 +401,33 @@ async fn a_bad_extension_fails_its_call_only() {
     let frames = exchange(&conn, &request).await;
     assert_eq!(frames[0].0, Code::InvalidArgument as u8);
 
+    // An extension frame announcing more than 16 KiB is refused on its header: the server
+    // answers RESOURCE_EXHAUSTED without waiting for (or buffering) the payload.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0, 0, 0, 0, 12, 0, 0, 0x40, 0x01])
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+        .await
+        .expect("refused before any payload arrived")
+        .unwrap();
+    let answer = response_frames(&answer);
+    assert_eq!(
+        (answer[0].0, answer[0].1),
+        (Code::ResourceExhausted as u8, 12)
+    );
+
+    // A timeout of u64::MAX microseconds (varint ff..ff 01) is no deadline: the handler sees
+    // none (Echo answers n = 0), and nothing overflows.
+    let extension = [
+        0x08, 0x01, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+    ];
+    let mut request = vec![0, 0, 0, 0, 0, 13, 0, 0, 0, extension.len() as u8];
+    request.extend_from_slice(&extension);
+    request.extend_from_slice(&[0, 1, 0, 0, 0, 13, 0, 0, 0, 0]);
+    let frames = exchange(&conn, &request).await;
+    assert_eq!(frames.last().unwrap(), &(0, 13, vec![0x0a, 0x01, b'|']));
+
     // The connection and the server serve on.
     let frames = exchange(&conn, &[0, 1, 0, 0, 0, 8, 0, 0, 0, 0]).await;
     assert_eq!(frames, vec![(0, 8, vec![0x0a, 0x01, b'|'])]);
@@ -409,6 +436,17 @@ async fn a_bad_extension_fails_its_call_only() {
 /// A server that speaks only the plain framing: it answers method 0 `Unimplemented` and
 /// echoes every other call's payload, and records each request stream it read.
 async fn plain_server() -> (
+    SocketAddr,
+    [u8; 32],
+    tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    plain_server_answering_probes(true).await
+}
+
+/// [`plain_server`], or (with `false`) one that never answers a method-0 stream at all.
+async fn plain_server_answering_probes(
+    answer_probes: bool,
+) -> (
     SocketAddr,
     [u8; 32],
     tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
@@ -432,6 +470,14 @@ async fn plain_server() -> (
                     let method = u16::from_be_bytes([bytes[0], bytes[1]]);
                     let request_id = &bytes[2..6];
                     let mut answer = Vec::new();
+                    if method == 0 && !answer_probes {
+                        // Silent: keeps the stream open and says nothing.
+                        tokio::spawn(async move {
+                            let _keep = (send, recv);
+                            std::future::pending::<()>().await;
+                        });
+                        continue;
+                    }
                     if method == 0 {
                         // Code 12 with an empty ErrorStatus.
                         answer.push(12);
@@ -482,5 +528,38 @@ async fn a_server_speaking_only_the_plain_framing_still_answers() {
         .await
         .unwrap();
     assert_eq!(again.get_ref(), &Msg::default());
+    assert_eq!(&seen.recv().await.unwrap()[..2], &[0, 1]);
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_the_probe_costs_one_connect_timeout_once() {
+    let (addr, fingerprint, mut seen) = plain_server_answering_probes(false).await;
+    let client = Client::builder(addr, ClientTls::pinned(fingerprint))
+        .configure(|c| {
+            c.connect_timeout(Duration::from_millis(300));
+        })
+        .connect()
+        .await
+        .unwrap();
+    let mut request = Request::new(Msg {
+        text: "x".into(),
+        n: 0,
+    });
+    *request.metadata_mut() = two_entries();
+    // The probe goes unanswered; after the connect timeout the call goes as plain frames.
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.unary::<_, Msg>(&ECHO, request),
+    )
+    .await
+    .expect("the call did not wait on the silent probe for good")
+    .unwrap();
+    assert_eq!(reply.get_ref().text, "x");
+    assert_eq!(&seen.recv().await.unwrap()[..2], &[0, 0], "the probe");
+    assert_eq!(&seen.recv().await.unwrap()[..2], &[0, 1], "the call, plain");
+    // The answer is remembered: the next call with metadata neither probes nor waits.
+    let mut request = Request::new(Msg::default());
+    *request.metadata_mut() = two_entries();
+    client.unary::<_, Msg>(&ECHO, request).await.unwrap();
     assert_eq!(&seen.recv().await.unwrap()[..2], &[0, 1]);
 }

@@ -19,7 +19,7 @@ use super::connection::{ConnectionState, EarlyHandle, EarlyStreams, Link, Live};
 use super::push::PushEvents;
 use crate::body::MessageStream;
 use crate::call_state::{ClientCallState, ResponseEvent};
-use crate::extension::{CallExtension, EXTENSION_METHOD_ID};
+use crate::extension::{CallExtension, EXTENSION_METHOD_ID, MAX_EXTENSION_LEN};
 use crate::frame::RequestFrame;
 use crate::io::write_request;
 use crate::metadata::{Metadata, MetadataSlot};
@@ -312,26 +312,25 @@ impl CallService {
         request: CallRequest,
         deadline: Option<Instant>,
     ) -> Result<(MessageStream, bool), Status> {
-        let extension = match request.has_extension() {
-            true if self.speaks_extension(live).await? => {
-                // The server learns the time left when the call leaves, not the time asked.
-                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                Some(
-                    CallExtension::new(timeout, request.metadata.clone())
-                        .encode()
-                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
-                )
-            }
-            true => {
-                tracing::debug!(
-                    method_id = request.method_id,
-                    "the server does not speak the call extension: deadline kept locally, metadata not sent"
-                );
-                None
-            }
-            false => None,
-        };
+        let speaks = request.has_extension() && self.speaks_extension(live).await?;
+        if request.has_extension() && !speaks {
+            tracing::debug!(
+                method_id = request.method_id,
+                "the server does not speak the call extension: deadline kept locally, metadata not sent"
+            );
+        }
         let (send, recv) = live.conn.open_bi().await.map_err(connection_lost)?;
+        let extension = if speaks {
+            // The server learns the time left when the call leaves, not the time asked.
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            Some(
+                CallExtension::new(timeout, request.metadata.clone())
+                    .encode()
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let early = recv.is_0rtt();
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let mut send = ResetOnDrop::new(send, live.early_streams(early));
@@ -415,48 +414,72 @@ impl CallService {
     /// Whether the server speaks the call extension; the first call that needs to know asks
     /// it once for the connection (a probe: an extension frame alone on a stream).
     async fn speaks_extension(&self, live: &Live) -> Result<bool, Status> {
-        live.extension
-            .get_or_try_init(|| self.probe(live))
-            .await
-            .copied()
+        let probe = {
+            let mut slot = live.extension.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert_with(|| {
+                probe(
+                    live.clone(),
+                    Arc::clone(&self.next_request_id),
+                    self.link.config.connect_timeout,
+                )
+                .boxed()
+                .shared()
+            })
+            .clone()
+        };
+        probe.await
     }
+}
 
-    async fn probe(&self, live: &Live) -> Result<bool, Status> {
-        // Never in 0-RTT data: the answer must come from this connection's server.
-        live.handshake_done().await?;
-        let (send, recv) = live.conn.open_bi().await.map_err(connection_lost)?;
-        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let mut send = ResetOnDrop::new(send, None);
-        let hello = CallExtension::new(None, Metadata::new())
-            .encode()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let frame = RequestFrame {
-            method_id: EXTENSION_METHOD_ID,
-            request_id,
-            payload: hello,
-        };
-        send.write(&frame).await.map_err(write_failed)?;
-        send.finish();
-        let mut reader = ResponseReader {
-            recv: Some(recv),
-            state: ClientCallState::new(request_id, true, self.link.config.max_payload),
-            _sender: None,
-            early_streams: None,
-            deadline: None,
-            response_metadata: None,
-        };
-        let speaks = match reader.next().await {
-            Some(Ok(answer)) => CallExtension::decode(&answer).is_ok(),
-            // The connection went away: the next connection is asked again.
-            Some(Err(status)) if status.code() == crate::status::Code::Unavailable => {
-                return Err(status);
-            }
-            // Any other answer (Unimplemented, Unauthenticated, ...) is a server without it.
-            Some(Err(_)) | None => false,
-        };
-        tracing::debug!(speaks, "call extension probed");
-        Ok(speaks)
+/// Asks the server once whether it speaks the call extension. A server that does not answer
+/// within `within` is taken not to (and remembered so, for the connection): calls then go as
+/// plain frames instead of each waiting for it.
+async fn probe(live: Live, request_ids: Arc<AtomicU32>, within: Duration) -> Result<bool, Status> {
+    match tokio::time::timeout(within, ask_extension(&live, &request_ids)).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            tracing::debug!("no answer to the call-extension probe; calls go without it");
+            Ok(false)
+        }
     }
+}
+
+async fn ask_extension(live: &Live, request_ids: &AtomicU32) -> Result<bool, Status> {
+    // Never in 0-RTT data: the answer must come from this connection's server.
+    live.handshake_done().await?;
+    let (send, recv) = live.conn.open_bi().await.map_err(connection_lost)?;
+    let request_id = request_ids.fetch_add(1, Ordering::Relaxed);
+    let mut send = ResetOnDrop::new(send, None);
+    let hello = CallExtension::new(None, Metadata::new())
+        .encode()
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let frame = RequestFrame {
+        method_id: EXTENSION_METHOD_ID,
+        request_id,
+        payload: hello,
+    };
+    send.write(&frame).await.map_err(write_failed)?;
+    send.finish();
+    let max_answer = u32::try_from(MAX_EXTENSION_LEN).unwrap_or(u32::MAX);
+    let mut reader = ResponseReader {
+        recv: Some(recv),
+        state: ClientCallState::new(request_id, true, max_answer),
+        _sender: None,
+        early_streams: None,
+        deadline: None,
+        response_metadata: None,
+    };
+    let speaks = match reader.next().await {
+        Some(Ok(answer)) => CallExtension::decode(&answer).is_ok(),
+        // The connection went away: the next connection is asked again.
+        Some(Err(status)) if status.code() == crate::status::Code::Unavailable => {
+            return Err(status);
+        }
+        // Any other answer (Unimplemented, Unauthenticated, ...) is a server without it.
+        Some(Err(_)) | None => false,
+    };
+    tracing::debug!(speaks, "call extension probed");
+    Ok(speaks)
 }
 
 fn deadline_exceeded() -> Status {

@@ -73,15 +73,19 @@ pub(super) enum Handshake {
 }
 
 /// A connection and the state of its handshake.
-#[derive(Debug, Clone)]
+/// The answer to "does the server speak the call extension?", shared by every call that asks.
+pub(super) type ExtensionProbe =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<bool, Status>>>;
+
+#[derive(Clone)]
 pub(super) struct Live {
     pub(super) conn: quinn::Connection,
     handshake: watch::Receiver<Handshake>,
     /// On a connection that sent 0-RTT data, where the handles of its 0-RTT streams go.
     early_streams: Option<Arc<EarlyStreams>>,
     /// Whether the server speaks the call extension: probed once per connection, by the
-    /// first call that carries a deadline or metadata.
-    pub(super) extension: Arc<tokio::sync::OnceCell<bool>>,
+    /// first call that carries a deadline or metadata; every such call awaits the same probe.
+    pub(super) extension: Arc<std::sync::Mutex<Option<ExtensionProbe>>>,
 }
 
 impl Live {

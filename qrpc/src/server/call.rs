@@ -117,12 +117,7 @@ pub(super) async fn serve_call<S>(
         None => None,
         Some(Ok(extension)) => Some(extension),
         Some(Err(err)) => {
-            let status = match err {
-                ExtensionError::TooLarge(_) | ExtensionError::TooManyEntries(_) => {
-                    Status::resource_exhausted(err.to_string())
-                }
-                _ => Status::invalid_argument(err.to_string()),
-            };
+            let status = extension_refused(&err);
             let rejection = Rejection {
                 answer: Some((first.request_id, status)),
                 stop: Some(reset::PROTOCOL_ERROR),
@@ -160,7 +155,7 @@ pub(super) async fn serve_call<S>(
     if let Some(parent) = extension
         .as_ref()
         .and_then(|e| e.metadata.get("traceparent"))
-        .filter(|p| is_traceparent(p))
+        .and_then(traceparent)
     {
         span.record("traceparent", parent);
     }
@@ -185,29 +180,48 @@ struct Opened {
     extension: Option<CallExtension>,
 }
 
-/// Whether `value` has the shape of a W3C `traceparent` header
-/// (`version-traceid-parentid-flags`, lowercase hex), so only such values reach the logs.
-fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
+/// The W3C `traceparent` in `value` (`version-traceid-parentid-flags`, lowercase hex, 55
+/// characters), if it has that shape: only such a value, and only its 55 characters, reaches
+/// the logs.
+fn traceparent(value: &str) -> Option<&str> {
+    let head = value.get(..55)?;
+    let rest = &value[55..];
+    let parts: Vec<&str> = head.split('-').collect();
     let hex = |s: &str, len: usize| {
         s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     };
-    parts.len() >= 4
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    let shaped = parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"
         && hex(parts[1], 32)
+        && !zero(parts[1])
         && hex(parts[2], 16)
+        && !zero(parts[2])
         && hex(parts[3], 2)
-        && (parts[0] != "00" || parts.len() == 4)
+        // Version 00 is exactly 55 characters; later versions may append `-...`.
+        && (rest.is_empty() || (parts[0] != "00" && rest.starts_with('-')));
+    shaped.then_some(head)
 }
+
+/// The status a call whose extension broke the rules ends with.
+fn extension_refused(err: &ExtensionError) -> Status {
+    match err {
+        ExtensionError::TooLarge(_) | ExtensionError::TooManyEntries(_) => {
+            Status::resource_exhausted(err.to_string())
+        }
+        _ => Status::invalid_argument(err.to_string()),
+    }
+}
+
+/// Deadlines further away than this are no deadline: a handler that converts its deadline (to
+/// a timestamp, say) never meets an instant centuries away.
+const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Answers a probe: this server speaks the call extension.
 async fn answer_probe(send: &mut SendStream, request_id: u32, payload: Option<&[u8]>) {
-    if payload
-        .map(CallExtension::decode)
-        .is_some_and(|e| e.is_err())
-    {
-        let status = Status::invalid_argument("malformed call extension in a probe");
+    if let Some(Err(err)) = payload.map(CallExtension::decode) {
+        let status = extension_refused(&err);
         if send_status(send, request_id, &status).await.is_ok() {
             let _ = send.finish();
         }
@@ -253,6 +267,7 @@ async fn serve_opened<S>(
     let response_metadata = extension.is_some().then(|| ctx.response_metadata_handle());
     let deadline = extension.as_ref().and_then(|e| {
         e.timeout
+            .filter(|t| *t <= MAX_DEADLINE)
             .and_then(|t| tokio::time::Instant::now().checked_add(t))
     });
     if let Some(extension) = extension {
@@ -467,6 +482,32 @@ async fn send_stream(
                     .await
                     .map(|()| Code::Internal);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traceparent;
+
+    #[test]
+    fn only_a_well_formed_traceparent_reaches_the_logs() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(traceparent(good), Some(good));
+        // A later version may append fields; only the first 55 characters are kept.
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra";
+        assert_eq!(traceparent(later), Some(&later[..55]));
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 injected=1",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "",
+        ] {
+            assert_eq!(traceparent(bad), None, "{bad}");
         }
     }
 }
