@@ -621,7 +621,16 @@ impl ResponseReader {
                         ))));
                     }
                 },
-                Some(ResponseEvent::Message(payload)) => return Some(Ok(payload)),
+                Some(ResponseEvent::Message(payload)) => {
+                    if !self.state.wants_input() {
+                        // The single response is in: take the stream's end if it came with it,
+                        // so the stream is finished rather than stopped (no STOP_SENDING).
+                        if let Some(recv) = self.recv.as_mut() {
+                            let _ = crate::io::read_input(recv).now_or_never();
+                        }
+                    }
+                    return Some(Ok(payload));
+                }
                 Some(ResponseEvent::Failed(status)) => return Some(Err(status)),
                 Some(ResponseEvent::End) => return None,
                 None if self.state.is_done() => return None,

@@ -54,6 +54,13 @@ impl Incoming {
         }
     }
 
+    /// Reads what is already buffered (the stream's FIN, usually) without waiting.
+    fn take_end_if_ready(&mut self) {
+        if let Some(input) = crate::io::read_input(&mut self.recv).now_or_never() {
+            self.state.handle(input);
+        }
+    }
+
     fn stop(&mut self, code: quinn::VarInt) {
         // Stopping an already finished or reset stream is not an error worth reporting.
         let _ = self.recv.stop(code);
@@ -76,15 +83,22 @@ pub(super) async fn serve_call<S>(
     let early = recv.is_0rtt();
     let mut incoming = Incoming::new(recv, shared.config.max_payload);
     let mut extension = None;
-    let opening = async {
-        loop {
-            match incoming.next().await {
-                RequestEvent::Extension(payload) => extension = Some(payload),
-                other => return other,
+    let event = {
+        let opening = async {
+            loop {
+                match incoming.next().await {
+                    RequestEvent::Extension(payload) => extension = Some(payload),
+                    other => return other,
+                }
             }
+        };
+        let mut opening = std::pin::pin!(opening);
+        // A request that arrived whole with its stream (the usual unary call) needs no timer.
+        match opening.as_mut().now_or_never() {
+            Some(event) => Ok(event),
+            None => tokio::time::timeout(shared.config.header_timeout, opening).await,
         }
     };
-    let event = tokio::time::timeout(shared.config.header_timeout, opening).await;
     let first = match event {
         Err(_) => {
             if let Some(rejection) = incoming.state.header_timeout() {
@@ -131,6 +145,11 @@ pub(super) async fn serve_call<S>(
     let method_id = first.method_id;
     let request_id = first.request_id;
     let method = shared.routes.method(method_id);
+    if method.is_some_and(|m| !m.kind.client_streams()) {
+        // The request is whole: take the stream's end if it came with it, so the stream is
+        // finished rather than stopped (which would cost the client a STOP_SENDING frame).
+        incoming.take_end_if_ready();
+    }
     if early && !method.is_some_and(|m| m.idempotent) {
         // 0-RTT data can be replayed: run nothing from it but idempotent methods.
         tracing::debug!(
