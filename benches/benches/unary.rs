@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use qrpc_benches::{Payload, RawQuinn, qrpc_pair, tonic_gen, tonic_pair};
+use qrpc_benches::{Payload, RawQuinn, qrpc_pair, qrpc_pair_with, tonic_gen, tonic_pair};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -18,6 +18,11 @@ fn unary(c: &mut Criterion) {
         .build()
         .unwrap();
     let qrpc = rt.block_on(qrpc_pair()).unwrap();
+    // The same client and server on quinn's own transport settings (raw quinn's), to tell what
+    // the framework costs from what the default `TransportProfile::Rpc` trades for loss recovery.
+    let qrpc_quinn = rt
+        .block_on(qrpc_pair_with(qrpc::TransportProfile::QuinnDefaults))
+        .unwrap();
     let tonic = rt.block_on(tonic_pair()).unwrap();
     let raw = rt.block_on(RawQuinn::pair()).unwrap();
 
@@ -41,6 +46,19 @@ fn unary(c: &mut Criterion) {
                     }
                 });
             });
+
+            group.bench_with_input(
+                BenchmarkId::new("qrpc_quinn_defaults", &label),
+                &request,
+                |b, request| {
+                    b.to_async(&rt).iter(|| async {
+                        let calls = (0..in_flight).map(|_| qrpc_quinn.echo(request));
+                        for reply in futures::future::join_all(calls).await {
+                            assert_eq!(reply.unwrap().data.len(), size);
+                        }
+                    });
+                },
+            );
 
             if size == 64 {
                 // The same call with a deadline and two metadata entries: what the call

@@ -304,7 +304,12 @@ impl RawQuinn {
                 });
             }
         });
-        let client_config = ClientTls::pinned(cert.fingerprint()).quinn_client_config(&alpn)?;
+        let mut client_config = ClientTls::pinned(cert.fingerprint()).quinn_client_config(&alpn)?;
+        // Keep-alives only: a long benchmark run must not idle the connection out between
+        // its measurements (qrpc's and tonic's clients keep theirs alive too).
+        let mut client_transport = quinn::TransportConfig::default();
+        client_transport.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+        client_config.transport_config(Arc::new(client_transport));
         let mut endpoint = quinn::Endpoint::client(loopback())?;
         endpoint.set_default_client_config(client_config);
         let conn = endpoint.connect(addr, "localhost")?.await?;

@@ -273,6 +273,13 @@ impl Link {
 
     /// The current connection, waiting for a reconnect up to the connect timeout.
     pub(super) async fn connection(&self) -> Result<Live, Status> {
+        // Nearly every call finds the connection up: answer without cloning the watches or
+        // arming the connect timer.
+        if let Some(live) = self.conn.borrow().as_ref()
+            && live.conn.close_reason().is_none()
+        {
+            return Ok(live.clone());
+        }
         let mut conn = self.conn.clone();
         let mut state = self.state.clone();
         let wait = async {
