@@ -355,7 +355,10 @@ async fn serve_opened<S>(
     };
     finished(code);
     let _ = send.finish();
-    let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
+    // Held until the client acknowledged the response, so a graceful shutdown does not cut it
+    // short. No timer: acknowledgements are the transport's, and a peer that vanished ends
+    // with its connection (idle timeout, or the shutdown grace).
+    let _ = send.stopped().await;
 }
 
 fn deadline_passed() -> Status {
