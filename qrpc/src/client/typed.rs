@@ -68,6 +68,24 @@ pub(crate) fn decode_response<T: prost::Message + Default>(bytes: Bytes) -> Resu
     T::decode(bytes).map_err(|e| Status::internal(format!("undecodable response: {e}")))
 }
 
+/// The call of a unary or server-streaming method: one request message with its options.
+fn single_message_call<Req: prost::Message>(
+    method: &MethodInfo,
+    request: impl IntoRequest<Req>,
+    server_streams: bool,
+) -> CallRequest {
+    let (message, metadata, timeout) = request.into_request().into_parts();
+    let payload = message.encode_to_vec().into();
+    let call = if server_streams {
+        CallRequest::server_streaming(method.id, payload)
+    } else {
+        CallRequest::unary(method.id, payload)
+    };
+    call.with_idempotent(method.idempotent)
+        .with_metadata(metadata)
+        .with_timeout(timeout)
+}
+
 /// A unary call of `method` through `transport`.
 pub async fn unary<T, Req, Resp>(
     transport: &T,
@@ -79,11 +97,7 @@ where
     Req: prost::Message,
     Resp: prost::Message + Default,
 {
-    let (message, metadata, timeout) = request.into_request().into_parts();
-    let call = CallRequest::unary(method.id, message.encode_to_vec().into())
-        .with_idempotent(method.idempotent)
-        .with_metadata(metadata)
-        .with_timeout(timeout);
+    let call = single_message_call(method, request, false);
     let slot = call.response_metadata();
     single(send(transport, call).await?, &slot).await
 }
@@ -99,11 +113,7 @@ where
     Req: prost::Message,
     Resp: prost::Message + Default,
 {
-    let (message, metadata, timeout) = request.into_request().into_parts();
-    let call = CallRequest::server_streaming(method.id, message.encode_to_vec().into())
-        .with_idempotent(method.idempotent)
-        .with_metadata(metadata)
-        .with_timeout(timeout);
+    let call = single_message_call(method, request, true);
     let slot = call.response_metadata();
     Ok(Streaming::from_server(send(transport, call).await?, slot))
 }
