@@ -71,4 +71,26 @@ async fn the_audit_log_line_sits_in_the_call_span_and_leaks_no_request_data() {
         !log.contains("secret"),
         "the log carries request data: {log}"
     );
+
+    // A caller's W3C trace context is a field of the call's span; a value of another shape is
+    // not recorded.
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for value in [
+        PARENT,
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 x=1",
+    ] {
+        let mut request = qrpc::Request::new(Msg::n(1));
+        request.metadata_mut().insert("traceparent", value).unwrap();
+        client.unary::<_, Msg>(&ECHO, request).await.unwrap();
+    }
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains("qrpc::audit")).collect();
+    assert_eq!(audit.len(), 4, "{log}");
+    assert!(
+        audit[2].contains(&format!("traceparent={PARENT}")),
+        "{}",
+        audit[2]
+    );
+    assert!(!audit[3].contains("traceparent"), "{}", audit[3]);
+    assert!(!log.contains("x=1"), "{log}");
 }

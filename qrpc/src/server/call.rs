@@ -176,7 +176,7 @@ pub(super) async fn serve_call<S>(
         .and_then(|e| e.metadata.get("traceparent"))
         .and_then(traceparent)
     {
-        span.record("traceparent", parent);
+        span.record("traceparent", tracing::field::display(parent));
     }
     let opened = Opened {
         frame: first,
