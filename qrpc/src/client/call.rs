@@ -319,6 +319,10 @@ impl CallService {
                 "the server does not speak the call extension: deadline kept locally, metadata not sent"
             );
         }
+        // A stream opened once the handshake was over is never 0-RTT data: looked at before
+        // opening (a cheap watch), so quinn, whose answer takes its connection lock, is asked
+        // only while the handshake may still be running.
+        let maybe_early = live.is_early();
         let (send, recv) = live.conn.open_bi().await.map_err(connection_lost)?;
         let extension = if speaks {
             // The server learns the time left when the call leaves, not the time asked.
@@ -331,7 +335,7 @@ impl CallService {
         } else {
             None
         };
-        let early = recv.is_0rtt();
+        let early = maybe_early && recv.is_0rtt();
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let mut send = ResetOnDrop::new(send, live.early_streams(early));
         let mut state = ClientCallState::new(
