@@ -100,12 +100,21 @@ async fn write_frame(
     send.write_all_chunks(&mut chunks).await
 }
 
-/// Writes a request frame.
-pub(crate) async fn write_request(
+/// Writes request frames in one write (an extension frame and the opening frame leave in
+/// the same packet when they fit).
+pub(crate) async fn write_requests(
     send: &mut SendStream,
-    frame: &RequestFrame,
+    frames: &[RequestFrame],
 ) -> Result<(), quinn::WriteError> {
-    write_frame(send, &frame.header().encode(), &frame.payload).await
+    if let [frame] = frames {
+        return write_frame(send, &frame.header().encode(), &frame.payload).await;
+    }
+    let mut chunks = Vec::with_capacity(frames.len() * 2);
+    for frame in frames {
+        chunks.push(Bytes::copy_from_slice(&frame.header().encode()));
+        chunks.push(frame.payload.clone());
+    }
+    send.write_all_chunks(&mut chunks).await
 }
 
 /// Writes a response frame.

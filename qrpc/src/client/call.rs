@@ -21,7 +21,7 @@ use crate::body::MessageStream;
 use crate::call_state::{ClientCallState, ResponseEvent};
 use crate::extension::{CallExtension, EXTENSION_METHOD_ID, MAX_EXTENSION_LEN};
 use crate::frame::RequestFrame;
-use crate::io::write_request;
+use crate::io::write_requests;
 use crate::metadata::{Metadata, MetadataSlot};
 use crate::method::CallKind;
 use crate::protocol::reset;
@@ -354,29 +354,23 @@ impl CallService {
             deadline,
             response_metadata: Some(request.response_metadata()),
         };
-        if let Some(payload) = extension {
-            let frame = RequestFrame {
+        // The extension frame, if any, goes out with the opening frame.
+        let mut frames: Vec<RequestFrame> = extension
+            .map(|payload| RequestFrame {
                 method_id: EXTENSION_METHOD_ID,
                 request_id,
                 payload,
-            };
-            match send.write(&frame).await {
-                Ok(()) => {}
-                Err(quinn::WriteError::Stopped(_)) => {
-                    send.disarm();
-                    return Ok((reader.into_stream(), early));
-                }
-                Err(err) => return Err(write_failed(err)),
-            }
-        }
+            })
+            .into_iter()
+            .collect();
         match request.body {
             OutgoingBody::Single(payload) => {
-                let frame = RequestFrame {
+                frames.push(RequestFrame {
                     method_id: request.method_id,
                     request_id,
                     payload,
-                };
-                match send.write(&frame).await {
+                });
+                match send.write(&frames).await {
                     Ok(()) => send.finish(),
                     // The server stopped reading (for example an oversize payload): its status
                     // is on the response stream.
@@ -386,12 +380,12 @@ impl CallService {
                 Ok((reader.into_stream(), early))
             }
             OutgoingBody::Stream(messages) => {
-                let open = RequestFrame {
+                frames.push(RequestFrame {
                     method_id: request.method_id,
                     request_id,
                     payload: Bytes::new(),
-                };
-                match send.write(&open).await {
+                });
+                match send.write(&frames).await {
                     Ok(()) => {}
                     Err(quinn::WriteError::Stopped(_)) => {
                         send.disarm();
@@ -462,7 +456,7 @@ async fn ask_extension(live: &Live, request_ids: &AtomicU32) -> Result<bool, Sta
         request_id,
         payload: hello,
     };
-    send.write(&frame).await.map_err(write_failed)?;
+    send.write(std::slice::from_ref(&frame)).await.map_err(write_failed)?;
     send.finish();
     let max_answer = u32::try_from(MAX_EXTENSION_LEN).unwrap_or(u32::MAX);
     let mut reader = ResponseReader {
@@ -523,9 +517,9 @@ impl ResetOnDrop {
         }
     }
 
-    async fn write(&mut self, frame: &RequestFrame) -> Result<(), quinn::WriteError> {
+    async fn write(&mut self, frames: &[RequestFrame]) -> Result<(), quinn::WriteError> {
         match self.send.as_mut() {
-            Some(send) => write_request(send, frame).await,
+            Some(send) => write_requests(send, frames).await,
             None => Err(quinn::WriteError::ClosedStream),
         }
     }
@@ -578,7 +572,7 @@ async fn send_messages(
             payload,
         };
         let write = tokio::select! {
-            write = send.write(&frame) => write,
+            write = send.write(std::slice::from_ref(&frame)) => write,
             _ = &mut cancel => return,
         };
         if write.is_err() {
