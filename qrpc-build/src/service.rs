@@ -98,7 +98,8 @@ impl prost_build::ServiceGenerator for Generator {
                 format_ident!("{}_with_metadata", method.name.trim_start_matches("r#"));
             let with_metadata_docs = {
                 let line = format!(
-                    " [`{}`](Self::{}), returning the response with the server's metadata.",
+                    " [`{}`](Self::{}), returning the response with the server's metadata (the call \
+                     always carries the call extension, so the server can answer metadata).",
                     method.name.trim_start_matches("r#"),
                     method.name
                 );
@@ -174,7 +175,7 @@ impl prost_build::ServiceGenerator for Generator {
 
                     #with_metadata_docs
                     pub async fn #with_metadata_ident(&self, request: impl ::qrpc::codegen::IntoRequest<#input>) -> ::core::result::Result<::qrpc::codegen::Response<#output>, ::qrpc::codegen::Status> {
-                        ::qrpc::codegen::unary(&self.inner, &super::#server_mod::#const_ident, request).await
+                        ::qrpc::codegen::unary_with_metadata(&self.inner, &super::#server_mod::#const_ident, request).await
                     }
                 },
                 Kind::ServerStreaming => quote! {
@@ -203,7 +204,7 @@ impl prost_build::ServiceGenerator for Generator {
                         &self,
                         requests: impl ::qrpc::codegen::IntoStreamingRequest<Message = #input>,
                     ) -> ::core::result::Result<::qrpc::codegen::Response<#output>, ::qrpc::codegen::Status> {
-                        ::qrpc::codegen::client_streaming(&self.inner, &super::#server_mod::#const_ident, requests).await
+                        ::qrpc::codegen::client_streaming_with_metadata(&self.inner, &super::#server_mod::#const_ident, requests).await
                     }
                 },
                 Kind::Bidi => quote! {

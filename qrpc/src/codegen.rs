@@ -9,7 +9,10 @@ pub use tower::Service;
 pub use crate::body::{MessageStream, RequestBody, ResponseBody, ServerRequest, ServerResponse};
 pub use crate::body::{ResponseStream, Streaming};
 pub use crate::client::TypedPushEvents;
-pub use crate::client::typed::{Transport, bidi, client_streaming, server_streaming, unary};
+pub use crate::client::typed::{
+    Transport, bidi, client_streaming, client_streaming_with_metadata, server_streaming, unary,
+    unary_with_metadata,
+};
 pub use crate::client::{CallRequest, Client};
 pub use crate::context::RequestContext;
 pub use crate::event::PushEvent;

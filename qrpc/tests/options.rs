@@ -195,11 +195,22 @@ async fn metadata_round_trips_both_ways_binary_values_included() {
     );
     assert_eq!(response.metadata().get("x-server"), Some("options"));
 
-    // A call without options gets no response metadata (the server sends none to a client
-    // that did not send an extension frame) and works as before.
+    // A call without options still reads the server's metadata through `Client::unary` (it
+    // asks for it); the generated plain method's path (`codegen::unary`) sends no extension
+    // frame, so the server sends none, and `*_with_metadata` (`codegen::unary_with_metadata`)
+    // does.
     let plain = client.unary::<_, Msg>(&ECHO, Msg::default()).await.unwrap();
-    assert!(plain.metadata().is_empty());
     assert_eq!(plain.get_ref().text, "|");
+    assert_eq!(plain.metadata().get("x-server"), Some("options"));
+    let generated_plain: qrpc::Response<Msg> = qrpc::codegen::unary(&client, &ECHO, Msg::default())
+        .await
+        .unwrap();
+    assert!(generated_plain.metadata().is_empty());
+    let generated_with: qrpc::Response<Msg> =
+        qrpc::codegen::unary_with_metadata(&client, &ECHO, Msg::default())
+            .await
+            .unwrap();
+    assert_eq!(generated_with.metadata().get("x-server"), Some("options"));
 
     // Server streaming: the metadata is known with the first message.
     let mut request = Request::new(Msg {

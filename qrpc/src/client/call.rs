@@ -67,6 +67,9 @@ pub struct CallRequest {
     pub timeout: Option<Duration>,
     /// Filled with the server's response metadata, if it sends any.
     response_metadata: MetadataSlot,
+    /// The caller reads the response metadata: the call carries an extension frame (the server
+    /// answers metadata only to calls that do) even without a deadline or metadata of its own.
+    wants_response_metadata: bool,
 }
 
 impl CallRequest {
@@ -80,6 +83,7 @@ impl CallRequest {
             metadata: Metadata::new(),
             timeout: None,
             response_metadata: MetadataSlot::default(),
+            wants_response_metadata: false,
         }
     }
 
@@ -93,6 +97,7 @@ impl CallRequest {
             metadata: Metadata::new(),
             timeout: None,
             response_metadata: MetadataSlot::default(),
+            wants_response_metadata: false,
         }
     }
 
@@ -106,6 +111,7 @@ impl CallRequest {
             metadata: Metadata::new(),
             timeout: None,
             response_metadata: MetadataSlot::default(),
+            wants_response_metadata: false,
         }
     }
 
@@ -119,6 +125,7 @@ impl CallRequest {
             metadata: Metadata::new(),
             timeout: None,
             response_metadata: MetadataSlot::default(),
+            wants_response_metadata: false,
         }
     }
 
@@ -145,9 +152,15 @@ impl CallRequest {
         Arc::clone(&self.response_metadata)
     }
 
+    /// The caller reads the response metadata (see `wants_response_metadata`).
+    pub(crate) fn reading_response_metadata(mut self) -> Self {
+        self.wants_response_metadata = true;
+        self
+    }
+
     /// Whether the call needs the extension frame.
     fn has_extension(&self) -> bool {
-        self.timeout.is_some() || !self.metadata.is_empty()
+        self.timeout.is_some() || !self.metadata.is_empty() || self.wants_response_metadata
     }
 
     /// A copy to send again (only single-message bodies can be copied).
@@ -160,6 +173,7 @@ impl CallRequest {
             metadata: self.metadata.clone(),
             timeout: self.timeout,
             response_metadata: Arc::clone(&self.response_metadata),
+            wants_response_metadata: self.wants_response_metadata,
         }
     }
 }
@@ -352,7 +366,7 @@ impl CallService {
             _sender: None,
             early_streams: live.early_streams(early),
             deadline,
-            response_metadata: Some(request.response_metadata()),
+            response_metadata: Some(Arc::clone(&request.response_metadata)),
         };
         // The extension frame, if any, goes out with the opening frame.
         let mut frames: Vec<RequestFrame> = extension
@@ -456,7 +470,9 @@ async fn ask_extension(live: &Live, request_ids: &AtomicU32) -> Result<bool, Sta
         request_id,
         payload: hello,
     };
-    send.write(std::slice::from_ref(&frame)).await.map_err(write_failed)?;
+    send.write(std::slice::from_ref(&frame))
+        .await
+        .map_err(write_failed)?;
     send.finish();
     let max_answer = u32::try_from(MAX_EXTENSION_LEN).unwrap_or(u32::MAX);
     let mut reader = ResponseReader {

@@ -196,7 +196,7 @@ impl Client {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        typed::unary(self, method, request).await
+        typed::unary_with_metadata(self, method, request).await
     }
 
     /// A server-streaming call of `method` (see [`unary`](Self::unary) for `request`).
@@ -224,7 +224,7 @@ impl Client {
         R::Message: prost::Message + 'static,
         Resp: prost::Message + Default,
     {
-        typed::client_streaming(self, method, requests).await
+        typed::client_streaming_with_metadata(self, method, requests).await
     }
 
     /// A bidi-streaming call of `method` (see [`client_streaming`](Self::client_streaming)).

@@ -86,7 +86,8 @@ fn single_message_call<Req: prost::Message>(
         .with_timeout(timeout)
 }
 
-/// A unary call of `method` through `transport`.
+/// A unary call of `method` through `transport`. The response's metadata is empty unless the
+/// request carried a deadline or metadata (see [`unary_with_metadata`]).
 pub async fn unary<T, Req, Resp>(
     transport: &T,
     method: &MethodInfo,
@@ -102,6 +103,24 @@ where
     single(send(transport, call).await?, &slot).await
 }
 
+/// A unary call of `method` through `transport` whose caller reads the server's metadata: it
+/// always carries the call extension (negotiated once per connection), so a server that sets
+/// response metadata sends it.
+pub async fn unary_with_metadata<T, Req, Resp>(
+    transport: &T,
+    method: &MethodInfo,
+    request: impl IntoRequest<Req>,
+) -> Result<Response<Resp>, Status>
+where
+    T: Transport,
+    Req: prost::Message,
+    Resp: prost::Message + Default,
+{
+    let call = single_message_call(method, request, false).reading_response_metadata();
+    let slot = call.response_metadata();
+    single(send(transport, call).await?, &slot).await
+}
+
 /// A server-streaming call of `method` through `transport`.
 pub async fn server_streaming<T, Req, Resp>(
     transport: &T,
@@ -113,7 +132,8 @@ where
     Req: prost::Message,
     Resp: prost::Message + Default,
 {
-    let call = single_message_call(method, request, true);
+    // A stream's metadata is readable (`Streaming::metadata`): always asked for.
+    let call = single_message_call(method, request, true).reading_response_metadata();
     let slot = call.response_metadata();
     Ok(Streaming::from_server(send(transport, call).await?, slot))
 }
@@ -135,7 +155,8 @@ where
         .with_timeout(timeout)
 }
 
-/// A client-streaming call of `method` through `transport`.
+/// A client-streaming call of `method` through `transport`. The response's metadata is empty
+/// unless the request carried a deadline or metadata (see [`client_streaming_with_metadata`]).
 pub async fn client_streaming<T, R, Resp>(
     transport: &T,
     method: &MethodInfo,
@@ -152,6 +173,24 @@ where
     single(send(transport, call).await?, &slot).await
 }
 
+/// A client-streaming call of `method` whose caller reads the server's metadata (see
+/// [`unary_with_metadata`]).
+pub async fn client_streaming_with_metadata<T, R, Resp>(
+    transport: &T,
+    method: &MethodInfo,
+    requests: R,
+) -> Result<Response<Resp>, Status>
+where
+    T: Transport,
+    R: IntoStreamingRequest,
+    R::Message: prost::Message + 'static,
+    Resp: prost::Message + Default,
+{
+    let call = streaming_call(method, requests, false).reading_response_metadata();
+    let slot = call.response_metadata();
+    single(send(transport, call).await?, &slot).await
+}
+
 /// A bidi-streaming call of `method` through `transport`.
 pub async fn bidi<T, R, Resp>(
     transport: &T,
@@ -164,7 +203,7 @@ where
     R::Message: prost::Message + 'static,
     Resp: prost::Message + Default,
 {
-    let call = streaming_call(method, requests, true);
+    let call = streaming_call(method, requests, true).reading_response_metadata();
     let slot = call.response_metadata();
     Ok(Streaming::from_server(send(transport, call).await?, slot))
 }
