@@ -180,7 +180,9 @@ impl<T: prost::Message + Default> Streaming<T> {
     }
 
     /// On the client, the server's response metadata: known once the first message (or the
-    /// end of the stream) has arrived; empty if the server sent none.
+    /// end of the stream) has arrived; empty if the server sent none, which it does unless the
+    /// call carried a deadline or metadata. On the server, handlers read the client's
+    /// metadata from their `RequestContext` instead.
     pub fn metadata(&self) -> crate::metadata::Metadata {
         self.metadata
             .as_ref()

@@ -65,7 +65,7 @@ impl Peer {
         }))
     }
 
-    /// A connection not backed by QUIC; see [`testing::detached_connection`](crate::testing::detached_connection).
+    /// A connection not backed by QUIC; see [`testing::detached_peer`](crate::testing::detached_peer).
     #[cfg(feature = "testing")]
     pub(crate) fn detached(remote: SocketAddr, registry: PushRegistry) -> Self {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 48);

@@ -37,7 +37,14 @@ enum Value {
     Binary(Bytes),
 }
 
-/// Metadata of a call: ordered key/values, a key may repeat.
+/// Metadata of a call: ordered key/values, like gRPC's headers.
+///
+/// Keys are 1 to 128 bytes of lowercase ASCII letters, digits, `-`, `_` and `.`. A key ending in
+/// `-bin` holds binary bytes ([`insert_bin`](Self::insert_bin)); every other key holds printable
+/// ASCII, space to `~` ([`insert`](Self::insert)). `insert` replaces the key's values, `append`
+/// adds one more (a key may repeat). One call carries at most 64 entries and 16 KiB of them: a
+/// call over that fails with `InvalidArgument` before it is sent. Values may be credentials:
+/// `Debug` shows keys only.
 ///
 /// ```
 /// let mut metadata = qrpc::Metadata::new();
@@ -87,13 +94,32 @@ fn is_binary_key(key: &str) -> bool {
     key.ends_with("-bin")
 }
 
+fn check_ascii(key: &str, value: &str) -> Result<(), InvalidMetadata> {
+    check_key(key)?;
+    if is_binary_key(key) {
+        return Err(InvalidMetadata::Kind(key.to_owned()));
+    }
+    if !value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(InvalidMetadata::AsciiValue(key.to_owned()));
+    }
+    Ok(())
+}
+
+fn check_binary_key(key: &str) -> Result<(), InvalidMetadata> {
+    check_key(key)?;
+    if !is_binary_key(key) {
+        return Err(InvalidMetadata::Kind(key.to_owned()));
+    }
+    Ok(())
+}
+
 impl Metadata {
     /// Empty metadata.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds an ASCII entry (kept beside earlier entries with the same key).
+    /// Sets `key` to one ASCII value, replacing any values it had.
     pub fn insert(
         &mut self,
         key: impl Into<String>,
@@ -101,28 +127,46 @@ impl Metadata {
     ) -> Result<(), InvalidMetadata> {
         let key = key.into();
         let value = value.into();
-        check_key(&key)?;
-        if is_binary_key(&key) {
-            return Err(InvalidMetadata::Kind(key));
-        }
-        if !value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
-            return Err(InvalidMetadata::AsciiValue(key));
-        }
+        check_ascii(&key, &value)?;
+        self.remove(&key);
         self.entries.push((key, Value::Ascii(value)));
         Ok(())
     }
 
-    /// Adds a binary entry; its key must end in `-bin`.
+    /// Adds an ASCII value for `key`, after any it already has.
+    pub fn append(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<(), InvalidMetadata> {
+        let key = key.into();
+        let value = value.into();
+        check_ascii(&key, &value)?;
+        self.entries.push((key, Value::Ascii(value)));
+        Ok(())
+    }
+
+    /// Sets `key` (ending in `-bin`) to one binary value, replacing any values it had.
     pub fn insert_bin(
         &mut self,
         key: impl Into<String>,
         value: impl Into<Bytes>,
     ) -> Result<(), InvalidMetadata> {
         let key = key.into();
-        check_key(&key)?;
-        if !is_binary_key(&key) {
-            return Err(InvalidMetadata::Kind(key));
-        }
+        check_binary_key(&key)?;
+        self.remove(&key);
+        self.entries.push((key, Value::Binary(value.into())));
+        Ok(())
+    }
+
+    /// Adds a binary value for `key` (ending in `-bin`), after any it already has.
+    pub fn append_bin(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), InvalidMetadata> {
+        let key = key.into();
+        check_binary_key(&key)?;
         self.entries.push((key, Value::Binary(value.into())));
         Ok(())
     }
@@ -189,11 +233,11 @@ impl Metadata {
     /// Adds an entry from the wire, checking it as `insert`/`insert_bin` do.
     pub(crate) fn push_raw(&mut self, key: String, value: Bytes) -> Result<(), InvalidMetadata> {
         if is_binary_key(&key) {
-            self.insert_bin(key, value)
+            self.append_bin(key, value)
         } else {
             let text = String::from_utf8(value.to_vec())
                 .map_err(|_| InvalidMetadata::AsciiValue(printable(&key)))?;
-            self.insert(key, text)
+            self.append(key, text)
         }
     }
 }
@@ -236,13 +280,22 @@ mod tests {
     #[test]
     fn repeated_keys_keep_their_order_and_debug_shows_no_values() {
         let mut m = Metadata::new();
-        m.insert("a", "1").unwrap();
+        m.append("a", "1").unwrap();
         m.insert("authorization", "secret-token").unwrap();
-        m.insert("a", "2").unwrap();
+        m.append("a", "2").unwrap();
         assert_eq!(m.get("a"), Some("1"));
         assert_eq!(m.get_all("a").collect::<Vec<_>>(), ["1", "2"]);
+        // `insert` replaces every value of its key.
+        m.insert("a", "3").unwrap();
+        assert_eq!(m.get_all("a").collect::<Vec<_>>(), ["3"]);
+        m.append("a", "4").unwrap();
         assert!(!format!("{m:?}").contains("secret-token"));
         assert_eq!(m.remove("a"), 2);
+        m.insert_bin("k-bin", vec![1u8]).unwrap();
+        m.insert_bin("k-bin", vec![2u8]).unwrap();
+        m.append_bin("k-bin", vec![3u8]).unwrap();
+        assert_eq!(m.get_bin("k-bin").map(|b| b.to_vec()), Some(vec![2u8]));
+        assert_eq!(m.remove("k-bin"), 2);
         assert_eq!(m.keys().collect::<Vec<_>>(), ["authorization"]);
     }
 }

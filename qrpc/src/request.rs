@@ -9,8 +9,10 @@ use crate::metadata::Metadata;
 /// A request message with its per-call options: a timeout, metadata for the server, and
 /// extensions for client-side layers (never sent).
 ///
-/// Generated clients take anything that is [`IntoRequest`]: the message itself, a reference
-/// to it, or a `Request` that wraps it.
+/// Generated clients' unary and server-streaming methods take anything that is
+/// [`IntoRequest`]: the message itself, a reference to it (cloned), or a `Request` that wraps
+/// it; their client-streaming and bidi methods take an [`IntoStreamingRequest`]: a stream of
+/// messages, or a `Request` that wraps one.
 ///
 /// ```
 /// # #[derive(Clone, PartialEq, prost::Message)] struct SayRequest {}
@@ -189,7 +191,8 @@ impl<T> Response<T> {
         self.message
     }
 
-    /// The server's response metadata (empty when it sent none).
+    /// The server's response metadata: empty when it sent none, which it does unless the call
+    /// carried the extension (a deadline or metadata, or a generated `*_with_metadata` call).
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
     }

@@ -5,7 +5,7 @@
 //!
 //! ```
 //! # use qrpc::{PushRegistry, testing};
-//! let connection = testing::detached_connection("10.0.0.1:5000".parse().unwrap(), PushRegistry::new());
+//! let connection = testing::detached_peer("10.0.0.1:5000".parse().unwrap(), PushRegistry::new());
 //! let ctx = testing::request_context(&connection, 1, None, 7);
 //! assert_eq!((ctx.method_id(), ctx.request_id()), (1, 7));
 //! ```
@@ -19,7 +19,7 @@ use crate::push::PushRegistry;
 /// A connection from `remote` that is not backed by QUIC. Its push sender reports
 /// [`PushError::Closed`](crate::PushError::Closed); binding an identity registers it in
 /// `registry` like a real connection; it never closes and never sees a server shutdown.
-pub fn detached_connection(remote: SocketAddr, registry: PushRegistry) -> Peer {
+pub fn detached_peer(remote: SocketAddr, registry: PushRegistry) -> Peer {
     Peer::detached(remote, registry)
 }
 

@@ -237,7 +237,7 @@ async fn the_server_refuses_a_non_idempotent_call_sent_in_0rtt_without_running_i
         prost::Message::encode_to_vec(&Msg::default()).into(),
     )
     .with_idempotent(true);
-    let mut responses = liar.channel().clone().oneshot(call).await.unwrap();
+    let mut responses = liar.call_service().clone().oneshot(call).await.unwrap();
     let refused = futures::StreamExt::next(&mut responses)
         .await
         .unwrap()

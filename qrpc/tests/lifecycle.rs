@@ -359,9 +359,9 @@ async fn connection_migrates_to_a_new_local_socket() {
         )
         .await
         .unwrap();
-    let before = client.channel().local_addr().unwrap();
+    let before = client.call_service().local_addr().unwrap();
     client.rebind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let after = client.channel().local_addr().unwrap();
+    let after = client.call_service().local_addr().unwrap();
     assert_ne!(before.port(), after.port());
     // Same connection (the session survives) over the new path.
     let me: Msg = client

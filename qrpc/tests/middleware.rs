@@ -193,8 +193,7 @@ async fn tower_concurrency_limit_bounds_running_handlers() {
 #[tokio::test]
 async fn layers_work_over_mock_services() {
     let registry = qrpc::PushRegistry::new();
-    let conn =
-        qrpc::testing::detached_connection("10.0.0.1:5000".parse().unwrap(), registry.clone());
+    let conn = qrpc::testing::detached_peer("10.0.0.1:5000".parse().unwrap(), registry.clone());
     let request = |method_id| {
         qrpc::ServerRequest::new(
             qrpc::testing::request_context(&conn, method_id, None, 1),

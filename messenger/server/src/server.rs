@@ -299,7 +299,7 @@ impl InProcess {
 
     /// A fresh, unauthenticated connection from `remote` (not backed by QUIC).
     pub fn connection(&self, remote: SocketAddr) -> qrpc::Peer {
-        qrpc::testing::detached_connection(remote, self.state.registry.clone())
+        qrpc::testing::detached_peer(remote, self.state.registry.clone())
     }
 
     /// Makes one call of `method_id` with `body` on `connection`, through every layer.

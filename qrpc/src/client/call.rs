@@ -59,7 +59,7 @@ pub struct CallRequest {
     /// that data. Never set it for a method with side effects: 0-RTT data can be replayed.
     pub idempotent: bool,
     /// Metadata sent to the server with the call. A server that does not speak the call
-    /// extension (`docs/wire-protocol.md` §9) never sees it: the call goes out without it.
+    /// extension (`docs/wire-protocol.md` §11) never sees it: the call goes out without it.
     pub metadata: Metadata,
     /// How long the caller waits for the call. The client ends the call with
     /// `DeadlineExceeded` when it passes, and a server that speaks the call extension learns

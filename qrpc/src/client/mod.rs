@@ -111,7 +111,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("channel", &self.channel)
+            .field("call_service", &self.channel)
             .finish_non_exhaustive()
     }
 }
@@ -132,8 +132,9 @@ impl Client {
         Self::builder(addr, tls).connect().await
     }
 
-    /// The raw channel beneath the layers.
-    pub fn channel(&self) -> &CallService {
+    /// The per-call stream service beneath the client's layers (no layer applies to calls made
+    /// through it).
+    pub fn call_service(&self) -> &CallService {
         &self.channel
     }
 
@@ -196,7 +197,7 @@ impl Client {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        typed::unary_with_metadata(self, method, request).await
+        typed::unary(self, method, request).await
     }
 
     /// A server-streaming call of `method` (see [`unary`](Self::unary) for `request`).
@@ -224,7 +225,7 @@ impl Client {
         R::Message: prost::Message + 'static,
         Resp: prost::Message + Default,
     {
-        typed::client_streaming_with_metadata(self, method, requests).await
+        typed::client_streaming(self, method, requests).await
     }
 
     /// A bidi-streaming call of `method` (see [`client_streaming`](Self::client_streaming)).

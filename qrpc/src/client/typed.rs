@@ -105,7 +105,8 @@ where
 
 /// A unary call of `method` through `transport` whose caller reads the server's metadata: it
 /// always carries the call extension (negotiated once per connection), so a server that sets
-/// response metadata sends it.
+/// response metadata sends it. Such a call waits for the handshake of a resumed connection
+/// (the extension is negotiated on it), so it never travels as 0-RTT data.
 pub async fn unary_with_metadata<T, Req, Resp>(
     transport: &T,
     method: &MethodInfo,
@@ -132,8 +133,7 @@ where
     Req: prost::Message,
     Resp: prost::Message + Default,
 {
-    // A stream's metadata is readable (`Streaming::metadata`): always asked for.
-    let call = single_message_call(method, request, true).reading_response_metadata();
+    let call = single_message_call(method, request, true);
     let slot = call.response_metadata();
     Ok(Streaming::from_server(send(transport, call).await?, slot))
 }
@@ -203,7 +203,7 @@ where
     R::Message: prost::Message + 'static,
     Resp: prost::Message + Default,
 {
-    let call = streaming_call(method, requests, true).reading_response_metadata();
+    let call = streaming_call(method, requests, true);
     let slot = call.response_metadata();
     Ok(Streaming::from_server(send(transport, call).await?, slot))
 }

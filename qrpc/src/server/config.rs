@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::frame::DEFAULT_MAX_PAYLOAD;
 use crate::protocol::DEFAULT_ALPN;
 
-/// Limits and timeouts of a server. Every field has a sensible default.
+/// Limits and timeouts of a server: every setting has a sensible default and a setter of its
+/// name (`config.max_payload(1 << 20).idle_timeout(..)`).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {

@@ -129,7 +129,7 @@ impl<L> Server<L> {
 
     /// The server's whole call path (every layer over the router) without a socket: for
     /// driving the real stack in-process, as tests and fuzz targets do with
-    /// [`testing::detached_connection`](crate::testing::detached_connection) connections.
+    /// `qrpc::testing::detached_peer` connections (feature `testing`).
     pub fn into_service<S>(self) -> Result<S, DuplicateMethodId>
     where
         L: Layer<Router, Service = S>,
