@@ -48,6 +48,23 @@ pub enum IdError {
         /// The second method.
         second: String,
     },
+    /// A method's generated name is another's `*_with_metadata` twin (`Say` and
+    /// `SayWithMetadata`, where `Say` returns one response).
+    #[error(
+        "{file}: methods {service}.{method} and {service}.{twin} would both generate `{generated}`: rename one"
+    )]
+    NameClash {
+        /// The `.proto` file.
+        file: String,
+        /// Fully qualified service name.
+        service: String,
+        /// The method whose `*_with_metadata` twin clashes.
+        method: String,
+        /// The method named like the twin.
+        twin: String,
+        /// The generated name both would take.
+        generated: String,
+    },
     /// A method that streams its request is marked idempotent: a request stream cannot be
     /// replayed, so such a method is never sent as 0-RTT data.
     #[error(
@@ -140,6 +157,22 @@ pub(crate) fn collect(pool: &DescriptorPool) -> Result<Model, IdError> {
 
     for service in pool.services() {
         let file = service.parent_file().name().to_owned();
+        // Methods with one response get a `<name>_with_metadata` twin in generated clients.
+        for method in service.methods().filter(|m| !m.is_server_streaming()) {
+            let generated = format!("{}_with_metadata", names::snake(method.name()));
+            if let Some(twin) = service
+                .methods()
+                .find(|other| names::snake(other.name()) == generated)
+            {
+                return Err(IdError::NameClash {
+                    file,
+                    service: service.full_name().to_owned(),
+                    method: method.name().to_owned(),
+                    twin: twin.name().to_owned(),
+                    generated,
+                });
+            }
+        }
         for method in service.methods() {
             let missing = || IdError::Missing {
                 file: file.clone(),

@@ -208,3 +208,22 @@ fn output_is_formatted_and_prost_config_hooks_apply() {
     assert!(code.contains("\n    pub trait S:"), "{code}");
     assert!(code.lines().all(|l| l.len() < 200), "{code}");
 }
+
+#[test]
+fn a_method_named_like_anothers_metadata_twin_is_rejected() {
+    let src = format!(
+        "{HEADER}service S {{\n rpc Say(M) returns (M) {{ option (qrpc.method_id) = 1; }}\n rpc SayWithMetadata(M) returns (M) {{ option (qrpc.method_id) = 2; }}\n}}\n"
+    );
+    let err = compile("twin", &src).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "t.v1.S.Say and t.v1.S.SayWithMetadata would both generate `say_with_metadata`"
+        ),
+        "{err}"
+    );
+    // A server-streaming method has no twin: no clash.
+    let src = format!(
+        "{HEADER}service S {{\n rpc Say(M) returns (stream M) {{ option (qrpc.method_id) = 1; }}\n rpc SayWithMetadata(M) returns (M) {{ option (qrpc.method_id) = 2; }}\n}}\n"
+    );
+    assert!(compile("twin-stream", &src).is_ok());
+}
