@@ -315,6 +315,9 @@ async fn serve_opened<S>(
     .catch_unwind();
     let stopped = send.stopped();
     let outcome = tokio::select! {
+        // The handler first: one that is ready at once never makes the stream's state (and
+        // quinn's connection lock) be asked whether the client went away.
+        biased;
         result = call => result.unwrap_or_else(|_| Err(panicked())),
         _ = stopped => {
             // The client cancelled: dropping `call` drops the handler future.
