@@ -125,12 +125,7 @@ impl Metadata {
         key: impl Into<String>,
         value: impl Into<String>,
     ) -> Result<(), InvalidMetadata> {
-        let key = key.into();
-        let value = value.into();
-        check_ascii(&key, &value)?;
-        self.remove(&key);
-        self.entries.push((key, Value::Ascii(value)));
-        Ok(())
+        self.put_ascii(key.into(), value.into(), true)
     }
 
     /// Adds an ASCII value for `key`, after any it already has.
@@ -139,11 +134,7 @@ impl Metadata {
         key: impl Into<String>,
         value: impl Into<String>,
     ) -> Result<(), InvalidMetadata> {
-        let key = key.into();
-        let value = value.into();
-        check_ascii(&key, &value)?;
-        self.entries.push((key, Value::Ascii(value)));
-        Ok(())
+        self.put_ascii(key.into(), value.into(), false)
     }
 
     /// Sets `key` (ending in `-bin`) to one binary value, replacing any values it had.
@@ -152,11 +143,7 @@ impl Metadata {
         key: impl Into<String>,
         value: impl Into<Bytes>,
     ) -> Result<(), InvalidMetadata> {
-        let key = key.into();
-        check_binary_key(&key)?;
-        self.remove(&key);
-        self.entries.push((key, Value::Binary(value.into())));
-        Ok(())
+        self.put_binary(key.into(), value.into(), true)
     }
 
     /// Adds a binary value for `key` (ending in `-bin`), after any it already has.
@@ -165,10 +152,36 @@ impl Metadata {
         key: impl Into<String>,
         value: impl Into<Bytes>,
     ) -> Result<(), InvalidMetadata> {
-        let key = key.into();
-        check_binary_key(&key)?;
-        self.entries.push((key, Value::Binary(value.into())));
+        self.put_binary(key.into(), value.into(), false)
+    }
+
+    fn put_ascii(
+        &mut self,
+        key: String,
+        value: String,
+        replace: bool,
+    ) -> Result<(), InvalidMetadata> {
+        check_ascii(&key, &value)?;
+        self.put(key, Value::Ascii(value), replace);
         Ok(())
+    }
+
+    fn put_binary(
+        &mut self,
+        key: String,
+        value: Bytes,
+        replace: bool,
+    ) -> Result<(), InvalidMetadata> {
+        check_binary_key(&key)?;
+        self.put(key, Value::Binary(value), replace);
+        Ok(())
+    }
+
+    fn put(&mut self, key: String, value: Value, replace: bool) {
+        if replace {
+            self.remove(&key);
+        }
+        self.entries.push((key, value));
     }
 
     /// The first ASCII value under `key`.

@@ -56,6 +56,15 @@ fn taken(slot: &MetadataSlot) -> Metadata {
         .unwrap_or_default()
 }
 
+/// Sends a call with one response, and takes that response with the server's metadata.
+async fn answered<T: Transport, Resp: prost::Message + Default>(
+    transport: &T,
+    call: CallRequest,
+) -> Result<Response<Resp>, Status> {
+    let slot = call.response_metadata();
+    single(send(transport, call).await?, &slot).await
+}
+
 async fn single<Resp: prost::Message + Default>(
     mut responses: MessageStream,
     slot: &MetadataSlot,
@@ -98,9 +107,7 @@ where
     Req: prost::Message,
     Resp: prost::Message + Default,
 {
-    let call = single_message_call(method, request, false);
-    let slot = call.response_metadata();
-    single(send(transport, call).await?, &slot).await
+    answered(transport, single_message_call(method, request, false)).await
 }
 
 /// A unary call of `method` through `transport` whose caller reads the server's metadata: it
@@ -118,8 +125,7 @@ where
     Resp: prost::Message + Default,
 {
     let call = single_message_call(method, request, false).reading_response_metadata();
-    let slot = call.response_metadata();
-    single(send(transport, call).await?, &slot).await
+    answered(transport, call).await
 }
 
 /// A server-streaming call of `method` through `transport`.
@@ -168,9 +174,7 @@ where
     R::Message: prost::Message + 'static,
     Resp: prost::Message + Default,
 {
-    let call = streaming_call(method, requests, false);
-    let slot = call.response_metadata();
-    single(send(transport, call).await?, &slot).await
+    answered(transport, streaming_call(method, requests, false)).await
 }
 
 /// A client-streaming call of `method` whose caller reads the server's metadata (see
@@ -187,8 +191,7 @@ where
     Resp: prost::Message + Default,
 {
     let call = streaming_call(method, requests, false).reading_response_metadata();
-    let slot = call.response_metadata();
-    single(send(transport, call).await?, &slot).await
+    answered(transport, call).await
 }
 
 /// A bidi-streaming call of `method` through `transport`.
