@@ -170,11 +170,11 @@ impl<T: prost::Message + Default> Streaming<T> {
     /// the server's fault, so it maps to `Internal`.
     pub(crate) fn from_server(
         inner: MessageStream,
-        metadata: crate::metadata::MetadataSlot,
+        metadata: Option<crate::metadata::MetadataSlot>,
     ) -> Self {
         Self {
             decode_code: crate::status::Code::Internal,
-            metadata: Some(metadata),
+            metadata,
             ..Self::new(inner)
         }
     }

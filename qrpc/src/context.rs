@@ -256,7 +256,8 @@ pub struct RequestContext {
     early_data: bool,
     metadata: Metadata,
     deadline: Option<tokio::time::Instant>,
-    response_metadata: ResponseMetadata,
+    /// Only for a call whose client sent the extension: no other client is answered any.
+    response_metadata: Option<ResponseMetadata>,
 }
 
 impl RequestContext {
@@ -277,23 +278,22 @@ impl RequestContext {
             early_data: false,
             metadata: Metadata::new(),
             deadline: None,
-            response_metadata: ResponseMetadata::default(),
+            response_metadata: None,
         }
     }
 
-    /// Sets what the call's extension frame carried.
+    /// Sets what the call's extension frame carried; returns the handle of the response
+    /// metadata, for the server to send.
     pub(crate) fn set_call_extension(
         &mut self,
         metadata: Metadata,
         deadline: Option<tokio::time::Instant>,
-    ) {
+    ) -> ResponseMetadata {
         self.metadata = metadata;
         self.deadline = deadline;
-    }
-
-    /// The shared handle of the response metadata, for the server to send.
-    pub(crate) fn response_metadata_handle(&self) -> ResponseMetadata {
-        self.response_metadata.clone()
+        self.response_metadata
+            .get_or_insert_with(ResponseMetadata::default)
+            .clone()
     }
 
     /// Marks the call as having arrived in 0-RTT data.
@@ -375,7 +375,11 @@ impl RequestContext {
     /// extension frame (a deadline or metadata) receives it; metadata set after the response
     /// (or a stream's first message) has gone is not sent.
     pub fn with_response_metadata<R>(&self, f: impl FnOnce(&mut Metadata) -> R) -> R {
-        f(&mut self.response_metadata.lock())
+        match &self.response_metadata {
+            Some(metadata) => f(&mut metadata.lock()),
+            // The client reads no response metadata: what is set goes nowhere.
+            None => f(&mut Metadata::new()),
+        }
     }
 }
 

@@ -91,6 +91,17 @@ impl CallExtension {
         }
     }
 
+    /// The extension of a probe and of its answer: this version, nothing else (`08 01`).
+    pub fn hello() -> Bytes {
+        WireExtension {
+            version: EXTENSION_VERSION,
+            timeout_us: None,
+            metadata: Vec::new(),
+        }
+        .encode_to_vec()
+        .into()
+    }
+
     /// Encodes the extension; refuses one over the limits (the receiver would refuse it).
     pub fn encode(&self) -> Result<Bytes, ExtensionError> {
         if self.metadata.len() > MAX_METADATA_ENTRIES {

@@ -65,68 +65,54 @@ pub struct CallRequest {
     /// `DeadlineExceeded` when it passes, and a server that speaks the call extension learns
     /// the time left and cancels the handler then too.
     pub timeout: Option<Duration>,
-    /// Filled with the server's response metadata, if it sends any.
-    response_metadata: MetadataSlot,
+    /// Filled with the server's response metadata, if it sends any; made only for a call
+    /// that carries the extension (no other call can be answered metadata).
+    response_metadata: Option<MetadataSlot>,
     /// The caller reads the response metadata: the call carries an extension frame (the server
     /// answers metadata only to calls that do) even without a deadline or metadata of its own.
     wants_response_metadata: bool,
 }
 
 impl CallRequest {
-    /// A unary call.
-    pub fn unary(method_id: u16, request: Bytes) -> Self {
+    fn new(method_id: u16, kind: CallKind, body: OutgoingBody) -> Self {
         Self {
             method_id,
-            kind: CallKind::Unary,
-            body: OutgoingBody::Single(request),
+            kind,
+            body,
             idempotent: false,
             metadata: Metadata::new(),
             timeout: None,
-            response_metadata: MetadataSlot::default(),
+            response_metadata: None,
             wants_response_metadata: false,
         }
+    }
+
+    /// A unary call.
+    pub fn unary(method_id: u16, request: Bytes) -> Self {
+        Self::new(method_id, CallKind::Unary, OutgoingBody::Single(request))
     }
 
     /// A server-streaming call.
     pub fn server_streaming(method_id: u16, request: Bytes) -> Self {
-        Self {
+        Self::new(
             method_id,
-            kind: CallKind::ServerStreaming,
-            body: OutgoingBody::Single(request),
-            idempotent: false,
-            metadata: Metadata::new(),
-            timeout: None,
-            response_metadata: MetadataSlot::default(),
-            wants_response_metadata: false,
-        }
+            CallKind::ServerStreaming,
+            OutgoingBody::Single(request),
+        )
     }
 
     /// A client-streaming call.
     pub fn client_streaming(method_id: u16, requests: BoxStream<'static, Bytes>) -> Self {
-        Self {
+        Self::new(
             method_id,
-            kind: CallKind::ClientStreaming,
-            body: OutgoingBody::Stream(requests),
-            idempotent: false,
-            metadata: Metadata::new(),
-            timeout: None,
-            response_metadata: MetadataSlot::default(),
-            wants_response_metadata: false,
-        }
+            CallKind::ClientStreaming,
+            OutgoingBody::Stream(requests),
+        )
     }
 
     /// A bidi-streaming call.
     pub fn bidi(method_id: u16, requests: BoxStream<'static, Bytes>) -> Self {
-        Self {
-            method_id,
-            kind: CallKind::Bidi,
-            body: OutgoingBody::Stream(requests),
-            idempotent: false,
-            metadata: Metadata::new(),
-            timeout: None,
-            response_metadata: MetadataSlot::default(),
-            wants_response_metadata: false,
-        }
+        Self::new(method_id, CallKind::Bidi, OutgoingBody::Stream(requests))
     }
 
     /// Marks the call idempotent or not (see [`CallRequest::idempotent`]).
@@ -147,9 +133,16 @@ impl CallRequest {
         self
     }
 
-    /// Where the response metadata will be.
-    pub(crate) fn response_metadata(&self) -> MetadataSlot {
-        Arc::clone(&self.response_metadata)
+    /// Where the response metadata will be, for a call that can be answered any (one that
+    /// carries the extension): ask once the call's options are set.
+    pub(crate) fn response_metadata(&mut self) -> Option<MetadataSlot> {
+        if !self.has_extension() {
+            return None;
+        }
+        Some(Arc::clone(
+            self.response_metadata
+                .get_or_insert_with(MetadataSlot::default),
+        ))
     }
 
     /// The caller reads the response metadata (see `wants_response_metadata`).
@@ -172,7 +165,7 @@ impl CallRequest {
             idempotent: self.idempotent,
             metadata: self.metadata.clone(),
             timeout: self.timeout,
-            response_metadata: Arc::clone(&self.response_metadata),
+            response_metadata: self.response_metadata.clone(),
             wants_response_metadata: self.wants_response_metadata,
         }
     }
@@ -366,25 +359,21 @@ impl CallService {
             _sender: None,
             early_streams: live.early_streams(early),
             deadline,
-            response_metadata: Some(Arc::clone(&request.response_metadata)),
+            response_metadata: request.response_metadata.clone(),
         };
-        // The extension frame, if any, goes out with the opening frame.
-        let mut frames: Vec<RequestFrame> = extension
-            .map(|payload| RequestFrame {
-                method_id: EXTENSION_METHOD_ID,
-                request_id,
-                payload,
-            })
-            .into_iter()
-            .collect();
+        let extension = extension.map(|payload| RequestFrame {
+            method_id: EXTENSION_METHOD_ID,
+            request_id,
+            payload,
+        });
         match request.body {
             OutgoingBody::Single(payload) => {
-                frames.push(RequestFrame {
+                let opening = RequestFrame {
                     method_id: request.method_id,
                     request_id,
                     payload,
-                });
-                match send.write(&frames).await {
+                };
+                match send.write_opening(extension, opening).await {
                     Ok(()) => send.finish(),
                     // The server stopped reading (for example an oversize payload): its status
                     // is on the response stream.
@@ -394,12 +383,12 @@ impl CallService {
                 Ok((reader.into_stream(), early))
             }
             OutgoingBody::Stream(messages) => {
-                frames.push(RequestFrame {
+                let opening = RequestFrame {
                     method_id: request.method_id,
                     request_id,
                     payload: Bytes::new(),
-                });
-                match send.write(&frames).await {
+                };
+                match send.write_opening(extension, opening).await {
                     Ok(()) => {}
                     Err(quinn::WriteError::Stopped(_)) => {
                         send.disarm();
@@ -462,13 +451,10 @@ async fn ask_extension(live: &Live, request_ids: &AtomicU32) -> Result<bool, Sta
     let (send, recv) = live.conn.open_bi().await.map_err(connection_lost)?;
     let request_id = request_ids.fetch_add(1, Ordering::Relaxed);
     let mut send = ResetOnDrop::new(send, None);
-    let hello = CallExtension::new(None, Metadata::new())
-        .encode()
-        .map_err(|e| Status::internal(e.to_string()))?;
     let frame = RequestFrame {
         method_id: EXTENSION_METHOD_ID,
         request_id,
-        payload: hello,
+        payload: CallExtension::hello(),
     };
     send.write(std::slice::from_ref(&frame))
         .await
@@ -537,6 +523,19 @@ impl ResetOnDrop {
         match self.send.as_mut() {
             Some(send) => write_requests(send, frames).await,
             None => Err(quinn::WriteError::ClosedStream),
+        }
+    }
+
+    /// Writes a call's opening frame, after its extension frame if it has one, in one write
+    /// (the two leave in the same packet when they fit).
+    async fn write_opening(
+        &mut self,
+        extension: Option<RequestFrame>,
+        opening: RequestFrame,
+    ) -> Result<(), quinn::WriteError> {
+        match extension {
+            Some(extension) => self.write(&[extension, opening]).await,
+            None => self.write(std::slice::from_ref(&opening)).await,
         }
     }
 

@@ -49,25 +49,23 @@ async fn send<T: Transport>(transport: &T, request: CallRequest) -> Result<Messa
         .map_err(|e| Status::from_error(e.into()))
 }
 
-fn taken(slot: &MetadataSlot) -> Metadata {
-    slot.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
+fn taken(slot: Option<&MetadataSlot>) -> Metadata {
+    slot.and_then(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).take())
         .unwrap_or_default()
 }
 
 /// Sends a call with one response, and takes that response with the server's metadata.
 async fn answered<T: Transport, Resp: prost::Message + Default>(
     transport: &T,
-    call: CallRequest,
+    mut call: CallRequest,
 ) -> Result<Response<Resp>, Status> {
     let slot = call.response_metadata();
-    single(send(transport, call).await?, &slot).await
+    single(send(transport, call).await?, slot.as_ref()).await
 }
 
 async fn single<Resp: prost::Message + Default>(
     mut responses: MessageStream,
-    slot: &MetadataSlot,
+    slot: Option<&MetadataSlot>,
 ) -> Result<Response<Resp>, Status> {
     let bytes = single_response(&mut responses).await?;
     Ok(Response::new(decode_response(bytes)?, taken(slot)))
@@ -139,7 +137,7 @@ where
     Req: prost::Message,
     Resp: prost::Message + Default,
 {
-    let call = single_message_call(method, request, true);
+    let mut call = single_message_call(method, request, true);
     let slot = call.response_metadata();
     Ok(Streaming::from_server(send(transport, call).await?, slot))
 }
@@ -206,7 +204,7 @@ where
     R::Message: prost::Message + 'static,
     Resp: prost::Message + Default,
 {
-    let call = streaming_call(method, requests, true);
+    let mut call = streaming_call(method, requests, true);
     let slot = call.response_metadata();
     Ok(Streaming::from_server(send(transport, call).await?, slot))
 }

@@ -21,7 +21,6 @@ use crate::context::{Peer, RequestContext};
 use crate::extension::{CallExtension, EXTENSION_STATUS, ExtensionError};
 use crate::frame::ResponseFrame;
 use crate::io::write_response;
-use crate::metadata::Metadata;
 use crate::protocol::reset;
 use crate::status::{Code, Status};
 
@@ -239,17 +238,11 @@ const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Answers a probe: this server speaks the call extension.
 async fn answer_probe(send: &mut SendStream, request_id: u32, payload: Option<&[u8]>) {
-    if let Some(Err(err)) = payload.map(CallExtension::decode) {
-        let status = extension_refused(&err);
-        if send_status(send, request_id, &status).await.is_ok() {
-            let _ = send.finish();
-        }
-        return;
-    }
-    let Ok(hello) = CallExtension::new(None, Metadata::new()).encode() else {
-        return;
+    let answered = match payload.map(CallExtension::decode) {
+        Some(Err(err)) => send_status(send, request_id, &extension_refused(&err)).await,
+        _ => send_ok(send, request_id, CallExtension::hello()).await,
     };
-    if send_ok(send, request_id, hello).await.is_ok() {
+    if answered.is_ok() {
         let _ = send.finish();
         let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
     }
@@ -282,16 +275,13 @@ async fn serve_opened<S>(
     let finished = |code: Code| shared.metrics.finished(method_id, code, started.elapsed());
     let mut ctx = RequestContext::new(connection, method_id, method, request_id);
     ctx.set_early_data(early);
-    // A client that sent an extension frame reads one back; others never see it.
-    let response_metadata = extension.is_some().then(|| ctx.response_metadata_handle());
     let deadline = extension.as_ref().and_then(|e| {
         e.timeout
             .filter(|t| *t <= MAX_DEADLINE)
             .and_then(|t| tokio::time::Instant::now().checked_add(t))
     });
-    if let Some(extension) = extension {
-        ctx.set_call_extension(extension.metadata, deadline);
-    }
+    // A client that sent an extension frame reads one back; others never see it.
+    let response_metadata = extension.map(|e| ctx.set_call_extension(e.metadata, deadline));
     let expired = async move {
         match deadline {
             Some(deadline) => tokio::time::sleep_until(deadline).await,
