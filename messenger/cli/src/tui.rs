@@ -518,7 +518,9 @@ impl App {
         let c = session.client();
         self.view.me = c.whoami().unwrap_or_else(|| "not logged in".into());
         self.view.outbox = c.outbox_len().unwrap_or(0);
-        self.view.requests = c.requests().map_or(0, |r| r.len());
+        self.view.requests = c
+            .request_count()
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
         let me = session.me();
         let all = c.conversations().unwrap_or_default();
         self.view.conversations = all

@@ -593,6 +593,12 @@ impl QpqClient {
         self.inner.store.requests()
     }
 
+    /// How many message requests wait for an answer (what [`requests`](Self::requests)
+    /// lists), without loading them.
+    pub fn request_count(&self) -> SdkResult<u64> {
+        self.inner.store.request_count()
+    }
+
     /// Accepts a message request: the conversation joins the list
     /// ([`ClientEvent::ConversationCreated`]), what arrived in it so far is announced
     /// ([`ClientEvent::MessageReceived`]), and this user becomes a member of its server

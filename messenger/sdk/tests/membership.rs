@@ -207,6 +207,7 @@ async fn a_strangers_invitation_is_a_request_until_the_user_answers() {
     assert_eq!((requested.id, inviter.as_str()), (dm.id, "alice"));
     assert!(bob.conversations().unwrap().is_empty());
     assert_eq!(bob.requests().unwrap().len(), 1);
+    assert_eq!(bob.request_count().unwrap(), 1);
     let mut alice_events = alice.subscribe();
     let first = alice.send_text(&dm.id, "hi, it's Alice", None).unwrap();
     sent(&mut alice_events, first).await;
@@ -216,6 +217,7 @@ async fn a_strangers_invitation_is_a_request_until_the_user_answers() {
     assert_eq!(accepted.id, dm.id);
     assert_eq!(bob.conversations().unwrap().len(), 1);
     assert!(bob.requests().unwrap().is_empty());
+    assert_eq!(bob.request_count().unwrap(), 0);
     alice.send_text(&dm.id, "welcome", None).unwrap();
     // What she said before is announced once accepted (or on arrival, if it came later).
     let mut seen = Vec::new();

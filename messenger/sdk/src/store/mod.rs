@@ -275,6 +275,10 @@ pub(crate) trait Store: Send + Sync {
     fn parked(&self, conversation: &ConversationId) -> SdkResult<Vec<Parked>>;
     /// Message requests (conversations not yet accepted), newest first, with their inviters.
     fn requests(&self) -> SdkResult<Vec<(Conversation, String)>>;
+    /// How many message requests [`requests`](Self::requests) lists, without loading them.
+    fn request_count(&self) -> SdkResult<u64> {
+        Ok(u64::try_from(self.requests()?.len()).unwrap_or(u64::MAX))
+    }
     /// Records that the server channel of joined conversation `id` is still to be accepted.
     fn channel_to_accept(&self, id: &ConversationId, channel: &[u8]) -> SdkResult<()>;
     /// Channels still to be accepted on the server.

@@ -412,6 +412,38 @@ fn apply_on(conn: &Connection, effect: &Effect) -> SdkResult<bool> {
 }
 
 /// A conversation as stored, read on `conn`.
+fn channel_on(conn: &Connection, id: &ConversationId) -> SdkResult<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT channel FROM conversations WHERE id = ?1")?
+        .query_row([id.0.as_slice()], |r| r.get::<_, Option<Vec<u8>>>(0))
+        .optional()?
+        .flatten())
+}
+
+fn conversation_of_channel_on(
+    conn: &Connection,
+    channel: &[u8],
+) -> SdkResult<Option<ConversationId>> {
+    conn.prepare_cached("SELECT id FROM conversations WHERE channel = ?1")?
+        .query_row([channel], |r| r.get::<_, Vec<u8>>(0))
+        .optional()?
+        .map(|id| array(id, "conversation id").map(ConversationId))
+        .transpose()
+}
+
+fn is_request_on(conn: &Connection, id: &ConversationId) -> SdkResult<bool> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM requests WHERE conversation = ?1)")?
+        .query_row([id.0.as_slice()], |r| r.get(0))?)
+}
+
+fn identity_on(conn: &Connection, user: &str, device: &str) -> SdkResult<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT identity FROM peer_identities WHERE user = ?1 AND device = ?2")?
+        .query_row(params![user, device], |r| r.get(0))
+        .optional()?)
+}
+
 fn conversation_on(conn: &Connection, id: &ConversationId) -> SdkResult<Option<Conversation>> {
     load_conversation(conn, id)
 }
@@ -511,28 +543,15 @@ impl Tx for SqlTx<'_> {
     }
 
     fn channel_user(&mut self, channel: &[u8]) -> SdkResult<Option<ConversationId>> {
-        self.0
-            .prepare_cached("SELECT id FROM conversations WHERE channel = ?1")?
-            .query_row([channel], |r| r.get::<_, Vec<u8>>(0))
-            .optional()?
-            .map(|id| array(id, "conversation id").map(ConversationId))
-            .transpose()
+        conversation_of_channel_on(self.0, channel)
     }
 
     fn channel_of(&mut self, id: &ConversationId) -> SdkResult<Option<Vec<u8>>> {
-        Ok(self
-            .0
-            .prepare_cached("SELECT channel FROM conversations WHERE id = ?1")?
-            .query_row([id.0.as_slice()], |r| r.get::<_, Option<Vec<u8>>>(0))
-            .optional()?
-            .flatten())
+        channel_on(self.0, id)
     }
 
     fn in_request(&mut self, id: &ConversationId) -> SdkResult<bool> {
-        Ok(self
-            .0
-            .prepare_cached("SELECT EXISTS(SELECT 1 FROM requests WHERE conversation = ?1)")?
-            .query_row([id.0.as_slice()], |r| r.get(0))?)
+        is_request_on(self.0, id)
     }
 
     fn unpark(&mut self, seq: u64) -> SdkResult<()> {
@@ -544,11 +563,7 @@ impl Tx for SqlTx<'_> {
     }
 
     fn identity(&mut self, user: &str, device: &str) -> SdkResult<Option<Vec<u8>>> {
-        Ok(self
-            .0
-            .prepare_cached("SELECT identity FROM peer_identities WHERE user = ?1 AND device = ?2")?
-            .query_row(params![user, device], |r| r.get(0))
-            .optional()?)
+        identity_on(self.0, user, device)
     }
 }
 
@@ -697,29 +712,12 @@ impl Store for SqlStore {
 
     /// The server channel of a conversation, if it has one.
     fn channel(&self, conversation: &ConversationId) -> SdkResult<Option<Vec<u8>>> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT channel FROM conversations WHERE id = ?1",
-                [conversation.0.as_slice()],
-                |r| r.get::<_, Option<Vec<u8>>>(0),
-            )
-            .optional()?
-            .flatten())
+        channel_on(&self.lock(), conversation)
     }
 
     /// The conversation using a server channel.
     fn conversation_of_channel(&self, channel: &[u8]) -> SdkResult<Option<ConversationId>> {
-        let id: Option<Vec<u8>> = self
-            .lock()
-            .query_row(
-                "SELECT id FROM conversations WHERE channel = ?1",
-                [channel],
-                |r| r.get(0),
-            )
-            .optional()?;
-        id.map(|id| array(id, "conversation id").map(ConversationId))
-            .transpose()
+        conversation_of_channel_on(&self.lock(), channel)
     }
 
     /// The last queue sequence number whose effects are committed here.
@@ -817,6 +815,15 @@ impl Store for SqlStore {
         load_conversation(&self.lock(), id)
     }
 
+    fn request_count(&self) -> SdkResult<u64> {
+        let count: i64 = self.lock().query_row(
+            "SELECT COUNT(*) FROM requests r JOIN conversations c ON c.id = r.conversation",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     fn requests(&self) -> SdkResult<Vec<(Conversation, String)>> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
@@ -865,10 +872,7 @@ impl Store for SqlStore {
     }
 
     fn is_request(&self, id: &ConversationId) -> SdkResult<bool> {
-        Ok(self
-            .lock()
-            .prepare_cached("SELECT EXISTS(SELECT 1 FROM requests WHERE conversation = ?1)")?
-            .query_row([id.0.as_slice()], |r| r.get(0))?)
+        is_request_on(&self.lock(), id)
     }
 
     fn accept_request(&self, id: &ConversationId) -> SdkResult<bool> {
@@ -1075,13 +1079,7 @@ impl Store for SqlStore {
     fn note_identity(&self, user: &str, device: &str, identity: &[u8]) -> SdkResult<bool> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let known: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT identity FROM peer_identities WHERE user = ?1 AND device = ?2",
-                params![user, device],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let known = identity_on(&tx, user, device)?;
         let changed = match known {
             Some(k) => k != identity,
             None => {
