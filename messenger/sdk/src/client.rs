@@ -221,6 +221,8 @@ impl QpqClientBuilder {
                 unverifiable: Mutex::new(HashMap::new()),
                 invitations: self.invitations,
                 one_at_a_time: std::sync::atomic::AtomicBool::new(false),
+                channel_answers_recorded: std::sync::atomic::AtomicU64::new(1),
+                channel_answers_none_at: std::sync::atomic::AtomicU64::new(0),
                 channel_leaves: Mutex::new(Vec::new()),
                 crash: Mutex::new(self.crash),
             }),
@@ -258,6 +260,12 @@ struct Inner {
     channel_leaves: Mutex<Vec<Vec<u8>>>,
     /// Whether the outbox sends one delivery per call (a call was refused as a whole).
     one_at_a_time: std::sync::atomic::AtomicBool,
+    /// Counts the channel invitations recorded to answer (from 1: the store may hold some
+    /// at start) ...
+    channel_answers_recorded: std::sync::atomic::AtomicU64,
+    /// ... and the count at which the store was last seen to hold none: while the two are
+    /// equal, receiving a message need not ask the store.
+    channel_answers_none_at: std::sync::atomic::AtomicU64,
     /// Which invitations are joined at once.
     invitations: InvitationPolicy,
     /// Devices whose keys recently failed the check, with the reason and when.
@@ -2341,6 +2349,8 @@ impl Inner {
         }
         if let Effect::Conversation(c, Some(channel)) = &applied.effect {
             self.store.channel_to_accept(&c.id, channel)?;
+            self.channel_answers_recorded
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         events.extend(applied.events(&*self.store)?);
         let mut step = Step::Done;
@@ -2912,10 +2922,18 @@ impl Inner {
     /// which only withholds what membership grants (typing, endpoints, the known-sender
     /// quota).
     async fn answer_invitations(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        // Read before the store: an invitation recorded meanwhile makes the next call look.
+        let recorded = self.channel_answers_recorded.load(Ordering::Acquire);
+        if recorded == self.channel_answers_none_at.load(Ordering::Acquire) {
+            return;
+        }
         let Ok(pending) = self.store.channels_to_accept() else {
             return;
         };
         if pending.is_empty() {
+            self.channel_answers_none_at
+                .store(recorded, Ordering::Release);
             return;
         }
         let Ok(rpc) = self.session().await else {
