@@ -43,6 +43,9 @@ fn client(w: &World, dir: &Path) -> QpqClient {
         .pin(w.server.fingerprint)
         .data_dir(dir)
         .raw_key([7; 32])
+        // Every user here is invited by one it never met: take the invitations as they come
+        // (the default holds them as message requests until the user answers).
+        .invitations(qpq_sdk::InvitationPolicy::FromAnyone)
         .build()
         .unwrap()
 }

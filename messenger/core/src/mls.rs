@@ -6,7 +6,9 @@
 //! needs to resume — groups, epochs, key packages' private keys, the signer — lives in that
 //! database, so a member reopened from the same file continues every group.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
@@ -183,7 +185,48 @@ pub struct MlsMember {
     credential: CredentialWithKey,
     suite: Suite,
     name: Vec<u8>,
+    cache: Mutex<GroupCache>,
 }
+
+/// Groups kept in memory between operations, so that a busy group is not read and decoded
+/// from the store for every message. A group is in the cache only while nobody holds it
+/// ([`MlsMember::group`] takes it out, [`MlsMember::keep`] puts it back), and only in the
+/// state the store has or will have once the open transaction commits:
+/// - every copy handed out gets a serial number, and only the latest copy of a group may come
+///   back (an older copy is behind the store);
+/// - a rolled-back transaction empties the cache and refuses every copy handed out before it
+///   (their state may be ahead of the store's);
+/// - a deleted group's copies are refused.
+#[derive(Default)]
+struct GroupCache {
+    groups: HashMap<Vec<u8>, MlsGroup>,
+    /// The serial of the latest copy handed out of each group not given back yet.
+    out: HashMap<Vec<u8>, u64>,
+    serial: u64,
+}
+
+/// Copies handed out and never given back are forgotten past this many (their groups then
+/// load from the store again).
+const MAX_OUTSTANDING: usize = 4096;
+
+impl GroupCache {
+    fn hand_out(&mut self, id: &[u8]) -> u64 {
+        if self.out.len() >= MAX_OUTSTANDING {
+            self.out.clear();
+        }
+        self.serial = self.serial.wrapping_add(1);
+        self.out.insert(id.to_vec(), self.serial);
+        self.serial
+    }
+
+    fn forget_all(&mut self) {
+        self.groups.clear();
+        self.out.clear();
+    }
+}
+
+/// How many groups the cache holds at most.
+pub const CACHED_GROUPS: usize = 64;
 
 impl std::fmt::Debug for MlsMember {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -280,7 +323,12 @@ impl MlsMember {
             credential,
             suite,
             name,
+            cache: Mutex::new(GroupCache::default()),
         })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, GroupCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The openmls provider over this member's connection.
@@ -307,8 +355,15 @@ impl MlsMember {
             rusqlite::TransactionBehavior::Immediate,
         )
         .map_err(store)?;
+        // Until the commit succeeds, a failure (or a panic) leaves groups in memory ahead of
+        // the store: the guard forgets them.
+        let rollback = ForgetOnRollback {
+            member: self,
+            armed: true,
+        };
         let out = f(&tx)?;
         tx.commit().map_err(store)?;
+        rollback.disarm();
         Ok(out)
     }
 
@@ -372,7 +427,8 @@ impl MlsMember {
                 .with_group_id(GroupId::from_slice(group_id))
                 .build(&self.provider(), &self.signer, self.credential.clone())
         );
-        Ok(Group { group })
+        let serial = self.cache().hand_out(group_id);
+        Ok(Group { group, serial })
     }
 
     /// Joins a group from a Welcome another member produced for one of our key packages.
@@ -394,14 +450,72 @@ impl MlsMember {
         );
         let sender = mls_try!("welcome sender", staged.welcome_sender().map(Leaf::of_node));
         let group = mls_try!("joining", staged.into_group(&self.provider()));
-        Ok((Group { group }, sender))
+        let serial = self.cache().hand_out(group.group_id().as_slice());
+        Ok((Group { group, serial }, sender))
     }
 
-    /// Loads a group from the store.
+    /// The group, from the cache if [`keep`](Self::keep) put it there, else loaded from the
+    /// store. The caller holds it until it gives it back with `keep` (or drops it: the next
+    /// call loads it again).
     pub fn group(&self, group_id: &[u8]) -> Result<Option<Group>, MlsError> {
-        let group = MlsGroup::load(self.provider().storage(), &GroupId::from_slice(group_id))
-            .map_err(|e| MlsError::Store(format!("{e:?}")))?;
-        Ok(group.map(|group| Group { group }))
+        let (cached, serial) = {
+            let mut cache = self.cache();
+            (cache.groups.remove(group_id), cache.hand_out(group_id))
+        };
+        let group = match cached {
+            Some(group) => Some(group),
+            None => MlsGroup::load(self.provider().storage(), &GroupId::from_slice(group_id))
+                .map_err(|e| MlsError::Store(format!("{e:?}")))?,
+        };
+        Ok(group.map(|group| Group { group, serial }))
+    }
+
+    /// Gives a group back to the cache, so the next [`group`](Self::group) call finds it
+    /// without reading the store. Call it once the changes made to the group are in the store
+    /// or in the transaction that will write them (inside [`atomically`](Self::atomically)).
+    /// A copy is not taken if a transaction was rolled back since it was handed out (its
+    /// state may be ahead of the store's), if a later copy of the group was handed out (it is
+    /// behind), or if the group was deleted.
+    pub fn keep(&self, group: Group) {
+        let id = group.group.group_id().as_slice().to_vec();
+        let mut cache = self.cache();
+        if cache.out.get(&id) != Some(&group.serial) {
+            return;
+        }
+        cache.out.remove(&id);
+        if cache.groups.len() >= CACHED_GROUPS && !cache.groups.contains_key(&id) {
+            // Any group out: the cache saves loads, it never holds the only copy.
+            if let Some(other) = cache.groups.keys().next().cloned() {
+                cache.groups.remove(&other);
+            }
+        }
+        cache.groups.insert(id, group.group);
+    }
+
+    /// How many groups the cache holds (for tests and diagnostics).
+    pub fn cached_groups(&self) -> usize {
+        self.cache().groups.len()
+    }
+}
+
+/// Empties the member's group cache unless disarmed: dropped armed when a transaction did
+/// not commit.
+struct ForgetOnRollback<'a> {
+    member: &'a MlsMember,
+    armed: bool,
+}
+
+impl ForgetOnRollback<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ForgetOnRollback<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.member.cache().forget_all();
+        }
     }
 }
 
@@ -463,6 +577,8 @@ pub enum Incoming {
 #[derive(Debug)]
 pub struct Group {
     group: MlsGroup,
+    /// Which copy of the group this is (see the member's cache).
+    serial: u64,
 }
 
 fn credential_name(credential: &Credential) -> Option<Vec<u8>> {
@@ -580,6 +696,11 @@ impl Group {
 
     /// Deletes the group and every secret of it from the store (after leaving it).
     pub fn delete(mut self, me: &MlsMember) -> Result<(), MlsError> {
+        {
+            let mut cache = me.cache();
+            cache.groups.remove(self.group.group_id().as_slice());
+            cache.out.remove(self.group.group_id().as_slice());
+        }
         self.group
             .delete(me.provider().storage())
             .map_err(|e| MlsError::Store(format!("{e:?}")))

@@ -311,6 +311,87 @@ fn work_done_atomically_is_undone_when_it_fails() {
 }
 
 #[test]
+fn a_rollback_after_a_cached_update_leaves_the_cache_as_the_store() {
+    let ([alice, bob, _carol], [mut a, b, _c]) = trio();
+    let group_id = a.id();
+    bob.keep(b);
+    let first = a.encrypt(&alice, b"first").unwrap();
+    let second = a.encrypt(&alice, b"second").unwrap();
+    // A committed update goes back to the cache.
+    bob.atomically(|_| {
+        let mut g = bob.group(&group_id)?.unwrap();
+        expect_app(g.process(&bob, &first)?);
+        bob.keep(g);
+        Ok::<_, MlsError>(())
+    })
+    .unwrap();
+    assert_eq!(bob.cached_groups(), 1);
+    // An update given back to the cache inside a transaction that then fails: the store
+    // never had it, and neither may the cache (the second message would count as used).
+    let failed: Result<(), MlsError> = bob.atomically(|_| {
+        let mut g = bob.group(&group_id)?.unwrap();
+        expect_app(g.process(&bob, &second)?);
+        bob.keep(g);
+        Err(MlsError::NotAMember)
+    });
+    assert!(failed.is_err());
+    assert_eq!(bob.cached_groups(), 0, "the rollback emptied the cache");
+    let mut g = bob.group(&group_id).unwrap().unwrap();
+    assert_eq!(expect_app(g.process(&bob, &second).unwrap()).1, b"second");
+}
+
+#[test]
+fn a_copy_handed_out_before_a_rollback_is_not_cached_after_it() {
+    let ([alice, bob, _carol], [mut a, b, _c]) = trio();
+    let group_id = a.id();
+    drop(b);
+    let message = a.encrypt(&alice, b"once").unwrap();
+    // Held across a transaction that changes it and fails: its memory is ahead of the store.
+    let mut held = bob.group(&group_id).unwrap().unwrap();
+    let failed: Result<(), MlsError> = bob.atomically(|_| {
+        expect_app(held.process(&bob, &message)?);
+        Err(MlsError::NotAMember)
+    });
+    assert!(failed.is_err());
+    bob.keep(held);
+    assert_eq!(bob.cached_groups(), 0);
+    let mut g = bob.group(&group_id).unwrap().unwrap();
+    assert_eq!(expect_app(g.process(&bob, &message).unwrap()).1, b"once");
+}
+
+#[test]
+fn only_the_latest_copy_of_a_group_goes_back_to_the_cache() {
+    let ([alice, bob, _carol], [mut a, b, _c]) = trio();
+    let group_id = a.id();
+    drop(b);
+    let message = a.encrypt(&alice, b"once").unwrap();
+    let older = bob.group(&group_id).unwrap().unwrap();
+    let mut newer = bob.group(&group_id).unwrap().unwrap();
+    expect_app(newer.process(&bob, &message).unwrap());
+    bob.keep(newer);
+    // The older copy has not seen the message: given back, it would undo it.
+    bob.keep(older);
+    let mut g = bob.group(&group_id).unwrap().unwrap();
+    assert!(
+        g.process(&bob, &message).is_err(),
+        "the message was used once"
+    );
+}
+
+#[test]
+fn a_deleted_group_is_not_cached_again() {
+    let ([alice, ..], [a, ..]) = trio();
+    let id = a.id();
+    alice.keep(a);
+    let stale = alice.group(&id).unwrap().unwrap();
+    let doomed = alice.group(&id).unwrap().unwrap();
+    doomed.delete(&alice).unwrap();
+    alice.keep(stale);
+    assert_eq!(alice.cached_groups(), 0);
+    assert!(alice.group(&id).unwrap().is_none());
+}
+
+#[test]
 fn a_deleted_group_is_gone() {
     let ([alice, ..], [a, ..]) = trio();
     let id = a.id();

@@ -736,6 +736,7 @@ impl QpqClient {
                 let transport = group_transport(conversation, ciphertext);
                 let deliveries = deliveries_for(id, &recipients, &transport);
                 let echo = echo(id, keys.me.clone(), sent_at_ms, deliveries.is_empty());
+                keys.mls.keep(group);
                 tx.queue_outgoing(echo.as_ref(), &deliveries)?;
                 SdkResult::Ok(echo)
             })?
@@ -1280,6 +1281,7 @@ impl QpqClient {
                         &invitation(&conversation, welcome, Some(&channel)),
                     )
                 };
+                keys.mls.keep(group);
                 tx.apply(&Effect::Conversation(
                     conversation.clone(),
                     Some(channel.clone()),
@@ -1513,6 +1515,7 @@ impl QpqClient {
                     continue;
                 };
                 let present = other_devices(&group, &keys.me);
+                keys.mls.keep(group);
                 if !c.members.contains(&user_of(&me).to_owned()) {
                     continue;
                 }
@@ -1582,6 +1585,7 @@ impl QpqClient {
                     devices,
                     &invitation(c, welcome, channel.as_deref()),
                 ));
+                keys.mls.keep(group);
                 tx.queue_outgoing(None, &deliveries)
             })?;
         }
@@ -1634,6 +1638,7 @@ impl QpqClient {
                     &recipients,
                     &group_transport(&c.id, commit),
                 );
+                keys.mls.keep(group);
                 tx.queue_outgoing(None, &deliveries)
             })?;
         }
@@ -2407,6 +2412,7 @@ impl Inner {
                         &sender,
                         refused,
                     )?;
+                    keys.mls.keep(group);
                     if matches!(effect, Effect::Park { .. }) {
                         return Ok(None);
                     }
@@ -2636,6 +2642,9 @@ impl Inner {
                         let (effect, queued) = self.process_group(
                             keys, tx, &mut group, id, seq, &g.mls, sender, refused,
                         )?;
+                        // Back to the cache: the transaction writes what changed, and a
+                        // rollback empties the cache.
+                        keys.mls.keep(group);
                         if matches!(effect, Effect::Park { .. }) {
                             self.check_parking(tx, &id, sender)?;
                         }
