@@ -35,17 +35,25 @@
 #[cfg(doctest)]
 pub mod guide {}
 
+mod authentication;
 mod client;
+mod conversation;
+mod encryption;
 mod error;
 mod events;
+mod faults;
 mod model;
+mod send_queue;
 mod store;
+mod sync;
 
-#[cfg(feature = "testing")]
-pub use client::CrashPoint;
-pub use client::{ClientLimits, InvitationPolicy, QpqClient, QpqClientBuilder};
+pub use client::QpqClient;
+pub use client::builder::QpqClientBuilder;
+pub use client::limits::{ClientLimits, InvitationPolicy};
 pub use error::{SdkError, SdkResult};
 pub use events::{ClientEvent, ConnectionState};
+#[cfg(feature = "testing")]
+pub use faults::CrashPoint;
 pub use model::{
     AttachmentInfo, Conversation, ConversationId, ConversationKind, Device, Message, MessageId,
     Progress, SendState,

@@ -1,0 +1,278 @@
+//! The client: [`QpqClient`], its shared state, its connection and its session.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use qpq_core::identity::{DeviceName, IdentityKey};
+use qpq_core::kem::{HybridPublicKey, HybridSecretKey};
+use qpq_core::mls::MlsMember;
+use qpq_core::sealed::ReplayGuard;
+use qpq_proto::v1;
+use qrpc::Code;
+use qrpc::tls::ClientTls;
+use tokio::sync::{Notify, broadcast};
+
+use crate::error::{SdkError, SdkResult};
+use crate::events::ClientEvent;
+use crate::model::{Message, MessageId};
+use crate::store::Store;
+
+use crate::client::builder::QpqClientBuilder;
+use crate::client::limits::ClientLimits;
+use crate::client::limits::InvitationPolicy;
+use crate::faults::CrashSwitch;
+use crate::sync::forward_pushes;
+
+pub(crate) mod builder;
+pub(crate) mod limits;
+
+/// The ALPN the messenger server speaks.
+pub(crate) const ALPN: &[u8] = b"qpq/1";
+
+/// The device's secrets once logged in.
+pub(crate) struct Keys {
+    /// `user/device`, as the user sees it.
+    pub(crate) me: String,
+    /// This device's name in the log and in MLS credentials.
+    pub(crate) name: DeviceName,
+    pub(crate) identity: IdentityKey,
+    pub(crate) hybrid: HybridSecretKey,
+    pub(crate) mls: MlsMember,
+    pub(crate) replay: ReplayGuard,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Box<dyn Store>,
+    pub(crate) server: SocketAddr,
+    pub(crate) tls: ClientTls,
+    pub(crate) limits: ClientLimits,
+    pub(crate) rpc: tokio::sync::Mutex<Option<qrpc::Client>>,
+    pub(crate) keys: Mutex<Option<Keys>>,
+    pub(crate) events: broadcast::Sender<ClientEvent>,
+    pub(crate) outbox_wake: Notify,
+    /// The connection generation the session was last bound on (0: none).
+    pub(crate) session_generation: std::sync::atomic::AtomicU64,
+    pub(crate) sealed_bytes_sent: std::sync::atomic::AtomicU64,
+    pub(crate) peer_keys: Mutex<HashMap<(String, String), HybridPublicKey>>,
+    pub(crate) peer_identities:
+        Mutex<HashMap<(String, String), qpq_core::identity::IdentityPublic>>,
+    /// Server channels of conversations this device was removed from, still to leave.
+    pub(crate) channel_leaves: Mutex<Vec<Vec<u8>>>,
+    /// Whether the outbox sends one delivery per call (a call was refused as a whole).
+    pub(crate) one_at_a_time: std::sync::atomic::AtomicBool,
+    /// Counts the channel invitations recorded to answer (from 1: the store may hold some
+    /// at start) ...
+    pub(crate) channel_answers_recorded: std::sync::atomic::AtomicU64,
+    /// ... and the count at which the store was last seen to hold none: while the two are
+    /// equal, receiving a message need not ask the store.
+    pub(crate) channel_answers_none_at: std::sync::atomic::AtomicU64,
+    /// Which invitations are joined at once.
+    pub(crate) invitations: InvitationPolicy,
+    /// Devices whose keys recently failed the check, with the reason and when.
+    pub(crate) unverifiable: Mutex<HashMap<(String, String), (String, std::time::Instant)>>,
+    pub(crate) crash: CrashSwitch,
+}
+
+/// A quicproquo client: one account on one device, with its encrypted store.
+///
+/// Cheap to clone. Background tasks (receiving, the outbox) run from a successful
+/// [`login`](Self::login) or [`connect`](Self::connect) until [`logout`](Self::logout) or until
+/// the last clone is dropped.
+#[derive(Clone)]
+pub struct QpqClient {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) tasks: Arc<Tasks>,
+}
+
+/// The background tasks; aborted when the last clone of the client goes away.
+#[derive(Default)]
+pub(crate) struct Tasks(pub(crate) Mutex<Vec<tokio::task::JoinHandle<()>>>);
+
+impl Tasks {
+    pub(crate) fn stop(&self) {
+        for task in lock(&self.0).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl std::fmt::Debug for QpqClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QpqClient")
+            .field("server", &self.inner.server)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The client's current connection generation (0 while it is reconnecting).
+pub(crate) fn generation(rpc: &qrpc::Client) -> u64 {
+    match &*rpc.state().borrow() {
+        qrpc::ConnectionState::Connected { generation } => *generation,
+        _ => 0,
+    }
+}
+
+/// Errors a transfer survives by trying again (after resuming the session if need be).
+pub(crate) fn retryable(status: &qrpc::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unauthenticated | Code::Aborted | Code::DeadlineExceeded
+    )
+}
+
+pub(crate) fn futures_iter(
+    chunks: Vec<v1::BlobChunk>,
+) -> futures::stream::Iter<std::vec::IntoIter<v1::BlobChunk>> {
+    futures::stream::iter(chunks)
+}
+
+pub(crate) fn backoff(limits: &ClientLimits, attempt: u32) -> Duration {
+    let factor = 1u32 << attempt.min(16);
+    (limits.initial_backoff * factor).min(limits.max_backoff)
+}
+
+impl QpqClient {
+    /// Starts configuring a client.
+    pub fn builder() -> QpqClientBuilder {
+        QpqClientBuilder::default()
+    }
+
+    /// Subscribes to events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ClientEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Events from now on as a `Stream`. A subscriber that falls more than `event_buffer`
+    /// events behind skips the oldest ones (the store keeps the full state).
+    pub fn events(&self) -> impl futures::Stream<Item = ClientEvent> + Send + 'static {
+        futures::stream::unfold(self.subscribe(), |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => return Some((event, rx)),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "event subscriber fell behind");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+
+    /// Bytes of sealed envelopes this client has handed to the server (its upload traffic
+    /// for messages, without attachments and transport overhead).
+    pub fn sealed_bytes_sent(&self) -> u64 {
+        self.inner
+            .sealed_bytes_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Outgoing items (messages, edits, reactions, membership changes) the outbox has not
+    /// handed to the server yet.
+    pub fn outbox_len(&self) -> SdkResult<u64> {
+        self.inner.store.outbox_len()
+    }
+
+    /// One message from the store.
+    pub fn message(&self, id: &MessageId) -> SdkResult<Option<Message>> {
+        self.inner.store.message(id)
+    }
+
+    /// `user/device` of the logged-in account, if any.
+    pub fn whoami(&self) -> Option<String> {
+        lock(&self.inner.keys).as_ref().map(|k| k.me.clone())
+    }
+
+    pub(crate) fn emit(&self, event: ClientEvent) {
+        let _ = self.inner.events.send(event);
+    }
+
+    pub(crate) async fn rpc(&self) -> SdkResult<qrpc::Client> {
+        self.inner.rpc().await
+    }
+}
+
+impl Inner {
+    /// The connection, made on first use; the qrpc client reconnects by itself afterwards.
+    /// Its push events are forwarded for as long as the client lives.
+    pub(crate) async fn rpc(self: &Arc<Self>) -> SdkResult<qrpc::Client> {
+        let mut rpc = self.rpc.lock().await;
+        if let Some(client) = rpc.as_ref() {
+            return Ok(client.clone());
+        }
+        let client = qrpc::Client::builder(self.server, self.tls.clone())
+            .configure(|c| {
+                c.alpn(vec![ALPN.to_vec()]);
+            })
+            .connect()
+            .await?;
+        if let Some(push) = client.push_events() {
+            tokio::spawn(forward_pushes(Arc::downgrade(self), push));
+        }
+        *rpc = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Makes sure the connection holds the session, resuming it if the connection is new.
+    pub(crate) async fn resume(self: &Arc<Self>) -> SdkResult<qrpc::Client> {
+        let rpc = self.rpc().await?;
+        let token = self
+            .store
+            .account()?
+            .and_then(|a| a.session_token)
+            .ok_or(SdkError::NotLoggedIn)?;
+        v1::auth_client::AuthClient::new(rpc.clone())
+            .resume_session(&v1::ResumeSessionRequest {
+                session_token: token.to_vec().into(),
+            })
+            .await?;
+        self.session_bound(&rpc);
+        Ok(rpc)
+    }
+
+    /// Records that the session is bound to `rpc`'s current connection.
+    pub(crate) fn session_bound(&self, rpc: &qrpc::Client) {
+        self.session_generation
+            .store(generation(rpc), std::sync::atomic::Ordering::Release);
+    }
+
+    /// The connection for a call that needs the session: a connection made since the
+    /// session was last bound (a reconnect) gets it resumed first.
+    pub(crate) async fn session(self: &Arc<Self>) -> SdkResult<qrpc::Client> {
+        let rpc = self.rpc().await?;
+        // While the client reconnects, wait for the new connection before comparing.
+        let mut state = rpc.state();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            state.wait_for(|s| !matches!(s, qrpc::ConnectionState::Reconnecting { .. })),
+        )
+        .await;
+        let now = generation(&rpc);
+        if now != 0
+            && now
+                != self
+                    .session_generation
+                    .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return self.resume().await;
+        }
+        Ok(rpc)
+    }
+}

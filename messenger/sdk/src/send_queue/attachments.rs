@@ -1,0 +1,240 @@
+//! Attachments: encrypted, uploaded in chunks before their message is queued, downloaded
+//! and checked on demand.
+
+use qpq_proto::v1;
+use qrpc::Code;
+use zeroize::Zeroizing;
+
+use crate::error::{SdkError, SdkResult};
+use crate::model::{AttachmentInfo, ConversationId, Message, MessageId, Progress};
+
+use crate::client::QpqClient;
+use crate::client::backoff;
+use crate::client::futures_iter;
+use crate::client::retryable;
+use crate::send_queue::echo_state;
+
+impl QpqClient {
+    /// Sends a file: encrypts it under a fresh key, uploads the ciphertext as a blob in
+    /// chunks (resuming after a disconnect, `progress` called as the server confirms bytes),
+    /// then sends a message carrying the key to the conversation.
+    pub async fn send_attachment(
+        &self,
+        conversation: &ConversationId,
+        name: &str,
+        mime: &str,
+        caption: &str,
+        data: &[u8],
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> SdkResult<MessageId> {
+        if data.len() as u64 > self.inner.limits.max_attachment_bytes {
+            return Err(SdkError::InvalidArgument(format!(
+                "attachment: at most {} bytes",
+                self.inner.limits.max_attachment_bytes
+            )));
+        }
+        if name.is_empty() || name.len() > 255 {
+            return Err(SdkError::InvalidArgument("name: 1 to 255 bytes".into()));
+        }
+        if self.inner.store.conversation(conversation)?.is_none() {
+            return Err(SdkError::NotFound(format!("conversation {conversation}")));
+        }
+        let sealed = qpq_core::attachment::encrypt(data);
+        self.upload(&sealed.ciphertext, &sealed.sha256, &mut progress)
+            .await?;
+        let wire = v1::Attachment {
+            blob_sha256: sealed.sha256.to_vec().into(),
+            key: sealed.key.to_vec().into(),
+            name: name.to_owned(),
+            size: data.len() as u64,
+            mime: mime.to_owned(),
+            caption: caption.to_owned(),
+        };
+        let conversation = *conversation;
+        let info = AttachmentInfo::from_wire(wire.clone());
+        let caption = caption.to_owned();
+        self.send_content(
+            &conversation,
+            v1::content::Body::Attachment(wire),
+            move |id, me, sent_at_ms, nobody| {
+                Some(Message {
+                    body: caption,
+                    attachment: Some(info),
+                    ..Message::new(id, conversation, me, sent_at_ms, true, echo_state(nobody))
+                })
+            },
+        )
+    }
+
+    /// Uploads a blob in calls of up to 1 MiB, each answered with the bytes the server holds,
+    /// so an interrupted upload resumes where the server stopped.
+    pub(crate) async fn upload(
+        &self,
+        ciphertext: &[u8],
+        sha256: &[u8; 32],
+        progress: &mut (impl FnMut(Progress) + Send),
+    ) -> SdkResult<()> {
+        const CHUNK: usize = 256 * 1024;
+        const CALL: usize = 4 * CHUNK;
+        let total = ciphertext.len() as u64;
+        let chunk = |offset: u64, data: &[u8]| v1::BlobChunk {
+            sha256: sha256.to_vec().into(),
+            total_size: total,
+            offset,
+            data: data.to_vec().into(),
+        };
+        let mut offset: Option<u64> = Some(0);
+        let mut failures = 0u32;
+        loop {
+            let Some(rpc) = self.transfer_session(&mut failures).await? else {
+                offset = None;
+                continue;
+            };
+            let blobs = v1::blob_client::BlobClient::new(rpc);
+            // Without a known offset, ask: a call with no data answers how much is stored.
+            let from = offset.unwrap_or(0);
+            let call: Vec<v1::BlobChunk> = match offset {
+                None => vec![chunk(0, &[])],
+                Some(from) => {
+                    let start = usize::try_from(from)
+                        .unwrap_or(usize::MAX)
+                        .min(ciphertext.len());
+                    let end = (start + CALL).min(ciphertext.len());
+                    ciphertext[start..end]
+                        .chunks(CHUNK)
+                        .scan(from, |at, piece| {
+                            let c = chunk(*at, piece);
+                            *at += piece.len() as u64;
+                            Some(c)
+                        })
+                        .collect()
+                }
+            };
+            let answer = blobs.upload_blob(futures_iter(call)).await;
+            match answer {
+                Ok(r) => {
+                    failures = 0;
+                    progress(Progress {
+                        done: r.received,
+                        total,
+                    });
+                    if r.complete {
+                        return Ok(());
+                    }
+                    offset = Some(r.received);
+                    let _ = from;
+                }
+                Err(status) => {
+                    self.after_failed_attempt(status, &mut failures).await?;
+                    offset = None;
+                }
+            }
+        }
+    }
+
+    /// Downloads, verifies and decrypts the file of an attachment message; `progress` is called
+    /// as bytes arrive. An interrupted download resumes where it stopped.
+    pub async fn download_attachment(
+        &self,
+        id: &MessageId,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> SdkResult<Zeroizing<Vec<u8>>> {
+        use futures::StreamExt;
+        let wire = self
+            .inner
+            .store
+            .attachment(id)?
+            .ok_or_else(|| SdkError::NotFound(format!("attachment of message {id}")))?;
+        let wire = AttachmentInfo::decode(&wire)?.wire;
+        // The size comes from the sender: bounded, and the buffer grows as chunks arrive.
+        let limit = self.inner.limits.max_attachment_bytes;
+        if wire.size > limit {
+            return Err(SdkError::Invalid(format!(
+                "the attachment announces {} bytes, above this client's limit of {limit}",
+                wire.size
+            )));
+        }
+        let total = wire
+            .size
+            .checked_add(qpq_core::attachment::OVERHEAD as u64)
+            .ok_or_else(|| SdkError::Invalid("attachment size out of range".into()))?;
+        let mut data: Vec<u8> = Vec::new();
+        let mut failures = 0u32;
+        while (data.len() as u64) < total {
+            let Some(rpc) = self.transfer_session(&mut failures).await? else {
+                continue;
+            };
+            let blobs = v1::blob_client::BlobClient::new(rpc);
+            let result: Result<(), qrpc::Status> = async {
+                let mut stream = blobs
+                    .download_blob(&v1::DownloadBlobRequest {
+                        sha256: wire.blob_sha256.clone(),
+                        offset: data.len() as u64,
+                    })
+                    .await?;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    if chunk.offset != data.len() as u64
+                        || data.len() as u64 + chunk.data.len() as u64 > total
+                    {
+                        return Err(qrpc::Status::data_loss("blob chunk out of place"));
+                    }
+                    data.extend_from_slice(&chunk.data);
+                    progress(Progress {
+                        done: data.len() as u64,
+                        total,
+                    });
+                }
+                Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) if (data.len() as u64) < total => {
+                    return Err(SdkError::Invalid("blob shorter than announced".into()));
+                }
+                Ok(()) => {}
+                Err(status) => self.after_failed_attempt(status, &mut failures).await?,
+            }
+        }
+        qpq_core::attachment::decrypt(&wire.key, &wire.blob_sha256, &data)
+            .map_err(|e| SdkError::Invalid(e.to_string()))
+    }
+
+    /// The session for one attempt of a transfer. A server that cannot be reached (or a
+    /// session that cannot be resumed yet) counts as a failed attempt like a failed call:
+    /// after it is waited out the answer is `None`, try again, until the attempts are used up.
+    pub(crate) async fn transfer_session(
+        &self,
+        failures: &mut u32,
+    ) -> SdkResult<Option<qrpc::Client>> {
+        match self.inner.session().await {
+            Ok(rpc) => Ok(Some(rpc)),
+            Err(SdkError::Server(status)) => {
+                tracing::debug!(%status, "no session for the transfer yet");
+                self.after_failed_attempt(status, failures).await?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// After a failed attempt of a transfer: `Ok` once another attempt may follow (the session
+    /// resumed if the server no longer knew it, else a backoff waited out), or the error when
+    /// it cannot be retried or the attempts are used up.
+    pub(crate) async fn after_failed_attempt(
+        &self,
+        status: qrpc::Status,
+        failures: &mut u32,
+    ) -> SdkResult<()> {
+        if !retryable(&status) || *failures >= self.inner.limits.transfer_attempts {
+            return Err(status.into());
+        }
+        *failures += 1;
+        if status.code() == Code::Unauthenticated {
+            self.inner.resume().await?;
+        } else {
+            tokio::time::sleep(backoff(&self.inner.limits, *failures)).await;
+        }
+        Ok(())
+    }
+}
