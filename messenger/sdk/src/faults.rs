@@ -18,6 +18,9 @@ pub enum CrashPoint {
     /// Where [`AfterDecrypt`](Self::AfterDecrypt) is, the local store fails once (busy,
     /// full, I/O) and the process goes on.
     StoreFailure,
+    /// As [`StoreFailure`](Self::StoreFailure), once this many entries were decrypted: in the
+    /// middle of a run of entries committed together.
+    StoreFailureAfter(u32),
 }
 
 /// The armed crash point, if any (tests only; see [`QpqClientBuilder::crash_at`]).
@@ -34,9 +37,15 @@ pub(crate) fn fail_point(switch: &CrashSwitch, point: CrashPoint) -> SdkResult<(
             *armed = None;
             Err(SdkError::SimulatedCrash(point))
         }
-        Some(CrashPoint::StoreFailure) if point == CrashPoint::AfterDecrypt => {
+        Some(CrashPoint::StoreFailure | CrashPoint::StoreFailureAfter(0))
+            if point == CrashPoint::AfterDecrypt =>
+        {
             *armed = None;
             Err(SdkError::Store("injected store failure".into()))
+        }
+        Some(CrashPoint::StoreFailureAfter(n)) if point == CrashPoint::AfterDecrypt => {
+            *armed = Some(CrashPoint::StoreFailureAfter(n - 1));
+            Ok(())
         }
         _ => Ok(()),
     }

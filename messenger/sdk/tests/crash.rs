@@ -50,7 +50,7 @@ async fn crash_scenario(point: CrashPoint) {
     match point {
         CrashPoint::AfterDecrypt => assert_eq!(stored, 0, "died before committing: {reason}"),
         CrashPoint::BeforeAck => assert_eq!(stored, 1, "died after committing: {reason}"),
-        CrashPoint::StoreFailure => unreachable!("not a crash"),
+        CrashPoint::StoreFailure | CrashPoint::StoreFailureAfter(_) => unreachable!("not a crash"),
     }
     drop(doomed);
 
@@ -63,7 +63,7 @@ async fn crash_scenario(point: CrashPoint) {
     match point {
         CrashPoint::AfterDecrypt => assert_eq!(seen, vec!["first", "second"]),
         CrashPoint::BeforeAck => assert_eq!(seen, vec!["second"], "first is not shown again"),
-        CrashPoint::StoreFailure => unreachable!("not a crash"),
+        CrashPoint::StoreFailure | CrashPoint::StoreFailureAfter(_) => unreachable!("not a crash"),
     }
     assert_texts(&bob, &dm.id, &["first", "second"]);
 }
@@ -143,4 +143,55 @@ async fn a_store_failure_while_receiving_loses_nothing_in_the_same_process() {
         vec!["second"]
     );
     assert_texts(&bob, &dm.id, &["first", "second"]);
+}
+
+#[tokio::test]
+async fn a_store_failure_in_the_middle_of_a_run_loses_nothing_and_repeats_nothing() {
+    // Five messages wait while Bob is away, so his client takes them as one run committed
+    // together. The store fails after the first two were decrypted (their MLS steps done in
+    // memory): the run rolls back, and the next fetch must decrypt all five again, which it
+    // can only if nothing of the rolled-back steps stayed in memory.
+    let server = Server::start().await;
+    let Pair {
+        a_dir: _a_dir,
+        b_dir,
+        alice,
+        bob,
+        bob_events: _bob_events,
+        dm,
+    } = pair(&server).await;
+    drop(bob);
+    let mut alice_events = alice.subscribe();
+    let sent: Vec<_> = (1..=5)
+        .map(|i| alice.send_text(&dm.id, &format!("m{i}"), None).unwrap())
+        .collect();
+    for id in &sent {
+        next(&mut alice_events, |e| match e {
+            ClientEvent::SendStateChanged {
+                id: done,
+                state: qpq_sdk::SendState::Sent,
+                ..
+            } if done == *id => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    let bob = armed(&server, b_dir.path(), CrashPoint::StoreFailureAfter(2));
+    let mut bob_events = bob.subscribe();
+    bob.connect().await.unwrap();
+    let reason = next(&mut bob_events, |e| match e {
+        ClientEvent::ConnectionStateChanged(ConnectionState::Offline { reason }) => Some(reason),
+        ClientEvent::UndecryptableMessage { reason, .. } => panic!("an entry was lost: {reason}"),
+        ClientEvent::MessageReceived(m) if !m.outgoing => {
+            panic!("{} was shown before the run committed", m.body)
+        }
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("injected store failure"), "{reason}");
+    assert_eq!(
+        received_until(&mut bob_events, "m5").await,
+        vec!["m1", "m2", "m3", "m4", "m5"]
+    );
+    assert_texts(&bob, &dm.id, &["m1", "m2", "m3", "m4", "m5"]);
 }

@@ -129,6 +129,35 @@ impl From<rusqlite::Error> for Fail {
     }
 }
 
+/// Why a run of entries was rolled back: the entry (its index in the run) that failed and
+/// how. A failure of the transaction itself is the store's.
+struct BatchFail(usize, Fail);
+
+impl From<SdkError> for BatchFail {
+    fn from(e: SdkError) -> Self {
+        Self(0, Fail::Sdk(e))
+    }
+}
+
+/// What committed entries leave to do once the keys are released: events to send, and
+/// whether the outbox has something new.
+#[derive(Default)]
+struct Committed {
+    events: Vec<ClientEvent>,
+    queued: bool,
+}
+
+impl Committed {
+    fn report(self, inner: &Inner) {
+        for event in self.events {
+            let _ = inner.events.send(event);
+        }
+        if self.queued {
+            inner.outbox_wake.notify_one();
+        }
+    }
+}
+
 /// An effect committed with its queue entry, and what is needed to report it.
 pub(crate) struct Applied {
     pub(crate) effect: Effect,
@@ -236,8 +265,10 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
     let mut caught_up = false;
     let mut resumed = false;
     inner.retry_parked().await?;
-    inner.answer_invitations().await;
     loop {
+        // Channel answers still owed (a call that failed, a session resumed since): before
+        // every wait, so a server that went away and came back gets them.
+        inner.answer_invitations().await;
         let cursor = inner.store.cursor()?;
         let request = v1::FetchWaitRequest {
             after_seq: cursor,
@@ -266,15 +297,42 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
                 ConnectionState::Connected,
             ));
         }
-        let mut last = None;
-        for envelope in &page.messages {
-            inner.apply_checked(envelope).await?;
-            last = Some(envelope.seq);
+        let last = page.messages.last().map(|e| e.seq);
+        let mut rest = page.messages.as_slice();
+        while let Some(first) = rest.first() {
+            let mut refused = inner.recently_refused();
+            let applied = match inner.apply_batch(rest, &refused)? {
+                (0, _) => {
+                    inner.apply_checked(first).await?;
+                    1
+                }
+                (n, Step::UnparkAfter(conversation, devices)) => {
+                    inner
+                        .unpark_checked(conversation, devices, &mut refused)
+                        .await?;
+                    n
+                }
+                (n, _) => n,
+            };
+            rest = rest.get(applied..).unwrap_or_default();
+            inner.answer_invitations().await;
+            inner.leave_channels().await;
         }
         // Acknowledge only what is committed locally.
         if let Some(up_to_seq) = last {
             fail_point(&inner.crash, CrashPoint::BeforeAck)?;
-            delivery.ack(&v1::AckRequest { up_to_seq }).await?;
+            let ack = v1::AckRequest { up_to_seq };
+            match delivery.ack(&ack).await {
+                // As for fetching: the connection may have lost the session since (a server
+                // going down or coming back); resume it once.
+                Err(status) if status.code() == Code::Unauthenticated && !resumed => {
+                    inner.resume().await?;
+                    delivery.ack(&ack).await?;
+                }
+                other => {
+                    other?;
+                }
+            }
             resumed = false;
             let low = usize::try_from(inner.store.key_packages()?).unwrap_or(0)
                 <= inner.limits.key_packages / 2;
@@ -340,9 +398,23 @@ impl Inner {
                 return Ok(Step::Done);
             }
         };
-        let mut events = Vec::new();
-        let mut queued = applied.queued;
-        let unpark = applied.epoch_changed();
+        let mut done = Committed::default();
+        let step = self.committed(guard.as_ref(), applied, refused, &mut done)?;
+        drop(guard);
+        done.report(self);
+        Ok(step)
+    }
+
+    /// What follows the commit of an applied entry: the store's bookkeeping of invitations,
+    /// its events, and the parked messages its epoch change may release.
+    fn committed(
+        self: &Arc<Self>,
+        keys: Option<&Keys>,
+        applied: Applied,
+        refused: &Refused,
+        done: &mut Committed,
+    ) -> SdkResult<Step> {
+        done.queued |= applied.queued;
         if applied.changed
             && matches!(
                 applied.effect,
@@ -356,24 +428,89 @@ impl Inner {
             self.channel_answers_recorded
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
-        events.extend(applied.events(&*self.store)?);
+        done.events.extend(applied.events(&*self.store)?);
         let mut step = Step::Done;
-        if let Some(conversation) = unpark {
-            let (more, more_queued, needed) = self.unpark(guard.as_ref(), conversation, refused)?;
-            events.extend(more);
-            queued |= more_queued;
+        if let Some(conversation) = applied.epoch_changed() {
+            let (more, more_queued, needed) = self.unpark(keys, conversation, refused)?;
+            done.events.extend(more);
+            done.queued |= more_queued;
             if !needed.is_empty() {
                 step = Step::UnparkAfter(conversation, needed);
             }
         }
-        drop(guard);
-        for event in events {
-            let _ = self.events.send(event);
-        }
-        if queued {
-            self.outbox_wake.notify_one();
-        }
         Ok(step)
+    }
+
+    /// Applies a run of queue entries from the start of `envelopes` in one transaction: the
+    /// MLS steps, their effects and the cursor commit (or roll back) together, as one entry's
+    /// do in [`apply`](Self::apply), and the server is told only after. Returns how many
+    /// entries were applied. The run stops after an entry that moves an epoch (parked
+    /// messages may follow it) and before one that cannot simply be applied (it does not
+    /// open, repeats an earlier one, needs keys checked, fails): 0 means the first entry is
+    /// for [`apply_checked`](Self::apply_checked). With the count comes what the run's last
+    /// entry needs next ([`Step::UnparkAfter`] or done).
+    pub(crate) fn apply_batch(
+        self: &Arc<Self>,
+        envelopes: &[v1::Envelope],
+        refused: &Refused,
+    ) -> SdkResult<(usize, Step)> {
+        let mut guard = lock(&self.keys);
+        let keys = guard.as_mut().ok_or(SdkError::NotLoggedIn)?;
+        let now = now_ms();
+        let mut opened = Vec::with_capacity(envelopes.len());
+        let mut ids = std::collections::HashSet::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            match open_sealed(keys, envelope, now) {
+                Ok(entry) if ids.insert(entry.1) => opened.push((envelope.seq, entry)),
+                _ => break,
+            }
+        }
+        let mut run = opened.len();
+        let keys_ref = &*keys;
+        let applied = loop {
+            if run == 0 {
+                return Ok((0, Step::Done));
+            }
+            let result = transact(&*self.store, Some(&keys_ref.mls), |tx| {
+                let mut applied = Vec::with_capacity(run);
+                for (i, (seq, (sender, _, _, transport))) in opened[..run].iter().enumerate() {
+                    let entry = self
+                        .process(keys_ref, tx, *seq, sender, transport.clone(), refused)
+                        .map_err(|fail| BatchFail(i, fail))?;
+                    fail_point(&self.crash, CrashPoint::AfterDecrypt)
+                        .map_err(|e| BatchFail(i, Fail::Sdk(e)))?;
+                    let last = entry.epoch_changed().is_some();
+                    applied.push(entry);
+                    if last {
+                        break;
+                    }
+                }
+                Ok::<_, BatchFail>(applied)
+            });
+            match result {
+                Ok(applied) => break applied,
+                // The store failed (or a test's simulated crash): nothing of the run is kept
+                // and the session ends, as for one entry; the run is fetched again.
+                Err(BatchFail(_, Fail::Sdk(e))) => return Err(e),
+                // Everything was rolled back: again without the entry that cannot simply be
+                // applied (and what follows it), which then goes on its own.
+                Err(BatchFail(i, _)) => run = i,
+            }
+        };
+        let count = applied.len();
+        for (_, (_, message_id, timestamp_ms, _)) in &opened[..count] {
+            let _ = keys.replay.check(*message_id, *timestamp_ms, now);
+        }
+        let mut done = Committed::default();
+        let mut step = Step::Done;
+        for entry in applied {
+            // Only the run's last entry can move an epoch, so only it can leave parked
+            // messages waiting for keys.
+            step = self.committed(guard.as_ref(), entry, refused, &mut done)?;
+        }
+        drop(guard);
+        done.report(self);
+        Ok((count, step))
     }
 
     /// Retries the messages parked for `conversation` now that its epoch moved (or the
