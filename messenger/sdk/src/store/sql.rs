@@ -130,7 +130,9 @@ fn open_keyed(path: &Path, key: &[u8; 32]) -> SdkResult<Connection> {
     // time of receiving a message (an `mlock` and a `memset` per allocation) and protects
     // plaintext the client holds unwiped in its `Message` values anyway. SQLCipher's default,
     // stated so that it is a decision.
-    let _ = conn.query_row("PRAGMA cipher_memory_security = OFF", [], |_| Ok(()));
+    let _ = conn
+        .prepare_cached("PRAGMA cipher_memory_security = OFF")?
+        .query_row([], |_| Ok(()));
     // The statement holds the key: built in one allocation that never grows, wiped after.
     let mut statement = Zeroizing::new(String::with_capacity(KEY_STATEMENT_LEN));
     statement.push_str("PRAGMA key = \"x'");
@@ -144,7 +146,9 @@ fn open_keyed(path: &Path, key: &[u8; 32]) -> SdkResult<Connection> {
     conn.execute_batch(statement.as_str())?;
     // SQLCipher would log a wrong key's failed page check to stderr; the error below says it.
     // (Set after the key: keying sets SQLCipher's default log level the first time.)
-    let _ = conn.query_row("PRAGMA cipher_log_level = NONE", [], |_| Ok(()));
+    let _ = conn
+        .prepare_cached("PRAGMA cipher_log_level = NONE")?
+        .query_row([], |_| Ok(()));
     // With a wrong key the first read fails: SQLCipher cannot decrypt page 1.
     if conn
         .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
@@ -158,6 +162,8 @@ fn open_keyed(path: &Path, key: &[u8; 32]) -> SdkResult<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Every statement the store runs stays prepared (they are fewer than this).
+    conn.set_prepared_statement_cache_capacity(128);
     Ok(conn)
 }
 
@@ -318,10 +324,8 @@ INSERT OR IGNORE INTO channel_answers (conversation, channel)
 /// whether the effect changed anything (a repeat or a forbidden edit does not).
 fn commit_incoming_on(conn: &Connection, seq: u64, effect: &Effect) -> SdkResult<bool> {
     let changed = apply_effect(conn, effect)?;
-    conn.execute(
-        "UPDATE account SET cursor = MAX(cursor, ?1) WHERE id = 1",
-        [i64::try_from(seq).unwrap_or(i64::MAX)],
-    )?;
+    conn.prepare_cached("UPDATE account SET cursor = MAX(cursor, ?1) WHERE id = 1")?
+        .execute([i64::try_from(seq).unwrap_or(i64::MAX)])?;
     Ok(changed)
 }
 
@@ -336,17 +340,17 @@ fn queue_outgoing_on(
         insert_message(conn, m)?;
     }
     for d in deliveries {
-        conn.execute(
+        conn.prepare_cached(
             "INSERT OR IGNORE INTO deliveries (item, user, device, message_id, transport)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                d.item.0.as_slice(),
-                d.user,
-                d.device,
-                d.message_id.as_slice(),
-                d.transport
-            ],
-        )?;
+        )?
+        .execute(params![
+            d.item.0.as_slice(),
+            d.user,
+            d.device,
+            d.message_id.as_slice(),
+            d.transport
+        ])?;
     }
     Ok(())
 }
@@ -377,11 +381,9 @@ fn parked_on(conn: &Connection, conversation: &ConversationId) -> SdkResult<Vec<
 
 /// How many messages are parked for `conversation`.
 fn parked_count_on(conn: &Connection, conversation: &ConversationId) -> SdkResult<u64> {
-    let n: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM parked WHERE conversation = ?1",
-        [conversation.0.as_slice()],
-        |r| r.get(0),
-    )?;
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM parked WHERE conversation = ?1")?
+        .query_row([conversation.0.as_slice()], |r| r.get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -403,10 +405,8 @@ fn parked_from_on(conn: &Connection, sender: &[u8]) -> SdkResult<u64> {
 
 /// Forgets a parked message (processed, or given up on).
 fn unpark_on(conn: &Connection, seq: u64) -> SdkResult<()> {
-    conn.execute(
-        "DELETE FROM parked WHERE seq = ?1",
-        [i64::try_from(seq).unwrap_or(i64::MAX)],
-    )?;
+    conn.prepare_cached("DELETE FROM parked WHERE seq = ?1")?
+        .execute([i64::try_from(seq).unwrap_or(i64::MAX)])?;
     Ok(())
 }
 
@@ -800,7 +800,7 @@ impl Store for SqlStore {
     /// Every conversation, newest first.
     fn conversations(&self) -> SdkResult<Vec<Conversation>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT id FROM conversations WHERE id NOT IN (SELECT conversation FROM requests)
              ORDER BY created_at_ms DESC, id",
         )?;
@@ -830,7 +830,7 @@ impl Store for SqlStore {
 
     fn requests(&self) -> SdkResult<Vec<(Conversation, String)>> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT r.conversation, r.inviter FROM requests r
              JOIN conversations c ON c.id = r.conversation ORDER BY c.created_at_ms DESC",
         )?;
@@ -889,12 +889,12 @@ impl Store for SqlStore {
     fn decline_request(&self, id: &ConversationId) -> SdkResult<bool> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let was = tx.execute(
-            "DELETE FROM requests WHERE conversation = ?1",
-            [id.0.as_slice()],
-        )?;
+        let was = tx
+            .prepare_cached("DELETE FROM requests WHERE conversation = ?1")?
+            .execute([id.0.as_slice()])?;
         if was > 0 {
-            tx.execute("DELETE FROM conversations WHERE id = ?1", [id.0.as_slice()])?;
+            tx.prepare_cached("DELETE FROM conversations WHERE id = ?1")?
+                .execute([id.0.as_slice()])?;
         }
         tx.commit()?;
         Ok(was > 0)
@@ -959,11 +959,9 @@ impl Store for SqlStore {
                 |r| r.get(0),
             )
             .optional()?;
-        let pending: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE item = ?1)",
-            [item.0.as_slice()],
-            |r| r.get(0),
-        )?;
+        let pending: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM deliveries WHERE item = ?1)")?
+            .query_row([item.0.as_slice()], |r| r.get(0))?;
         tx.commit()?;
         Ok((
             pending,
@@ -993,13 +991,14 @@ impl Store for SqlStore {
                 "message {id} is already on its way ({state}); delete it instead"
             )));
         }
-        tx.execute("DELETE FROM deliveries WHERE item = ?1", [id.0.as_slice()])?;
-        tx.execute(
-            "DELETE FROM reactions WHERE message = ?1",
-            [id.0.as_slice()],
-        )?;
-        tx.execute("DELETE FROM receipts WHERE message = ?1", [id.0.as_slice()])?;
-        tx.execute("DELETE FROM messages WHERE id = ?1", [id.0.as_slice()])?;
+        tx.prepare_cached("DELETE FROM deliveries WHERE item = ?1")?
+            .execute([id.0.as_slice()])?;
+        tx.prepare_cached("DELETE FROM reactions WHERE message = ?1")?
+            .execute([id.0.as_slice()])?;
+        tx.prepare_cached("DELETE FROM receipts WHERE message = ?1")?
+            .execute([id.0.as_slice()])?;
+        tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
+            .execute([id.0.as_slice()])?;
         tx.commit()?;
         Ok(ConversationId(array(conversation, "conversation id")?))
     }
@@ -1015,21 +1014,15 @@ impl Store for SqlStore {
     ) -> SdkResult<bool> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        tx.execute(
-            "DELETE FROM deliveries WHERE item = ?1 AND user = ?2 AND device = ?3",
-            params![item.0.as_slice(), user, device],
-        )?;
+        tx.prepare_cached("DELETE FROM deliveries WHERE item = ?1 AND user = ?2 AND device = ?3")?
+            .execute(params![item.0.as_slice(), user, device])?;
         if accepted {
-            tx.execute(
-                "UPDATE messages SET accepted = 1 WHERE id = ?1 AND outgoing = 1",
-                [item.0.as_slice()],
-            )?;
+            tx.prepare_cached("UPDATE messages SET accepted = 1 WHERE id = ?1 AND outgoing = 1")?
+                .execute([item.0.as_slice()])?;
         }
-        let left: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM deliveries WHERE item = ?1",
-            [item.0.as_slice()],
-            |r| r.get(0),
-        )?;
+        let left: i64 = tx
+            .prepare_cached("SELECT COUNT(*) FROM deliveries WHERE item = ?1")?
+            .query_row([item.0.as_slice()], |r| r.get(0))?;
         tx.commit()?;
         Ok(left == 0)
     }
@@ -1055,16 +1048,16 @@ impl Store for SqlStore {
             return Ok(0);
         };
         let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE deliveries SET not_before_ms = ?4
              WHERE item = ?1 AND user = ?2 AND device = ?3",
-            params![
-                item.0.as_slice(),
-                user,
-                device,
-                i64::try_from(retry_at(attempts)).unwrap_or(i64::MAX)
-            ],
-        )?;
+        )?
+        .execute(params![
+            item.0.as_slice(),
+            user,
+            device,
+            i64::try_from(retry_at(attempts)).unwrap_or(i64::MAX)
+        ])?;
         tx.commit()?;
         Ok(attempts)
     }
@@ -1087,18 +1080,16 @@ impl Store for SqlStore {
         let changed = match known {
             Some(k) => k != identity,
             None => {
-                tx.query_row(
-                    "SELECT COUNT(*) FROM peer_identities WHERE user = ?1",
-                    [user],
-                    |r| r.get::<_, i64>(0),
-                )? > 0
+                tx.prepare_cached("SELECT COUNT(*) FROM peer_identities WHERE user = ?1")?
+                    .query_row([user], |r| r.get::<_, i64>(0))?
+                    > 0
             }
         };
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO peer_identities (user, device, identity) VALUES (?1, ?2, ?3)
              ON CONFLICT (user, device) DO UPDATE SET identity = ?3",
-            params![user, device, identity],
-        )?;
+        )?
+        .execute(params![user, device, identity])?;
         tx.commit()?;
         Ok(changed)
     }
@@ -1274,10 +1265,8 @@ fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
         Effect::Conversation(c, channel) => {
             insert_conversation(tx, c, now)?;
             if let Some(channel) = channel {
-                tx.execute(
-                    "UPDATE conversations SET channel = ?2 WHERE id = ?1",
-                    params![c.id.0.as_slice(), channel],
-                )?;
+                tx.prepare_cached("UPDATE conversations SET channel = ?2 WHERE id = ?1")?
+                    .execute(params![c.id.0.as_slice(), channel])?;
             }
             true
         }
@@ -1287,29 +1276,25 @@ fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
             inviter,
         } => {
             insert_conversation(tx, c, now)?;
-            tx.execute(
-                "UPDATE conversations SET channel = ?2 WHERE id = ?1",
-                params![c.id.0.as_slice(), channel],
-            )?;
-            tx.execute(
+            tx.prepare_cached("UPDATE conversations SET channel = ?2 WHERE id = ?1")?
+                .execute(params![c.id.0.as_slice(), channel])?;
+            tx.prepare_cached(
                 "INSERT OR REPLACE INTO requests (conversation, inviter) VALUES (?1, ?2)",
-                params![c.id.0.as_slice(), inviter],
-            )?;
+            )?
+            .execute(params![c.id.0.as_slice(), inviter])?;
             true
         }
         Effect::Members {
             conversation,
             members,
         } => {
-            tx.execute(
-                "DELETE FROM members WHERE conversation = ?1",
-                [conversation.0.as_slice()],
-            )?;
+            tx.prepare_cached("DELETE FROM members WHERE conversation = ?1")?
+                .execute([conversation.0.as_slice()])?;
             for user in members {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR IGNORE INTO members (conversation, user) VALUES (?1, ?2)",
-                    params![conversation.0.as_slice(), user],
-                )?;
+                )?
+                .execute(params![conversation.0.as_slice(), user])?;
             }
             true
         }
@@ -1322,10 +1307,12 @@ fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
         } => {
             // Only the author may edit, and a deleted message stays deleted.
             author_of(tx, conversation, target)?.as_deref() == Some(author.as_str())
-                && tx.execute(
-                    "UPDATE messages SET body = ?2, edited = 1 WHERE id = ?1 AND deleted = 0",
-                    params![target.0.as_slice(), body],
-                )? > 0
+                && tx
+                    .prepare_cached(
+                        "UPDATE messages SET body = ?2, edited = 1 WHERE id = ?1 AND deleted = 0",
+                    )?
+                    .execute(params![target.0.as_slice(), body])?
+                    > 0
         }
         Effect::Delete {
             conversation,
@@ -1333,11 +1320,13 @@ fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
             author,
         } => {
             author_of(tx, conversation, target)?.as_deref() == Some(author.as_str())
-                && tx.execute(
-                    "UPDATE messages SET body = '', attachment = NULL, deleted = 1
+                && tx
+                    .prepare_cached(
+                        "UPDATE messages SET body = '', attachment = NULL, deleted = 1
                      WHERE id = ?1 AND deleted = 0",
-                    [target.0.as_slice()],
-                )? > 0
+                    )?
+                    .execute([target.0.as_slice()])?
+                    > 0
         }
         Effect::Reaction {
             conversation,
@@ -1349,15 +1338,17 @@ fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
             if author_of(tx, conversation, target)?.is_none() {
                 false
             } else if *remove {
-                tx.execute(
+                tx.prepare_cached(
                     "DELETE FROM reactions WHERE message = ?1 AND user = ?2 AND emoji = ?3",
-                    params![target.0.as_slice(), user, emoji],
-                )? > 0
+                )?
+                .execute(params![target.0.as_slice(), user, emoji])?
+                    > 0
             } else {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR IGNORE INTO reactions (message, user, emoji) VALUES (?1, ?2, ?3)",
-                    params![target.0.as_slice(), user, emoji],
-                )? > 0
+                )?
+                .execute(params![target.0.as_slice(), user, emoji])?
+                    > 0
             }
         }
         Effect::Receipt {
@@ -1369,19 +1360,16 @@ fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
             let mut changed = false;
             for target in targets {
                 if author_of(tx, conversation, target)?.is_some() {
-                    changed |= tx.execute(
-                        "INSERT OR IGNORE INTO receipts (message, user, read_at_ms) VALUES (?1, ?2, ?3)",
-                        params![target.0.as_slice(), user, i64::try_from(*at_ms).unwrap_or(0)],
+                    changed |= tx.prepare_cached("INSERT OR IGNORE INTO receipts (message, user, read_at_ms) VALUES (?1, ?2, ?3)")?.execute(params![target.0.as_slice(), user, i64::try_from(*at_ms).unwrap_or(0)],
                     )? > 0;
                 }
             }
             changed
         }
         Effect::Rename { conversation, name } => {
-            tx.execute(
-                "UPDATE conversations SET name = ?2 WHERE id = ?1",
-                params![conversation.0.as_slice(), name],
-            )? > 0
+            tx.prepare_cached("UPDATE conversations SET name = ?2 WHERE id = ?1")?
+                .execute(params![conversation.0.as_slice(), name])?
+                > 0
         }
         Effect::Park {
             seq,
@@ -1390,18 +1378,18 @@ fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
             sender,
             mls,
         } => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO parked (seq, conversation, epoch, mls, sender, parked_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    i64::try_from(*seq).unwrap_or(i64::MAX),
-                    conversation.0.as_slice(),
-                    i64::try_from(*epoch).unwrap_or(i64::MAX),
-                    mls,
-                    sender,
-                    now_ms()
-                ],
-            )?;
+            )?
+            .execute(params![
+                i64::try_from(*seq).unwrap_or(i64::MAX),
+                conversation.0.as_slice(),
+                i64::try_from(*epoch).unwrap_or(i64::MAX),
+                mls,
+                sender,
+                now_ms()
+            ])?;
             false
         }
         Effect::LeaveRequest { .. } => false,
@@ -1411,20 +1399,21 @@ fn apply_effect(tx: &Connection, effect: &Effect) -> SdkResult<bool> {
 /// Stores a conversation as it now is: a repeated id (an invitation back into a conversation
 /// this device left) takes the new kind, name and members outright, never the old ones.
 fn insert_conversation(tx: &Connection, c: &Conversation, created_at_ms: i64) -> SdkResult<()> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO conversations (id, kind, name, created_at_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (id) DO UPDATE SET kind = ?2, name = ?3",
-        params![c.id.0.as_slice(), c.kind.code(), c.name, created_at_ms],
-    )?;
-    tx.execute(
-        "DELETE FROM members WHERE conversation = ?1",
-        [c.id.0.as_slice()],
-    )?;
+    )?
+    .execute(params![
+        c.id.0.as_slice(),
+        c.kind.code(),
+        c.name,
+        created_at_ms
+    ])?;
+    tx.prepare_cached("DELETE FROM members WHERE conversation = ?1")?
+        .execute([c.id.0.as_slice()])?;
     for user in &c.members {
-        tx.execute(
-            "INSERT OR IGNORE INTO members (conversation, user) VALUES (?1, ?2)",
-            params![c.id.0.as_slice(), user],
-        )?;
+        tx.prepare_cached("INSERT OR IGNORE INTO members (conversation, user) VALUES (?1, ?2)")?
+            .execute(params![c.id.0.as_slice(), user])?;
     }
     Ok(())
 }
@@ -1432,12 +1421,14 @@ fn insert_conversation(tx: &Connection, c: &Conversation, created_at_ms: i64) ->
 /// Inserts a message unless its id is stored; returns whether it was new.
 fn insert_message(tx: &Connection, m: &Message) -> SdkResult<bool> {
     let (state, reason) = state_name(&m.state);
-    let n = tx.execute(
-        "INSERT OR IGNORE INTO messages
+    let n = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO messages
              (id, conversation, sender, body, reply_to, sent_at_ms, received_at_ms, outgoing,
               state, state_reason, attachment)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
+        )?
+        .execute(params![
             m.id.0.as_slice(),
             m.conversation.0.as_slice(),
             m.sender,
@@ -1451,8 +1442,7 @@ fn insert_message(tx: &Connection, m: &Message) -> SdkResult<bool> {
             m.attachment
                 .as_ref()
                 .map(crate::model::AttachmentInfo::encode)
-        ],
-    )?;
+        ])?;
     Ok(n > 0)
 }
 
@@ -1468,7 +1458,7 @@ fn load_conversation(conn: &Connection, id: &ConversationId) -> SdkResult<Option
         return Ok(None);
     };
     let mut stmt =
-        conn.prepare("SELECT user FROM members WHERE conversation = ?1 ORDER BY user")?;
+        conn.prepare_cached("SELECT user FROM members WHERE conversation = ?1 ORDER BY user")?;
     let members = stmt
         .query_map([id.0.as_slice()], |r| r.get(0))?
         .collect::<Result<Vec<String>, _>>()?;

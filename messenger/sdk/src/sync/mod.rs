@@ -76,10 +76,24 @@ pub(crate) fn open_sealed(
     keys: &Keys,
     envelope: &v1::Envelope,
     now: u64,
-) -> Result<(IdentityPublic, [u8; 16], u64, v1::Transport), String> {
-    let opened = qpq_core::sealed::open_unrecorded(&keys.hybrid, &envelope.payload)
+) -> Result<Opened, String> {
+    open_with(&keys.hybrid, &keys.replay, envelope, now)
+}
+
+/// An opened envelope: its sender, message id, timestamp and what it carries.
+pub(crate) type Opened = (IdentityPublic, [u8; 16], u64, v1::Transport);
+
+/// [`open_sealed`] with the two keys it needs (which, unlike the rest of [`Keys`], may be
+/// shared between threads).
+fn open_with(
+    hybrid: &qpq_core::kem::HybridSecretKey,
+    replay: &qpq_core::sealed::ReplayGuard,
+    envelope: &v1::Envelope,
+    now: u64,
+) -> Result<Opened, String> {
+    let opened = qpq_core::sealed::open_unrecorded(hybrid, &envelope.payload)
         .map_err(|e| format!("sealed envelope: {e}"))?;
-    keys.replay
+    replay
         .is_fresh(&opened.message_id, opened.timestamp_ms, now)
         .map_err(|e| format!("sealed envelope: {e}"))?;
     let transport =
@@ -90,6 +104,45 @@ pub(crate) fn open_sealed(
         opened.timestamp_ms,
         transport,
     ))
+}
+
+/// Opens every envelope of a run, on as many threads as the machine has cores (up to four):
+/// opening (a post-quantum decapsulation and a signature check each) is most of the cost of
+/// receiving, and each envelope opens on its own.
+fn open_all(keys: &Keys, envelopes: &[v1::Envelope], now: u64) -> Vec<Result<Opened, String>> {
+    /// Fewer envelopes than this open on the calling thread: a thread costs more.
+    const PER_THREAD: usize = 8;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, 4)
+        .min(envelopes.len() / PER_THREAD)
+        .max(1);
+    let (hybrid, replay) = (&keys.hybrid, &keys.replay);
+    let open = |chunk: &[v1::Envelope]| -> Vec<Result<Opened, String>> {
+        chunk
+            .iter()
+            .map(|e| open_with(hybrid, replay, e, now))
+            .collect()
+    };
+    if threads == 1 {
+        return open(envelopes);
+    }
+    let chunk = envelopes.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut parts = envelopes.chunks(chunk);
+        // The calling thread opens the first chunk itself.
+        let first = parts.next().unwrap_or_default();
+        let others: Vec<_> = parts.map(|part| scope.spawn(move || open(part))).collect();
+        let mut all = open(first);
+        for other in others {
+            match other.join() {
+                Ok(opened) => all.extend(opened),
+                // A panic while opening: the rest of the run goes one at a time.
+                Err(_) => break,
+            }
+        }
+        all
+    })
 }
 
 /// Why a queue entry was not applied.
@@ -256,6 +309,52 @@ pub(crate) async fn receive_loop(strong: Arc<Inner>) {
     }
 }
 
+/// Queue entries asked for in one fetch.
+const PAGE: u32 = 100;
+
+/// The next page, fetched while the current one is processed; abandoned (and its call
+/// cancelled) when dropped unused.
+struct Prefetch {
+    after: u64,
+    task: Option<tokio::task::JoinHandle<Result<v1::FetchResponse, qrpc::Status>>>,
+}
+
+impl Prefetch {
+    fn start(delivery: &v1::delivery_client::DeliveryClient, after: u64) -> Self {
+        let delivery = delivery.clone();
+        let task = tokio::spawn(async move {
+            delivery
+                .fetch_wait(&v1::FetchWaitRequest {
+                    after_seq: after,
+                    limit: PAGE,
+                    timeout_ms: 0,
+                })
+                .await
+        });
+        Self {
+            after,
+            task: Some(task),
+        }
+    }
+
+    async fn take(mut self) -> Result<v1::FetchResponse, qrpc::Status> {
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .unwrap_or_else(|e| Err(qrpc::Status::internal(format!("prefetch: {e}")))),
+            None => Err(qrpc::Status::internal("prefetch taken twice")),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
 pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
     let rpc = inner.session().await?;
     let delivery = v1::delivery_client::DeliveryClient::new(rpc);
@@ -264,6 +363,7 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
     ));
     let mut caught_up = false;
     let mut resumed = false;
+    let mut prefetched: Option<Prefetch> = None;
     inner.retry_parked().await?;
     loop {
         // Channel answers still owed (a call that failed, a session resumed since): before
@@ -272,14 +372,18 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
         let cursor = inner.store.cursor()?;
         let request = v1::FetchWaitRequest {
             after_seq: cursor,
-            limit: 100,
+            limit: PAGE,
             timeout_ms: if caught_up {
                 u32::try_from(inner.limits.fetch_wait.as_millis()).unwrap_or(u32::MAX)
             } else {
                 0
             },
         };
-        let page = match delivery.fetch_wait(&request).await {
+        let fetched = match prefetched.take() {
+            Some(next) if next.after == cursor => next.take().await,
+            _ => delivery.fetch_wait(&request).await,
+        };
+        let page = match fetched {
             Ok(page) => page,
             // A new connection (a restart, a reconnect) starts without the session: resume
             // it once; a second refusal means the server ended it.
@@ -298,6 +402,12 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
             ));
         }
         let last = page.messages.last().map(|e| e.seq);
+        // A full page: more is likely waiting, fetched while this page is processed.
+        if let Some(after) = last
+            && page.messages.len() >= usize::try_from(PAGE).unwrap_or(usize::MAX)
+        {
+            prefetched = Some(Prefetch::start(&delivery, after));
+        }
         let mut rest = page.messages.as_slice();
         while let Some(first) = rest.first() {
             let mut refused = inner.recently_refused();
@@ -459,8 +569,8 @@ impl Inner {
         let now = now_ms();
         let mut opened = Vec::with_capacity(envelopes.len());
         let mut ids = std::collections::HashSet::with_capacity(envelopes.len());
-        for envelope in envelopes {
-            match open_sealed(keys, envelope, now) {
+        for (envelope, entry) in envelopes.iter().zip(open_all(keys, envelopes, now)) {
+            match entry {
                 Ok(entry) if ids.insert(entry.1) => opened.push((envelope.seq, entry)),
                 _ => break,
             }
