@@ -43,6 +43,7 @@ mod error;
 mod events;
 mod faults;
 mod model;
+mod parallel;
 mod send_queue;
 mod store;
 mod sync;

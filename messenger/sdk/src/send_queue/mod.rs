@@ -348,10 +348,9 @@ impl Inner {
             return Ok(Batch::Empty);
         }
         let keys_client = v1::keys_client::KeysClient::new(rpc.clone());
-        let mut requests = Vec::with_capacity(pending.len());
-        let mut included = Vec::with_capacity(pending.len());
-        let mut batch_bytes = 0usize;
         let mut claimed: Vec<MessageId> = Vec::new();
+        // Each delivery with the key it is sealed to...
+        let mut to_seal = Vec::with_capacity(pending.len());
         for d in &pending {
             // Claim each item once: from here it cannot be cancelled, and one cancelled in
             // the meantime is skipped.
@@ -369,32 +368,41 @@ impl Inner {
                 }
                 claimed.push(d.item);
             }
-            let hybrid = match self.peer_key(&keys_client, &d.user, &d.device).await {
-                Ok(key) => key,
+            match self.peer_key(&keys_client, &d.user, &d.device).await {
+                Ok(key) => to_seal.push((d, key)),
                 // A key that does not verify is never used: this copy fails for good.
                 Err(SdkError::KeyTransparency(reason) | SdkError::Invalid(reason)) => {
                     self.fail_delivery(d, &reason)?;
-                    continue;
                 }
                 // The device or its keys are gone (revoked, never published): nothing will
                 // ever reach it.
                 Err(SdkError::Server(status)) if !retryable(&status) => {
                     self.fail_delivery(d, &format!("no keys to seal to ({status})"))?;
-                    continue;
                 }
                 Err(e) => return Err(e),
-            };
-            let sealed = {
-                let keys = lock(&self.keys);
-                let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
-                qpq_core::sealed::seal(&keys.identity, &hybrid, now_ms(), &d.transport)
-                    .map_err(|e| SdkError::Crypto(e.to_string()))?
-            };
+            }
+        }
+        // ... sealed on all cores (an X-Wing encapsulation and a signature each).
+        let sealed = {
+            let keys = lock(&self.keys);
+            let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
+            let (identity, now) = (&keys.identity, now_ms());
+            crate::parallel::map(&to_seal, 4, |(d, key)| {
+                qpq_core::sealed::seal(identity, key, now, &d.transport)
+                    .map_err(|e| SdkError::Crypto(e.to_string()))
+            })
+        };
+        let mut requests = Vec::with_capacity(to_seal.len());
+        let mut included = Vec::with_capacity(to_seal.len());
+        let mut batch_bytes = 0usize;
+        for ((d, _), sealed) in to_seal.iter().zip(sealed) {
+            let sealed =
+                sealed.unwrap_or_else(|| Err(SdkError::Crypto("sealing failed".into())))?;
             if !requests.is_empty() && batch_bytes + sealed.len() > BATCH_BYTES {
                 break;
             }
             batch_bytes += sealed.len();
-            included.push(d);
+            included.push(*d);
             requests.push(v1::EnqueueRequest {
                 recipient: Some(v1::DeviceRef {
                     user: d.user.clone(),

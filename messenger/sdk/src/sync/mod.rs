@@ -106,43 +106,14 @@ fn open_with(
     ))
 }
 
-/// Opens every envelope of a run, on as many threads as the machine has cores (up to four):
-/// opening (a post-quantum decapsulation and a signature check each) is most of the cost of
-/// receiving, and each envelope opens on its own.
+/// Opens every envelope of a run on all cores: opening (a post-quantum decapsulation and a
+/// signature check each) is most of the cost of receiving, and each envelope opens on its own.
 fn open_all(keys: &Keys, envelopes: &[v1::Envelope], now: u64) -> Vec<Result<Opened, String>> {
-    /// Fewer envelopes than this open on the calling thread: a thread costs more.
-    const PER_THREAD: usize = 8;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .clamp(1, 4)
-        .min(envelopes.len() / PER_THREAD)
-        .max(1);
     let (hybrid, replay) = (&keys.hybrid, &keys.replay);
-    let open = |chunk: &[v1::Envelope]| -> Vec<Result<Opened, String>> {
-        chunk
-            .iter()
-            .map(|e| open_with(hybrid, replay, e, now))
-            .collect()
-    };
-    if threads == 1 {
-        return open(envelopes);
-    }
-    let chunk = envelopes.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let mut parts = envelopes.chunks(chunk);
-        // The calling thread opens the first chunk itself.
-        let first = parts.next().unwrap_or_default();
-        let others: Vec<_> = parts.map(|part| scope.spawn(move || open(part))).collect();
-        let mut all = open(first);
-        for other in others {
-            match other.join() {
-                Ok(opened) => all.extend(opened),
-                // A panic while opening: the rest of the run goes one at a time.
-                Err(_) => break,
-            }
-        }
-        all
-    })
+    crate::parallel::map(envelopes, 8, |e| open_with(hybrid, replay, e, now))
+        .into_iter()
+        .map(|opened| opened.unwrap_or_else(|| Err("sealed envelope: opening failed".into())))
+        .collect()
 }
 
 /// Why a queue entry was not applied.
