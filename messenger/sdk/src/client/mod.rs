@@ -177,7 +177,9 @@ impl QpqClient {
     }
 
     /// Bytes of sealed envelopes this client has handed to the server (its upload traffic
-    /// for messages, without attachments and transport overhead).
+    /// for messages, without attachments and transport overhead). Only with the `testing`
+    /// feature: a measurement for tests and benchmarks.
+    #[cfg(feature = "testing")]
     pub fn sealed_bytes_sent(&self) -> u64 {
         self.inner
             .sealed_bytes_sent

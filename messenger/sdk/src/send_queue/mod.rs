@@ -388,8 +388,7 @@ impl Inner {
             let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
             let (identity, now) = (&keys.identity, now_ms());
             crate::parallel::map(&to_seal, 16, |(d, key)| {
-                qpq_core::sealed::seal(identity, key, now, &d.transport)
-                    .map_err(|e| SdkError::Crypto(e.to_string()))
+                qpq_core::sealed::seal(identity, key, now, &d.transport).map_err(SdkError::Sealing)
             })
         };
         let mut requests = Vec::with_capacity(to_seal.len());
