@@ -180,7 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Some(Cmd::Register { ref user }) => {
             let (session, _, _) = open(&args).await?;
-            let password = passphrase::prompt_hidden(&format!("new password for {user}: "))?;
+            let password = passphrase::new_password(user, &mut passphrase::prompt_hidden)?;
             let device = session.device().to_owned();
             session.client().register(user, &password).await?;
             session.client().login(user, &device, &password).await?;

@@ -206,3 +206,48 @@ mod tests {
         assert!(matches!(err, PassphraseError::Empty));
     }
 }
+
+/// A new account password, asked twice through `ask` (the hidden prompt, or the REPL's and
+/// TUI's own): refused when empty or when the two answers differ, so a typo is not what the
+/// account is registered with.
+pub fn new_password(
+    user: &str,
+    ask: &mut dyn FnMut(&str) -> std::io::Result<Zeroizing<String>>,
+) -> std::io::Result<Zeroizing<String>> {
+    let first = ask(&format!("new password for {user}: "))?;
+    if first.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the password is empty; nothing was registered",
+        ));
+    }
+    let again = ask("the same password again: ")?;
+    if *first != *again {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the two passwords differ; nothing was registered",
+        ));
+    }
+    Ok(first)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod confirm_tests {
+    use zeroize::Zeroizing;
+
+    fn answers(list: &[&str]) -> impl FnMut(&str) -> std::io::Result<Zeroizing<String>> {
+        let mut list: Vec<String> = list.iter().rev().map(|s| (*s).to_owned()).collect();
+        move |_| Ok(Zeroizing::new(list.pop().unwrap_or_default()))
+    }
+
+    #[test]
+    fn a_new_password_is_asked_twice_and_must_match() {
+        let ok = super::new_password("alice", &mut answers(&["pw", "pw"])).unwrap();
+        assert_eq!(ok.as_str(), "pw");
+        let differ = super::new_password("alice", &mut answers(&["pw", "wp"])).unwrap_err();
+        assert!(differ.to_string().contains("differ"), "{differ}");
+        let empty = super::new_password("alice", &mut answers(&["", ""])).unwrap_err();
+        assert!(empty.to_string().contains("empty"), "{empty}");
+    }
+}

@@ -545,7 +545,7 @@ impl Session {
                     .unwrap_or_else(|| "not logged in: /register <user> or /login <user>".into()),
             ),
             Command::Register(user) => {
-                let password = ask(&format!("new password for {user}: "))
+                let password = crate::passphrase::new_password(&user, ask)
                     .map_err(|e| CommandError::Other(e.to_string()))?;
                 c.register(&user, &password).await?;
                 c.login(&user, &self.device, &password).await?;

@@ -50,10 +50,20 @@ async fn two_processes_talk_through_one_server() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let run =
         |dir: &std::path::Path, args: &[&str], stdin: &str| qpq(&s, dir, "store pass", args, stdin);
+    // A confirmation that differs registers nothing (the name stays free).
+    let differ = run(a.path(), &["register", "alice"], "alice pw\nalice wp\n");
+    assert!(!differ.status.success());
+    let said = String::from_utf8_lossy(&differ.stderr);
+    assert!(said.contains("the two passwords differ"), "{said}");
     assert!(
-        ok(&run(a.path(), &["register", "alice"], "alice pw\n")).contains("logged in as alice/cli")
+        ok(&run(
+            a.path(),
+            &["register", "alice"],
+            "alice pw\nalice pw\n"
+        ))
+        .contains("logged in as alice/cli")
     );
-    ok(&run(b.path(), &["register", "bob"], "bob pw\n"));
+    ok(&run(b.path(), &["register", "bob"], "bob pw\nbob pw\n"));
 
     let sent = ok(&run(
         a.path(),
@@ -102,7 +112,13 @@ async fn two_processes_talk_through_one_server() {
 async fn bad_input_gets_one_clear_line_and_the_session_goes_on() {
     let s = server().await;
     let a = tempfile::tempdir().unwrap();
-    ok(&qpq(&s, a.path(), "right", &["register", "alice"], "pw\n"));
+    ok(&qpq(
+        &s,
+        a.path(),
+        "right",
+        &["register", "alice"],
+        "pw\npw\n",
+    ));
     // The REPL, fed by a pipe: each bad line is one error, then the next command works.
     let out = ok(&qpq(
         &s,

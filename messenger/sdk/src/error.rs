@@ -146,4 +146,3 @@ mod tests {
         assert!(!SdkError::WrongStoreKey.is_retryable());
     }
 }
-
