@@ -18,9 +18,44 @@ pub struct Target {
     pub launched: bool,
 }
 
-/// The data directory of the local server qpq starts on demand.
+/// The data directory of the local server qpq starts on demand: the server's own default
+/// (the platform's data directory for `quicproquo-server`), so `qpq-server` started by hand
+/// and the one `qpq` starts are the same server.
 pub fn default_local_dir() -> PathBuf {
-    qpq_server::config::default_data_dir()
+    directories::ProjectDirs::from("", "", "quicproquo-server")
+        .map_or_else(|| PathBuf::from("qpq-data"), |d| d.data_dir().to_path_buf())
+}
+
+/// The program that runs the local server, and the arguments before `--listen`: this
+/// executable's `server` command when the server is built in, else `qpq-server` from PATH.
+pub fn server_program(exe: &Path) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    choose_server_program(
+        exe,
+        cfg!(feature = "embedded-server"),
+        std::env::var_os("PATH"),
+    )
+}
+
+fn choose_server_program(
+    exe: &Path,
+    built_in: bool,
+    path: Option<std::ffi::OsString>,
+) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    if built_in {
+        return Ok((exe.to_path_buf(), vec!["server".into()]));
+    }
+    let found = path.and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("qpq-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    match found {
+        Some(program) => Ok((program, Vec::new())),
+        None => bail!(
+            "no server answers and this qpq has no server built in: install qpq-server on \
+             PATH, or give a server with --server ADDR --pin SHA256"
+        ),
+    }
 }
 
 /// The certificate fingerprint of the server whose data directory is `dir`, from the
@@ -110,8 +145,8 @@ pub async fn resolve(
     }
 }
 
-/// Starts `qpq server` from this executable as a background process in its own process group
-/// (so it outlives this one and ignores this terminal's Ctrl-C), logging to `server.log`.
+/// Starts the local server ([`server_program`]) as a background process in its own process
+/// group (so it outlives this one and ignores this terminal's Ctrl-C), logging to `server.log`.
 pub fn spawn_detached(
     exe: &Path,
     addr: SocketAddr,
@@ -121,8 +156,9 @@ pub fn spawn_detached(
     let log_path = dir.join("server.log");
     qpq_core::files::write_private(&log_path, b"")?;
     let log = std::fs::OpenOptions::new().append(true).open(&log_path)?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("server")
+    let (program, first) = server_program(exe)?;
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(first)
         .arg("--listen")
         .arg(addr.to_string())
         .arg("--data-dir")
@@ -136,10 +172,11 @@ pub fn spawn_detached(
         cmd.process_group(0);
     }
     cmd.spawn()
-        .with_context(|| format!("starting {} server", exe.display()))
+        .with_context(|| format!("starting the local server ({})", program.display()))
 }
 
 /// `qpq server`: runs a qpq-server in the foreground until Ctrl-C or SIGTERM.
+#[cfg(feature = "embedded-server")]
 pub async fn serve(listen: SocketAddr, dir: PathBuf) -> anyhow::Result<()> {
     let server = qpq_server::start(qpq_server::Config {
         listen,
@@ -173,4 +210,39 @@ pub async fn serve(listen: SocketAddr, dir: PathBuf) -> anyhow::Result<()> {
     }
     server.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn the_server_is_this_program_when_built_in_else_qpq_server_from_path() {
+        let exe = Path::new("/opt/qpq/bin/qpq");
+        let (program, args) = super::choose_server_program(exe, true, None).unwrap();
+        assert_eq!((program.as_path(), args), (exe, vec!["server".to_owned()]));
+
+        let bin = tempfile::tempdir().unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let path = std::env::join_paths([empty.path(), bin.path()]).unwrap();
+        let missing = super::choose_server_program(exe, false, Some(path.clone())).unwrap_err();
+        assert!(
+            missing.to_string().contains("--server ADDR --pin"),
+            "{missing}"
+        );
+        std::fs::write(bin.path().join("qpq-server"), b"").unwrap();
+        let (program, args) = super::choose_server_program(exe, false, Some(path)).unwrap();
+        assert_eq!(program, bin.path().join("qpq-server"));
+        assert!(args.is_empty());
+    }
+
+    #[cfg(feature = "embedded-server")]
+    #[test]
+    fn the_local_server_directory_is_the_servers_own_default() {
+        assert_eq!(
+            super::default_local_dir(),
+            qpq_server::config::default_data_dir()
+        );
+    }
 }

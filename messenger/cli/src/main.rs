@@ -1,7 +1,6 @@
 //! `qpq`: the quicproquo terminal messenger. `qpq demo` needs nothing; `qpq` (the REPL) and
 //! `qpq tui` find or start a local server unless told about another one.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -42,12 +41,14 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// A self-contained scripted conversation on a throwaway local server.
+    #[cfg(feature = "embedded-server")]
     Demo,
     /// The line-editing client (the default).
     Repl,
     /// The full-screen client.
     Tui,
     /// Run a playbook (YAML) of actions and expectations on a throwaway server.
+    #[cfg(feature = "embedded-server")]
     Play {
         /// The playbook file.
         file: PathBuf,
@@ -92,10 +93,11 @@ enum Cmd {
         device: Option<String>,
     },
     /// Run a qpq server in the foreground (what `qpq` starts on demand).
+    #[cfg(feature = "embedded-server")]
     Server {
         /// Address to listen on.
         #[arg(long, default_value = config::DEFAULT_SERVER)]
-        listen: SocketAddr,
+        listen: std::net::SocketAddr,
         /// Data directory (default: the platform's data directory for quicproquo-server).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -123,14 +125,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match args.command {
+        #[cfg(feature = "embedded-server")]
         Some(Cmd::Demo) => {
             let mut out = std::io::stdout();
             qpq_cli::demo::run(&mut out).await?;
             Ok(())
         }
+        #[cfg(feature = "embedded-server")]
         Some(Cmd::Server { listen, data_dir }) => {
             launcher::serve(listen, data_dir.unwrap_or_else(launcher::default_local_dir)).await
         }
+        #[cfg(feature = "embedded-server")]
         Some(Cmd::Play { ref file }) => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
