@@ -162,7 +162,11 @@ pub fn event(
             conversation: c,
             state: s,
         } => match s {
-            SendState::Failed { .. } => format!("#{} {} {}", conversation(c), id.short(), state(s)),
+            // What happens to a message after it was shown queued: handed over, or failed
+            // (read receipts come as their own events).
+            SendState::Sent | SendState::Failed { .. } => {
+                format!("#{} {} {}", conversation(c), id.short(), state(s))
+            }
             _ => return None,
         },
         ClientEvent::Typing {
@@ -234,6 +238,32 @@ mod tests {
             printable("plain text ✓"),
             std::borrow::Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn a_sent_message_s_later_states_are_printed_and_the_chatter_is_not() {
+        let id = qpq_sdk::MessageId([0xab; 16]);
+        let c = qpq_sdk::ConversationId([1; 16]);
+        let line = |s: SendState| {
+            event(
+                &ClientEvent::SendStateChanged {
+                    id,
+                    conversation: c,
+                    state: s,
+                },
+                |_| "team".to_owned(),
+            )
+        };
+        let short = id.short();
+        assert_eq!(line(SendState::Sent), Some(format!("#team {short} sent")));
+        assert_eq!(
+            line(SendState::Failed {
+                recoverable: false,
+                reason: "no such device".into()
+            }),
+            Some(format!("#team {short} FAILED (no such device)"))
+        );
+        assert_eq!(line(SendState::Sending), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! and `qpq server`; without it the launcher starts a `qpq-server` found on PATH.
 //! See `docs/cli.md`.
 
+pub mod background;
 pub mod commands;
 pub mod config;
 #[cfg(feature = "embedded-server")]

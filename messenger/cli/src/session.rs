@@ -49,7 +49,9 @@ pub enum CommandError {
 /// own way, tests answer directly.
 pub type Ask<'a> = &'a mut (dyn FnMut(&str) -> std::io::Result<Zeroizing<String>> + Send);
 
-/// One account's terminal session.
+/// One account's terminal session. Cheap to clone (the client is shared): the TUI runs
+/// each command on a copy.
+#[derive(Debug, Clone)]
 pub struct Session {
     client: QpqClient,
     device: String,
@@ -69,6 +71,11 @@ impl Session {
     /// The device name `/login` and `/register` use by default.
     pub fn device(&self) -> &str {
         &self.device
+    }
+
+    /// Sets the device name `/login` and `/register` use by default.
+    pub fn set_device(&mut self, device: String) {
+        self.device = device;
     }
 
     /// The client.

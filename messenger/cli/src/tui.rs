@@ -45,6 +45,8 @@ pub struct View {
     pub typing: Vec<String>,
     /// A transfer in progress.
     pub transfer: Option<Progress>,
+    /// Commands still running in the background.
+    pub running: usize,
     /// The input line.
     pub input: String,
     /// The cursor position in the input line, in characters.
@@ -187,6 +189,16 @@ pub fn draw(f: &mut Frame<'_>, v: &View) {
             Style::default()
                 .fg(Color::Yellow)
                 .add_modifier(Modifier::BOLD),
+        ));
+    }
+    if v.running > 0 {
+        status.push(Span::styled(
+            format!(
+                " · {} command{} running",
+                v.running,
+                if v.running == 1 { "" } else { "s" }
+            ),
+            Style::default().fg(Color::Cyan),
         ));
     }
     if let Some(p) = v.transfer {
@@ -627,7 +639,7 @@ pub async fn run(mut session: Session, keys: KeyMap) -> anyhow::Result<()> {
     let _restore = Restore;
     let mut app = App {
         view: View {
-            connection: "Connecting".into(),
+            connection: crate::format::connection(&session.client().connection_state()),
             keys: keys.describe(),
             ..View::default()
         },
@@ -665,7 +677,10 @@ pub async fn run(mut session: Session, keys: KeyMap) -> anyhow::Result<()> {
     let mut input = EventStream::new();
     let mut events = session.client().subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Commands run beside this loop: keys and events go on while one waits.
+    let mut background = crate::background::Background::default();
     loop {
+        app.view.running = background.running();
         terminal.draw(|f| draw(f, &app.view))?;
         let intent = tokio::select! {
             key = input.next() => match key {
@@ -679,6 +694,25 @@ pub async fn run(mut session: Session, keys: KeyMap) -> anyhow::Result<()> {
                     app.on_event(&session, &e);
                 }
                 app.refresh(&session);
+                Intent::Redraw
+            }
+            report = background.next() => {
+                match report {
+                    crate::background::Report::Progress(p) => app.view.transfer = Some(p),
+                    crate::background::Report::Finished(done) => {
+                        app.view.transfer = None;
+                        done.apply_to(&mut session);
+                        match done.outcome {
+                            Ok(out) => {
+                                for l in out.lines {
+                                    app.log(l);
+                                }
+                            }
+                            Err(e) => app.log(format!("error: {e}")),
+                        }
+                        app.refresh(&session);
+                    }
+                }
                 Intent::Redraw
             }
             // Only typing indicators change with time alone; everything else changes by events.
@@ -744,56 +778,13 @@ pub async fn run(mut session: Session, keys: KeyMap) -> anyhow::Result<()> {
                     }
                     _ => {}
                 }
-                run_line(&mut terminal, &mut app, &mut session, &line, None).await?;
+                background.start(&session, line, None);
             }
             Intent::Secret(secret) => {
                 if let Some(line) = app.pending.take() {
-                    run_line(&mut terminal, &mut app, &mut session, &line, Some(secret)).await?;
+                    background.start(&session, line, Some(secret));
                 }
             }
         }
     }
-}
-
-/// Runs one command line, redrawing transfer progress while it works.
-async fn run_line(
-    terminal: &mut ratatui::DefaultTerminal,
-    app: &mut App,
-    session: &mut Session,
-    line: &str,
-    secret: Option<Zeroizing<String>>,
-) -> anyhow::Result<()> {
-    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
-    let mut progress = move |p: Progress| {
-        let _ = progress_tx.send(p);
-    };
-    let mut ask = move |_: &str| -> std::io::Result<Zeroizing<String>> {
-        secret
-            .clone()
-            .ok_or_else(|| std::io::Error::other("no password given"))
-    };
-    let outcome = {
-        let work = session.run_line(line, &mut ask, &mut progress);
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                out = &mut work => break out,
-                Some(p) = progress_rx.recv() => {
-                    app.view.transfer = Some(p);
-                    terminal.draw(|f| draw(f, &app.view))?;
-                }
-            }
-        }
-    };
-    app.view.transfer = None;
-    match outcome {
-        Ok(out) => {
-            for l in out.lines {
-                app.log(l);
-            }
-        }
-        Err(e) => app.log(format!("error: {e}")),
-    }
-    app.refresh(session);
-    Ok(())
 }

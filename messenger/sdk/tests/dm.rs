@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use qpq_sdk::{ClientEvent, ConversationId, QpqClient, SdkError, SendState};
+use qpq_sdk::{ClientEvent, ConnectionState, ConversationId, QpqClient, SdkError, SendState};
 
 #[tokio::test]
 async fn a_direct_conversation_both_ways() {
@@ -509,4 +509,40 @@ async fn logout_on_a_connection_without_the_session_still_ends_it_on_the_server(
         third.connect().await.unwrap_err(),
         qpq_sdk::SdkError::NotLoggedIn
     ));
+}
+
+#[tokio::test]
+async fn the_connection_state_is_known_without_having_watched_its_events() {
+    let mut server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = account(&server, dir.path(), "alice", "laptop").await;
+    drop(alice);
+    let alice = server.client(dir.path());
+    assert!(
+        matches!(alice.connection_state(), ConnectionState::Offline { .. }),
+        "{:?}",
+        alice.connection_state()
+    );
+    let mut events = alice.subscribe();
+    alice.connect().await.unwrap();
+    next(&mut events, |e| {
+        matches!(
+            e,
+            ClientEvent::ConnectionStateChanged(ConnectionState::Connected)
+        )
+        .then_some(())
+    })
+    .await;
+    // A view that subscribes only now (the TUI starts after connecting) asks for the state.
+    assert_eq!(alice.connection_state(), ConnectionState::Connected);
+    server.stop().await;
+    let reason = next(&mut events, |e| match e {
+        ClientEvent::ConnectionStateChanged(ConnectionState::Offline { reason }) => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        alice.connection_state(),
+        ConnectionState::Offline { reason }
+    );
 }

@@ -10,6 +10,7 @@ use tokio::sync::{Notify, broadcast};
 use zeroize::Zeroizing;
 
 use crate::error::{SdkError, SdkResult};
+use crate::events::ConnectionState;
 use crate::store::{MemoryStore, SqlStore, Store, StoreKey};
 
 use crate::client::Inner;
@@ -130,6 +131,9 @@ impl QpqClientBuilder {
                 rpc: tokio::sync::Mutex::new(None),
                 keys: Mutex::new(None),
                 events,
+                connection: Mutex::new(ConnectionState::Offline {
+                    reason: "not connected yet".into(),
+                }),
                 outbox_wake: Notify::new(),
                 session_generation: std::sync::atomic::AtomicU64::new(0),
                 sealed_bytes_sent: std::sync::atomic::AtomicU64::new(0),

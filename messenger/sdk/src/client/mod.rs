@@ -15,7 +15,7 @@ use qrpc::tls::ClientTls;
 use tokio::sync::{Notify, broadcast};
 
 use crate::error::{SdkError, SdkResult};
-use crate::events::ClientEvent;
+use crate::events::{ClientEvent, ConnectionState};
 use crate::model::{Message, MessageId};
 use crate::store::Store;
 
@@ -51,6 +51,8 @@ pub(crate) struct Inner {
     pub(crate) rpc: tokio::sync::Mutex<Option<qrpc::Client>>,
     pub(crate) keys: Mutex<Option<Keys>>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
+    /// The connection state last reported.
+    pub(crate) connection: Mutex<ConnectionState>,
     pub(crate) outbox_wake: Notify,
     /// The connection generation the session was last bound on (0: none).
     pub(crate) session_generation: std::sync::atomic::AtomicU64,
@@ -160,6 +162,13 @@ impl QpqClient {
         self.inner.events.subscribe()
     }
 
+    /// The connection state now: the last one reported with
+    /// [`ClientEvent::ConnectionStateChanged`], so a view can show it from the start and
+    /// follow the events from there ([`ConnectionState::Offline`] before the first attempt).
+    pub fn connection_state(&self) -> ConnectionState {
+        lock(&self.inner.connection).clone()
+    }
+
     /// Events from now on as a `Stream`. A subscriber that falls more than `event_buffer`
     /// events behind skips the oldest ones (the store keeps the full state).
     pub fn events(&self) -> impl futures::Stream<Item = ClientEvent> + Send + 'static {
@@ -208,6 +217,19 @@ impl QpqClient {
 
     pub(crate) async fn rpc(&self) -> SdkResult<qrpc::Client> {
         self.inner.rpc().await
+    }
+}
+
+impl Inner {
+    /// Records the connection state and reports it (once per change: the same state again
+    /// is not an event).
+    pub(crate) fn set_connection(&self, state: ConnectionState) {
+        let mut now = lock(&self.connection);
+        if *now != state {
+            *now = state.clone();
+            drop(now);
+            let _ = self.events.send(ClientEvent::ConnectionStateChanged(state));
+        }
     }
 }
 

@@ -257,19 +257,15 @@ pub(crate) async fn receive_loop(strong: Arc<Inner>) {
         match receive_session(&strong).await {
             Ok(()) => return,
             Err(SdkError::Server(status)) if status.code() == Code::Unauthenticated => {
-                let _ = strong.events.send(ClientEvent::ConnectionStateChanged(
-                    ConnectionState::SessionEnded {
-                        reason: status.message().to_owned(),
-                    },
-                ));
+                strong.set_connection(ConnectionState::SessionEnded {
+                    reason: status.message().to_owned(),
+                });
                 return;
             }
             Err(e) => {
                 let reason = e.to_string();
                 let crashed = simulated_crash(&e);
-                let _ = strong.events.send(ClientEvent::ConnectionStateChanged(
-                    ConnectionState::Offline { reason },
-                ));
+                strong.set_connection(ConnectionState::Offline { reason });
                 if crashed {
                     return;
                 }
@@ -329,9 +325,7 @@ impl Drop for Prefetch {
 pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
     let rpc = inner.session().await?;
     let delivery = v1::delivery_client::DeliveryClient::new(rpc);
-    let _ = inner.events.send(ClientEvent::ConnectionStateChanged(
-        ConnectionState::CatchingUp,
-    ));
+    inner.set_connection(ConnectionState::CatchingUp);
     let mut caught_up = false;
     let mut resumed = false;
     let mut prefetched: Option<Prefetch> = None;
@@ -368,9 +362,7 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
         };
         if page.messages.is_empty() && !caught_up {
             caught_up = true;
-            let _ = inner.events.send(ClientEvent::ConnectionStateChanged(
-                ConnectionState::Connected,
-            ));
+            inner.set_connection(ConnectionState::Connected);
         }
         let last = page.messages.last().map(|e| e.seq);
         // A full page: more is likely waiting, fetched while this page is processed.
