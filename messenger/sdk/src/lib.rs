@@ -51,6 +51,7 @@ mod sync;
 pub use client::QpqClient;
 pub use client::builder::QpqClientBuilder;
 pub use client::limits::{ClientLimits, InvitationPolicy};
+pub use conversation::handle::ConversationHandle;
 pub use error::{SdkError, SdkResult};
 pub use events::{ClientEvent, ConnectionState};
 #[cfg(feature = "testing")]
@@ -59,3 +60,4 @@ pub use model::{
     AttachmentInfo, Conversation, ConversationId, ConversationKind, Device, Message, MessageId,
     Progress, SendState,
 };
+pub use send_queue::handle::SendHandle;

@@ -10,6 +10,8 @@ use crate::events::ClientEvent;
 use crate::model::{Conversation, ConversationId, ConversationKind, Message, MessageId, user_of};
 use crate::store::{Effect, transact};
 
+pub(crate) mod handle;
+
 use crate::client::QpqClient;
 use crate::client::lock;
 use crate::client::now_ms;

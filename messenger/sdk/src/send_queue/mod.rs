@@ -22,6 +22,7 @@ use crate::sync::effects::event_for;
 use crate::sync::effects::other_devices;
 
 pub(crate) mod attachments;
+pub(crate) mod handle;
 
 pub(crate) fn delivery_id(item: &MessageId, user: &str, device: &str) -> [u8; 16] {
     use sha2::Digest;
