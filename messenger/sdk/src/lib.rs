@@ -18,7 +18,8 @@
 //! alice.register("alice", "password").await?;
 //! alice.login("alice", "laptop", "password").await?;
 //! let dm = alice.create_dm("bob").await?;
-//! alice.send_text(&dm.id, "hello Bob", None)?;
+//! let sent = alice.conversation(&dm.id)?.send_text("hello Bob", None)?;
+//! println!("queued as {}", sent.id().short());
 //! while let Ok(event) = events.recv().await {
 //!     println!("{event:?}");
 //! }
@@ -27,8 +28,13 @@
 //!
 //! Sending never needs a connection: a message is stored and shown at once, and the outbox
 //! delivers it when the server can be reached, retrying with backoff, also after a restart.
-//! Receiving commits each message and the receive cursor in one transaction before the server
-//! is told to drop it, so a restart neither loses nor repeats a message.
+//! Receiving commits each page of messages with the receive cursor in one transaction before
+//! the server is told to drop them, so a restart neither loses nor repeats a message.
+//!
+//! The crate is laid out along its concerns: `client` (the client, its builder and limits,
+//! connection and session), `authentication`, `conversation` ([`ConversationHandle`]),
+//! `send_queue` (the outbox and [`SendHandle`], attachments), `sync` (the receive path),
+//! `encryption` (devices, safety numbers, key transparency) and `store` (SQLCipher and memory).
 
 /// The SDK guide (`docs/sdk-guide.md`), compiled (and its first example run) as doc-tests.
 #[doc = include_str!("../../../docs/sdk-guide.md")]

@@ -59,11 +59,12 @@ impl SendHandle {
     /// last: [`SendState::Sent`], a failure that retrying will not mend, or its cancellation
     /// (the stream then ends without one). A reader that falls behind the client's event
     /// buffer is given the stored state in place of the ones it missed.
-    pub fn states(self) -> impl Stream<Item = SendState> + Send + 'static {
+    /// The stream is `Unpin`: `next()` works on it as it is.
+    pub fn states(self) -> impl Stream<Item = SendState> + Send + Unpin + 'static {
         let Self {
             client, id, events, ..
         } = self;
-        futures::stream::unfold(Some(events), move |events| {
+        Box::pin(futures::stream::unfold(Some(events), move |events| {
             let client = client.clone();
             async move {
                 let mut events = events?;
@@ -83,7 +84,7 @@ impl SendHandle {
                     return Some((state, more));
                 }
             }
-        })
+        }))
     }
 
     /// Cancels the message while it is still queued (see [`QpqClient::cancel`]).
