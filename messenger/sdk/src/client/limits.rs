@@ -26,7 +26,7 @@ pub struct ClientLimits {
     /// Events buffered for a slow subscriber before it misses some (default 1024).
     pub event_buffer: usize,
     /// Undelivered outgoing items (messages, edits, reactions, ...) the outbox holds at most;
-    /// a send beyond it fails with [`SdkError::OutboxFull`] (default 10,000).
+    /// a send beyond it fails with [`SdkError::OutboxFull`](crate::SdkError::OutboxFull) (default 10,000).
     pub max_outbox: u64,
     /// Group messages per conversation kept while they wait for the commit before them
     /// (default 1,000); beyond it one is reported as undecryptable.
@@ -66,7 +66,7 @@ impl Default for ClientLimits {
 pub enum InvitationPolicy {
     /// From this user's other devices and from users it already has a conversation with
     /// (default). An invitation from anyone else is a message request
-    /// ([`ClientEvent::MessageRequest`]) that the user accepts or declines.
+    /// ([`ClientEvent::MessageRequest`](crate::ClientEvent::MessageRequest)) that the user accepts or declines.
     #[default]
     FromKnown,
     /// Every invitation (scripted users, tests): nobody is asked.
