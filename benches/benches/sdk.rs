@@ -119,7 +119,13 @@ fn sdk(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let start = Instant::now();
-                    let id = alice.client.send_text(&dm, "ping", None).unwrap();
+                    let id = alice
+                        .client
+                        .conversation(&dm)
+                        .unwrap()
+                        .send_text("ping", None)
+                        .unwrap()
+                        .id();
                     received(&mut bob, id).await;
                     let took = start.elapsed();
                     samples.push(took);
@@ -162,7 +168,13 @@ fn sdk(c: &mut Criterion) {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let id = sender.client.send_text(&group, "to all", None).unwrap();
+                        let id = sender
+                            .client
+                            .conversation(&group)
+                            .unwrap()
+                            .send_text("to all", None)
+                            .unwrap()
+                            .id();
                         sends += 1;
                         for m in &mut members {
                             received(m, id).await;
@@ -214,7 +226,14 @@ async fn catch_up(
     let mut alice_events = alice.subscribe();
     let mut last = None;
     for i in 0..n {
-        last = Some(alice.send_text(&dm, &format!("m{i}"), None).unwrap());
+        last = Some(
+            alice
+                .conversation(&dm)
+                .unwrap()
+                .send_text(&format!("m{i}"), None)
+                .unwrap()
+                .id(),
+        );
     }
     let last = last.unwrap();
     wait_for(&mut alice_events, |e| {

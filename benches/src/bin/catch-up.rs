@@ -68,7 +68,7 @@ fn main() {
         let queued = Instant::now();
         let mut last = None;
         for i in 0..n {
-            last = Some(alice.send_text(&dm, &format!("m{i}"), None).unwrap());
+            last = Some(alice.conversation(&dm).unwrap().send_text(&format!("m{i}"), None).unwrap().id());
         }
         let last = last.expect("N > 0");
         wait_for(&mut alice_events, |e| {

@@ -154,7 +154,11 @@ impl Demo<'_> {
         text: &str,
         reply_to: Option<MessageId>,
     ) -> anyhow::Result<MessageId> {
-        let id = from.client.send_text(conversation, text, reply_to)?;
+        let id = from
+            .client
+            .conversation(conversation)?
+            .send_text(text, reply_to)?
+            .id();
         let states = delivered(from, id).await?;
         self.summary.sent += 1;
         let reply = reply_to
@@ -217,7 +221,7 @@ async fn script(d: &mut Demo<'_>) -> anyhow::Result<()> {
     d.say(format!(
         "  bob gets a message request from {inviter} (someone he has not talked to yet) and accepts it"
     ))?;
-    bob.client.accept_request(&request).await?;
+    bob.client.conversation(&request)?.accept().await?;
     let hi = d
         .send(
             &mut alice,
@@ -238,7 +242,7 @@ async fn script(d: &mut Demo<'_>) -> anyhow::Result<()> {
             Some(hi),
         )
         .await?;
-    alice.client.mark_read(&dm, &[sure])?;
+    alice.client.conversation(&dm)?.mark_read(&[sure])?;
     let reader = wait(&mut bob.events, "a read receipt", |e| match e {
         ClientEvent::ReceiptChanged { user, .. } => Some(user),
         _ => None,
@@ -255,7 +259,7 @@ async fn script(d: &mut Demo<'_>) -> anyhow::Result<()> {
     // Bob knows Alice now and joins at once; Carol is asked first.
     joins(&mut bob).await?;
     let (request, _) = requested(&mut carol).await?;
-    carol.client.accept_request(&request).await?;
+    carol.client.conversation(&request)?.accept().await?;
     d.say("  alice created #demo team with bob and carol (carol accepted her request)")?;
     let typo = d
         .send(
@@ -302,8 +306,8 @@ async fn script(d: &mut Demo<'_>) -> anyhow::Result<()> {
     let mut progress_lines = Vec::new();
     let att = alice
         .client
+        .conversation(&team)?
         .send_attachment(
-            &team,
             "notes.bin",
             "application/octet-stream",
             "the notes",
@@ -317,7 +321,8 @@ async fn script(d: &mut Demo<'_>) -> anyhow::Result<()> {
                 }
             },
         )
-        .await?;
+        .await?
+        .id();
     for line in progress_lines {
         d.say(line)?;
     }
@@ -390,7 +395,7 @@ async fn script(d: &mut Demo<'_>) -> anyhow::Result<()> {
     }
 
     d.say("\nWhat carol's store holds for #demo team:")?;
-    for m in carol.client.messages(&team, 20)? {
+    for m in carol.client.conversation(&team)?.messages(20)? {
         d.say(format!("  {}", crate::format::message(&m)))?;
     }
     d.say(format!(

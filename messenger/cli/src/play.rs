@@ -285,7 +285,11 @@ impl Run {
                 alias,
             } => {
                 let c = self.conversation(from, to)?;
-                let id = self.client(from)?.send_text(&c.id, text, None)?;
+                let id = self
+                    .client(from)?
+                    .conversation(&c.id)?
+                    .send_text(text, None)?
+                    .id();
                 if let Some(alias) = alias {
                     self.messages.insert(alias.clone(), (from.clone(), id));
                 }
@@ -303,7 +307,7 @@ impl Run {
                 let found = self
                     .until(user, within, |client| {
                         for c in client.conversations()? {
-                            if client.messages(&c.id, 1000)?.iter().any(|m| {
+                            if client.conversation(&c.id)?.messages(1000)?.iter().any(|m| {
                                 !m.outgoing && m.sender.starts_with(&prefix) && m.body == *text
                             }) {
                                 return Ok(true);

@@ -114,7 +114,11 @@ pub async fn send(
         Err(e) => return Err(e.into()),
     };
     let mut events = session.client().subscribe();
-    let id = session.client().send_text(&c.id, text, None)?;
+    let id = session
+        .client()
+        .conversation(&c.id)?
+        .send_text(text, None)?
+        .id();
     let outcome = tokio::time::timeout(PATIENCE, async {
         loop {
             match events.recv().await {
@@ -193,10 +197,10 @@ pub async fn answer(
         .find_request(which, "`qpq read`")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if accept {
-        session.client().accept_request(&c.id).await?;
+        session.client().conversation(&c.id)?.accept().await?;
         writeln!(out, "accepted {inviter}'s invitation")?;
     } else {
-        session.client().decline_request(&c.id).await?;
+        session.client().conversation(&c.id)?.decline().await?;
         writeln!(out, "declined {inviter}'s invitation")?;
     }
     Ok(())
@@ -240,7 +244,8 @@ pub async fn read(
     for c in session.client().conversations()? {
         let unread: Vec<Message> = session
             .client()
-            .messages(&c.id, 1000)?
+            .conversation(&c.id)?
+            .messages(1000)?
             .into_iter()
             .filter(|m| !m.outgoing && !m.deleted && !m.read_by.contains(&me))
             .collect();
@@ -248,7 +253,7 @@ pub async fn read(
             print_message(out, session, m, as_json)?;
         }
         let ids: Vec<_> = unread.iter().map(|m| m.id).collect();
-        session.client().mark_read(&c.id, &ids)?;
+        session.client().conversation(&c.id)?.mark_read(&ids)?;
     }
     print_requests(session, out, as_json)?;
     if !follow {
@@ -259,7 +264,7 @@ pub async fn read(
             event = events.recv() => match event {
                 Ok(ClientEvent::MessageReceived(m)) if !m.outgoing => {
                     print_message(out, session, &m, as_json)?;
-                    session.client().mark_read(&m.conversation, &[m.id])?;
+                    session.client().conversation(&m.conversation)?.mark_read(&[m.id])?;
                 }
                 Ok(ClientEvent::ConnectionStateChanged(ConnectionState::SessionEnded { reason })) => {
                     bail!("the server ended this session ({reason}): log in again");

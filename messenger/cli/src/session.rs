@@ -112,7 +112,8 @@ impl Session {
     /// Incoming messages of a conversation this user has not read.
     pub fn unread(&self, id: &ConversationId) -> usize {
         let me = self.me().unwrap_or_default();
-        self.client.messages(id, 500).map_or(0, |ms| {
+        let messages = self.client.conversation(id).and_then(|c| c.messages(500));
+        messages.map_or(0, |ms| {
             ms.iter()
                 .filter(|m| !m.outgoing && !m.deleted && !m.read_by.contains(&me))
                 .count()
@@ -122,14 +123,19 @@ impl Session {
     /// Marks what is unread in a conversation as read (receipts go to the senders).
     pub fn mark_read(&self, id: &ConversationId) -> Result<(), SdkError> {
         let me = self.me().unwrap_or_default();
-        let unread: Vec<MessageId> = self
-            .client
-            .messages(id, 500)?
+        let conversation = self.client.conversation(id)?;
+        let unread: Vec<MessageId> = conversation
+            .messages(500)?
             .iter()
             .filter(|m| !m.outgoing && !m.deleted && !m.read_by.contains(&me))
             .map(|m| m.id)
             .collect();
-        self.client.mark_read(id, &unread)
+        conversation.mark_read(&unread)
+    }
+
+    /// The open conversation's handle.
+    fn here(&self) -> Result<qpq_sdk::ConversationHandle, CommandError> {
+        Ok(self.client.conversation(&self.open()?)?)
     }
 
     fn open(&self) -> Result<ConversationId, CommandError> {
@@ -212,7 +218,8 @@ impl Session {
         for scope in scopes {
             let found: Vec<Message> = self
                 .client
-                .messages(&scope, 2000)?
+                .conversation(&scope)?
+                .messages(2000)?
                 .into_iter()
                 .filter(|m| m.id.short() == short)
                 .collect();
@@ -235,7 +242,13 @@ impl Session {
 
     fn history(&self, id: &ConversationId, n: u32) -> Result<Vec<String>, CommandError> {
         let mut lines = vec![format!("── #{} ──", self.name_of(id))];
-        lines.extend(self.client.messages(id, n)?.iter().map(format::message));
+        lines.extend(
+            self.client
+                .conversation(id)?
+                .messages(n)?
+                .iter()
+                .map(format::message),
+        );
         Ok(lines)
     }
 
@@ -263,7 +276,7 @@ impl Session {
         let c = &self.client;
         Ok(match cmd {
             Command::Say(text) => {
-                let id = c.send_text(&self.open()?, &text, None)?;
+                let id = self.here()?.send_text(&text, None)?.id();
                 Output::line(format!("{} queued", id.short()))
             }
             Command::Dm(user) => {
@@ -352,7 +365,7 @@ impl Session {
             }
             Command::Accept(which) => {
                 let (conv, _) = self.find_request(&which, "/requests")?;
-                let conv = c.accept_request(&conv.id).await?;
+                let conv = c.conversation(&conv.id)?.accept().await?;
                 self.current = Some(conv.id);
                 let mut lines = vec![format!(
                     "accepted: #{} is open",
@@ -364,7 +377,7 @@ impl Session {
             }
             Command::Decline(which) => {
                 let (conv, _) = self.find_request(&which, "/requests")?;
-                c.decline_request(&conv.id).await?;
+                c.conversation(&conv.id)?.decline().await?;
                 Output::line("declined; the invitation and what came with it are deleted")
             }
             Command::History(n) => {
@@ -375,7 +388,10 @@ impl Session {
             }
             Command::Reply(short, text) => {
                 let target = self.find_message(&short)?;
-                let id = c.send_text(&target.conversation, &text, Some(target.id))?;
+                let id = c
+                    .conversation(&target.conversation)?
+                    .send_text(&text, Some(target.id))?
+                    .id();
                 Output::line(format!("{} queued (reply to {short})", id.short()))
             }
             Command::Edit(short, text) => {
@@ -409,7 +425,7 @@ impl Session {
                 Output::line("marked read")
             }
             Command::Typing => {
-                c.typing(&self.open()?).await?;
+                self.here()?.typing().await?;
                 Output::default()
             }
             Command::Attach(path, caption) => {
@@ -420,8 +436,10 @@ impl Session {
                     .file_name()
                     .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
                 let mid = c
-                    .send_attachment(&id, &name, "", &caption, &data, &mut *progress)
-                    .await?;
+                    .conversation(&id)?
+                    .send_attachment(&name, "", &caption, &data, &mut *progress)
+                    .await?
+                    .id();
                 Output::line(format!(
                     "{} {name} uploaded ({} bytes), message queued",
                     mid.short(),
@@ -474,22 +492,22 @@ impl Session {
                 ))
             }
             Command::Invite(user) => {
-                c.invite(&self.open()?, &user).await?;
+                self.here()?.invite(&user).await?;
                 Output::line(format!("invited {user}"))
             }
             Command::Remove(user) => {
-                c.remove(&self.open()?, &user).await?;
+                self.here()?.remove(&user).await?;
                 Output::line(format!("removed {user}"))
             }
             Command::Leave => {
                 let id = self.open()?;
                 let name = self.name_of(&id);
-                c.leave(&id).await?;
+                c.conversation(&id)?.leave().await?;
                 self.current = None;
                 Output::line(format!("left #{name}"))
             }
             Command::Rename(name) => {
-                c.rename(&self.open()?, &name)?;
+                self.here()?.rename(&name)?;
                 Output::line(format!("renamed to #{name}"))
             }
             Command::Members => {

@@ -557,7 +557,7 @@ impl App {
         let current = all.get(self.view.selected);
         self.view.members = current.map(|conv| conv.members.clone()).unwrap_or_default();
         self.view.messages = current
-            .and_then(|conv| c.messages(&conv.id, 300).ok())
+            .and_then(|conv| c.conversation(&conv.id).ok()?.messages(300).ok())
             .unwrap_or_default();
         self.refresh_typing();
     }
@@ -609,7 +609,9 @@ impl App {
                     users.remove(crate::format::user_of(&m.sender));
                 }
                 if session.current() == Some(m.conversation) {
-                    let _ = session.client().mark_read(&m.conversation, &[m.id]);
+                    if let Ok(conversation) = session.client().conversation(&m.conversation) {
+                        let _ = conversation.mark_read(&[m.id]);
+                    }
                 }
             }
             ClientEvent::SafetyNumberChanged { .. }
@@ -741,7 +743,9 @@ pub async fn run(mut session: Session, keys: KeyMap) -> anyhow::Result<()> {
                     app.last_typing_sent = Some(Instant::now());
                     let client = session.client().clone();
                     tokio::spawn(async move {
-                        let _ = client.typing(&id).await;
+                        if let Ok(conversation) = client.conversation(&id) {
+                            let _ = conversation.typing().await;
+                        }
                     });
                 }
             }
@@ -759,8 +763,12 @@ pub async fn run(mut session: Session, keys: KeyMap) -> anyhow::Result<()> {
                 match (failed, session.current()) {
                     (Some(m), Some(id)) => {
                         let body = m.body.clone();
-                        match session.client().send_text(&id, &body, m.reply_to) {
-                            Ok(new) => app.log(format!("sent again as {}", new.short())),
+                        let again = session
+                            .client()
+                            .conversation(&id)
+                            .and_then(|c| c.send_text(&body, m.reply_to));
+                        match again {
+                            Ok(new) => app.log(format!("sent again as {}", new.id().short())),
                             Err(e) => app.log(format!("error: {e}")),
                         }
                     }

@@ -196,7 +196,11 @@ async fn a_forged_direct_conversation_as_another_user_is_refused() {
     let mut alice_events = alice.subscribe();
     let dm = bob.create_dm("alice").await.unwrap();
     assert_ne!(dm.id.0, id);
-    bob.send_text(&dm.id, "hello, real Alice", None).unwrap();
+    bob.conversation(&dm.id)
+        .unwrap()
+        .send_text("hello, real Alice", None)
+        .unwrap()
+        .id();
     assert_eq!(
         text_of(&mut alice_events).await,
         ("bob/phone".to_string(), "hello, real Alice".to_string())
@@ -332,7 +336,12 @@ async fn a_full_queue_never_holds_up_the_rest_of_the_outbox() {
     })
     .await;
     // Bob has written to Alice, so her messages are not a stranger's (whose rate is lower).
-    let hello = bob.send_text(&dm.id, "hi alice", None).unwrap();
+    let hello = bob
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("hi alice", None)
+        .unwrap()
+        .id();
     sent(&mut bob_events, hello).await;
     bob.logout().await.unwrap();
     drop(bob);
@@ -340,7 +349,9 @@ async fn a_full_queue_never_holds_up_the_rest_of_the_outbox() {
     let mut alice_events = alice.subscribe();
     for i in 0..120 {
         alice
-            .send_text(&dm.id, &format!("to bob {i}"), None)
+            .conversation(&dm.id)
+            .unwrap()
+            .send_text(&format!("to bob {i}"), None)
             .unwrap();
     }
     // Those beyond Bob's full queue are refused and say they are retrying.
@@ -361,7 +372,12 @@ async fn a_full_queue_never_holds_up_the_rest_of_the_outbox() {
     let carol = account(&server, dirs[2].path(), "carol", "pc").await;
     let mut carol_events = carol.subscribe();
     let to_carol = alice.create_dm("carol").await.unwrap();
-    alice.send_text(&to_carol.id, "hello carol", None).unwrap();
+    alice
+        .conversation(&to_carol.id)
+        .unwrap()
+        .send_text("hello carol", None)
+        .unwrap()
+        .id();
     assert_eq!(
         text_of(&mut carol_events).await,
         ("alice/laptop".to_string(), "hello carol".to_string())
@@ -461,12 +477,16 @@ async fn an_invitation_back_into_a_conversation_shows_who_is_in_it_now() {
         id: raw_id,
     } = Shared::new(&server, &mut bob_events).await;
     let id = ConversationId(raw_id);
-    bob.invite(&id, "alice").await.unwrap();
+    bob.conversation(&id)
+        .unwrap()
+        .invite("alice")
+        .await
+        .unwrap();
     next(&mut alice_events, |e| {
         matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
     })
     .await;
-    bob.leave(&id).await.unwrap();
+    bob.conversation(&id).unwrap().leave().await.unwrap();
     // Mallory builds a new group under the same id with only herself and Bob, and invites
     // him "back": Bob sees that Alice is not in it.
     group.delete(&me).unwrap();

@@ -26,16 +26,11 @@ async fn a_5_mib_attachment_survives_a_server_restart_mid_upload() {
         let conversation = dm.id;
         tokio::spawn(async move {
             alice
-                .send_attachment(
-                    &conversation,
-                    "photo.raw",
-                    "image/x-raw",
-                    "look",
-                    &file,
-                    |p| {
-                        let _ = tx.send(p);
-                    },
-                )
+                .conversation(&conversation)
+                .unwrap()
+                .send_attachment("photo.raw", "image/x-raw", "look", &file, |p| {
+                    let _ = tx.send(p);
+                })
                 .await
         })
     };
@@ -43,7 +38,7 @@ async fn a_5_mib_attachment_survives_a_server_restart_mid_upload() {
     let first = rx.recv().await.unwrap();
     assert!(first.done > 0 && first.done < first.total);
     server.restart().await;
-    let id = upload.await.unwrap().unwrap();
+    let id = upload.await.unwrap().unwrap().id();
     let mut seen = vec![first];
     while let Ok(p) = rx.try_recv() {
         seen.push(p);
@@ -96,25 +91,30 @@ async fn attachment_limits_and_unknown_messages_are_clear_errors() {
     let bob_dir = tempfile::tempdir().unwrap();
     let _bob = account(&server, bob_dir.path(), "bob", "phone").await;
     let dm = alice.create_dm("bob").await.unwrap();
-    let limited_dir = tempfile::tempdir().unwrap();
+    // Alice's store again, with a 10-byte attachment limit.
+    drop(alice);
     let limited = {
         let mut l = qpq_sdk::ClientLimits::default();
         l.max_attachment_bytes = 10;
-        server.client_with(limited_dir.path(), l)
+        server.client_with(dir.path(), l)
     };
     // The limit is inclusive: 11 bytes are refused before anything is encrypted or sent.
     let err = limited
-        .send_attachment(&dm.id, "f", "", "", &[0; 11], |_| {})
+        .conversation(&dm.id)
+        .unwrap()
+        .send_attachment("f", "", "", &[0; 11], |_| {})
         .await
         .unwrap_err();
     assert!(err.to_string().contains("at most 10 bytes"), "{err}");
-    let err = alice
+    let err = limited
         .download_attachment(&qpq_sdk::MessageId([1; 16]), |_| {})
         .await
         .unwrap_err();
     assert!(matches!(err, qpq_sdk::SdkError::NotFound(_)), "{err}");
-    let err = alice
-        .send_attachment(&dm.id, "", "", "", b"x", |_| {})
+    let err = limited
+        .conversation(&dm.id)
+        .unwrap()
+        .send_attachment("", "", "", b"x", |_| {})
         .await
         .unwrap_err();
     assert!(

@@ -36,7 +36,12 @@ async fn crash_scenario(point: CrashPoint) {
     let doomed = armed(&server, b_dir.path(), point);
     let mut doomed_events = doomed.subscribe();
     doomed.connect().await.unwrap();
-    alice.send_text(&dm.id, "first", None).unwrap();
+    alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("first", None)
+        .unwrap()
+        .id();
     let reason = next(&mut doomed_events, |e| match e {
         ClientEvent::ConnectionStateChanged(ConnectionState::Offline { reason })
             if reason.contains("simulated crash") =>
@@ -46,7 +51,12 @@ async fn crash_scenario(point: CrashPoint) {
         _ => None,
     })
     .await;
-    let stored = doomed.messages(&dm.id, 10).unwrap().len();
+    let stored = doomed
+        .conversation(&dm.id)
+        .unwrap()
+        .messages(10)
+        .unwrap()
+        .len();
     match point {
         CrashPoint::AfterDecrypt => assert_eq!(stored, 0, "died before committing: {reason}"),
         CrashPoint::BeforeAck => assert_eq!(stored, 1, "died after committing: {reason}"),
@@ -58,7 +68,12 @@ async fn crash_scenario(point: CrashPoint) {
     let bob = server.client(b_dir.path());
     let mut bob_events = bob.subscribe();
     bob.connect().await.unwrap();
-    alice.send_text(&dm.id, "second", None).unwrap();
+    alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("second", None)
+        .unwrap()
+        .id();
     let seen = received_until(&mut bob_events, "second").await;
     match point {
         CrashPoint::AfterDecrypt => assert_eq!(seen, vec!["first", "second"]),
@@ -90,7 +105,9 @@ async fn received_until(events: &mut broadcast::Receiver<ClientEvent>, last: &st
 
 fn assert_texts(client: &QpqClient, dm: &ConversationId, want: &[&str]) {
     let stored: Vec<String> = client
-        .messages(dm, 100)
+        .conversation(dm)
+        .unwrap()
+        .messages(100)
         .unwrap()
         .into_iter()
         .map(|m| m.body)
@@ -125,7 +142,12 @@ async fn a_store_failure_while_receiving_loses_nothing_in_the_same_process() {
     let bob = armed(&server, b_dir.path(), CrashPoint::StoreFailure);
     let mut bob_events = bob.subscribe();
     bob.connect().await.unwrap();
-    alice.send_text(&dm.id, "first", None).unwrap();
+    alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("first", None)
+        .unwrap()
+        .id();
     let reason = next(&mut bob_events, |e| match e {
         ClientEvent::ConnectionStateChanged(ConnectionState::Offline { reason }) => Some(reason),
         ClientEvent::UndecryptableMessage { reason, .. } => panic!("an entry was lost: {reason}"),
@@ -137,7 +159,12 @@ async fn a_store_failure_while_receiving_loses_nothing_in_the_same_process() {
         received_until(&mut bob_events, "first").await,
         vec!["first"]
     );
-    alice.send_text(&dm.id, "second", None).unwrap();
+    alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("second", None)
+        .unwrap()
+        .id();
     assert_eq!(
         received_until(&mut bob_events, "second").await,
         vec!["second"]
@@ -163,7 +190,14 @@ async fn a_store_failure_in_the_middle_of_a_run_loses_nothing_and_repeats_nothin
     drop(bob);
     let mut alice_events = alice.subscribe();
     let sent: Vec<_> = (1..=5)
-        .map(|i| alice.send_text(&dm.id, &format!("m{i}"), None).unwrap())
+        .map(|i| {
+            alice
+                .conversation(&dm.id)
+                .unwrap()
+                .send_text(&format!("m{i}"), None)
+                .unwrap()
+                .id()
+        })
         .collect();
     for id in &sent {
         next(&mut alice_events, |e| match e {

@@ -49,7 +49,11 @@ async fn a_linked_device_joins_conversations_and_a_revoked_one_is_cut_off() {
 
     // Both of Alice's devices receive Bob's message. Bob's client, sealing to a device of
     // Alice it had not seen, reports that its safety number with Alice changed.
-    bob.send_text(&dm.id, "hi both", None).unwrap();
+    bob.conversation(&dm.id)
+        .unwrap()
+        .send_text("hi both", None)
+        .unwrap()
+        .id();
     let changed = next(&mut bob_events, |e| match e {
         ClientEvent::SafetyNumberChanged { user, device } => Some((user, device)),
         _ => None,
@@ -60,7 +64,12 @@ async fn a_linked_device_joins_conversations_and_a_revoked_one_is_cut_off() {
     assert_eq!(text(&mut tablet_events).await.1, "hi both");
 
     // What the tablet sends reaches Bob, and the laptop shows it as Alice's own.
-    tablet.send_text(&dm.id, "from the tablet", None).unwrap();
+    tablet
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("from the tablet", None)
+        .unwrap()
+        .id();
     assert_eq!(
         text(&mut bob_events).await,
         ("alice/tablet".to_string(), "from the tablet".to_string())
@@ -82,12 +91,19 @@ async fn a_linked_device_joins_conversations_and_a_revoked_one_is_cut_off() {
         _ => None,
     })
     .await;
-    let id = bob.send_text(&dm.id, "after the revocation", None).unwrap();
+    let id = bob
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("after the revocation", None)
+        .unwrap()
+        .id();
     sent(&mut bob_events, id).await;
     assert_eq!(text(&mut laptop_events).await.1, "after the revocation");
     assert!(
         tablet
-            .messages(&dm.id, 100)
+            .conversation(&dm.id)
+            .unwrap()
+            .messages(100)
             .unwrap()
             .iter()
             .all(|m| m.body != "after the revocation")

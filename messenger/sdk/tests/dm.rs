@@ -25,14 +25,24 @@ async fn a_direct_conversation_both_ways() {
     assert_eq!(joined.id, dm.id);
     assert_eq!(joined.members, dm.members);
 
-    let hello = alice.send_text(&dm.id, "hello Bob", None).unwrap();
+    let hello = alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("hello Bob", None)
+        .unwrap()
+        .id();
     assert_eq!(hello.short().len(), 6);
     sent(&mut alice_events, hello).await;
     assert_eq!(
         text(&mut bob_events).await,
         ("alice/laptop".to_string(), "hello Bob".to_string())
     );
-    let reply = bob.send_text(&dm.id, "hi Alice", Some(hello)).unwrap();
+    let reply = bob
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("hi Alice", Some(hello))
+        .unwrap()
+        .id();
     sent(&mut bob_events, reply).await;
     assert_eq!(
         text(&mut alice_events).await,
@@ -40,7 +50,7 @@ async fn a_direct_conversation_both_ways() {
     );
 
     // Both stores hold the conversation in the same order, with delivery states.
-    let on_bob = bob.messages(&dm.id, 10).unwrap();
+    let on_bob = bob.conversation(&dm.id).unwrap().messages(10).unwrap();
     assert_eq!(
         on_bob.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
         vec!["hello Bob", "hi Alice"]
@@ -70,7 +80,14 @@ async fn an_offline_recipient_gets_everything_in_order_after_a_restart() {
 
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(alice.send_text(&dm.id, &format!("m{i}"), None).unwrap());
+        ids.push(
+            alice
+                .conversation(&dm.id)
+                .unwrap()
+                .send_text(&format!("m{i}"), None)
+                .unwrap()
+                .id(),
+        );
     }
     for id in ids {
         sent(&mut alice_events, id).await;
@@ -85,7 +102,14 @@ async fn an_offline_recipient_gets_everything_in_order_after_a_restart() {
         got.push(text(&mut bob_events).await.1);
     }
     assert_eq!(got, vec!["m0", "m1", "m2", "m3", "m4"]);
-    assert_eq!(bob.messages(&dm.id, 100).unwrap().len(), 5);
+    assert_eq!(
+        bob.conversation(&dm.id)
+            .unwrap()
+            .messages(100)
+            .unwrap()
+            .len(),
+        5
+    );
 }
 
 #[tokio::test]
@@ -103,9 +127,14 @@ async fn messages_sent_while_the_server_is_down_are_delivered_when_it_returns() 
     .await;
 
     server.stop().await;
-    let id = alice.send_text(&dm.id, "sent while offline", None).unwrap();
+    let id = alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("sent while offline", None)
+        .unwrap()
+        .id();
     // The local echo is there at once, queued.
-    let echo = alice.messages(&dm.id, 1).unwrap();
+    let echo = alice.conversation(&dm.id).unwrap().messages(1).unwrap();
     assert_eq!(echo[0].state, SendState::Queued);
     assert_eq!(alice.outbox_len().unwrap(), 1);
 
@@ -124,8 +153,11 @@ async fn the_store_is_encrypted_and_a_wrong_passphrase_is_a_clear_error() {
     let _bob = account(&server, bob_dir.path(), "bob", "phone").await;
     let dm = alice.create_dm("bob").await.unwrap();
     alice
-        .send_text(&dm.id, "a very secret sentence", None)
-        .unwrap();
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("a very secret sentence", None)
+        .unwrap()
+        .id();
     drop(alice);
 
     let err = QpqClient::builder()
@@ -148,7 +180,7 @@ async fn the_store_is_encrypted_and_a_wrong_passphrase_is_a_clear_error() {
     let reopened = server.client(dir.path());
     assert_eq!(reopened.conversations().unwrap().len(), 1);
     assert_eq!(
-        reopened.messages(&dm.id, 10).unwrap()[0].body,
+        reopened.conversation(&dm.id).unwrap().messages(10).unwrap()[0].body,
         "a very secret sentence"
     );
 }
@@ -167,7 +199,7 @@ async fn bad_arguments_are_clear_errors() {
     let alice = account(&server, dir.path(), "alice", "laptop").await;
     let unknown = ConversationId([9; 16]);
     assert!(matches!(
-        alice.send_text(&unknown, "x", None),
+        alice.conversation(&unknown),
         Err(SdkError::NotFound(_))
     ));
     assert!(matches!(
@@ -193,7 +225,7 @@ async fn bad_arguments_are_clear_errors() {
     let _bob = account(&server, bob_dir.path(), "bob", "phone").await;
     let dm = alice.create_dm("bob").await.unwrap();
     assert!(matches!(
-        alice.send_text(&dm.id, &long, None),
+        alice.conversation(&dm.id).unwrap().send_text(&long, None),
         Err(SdkError::InvalidArgument(_))
     ));
 }
@@ -214,8 +246,11 @@ async fn a_sender_restarted_before_its_outbox_drained_delivers_each_message_once
     server.stop().await;
     for i in 0..3 {
         alice
-            .send_text(&dm.id, &format!("queued {i}"), None)
-            .unwrap();
+            .conversation(&dm.id)
+            .unwrap()
+            .send_text(&format!("queued {i}"), None)
+            .unwrap()
+            .id();
     }
     assert_eq!(alice.outbox_len().unwrap(), 3);
     drop(alice);
@@ -234,13 +269,27 @@ async fn a_sender_restarted_before_its_outbox_drained_delivers_each_message_once
         (alice.outbox_len().unwrap() == 0).then_some(e)
     })
     .await;
-    let marker = alice.send_text(&dm.id, "last", None).unwrap();
+    let marker = alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("last", None)
+        .unwrap()
+        .id();
     sent(&mut alice_events, marker).await;
     assert_eq!(text(&mut bob_events).await.1, "last");
-    assert_eq!(bob.messages(&dm.id, 100).unwrap().len(), 4);
+    assert_eq!(
+        bob.conversation(&dm.id)
+            .unwrap()
+            .messages(100)
+            .unwrap()
+            .len(),
+        4
+    );
     assert!(
         alice
-            .messages(&dm.id, 100)
+            .conversation(&dm.id)
+            .unwrap()
+            .messages(100)
             .unwrap()
             .iter()
             .all(|m| m.state == SendState::Sent)
@@ -262,7 +311,12 @@ async fn events_are_also_a_stream_and_sent_bytes_are_counted() {
         .unwrap();
     assert_eq!(first, ClientEvent::ConversationCreated(dm.clone()));
     let mut events = alice.subscribe();
-    let id = alice.send_text(&dm.id, "counted", None).unwrap();
+    let id = alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("counted", None)
+        .unwrap()
+        .id();
     sent(&mut events, id).await;
     // An invitation and a message, each sealed with a hybrid KEM ciphertext and padding.
     assert!(
@@ -291,7 +345,14 @@ async fn a_backlog_larger_than_one_request_frame_is_sent_in_several_batches() {
     let body = "x".repeat(60 * 1024);
     let mut last = None;
     for _ in 0..70 {
-        last = Some(alice.send_text(&dm.id, &body, None).unwrap());
+        last = Some(
+            alice
+                .conversation(&dm.id)
+                .unwrap()
+                .send_text(&body, None)
+                .unwrap()
+                .id(),
+        );
     }
     server.restart().await;
     sent(&mut alice_events, last.unwrap()).await;
@@ -346,13 +407,35 @@ async fn the_outbox_is_bounded_and_says_so() {
     limits.max_outbox = 2;
     let alice = server.client_with(a_dir.path(), limits);
     alice.connect().await.unwrap();
-    alice.send_text(&dm.id, "one", None).unwrap();
-    alice.send_text(&dm.id, "two", None).unwrap();
-    let err = alice.send_text(&dm.id, "three", None).unwrap_err();
+    alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("one", None)
+        .unwrap()
+        .id();
+    alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("two", None)
+        .unwrap()
+        .id();
+    let err = alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("three", None)
+        .unwrap_err();
     assert!(matches!(err, SdkError::OutboxFull { limit: 2 }), "{err}");
     assert!(err.to_string().contains("outbox is full"), "{err}");
     // Nothing of the refused message was kept.
-    assert_eq!(alice.messages(&dm.id, 10).unwrap().len(), 2);
+    assert_eq!(
+        alice
+            .conversation(&dm.id)
+            .unwrap()
+            .messages(10)
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Once the server is back and the outbox drains, sending works again.
     let mut alice_events = alice.subscribe();
@@ -361,7 +444,12 @@ async fn the_outbox_is_bounded_and_says_so() {
         (alice.outbox_len().unwrap() == 0).then_some(e)
     })
     .await;
-    alice.send_text(&dm.id, "three", None).unwrap();
+    alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("three", None)
+        .unwrap()
+        .id();
     let mut got = Vec::new();
     for _ in 0..3 {
         got.push(text(&mut bob_events).await.1);
@@ -387,8 +475,18 @@ async fn a_queued_message_can_be_cancelled_until_the_outbox_hands_it_over() {
     let alice = server.client(a_dir.path());
     let mut alice_events = alice.subscribe();
     alice.connect().await.unwrap();
-    let keep = alice.send_text(&dm.id, "keep", None).unwrap();
-    let oops = alice.send_text(&dm.id, "oops", None).unwrap();
+    let keep = alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("keep", None)
+        .unwrap()
+        .id();
+    let oops = alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("oops", None)
+        .unwrap()
+        .id();
     alice.cancel(&oops).unwrap();
     let deleted = next(&mut alice_events, |e| match e {
         ClientEvent::MessageDeleted { id, .. } => Some(id),
@@ -418,7 +516,12 @@ async fn a_queued_message_can_be_cancelled_until_the_outbox_hands_it_over() {
     let err = alice.cancel(&keep).unwrap_err();
     assert!(err.to_string().contains("delete it instead"), "{err}");
     assert_eq!(text(&mut bob_events).await.1, "keep");
-    let marker = alice.send_text(&dm.id, "marker", None).unwrap();
+    let marker = alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("marker", None)
+        .unwrap()
+        .id();
     sent(&mut alice_events, marker).await;
     assert_eq!(
         text(&mut bob_events).await.1,
@@ -451,9 +554,19 @@ async fn clients_on_in_memory_stores_talk_like_any_other() {
         matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
     })
     .await;
-    alice.send_text(&dm.id, "from memory", None).unwrap();
+    alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("from memory", None)
+        .unwrap()
+        .id();
     assert_eq!(text(&mut bob_events).await.1, "from memory");
-    let reply = bob.send_text(&dm.id, "to memory", None).unwrap();
+    let reply = bob
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("to memory", None)
+        .unwrap()
+        .id();
     sent(&mut bob_events, reply).await;
     assert_eq!(text(&mut alice_events).await.1, "to memory");
     assert_eq!(bob.message(&reply).unwrap().unwrap().state, SendState::Sent);
@@ -473,14 +586,27 @@ async fn a_subscriber_that_falls_behind_the_event_buffer_is_told_and_the_store_h
     let dm = alice.create_dm("bob").await.unwrap();
     let mut slow = alice.subscribe();
     for i in 0..3 {
-        alice.send_text(&dm.id, &format!("m{i}"), None).unwrap();
+        alice
+            .conversation(&dm.id)
+            .unwrap()
+            .send_text(&format!("m{i}"), None)
+            .unwrap()
+            .id();
     }
     // Three local echoes are six events: the oldest ones are gone for this subscriber.
     match slow.recv().await {
         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => assert!(n >= 4, "{n}"),
         other => panic!("expected a lag, got {other:?}"),
     }
-    assert_eq!(alice.messages(&dm.id, 10).unwrap().len(), 3);
+    assert_eq!(
+        alice
+            .conversation(&dm.id)
+            .unwrap()
+            .messages(10)
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 #[tokio::test]

@@ -29,7 +29,13 @@ async fn a_group_of_five_with_add_remove_and_rename() {
 
     // Erin is invited later: the others learn it, she joins with the current members.
     let mut erin = member(&server, "erin").await;
-    alice.client.invite(&group.id, "erin").await.unwrap();
+    alice
+        .client
+        .conversation(&group.id)
+        .unwrap()
+        .invite("erin")
+        .await
+        .unwrap();
     let c = joined(&mut erin).await;
     assert_eq!(c.members, vec!["alice", "bob", "carol", "dave", "erin"]);
     for m in &mut others {
@@ -45,8 +51,11 @@ async fn a_group_of_five_with_add_remove_and_rename() {
     // Everyone reads a message from anyone.
     let id = others[1]
         .client
-        .send_text(&group.id, "carol here", None)
-        .unwrap();
+        .conversation(&group.id)
+        .unwrap()
+        .send_text("carol here", None)
+        .unwrap()
+        .id();
     sent(&mut others[1].events, id).await;
     assert_eq!(
         text(&mut alice.events).await,
@@ -59,7 +68,13 @@ async fn a_group_of_five_with_add_remove_and_rename() {
     }
 
     // Bob is removed: the others see it, and he gets nothing sent afterwards.
-    alice.client.remove(&group.id, "bob").await.unwrap();
+    alice
+        .client
+        .conversation(&group.id)
+        .unwrap()
+        .remove("bob")
+        .await
+        .unwrap();
     let left = next(&mut others[0].events, |e| match e {
         ClientEvent::MemberLeft { user, .. } => Some(user),
         _ => None,
@@ -76,13 +91,21 @@ async fn a_group_of_five_with_add_remove_and_rename() {
     }
     let secret = alice
         .client
-        .send_text(&group.id, "after bob", None)
-        .unwrap();
+        .conversation(&group.id)
+        .unwrap()
+        .send_text("after bob", None)
+        .unwrap()
+        .id();
     sent(&mut alice.events, secret).await;
     for m in others.iter_mut().skip(1) {
         assert_eq!(text(&mut m.events).await.1, "after bob");
     }
-    let bobs = others[0].client.messages(&group.id, 100).unwrap();
+    let bobs = others[0]
+        .client
+        .conversation(&group.id)
+        .unwrap()
+        .messages(100)
+        .unwrap();
     assert!(bobs.iter().all(|m| m.body != "after bob"));
     assert_eq!(
         others[0].client.conversations().unwrap()[0].members,
@@ -90,7 +113,12 @@ async fn a_group_of_five_with_add_remove_and_rename() {
     );
 
     // Rename reaches the remaining members.
-    others[2].client.rename(&group.id, "the team").unwrap();
+    others[2]
+        .client
+        .conversation(&group.id)
+        .unwrap()
+        .rename("the team")
+        .unwrap();
     let renamed = next(&mut alice.events, |e| match e {
         ClientEvent::ConversationUpdated(c) if c.name == "the team" => Some(c),
         _ => None,
@@ -106,7 +134,13 @@ async fn edits_deletes_reactions_and_receipts() {
     let mut bob = member(&server, "bob").await;
     let dm = alice.client.create_dm("bob").await.unwrap();
     joined(&mut bob).await;
-    let id = alice.client.send_text(&dm.id, "helo", None).unwrap();
+    let id = alice
+        .client
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("helo", None)
+        .unwrap()
+        .id();
     assert_eq!(text(&mut bob.events).await.1, "helo");
 
     alice.client.edit(&id, "hello").unwrap();
@@ -137,7 +171,11 @@ async fn edits_deletes_reactions_and_receipts() {
     .await;
     assert_eq!((user.as_str(), emoji.as_str(), added), ("bob", "👍", true));
 
-    bob.client.mark_read(&dm.id, &[id]).unwrap();
+    bob.client
+        .conversation(&dm.id)
+        .unwrap()
+        .mark_read(&[id])
+        .unwrap();
     let reader = next(&mut alice.events, |e| match e {
         ClientEvent::ReceiptChanged { ids, user, .. } if ids == vec![id] => Some(user),
         _ => None,
@@ -176,12 +214,18 @@ async fn search_finds_decrypted_messages_in_this_store_only() {
     joined(&mut bob).await;
     alice
         .client
-        .send_text(&dm.id, "The Quick brown fox", None)
-        .unwrap();
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("The Quick brown fox", None)
+        .unwrap()
+        .id();
     let id = alice
         .client
-        .send_text(&dm.id, "a lazy dog \"quoted\" (sic)", None)
-        .unwrap();
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("a lazy dog \"quoted\" (sic)", None)
+        .unwrap()
+        .id();
     text(&mut bob.events).await;
     text(&mut bob.events).await;
     let found = bob.client.search("quick FOX").unwrap();
@@ -219,7 +263,13 @@ async fn key_packages_are_replenished_as_invitations_use_them() {
             .await
             .unwrap();
         joined(&mut bob).await;
-        alice.client.send_text(&c.id, "ping", None).unwrap();
+        alice
+            .client
+            .conversation(&c.id)
+            .unwrap()
+            .send_text("ping", None)
+            .unwrap()
+            .id();
         text(&mut bob.events).await;
     }
     alice.client.create_group("g2", &["bob"]).await.unwrap();
@@ -248,7 +298,12 @@ async fn typing_reaches_the_members_including_one_invited_later() {
     let mut carol = member(&server, "carol").await;
     let team = alice.client.create_group("team", &["bob"]).await.unwrap();
     joined(&mut bob).await;
-    bob.client.typing(&team.id).await.unwrap();
+    bob.client
+        .conversation(&team.id)
+        .unwrap()
+        .typing()
+        .await
+        .unwrap();
     let who = next(&mut alice.events, |e| match e {
         ClientEvent::Typing { conversation, user } if conversation == team.id => Some(user),
         _ => None,
@@ -256,9 +311,21 @@ async fn typing_reaches_the_members_including_one_invited_later() {
     .await;
     assert_eq!(who, "bob");
 
-    alice.client.invite(&team.id, "carol").await.unwrap();
+    alice
+        .client
+        .conversation(&team.id)
+        .unwrap()
+        .invite("carol")
+        .await
+        .unwrap();
     joined(&mut carol).await;
-    carol.client.typing(&team.id).await.unwrap();
+    carol
+        .client
+        .conversation(&team.id)
+        .unwrap()
+        .typing()
+        .await
+        .unwrap();
     for m in [&mut alice, &mut bob] {
         let who = next(&mut m.events, |e| match e {
             ClientEvent::Typing { user, .. } => Some(user),
@@ -289,7 +356,12 @@ async fn the_group_size_limit_is_enforced_on_create_and_invite() {
     assert!(err.to_string().contains("at most 2 devices"), "{err}");
     assert!(alice.conversations().unwrap().is_empty());
     let group = alice.create_group("fits", &["bob", "carol"]).await.unwrap();
-    let err = alice.invite(&group.id, "dave").await.unwrap_err();
+    let err = alice
+        .conversation(&group.id)
+        .unwrap()
+        .invite("dave")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("at most 2 devices"), "{err}");
     assert_eq!(
         alice.conversations().unwrap()[0].members,

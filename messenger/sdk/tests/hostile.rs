@@ -94,7 +94,12 @@ async fn tampered_garbled_and_replayed_envelopes_are_events_not_failures() {
     assert!(undecryptable(&mut bob_events).await.contains("replay"));
 
     // The conversation goes on.
-    alice.send_text(&dm.id, "still here", None).unwrap();
+    alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("still here", None)
+        .unwrap()
+        .id();
     assert_eq!(text(&mut bob_events).await.1, "still here");
 }
 

@@ -30,7 +30,13 @@ async fn a_member_who_leaves_is_removed_by_the_others_and_reads_nothing_afterwar
     joined(&mut bob).await;
     joined(&mut carol).await;
 
-    carol.client.leave(&group.id).await.unwrap();
+    carol
+        .client
+        .conversation(&group.id)
+        .unwrap()
+        .leave()
+        .await
+        .unwrap();
     // Carol's device is out at once; the others learn it from the commit of the first
     // remaining device by name (alice/d1).
     assert_eq!(left(&mut carol).await, "carol");
@@ -44,12 +50,20 @@ async fn a_member_who_leaves_is_removed_by_the_others_and_reads_nothing_afterwar
     }
     let err = carol
         .client
-        .send_text(&group.id, "still here?", None)
+        .conversation(&group.id)
+        .unwrap()
+        .send_text("still here?", None)
         .unwrap_err();
     assert!(matches!(err, SdkError::InvalidArgument(_)), "{err}");
 
     // What is sent afterwards reaches bob, never carol.
-    let id = bob.client.send_text(&group.id, "just us", None).unwrap();
+    let id = bob
+        .client
+        .conversation(&group.id)
+        .unwrap()
+        .send_text("just us", None)
+        .unwrap()
+        .id();
     sent(&mut bob.events, id).await;
     assert_eq!(text(&mut alice.events).await.1, "just us");
     let marker = alice.client.create_dm("carol").await.unwrap();
@@ -59,7 +73,9 @@ async fn a_member_who_leaves_is_removed_by_the_others_and_reads_nothing_afterwar
     assert!(
         carol
             .client
-            .messages(&group.id, 100)
+            .conversation(&group.id)
+            .unwrap()
+            .messages(100)
             .unwrap()
             .iter()
             .all(|m| m.body != "just us")
@@ -92,14 +108,26 @@ async fn messages_that_overtake_their_commit_wait_for_it_and_the_wait_is_bounded
     drop(carol.client);
 
     // While carol is away, alice adds dave (a commit), then bob writes twice in the new epoch.
-    alice.client.invite(&group.id, "dave").await.unwrap();
+    alice
+        .client
+        .conversation(&group.id)
+        .unwrap()
+        .invite("dave")
+        .await
+        .unwrap();
     joined(&mut dave).await;
     next(&mut bob.events, |e| {
         matches!(e, ClientEvent::MemberJoined { .. }).then_some(())
     })
     .await;
     for body in ["after 1", "after 2"] {
-        let id = bob.client.send_text(&group.id, body, None).unwrap();
+        let id = bob
+            .client
+            .conversation(&group.id)
+            .unwrap()
+            .send_text(body, None)
+            .unwrap()
+            .id();
         sent(&mut bob.events, id).await;
     }
 
@@ -174,7 +202,9 @@ async fn messages_that_overtake_their_commit_wait_for_it_and_the_wait_is_bounded
     assert_eq!(user, "dave");
     assert_eq!(text(&mut carol_events).await.1, "after 1");
     let stored: Vec<String> = carol
-        .messages(&group.id, 10)
+        .conversation(&group.id)
+        .unwrap()
+        .messages(10)
         .unwrap()
         .into_iter()
         .map(|m| m.body)
@@ -209,16 +239,26 @@ async fn a_strangers_invitation_is_a_request_until_the_user_answers() {
     assert_eq!(bob.requests().unwrap().len(), 1);
     assert_eq!(bob.request_count().unwrap(), 1);
     let mut alice_events = alice.subscribe();
-    let first = alice.send_text(&dm.id, "hi, it's Alice", None).unwrap();
+    let first = alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("hi, it's Alice", None)
+        .unwrap()
+        .id();
     sent(&mut alice_events, first).await;
     // Bob accepts: the conversation joins his list with what was said, and the next message
     // is announced as usual.
-    let accepted = bob.accept_request(&dm.id).await.unwrap();
+    let accepted = bob.conversation(&dm.id).unwrap().accept().await.unwrap();
     assert_eq!(accepted.id, dm.id);
     assert_eq!(bob.conversations().unwrap().len(), 1);
     assert!(bob.requests().unwrap().is_empty());
     assert_eq!(bob.request_count().unwrap(), 0);
-    alice.send_text(&dm.id, "welcome", None).unwrap();
+    alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("welcome", None)
+        .unwrap()
+        .id();
     // What she said before is announced once accepted (or on arrival, if it came later).
     let mut seen = Vec::new();
     while !seen.contains(&"welcome".to_string()) {
@@ -244,11 +284,11 @@ async fn a_strangers_invitation_is_a_request_until_the_user_answers() {
         _ => None,
     })
     .await;
-    bob.decline_request(&hers.id).await.unwrap();
+    bob.conversation(&hers.id).unwrap().decline().await.unwrap();
     assert!(bob.requests().unwrap().is_empty());
     assert!(bob.conversations().unwrap().iter().all(|c| c.id != hers.id));
     assert!(matches!(
-        bob.accept_request(&hers.id).await.unwrap_err(),
+        bob.conversation(&hers.id).unwrap_err(),
         qpq_sdk::SdkError::NotFound(_)
     ));
 }
@@ -268,8 +308,8 @@ async fn leaving_a_conversation_makes_its_members_strangers_again() {
         matches!(e, ClientEvent::MessageRequest { .. }).then_some(())
     })
     .await;
-    bob.accept_request(&group.id).await.unwrap();
-    bob.leave(&group.id).await.unwrap();
+    bob.conversation(&group.id).unwrap().accept().await.unwrap();
+    bob.conversation(&group.id).unwrap().leave().await.unwrap();
     // A direct conversation from Alice is a request again: leaving ended "known".
     let dm = alice.create_dm("bob").await.unwrap();
     let requested = next(&mut bob_events, |e| match e {

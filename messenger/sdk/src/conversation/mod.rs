@@ -52,7 +52,7 @@ impl QpqClient {
     /// ([`ClientEvent::ConversationCreated`]), what arrived in it so far is announced
     /// ([`ClientEvent::MessageReceived`]), and this user becomes a member of its server
     /// channel. `NotFound` if it is no request.
-    pub async fn accept_request(&self, id: &ConversationId) -> SdkResult<Conversation> {
+    pub(crate) async fn accept_request(&self, id: &ConversationId) -> SdkResult<Conversation> {
         let not_found = || SdkError::NotFound(format!("message request {id}"));
         if !self.inner.store.is_request(id)? {
             return Err(not_found());
@@ -72,7 +72,7 @@ impl QpqClient {
 
     /// Declines a message request: its conversation, messages and group keys are deleted,
     /// and the server channel invitation is declined. `NotFound` if it is no request.
-    pub async fn decline_request(&self, id: &ConversationId) -> SdkResult<()> {
+    pub(crate) async fn decline_request(&self, id: &ConversationId) -> SdkResult<()> {
         if !self.inner.store.is_request(id)? {
             return Err(SdkError::NotFound(format!("message request {id}")));
         }
@@ -116,13 +116,17 @@ impl QpqClient {
     }
 
     /// The newest `limit` messages of a conversation, oldest first.
-    pub fn messages(&self, conversation: &ConversationId, limit: u32) -> SdkResult<Vec<Message>> {
+    pub(crate) fn messages(
+        &self,
+        conversation: &ConversationId,
+        limit: u32,
+    ) -> SdkResult<Vec<Message>> {
         self.inner.store.messages(conversation, None, limit)
     }
 
     /// The `limit` messages of a conversation just older than `before`, oldest first (paging
     /// back through history: pass the first message of the previous page).
-    pub fn messages_before(
+    pub(crate) fn messages_before(
         &self,
         conversation: &ConversationId,
         before: &MessageId,
@@ -200,7 +204,11 @@ impl QpqClient {
     }
 
     /// Tells the conversation's members that this user has read these messages.
-    pub fn mark_read(&self, conversation: &ConversationId, ids: &[MessageId]) -> SdkResult<()> {
+    pub(crate) fn mark_read(
+        &self,
+        conversation: &ConversationId,
+        ids: &[MessageId],
+    ) -> SdkResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -221,7 +229,7 @@ impl QpqClient {
     }
 
     /// Renames a group for every member.
-    pub fn rename(&self, conversation: &ConversationId, name: &str) -> SdkResult<()> {
+    pub(crate) fn rename(&self, conversation: &ConversationId, name: &str) -> SdkResult<()> {
         check_name(name)?;
         self.send_content(
             conversation,
@@ -238,7 +246,7 @@ impl QpqClient {
 
     /// Tells the conversation's other members' live connections that this user is typing.
     /// Nothing is stored; the server rate-limits it (call it at most every few seconds).
-    pub async fn typing(&self, conversation: &ConversationId) -> SdkResult<()> {
+    pub(crate) async fn typing(&self, conversation: &ConversationId) -> SdkResult<()> {
         let channel = self
             .inner
             .store
@@ -375,7 +383,7 @@ impl QpqClient {
 
     /// Adds `user` (every device of theirs) to a conversation: the commit goes to the current
     /// members, the invitation to the new devices.
-    pub async fn invite(&self, conversation: &ConversationId, user: &str) -> SdkResult<()> {
+    pub(crate) async fn invite(&self, conversation: &ConversationId, user: &str) -> SdkResult<()> {
         let mut c = self
             .inner
             .store
@@ -429,7 +437,7 @@ impl QpqClient {
 
     /// Removes `user` (every device of theirs) from a conversation. The removed devices get
     /// the commit too, so they learn it; they cannot read anything sent afterwards.
-    pub async fn remove(&self, conversation: &ConversationId, user: &str) -> SdkResult<()> {
+    pub(crate) async fn remove(&self, conversation: &ConversationId, user: &str) -> SdkResult<()> {
         let mut c = self
             .inner
             .store
@@ -465,7 +473,7 @@ impl QpqClient {
     /// their devices (the first by name) removes this user's devices from the MLS group, and
     /// this device forgets the group's keys at once, so it cannot read anything sent later.
     /// Sending to the conversation fails from now on; its history stays in the store.
-    pub async fn leave(&self, conversation: &ConversationId) -> SdkResult<()> {
+    pub(crate) async fn leave(&self, conversation: &ConversationId) -> SdkResult<()> {
         let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
         let my_user = user_of(&me).to_owned();
         let before = self

@@ -18,7 +18,7 @@ impl QpqClient {
     /// Sends a file: encrypts it under a fresh key, uploads the ciphertext as a blob in
     /// chunks (resuming after a disconnect, `progress` called as the server confirms bytes),
     /// then sends a message carrying the key to the conversation.
-    pub async fn send_attachment(
+    pub(crate) async fn send_attachment(
         &self,
         conversation: &ConversationId,
         name: &str,

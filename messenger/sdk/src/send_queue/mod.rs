@@ -207,7 +207,7 @@ impl QpqClient {
     /// Sends a text message (optionally a reply). It is stored and shown at once (local echo,
     /// state [`SendState::Queued`]), then delivered by the outbox, which retries until the
     /// server takes it — also after a restart.
-    pub fn send_text(
+    pub(crate) fn send_text(
         &self,
         conversation: &ConversationId,
         body: &str,
