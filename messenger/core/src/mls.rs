@@ -196,7 +196,12 @@ pub struct MlsMember {
 ///   back (an older copy is behind the store);
 /// - a rolled-back transaction empties the cache and refuses every copy handed out before it
 ///   (their state may be ahead of the store's);
+/// - a copy that changes the group while a later copy is out makes that later one stale: then
+///   no copy comes back;
 /// - a deleted group's copies are refused.
+///
+/// The cache assumes this member is the only writer of its groups: one store, one
+/// `MlsMember` at a time.
 #[derive(Default)]
 struct GroupCache {
     groups: HashMap<Vec<u8>, MlsGroup>,
@@ -616,8 +621,21 @@ impl Group {
         self.group.epoch_authenticator().as_slice().to_vec()
     }
 
+    /// Before this copy changes the group: if it is not the latest copy handed out, the latest
+    /// one is now behind the store, so no copy may go back to the cache (the next
+    /// [`MlsMember::group`] loads the store's state).
+    fn changing(&self, me: &MlsMember) {
+        let id = self.group.group_id().as_slice();
+        let mut cache = me.cache();
+        if cache.out.get(id) != Some(&self.serial) {
+            cache.out.remove(id);
+            cache.groups.remove(id);
+        }
+    }
+
     /// Drops every pending proposal, so this member's commit holds only what it chose.
     fn forget_proposals(&mut self, me: &MlsMember) -> Result<(), MlsError> {
+        self.changing(me);
         self.group
             .clear_pending_proposals(me.provider().storage())
             .map_err(|e| MlsError::Store(format!("{e:?}")))
@@ -630,6 +648,7 @@ impl Group {
         me: &MlsMember,
         key_packages: &[&[u8]],
     ) -> Result<(Vec<u8>, Vec<u8>), MlsError> {
+        self.changing(me);
         let mut packages = Vec::with_capacity(key_packages.len());
         for bytes in key_packages {
             let kp = KeyPackageIn::tls_deserialize_exact(bytes)
@@ -657,6 +676,7 @@ impl Group {
 
     /// Removes the members with these names; returns the commit, merged locally.
     pub fn remove_members(&mut self, me: &MlsMember, names: &[&[u8]]) -> Result<Vec<u8>, MlsError> {
+        self.changing(me);
         let mut leaves = Vec::new();
         for name in names {
             let leaf = self
@@ -708,6 +728,7 @@ impl Group {
 
     /// Encrypts an application message for the group.
     pub fn encrypt(&mut self, me: &MlsMember, plaintext: &[u8]) -> Result<Vec<u8>, MlsError> {
+        self.changing(me);
         let message = mls_try!(
             "encrypt",
             self.group
@@ -719,6 +740,7 @@ impl Group {
     /// Processes a message from the group: decrypts application messages, merges commits,
     /// stores proposals.
     pub fn process(&mut self, me: &MlsMember, message: &[u8]) -> Result<Incoming, MlsError> {
+        self.changing(me);
         let message = MlsMessageIn::tls_deserialize_exact(message)
             .map_err(|_| MlsError::Malformed("message"))?;
         let protocol_message = message

@@ -382,6 +382,27 @@ fn only_the_latest_copy_of_a_group_goes_back_to_the_cache() {
 }
 
 #[test]
+fn a_copy_behind_one_that_changed_later_is_not_cached() {
+    let ([alice, bob, _carol], [mut a, b, _c]) = trio();
+    let group_id = a.id();
+    drop(b);
+    let message = a.encrypt(&alice, b"once").unwrap();
+    let mut older = bob.group(&group_id).unwrap().unwrap();
+    let newer = bob.group(&group_id).unwrap().unwrap();
+    // The older copy changes the group after the newer one was handed out: the newer one no
+    // longer has the store's state, and must not become the cache's.
+    expect_app(older.process(&bob, &message).unwrap());
+    bob.keep(newer);
+    bob.keep(older);
+    assert_eq!(bob.cached_groups(), 0);
+    let mut g = bob.group(&group_id).unwrap().unwrap();
+    assert!(
+        g.process(&bob, &message).is_err(),
+        "the message was used once"
+    );
+}
+
+#[test]
 fn a_deleted_group_is_not_cached_again() {
     let ([alice, ..], [a, ..]) = trio();
     let id = a.id();

@@ -3,8 +3,9 @@
 
 /// `f` over every item, in order, on as many threads as the machine has cores (up to four,
 /// the calling thread among them); fewer than `per_thread` items each stay on the calling
-/// thread, where a thread would cost more than it saves. A piece that panics leaves `None`
-/// in its place and in the places after it on the same thread.
+/// thread, where a thread would cost more than it saves. A piece that panics leaves `None` in
+/// its place (the others are kept), and a thread the system will not give runs its part on the
+/// calling thread.
 pub(crate) fn map<T: Sync, R: Send>(
     items: &[T],
     per_thread: usize,
@@ -15,7 +16,12 @@ pub(crate) fn map<T: Sync, R: Send>(
         .clamp(1, 4)
         .min(items.len() / per_thread.max(1))
         .max(1);
-    let run = |chunk: &[T]| -> Vec<Option<R>> { chunk.iter().map(|item| Some(f(item))).collect() };
+    let run = |chunk: &[T]| -> Vec<Option<R>> {
+        chunk
+            .iter()
+            .map(|item| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item))).ok())
+            .collect()
+    };
     if threads == 1 {
         return run(items);
     }
@@ -24,13 +30,21 @@ pub(crate) fn map<T: Sync, R: Send>(
         let mut parts = items.chunks(chunk);
         let first = parts.next().unwrap_or_default();
         let others: Vec<_> = parts
-            .map(|part| (part.len(), scope.spawn(move || run(part))))
+            .map(|part| {
+                let spawned = std::thread::Builder::new()
+                    .name("qpq-sdk-crypto".into())
+                    .spawn_scoped(scope, move || run(part));
+                (part, spawned)
+            })
             .collect();
         let mut all = run(first);
-        for (len, other) in others {
-            match other.join() {
-                Ok(done) => all.extend(done),
-                Err(_) => all.extend(std::iter::repeat_with(|| None).take(len)),
+        for (part, spawned) in others {
+            match spawned.map(|handle| handle.join()) {
+                Ok(Ok(done)) => all.extend(done),
+                // No thread to be had: this part runs here.
+                Err(_) => all.extend(run(part)),
+                // Never (every piece is caught), kept total.
+                Ok(Err(_)) => all.extend(std::iter::repeat_with(|| None).take(part.len())),
             }
         }
         all
@@ -60,12 +74,15 @@ mod tests {
     #[test]
     fn a_piece_that_panics_leaves_none_and_the_rest_is_kept() {
         let items: Vec<usize> = (0..64).collect();
+        // One piece fails on the calling thread's part, one on another thread's.
         let out = super::map(&items, 8, |i| {
-            assert!(*i != 63, "the last piece fails");
+            assert!(*i != 0 && *i != 62, "this piece fails");
             *i
         });
         assert_eq!(out.len(), 64);
-        assert_eq!(out[0], Some(0));
-        assert_eq!(out[63], None);
+        assert_eq!(out[0], None);
+        assert_eq!(out[1], Some(1));
+        assert_eq!(out[62], None);
+        assert_eq!(out[63], Some(63));
     }
 }

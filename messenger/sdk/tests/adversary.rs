@@ -93,6 +93,34 @@ impl Mallory {
             .to_vec()
     }
 
+    /// Queues `count` envelopes to `user/device` that cost a full opening (a post-quantum
+    /// decapsulation to the victim's key) and then fail: sealed properly, one byte of their
+    /// ciphertext flipped.
+    async fn send_broken(&self, user: &str, device: &str, count: usize) {
+        let bundle = v1::keys_client::KeysClient::new(self.rpc.clone())
+            .fetch_hybrid_key(&v1::FetchHybridKeyRequest {
+                device: Some(Self::device(user, device)),
+            })
+            .await
+            .unwrap();
+        let hybrid = KeyBundle::decode(&bundle.key_bundle).unwrap().hybrid;
+        for _ in 0..count {
+            let mut envelope =
+                qpq_core::sealed::seal(&self.identity, &hybrid, now_ms(), b"junk").unwrap();
+            let last = envelope.len() - 1;
+            envelope[last] ^= 1;
+            v1::delivery_client::DeliveryClient::new(self.rpc.clone())
+                .enqueue(&v1::EnqueueRequest {
+                    recipient: Some(Self::device(user, device)),
+                    message_id: rand::random::<[u8; 16]>().to_vec().into(),
+                    payload: envelope.into(),
+                    delivery_token: Default::default(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+
     /// Seals `transport` to `user/device` with Mallory's identity and queues it there.
     async fn send(&self, user: &str, device: &str, transport: Vec<u8>) {
         let bundle = v1::keys_client::KeysClient::new(self.rpc.clone())
@@ -549,5 +577,34 @@ async fn messages_for_conversations_never_joined_cannot_fill_the_parking() {
     assert!(
         reason.contains("already wait for earlier commits"),
         "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn broken_envelopes_cost_the_receiver_a_bounded_number_of_openings() {
+    // Each broken envelope ends a run of entries committed together; the page they are in
+    // must still be opened once (plus one opening of each on its own), not once per run.
+    let server = Server::start().await;
+    let bob_dir = tempfile::tempdir().unwrap();
+    let bob = account(&server, bob_dir.path(), "bob", "phone").await;
+    bob.logout().await.unwrap();
+    drop(bob);
+    let mallory = Mallory::new(&server).await;
+    // A stranger may have 20 messages waiting for Bob (the server's limit); a contact more.
+    const BROKEN: usize = 20;
+    mallory.send_broken("bob", "phone", BROKEN).await;
+    let bob = server.client(bob_dir.path());
+    let mut events = bob.subscribe();
+    bob.login("bob", "phone", "pw").await.unwrap();
+    for _ in 0..BROKEN {
+        next(&mut events, |e| {
+            matches!(e, ClientEvent::UndecryptableMessage { .. }).then_some(())
+        })
+        .await;
+    }
+    let opened = bob.envelopes_opened();
+    assert!(
+        opened <= 2 * BROKEN as u64 + 4,
+        "{opened} openings for {BROKEN} broken envelopes"
     );
 }

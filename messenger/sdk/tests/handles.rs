@@ -87,6 +87,11 @@ async fn a_handle_acts_on_its_own_conversation_only() {
     ] {
         assert!(matches!(refused, Err(SdkError::NotFound(_))), "{refused:?}");
     }
+    // Nor does it name it in a read receipt to the group's members.
+    assert!(matches!(
+        in_group.mark_read(&[sent.id()]),
+        Err(SdkError::NotFound(_))
+    ));
     assert_eq!(dm.message(&sent.id()).unwrap().body, "in the dm");
     dm.edit(&sent.id(), "edited in the dm").unwrap();
     assert_eq!(dm.message(&sent.id()).unwrap().body, "edited in the dm");

@@ -137,6 +137,7 @@ impl QpqClientBuilder {
                 outbox_wake: Notify::new(),
                 session_generation: std::sync::atomic::AtomicU64::new(0),
                 sealed_bytes_sent: std::sync::atomic::AtomicU64::new(0),
+                envelopes_opened: std::sync::atomic::AtomicU64::new(0),
                 peer_keys: Mutex::new(HashMap::new()),
                 peer_identities: Mutex::new(HashMap::new()),
                 unverifiable: Mutex::new(HashMap::new()),

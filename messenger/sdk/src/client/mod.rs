@@ -57,6 +57,8 @@ pub(crate) struct Inner {
     /// The connection generation the session was last bound on (0: none).
     pub(crate) session_generation: std::sync::atomic::AtomicU64,
     pub(crate) sealed_bytes_sent: std::sync::atomic::AtomicU64,
+    /// Sealed envelopes opened (the costly step of receiving), for tests of its bound.
+    pub(crate) envelopes_opened: std::sync::atomic::AtomicU64,
     pub(crate) peer_keys: Mutex<HashMap<(String, String), HybridPublicKey>>,
     pub(crate) peer_identities:
         Mutex<HashMap<(String, String), qpq_core::identity::IdentityPublic>>,
@@ -192,6 +194,16 @@ impl QpqClient {
     pub fn sealed_bytes_sent(&self) -> u64 {
         self.inner
             .sealed_bytes_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sealed envelopes this client has opened (a post-quantum decapsulation and a signature
+    /// check each). Only with the `testing` feature: a measurement for tests of what receiving
+    /// costs.
+    #[cfg(feature = "testing")]
+    pub fn envelopes_opened(&self) -> u64 {
+        self.inner
+            .envelopes_opened
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 

@@ -115,8 +115,13 @@ impl ConversationHandle {
         self.client.react(message, emoji, remove)
     }
 
-    /// Marks messages here as read (receipts go to their senders).
+    /// Marks messages here as read (receipts go to their senders);
+    /// [`SdkError::NotFound`] if one of them is not of this conversation (its id would
+    /// otherwise reach this conversation's members in the receipt).
     pub fn mark_read(&self, messages: &[MessageId]) -> SdkResult<()> {
+        for id in messages {
+            self.message(id)?;
+        }
         self.client.mark_read(&self.id, messages)
     }
 

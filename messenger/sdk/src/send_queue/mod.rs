@@ -352,7 +352,14 @@ impl Inner {
         let mut claimed: Vec<MessageId> = Vec::new();
         // Each delivery with the key it is sealed to...
         let mut to_seal = Vec::with_capacity(pending.len());
+        // What the call will carry, estimated before anything is claimed or sealed: an item
+        // that will not fit stays cancellable and unsealed until the next call.
+        let mut estimated = 0usize;
         for d in &pending {
+            let estimate = sealed_size_bound(d.transport.len());
+            if !to_seal.is_empty() && estimated + estimate > BATCH_BYTES {
+                break;
+            }
             // Claim each item once: from here it cannot be cancelled, and one cancelled in
             // the meantime is skipped.
             if !claimed.contains(&d.item) {
@@ -370,7 +377,10 @@ impl Inner {
                 claimed.push(d.item);
             }
             match self.peer_key(&keys_client, &d.user, &d.device).await {
-                Ok(key) => to_seal.push((d, key)),
+                Ok(key) => {
+                    estimated += estimate;
+                    to_seal.push((d, key));
+                }
                 // A key that does not verify is never used: this copy fails for good.
                 Err(SdkError::KeyTransparency(reason) | SdkError::Invalid(reason)) => {
                     self.fail_delivery(d, &reason)?;
@@ -489,5 +499,33 @@ impl Inner {
             });
         }
         Ok(())
+    }
+}
+
+/// At most how large a sealed envelope of `transport_len` payload bytes is: the payload padded
+/// (Padmé adds at most an eighth), the hybrid KEM ciphertext, the signature and headers.
+fn sealed_size_bound(transport_len: usize) -> usize {
+    transport_len
+        .saturating_add(transport_len / 8)
+        .saturating_add(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn the_size_bound_holds_for_real_envelopes() {
+        let identity = qpq_core::identity::IdentityKey::generate();
+        let recipient = qpq_core::kem::HybridSecretKey::generate();
+        for len in [0usize, 1, 100, 1_500, 65_536, 1 << 20] {
+            let payload = vec![7u8; len];
+            let sealed =
+                qpq_core::sealed::seal(&identity, &recipient.public(), 1, &payload).unwrap();
+            assert!(
+                sealed.len() <= super::sealed_size_bound(len),
+                "{len}: {}",
+                sealed.len()
+            );
+        }
     }
 }

@@ -80,6 +80,22 @@ pub(crate) fn open_sealed(
     open_with(&keys.hybrid, &keys.replay, envelope, now)
 }
 
+impl Inner {
+    /// Opens every envelope of a fetched page (on all cores), once.
+    pub(crate) fn open_page(
+        &self,
+        envelopes: &[v1::Envelope],
+    ) -> SdkResult<Vec<Result<Opened, String>>> {
+        let guard = lock(&self.keys);
+        let keys = guard.as_ref().ok_or(SdkError::NotLoggedIn)?;
+        self.envelopes_opened.fetch_add(
+            u64::try_from(envelopes.len()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(open_all(keys, envelopes, now_ms()))
+    }
+}
+
 /// An opened envelope: its sender, message id, timestamp and what it carries.
 pub(crate) type Opened = (IdentityPublic, [u8; 16], u64, v1::Transport);
 
@@ -91,8 +107,13 @@ fn open_with(
     envelope: &v1::Envelope,
     now: u64,
 ) -> Result<Opened, String> {
-    let opened = qpq_core::sealed::open_unrecorded(hybrid, &envelope.payload)
-        .map_err(|e| format!("sealed envelope: {e}"))?;
+    // Whatever the bytes, opening ends in an answer: a panic in the cryptography below is
+    // this envelope's failure, not the receiver's.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        qpq_core::sealed::open_unrecorded(hybrid, &envelope.payload)
+    }))
+    .map_err(|_| "sealed envelope: opening failed".to_owned())?
+    .map_err(|e| format!("sealed envelope: {e}"))?;
     replay
         .is_fresh(&opened.message_id, opened.timestamp_ms, now)
         .map_err(|e| format!("sealed envelope: {e}"))?;
@@ -365,16 +386,22 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
             inner.set_connection(ConnectionState::Connected);
         }
         let last = page.messages.last().map(|e| e.seq);
+        // Opened once (on all cores), whatever number of runs the page takes.
+        let opened = inner.open_page(&page.messages)?;
         // A full page: more is likely waiting, fetched while this page is processed.
         if let Some(after) = last
             && page.messages.len() >= usize::try_from(PAGE).unwrap_or(usize::MAX)
         {
             prefetched = Some(Prefetch::start(&delivery, after));
         }
-        let mut rest = page.messages.as_slice();
-        while let Some(first) = rest.first() {
+        let mut at = 0;
+        while let Some(first) = page.messages.get(at) {
             let mut refused = inner.recently_refused();
-            let applied = match inner.apply_batch(rest, &refused)? {
+            let rest = (
+                page.messages.get(at..).unwrap_or_default(),
+                opened.get(at..).unwrap_or_default(),
+            );
+            let applied = match inner.apply_batch(rest.0, rest.1, &refused)? {
                 (0, _) => {
                     inner.apply_checked(first).await?;
                     1
@@ -387,7 +414,7 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
                 }
                 (n, _) => n,
             };
-            rest = rest.get(applied..).unwrap_or_default();
+            at += applied;
             inner.answer_invitations().await;
             inner.leave_channels().await;
         }
@@ -440,6 +467,8 @@ impl Inner {
         let mut guard = lock(&self.keys);
         let keys = guard.as_mut().ok_or(SdkError::NotLoggedIn)?;
         let now = now_ms();
+        self.envelopes_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = match open_sealed(keys, envelope, now) {
             Ok((sender, message_id, timestamp_ms, transport)) => {
                 let keys_ref = &*keys;
@@ -522,22 +551,33 @@ impl Inner {
     /// open, repeats an earlier one, needs keys checked, fails): 0 means the first entry is
     /// for [`apply_checked`](Self::apply_checked). With the count comes what the run's last
     /// entry needs next ([`Step::UnparkAfter`] or done).
+    ///
+    /// `opened` holds what [`open_page`](Self::open_page) made of each envelope: a page is
+    /// opened once, however many runs it takes. Freshness is checked again here, so an entry
+    /// repeating one committed earlier in the page ends the run.
     pub(crate) fn apply_batch(
         self: &Arc<Self>,
         envelopes: &[v1::Envelope],
+        opened: &[Result<Opened, String>],
         refused: &Refused,
     ) -> SdkResult<(usize, Step)> {
         let mut guard = lock(&self.keys);
         let keys = guard.as_mut().ok_or(SdkError::NotLoggedIn)?;
         let now = now_ms();
-        let mut opened = Vec::with_capacity(envelopes.len());
         let mut ids = std::collections::HashSet::with_capacity(envelopes.len());
-        for (envelope, entry) in envelopes.iter().zip(open_all(keys, envelopes, now)) {
-            match entry {
-                Ok(entry) if ids.insert(entry.1) => opened.push((envelope.seq, entry)),
-                _ => break,
-            }
-        }
+        let opened: Vec<(u64, &Opened)> = envelopes
+            .iter()
+            .zip(opened)
+            .map_while(|(envelope, entry)| match entry {
+                Ok(entry)
+                    if keys.replay.is_fresh(&entry.1, entry.2, now).is_ok()
+                        && ids.insert(entry.1) =>
+                {
+                    Some((envelope.seq, entry))
+                }
+                _ => None,
+            })
+            .collect();
         let mut run = opened.len();
         let keys_ref = &*keys;
         let applied = loop {
@@ -547,8 +587,9 @@ impl Inner {
             let result = transact(&*self.store, Some(&keys_ref.mls), |tx| {
                 let mut applied = Vec::with_capacity(run);
                 for (i, (seq, (sender, _, _, transport))) in opened[..run].iter().enumerate() {
+                    let (seq, sender, transport) = (*seq, sender, transport);
                     let entry = self
-                        .process(keys_ref, tx, *seq, sender, transport.clone(), refused)
+                        .process(keys_ref, tx, seq, sender, transport.clone(), refused)
                         .map_err(|fail| BatchFail(i, fail))?;
                     fail_point(&self.crash, CrashPoint::AfterDecrypt)
                         .map_err(|e| BatchFail(i, Fail::Sdk(e)))?;
