@@ -139,7 +139,7 @@ impl QpqClient {
             me,
             name,
             identity,
-            hybrid: HybridSecretKey::from_seed(&account.hybrid_seed),
+            hybrid: std::sync::Arc::new(HybridSecretKey::from_seed(&account.hybrid_seed)),
             mls,
             replay: ReplayGuard::new(REPLAY_WINDOW_MS),
         });

@@ -38,7 +38,8 @@ pub(crate) struct Keys {
     /// This device's name in the log and in MLS credentials.
     pub(crate) name: DeviceName,
     pub(crate) identity: IdentityKey,
-    pub(crate) hybrid: HybridSecretKey,
+    /// Shared with the threads that open envelopes while the rest of the keys are in use.
+    pub(crate) hybrid: Arc<HybridSecretKey>,
     pub(crate) mls: MlsMember,
     pub(crate) replay: ReplayGuard,
 }

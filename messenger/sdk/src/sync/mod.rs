@@ -81,18 +81,33 @@ pub(crate) fn open_sealed(
 }
 
 impl Inner {
-    /// Opens every envelope of a fetched page (on all cores), once.
+    /// Opens every envelope of a fetched page (on all cores), once, without holding the
+    /// keys: freshness is checked when each is applied.
     pub(crate) fn open_page(
         &self,
         envelopes: &[v1::Envelope],
     ) -> SdkResult<Vec<Result<Opened, String>>> {
+        let hybrid = self.hybrid_key()?;
+        Ok(self.open_with_key(&hybrid, envelopes))
+    }
+
+    /// The key envelopes are sealed to, to open them on other threads.
+    pub(crate) fn hybrid_key(&self) -> SdkResult<Arc<qpq_core::kem::HybridSecretKey>> {
         let guard = lock(&self.keys);
         let keys = guard.as_ref().ok_or(SdkError::NotLoggedIn)?;
+        Ok(Arc::clone(&keys.hybrid))
+    }
+
+    fn open_with_key(
+        &self,
+        hybrid: &qpq_core::kem::HybridSecretKey,
+        envelopes: &[v1::Envelope],
+    ) -> Vec<Result<Opened, String>> {
         self.envelopes_opened.fetch_add(
             u64::try_from(envelopes.len()).unwrap_or(u64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
-        Ok(open_all(keys, envelopes, now_ms()))
+        open_all(hybrid, envelopes)
     }
 }
 
@@ -107,6 +122,18 @@ fn open_with(
     envelope: &v1::Envelope,
     now: u64,
 ) -> Result<Opened, String> {
+    let opened = open_envelope(hybrid, envelope)?;
+    replay
+        .is_fresh(&opened.1, opened.2, now)
+        .map_err(|e| format!("sealed envelope: {e}"))?;
+    Ok(opened)
+}
+
+/// Opens one envelope and decodes what it carries; whether it is fresh is the caller's check.
+fn open_envelope(
+    hybrid: &qpq_core::kem::HybridSecretKey,
+    envelope: &v1::Envelope,
+) -> Result<Opened, String> {
     // Whatever the bytes, opening ends in an answer: a panic in the cryptography below is
     // this envelope's failure, not the receiver's.
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -114,9 +141,6 @@ fn open_with(
     }))
     .map_err(|_| "sealed envelope: opening failed".to_owned())?
     .map_err(|e| format!("sealed envelope: {e}"))?;
-    replay
-        .is_fresh(&opened.message_id, opened.timestamp_ms, now)
-        .map_err(|e| format!("sealed envelope: {e}"))?;
     let transport =
         v1::Transport::decode(opened.payload.as_slice()).map_err(|e| format!("transport: {e}"))?;
     Ok((
@@ -129,9 +153,11 @@ fn open_with(
 
 /// Opens every envelope of a run on all cores: opening (a post-quantum decapsulation and a
 /// signature check each) is most of the cost of receiving, and each envelope opens on its own.
-fn open_all(keys: &Keys, envelopes: &[v1::Envelope], now: u64) -> Vec<Result<Opened, String>> {
-    let (hybrid, replay) = (&keys.hybrid, &keys.replay);
-    crate::parallel::map(envelopes, 8, |e| open_with(hybrid, replay, e, now))
+fn open_all(
+    hybrid: &qpq_core::kem::HybridSecretKey,
+    envelopes: &[v1::Envelope],
+) -> Vec<Result<Opened, String>> {
+    crate::parallel::map(envelopes, 8, |e| open_envelope(hybrid, e))
         .into_iter()
         .map(|opened| opened.unwrap_or_else(|| Err("sealed envelope: opening failed".into())))
         .collect()
@@ -304,20 +330,41 @@ const PAGE: u32 = 100;
 /// cancelled) when dropped unused.
 struct Prefetch {
     after: u64,
-    task: Option<tokio::task::JoinHandle<Result<v1::FetchResponse, qrpc::Status>>>,
+    task: Option<tokio::task::JoinHandle<Result<Page, qrpc::Status>>>,
 }
 
+/// A fetched page and, when it was opened ahead, what its envelopes hold.
+type Page = (v1::FetchResponse, Option<Vec<Result<Opened, String>>>);
+
 impl Prefetch {
-    fn start(delivery: &v1::delivery_client::DeliveryClient, after: u64) -> Self {
+    /// Fetches the page after `after` and opens it (on threads of its own), while the
+    /// current page is processed.
+    fn start(
+        delivery: &v1::delivery_client::DeliveryClient,
+        after: u64,
+        inner: &Arc<Inner>,
+    ) -> Self {
         let delivery = delivery.clone();
+        let inner = Arc::clone(inner);
+        // Taken now: while the current page is processed the keys are busy.
+        let hybrid = inner.hybrid_key();
         let task = tokio::spawn(async move {
-            delivery
+            let page = delivery
                 .fetch_wait(&v1::FetchWaitRequest {
                     after_seq: after,
                     limit: PAGE,
                     timeout_ms: 0,
                 })
-                .await
+                .await?;
+            let Ok(hybrid) = hybrid else {
+                return Ok((page, None));
+            };
+            tokio::task::spawn_blocking(move || {
+                let opened = inner.open_with_key(&hybrid, &page.messages);
+                (page, Some(opened))
+            })
+            .await
+            .map_err(|e| qrpc::Status::internal(format!("prefetch: {e}")))
         });
         Self {
             after,
@@ -325,7 +372,7 @@ impl Prefetch {
         }
     }
 
-    async fn take(mut self) -> Result<v1::FetchResponse, qrpc::Status> {
+    async fn take(mut self) -> Result<Page, qrpc::Status> {
         match self.task.take() {
             Some(task) => task
                 .await
@@ -367,9 +414,9 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
         };
         let fetched = match prefetched.take() {
             Some(next) if next.after == cursor => next.take().await,
-            _ => delivery.fetch_wait(&request).await,
+            _ => delivery.fetch_wait(&request).await.map(|page| (page, None)),
         };
-        let page = match fetched {
+        let (page, opened) = match fetched {
             Ok(page) => page,
             // A new connection (a restart, a reconnect) starts without the session: resume
             // it once; a second refusal means the server ended it.
@@ -386,13 +433,17 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
             inner.set_connection(ConnectionState::Connected);
         }
         let last = page.messages.last().map(|e| e.seq);
-        // Opened once (on all cores), whatever number of runs the page takes.
-        let opened = inner.open_page(&page.messages)?;
+        // Opened once (on all cores, or ahead with the fetch), whatever number of runs the
+        // page takes.
+        let opened = match opened {
+            Some(opened) => opened,
+            None => inner.open_page(&page.messages)?,
+        };
         // A full page: more is likely waiting, fetched while this page is processed.
         if let Some(after) = last
             && page.messages.len() >= usize::try_from(PAGE).unwrap_or(usize::MAX)
         {
-            prefetched = Some(Prefetch::start(&delivery, after));
+            prefetched = Some(Prefetch::start(&delivery, after, inner));
         }
         let mut at = 0;
         while let Some(first) = page.messages.get(at) {
