@@ -63,28 +63,15 @@ async fn user(w: &World, name: &str) -> User {
     }
 }
 
-async fn wait_for(
-    events: &mut broadcast::Receiver<ClientEvent>,
-    pick: impl Fn(&ClientEvent) -> bool,
-) {
-    loop {
-        match events.recv().await {
-            Ok(e) if pick(&e) => return,
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
-
 async fn joined(u: &mut User) {
-    wait_for(&mut u.events, |e| {
+    qrpc_benches::wait_for_event(&mut u.events, |e| {
         matches!(e, ClientEvent::ConversationCreated(_))
     })
     .await;
 }
 
 async fn received(u: &mut User, id: MessageId) {
-    wait_for(
+    qrpc_benches::wait_for_event(
         &mut u.events,
         |e| matches!(e, ClientEvent::MessageReceived(m) if m.id == id),
     )
@@ -236,7 +223,7 @@ async fn catch_up(
         );
     }
     let last = last.unwrap();
-    wait_for(&mut alice_events, |e| {
+    qrpc_benches::wait_for_event(&mut alice_events, |e| {
         matches!(e, ClientEvent::SendStateChanged { id, state: qpq_sdk::SendState::Sent, .. } if *id == last)
     })
     .await;
@@ -244,7 +231,7 @@ async fn catch_up(
     let carol = client(w, carol_dir);
     let mut events = carol.subscribe();
     carol.connect().await.unwrap();
-    wait_for(
+    qrpc_benches::wait_for_event(
         &mut events,
         |e| matches!(e, ClientEvent::MessageReceived(m) if m.id == last),
     )

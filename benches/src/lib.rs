@@ -488,6 +488,24 @@ pub fn unthrottled(config: &mut qpq_server::Config) {
     l.max_queue_bytes = 1 << 40;
 }
 
+/// Waits for the first event `pick` accepts (events missed by a slow reader are skipped).
+///
+/// # Panics
+/// When the client goes away before such an event.
+pub async fn wait_for_event(
+    events: &mut tokio::sync::broadcast::Receiver<qpq_sdk::ClientEvent>,
+    pick: impl Fn(&qpq_sdk::ClientEvent) -> bool,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(e) if pick(&e) => return,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => panic!("the client went away"),
+        }
+    }
+}
+
 /// The `p` quantile (0 to 1) of sorted samples; zero when there are none.
 pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
     if sorted.is_empty() {

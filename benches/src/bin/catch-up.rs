@@ -8,7 +8,6 @@
 use std::time::Instant;
 
 use qpq_sdk::{ClientEvent, QpqClient, SendState};
-use tokio::sync::broadcast;
 
 fn client(server: &qpq_server::RunningServer, dir: &std::path::Path) -> QpqClient {
     QpqClient::builder()
@@ -19,19 +18,6 @@ fn client(server: &qpq_server::RunningServer, dir: &std::path::Path) -> QpqClien
         .invitations(qpq_sdk::InvitationPolicy::FromAnyone)
         .build()
         .unwrap()
-}
-
-async fn wait_for(
-    events: &mut broadcast::Receiver<ClientEvent>,
-    pick: impl Fn(&ClientEvent) -> bool,
-) {
-    loop {
-        match events.recv().await {
-            Ok(e) if pick(&e) => return,
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
 }
 
 fn main() {
@@ -61,7 +47,7 @@ fn main() {
         carol.register("carol", "pw").await.unwrap();
         carol.login("carol", "d1", "pw").await.unwrap();
         let dm = alice.create_dm("carol").await.unwrap().id;
-        wait_for(&mut carol_events, |e| matches!(e, ClientEvent::ConversationCreated(_))).await;
+        qrpc_benches::wait_for_event(&mut carol_events, |e| matches!(e, ClientEvent::ConversationCreated(_))).await;
         drop(carol);
 
         let mut alice_events = alice.subscribe();
@@ -71,7 +57,7 @@ fn main() {
             last = Some(alice.conversation(&dm).unwrap().send_text(&format!("m{i}"), None).unwrap().id());
         }
         let last = last.expect("N > 0");
-        wait_for(&mut alice_events, |e| {
+        qrpc_benches::wait_for_event(&mut alice_events, |e| {
             matches!(e, ClientEvent::SendStateChanged { id, state: SendState::Sent, .. } if *id == last)
         })
         .await;
@@ -85,7 +71,7 @@ fn main() {
         let carol = client(&server, carol_dir.path());
         let mut events = carol.subscribe();
         carol.connect().await.unwrap();
-        wait_for(&mut events, |e| matches!(e, ClientEvent::MessageReceived(m) if m.id == last)).await;
+        qrpc_benches::wait_for_event(&mut events, |e| matches!(e, ClientEvent::MessageReceived(m) if m.id == last)).await;
         let took = start.elapsed();
         println!(
             "caught up on {n} messages in {took:.2?}: {:.0} messages/s",

@@ -97,41 +97,37 @@ impl Mallory {
     /// decapsulation to the victim's key) and then fail: sealed properly, one byte of their
     /// ciphertext flipped.
     async fn send_broken(&self, user: &str, device: &str, count: usize) {
-        let bundle = v1::keys_client::KeysClient::new(self.rpc.clone())
-            .fetch_hybrid_key(&v1::FetchHybridKeyRequest {
-                device: Some(Self::device(user, device)),
-            })
-            .await
-            .unwrap();
-        let hybrid = KeyBundle::decode(&bundle.key_bundle).unwrap().hybrid;
+        let hybrid = self.hybrid_key(user, device).await;
         for _ in 0..count {
             let mut envelope =
                 qpq_core::sealed::seal(&self.identity, &hybrid, now_ms(), b"junk").unwrap();
             let last = envelope.len() - 1;
             envelope[last] ^= 1;
-            v1::delivery_client::DeliveryClient::new(self.rpc.clone())
-                .enqueue(&v1::EnqueueRequest {
-                    recipient: Some(Self::device(user, device)),
-                    message_id: rand::random::<[u8; 16]>().to_vec().into(),
-                    payload: envelope.into(),
-                    delivery_token: Default::default(),
-                })
-                .await
-                .unwrap();
+            self.enqueue(user, device, envelope).await;
         }
     }
 
     /// Seals `transport` to `user/device` with Mallory's identity and queues it there.
     async fn send(&self, user: &str, device: &str, transport: Vec<u8>) {
+        let hybrid = self.hybrid_key(user, device).await;
+        let envelope =
+            qpq_core::sealed::seal(&self.identity, &hybrid, now_ms(), &transport).unwrap();
+        self.enqueue(user, device, envelope).await;
+    }
+
+    /// The hybrid key `user/device` published.
+    async fn hybrid_key(&self, user: &str, device: &str) -> qpq_core::kem::HybridPublicKey {
         let bundle = v1::keys_client::KeysClient::new(self.rpc.clone())
             .fetch_hybrid_key(&v1::FetchHybridKeyRequest {
                 device: Some(Self::device(user, device)),
             })
             .await
             .unwrap();
-        let hybrid = KeyBundle::decode(&bundle.key_bundle).unwrap().hybrid;
-        let envelope =
-            qpq_core::sealed::seal(&self.identity, &hybrid, now_ms(), &transport).unwrap();
+        KeyBundle::decode(&bundle.key_bundle).unwrap().hybrid
+    }
+
+    /// Queues `envelope` (any bytes) for `user/device`.
+    async fn enqueue(&self, user: &str, device: &str, envelope: Vec<u8>) {
         v1::delivery_client::DeliveryClient::new(self.rpc.clone())
             .enqueue(&v1::EnqueueRequest {
                 recipient: Some(Self::device(user, device)),
