@@ -87,14 +87,11 @@ impl SdkError {
     /// drains. Wrong input, refusals and broken data are not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Server(status) => matches!(
-                status.code(),
-                qrpc::Code::Unavailable
-                    | qrpc::Code::Unauthenticated
-                    | qrpc::Code::Aborted
-                    | qrpc::Code::DeadlineExceeded
-                    | qrpc::Code::ResourceExhausted
-            ),
+            // What a transfer retries at once, and a rate limit or quota, which passes.
+            Self::Server(status) => {
+                crate::client::retryable(status)
+                    || status.code() == qrpc::Code::ResourceExhausted
+            }
             Self::Connect(_) | Self::OutboxFull { .. } => true,
             Self::Database(e) => matches!(
                 e.sqlite_error_code(),

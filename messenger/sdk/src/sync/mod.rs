@@ -69,17 +69,6 @@ pub(crate) const REFUSAL_MEMORY: Duration = Duration::from_secs(600);
 /// commit on its way but a sender filling the parking.
 pub(crate) const MAX_EPOCHS_AHEAD: u64 = 64;
 
-/// Opens the sealed envelope of a queue entry without recording it as seen, refuses a replay,
-/// and decodes its transport. Returns the verified sender, the envelope's id and time, and
-/// the transport.
-pub(crate) fn open_sealed(
-    keys: &Keys,
-    envelope: &v1::Envelope,
-    now: u64,
-) -> Result<Opened, String> {
-    open_with(&keys.hybrid, &keys.replay, envelope, now)
-}
-
 impl Inner {
     /// Opens every envelope of a fetched page (on all cores), once, without holding the
     /// keys: freshness is checked when each is applied.
@@ -114,19 +103,12 @@ impl Inner {
 /// An opened envelope: its sender, message id, timestamp and what it carries.
 pub(crate) type Opened = (IdentityPublic, [u8; 16], u64, v1::Transport);
 
-/// [`open_sealed`] with the two keys it needs (which, unlike the rest of [`Keys`], may be
-/// shared between threads).
-fn open_with(
-    hybrid: &qpq_core::kem::HybridSecretKey,
-    replay: &qpq_core::sealed::ReplayGuard,
-    envelope: &v1::Envelope,
-    now: u64,
-) -> Result<Opened, String> {
-    let opened = open_envelope(hybrid, envelope)?;
+/// Refuses an opened envelope already seen (or too old): checked when it is applied, since a
+/// page is opened before any of it is.
+fn fresh(replay: &qpq_core::sealed::ReplayGuard, opened: &Opened, now: u64) -> Result<(), String> {
     replay
         .is_fresh(&opened.1, opened.2, now)
-        .map_err(|e| format!("sealed envelope: {e}"))?;
-    Ok(opened)
+        .map_err(|e| format!("sealed envelope: {e}"))
 }
 
 /// Opens one envelope and decodes what it carries; whether it is fresh is the caller's check.
@@ -446,7 +428,7 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
             prefetched = Some(Prefetch::start(&delivery, after, inner));
         }
         let mut at = 0;
-        while let Some(first) = page.messages.get(at) {
+        while let (Some(first), Some(first_opened)) = (page.messages.get(at), opened.get(at)) {
             let mut refused = inner.recently_refused();
             let rest = (
                 page.messages.get(at..).unwrap_or_default(),
@@ -454,7 +436,7 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
             );
             let applied = match inner.apply_batch(rest.0, rest.1, &refused)? {
                 (0, _) => {
-                    inner.apply_checked(first).await?;
+                    inner.apply_checked(first, first_opened).await?;
                     1
                 }
                 (n, Step::UnparkAfter(conversation, devices)) => {
@@ -509,22 +491,30 @@ impl Inner {
     /// sender must be that key. A device whose keys this client has not checked yet makes
     /// the entry come back as [`Step::NeedKeys`], with nothing applied; devices in `refused`
     /// could not be checked and make the entry fail instead.
+    ///
+    /// `opened` is what [`open_page`](Self::open_page) made of the envelope (opened once,
+    /// however often the entry is tried).
     pub(crate) fn apply(
         self: &Arc<Self>,
         envelope: &v1::Envelope,
+        opened: &Result<Opened, String>,
         refused: &Refused,
     ) -> SdkResult<Step> {
         let seq = envelope.seq;
         let mut guard = lock(&self.keys);
         let keys = guard.as_mut().ok_or(SdkError::NotLoggedIn)?;
         let now = now_ms();
-        self.envelopes_opened
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let result = match open_sealed(keys, envelope, now) {
+        let opened = opened
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|o| fresh(&keys.replay, o, now).map(|()| o));
+        let result = match opened {
             Ok((sender, message_id, timestamp_ms, transport)) => {
+                let (message_id, timestamp_ms) = (*message_id, *timestamp_ms);
                 let keys_ref = &*keys;
                 let result = transact(&*self.store, Some(&keys_ref.mls), |tx| {
-                    let applied = self.process(keys_ref, tx, seq, &sender, transport, refused)?;
+                    let applied =
+                        self.process(keys_ref, tx, seq, sender, transport.clone(), refused)?;
                     fail_point(&self.crash, CrashPoint::AfterDecrypt)?;
                     Ok(applied)
                 });
@@ -620,10 +610,7 @@ impl Inner {
             .iter()
             .zip(opened)
             .map_while(|(envelope, entry)| match entry {
-                Ok(entry)
-                    if keys.replay.is_fresh(&entry.1, entry.2, now).is_ok()
-                        && ids.insert(entry.1) =>
-                {
+                Ok(entry) if fresh(&keys.replay, entry, now).is_ok() && ids.insert(entry.1) => {
                     Some((envelope.seq, entry))
                 }
                 _ => None,
@@ -1076,8 +1063,12 @@ impl Inner {
 
     /// Applies one queue entry, first checking against the log the keys of every device it
     /// names that this client has not checked yet.
-    pub(crate) async fn apply_checked(self: &Arc<Self>, envelope: &v1::Envelope) -> SdkResult<()> {
-        self.apply_keys_checked(envelope).await?;
+    pub(crate) async fn apply_checked(
+        self: &Arc<Self>,
+        envelope: &v1::Envelope,
+        opened: &Result<Opened, String>,
+    ) -> SdkResult<()> {
+        self.apply_keys_checked(envelope, opened).await?;
         self.answer_invitations().await;
         self.leave_channels().await;
         Ok(())
@@ -1168,11 +1159,12 @@ impl Inner {
     pub(crate) async fn apply_keys_checked(
         self: &Arc<Self>,
         envelope: &v1::Envelope,
+        opened: &Result<Opened, String>,
     ) -> SdkResult<()> {
         let mut refused = self.recently_refused();
         let mut checked = false;
         loop {
-            match self.apply(envelope, &refused)? {
+            match self.apply(envelope, opened, &refused)? {
                 Step::Done => return Ok(()),
                 Step::NeedKeys(devices) => {
                     if checked {
