@@ -17,18 +17,8 @@ struct World {
 }
 
 async fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = qpq_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    // Throughput runs: the abuse controls would only throttle them.
-    qrpc_benches::unthrottled(&mut config);
-    World {
-        server: qpq_server::start(config).await.unwrap(),
-        _dir: dir,
-    }
+    let (server, dir) = qrpc_benches::sdk_server().await.unwrap();
+    World { server, _dir: dir }
 }
 
 struct User {
@@ -38,16 +28,7 @@ struct User {
 }
 
 fn client(w: &World, dir: &Path) -> QpqClient {
-    QpqClient::builder()
-        .server(w.server.addr)
-        .pin(w.server.fingerprint)
-        .data_dir(dir)
-        .raw_key([7; 32])
-        // Every user here is invited by one it never met: take the invitations as they come
-        // (the default holds them as message requests until the user answers).
-        .invitations(qpq_sdk::InvitationPolicy::FromAnyone)
-        .build()
-        .unwrap()
+    qrpc_benches::sdk_client(&w.server, dir).unwrap()
 }
 
 async fn user(w: &World, name: &str) -> User {
@@ -104,15 +85,10 @@ fn sdk(c: &mut Criterion) {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let mut total = Duration::ZERO;
+                let dm = alice.client.conversation(&dm).unwrap();
                 for _ in 0..iters {
                     let start = Instant::now();
-                    let id = alice
-                        .client
-                        .conversation(&dm)
-                        .unwrap()
-                        .send_text("ping", None)
-                        .unwrap()
-                        .id();
+                    let id = dm.send_text("ping", None).unwrap().id();
                     received(&mut bob, id).await;
                     let took = start.elapsed();
                     samples.push(took);
@@ -153,15 +129,10 @@ fn sdk(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("group_send", size), |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
+                    let group = sender.client.conversation(&group).unwrap();
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let id = sender
-                            .client
-                            .conversation(&group)
-                            .unwrap()
-                            .send_text("to all", None)
-                            .unwrap()
-                            .id();
+                        let id = group.send_text("to all", None).unwrap().id();
                         sends += 1;
                         for m in &mut members {
                             received(m, id).await;
@@ -212,15 +183,9 @@ async fn catch_up(
 ) -> Duration {
     let mut alice_events = alice.subscribe();
     let mut last = None;
+    let dm = alice.conversation(&dm).unwrap();
     for i in 0..n {
-        last = Some(
-            alice
-                .conversation(&dm)
-                .unwrap()
-                .send_text(&format!("m{i}"), None)
-                .unwrap()
-                .id(),
-        );
+        last = Some(dm.send_text(&format!("m{i}"), None).unwrap().id());
     }
     let last = last.unwrap();
     qrpc_benches::wait_for_event(&mut alice_events, |e| {

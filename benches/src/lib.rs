@@ -488,6 +488,41 @@ pub fn unthrottled(config: &mut qpq_server::Config) {
     l.max_queue_bytes = 1 << 40;
 }
 
+/// A qpq-server on loopback for throughput runs (its abuse controls lifted: they would only
+/// throttle them), with its data directory, which goes away with it.
+///
+/// # Errors
+/// When the server cannot start.
+pub async fn sdk_server() -> Result<(qpq_server::RunningServer, tempfile::TempDir), Error> {
+    let dir = tempfile::tempdir()?;
+    let mut config = qpq_server::Config {
+        listen: loopback(),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    unthrottled(&mut config);
+    Ok((qpq_server::start(config).await?, dir))
+}
+
+/// An SDK client of `server` with its store in `dir`. Every user of a run is invited by one it
+/// never met: it takes invitations as they come (the default holds them as message requests
+/// until the user answers).
+///
+/// # Errors
+/// When the store cannot be opened.
+pub fn sdk_client(
+    server: &qpq_server::RunningServer,
+    dir: &std::path::Path,
+) -> Result<qpq_sdk::QpqClient, Error> {
+    Ok(qpq_sdk::QpqClient::builder()
+        .server(server.addr)
+        .pin(server.fingerprint)
+        .data_dir(dir)
+        .raw_key([7; 32])
+        .invitations(qpq_sdk::InvitationPolicy::FromAnyone)
+        .build()?)
+}
+
 /// Waits for the first event `pick` accepts (events missed by a slow reader are skipped).
 ///
 /// # Panics

@@ -10,14 +10,7 @@ use std::time::Instant;
 use qpq_sdk::{ClientEvent, QpqClient, SendState};
 
 fn client(server: &qpq_server::RunningServer, dir: &std::path::Path) -> QpqClient {
-    QpqClient::builder()
-        .server(server.addr)
-        .pin(server.fingerprint)
-        .data_dir(dir)
-        .raw_key([7; 32])
-        .invitations(qpq_sdk::InvitationPolicy::FromAnyone)
-        .build()
-        .unwrap()
+    qrpc_benches::sdk_client(server, dir).unwrap()
 }
 
 fn main() {
@@ -30,14 +23,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let data = tempfile::tempdir().unwrap();
-        let mut config = qpq_server::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data.path().to_path_buf(),
-            ..Default::default()
-        };
-        qrpc_benches::unthrottled(&mut config);
-        let server = qpq_server::start(config).await.unwrap();
+        let (server, _data) = qrpc_benches::sdk_server().await.unwrap();
         let (alice_dir, carol_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let alice = client(&server, alice_dir.path());
         alice.register("alice", "pw").await.unwrap();
@@ -53,8 +39,9 @@ fn main() {
         let mut alice_events = alice.subscribe();
         let queued = Instant::now();
         let mut last = None;
+        let dm = alice.conversation(&dm).unwrap();
         for i in 0..n {
-            last = Some(alice.conversation(&dm).unwrap().send_text(&format!("m{i}"), None).unwrap().id());
+            last = Some(dm.send_text(&format!("m{i}"), None).unwrap().id());
         }
         let last = last.expect("N > 0");
         qrpc_benches::wait_for_event(&mut alice_events, |e| {

@@ -89,8 +89,7 @@ impl SdkError {
         match self {
             // What a transfer retries at once, and a rate limit or quota, which passes.
             Self::Server(status) => {
-                crate::client::retryable(status)
-                    || status.code() == qrpc::Code::ResourceExhausted
+                crate::client::retryable(status) || status.code() == qrpc::Code::ResourceExhausted
             }
             Self::Connect(_) | Self::OutboxFull { .. } => true,
             Self::Database(e) => matches!(
