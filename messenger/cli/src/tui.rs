@@ -179,13 +179,11 @@ pub fn draw(f: &mut Frame<'_>, v: &View) {
         Span::styled(v.connection.clone(), connection_style),
         Span::raw(format!(" · outbox {}", v.outbox)),
     ];
+    // "1 thing", "2 things".
+    let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     if v.requests > 0 {
         status.push(Span::styled(
-            format!(
-                " · {} message request{} (/requests)",
-                v.requests,
-                if v.requests == 1 { "" } else { "s" }
-            ),
+            format!(" · {} (/requests)", count(v.requests, "message request")),
             Style::default()
                 .fg(Color::Yellow)
                 .add_modifier(Modifier::BOLD),
@@ -193,11 +191,7 @@ pub fn draw(f: &mut Frame<'_>, v: &View) {
     }
     if v.running > 0 {
         status.push(Span::styled(
-            format!(
-                " · {} command{} running",
-                v.running,
-                if v.running == 1 { "" } else { "s" }
-            ),
+            format!(" · {} running", count(v.running, "command")),
             Style::default().fg(Color::Cyan),
         ));
     }

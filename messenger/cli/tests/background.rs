@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 mod common;
 
-use common::server;
+use common::{server, session};
 
 #[tokio::test]
 async fn a_command_waiting_on_the_network_holds_up_nothing_else() {
@@ -50,16 +50,7 @@ async fn a_command_waiting_on_the_network_holds_up_nothing_else() {
 #[tokio::test]
 async fn what_a_command_changed_of_the_session_is_carried_back() {
     let s = server().await;
-    let session_of = || {
-        let client = QpqClient::builder()
-            .server(s.running.addr)
-            .pin(s.running.fingerprint)
-            .in_memory()
-            .build()
-            .unwrap();
-        Session::new(client, "cli")
-    };
-    let (mut alice, bob) = (session_of(), session_of());
+    let (mut alice, bob) = (session(&s), session(&s));
     let mut background = Background::default();
     let pw = || Some(Zeroizing::new("pw".to_owned()));
     for (session, line) in [(&alice, "/register alice"), (&bob, "/register bob")] {

@@ -3,12 +3,12 @@
 
 mod common;
 
-use common::{Server, server};
+use common::{server, session};
 
 use std::time::Duration;
 
 use qpq_cli::session::{CommandError, Output, Session};
-use qpq_sdk::{ClientEvent, QpqClient};
+use qpq_sdk::ClientEvent;
 use zeroize::Zeroizing;
 
 #[test]
@@ -43,16 +43,6 @@ fn qpq_demo_runs_with_no_arguments_and_tells_the_story() {
     let a = caught_up.find("Carol, the notes are up.").unwrap();
     let b = caught_up.find("See you all at 12:30!").unwrap();
     assert!(a < b, "{text}");
-}
-
-fn session(s: &Server) -> Session {
-    let client = QpqClient::builder()
-        .server(s.running.addr)
-        .pin(s.running.fingerprint)
-        .in_memory()
-        .build()
-        .unwrap();
-    Session::new(client, "cli")
 }
 
 async fn run(session: &mut Session, line: &str) -> Result<Output, CommandError> {

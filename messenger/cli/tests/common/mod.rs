@@ -17,3 +17,14 @@ pub async fn server() -> Server {
     .unwrap();
     Server { _dir: dir, running }
 }
+
+/// A terminal session of a new in-memory client of `s` (device "cli").
+pub fn session(s: &Server) -> qpq_cli::session::Session {
+    let client = qpq_sdk::QpqClient::builder()
+        .server(s.running.addr)
+        .pin(s.running.fingerprint)
+        .in_memory()
+        .build()
+        .unwrap();
+    qpq_cli::session::Session::new(client, "cli")
+}
