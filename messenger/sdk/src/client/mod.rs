@@ -219,6 +219,12 @@ impl QpqClient {
         self.inner.store.message(id)
     }
 
+    /// A message this device has; [`SdkError::NotFound`] otherwise.
+    pub(crate) fn stored_message(&self, id: &MessageId) -> SdkResult<Message> {
+        self.message(id)?
+            .ok_or_else(|| SdkError::NotFound(format!("message {id}")))
+    }
+
     /// `user/device` of the logged-in account, if any.
     pub fn whoami(&self) -> Option<String> {
         lock(&self.inner.keys).as_ref().map(|k| k.me.clone())

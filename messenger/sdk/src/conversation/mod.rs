@@ -176,14 +176,13 @@ impl QpqClient {
 
     /// Adds (or with `remove`, takes back) this user's reaction to a message.
     pub fn react(&self, id: &MessageId, emoji: &str, remove: bool) -> SdkResult<()> {
-        if emoji.is_empty() || emoji.len() > 32 {
-            return Err(SdkError::InvalidArgument("emoji: 1 to 32 bytes".into()));
+        if emoji.is_empty() || emoji.len() > crate::sync::effects::MAX_EMOJI_BYTES {
+            return Err(SdkError::InvalidArgument(format!(
+                "emoji: 1 to {} bytes",
+                crate::sync::effects::MAX_EMOJI_BYTES
+            )));
         }
-        let m = self
-            .inner
-            .store
-            .message(id)?
-            .ok_or_else(|| SdkError::NotFound(format!("message {id}")))?;
+        let m = self.stored_message(id)?;
         let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
         self.send_content(
             &m.conversation,

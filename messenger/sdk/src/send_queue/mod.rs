@@ -244,11 +244,7 @@ impl QpqClient {
 
     /// This user's message `id`, or an error naming why it cannot be changed.
     pub(crate) fn own_message(&self, id: &MessageId) -> SdkResult<Message> {
-        let m = self
-            .inner
-            .store
-            .message(id)?
-            .ok_or_else(|| SdkError::NotFound(format!("message {id}")))?;
+        let m = self.stored_message(id)?;
         let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
         if user_of(&m.sender) != user_of(&me) {
             return Err(SdkError::InvalidArgument(
