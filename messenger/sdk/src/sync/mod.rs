@@ -436,7 +436,7 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
             );
             let applied = match inner.apply_batch(rest.0, rest.1, &refused)? {
                 (0, _) => {
-                    inner.apply_checked(first, first_opened).await?;
+                    inner.apply_keys_checked(first, first_opened).await?;
                     1
                 }
                 (n, Step::UnparkAfter(conversation, devices)) => {
@@ -590,7 +590,7 @@ impl Inner {
     /// entries were applied. The run stops after an entry that moves an epoch (parked
     /// messages may follow it) and before one that cannot simply be applied (it does not
     /// open, repeats an earlier one, needs keys checked, fails): 0 means the first entry is
-    /// for [`apply_checked`](Self::apply_checked). With the count comes what the run's last
+    /// for [`apply_keys_checked`](Self::apply_keys_checked). With the count comes what the run's last
     /// entry needs next ([`Step::UnparkAfter`] or done).
     ///
     /// `opened` holds what [`open_page`](Self::open_page) made of each envelope: a page is
@@ -1061,19 +1061,6 @@ impl Inner {
         Ok(Some(member_users(group)))
     }
 
-    /// Applies one queue entry, first checking against the log the keys of every device it
-    /// names that this client has not checked yet.
-    pub(crate) async fn apply_checked(
-        self: &Arc<Self>,
-        envelope: &v1::Envelope,
-        opened: &Result<Opened, String>,
-    ) -> SdkResult<()> {
-        self.apply_keys_checked(envelope, opened).await?;
-        self.answer_invitations().await;
-        self.leave_channels().await;
-        Ok(())
-    }
-
     /// Leaves the server channels of conversations this device was removed from (best
     /// effort: a removed user is no member of the conversation whatever the channel says).
     pub(crate) async fn leave_channels(self: &Arc<Self>) {
@@ -1156,6 +1143,8 @@ impl Inner {
         }
     }
 
+    /// Applies one queue entry, first checking against the log the keys of every device it
+    /// names that this client has not checked yet.
     pub(crate) async fn apply_keys_checked(
         self: &Arc<Self>,
         envelope: &v1::Envelope,
