@@ -177,7 +177,7 @@ impl QpqClient {
         self.stop_tasks();
         let receiver = tokio::spawn(receive_loop(Arc::clone(&self.inner)));
         let outbox = tokio::spawn(outbox_loop(Arc::clone(&self.inner)));
-        lock(&self.tasks.0).extend([receiver, outbox]);
+        lock(&self.tasks.handles).extend([receiver, outbox]);
         self.inner.outbox_wake.notify_one();
     }
 

@@ -26,6 +26,13 @@ pub enum SdkError {
     /// The operation needs a logged-in account.
     #[error("not logged in: call register/login first")]
     NotLoggedIn,
+    /// Another client (in this process or another one) has this data directory open: two
+    /// clients on one directory would each receive and acknowledge part of the messages.
+    #[error(
+        "the data directory {} is in use by another qpq client; close it first or use another directory",
+        .0.display()
+    )]
+    DataDirInUse(std::path::PathBuf),
     /// The local store already holds another account.
     #[error("this data directory belongs to {0}; use another directory for another account")]
     OtherAccount(String),

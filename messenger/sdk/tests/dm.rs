@@ -615,10 +615,16 @@ async fn logout_on_a_connection_without_the_session_still_ends_it_on_the_server(
     let dir = tempfile::tempdir().unwrap();
     let bob = account(&server, dir.path(), "bob", "phone").await;
     let mut events = bob.subscribe();
-    // A client opened on the same store makes a new connection, which carries no session
-    // until it is resumed (as after a reconnect): logging out from it must still end the
-    // session on the server, and forget the token.
-    let again = server.client(dir.path());
+    // A copy of the store (a restored backup; one directory is open in one client at a
+    // time) makes a new connection, which carries no session until it is resumed (as after a
+    // reconnect): logging out from it must still end the session on the server, and forget
+    // the token.
+    let copy = tempfile::tempdir().unwrap();
+    for file in std::fs::read_dir(dir.path()).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), copy.path().join(file.file_name())).unwrap();
+    }
+    let again = server.client(copy.path());
     again.logout().await.unwrap();
     // The server ended every connection of that session: Bob's first client loses its own.
     next(&mut events, |e| match e {
@@ -630,7 +636,7 @@ async fn logout_on_a_connection_without_the_session_still_ends_it_on_the_server(
     })
     .await;
     drop((bob, again));
-    let third = server.client(dir.path());
+    let third = server.client(copy.path());
     assert!(matches!(
         third.connect().await.unwrap_err(),
         qpq_sdk::SdkError::NotLoggedIn

@@ -109,6 +109,7 @@ impl QpqClientBuilder {
         let tls = self
             .tls
             .ok_or_else(|| SdkError::Config("server trust (pin or tls) missing".into()))?;
+        let mut dir_lock = None;
         let store: Box<dyn Store> = if self.in_memory {
             Box::new(MemoryStore::new()?)
         } else {
@@ -118,11 +119,16 @@ impl QpqClientBuilder {
             let key = self.key.ok_or_else(|| {
                 SdkError::Config("store key (passphrase or raw key) missing".into())
             })?;
+            qpq_core::files::private_dir(&dir)?;
+            dir_lock = Some(crate::store::sql::lock_dir(&dir)?);
             Box::new(SqlStore::open(&dir, &key)?)
         };
         let (events, _) = broadcast::channel(self.limits.event_buffer.max(1));
         Ok(QpqClient {
-            tasks: Arc::new(Tasks::default()),
+            tasks: Arc::new(Tasks {
+                handles: Mutex::default(),
+                _dir_lock: dir_lock,
+            }),
             inner: Arc::new(Inner {
                 store,
                 server,

@@ -93,11 +93,16 @@ pub struct QpqClient {
 
 /// The background tasks; aborted when the last clone of the client goes away.
 #[derive(Default)]
-pub(crate) struct Tasks(pub(crate) Mutex<Vec<tokio::task::JoinHandle<()>>>);
+pub(crate) struct Tasks {
+    pub(crate) handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The data directory's lock, released with the last handle of the client (the tasks
+    /// it stops may end a moment later; they start nothing new).
+    pub(crate) _dir_lock: Option<std::fs::File>,
+}
 
 impl Tasks {
     pub(crate) fn stop(&self) {
-        for task in lock(&self.0).drain(..) {
+        for task in lock(&self.handles).drain(..) {
             task.abort();
         }
     }

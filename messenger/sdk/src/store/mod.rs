@@ -13,7 +13,7 @@
 //! store changes that follow from it — runs through [`transact`]: all of it commits or none.
 
 mod memory;
-mod sql;
+pub(crate) mod sql;
 
 #[cfg(test)]
 mod conformance;

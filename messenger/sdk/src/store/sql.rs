@@ -472,6 +472,25 @@ fn array<const N: usize>(v: Vec<u8>, what: &str) -> SdkResult<[u8; N]> {
         .map_err(|_| SdkError::Store(format!("corrupt {what}")))
 }
 
+/// The file a store holds locked while it is open.
+const LOCK_FILE: &str = "lock";
+
+/// Locks the data directory `dir` for one client, or fails with [`SdkError::DataDirInUse`]
+/// when another client holds it: two clients on one directory would each receive and
+/// acknowledge part of the messages and diverge. The lock lasts as long as the returned file
+/// is open; the operating system releases it when its holder exits, also after a crash, so
+/// a stale lock file never keeps a user out.
+pub(crate) fn lock_dir(dir: &Path) -> SdkResult<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    qpq_core::files::private_file(&path)?;
+    let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SdkError::DataDirInUse(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(SdkError::Io(e)),
+    }
+}
+
 impl SqlStore {
     /// Opens (creating if needed) the store in `dir`. Works offline. A wrong key is
     /// [`SdkError::WrongStoreKey`].
@@ -1495,6 +1514,28 @@ mod tests {
             SqlStore::open(dir.path(), &passphrase("wrong")),
             Err(SdkError::WrongStoreKey)
         ));
+    }
+
+    #[test]
+    fn a_data_directory_is_open_in_one_client_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_dir(dir.path()).unwrap();
+        let second = lock_dir(dir.path());
+        assert!(
+            matches!(&second, Err(SdkError::DataDirInUse(p)) if p == dir.path()),
+            "{second:?}"
+        );
+        let shown = second.unwrap_err().to_string();
+        assert!(shown.contains("in use by another qpq client"), "{shown}");
+        // Closing the first frees the directory; the lock file is private like the rest.
+        drop(first);
+        drop(lock_dir(dir.path()).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(LOCK_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
