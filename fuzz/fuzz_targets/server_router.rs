@@ -45,7 +45,7 @@ fn world() -> &'static World {
         l.max_fetch_wait_ms = 1;
         let server = runtime.block_on(async {
             let server = InProcess::new(config).await.expect("server");
-            let store = &server.state.store;
+            let store = server.state.store();
             store.create_user("bob".into(), vec![1], 0).await.expect("user");
             store
                 .register_device(DeviceId::new("bob", "phone"), String::new(), 0, true, 10)
@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
     w.runtime.block_on(async {
         let conn = w.server.connection("127.0.0.1:9".parse().expect("addr"));
         if who % 2 == 1 {
-            w.server.state.sessions.bind(
+            w.server.state.sessions().bind(
                 &conn,
                 SessionInfo::new(DeviceId::new("bob", "phone"), u64::MAX, [7; 32]),
             );
@@ -98,6 +98,6 @@ fuzz_target!(|data: &[u8]| {
             ),
             Err(_) => panic!("{method} hung"),
         }
-        w.server.state.sessions.end_connection(&conn);
+        w.server.state.sessions().end_connection(&conn);
     });
 });

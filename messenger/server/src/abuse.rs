@@ -149,11 +149,3 @@ impl Limiters {
             + self.typing_per_user.len()
     }
 }
-
-impl<S: crate::store::Store> crate::state::Api<S> {
-    /// Takes one cell of `me`'s user-wide allowance of write calls.
-    pub(crate) fn check_write(&self, me: &crate::store::DeviceId) -> Result<(), Status> {
-        let l = &self.state.limiters;
-        l.check(&l.writes_per_user, &me.user, 1, "write calls")
-    }
-}

@@ -4,36 +4,31 @@
 //! embedded SQLite store. Run the `qpq-server` binary with no arguments for a zero-config
 //! server, or call [`start`] to embed one (tests do).
 //!
-//! | module | what it serves |
+//! Layers, each importing only those below it:
+//!
+//! | layer | modules |
 //! |---|---|
-//! | [`auth`] | OPAQUE registration and login, logout, the session check of every call |
-//! | [`session`] | live sessions by device; revocation, expiry and logout close connections |
-//! | [`abuse`] | rate limits keyed by user, target account, requester/target pair and IP |
-//! | [`delivery`] | per-device queues, push notifications, long-poll fetch |
-//! | [`keys`] | MLS key packages and hybrid key bundles with key-transparency proofs |
-//! | [`directory`] | user lookups and channels |
-//! | [`blob`] | resumable, content-addressed attachments with quotas |
-//! | [`device`] | device management and P2P rendezvous |
-//! | [`store`] | the `Store` trait and its SQLite implementation |
+//! | assembly | [`server`] (binding, the layer stack, the janitor), [`config`], [`tls`] |
+//! | handlers | [`api`]: one module per service, and the session guard |
+//! | shared state | [`state`]: key transparency, arrivals, uploads, stranger memory |
+//! | mechanisms | [`session`] (live sessions; revocation, expiry and logout close connections), [`abuse`] (rate limits), [`store`] (the `Store` trait and its SQLite implementation) |
+//! | basics | [`clock`], [`util`], [`error`] |
 
 pub mod abuse;
-pub mod auth;
-pub mod blob;
+pub mod api;
 pub mod clock;
 pub mod config;
-pub mod delivery;
-pub mod device;
-pub mod directory;
-pub mod keys;
+pub mod error;
 pub mod server;
 pub mod session;
 pub mod state;
 pub mod store;
 pub mod tls;
-pub mod validate;
+pub mod util;
 
 pub use clock::Clock;
 pub use config::Config;
+pub use error::ServerError;
 #[cfg(feature = "testing")]
 pub use server::InProcess;
 pub use server::{RunningServer, start, start_with_clock};

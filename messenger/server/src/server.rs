@@ -4,18 +4,19 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use anyhow::Context;
 use qpq_core::identity::{IdentityKey, IdentityPublic};
 use qpq_core::kt::MerkleLog;
+use qpq_proto::auth_flows::OpaqueSuite;
 use qpq_proto::v1;
 use qrpc::middleware::{AuditLayer, AuthLayer, AuthPolicy, Quota, RateLimitLayer};
 use tower::layer::util::{Identity, Stack};
 use zeroize::Zeroizing;
 
-use crate::auth::{OpaqueSuite, SessionAuth};
+use crate::api::{Api, SessionAuth};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::state::{Api, AppState};
+use crate::error::ServerError;
+use crate::state::AppState;
 use crate::store::{SqliteStore, Store};
 
 /// A server running in the background.
@@ -89,7 +90,7 @@ struct Prepared<S: Store> {
     kt_public: IdentityPublic,
 }
 
-async fn prepare(config: &Config, clock: Clock) -> anyhow::Result<Prepared<SqliteStore>> {
+async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<SqliteStore>, ServerError> {
     config.validate()?;
     create_private_dir(&config.data_dir)?;
     let blob_dir = config.data_dir.join("blobs");
@@ -99,16 +100,14 @@ async fn prepare(config: &Config, clock: Clock) -> anyhow::Result<Prepared<Sqlit
     // The database holds the OPAQUE server secret, the log's signing key and every password
     // file: owner-only before SQLite first opens it (its -wal and -shm files copy the mode).
     let db_path = config.data_dir.join("qpq.db");
-    qpq_core::files::private_file(&db_path)
-        .with_context(|| format!("creating {}", db_path.display()))?;
+    qpq_core::files::private_file(&db_path).map_err(ServerError::io("creating", &db_path))?;
     for suffix in ["-wal", "-shm"] {
         let mut side = db_path.clone().into_os_string();
         side.push(suffix);
-        qpq_core::files::tighten_if_exists(std::path::Path::new(&side))?;
+        qpq_core::files::tighten_if_exists(std::path::Path::new(&side))
+            .map_err(ServerError::io("protecting", &side))?;
     }
-    let store = SqliteStore::open(&db_path, config.limits.db_pool_size)
-        .await
-        .context("opening the database")?;
+    let store = SqliteStore::open(&db_path, config.limits.db_pool_size).await?;
 
     let setup_bytes = Zeroizing::new(
         store
@@ -121,7 +120,7 @@ async fn prepare(config: &Config, clock: Clock) -> anyhow::Result<Prepared<Sqlit
             .await?,
     );
     let opaque = opaque_ke::ServerSetup::<OpaqueSuite>::deserialize(&setup_bytes)
-        .map_err(|_| anyhow::anyhow!("stored OPAQUE setup is corrupt"))?;
+        .map_err(|_| ServerError::Corrupt("OPAQUE server setup"))?;
     let kt_seed = Zeroizing::new(
         store
             .init_secret(
@@ -133,18 +132,17 @@ async fn prepare(config: &Config, clock: Clock) -> anyhow::Result<Prepared<Sqlit
     let seed: [u8; 32] = kt_seed
         .as_slice()
         .try_into()
-        .context("stored log key is corrupt")?;
+        .map_err(|_| ServerError::Corrupt("key-transparency signing key"))?;
     let kt_key = IdentityKey::from_secret_bytes(&seed);
     // The log's leaves name devices under the domain; it cannot change under them.
     let stored_domain = store
         .init_secret("domain".into(), config.domain.as_bytes().to_vec())
         .await?;
     if stored_domain != config.domain.as_bytes() {
-        anyhow::bail!(
-            "this database belongs to domain {:?}; the configuration says {:?}",
-            String::from_utf8_lossy(&stored_domain),
-            config.domain
-        );
+        return Err(ServerError::DomainMismatch {
+            stored: String::from_utf8_lossy(&stored_domain).into_owned(),
+            configured: config.domain.clone(),
+        });
     }
     let kt_public = kt_key.public();
     let mut log = MerkleLog::new();
@@ -226,24 +224,34 @@ fn spawn_janitor<S: Store>(state: &Arc<AppState<S>>) -> tokio::task::JoinHandle<
 
 /// Prepares the data directory, storage, keys and TLS, binds the socket and serves in the
 /// background.
-pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     start_with_clock(config, Clock::system()).await
 }
 
 /// [`start`] with another time source: tests drive a [`Clock::manual`] to reach expiries
 /// without waiting for them.
-pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<RunningServer> {
+pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningServer, ServerError> {
     if let Some(addr) = config.metrics_listen {
         // One exporter per process: it installs the global `metrics` recorder.
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
             .install()
-            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+            .map_err(|e| ServerError::Metrics {
+                addr,
+                reason: e.to_string(),
+            })?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     let prepared = prepare(&config, clock).await?;
-    let server = prepared.server.bind(config.listen)?;
-    let addr = server.local_addr()?;
+    let listen = |source: Box<dyn std::error::Error + Send + Sync>| ServerError::Listen {
+        addr: config.listen,
+        source,
+    };
+    let server = prepared
+        .server
+        .bind(config.listen)
+        .map_err(|e| listen(e.into()))?;
+    let addr = server.local_addr().map_err(|e| listen(e.into()))?;
     let janitor = spawn_janitor(&prepared.state);
     let state = Arc::clone(&prepared.state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -288,9 +296,12 @@ impl std::fmt::Debug for InProcess {
 #[cfg(feature = "testing")]
 impl InProcess {
     /// Prepares everything `start` does (data directory, database, keys) except the socket.
-    pub async fn new(config: Config) -> anyhow::Result<Self> {
+    pub async fn new(config: Config) -> Result<Self, ServerError> {
         let prepared = prepare(&config, Clock::system()).await?;
-        let service = prepared.server.into_service()?;
+        let service = prepared
+            .server
+            .into_service()
+            .map_err(|e| ServerError::Router(e.to_string()))?;
         Ok(Self {
             state: prepared.state,
             service: tower::util::BoxCloneSyncService::new(service),
@@ -326,6 +337,6 @@ impl InProcess {
     }
 }
 
-fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    qpq_core::files::private_dir(dir).with_context(|| format!("creating {}", dir.display()))
+fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+    qpq_core::files::private_dir(dir).map_err(ServerError::io("creating", dir))
 }

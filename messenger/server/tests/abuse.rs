@@ -311,7 +311,7 @@ async fn a_revoked_device_loses_its_connection_and_its_id_for_good() {
 async fn revocation_drops_push_registration_and_stops_calls_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let server = InProcess::new(config(dir.path())).await.unwrap();
-    let store = &server.state.store;
+    let store = server.state.store();
     store.create_user("bob".into(), vec![1], 0).await.unwrap();
     let laptop = DeviceId::new("bob", "laptop");
     store
@@ -320,9 +320,9 @@ async fn revocation_drops_push_registration_and_stops_calls_in_flight() {
         .unwrap();
     let conn = server.connection("127.0.0.1:5000".parse().unwrap());
     let info = SessionInfo::new(laptop.clone(), u64::MAX, [1; 32]);
-    server.state.sessions.bind(&conn, info);
+    server.state.sessions().bind(&conn, info);
     // (A detached connection's push sender counts as closed, so count registrations.)
-    assert_eq!(server.state.registry.len(), 1);
+    assert_eq!(server.state.registry().len(), 1);
     let peek = v1::PeekRequest {}.encode_to_vec();
     let ok = server
         .call(&conn, 13, RequestBody::unary(peek.clone().into()))
@@ -331,10 +331,10 @@ async fn revocation_drops_push_registration_and_stops_calls_in_flight() {
 
     server
         .state
-        .sessions
+        .sessions()
         .end_device(&laptop, qpq_server::session::EndReason::Revoked, None);
-    assert_eq!(server.state.registry.len(), 0);
-    assert!(server.state.sessions.is_empty());
+    assert_eq!(server.state.registry().len(), 0);
+    assert!(server.state.sessions().is_empty());
     let err = server
         .call(&conn, 13, RequestBody::unary(peek.into()))
         .await
@@ -646,12 +646,12 @@ async fn in_process_with(users: &[(&str, &str)]) -> (tempfile::TempDir, InProces
     for (user, device) in users {
         let _ = server
             .state
-            .store
+            .store()
             .create_user((*user).into(), vec![1], 0)
             .await;
         server
             .state
-            .store
+            .store()
             .register_device(DeviceId::new(*user, *device), String::new(), 0, false, 10)
             .await
             .unwrap();
@@ -662,7 +662,7 @@ async fn in_process_with(users: &[(&str, &str)]) -> (tempfile::TempDir, InProces
 fn logged_in(server: &InProcess, user: &str, device: &str, port: u16) -> qrpc::Peer {
     let conn = server.connection(([127, 0, 0, 1], port).into());
     let token: [u8; 32] = rand::random();
-    server.state.sessions.bind(
+    server.state.sessions().bind(
         &conn,
         SessionInfo::new(DeviceId::new(user, device), u64::MAX, token),
     );
@@ -886,7 +886,7 @@ async fn a_second_uploader_cannot_hijack_or_truncate_an_upload() {
     let alice = logged_in(&server, "alice", "phone", 1);
     let mallory = logged_in(&server, "mallory", "pc", 2);
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    let sha = qpq_server::state::sha256(&data);
+    let sha = qpq_server::util::sha256(&data);
     let total = data.len() as u64;
     let half = 150_000;
 
@@ -904,7 +904,7 @@ async fn a_second_uploader_cannot_hijack_or_truncate_an_upload() {
     };
     let progressed = async {
         loop {
-            if let Some(row) = server.state.store.blob(sha.to_vec()).await.unwrap()
+            if let Some(row) = server.state.store().blob(sha.to_vec()).await.unwrap()
                 && row.received == half as u64
             {
                 return;
@@ -935,7 +935,7 @@ async fn a_second_uploader_cannot_hijack_or_truncate_an_upload() {
 
     // An interrupted upload belongs to its owner: another user cannot continue it.
     let other: Vec<u8> = vec![9; 1000];
-    let other_sha = qpq_server::state::sha256(&other);
+    let other_sha = qpq_server::util::sha256(&other);
     let body = RequestBody::new(
         Bytes::new(),
         Box::pin(futures::stream::iter(vec![Ok(chunk(
@@ -1001,7 +1001,7 @@ async fn the_janitor_deletes_expired_sessions_and_forgets_ended_ones() {
     for (token, expires) in [(1u8, 1), (2, u64::MAX)] {
         server
             .state
-            .store
+            .store()
             .create_session(
                 vec![token; 32],
                 qpq_server::store::Session {
@@ -1013,13 +1013,13 @@ async fn the_janitor_deletes_expired_sessions_and_forgets_ended_ones() {
             .unwrap();
     }
     let conn = logged_in(&server, "bob", "phone", 1);
-    assert_eq!(server.state.sessions.len(), 1);
+    assert_eq!(server.state.sessions().len(), 1);
     let deleted = server.state.janitor_pass().await;
     assert_eq!(deleted, 1);
     assert!(
         server
             .state
-            .store
+            .store()
             .session(vec![1; 32])
             .await
             .unwrap()
@@ -1028,18 +1028,18 @@ async fn the_janitor_deletes_expired_sessions_and_forgets_ended_ones() {
     assert!(
         server
             .state
-            .store
+            .store()
             .session(vec![2; 32])
             .await
             .unwrap()
             .is_some()
     );
-    server.state.sessions.end_connection(&conn);
+    server.state.sessions().end_connection(&conn);
     server.state.janitor_pass().await;
-    assert!(server.state.sessions.is_empty());
+    assert!(server.state.sessions().is_empty());
 
     // Rate-limit state of a key is forgotten once its bucket has refilled.
-    let limiters = &server.state.limiters;
+    let limiters = &server.state.limiters();
     limiters
         .check(
             &limiters.messages_per_user,

@@ -85,7 +85,7 @@ impl Fixture {
 
     fn blob_chunk(&self) -> Bytes {
         v1::BlobChunk {
-            sha256: qpq_server::state::sha256(&self.blob).to_vec().into(),
+            sha256: qpq_server::util::sha256(&self.blob).to_vec().into(),
             total_size: self.blob.len() as u64,
             offset: 0,
             data: self.blob.clone().into(),
@@ -358,7 +358,7 @@ fn rows() -> Vec<Row> {
             51,
             |f| {
                 unary(&v1::DownloadBlobRequest {
-                    sha256: qpq_server::state::sha256(&f.blob).to_vec().into(),
+                    sha256: qpq_server::util::sha256(&f.blob).to_vec().into(),
                     offset: 0,
                 })
             },
@@ -483,13 +483,13 @@ fn every_method_has_a_row() {
 async fn device(server: &InProcess, user: &str, device: &str) -> DeviceId {
     let _ = server
         .state
-        .store
+        .store()
         .create_user(user.into(), vec![1], 0)
         .await;
     let d = DeviceId::new(user, device);
     server
         .state
-        .store
+        .store()
         .register_device(d.clone(), String::new(), 0, false, 100)
         .await
         .unwrap();
@@ -500,7 +500,7 @@ async fn device(server: &InProcess, user: &str, device: &str) -> DeviceId {
 fn caller(server: &InProcess, column: usize, port: u16) -> qrpc::Peer {
     let conn = server.connection(([127, 0, 0, 1], port).into());
     let token: [u8; 32] = rand::random();
-    let sessions = &server.state.sessions;
+    let sessions = server.state.sessions();
     match COLUMNS[column] {
         "anonymous" => {}
         "owner" => sessions.bind(
@@ -564,7 +564,7 @@ async fn authorization_matrix() {
     device(&server, "mallory", "pc").await;
     server
         .state
-        .store
+        .store()
         .revoke_device(DeviceId::new("bob", "laptop"), 0)
         .await
         .unwrap();
@@ -807,7 +807,7 @@ async fn a_revocation_completes_when_the_revoking_call_is_dropped() {
     device(&server, "bob", "laptop").await;
     let bind = |device: &str, port: u16| {
         let conn = server.connection(([127, 0, 0, 1], port).into());
-        server.state.sessions.bind(
+        server.state.sessions().bind(
             &conn,
             SessionInfo::new(DeviceId::new("bob", device), u64::MAX, rand::random()),
         );
@@ -830,7 +830,12 @@ async fn a_revocation_completes_when_the_revoking_call_is_dropped() {
                 result.unwrap();
                 break;
             }
-            let devices = server.state.store.list_devices("bob".into()).await.unwrap();
+            let devices = server
+                .state
+                .store()
+                .list_devices("bob".into())
+                .await
+                .unwrap();
             if devices.iter().all(|d| d.device != "laptop") {
                 break;
             }

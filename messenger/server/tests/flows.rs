@@ -90,7 +90,7 @@ async fn unknown_users_get_indistinguishable_login_responses() {
     ] {
         let mut rng = rand_core_06::OsRng;
         let start =
-            ClientLogin::<qpq_server::auth::OpaqueSuite>::start(&mut rng, password).unwrap();
+            ClientLogin::<qpq_proto::auth_flows::OpaqueSuite>::start(&mut rng, password).unwrap();
         let r = auth
             .login_start(&v1::LoginStartRequest {
                 user: user.into(),
@@ -435,7 +435,7 @@ async fn key_packages_run_out_then_last_resort_with_kt_proofs() {
         device: "laptop".into(),
         identity_key: identity.public().to_bytes(),
         hybrid_key_hash: hybrid.public().hash(),
-        key_package_hash: qpq_server::state::sha256(&c.key_package),
+        key_package_hash: qpq_server::util::sha256(&c.key_package),
     };
     inclusion.verify(&binding.leaf_hash(), &head.root).unwrap();
     assert_eq!(

@@ -6,10 +6,11 @@ use qpq_proto::v1::{self, delivery_server::Delivery};
 use qrpc::{RequestContext, Status};
 use subtle::ConstantTimeEq;
 
+use crate::api::Api;
+use crate::api::validate;
 use crate::session::{caller, live_session};
-use crate::state::{Api, sha256};
 use crate::store::{DeviceId, Enqueued, NewMessage, Store, StoreError, StoredMessage};
-use crate::validate;
+use crate::util::sha256;
 
 /// Messages one batch enqueue may carry.
 const MAX_BATCH: usize = 100;

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use qpq_proto::v1::{self, device_server::Device, p2p_server::P2p};
 use qrpc::{RequestContext, Status};
 
+use crate::api::Api;
+use crate::api::validate;
 use crate::session::{EndReason, caller};
-use crate::state::Api;
 use crate::store::{DeviceId, Store, StoreError};
-use crate::validate;
 
 /// Addresses one device may publish.
 const MAX_ADDRESSES: usize = 8;

@@ -5,10 +5,11 @@ use qpq_core::bundle::KeyBundle;
 use qpq_proto::v1::{self, keys_server::Keys};
 use qrpc::{RequestContext, Status};
 
+use crate::api::Api;
+use crate::api::validate;
 use crate::session::caller;
-use crate::state::{Api, sha256};
 use crate::store::{DeviceId, Store};
-use crate::validate;
+use crate::util::sha256;
 
 /// Largest key package accepted.
 const MAX_KEY_PACKAGE_BYTES: usize = 16 * 1024;

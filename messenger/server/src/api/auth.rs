@@ -1,5 +1,4 @@
-//! OPAQUE registration and login, sessions bound to connections, and the authenticator that
-//! guards every protected method.
+//! OPAQUE registration and login, logout, and session resumption: the `Auth` service.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,15 +8,15 @@ use opaque_ke::{
     ServerLogin, ServerLoginParameters, ServerRegistration,
 };
 use qpq_proto::v1::{self, auth_server::Auth};
-use qrpc::middleware::Authenticator;
 use qrpc::{RequestContext, Status};
 
+use crate::api::Api;
+use crate::api::validate;
 use crate::session::{EndReason, SessionInfo, caller};
-use crate::state::{Api, AppState, sha256};
 use crate::store::{DeviceId, Session, Store, StoreError};
-use crate::validate;
+use crate::util::sha256;
 
-pub use qpq_proto::auth_flows::OpaqueSuite;
+use qpq_proto::auth_flows::OpaqueSuite;
 
 /// Logins between their two flights, per connection.
 #[derive(Default)]
@@ -339,38 +338,5 @@ impl<S: Store> Auth for Api<S> {
             Err(_) => return Err(Status::internal("the logout task failed")),
         }
         Ok(v1::LogoutResponse {})
-    }
-}
-
-/// Lets a call through when the connection holds a live session; otherwise ends the session
-/// (pushing `SessionExpired` if there was one) and refuses with `Unauthenticated`.
-pub struct SessionAuth<S> {
-    state: Arc<AppState<S>>,
-}
-
-impl<S> SessionAuth<S> {
-    /// Over shared state.
-    pub fn new(state: Arc<AppState<S>>) -> Self {
-        Self { state }
-    }
-}
-
-impl<S: Store> Authenticator for SessionAuth<S> {
-    fn authenticate(&self, ctx: &RequestContext) -> Result<(), Status> {
-        let conn = ctx.peer();
-        let Some(info) = conn.with_extensions(|e| e.get::<SessionInfo>().cloned()) else {
-            return Err(Status::unauthenticated("log in first"));
-        };
-        if info.is_live() {
-            return Ok(());
-        }
-        // Ended or expired: the session's watch closes the connection; a call that got here
-        // first is refused all the same.
-        if info.expires_at_ms <= self.state.now_ms() {
-            self.state
-                .sessions
-                .end_token(info.token_hash, EndReason::Expired, None);
-        }
-        Err(Status::unauthenticated("session ended"))
     }
 }

@@ -3,10 +3,10 @@
 use qpq_proto::v1::{self, channel_server::Channel, server_event_push::Event, user_server::User};
 use qrpc::{RequestContext, Status};
 
+use crate::api::Api;
+use crate::api::validate;
 use crate::session::caller;
-use crate::state::Api;
 use crate::store::{Store, StoreError};
-use crate::validate;
 
 /// Members one channel may be created with.
 const MAX_CHANNEL_MEMBERS: usize = 1000;

@@ -12,17 +12,14 @@ use qrpc::{RequestContext, ResponseStream, Status, Streaming};
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use crate::api::Api;
+use crate::api::validate;
 use crate::session::caller;
-use crate::state::Api;
 use crate::store::{Store, StoreError};
-use crate::validate;
+use crate::util::hex;
 
 /// Largest chunk, both directions.
 pub const CHUNK_BYTES: usize = 256 * 1024;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn io_error(e: std::io::Error) -> Status {
     tracing::error!(error = %e, "blob storage I/O failed");
