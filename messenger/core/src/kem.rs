@@ -42,22 +42,83 @@ pub enum KemError {
 }
 
 /// A hybrid secret key (a 32-byte X-Wing seed). Zeroized on drop; never printed.
+///
+/// The seed is expanded into its ML-KEM-768 and X25519 keys once, when the key is made:
+/// X-Wing defines decapsulation from the seed, and expanding it again for every message (an
+/// ML-KEM key generation and an X25519 base-point multiplication) would cost about as much
+/// as the decapsulation itself.
 pub struct HybridSecretKey {
     inner: x_wing::DecapsulationKey,
+    expanded: Expanded,
+}
+
+/// The seed's expansion (draft-connolly-cfrg-xwing-kem-06, `expandDecapsulationKey`): the
+/// ML-KEM-768 decapsulation key, the X25519 secret, and the X25519 public key the combiner
+/// hashes. Both secrets zeroize on drop.
+struct Expanded {
+    ml_kem: ml_kem::ml_kem_768::DecapsulationKey,
+    x25519: x25519_dalek_xwing::StaticSecret,
+    x25519_public: [u8; 32],
+}
+
+impl Expanded {
+    fn of(seed: &[u8; 32]) -> Self {
+        use ml_kem::FromSeed;
+        use shake::{ExtendableOutput, Update, XofReader};
+        let mut xof = shake::Shake256::default();
+        xof.update(seed);
+        let mut reader = xof.finalize_xof();
+        let mut ml_kem_seed = Zeroizing::new([0u8; 64]);
+        reader.read(ml_kem_seed.as_mut());
+        let mut x25519_secret = Zeroizing::new([0u8; 32]);
+        reader.read(x25519_secret.as_mut());
+        let (ml_kem, _) = ml_kem::MlKem768::from_seed(&(*ml_kem_seed).into());
+        let x25519 = x25519_dalek_xwing::StaticSecret::from(*x25519_secret);
+        let x25519_public = x25519_dalek_xwing::PublicKey::from(&x25519).to_bytes();
+        Self {
+            ml_kem,
+            x25519,
+            x25519_public,
+        }
+    }
+
+    /// X-Wing decapsulation of `ct` (ML-KEM-768 ciphertext, then the X25519 one), with the
+    /// draft's combiner: SHA3-256(ss_M || ss_X || ct_X || pk_X || label).
+    fn decapsulate(&self, ct: &[u8; KEM_CIPHERTEXT_LEN]) -> Zeroizing<[u8; 32]> {
+        use sha3::Digest as _;
+        const LABEL: &[u8; 6] = br"\.//^\";
+        let (ct_m, ct_x) = ct.split_at(KEM_CIPHERTEXT_LEN - 32);
+        let ct_m = ml_kem::Ciphertext::<ml_kem::MlKem768>::try_from(ct_m)
+            .unwrap_or_else(|_| unreachable!("the split leaves exactly the ML-KEM ciphertext"));
+        let mut ct_x_bytes = [0u8; 32];
+        ct_x_bytes.copy_from_slice(ct_x);
+        let ss_m = Zeroizing::new(self.ml_kem.decapsulate(&ct_m));
+        let ss_x = self
+            .x25519
+            .diffie_hellman(&x25519_dalek_xwing::PublicKey::from(ct_x_bytes));
+        let mut hasher = sha3::Sha3_256::new();
+        hasher.update(ss_m.as_slice());
+        hasher.update(ss_x.as_bytes());
+        hasher.update(ct_x_bytes);
+        hasher.update(self.x25519_public);
+        hasher.update(LABEL);
+        Zeroizing::new(hasher.finalize().into())
+    }
 }
 
 impl HybridSecretKey {
     /// A fresh random key pair.
     pub fn generate() -> Self {
-        Self {
-            inner: x_wing::DecapsulationKey::generate_from_rng(&mut rand::rng()),
-        }
+        let inner = x_wing::DecapsulationKey::generate_from_rng(&mut rand::rng());
+        let expanded = Expanded::of(inner.as_bytes());
+        Self { inner, expanded }
     }
 
     /// Restores a key from its 32-byte seed.
     pub fn from_seed(seed: &[u8; 32]) -> Self {
         Self {
             inner: x_wing::DecapsulationKey::from(*seed),
+            expanded: Expanded::of(seed),
         }
     }
 
@@ -75,10 +136,10 @@ impl HybridSecretKey {
 
     /// Recovers the shared secret of an encapsulation.
     pub fn decapsulate(&self, ciphertext: &[u8]) -> Result<Zeroizing<[u8; 32]>, KemError> {
-        let ct = x_wing::Ciphertext::try_from(ciphertext)
+        let ct: &[u8; KEM_CIPHERTEXT_LEN] = ciphertext
+            .try_into()
             .map_err(|_| KemError::Truncated(ciphertext.len()))?;
-        let ss = self.inner.decapsulate(&ct);
-        Ok(Zeroizing::new(ss.into()))
+        Ok(self.expanded.decapsulate(ct))
     }
 
     /// Opens a box sealed to this key with the same `info` and `aad`.
@@ -204,6 +265,53 @@ mod tests {
         assert_eq!(restored.public(), pk);
         assert_eq!(HybridPublicKey::from_bytes(&pk.to_bytes()).unwrap(), pk);
         assert!(HybridPublicKey::from_bytes(&pk.to_bytes()[1..]).is_err());
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn decapsulation_matches_the_drafts_test_vectors() {
+        // draft-connolly-cfrg-xwing-kem-06, appendix C: seed, public key, ciphertext and
+        // shared secret.
+        let vectors: Vec<serde_json::Value> =
+            serde_json::from_str(include_str!("../tests/data/xwing-kem-06.json")).unwrap();
+        assert_eq!(vectors.len(), 3);
+        for v in vectors {
+            let seed: [u8; 32] = unhex(v["sk"].as_str().unwrap()).try_into().unwrap();
+            let sk = HybridSecretKey::from_seed(&seed);
+            assert_eq!(sk.public().to_bytes(), unhex(v["pk"].as_str().unwrap()));
+            let ss = sk.decapsulate(&unhex(v["ct"].as_str().unwrap())).unwrap();
+            assert_eq!(ss.to_vec(), unhex(v["ss"].as_str().unwrap()));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// The once-expanded key decapsulates as x-wing's own (which expands the seed on
+        /// every call), also for ciphertexts that were never made by an encapsulation.
+        #[test]
+        fn decapsulation_agrees_with_x_wing(seed in any::<[u8; 32]>(), junk in any::<bool>(), fill in any::<u8>()) {
+            let sk = HybridSecretKey::from_seed(&seed);
+            let reference = x_wing::DecapsulationKey::from(seed);
+            let ct = if junk {
+                vec![fill; KEM_CIPHERTEXT_LEN]
+            } else {
+                sk.public().encapsulate().0
+            };
+            let theirs: [u8; 32] = reference
+                .decapsulate(&x_wing::Ciphertext::try_from(ct.as_slice()).unwrap())
+                .into();
+            prop_assert_eq!(*sk.decapsulate(&ct).unwrap(), theirs);
+            prop_assert_eq!(
+                sk.decapsulate(&ct[1..]).unwrap_err(),
+                KemError::Truncated(KEM_CIPHERTEXT_LEN - 1)
+            );
+        }
     }
 
     #[test]
