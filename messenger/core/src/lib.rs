@@ -24,5 +24,6 @@ pub mod identity;
 pub mod kem;
 pub mod kt;
 pub mod mls;
+pub mod mls_crypto;
 pub mod padding;
 pub mod sealed;

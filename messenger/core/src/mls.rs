@@ -13,13 +13,13 @@ use std::sync::Mutex;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
 use openmls_basic_credential::SignatureKeyPair;
-use openmls_libcrux_crypto::CryptoProvider;
 use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::OpenMlsProvider;
 use rusqlite::{Connection, OptionalExtension};
 use zeroize::Zeroizing;
 
 use crate::identity::{IdentityKey, IdentityPublic};
+use crate::mls_crypto::QpqCrypto as CryptoProvider;
 
 /// The ciphersuites qpq uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
