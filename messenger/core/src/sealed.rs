@@ -194,11 +194,16 @@ pub fn open_unrecorded(
 /// Remembers message ids within a time window, so a replayed envelope is refused.
 ///
 /// Envelopes older than the window (or further in the future than the window) are refused as
-/// [`SealedError::Stale`], which bounds the memory the guard needs.
+/// [`SealedError::Stale`], which bounds the memory the guard needs. Ids that left the
+/// window are forgotten in one sweep every eighth of the window, not on every check (a
+/// sweep visits every id, and a client catching up checks thousands in a row), so an id
+/// stays at most 9/8 of the window.
 #[derive(Debug, Clone)]
 pub struct ReplayGuard {
     window_ms: u64,
     seen: HashMap<[u8; 16], u64>,
+    /// When the next sweep is due (ms).
+    next_sweep_ms: u64,
 }
 
 impl ReplayGuard {
@@ -207,6 +212,7 @@ impl ReplayGuard {
         Self {
             window_ms,
             seen: HashMap::new(),
+            next_sweep_ms: 0,
         }
     }
 
@@ -236,8 +242,11 @@ impl ReplayGuard {
         if timestamp_ms.abs_diff(now_ms) > self.window_ms {
             return Err(SealedError::Stale);
         }
-        let horizon = now_ms.saturating_sub(self.window_ms);
-        self.seen.retain(|_, ts| *ts >= horizon);
+        if now_ms >= self.next_sweep_ms {
+            let horizon = now_ms.saturating_sub(self.window_ms);
+            self.seen.retain(|_, ts| *ts >= horizon);
+            self.next_sweep_ms = now_ms.saturating_add((self.window_ms / 8).max(1));
+        }
         if self.seen.insert(message_id, timestamp_ms).is_some() {
             return Err(SealedError::Replayed);
         }
@@ -362,6 +371,37 @@ mod tests {
             open(&bob, &env, &mut ReplayGuard::default(), NOW).unwrap_err(),
             SealedError::BadSignature
         );
+    }
+
+    #[test]
+    fn replay_guard_sweeps_once_per_eighth_of_its_window() {
+        let mut guard = ReplayGuard::new(8_000);
+        let id = |i: u16| {
+            let mut id = [0; 16];
+            id[..2].copy_from_slice(&i.to_be_bytes());
+            id
+        };
+        // A backlog checked in one burst, all in the window.
+        for i in 0..1_000u16 {
+            guard
+                .check(id(i), 10_000, 10_000 + u64::from(i % 500))
+                .unwrap();
+        }
+        assert_eq!(guard.len(), 1_000);
+        // A sweep at 17,500 (nothing has left the window yet); the next is due at 18,500.
+        guard.check(id(2_000), 17_500, 17_500).unwrap();
+        assert_eq!(guard.len(), 1_001);
+        // At 18,400 the backlog is outside the window but not swept yet: its ids are still
+        // refused, as replays.
+        assert_eq!(
+            guard.check(id(7), 10_400, 18_400),
+            Err(SealedError::Replayed)
+        );
+        guard.check(id(2_001), 18_400, 18_400).unwrap();
+        assert_eq!(guard.len(), 1_002);
+        // The sweep at 18,500 forgets it.
+        guard.check(id(2_002), 18_500, 18_500).unwrap();
+        assert_eq!(guard.len(), 3, "only the recent ids remain");
     }
 
     #[test]
