@@ -4,12 +4,18 @@
 //! nothing SQLite-specific — methods are async, take owned values, and hide their transactions —
 //! so a PostgreSQL implementation for multi-node deployments can stand beside it.
 
+#[cfg(test)]
+mod conformance;
 mod pool;
+mod postgres;
 mod sqlite;
 mod writer;
 
 use std::future::Future;
 
+pub use postgres::PostgresStore;
+#[cfg(any(test, feature = "testing"))]
+pub use postgres::TestDatabase;
 pub use sqlite::SqliteStore;
 pub use writer::WriterStats;
 

@@ -1,0 +1,855 @@
+//! The store conformance suite: every method of [`Store`], its errors, quotas, idempotence,
+//! ordering and concurrent writers, written once. [`store_conformance!`] makes one test per
+//! check for a backend, given an async factory of fresh stores; the SQLite and PostgreSQL
+//! backends run it.
+//!
+//! A factory returns `None` when its backend is not reachable here (PostgreSQL without
+//! `QPQ_TEST_POSTGRES_URL`): each test then says it is skipped and passes. CI sets the
+//! variable, so CI never skips.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+/// Generates `mod $name` with one `#[tokio::test]` per check, each on a fresh store from
+/// `$factory` (an `async fn() -> Option<(impl Drop, impl Store)>`; the first half is kept
+/// alive for the test, e.g. a temporary directory or database).
+macro_rules! store_conformance {
+    ($name:ident, $factory:path) => {
+        mod $name {
+            $crate::store::conformance::store_conformance!(@checks $factory;
+                users_are_unique_and_keep_their_password_file,
+                devices_follow_the_first_device_rule_and_the_cap,
+                revoking_a_device_drops_its_rows_and_bars_its_id,
+                sessions_are_found_deleted_and_expired,
+                queue_is_ordered_idempotent_bounded_and_acked,
+                batch_enqueue_answers_per_message,
+                queue_bytes_and_per_sender_quotas,
+                contacts_and_channels_make_peers_known,
+                channels_check_owner_members_and_size,
+                key_packages_are_consumed_then_last_resort,
+                bundles_extend_one_dense_log_and_identities_are_unique,
+                blobs_respect_quota_and_record_progress,
+                endpoints_expire,
+                secrets_are_created_once,
+                concurrent_enqueues_get_distinct_dense_seqs,
+                concurrent_publishes_get_distinct_dense_leaves
+            );
+        }
+    };
+    (@checks $factory:path; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some((_keep, store)) = $factory().await else {
+                    eprintln!(
+                        "skipped {}: its backend is not configured here",
+                        stringify!($check)
+                    );
+                    return;
+                };
+                $crate::store::conformance::$check(&store).await;
+            }
+        )*
+    };
+}
+pub(crate) use store_conformance;
+
+async fn with_device<S: Store>(store: &S, user: &str, device: &str) -> DeviceId {
+    let _ = store.create_user(user.into(), vec![1], 0).await;
+    let d = DeviceId::new(user, device);
+    store
+        .register_device(d.clone(), String::new(), 0, false, 10)
+        .await
+        .unwrap();
+    d
+}
+
+fn msg(to: &DeviceId, id: u8) -> NewMessage {
+    from("", to, id)
+}
+
+fn from(sender: &str, to: &DeviceId, id: u8) -> NewMessage {
+    NewMessage {
+        recipient: to.clone(),
+        sender: sender.into(),
+        sender_user: sender.split_once('/').map(|(u, _)| u.to_owned()),
+        stranger: false,
+        message_id: vec![id; 16],
+        payload: vec![id; 10],
+    }
+}
+
+/// At most `n` messages per queue, everything else unbounded.
+fn lim(n: u64) -> QueueLimits {
+    QueueLimits {
+        max_messages: n,
+        max_bytes: u64::MAX,
+        sender_messages: u64::MAX,
+        sender_bytes: u64::MAX,
+        stranger_messages: u64::MAX,
+        stranger_bytes: u64::MAX,
+    }
+}
+
+pub(crate) async fn users_are_unique_and_keep_their_password_file<S: Store>(s: &S) {
+    assert!(!s.user_exists("alice".into()).await.unwrap());
+    assert_eq!(s.password_file("alice".into()).await.unwrap(), None);
+    s.create_user("alice".into(), vec![9, 8], 1).await.unwrap();
+    assert!(s.user_exists("alice".into()).await.unwrap());
+    assert_eq!(
+        s.password_file("alice".into()).await.unwrap(),
+        Some(vec![9, 8])
+    );
+    assert!(matches!(
+        s.create_user("alice".into(), vec![1], 2).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    // The first record stays.
+    assert_eq!(
+        s.password_file("alice".into()).await.unwrap(),
+        Some(vec![9, 8])
+    );
+}
+
+pub(crate) async fn devices_follow_the_first_device_rule_and_the_cap<S: Store>(s: &S) {
+    assert!(matches!(
+        s.register_device(DeviceId::new("ghost", "a"), String::new(), 0, false, 2)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    s.create_user("fay".into(), vec![1], 0).await.unwrap();
+    s.register_device(DeviceId::new("fay", "b"), "laptop".into(), 5, true, 2)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.register_device(DeviceId::new("fay", "a"), String::new(), 6, true, 2)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.register_device(DeviceId::new("fay", "b"), String::new(), 6, false, 2)
+            .await,
+        Err(StoreError::AlreadyExists)
+    ));
+    s.register_device(DeviceId::new("fay", "a"), String::new(), 6, false, 2)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.register_device(DeviceId::new("fay", "c"), String::new(), 7, false, 2)
+            .await,
+        Err(StoreError::QuotaExceeded)
+    ));
+    // Oldest first, then by id.
+    let listed = s.list_devices("fay".into()).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|d| (
+                d.device.as_str(),
+                d.label.as_str(),
+                d.created_at_ms,
+                d.has_keys
+            ))
+            .collect::<Vec<_>>(),
+        vec![("b", "laptop", 5, false), ("a", "", 6, false)]
+    );
+    assert!(s.device_exists(DeviceId::new("fay", "a")).await.unwrap());
+    assert!(!s.device_exists(DeviceId::new("fay", "c")).await.unwrap());
+    assert!(s.list_devices("nobody".into()).await.unwrap().is_empty());
+}
+
+pub(crate) async fn revoking_a_device_drops_its_rows_and_bars_its_id<S: Store>(s: &S) {
+    let d = with_device(s, "erin", "old").await;
+    s.enqueue(msg(&d, 1), lim(10), 0).await.unwrap();
+    s.add_key_packages(d.clone(), vec![vec![1]], 10)
+        .await
+        .unwrap();
+    s.set_last_resort_key_package(d.clone(), vec![2])
+        .await
+        .unwrap();
+    s.publish_endpoint(d.clone(), vec!["127.0.0.1:1".into()], 1_000)
+        .await
+        .unwrap();
+    s.create_session(
+        vec![7; 32],
+        Session {
+            device: d.clone(),
+            expires_at_ms: 100,
+        },
+    )
+    .await
+    .unwrap();
+    s.revoke_device(d.clone(), 1).await.unwrap();
+    assert!(s.session(vec![7; 32]).await.unwrap().is_none());
+    assert_eq!(s.peek(d.clone()).await.unwrap().depth, 0);
+    assert!(s.take_key_package(d.clone()).await.unwrap().is_none());
+    assert!(s.endpoint(d.clone(), 0).await.unwrap().is_none());
+    assert!(!s.device_exists(d.clone()).await.unwrap());
+    assert!(matches!(
+        s.revoke_device(d.clone(), 2).await,
+        Err(StoreError::NotFound)
+    ));
+    // The id stays revoked: registering it again is refused.
+    assert!(matches!(
+        s.register_device(d, String::new(), 3, false, 10).await,
+        Err(StoreError::Revoked)
+    ));
+}
+
+pub(crate) async fn sessions_are_found_deleted_and_expired<S: Store>(s: &S) {
+    let d = with_device(s, "hal", "pc").await;
+    for (token, expires) in [(1u8, 100), (2, 200)] {
+        s.create_session(
+            vec![token; 32],
+            Session {
+                device: d.clone(),
+                expires_at_ms: expires,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        s.session(vec![2; 32]).await.unwrap(),
+        Some(Session {
+            device: d.clone(),
+            expires_at_ms: 200
+        })
+    );
+    // Sessions and endpoints whose expiry has come go; later ones stay.
+    s.publish_endpoint(d.clone(), vec!["127.0.0.1:2".into()], 120)
+        .await
+        .unwrap();
+    assert_eq!(s.delete_expired(150).await.unwrap(), 2);
+    assert_eq!(s.delete_expired(150).await.unwrap(), 0);
+    assert!(s.session(vec![1; 32]).await.unwrap().is_none());
+    assert!(s.session(vec![2; 32]).await.unwrap().is_some());
+    s.delete_session(vec![2; 32]).await.unwrap();
+    assert!(s.session(vec![2; 32]).await.unwrap().is_none());
+    // Deleting twice is not an error (logout is idempotent).
+    s.delete_session(vec![2; 32]).await.unwrap();
+}
+
+pub(crate) async fn queue_is_ordered_idempotent_bounded_and_acked<S: Store>(s: &S) {
+    let bob = with_device(s, "bob", "phone").await;
+    let a = s.enqueue(msg(&bob, 1), lim(3), 10).await.unwrap();
+    let b = s.enqueue(msg(&bob, 2), lim(3), 11).await.unwrap();
+    assert_eq!((a.seq, b.seq), (1, 2));
+    let dup = s.enqueue(msg(&bob, 1), lim(3), 12).await.unwrap();
+    assert_eq!(
+        dup,
+        Enqueued {
+            seq: 1,
+            duplicate: true
+        }
+    );
+    s.enqueue(msg(&bob, 3), lim(3), 13).await.unwrap();
+    assert!(matches!(
+        s.enqueue(msg(&bob, 4), lim(3), 14).await,
+        Err(StoreError::QueueFull)
+    ));
+    let all = s.fetch(bob.clone(), 0, 10).await.unwrap();
+    assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        (
+            all[1].message_id.as_slice(),
+            all[1].payload.as_slice(),
+            all[1].received_at_ms
+        ),
+        (&[2u8; 16][..], &[2u8; 10][..], 11)
+    );
+    assert_eq!(s.fetch(bob.clone(), 2, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.fetch(bob.clone(), 0, 2)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        s.peek(bob.clone()).await.unwrap(),
+        QueueDepth {
+            depth: 3,
+            first_seq: 1,
+            last_seq: 3
+        }
+    );
+    assert_eq!(s.ack(bob.clone(), 2).await.unwrap(), 2);
+    assert_eq!(
+        s.ack(bob.clone(), 2).await.unwrap(),
+        0,
+        "acks are idempotent"
+    );
+    // Sequence numbers keep increasing after acks.
+    assert_eq!(s.enqueue(msg(&bob, 5), lim(3), 15).await.unwrap().seq, 4);
+    assert_eq!(s.ack(bob.clone(), 100).await.unwrap(), 2);
+    assert_eq!(s.peek(bob.clone()).await.unwrap(), QueueDepth::default());
+    let unknown = DeviceId::new("nobody", "x");
+    assert!(matches!(
+        s.enqueue(msg(&unknown, 1), lim(3), 1).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(s.fetch(unknown.clone(), 0, 10).await.unwrap().is_empty());
+    assert_eq!(s.ack(unknown, 10).await.unwrap(), 0);
+}
+
+pub(crate) async fn batch_enqueue_answers_per_message<S: Store>(s: &S) {
+    let bob = with_device(s, "bob", "phone").await;
+    let carol = with_device(s, "carol", "laptop").await;
+    s.enqueue(msg(&carol, 8), lim(2), 0).await.unwrap();
+    s.enqueue(msg(&carol, 9), lim(2), 0).await.unwrap(); // carol's queue is now full
+    let nobody = DeviceId::new("nobody", "x");
+    let results = s
+        .batch_enqueue(
+            vec![msg(&bob, 1), msg(&carol, 2), msg(&nobody, 1), msg(&bob, 3)],
+            lim(2),
+            0,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(results[0], Ok(Enqueued { seq: 1, .. })));
+    assert!(matches!(results[1], Err(StoreError::QueueFull)));
+    assert!(matches!(results[2], Err(StoreError::NotFound)));
+    assert!(matches!(results[3], Ok(Enqueued { seq: 2, .. })));
+    assert_eq!(
+        s.peek(bob.clone()).await.unwrap().depth,
+        2,
+        "carol's full queue does not hold back bob's messages"
+    );
+    assert_eq!(s.peek(carol.clone()).await.unwrap().depth, 2);
+    // The refused message left no trace: once there is room it is accepted as new.
+    s.ack(carol.clone(), 1).await.unwrap();
+    let again = s
+        .batch_enqueue(vec![msg(&carol, 2)], lim(2), 0)
+        .await
+        .unwrap();
+    assert!(matches!(
+        again[0],
+        Ok(Enqueued {
+            duplicate: false,
+            ..
+        })
+    ));
+    // A repeated batch is answered from the queue.
+    let repeated = s
+        .batch_enqueue(vec![msg(&bob, 1), msg(&bob, 3)], lim(2), 0)
+        .await
+        .unwrap();
+    assert!(repeated.iter().all(|r| matches!(
+        r,
+        Ok(Enqueued {
+            duplicate: true,
+            ..
+        })
+    )));
+    assert!(s.batch_enqueue(vec![], lim(2), 0).await.unwrap().is_empty());
+}
+
+pub(crate) async fn queue_bytes_and_per_sender_quotas<S: Store>(s: &S) {
+    let bob = with_device(s, "bob", "phone").await;
+    for (user, device) in [("eve", "x"), ("ann", "y"), ("zed", "z")] {
+        with_device(s, user, device).await;
+    }
+    let limits = QueueLimits {
+        max_messages: 100,
+        max_bytes: 55,
+        sender_messages: 2,
+        sender_bytes: 1000,
+        stranger_messages: 1,
+        stranger_bytes: 1000,
+    };
+    // Each test message carries 10 bytes.
+    s.enqueue(from("eve/x", &bob, 1), limits, 0).await.unwrap();
+    s.enqueue(from("eve/x", &bob, 2), limits, 0).await.unwrap();
+    assert!(matches!(
+        s.enqueue(from("eve/x", &bob, 3), limits, 0).await,
+        Err(StoreError::SenderQuota { stranger: false })
+    ));
+    // The quota counts the user: another device of eve's shares it.
+    assert!(matches!(
+        s.enqueue(from("eve/other", &bob, 3), limits, 0).await,
+        Err(StoreError::SenderQuota { stranger: false })
+    ));
+    // Another sender still gets in; deduplication is per sender, so the same id is new.
+    let other = s.enqueue(from("ann/y", &bob, 1), limits, 0).await.unwrap();
+    assert!(!other.duplicate);
+    let mut stranger = from("zed/z", &bob, 1);
+    stranger.stranger = true;
+    s.enqueue(stranger.clone(), limits, 0).await.unwrap();
+    stranger.message_id = vec![2; 16];
+    assert!(matches!(
+        s.enqueue(stranger, limits, 0).await,
+        Err(StoreError::SenderQuota { stranger: true })
+    ));
+    // 50 bytes queued after this one: the next 10-byte message passes the 55-byte bound.
+    s.enqueue(from("ann/y", &bob, 2), limits, 0).await.unwrap();
+    assert!(matches!(
+        s.enqueue(from("ann/y", &bob, 3), limits, 0).await,
+        Err(StoreError::QueueFull)
+    ));
+    // Acks release quota.
+    s.ack(bob.clone(), 2).await.unwrap();
+    s.enqueue(from("eve/x", &bob, 3), limits, 0).await.unwrap();
+    // Sealed sends share one bucket per queue.
+    let carol = with_device(s, "carol", "pc").await;
+    let sealed = QueueLimits {
+        sender_messages: 1,
+        ..limits
+    };
+    s.enqueue(msg(&carol, 1), sealed, 0).await.unwrap();
+    assert!(matches!(
+        s.enqueue(msg(&carol, 2), sealed, 0).await,
+        Err(StoreError::SenderQuota { stranger: false })
+    ));
+}
+
+pub(crate) async fn contacts_and_channels_make_peers_known<S: Store>(s: &S) {
+    let bob = with_device(s, "bob", "phone").await;
+    let ann = with_device(s, "ann", "pc").await;
+    with_device(s, "cat", "pc").await;
+    // Ann is not known to Bob; Bob is known to himself.
+    assert_eq!(
+        s.known_to("ann".into(), vec!["bob".into()]).await.unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        s.known_to("bob".into(), vec!["bob".into()]).await.unwrap(),
+        vec![true]
+    );
+    // Ann writing to Bob does not make Ann known to Bob; Bob writing to Ann does.
+    s.enqueue(from("ann/pc", &bob, 1), lim(10), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.known_to("ann".into(), vec!["bob".into()]).await.unwrap(),
+        vec![false]
+    );
+    s.enqueue(from("bob/phone", &ann, 1), lim(10), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.known_to("ann".into(), vec!["bob".into(), "cat".into(), "ann".into()])
+            .await
+            .unwrap(),
+        vec![true, false, true]
+    );
+    assert!(!s.share_channel("bob".into(), "cat".into()).await.unwrap());
+    assert!(s.share_channel("cat".into(), "cat".into()).await.unwrap());
+    s.create_channel(
+        vec![1; 16],
+        "c".into(),
+        "bob".into(),
+        vec!["cat".into()],
+        vec![],
+        0,
+    )
+    .await
+    .unwrap();
+    // An invitation is not membership: Bob is not known to Cat until she accepts.
+    assert!(!s.share_channel("cat".into(), "bob".into()).await.unwrap());
+    assert_eq!(
+        s.known_to("bob".into(), vec!["cat".into()]).await.unwrap(),
+        vec![false]
+    );
+    assert!(
+        s.channel_members(vec![1; 16], "cat".into())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        s.answer_channel(vec![1; 16], "cat".into(), vec![], true)
+            .await
+            .unwrap(),
+        vec!["bob", "cat"]
+    );
+    assert!(s.share_channel("cat".into(), "bob".into()).await.unwrap());
+    assert_eq!(
+        s.known_to("cat".into(), vec!["bob".into()]).await.unwrap(),
+        vec![true]
+    );
+    // Answered once: there is no invitation left to answer.
+    assert!(matches!(
+        s.answer_channel(vec![1; 16], "cat".into(), vec![], false)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub(crate) async fn channels_check_owner_members_and_size<S: Store>(s: &S) {
+    for user in ["bob", "cat", "dan", "eve"] {
+        with_device(s, user, "pc").await;
+    }
+    let id = vec![1; 16];
+    s.create_channel(
+        id.clone(),
+        "c".into(),
+        "bob".into(),
+        vec!["cat".into()],
+        vec![5; 8],
+        0,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.create_channel(id.clone(), "c".into(), "cat".into(), vec![], vec![], 0)
+            .await,
+        Err(StoreError::AlreadyExists)
+    ));
+    // A channel naming a user who does not exist is not made.
+    assert!(matches!(
+        s.create_channel(
+            vec![2; 16],
+            "d".into(),
+            "bob".into(),
+            vec!["ghost".into()],
+            vec![],
+            0
+        )
+        .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(s.channels_owned("bob".into()).await.unwrap(), 1);
+    // The answer must name the channel's MLS group.
+    assert!(matches!(
+        s.answer_channel(id.clone(), "cat".into(), vec![6; 8], true)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    s.answer_channel(id.clone(), "cat".into(), vec![5; 8], true)
+        .await
+        .unwrap();
+    // Only the owner invites; a non-member changes nothing.
+    assert!(matches!(
+        s.update_channel(id.clone(), "cat".into(), vec!["dan".into()], vec![], 10)
+            .await,
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        s.update_channel(id.clone(), "eve".into(), vec![], vec!["eve".into()], 10)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.update_channel(id.clone(), "bob".into(), vec!["ghost".into()], vec![], 10)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    // The size bound counts invitations, and a refused change leaves nothing.
+    assert!(matches!(
+        s.update_channel(
+            id.clone(),
+            "bob".into(),
+            vec!["dan".into(), "eve".into()],
+            vec![],
+            3
+        )
+        .await,
+        Err(StoreError::QuotaExceeded)
+    ));
+    assert!(matches!(
+        s.answer_channel(id.clone(), "dan".into(), vec![5; 8], true)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    s.update_channel(id.clone(), "bob".into(), vec!["dan".into()], vec![], 10)
+        .await
+        .unwrap();
+    // A declined invitation is gone.
+    assert_eq!(
+        s.answer_channel(id.clone(), "dan".into(), vec![5; 8], false)
+            .await
+            .unwrap(),
+        Vec::<String>::new()
+    );
+    s.update_channel(id.clone(), "bob".into(), vec!["dan".into()], vec![], 10)
+        .await
+        .unwrap();
+    s.answer_channel(id.clone(), "dan".into(), vec![5; 8], true)
+        .await
+        .unwrap();
+    // Only the owner removes others; a member removes itself.
+    assert!(matches!(
+        s.update_channel(id.clone(), "cat".into(), vec![], vec!["dan".into()], 10)
+            .await,
+        Err(StoreError::Forbidden)
+    ));
+    assert_eq!(
+        s.update_channel(id.clone(), "cat".into(), vec![], vec!["cat".into()], 10)
+            .await
+            .unwrap(),
+        vec!["bob", "dan"]
+    );
+    assert_eq!(
+        s.channel_members(id.clone(), "dan".into()).await.unwrap(),
+        Some(vec!["bob".to_owned(), "dan".to_owned()])
+    );
+    assert_eq!(
+        s.update_channel(id.clone(), "bob".into(), vec![], vec!["dan".into()], 10)
+            .await
+            .unwrap(),
+        vec!["bob"]
+    );
+    assert_eq!(s.channel_members(id, "dan".into()).await.unwrap(), None);
+}
+
+pub(crate) async fn key_packages_are_consumed_then_last_resort<S: Store>(s: &S) {
+    let d = with_device(s, "dave", "pc").await;
+    assert_eq!(s.take_key_package(d.clone()).await.unwrap(), None);
+    assert_eq!(
+        s.add_key_packages(d.clone(), vec![vec![1], vec![2]], 3)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(matches!(
+        s.add_key_packages(d.clone(), vec![vec![3], vec![4]], 3)
+            .await,
+        Err(StoreError::QuotaExceeded)
+    ));
+    assert_eq!(s.key_package_count(d.clone()).await.unwrap(), 2);
+    assert!(matches!(
+        s.add_key_packages(DeviceId::new("ghost", "x"), vec![vec![1]], 3)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(s.last_resort_key_package(d.clone()).await.unwrap(), None);
+    s.set_last_resort_key_package(d.clone(), vec![98])
+        .await
+        .unwrap();
+    s.set_last_resort_key_package(d.clone(), vec![99])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.last_resort_key_package(d.clone()).await.unwrap(),
+        Some(vec![99])
+    );
+    // The last-resort package does not count against the one-time quota.
+    assert_eq!(s.key_package_count(d.clone()).await.unwrap(), 2);
+    assert_eq!(
+        s.take_key_package(d.clone()).await.unwrap(),
+        Some((vec![1], false))
+    );
+    assert_eq!(
+        s.take_key_package(d.clone()).await.unwrap(),
+        Some((vec![2], false))
+    );
+    assert_eq!(
+        s.take_key_package(d.clone()).await.unwrap(),
+        Some((vec![99], true))
+    );
+    assert_eq!(
+        s.take_key_package(d.clone()).await.unwrap(),
+        Some((vec![99], true))
+    );
+    assert_eq!(s.key_package_count(d).await.unwrap(), 0);
+}
+
+pub(crate) async fn bundles_extend_one_dense_log_and_identities_are_unique<S: Store>(s: &S) {
+    let a = with_device(s, "ann", "a").await;
+    let b = with_device(s, "ann", "b").await;
+    let c = with_device(s, "cat", "c").await;
+    assert!(s.kt_leaves().await.unwrap().is_empty());
+    assert_eq!(
+        s.publish_bundle(a.clone(), vec![1], vec![11; 32], None, [1; 32], [0; 32])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.publish_bundle(
+            b.clone(),
+            vec![2],
+            vec![22; 32],
+            Some(vec![3; 32]),
+            [2; 32],
+            [7; 32]
+        )
+        .await
+        .unwrap(),
+        1
+    );
+    // Republishing replaces the bundle and appends a leaf.
+    assert_eq!(
+        s.publish_bundle(a.clone(), vec![4], vec![11; 32], None, [3; 32], [0; 32])
+            .await
+            .unwrap(),
+        2
+    );
+    // Another device cannot take an identity key.
+    assert!(matches!(
+        s.publish_bundle(c.clone(), vec![5], vec![22; 32], None, [4; 32], [0; 32])
+            .await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert!(matches!(
+        s.publish_bundle(
+            DeviceId::new("ghost", "x"),
+            vec![5],
+            vec![33; 32],
+            None,
+            [4; 32],
+            [0; 32]
+        )
+        .await,
+        Err(StoreError::NotFound)
+    ));
+    // A refused publish leaves no leaf.
+    assert_eq!(
+        s.kt_leaves().await.unwrap(),
+        vec![[1; 32], [2; 32], [3; 32]]
+    );
+    assert_eq!(
+        s.bundle(b.clone()).await.unwrap(),
+        Some(BundleRow {
+            bundle: vec![2],
+            identity_key: vec![22; 32],
+            delivery_token_hash: Some(vec![3; 32]),
+            kt_index: 1,
+            kt_key_package_hash: Some(vec![7; 32]),
+        })
+    );
+    assert_eq!(s.bundle(a.clone()).await.unwrap().unwrap().kt_index, 2);
+    assert_eq!(s.bundle(c).await.unwrap(), None);
+    assert_eq!(
+        s.user_identities("ann".into()).await.unwrap(),
+        vec![
+            ("a".to_owned(), vec![11; 32]),
+            ("b".to_owned(), vec![22; 32])
+        ]
+    );
+    assert_eq!(
+        s.resolve_identity(vec![22; 32]).await.unwrap(),
+        Some(b.clone())
+    );
+    assert_eq!(s.resolve_identity(vec![99; 32]).await.unwrap(), None);
+    assert!(
+        s.list_devices("ann".into())
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| d.has_keys)
+    );
+}
+
+pub(crate) async fn blobs_respect_quota_and_record_progress<S: Store>(s: &S) {
+    assert_eq!(s.blob(vec![1; 32]).await.unwrap(), None);
+    s.begin_blob(vec![1; 32], "gil".into(), 60, 100, 0)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.begin_blob(vec![2; 32], "gil".into(), 50, 100, 0).await,
+        Err(StoreError::QuotaExceeded)
+    ));
+    assert!(matches!(
+        s.begin_blob(vec![1; 32], "hal".into(), 10, 100, 0).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    // Another owner has a quota of its own.
+    s.begin_blob(vec![2; 32], "hal".into(), 50, 100, 0)
+        .await
+        .unwrap();
+    s.blob_progress(vec![1; 32], 30, false).await.unwrap();
+    assert_eq!(
+        s.blob(vec![1; 32]).await.unwrap(),
+        Some(BlobRow {
+            owner: "gil".into(),
+            size: 60,
+            received: 30,
+            complete: false
+        })
+    );
+    s.blob_progress(vec![1; 32], 60, true).await.unwrap();
+    assert!(s.blob(vec![1; 32]).await.unwrap().unwrap().complete);
+}
+
+pub(crate) async fn endpoints_expire<S: Store>(s: &S) {
+    let d = with_device(s, "ivy", "pc").await;
+    assert!(matches!(
+        s.publish_endpoint(DeviceId::new("ghost", "x"), vec![], 100)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    s.publish_endpoint(d.clone(), vec!["127.0.0.1:1".into()], 100)
+        .await
+        .unwrap();
+    s.publish_endpoint(d.clone(), vec!["127.0.0.1:2".into(), "[::1]:3".into()], 200)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.endpoint(d.clone(), 150).await.unwrap(),
+        Some((vec!["127.0.0.1:2".to_owned(), "[::1]:3".to_owned()], 200))
+    );
+    assert_eq!(s.endpoint(d, 200).await.unwrap(), None);
+}
+
+pub(crate) async fn secrets_are_created_once<S: Store>(s: &S) {
+    assert_eq!(s.secret("k".into()).await.unwrap(), None);
+    assert_eq!(
+        s.init_secret("k".into(), vec![1, 2]).await.unwrap(),
+        vec![1, 2]
+    );
+    // A second start (or another node) gets the first value.
+    assert_eq!(
+        s.init_secret("k".into(), vec![3]).await.unwrap(),
+        vec![1, 2]
+    );
+    assert_eq!(s.secret("k".into()).await.unwrap(), Some(vec![1, 2]));
+}
+
+pub(crate) async fn concurrent_enqueues_get_distinct_dense_seqs<S: Store + Clone>(s: &S) {
+    let bob = with_device(s, "bob", "phone").await;
+    let senders: Vec<_> = (0..40u8)
+        .map(|i| {
+            let s = s.clone();
+            let mut m = from(&format!("u{}/d", i % 4), &bob, i);
+            m.sender_user = None;
+            tokio::spawn(async move { s.enqueue(m, lim(1_000), 0).await })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for task in senders {
+        seqs.push(task.await.unwrap().unwrap().seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    assert_eq!(s.peek(bob).await.unwrap().depth, 40);
+}
+
+pub(crate) async fn concurrent_publishes_get_distinct_dense_leaves<S: Store + Clone>(s: &S) {
+    let mut devices = Vec::new();
+    for i in 0..20u8 {
+        devices.push(with_device(s, &format!("u{i}"), "d").await);
+    }
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let s = s.clone();
+            let i = u8::try_from(i).unwrap();
+            tokio::spawn(async move {
+                s.publish_bundle(d, vec![i], vec![i; 32], None, [i; 32], [0; 32])
+                    .await
+            })
+        })
+        .collect();
+    let mut indexes = Vec::new();
+    for task in tasks {
+        indexes.push(task.await.unwrap().unwrap());
+    }
+    indexes.sort_unstable();
+    assert_eq!(indexes, (0..20).collect::<Vec<_>>());
+    let leaves = s.kt_leaves().await.unwrap();
+    assert_eq!(leaves.len(), 20);
+    for i in 0..20u8 {
+        let row = s
+            .bundle(DeviceId::new(format!("u{i}"), "d"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(leaves[usize::try_from(row.kt_index).unwrap()], [i; 32]);
+    }
+}
