@@ -1,8 +1,12 @@
 //! The cryptography openmls runs on: libcrux for everything, except Ed25519 signature
-//! checks, which use ed25519-dalek (the same checks the rest of qpq makes on identity
-//! signatures, and about twice as fast as libcrux's portable code on the machines qpq runs
-//! on). Receiving an application message checks one signature, so a client catching up on a
-//! backlog spends much of its time here.
+//! checks, which use ed25519-dalek (about twice as fast as libcrux's portable code on the
+//! machines qpq runs on). Receiving an application message checks one signature, so a client
+//! catching up on a backlog spends much of its time here.
+//!
+//! The check accepts exactly what libcrux accepts (RFC 8032's cofactorless equation, a
+//! canonical `s`), not ed25519-dalek's stricter rules: every member of a group must reach the
+//! same verdict on every commit, also members on clients that still check with libcrux, or a
+//! member could split the group with a signature one side accepts and the other refuses.
 
 use openmls::prelude::tls_codec::SecretVLBytes;
 use openmls_libcrux_crypto::CryptoProvider;
@@ -29,8 +33,8 @@ impl QpqCrypto {
     }
 }
 
-/// Checks an Ed25519 signature as [`crate::identity::IdentityPublic::verify`] does
-/// (RFC 8032, with ed25519-dalek's strict checks: canonical encodings, no small-order keys).
+/// Checks an Ed25519 signature as libcrux does: RFC 8032's cofactorless equation with a
+/// canonical `s`, small-order points allowed.
 fn verify_ed25519(data: &[u8], pk: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
     let pk: &[u8; 32] = pk.try_into().map_err(|_| CryptoError::InvalidLength)?;
     let signature: &[u8; 64] = signature
@@ -38,7 +42,7 @@ fn verify_ed25519(data: &[u8], pk: &[u8], signature: &[u8]) -> Result<(), Crypto
         .map_err(|_| CryptoError::InvalidLength)?;
     let key =
         ed25519_dalek::VerifyingKey::from_bytes(pk).map_err(|_| CryptoError::InvalidSignature)?;
-    key.verify_strict(data, &ed25519_dalek::Signature::from_bytes(signature))
+    ed25519_dalek::Verifier::verify(&key, data, &ed25519_dalek::Signature::from_bytes(signature))
         .map_err(|_| CryptoError::InvalidSignature)
 }
 
@@ -236,6 +240,36 @@ mod tests {
             ours.verify_signature(ed, b"\x72", &pk, &flipped),
             Err(CryptoError::InvalidSignature)
         );
+    }
+
+    /// A signature whose `R` is the identity point (small order): valid under RFC 8032's
+    /// equation, refused by strict verification. Made by an ordinary key holder, it must get
+    /// the same verdict from us as from libcrux.
+    #[test]
+    fn a_small_order_r_gets_libcruxs_verdict() {
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::Digest;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let a = key.verifying_key().to_bytes();
+        let mut r = [0u8; 32];
+        r[0] = 1; // the identity point's encoding
+        let message = b"commit";
+        let k = Scalar::from_bytes_mod_order_wide(
+            &sha2::Sha512::new()
+                .chain_update(r)
+                .chain_update(a)
+                .chain_update(message)
+                .finalize()
+                .into(),
+        );
+        let s = k * key.to_scalar();
+        let signature = [r, s.to_bytes()].concat();
+        let ours = QpqCrypto::new().unwrap();
+        let libcrux = CryptoProvider::new().unwrap();
+        let ed = SignatureScheme::ED25519;
+        let theirs = libcrux.verify_signature(ed, message, &a, &signature);
+        assert_eq!(ours.verify_signature(ed, message, &a, &signature), theirs);
+        assert!(theirs.is_ok(), "libcrux accepts it: {theirs:?}");
     }
 
     fn hex32(s: &str) -> [u8; 32] {

@@ -242,10 +242,14 @@ impl ReplayGuard {
         if timestamp_ms.abs_diff(now_ms) > self.window_ms {
             return Err(SealedError::Stale);
         }
-        if now_ms >= self.next_sweep_ms {
-            let horizon = now_ms.saturating_sub(self.window_ms);
-            self.seen.retain(|_, ts| *ts >= horizon);
-            self.next_sweep_ms = now_ms.saturating_add((self.window_ms / 8).max(1));
+        // Due, or the clock went back since the last sweep (a sweep planned from a clock that
+        // ran ahead would otherwise wait for the clock to catch up).
+        let every = (self.window_ms / 8).max(1);
+        if now_ms >= self.next_sweep_ms || self.next_sweep_ms > now_ms.saturating_add(every) {
+            // Ids outside the window on either side would be refused as stale anyway.
+            let window = self.window_ms;
+            self.seen.retain(|_, ts| ts.abs_diff(now_ms) <= window);
+            self.next_sweep_ms = now_ms.saturating_add(every);
         }
         if self.seen.insert(message_id, timestamp_ms).is_some() {
             return Err(SealedError::Replayed);
@@ -402,6 +406,17 @@ mod tests {
         // The sweep at 18,500 forgets it.
         guard.check(id(2_002), 18_500, 18_500).unwrap();
         assert_eq!(guard.len(), 3, "only the recent ids remain");
+    }
+
+    #[test]
+    fn replay_guard_sweeps_again_when_the_clock_went_back() {
+        let mut guard = ReplayGuard::new(8_000);
+        // A clock far ahead plans the next sweep far ahead ...
+        guard.check([1; 16], 1_000_000, 1_000_000).unwrap();
+        // ... then the clock is set right: a sweep runs at once, and the id from the wrong
+        // time (outside the window now) is forgotten rather than kept until then.
+        guard.check([2; 16], 10_000, 10_000).unwrap();
+        assert_eq!(guard.len(), 1);
     }
 
     #[test]

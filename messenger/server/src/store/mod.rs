@@ -74,6 +74,12 @@ pub enum StoreError {
     /// A quota would be exceeded.
     #[error("quota exceeded")]
     QuotaExceeded,
+    /// A write at a position other than the current end (a blob chunk).
+    #[error("out of order: expected offset {expected}")]
+    OutOfOrder {
+        /// Where the next write must start.
+        expected: u64,
+    },
     /// The caller may not make this change (it exists, and the caller can see it).
     #[error("not allowed")]
     Forbidden,
@@ -124,6 +130,9 @@ impl From<StoreError> for qrpc::Status {
             ),
             StoreError::QuotaExceeded => qrpc::Status::resource_exhausted("storage quota exceeded"),
             StoreError::Forbidden => qrpc::Status::permission_denied("not allowed"),
+            StoreError::OutOfOrder { expected } => {
+                qrpc::Status::failed_precondition(format!("offset: expected {expected}"))
+            }
             StoreError::Backend(reason) => {
                 let mut chain = reason.to_string();
                 let mut source = std::error::Error::source(&reason);
@@ -482,11 +491,29 @@ pub trait Store: Send + Sync + 'static {
         quota: u64,
         now_ms: u64,
     ) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Records upload progress.
-    fn blob_progress(
+    /// Appends `data` to an incomplete blob at `offset`, which must be the bytes received so
+    /// far ([`StoreError::OutOfOrder`] otherwise: another upload of it moved on, or the caller
+    /// is behind), and records the progress in the same transaction. Returns the bytes
+    /// received after it. `NotFound` when the blob was never begun, `AlreadyExists` when it
+    /// is complete. Every node reads what any node appended.
+    fn append_blob(
         &self,
         sha256: Vec<u8>,
-        received: u64,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// The stored bytes of a blob from `offset` to the end of the chunk holding it (at most
+    /// one upload chunk); empty at or past the end of what is stored.
+    fn read_blob(
+        &self,
+        sha256: Vec<u8>,
+        offset: u64,
+    ) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
+    /// Ends an upload: `complete` marks the blob complete; otherwise its bytes are dropped
+    /// and it starts again from 0 (its hash did not match).
+    fn finish_blob(
+        &self,
+        sha256: Vec<u8>,
         complete: bool,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 

@@ -1287,21 +1287,91 @@ impl Store for PostgresStore {
         .await)
     }
 
-    async fn blob_progress(
-        &self,
-        sha256: Vec<u8>,
-        received: u64,
-        complete: bool,
-    ) -> StoreResult<()> {
+    async fn append_blob(&self, sha256: Vec<u8>, offset: u64, data: Vec<u8>) -> StoreResult<u64> {
+        transaction!(self, |tx| async {
+            // The blob's row, locked: appends of one blob are serialized across nodes.
+            let Some(row) = query_opt(
+                &tx,
+                "SELECT received, complete FROM blobs WHERE sha256 = $1 FOR UPDATE",
+                &[&sha256],
+            )
+            .await?
+            else {
+                return Err(StoreError::NotFound);
+            };
+            let (received, complete): (i64, bool) = (row.get(0), row.get(1));
+            if complete {
+                return Err(StoreError::AlreadyExists);
+            }
+            if u(received) != offset {
+                return Err(StoreError::OutOfOrder {
+                    expected: u(received),
+                });
+            }
+            if data.is_empty() {
+                return Ok(offset);
+            }
+            let end = offset.saturating_add(data.len() as u64);
+            execute(
+                &tx,
+                "INSERT INTO blob_chunks (sha256, offset_bytes, bytes) VALUES ($1, $2, $3)",
+                &[&sha256, &i(offset), &data],
+            )
+            .await
+            .map_err(pg)?;
+            execute(
+                &tx,
+                "UPDATE blobs SET received = $2 WHERE sha256 = $1",
+                &[&sha256, &i(end)],
+            )
+            .await
+            .map_err(pg)?;
+            Ok(end)
+        }
+        .await)
+    }
+
+    async fn read_blob(&self, sha256: Vec<u8>, offset: u64) -> StoreResult<Vec<u8>> {
         let client = self.client().await?;
-        execute(
+        Ok(query_opt(
             &client,
-            "UPDATE blobs SET received = $2, complete = $3 WHERE sha256 = $1",
-            &[&sha256, &i(received), &complete],
+            "SELECT offset_bytes, bytes FROM blob_chunks
+             WHERE sha256 = $1 AND offset_bytes <= $2 ORDER BY offset_bytes DESC LIMIT 1",
+            &[&sha256, &i(offset)],
         )
-        .await
-        .map_err(pg)?;
-        Ok(())
+        .await?
+        .map_or_else(Vec::new, |r| {
+            let (start, bytes): (i64, Vec<u8>) = (r.get(0), r.get(1));
+            let skip = usize::try_from(offset - u(start)).unwrap_or(usize::MAX);
+            bytes.get(skip..).map(<[u8]>::to_vec).unwrap_or_default()
+        }))
+    }
+
+    async fn finish_blob(&self, sha256: Vec<u8>, complete: bool) -> StoreResult<()> {
+        transaction!(self, |tx| async {
+            if complete {
+                execute(
+                    &tx,
+                    "UPDATE blobs SET complete = TRUE WHERE sha256 = $1",
+                    &[&sha256],
+                )
+                .await
+                .map_err(pg)?;
+            } else {
+                execute(&tx, "DELETE FROM blob_chunks WHERE sha256 = $1", &[&sha256])
+                    .await
+                    .map_err(pg)?;
+                execute(
+                    &tx,
+                    "UPDATE blobs SET received = 0, complete = FALSE WHERE sha256 = $1",
+                    &[&sha256],
+                )
+                .await
+                .map_err(pg)?;
+            }
+            Ok(())
+        }
+        .await)
     }
 
     async fn publish_endpoint(

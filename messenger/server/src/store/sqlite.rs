@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V4__quota_per_user.sql"),
     include_str!("../../migrations/V5__binding_key_package_hash.sql"),
     include_str!("../../migrations/V6__channel_consent.sql"),
+    include_str!("../../migrations/V7__blob_chunks.sql"),
 ];
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -1073,18 +1074,77 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn blob_progress(
-        &self,
-        sha256: Vec<u8>,
-        received: u64,
-        complete: bool,
-    ) -> StoreResult<()> {
+    async fn append_blob(&self, sha256: Vec<u8>, offset: u64, data: Vec<u8>) -> StoreResult<u64> {
         self.write(move |tx| {
-            tx.execute(
-                "UPDATE blobs SET received = ?2, complete = ?3 WHERE sha256 = ?1",
-                params![sha256, i(received), complete],
+            let row: Option<(i64, bool)> = tx
+                .query_row(
+                    "SELECT received, complete FROM blobs WHERE sha256 = ?1",
+                    [&sha256],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            let (received, complete) = row.ok_or(StoreError::NotFound)?;
+            if complete {
+                return Err(StoreError::AlreadyExists);
+            }
+            if u(received) != offset {
+                return Err(StoreError::OutOfOrder {
+                    expected: u(received),
+                });
+            }
+            if data.is_empty() {
+                return Ok(offset);
+            }
+            let end = offset.saturating_add(data.len() as u64);
+            tx.prepare_cached(
+                "INSERT INTO blob_chunks (sha256, offset_bytes, bytes) VALUES (?1, ?2, ?3)",
             )
+            .and_then(|mut st| st.execute(params![sha256, i(offset), data]))
             .map_err(backend)?;
+            tx.prepare_cached("UPDATE blobs SET received = ?2 WHERE sha256 = ?1")
+                .and_then(|mut st| st.execute(params![sha256, i(end)]))
+                .map_err(backend)?;
+            Ok(end)
+        })
+        .await
+    }
+
+    async fn read_blob(&self, sha256: Vec<u8>, offset: u64) -> StoreResult<Vec<u8>> {
+        self.read(move |c| {
+            let chunk: Option<(i64, Vec<u8>)> = c
+                .prepare_cached(
+                    "SELECT offset_bytes, bytes FROM blob_chunks
+                     WHERE sha256 = ?1 AND offset_bytes <= ?2
+                     ORDER BY offset_bytes DESC LIMIT 1",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![sha256, i(offset)], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(backend)?;
+            Ok(chunk.map_or_else(Vec::new, |(start, bytes)| {
+                let skip = usize::try_from(offset - u(start)).unwrap_or(usize::MAX);
+                bytes.get(skip..).map(<[u8]>::to_vec).unwrap_or_default()
+            }))
+        })
+        .await
+    }
+
+    async fn finish_blob(&self, sha256: Vec<u8>, complete: bool) -> StoreResult<()> {
+        self.write(move |tx| {
+            if complete {
+                tx.execute("UPDATE blobs SET complete = 1 WHERE sha256 = ?1", [&sha256])
+                    .map_err(backend)?;
+            } else {
+                tx.execute("DELETE FROM blob_chunks WHERE sha256 = ?1", [&sha256])
+                    .map_err(backend)?;
+                tx.execute(
+                    "UPDATE blobs SET received = 0, complete = 0 WHERE sha256 = ?1",
+                    [&sha256],
+                )
+                .map_err(backend)?;
+            }
             Ok(())
         })
         .await
