@@ -155,6 +155,7 @@ fn sdk(c: &mut Criterion) {
         let mut carol = user(&w, "carol").await;
         let dm2 = alice.client.create_dm("carol").await.unwrap();
         joined(&mut carol).await;
+        carol.client.close().await;
         (carol.dir, dm2.id)
     });
     g.throughput(Throughput::Elements(per_round));
@@ -201,7 +202,9 @@ async fn catch_up(
         |e| matches!(e, ClientEvent::MessageReceived(m) if m.id == last),
     )
     .await;
-    start.elapsed()
+    let took = start.elapsed();
+    carol.close().await;
+    took
 }
 
 criterion_group!(benches, sdk);

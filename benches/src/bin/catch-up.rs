@@ -34,7 +34,7 @@ fn main() {
         carol.login("carol", "d1", "pw").await.unwrap();
         let dm = alice.create_dm("carol").await.unwrap().id;
         qrpc_benches::wait_for_event(&mut carol_events, |e| matches!(e, ClientEvent::ConversationCreated(_))).await;
-        drop(carol);
+        carol.close().await;
 
         let mut alice_events = alice.subscribe();
         let queued = Instant::now();

@@ -350,7 +350,7 @@ async fn script(d: &mut Demo<'_>) -> anyhow::Result<()> {
 
     d.say("\n6. Carol goes offline; the others keep talking")?;
     let (carol_dir, carol_key) = (carol.dir, carol.key);
-    drop(carol.client);
+    carol.client.close().await;
     d.say("  carol's client is closed")?;
     let mut away = Vec::new();
     for (from, text) in [

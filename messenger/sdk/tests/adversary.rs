@@ -368,7 +368,7 @@ async fn a_full_queue_never_holds_up_the_rest_of_the_outbox() {
         .id();
     sent(&mut bob_events, hello).await;
     bob.logout().await.unwrap();
-    drop(bob);
+    bob.close().await;
 
     let mut alice_events = alice.subscribe();
     for i in 0..120 {
@@ -584,7 +584,7 @@ async fn broken_envelopes_cost_the_receiver_a_bounded_number_of_openings() {
     let bob_dir = tempfile::tempdir().unwrap();
     let bob = account(&server, bob_dir.path(), "bob", "phone").await;
     bob.logout().await.unwrap();
-    drop(bob);
+    bob.close().await;
     let mallory = Mallory::new(&server).await;
     // A stranger may have 20 messages waiting for Bob (the server's limit); a contact more.
     const BROKEN: usize = 20;

@@ -72,14 +72,19 @@ async fn a_5_mib_attachment_survives_a_server_restart_mid_upload() {
     assert_eq!(bytes.as_slice(), file.as_slice());
     assert_eq!(last.done, last.total);
 
-    // The server only ever held ciphertext.
-    let blobs = server.dir.path().join("blobs");
-    for entry in std::fs::read_dir(&blobs).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            let stored = std::fs::read(&path).unwrap();
-            assert_ne!(&stored[..64], &file[..64]);
-        }
+    // The server only ever held ciphertext: no stored chunk begins like the file.
+    let db = rusqlite::Connection::open(server.dir.path().join("qpq.db")).unwrap();
+    let mut chunks = db
+        .prepare("SELECT bytes FROM blob_chunks WHERE offset_bytes = 0")
+        .unwrap();
+    let starts: Vec<Vec<u8>> = chunks
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!starts.is_empty());
+    for stored in starts {
+        assert_ne!(&stored[..64], &file[..64]);
     }
 }
 
@@ -92,7 +97,7 @@ async fn attachment_limits_and_unknown_messages_are_clear_errors() {
     let _bob = account(&server, bob_dir.path(), "bob", "phone").await;
     let dm = alice.create_dm("bob").await.unwrap();
     // Alice's store again, with a 10-byte attachment limit.
-    drop(alice);
+    alice.close().await;
     let limited = {
         let mut l = qpq_sdk::ClientLimits::default();
         l.max_attachment_bytes = 10;

@@ -30,7 +30,7 @@ async fn crash_scenario(point: CrashPoint) {
         bob_events: _bob_events,
         dm,
     } = pair(&server).await;
-    drop(bob);
+    bob.close().await;
 
     // Bob's next process dies while it handles the first message.
     let doomed = armed(&server, b_dir.path(), point);
@@ -62,7 +62,7 @@ async fn crash_scenario(point: CrashPoint) {
         CrashPoint::BeforeAck => assert_eq!(stored, 1, "died after committing: {reason}"),
         CrashPoint::StoreFailure | CrashPoint::StoreFailureAfter(_) => unreachable!("not a crash"),
     }
-    drop(doomed);
+    doomed.close().await;
 
     // The restarted process shows "first" exactly once, then what follows.
     let bob = server.client(b_dir.path());
@@ -138,7 +138,7 @@ async fn a_store_failure_while_receiving_loses_nothing_in_the_same_process() {
         bob_events: _bob_events,
         dm,
     } = pair(&server).await;
-    drop(bob);
+    bob.close().await;
     let bob = armed(&server, b_dir.path(), CrashPoint::StoreFailure);
     let mut bob_events = bob.subscribe();
     bob.connect().await.unwrap();
@@ -187,7 +187,7 @@ async fn a_store_failure_in_the_middle_of_a_run_loses_nothing_and_repeats_nothin
         bob_events: _bob_events,
         dm,
     } = pair(&server).await;
-    drop(bob);
+    bob.close().await;
     let mut alice_events = alice.subscribe();
     let sent: Vec<_> = (1..=5)
         .map(|i| {

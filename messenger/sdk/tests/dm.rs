@@ -76,7 +76,7 @@ async fn an_offline_recipient_gets_everything_in_order_after_a_restart() {
     .await;
     // Bob's process goes away.
     drop(bob_events);
-    drop(bob);
+    bob.close().await;
 
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -158,7 +158,7 @@ async fn the_store_is_encrypted_and_a_wrong_passphrase_is_a_clear_error() {
         .send_text("a very secret sentence", None)
         .unwrap()
         .id();
-    drop(alice);
+    alice.close().await;
 
     let err = QpqClient::builder()
         .server(server.addr)
@@ -253,7 +253,7 @@ async fn a_sender_restarted_before_its_outbox_drained_delivers_each_message_once
             .id();
     }
     assert_eq!(alice.outbox_len().unwrap(), 3);
-    drop(alice);
+    alice.close().await;
 
     server.restart().await;
     let alice = server.client(a_dir.path());
@@ -400,7 +400,7 @@ async fn the_outbox_is_bounded_and_says_so() {
         mut bob_events,
         dm,
     } = pair(&server).await;
-    drop(alice);
+    alice.close().await;
 
     server.stop().await;
     let mut limits = qpq_sdk::ClientLimits::default();
@@ -468,7 +468,7 @@ async fn a_queued_message_can_be_cancelled_until_the_outbox_hands_it_over() {
         mut bob_events,
         dm,
     } = pair(&server).await;
-    drop(alice);
+    alice.close().await;
 
     // Offline: both messages wait in the outbox; one is taken back.
     server.stop().await;
@@ -635,7 +635,8 @@ async fn logout_on_a_connection_without_the_session_still_ends_it_on_the_server(
         _ => None,
     })
     .await;
-    drop((bob, again));
+    bob.close().await;
+    again.close().await;
     let third = server.client(copy.path());
     assert!(matches!(
         third.connect().await.unwrap_err(),
@@ -648,7 +649,7 @@ async fn the_connection_state_is_known_without_having_watched_its_events() {
     let mut server = Server::start().await;
     let dir = tempfile::tempdir().unwrap();
     let alice = account(&server, dir.path(), "alice", "laptop").await;
-    drop(alice);
+    alice.close().await;
     let alice = server.client(dir.path());
     assert!(
         matches!(alice.connection_state(), ConnectionState::Offline { .. }),
@@ -677,4 +678,30 @@ async fn the_connection_state_is_known_without_having_watched_its_events() {
         alice.connection_state(),
         ConnectionState::Offline { reason }
     );
+}
+
+#[tokio::test]
+async fn a_data_directory_serves_one_client_until_it_is_closed() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = account(&server, dir.path(), "alice", "laptop").await;
+    // A second client on the same directory would receive and acknowledge part of the
+    // messages: refused while the first is open, with a message that says why.
+    let second = QpqClient::builder()
+        .server(server.addr)
+        .pin(server.fingerprint)
+        .data_dir(dir.path())
+        .passphrase("store passphrase")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&second, qpq_sdk::SdkError::DataDirInUse(p) if p == dir.path()),
+        "{second:?}"
+    );
+    assert!(second.to_string().contains("in use by another qpq client"));
+    // Closed, the directory is free at once, and the account is all there.
+    alice.close().await;
+    let again = server.client(dir.path());
+    again.connect().await.unwrap();
+    assert_eq!(again.whoami().as_deref(), Some("alice/laptop"));
 }

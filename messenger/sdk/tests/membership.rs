@@ -105,7 +105,7 @@ async fn messages_that_overtake_their_commit_wait_for_it_and_the_wait_is_bounded
     joined(&mut bob).await;
     joined(&mut carol).await;
     let carol_dir = carol.dir;
-    drop(carol.client);
+    carol.client.close().await;
 
     // While carol is away, alice adds dave (a commit), then bob writes twice in the new epoch.
     alice

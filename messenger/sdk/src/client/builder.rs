@@ -125,10 +125,7 @@ impl QpqClientBuilder {
         };
         let (events, _) = broadcast::channel(self.limits.event_buffer.max(1));
         Ok(QpqClient {
-            tasks: Arc::new(Tasks {
-                handles: Mutex::default(),
-                _dir_lock: dir_lock,
-            }),
+            tasks: Arc::new(Tasks::default()),
             inner: Arc::new(Inner {
                 store,
                 server,
@@ -153,6 +150,7 @@ impl QpqClientBuilder {
                 channel_answers_none_at: std::sync::atomic::AtomicU64::new(0),
                 channel_leaves: Mutex::new(Vec::new()),
                 crash: Mutex::new(self.crash),
+                dir_lock: Mutex::new(dir_lock),
             }),
         })
     }

@@ -78,6 +78,9 @@ pub(crate) struct Inner {
     /// Devices whose keys recently failed the check, with the reason and when.
     pub(crate) unverifiable: Mutex<HashMap<(String, String), (String, std::time::Instant)>>,
     pub(crate) crash: CrashSwitch,
+    /// The data directory's lock (none in memory). Last, so that it outlives the store: the
+    /// directory is free only once nothing of this client can write to it any more.
+    pub(crate) dir_lock: Mutex<Option<std::fs::File>>,
 }
 
 /// A quicproquo client: one account on one device, with its encrypted store.
@@ -95,9 +98,6 @@ pub struct QpqClient {
 #[derive(Default)]
 pub(crate) struct Tasks {
     pub(crate) handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// The data directory's lock, released with the last handle of the client (the tasks
-    /// it stops may end a moment later; they start nothing new).
-    pub(crate) _dir_lock: Option<std::fs::File>,
 }
 
 impl Tasks {
@@ -163,6 +163,23 @@ impl QpqClient {
     /// Starts configuring a client.
     pub fn builder() -> QpqClientBuilder {
         QpqClientBuilder::default()
+    }
+
+    /// Stops the client and frees its data directory: the background tasks stop (a store
+    /// transaction in progress finishes or rolls back first), and when this returns another
+    /// client may open the directory. Close the last handle; the other clones of a closed
+    /// client must not be used. Dropping the last handle stops the client as well, but frees
+    /// the directory only once the stopped tasks are gone, a moment later.
+    pub async fn close(self) {
+        let handles: Vec<_> = lock(&self.tasks.handles).drain(..).collect();
+        for task in &handles {
+            task.abort();
+        }
+        for task in handles {
+            // Aborted tasks end at their next await: no transaction is cut in the middle.
+            let _ = task.await;
+        }
+        lock(&self.inner.dir_lock).take();
     }
 
     /// Subscribes to events from now on.
