@@ -602,10 +602,10 @@ impl App {
                 if let Some(users) = self.typing.get_mut(&m.conversation) {
                     users.remove(crate::format::user_of(&m.sender));
                 }
-                if session.current() == Some(m.conversation) {
-                    if let Ok(conversation) = session.client().conversation(&m.conversation) {
-                        let _ = conversation.mark_read(&[m.id]);
-                    }
+                if session.current() == Some(m.conversation)
+                    && let Ok(conversation) = session.client().conversation(&m.conversation)
+                {
+                    let _ = conversation.mark_read(&[m.id]);
                 }
             }
             ClientEvent::SafetyNumberChanged { .. }

@@ -312,13 +312,12 @@ impl State {
             } => {
                 let mut changed = false;
                 for target in targets {
-                    if self.message_in(conversation, target).is_some() {
-                        if let std::collections::btree_map::Entry::Vacant(e) =
+                    if self.message_in(conversation, target).is_some()
+                        && let std::collections::btree_map::Entry::Vacant(e) =
                             self.receipts.entry((target.0, user.clone()))
-                        {
-                            e.insert(*at_ms);
-                            changed = true;
-                        }
+                    {
+                        e.insert(*at_ms);
+                        changed = true;
                     }
                 }
                 changed
