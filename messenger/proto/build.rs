@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "federation",
         "push",
         "content",
+        "cluster",
     ]
     .map(|name| format!("../../proto/qpq/v1/{name}.proto"));
     qrpc_build::compile_protos(&files, &["../../proto"])?;

@@ -32,8 +32,90 @@ pub struct Config {
     /// Put the caller's IP address in the per-call audit log line (default false: the line
     /// names the method, connection, account, duration and status only).
     pub log_peer_addresses: bool,
+    /// Where the state lives and how the nodes of a cluster talk (default: one node on
+    /// SQLite).
+    pub cluster: Cluster,
+    /// Log lines as text (default; colours only on a terminal) or as JSON objects, one per
+    /// line, for log collectors.
+    pub log_format: LogFormat,
     /// Limits.
     pub limits: Limits,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which store a node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded SQLite database in the data directory (one node).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database every node of the cluster shares.
+    Postgres,
+}
+
+/// How the nodes of a cluster reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// No other node (the default).
+    #[default]
+    Local,
+    /// A NATS subject every node subscribes to.
+    Nats,
+}
+
+/// A cluster of nodes serving one messenger: they share one PostgreSQL database (messages,
+/// accounts, keys, the key-transparency log and its signing key, the OPAQUE server setup,
+/// the stateless-reset secret, blobs) and one NATS subject (pokes between nodes). A single
+/// node on SQLite needs none of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// `"sqlite"` (default) or `"postgres"`.
+    pub store: StoreKind,
+    /// The PostgreSQL URL (`postgres://user:password@host:5432/db`) when `store =
+    /// "postgres"`; also `QPQ_POSTGRES_URL`. It may hold a password: it is never logged or
+    /// printed whole.
+    pub postgres_url: Option<String>,
+    /// `"local"` (default) or `"nats"`.
+    pub bus: BusKind,
+    /// The NATS URL when `bus = "nats"` (`nats://host:4222`); also `QPQ_NATS_URL`.
+    pub nats_url: Option<String>,
+    /// The subject prefix every node of this cluster uses (default `qpq`): several clusters
+    /// can share one NATS with different prefixes.
+    pub nats_prefix: String,
+    /// This node's name, unique in the cluster (default: `node-<random>` at each start); it
+    /// appears in logs and marks the node's own pokes.
+    pub node_id: Option<String>,
+    /// How many nodes serve the cluster (default 1): every per-user, per-account and per-IP
+    /// rate limit of a node is its configured value divided by this, so a client spreading
+    /// its calls over every node gets no more than the configured limit in all.
+    pub nodes: u32,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            store: StoreKind::Sqlite,
+            postgres_url: None,
+            bus: BusKind::Local,
+            nats_url: None,
+            nats_prefix: "qpq".into(),
+            node_id: None,
+            nodes: 1,
+        }
+    }
 }
 
 /// Limits that protect the server and its users.
@@ -144,6 +226,8 @@ impl Default for Config {
             tls_names: vec!["localhost".into()],
             metrics_listen: None,
             log_peer_addresses: false,
+            cluster: Cluster::default(),
+            log_format: LogFormat::Text,
             limits: Limits::default(),
         }
     }
@@ -194,11 +278,84 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// This node's share of the rate limits when `nodes` nodes serve the cluster: every
+    /// per-user, per-account, per-pair, per-device and per-IP rate divided by `nodes`,
+    /// rounded down (at least 1), so that the nodes together allow no more than the
+    /// configured rate. Bounds kept in the database (queues, quotas, devices) are shared
+    /// already and stay as they are.
+    pub fn per_node(&self, nodes: u32) -> Self {
+        let nodes = nodes.max(1);
+        let share = |v: u32| (v / nodes).max(1);
+        let mut l = self.clone();
+        for rate in [
+            &mut l.sealed_enqueues_per_second_per_ip,
+            &mut l.messages_per_second_per_user,
+            &mut l.stranger_messages_per_minute_per_user,
+            &mut l.writes_per_second_per_user,
+            &mut l.key_package_fetches_per_minute_per_pair,
+            &mut l.key_package_fetches_per_minute_per_user,
+            &mut l.logins_per_minute_per_ip,
+            &mut l.logins_per_minute_per_account,
+            &mut l.resumes_per_minute_per_ip,
+            &mut l.typing_per_minute_per_user,
+            &mut l.channel_invites_per_minute_per_user,
+            &mut l.key_publishes_per_hour_per_device,
+            &mut l.calls_per_second_per_ip,
+        ] {
+            *rate = share(*rate);
+        }
+        l
+    }
+}
+
 /// The platform's data directory for the server (`~/.local/share/quicproquo-server` on
 /// Linux), or `./qpq-data` when there is no home directory.
 pub fn default_data_dir() -> PathBuf {
     directories::ProjectDirs::from("", "", "quicproquo-server")
         .map_or_else(|| PathBuf::from("qpq-data"), |d| d.data_dir().to_path_buf())
+}
+
+impl Cluster {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(format!("cluster.{m}")));
+        if self.store == StoreKind::Postgres && self.postgres_url.is_none() {
+            return invalid("postgres_url (or QPQ_POSTGRES_URL) is needed with store = \"postgres\"");
+        }
+        if self.bus == BusKind::Nats && self.nats_url.is_none() {
+            return invalid("nats_url (or QPQ_NATS_URL) is needed with bus = \"nats\"");
+        }
+        if self.bus == BusKind::Nats && self.store == StoreKind::Sqlite {
+            return invalid(
+                "bus = \"nats\" needs store = \"postgres\": nodes cannot share an SQLite file",
+            );
+        }
+        if self.nodes == 0 {
+            return invalid("nodes must be at least 1");
+        }
+        if self.nodes > 1 && self.bus == BusKind::Local {
+            return invalid("nodes > 1 needs bus = \"nats\": the nodes must reach each other");
+        }
+        let name_ok = |n: &str| {
+            (1..=64).contains(&n.len())
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        };
+        if !name_ok(&self.nats_prefix) {
+            return invalid("nats_prefix: 1 to 64 characters of a-z, A-Z, 0-9, '.', '-', '_'");
+        }
+        if let Some(node) = &self.node_id
+            && !name_ok(node)
+        {
+            return invalid("node_id: 1 to 64 characters of a-z, A-Z, 0-9, '.', '-', '_'");
+        }
+        Ok(())
+    }
+
+    /// Whether this node shares its state with others (PostgreSQL or NATS).
+    pub fn is_clustered(&self) -> bool {
+        self.store == StoreKind::Postgres || self.bus == BusKind::Nats
+    }
 }
 
 /// Why the configuration could not be loaded.
@@ -369,6 +526,7 @@ impl Config {
                 "limits.max_message_bytes must not exceed limits.max_queue_bytes".into(),
             ));
         }
+        self.cluster.validate()?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls_cert and tls_key must be set together".into(),

@@ -27,6 +27,16 @@ pub enum ServerError {
     /// The TLS certificate or key could not be loaded or made.
     #[error("TLS: {0}")]
     Tls(#[from] qrpc::tls::TlsError),
+    /// A service a clustered node needs (PostgreSQL, NATS) did not answer at start.
+    #[error("cannot reach {service} at {url}: {reason}")]
+    Service {
+        /// Which service.
+        service: &'static str,
+        /// Where it was looked for (its password removed).
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The certificate file holds no certificate.
     #[error("{} holds no certificate", .0.display())]
     NoCertificate(PathBuf),

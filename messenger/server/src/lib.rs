@@ -11,11 +11,12 @@
 //! | assembly | [`server`] (binding, the layer stack, the janitor), [`config`], [`tls`] |
 //! | handlers | [`api`]: one module per service, and the session guard |
 //! | shared state | [`state`]: key transparency, arrivals, uploads, stranger memory |
-//! | mechanisms | [`session`] (live sessions; revocation, expiry and logout close connections), [`abuse`] (rate limits), [`store`] (the `Store` trait and its SQLite implementation) |
+//! | mechanisms | [`session`] (live sessions; revocation, expiry and logout close connections), [`abuse`] (rate limits), [`store`] (the `Store` trait, SQLite and PostgreSQL), [`bus`] (pokes between the nodes of a cluster) |
 //! | basics | [`clock`], [`util`], [`error`] |
 
 pub mod abuse;
 pub mod api;
+pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod error;

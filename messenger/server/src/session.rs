@@ -52,6 +52,16 @@ impl EndReason {
         }
     }
 
+    /// The reason named by [`as_str`](Self::as_str)'s word.
+    pub fn from_word(word: &str) -> Option<Self> {
+        match word {
+            "device_revoked" => Some(Self::Revoked),
+            "expired" => Some(Self::Expired),
+            "logged_out" => Some(Self::LoggedOut),
+            _ => None,
+        }
+    }
+
     /// The connection close code.
     pub fn close_code(self) -> qrpc::protocol::VarInt {
         match self {

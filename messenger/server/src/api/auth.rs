@@ -329,8 +329,8 @@ impl<S: Store> Auth for Api<S> {
         let done = tokio::spawn(async move {
             state.store.delete_session(info.token_hash.to_vec()).await?;
             state
-                .sessions
-                .end_token(info.token_hash, EndReason::LoggedOut, Some(this_connection));
+                .end_token_sessions(info.token_hash, EndReason::LoggedOut, Some(this_connection))
+                .await;
             Ok::<(), StoreError>(())
         });
         match done.await {

@@ -206,10 +206,10 @@ impl<S: Store> Delivery for Api<S> {
             .enqueue(message, self.state.queue_limits(), self.state.now_ms())
             .await?;
         if let Some(sender) = &sender_user {
-            self.state.wrote_to(sender, &recipient.user);
+            self.state.wrote_to(sender, &recipient.user).await;
         }
         if !outcome.duplicate {
-            self.state.message_arrived(&recipient, outcome.seq);
+            self.state.message_arrived(&recipient, outcome.seq).await;
         }
         Ok(enqueue_response(Ok(outcome)))
     }
@@ -326,12 +326,12 @@ impl<S: Store> Delivery for Api<S> {
             .await?;
         for (recipient, outcome) in recipients.iter().zip(&outcomes) {
             if outcome.is_ok() {
-                self.state.wrote_to(&me.user, &recipient.user);
+                self.state.wrote_to(&me.user, &recipient.user).await;
             }
             if let Ok(o) = outcome
                 && !o.duplicate
             {
-                self.state.message_arrived(recipient, o.seq);
+                self.state.message_arrived(recipient, o.seq).await;
             }
         }
         Ok(v1::BatchEnqueueResponse {

@@ -88,8 +88,8 @@ impl<S: Store> Device for Api<S> {
                 // Every connection of the device is closed now; a device revoking itself
                 // keeps this connection (logged out) until it has read the answer.
                 state
-                    .sessions
-                    .end_device(&device, EndReason::Revoked, Some(this_connection));
+                    .end_device_sessions(&device, EndReason::Revoked, Some(this_connection))
+                    .await;
             }
             revoked
         });

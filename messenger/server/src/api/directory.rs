@@ -125,7 +125,7 @@ impl<S: Store> Channel for Api<S> {
         for member in &members {
             self.state.push_to_user(member, &event).await;
         }
-        self.state.channels_changed();
+        self.state.channels_changed().await;
         Ok(v1::CreateChannelResponse {
             channel_id: id.to_vec().into(),
         })
@@ -186,7 +186,7 @@ impl<S: Store> Channel for Api<S> {
         for user in members.iter().chain(&request.remove) {
             self.state.push_to_user(user, &event).await;
         }
-        self.state.channels_changed();
+        self.state.channels_changed().await;
         Ok(v1::UpdateChannelResponse { members })
     }
 
@@ -223,7 +223,7 @@ impl<S: Store> Channel for Api<S> {
             for user in &members {
                 self.state.push_to_user(user, &event).await;
             }
-            self.state.channels_changed();
+            self.state.channels_changed().await;
         }
         Ok(v1::AnswerInvitationResponse { members })
     }

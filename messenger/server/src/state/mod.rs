@@ -15,12 +15,14 @@ use std::sync::Arc;
 use qpq_core::identity::IdentityKey;
 use qpq_core::kt::MerkleLog;
 use qpq_proto::auth_flows::OpaqueSuite;
+use qpq_proto::v1::{self, cluster_poke::Poke};
 use qrpc::{PeerIdentity, PushRegistry};
 
 use crate::abuse::Limiters;
+use crate::bus::ClusterBus;
 use crate::clock::Clock;
 use crate::config::Limits;
-use crate::session::Sessions;
+use crate::session::{EndReason, Sessions};
 use crate::store::{DeviceId, QueueLimits, Store, StoreResult};
 
 pub use arrivals::ArrivalWatch;
@@ -52,6 +54,8 @@ pub struct AppState<S> {
     /// the sender?) and until when it holds: spares the stranger check a store read on every
     /// message. Forgotten when the recipient writes to the sender and when channels change.
     strangers: strangers::StrangerMemory,
+    /// Tells the other nodes of a cluster what they must apply too.
+    pub(crate) bus: ClusterBus,
 }
 
 /// `percent` % of `total`, at least 1.
@@ -95,6 +99,7 @@ impl<S: Store> AppState<S> {
             fetch_wait_queries: std::sync::atomic::AtomicU64::new(0),
             fetch_waits_parked: std::sync::atomic::AtomicU64::new(0),
             strangers: strangers::StrangerMemory::default(),
+            bus: ClusterBus::Local,
         }
     }
 
@@ -102,6 +107,24 @@ impl<S: Store> AppState<S> {
     pub fn with_domain(mut self, domain: String) -> Self {
         self.domain = domain;
         self
+    }
+
+    /// Sets this node's rate limiters (default: sized by the limits given to [`new`](Self::new);
+    /// a node of a cluster gets its share, [`Limits::per_node`]).
+    pub fn with_limiters(mut self, limiters: Limiters) -> Self {
+        self.limiters = limiters;
+        self
+    }
+
+    /// Sets the cluster bus (default: one node, [`ClusterBus::Local`]).
+    pub fn with_bus(mut self, bus: ClusterBus) -> Self {
+        self.bus = bus;
+        self
+    }
+
+    /// The cluster bus.
+    pub fn bus(&self) -> &ClusterBus {
+        &self.bus
     }
 
     /// Sets the time source (default: the system clock).
@@ -163,14 +186,103 @@ impl<S: Store> AppState<S> {
         }
     }
 
-    /// `writer` just wrote to `reader`: from now on `writer` knows `reader`.
-    pub fn wrote_to(&self, writer: &str, reader: &str) {
+    /// `writer` just wrote to `reader`: from now on `writer` knows `reader`, on every node.
+    pub async fn wrote_to(&self, writer: &str, reader: &str) {
         self.strangers.wrote_to(writer, reader);
+        self.bus
+            .publish(Poke::WroteTo(v1::WroteTo {
+                writer: writer.to_owned(),
+                reader: reader.to_owned(),
+            }))
+            .await;
     }
 
-    /// Channel memberships changed: every remembered stranger answer may be stale.
-    pub fn channels_changed(&self) {
+    /// Channel memberships changed: every remembered stranger answer may be stale, on every
+    /// node.
+    pub async fn channels_changed(&self) {
         self.strangers.channels_changed();
+        self.bus
+            .publish(Poke::ChannelsChanged(v1::ChannelsChanged {}))
+            .await;
+    }
+
+    /// Ends every session of `device` on every node (revocation); `keep_open` is the
+    /// caller's own connection on this node, which still needs its answer.
+    pub async fn end_device_sessions(
+        &self,
+        device: &DeviceId,
+        reason: EndReason,
+        keep_open: Option<u64>,
+    ) {
+        self.sessions.end_device(device, reason, keep_open);
+        self.bus
+            .publish(Poke::EndSessions(v1::EndSessions {
+                target: Some(v1::end_sessions::Target::Device(v1::DeviceRef {
+                    user: device.user.clone(),
+                    device: device.device.clone(),
+                })),
+                reason: reason.as_str().into(),
+            }))
+            .await;
+    }
+
+    /// Ends every session resumed from the token with this hash, on every node (logout).
+    pub async fn end_token_sessions(
+        &self,
+        token_hash: [u8; 32],
+        reason: EndReason,
+        keep_open: Option<u64>,
+    ) {
+        self.sessions.end_token(token_hash, reason, keep_open);
+        self.bus
+            .publish(Poke::EndSessions(v1::EndSessions {
+                target: Some(v1::end_sessions::Target::TokenHash(
+                    token_hash.to_vec().into(),
+                )),
+                reason: reason.as_str().into(),
+            }))
+            .await;
+    }
+
+    /// Applies another node's poke to this node's state.
+    pub fn apply_poke(&self, poke: Poke) {
+        match poke {
+            Poke::Arrived(a) => self.arrivals.arrived(&DeviceId::new(a.user, a.device), a.seq),
+            Poke::EndSessions(end) => {
+                let Some(reason) = EndReason::from_word(&end.reason) else {
+                    return;
+                };
+                match end.target {
+                    Some(v1::end_sessions::Target::Device(d)) => {
+                        self.sessions
+                            .end_device(&DeviceId::new(d.user, d.device), reason, None);
+                    }
+                    Some(v1::end_sessions::Target::TokenHash(hash)) => {
+                        if let Ok(hash) = <[u8; 32]>::try_from(hash.as_ref()) {
+                            self.sessions.end_token(hash, reason, None);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            Poke::ChannelsChanged(_) => self.strangers.channels_changed(),
+            Poke::WroteTo(w) => self.strangers.wrote_to(&w.writer, &w.reader),
+            Poke::PushToUser(p) => {
+                let Ok(event_type) = u16::try_from(p.event_type) else {
+                    return;
+                };
+                for device in p.devices {
+                    let identity = DeviceId::new(p.user.clone(), device).identity();
+                    if p.unreliable {
+                        if let Ok(event) = <v1::ephemeral_event_push::Event as qrpc::PushEvent>::decode_payload(event_type, p.payload.clone()) {
+                            self.registry.try_send_event(&identity, &event);
+                        }
+                    } else if let Ok(event) = <v1::server_event_push::Event as qrpc::PushEvent>::decode_payload(event_type, p.payload.clone()) {
+                        self.registry.try_send_event(&identity, &event);
+                    }
+                }
+            }
+        }
     }
 
     /// Which of `recipients` know `sender` (wrote to it or share a channel), reusing recent
@@ -187,9 +299,16 @@ impl<S: Store> AppState<S> {
     }
 
     /// Wakes `FetchWait` callers of `device` whose position is before `seq`, and pushes a
-    /// notification to the device's connections.
-    pub fn message_arrived(&self, device: &DeviceId, seq: u64) {
+    /// notification to the device's connections, on every node.
+    pub async fn message_arrived(&self, device: &DeviceId, seq: u64) {
         self.arrivals.arrived(device, seq);
+        self.bus
+            .publish(Poke::Arrived(v1::Arrived {
+                user: device.user.clone(),
+                device: device.device.clone(),
+                seq,
+            }))
+            .await;
     }
 
     /// Devices with a `FetchWait` in progress (for tests and metrics).
@@ -212,13 +331,26 @@ impl<S: Store> AppState<S> {
         }
     }
 
-    /// Pushes an event to every device of `user`.
+    /// Pushes an event to every device of `user`, on whichever node holds its connections.
     pub async fn push_to_user<E: qrpc::PushEvent>(&self, user: &str, event: &E) {
-        if let Ok(devices) = self.store.list_devices(user.to_owned()).await {
-            for d in devices {
-                let identity: PeerIdentity = DeviceId::new(user, d.device).identity();
-                self.registry.try_send_event(&identity, event);
-            }
+        let Ok(devices) = self.store.list_devices(user.to_owned()).await else {
+            return;
+        };
+        let devices: Vec<String> = devices.into_iter().map(|d| d.device).collect();
+        for device in &devices {
+            let identity: PeerIdentity = DeviceId::new(user, device.clone()).identity();
+            self.registry.try_send_event(&identity, event);
+        }
+        if !devices.is_empty() {
+            self.bus
+                .publish(Poke::PushToUser(v1::PushToUser {
+                    user: user.to_owned(),
+                    unreliable: E::UNRELIABLE,
+                    event_type: u32::from(event.event_type()),
+                    payload: event.encode_payload(),
+                    devices,
+                }))
+                .await;
         }
     }
 }

@@ -4,6 +4,7 @@
 //! nothing SQLite-specific — methods are async, take owned values, and hide their transactions —
 //! so a PostgreSQL implementation for multi-node deployments can stand beside it.
 
+mod any;
 #[cfg(test)]
 mod conformance;
 mod pool;
@@ -13,6 +14,7 @@ mod writer;
 
 use std::future::Future;
 
+pub use any::AnyStore;
 pub use postgres::PostgresStore;
 #[cfg(any(test, feature = "testing"))]
 pub use postgres::TestDatabase;

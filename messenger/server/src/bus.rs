@@ -1,0 +1,223 @@
+//! The cluster bus: what must cross nodes, as hints delivered at most once.
+//!
+//! A node applies every change to its own state first (its waiters, its connections), then
+//! publishes a [`v1::ClusterPoke`] so that the other nodes apply it to theirs: "device D has
+//! messages up to seq N" (wakes `FetchWait` and pushes on whichever node holds D's
+//! connection), "end the sessions of device D / of this token" (revocation, logout), channel
+//! changes and stranger-memory invalidations, and pushes to a user's devices. The database
+//! holds the truth: a node that misses a poke still serves every fetch correctly, so a lost
+//! poke costs latency (a `FetchWait` that runs to its end), never a message.
+//!
+//! Two buses: [`ClusterBus::Local`] for one node (nothing to tell anyone; the default), and
+//! [`ClusterBus::Nats`] over a NATS subject. A node that loses NATS keeps serving; async-nats
+//! reconnects in the background and the subscription resumes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use prost::Message;
+use qpq_proto::v1;
+use tokio::sync::mpsc;
+
+use crate::error::ServerError;
+
+/// How a node tells the others.
+#[derive(Debug, Clone, Default)]
+pub enum ClusterBus {
+    /// One node: every change is already applied where it happened.
+    #[default]
+    Local,
+    /// Several nodes sharing a NATS subject.
+    Nats(Arc<NatsBus>),
+}
+
+impl ClusterBus {
+    /// Publishes `poke` to the other nodes (nothing for a local bus). Never fails the
+    /// caller: a poke that cannot be sent is counted and logged, and the database still
+    /// holds the truth.
+    pub async fn publish(&self, poke: v1::cluster_poke::Poke) {
+        if let Self::Nats(nats) = self {
+            nats.publish(poke).await;
+        }
+    }
+
+    /// This node's id on the bus (`None` for a local bus).
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Self::Local => None,
+            Self::Nats(nats) => Some(&nats.node),
+        }
+    }
+}
+
+/// A NATS connection publishing to and subscribed on `<prefix>.pokes`.
+#[derive(Debug)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    subject: String,
+    node: String,
+    /// Pokes published.
+    pub sent: AtomicU64,
+    /// Pokes that could not be published (NATS unreachable, buffer full).
+    pub dropped: AtomicU64,
+    /// Pokes from other nodes received (ours are skipped).
+    pub received: Arc<AtomicU64>,
+}
+
+/// Pokes from other nodes, in arrival order.
+pub type Pokes = mpsc::Receiver<v1::cluster_poke::Poke>;
+
+/// Pokes from other nodes waiting to be applied, at most; a node further behind drops the
+/// newest (they are hints).
+const INBOX: usize = 4096;
+
+impl NatsBus {
+    /// Connects to NATS at `url` as `node`, subscribes to `<prefix>.pokes`, and returns the
+    /// bus with the stream of other nodes' pokes. An unreachable NATS at start is an error
+    /// (a clustered node must not start deaf); after that, async-nats reconnects forever.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        node: &str,
+    ) -> Result<(Arc<Self>, Pokes), ServerError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("qpq-server {node}"))
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("lost the cluster bus (NATS); serving on, pokes wait")
+                    }
+                    async_nats::Event::Connected => tracing::info!("cluster bus (NATS) connected"),
+                    other => tracing::debug!(event = %other, "cluster bus event"),
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| ServerError::Service {
+                service: "NATS",
+                url: redact(url),
+                reason: e.to_string(),
+            })?;
+        let subject = format!("{prefix}.pokes");
+        let mut subscription =
+            client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| ServerError::Service {
+                    service: "NATS",
+                    url: redact(url),
+                    reason: e.to_string(),
+                })?;
+        let (tx, rx) = mpsc::channel(INBOX);
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&received);
+        let me = node.to_owned();
+        tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                match v1::ClusterPoke::decode(message.payload) {
+                    Ok(poke) if poke.origin == me => {}
+                    Ok(v1::ClusterPoke {
+                        poke: Some(poke), ..
+                    }) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        if tx.try_send(poke).is_err() && tx.is_closed() {
+                            return;
+                        }
+                    }
+                    // A newer node's poke this one does not know, or garbage from a
+                    // misconfigured client on the subject: hints only, so skipped.
+                    Ok(_) | Err(_) => tracing::debug!("skipped an unreadable cluster poke"),
+                }
+            }
+        });
+        let bus = Arc::new(Self {
+            client,
+            subject,
+            node: node.to_owned(),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            received,
+        });
+        Ok((bus, rx))
+    }
+
+    async fn publish(&self, poke: v1::cluster_poke::Poke) {
+        let message = v1::ClusterPoke {
+            origin: self.node.clone(),
+            poke: Some(poke),
+        };
+        match self
+            .client
+            .publish(self.subject.clone(), message.encode_to_vec().into())
+            .await
+        {
+            Ok(()) => {
+                self.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "a cluster poke was not sent");
+            }
+        }
+    }
+
+    /// Waits until everything published so far reached the NATS server (tests use it to
+    /// order a poke before what they check next).
+    pub async fn flush(&self) {
+        let _ = self.client.flush().await;
+    }
+}
+
+/// `url` without its password, for messages and logs (both the URL form and PostgreSQL's
+/// `key=value` form).
+pub fn redact(url: &str) -> String {
+    if !url.contains("://") {
+        return url
+            .split_whitespace()
+            .map(|part| {
+                if part.starts_with("password=") {
+                    "password=***"
+                } else {
+                    part
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            super::redact("postgres://qpq:s3cret@db:5432/qpq"),
+            "postgres://qpq:***@db:5432/qpq"
+        );
+        assert_eq!(
+            super::redact("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        assert_eq!(
+            super::redact("postgres://qpq@db/qpq"),
+            "postgres://qpq@db/qpq"
+        );
+        assert_eq!(
+            super::redact("host=db user=qpq password=s3cret dbname=qpq"),
+            "host=db user=qpq password=*** dbname=qpq"
+        );
+    }
+}
