@@ -417,3 +417,86 @@ async fn idle_timeout_closes_quiet_connections_and_keep_alive_prevents_it() {
     ));
     assert!(kept.unary::<_, Msg>(&ECHO, &Msg::n(2)).await.is_ok());
 }
+
+/// A server whose process dies sends nothing; one started on its address with the same
+/// stateless-reset secret answers the dead connection's next packet with a stateless reset,
+/// so the client learns at once instead of after its idle timeout (30 s here).
+#[test]
+fn a_restarted_server_with_the_same_reset_secret_resets_dead_connections_at_once() {
+    let cert = cert();
+    let secret = [7u8; 32];
+    // The first server runs on a runtime of its own, dropped without a word to its clients,
+    // as a killed process would be.
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (die_tx, die_rx) = std::sync::mpsc::channel::<()>();
+    let first = {
+        let tls = cert.server_tls();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let server = qrpc::Server::builder()
+                    .tls(tls)
+                    .configure(|c| {
+                        c.stateless_reset_key(secret);
+                    })
+                    .add_service(TestService::default().into_methods())
+                    .bind("127.0.0.1:0".parse().unwrap())
+                    .unwrap();
+                addr_tx.send(server.local_addr().unwrap()).unwrap();
+                tokio::spawn(server.serve());
+            });
+            die_rx.recv().unwrap();
+            // Tasks are dropped, not run to an end: no close frame leaves.
+            drop(runtime);
+        })
+    };
+    let addr = addr_rx.recv().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::builder(addr, ClientTls::pinned(cert.fingerprint()))
+            .connect()
+            .await
+            .unwrap();
+        client
+            .unary::<_, Msg>(&WHOAMI, &Msg::default())
+            .await
+            .unwrap();
+        die_tx.send(()).unwrap();
+        first.join().unwrap();
+
+        let server = qrpc::Server::builder()
+            .tls(cert.server_tls())
+            .configure(|c| {
+                c.stateless_reset_key(secret);
+            })
+            .add_service(TestService::default().into_methods())
+            .bind(addr)
+            .unwrap();
+        let _second = run(server, cert.fingerprint());
+        // The next call's packets reach the new server, which resets the connection; the
+        // client reconnects and the call (or the one after it) is answered.
+        let mut disconnects = client.disconnects();
+        let big = Msg {
+            text: "x".repeat(200),
+            ..Msg::default()
+        };
+        let call = client.unary::<_, Msg>(&ECHO, &big);
+        let (_, reset) = tokio::join!(
+            call,
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                disconnects.wait_for(|d| d.is_some())
+            )
+        );
+        let reason = reset
+            .expect("no reset within 5 s")
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert!(reason.reason.contains("reset"), "{reason:?}");
+        client
+            .unary::<_, Msg>(&WHOAMI, &Msg::default())
+            .await
+            .unwrap();
+    });
+}

@@ -320,7 +320,9 @@ impl Cluster {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(format!("cluster.{m}")));
         if self.store == StoreKind::Postgres && self.postgres_url.is_none() {
-            return invalid("postgres_url (or QPQ_POSTGRES_URL) is needed with store = \"postgres\"");
+            return invalid(
+                "postgres_url (or QPQ_POSTGRES_URL) is needed with store = \"postgres\"",
+            );
         }
         if self.bus == BusKind::Nats && self.nats_url.is_none() {
             return invalid("nats_url (or QPQ_NATS_URL) is needed with bus = \"nats\"");

@@ -47,6 +47,19 @@ pub struct ServerConfig {
     /// (default 1,200 bytes); larger events, and events for clients that do not accept
     /// datagrams, go on the push stream. The connection's path MTU bounds it further.
     pub(crate) max_datagram_event: usize,
+    /// The secret the endpoint's stateless-reset key derives from (default: a random one per
+    /// endpoint).
+    pub(crate) stateless_reset: Option<ResetSecret>,
+}
+
+/// A stateless-reset secret; never printed.
+#[derive(Clone)]
+pub(crate) struct ResetSecret(pub(crate) zeroize::Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for ResetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResetSecret(..)")
+    }
 }
 
 impl Default for ServerConfig {
@@ -64,6 +77,7 @@ impl Default for ServerConfig {
             transport_profile: crate::TransportProfile::default(),
             zero_rtt: true,
             max_datagram_event: 1200,
+            stateless_reset: None,
         }
     }
 }
@@ -80,6 +94,18 @@ impl ServerConfig {
     /// QUIC flow control makes further calls wait on the client, not fail.
     pub fn max_concurrent_streams(&mut self, value: u32) -> &mut Self {
         self.max_concurrent_streams = value;
+        self
+    }
+
+    /// The secret the endpoint's stateless-reset key is derived from (default: random, new
+    /// for every endpoint). Give every start of a server, and every server behind one
+    /// address, the same secret: then a server restarted after a crash, or another node that
+    /// receives a dead connection's packets, answers them with a stateless reset (RFC 9000
+    /// section 10.3), and the client learns at once that its connection is gone instead of
+    /// waiting for its idle timeout. Keep it as secret as a TLS key: whoever knows it can
+    /// reset this server's connections.
+    pub fn stateless_reset_key(&mut self, secret: [u8; 32]) -> &mut Self {
+        self.stateless_reset = Some(ResetSecret(zeroize::Zeroizing::new(secret)));
         self
     }
 
@@ -151,6 +177,45 @@ impl ServerConfig {
     pub fn max_datagram_event(&mut self, value: usize) -> &mut Self {
         self.max_datagram_event = value;
         self
+    }
+
+    /// The endpoint configuration: quinn's default, with the stateless-reset key and the
+    /// connection-id key derived from the configured secret when there is one.
+    pub(crate) fn endpoint(&self) -> quinn::EndpointConfig {
+        match &self.stateless_reset {
+            None => quinn::EndpointConfig::default(),
+            Some(secret) => {
+                // HMAC-SHA-256 keyed by a derivation of the secret, as quinn's default key is.
+                use sha2::Digest;
+                let derived: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(
+                    sha2::Sha256::new()
+                        .chain_update(b"qrpc stateless reset key v1")
+                        .chain_update(secret.0.as_slice())
+                        .finalize()
+                        .into(),
+                );
+                let mut config = quinn::EndpointConfig::new(Arc::new(aws_lc_rs::hmac::Key::new(
+                    aws_lc_rs::hmac::HMAC_SHA256,
+                    derived.as_slice(),
+                )));
+                // Connection ids are signed with a key of the endpoint, and packets whose id
+                // does not check out are dropped unanswered: the id key derives from the same
+                // secret, so a restarted endpoint recognises its predecessor's ids and resets
+                // them.
+                let cid_key = u64::from_le_bytes(
+                    sha2::Sha256::new()
+                        .chain_update(b"qrpc connection id key v1")
+                        .chain_update(secret.0.as_slice())
+                        .finalize()[..8]
+                        .try_into()
+                        .unwrap_or_default(),
+                );
+                config.cid_generator(move || {
+                    Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+                });
+                config
+            }
+        }
     }
 
     pub(crate) fn transport(&self) -> Arc<quinn::TransportConfig> {

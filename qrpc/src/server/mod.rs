@@ -149,7 +149,13 @@ impl<L> Server<L> {
             tls.quic_config(&self.config.alpn, self.config.zero_rtt)?,
         ));
         quic.transport_config(self.config.transport());
-        let endpoint = quinn::Endpoint::server(quic, addr)
+        let socket =
+            std::net::UdpSocket::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+        let runtime = quinn::default_runtime().ok_or_else(|| ServerError::Bind {
+            addr,
+            source: std::io::Error::other("no async runtime"),
+        })?;
+        let endpoint = quinn::Endpoint::new(self.config.endpoint(), Some(quic), socket, runtime)
             .map_err(|source| ServerError::Bind { addr, source })?;
         let service = self.layer.layer(routes.clone());
         let metrics = crate::metrics::CallMetrics::new(routes.methods());

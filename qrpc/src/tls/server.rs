@@ -47,6 +47,25 @@ impl ServerTls {
         Ok(Self { certs, key })
     }
 
+    /// A PEM certificate chain and a PEM private key held in memory (kept in a database, for
+    /// example, so that every node of a deployment presents the same certificate).
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        let pem_err = |what, source: PemError| TlsError::Pem {
+            what,
+            path: "(memory)".into(),
+            source,
+        };
+        let certs = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_err("certificates", e.into()))?;
+        if certs.is_empty() {
+            return Err(pem_err("certificates", PemError::NoCertificate));
+        }
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| pem_err("private key", e.into()))?;
+        Ok(Self { certs, key })
+    }
+
     /// The leaf certificate.
     pub fn leaf(&self) -> Option<&CertificateDer<'static>> {
         self.certs.first()

@@ -247,7 +247,9 @@ impl<S: Store> AppState<S> {
     /// Applies another node's poke to this node's state.
     pub fn apply_poke(&self, poke: Poke) {
         match poke {
-            Poke::Arrived(a) => self.arrivals.arrived(&DeviceId::new(a.user, a.device), a.seq),
+            Poke::Arrived(a) => self
+                .arrivals
+                .arrived(&DeviceId::new(a.user, a.device), a.seq),
             Poke::EndSessions(end) => {
                 let Some(reason) = EndReason::from_word(&end.reason) else {
                     return;
@@ -274,10 +276,20 @@ impl<S: Store> AppState<S> {
                 for device in p.devices {
                     let identity = DeviceId::new(p.user.clone(), device).identity();
                     if p.unreliable {
-                        if let Ok(event) = <v1::ephemeral_event_push::Event as qrpc::PushEvent>::decode_payload(event_type, p.payload.clone()) {
+                        if let Ok(event) =
+                            <v1::ephemeral_event_push::Event as qrpc::PushEvent>::decode_payload(
+                                event_type,
+                                p.payload.clone(),
+                            )
+                        {
                             self.registry.try_send_event(&identity, &event);
                         }
-                    } else if let Ok(event) = <v1::server_event_push::Event as qrpc::PushEvent>::decode_payload(event_type, p.payload.clone()) {
+                    } else if let Ok(event) =
+                        <v1::server_event_push::Event as qrpc::PushEvent>::decode_payload(
+                            event_type,
+                            p.payload.clone(),
+                        )
+                    {
                         self.registry.try_send_event(&identity, &event);
                     }
                 }
