@@ -500,3 +500,53 @@ fn a_restarted_server_with_the_same_reset_secret_resets_dead_connections_at_once
             .unwrap();
     });
 }
+
+#[tokio::test]
+async fn a_client_fails_over_to_the_services_other_addresses() {
+    let cert = cert();
+    let mut first = start_on("127.0.0.1:0".parse().unwrap(), &cert);
+    let second = start_on("127.0.0.1:0".parse().unwrap(), &cert);
+    let client = Client::builder(first.addr, first.tls())
+        .configure(|c| {
+            c.fallback_addresses(vec![second.addr]);
+            c.reconnect_mut().initial_backoff(Duration::from_millis(10));
+        })
+        .connect()
+        .await
+        .unwrap();
+    client
+        .unary::<_, Msg>(&WHOAMI, &Msg::default())
+        .await
+        .unwrap();
+    // The first node goes away: the first reconnect attempt goes to the second.
+    first.shutdown().await.unwrap();
+    let mut state = client.state();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        state.wait_for(|s| matches!(s, ConnectionState::Connected { generation: 2 })),
+    )
+    .await
+    .expect("no failover within 5 s")
+    .unwrap();
+    client
+        .unary::<_, Msg>(&WHOAMI, &Msg::default())
+        .await
+        .unwrap();
+
+    // A client whose first address is dead at start connects to the next one.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let late = Client::builder(dead_addr, second.tls())
+        .configure(|c| {
+            c.fallback_addresses(vec![second.addr]);
+            c.connect_timeout(Duration::from_millis(500));
+            c.zero_rtt(false);
+        })
+        .connect()
+        .await
+        .unwrap();
+    late.unary::<_, Msg>(&WHOAMI, &Msg::default())
+        .await
+        .unwrap();
+}

@@ -13,11 +13,13 @@ use tower::layer::util::{Identity, Stack};
 use zeroize::Zeroizing;
 
 use crate::api::{Api, SessionAuth};
+use crate::bus::ClusterBus;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::config::{BusKind, StoreKind};
 use crate::error::ServerError;
 use crate::state::AppState;
-use crate::store::{SqliteStore, Store};
+use crate::store::{AnyStore, PostgresStore, SqliteStore, Store};
 
 /// A server running in the background.
 #[derive(Debug)]
@@ -28,14 +30,14 @@ pub struct RunningServer {
     pub fingerprint: [u8; 32],
     /// The key that signs key-transparency tree heads.
     pub kt_public: IdentityPublic,
-    state: Arc<AppState<SqliteStore>>,
+    state: Arc<AppState<AnyStore>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
     /// The server's shared state: its store, sessions and counters (for monitoring and tests).
-    pub fn state(&self) -> &Arc<AppState<SqliteStore>> {
+    pub fn state(&self) -> &Arc<AppState<AnyStore>> {
         &self.state
     }
 
@@ -90,22 +92,112 @@ struct Prepared<S: Store> {
     kt_public: IdentityPublic,
 }
 
-async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<SqliteStore>, ServerError> {
+/// Opens the configured store: the SQLite file in the data directory (made owner-only before
+/// SQLite first opens it), or the cluster's PostgreSQL database (an unreachable one is a
+/// clear error at start).
+async fn open_store(config: &Config) -> Result<AnyStore, ServerError> {
+    match config.cluster.store {
+        StoreKind::Sqlite => {
+            // The database holds the OPAQUE server secret, the log's signing key and every
+            // password file: owner-only before SQLite first opens it (its -wal and -shm files
+            // copy the mode).
+            let db_path = config.data_dir.join("qpq.db");
+            qpq_core::files::private_file(&db_path)
+                .map_err(ServerError::io("creating", &db_path))?;
+            for suffix in ["-wal", "-shm"] {
+                let mut side = db_path.clone().into_os_string();
+                side.push(suffix);
+                qpq_core::files::tighten_if_exists(std::path::Path::new(&side))
+                    .map_err(ServerError::io("protecting", &side))?;
+            }
+            let store = SqliteStore::open(&db_path, config.limits.db_pool_size).await?;
+            import_blob_files(&store, &config.data_dir.join("blobs")).await?;
+            Ok(AnyStore::Sqlite(store))
+        }
+        StoreKind::Postgres => {
+            let url = config.cluster.postgres_url.as_deref().unwrap_or_default();
+            let store = PostgresStore::open(url, config.limits.db_pool_size)
+                .await
+                .map_err(|e| ServerError::Service {
+                    service: "PostgreSQL",
+                    url: crate::bus::redact(url),
+                    reason: error_chain(&e),
+                })?;
+            Ok(AnyStore::Postgres(store))
+        }
+    }
+}
+
+/// `e` and its sources, for a message.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The node's TLS identity. Operator files win; otherwise a single node keeps its generated
+/// certificate in the data directory, and the nodes of a cluster share one generated
+/// certificate kept in the database (the first node makes it), so clients pin one
+/// fingerprint whichever node they reach.
+async fn cluster_tls<S: Store>(
+    config: &Config,
+    store: &S,
+) -> Result<(qrpc::tls::ServerTls, [u8; 32]), ServerError> {
+    if !config.cluster.is_clustered() || config.tls_cert.is_some() {
+        return crate::tls::load_or_create(config);
+    }
+    let names: Vec<&str> = config.tls_names.iter().map(String::as_str).collect();
+    let generated = qrpc::tls::SelfSigned::generate(&names)?;
+    // One value per name, whoever wrote it first; the pair is written in one go so that a
+    // certificate never meets another node's key.
+    let mut candidate = Zeroizing::new(Vec::new());
+    let cert_pem = generated.cert_pem();
+    candidate.extend_from_slice(&(cert_pem.len() as u32).to_be_bytes());
+    candidate.extend_from_slice(cert_pem.as_bytes());
+    candidate.extend_from_slice(generated.key_pem().as_bytes());
+    let stored = Zeroizing::new(
+        store
+            .init_secret("tls_self_signed".into(), candidate.to_vec())
+            .await?,
+    );
+    let corrupt = || ServerError::Corrupt("cluster TLS certificate");
+    let len = stored
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(corrupt)? as usize;
+    let (cert, key) = stored
+        .get(4..)
+        .filter(|rest| rest.len() >= len)
+        .map(|rest| rest.split_at(len))
+        .ok_or_else(corrupt)?;
+    let tls = qrpc::tls::ServerTls::from_pem(cert, key)?;
+    let fingerprint = tls.leaf().map(qrpc::tls::fingerprint).ok_or_else(corrupt)?;
+    Ok((tls, fingerprint))
+}
+
+async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<AnyStore>, ServerError> {
     config.validate()?;
     create_private_dir(&config.data_dir)?;
-    let (tls, fingerprint) = crate::tls::load_or_create(config)?;
-    // The database holds the OPAQUE server secret, the log's signing key and every password
-    // file: owner-only before SQLite first opens it (its -wal and -shm files copy the mode).
-    let db_path = config.data_dir.join("qpq.db");
-    qpq_core::files::private_file(&db_path).map_err(ServerError::io("creating", &db_path))?;
-    for suffix in ["-wal", "-shm"] {
-        let mut side = db_path.clone().into_os_string();
-        side.push(suffix);
-        qpq_core::files::tighten_if_exists(std::path::Path::new(&side))
-            .map_err(ServerError::io("protecting", &side))?;
-    }
-    let store = SqliteStore::open(&db_path, config.limits.db_pool_size).await?;
-    import_blob_files(&store, &config.data_dir.join("blobs")).await?;
+    let store = open_store(config).await?;
+    let (tls, fingerprint) = cluster_tls(config, &store).await?;
+    // Every node of a cluster, and every start of a node, derives its stateless-reset key
+    // from this one secret: a restarted node resets its predecessor's connections at once.
+    let reset_secret: [u8; 32] = store
+        .init_secret(
+            "stateless_reset".into(),
+            rand::random::<[u8; 32]>().to_vec(),
+        )
+        .await?
+        .as_slice()
+        .try_into()
+        .map_err(|_| ServerError::Corrupt("stateless-reset secret"))?;
+    let reset_secret = Zeroizing::new(reset_secret);
 
     let setup_bytes = Zeroizing::new(
         store
@@ -143,13 +235,35 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<SqliteStore>,
         });
     }
     let kt_public = kt_key.public();
+    let (bus, pokes) = match config.cluster.bus {
+        BusKind::Local => (ClusterBus::Local, None),
+        BusKind::Nats => {
+            let node = config
+                .cluster
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+            let url = config.cluster.nats_url.as_deref().unwrap_or_default();
+            let (bus, pokes) =
+                crate::bus::NatsBus::connect(url, &config.cluster.nats_prefix, &node).await?;
+            tracing::info!(node, "joined the cluster bus");
+            (ClusterBus::Nats(bus), Some(pokes))
+        }
+    };
     let mut log = MerkleLog::new();
     for leaf in store.kt_leaves().await? {
         log.append_hash(leaf);
     }
 
     let limits = config.limits.clone();
+    // This node's share of every rate limit: a client spreading its calls over all nodes
+    // gets no more than the configured rates in all.
+    let node_limits = limits.per_node(config.cluster.nodes);
     let builder = qrpc::Server::builder().tls(tls).configure(|c| {
+        c.stateless_reset_key(*reset_secret);
+        // A messenger's clients keep their connections alive (every 5 s, see the SDK): a
+        // connection silent for 15 s is gone.
+        c.idle_timeout(std::time::Duration::from_secs(15));
         c.max_payload(limits.max_payload_bytes);
         c.max_concurrent_streams(limits.max_concurrent_streams);
         c.segmentation_offload(limits.udp_segmentation_offload);
@@ -167,15 +281,26 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<SqliteStore>,
             kt_key,
         )
         .with_domain(config.domain.clone())
-        .with_clock(clock),
+        .with_clock(clock)
+        .with_limiters(crate::abuse::Limiters::new(&node_limits))
+        .with_bus(bus),
     );
+    if let Some(mut pokes) = pokes {
+        let weak = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            while let Some(poke) = pokes.recv().await {
+                let Some(state) = weak.upgrade() else { return };
+                state.apply_poke(poke);
+            }
+        });
+    }
     let api = Api::new(Arc::clone(&state));
     let server = builder
         // The caller's IP address is personal data: logged only when the operator asks.
         .layer(AuditLayer::tracing(config.log_peer_addresses))
         .layer(
             RateLimitLayer::builder()
-                .per_ip(quota_per_second(limits.calls_per_second_per_ip))
+                .per_ip(quota_per_second(node_limits.calls_per_second_per_ip))
                 .build(),
         )
         .layer(AuthLayer::new(
@@ -275,7 +400,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
 #[cfg(feature = "testing")]
 pub struct InProcess {
     /// The shared state (store, sessions, limiters).
-    pub state: Arc<AppState<SqliteStore>>,
+    pub state: Arc<AppState<AnyStore>>,
     service: tower::util::BoxCloneSyncService<
         qrpc::ServerRequest<qrpc::RequestBody>,
         qrpc::ServerResponse<qrpc::ResponseBody>,

@@ -117,6 +117,9 @@ pub struct ClientConfig {
     /// unreliable push channels as datagrams to clients that accept them, and on the push
     /// stream to clients that do not.
     pub(crate) datagrams: bool,
+    /// Other addresses of the same service (the other nodes of a cluster), tried in turn
+    /// after the builder's address when connecting and reconnecting (default none).
+    pub(crate) fallback_addresses: Vec<SocketAddr>,
 }
 
 impl ClientConfig {
@@ -141,6 +144,16 @@ impl ClientConfig {
     /// Idle timeout of the connection (default 30 s).
     pub fn idle_timeout(&mut self, value: Duration) -> &mut Self {
         self.idle_timeout = value;
+        self
+    }
+
+    /// Other addresses of the same service, such as the other nodes of a cluster behind one
+    /// certificate (default none). The first connection tries the builder's address, then
+    /// these in order; when a connection is lost, each reconnect attempt goes to the next
+    /// address after the one that was lost, round the list, so a client of a node that died
+    /// moves to another one on its first attempt.
+    pub fn fallback_addresses(&mut self, value: Vec<SocketAddr>) -> &mut Self {
+        self.fallback_addresses = value;
         self
     }
 
@@ -226,6 +239,7 @@ impl Default for ClientConfig {
             transport_profile: crate::TransportProfile::default(),
             zero_rtt: true,
             datagrams: true,
+            fallback_addresses: Vec::new(),
         }
     }
 }

@@ -237,7 +237,27 @@ impl Link {
         let local = config.local_addr.unwrap_or_else(|| default_local(addr));
         let endpoint = quinn::Endpoint::client(local).map_err(ClientError::Bind)?;
         let server_name = tls.server_name().to_owned();
-        let first = dial(&endpoint, &quic, addr, &server_name, &config).await?;
+        let addrs: Vec<SocketAddr> = std::iter::once(addr)
+            .chain(config.fallback_addresses.iter().copied())
+            .collect();
+        // The builder's address first, then the others in order.
+        let mut failure = None;
+        let mut first = None;
+        for (index, candidate) in addrs.iter().enumerate() {
+            match dial(&endpoint, &quic, *candidate, &server_name, &config).await {
+                Ok(live) => {
+                    first = Some((index, live));
+                    break;
+                }
+                Err(err) => {
+                    tracing::debug!(%err, addr = %candidate, "connect failed");
+                    failure = Some(err);
+                }
+            }
+        }
+        let Some((current, first)) = first else {
+            return Err(failure.unwrap_or(ClientError::Timeout));
+        };
 
         let (push_tx, push_rx) = mpsc::channel(config.push_buffer.max(1));
         spawn_push_readers(&first.conn, &push_tx, config.max_payload);
@@ -248,7 +268,8 @@ impl Link {
         let supervisor = Supervisor {
             endpoint: endpoint.clone(),
             quic,
-            addr,
+            addrs,
+            current,
             server_name,
             config: config.clone(),
             conn_tx,
@@ -395,7 +416,10 @@ async fn dial(
 struct Supervisor {
     endpoint: quinn::Endpoint,
     quic: quinn::ClientConfig,
-    addr: SocketAddr,
+    /// The service's addresses: the builder's first, then the fallbacks.
+    addrs: Vec<SocketAddr>,
+    /// Which of them the current (or last) connection went to.
+    current: usize,
     server_name: String,
     config: ClientConfig,
     conn_tx: watch::Sender<Option<Live>>,
@@ -406,7 +430,7 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    async fn run(self, mut current: Live) {
+    async fn run(mut self, mut current: Live) {
         let policy = self.config.reconnect.clone();
         let mut generation = 1;
         loop {
@@ -444,16 +468,22 @@ impl Supervisor {
                         return;
                     }
                 }
+                // Round the addresses, starting after the one that was lost.
+                let index =
+                    (self.current + usize::try_from(attempt).unwrap_or(0)) % self.addrs.len();
                 match dial(
                     &self.endpoint,
                     &self.quic,
-                    self.addr,
+                    self.addrs[index],
                     &self.server_name,
                     &self.config,
                 )
                 .await
                 {
-                    Ok(conn) => break conn,
+                    Ok(conn) => {
+                        self.current = index;
+                        break conn;
+                    }
                     Err(err) => {
                         tracing::debug!(%err, attempt, "reconnect failed");
                         backoff = (backoff * 2).min(policy.max_backoff);
