@@ -24,6 +24,7 @@ use crate::faults::CrashPoint;
 #[derive(Debug, Default)]
 pub struct QpqClientBuilder {
     pub(crate) server: Option<SocketAddr>,
+    pub(crate) fallback_servers: Vec<SocketAddr>,
     pub(crate) tls: Option<ClientTls>,
     pub(crate) data_dir: Option<PathBuf>,
     pub(crate) key: Option<StoreKey>,
@@ -53,6 +54,15 @@ impl QpqClientBuilder {
     /// The server's address.
     pub fn server(mut self, addr: SocketAddr) -> Self {
         self.server = Some(addr);
+        self
+    }
+
+    /// The other nodes of the server's cluster (same certificate, same accounts): when the
+    /// connection is lost, the client reconnects to the next address, so a node that dies
+    /// costs its clients a few seconds (the connection's idle timeout, 4 s, or less when the
+    /// node comes back and resets it), not the outage.
+    pub fn fallback_servers(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.fallback_servers = addrs.into_iter().collect();
         self
     }
 
@@ -129,6 +139,7 @@ impl QpqClientBuilder {
             inner: Arc::new(Inner {
                 store,
                 server,
+                fallback_servers: self.fallback_servers,
                 tls,
                 limits: self.limits,
                 rpc: tokio::sync::Mutex::new(None),

@@ -47,6 +47,8 @@ pub(crate) struct Keys {
 pub(crate) struct Inner {
     pub(crate) store: Box<dyn Store>,
     pub(crate) server: SocketAddr,
+    /// The other nodes of the server's cluster, tried in turn after `server`.
+    pub(crate) fallback_servers: Vec<SocketAddr>,
     pub(crate) tls: ClientTls,
     pub(crate) limits: ClientLimits,
     pub(crate) rpc: tokio::sync::Mutex<Option<qrpc::Client>>,
@@ -274,6 +276,39 @@ impl Inner {
     }
 }
 
+/// QUIC keep-alive interval of the client's connection.
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// A connection that hears nothing for this long is lost.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Reports [`ConnectionState::Offline`] the moment the connection is lost (a stateless reset
+/// from a restarted server, an idle timeout), before any call notices; the receive loop
+/// reports the way back.
+async fn watch_connection(inner: std::sync::Weak<Inner>, client: qrpc::Client) {
+    let mut state = client.state();
+    while state.changed().await.is_ok() {
+        let lost = match &*state.borrow_and_update() {
+            qrpc::ConnectionState::Reconnecting { .. } => Some("connection lost; reconnecting"),
+            qrpc::ConnectionState::Closed { .. } => Some("connection closed"),
+            _ => None,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        if let Some(lost) = lost
+            && !matches!(
+                *lock(&inner.connection),
+                ConnectionState::Offline { .. } | ConnectionState::SessionEnded { .. }
+            )
+        {
+            let reason = client
+                .disconnects()
+                .borrow()
+                .as_ref()
+                .map_or_else(|| lost.to_owned(), |d| format!("{lost} ({})", d.reason));
+            inner.set_connection(ConnectionState::Offline { reason });
+        }
+    }
+}
+
 impl Inner {
     /// The connection, made on first use; the qrpc client reconnects by itself afterwards.
     /// Its push events are forwarded for as long as the client lives.
@@ -285,12 +320,22 @@ impl Inner {
         let client = qrpc::Client::builder(self.server, self.tls.clone())
             .configure(|c| {
                 c.alpn(vec![ALPN.to_vec()]);
+                c.fallback_addresses(self.fallback_servers.clone());
+                // A messenger wants to know soon that its server is gone: a ping every
+                // second, and a connection silent for 4 s is lost (then the next node, or
+                // the same one once it is back, is tried at once and every second after).
+                c.keep_alive_interval(Some(KEEP_ALIVE));
+                c.idle_timeout(IDLE_TIMEOUT);
+                c.reconnect_mut()
+                    .initial_backoff(Duration::from_millis(100))
+                    .max_backoff(Duration::from_secs(1));
             })
             .connect()
             .await?;
         if let Some(push) = client.push_events() {
             tokio::spawn(forward_pushes(Arc::downgrade(self), push));
         }
+        tokio::spawn(watch_connection(Arc::downgrade(self), client.clone()));
         *rpc = Some(client.clone());
         Ok(client)
     }

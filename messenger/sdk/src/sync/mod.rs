@@ -283,7 +283,8 @@ pub(crate) async fn receive_loop(strong: Arc<Inner>) {
     let mut attempt = 0u32;
     loop {
         let limits = strong.limits.clone();
-        match receive_session(&strong).await {
+        let mut reached = false;
+        match receive_session(&strong, &mut reached).await {
             Ok(()) => return,
             Err(SdkError::Server(status)) if status.code() == Code::Unauthenticated => {
                 strong.set_connection(ConnectionState::SessionEnded {
@@ -297,6 +298,11 @@ pub(crate) async fn receive_loop(strong: Arc<Inner>) {
                 strong.set_connection(ConnectionState::Offline { reason });
                 if crashed {
                     return;
+                }
+                // A session that worked before it failed starts the backoff afresh: a
+                // server that went away once a day is retried at once, not every 10 s.
+                if reached {
+                    attempt = 0;
                 }
             }
         }
@@ -372,9 +378,11 @@ impl Drop for Prefetch {
     }
 }
 
-pub(crate) async fn receive_session(inner: &Arc<Inner>) -> SdkResult<()> {
+/// One session of the receive loop; `reached` is set once it is connected.
+pub(crate) async fn receive_session(inner: &Arc<Inner>, reached: &mut bool) -> SdkResult<()> {
     let rpc = inner.session().await?;
     let delivery = v1::delivery_client::DeliveryClient::new(rpc);
+    *reached = true;
     inner.set_connection(ConnectionState::CatchingUp);
     let mut caught_up = false;
     let mut resumed = false;
