@@ -29,6 +29,19 @@ struct Args {
     /// PEM private key (with --tls-cert).
     #[arg(long, env = "QPQ_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// PostgreSQL URL; with it the node uses PostgreSQL instead of SQLite
+    /// (cluster.store = "postgres").
+    #[arg(long, env = "QPQ_POSTGRES_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
+    /// NATS URL; with it the node joins the cluster bus (cluster.bus = "nats").
+    #[arg(long, env = "QPQ_NATS_URL")]
+    nats_url: Option<String>,
+    /// This node's name in the cluster (cluster.node_id).
+    #[arg(long, env = "QPQ_NODE_ID")]
+    node_id: Option<String>,
+    /// Log lines as `text` (default) or `json` (log_format).
+    #[arg(long, env = "QPQ_LOG_FORMAT")]
+    log_format: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -57,6 +70,23 @@ fn load(args: &Args) -> anyhow::Result<Config> {
         config.tls_cert = args.tls_cert.clone();
         config.tls_key = args.tls_key.clone();
     }
+    if let Some(url) = &args.postgres_url {
+        config.cluster.postgres_url = Some(url.clone());
+        config.cluster.store = qpq_server::config::StoreKind::Postgres;
+    }
+    if let Some(url) = &args.nats_url {
+        config.cluster.nats_url = Some(url.clone());
+        config.cluster.bus = qpq_server::config::BusKind::Nats;
+    }
+    if let Some(node) = &args.node_id {
+        config.cluster.node_id = Some(node.clone());
+    }
+    match args.log_format.as_deref() {
+        None => {}
+        Some("text") => config.log_format = qpq_server::config::LogFormat::Text,
+        Some("json") => config.log_format = qpq_server::config::LogFormat::Json,
+        Some(other) => anyhow::bail!("--log-format: text or json, not {other:?}"),
+    }
     config.validate()?;
     Ok(config)
 }
@@ -82,21 +112,39 @@ async fn shutdown_signal() {
     }
 }
 
+/// Logs to stderr: text (with colours only when stderr is a terminal, so log files get none)
+/// or one JSON object per line.
+fn init_logging(format: qpq_server::config::LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QPQ_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        qpq_server::config::LogFormat::Json => builder.json().init(),
+        qpq_server::config::LogFormat::Text => {
+            builder.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QPQ_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = load(&args)?;
+    init_logging(config.log_format);
     if args.print_config {
+        let mut shown = config.clone();
+        // The URL may carry a password.
+        shown.cluster.postgres_url = shown
+            .cluster
+            .postgres_url
+            .as_deref()
+            .map(qpq_server::bus::redact);
         print!(
             "{}",
-            toml::to_string_pretty(&config).context("formatting the configuration")?
+            toml::to_string_pretty(&shown).context("formatting the configuration")?
         );
         return Ok(());
     }

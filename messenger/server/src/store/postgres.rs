@@ -70,7 +70,9 @@ impl PostgresStore {
     /// a pool of at most `pool_size` connections, checks that the database answers, and runs
     /// pending migrations (one node at a time).
     pub async fn open(url: &str, pool_size: usize) -> StoreResult<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(pg)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(pg)?;
+        // The server's own notices ("relation already exists, skipping") are not news.
+        config.options("-c client_min_messages=warning");
         let manager = deadpool_postgres::Manager::from_config(
             config,
             tokio_postgres::NoTls,
