@@ -1,7 +1,11 @@
 //! The key-transparency log: appends with their store rows, inclusion and consistency
 //! proofs, and the signed head.
+//!
+//! The store holds the log (every node of a cluster appends to the same one, in one order);
+//! each node keeps a copy in memory for proofs and brings it up to date from the store
+//! before it answers. A signed head is kept in the store per log size, so every node (and
+//! every restart) serves the same head for a size.
 
-use qpq_core::identity::IdentityKey;
 use qpq_core::kt::{KeyBinding, MerkleLog, SignedTreeHead};
 use qpq_proto::v1;
 use qrpc::Status;
@@ -61,13 +65,10 @@ impl<S: Store> AppState<S> {
                 key_package_hash,
             )
             .await?;
-        let memory_index = kt.log.append_hash(leaf);
-        if memory_index != index {
-            tracing::error!(
-                index,
-                memory_index,
-                "key-transparency log out of step with the store"
-            );
+        // Other nodes may have appended before this leaf: bring the copy up to the store.
+        self.sync_log(&mut kt).await?;
+        if kt.log.leaf(index) != Some(leaf) {
+            tracing::error!(index, "key-transparency log out of step with the store");
             return Err(Status::internal("key-transparency log out of step"));
         }
         Ok((index, key_package_hash))
@@ -101,12 +102,13 @@ impl<S: Store> AppState<S> {
         key_package_hash: Vec<u8>,
     ) -> Result<v1::KtProof, Status> {
         let mut kt = self.kt.lock().await;
+        self.sync_log(&mut kt).await?;
         let size = kt.log.size();
         let proof = kt
             .log
             .inclusion_proof(index, size)
             .map_err(|_| Status::internal("key-transparency leaf missing"))?;
-        let head = Self::current_head(&mut kt, &self.kt_key, self.now_ms());
+        let head = self.current_head(&mut kt).await?;
         Ok(v1::KtProof {
             leaf_index: index,
             inclusion_proof: proof.encode().into(),
@@ -118,6 +120,7 @@ impl<S: Store> AppState<S> {
     /// The latest signed head and a consistency proof from `since_size` to it.
     pub async fn kt_head(&self, since_size: u64) -> Result<v1::KtHeadResponse, Status> {
         let mut kt = self.kt.lock().await;
+        self.sync_log(&mut kt).await?;
         let size = kt.log.size();
         let consistency = if since_size == 0 {
             Vec::new()
@@ -127,7 +130,7 @@ impl<S: Store> AppState<S> {
                 .map_err(|_| Status::out_of_range("since_size: larger than the log"))?
                 .encode()
         };
-        let head = Self::current_head(&mut kt, &self.kt_key, self.now_ms());
+        let head = self.current_head(&mut kt).await?;
         Ok(v1::KtHeadResponse {
             domain: self.domain.clone(),
             log_key: self.kt_key.public().to_bytes().to_vec().into(),
@@ -136,15 +139,34 @@ impl<S: Store> AppState<S> {
         })
     }
 
-    fn current_head(kt: &mut KtLog, key: &IdentityKey, now_ms: u64) -> SignedTreeHead {
-        let size = kt.log.size();
-        match &kt.head {
-            Some(head) if head.tree_size() == size => head.clone(),
-            _ => {
-                let head = kt.log.sign_head(key, now_ms);
-                kt.head = Some(head.clone());
-                head
-            }
+    /// Appends what the store holds beyond the memory copy (other nodes' appends).
+    async fn sync_log(&self, kt: &mut KtLog) -> Result<(), Status> {
+        for leaf in self.store.kt_leaves_from(kt.log.size()).await? {
+            kt.log.append_hash(leaf);
         }
+        Ok(())
+    }
+
+    /// The signed head of the log's current size: the one kept in the store for that size
+    /// (signed by whichever node got there first), or a new one, kept.
+    async fn current_head(&self, kt: &mut KtLog) -> Result<SignedTreeHead, Status> {
+        let size = kt.log.size();
+        if let Some(head) = &kt.head
+            && head.tree_size() == size
+        {
+            return Ok(head.clone());
+        }
+        let signed = kt.log.sign_head(&self.kt_key, self.now_ms());
+        let kept = self.store.init_kt_head(size, signed.encode()).await?;
+        let head = SignedTreeHead::decode(&kept)
+            .and_then(|h| h.verify(&self.kt_key.public()))
+            .ok()
+            .filter(|h| h.tree_size() == size && h.root() == &kt.log.root())
+            .ok_or_else(|| {
+                tracing::error!(size, "the kept signed tree head does not match the log");
+                Status::internal("key-transparency log out of step")
+            })?;
+        kt.head = Some(head.clone());
+        Ok(head)
     }
 }

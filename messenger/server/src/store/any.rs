@@ -66,6 +66,9 @@ delegate! {
     fn user_identities(&self, user: String) -> StoreResult<Vec<(String, Vec<u8>)>>;
     fn resolve_identity(&self, identity_key: Vec<u8>) -> StoreResult<Option<DeviceId>>;
     fn kt_leaves(&self) -> StoreResult<Vec<[u8; 32]>>;
+    fn kt_leaves_from(&self, start: u64) -> StoreResult<Vec<[u8; 32]>>;
+    fn kt_head(&self, tree_size: u64) -> StoreResult<Option<Vec<u8>>>;
+    fn init_kt_head(&self, tree_size: u64, head: Vec<u8>) -> StoreResult<Vec<u8>>;
     fn create_channel(&self, id: Vec<u8>, name: String, owner: String, members: Vec<String>, mls_group_id: Vec<u8>, now_ms: u64) -> StoreResult<()>;
     fn update_channel(&self, id: Vec<u8>, caller: String, add: Vec<String>, remove: Vec<String>, max_members: usize) -> StoreResult<Vec<String>>;
     fn answer_channel(&self, id: Vec<u8>, user: String, mls_group_id: Vec<u8>, accept: bool) -> StoreResult<Vec<String>>;

@@ -32,6 +32,7 @@ macro_rules! store_conformance {
                 blobs_respect_quota_and_record_progress,
                 endpoints_expire,
                 secrets_are_created_once,
+                signed_heads_are_kept_once_per_size,
                 concurrent_enqueues_get_distinct_dense_seqs,
                 concurrent_publishes_get_distinct_dense_leaves
             );
@@ -846,6 +847,25 @@ pub(crate) async fn secrets_are_created_once<S: Store>(s: &S) {
         vec![1, 2]
     );
     assert_eq!(s.secret("k".into()).await.unwrap(), Some(vec![1, 2]));
+}
+
+pub(crate) async fn signed_heads_are_kept_once_per_size<S: Store>(s: &S) {
+    assert_eq!(s.kt_head(3).await.unwrap(), None);
+    assert_eq!(s.init_kt_head(3, vec![1; 120]).await.unwrap(), vec![1; 120]);
+    // Another node (or a restart) signing the same size gets the head kept first.
+    assert_eq!(s.init_kt_head(3, vec![2; 120]).await.unwrap(), vec![1; 120]);
+    assert_eq!(s.kt_head(3).await.unwrap(), Some(vec![1; 120]));
+    assert_eq!(s.kt_head(4).await.unwrap(), None);
+    // Leaves from an index on.
+    for (n, user) in ["a", "b", "c"].iter().enumerate() {
+        let d = with_device(s, user, "d").await;
+        let n = u8::try_from(n).unwrap();
+        s.publish_bundle(d, vec![n], vec![n + 1; 32], None, [n; 32], [0; 32])
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.kt_leaves_from(1).await.unwrap(), vec![[1; 32], [2; 32]]);
+    assert!(s.kt_leaves_from(3).await.unwrap().is_empty());
 }
 
 pub(crate) async fn concurrent_enqueues_get_distinct_dense_seqs<S: Store + Clone>(s: &S) {

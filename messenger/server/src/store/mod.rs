@@ -436,6 +436,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Option<DeviceId>>> + Send;
     /// Every key-transparency leaf hash, in order (to rebuild the log at start).
     fn kt_leaves(&self) -> impl Future<Output = StoreResult<Vec<[u8; 32]>>> + Send;
+    /// The leaf hashes from index `start` on, in order (what other nodes appended since).
+    fn kt_leaves_from(&self, start: u64)
+    -> impl Future<Output = StoreResult<Vec<[u8; 32]>>> + Send;
+    /// The signed tree head kept for `tree_size`, encoded.
+    fn kt_head(&self, tree_size: u64) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+    /// Keeps `head` as the signed head of `tree_size` unless one is kept already; returns
+    /// the kept one (whichever node signed it first).
+    fn init_kt_head(
+        &self,
+        tree_size: u64,
+        head: Vec<u8>,
+    ) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
 
     /// Creates a channel whose first member is `owner`, with `members` invited.
     fn create_channel(

@@ -1029,6 +1029,53 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn kt_leaves_from(&self, start: u64) -> StoreResult<Vec<[u8; 32]>> {
+        let client = self.client().await?;
+        query(
+            &client,
+            "SELECT leaf_hash FROM kt_leaves WHERE idx >= $1 ORDER BY idx",
+            &[&i(start)],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            r.get::<_, Vec<u8>>(0)
+                .try_into()
+                .map_err(|_| StoreError::backend("corrupt key-transparency leaf"))
+        })
+        .collect()
+    }
+
+    async fn kt_head(&self, tree_size: u64) -> StoreResult<Option<Vec<u8>>> {
+        let client = self.client().await?;
+        Ok(query_opt(
+            &client,
+            "SELECT head FROM kt_heads WHERE tree_size = $1",
+            &[&i(tree_size)],
+        )
+        .await?
+        .map(|r| r.get(0)))
+    }
+
+    async fn init_kt_head(&self, tree_size: u64, head: Vec<u8>) -> StoreResult<Vec<u8>> {
+        let client = self.client().await?;
+        execute(
+            &client,
+            "INSERT INTO kt_heads (tree_size, head) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&i(tree_size), &head],
+        )
+        .await
+        .map_err(pg)?;
+        query_opt(
+            &client,
+            "SELECT head FROM kt_heads WHERE tree_size = $1",
+            &[&i(tree_size)],
+        )
+        .await?
+        .map(|r| r.get(0))
+        .ok_or_else(|| StoreError::backend("signed tree head vanished"))
+    }
+
     async fn create_channel(
         &self,
         id: Vec<u8>,

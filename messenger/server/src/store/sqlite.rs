@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V5__binding_key_package_hash.sql"),
     include_str!("../../migrations/V6__channel_consent.sql"),
     include_str!("../../migrations/V7__blob_chunks.sql"),
+    include_str!("../../migrations/V8__kt_heads.sql"),
 ];
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -857,6 +858,50 @@ impl Store for SqliteStore {
                     .map_err(|_| StoreError::backend("corrupt key-transparency leaf"))
             })
             .collect()
+        })
+        .await
+    }
+
+    async fn kt_leaves_from(&self, start: u64) -> StoreResult<Vec<[u8; 32]>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT leaf_hash FROM kt_leaves WHERE idx >= ?1 ORDER BY idx")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([i(start)], |r| r.get::<_, Vec<u8>>(0))
+                .map_err(backend)?;
+            rows.map(|row| {
+                row.map_err(backend)?
+                    .try_into()
+                    .map_err(|_| StoreError::backend("corrupt key-transparency leaf"))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn kt_head(&self, tree_size: u64) -> StoreResult<Option<Vec<u8>>> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT head FROM kt_heads WHERE tree_size = ?1")
+                .and_then(|mut st| st.query_row([i(tree_size)], |r| r.get(0)).optional())
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn init_kt_head(&self, tree_size: u64, head: Vec<u8>) -> StoreResult<Vec<u8>> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO kt_heads (tree_size, head) VALUES (?1, ?2)",
+                params![i(tree_size), head],
+            )
+            .map_err(backend)?;
+            tx.query_row(
+                "SELECT head FROM kt_heads WHERE tree_size = ?1",
+                [i(tree_size)],
+                |r| r.get(0),
+            )
+            .map_err(backend)
         })
         .await
     }
