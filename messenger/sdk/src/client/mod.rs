@@ -276,6 +276,10 @@ impl Inner {
     }
 }
 
+/// Close codes with which the server ends a session (`device_revoked`, `expired`,
+/// `logged_out`; docs/security-model.md).
+const SESSION_END_CODES: [u64; 3] = [0x101, 0x102, 0x103];
+
 /// QUIC keep-alive interval of the client's connection.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// A connection that hears nothing for this long is lost.
@@ -293,15 +297,24 @@ async fn watch_connection(inner: std::sync::Weak<Inner>, client: qrpc::Client) {
             _ => None,
         };
         let Some(inner) = inner.upgrade() else { return };
-        if let Some(lost) = lost
-            && !matches!(
-                *lock(&inner.connection),
-                ConnectionState::Offline { .. } | ConnectionState::SessionEnded { .. }
-            )
+        let Some(lost) = lost else { continue };
+        let disconnect = client.disconnects().borrow().clone();
+        // The server ended the session (docs/security-model.md, close codes): revoked,
+        // expired or logged out elsewhere. No reconnect brings it back.
+        if let Some(d) = &disconnect
+            && d.application_code
+                .is_some_and(|c| SESSION_END_CODES.contains(&c))
         {
-            let reason = client
-                .disconnects()
-                .borrow()
+            inner.set_connection(ConnectionState::SessionEnded {
+                reason: d.reason.clone(),
+            });
+            continue;
+        }
+        if !matches!(
+            *lock(&inner.connection),
+            ConnectionState::Offline { .. } | ConnectionState::SessionEnded { .. }
+        ) {
+            let reason = disconnect
                 .as_ref()
                 .map_or_else(|| lost.to_owned(), |d| format!("{lost} ({})", d.reason));
             inner.set_connection(ConnectionState::Offline { reason });

@@ -287,9 +287,16 @@ pub(crate) async fn receive_loop(strong: Arc<Inner>) {
         match receive_session(&strong, &mut reached).await {
             Ok(()) => return,
             Err(SdkError::Server(status)) if status.code() == Code::Unauthenticated => {
-                strong.set_connection(ConnectionState::SessionEnded {
-                    reason: status.message().to_owned(),
-                });
+                // The close code may have said why already (revoked, logged out elsewhere):
+                // that reason stays.
+                if !matches!(
+                    *crate::client::lock(&strong.connection),
+                    ConnectionState::SessionEnded { .. }
+                ) {
+                    strong.set_connection(ConnectionState::SessionEnded {
+                        reason: status.message().to_owned(),
+                    });
+                }
                 return;
             }
             Err(e) => {

@@ -1,0 +1,296 @@
+//! Several `qpq-server` processes on one PostgreSQL database and one NATS subject, driven by
+//! SDK clients as users drive them. Needs `QPQ_TEST_POSTGRES_URL` and `QPQ_TEST_NATS_URL`
+//! (`.ci/run` sets both); without them each test says it is skipped.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qpq_sdk::{ClientEvent, ClientLimits, ConnectionState, InvitationPolicy, QpqClient};
+use qpq_server::store::TestDatabase;
+use tokio::sync::broadcast;
+
+/// One node: a `qpq-server` process of this crate's build.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    fingerprint: [u8; 32],
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The cluster's shared services: a fresh database and a NATS subject prefix of its own.
+struct Services {
+    db: TestDatabase,
+    nats: String,
+    prefix: String,
+}
+
+async fn services() -> Option<Services> {
+    let Ok(nats) = std::env::var("QPQ_TEST_NATS_URL") else {
+        eprintln!("QPQ_TEST_NATS_URL is unset: skipping a cluster test");
+        return None;
+    };
+    let db = TestDatabase::create().await?;
+    Some(Services {
+        db,
+        nats,
+        prefix: format!("qpqtest{:08x}", rand::random::<u32>()),
+    })
+}
+
+fn free_udp_port() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts node `name` on `addr` and waits for it to listen.
+fn start_node(s: &Services, name: &str, addr: SocketAddr) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("qpq-server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nnats_prefix = \"{}\"\nnodes = 2\n[limits]\njanitor_interval_secs = 3600\n",
+            s.prefix
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qpq-server"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--postgres-url")
+        .arg(&s.db.url)
+        .arg("--nats-url")
+        .arg(&s.nats)
+        .arg("--node-id")
+        .arg(name)
+        .env("QPQ_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut listening = None;
+    let mut fingerprint = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("qpq-server listening on ") {
+            listening = Some(a.parse().unwrap());
+        }
+        if let Some(f) = line.strip_prefix("certificate sha256: ") {
+            fingerprint = Some(qrpc::tls::parse_fingerprint(f).unwrap());
+        }
+        if listening.is_some() && fingerprint.is_some() {
+            break;
+        }
+    }
+    // The rest of its output is read (and dropped) for as long as it runs.
+    std::thread::spawn(move || lines.for_each(drop));
+    Node {
+        child,
+        addr: listening.expect("the node did not start"),
+        fingerprint: fingerprint.unwrap(),
+        _dir: dir,
+    }
+}
+
+fn client(node: &Node, fallback: &[&Node], dir: &std::path::Path) -> QpqClient {
+    QpqClient::builder()
+        .server(node.addr)
+        .fallback_servers(fallback.iter().map(|n| n.addr))
+        .pin(node.fingerprint)
+        .data_dir(dir)
+        .raw_key([5; 32])
+        .invitations(InvitationPolicy::FromAnyone)
+        .limits({
+            let mut l = ClientLimits::default();
+            l.initial_backoff = Duration::from_millis(50);
+            l.max_backoff = Duration::from_millis(300);
+            l.key_packages = 3;
+            l
+        })
+        .build()
+        .unwrap()
+}
+
+async fn next<T>(
+    events: &mut broadcast::Receiver<ClientEvent>,
+    within: Duration,
+    mut pick: impl FnMut(ClientEvent) -> Option<T>,
+) -> T {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Some(t) = pick(e) {
+                        return t;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(within, wait)
+        .await
+        .expect("no such event in time")
+}
+
+async fn received(events: &mut broadcast::Receiver<ClientEvent>, body: &str) {
+    next(events, Duration::from_secs(20), |e| match e {
+        ClientEvent::MessageReceived(m) if m.body == body => Some(()),
+        _ => None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_serve_one_messenger_and_survive_a_killed_node() {
+    let Some(s) = services().await else { return };
+    let node1 = start_node(&s, "n1", free_udp_port());
+    let node2 = start_node(&s, "n2", free_udp_port());
+    // One certificate for the cluster: clients pin one fingerprint whichever node they reach.
+    assert_eq!(node1.fingerprint, node2.fingerprint);
+
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let alice = client(&node1, &[&node2], dirs[0].path());
+    alice.register("alice", "pw").await.unwrap();
+    alice.login("alice", "laptop", "pw").await.unwrap();
+    let bob = client(&node2, &[&node1], dirs[1].path());
+    let mut bob_events = bob.subscribe();
+    bob.register("bob", "pw").await.unwrap();
+    bob.login("bob", "phone", "pw").await.unwrap();
+    let carol = client(&node1, &[&node2], dirs[2].path());
+    carol.register("carol", "pw").await.unwrap();
+    carol.login("carol", "pc", "pw").await.unwrap();
+
+    // A DM and a group message from node 1 reach Bob on node 2 by push.
+    let dm = alice.create_dm("bob").await.unwrap();
+    next(&mut bob_events, Duration::from_secs(20), |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
+    alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("hello across nodes", None)
+        .unwrap();
+    received(&mut bob_events, "hello across nodes").await;
+    let group = alice.create_group("team", &["bob", "carol"]).await.unwrap();
+    next(&mut bob_events, Duration::from_secs(20), |e| match e {
+        ClientEvent::ConversationCreated(c) if c.id == group.id => Some(()),
+        _ => None,
+    })
+    .await;
+    alice
+        .conversation(&group.id)
+        .unwrap()
+        .send_text("to the team", None)
+        .unwrap();
+    received(&mut bob_events, "to the team").await;
+
+    // Node 2 is killed during traffic: Bob fails over to node 1, and every message Alice had
+    // acknowledged arrives exactly once.
+    let dm_alice = alice.conversation(&dm.id).unwrap();
+    let before: Vec<String> = (0..5).map(|i| format!("before {i}")).collect();
+    for text in &before {
+        dm_alice.send_text(text, None).unwrap();
+    }
+    drop(node2);
+    let lost_at = Instant::now();
+    next(&mut bob_events, Duration::from_secs(10), |e| {
+        matches!(
+            e,
+            ClientEvent::ConnectionStateChanged(ConnectionState::Offline { .. })
+        )
+        .then_some(())
+    })
+    .await;
+    let after: Vec<String> = (0..5).map(|i| format!("after {i}")).collect();
+    for text in &after {
+        dm_alice.send_text(text, None).unwrap();
+    }
+    let mut seen = Vec::new();
+    next(&mut bob_events, Duration::from_secs(30), |e| {
+        if let ClientEvent::MessageReceived(m) = e
+            && !m.outgoing
+        {
+            seen.push(m.body);
+        }
+        seen.iter().any(|b| b == "after 4").then_some(())
+    })
+    .await;
+    let failed_over = lost_at.elapsed();
+    assert!(
+        failed_over < Duration::from_secs(10),
+        "failover took {failed_over:?}"
+    );
+    let stored: Vec<String> = bob
+        .conversation(&dm.id)
+        .unwrap()
+        .messages(100)
+        .unwrap()
+        .into_iter()
+        .filter(|m| !m.outgoing)
+        .map(|m| m.body)
+        .collect();
+    for text in before.iter().chain(&after) {
+        assert_eq!(
+            stored.iter().filter(|b| *b == text).count(),
+            1,
+            "{text} stored once: {stored:?}"
+        );
+    }
+    for c in [alice, bob, carol] {
+        c.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_revoked_through_one_node_is_cut_off_on_the_other() {
+    let Some(s) = services().await else { return };
+    let node1 = start_node(&s, "n1", free_udp_port());
+    let node2 = start_node(&s, "n2", free_udp_port());
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let phone = client(&node2, &[], dirs[0].path());
+    let mut phone_events = phone.subscribe();
+    phone.register("bob", "pw").await.unwrap();
+    phone.login("bob", "phone", "pw").await.unwrap();
+    phone.link_device("laptop", "laptop").await.unwrap();
+    let laptop = client(&node1, &[], dirs[1].path());
+    laptop.login("bob", "laptop", "pw").await.unwrap();
+
+    let revoked_at = Instant::now();
+    laptop.revoke_device("phone").await.unwrap();
+    let reason = next(&mut phone_events, Duration::from_secs(5), |e| match e {
+        ClientEvent::ConnectionStateChanged(ConnectionState::SessionEnded { reason }) => {
+            Some(reason)
+        }
+        _ => None,
+    })
+    .await;
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(1),
+        "the phone on node 2 learnt of its revocation after {:?}",
+        revoked_at.elapsed()
+    );
+    assert!(reason.contains("device_revoked"), "{reason}");
+    laptop.close().await;
+    phone.close().await;
+}
