@@ -84,6 +84,18 @@ fn start_node(s: &Services, name: &str, addr: SocketAddr) -> Node {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let (addr, fingerprint) = read_banner(&mut child);
+    Node {
+        child,
+        addr,
+        fingerprint,
+        _dir: dir,
+    }
+}
+
+/// The address and certificate fingerprint a starting node prints; the rest of its output
+/// is read (and dropped) for as long as it runs.
+fn read_banner(child: &mut Child) -> (SocketAddr, [u8; 32]) {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let mut listening = None;
@@ -100,14 +112,11 @@ fn start_node(s: &Services, name: &str, addr: SocketAddr) -> Node {
             break;
         }
     }
-    // The rest of its output is read (and dropped) for as long as it runs.
     std::thread::spawn(move || lines.for_each(drop));
-    Node {
-        child,
-        addr: listening.expect("the node did not start"),
-        fingerprint: fingerprint.unwrap(),
-        _dir: dir,
-    }
+    (
+        listening.expect("the node did not start"),
+        fingerprint.expect("the node printed no fingerprint"),
+    )
 }
 
 fn client(node: &Node, fallback: &[&Node], dir: &std::path::Path) -> QpqClient {
@@ -293,4 +302,79 @@ async fn a_device_revoked_through_one_node_is_cut_off_on_the_other() {
     assert!(reason.contains("device_revoked"), "{reason}");
     laptop.close().await;
     phone.close().await;
+}
+
+/// A single node on SQLite (no service needed), started as a process.
+fn start_sqlite_node(dir: &std::path::Path, addr: SocketAddr) -> Node {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qpq-server"))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .env("QPQ_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (addr, fingerprint) = read_banner(&mut child);
+    Node {
+        child,
+        addr,
+        fingerprint,
+        _dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_restarted_on_its_address_is_back_for_its_clients_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let addr = free_udp_port();
+    let node = start_sqlite_node(data.path(), addr);
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let alice = client(&node, &[], dirs[0].path());
+    let mut alice_events = alice.subscribe();
+    alice.register("alice", "pw").await.unwrap();
+    alice.login("alice", "laptop", "pw").await.unwrap();
+    let bob = client(&node, &[], dirs[1].path());
+    let mut bob_events = bob.subscribe();
+    bob.register("bob", "pw").await.unwrap();
+    bob.login("bob", "phone", "pw").await.unwrap();
+    let dm = alice.create_dm("bob").await.unwrap();
+    received_created(&mut bob_events).await;
+
+    // kill -9: the process says nothing to its clients. Alice writes during the outage (the
+    // outbox keeps it), and the server is back on its address at once: its clients' next
+    // packets get stateless resets (the secret survives in the database), so they reconnect
+    // now, not at their idle timeout.
+    drop(node);
+    alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("written during the outage", None)
+        .unwrap();
+    let node = start_sqlite_node(data.path(), addr);
+    let restarted = Instant::now();
+    let mut offline = false;
+    next(&mut alice_events, Duration::from_secs(10), |e| match e {
+        ClientEvent::ConnectionStateChanged(ConnectionState::Offline { .. }) => {
+            offline = true;
+            None
+        }
+        ClientEvent::ConnectionStateChanged(ConnectionState::Connected) if offline => Some(()),
+        _ => None,
+    })
+    .await;
+    let back = restarted.elapsed();
+    assert!(back < Duration::from_secs(2), "reconnected {back:?} after the restart");
+    received(&mut bob_events, "written during the outage").await;
+    alice.close().await;
+    bob.close().await;
+    drop(node);
+}
+
+async fn received_created(events: &mut broadcast::Receiver<ClientEvent>) {
+    next(events, Duration::from_secs(20), |e| {
+        matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
+    })
+    .await;
 }
