@@ -61,7 +61,7 @@ fn start_node(s: &Services, name: &str, addr: SocketAddr) -> Node {
     std::fs::write(
         &config,
         format!(
-            "[cluster]\nnats_prefix = \"{}\"\nnodes = 2\n[limits]\njanitor_interval_secs = 3600\n",
+            "[cluster]\nnats_prefix = \"{}\"\nnodes = 2\n[limits]\njanitor_interval_secs = 3600\nlogins_per_minute_per_ip = 100000\n",
             s.prefix
         ),
     )
@@ -365,7 +365,10 @@ async fn a_killed_node_restarted_on_its_address_is_back_for_its_clients_at_once(
     })
     .await;
     let back = restarted.elapsed();
-    assert!(back < Duration::from_secs(2), "reconnected {back:?} after the restart");
+    assert!(
+        back < Duration::from_secs(2),
+        "reconnected {back:?} after the restart"
+    );
     received(&mut bob_events, "written during the outage").await;
     alice.close().await;
     bob.close().await;
@@ -377,4 +380,69 @@ async fn received_created(events: &mut broadcast::Receiver<ClientEvent>) {
         matches!(e, ClientEvent::ConversationCreated(_)).then_some(())
     })
     .await;
+}
+
+/// Logs in on `node` with the generated clients alone and asks for the log's head.
+async fn head_from(node: &Node, user: &str) -> Vec<u8> {
+    let client = qrpc::Client::builder(node.addr, qrpc::tls::ClientTls::pinned(node.fingerprint))
+        .configure(|c| {
+            c.alpn(vec![b"qpq/1".to_vec()]);
+        })
+        .connect()
+        .await
+        .unwrap();
+    qpq_proto::auth_flows::register(&client, user, "pw")
+        .await
+        .unwrap();
+    qpq_proto::auth_flows::login(&client, user, "d", "pw")
+        .await
+        .unwrap();
+    qpq_proto::v1::keys_client::KeysClient::new(client)
+        .kt_head(&qpq_proto::v1::KtHeadRequest { since_size: 0 })
+        .await
+        .unwrap()
+        .tree_head
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_publishes_on_both_nodes_make_one_log_with_one_head() {
+    let Some(s) = services().await else { return };
+    let node1 = start_node(&s, "n1", free_udp_port());
+    let node2 = start_node(&s, "n2", free_udp_port());
+    const USERS: usize = 24;
+    let dirs: Vec<_> = (0..USERS).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Every user's first login publishes its keys: half through each node, all at once.
+    let clients: Vec<QpqClient> =
+        futures::future::join_all(dirs.iter().enumerate().map(|(i, dir)| {
+            let node = if i % 2 == 0 { &node1 } else { &node2 };
+            let c = client(node, &[], dir.path());
+            async move {
+                c.register(&format!("u{i}"), "pw").await.unwrap();
+                c.login(&format!("u{i}"), "d", "pw").await.unwrap();
+                c
+            }
+        }))
+        .await;
+    // Both nodes serve the very same signed head (not two heads of one size).
+    let (one, two) = (
+        head_from(&node1, "observer1").await,
+        head_from(&node2, "observer2").await,
+    );
+    assert_eq!(one, two, "the nodes serve different heads");
+    // Every key answer's inclusion proof checks out against that log: the first user builds
+    // a group of all the others (half of their keys come from the other node's appends).
+    let mut events = clients[0].subscribe();
+    let others: Vec<String> = (1..USERS).map(|i| format!("u{i}")).collect();
+    let refs: Vec<&str> = others.iter().map(String::as_str).collect();
+    clients[0].create_group("all", &refs).await.unwrap();
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, ClientEvent::KeyTransparencyAlarm { .. }),
+            "{event:?}"
+        );
+    }
+    for c in clients {
+        c.close().await;
+    }
 }
