@@ -55,8 +55,10 @@ impl ClusterBus {
 #[derive(Debug)]
 pub struct NatsBus {
     client: async_nats::Client,
-    subject: String,
     node: String,
+    /// Pokes waiting for the publisher task: a handler never waits on NATS (while NATS is
+    /// away, the newest pokes beyond this queue are dropped).
+    outbox: mpsc::Sender<bytes::Bytes>,
     /// Pokes published.
     pub sent: AtomicU64,
     /// Pokes that could not be published (NATS unreachable, buffer full).
@@ -88,7 +90,7 @@ impl NatsBus {
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Disconnected => {
-                        tracing::warn!("lost the cluster bus (NATS); serving on, pokes wait")
+                        tracing::warn!("lost the cluster bus (NATS); serving on: clients still get everything on their next fetch, pushes resume when it returns")
                     }
                     async_nats::Event::Connected => tracing::info!("cluster bus (NATS) connected"),
                     other => tracing::debug!(event = %other, "cluster bus event"),
@@ -133,13 +135,30 @@ impl NatsBus {
                 }
             }
         });
+        let (outbox, mut queued) = mpsc::channel::<bytes::Bytes>(INBOX);
         let bus = Arc::new(Self {
-            client,
-            subject,
+            client: client.clone(),
             node: node.to_owned(),
+            outbox,
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             received,
+        });
+        let counters = Arc::downgrade(&bus);
+        tokio::spawn(async move {
+            while let Some(payload) = queued.recv().await {
+                let result = client.publish(subject.clone(), payload).await;
+                let Some(bus) = counters.upgrade() else {
+                    return;
+                };
+                match result {
+                    Ok(()) => bus.sent.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a cluster poke was not sent");
+                        bus.dropped.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
         });
         Ok((bus, rx))
     }
@@ -149,18 +168,12 @@ impl NatsBus {
             origin: self.node.clone(),
             poke: Some(poke),
         };
-        match self
-            .client
-            .publish(self.subject.clone(), message.encode_to_vec().into())
-            .await
+        if self
+            .outbox
+            .try_send(message.encode_to_vec().into())
+            .is_err()
         {
-            Ok(()) => {
-                self.sent.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "a cluster poke was not sent");
-            }
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -213,6 +213,14 @@ async fn two_nodes_serve_one_messenger_and_survive_a_killed_node() {
         .send_text("to the team", None)
         .unwrap();
     received(&mut bob_events, "to the team").await;
+    // Pushes cross nodes: typing travels by push alone, from Bob on node 2 to Alice on 1.
+    let mut alice_events = alice.subscribe();
+    bob.conversation(&dm.id).unwrap().typing().await.unwrap();
+    next(&mut alice_events, Duration::from_secs(10), |e| match e {
+        ClientEvent::Typing { user, .. } if user == "bob" => Some(()),
+        _ => None,
+    })
+    .await;
 
     // Node 2 is killed during traffic: Bob fails over to node 1, and every message Alice had
     // acknowledged arrives exactly once.
@@ -445,4 +453,85 @@ async fn key_publishes_on_both_nodes_make_one_log_with_one_head() {
     for c in clients {
         c.close().await;
     }
+}
+
+/// A NATS server of the test's own (the machine's `nats-server`), on `port`.
+fn start_nats(port: u16) -> Child {
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server is not installed (.ci/services installs it)");
+    // Ready once it accepts connections.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        std::thread::yield_now();
+    }
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_keep_delivering_without_nats_and_push_again_when_it_returns() {
+    let Some(mut s) = services().await else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut nats = start_nats(port);
+    s.nats = format!("nats://127.0.0.1:{port}");
+    let node1 = start_node(&s, "n1", free_udp_port());
+    let node2 = start_node(&s, "n2", free_udp_port());
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let alice = client(&node1, &[], dirs[0].path());
+    alice.register("alice", "pw").await.unwrap();
+    alice.login("alice", "laptop", "pw").await.unwrap();
+    let bob = client(&node2, &[], dirs[1].path());
+    let mut bob_events = bob.subscribe();
+    bob.register("bob", "pw").await.unwrap();
+    bob.login("bob", "phone", "pw").await.unwrap();
+    let dm = alice.create_dm("bob").await.unwrap();
+    received_created(&mut bob_events).await;
+    let dm = alice.conversation(&dm.id).unwrap();
+
+    // NATS goes away: no pokes, but node 2 still delivers on Bob's next fetch (his 20 s
+    // long poll ends, and the database has the message).
+    let _ = nats.kill();
+    let _ = nats.wait();
+    dm.send_text("while the bus is down", None).unwrap();
+    next(&mut bob_events, Duration::from_secs(40), |e| match e {
+        ClientEvent::MessageReceived(m) if m.body == "while the bus is down" => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // NATS comes back on its address: the nodes reconnect and pushes flow again. Typing
+    // notifications travel by push alone (no fetch brings them): one from Alice on node 1
+    // reaching Bob on node 2 went over the bus.
+    let mut nats = start_nats(port);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "pushes did not resume");
+        // Refused now and then by the typing rate limit: the next round tries again.
+        let _ = dm.typing().await;
+        let pushed = tokio::time::timeout(
+            Duration::from_secs(2),
+            next(&mut bob_events, Duration::from_secs(60), |e| match e {
+                ClientEvent::Typing { user, .. } if user == "alice" => Some(()),
+                _ => None,
+            }),
+        )
+        .await;
+        if pushed.is_ok() {
+            break;
+        }
+    }
+    alice.close().await;
+    bob.close().await;
+    let _ = nats.kill();
+    let _ = nats.wait();
 }
