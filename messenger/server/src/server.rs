@@ -406,6 +406,8 @@ pub struct InProcess {
         qrpc::ServerResponse<qrpc::ResponseBody>,
         tower::BoxError,
     >,
+    /// Whatever must outlive the server (a test database): last, so dropped after it.
+    keep: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 #[cfg(feature = "testing")]
@@ -426,8 +428,15 @@ impl InProcess {
             .map_err(|e| ServerError::Router(e.to_string()))?;
         Ok(Self {
             state: prepared.state,
+            keep: None,
             service: tower::util::BoxCloneSyncService::new(service),
         })
+    }
+
+    /// Keeps `guard` (a test database, say) until the server is dropped, and drops it after.
+    pub fn keeping(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.keep = Some(Box::new(guard));
+        self
     }
 
     /// A fresh, unauthenticated connection from `remote` (not backed by QUIC).

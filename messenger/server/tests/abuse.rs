@@ -310,7 +310,7 @@ async fn a_revoked_device_loses_its_connection_and_its_id_for_good() {
 #[tokio::test]
 async fn revocation_drops_push_registration_and_stops_calls_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let server = InProcess::new(config(dir.path())).await.unwrap();
+    let server = common::in_process(config(dir.path())).await;
     let store = server.state.store();
     store.create_user("bob".into(), vec![1], 0).await.unwrap();
     let laptop = DeviceId::new("bob", "laptop");
@@ -642,7 +642,7 @@ async fn in_process_with(users: &[(&str, &str)]) -> (tempfile::TempDir, InProces
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.limits.max_fetch_waits_per_connection = 2;
-    let server = InProcess::new(c).await.unwrap();
+    let server = common::in_process(c).await;
     for (user, device) in users {
         let _ = server
             .state

@@ -556,7 +556,7 @@ async fn authorization_matrix() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.limits.calls_per_second_per_ip = 100_000;
-    let server = InProcess::new(c).await.unwrap();
+    let server = common::in_process(c).await;
     device(&server, "bob", "phone").await;
     device(&server, "bob", "laptop").await;
     device(&server, "bob", "tab").await;
@@ -684,7 +684,7 @@ async fn channel_membership_states() {
             let dir = tempfile::tempdir().unwrap();
             let mut c = config(dir.path());
             c.limits.calls_per_second_per_ip = 100_000;
-            let server = InProcess::new(c).await.unwrap();
+            let server = common::in_process(c).await;
             device(&server, "bob", "phone").await;
             device(&server, "mallory", "pc").await;
             device(&server, "carol", "pc").await;
@@ -802,7 +802,7 @@ async fn channel_membership_states() {
 #[tokio::test]
 async fn a_revocation_completes_when_the_revoking_call_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let server = InProcess::new(config(dir.path())).await.unwrap();
+    let server = common::in_process(config(dir.path())).await;
     device(&server, "bob", "phone").await;
     device(&server, "bob", "laptop").await;
     let bind = |device: &str, port: u16| {

@@ -8,6 +8,21 @@ use qrpc::tls::ClientTls;
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub server: RunningServer,
+    /// The PostgreSQL database under `QPQ_TEST_SERVER_STORE=postgres`, dropped last.
+    pub db: Option<qpq_server::store::TestDatabase>,
+}
+
+/// A fresh PostgreSQL database for the server when `QPQ_TEST_SERVER_STORE=postgres`.
+async fn postgres_for(config: &mut Config) -> Option<qpq_server::store::TestDatabase> {
+    if std::env::var("QPQ_TEST_SERVER_STORE").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let db = qpq_server::store::TestDatabase::create()
+        .await
+        .expect("QPQ_TEST_SERVER_STORE=postgres needs QPQ_TEST_POSTGRES_URL");
+    config.cluster.store = qpq_server::config::StoreKind::Postgres;
+    config.cluster.postgres_url = Some(db.url.clone());
+    Some(db)
 }
 
 pub fn config(dir: &std::path::Path) -> Config {
@@ -15,6 +30,19 @@ pub fn config(dir: &std::path::Path) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
         ..Default::default()
+    }
+}
+
+/// The whole call path without a socket, on SQLite, or on a fresh PostgreSQL database when
+/// `QPQ_TEST_SERVER_STORE=postgres` (`.ci/run` runs the authorization and abuse tests both
+/// ways).
+#[allow(dead_code)]
+pub async fn in_process(mut config: Config) -> qpq_server::InProcess {
+    let db = postgres_for(&mut config).await;
+    let server = qpq_server::InProcess::new(config).await.unwrap();
+    match db {
+        Some(db) => server.keeping(db),
+        None => server,
     }
 }
 
@@ -27,8 +55,9 @@ pub async fn start_with_clock(f: impl FnOnce(&mut Config), clock: qpq_server::Cl
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     f(&mut c);
+    let db = postgres_for(&mut c).await;
     let server = qpq_server::start_with_clock(c, clock).await.unwrap();
-    Harness { dir, server }
+    Harness { dir, server, db }
 }
 
 pub async fn connect_to(addr: std::net::SocketAddr, fingerprint: [u8; 32]) -> qrpc::Client {
