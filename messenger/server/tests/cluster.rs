@@ -56,12 +56,17 @@ fn free_udp_port() -> SocketAddr {
 
 /// Starts node `name` on `addr` and waits for it to listen.
 fn start_node(s: &Services, name: &str, addr: SocketAddr) -> Node {
+    start_node_with(s, name, addr, "")
+}
+
+/// [`start_node`] with more `[limits]` lines.
+fn start_node_with(s: &Services, name: &str, addr: SocketAddr, limits: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("qpq-server.toml");
     std::fs::write(
         &config,
         format!(
-            "[cluster]\nnats_prefix = \"{}\"\nnodes = 2\n[limits]\njanitor_interval_secs = 3600\nlogins_per_minute_per_ip = 100000\n",
+            "[cluster]\nnats_prefix = \"{}\"\nnodes = 2\n[limits]\njanitor_interval_secs = 3600\nlogins_per_minute_per_ip = 100000\n{limits}",
             s.prefix
         ),
     )
@@ -534,4 +539,55 @@ async fn nodes_keep_delivering_without_nats_and_push_again_when_it_returns() {
     bob.close().await;
     let _ = nats.kill();
     let _ = nats.wait();
+}
+
+/// A logged-in connection to `node` with the generated clients alone.
+async fn raw_login(node: &Node, user: &str, device: &str, register: bool) -> qrpc::Client {
+    let client = qrpc::Client::builder(node.addr, qrpc::tls::ClientTls::pinned(node.fingerprint))
+        .configure(|c| {
+            c.alpn(vec![b"qpq/1".to_vec()]);
+        })
+        .connect()
+        .await
+        .unwrap();
+    if register {
+        qpq_proto::auth_flows::register(&client, user, "pw")
+            .await
+            .unwrap();
+    }
+    qpq_proto::auth_flows::login(&client, user, device, "pw")
+        .await
+        .unwrap();
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_spreading_calls_over_nodes_gets_no_more_than_its_limit() {
+    let Some(s) = services().await else { return };
+    // 10 write calls per second per user for the cluster: 5 on each of the 2 nodes.
+    let limits = "writes_per_second_per_user = 10\n";
+    let node1 = start_node_with(&s, "n1", free_udp_port(), limits);
+    let node2 = start_node_with(&s, "n2", free_udp_port(), limits);
+    let on1 = raw_login(&node1, "eve", "a", true).await;
+    let on2 = raw_login(&node2, "eve", "a", false).await;
+    let clients = [
+        qpq_proto::v1::delivery_client::DeliveryClient::new(on1),
+        qpq_proto::v1::delivery_client::DeliveryClient::new(on2),
+    ];
+    let started = Instant::now();
+    let mut accepted = 0u32;
+    for i in 0..40 {
+        let ack = qpq_proto::v1::AckRequest { up_to_seq: 0 };
+        match clients[i % 2].ack(&ack).await {
+            Ok(_) => accepted += 1,
+            Err(status) => assert_eq!(status.code(), qrpc::Code::ResourceExhausted, "{status}"),
+        }
+    }
+    // The burst (10) and what refilled meanwhile (10 a second), at most.
+    let allowed = 10 + (started.elapsed().as_secs_f64() * 10.0).ceil() as u32;
+    assert!(accepted > 0);
+    assert!(
+        accepted <= allowed,
+        "{accepted} write calls accepted over two nodes; the cluster allows {allowed}"
+    );
 }
