@@ -544,6 +544,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cluster_configuration_is_checked_before_anything_starts() {
+        let parse = |text: &str| Config::from_toml(text, Path::new("t.toml")).unwrap();
+        let refused = |text: &str| parse(text).validate().unwrap_err().to_string();
+        assert!(refused("[cluster]\nstore = \"postgres\"").contains("postgres_url"));
+        assert!(refused("[cluster]\nbus = \"nats\"\nnats_url = \"nats://x\"").contains("SQLite"));
+        assert!(
+            refused("[cluster]\nnodes = 2\nstore = \"postgres\"\npostgres_url = \"x\"")
+                .contains("nodes > 1")
+        );
+        assert!(refused("[cluster]\nnodes = 0").contains("at least 1"));
+        assert!(refused("[cluster]\nnode_id = \"a b\"").contains("node_id"));
+        assert!(refused("[cluster]\nnats_prefix = \"\"").contains("nats_prefix"));
+        let good = parse(
+            "log_format = \"json\"\n[cluster]\nstore = \"postgres\"\npostgres_url = \"postgres://db/qpq\"\nbus = \"nats\"\nnats_url = \"nats://n:4222\"\nnodes = 3\nnode_id = \"n-1\"",
+        );
+        good.validate().unwrap();
+        assert!(good.cluster.is_clustered());
+        assert_eq!(good.log_format, LogFormat::Json);
+        assert!(!Config::default().cluster.is_clustered());
+        // Unknown keys are refused, as everywhere in the file.
+        assert!(Config::from_toml("[cluster]\nstorage = \"x\"", Path::new("t")).is_err());
+    }
+
+    #[test]
+    fn each_node_gets_its_share_of_the_rate_limits() {
+        let l = Limits::default();
+        let shared = l.per_node(3);
+        assert_eq!(shared.messages_per_second_per_user, 200 / 3);
+        assert_eq!(shared.logins_per_minute_per_account, 10 / 3);
+        assert_eq!(shared.calls_per_second_per_ip, 500 / 3);
+        // Never below one, and bounds kept in the database stay whole.
+        assert_eq!(l.per_node(1_000).logins_per_minute_per_account, 1);
+        assert_eq!(shared.max_queue_depth, l.max_queue_depth);
+        assert_eq!(shared.max_devices_per_user, l.max_devices_per_user);
+        assert_eq!(l.per_node(1), l);
+    }
+
+    #[test]
     fn empty_file_is_all_defaults_and_partial_files_override() {
         assert_eq!(
             Config::from_toml("", Path::new("x")).unwrap(),
