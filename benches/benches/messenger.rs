@@ -302,5 +302,85 @@ fn store_ceiling(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, messenger, store_ceiling);
+/// The PostgreSQL ceiling: the PostgreSQL store's own enqueue, fetch and ack (the server's
+/// statements and transactions, row locks included) called directly — no RPC, no sessions, no
+/// limits — by 16 concurrent senders to one recipient, then one fetch-everything and ack.
+/// Needs `QPQ_TEST_POSTGRES_URL` (a fresh database is made and dropped); skipped without it.
+fn postgres_ceiling(c: &mut Criterion) {
+    use qpq_server::store::{DeviceId, NewMessage, PostgresStore, QueueLimits, Store};
+    const SENDERS: u64 = 16;
+    const ROUND: u64 = 256;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(qpq_server::store::TestDatabase::create()) else {
+        eprintln!("postgres_ceiling skipped: QPQ_TEST_POSTGRES_URL is unset");
+        return;
+    };
+    let store = rt.block_on(PostgresStore::open(&db.url, 32)).unwrap();
+    let recipient = DeviceId::new("r", "d1");
+    rt.block_on(async {
+        store.create_user("r".into(), vec![0], 0).await.unwrap();
+        store
+            .register_device(recipient.clone(), String::new(), 0, true, 10)
+            .await
+            .unwrap();
+    });
+    let limits = QueueLimits {
+        max_messages: u64::MAX,
+        max_bytes: u64::MAX,
+        sender_messages: u64::MAX,
+        sender_bytes: u64::MAX,
+        stranger_messages: u64::MAX,
+        stranger_bytes: u64::MAX,
+    };
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let mut g = c.benchmark_group("store_ceiling");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(ROUND));
+    g.bench_function("postgres_enqueue_fetch_ack_16_senders", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let sends = (0..SENDERS).map(|s| {
+                    let (store, recipient, next) = (&store, &recipient, &next);
+                    async move {
+                        for _ in 0..ROUND / SENDERS {
+                            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            store
+                                .enqueue(
+                                    NewMessage {
+                                        recipient: recipient.clone(),
+                                        sender: format!("s{s}/d1"),
+                                        sender_user: None,
+                                        stranger: false,
+                                        message_id: n.to_be_bytes().to_vec(),
+                                        payload: vec![0x5a; 256],
+                                    },
+                                    limits,
+                                    0,
+                                )
+                                .await
+                                .unwrap();
+                        }
+                    }
+                });
+                futures::future::join_all(sends).await;
+                let mut after = 0;
+                loop {
+                    let page = store.fetch(recipient.clone(), after, 500).await.unwrap();
+                    match page.last() {
+                        Some(m) => after = m.seq,
+                        None => break,
+                    }
+                }
+                store.ack(recipient.clone(), after).await.unwrap();
+            })
+        });
+    });
+    g.finish();
+    drop(store);
+    drop(db);
+}
+
+criterion_group!(benches, messenger, store_ceiling, postgres_ceiling);
 criterion_main!(benches);

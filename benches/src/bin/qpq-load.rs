@@ -27,10 +27,17 @@ use qpq_proto::v1::{self, auth_client::AuthClient, delivery_client::DeliveryClie
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// A running server's address (default: start an embedded server with its limits lifted).
-    #[arg(long, requires = "pin")]
-    server: Option<SocketAddr>,
-    /// The running server's certificate SHA-256.
+    /// Running servers' addresses, comma-separated: the nodes of one cluster (default: start
+    /// an embedded server with its limits lifted). Account i connects to node i mod n;
+    /// recipients sit on the node after their senders', so with several nodes every message
+    /// crosses nodes.
+    #[arg(long, requires = "pin", value_delimiter = ',')]
+    server: Vec<SocketAddr>,
+    /// The embedded server's store: a PostgreSQL URL (default: SQLite in a temporary
+    /// directory).
+    #[arg(long, conflicts_with = "server")]
+    postgres_url: Option<String>,
+    /// The running servers' certificate SHA-256 (one certificate for the cluster).
     #[arg(long)]
     pin: Option<String>,
     /// The running server's process id, to report its memory.
@@ -72,15 +79,16 @@ fn rss_kib(pid: Option<u32>) -> Option<u64> {
 }
 
 struct Target {
-    addr: SocketAddr,
+    /// The nodes' addresses.
+    addrs: Vec<SocketAddr>,
     fingerprint: [u8; 32],
     _embedded: Option<(tempfile::TempDir, qpq_server::RunningServer)>,
 }
 
 async fn target(args: &Args) -> anyhow::Result<Target> {
-    if let (Some(addr), Some(pin)) = (args.server, &args.pin) {
+    if let (false, Some(pin)) = (args.server.is_empty(), &args.pin) {
         return Ok(Target {
-            addr,
+            addrs: args.server.clone(),
             fingerprint: qrpc::tls::parse_fingerprint(pin).context("--pin")?,
             _embedded: None,
         });
@@ -91,18 +99,23 @@ async fn target(args: &Args) -> anyhow::Result<Target> {
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
     };
+    if let Some(url) = &args.postgres_url {
+        config.cluster.store = qpq_server::config::StoreKind::Postgres;
+        config.cluster.postgres_url = Some(url.clone());
+    }
     qrpc_benches::unthrottled(&mut config);
     let server = qpq_server::start(config).await?;
     Ok(Target {
-        addr: server.addr,
+        addrs: vec![server.addr],
         fingerprint: server.fingerprint,
         _embedded: Some((dir, server)),
     })
 }
 
-async fn connect(t: &Target) -> anyhow::Result<qrpc::Client> {
+async fn connect(t: &Target, node: usize) -> anyhow::Result<qrpc::Client> {
+    let addr = t.addrs[node % t.addrs.len()];
     Ok(
-        qrpc::Client::builder(t.addr, qrpc::tls::ClientTls::pinned(t.fingerprint))
+        qrpc::Client::builder(addr, qrpc::tls::ClientTls::pinned(t.fingerprint))
             .configure(|c| {
                 c.alpn(vec![b"qpq/1".to_vec()]);
             })
@@ -112,8 +125,8 @@ async fn connect(t: &Target) -> anyhow::Result<qrpc::Client> {
 }
 
 /// A registered, logged-in account; returns its connection and session token.
-async fn account(t: &Target, user: &str) -> anyhow::Result<(qrpc::Client, Vec<u8>)> {
-    let client = connect(t).await?;
+async fn account(t: &Target, user: &str, node: usize) -> anyhow::Result<(qrpc::Client, Vec<u8>)> {
+    let client = connect(t, node).await?;
     register(&client, user, "qpq-load password")
         .await
         .with_context(|| format!("registering {user}"))?;
@@ -149,21 +162,22 @@ async fn main() -> anyhow::Result<()> {
     let t = target(&args).await?;
     let run: u32 = rand_run_id();
     eprintln!(
-        "qpq-load: server {} · {} senders × {} messages of {} bytes → {} recipient(s), {} in flight per sender",
-        t.addr, args.senders, args.messages, args.payload, args.recipients, args.in_flight
+        "qpq-load: server {:?} · {} senders × {} messages of {} bytes → {} recipient(s), {} in flight per sender",
+        t.addrs, args.senders, args.messages, args.payload, args.recipients, args.in_flight
     );
 
     // Accounts.
     let recipients: Vec<(qrpc::Client, Vec<u8>)> =
         futures::future::try_join_all((0..args.recipients).map(|i| {
             let t = &t;
-            async move { account(t, &format!("load{run}r{i}")).await }
+            // The node after the one its senders use (0, 1, ... for sender i; i + 1 here).
+            async move { account(t, &format!("load{run}r{i}"), i + 1).await }
         }))
         .await?;
     let senders: Vec<(qrpc::Client, Vec<u8>)> =
         futures::future::try_join_all((0..args.senders).map(|i| {
             let t = &t;
-            async move { account(t, &format!("load{run}s{i}")).await }
+            async move { account(t, &format!("load{run}s{i}"), i).await }
         }))
         .await?;
     let total = args.senders as u64 * args.messages;
@@ -362,7 +376,7 @@ async fn hold_connections(t: &Target, args: &Args, token: &[u8], _run: u32) -> a
     while next < args.connections {
         let batch = (args.connections - next).min(64);
         let opened = futures::future::join_all((0..batch).map(|_| async {
-            let client = connect(t).await?;
+            let client = connect(t, 0).await?;
             AuthClient::new(client.clone())
                 .resume_session(&v1::ResumeSessionRequest {
                     session_token: token.to_vec().into(),
