@@ -7,3 +7,6 @@ CREATE TABLE blob_chunks (
     bytes        BLOB NOT NULL,
     PRIMARY KEY (sha256, offset_bytes)
 );
+-- A failed hash check drops a blob's bytes and starts its next epoch; an upload's check and its
+-- outcome name the epoch they were about.
+ALTER TABLE blobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;

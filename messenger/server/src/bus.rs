@@ -70,6 +70,10 @@ pub struct NatsBus {
 /// Pokes from other nodes, in arrival order.
 pub type Pokes = mpsc::Receiver<v1::cluster_poke::Poke>;
 
+/// Largest poke accepted from the bus: a push (the largest kind) carries one event, which a
+/// server never makes larger than this.
+const MAX_POKE: usize = 64 * 1024;
+
 /// Pokes from other nodes waiting to be applied, at most; a node further behind drops the
 /// newest (they are hints).
 const INBOX: usize = 4096;
@@ -119,6 +123,11 @@ impl NatsBus {
         let me = node.to_owned();
         tokio::spawn(async move {
             while let Some(message) = subscription.next().await {
+                // Pokes are small; anything larger is not from a node.
+                if message.payload.len() > MAX_POKE {
+                    tracing::debug!("skipped an oversized cluster poke");
+                    continue;
+                }
                 match v1::ClusterPoke::decode(message.payload) {
                     Ok(poke) if poke.origin == me => {}
                     Ok(v1::ClusterPoke {
@@ -184,32 +193,72 @@ impl NatsBus {
     }
 }
 
-/// `url` without its password, for messages and logs (both the URL form and PostgreSQL's
-/// `key=value` form).
+/// `url` without its credentials, for messages and logs: the password of `user:password@`,
+/// a token standing alone before `@` (NATS), a `password=` query parameter, and PostgreSQL's
+/// `key=value` form's `password=` (quoted or not).
 pub fn redact(url: &str) -> String {
     if !url.contains("://") {
-        return url
-            .split_whitespace()
-            .map(|part| {
-                if part.starts_with("password=") {
-                    "password=***"
-                } else {
-                    part
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+        // key=value form: drop the password's value, quoted values included.
+        let mut out = String::new();
+        let mut rest = url;
+        while let Some(at) = rest.find("password") {
+            let (before, from) = rest.split_at(at);
+            out.push_str(before);
+            let after_key = from["password".len()..].trim_start();
+            let Some(value) = after_key.strip_prefix('=') else {
+                out.push_str("password");
+                rest = &from["password".len()..];
+                continue;
+            };
+            let value = value.trim_start();
+            let end = if let Some(quoted) = value.strip_prefix('\'') {
+                // Up to the closing quote that is not escaped.
+                let mut escaped = false;
+                quoted
+                    .char_indices()
+                    .find(|(_, c)| {
+                        let close = *c == '\'' && !escaped;
+                        escaped = *c == '\\' && !escaped;
+                        close
+                    })
+                    .map_or(value.len(), |(i, _)| i + 2)
+            } else {
+                value.find(char::is_whitespace).unwrap_or(value.len())
+            };
+            out.push_str("password=***");
+            rest = &value[end..];
+        }
+        out.push_str(rest);
+        return out;
     }
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
+    let (scheme, after) = url.split_at(url.find("://").map_or(0, |i| i + 3));
+    let (authority, tail) = after.split_at(after.find(['/', '?']).unwrap_or(after.len()));
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = authority.split_at(at);
             match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
+                Some((user, _)) => format!("{user}:***{host}"),
+                // A lone token (nats://TOKEN@host) is a secret too.
+                None if scheme.starts_with("nats") => format!("***{host}"),
+                None => authority.to_owned(),
             }
         }
-        _ => url.to_owned(),
-    }
+        None => authority.to_owned(),
+    };
+    let tail: String = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}{authority}{tail}")
 }
 
 #[cfg(test)]
@@ -231,6 +280,22 @@ mod tests {
         assert_eq!(
             super::redact("host=db user=qpq password=s3cret dbname=qpq"),
             "host=db user=qpq password=*** dbname=qpq"
+        );
+        assert_eq!(
+            super::redact("host=db password = 'a b\\' c' dbname=qpq"),
+            "host=db password=*** dbname=qpq"
+        );
+        assert_eq!(
+            super::redact("nats://s3cretToken@nats:4222"),
+            "nats://***@nats:4222"
+        );
+        assert_eq!(
+            super::redact("nats://u:p@nats:4222"),
+            "nats://u:***@nats:4222"
+        );
+        assert_eq!(
+            super::redact("postgres://u@h/db?sslmode=disable&password=s3cret"),
+            "postgres://u@h/db?sslmode=disable&password=***"
         );
     }
 }

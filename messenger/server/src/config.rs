@@ -79,7 +79,7 @@ pub enum BusKind {
 /// accounts, keys, the key-transparency log and its signing key, the OPAQUE server setup,
 /// the stateless-reset secret, blobs) and one NATS subject (pokes between nodes). A single
 /// node on SQLite needs none of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Cluster {
     /// `"sqlite"` (default) or `"postgres"`.
@@ -102,6 +102,22 @@ pub struct Cluster {
     /// rate limit of a node is its configured value divided by this, so a client spreading
     /// its calls over every node gets no more than the configured limit in all.
     pub nodes: u32,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URLs may hold passwords.
+        let redacted = |u: &Option<String>| u.as_deref().map(crate::bus::redact);
+        f.debug_struct("Cluster")
+            .field("store", &self.store)
+            .field("postgres_url", &redacted(&self.postgres_url))
+            .field("bus", &self.bus)
+            .field("nats_url", &redacted(&self.nats_url))
+            .field("nats_prefix", &self.nats_prefix)
+            .field("node_id", &self.node_id)
+            .field("nodes", &self.nodes)
+            .finish()
+    }
 }
 
 impl Default for Cluster {

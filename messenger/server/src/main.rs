@@ -30,7 +30,8 @@ struct Args {
     #[arg(long, env = "QPQ_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// PostgreSQL URL; with it the node uses PostgreSQL instead of SQLite
-    /// (cluster.store = "postgres").
+    /// (cluster.store = "postgres"). Prefer the environment variable when the URL holds a
+    /// password: arguments are visible to every user of the machine.
     #[arg(long, env = "QPQ_POSTGRES_URL", hide_env_values = true)]
     postgres_url: Option<String>,
     /// NATS URL; with it the node joins the cluster bus (cluster.bus = "nats").
@@ -140,6 +141,11 @@ async fn main() -> anyhow::Result<()> {
         shown.cluster.postgres_url = shown
             .cluster
             .postgres_url
+            .as_deref()
+            .map(qpq_server::bus::redact);
+        shown.cluster.nats_url = shown
+            .cluster
+            .nats_url
             .as_deref()
             .map(qpq_server::bus::redact);
         print!(

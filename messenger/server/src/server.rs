@@ -197,7 +197,19 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<AnyStore>, Se
         .as_slice()
         .try_into()
         .map_err(|_| ServerError::Corrupt("stateless-reset secret"))?;
-    let reset_secret = Zeroizing::new(reset_secret);
+    // Bound to this node's address: a node restarted on its address resets its predecessor's
+    // connections, but no node answers for another's connection ids (which would make it a
+    // stateless-reset oracle for them, RFC 9000 section 21.11).
+    let reset_secret = Zeroizing::new({
+        use sha2::Digest;
+        let derived: [u8; 32] = sha2::Sha256::new()
+            .chain_update(b"qpq node reset secret v1")
+            .chain_update(reset_secret)
+            .chain_update(config.listen.to_string().as_bytes())
+            .finalize()
+            .into();
+        derived
+    });
 
     let setup_bytes = Zeroizing::new(
         store
@@ -490,8 +502,10 @@ async fn import_blob_files<S: Store>(store: &S, dir: &std::path::Path) -> Result
     let partial = dir.join("partial");
     if let Ok(entries) = std::fs::read_dir(&partial) {
         for entry in entries.flatten() {
-            if let Some(sha) = sha_of(&entry.file_name()) {
-                store.finish_blob(sha, false).await?;
+            if let Some(sha) = sha_of(&entry.file_name())
+                && let Some(row) = store.blob(sha.clone()).await?
+            {
+                store.finish_blob(sha, row.epoch, false).await?;
             }
             std::fs::remove_file(entry.path())
                 .map_err(ServerError::io("removing", entry.path()))?;
@@ -506,12 +520,20 @@ async fn import_blob_files<S: Store>(store: &S, dir: &std::path::Path) -> Result
         let Some(sha) = sha_of(&entry.file_name()) else {
             continue;
         };
-        if store
-            .blob(sha.clone())
-            .await?
-            .is_some_and(|row| row.complete)
+        let file_len = entry.metadata().map(|m| m.len()).ok();
+        // The file is the blob's bytes (complete, or marked incomplete by an import that a
+        // crash interrupted): stored again from the start. The file goes only afterwards.
+        if let Some(row) = store.blob(sha.clone()).await?
+            && Some(row.size) == file_len
         {
-            store.finish_blob(sha.clone(), false).await?;
+            // Complete rows first become incomplete (a new epoch) and take the bytes again.
+            let mut epoch = row.epoch;
+            if row.complete {
+                store.reopen_blob(sha.clone()).await?;
+            }
+            if store.finish_blob(sha.clone(), epoch, false).await? {
+                epoch += 1;
+            }
             let mut file = tokio::fs::File::open(&path)
                 .await
                 .map_err(ServerError::io("reading", &path))?;
@@ -532,7 +554,7 @@ async fn import_blob_files<S: Store>(store: &S, dir: &std::path::Path) -> Result
                     .await?;
             }
             let matches = sha2::Digest::finalize(hasher).as_slice() == sha.as_slice();
-            store.finish_blob(sha.clone(), matches).await?;
+            store.finish_blob(sha.clone(), epoch, matches).await?;
             if !matches {
                 tracing::warn!(blob = %crate::util::hex(&sha), "a stored blob file did not match its hash; its owner uploads it again");
             }
@@ -575,7 +597,15 @@ mod tests {
                 .begin_blob(sha.clone(), "ann".into(), bytes.len() as u64, u64::MAX, 0)
                 .await
                 .unwrap();
-            store.finish_blob(sha.clone(), true).await.unwrap();
+            // Complete, its bytes in a file and none in the database, as a schema-6 server
+            // left it.
+            rusqlite::Connection::open(dir.path().join("qpq.db"))
+                .unwrap()
+                .execute(
+                    "UPDATE blobs SET complete = 1, received = size WHERE sha256 = ?1",
+                    [sha],
+                )
+                .unwrap();
             std::fs::write(blobs.join(hex(sha)), bytes).unwrap();
         }
         store

@@ -251,6 +251,21 @@ impl Sessions {
         before - map.values().map(Vec::len).sum::<usize>()
     }
 
+    /// The token hash and device of every live session (for the janitor's check against the
+    /// store).
+    pub fn live_tokens(&self) -> Vec<([u8; 32], DeviceId)> {
+        let mut tokens: Vec<([u8; 32], DeviceId)> = self
+            .lock()
+            .values()
+            .flatten()
+            .filter(|l| !l.info.ended.is_cancelled())
+            .map(|l| (l.info.token_hash, l.info.device.clone()))
+            .collect();
+        tokens.sort();
+        tokens.dedup();
+        tokens
+    }
+
     /// Live sessions recorded.
     pub fn len(&self) -> usize {
         self.lock().values().map(Vec::len).sum()

@@ -1005,6 +1005,51 @@ async fn one_sender_cannot_suppress_anothers_message_by_its_id() {
 
 // 10. Growth and logout ----------------------------------------------------------------------
 
+/// A device revoked (or a token logged out) through another node whose poke never arrived:
+/// the janitor finds the session gone from the store and ends it here too.
+#[tokio::test]
+async fn the_janitor_ends_live_sessions_whose_row_is_gone() {
+    let (_dir, server) = in_process_with(&[("bob", "phone"), ("bob", "tab")]).await;
+    let mut conns = Vec::new();
+    for (device, token) in [("phone", [1u8; 32]), ("tab", [2u8; 32])] {
+        let hash = qpq_server::util::sha256(&token);
+        server
+            .state
+            .store()
+            .create_session(
+                hash.to_vec(),
+                qpq_server::store::Session {
+                    device: DeviceId::new("bob", device),
+                    expires_at_ms: u64::MAX,
+                },
+            )
+            .await
+            .unwrap();
+        let conn = server.connection(([127, 0, 0, 1], 9).into());
+        server.state.sessions().bind(
+            &conn,
+            SessionInfo::new(DeviceId::new("bob", device), u64::MAX, hash),
+        );
+        conns.push(conn);
+    }
+    server.state.janitor_pass().await;
+    assert_eq!(server.state.sessions().len(), 2, "both rows are there");
+    // The phone is revoked elsewhere: its rows go, and no poke reaches this node.
+    server
+        .state
+        .store()
+        .revoke_device(DeviceId::new("bob", "phone"), 0)
+        .await
+        .unwrap();
+    server.state.janitor_pass().await;
+    assert_eq!(server.state.sessions().len(), 1);
+    assert!(
+        conns[0].identity().is_none(),
+        "the phone's connection lost its session"
+    );
+    assert!(conns[1].identity().is_some(), "the tablet's stays");
+}
+
 #[tokio::test]
 async fn the_janitor_deletes_expired_sessions_and_forgets_ended_ones() {
     let (_dir, server) = in_process_with(&[("bob", "phone")]).await;

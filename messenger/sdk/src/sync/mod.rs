@@ -302,6 +302,13 @@ pub(crate) async fn receive_loop(strong: Arc<Inner>) {
             Err(e) => {
                 let reason = e.to_string();
                 let crashed = simulated_crash(&e);
+                // A session the server ended (the close code said so) stays ended.
+                if matches!(
+                    *crate::client::lock(&strong.connection),
+                    ConnectionState::SessionEnded { .. }
+                ) {
+                    return;
+                }
                 strong.set_connection(ConnectionState::Offline { reason });
                 if crashed {
                     return;

@@ -122,7 +122,8 @@ CREATE TABLE blobs (
     size          BIGINT NOT NULL,
     received      BIGINT NOT NULL,
     complete      BOOLEAN NOT NULL DEFAULT FALSE,
-    created_at_ms BIGINT NOT NULL
+    created_at_ms BIGINT NOT NULL,
+    epoch         BIGINT NOT NULL DEFAULT 0    -- bumped when a failed hash check drops the bytes
 );
 CREATE INDEX blobs_by_owner ON blobs(owner);
 

@@ -303,6 +303,20 @@ impl<S: Store> Auth for Api<S> {
             ctx.peer(),
             SessionInfo::new(session.device.clone(), session.expires_at_ms, token_hash),
         );
+        // A revocation or logout that ended the session between the read and the bind (on
+        // any node: its poke found nothing to end here yet) must not leave it bound.
+        if self
+            .state
+            .store
+            .session(token_hash.to_vec())
+            .await?
+            .is_none()
+        {
+            self.state
+                .sessions
+                .end_token(token_hash, EndReason::LoggedOut, Some(ctx.peer().id()));
+            return Err(Status::unauthenticated("session expired or unknown"));
+        }
         Ok(v1::ResumeSessionResponse {
             user: session.device.user,
             device: session.device.device,

@@ -149,17 +149,45 @@ impl<S: Store> Blob for Api<S> {
                 complete: false,
             });
         }
+        // The epoch the check is about: a concurrent upload that drops the bytes meanwhile
+        // moves the blob to the next one, and this outcome then changes nothing.
+        let epoch = self
+            .state
+            .store
+            .blob(sha.clone())
+            .await?
+            .map(|row| row.epoch)
+            .ok_or_else(|| Status::aborted("blob upload raced; retry"))?;
         if stored_sha256(&self.state.store, &sha, total)
             .await?
             .as_slice()
             != sha.as_slice()
         {
-            self.state.store.finish_blob(sha, false).await?;
+            self.state.store.finish_blob(sha, epoch, false).await?;
             return Err(Status::data_loss(
                 "uploaded bytes do not match sha256; upload again",
             ));
         }
-        self.state.store.finish_blob(sha, true).await?;
+        if !self
+            .state
+            .store
+            .finish_blob(sha.clone(), epoch, true)
+            .await?
+        {
+            // Complete already (another upload finished it), or moved on: what is stored now
+            // decides.
+            let complete = self
+                .state
+                .store
+                .blob(sha)
+                .await?
+                .is_some_and(|row| row.complete);
+            if !complete {
+                return Err(Status::aborted(
+                    "another upload of this blob changed it meanwhile; upload again",
+                ));
+            }
+        }
         Ok(v1::UploadBlobResponse {
             received: total,
             complete: true,

@@ -334,11 +334,34 @@ impl<S: Store> AppState<S> {
         self.limiters.prune();
         self.sessions.prune();
         self.arrivals.prune();
+        self.end_sessions_gone_from_the_store().await;
         match self.store.delete_expired(self.now_ms()).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "janitor could not delete expired rows");
                 0
+            }
+        }
+    }
+
+    /// Ends the live sessions on this node whose row is gone from the store: revoked or
+    /// logged out through another node whose poke never arrived (pokes are at most once). The
+    /// janitor runs this, so a lost poke keeps a revoked device at most one janitor interval.
+    pub async fn end_sessions_gone_from_the_store(&self) {
+        for (token_hash, device) in self.sessions.live_tokens() {
+            match self.store.session(token_hash.to_vec()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let reason = match self.store.device_exists(device).await {
+                        Ok(false) => EndReason::Revoked,
+                        _ => EndReason::LoggedOut,
+                    };
+                    self.sessions.end_token(token_hash, reason, None);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "janitor could not check live sessions");
+                    return;
+                }
             }
         }
     }

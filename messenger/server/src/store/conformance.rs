@@ -783,13 +783,20 @@ pub(crate) async fn blobs_respect_quota_and_record_progress<S: Store>(s: &S) {
             owner: "gil".into(),
             size: 60,
             received: 40,
-            complete: false
+            complete: false,
+            epoch: 0,
         })
     );
+    // Not complete before every byte is stored.
+    assert!(!s.finish_blob(vec![1; 32], 0, true).await.unwrap());
     s.append_blob(vec![1; 32], 40, bytes[40..].to_vec())
         .await
         .unwrap();
-    s.finish_blob(vec![1; 32], true).await.unwrap();
+    // An outcome about another epoch changes nothing.
+    assert!(!s.finish_blob(vec![1; 32], 1, true).await.unwrap());
+    assert!(s.finish_blob(vec![1; 32], 0, true).await.unwrap());
+    // A stale failed check cannot drop a complete blob's bytes.
+    assert!(!s.finish_blob(vec![1; 32], 0, false).await.unwrap());
     assert!(s.blob(vec![1; 32]).await.unwrap().unwrap().complete);
     assert!(matches!(
         s.append_blob(vec![1; 32], 60, vec![1]).await,
@@ -809,10 +816,19 @@ pub(crate) async fn blobs_respect_quota_and_record_progress<S: Store>(s: &S) {
     assert!(s.read_blob(vec![7; 32], 0).await.unwrap().is_empty());
     // A failed hash check drops the bytes: the upload starts again from 0.
     s.append_blob(vec![2; 32], 0, vec![5; 20]).await.unwrap();
-    s.finish_blob(vec![2; 32], false).await.unwrap();
-    assert_eq!(s.blob(vec![2; 32]).await.unwrap().unwrap().received, 0);
+    assert!(s.finish_blob(vec![2; 32], 0, false).await.unwrap());
+    let row = s.blob(vec![2; 32]).await.unwrap().unwrap();
+    assert_eq!((row.received, row.epoch), (0, 1));
+    // A second failed check about the old epoch (a concurrent upload) changes nothing more.
+    s.append_blob(vec![2; 32], 0, vec![6; 5]).await.unwrap();
+    assert!(!s.finish_blob(vec![2; 32], 0, false).await.unwrap());
+    assert_eq!(s.blob(vec![2; 32]).await.unwrap().unwrap().received, 5);
+    assert!(s.finish_blob(vec![2; 32], 1, false).await.unwrap());
     assert!(s.read_blob(vec![2; 32], 0).await.unwrap().is_empty());
     assert_eq!(s.append_blob(vec![2; 32], 0, vec![6; 5]).await.unwrap(), 5);
+    // Reopened (an import), a complete blob takes its bytes again.
+    s.reopen_blob(vec![1; 32]).await.unwrap();
+    assert!(!s.blob(vec![1; 32]).await.unwrap().unwrap().complete);
 }
 
 pub(crate) async fn endpoints_expire<S: Store>(s: &S) {

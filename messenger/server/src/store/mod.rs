@@ -282,6 +282,9 @@ pub struct BlobRow {
     pub received: u64,
     /// Whether complete and verified.
     pub complete: bool,
+    /// How many times its bytes were dropped (a failed hash check): an upload's check and
+    /// its outcome name the epoch they were about, so a stale one changes nothing.
+    pub epoch: u64,
 }
 
 /// Everything the server persists.
@@ -523,13 +526,20 @@ pub trait Store: Send + Sync + 'static {
         sha256: Vec<u8>,
         offset: u64,
     ) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
-    /// Ends an upload: `complete` marks the blob complete; otherwise its bytes are dropped
-    /// and it starts again from 0 (its hash did not match).
+    /// Marks a complete blob incomplete again, its bytes and epoch kept (only for importing
+    /// blobs an older server kept as files).
+    fn reopen_blob(&self, sha256: Vec<u8>) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Ends an upload whose bytes were checked at `epoch`: `complete` marks the blob complete
+    /// (only when all its bytes are stored); otherwise its bytes are dropped and it starts
+    /// again from 0 in the next epoch (its hash did not match). Returns whether it changed
+    /// anything: `false` when the blob is complete already or another upload moved it to
+    /// another epoch meanwhile.
     fn finish_blob(
         &self,
         sha256: Vec<u8>,
+        epoch: u64,
         complete: bool,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
 
     /// Publishes a device's P2P endpoint.
     fn publish_endpoint(

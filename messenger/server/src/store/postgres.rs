@@ -1281,7 +1281,7 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         Ok(query_opt(
             &client,
-            "SELECT owner, size, received, complete FROM blobs WHERE sha256 = $1",
+            "SELECT owner, size, received, complete, epoch FROM blobs WHERE sha256 = $1",
             &[&sha256],
         )
         .await?
@@ -1290,6 +1290,7 @@ impl Store for PostgresStore {
             size: u(r.get(1)),
             received: u(r.get(2)),
             complete: r.get(3),
+            epoch: u(r.get(4)),
         }))
     }
 
@@ -1396,29 +1397,45 @@ impl Store for PostgresStore {
         }))
     }
 
-    async fn finish_blob(&self, sha256: Vec<u8>, complete: bool) -> StoreResult<()> {
+    async fn reopen_blob(&self, sha256: Vec<u8>) -> StoreResult<()> {
+        let client = self.client().await?;
+        execute(
+            &client,
+            "UPDATE blobs SET complete = FALSE WHERE sha256 = $1",
+            &[&sha256],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn finish_blob(&self, sha256: Vec<u8>, epoch: u64, complete: bool) -> StoreResult<bool> {
         transaction!(self, |tx| async {
             if complete {
-                execute(
+                let n = execute(
                     &tx,
-                    "UPDATE blobs SET complete = TRUE WHERE sha256 = $1",
-                    &[&sha256],
+                    "UPDATE blobs SET complete = TRUE WHERE sha256 = $1 AND epoch = $2
+                     AND received = size AND NOT complete",
+                    &[&sha256, &i(epoch)],
                 )
                 .await
                 .map_err(pg)?;
-            } else {
+                return Ok(n > 0);
+            }
+            let n = execute(
+                &tx,
+                "UPDATE blobs SET received = 0, epoch = epoch + 1
+                 WHERE sha256 = $1 AND epoch = $2 AND NOT complete",
+                &[&sha256, &i(epoch)],
+            )
+            .await
+            .map_err(pg)?;
+            if n > 0 {
                 execute(&tx, "DELETE FROM blob_chunks WHERE sha256 = $1", &[&sha256])
                     .await
                     .map_err(pg)?;
-                execute(
-                    &tx,
-                    "UPDATE blobs SET received = 0, complete = FALSE WHERE sha256 = $1",
-                    &[&sha256],
-                )
-                .await
-                .map_err(pg)?;
             }
-            Ok(())
+            Ok(n > 0)
         }
         .await)
     }

@@ -1077,7 +1077,7 @@ impl Store for SqliteStore {
     async fn blob(&self, sha256: Vec<u8>) -> StoreResult<Option<BlobRow>> {
         self.read(move |c| {
             c.query_row(
-                "SELECT owner, size, received, complete FROM blobs WHERE sha256 = ?1",
+                "SELECT owner, size, received, complete, epoch FROM blobs WHERE sha256 = ?1",
                 [sha256],
                 |r| {
                     Ok(BlobRow {
@@ -1085,6 +1085,7 @@ impl Store for SqliteStore {
                         size: u(r.get(1)?),
                         received: u(r.get(2)?),
                         complete: r.get(3)?,
+                        epoch: u(r.get(4)?),
                     })
                 },
             )
@@ -1176,21 +1177,39 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn finish_blob(&self, sha256: Vec<u8>, complete: bool) -> StoreResult<()> {
+    async fn reopen_blob(&self, sha256: Vec<u8>) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.execute("UPDATE blobs SET complete = 0 WHERE sha256 = ?1", [&sha256])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_blob(&self, sha256: Vec<u8>, epoch: u64, complete: bool) -> StoreResult<bool> {
         self.write(move |tx| {
             if complete {
-                tx.execute("UPDATE blobs SET complete = 1 WHERE sha256 = ?1", [&sha256])
+                let n = tx
+                    .execute(
+                        "UPDATE blobs SET complete = 1 WHERE sha256 = ?1 AND epoch = ?2
+                         AND received = size AND complete = 0",
+                        params![sha256, i(epoch)],
+                    )
                     .map_err(backend)?;
-            } else {
-                tx.execute("DELETE FROM blob_chunks WHERE sha256 = ?1", [&sha256])
-                    .map_err(backend)?;
-                tx.execute(
-                    "UPDATE blobs SET received = 0, complete = 0 WHERE sha256 = ?1",
-                    [&sha256],
+                return Ok(n > 0);
+            }
+            let n = tx
+                .execute(
+                    "UPDATE blobs SET received = 0, epoch = epoch + 1
+                     WHERE sha256 = ?1 AND epoch = ?2 AND complete = 0",
+                    params![sha256, i(epoch)],
                 )
                 .map_err(backend)?;
+            if n > 0 {
+                tx.execute("DELETE FROM blob_chunks WHERE sha256 = ?1", [&sha256])
+                    .map_err(backend)?;
             }
-            Ok(())
+            Ok(n > 0)
         })
         .await
     }
