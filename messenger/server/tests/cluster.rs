@@ -66,7 +66,7 @@ fn start_node_with(s: &Services, name: &str, addr: SocketAddr, limits: &str) -> 
     std::fs::write(
         &config,
         format!(
-            "[cluster]\nnats_prefix = \"{}\"\nnodes = 2\n[limits]\njanitor_interval_secs = 3600\nlogins_per_minute_per_ip = 100000\n{limits}",
+            "[cluster]\nnats_prefix = \"{}\"\nnodes = 2\n[limits]\njanitor_interval_secs = 3600\nlogins_per_minute_per_ip = 100000\nchannel_invites_per_minute_per_user = 100000\n{limits}",
             s.prefix
         ),
     )
@@ -423,7 +423,7 @@ async fn key_publishes_on_both_nodes_make_one_log_with_one_head() {
     let Some(s) = services().await else { return };
     let node1 = start_node(&s, "n1", free_udp_port());
     let node2 = start_node(&s, "n2", free_udp_port());
-    const USERS: usize = 24;
+    const USERS: usize = 100;
     let dirs: Vec<_> = (0..USERS).map(|_| tempfile::tempdir().unwrap()).collect();
     // Every user's first login publishes its keys: half through each node, all at once.
     let clients: Vec<QpqClient> =
@@ -589,5 +589,42 @@ async fn a_client_spreading_calls_over_nodes_gets_no_more_than_its_limit() {
     assert!(
         accepted <= allowed,
         "{accepted} write calls accepted over two nodes; the cluster allows {allowed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clustered_node_refuses_to_start_without_its_services() {
+    let Some(s) = services().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let run = |postgres: &str, nats: &str| {
+        Command::new(env!("CARGO_BIN_EXE_qpq-server"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--postgres-url")
+            .arg(postgres)
+            .arg("--nats-url")
+            .arg(nats)
+            .env("QPQ_LOG", "off")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    // Nothing listens on port 1.
+    let no_nats = run(&s.db.url, "nats://127.0.0.1:1");
+    assert!(!no_nats.status.success());
+    let said = String::from_utf8_lossy(&no_nats.stderr);
+    assert!(
+        said.contains("cannot reach NATS at nats://127.0.0.1:1"),
+        "{said}"
+    );
+    let no_db = run("postgres://qpq:s3cret@127.0.0.1:1/qpq", &s.nats);
+    assert!(!no_db.status.success());
+    let said = String::from_utf8_lossy(&no_db.stderr);
+    assert!(said.contains("cannot reach PostgreSQL at"), "{said}");
+    assert!(
+        !said.contains("s3cret"),
+        "the password is not shown: {said}"
     );
 }
