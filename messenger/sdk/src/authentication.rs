@@ -175,6 +175,16 @@ impl QpqClient {
 
     pub(crate) fn start_tasks(&self) {
         self.stop_tasks();
+        // A session ended before (revoked, logged out) does not end this one.
+        if matches!(
+            *lock(&self.inner.connection),
+            crate::events::ConnectionState::SessionEnded { .. }
+        ) {
+            self.inner
+                .set_connection(crate::events::ConnectionState::Offline {
+                    reason: "starting".into(),
+                });
+        }
         let receiver = tokio::spawn(receive_loop(Arc::clone(&self.inner)));
         let outbox = tokio::spawn(outbox_loop(Arc::clone(&self.inner)));
         lock(&self.tasks.handles).extend([receiver, outbox]);

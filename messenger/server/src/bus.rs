@@ -87,7 +87,8 @@ impl NatsBus {
         prefix: &str,
         node: &str,
     ) -> Result<(Arc<Self>, Pokes), ServerError> {
-        let client = async_nats::ConnectOptions::new()
+        let (options, address) = nats_credentials(url);
+        let client = options
             .name(format!("qpq-server {node}"))
             .connection_timeout(std::time::Duration::from_secs(5))
             .max_reconnects(None)
@@ -100,7 +101,7 @@ impl NatsBus {
                     other => tracing::debug!(event = %other, "cluster bus event"),
                 }
             })
-            .connect(url)
+            .connect(address.as_str())
             .await
             .map_err(|e| ServerError::Service {
                 service: "NATS",
@@ -193,59 +194,46 @@ impl NatsBus {
     }
 }
 
-/// `url` without its credentials, for messages and logs: the password of `user:password@`,
-/// a token standing alone before `@` (NATS), a `password=` query parameter, and PostgreSQL's
-/// `key=value` form's `password=` (quoted or not).
-pub fn redact(url: &str) -> String {
-    if !url.contains("://") {
-        // key=value form: drop the password's value, quoted values included.
-        let mut out = String::new();
-        let mut rest = url;
-        while let Some(at) = rest.find("password") {
-            let (before, from) = rest.split_at(at);
-            out.push_str(before);
-            let after_key = from["password".len()..].trim_start();
-            let Some(value) = after_key.strip_prefix('=') else {
-                out.push_str("password");
-                rest = &from["password".len()..];
-                continue;
-            };
-            let value = value.trim_start();
-            let end = if let Some(quoted) = value.strip_prefix('\'') {
-                // Up to the closing quote that is not escaped.
-                let mut escaped = false;
-                quoted
-                    .char_indices()
-                    .find(|(_, c)| {
-                        let close = *c == '\'' && !escaped;
-                        escaped = *c == '\\' && !escaped;
-                        close
-                    })
-                    .map_or(value.len(), |(i, _)| i + 2)
-            } else {
-                value.find(char::is_whitespace).unwrap_or(value.len())
-            };
-            out.push_str("password=***");
-            rest = &value[end..];
+/// The connect options carrying `url`'s credentials (async-nats does not read them from the
+/// URL): `nats://user:password@host` or `nats://token@host`; and the URL without them.
+fn nats_credentials(url: &str) -> (async_nats::ConnectOptions, String) {
+    let (scheme, after) = url.split_at(url.find("://").map_or(0, |i| i + 3));
+    let Some(at) = after.rfind('@') else {
+        return (async_nats::ConnectOptions::new(), url.to_owned());
+    };
+    let address = format!("{scheme}{}", &after[at + 1..]);
+    let options = match after[..at].split_once(':') {
+        Some((user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
         }
-        out.push_str(rest);
-        return out;
+        None => async_nats::ConnectOptions::with_token(after[..at].into()),
+    };
+    (options, address)
+}
+
+/// `url` without its credentials, for messages and logs: the password of `user:password@`,
+/// a token standing alone before `@` (NATS; a PostgreSQL user alone is kept), a `password=`
+/// query parameter, and PostgreSQL's `key=value` form's `password=` (quoted, escaped or not).
+pub fn redact(url: &str) -> String {
+    let url_form = url.contains("://") || (url.contains('@') && !url.contains('='));
+    if !url_form {
+        return redact_key_value(url);
     }
     let (scheme, after) = url.split_at(url.find("://").map_or(0, |i| i + 3));
-    let (authority, tail) = after.split_at(after.find(['/', '?']).unwrap_or(after.len()));
-    let authority = match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***{host}"),
-                // A lone token (nats://TOKEN@host) is a secret too.
-                None if scheme.starts_with("nats") => format!("***{host}"),
-                None => authority.to_owned(),
-            }
-        }
-        None => authority.to_owned(),
+    // Credentials end at the last '@' (a password may hold '/', '?' or '@').
+    let (userinfo, rest) = match after.rfind('@') {
+        Some(at) => (Some(&after[..at]), &after[at..]),
+        None => (None, after),
     };
-    let tail: String = match tail.split_once('?') {
+    let userinfo = match userinfo {
+        Some(info) => match info.split_once(':') {
+            Some((user, _)) => format!("{user}:***"),
+            None if scheme.starts_with("postgres") => info.to_owned(),
+            None => "***".to_owned(),
+        },
+        None => String::new(),
+    };
+    let rest = match rest.split_once('?') {
         Some((path, query)) => {
             let query: Vec<String> = query
                 .split('&')
@@ -256,9 +244,43 @@ pub fn redact(url: &str) -> String {
                 .collect();
             format!("{path}?{}", query.join("&"))
         }
-        None => tail.to_owned(),
+        None => rest.to_owned(),
     };
-    format!("{scheme}{authority}{tail}")
+    format!("{scheme}{userinfo}{rest}")
+}
+
+/// PostgreSQL's `key=value` form without the password's value.
+fn redact_key_value(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("password") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let after_key = from["password".len()..].trim_start();
+        let Some(value) = after_key.strip_prefix('=') else {
+            out.push_str("password");
+            rest = &from["password".len()..];
+            continue;
+        };
+        let value = value.trim_start();
+        let quoted = value.starts_with('\'');
+        let mut escaped = false;
+        let mut end = value.len();
+        for (i, c) in value.char_indices().skip(usize::from(quoted)) {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if (quoted && c == '\'') || (!quoted && c.is_whitespace()) {
+                end = if quoted { i + 1 } else { i };
+                break;
+            }
+        }
+        out.push_str("password=***");
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -297,5 +319,25 @@ mod tests {
             super::redact("postgres://u@h/db?sslmode=disable&password=s3cret"),
             "postgres://u@h/db?sslmode=disable&password=***"
         );
+        // A password holding '/', '?' or '@' ends at the last '@', as the drivers read it.
+        assert_eq!(
+            super::redact("postgres://qpq:Ab3/x?Y@Z@db/qpq"),
+            "postgres://qpq:***@db/qpq"
+        );
+        // Schemeless and other NATS schemes.
+        assert_eq!(super::redact("u:pw@nats:4222"), "u:***@nats:4222");
+        assert_eq!(super::redact("tok3n@nats:4222"), "***@nats:4222");
+        assert_eq!(
+            super::redact("tls://tok3n@nats:4222"),
+            "tls://***@nats:4222"
+        );
+        // Escapes in an unquoted value, and odd input.
+        assert_eq!(
+            super::redact("host=db password=ab\\ cd dbname=x"),
+            "host=db password=*** dbname=x"
+        );
+        assert_eq!(super::redact("password"), "password");
+        assert_eq!(super::redact("password='unterminated"), "password=***");
+        assert_eq!(super::redact("host=ü password=é"), "host=ü password=***");
     }
 }

@@ -95,8 +95,10 @@ pub struct Cluster {
     /// The subject prefix every node of this cluster uses (default `qpq`): several clusters
     /// can share one NATS with different prefixes.
     pub nats_prefix: String,
-    /// This node's name, unique in the cluster (default: `node-<random>` at each start); it
-    /// appears in logs and marks the node's own pokes.
+    /// This node's name, unique in the cluster and the same across its restarts (required
+    /// with `nodes > 1`; default: `node-<random>` on the bus, the listen address for the
+    /// reset key). It appears in logs, marks the node's own pokes, and keys the node's
+    /// stateless resets.
     pub node_id: Option<String>,
     /// How many nodes serve the cluster (default 1): every per-user, per-account and per-IP
     /// rate limit of a node is its configured value divided by this, so a client spreading
@@ -354,6 +356,11 @@ impl Cluster {
         if self.nodes > 1 && self.bus == BusKind::Local {
             return invalid("nodes > 1 needs bus = \"nats\": the nodes must reach each other");
         }
+        if self.nodes > 1 && self.node_id.is_none() {
+            return invalid(
+                "node_id is needed with nodes > 1: each node of a cluster has a name of its own",
+            );
+        }
         let name_ok = |n: &str| {
             (1..=64).contains(&n.len())
                 && n.bytes()
@@ -570,6 +577,10 @@ mod tests {
                 .contains("nodes > 1")
         );
         assert!(refused("[cluster]\nnodes = 0").contains("at least 1"));
+        assert!(
+            refused("[cluster]\nnodes = 2\nstore = \"postgres\"\npostgres_url = \"x\"\nbus = \"nats\"\nnats_url = \"n\"")
+                .contains("node_id is needed")
+        );
         assert!(refused("[cluster]\nnode_id = \"a b\"").contains("node_id"));
         assert!(refused("[cluster]\nnats_prefix = \"\"").contains("nats_prefix"));
         let good = parse(

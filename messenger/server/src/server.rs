@@ -197,15 +197,21 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<AnyStore>, Se
         .as_slice()
         .try_into()
         .map_err(|_| ServerError::Corrupt("stateless-reset secret"))?;
-    // Bound to this node's address: a node restarted on its address resets its predecessor's
-    // connections, but no node answers for another's connection ids (which would make it a
-    // stateless-reset oracle for them, RFC 9000 section 21.11).
+    // Bound to this node (its configured id, else its listen address): a node restarted as
+    // itself resets its predecessor's connections, but no node answers for another's
+    // connection ids (which would make it a stateless-reset oracle for them, RFC 9000
+    // section 21.11). A cluster of several nodes names each one (`node_id` is required).
+    let node_name = config
+        .cluster
+        .node_id
+        .clone()
+        .unwrap_or_else(|| config.listen.to_string());
     let reset_secret = Zeroizing::new({
         use sha2::Digest;
         let derived: [u8; 32] = sha2::Sha256::new()
             .chain_update(b"qpq node reset secret v1")
             .chain_update(reset_secret)
-            .chain_update(config.listen.to_string().as_bytes())
+            .chain_update(node_name.as_bytes())
             .finalize()
             .into();
         derived
@@ -502,10 +508,8 @@ async fn import_blob_files<S: Store>(store: &S, dir: &std::path::Path) -> Result
     let partial = dir.join("partial");
     if let Ok(entries) = std::fs::read_dir(&partial) {
         for entry in entries.flatten() {
-            if let Some(sha) = sha_of(&entry.file_name())
-                && let Some(row) = store.blob(sha.clone()).await?
-            {
-                store.finish_blob(sha, row.epoch, false).await?;
+            if let Some(sha) = sha_of(&entry.file_name()) {
+                store.reset_blob(sha).await?;
             }
             std::fs::remove_file(entry.path())
                 .map_err(ServerError::io("removing", entry.path()))?;
@@ -521,19 +525,15 @@ async fn import_blob_files<S: Store>(store: &S, dir: &std::path::Path) -> Result
             continue;
         };
         let file_len = entry.metadata().map(|m| m.len()).ok();
-        // The file is the blob's bytes (complete, or marked incomplete by an import that a
-        // crash interrupted): stored again from the start. The file goes only afterwards.
-        if let Some(row) = store.blob(sha.clone()).await?
-            && Some(row.size) == file_len
-        {
-            // Complete rows first become incomplete (a new epoch) and take the bytes again.
-            let mut epoch = row.epoch;
-            if row.complete {
-                store.reopen_blob(sha.clone()).await?;
-            }
-            if store.finish_blob(sha.clone(), epoch, false).await? {
-                epoch += 1;
-            }
+        let Some(row) = store.blob(sha.clone()).await? else {
+            // A file no row names: nothing refers to it.
+            std::fs::remove_file(&path).map_err(ServerError::io("removing", &path))?;
+            continue;
+        };
+        // Whatever the row says (complete, or left incomplete by an import a crash
+        // interrupted), the file's bytes are stored again from the start, in a new epoch.
+        let epoch = store.reset_blob(sha.clone()).await?.unwrap_or(row.epoch);
+        if Some(row.size) == file_len {
             let mut file = tokio::fs::File::open(&path)
                 .await
                 .map_err(ServerError::io("reading", &path))?;
@@ -558,6 +558,8 @@ async fn import_blob_files<S: Store>(store: &S, dir: &std::path::Path) -> Result
             if !matches {
                 tracing::warn!(blob = %crate::util::hex(&sha), "a stored blob file did not match its hash; its owner uploads it again");
             }
+        } else {
+            tracing::warn!(blob = %crate::util::hex(&sha), "a stored blob file has the wrong length; its owner uploads it again");
         }
         std::fs::remove_file(&path).map_err(ServerError::io("removing", &path))?;
     }

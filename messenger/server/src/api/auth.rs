@@ -42,6 +42,41 @@ fn malformed(what: &'static str) -> impl Fn(opaque_ke::errors::ProtocolError) ->
 struct AuthAttempts(u32);
 
 impl<S: Store> Api<S> {
+    /// Binds `info` to the caller's connection, then checks that its row still exists: a
+    /// revocation or logout that ended the session meanwhile (on any node, whose poke found
+    /// nothing to end here yet) must not leave it bound. Runs as a task of its own, so a caller
+    /// that resets its stream in between cannot skip the check; a failed check unbinds.
+    async fn bind_checked(&self, ctx: &RequestContext, info: SessionInfo) -> Result<(), Status> {
+        let state = std::sync::Arc::clone(&self.state);
+        let peer = ctx.peer().clone();
+        let checked = tokio::spawn(async move {
+            let (token_hash, device) = (info.token_hash, info.device.clone());
+            state.sessions.bind(&peer, info);
+            match state.store.session(token_hash.to_vec()).await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => {
+                    let reason = match state.store.device_exists(device).await {
+                        Ok(false) => EndReason::Revoked,
+                        _ => EndReason::LoggedOut,
+                    };
+                    state
+                        .sessions
+                        .end_token(token_hash, reason, Some(peer.id()));
+                    Err(Status::unauthenticated("session expired or unknown"))
+                }
+                Err(e) => {
+                    state.sessions.end_connection(&peer);
+                    Err(e.into())
+                }
+            }
+        });
+        checked
+            .await
+            .map_err(|_| Status::internal("the session check failed"))?
+    }
+}
+
+impl<S: Store> Api<S> {
     /// Counts one authentication attempt against the connection's lifetime allowance.
     fn count_attempt(&self, ctx: &RequestContext) -> Result<(), Status> {
         let max = self.state.limits.auth_attempts_per_connection;
@@ -265,10 +300,8 @@ impl<S: Store> Auth for Api<S> {
                 },
             )
             .await?;
-        self.state.sessions.bind(
-            ctx.peer(),
-            SessionInfo::new(device, expires_at_ms, token_hash),
-        );
+        self.bind_checked(&ctx, SessionInfo::new(device, expires_at_ms, token_hash))
+            .await?;
         Ok(v1::LoginFinishResponse {
             session_token: token.to_vec().into(),
             expires_at_ms,
@@ -299,24 +332,11 @@ impl<S: Store> Auth for Api<S> {
             .await?
             .filter(|s| s.expires_at_ms > self.state.now_ms())
             .ok_or_else(|| Status::unauthenticated("session expired or unknown"))?;
-        self.state.sessions.bind(
-            ctx.peer(),
+        self.bind_checked(
+            &ctx,
             SessionInfo::new(session.device.clone(), session.expires_at_ms, token_hash),
-        );
-        // A revocation or logout that ended the session between the read and the bind (on
-        // any node: its poke found nothing to end here yet) must not leave it bound.
-        if self
-            .state
-            .store
-            .session(token_hash.to_vec())
-            .await?
-            .is_none()
-        {
-            self.state
-                .sessions
-                .end_token(token_hash, EndReason::LoggedOut, Some(ctx.peer().id()));
-            return Err(Status::unauthenticated("session expired or unknown"));
-        }
+        )
+        .await?;
         Ok(v1::ResumeSessionResponse {
             user: session.device.user,
             device: session.device.device,

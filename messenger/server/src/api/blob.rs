@@ -156,8 +156,9 @@ impl<S: Store> Blob for Api<S> {
             .store
             .blob(sha.clone())
             .await?
+            .filter(|row| row.received == total && !row.complete)
             .map(|row| row.epoch)
-            .ok_or_else(|| Status::aborted("blob upload raced; retry"))?;
+            .ok_or_else(|| Status::aborted("another upload of this blob moved it; retry"))?;
         if stored_sha256(&self.state.store, &sha, total)
             .await?
             .as_slice()

@@ -80,7 +80,7 @@ delegate! {
     fn append_blob(&self, sha256: Vec<u8>, offset: u64, data: Vec<u8>) -> StoreResult<u64>;
     fn read_blob(&self, sha256: Vec<u8>, offset: u64) -> StoreResult<Vec<u8>>;
     fn finish_blob(&self, sha256: Vec<u8>, epoch: u64, complete: bool) -> StoreResult<bool>;
-    fn reopen_blob(&self, sha256: Vec<u8>) -> StoreResult<()>;
+    fn reset_blob(&self, sha256: Vec<u8>) -> StoreResult<Option<u64>>;
     fn publish_endpoint(&self, device: DeviceId, addresses: Vec<String>, expires_at_ms: u64) -> StoreResult<()>;
     fn endpoint(&self, device: DeviceId, now_ms: u64) -> StoreResult<Option<(Vec<String>, u64)>>;
     fn secret(&self, name: String) -> StoreResult<Option<Vec<u8>>>;

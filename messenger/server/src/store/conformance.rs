@@ -814,21 +814,29 @@ pub(crate) async fn blobs_respect_quota_and_record_progress<S: Store>(s: &S) {
     assert!(s.read_blob(vec![1; 32], 60).await.unwrap().is_empty());
     assert!(s.read_blob(vec![1; 32], 1_000).await.unwrap().is_empty());
     assert!(s.read_blob(vec![7; 32], 0).await.unwrap().is_empty());
-    // A failed hash check drops the bytes: the upload starts again from 0.
+    // A failed hash check (only ever made of a whole blob) drops the bytes: the upload
+    // starts again from 0, in the next epoch.
     s.append_blob(vec![2; 32], 0, vec![5; 20]).await.unwrap();
+    assert!(
+        !s.finish_blob(vec![2; 32], 0, false).await.unwrap(),
+        "a partial upload is not dropped"
+    );
+    s.append_blob(vec![2; 32], 20, vec![5; 30]).await.unwrap();
     assert!(s.finish_blob(vec![2; 32], 0, false).await.unwrap());
     let row = s.blob(vec![2; 32]).await.unwrap().unwrap();
     assert_eq!((row.received, row.epoch), (0, 1));
-    // A second failed check about the old epoch (a concurrent upload) changes nothing more.
-    s.append_blob(vec![2; 32], 0, vec![6; 5]).await.unwrap();
-    assert!(!s.finish_blob(vec![2; 32], 0, false).await.unwrap());
-    assert_eq!(s.blob(vec![2; 32]).await.unwrap().unwrap().received, 5);
-    assert!(s.finish_blob(vec![2; 32], 1, false).await.unwrap());
     assert!(s.read_blob(vec![2; 32], 0).await.unwrap().is_empty());
-    assert_eq!(s.append_blob(vec![2; 32], 0, vec![6; 5]).await.unwrap(), 5);
-    // Reopened (an import), a complete blob takes its bytes again.
-    s.reopen_blob(vec![1; 32]).await.unwrap();
-    assert!(!s.blob(vec![1; 32]).await.unwrap().unwrap().complete);
+    // A second failed check about the old epoch (a concurrent upload) changes nothing more.
+    s.append_blob(vec![2; 32], 0, vec![6; 50]).await.unwrap();
+    assert!(!s.finish_blob(vec![2; 32], 0, false).await.unwrap());
+    assert_eq!(s.blob(vec![2; 32]).await.unwrap().unwrap().received, 50);
+    assert!(s.finish_blob(vec![2; 32], 1, true).await.unwrap());
+    // Reset (an import), a complete blob takes its bytes again in its next epoch.
+    assert_eq!(s.reset_blob(vec![1; 32]).await.unwrap(), Some(1));
+    let row = s.blob(vec![1; 32]).await.unwrap().unwrap();
+    assert_eq!((row.complete, row.received, row.epoch), (false, 0, 1));
+    assert!(s.read_blob(vec![1; 32], 0).await.unwrap().is_empty());
+    assert_eq!(s.reset_blob(vec![7; 32]).await.unwrap(), None);
 }
 
 pub(crate) async fn endpoints_expire<S: Store>(s: &S) {

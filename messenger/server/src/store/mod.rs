@@ -526,12 +526,14 @@ pub trait Store: Send + Sync + 'static {
         sha256: Vec<u8>,
         offset: u64,
     ) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
-    /// Marks a complete blob incomplete again, its bytes and epoch kept (only for importing
-    /// blobs an older server kept as files).
-    fn reopen_blob(&self, sha256: Vec<u8>) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Drops a blob's bytes and progress whatever its state (complete or not) and starts its
+    /// next epoch (only for importing blobs an older server kept as files). Returns the new
+    /// epoch, or `None` when there is no such blob.
+    fn reset_blob(&self, sha256: Vec<u8>) -> impl Future<Output = StoreResult<Option<u64>>> + Send;
     /// Ends an upload whose bytes were checked at `epoch`: `complete` marks the blob complete
-    /// (only when all its bytes are stored); otherwise its bytes are dropped and it starts
-    /// again from 0 in the next epoch (its hash did not match). Returns whether it changed
+    /// (only when all its bytes are stored); otherwise its bytes (all of them: a check is
+    /// only made of a whole blob) are dropped and it starts again from 0 in the next epoch
+    /// (its hash did not match). Returns whether it changed
     /// anything: `false` when the blob is complete already or another upload moved it to
     /// another epoch meanwhile.
     fn finish_blob(

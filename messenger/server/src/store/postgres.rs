@@ -1397,16 +1397,21 @@ impl Store for PostgresStore {
         }))
     }
 
-    async fn reopen_blob(&self, sha256: Vec<u8>) -> StoreResult<()> {
-        let client = self.client().await?;
-        execute(
-            &client,
-            "UPDATE blobs SET complete = FALSE WHERE sha256 = $1",
-            &[&sha256],
-        )
-        .await
-        .map_err(pg)?;
-        Ok(())
+    async fn reset_blob(&self, sha256: Vec<u8>) -> StoreResult<Option<u64>> {
+        transaction!(self, |tx| async {
+            execute(&tx, "DELETE FROM blob_chunks WHERE sha256 = $1", &[&sha256])
+                .await
+                .map_err(pg)?;
+            Ok(query_opt(
+                &tx,
+                "UPDATE blobs SET received = 0, complete = FALSE, epoch = epoch + 1
+                 WHERE sha256 = $1 RETURNING epoch",
+                &[&sha256],
+            )
+            .await?
+            .map(|r| u(r.get(0))))
+        }
+        .await)
     }
 
     async fn finish_blob(&self, sha256: Vec<u8>, epoch: u64, complete: bool) -> StoreResult<bool> {
@@ -1425,7 +1430,7 @@ impl Store for PostgresStore {
             let n = execute(
                 &tx,
                 "UPDATE blobs SET received = 0, epoch = epoch + 1
-                 WHERE sha256 = $1 AND epoch = $2 AND NOT complete",
+                 WHERE sha256 = $1 AND epoch = $2 AND NOT complete AND received = size",
                 &[&sha256, &i(epoch)],
             )
             .await

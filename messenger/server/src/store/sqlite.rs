@@ -1177,11 +1177,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn reopen_blob(&self, sha256: Vec<u8>) -> StoreResult<()> {
+    async fn reset_blob(&self, sha256: Vec<u8>) -> StoreResult<Option<u64>> {
         self.write(move |tx| {
-            tx.execute("UPDATE blobs SET complete = 0 WHERE sha256 = ?1", [&sha256])
+            tx.execute("DELETE FROM blob_chunks WHERE sha256 = ?1", [&sha256])
                 .map_err(backend)?;
-            Ok(())
+            tx.query_row(
+                "UPDATE blobs SET received = 0, complete = 0, epoch = epoch + 1
+                 WHERE sha256 = ?1 RETURNING epoch",
+                [&sha256],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|e| e.map(u))
+            .map_err(backend)
         })
         .await
     }
@@ -1201,7 +1209,7 @@ impl Store for SqliteStore {
             let n = tx
                 .execute(
                     "UPDATE blobs SET received = 0, epoch = epoch + 1
-                     WHERE sha256 = ?1 AND epoch = ?2 AND complete = 0",
+                     WHERE sha256 = ?1 AND epoch = ?2 AND complete = 0 AND received = size",
                     params![sha256, i(epoch)],
                 )
                 .map_err(backend)?;
