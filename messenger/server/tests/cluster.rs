@@ -71,19 +71,33 @@ fn start_node_with(s: &Services, name: &str, addr: SocketAddr, limits: &str) -> 
         ),
     )
     .unwrap();
+    let args: Vec<std::ffi::OsString> = vec![
+        "--config".into(),
+        config.into(),
+        "--postgres-url".into(),
+        s.db.url.clone().into(),
+        "--nats-url".into(),
+        s.nats.clone().into(),
+        "--node-id".into(),
+        name.into(),
+    ];
+    spawn_node(dir.path().to_path_buf(), addr, &args, dir)
+}
+
+/// Runs `qpq-server` on `data` and `addr` with `args`, and waits for it to listen; `keep`
+/// lives as long as the node.
+fn spawn_node(
+    data: std::path::PathBuf,
+    addr: SocketAddr,
+    args: &[std::ffi::OsString],
+    keep: tempfile::TempDir,
+) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qpq-server"))
-        .arg("--config")
-        .arg(&config)
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(data)
         .arg("--listen")
         .arg(addr.to_string())
-        .arg("--postgres-url")
-        .arg(&s.db.url)
-        .arg("--nats-url")
-        .arg(&s.nats)
-        .arg("--node-id")
-        .arg(name)
+        .args(args)
         .env("QPQ_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -94,7 +108,7 @@ fn start_node_with(s: &Services, name: &str, addr: SocketAddr, limits: &str) -> 
         child,
         addr,
         fingerprint,
-        _dir: dir,
+        _dir: keep,
     }
 }
 
@@ -319,23 +333,7 @@ async fn a_device_revoked_through_one_node_is_cut_off_on_the_other() {
 
 /// A single node on SQLite (no service needed), started as a process.
 fn start_sqlite_node(dir: &std::path::Path, addr: SocketAddr) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qpq-server"))
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--listen")
-        .arg(addr.to_string())
-        .env("QPQ_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let (addr, fingerprint) = read_banner(&mut child);
-    Node {
-        child,
-        addr,
-        fingerprint,
-        _dir: tempfile::tempdir().unwrap(),
-    }
+    spawn_node(dir.to_path_buf(), addr, &[], tempfile::tempdir().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,4 +625,42 @@ async fn a_clustered_node_refuses_to_start_without_its_services() {
         !said.contains("s3cret"),
         "the password is not shown: {said}"
     );
+}
+
+#[test]
+fn logs_carry_no_colour_codes_off_a_terminal_and_can_be_json() {
+    for json in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_qpq-server"));
+        command
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("QPQ_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if json {
+            command.args(["--log-format", "json"]);
+        }
+        let mut child = command.spawn().unwrap();
+        // Started: the first start logs the certificate it generated.
+        read_banner(&mut child);
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        let logged = String::from_utf8(output.stderr).unwrap();
+        assert!(logged.contains("self-signed certificate"), "{logged}");
+        assert!(
+            !logged.contains('\u{1b}'),
+            "colour codes in a pipe: {logged:?}"
+        );
+        if json {
+            for line in logged.lines().filter(|l| !l.is_empty()) {
+                assert!(
+                    line.starts_with('{') && line.ends_with('}') && line.contains("\"level\""),
+                    "not a JSON line: {line}"
+                );
+            }
+        }
+    }
 }
