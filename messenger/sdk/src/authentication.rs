@@ -176,10 +176,7 @@ impl QpqClient {
     pub(crate) fn start_tasks(&self) {
         self.stop_tasks();
         // A session ended before (revoked, logged out) does not end this one.
-        if matches!(
-            *lock(&self.inner.connection),
-            crate::events::ConnectionState::SessionEnded { .. }
-        ) {
+        if crate::sync::session_ended(&self.inner) {
             self.inner
                 .set_connection(crate::events::ConnectionState::Offline {
                     reason: "starting".into(),

@@ -121,23 +121,11 @@ async fn open_store(config: &Config) -> Result<AnyStore, ServerError> {
                 .map_err(|e| ServerError::Service {
                     service: "PostgreSQL",
                     url: crate::bus::redact(url),
-                    reason: error_chain(&e),
+                    reason: crate::util::error_chain(&e),
                 })?;
             Ok(AnyStore::Postgres(store))
         }
     }
-}
-
-/// `e` and its sources, for a message.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The node's TLS identity. Operator files win; otherwise a single node keeps its generated

@@ -278,6 +278,14 @@ pub(crate) async fn forward_pushes(inner: std::sync::Weak<Inner>, mut pushes: qr
     }
 }
 
+/// Whether the server ended the session (the state last reported says so).
+pub(crate) fn session_ended(inner: &Inner) -> bool {
+    matches!(
+        *crate::client::lock(&inner.connection),
+        ConnectionState::SessionEnded { .. }
+    )
+}
+
 /// Fetches, applies and acknowledges queue entries in order, for as long as the client lives.
 pub(crate) async fn receive_loop(strong: Arc<Inner>) {
     let mut attempt = 0u32;
@@ -289,10 +297,7 @@ pub(crate) async fn receive_loop(strong: Arc<Inner>) {
             Err(SdkError::Server(status)) if status.code() == Code::Unauthenticated => {
                 // The close code may have said why already (revoked, logged out elsewhere):
                 // that reason stays.
-                if !matches!(
-                    *crate::client::lock(&strong.connection),
-                    ConnectionState::SessionEnded { .. }
-                ) {
+                if !session_ended(&strong) {
                     strong.set_connection(ConnectionState::SessionEnded {
                         reason: status.message().to_owned(),
                     });
@@ -303,10 +308,7 @@ pub(crate) async fn receive_loop(strong: Arc<Inner>) {
                 let reason = e.to_string();
                 let crashed = simulated_crash(&e);
                 // A session the server ended (the close code said so) stays ended.
-                if matches!(
-                    *crate::client::lock(&strong.connection),
-                    ConnectionState::SessionEnded { .. }
-                ) {
+                if session_ended(&strong) {
                     return;
                 }
                 strong.set_connection(ConnectionState::Offline { reason });

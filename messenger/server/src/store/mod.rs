@@ -136,13 +136,7 @@ impl From<StoreError> for qrpc::Status {
                 qrpc::Status::failed_precondition(format!("offset: expected {expected}"))
             }
             StoreError::Backend(reason) => {
-                let mut chain = reason.to_string();
-                let mut source = std::error::Error::source(&reason);
-                while let Some(cause) = source {
-                    chain.push_str(": ");
-                    chain.push_str(&cause.to_string());
-                    source = cause.source();
-                }
+                let chain = crate::util::error_chain(&reason);
                 tracing::error!(reason = %chain, "storage failure");
                 qrpc::Status::internal("storage failure")
             }
@@ -152,6 +146,21 @@ impl From<StoreError> for qrpc::Status {
 
 /// Result of storage operations.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A backend's error as a [`StoreError::Backend`].
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::backend(e)
+}
+
+/// A stored count or timestamp (the databases' signed integers) as `u64`.
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A count or timestamp as the databases' signed integer (saturating).
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
 
 /// A stored session.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,28 +28,35 @@ const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/V1__initia
 const MIGRATION_LOCK: i64 = 0x7170_7100_0001;
 const KT_APPEND_LOCK: i64 = 0x7170_7100_0002;
 
-fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::backend(e)
-}
-
 fn pg(e: tokio_postgres::Error) -> StoreError {
-    StoreError::backend(e)
+    backend(e)
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::backend(e)
+/// Maps a unique violation to `unique` and a foreign-key violation (a missing parent row) to
+/// `missing`, when given, and any other error to a backend failure.
+fn violation(
+    unique: Option<StoreError>,
+    missing: Option<StoreError>,
+) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |e| {
+        let mapped = match e.code() {
+            Some(c) if *c == SqlState::UNIQUE_VIOLATION => unique,
+            Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => missing,
+            _ => None,
+        };
+        mapped.unwrap_or_else(|| pg(e))
+    }
 }
 
-fn is_code(e: &tokio_postgres::Error, code: &SqlState) -> bool {
-    e.code() == Some(code)
-}
-
-fn u(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+/// Locks `device`'s row until the transaction ends (one writer per queue and per device's
+/// key packages, on any node); whether the device exists.
+async fn lock_device<C: GenericClient>(tx: &C, device: &DeviceId) -> StoreResult<bool> {
+    exists(
+        tx,
+        "SELECT 1 FROM devices WHERE \"user\" = $1 AND device = $2 FOR UPDATE",
+        &[&device.user, &device.device],
+    )
+    .await
 }
 
 /// The PostgreSQL store. Clones share the pool.
@@ -105,7 +112,7 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(pool_error)
+        self.pool.get().await.map_err(backend)
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -369,13 +376,7 @@ impl Store for PostgresStore {
             &[&user, &password_file, &i(now_ms)],
         )
         .await
-        .map_err(|e| {
-            if is_code(&e, &SqlState::UNIQUE_VIOLATION) {
-                StoreError::AlreadyExists
-            } else {
-                pg(e)
-            }
-        })?;
+        .map_err(violation(Some(StoreError::AlreadyExists), None))?;
         Ok(())
     }
 
@@ -493,14 +494,7 @@ impl Store for PostgresStore {
                 &[&device.user, &device.device, &i(now_ms)],
             )
             .await
-            .map_err(|e| {
-                // The user is gone: so is the device.
-                if is_code(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
-                    StoreError::NotFound
-                } else {
-                    pg(e)
-                }
-            })?;
+            .map_err(violation(None, Some(StoreError::NotFound)))?;
             // Cascades to sessions, queue, key packages, bundle and endpoint.
             let n = execute(
                 &tx,
@@ -532,13 +526,7 @@ impl Store for PostgresStore {
             ],
         )
         .await
-        .map_err(|e| {
-            if is_code(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
-                StoreError::NotFound
-            } else {
-                pg(e)
-            }
-        })?;
+        .map_err(violation(None, Some(StoreError::NotFound)))?;
         Ok(())
     }
 
@@ -614,12 +602,7 @@ impl Store for PostgresStore {
             recipients.sort();
             recipients.dedup();
             for r in recipients {
-                query_opt(
-                    &tx,
-                    "SELECT 1 FROM devices WHERE \"user\" = $1 AND device = $2 FOR UPDATE",
-                    &[&r.user, &r.device],
-                )
-                .await?;
+                lock_device(&tx, r).await?;
             }
             let mut results = Vec::with_capacity(messages.len());
             for m in &messages {
@@ -706,14 +689,7 @@ impl Store for PostgresStore {
 
     async fn ack(&self, device: DeviceId, up_to_seq: u64) -> StoreResult<u64> {
         transaction!(self, |tx| async {
-            if query_opt(
-                &tx,
-                "SELECT 1 FROM devices WHERE \"user\" = $1 AND device = $2 FOR UPDATE",
-                &[&device.user, &device.device],
-            )
-            .await?
-            .is_none()
-            {
+            if !lock_device(&tx, &device).await? {
                 return Ok(0);
             }
             let per_sender = query(
@@ -777,13 +753,7 @@ impl Store for PostgresStore {
         max: u32,
     ) -> StoreResult<u32> {
         transaction!(self, |tx| async {
-            if !exists(
-                &tx,
-                "SELECT 1 FROM devices WHERE \"user\" = $1 AND device = $2 FOR UPDATE",
-                &[&device.user, &device.device],
-            )
-            .await?
-            {
+            if !lock_device(&tx, &device).await? {
                 return Err(StoreError::NotFound);
             }
             let count: i64 = query(
@@ -819,13 +789,7 @@ impl Store for PostgresStore {
         package: Vec<u8>,
     ) -> StoreResult<()> {
         transaction!(self, |tx| async {
-            if !exists(
-                &tx,
-                "SELECT 1 FROM devices WHERE \"user\" = $1 AND device = $2 FOR UPDATE",
-                &[&device.user, &device.device],
-            )
-            .await?
-            {
+            if !lock_device(&tx, &device).await? {
                 return Err(StoreError::NotFound);
             }
             execute(
@@ -960,15 +924,10 @@ impl Store for PostgresStore {
                 ],
             )
             .await
-            .map_err(|e| {
-                if is_code(&e, &SqlState::UNIQUE_VIOLATION) {
-                    StoreError::AlreadyExists
-                } else if is_code(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
-                    StoreError::NotFound
-                } else {
-                    pg(e)
-                }
-            })?;
+            .map_err(violation(
+                Some(StoreError::AlreadyExists),
+                Some(StoreError::NotFound),
+            ))?;
             Ok(u(index))
         }
         .await)
@@ -1098,13 +1057,7 @@ impl Store for PostgresStore {
                 &[&id, &name, &owner, &mls_group_id, &i(now_ms)],
             )
             .await
-            .map_err(|e| {
-                if is_code(&e, &SqlState::UNIQUE_VIOLATION) {
-                    StoreError::AlreadyExists
-                } else {
-                    pg(e)
-                }
-            })?;
+            .map_err(violation(Some(StoreError::AlreadyExists), None))?;
             execute(
                 &tx,
                 "INSERT INTO channel_members (channel_id, \"user\", state)
@@ -1465,13 +1418,7 @@ impl Store for PostgresStore {
             ],
         )
         .await
-        .map_err(|e| {
-            if is_code(&e, &SqlState::FOREIGN_KEY_VIOLATION) {
-                StoreError::NotFound
-            } else {
-                pg(e)
-            }
-        })?;
+        .map_err(violation(None, Some(StoreError::NotFound)))?;
         Ok(())
     }
 

@@ -21,10 +21,6 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V8__kt_heads.sql"),
 ];
 
-fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::backend(e)
-}
-
 fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
@@ -65,14 +61,6 @@ fn one_time_key_packages(c: &Connection, device: &DeviceId) -> StoreResult<u64> 
     )
     .map(u)
     .map_err(backend)
-}
-
-fn u(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn i(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// The embedded SQLite store.
