@@ -28,6 +28,8 @@ struct ConnectionInner {
     detached: bool,
     id: u64,
     remote: SocketAddr,
+    /// The negotiated application protocol.
+    alpn: Option<Box<[u8]>>,
     state: Mutex<ConnectionData>,
     push: PushSender,
     registry: PushRegistry,
@@ -51,6 +53,12 @@ impl Peer {
     ) -> Self {
         let remote = quic.remote_address();
         let id = quic.stable_id() as u64;
+        // Negotiated in the client's first flight, so known even for a 0-RTT connection.
+        let alpn = quic
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.protocol)
+            .map(Vec::into_boxed_slice);
         let slot = QuicSlot::new(quic);
         let push = push.with_datagrams(slot.clone(), max_datagram_event);
         Self(Arc::new(ConnectionInner {
@@ -58,6 +66,7 @@ impl Peer {
             detached: false,
             id,
             remote,
+            alpn,
             state: Mutex::new(ConnectionData::default()),
             push,
             registry,
@@ -76,6 +85,7 @@ impl Peer {
             detached: true,
             id,
             remote,
+            alpn: None,
             state: Mutex::new(ConnectionData::default()),
             push,
             registry,
@@ -106,6 +116,23 @@ impl Peer {
     /// The peer's address when the connection was accepted.
     pub fn initial_remote_address(&self) -> SocketAddr {
         self.0.remote
+    }
+
+    /// The application protocol (ALPN) the connection negotiated; `None` when detached.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.0.alpn.as_deref()
+    }
+
+    /// The certificate chain the peer presented and the server verified (leaf first), when
+    /// the server asks for client certificates ([`ServerTls::with_client_auth`](crate::tls::ServerTls::with_client_auth))
+    /// and the peer sent one; `None` otherwise.
+    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        self.0.quic.with(|quic| {
+            quic.peer_identity()?
+                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+                .map(|certs| *certs)
+        })?
     }
 
     /// The identity bound to this connection, if a handler bound one.

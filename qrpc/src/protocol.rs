@@ -41,6 +41,10 @@ pub mod close {
     pub const SHUTDOWN: VarInt = VarInt::from_u32(0x10);
     /// The push stream was misused (a second push stream, or an undecodable push frame).
     pub const PUSH_PROTOCOL_ERROR: VarInt = VarInt::from_u32(0x11);
+    /// The connection negotiated a protocol that requires a client certificate
+    /// ([`ServerConfig::require_client_certificate`](crate::ServerConfig::require_client_certificate))
+    /// and presented none.
+    pub const CLIENT_CERTIFICATE_REQUIRED: VarInt = VarInt::from_u32(0x12);
     /// The first code an application may use for its own closes; qrpc never sends a code at
     /// or above it (`docs/wire-protocol.md`, "Connection close codes").
     pub const APPLICATION_MIN: VarInt = VarInt::from_u32(0x100);

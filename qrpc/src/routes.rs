@@ -382,27 +382,56 @@ type BoxedService = tower::util::BoxCloneSyncService<
 /// The method table the server builds from its services.
 #[derive(Debug, Default)]
 pub(crate) struct RouterBuilder {
-    routes: HashMap<u16, (MethodInfo, BoxedService)>,
+    routes: HashMap<u16, Route>,
     errors: Vec<DuplicateMethodId>,
+}
+
+/// One method: its description, the service that has it, and the application protocol it is
+/// reachable on (`None`: the server's default protocols).
+#[derive(Clone)]
+struct Route {
+    info: MethodInfo,
+    service: BoxedService,
+    protocol: Option<Arc<[u8]>>,
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("info", &self.info)
+            .field(
+                "protocol",
+                &self.protocol.as_deref().map(String::from_utf8_lossy),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl RouterBuilder {
     /// Router every method of `service`'s descriptor to it. A method id taken by an earlier
     /// service is recorded as an error that [`Server::bind`](crate::Server::bind) reports.
-    pub(crate) fn add_service<S: HostedService>(&mut self, service: S) {
+    pub(crate) fn add_service<S: HostedService>(&mut self, service: S, protocol: Option<Vec<u8>>) {
         let descriptor = service.descriptor();
+        let protocol: Option<Arc<[u8]>> = protocol.map(Into::into);
         let boxed = BoxedService::new(tower::ServiceExt::map_err(service, |e: S::Error| {
             Status::from_error(e.into())
         }));
         for method in descriptor.methods {
             match self.routes.get(&method.id) {
-                Some((existing, _)) => self.errors.push(DuplicateMethodId {
+                Some(existing) => self.errors.push(DuplicateMethodId {
                     id: method.id,
-                    first: existing.to_string(),
+                    first: existing.info.to_string(),
                     second: method.to_string(),
                 }),
                 None => {
-                    self.routes.insert(method.id, (*method, boxed.clone()));
+                    self.routes.insert(
+                        method.id,
+                        Route {
+                            info: *method,
+                            service: boxed.clone(),
+                            protocol: protocol.clone(),
+                        },
+                    );
                 }
             }
         }
@@ -412,14 +441,42 @@ impl RouterBuilder {
         if let Some(err) = self.errors.into_iter().next() {
             return Err(err);
         }
-        Ok(Router(Arc::new(self.routes)))
+        let protocols = self
+            .routes
+            .values()
+            .filter_map(|route| route.protocol.clone())
+            .collect();
+        Ok(Router(Arc::new(Table {
+            routes: self.routes,
+            protocols,
+        })))
+    }
+}
+
+/// The router's methods, and the protocols that have services of their own.
+struct Table {
+    routes: HashMap<u16, Route>,
+    protocols: std::collections::HashSet<Arc<[u8]>>,
+}
+
+impl Table {
+    /// The route of `id` if it is reachable on a connection that negotiated `alpn`.
+    fn route(&self, id: u16, alpn: Option<&[u8]>) -> Option<&Route> {
+        let route = self.routes.get(&id)?;
+        let reachable = match (&route.protocol, alpn) {
+            (Some(protocol), Some(alpn)) => **protocol == *alpn,
+            (Some(_), None) => false,
+            (None, Some(alpn)) => !self.protocols.contains(alpn),
+            (None, None) => true,
+        };
+        reachable.then_some(route)
     }
 }
 
 /// The innermost service of a server: dispatches a raw request by method id to the service
 /// that has the method. An id no service has gets `Unimplemented`.
 #[derive(Clone)]
-pub struct Router(Arc<HashMap<u16, (MethodInfo, BoxedService)>>);
+pub struct Router(Arc<Table>);
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -430,12 +487,18 @@ impl fmt::Debug for Router {
 impl Router {
     /// The registered method with `id`.
     pub fn method(&self, id: u16) -> Option<MethodInfo> {
-        self.0.get(&id).map(|(info, _)| *info)
+        self.0.routes.get(&id).map(|route| route.info)
+    }
+
+    /// The method with `id` if a connection that negotiated `alpn` may call it (see
+    /// [`Server::add_service_on`](crate::Server::add_service_on)).
+    pub fn method_on(&self, id: u16, alpn: Option<&[u8]>) -> Option<MethodInfo> {
+        self.0.route(id, alpn).map(|route| route.info)
     }
 
     /// Every registered method.
     pub fn methods(&self) -> impl Iterator<Item = &MethodInfo> {
-        self.0.values().map(|(info, _)| info)
+        self.0.routes.values().map(|route| &route.info)
     }
 }
 
@@ -449,8 +512,11 @@ impl tower::Service<ServerRequest<RequestBody>> for Router {
     }
 
     fn call(&mut self, req: ServerRequest<RequestBody>) -> Self::Future {
-        match self.0.get(&req.context().method_id()) {
-            Some((_, service)) => tower::ServiceExt::oneshot(service.clone(), req).boxed(),
+        match self
+            .0
+            .route(req.context().method_id(), req.context().peer().alpn())
+        {
+            Some(route) => tower::ServiceExt::oneshot(route.service.clone(), req).boxed(),
             None => serve_unimplemented(&req),
         }
     }

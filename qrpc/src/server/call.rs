@@ -143,7 +143,8 @@ pub(super) async fn serve_call<S>(
 
     let method_id = first.method_id;
     let request_id = first.request_id;
-    let method = shared.routes.method(method_id);
+    // A method of another protocol than the connection's is as unknown as a missing one.
+    let method = shared.routes.method_on(method_id, connection.alpn());
     if method.is_some_and(|m| !m.kind.client_streams()) {
         // The request is whole: take the stream's end if it came with it, so the stream is
         // finished rather than stopped (which would cost the client a STOP_SENDING frame).

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     /// The secret the endpoint's stateless-reset key derives from (default: a random one per
     /// endpoint).
     pub(crate) stateless_reset: Option<ResetSecret>,
+    /// Protocols (ALPN ids) whose connections must present a verified client certificate.
+    pub(crate) client_certificate_required: Vec<Vec<u8>>,
 }
 
 /// A stateless-reset secret; never printed.
@@ -78,6 +80,7 @@ impl Default for ServerConfig {
             zero_rtt: true,
             max_datagram_event: 1200,
             stateless_reset: None,
+            client_certificate_required: Vec::new(),
         }
     }
 }
@@ -106,6 +109,20 @@ impl ServerConfig {
     /// reset this server's connections.
     pub fn stateless_reset_key(&mut self, secret: [u8; 32]) -> &mut Self {
         self.stateless_reset = Some(ResetSecret(zeroize::Zeroizing::new(secret)));
+        self
+    }
+
+    /// Connections that negotiate `alpn` must present a client certificate the server's
+    /// [`ClientAuth`](crate::tls::ClientAuth) accepts: such a connection skips 0-RTT, and one
+    /// that completes its handshake without a certificate is closed with
+    /// [`close::CLIENT_CERTIFICATE_REQUIRED`](crate::protocol::close::CLIENT_CERTIFICATE_REQUIRED)
+    /// before any call runs. Connections of other protocols are unaffected (they may ignore
+    /// the certificate request every connection is offered).
+    pub fn require_client_certificate(&mut self, alpn: impl Into<Vec<u8>>) -> &mut Self {
+        let alpn = alpn.into();
+        if !self.client_certificate_required.contains(&alpn) {
+            self.client_certificate_required.push(alpn);
+        }
         self
     }
 

@@ -118,7 +118,23 @@ impl<L> Server<L> {
     /// them. A method id served twice makes [`bind`](Self::bind) fail with
     /// [`ServerError::DuplicateMethod`].
     pub fn add_service(mut self, service: impl HostedService) -> Self {
-        self.routes.add_service(service);
+        self.routes.add_service(service, None);
+        self
+    }
+
+    /// Hosts `service` for connections that negotiate the application protocol `alpn` only,
+    /// and offers `alpn` beside the configured ones. Services added with
+    /// [`add_service`](Self::add_service) are then not reachable from such connections, and
+    /// these not from any other: a call to a method of the other protocol gets
+    /// `Unimplemented`. Method ids stay unique across protocols. Layers added with
+    /// [`layer`](Self::layer) wrap these calls too; [`Peer::alpn`](crate::Peer::alpn) tells
+    /// them apart.
+    pub fn add_service_on(mut self, alpn: impl Into<Vec<u8>>, service: impl HostedService) -> Self {
+        let alpn = alpn.into();
+        if !self.config.alpn.contains(&alpn) {
+            self.config.alpn.push(alpn.clone());
+        }
+        self.routes.add_service(service, Some(alpn));
         self
     }
 
@@ -379,13 +395,27 @@ where
 async fn establish(incoming: quinn::Incoming, shared: &Shared) -> Option<quinn::Connection> {
     let remote = incoming.remote_address();
     let timeout = shared.config.handshake_timeout;
-    let connecting = match incoming.accept() {
+    let mut connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(err) => {
             tracing::debug!(%remote, %err, "connection refused");
             return None;
         }
     };
+    if !shared.config.client_certificate_required.is_empty() {
+        // The ALPN is known from the client's first flight; a protocol that needs a client
+        // certificate waits for the whole handshake (no 0-RTT) and is checked before serving.
+        let alpn = tokio::time::timeout(timeout, connecting.handshake_data())
+            .await
+            .ok()?
+            .ok()?
+            .downcast::<quinn::crypto::rustls::HandshakeData>()
+            .ok()?
+            .protocol;
+        if let Some(alpn) = alpn.filter(|a| shared.config.client_certificate_required.contains(a)) {
+            return establish_authenticated(connecting, timeout, &alpn).await;
+        }
+    }
     let connecting = if shared.config.zero_rtt {
         match connecting.into_0rtt() {
             Ok((conn, done)) => {
@@ -414,4 +444,39 @@ async fn establish(incoming: quinn::Incoming, shared: &Shared) -> Option<quinn::
             None
         }
     }
+}
+
+/// Completes the handshake of a connection whose protocol requires a client certificate, and
+/// closes it if the peer presented none (a certificate that was presented has been verified
+/// by the TLS configuration's client verifier already).
+async fn establish_authenticated(
+    connecting: quinn::Connecting,
+    timeout: std::time::Duration,
+    alpn: &[u8],
+) -> Option<quinn::Connection> {
+    let remote = connecting.remote_address();
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => {
+            tracing::debug!(%remote, %err, "handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "handshake timed out");
+            return None;
+        }
+    };
+    if conn.peer_identity().is_none() {
+        tracing::info!(
+            %remote,
+            alpn = %String::from_utf8_lossy(alpn),
+            "connection refused: no client certificate",
+        );
+        conn.close(
+            close::CLIENT_CERTIFICATE_REQUIRED,
+            b"this protocol requires a client certificate",
+        );
+        return None;
+    }
+    Some(conn)
 }

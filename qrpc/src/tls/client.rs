@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::error::TlsError;
 use super::keys::{crypto_provider, format_fingerprint};
-use super::pinned::PinnedVerifier;
+use super::pinned::{Pin, PinnedVerifier};
 
 /// How a client decides to trust the server.
 ///
@@ -20,6 +20,8 @@ use super::pinned::PinnedVerifier;
 pub struct ClientTls {
     trust: Trust,
     server_name: String,
+    /// The certificate this client presents when the server asks for one.
+    identity: Option<Arc<ClientIdentity>>,
     /// Built on first use and shared by clones; holds the session cache.
     base: Arc<std::sync::Mutex<Option<Arc<rustls::ClientConfig>>>>,
 }
@@ -30,7 +32,13 @@ const CLIENT_SESSIONS: usize = 64;
 #[derive(Clone)]
 enum Trust {
     Roots(Arc<RootCertStore>),
-    Pinned([u8; 32]),
+    Pinned(Pin),
+}
+
+/// A client's certificate chain and key; the key is never printed.
+struct ClientIdentity {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
 }
 
 impl ClientTls {
@@ -39,6 +47,7 @@ impl ClientTls {
         Self {
             trust: Trust::Roots(Arc::new(roots)),
             server_name: server_name.into(),
+            identity: None,
             base: Arc::default(),
         }
     }
@@ -59,10 +68,44 @@ impl ClientTls {
     /// private key cannot pass. Names and validity dates are not checked: the pin is the trust.
     pub fn pinned(sha256: [u8; 32]) -> Self {
         Self {
-            trust: Trust::Pinned(sha256),
+            trust: Trust::Pinned(Pin::Certificate(sha256)),
             server_name: "qrpc.invalid".into(),
+            identity: None,
             base: Arc::default(),
         }
+    }
+
+    /// Trusts only a server whose leaf certificate's public key has this SHA-256 fingerprint
+    /// ([`key_fingerprint`](super::key_fingerprint)): unlike [`pinned`](Self::pinned), the
+    /// pin survives the server renewing its certificate with the same key. The handshake
+    /// signature is verified against that key; names and dates are not checked.
+    pub fn pinned_key(sha256: [u8; 32]) -> Self {
+        Self {
+            trust: Trust::Pinned(Pin::Key(sha256)),
+            server_name: "qrpc.invalid".into(),
+            identity: None,
+            base: Arc::default(),
+        }
+    }
+
+    /// Presents this certificate chain (leaf first) and key when the server asks for a client
+    /// certificate (a server with [`ClientAuth`](super::ClientAuth)). The session cache starts
+    /// afresh.
+    pub fn with_client_certificate(
+        mut self,
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Self {
+        self.identity = Some(Arc::new(ClientIdentity { certs, key }));
+        self.base = Arc::default();
+        self
+    }
+
+    /// Presents the certificate chain and key `server` serves with: a server that calls its
+    /// peers as itself (federation) proves the identity they already pin.
+    pub fn with_client_certificate_of(self, server: &super::ServerTls) -> Self {
+        let (certs, key) = server.identity();
+        self.with_client_certificate(certs, key)
     }
 
     /// The name sent in SNI and, with root trust, checked against the certificate.
@@ -114,17 +157,20 @@ impl ClientTls {
     ) -> Result<rustls::ClientConfig, TlsError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
-        let mut tls = match &self.trust {
-            Trust::Roots(roots) => builder
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth(),
+        let builder = match &self.trust {
+            Trust::Roots(roots) => builder.with_root_certificates(roots.clone()),
             Trust::Pinned(pin) => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
                     pin: *pin,
                     provider,
-                }))
-                .with_no_client_auth(),
+                })),
+        };
+        let mut tls = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some(identity) => {
+                builder.with_client_auth_cert(identity.certs.clone(), identity.key.clone_key())?
+            }
         };
         tls.resumption = rustls::client::Resumption::store(Arc::new(
             rustls::client::ClientSessionMemoryCache::new(CLIENT_SESSIONS),
@@ -137,11 +183,13 @@ impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let trust = match &self.trust {
             Trust::Roots(r) => format!("roots({})", r.len()),
-            Trust::Pinned(p) => format!("pinned({})", format_fingerprint(p)),
+            Trust::Pinned(Pin::Certificate(p)) => format!("pinned({})", format_fingerprint(p)),
+            Trust::Pinned(Pin::Key(p)) => format!("pinned key({})", format_fingerprint(p)),
         };
         f.debug_struct("ClientTls")
             .field("trust", &trust)
             .field("server_name", &self.server_name)
+            .field("client_certificate", &self.identity.is_some())
             .finish()
     }
 }

@@ -27,6 +27,9 @@ pub enum TlsError {
     /// A fingerprint string was not 64 hex digits.
     #[error("a SHA-256 fingerprint is 64 hex digits (colons allowed)")]
     BadFingerprint,
+    /// A certificate could not be parsed as X.509.
+    #[error("not a valid X.509 certificate")]
+    BadCertificate,
 }
 
 /// Why a PEM file did not yield what was asked of it.

@@ -18,6 +18,15 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
     Sha256::digest(cert.as_ref()).into()
 }
 
+/// The SHA-256 of a DER certificate's public key (its `SubjectPublicKeyInfo`): a pin that
+/// survives renewing the certificate with the same key. A server pins clients' keys this way
+/// ([`ClientAuth::pinned_keys`](super::ClientAuth::pinned_keys)) and a client a server's
+/// ([`ClientTls::pinned_key`](super::ClientTls::pinned_key)).
+pub fn key_fingerprint(cert: &CertificateDer<'_>) -> Result<[u8; 32], TlsError> {
+    let parsed = webpki::EndEntityCert::try_from(cert).map_err(|_| TlsError::BadCertificate)?;
+    Ok(Sha256::digest(parsed.subject_public_key_info().as_ref()).into())
+}
+
 /// Formats a fingerprint as lowercase hex pairs separated by colons.
 pub fn format_fingerprint(fp: &[u8; 32]) -> String {
     fp.iter()

@@ -8,6 +8,7 @@
 //! certificate: a client trusts root certificates or pins the server's certificate by SHA-256.
 
 mod client;
+mod client_auth;
 mod error;
 mod keys;
 mod pinned;
@@ -16,8 +17,11 @@ mod self_signed;
 mod server;
 
 pub use client::ClientTls;
+pub use client_auth::ClientAuth;
 pub use error::{PemError, TlsError};
-pub use keys::{crypto_provider, fingerprint, format_fingerprint, parse_fingerprint};
+pub use keys::{
+    crypto_provider, fingerprint, format_fingerprint, key_fingerprint, parse_fingerprint,
+};
 #[cfg(feature = "self-signed")]
 pub use self_signed::SelfSigned;
 pub use server::ServerTls;

@@ -7,12 +7,31 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::keys::fingerprint;
+use super::keys::{fingerprint, key_fingerprint};
 
-/// Accepts exactly the pinned leaf certificate, and checks handshake signatures against it.
+/// What a pin is the SHA-256 of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pin {
+    /// The whole leaf certificate.
+    Certificate([u8; 32]),
+    /// The leaf certificate's public key (`SubjectPublicKeyInfo`).
+    Key([u8; 32]),
+}
+
+impl Pin {
+    fn matches(&self, cert: &CertificateDer<'_>) -> bool {
+        match self {
+            Self::Certificate(pin) => fingerprint(cert) == *pin,
+            Self::Key(pin) => key_fingerprint(cert).is_ok_and(|key| key == *pin),
+        }
+    }
+}
+
+/// Accepts exactly the pinned leaf certificate (or key), and checks handshake signatures
+/// against it.
 #[derive(Debug)]
 pub(super) struct PinnedVerifier {
-    pub(super) pin: [u8; 32],
+    pub(super) pin: Pin,
     pub(super) provider: Arc<CryptoProvider>,
 }
 
@@ -25,7 +44,7 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if fingerprint(end_entity) == self.pin {
+        if self.pin.matches(end_entity) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(

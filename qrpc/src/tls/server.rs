@@ -8,6 +8,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::client_auth::ClientAuth;
 use super::error::{PemError, TlsError};
 use super::keys::crypto_provider;
 
@@ -19,12 +20,17 @@ const SERVER_SESSIONS: usize = 4096;
 pub struct ServerTls {
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    client_auth: Option<ClientAuth>,
 }
 
 impl ServerTls {
     /// A chain (leaf first) and its key.
     pub fn new(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
-        Self { certs, key }
+        Self {
+            certs,
+            key,
+            client_auth: None,
+        }
     }
 
     /// Loads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
@@ -44,7 +50,7 @@ impl ServerTls {
         // The key's error text never includes key material.
         let key = PrivateKeyDer::from_pem_file(key_path)
             .map_err(|e| pem_err("private key", key_path, e.into()))?;
-        Ok(Self { certs, key })
+        Ok(Self::new(certs, key))
     }
 
     /// A PEM certificate chain and a PEM private key held in memory (kept in a database, for
@@ -63,7 +69,19 @@ impl ServerTls {
         }
         let key =
             PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| pem_err("private key", e.into()))?;
-        Ok(Self { certs, key })
+        Ok(Self::new(certs, key))
+    }
+
+    /// Offers every connection an optional client-certificate request, accepting the
+    /// certificates `auth` pins (see [`ClientAuth`]).
+    pub fn with_client_auth(mut self, auth: ClientAuth) -> Self {
+        self.client_auth = Some(auth);
+        self
+    }
+
+    /// A copy of the chain and key, for presenting them as a client certificate.
+    pub(super) fn identity(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (self.certs.clone(), self.key.clone_key())
     }
 
     /// The leaf certificate.
@@ -92,10 +110,13 @@ impl ServerTls {
         early_data: bool,
         provider: Arc<CryptoProvider>,
     ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_single_cert(self.certs.clone(), self.key.clone_key())?;
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let builder = match &self.client_auth {
+            None => builder.with_no_client_auth(),
+            Some(auth) => builder.with_client_cert_verifier(auth.verifier(provider)),
+        };
+        let mut tls = builder.with_single_cert(self.certs.clone(), self.key.clone_key())?;
         tls.alpn_protocols = alpn.to_vec();
         tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SERVER_SESSIONS);
         // QUIC allows no other early data limit: 0 (off) or u32::MAX (on).
@@ -108,6 +129,7 @@ impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTls")
             .field("chain_len", &self.certs.len())
+            .field("client_auth", &self.client_auth)
             .finish_non_exhaustive()
     }
 }
