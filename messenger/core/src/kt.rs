@@ -592,6 +592,65 @@ impl SignedTreeHead {
     }
 }
 
+/// A witness's cosignature of another server's tree head: the witness (a federated peer)
+/// checked that the head is signed by that log's key and consistent with every head of it the
+/// witness cosigned before, and signs that with its own log key. A client accepts a remote
+/// log's head only with its home server's cosignature, so a log that shows one head to one
+/// server and an inconsistent one to another is caught by the witness that saw both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cosignature {
+    signature: [u8; SIGNATURE_LEN],
+}
+
+/// What a witness signs: `"qpq-kt-cosig-v1" || len(witness) || witness || len(log) || log
+/// || tree_size || root || timestamp_ms`, the lengths as one byte each (domains are at most
+/// 253 bytes).
+fn cosigned_bytes(witness: &str, log: &str, head: &UnverifiedTreeHead) -> Vec<u8> {
+    let mut m = Vec::with_capacity(15 + 2 + witness.len() + log.len() + 48);
+    m.extend_from_slice(b"qpq-kt-cosig-v1");
+    for domain in [witness, log] {
+        m.push(u8::try_from(domain.len()).unwrap_or(u8::MAX));
+        m.extend_from_slice(domain.as_bytes());
+    }
+    m.extend_from_slice(&head.tree_size.to_be_bytes());
+    m.extend_from_slice(&head.root);
+    m.extend_from_slice(&head.timestamp_ms.to_be_bytes());
+    m
+}
+
+impl Cosignature {
+    /// The cosignature of `witness` (its domain and log key) over `head` of `log`'s log.
+    pub fn sign(witness_key: &IdentityKey, witness: &str, log: &str, head: &SignedTreeHead) -> Self {
+        Self {
+            signature: witness_key.sign(&cosigned_bytes(witness, log, &head.head)),
+        }
+    }
+
+    /// Checks that `witness_key` (of `witness`) cosigned `head` as a head of `log`.
+    pub fn verify(
+        &self,
+        witness_key: &IdentityPublic,
+        witness: &str,
+        log: &str,
+        head: &UnverifiedTreeHead,
+    ) -> Result<(), KtError> {
+        witness_key
+            .verify(&cosigned_bytes(witness, log, head), &self.signature)
+            .map_err(|_| KtError::BadSignature)
+    }
+
+    /// Encoding: the 64-byte signature.
+    pub fn encode(&self) -> Vec<u8> {
+        self.signature.to_vec()
+    }
+
+    /// Decodes exactly 64 bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, KtError> {
+        let signature = <[u8; SIGNATURE_LEN]>::try_from(bytes).map_err(|_| KtError::Malformed)?;
+        Ok(Self { signature })
+    }
+}
+
 /// Checks that `claimed` (a head a key answer came with) is a head of the same log as
 /// `latest` (a head already verified, and consistent with everything seen before): signed by
 /// `log_key`, and a prefix of `latest` by `proof` (a consistency proof from its size to

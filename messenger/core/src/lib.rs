@@ -4,6 +4,7 @@
 //!
 //! | module | what it provides |
 //! |---|---|
+//! | [`address`] | user addresses across servers (`name@domain`) |
 //! | [`identity`] | Ed25519 device identities and safety numbers |
 //! | [`kem`] | X-Wing hybrid KEM (X25519 + ML-KEM-768) and HPKE-like seal/open |
 //! | [`bundle`] | the signed key bundle a device publishes |
@@ -17,6 +18,7 @@
 //! Secrets are zeroized on drop and never appear in `Debug`, `Display` or errors. What each
 //! construction protects against, and what it does not, is in `docs/security-model.md`.
 
+pub mod address;
 pub mod attachment;
 pub mod bundle;
 pub mod files;

@@ -305,6 +305,7 @@ proptest! {
         let _ = InclusionProof::decode(&bytes);
         let _ = ConsistencyProof::decode(&bytes);
         let _ = SignedTreeHead::decode(&bytes);
+        let _ = Cosignature::decode(&bytes);
     }
 
     #[test]
@@ -349,4 +350,32 @@ fn a_head_older_than_the_latest_is_proven_part_of_the_log_not_an_alarm() {
         verify_prefix(&answered, &latest, &wrong, &log_key.public()),
         Err(KtError::ProofMismatch)
     );
+}
+
+#[test]
+fn a_cosignature_binds_the_witness_the_log_and_the_head() {
+    let log_key = IdentityKey::generate();
+    let witness = IdentityKey::generate();
+    let mut log = MerkleLog::new();
+    log.append(b"binding");
+    let head = log.sign_head(&log_key, 1_000);
+    let claimed = SignedTreeHead::decode(&head.encode()).unwrap();
+    let cosig = Cosignature::sign(&witness, "a.test", "b.test", &head);
+    let decoded = Cosignature::decode(&cosig.encode()).unwrap();
+    decoded
+        .verify(&witness.public(), "a.test", "b.test", &claimed)
+        .unwrap();
+    // Another witness key, witness name, log name or head: refused.
+    let other = IdentityKey::generate();
+    assert!(decoded.verify(&other.public(), "a.test", "b.test", &claimed).is_err());
+    assert!(decoded.verify(&witness.public(), "c.test", "b.test", &claimed).is_err());
+    assert!(decoded.verify(&witness.public(), "a.test", "c.test", &claimed).is_err());
+    // Domain boundaries are length-prefixed: moving a byte between the names changes the
+    // message.
+    assert!(decoded.verify(&witness.public(), "a.testb", ".test", &claimed).is_err());
+    log.append(b"another");
+    let later = SignedTreeHead::decode(&log.sign_head(&log_key, 2_000).encode()).unwrap();
+    assert!(decoded.verify(&witness.public(), "a.test", "b.test", &later).is_err());
+    assert!(Cosignature::decode(&[0; 63]).is_err());
+    assert!(Cosignature::decode(&[0; 65]).is_err());
 }

@@ -38,8 +38,128 @@ pub struct Config {
     /// Log lines as text (default; colours only on a terminal) or as JSON objects, one per
     /// line, for log collectors.
     pub log_format: LogFormat,
+    /// Federation with other qpq servers (default: off). See docs/federation.md.
+    pub federation: Federation,
     /// Limits.
     pub limits: Limits,
+}
+
+/// A trusted peer server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationPeer {
+    /// Its domain (`b.example`): its users are `name@b.example`.
+    pub domain: String,
+    /// SHA-256 of its TLS certificate's public key (SubjectPublicKeyInfo), 64 hex digits, as
+    /// `qpq-server` prints at start (`federation key pin`). Its connections must present this
+    /// key, and this server accepts only this key from it.
+    pub key_pin: String,
+    /// Where to reach it (`ip:port`), instead of looking it up in DNS.
+    #[serde(default)]
+    pub address: Option<SocketAddr>,
+}
+
+/// Federation: this server relays its users' messages to users of the listed peers and
+/// accepts theirs, over the federation protocol (ALPN `qpq-fed/1`, mutual TLS) on the same
+/// UDP port as clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Federation {
+    /// Serve and use federation (default false).
+    pub enabled: bool,
+    /// The servers trusted to federate: nothing is relayed to or accepted from any other.
+    pub peers: Vec<FederationPeer>,
+    /// Domains refused even when listed in `peers` (a quick way to stop one).
+    pub deny: Vec<String>,
+    /// The DNS server asked for `_qpq-fed._udp.<domain>` SRV and A/AAAA records of peers
+    /// without an `address` (default: the system's resolver).
+    pub dns_server: Option<SocketAddr>,
+    /// The port used when DNS has an address but no SRV record (default 7443).
+    pub default_port: u16,
+    /// How long a message may wait for an unreachable server before its sender is told it
+    /// failed (default 604800 s, 7 days).
+    pub give_up_secs: u64,
+    /// The first retry delay after a failed relay (default 2000 ms); it doubles per failure.
+    pub retry_initial_ms: u64,
+    /// The longest retry delay (default 600 s).
+    pub retry_max_secs: u64,
+    /// How often every peer is probed (FederationHealth) while messages wait for it; a probe
+    /// that succeeds makes the next attempt due at once (default 30 s).
+    pub health_probe_secs: u64,
+    /// Messages a destination's outbox may hold (default 100000).
+    pub max_outbox_per_destination: u64,
+    /// Federation calls one peer may make per second (default 200).
+    pub calls_per_second_per_peer: u32,
+    /// Messages one peer may relay per second (default 1000).
+    pub messages_per_second_per_peer: u32,
+    /// Key packages one peer may take per minute of one local user's (default 30).
+    pub key_package_fetches_per_minute_per_peer_and_user: u32,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            peers: Vec::new(),
+            deny: Vec::new(),
+            dns_server: None,
+            default_port: 7443,
+            give_up_secs: 7 * 24 * 3600,
+            retry_initial_ms: 2000,
+            retry_max_secs: 600,
+            health_probe_secs: 30,
+            max_outbox_per_destination: 100_000,
+            calls_per_second_per_peer: 200,
+            messages_per_second_per_peer: 1000,
+            key_package_fetches_per_minute_per_peer_and_user: 30,
+        }
+    }
+}
+
+impl Federation {
+    /// Checks the peer list and the timings.
+    pub fn validate(&self, own_domain: &str) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(format!("federation: {m}")));
+        let mut seen = std::collections::HashSet::new();
+        for peer in &self.peers {
+            if !qpq_core::address::is_domain(&peer.domain) {
+                return invalid(format!("peers: \"{}\" is not a domain name", peer.domain));
+            }
+            if peer.domain == own_domain {
+                return invalid(format!("peers: \"{}\" is this server's own domain", peer.domain));
+            }
+            if !seen.insert(peer.domain.as_str()) {
+                return invalid(format!("peers: \"{}\" is listed twice", peer.domain));
+            }
+            if parse_pin(&peer.key_pin).is_none() {
+                return invalid(format!(
+                    "peers: the key_pin of \"{}\" must be 64 hex digits",
+                    peer.domain
+                ));
+            }
+        }
+        if self.retry_initial_ms == 0 || self.retry_max_secs == 0 || self.give_up_secs == 0 {
+            return invalid("retry_initial_ms, retry_max_secs and give_up_secs must be positive".into());
+        }
+        if self.health_probe_secs == 0 || self.max_outbox_per_destination == 0 {
+            return invalid("health_probe_secs and max_outbox_per_destination must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// A key pin written as 64 hex digits (colons allowed between bytes).
+pub fn parse_pin(text: &str) -> Option<[u8; 32]> {
+    let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut pin = [0u8; 32];
+    for (i, pair) in digits.chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).ok()?;
+        pin[i] = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(pin)
 }
 
 /// The log line format.
@@ -246,6 +366,7 @@ impl Default for Config {
             log_peer_addresses: false,
             cluster: Cluster::default(),
             log_format: LogFormat::Text,
+            federation: Federation::default(),
             limits: Limits::default(),
         }
     }
@@ -552,6 +673,7 @@ impl Config {
             ));
         }
         self.cluster.validate()?;
+        self.federation.validate(&self.domain)?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls_cert and tls_key must be set together".into(),

@@ -71,6 +71,9 @@ pub enum ServerError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Federation could not be set up (its DNS resolver, a peer entry).
+    #[error("federation: {0}")]
+    Federation(String),
     /// Two services declare the same method id (a build error of the server itself).
     #[error("the services' method ids collide: {0}")]
     Router(String),

@@ -20,6 +20,7 @@ pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod federation;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -165,6 +165,12 @@ async fn main() -> anyhow::Result<()> {
         "key transparency log key: {}",
         server.kt_public.short_fingerprint()
     );
+    // What the operators of federated servers list this one by (`federation.peers`).
+    println!(
+        "federation key pin ({}): {}",
+        config.domain,
+        qpq_server::util::hex(&server.key_pin)
+    );
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;

@@ -30,6 +30,8 @@ pub struct RunningServer {
     pub fingerprint: [u8; 32],
     /// The key that signs key-transparency tree heads.
     pub kt_public: IdentityPublic,
+    /// SHA-256 of its TLS certificate's public key: what federated peers list it by.
+    pub key_pin: [u8; 32],
     state: Arc<AppState<AnyStore>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -64,10 +66,20 @@ fn quota_per_second(n: u32) -> Quota {
 }
 
 /// The methods callable without a session: OPAQUE, session resume, health, and sealed
-/// enqueue (which needs the recipient's delivery token instead).
+/// (which needs the recipient's delivery token instead), and the federation methods (served
+/// only on the federation protocol, whose connections present a pinned peer certificate,
+/// which each call checks against its `origin`).
 pub fn public_methods() -> AuthPolicy {
-    use v1::{auth_server as a, delivery_server as d, p2p_server as p};
+    use v1::{auth_server as a, delivery_server as d, federation_server as f, p2p_server as p};
     AuthPolicy::new().public_methods([
+        f::RELAY_ENQUEUE.id,
+        f::RELAY_BATCH_ENQUEUE.id,
+        f::PROXY_FETCH_KEY_PACKAGE.id,
+        f::PROXY_FETCH_HYBRID_KEY.id,
+        f::PROXY_RESOLVE_USER.id,
+        f::FEDERATION_HEALTH.id,
+        f::FEDERATION_KT_HEAD.id,
+        f::FEDERATION_COSIGNATURE.id,
         a::REGISTER_START.id,
         a::REGISTER_FINISH.id,
         a::LOGIN_START.id,
@@ -89,6 +101,7 @@ struct Prepared<S: Store> {
     state: Arc<AppState<S>>,
     server: qrpc::Server<Layers<S>>,
     fingerprint: [u8; 32],
+    key_pin: [u8; 32],
     kt_public: IdentityPublic,
 }
 
@@ -261,6 +274,32 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<AnyStore>, Se
         log.append_hash(leaf);
     }
 
+    let leaf = tls
+        .leaf()
+        .ok_or(ServerError::Corrupt("TLS certificate"))?;
+    let key_pin = qrpc::tls::key_fingerprint(leaf)?;
+    let federation = if config.federation.enabled {
+        let fed = crate::federation::Federation::new(
+            config.domain.clone(),
+            config.federation.clone(),
+            &tls,
+            node_name.clone(),
+        )
+        .map_err(ServerError::Federation)?;
+        tracing::info!(
+            domain = %config.domain,
+            key_pin = %crate::util::hex(&key_pin),
+            peers = config.federation.peers.len(),
+            "federating: peers list this server by this key pin"
+        );
+        Some(Arc::new(fed))
+    } else {
+        None
+    };
+    let tls = match &federation {
+        Some(fed) => tls.with_client_auth(fed.client_auth()),
+        None => tls,
+    };
     let limits = config.limits.clone();
     // This node's share of every rate limit: a client spreading its calls over all nodes
     // gets no more than the configured rates in all.
@@ -276,9 +315,11 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<AnyStore>, Se
         c.zero_rtt(limits.zero_rtt);
         c.alpn(vec![b"qpq/1".to_vec()]);
         c.shutdown_grace(std::time::Duration::from_secs(10));
+        if federation.is_some() {
+            c.require_client_certificate(crate::federation::ALPN);
+        }
     });
-    let state = Arc::new(
-        AppState::new(
+    let mut state = AppState::new(
             store,
             builder.push_registry(),
             limits.clone(),
@@ -289,8 +330,11 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<AnyStore>, Se
         .with_domain(config.domain.clone())
         .with_clock(clock)
         .with_limiters(crate::abuse::Limiters::new(&node_limits))
-        .with_bus(bus),
-    );
+        .with_bus(bus);
+    if let Some(fed) = &federation {
+        state = state.with_federation(Arc::clone(fed));
+    }
+    let state = Arc::new(state);
     if let Some(mut pokes) = pokes {
         let weak = Arc::downgrade(&state);
         tokio::spawn(async move {
@@ -301,6 +345,13 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<AnyStore>, Se
         });
     }
     let api = Api::new(Arc::clone(&state));
+    let builder = match &federation {
+        Some(_) => builder.add_service_on(
+            crate::federation::ALPN,
+            v1::federation_server::FederationServer::new(api.clone()),
+        ),
+        None => builder,
+    };
     let server = builder
         // The caller's IP address is personal data: logged only when the operator asks.
         .layer(AuditLayer::tracing(config.log_peer_addresses))
@@ -325,6 +376,7 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<AnyStore>, Se
         state,
         server,
         fingerprint,
+        key_pin,
         kt_public,
     })
 }
@@ -381,6 +433,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
         .map_err(|e| listen(e.into()))?;
     let addr = server.local_addr().map_err(|e| listen(e.into()))?;
     let janitor = spawn_janitor(&prepared.state);
+    let relays = crate::federation::relay::spawn(&prepared.state);
     let state = Arc::clone(&prepared.state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -390,10 +443,14 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> Result<RunningSer
             })
             .await;
         janitor.abort();
+        for relay in relays {
+            relay.abort();
+        }
     });
     Ok(RunningServer {
         addr,
         fingerprint: prepared.fingerprint,
+        key_pin: prepared.key_pin,
         kt_public: prepared.kt_public,
         state,
         shutdown: Some(tx),

@@ -9,7 +9,9 @@ use subtle::ConstantTimeEq;
 use crate::api::Api;
 use crate::api::validate;
 use crate::session::{caller, live_session};
-use crate::store::{DeviceId, Enqueued, NewMessage, Store, StoreError, StoredMessage};
+use crate::store::{
+    DeviceId, Enqueued, NewMessage, OutboxMessage, Store, StoreError, StoredMessage,
+};
 use crate::util::sha256;
 
 /// Messages one batch enqueue may carry.
@@ -24,6 +26,11 @@ fn envelope(m: StoredMessage) -> v1::Envelope {
     }
 }
 
+/// The domain of a recipient of another server (`user@domain`), `None` for a local one.
+fn remote_domain(m: &NewMessage) -> Option<&str> {
+    m.recipient.user.split_once('@').map(|(_, d)| d)
+}
+
 /// Counts a `FetchWait` against its connection's allowance while it waits.
 struct FetchWaitSlot(std::sync::Arc<std::sync::atomic::AtomicU32>);
 
@@ -36,13 +43,14 @@ impl Drop for FetchWaitSlot {
 #[derive(Default)]
 struct FetchWaits(std::sync::Arc<std::sync::atomic::AtomicU32>);
 
-fn enqueue_response(result: Result<Enqueued, StoreError>) -> v1::EnqueueResponse {
+pub(crate) fn enqueue_response(result: Result<Enqueued, StoreError>) -> v1::EnqueueResponse {
     match result {
         Ok(o) => v1::EnqueueResponse {
             seq: o.seq,
             duplicate: o.duplicate,
             code: 0,
             error: String::new(),
+            relayed: false,
         },
         Err(e) => {
             let status = Status::from(e);
@@ -51,15 +59,21 @@ fn enqueue_response(result: Result<Enqueued, StoreError>) -> v1::EnqueueResponse
                 duplicate: false,
                 code: u32::from(status.code() as u8),
                 error: status.message().to_owned(),
+                relayed: false,
             }
         }
     }
 }
 
 impl<S: Store> Api<S> {
-    /// Checks one message; the sender fields are filled in by [`Api::attribute`].
+    /// Checks one message; the sender fields are filled in by [`Api::attribute`]. A recipient
+    /// of another server is named `user@domain` (see [`remote_domain`]).
     fn new_message(&self, request: &v1::EnqueueRequest) -> Result<NewMessage, Status> {
-        let recipient = validate::device_ref(request.recipient.as_ref())?;
+        let target = validate::target(request.recipient.as_ref(), &self.state.domain)?;
+        let mut recipient = target.device;
+        if let Some(domain) = &target.domain {
+            recipient.user = format!("{}@{domain}", recipient.user);
+        }
         validate::exact_len("message_id", &request.message_id, 16)?;
         if request.payload.is_empty() {
             return Err(Status::invalid_argument("payload: must not be empty"));
@@ -79,11 +93,71 @@ impl<S: Store> Api<S> {
         })
     }
 
+    /// Puts messages of `me` to users of other servers in the relay outbox (one result each,
+    /// in order) and wakes the relay sender.
+    async fn relay(
+        &self,
+        me: &DeviceId,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<v1::EnqueueResponse>, Status> {
+        let fed = self.federation()?;
+        let mut results = vec![None; messages.len()];
+        let mut outbox = Vec::new();
+        let mut slots = Vec::new();
+        for (i, m) in messages.into_iter().enumerate() {
+            let Some((user, domain)) = m.recipient.user.split_once('@') else {
+                continue;
+            };
+            if fed.is_peer(domain) {
+                slots.push(i);
+                outbox.push(OutboxMessage {
+                    destination: domain.to_owned(),
+                    sender: me.clone(),
+                    recipient: DeviceId::new(user, &m.recipient.device),
+                    message_id: m.message_id,
+                    payload: m.payload,
+                });
+            } else {
+                let mut refused = enqueue_response(Err(StoreError::Forbidden));
+                refused.error = format!("{domain} is not a server this one federates with");
+                results[i] = Some(refused);
+            }
+        }
+        let recipients: Vec<String> = outbox
+            .iter()
+            .map(|m| format!("{}@{}", m.recipient.user, m.destination))
+            .collect();
+        let outcomes = self
+            .state
+            .store
+            .outbox_push(
+                outbox,
+                fed.config.max_outbox_per_destination,
+                self.state.now_ms(),
+            )
+            .await?;
+        for ((slot, outcome), recipient) in slots.into_iter().zip(outcomes).zip(recipients) {
+            if outcome.is_ok() {
+                self.state.wrote_to(&me.user, &recipient).await;
+            }
+            let mut response = enqueue_response(outcome);
+            response.relayed = response.code == 0;
+            results[slot] = Some(response);
+        }
+        fed.wake.notify_one();
+        Ok(results.into_iter().flatten().collect())
+    }
+
     /// Marks messages as sent by logged-in `me`, decides which recipients have never talked to
     /// `me`, and takes the sender's rate-limit cells (all messages, and those to strangers).
     async fn attribute(&self, me: &DeviceId, messages: &mut [NewMessage]) -> Result<(), Status> {
-        let mut recipients: Vec<String> =
-            messages.iter().map(|m| m.recipient.user.clone()).collect();
+        // Users of other servers are judged there (their server applies the stranger rules
+        // to senders from here); only local recipients are looked up.
+        let mut recipients: Vec<String> = messages
+            .iter()
+            .map(|m| m.recipient.user.clone())
+            .filter(|u| !u.contains('@'))
+            .collect();
         recipients.sort();
         recipients.dedup();
         // "Known" is from the recipient's side: it wrote to us or shares a channel with us.
@@ -197,6 +271,18 @@ impl<S: Store> Delivery for Api<S> {
                 )?;
                 self.check_sealed(&request, &message).await?;
             }
+        }
+        if remote_domain(&message).is_some() {
+            let Some(session) = live_session(&ctx) else {
+                return Err(Status::permission_denied(
+                    "sealed sends reach this server's users only; log in to write to users of other servers",
+                ));
+            };
+            return self
+                .relay(&session.device, vec![message])
+                .await?
+                .pop()
+                .ok_or_else(|| Status::internal("no result for the message"));
         }
         let recipient = message.recipient.clone();
         let sender_user = message.sender_user.clone();
@@ -318,24 +404,74 @@ impl<S: Store> Delivery for Api<S> {
             .map(|m| self.new_message(m))
             .collect::<Result<Vec<_>, _>>()?;
         self.attribute(&me, &mut messages).await?;
+        // Local recipients' queues and other servers' outboxes; the answers in request order.
+        let (remote, local): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .enumerate()
+            .partition(|(_, m)| remote_domain(m).is_some());
+        let mut results: Vec<Option<v1::EnqueueResponse>> = vec![None; request.messages.len()];
+        if !remote.is_empty() {
+            let (slots, messages): (Vec<usize>, Vec<NewMessage>) = remote.into_iter().unzip();
+            for (slot, response) in slots.into_iter().zip(self.relay(&me, messages).await?) {
+                results[slot] = Some(response);
+            }
+        }
+        let (slots, messages): (Vec<usize>, Vec<NewMessage>) = local.into_iter().unzip();
         let recipients: Vec<_> = messages.iter().map(|m| m.recipient.clone()).collect();
-        let outcomes = self
-            .state
-            .store
-            .batch_enqueue(messages, self.state.queue_limits(), self.state.now_ms())
-            .await?;
-        for (recipient, outcome) in recipients.iter().zip(&outcomes) {
+        let outcomes = if messages.is_empty() {
+            Vec::new()
+        } else {
+            self.state
+                .store
+                .batch_enqueue(messages, self.state.queue_limits(), self.state.now_ms())
+                .await?
+        };
+        for ((recipient, outcome), slot) in recipients.iter().zip(outcomes).zip(slots) {
             if outcome.is_ok() {
                 self.state.wrote_to(&me.user, &recipient.user).await;
             }
-            if let Ok(o) = outcome
+            if let Ok(o) = &outcome
                 && !o.duplicate
             {
                 self.state.message_arrived(recipient, o.seq).await;
             }
+            results[slot] = Some(enqueue_response(outcome));
         }
         Ok(v1::BatchEnqueueResponse {
-            results: outcomes.into_iter().map(enqueue_response).collect(),
+            results: results.into_iter().flatten().collect(),
+        })
+    }
+
+    async fn relay_failures(
+        &self,
+        ctx: RequestContext,
+        request: v1::RelayFailuresRequest,
+    ) -> Result<v1::RelayFailuresResponse, Status> {
+        let me = caller(&ctx)?;
+        let limit = match request.limit {
+            0 => 100,
+            n => n.min(100),
+        };
+        let failures = self
+            .state
+            .store
+            .relay_failures(me.user, request.after_id, limit)
+            .await?;
+        Ok(v1::RelayFailuresResponse {
+            failures: failures
+                .into_iter()
+                .map(|f| v1::RelayFailure {
+                    id: f.id,
+                    message_id: f.message_id.into(),
+                    recipient: Some(v1::DeviceRef {
+                        user: f.recipient.user,
+                        device: f.recipient.device,
+                    }),
+                    reason: f.reason,
+                    failed_at_ms: f.failed_at_ms,
+                    retryable: f.retryable,
+                })
+                .collect(),
         })
     }
 }

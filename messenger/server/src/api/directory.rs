@@ -17,20 +17,11 @@ impl<S: Store> User for Api<S> {
         _ctx: RequestContext,
         request: v1::ResolveUserRequest,
     ) -> Result<v1::ResolveUserResponse, Status> {
-        validate::user(&request.user)?;
-        if !self.state.store.user_exists(request.user.clone()).await? {
-            return Err(Status::not_found("no such user"));
+        let address = validate::address(&request.user, &self.state.domain)?;
+        match address.domain {
+            Some(domain) => self.remote_user(&domain, &address.device).await,
+            None => self.local_user(address.device).await,
         }
-        let devices = self.state.store.user_identities(request.user).await?;
-        Ok(v1::ResolveUserResponse {
-            devices: devices
-                .into_iter()
-                .map(|(device, key)| v1::DeviceIdentity {
-                    device,
-                    identity_key: key.into(),
-                })
-                .collect(),
-        })
     }
 
     async fn resolve_identity(
@@ -53,6 +44,23 @@ impl<S: Store> User for Api<S> {
 }
 
 impl<S: Store> Api<S> {
+    /// A local user's devices with identity keys (`NotFound` when there is no such user).
+    pub(crate) async fn local_user(&self, user: String) -> Result<v1::ResolveUserResponse, Status> {
+        if !self.state.store.user_exists(user.clone()).await? {
+            return Err(Status::not_found("no such user"));
+        }
+        let devices = self.state.store.user_identities(user).await?;
+        Ok(v1::ResolveUserResponse {
+            devices: devices
+                .into_iter()
+                .map(|(device, key)| v1::DeviceIdentity {
+                    device,
+                    identity_key: key.into(),
+                })
+                .collect(),
+        })
+    }
+
     /// Bounds invitations: per call, and per inviting user per minute.
     fn check_invites(&self, user: &str, n: usize) -> Result<(), Status> {
         let per_call = self.state.limits.max_channel_invites_per_call as usize;

@@ -38,6 +38,47 @@ impl<S: Store> Api<S> {
     }
 
     /// Takes one of `me`'s key publishes (each may add a key-transparency leaf).
+    /// Takes one of `device`'s key packages for `requester` (a local user, or `user@domain`
+    /// of another server), within the requester's limits.
+    pub(crate) async fn take_key_package_for(
+        &self,
+        requester: &str,
+        device: DeviceId,
+    ) -> Result<v1::FetchKeyPackageResponse, Status> {
+        if requester != device.user {
+            // One-time packages are scarce: nobody may drain another user's supply.
+            let l = &self.state.limiters;
+            l.check(&l.key_packages_per_user, &requester.to_owned(), 1, "key-package fetches")?;
+            l.check(
+                &l.key_packages_per_pair,
+                &(requester.to_owned(), device.user.clone()),
+                1,
+                "key-package fetches for this user",
+            )?;
+        }
+        let (key_package, last_resort) =
+            self.state
+                .store
+                .take_key_package(device.clone())
+                .await?
+                .ok_or_else(|| Status::not_found("the device has no key packages"))?;
+        Ok(v1::FetchKeyPackageResponse {
+            key_package: key_package.into(),
+            last_resort,
+            proof: self.proof_for(&device).await?,
+        })
+    }
+
+    /// A device's key bundle with its proof (`NotFound` when it has none).
+    pub(crate) async fn bundle_of(
+        &self,
+        device: DeviceId,
+    ) -> Result<v1::FetchHybridKeyResponse, Status> {
+        self.fetch_bundle(device)
+            .await?
+            .ok_or_else(|| Status::not_found("the device has no key bundle"))
+    }
+
     fn check_key_publish(&self, me: &DeviceId) -> Result<(), Status> {
         let l = &self.state.limiters;
         l.check(
@@ -158,29 +199,11 @@ impl<S: Store> Keys for Api<S> {
         request: v1::FetchKeyPackageRequest,
     ) -> Result<v1::FetchKeyPackageResponse, Status> {
         let me = caller(&ctx)?;
-        let device = validate::device_ref(request.device.as_ref())?;
-        if me.user != device.user {
-            // One-time packages are scarce: nobody may drain another user's supply.
-            let l = &self.state.limiters;
-            l.check(&l.key_packages_per_user, &me.user, 1, "key-package fetches")?;
-            l.check(
-                &l.key_packages_per_pair,
-                &(me.user.clone(), device.user.clone()),
-                1,
-                "key-package fetches for this user",
-            )?;
+        let target = validate::target(request.device.as_ref(), &self.state.domain)?;
+        match target.domain {
+            Some(domain) => self.remote_key_package(&me, &domain, target.device).await,
+            None => self.take_key_package_for(&me.user, target.device).await,
         }
-        let (key_package, last_resort) =
-            self.state
-                .store
-                .take_key_package(device.clone())
-                .await?
-                .ok_or_else(|| Status::not_found("the device has no key packages"))?;
-        Ok(v1::FetchKeyPackageResponse {
-            key_package: key_package.into(),
-            last_resort,
-            proof: self.proof_for(&device).await?,
-        })
     }
 
     async fn upload_hybrid_key(
@@ -249,10 +272,11 @@ impl<S: Store> Keys for Api<S> {
         _ctx: RequestContext,
         request: v1::FetchHybridKeyRequest,
     ) -> Result<v1::FetchHybridKeyResponse, Status> {
-        let device = validate::device_ref(request.device.as_ref())?;
-        self.fetch_bundle(device)
-            .await?
-            .ok_or_else(|| Status::not_found("the device has no key bundle"))
+        let target = validate::target(request.device.as_ref(), &self.state.domain)?;
+        match target.domain {
+            Some(domain) => self.remote_bundle(&domain, target.device).await,
+            None => self.bundle_of(target.device).await,
+        }
     }
 
     async fn kt_head(
@@ -260,7 +284,11 @@ impl<S: Store> Keys for Api<S> {
         _ctx: RequestContext,
         request: v1::KtHeadRequest,
     ) -> Result<v1::KtHeadResponse, Status> {
-        self.state.kt_head(request.since_size).await
+        if request.domain.is_empty() || request.domain == self.state.domain {
+            return self.state.kt_head(request.since_size).await;
+        }
+        self.remote_kt_head(&request.domain, request.since_size)
+            .await
     }
 
     async fn batch_fetch_hybrid_keys(
@@ -275,8 +303,16 @@ impl<S: Store> Keys for Api<S> {
         }
         let mut response = v1::BatchFetchHybridKeysResponse::default();
         for r in &request.devices {
-            let device = validate::device_ref(Some(r))?;
-            match self.fetch_bundle(device).await? {
+            let target = validate::target(Some(r), &self.state.domain)?;
+            let found = match target.domain {
+                Some(domain) => match self.remote_bundle(&domain, target.device).await {
+                    Ok(bundle) => Some(bundle),
+                    Err(e) if e.code() == qrpc::Code::NotFound => None,
+                    Err(e) => return Err(e),
+                },
+                None => self.fetch_bundle(target.device).await?,
+            };
+            match found {
                 Some(bundle) => response.bundles.push(bundle),
                 None => response.missing.push(r.clone()),
             }

@@ -42,6 +42,41 @@ pub fn device_ref(r: Option<&qpq_proto::v1::DeviceRef>) -> Result<DeviceId, Stat
     Ok(DeviceId::new(&r.user, &r.device))
 }
 
+/// A user address from a request: a local user (bare, or qualified with this server's
+/// own domain) or a user of another server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target<T> {
+    /// The other server's domain; `None` for a local user.
+    pub domain: Option<String>,
+    /// The user or device, its user bare.
+    pub device: T,
+}
+
+/// A user address: `name` or `name@domain` (this server's own domain is the same as bare).
+pub fn address(text: &str, own_domain: &str) -> Result<Target<String>, Status> {
+    let parsed = qpq_core::address::Address::parse(text)
+        .map_err(|e| Status::invalid_argument(format!("user: {e}")))?;
+    let domain = parsed.domain().filter(|d| *d != own_domain).map(str::to_owned);
+    Ok(Target {
+        domain,
+        device: parsed.user().to_owned(),
+    })
+}
+
+/// A device reference whose user may be of another server (`user@domain`).
+pub fn target(
+    r: Option<&qpq_proto::v1::DeviceRef>,
+    own_domain: &str,
+) -> Result<Target<DeviceId>, Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument("device: missing"))?;
+    let user = address(&r.user, own_domain)?;
+    device(&r.device)?;
+    Ok(Target {
+        domain: user.domain,
+        device: DeviceId::new(user.device, &r.device),
+    })
+}
+
 /// A byte field of an exact length.
 pub fn exact_len(field: &str, bytes: &[u8], len: usize) -> Result<(), Status> {
     if bytes.len() == len {

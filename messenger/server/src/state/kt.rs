@@ -136,6 +136,7 @@ impl<S: Store> AppState<S> {
             log_key: self.kt_key.public().to_bytes().to_vec().into(),
             tree_head: head.encode().into(),
             consistency_proof: consistency.into(),
+            cosignature: Default::default(),
         })
     }
 

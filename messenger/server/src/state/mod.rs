@@ -56,6 +56,8 @@ pub struct AppState<S> {
     strangers: strangers::StrangerMemory,
     /// Tells the other nodes of a cluster what they must apply too.
     pub(crate) bus: ClusterBus,
+    /// Federation with other servers, when enabled.
+    pub(crate) federation: Option<Arc<crate::federation::Federation>>,
 }
 
 /// `percent` % of `total`, at least 1.
@@ -100,6 +102,30 @@ impl<S: Store> AppState<S> {
             fetch_waits_parked: std::sync::atomic::AtomicU64::new(0),
             strangers: strangers::StrangerMemory::default(),
             bus: ClusterBus::Local,
+            federation: None,
+        }
+    }
+
+    /// Sets federation (default: none).
+    pub fn with_federation(mut self, federation: Arc<crate::federation::Federation>) -> Self {
+        self.federation = Some(federation);
+        self
+    }
+
+    /// Federation, when this server federates.
+    pub fn federation(&self) -> Option<&Arc<crate::federation::Federation>> {
+        self.federation.as_ref()
+    }
+
+    /// Tells `user`'s connected devices that one of their messages could not be relayed
+    /// (failure `id`; they read it with `RelayFailures`).
+    pub async fn relay_failed(&self, user: &str, id: u64) {
+        let event = v1::server_event_push::Event::RelayFailed(v1::RelayFailed { id });
+        if let Ok(devices) = self.store.list_devices(user.to_owned()).await {
+            for d in devices {
+                self.registry
+                    .try_send_event(&DeviceId::new(user, d.device).identity(), &event);
+            }
         }
     }
 

@@ -85,4 +85,15 @@ delegate! {
     fn endpoint(&self, device: DeviceId, now_ms: u64) -> StoreResult<Option<(Vec<String>, u64)>>;
     fn secret(&self, name: String) -> StoreResult<Option<Vec<u8>>>;
     fn init_secret(&self, name: String, value: Vec<u8>) -> StoreResult<Vec<u8>>;
+    fn outbox_push(&self, messages: Vec<OutboxMessage>, max_per_destination: u64, now_ms: u64) -> StoreResult<Vec<StoreResult<Enqueued>>>;
+    fn outbox_due(&self, node: String, now_ms: u64) -> StoreResult<Vec<String>>;
+    fn outbox_claim(&self, destination: String, node: String, now_ms: u64, lease_ms: u64, limit: u32) -> StoreResult<Option<(Vec<OutboxRow>, DestinationState)>>;
+    fn outbox_sent(&self, destination: String, ids: Vec<u64>) -> StoreResult<()>;
+    fn outbox_retry_later(&self, destination: String, next_attempt_ms: u64, now_ms: u64) -> StoreResult<()>;
+    fn outbox_wake(&self, destination: String) -> StoreResult<()>;
+    fn outbox_fail(&self, ids: Vec<u64>, reason: String, retryable: bool, now_ms: u64) -> StoreResult<Vec<(String, u64)>>;
+    fn relay_failures(&self, user: String, after_id: u64, limit: u32) -> StoreResult<Vec<RelayFailureRow>>;
+    fn relay_accept(&self, messages: Vec<NewMessage>, limits: QueueLimits, now_ms: u64, seen_until_ms: u64) -> StoreResult<Vec<StoreResult<Enqueued>>>;
+    fn witnessed_head(&self, domain: String) -> StoreResult<Option<WitnessedHead>>;
+    fn witness_head(&self, domain: String, previous_size: Option<u64>, head: WitnessedHead) -> StoreResult<bool>;
 }

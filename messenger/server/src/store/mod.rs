@@ -296,6 +296,71 @@ pub struct BlobRow {
     pub epoch: u64,
 }
 
+/// A message for a device of another server, waiting in the relay outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// The recipient's server (its domain).
+    pub destination: String,
+    /// The local sending device.
+    pub sender: DeviceId,
+    /// The recipient device, its user named as the destination names it (bare).
+    pub recipient: DeviceId,
+    /// Sender-chosen id (with sender and recipient, what makes the relay idempotent).
+    pub message_id: Vec<u8>,
+    /// The sealed envelope.
+    pub payload: Vec<u8>,
+}
+
+/// An outbox row claimed for sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Increasing id: the order messages to one destination are sent in.
+    pub id: u64,
+    /// The message.
+    pub message: OutboxMessage,
+    /// When it entered the outbox, ms.
+    pub created_at_ms: u64,
+}
+
+/// A destination's sending state, as a claim found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DestinationState {
+    /// Failed attempts since the last success.
+    pub attempts: u32,
+    /// Since when sending has failed, ms (0: it has not).
+    pub failing_since_ms: u64,
+}
+
+/// A relayed message that was given up, as its sender sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayFailureRow {
+    /// Increasing id, per server.
+    pub id: u64,
+    /// The local sender.
+    pub sender_user: String,
+    /// Sender-chosen message id.
+    pub message_id: Vec<u8>,
+    /// The recipient device, its user qualified (`user@domain`).
+    pub recipient: DeviceId,
+    /// Why.
+    pub reason: String,
+    /// Whether sending again may succeed.
+    pub retryable: bool,
+    /// When, ms.
+    pub failed_at_ms: u64,
+}
+
+/// A peer's log head this server witnessed (cosigned) last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessedHead {
+    /// The peer log's signing key (pinned when first witnessed).
+    pub log_key: Vec<u8>,
+    /// The head's tree size.
+    pub tree_size: u64,
+    /// The signed tree head, encoded.
+    pub head: Vec<u8>,
+}
+
 /// Everything the server persists.
 pub trait Store: Send + Sync + 'static {
     /// Creates a user with an OPAQUE registration record.
@@ -574,4 +639,92 @@ pub trait Store: Send + Sync + 'static {
         name: String,
         value: Vec<u8>,
     ) -> impl Future<Output = StoreResult<Vec<u8>>> + Send;
+
+    /// Puts messages for users of other servers in the relay outbox, each on its own
+    /// (idempotent by sender device, recipient and message id: a repeat is a duplicate), and
+    /// records that each sender wrote to its recipient (`user@destination`). A destination
+    /// holding `max_per_destination` messages refuses more (`QueueFull`). `seq` is 0.
+    fn outbox_push(
+        &self,
+        messages: Vec<OutboxMessage>,
+        max_per_destination: u64,
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<Vec<StoreResult<Enqueued>>>> + Send;
+    /// Destinations with messages waiting whose next attempt is due by `now_ms` and whose
+    /// sending lease is free (or `node`'s).
+    fn outbox_due(
+        &self,
+        node: String,
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+    /// Takes (or renews) `node`'s lease on sending to `destination` until `now_ms + lease_ms`
+    /// and returns its oldest `limit` messages with its retry state. `None` when another
+    /// node holds the lease or the next attempt is not due: only the lease holder sends, so
+    /// each message leaves one node, in order.
+    fn outbox_claim(
+        &self,
+        destination: String,
+        node: String,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Option<(Vec<OutboxRow>, DestinationState)>>> + Send;
+    /// Removes delivered (or refused and reported) messages and clears the destination's
+    /// failures.
+    fn outbox_sent(
+        &self,
+        destination: String,
+        ids: Vec<u64>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Records a failed attempt: the next one is at `next_attempt_ms`; the lease is released.
+    fn outbox_retry_later(
+        &self,
+        destination: String,
+        next_attempt_ms: u64,
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Makes the next attempt to `destination` due now (traffic from it, or a health probe
+    /// that succeeded): backoff starts again.
+    fn outbox_wake(&self, destination: String) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Moves outbox messages to the relay failures of their senders, with `reason`; returns
+    /// the senders and failure ids, to tell them.
+    fn outbox_fail(
+        &self,
+        ids: Vec<u64>,
+        reason: String,
+        retryable: bool,
+        now_ms: u64,
+    ) -> impl Future<Output = StoreResult<Vec<(String, u64)>>> + Send;
+    /// A user's relay failures after `after_id`, oldest first.
+    fn relay_failures(
+        &self,
+        user: String,
+        after_id: u64,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<RelayFailureRow>>> + Send;
+    /// Enqueues messages relayed by another server, each on its own, as
+    /// [`Store::batch_enqueue`] does, and remembers each (sender, recipient, message id) until
+    /// `seen_until_ms` in the same transaction: one relayed again, even after it was fetched
+    /// and acknowledged, is a duplicate (`seq` 0) and is not queued twice.
+    fn relay_accept(
+        &self,
+        messages: Vec<NewMessage>,
+        limits: QueueLimits,
+        now_ms: u64,
+        seen_until_ms: u64,
+    ) -> impl Future<Output = StoreResult<Vec<StoreResult<Enqueued>>>> + Send;
+    /// The head of `domain`'s log this server witnessed last.
+    fn witnessed_head(
+        &self,
+        domain: String,
+    ) -> impl Future<Output = StoreResult<Option<WitnessedHead>>> + Send;
+    /// Records `head` as the last witnessed head of `domain` if the stored one is still
+    /// `previous_size` (`None`: none stored); returns whether it did (`false`: another
+    /// witness call moved it meanwhile).
+    fn witness_head(
+        &self,
+        domain: String,
+        previous_size: Option<u64>,
+        head: WitnessedHead,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
 }

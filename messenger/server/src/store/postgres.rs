@@ -22,7 +22,10 @@ use tokio_postgres::types::ToSql;
 use super::*;
 
 /// Numbered migrations; `qpq_schema` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/V1__initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/V1__initial.sql"),
+    include_str!("../../migrations/postgres/V2__federation.sql"),
+];
 
 /// Advisory lock keys (arbitrary constants, one per purpose).
 const MIGRATION_LOCK: i64 = 0x7170_7100_0001;
@@ -572,7 +575,14 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg)?;
-            Ok(sessions + endpoints)
+            let seen = execute(
+                &tx,
+                "DELETE FROM relay_seen WHERE expires_at_ms <= $1",
+                &[&i(now_ms)],
+            )
+            .await
+            .map_err(pg)?;
+            Ok(sessions + endpoints + seen)
         }
         .await)
     }
@@ -1470,6 +1480,387 @@ impl Store for PostgresStore {
         .await?
         .map(|r| r.get(0))
         .ok_or_else(|| StoreError::backend("server secret vanished"))
+    }
+
+    async fn outbox_push(
+        &self,
+        messages: Vec<OutboxMessage>,
+        max_per_destination: u64,
+        now_ms: u64,
+    ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
+        transaction!(self, |tx| async {
+            let mut results = Vec::with_capacity(messages.len());
+            for m in &messages {
+                // Checks first, writes last: a refused message wrote nothing.
+                let duplicate = exists(
+                    &tx,
+                    "SELECT 1 FROM relay_outbox WHERE sender_user = $1 AND sender_device = $2
+                     AND destination = $3 AND recipient_user = $4 AND recipient_device = $5
+                     AND message_id = $6",
+                    &[
+                        &m.sender.user,
+                        &m.sender.device,
+                        &m.destination,
+                        &m.recipient.user,
+                        &m.recipient.device,
+                        &m.message_id,
+                    ],
+                )
+                .await?;
+                if duplicate {
+                    results.push(Ok(Enqueued { seq: 0, duplicate: true }));
+                    continue;
+                }
+                let waiting: i64 = query_opt(
+                    &tx,
+                    "SELECT COUNT(*) FROM relay_outbox WHERE destination = $1",
+                    &[&m.destination],
+                )
+                .await?
+                .map_or(0, |r| r.get(0));
+                if u(waiting) >= max_per_destination {
+                    results.push(Err(StoreError::QueueFull));
+                    continue;
+                }
+                let inserted = execute(
+                    &tx,
+                    "INSERT INTO relay_outbox (destination, sender_user, sender_device,
+                         recipient_user, recipient_device, message_id, payload, created_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                    &[
+                        &m.destination,
+                        &m.sender.user,
+                        &m.sender.device,
+                        &m.recipient.user,
+                        &m.recipient.device,
+                        &m.message_id,
+                        &m.payload,
+                        &i(now_ms),
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+                if inserted == 0 {
+                    results.push(Ok(Enqueued { seq: 0, duplicate: true }));
+                    continue;
+                }
+                execute(
+                    &tx,
+                    "INSERT INTO contacts (\"user\", peer) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[
+                        &m.sender.user,
+                        &format!("{}@{}", m.recipient.user, m.destination),
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+                results.push(Ok(Enqueued { seq: 0, duplicate: false }));
+            }
+            Ok(results)
+        }
+        .await)
+    }
+
+    async fn outbox_due(&self, node: String, now_ms: u64) -> StoreResult<Vec<String>> {
+        let client = self.client().await?;
+        Ok(query(
+            &client,
+            "SELECT DISTINCT o.destination FROM relay_outbox o
+             LEFT JOIN relay_destinations d ON d.destination = o.destination
+             WHERE d.destination IS NULL
+                OR (d.next_attempt_ms <= $1 AND (d.lease_owner = $2 OR d.lease_until_ms <= $1))
+             ORDER BY o.destination",
+            &[&i(now_ms), &node],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+    }
+
+    async fn outbox_claim(
+        &self,
+        destination: String,
+        node: String,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: u32,
+    ) -> StoreResult<Option<(Vec<OutboxRow>, DestinationState)>> {
+        transaction!(self, |tx| async {
+            execute(
+                &tx,
+                "INSERT INTO relay_destinations (destination) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&destination],
+            )
+            .await
+            .map_err(pg)?;
+            // The destination's row, locked: one node decides about the lease at a time.
+            let row = query_opt(
+                &tx,
+                "SELECT attempts, next_attempt_ms, failing_since_ms, lease_owner, lease_until_ms
+                 FROM relay_destinations WHERE destination = $1 FOR UPDATE",
+                &[&destination],
+            )
+            .await?
+            .ok_or_else(|| StoreError::backend("relay destination vanished"))?;
+            let (attempts, next, failing, owner, until): (i64, i64, i64, String, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            if u(next) > now_ms || (owner != node && u(until) > now_ms) {
+                return Ok(None);
+            }
+            execute(
+                &tx,
+                "UPDATE relay_destinations SET lease_owner = $2, lease_until_ms = $3
+                 WHERE destination = $1",
+                &[&destination, &node, &i(now_ms.saturating_add(lease_ms))],
+            )
+            .await
+            .map_err(pg)?;
+            let rows = query(
+                &tx,
+                "SELECT id, sender_user, sender_device, recipient_user, recipient_device,
+                     message_id, payload, created_at_ms
+                 FROM relay_outbox WHERE destination = $1 ORDER BY id LIMIT $2",
+                &[&destination, &i64::from(limit)],
+            )
+            .await?
+            .iter()
+            .map(|r| OutboxRow {
+                id: u(r.get(0)),
+                message: OutboxMessage {
+                    destination: destination.clone(),
+                    sender: DeviceId::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+                    recipient: DeviceId::new(r.get::<_, String>(3), r.get::<_, String>(4)),
+                    message_id: r.get(5),
+                    payload: r.get(6),
+                },
+                created_at_ms: u(r.get(7)),
+            })
+            .collect();
+            let state = DestinationState {
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                failing_since_ms: u(failing),
+            };
+            Ok(Some((rows, state)))
+        }
+        .await)
+    }
+
+    async fn outbox_sent(&self, destination: String, ids: Vec<u64>) -> StoreResult<()> {
+        let ids: Vec<i64> = ids.into_iter().map(i).collect();
+        transaction!(self, |tx| async {
+            execute(
+                &tx,
+                "DELETE FROM relay_outbox WHERE destination = $1 AND id = ANY($2)",
+                &[&destination, &ids],
+            )
+            .await
+            .map_err(pg)?;
+            execute(
+                &tx,
+                "UPDATE relay_destinations SET attempts = 0, next_attempt_ms = 0,
+                     failing_since_ms = 0 WHERE destination = $1",
+                &[&destination],
+            )
+            .await
+            .map_err(pg)?;
+            Ok(())
+        }
+        .await)
+    }
+
+    async fn outbox_retry_later(
+        &self,
+        destination: String,
+        next_attempt_ms: u64,
+        now_ms: u64,
+    ) -> StoreResult<()> {
+        let client = self.client().await?;
+        execute(
+            &client,
+            "UPDATE relay_destinations SET attempts = attempts + 1, next_attempt_ms = $2,
+                 failing_since_ms = CASE WHEN failing_since_ms = 0 THEN $3
+                                         ELSE failing_since_ms END,
+                 lease_owner = '', lease_until_ms = 0
+             WHERE destination = $1",
+            &[&destination, &i(next_attempt_ms), &i(now_ms)],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn outbox_wake(&self, destination: String) -> StoreResult<()> {
+        let client = self.client().await?;
+        execute(
+            &client,
+            "UPDATE relay_destinations SET next_attempt_ms = 0 WHERE destination = $1",
+            &[&destination],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn outbox_fail(
+        &self,
+        ids: Vec<u64>,
+        reason: String,
+        retryable: bool,
+        now_ms: u64,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        let ids: Vec<i64> = ids.into_iter().map(i).collect();
+        transaction!(self, |tx| async {
+            Ok(query(
+                &tx,
+                "WITH gone AS (
+                     DELETE FROM relay_outbox WHERE id = ANY($1)
+                     RETURNING id, sender_user, message_id, recipient_user, recipient_device,
+                         destination
+                 )
+                 INSERT INTO relay_failures (sender_user, message_id, recipient_user,
+                     recipient_device, reason, retryable, failed_at_ms)
+                 SELECT sender_user, message_id, recipient_user || '@' || destination,
+                     recipient_device, $2, $3, $4
+                 FROM gone ORDER BY id
+                 RETURNING sender_user, id",
+                &[&ids, &reason, &retryable, &i(now_ms)],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), u(r.get(1))))
+            .collect())
+        }
+        .await)
+    }
+
+    async fn relay_failures(
+        &self,
+        user: String,
+        after_id: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<RelayFailureRow>> {
+        let client = self.client().await?;
+        Ok(query(
+            &client,
+            "SELECT id, message_id, recipient_user, recipient_device, reason, retryable,
+                 failed_at_ms
+             FROM relay_failures WHERE sender_user = $1 AND id > $2 ORDER BY id LIMIT $3",
+            &[&user, &i(after_id), &i64::from(limit)],
+        )
+        .await?
+        .iter()
+        .map(|r| RelayFailureRow {
+            id: u(r.get(0)),
+            sender_user: user.clone(),
+            message_id: r.get(1),
+            recipient: DeviceId::new(r.get::<_, String>(2), r.get::<_, String>(3)),
+            reason: r.get(4),
+            retryable: r.get(5),
+            failed_at_ms: u(r.get(6)),
+        })
+        .collect())
+    }
+
+    async fn relay_accept(
+        &self,
+        messages: Vec<NewMessage>,
+        limits: QueueLimits,
+        now_ms: u64,
+        seen_until_ms: u64,
+    ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        transaction!(self, |tx| async {
+            // Every recipient queue locked up front, in one order (as batch_enqueue does):
+            // two relays of one message wait on each other, and the second sees the first.
+            let mut recipients: Vec<&DeviceId> = messages.iter().map(|m| &m.recipient).collect();
+            recipients.sort();
+            recipients.dedup();
+            for r in recipients {
+                lock_device(&tx, r).await?;
+            }
+            let mut results = Vec::with_capacity(messages.len());
+            for m in &messages {
+                let seen = exists(
+                    &tx,
+                    "SELECT 1 FROM relay_seen WHERE sender = $1 AND recipient_user = $2
+                     AND recipient_device = $3 AND message_id = $4",
+                    &[&m.sender, &m.recipient.user, &m.recipient.device, &m.message_id],
+                )
+                .await?;
+                if seen {
+                    results.push(Ok(Enqueued { seq: 0, duplicate: true }));
+                    continue;
+                }
+                match enqueue_one(&tx, m, limits, now_ms).await {
+                    Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
+                    Ok(done) => {
+                        execute(
+                            &tx,
+                            "INSERT INTO relay_seen (sender, recipient_user, recipient_device,
+                                 message_id, expires_at_ms) VALUES ($1, $2, $3, $4, $5)",
+                            &[
+                                &m.sender,
+                                &m.recipient.user,
+                                &m.recipient.device,
+                                &m.message_id,
+                                &i(seen_until_ms),
+                            ],
+                        )
+                        .await
+                        .map_err(pg)?;
+                        results.push(Ok(done));
+                    }
+                    Err(other) => results.push(Err(other)),
+                }
+            }
+            Ok(results)
+        }
+        .await)
+    }
+
+    async fn witnessed_head(&self, domain: String) -> StoreResult<Option<WitnessedHead>> {
+        let client = self.client().await?;
+        Ok(query_opt(
+            &client,
+            "SELECT log_key, tree_size, head FROM witnessed_heads WHERE domain = $1",
+            &[&domain],
+        )
+        .await?
+        .map(|r| WitnessedHead {
+            log_key: r.get(0),
+            tree_size: u(r.get(1)),
+            head: r.get(2),
+        }))
+    }
+
+    async fn witness_head(
+        &self,
+        domain: String,
+        previous_size: Option<u64>,
+        head: WitnessedHead,
+    ) -> StoreResult<bool> {
+        let client = self.client().await?;
+        let changed = match previous_size {
+            None => execute(
+                &client,
+                "INSERT INTO witnessed_heads (domain, log_key, tree_size, head)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&domain, &head.log_key, &i(head.tree_size), &head.head],
+            )
+            .await,
+            Some(size) => execute(
+                &client,
+                "UPDATE witnessed_heads SET tree_size = $3, head = $4
+                 WHERE domain = $1 AND tree_size = $2 AND log_key = $5",
+                &[&domain, &i(size), &i(head.tree_size), &head.head, &head.log_key],
+            )
+            .await,
+        }
+        .map_err(pg)?;
+        Ok(changed == 1)
     }
 }
 

@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V6__channel_consent.sql"),
     include_str!("../../migrations/V7__blob_chunks.sql"),
     include_str!("../../migrations/V8__kt_heads.sql"),
+    include_str!("../../migrations/V9__federation.sql"),
 ];
 
 fn is_constraint(e: &rusqlite::Error) -> bool {
@@ -249,6 +250,31 @@ fn enqueue_one(
     })
 }
 
+/// Runs `f` for each item in one transaction, one savepoint per item: a refused item rolls
+/// back only its own writes, and every accepted one commits together. A backend failure
+/// fails the whole transaction.
+fn each_on_its_own<T, R>(
+    tx: &Transaction<'_>,
+    items: &[T],
+    mut f: impl FnMut(&T) -> StoreResult<R>,
+) -> StoreResult<Vec<StoreResult<R>>> {
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        tx.execute_batch("SAVEPOINT one").map_err(backend)?;
+        let result = f(item);
+        let end = match result {
+            Ok(_) => "RELEASE one",
+            Err(_) => "ROLLBACK TO one; RELEASE one",
+        };
+        tx.execute_batch(end).map_err(backend)?;
+        match result {
+            Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
+            other => results.push(other),
+        }
+    }
+    Ok(results)
+}
+
 /// Whether `user` is an accepted member of channel `id`.
 fn is_member(c: &Connection, id: &[u8], user: &str) -> StoreResult<bool> {
     c.prepare_cached(
@@ -471,7 +497,13 @@ impl Store for SqliteStore {
                     [i(now_ms)],
                 )
                 .map_err(backend)?;
-            Ok((sessions + endpoints) as u64)
+            let seen = tx
+                .execute(
+                    "DELETE FROM relay_seen WHERE expires_at_ms <= ?1",
+                    [i(now_ms)],
+                )
+                .map_err(backend)?;
+            Ok((sessions + endpoints + seen) as u64)
         })
         .await
     }
@@ -492,26 +524,8 @@ impl Store for SqliteStore {
         limits: QueueLimits,
         now_ms: u64,
     ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
-        // One transaction, one savepoint per message: a refused message rolls back only its
-        // own writes, and every accepted one commits together.
-        self.write(move |tx| {
-            let mut results = Vec::with_capacity(messages.len());
-            for m in &messages {
-                tx.execute_batch("SAVEPOINT one").map_err(backend)?;
-                let result = enqueue_one(tx, m, limits, now_ms);
-                let end = match result {
-                    Ok(_) => "RELEASE one",
-                    Err(_) => "ROLLBACK TO one; RELEASE one",
-                };
-                tx.execute_batch(end).map_err(backend)?;
-                match result {
-                    Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
-                    other => results.push(other),
-                }
-            }
-            Ok(results)
-        })
-        .await
+        self.write(move |tx| each_on_its_own(tx, &messages, |m| enqueue_one(tx, m, limits, now_ms)))
+            .await
     }
 
     async fn known_to(&self, sender: String, recipients: Vec<String>) -> StoreResult<Vec<bool>> {
@@ -1273,6 +1287,363 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )
             .map_err(backend)
+        })
+        .await
+    }
+
+    async fn outbox_push(
+        &self,
+        messages: Vec<OutboxMessage>,
+        max_per_destination: u64,
+        now_ms: u64,
+    ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
+        self.write(move |tx| {
+            each_on_its_own(tx, &messages, |m| {
+                let waiting: i64 = tx
+                    .prepare_cached("SELECT COUNT(*) FROM relay_outbox WHERE destination = ?1")
+                    .and_then(|mut st| st.query_row([&m.destination], |r| r.get(0)))
+                    .map_err(backend)?;
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO relay_outbox (destination, sender_user, sender_device,
+                             recipient_user, recipient_device, message_id, payload, created_at_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            m.destination,
+                            m.sender.user,
+                            m.sender.device,
+                            m.recipient.user,
+                            m.recipient.device,
+                            m.message_id,
+                            m.payload,
+                            i(now_ms)
+                        ])
+                    })
+                    .map_err(constraint_or(StoreError::NotFound))?;
+                if inserted == 0 {
+                    return Ok(Enqueued { seq: 0, duplicate: true });
+                }
+                if u(waiting) >= max_per_destination {
+                    return Err(StoreError::QueueFull);
+                }
+                tx.prepare_cached("INSERT OR IGNORE INTO contacts (user, peer) VALUES (?1, ?2)")
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            m.sender.user,
+                            format!("{}@{}", m.recipient.user, m.destination)
+                        ])
+                    })
+                    .map_err(backend)?;
+                Ok(Enqueued { seq: 0, duplicate: false })
+            })
+        })
+        .await
+    }
+
+    async fn outbox_due(&self, node: String, now_ms: u64) -> StoreResult<Vec<String>> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT DISTINCT o.destination FROM relay_outbox o
+                     LEFT JOIN relay_destinations d ON d.destination = o.destination
+                     WHERE d.destination IS NULL
+                        OR (d.next_attempt_ms <= ?1
+                            AND (d.lease_owner = ?2 OR d.lease_until_ms <= ?1))
+                     ORDER BY o.destination",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![i(now_ms), node], |r| r.get(0))
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn outbox_claim(
+        &self,
+        destination: String,
+        node: String,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: u32,
+    ) -> StoreResult<Option<(Vec<OutboxRow>, DestinationState)>> {
+        self.write(move |tx| {
+            tx.prepare_cached("INSERT OR IGNORE INTO relay_destinations (destination) VALUES (?1)")
+                .and_then(|mut st| st.execute([&destination]))
+                .map_err(backend)?;
+            let (attempts, next, failing, owner, until): (i64, i64, i64, String, i64) = tx
+                .prepare_cached(
+                    "SELECT attempts, next_attempt_ms, failing_since_ms, lease_owner, lease_until_ms
+                     FROM relay_destinations WHERE destination = ?1",
+                )
+                .and_then(|mut st| {
+                    st.query_row([&destination], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                })
+                .map_err(backend)?;
+            if u(next) > now_ms || (owner != node && u(until) > now_ms) {
+                return Ok(None);
+            }
+            tx.prepare_cached(
+                "UPDATE relay_destinations SET lease_owner = ?2, lease_until_ms = ?3
+                 WHERE destination = ?1",
+            )
+            .and_then(|mut st| {
+                st.execute(params![destination, node, i(now_ms.saturating_add(lease_ms))])
+            })
+            .map_err(backend)?;
+            let mut st = tx
+                .prepare_cached(
+                    "SELECT id, sender_user, sender_device, recipient_user, recipient_device,
+                         message_id, payload, created_at_ms
+                     FROM relay_outbox WHERE destination = ?1 ORDER BY id LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![destination, i64::from(limit)], |r| {
+                    Ok(OutboxRow {
+                        id: u(r.get(0)?),
+                        message: OutboxMessage {
+                            destination: destination.clone(),
+                            sender: DeviceId::new(r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+                            recipient: DeviceId::new(
+                                r.get::<_, String>(3)?,
+                                r.get::<_, String>(4)?,
+                            ),
+                            message_id: r.get(5)?,
+                            payload: r.get(6)?,
+                        },
+                        created_at_ms: u(r.get(7)?),
+                    })
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            let state = DestinationState {
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                failing_since_ms: u(failing),
+            };
+            Ok(Some((rows, state)))
+        })
+        .await
+    }
+
+    async fn outbox_sent(&self, destination: String, ids: Vec<u64>) -> StoreResult<()> {
+        self.write(move |tx| {
+            for id in &ids {
+                tx.prepare_cached("DELETE FROM relay_outbox WHERE id = ?1 AND destination = ?2")
+                    .and_then(|mut st| st.execute(params![i(*id), destination]))
+                    .map_err(backend)?;
+            }
+            tx.prepare_cached(
+                "UPDATE relay_destinations SET attempts = 0, next_attempt_ms = 0,
+                     failing_since_ms = 0 WHERE destination = ?1",
+            )
+            .and_then(|mut st| st.execute([&destination]))
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn outbox_retry_later(
+        &self,
+        destination: String,
+        next_attempt_ms: u64,
+        now_ms: u64,
+    ) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "UPDATE relay_destinations SET attempts = attempts + 1, next_attempt_ms = ?2,
+                     failing_since_ms = CASE WHEN failing_since_ms = 0 THEN ?3
+                                             ELSE failing_since_ms END,
+                     lease_owner = '', lease_until_ms = 0
+                 WHERE destination = ?1",
+            )
+            .and_then(|mut st| st.execute(params![destination, i(next_attempt_ms), i(now_ms)]))
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn outbox_wake(&self, destination: String) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "UPDATE relay_destinations SET next_attempt_ms = 0 WHERE destination = ?1",
+            )
+            .and_then(|mut st| st.execute([&destination]))
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn outbox_fail(
+        &self,
+        ids: Vec<u64>,
+        reason: String,
+        retryable: bool,
+        now_ms: u64,
+    ) -> StoreResult<Vec<(String, u64)>> {
+        self.write(move |tx| {
+            let mut failed = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let row: Option<(String, Vec<u8>, String, String, String)> = tx
+                    .prepare_cached(
+                        "DELETE FROM relay_outbox WHERE id = ?1
+                         RETURNING sender_user, message_id, recipient_user, recipient_device,
+                             destination",
+                    )
+                    .and_then(|mut st| {
+                        st.query_row([i(*id)], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                        })
+                        .optional()
+                    })
+                    .map_err(backend)?;
+                let Some((sender, message_id, user, device, destination)) = row else {
+                    continue;
+                };
+                let failure: i64 = tx
+                    .prepare_cached(
+                        "INSERT INTO relay_failures (sender_user, message_id, recipient_user,
+                             recipient_device, reason, retryable, failed_at_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                    )
+                    .and_then(|mut st| {
+                        st.query_row(
+                            params![
+                                sender,
+                                message_id,
+                                format!("{user}@{destination}"),
+                                device,
+                                reason,
+                                retryable,
+                                i(now_ms)
+                            ],
+                            |r| r.get(0),
+                        )
+                    })
+                    .map_err(backend)?;
+                failed.push((sender, u(failure)));
+            }
+            Ok(failed)
+        })
+        .await
+    }
+
+    async fn relay_failures(
+        &self,
+        user: String,
+        after_id: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<RelayFailureRow>> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT id, message_id, recipient_user, recipient_device, reason, retryable,
+                         failed_at_ms
+                     FROM relay_failures WHERE sender_user = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![user, i(after_id), i64::from(limit)], |r| {
+                    Ok(RelayFailureRow {
+                        id: u(r.get(0)?),
+                        sender_user: user.clone(),
+                        message_id: r.get(1)?,
+                        recipient: DeviceId::new(r.get::<_, String>(2)?, r.get::<_, String>(3)?),
+                        reason: r.get(4)?,
+                        retryable: r.get(5)?,
+                        failed_at_ms: u(r.get(6)?),
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn relay_accept(
+        &self,
+        messages: Vec<NewMessage>,
+        limits: QueueLimits,
+        now_ms: u64,
+        seen_until_ms: u64,
+    ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
+        self.write(move |tx| {
+            each_on_its_own(tx, &messages, |m| {
+                let fresh = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO relay_seen (sender, recipient_user,
+                             recipient_device, message_id, expires_at_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            m.sender,
+                            m.recipient.user,
+                            m.recipient.device,
+                            m.message_id,
+                            i(seen_until_ms)
+                        ])
+                    })
+                    .map_err(backend)?;
+                if fresh == 0 {
+                    return Ok(Enqueued { seq: 0, duplicate: true });
+                }
+                enqueue_one(tx, m, limits, now_ms)
+            })
+        })
+        .await
+    }
+
+    async fn witnessed_head(&self, domain: String) -> StoreResult<Option<WitnessedHead>> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT log_key, tree_size, head FROM witnessed_heads WHERE domain = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_row([domain], |r| {
+                    Ok(WitnessedHead {
+                        log_key: r.get(0)?,
+                        tree_size: u(r.get(1)?),
+                        head: r.get(2)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn witness_head(
+        &self,
+        domain: String,
+        previous_size: Option<u64>,
+        head: WitnessedHead,
+    ) -> StoreResult<bool> {
+        self.write(move |tx| {
+            let changed = match previous_size {
+                None => tx.execute(
+                    "INSERT OR IGNORE INTO witnessed_heads (domain, log_key, tree_size, head)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![domain, head.log_key, i(head.tree_size), head.head],
+                ),
+                Some(size) => tx.execute(
+                    "UPDATE witnessed_heads SET tree_size = ?3, head = ?4
+                     WHERE domain = ?1 AND tree_size = ?2 AND log_key = ?5",
+                    params![domain, i(size), i(head.tree_size), head.head, head.log_key],
+                ),
+            }
+            .map_err(backend)?;
+            Ok(changed == 1)
         })
         .await
     }

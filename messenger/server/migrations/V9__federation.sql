@@ -1,0 +1,55 @@
+-- Federation: the relay outbox (messages for users of other servers), per-destination retry
+-- state, the receiver's record of relayed messages (idempotence beyond the queue), relay
+-- failures reported to senders, and the peer log heads this server witnessed.
+
+CREATE TABLE relay_outbox (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination      TEXT NOT NULL,
+    sender_user      TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    sender_device    TEXT NOT NULL,
+    recipient_user   TEXT NOT NULL,
+    recipient_device TEXT NOT NULL,
+    message_id       BLOB NOT NULL,
+    payload          BLOB NOT NULL,
+    created_at_ms    INTEGER NOT NULL,
+    UNIQUE (sender_user, sender_device, destination, recipient_user, recipient_device, message_id)
+);
+CREATE INDEX relay_outbox_by_destination ON relay_outbox(destination, id);
+
+CREATE TABLE relay_destinations (
+    destination      TEXT PRIMARY KEY,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms  INTEGER NOT NULL DEFAULT 0,
+    failing_since_ms INTEGER NOT NULL DEFAULT 0,
+    lease_owner      TEXT NOT NULL DEFAULT '',
+    lease_until_ms   INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+CREATE TABLE relay_seen (
+    sender           TEXT NOT NULL,
+    recipient_user   TEXT NOT NULL,
+    recipient_device TEXT NOT NULL,
+    message_id       BLOB NOT NULL,
+    expires_at_ms    INTEGER NOT NULL,
+    PRIMARY KEY (sender, recipient_user, recipient_device, message_id)
+) WITHOUT ROWID;
+CREATE INDEX relay_seen_by_expiry ON relay_seen(expires_at_ms);
+
+CREATE TABLE relay_failures (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender_user      TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    message_id       BLOB NOT NULL,
+    recipient_user   TEXT NOT NULL,
+    recipient_device TEXT NOT NULL,
+    reason           TEXT NOT NULL,
+    retryable        INTEGER NOT NULL,
+    failed_at_ms     INTEGER NOT NULL
+);
+CREATE INDEX relay_failures_by_sender ON relay_failures(sender_user, id);
+
+CREATE TABLE witnessed_heads (
+    domain    TEXT PRIMARY KEY,
+    log_key   BLOB NOT NULL,
+    tree_size INTEGER NOT NULL,
+    head      BLOB NOT NULL
+) WITHOUT ROWID;

@@ -1,0 +1,262 @@
+//! The `Federation` service: what peer servers call, on the federation protocol only. Every
+//! call first checks that the connection's certificate key is a listed peer's and that the
+//! request's `origin` is that peer; users in requests are this server's (recipients,
+//! targets) or the origin's (senders, requesters), never a third server's.
+
+use qpq_proto::v1::{self, federation_server::Federation as FederationService};
+use qrpc::{RequestContext, Status};
+
+use crate::api::{Api, validate};
+use crate::federation::check;
+use crate::store::{NewMessage, Store};
+
+/// Messages one relay batch may carry.
+pub const MAX_RELAY_BATCH: usize = 50;
+
+impl<S: Store> Api<S> {
+    /// The authenticated peer of this call; traffic from it also wakes its outbox (it is
+    /// reachable again).
+    async fn peer_of(&self, ctx: &RequestContext, origin: &str) -> Result<String, Status> {
+        let fed = self.federation()?;
+        let domain = fed.authenticate(ctx.peer(), origin)?;
+        if fed.should_wake(&domain) {
+            self.state.store.outbox_wake(domain.clone()).await?;
+            fed.wake.notify_one();
+        }
+        Ok(domain)
+    }
+
+    /// Checks one relayed message from `origin` and makes it a queue entry.
+    fn relayed_message(
+        &self,
+        origin: &str,
+        m: &v1::RelayedMessage,
+    ) -> Result<NewMessage, Status> {
+        let recipient = validate::device_ref(m.recipient.as_ref())?;
+        validate::user(&m.sender_user)?;
+        validate::device(&m.sender_device)?;
+        validate::exact_len("message_id", &m.message_id, 16)?;
+        if m.payload.is_empty() {
+            return Err(Status::invalid_argument("payload: must not be empty"));
+        }
+        validate::max_len(
+            "payload",
+            m.payload.len(),
+            self.state.limits.max_message_bytes as usize,
+        )?;
+        Ok(NewMessage {
+            recipient,
+            sender: format!("{}@{origin}/{}", m.sender_user, m.sender_device),
+            sender_user: None,
+            stranger: false,
+            message_id: m.message_id.to_vec(),
+            payload: m.payload.to_vec(),
+        })
+    }
+
+    /// Queues messages relayed by `origin`: the stranger rules and the per-sender limits
+    /// apply to each remote sender as to a local one.
+    async fn accept_relayed(
+        &self,
+        origin: &str,
+        messages: &[v1::RelayedMessage],
+    ) -> Result<Vec<v1::EnqueueResponse>, Status> {
+        let fed = self.federation()?;
+        let mut queued = messages
+            .iter()
+            .map(|m| self.relayed_message(origin, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        check(
+            &fed.messages_per_peer,
+            &origin.to_owned(),
+            u32::try_from(queued.len()).unwrap_or(u32::MAX),
+            "relayed messages",
+        )?;
+        let mut senders: Vec<String> = messages
+            .iter()
+            .map(|m| format!("{}@{origin}", m.sender_user))
+            .collect();
+        senders.sort();
+        senders.dedup();
+        let l = &self.state.limiters;
+        for sender in &senders {
+            let mine: Vec<&mut NewMessage> = queued
+                .iter_mut()
+                .filter(|m| m.sender.starts_with(sender.as_str()) && m.sender[sender.len()..].starts_with('/'))
+                .collect();
+            let mut recipients: Vec<String> = mine.iter().map(|m| m.recipient.user.clone()).collect();
+            recipients.sort();
+            recipients.dedup();
+            let known = self.state.known_to(sender, &recipients).await?;
+            let strangers: std::collections::HashSet<&String> = recipients
+                .iter()
+                .zip(known)
+                .filter_map(|(r, k)| (!k).then_some(r))
+                .collect();
+            let mut to_strangers = 0u32;
+            let n = u32::try_from(mine.len()).unwrap_or(u32::MAX);
+            for m in mine {
+                m.stranger = strangers.contains(&m.recipient.user);
+                to_strangers += u32::from(m.stranger);
+            }
+            l.check(&l.messages_per_user, sender, n, "messages")?;
+            l.check(
+                &l.stranger_messages_per_user,
+                sender,
+                to_strangers,
+                "messages to people who have not written to you",
+            )?;
+        }
+        let recipients: Vec<_> = queued.iter().map(|m| m.recipient.clone()).collect();
+        let now = self.state.now_ms();
+        // Remembered past the origin's give-up time: a message it relays again after an
+        // outage is still recognised.
+        let seen_until = now.saturating_add(
+            fed.config
+                .give_up_secs
+                .saturating_mul(1000)
+                .saturating_mul(2),
+        );
+        let outcomes = self
+            .state
+            .store
+            .relay_accept(queued, self.state.queue_limits(), now, seen_until)
+            .await?;
+        for (recipient, outcome) in recipients.iter().zip(&outcomes) {
+            if let Ok(o) = outcome
+                && !o.duplicate
+            {
+                self.state.message_arrived(recipient, o.seq).await;
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(crate::api::delivery::enqueue_response)
+            .collect())
+    }
+}
+
+impl<S: Store> FederationService for Api<S> {
+    async fn relay_enqueue(
+        &self,
+        ctx: RequestContext,
+        request: v1::RelayEnqueueRequest,
+    ) -> Result<v1::EnqueueResponse, Status> {
+        let origin = self.peer_of(&ctx, &request.origin).await?;
+        let message = request
+            .message
+            .ok_or_else(|| Status::invalid_argument("message: missing"))?;
+        self.accept_relayed(&origin, std::slice::from_ref(&message))
+            .await?
+            .pop()
+            .ok_or_else(|| Status::internal("no result for the relayed message"))
+    }
+
+    async fn relay_batch_enqueue(
+        &self,
+        ctx: RequestContext,
+        request: v1::RelayBatchEnqueueRequest,
+    ) -> Result<v1::BatchEnqueueResponse, Status> {
+        let origin = self.peer_of(&ctx, &request.origin).await?;
+        if request.messages.is_empty() || request.messages.len() > MAX_RELAY_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "messages: 1 to {MAX_RELAY_BATCH} entries"
+            )));
+        }
+        Ok(v1::BatchEnqueueResponse {
+            results: self.accept_relayed(&origin, &request.messages).await?,
+        })
+    }
+
+    async fn proxy_fetch_key_package(
+        &self,
+        ctx: RequestContext,
+        request: v1::ProxyFetchKeyPackageRequest,
+    ) -> Result<v1::FetchKeyPackageResponse, Status> {
+        let origin = self.peer_of(&ctx, &request.origin).await?;
+        let device = validate::device_ref(request.device.as_ref())?;
+        validate::user(&request.requester)
+            .map_err(|_| Status::invalid_argument("requester: not a user name"))?;
+        let fed = self.federation()?;
+        // However the origin spreads its requests over its users, it drains one local
+        // user's packages no faster than this.
+        check(
+            &fed.key_packages_per_peer_and_user,
+            &(origin.clone(), device.user.clone()),
+            1,
+            "key-package fetches for this user",
+        )?;
+        self.take_key_package_for(&format!("{}@{origin}", request.requester), device)
+            .await
+    }
+
+    async fn proxy_fetch_hybrid_key(
+        &self,
+        ctx: RequestContext,
+        request: v1::ProxyFetchHybridKeyRequest,
+    ) -> Result<v1::FetchHybridKeyResponse, Status> {
+        self.peer_of(&ctx, &request.origin).await?;
+        let device = validate::device_ref(request.device.as_ref())?;
+        self.bundle_of(device).await
+    }
+
+    async fn proxy_resolve_user(
+        &self,
+        ctx: RequestContext,
+        request: v1::ProxyResolveUserRequest,
+    ) -> Result<v1::ResolveUserResponse, Status> {
+        self.peer_of(&ctx, &request.origin).await?;
+        validate::user(&request.user)?;
+        self.local_user(request.user).await
+    }
+
+    async fn federation_health(
+        &self,
+        ctx: RequestContext,
+        request: v1::FederationHealthRequest,
+    ) -> Result<v1::FederationHealthResponse, Status> {
+        self.peer_of(&ctx, &request.origin).await?;
+        Ok(v1::FederationHealthResponse {
+            status: "ok".into(),
+            domain: self.state.domain.clone(),
+        })
+    }
+
+    async fn federation_kt_head(
+        &self,
+        ctx: RequestContext,
+        request: v1::FederationKtHeadRequest,
+    ) -> Result<v1::KtHeadResponse, Status> {
+        self.peer_of(&ctx, &request.origin).await?;
+        self.state.kt_head(request.since_size).await
+    }
+
+    async fn federation_cosignature(
+        &self,
+        ctx: RequestContext,
+        request: v1::FederationCosignatureRequest,
+    ) -> Result<v1::FederationCosignatureResponse, Status> {
+        let origin = self.peer_of(&ctx, &request.origin).await?;
+        let Some(witnessed) = self.state.store.witnessed_head(origin.clone()).await? else {
+            return Ok(v1::FederationCosignatureResponse::default());
+        };
+        let head = qpq_core::kt::SignedTreeHead::decode(&witnessed.head)
+            .ok()
+            .and_then(|h| {
+                let key = <[u8; 32]>::try_from(witnessed.log_key.as_slice()).ok()?;
+                h.verify(&qpq_core::identity::IdentityPublic::from_bytes(&key).ok()?)
+                    .ok()
+            })
+            .ok_or_else(|| Status::internal("a witnessed head is corrupt"))?;
+        let cosignature = qpq_core::kt::Cosignature::sign(
+            &self.state.kt_key,
+            &self.state.domain,
+            &origin,
+            &head,
+        );
+        Ok(v1::FederationCosignatureResponse {
+            tree_head: witnessed.head.into(),
+            cosignature: cosignature.encode().into(),
+        })
+    }
+}
