@@ -1258,7 +1258,10 @@ async fn key_publishes_grow_the_log_only_with_news_and_are_limited_per_device() 
     let size = || async {
         let head = bob
             .keys()
-            .kt_head(&v1::KtHeadRequest { since_size: 0 })
+            .kt_head(&v1::KtHeadRequest {
+            since_size: 0,
+            ..Default::default()
+        })
             .await
             .unwrap();
         qpq_core::kt::SignedTreeHead::decode(&head.tree_head)

@@ -266,7 +266,10 @@ fn rows() -> Vec<Row> {
         ),
         row(
             25,
-            |_| unary(&v1::KtHeadRequest { since_size: 0 }),
+            |_| unary(&v1::KtHeadRequest {
+            since_size: 0,
+            ..Default::default()
+        }),
             Unauthenticated,
             Ok,
             Ok,
@@ -422,46 +425,69 @@ fn rows() -> Vec<Row> {
             Ok,
             NotFound,
         ),
-        // Federation is not served; anonymous callers do not learn even that.
+        // The caller's own relay failures.
+        row(
+            16,
+            |_| unary(&v1::RelayFailuresRequest::default()),
+            Unauthenticated,
+            Ok,
+            Ok,
+        ),
+        // The federation service is served on the federation protocol only (to pinned peer
+        // servers): on a client connection no one reaches it, logged in or not.
         row(
             80,
             |_| unary(&v1::RelayEnqueueRequest::default()),
-            Unauthenticated,
+            Unimplemented,
             Unimplemented,
             Unimplemented,
         ),
         row(
             81,
             |_| unary(&v1::RelayBatchEnqueueRequest::default()),
-            Unauthenticated,
+            Unimplemented,
             Unimplemented,
             Unimplemented,
         ),
         row(
             82,
-            |_| unary(&v1::FetchKeyPackageRequest::default()),
-            Unauthenticated,
+            |_| unary(&v1::ProxyFetchKeyPackageRequest::default()),
+            Unimplemented,
             Unimplemented,
             Unimplemented,
         ),
         row(
             83,
-            |_| unary(&v1::FetchHybridKeyRequest::default()),
-            Unauthenticated,
+            |_| unary(&v1::ProxyFetchHybridKeyRequest::default()),
+            Unimplemented,
             Unimplemented,
             Unimplemented,
         ),
         row(
             84,
-            |_| unary(&v1::ResolveUserRequest::default()),
-            Unauthenticated,
+            |_| unary(&v1::ProxyResolveUserRequest::default()),
+            Unimplemented,
             Unimplemented,
             Unimplemented,
         ),
         row(
             85,
             |_| unary(&v1::FederationHealthRequest::default()),
-            Unauthenticated,
+            Unimplemented,
+            Unimplemented,
+            Unimplemented,
+        ),
+        row(
+            86,
+            |_| unary(&v1::FederationKtHeadRequest::default()),
+            Unimplemented,
+            Unimplemented,
+            Unimplemented,
+        ),
+        row(
+            87,
+            |_| unary(&v1::FederationCosignatureRequest::default()),
+            Unimplemented,
             Unimplemented,
             Unimplemented,
         ),
@@ -556,6 +582,14 @@ async fn authorization_matrix() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.limits.calls_per_second_per_ip = 100_000;
+    // Federating, so that the federation service is there to be refused on client
+    // connections (the tests/federation.rs peers check the federation protocol's side).
+    c.federation.enabled = true;
+    c.federation.peers = vec![qpq_server::config::FederationPeer {
+        domain: "peer.test".into(),
+        key_pin: "ab".repeat(32),
+        address: Some("127.0.0.1:9".parse().unwrap()),
+    }];
     let server = common::in_process(c).await;
     device(&server, "bob", "phone").await;
     device(&server, "bob", "laptop").await;

@@ -409,7 +409,10 @@ async fn head_from(node: &Node, user: &str) -> Vec<u8> {
         .await
         .unwrap();
     qpq_proto::v1::keys_client::KeysClient::new(client)
-        .kt_head(&qpq_proto::v1::KtHeadRequest { since_size: 0 })
+        .kt_head(&qpq_proto::v1::KtHeadRequest {
+            since_size: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .tree_head

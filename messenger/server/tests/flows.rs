@@ -835,7 +835,10 @@ async fn kt_heads_are_consistent_and_proofs_rebuild_the_leaf() {
     alice.publish_keys(&[]).await;
     let keys = alice.keys();
     let first = keys
-        .kt_head(&v1::KtHeadRequest { since_size: 0 })
+        .kt_head(&v1::KtHeadRequest {
+            since_size: 0,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let log_key = qpq_core::identity::IdentityPublic::from_bytes(&first.log_key).unwrap();
@@ -854,6 +857,7 @@ async fn kt_heads_are_consistent_and_proofs_rebuild_the_leaf() {
     let later = keys
         .kt_head(&v1::KtHeadRequest {
             since_size: head.tree_size,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -883,6 +887,7 @@ async fn kt_heads_are_consistent_and_proofs_rebuild_the_leaf() {
     let err = keys
         .kt_head(&v1::KtHeadRequest {
             since_size: 1 << 40,
+            ..Default::default()
         })
         .await
         .unwrap_err();

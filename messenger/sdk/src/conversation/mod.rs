@@ -268,6 +268,12 @@ impl QpqClient {
         add: Vec<String>,
         remove: Vec<String>,
     ) -> SdkResult<()> {
+        // Users of other servers have no place in this server's channel.
+        let add: Vec<String> = add.into_iter().filter(|u| !u.contains('@')).collect();
+        let remove: Vec<String> = remove.into_iter().filter(|u| !u.contains('@')).collect();
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
         if let Some(channel) = self.inner.store.channel(conversation)? {
             self.inner.answer_invitations().await;
             v1::channel_client::ChannelClient::new(self.inner.session().await?)
@@ -333,9 +339,11 @@ impl QpqClient {
         let channel = v1::channel_client::ChannelClient::new(rpc.clone())
             .create_channel(&v1::CreateChannelRequest {
                 name: if name.is_empty() { "direct" } else { name }.to_owned(),
+                // The channel (typing, endpoints, the known-sender quota) lives on this
+                // server: users of other servers are not in it.
                 members: users
                     .iter()
-                    .filter(|u| **u != user_of(&me))
+                    .filter(|u| **u != user_of(&me) && !u.contains('@'))
                     .cloned()
                     .collect(),
                 mls_group_id: id.0.to_vec().into(),
@@ -405,7 +413,7 @@ impl QpqClient {
             let keys = keys.as_ref().ok_or(SdkError::NotLoggedIn)?;
             keys.mls
                 .group(&conversation.0)?
-                .map_or(0, |g| other_devices(&g, &keys.me).len())
+                .map_or(0, |g| other_devices(&g, keys).len())
         };
         if present + devices.len() > self.inner.limits.max_conversation_devices {
             return Err(SdkError::InvalidArgument(format!(
@@ -533,7 +541,7 @@ impl QpqClient {
                     .mls
                     .group(&c.id.0)?
                     .ok_or_else(|| SdkError::NotFound(format!("conversation {}", c.id)))?;
-                let existing = other_devices(&group, &keys.me);
+                let existing = other_devices(&group, keys);
                 if existing.len() + devices.len() > self.inner.limits.max_conversation_devices {
                     return Err(SdkError::InvalidArgument(format!(
                         "a conversation may have at most {} devices",
@@ -587,7 +595,7 @@ impl QpqClient {
                 let Some(mut group) = keys.mls.group(&c.id.0)? else {
                     return Err(SdkError::NotFound(format!("conversation {}", c.id)));
                 };
-                let recipients = other_devices(&group, &keys.me);
+                let recipients = other_devices(&group, keys);
                 let names: Vec<Vec<u8>> = recipients
                     .iter()
                     .filter(|d| which(d))
@@ -653,7 +661,9 @@ impl QpqClient {
         let domain = self.inner.domain().ok_or(SdkError::NotLoggedIn)?;
         let mut packages = Vec::with_capacity(devices.len());
         for (u, d) in devices {
-            let name = DeviceName::new(u, &domain, d)
+            // A user of another server (`bob@b.example`) is named under that server's domain.
+            let (bare, user_domain) = crate::encryption::user_domain(u, &domain);
+            let name = DeviceName::new(bare, user_domain, d)
                 .map_err(|_| SdkError::InvalidArgument(format!("{u}/{d}: not a device name")))?;
             let identity = lock(&self.inner.peer_identities)
                 .get(&(u.clone(), d.clone()))

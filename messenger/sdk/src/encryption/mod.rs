@@ -23,16 +23,38 @@ use crate::sync::Fail;
 use crate::sync::Refused;
 use crate::sync::effects::other_devices;
 
-/// `(user, device)` of a credential name. Names are checked against the key-transparency log
-/// when their leaf joins a group; this only reads them.
-pub(crate) fn split_name(name: &[u8]) -> Option<(String, String)> {
+/// `(user, device)` of a credential name, the user as seen from `home` (this device's
+/// server): bare for its own users, `user@domain` for other servers'. Names are checked
+/// against the key-transparency log when their leaf joins a group; this only reads them.
+pub(crate) fn split_name(name: &[u8], home: &str) -> Option<(String, String)> {
     let name = DeviceName::parse(name).ok()?;
-    Some((name.user().to_owned(), name.device().to_owned()))
+    Some((qualified(name.user(), name.domain(), home), name.device().to_owned()))
 }
 
-/// The credential name of `user/device` under this device's domain.
+/// `user` of `domain` as seen from `home`: bare when `domain` is `home`.
+pub(crate) fn qualified(user: &str, domain: &str, home: &str) -> String {
+    if domain == home {
+        user.to_owned()
+    } else {
+        format!("{user}@{domain}")
+    }
+}
+
+/// A user as the client names it (`alice`, `bob@b.example`) split into its bare name and its
+/// server's domain (`home` for a bare name).
+pub(crate) fn user_domain<'a>(user: &'a str, home: &'a str) -> (&'a str, &'a str) {
+    match user.split_once('@') {
+        Some((user, domain)) if domain != home => (user, domain),
+        Some((user, _)) => (user, home),
+        None => (user, home),
+    }
+}
+
+/// The credential name of `user/device` (`user` bare for this device's server, qualified for
+/// another's).
 pub(crate) fn device_name(keys: &Keys, user: &str, device: &str) -> SdkResult<DeviceName> {
-    DeviceName::new(user, keys.name.domain(), device)
+    let (bare, domain) = user_domain(user, keys.name.domain());
+    DeviceName::new(bare, domain, device)
         .map_err(|_| SdkError::InvalidArgument(format!("{user}/{device}: not a valid device name")))
 }
 
@@ -133,7 +155,7 @@ impl QpqClient {
                 let Some(group) = keys.mls.group(&c.id.0)? else {
                     continue;
                 };
-                let present = other_devices(&group, &keys.me);
+                let present = other_devices(&group, keys);
                 keys.mls.keep(group);
                 if !c.members.contains(&user_of(&me).to_owned()) {
                     continue;
@@ -182,16 +204,42 @@ impl Inner {
             .map(|k| k.name.domain().to_owned())
     }
 
-    /// Brings the pinned view of the key-transparency log up to the server's latest head:
-    /// pins the log key on first use, then requires every new head to be signed by it and to
-    /// extend the last one (a consistency proof). Returns the head now trusted.
+    /// The pinned log key and last verified head of `domain`'s log (this device's server's,
+    /// or another server's).
+    fn kt_state(&self, domain: &str, home: &str) -> SdkResult<Option<(Vec<u8>, Vec<u8>)>> {
+        if domain == home {
+            self.store.kt()
+        } else {
+            self.store.peer_kt(domain)
+        }
+    }
+
+    /// Brings the pinned view of `domain`'s key-transparency log up to its latest head: pins
+    /// the log key on first use, then requires every new head to be signed by it and to
+    /// extend the last one (a consistency proof). Another server's log is reached through
+    /// this device's server, which witnesses it: its head counts only with the home server's
+    /// cosignature, checked with the home log's pinned key. Returns the head now trusted.
     pub(crate) async fn kt_sync(
         &self,
         keys: &v1::keys_client::KeysClient,
+        domain: &str,
     ) -> Result<qpq_core::kt::SignedTreeHead, KtFail> {
-        use qpq_core::kt::{ConsistencyProof, LogMonitor, SignedTreeHead};
-        let alarm = KtFail::Alarm;
-        let stored = self.store.kt().map_err(KtFail::Other)?;
+        use qpq_core::kt::{ConsistencyProof, Cosignature, LogMonitor, SignedTreeHead};
+        let home = self.domain().ok_or(KtFail::Other(SdkError::NotLoggedIn))?;
+        let remote = domain != home;
+        // An alarm about another server's log names it.
+        let alarm = |reason: String| {
+            KtFail::Alarm(if remote {
+                format!("{domain}'s log: {reason}")
+            } else {
+                reason
+            })
+        };
+        if remote && self.store.kt().map_err(KtFail::Other)?.is_none() {
+            // The home log's key checks the witness's cosignature: pinned first.
+            Box::pin(self.kt_sync(keys, &home)).await?;
+        }
+        let stored = self.kt_state(domain, &home).map_err(KtFail::Other)?;
         let since = match &stored {
             Some((_, head)) => {
                 SignedTreeHead::decode(head)
@@ -201,12 +249,20 @@ impl Inner {
             None => 0,
         };
         let answer = keys
-            .kt_head(&v1::KtHeadRequest { since_size: since })
+            .kt_head(&v1::KtHeadRequest {
+                since_size: since,
+                domain: if remote { domain.to_owned() } else { String::new() },
+            })
             .await
-            .map_err(|e| KtFail::Other(e.into()))?;
-        if let Some(domain) = self.domain()
-            && answer.domain != domain
-        {
+            .map_err(|e| {
+                // The home server refused to cosign (a split view, a rollback, a changed key).
+                if remote && e.code() == Code::FailedPrecondition {
+                    alarm(format!("the home server refused to witness it: {}", e.message()))
+                } else {
+                    KtFail::Other(e.into())
+                }
+            })?;
+        if answer.domain != domain {
             return Err(alarm(format!(
                 "the log is for domain {:?}, not {domain:?}",
                 answer.domain
@@ -222,6 +278,19 @@ impl Inner {
         let log_key = monitor_key(&log_key_bytes).map_err(alarm)?;
         let claimed =
             SignedTreeHead::decode(&answer.tree_head).map_err(|e| alarm(format!("head: {e}")))?;
+        if remote {
+            let home_key = self
+                .store
+                .kt()
+                .map_err(KtFail::Other)?
+                .map(|(key, _)| key)
+                .ok_or_else(|| alarm("the home log is not pinned".into()))?;
+            let home_key = monitor_key(&home_key).map_err(alarm)?;
+            Cosignature::decode(&answer.cosignature)
+                .map_err(|_| alarm("no witness cosignature from the home server".into()))?
+                .verify(&home_key, &home, domain, &claimed)
+                .map_err(|_| alarm("the home server's witness cosignature does not verify".into()))?;
+        }
         let mut monitor = LogMonitor::new(log_key);
         let head = if let Some((_, old)) = &stored {
             let old =
@@ -265,25 +334,41 @@ impl Inner {
                 .verify(&log_key)
                 .map_err(|e| alarm(format!("head signature: {e}")))?
         };
-        self.store
-            .set_kt(&log_key_bytes, &head.encode())
-            .map_err(KtFail::Other)?;
+        if remote {
+            self.store
+                .set_peer_kt(domain, &log_key_bytes, &head.encode())
+                .map_err(KtFail::Other)?;
+        } else {
+            self.store
+                .set_kt(&log_key_bytes, &head.encode())
+                .map_err(KtFail::Other)?;
+        }
         Ok(head)
     }
 
-    /// Proves that `head` (from a key answer) is a head of the log this client pinned: signed
-    /// by the pinned key, and equal to or a prefix of the latest head, which itself extends
-    /// the pinned one. The log may grow between a key answer and the client's sync (any
-    /// device publishing keys grows it): that is proven consistent, not an alarm.
+    /// Proves that `head` (from a key answer about a user of `domain`) is a head of the log
+    /// this client pinned for `domain`: signed by the pinned key, and equal to or a prefix of
+    /// the latest head, which itself extends the pinned one. The log may grow between a key
+    /// answer and the client's sync (any device publishing keys grows it): that is proven
+    /// consistent, not an alarm.
     pub(crate) async fn kt_reach(
         &self,
         keys: &v1::keys_client::KeysClient,
         head: &qpq_core::kt::UnverifiedTreeHead,
+        domain: &str,
     ) -> Result<(), KtFail> {
         use qpq_core::kt::{ConsistencyProof, SignedTreeHead};
-        let alarm = KtFail::Alarm;
+        let home = self.domain().ok_or(KtFail::Other(SdkError::NotLoggedIn))?;
+        let remote = domain != home;
+        let alarm = |reason: String| {
+            KtFail::Alarm(if remote {
+                format!("{domain}'s log: {reason}")
+            } else {
+                reason
+            })
+        };
         for _ in 0..3 {
-            let latest = self.kt_sync(keys).await?;
+            let latest = self.kt_sync(keys, domain).await?;
             if latest.tree_size() == head.tree_size {
                 return if latest.is(head) {
                     Ok(())
@@ -299,6 +384,7 @@ impl Inner {
             let answer = keys
                 .kt_head(&v1::KtHeadRequest {
                     since_size: head.tree_size,
+                    domain: if remote { domain.to_owned() } else { String::new() },
                 })
                 .await
                 .map_err(|e| KtFail::Other(e.into()))?;
@@ -310,8 +396,7 @@ impl Inner {
             }
             // Checked against the pinned key (kt_sync just required the server's to equal it).
             let pinned = self
-                .store
-                .kt()
+                .kt_state(domain, &home)
                 .map_err(KtFail::Other)?
                 .map(|(key, _)| key)
                 .unwrap_or_default();
@@ -330,8 +415,9 @@ impl Inner {
         ))))
     }
 
-    /// Checks that `bundle` is the binding the log holds for `user/device` at a head
-    /// consistent with everything seen before.
+    /// Checks that `bundle` is the binding the log of `user`'s server holds for
+    /// `user/device` at a head consistent with everything seen before (`user` bare for this
+    /// device's server, `user@domain` for another).
     pub(crate) async fn kt_check(
         &self,
         keys: v1::keys_client::KeysClient,
@@ -342,23 +428,23 @@ impl Inner {
     ) -> Result<(), KtFail> {
         use qpq_core::kt::{InclusionProof, KeyBinding, SignedTreeHead};
         let alarm = KtFail::Alarm;
-        let domain = self.domain().ok_or(KtFail::Other(SdkError::NotLoggedIn))?;
+        let home = self.domain().ok_or(KtFail::Other(SdkError::NotLoggedIn))?;
+        let (bare, domain) = user_domain(user, &home);
         let head =
             SignedTreeHead::decode(&proof.tree_head).map_err(|e| alarm(format!("head: {e}")))?;
         // The head verified last is enough when it is the same tree (most key fetches);
         // otherwise the answer's head is proven to belong to the pinned log.
         let known = self
-            .store
-            .kt()
+            .kt_state(domain, &home)
             .map_err(KtFail::Other)?
             .and_then(|(_, bytes)| SignedTreeHead::decode(&bytes).ok())
             .is_some_and(|h| h.tree_size == head.tree_size && h.root == head.root);
         if !known {
-            self.kt_reach(&keys, &head).await?;
+            self.kt_reach(&keys, &head, domain).await?;
         }
         let binding = KeyBinding {
-            user: user.to_owned(),
-            domain,
+            user: bare.to_owned(),
+            domain: domain.to_owned(),
             device: device.to_owned(),
             identity_key: bundle.identity.to_bytes(),
             hybrid_key_hash: bundle.hybrid.hash(),
@@ -399,7 +485,9 @@ impl Inner {
             .await?;
         let bundle = KeyBundle::decode(&fetched.key_bundle)
             .map_err(|e| SdkError::Invalid(format!("key bundle of {user}/{device}: {e}")))?;
-        if !bundle.is_for(user, device) {
+        let home = self.domain().ok_or(SdkError::NotLoggedIn)?;
+        // A bundle is signed for the name its own server knows the user by.
+        if !bundle.is_for(user_domain(user, &home).0, device) {
             return Err(SdkError::Invalid(format!(
                 "the key bundle fetched for {user}/{device} is signed for someone else"
             )));
@@ -469,8 +557,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Checks one leaf against the log: its name must be a device of this server whose
-    /// identity key, as this client checked it in the log, is the key that signs for the leaf.
+    /// Checks one leaf against the log of its server: its name must be a device whose identity
+    /// key, as this client checked it in that log, is the key that signs for the leaf.
     /// Returns `(user, device)`.
     pub(crate) fn verify_leaf(
         &self,
@@ -481,12 +569,12 @@ impl Inner {
     ) -> Result<(String, String), Fail> {
         let name = DeviceName::parse(&leaf.name)
             .map_err(|_| Fail::Undecryptable("a member's name is not a qpq device name".into()))?;
-        if name.domain() != keys.name.domain() {
-            return Err(Fail::Undecryptable(format!(
-                "member {name} belongs to another server"
-            )));
-        }
-        let who = (name.user().to_owned(), name.device().to_owned());
+        // A member of another server is checked in that server's log, as its own server
+        // vouches for it (and this device's server witnesses that log).
+        let who = (
+            qualified(name.user(), name.domain(), keys.name.domain()),
+            name.device().to_owned(),
+        );
         let logged = if name == keys.name {
             Some(keys.identity.public().to_bytes().to_vec())
         } else {

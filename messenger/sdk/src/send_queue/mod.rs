@@ -183,7 +183,7 @@ impl QpqClient {
                     .group(&conversation.0)?
                     .ok_or_else(|| SdkError::NotFound(format!("conversation {conversation}")))?;
                 let ciphertext = group.encrypt(&keys.mls, &content)?;
-                let recipients = other_devices(&group, &keys.me);
+                let recipients = other_devices(&group, keys);
                 let transport = group_transport(conversation, ciphertext);
                 let deliveries = deliveries_for(id, &recipients, &transport);
                 let echo = echo(id, keys.me.clone(), sent_at_ms, deliveries.is_empty());

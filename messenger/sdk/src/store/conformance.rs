@@ -617,6 +617,23 @@ pub(crate) fn the_transparency_log_key_is_pinned_on_first_use(store: &dyn Store)
         store.kt().unwrap(),
         Some((b"log key".to_vec(), b"head 2".to_vec()))
     );
+    // Other servers' logs are pinned one per domain, apart from the home log.
+    assert!(store.peer_kt("b.example").unwrap().is_none());
+    store.set_peer_kt("b.example", b"b key", b"b head 1").unwrap();
+    store.set_peer_kt("b.example", b"forged key", b"b head 2").unwrap();
+    store.set_peer_kt("c.example", b"c key", b"c head").unwrap();
+    assert_eq!(
+        store.peer_kt("b.example").unwrap(),
+        Some((b"b key".to_vec(), b"b head 2".to_vec()))
+    );
+    assert_eq!(
+        store.peer_kt("c.example").unwrap(),
+        Some((b"c key".to_vec(), b"c head".to_vec()))
+    );
+    assert_eq!(
+        store.kt().unwrap(),
+        Some((b"log key".to_vec(), b"head 2".to_vec()))
+    );
 }
 
 /// Makes the whole conformance suite a module of tests for one [`Store`] backend:

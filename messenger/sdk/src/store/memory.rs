@@ -72,6 +72,7 @@ struct DeliveryRow {
 struct State {
     account: Option<Account>,
     kt: Option<(Vec<u8>, Vec<u8>)>,
+    peer_kt: HashMap<String, (Vec<u8>, Vec<u8>)>,
     conversations: BTreeMap<[u8; 16], ConversationRow>,
     messages: HashMap<[u8; 16], MessageRow>,
     next_rowid: u64,
@@ -532,6 +533,20 @@ impl Store for MemoryStore {
             .as_ref()
             .map_or_else(|| log_key.to_vec(), |(k, _)| k.clone());
         state.kt = Some((pinned, head.to_vec()));
+        Ok(())
+    }
+
+    fn peer_kt(&self, domain: &str) -> SdkResult<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.lock().peer_kt.get(domain).cloned())
+    }
+
+    fn set_peer_kt(&self, domain: &str, log_key: &[u8], head: &[u8]) -> SdkResult<()> {
+        let mut state = self.lock();
+        let entry = state
+            .peer_kt
+            .entry(domain.to_owned())
+            .or_insert_with(|| (log_key.to_vec(), Vec::new()));
+        entry.1 = head.to_vec();
         Ok(())
     }
 

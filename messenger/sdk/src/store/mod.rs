@@ -207,6 +207,11 @@ pub(crate) trait Store: Send + Sync {
     fn kt(&self) -> SdkResult<Option<(Vec<u8>, Vec<u8>)>>;
     /// Records a newly verified head (and pins the log key on first use).
     fn set_kt(&self, log_key: &[u8], head: &[u8]) -> SdkResult<()>;
+    /// The pinned log key and last verified head of another server's log (`domain`).
+    fn peer_kt(&self, domain: &str) -> SdkResult<Option<(Vec<u8>, Vec<u8>)>>;
+    /// Records a newly verified head of `domain`'s log (pinning its key on first use: a
+    /// stored key is never replaced).
+    fn set_peer_kt(&self, domain: &str, log_key: &[u8], head: &[u8]) -> SdkResult<()>;
     /// The server channel of a conversation, if it has one.
     fn channel(&self, conversation: &ConversationId) -> SdkResult<Option<Vec<u8>>>;
     /// The conversation using a server channel.

@@ -317,6 +317,15 @@ CREATE TABLE channel_answers (
 INSERT OR IGNORE INTO channel_answers (conversation, channel)
     SELECT id, channel FROM conversations WHERE channel IS NOT NULL;
 ",
+    "
+-- The key-transparency logs of other servers (federation): each log key pinned on first
+-- use, and the last head verified (with the home server's witness cosignature).
+CREATE TABLE peer_kt (
+    domain  TEXT PRIMARY KEY,
+    log_key BLOB NOT NULL,
+    head    BLOB NOT NULL
+);
+",
 ];
 
 /// Applies the effect of queue entry `seq` and advances the cursor to it, inside the caller's
@@ -729,6 +738,26 @@ impl Store for SqlStore {
             "INSERT INTO kt (id, log_key, head) VALUES (1, ?1, ?2)
              ON CONFLICT (id) DO UPDATE SET head = ?2",
             params![log_key, head],
+        )?;
+        Ok(())
+    }
+
+    fn peer_kt(&self, domain: &str) -> SdkResult<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT log_key, head FROM peer_kt WHERE domain = ?1",
+                [domain],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    fn set_peer_kt(&self, domain: &str, log_key: &[u8], head: &[u8]) -> SdkResult<()> {
+        self.lock().execute(
+            "INSERT INTO peer_kt (domain, log_key, head) VALUES (?1, ?2, ?3)
+             ON CONFLICT (domain) DO UPDATE SET head = ?3",
+            params![domain, log_key, head],
         )?;
         Ok(())
     }

@@ -11,6 +11,7 @@ use crate::model::{
 use crate::store::{Effect, Store};
 
 use crate::client::now_ms;
+use crate::client::Keys;
 use crate::encryption::split_name;
 
 pub(crate) fn conversation_id(bytes: &[u8]) -> Result<ConversationId, String> {
@@ -25,25 +26,30 @@ pub(crate) fn message_id(bytes: &[u8]) -> Result<MessageId, String> {
         .map_err(|_| "bad message id".to_owned())
 }
 
-/// The member users of a group, sorted, from its `user/device` credentials.
-pub(crate) fn member_users(group: &qpq_core::mls::Group) -> Vec<String> {
+/// The member users of a group, sorted, from its credentials (users of other servers than
+/// `keys`' qualified).
+pub(crate) fn member_users(group: &qpq_core::mls::Group, keys: &Keys) -> Vec<String> {
+    let home = keys.name.domain();
     let mut members: Vec<String> = group
         .members()
         .iter()
-        .filter_map(|n| split_name(n).map(|(u, _)| u))
+        .filter_map(|n| split_name(n, home).map(|(u, _)| u))
         .collect();
     members.sort();
     members.dedup();
     members
 }
 
-/// `(user, device)` of every member device but `me`.
-pub(crate) fn other_devices(group: &qpq_core::mls::Group, me: &str) -> Vec<(String, String)> {
-    group
-        .members()
+/// `(user, device)` of every member device but this one (`keys`), in the order of their
+/// full credential names, which is the same on every member's device whatever its server.
+pub(crate) fn other_devices(group: &qpq_core::mls::Group, keys: &Keys) -> Vec<(String, String)> {
+    let home = keys.name.domain();
+    let mut names = group.members();
+    names.sort();
+    names
         .iter()
-        .filter_map(|name| split_name(name))
-        .filter(|(u, d)| me.split_once('/') != Some((u.as_str(), d.as_str())))
+        .filter_map(|name| split_name(name, home))
+        .filter(|(u, d)| keys.me.split_once('/') != Some((u.as_str(), d.as_str())))
         .collect()
 }
 

@@ -788,7 +788,7 @@ impl Inner {
                 }
                 self.verify_leaves(keys, tx, &group.leaves(), refused)?;
                 let (inviter_user, _) = self.verify_leaf(keys, tx, &inviter, refused)?;
-                let members = member_users(&group);
+                let members = member_users(&group, keys);
                 let kind = ConversationKind::from_code(inv.kind);
                 // A direct conversation is between its inviter and this user, and no one else.
                 if kind == ConversationKind::Direct
@@ -1002,7 +1002,7 @@ impl Inner {
                     ));
                 }
                 let before = tx.conversation(&id)?;
-                let mut members = member_users(group);
+                let mut members = member_users(group, keys);
                 if removed_self {
                     // This device is out: it no longer counts its user as a member, and the
                     // group's keys are of no more use to it. The tree it was removed from is
@@ -1055,12 +1055,14 @@ impl Inner {
         id: &ConversationId,
         leaving: &str,
     ) -> Result<Option<Vec<String>>, Fail> {
-        let mut names: Vec<(String, String)> = group
-            .members()
+        // In the order of the full credential names (`qpq1:user@domain/device`): every
+        // member's device picks the same committer, whichever servers the members are on.
+        let mut raw = group.members();
+        raw.sort();
+        let names: Vec<(String, String)> = raw
             .iter()
-            .filter_map(|n| split_name(n))
+            .filter_map(|n| split_name(n, keys.name.domain()))
             .collect();
-        names.sort();
         let committer = names.iter().find(|(u, _)| u != leaving);
         if committer.map(|(u, d)| format!("{u}/{d}")).as_deref() != Some(keys.me.as_str()) {
             return Ok(None);
@@ -1074,7 +1076,7 @@ impl Inner {
             return Ok(None);
         }
         let refs: Vec<&[u8]> = gone.iter().map(Vec::as_slice).collect();
-        let recipients = other_devices(group, &keys.me);
+        let recipients = other_devices(group, keys);
         let commit = group.remove_members(&keys.mls, &refs)?;
         let deliveries = deliveries_for(
             MessageId::random(),
@@ -1082,7 +1084,7 @@ impl Inner {
             &group_transport(id, commit),
         );
         tx.queue_outgoing(None, &deliveries)?;
-        Ok(Some(member_users(group)))
+        Ok(Some(member_users(group, keys)))
     }
 
     /// Leaves the server channels of conversations this device was removed from (best
