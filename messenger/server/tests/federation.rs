@@ -288,7 +288,10 @@ impl Federation {
             .arg(env!("CARGO_BIN_EXE_qpq-server"))
             .arg("--config")
             .arg(&config)
-            .env("QPQ_LOG", "warn")
+            .env(
+                "QPQ_LOG",
+                std::env::var("QPQ_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -490,6 +493,13 @@ async fn an_outage_and_a_killed_server_lose_and_reorder_nothing() {
     let (bob, mut bob_events) = fed.user("b", "bob", dirs[1].path()).await;
     let dm = alice.create_dm("bob@b.test").await.unwrap();
     joined(&mut bob_events, dm.id).await;
+    // Bob has written to alice: she is no stranger to him (or b.test would hold her 100
+    // messages to the stranger rate).
+    bob.conversation(&dm.id)
+        .unwrap()
+        .send_text("hi", None)
+        .unwrap();
+    read_until(&mut alice_events, "hi", Duration::from_secs(30)).await;
 
     // b.test drops off the network; alice writes 100 messages, each accepted by a.test.
     fed.net.link("b", false);

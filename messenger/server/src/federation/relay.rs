@@ -155,7 +155,17 @@ async fn drain<S: Store>(
             return Ok(());
         }
         match send(fed, destination, &rows).await {
-            Ok(results) => settle(state, fed, destination, &rows, results).await?,
+            Ok(results) => {
+                if !settle(state, fed, destination, &rows, results).await? {
+                    // Nothing went through (every message is held back for now): back off.
+                    let delay = backoff(fed, destination_state.attempts);
+                    state
+                        .store
+                        .outbox_retry_later(destination.to_owned(), now.saturating_add(delay), now)
+                        .await?;
+                    return Ok(());
+                }
+            }
             Err(status) if transient(status.code()) => {
                 fed.forget(destination).await;
                 let give_up_ms = fed.config.give_up_secs.saturating_mul(1000);
@@ -235,22 +245,31 @@ async fn send(
     Ok(answer.results)
 }
 
-/// Applies per-message results: delivered ones leave the outbox; refused ones become relay
-/// failures (a full queue is worth sending again later, the rest are not).
+/// Applies per-message results: delivered ones leave the outbox; ones the destination holds
+/// back for now (`ResourceExhausted`: a sender over its rate, a full queue) stay for a later
+/// attempt, until the give-up time; the rest are refused for good and become relay failures.
+/// Returns whether any message was delivered or settled.
 async fn settle<S: Store>(
     state: &AppState<S>,
     fed: &Federation,
     destination: &str,
     rows: &[OutboxRow],
     results: Vec<v1::EnqueueResponse>,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<bool, crate::store::StoreError> {
+    let now = state.now_ms();
+    let give_up_ms = fed.config.give_up_secs.saturating_mul(1000);
     let mut delivered = Vec::new();
     let mut refused: std::collections::BTreeMap<(String, bool), Vec<u64>> = Default::default();
+    let mut held = 0usize;
     for (row, result) in rows.iter().zip(results) {
-        if result.code == 0 {
+        let code = Code::from_u8(u8::try_from(result.code).unwrap_or(2));
+        if code == Code::Ok {
             delivered.push(row.id);
+        } else if code == Code::ResourceExhausted
+            && row.created_at_ms.saturating_add(give_up_ms) > now
+        {
+            held += 1;
         } else {
-            let code = Code::from_u8(u8::try_from(result.code).unwrap_or(2));
             let retryable = code == Code::ResourceExhausted;
             refused
                 .entry((format!("{destination} refused: {}", result.error), retryable))
@@ -258,17 +277,23 @@ async fn settle<S: Store>(
                 .push(row.id);
         }
     }
+    let settled = !delivered.is_empty() || !refused.is_empty();
     for ((reason, retryable), ids) in refused {
         fail(state, ids, reason, retryable).await?;
     }
-    let count = delivered.len() as u64;
-    state
-        .store
-        .outbox_sent(destination.to_owned(), delivered)
-        .await?;
-    fed.relayed
-        .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
+    if !delivered.is_empty() {
+        let count = delivered.len() as u64;
+        state
+            .store
+            .outbox_sent(destination.to_owned(), delivered)
+            .await?;
+        fed.relayed
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+    }
+    if held > 0 {
+        tracing::debug!(destination, held, "relay held back by the destination's limits");
+    }
+    Ok(settled)
 }
 
 /// Moves messages to their senders' relay failures and tells the senders' devices.

@@ -72,41 +72,63 @@ impl<S: Store> Api<S> {
             u32::try_from(queued.len()).unwrap_or(u32::MAX),
             "relayed messages",
         )?;
-        let mut senders: Vec<String> = messages
-            .iter()
-            .map(|m| format!("{}@{origin}", m.sender_user))
-            .collect();
-        senders.sort();
-        senders.dedup();
-        let l = &self.state.limiters;
-        for sender in &senders {
-            let mine: Vec<&mut NewMessage> = queued
-                .iter_mut()
-                .filter(|m| m.sender.starts_with(sender.as_str()) && m.sender[sender.len()..].starts_with('/'))
-                .collect();
-            let mut recipients: Vec<String> = mine.iter().map(|m| m.recipient.user.clone()).collect();
+        // Each remote sender is held to the per-user limits as a local one is, message by
+        // message: what fits is queued, and the rest of that sender's messages (later ones
+        // too, to keep its order) come back `ResourceExhausted` for the origin to send again
+        // later. One sender over its limit holds back no one else.
+        let mut refused: Vec<Option<v1::EnqueueResponse>> = vec![None; queued.len()];
+        let mut stopped: std::collections::HashMap<String, String> = Default::default();
+        let mut recipients_of: std::collections::HashMap<&str, Vec<String>> = Default::default();
+        for (m, raw) in queued.iter().zip(messages) {
+            recipients_of
+                .entry(raw.sender_user.as_str())
+                .or_default()
+                .push(m.recipient.user.clone());
+        }
+        let mut strangers: std::collections::HashSet<(String, String)> = Default::default();
+        for (user, recipients) in &mut recipients_of {
             recipients.sort();
             recipients.dedup();
-            let known = self.state.known_to(sender, &recipients).await?;
-            let strangers: std::collections::HashSet<&String> = recipients
-                .iter()
-                .zip(known)
-                .filter_map(|(r, k)| (!k).then_some(r))
-                .collect();
-            let mut to_strangers = 0u32;
-            let n = u32::try_from(mine.len()).unwrap_or(u32::MAX);
-            for m in mine {
-                m.stranger = strangers.contains(&m.recipient.user);
-                to_strangers += u32::from(m.stranger);
+            let sender = format!("{user}@{origin}");
+            let known = self.state.known_to(&sender, recipients).await?;
+            for (r, k) in recipients.iter().zip(known) {
+                if !k {
+                    strangers.insert((sender.clone(), r.clone()));
+                }
             }
-            l.check(&l.messages_per_user, sender, n, "messages")?;
-            l.check(
-                &l.stranger_messages_per_user,
-                sender,
-                to_strangers,
-                "messages to people who have not written to you",
-            )?;
         }
+        let l = &self.state.limiters;
+        for (i, (m, raw)) in queued.iter_mut().zip(messages).enumerate() {
+            let sender = format!("{}@{origin}", raw.sender_user);
+            m.stranger = strangers.contains(&(sender.clone(), m.recipient.user.clone()));
+            let verdict = match stopped.get(&sender) {
+                Some(reason) => Err(reason.clone()),
+                None => l
+                    .check(&l.messages_per_user, &sender, 1, "messages")
+                    .and_then(|()| {
+                        l.check(
+                            &l.stranger_messages_per_user,
+                            &sender,
+                            u32::from(m.stranger),
+                            "messages to people who have not written to you",
+                        )
+                    })
+                    .map_err(|status| status.message().to_owned()),
+            };
+            if let Err(reason) = verdict {
+                stopped.insert(sender, reason.clone());
+                refused[i] = Some(v1::EnqueueResponse {
+                    code: u32::from(qrpc::Code::ResourceExhausted as u8),
+                    error: reason,
+                    ..Default::default()
+                });
+            }
+        }
+        let queued: Vec<NewMessage> = queued
+            .into_iter()
+            .zip(&refused)
+            .filter_map(|(m, r)| r.is_none().then_some(m))
+            .collect();
         let recipients: Vec<_> = queued.iter().map(|m| m.recipient.clone()).collect();
         let now = self.state.now_ms();
         // Remembered past the origin's give-up time: a message it relays again after an
@@ -129,9 +151,16 @@ impl<S: Store> Api<S> {
                 self.state.message_arrived(recipient, o.seq).await;
             }
         }
-        Ok(outcomes
+        let mut outcomes = outcomes.into_iter();
+        Ok(refused
             .into_iter()
-            .map(crate::api::delivery::enqueue_response)
+            .map(|r| match r {
+                Some(refusal) => refusal,
+                None => outcomes
+                    .next()
+                    .map(crate::api::delivery::enqueue_response)
+                    .unwrap_or_default(),
+            })
             .collect())
     }
 }
