@@ -620,7 +620,12 @@ fn cosigned_bytes(witness: &str, log: &str, head: &UnverifiedTreeHead) -> Vec<u8
 
 impl Cosignature {
     /// The cosignature of `witness` (its domain and log key) over `head` of `log`'s log.
-    pub fn sign(witness_key: &IdentityKey, witness: &str, log: &str, head: &SignedTreeHead) -> Self {
+    pub fn sign(
+        witness_key: &IdentityKey,
+        witness: &str,
+        log: &str,
+        head: &SignedTreeHead,
+    ) -> Self {
         Self {
             signature: witness_key.sign(&cosigned_bytes(witness, log, &head.head)),
         }

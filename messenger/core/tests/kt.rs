@@ -367,15 +367,35 @@ fn a_cosignature_binds_the_witness_the_log_and_the_head() {
         .unwrap();
     // Another witness key, witness name, log name or head: refused.
     let other = IdentityKey::generate();
-    assert!(decoded.verify(&other.public(), "a.test", "b.test", &claimed).is_err());
-    assert!(decoded.verify(&witness.public(), "c.test", "b.test", &claimed).is_err());
-    assert!(decoded.verify(&witness.public(), "a.test", "c.test", &claimed).is_err());
+    assert!(
+        decoded
+            .verify(&other.public(), "a.test", "b.test", &claimed)
+            .is_err()
+    );
+    assert!(
+        decoded
+            .verify(&witness.public(), "c.test", "b.test", &claimed)
+            .is_err()
+    );
+    assert!(
+        decoded
+            .verify(&witness.public(), "a.test", "c.test", &claimed)
+            .is_err()
+    );
     // Domain boundaries are length-prefixed: moving a byte between the names changes the
     // message.
-    assert!(decoded.verify(&witness.public(), "a.testb", ".test", &claimed).is_err());
+    assert!(
+        decoded
+            .verify(&witness.public(), "a.testb", ".test", &claimed)
+            .is_err()
+    );
     log.append(b"another");
     let later = SignedTreeHead::decode(&log.sign_head(&log_key, 2_000).encode()).unwrap();
-    assert!(decoded.verify(&witness.public(), "a.test", "b.test", &later).is_err());
+    assert!(
+        decoded
+            .verify(&witness.public(), "a.test", "b.test", &later)
+            .is_err()
+    );
     assert!(Cosignature::decode(&[0; 63]).is_err());
     assert!(Cosignature::decode(&[0; 65]).is_err());
 }

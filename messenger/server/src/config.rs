@@ -126,7 +126,10 @@ impl Federation {
                 return invalid(format!("peers: \"{}\" is not a domain name", peer.domain));
             }
             if peer.domain == own_domain {
-                return invalid(format!("peers: \"{}\" is this server's own domain", peer.domain));
+                return invalid(format!(
+                    "peers: \"{}\" is this server's own domain",
+                    peer.domain
+                ));
             }
             if !seen.insert(peer.domain.as_str()) {
                 return invalid(format!("peers: \"{}\" is listed twice", peer.domain));
@@ -139,10 +142,14 @@ impl Federation {
             }
         }
         if self.retry_initial_ms == 0 || self.retry_max_secs == 0 || self.give_up_secs == 0 {
-            return invalid("retry_initial_ms, retry_max_secs and give_up_secs must be positive".into());
+            return invalid(
+                "retry_initial_ms, retry_max_secs and give_up_secs must be positive".into(),
+            );
         }
         if self.health_probe_secs == 0 || self.max_outbox_per_destination == 0 {
-            return invalid("health_probe_secs and max_outbox_per_destination must be positive".into());
+            return invalid(
+                "health_probe_secs and max_outbox_per_destination must be positive".into(),
+            );
         }
         Ok(())
     }

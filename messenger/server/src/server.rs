@@ -274,9 +274,7 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<AnyStore>, Se
         log.append_hash(leaf);
     }
 
-    let leaf = tls
-        .leaf()
-        .ok_or(ServerError::Corrupt("TLS certificate"))?;
+    let leaf = tls.leaf().ok_or(ServerError::Corrupt("TLS certificate"))?;
     let key_pin = qrpc::tls::key_fingerprint(leaf)?;
     let federation = if config.federation.enabled {
         let fed = crate::federation::Federation::new(
@@ -320,17 +318,17 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<AnyStore>, Se
         }
     });
     let mut state = AppState::new(
-            store,
-            builder.push_registry(),
-            limits.clone(),
-            opaque,
-            log,
-            kt_key,
-        )
-        .with_domain(config.domain.clone())
-        .with_clock(clock)
-        .with_limiters(crate::abuse::Limiters::new(&node_limits))
-        .with_bus(bus);
+        store,
+        builder.push_registry(),
+        limits.clone(),
+        opaque,
+        log,
+        kt_key,
+    )
+    .with_domain(config.domain.clone())
+    .with_clock(clock)
+    .with_limiters(crate::abuse::Limiters::new(&node_limits))
+    .with_bus(bus);
     if let Some(fed) = &federation {
         state = state.with_federation(Arc::clone(fed));
     }

@@ -1259,9 +1259,9 @@ async fn key_publishes_grow_the_log_only_with_news_and_are_limited_per_device() 
         let head = bob
             .keys()
             .kt_head(&v1::KtHeadRequest {
-            since_size: 0,
-            ..Default::default()
-        })
+                since_size: 0,
+                ..Default::default()
+            })
             .await
             .unwrap();
         qpq_core::kt::SignedTreeHead::decode(&head.tree_head)

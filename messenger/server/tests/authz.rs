@@ -266,10 +266,12 @@ fn rows() -> Vec<Row> {
         ),
         row(
             25,
-            |_| unary(&v1::KtHeadRequest {
-            since_size: 0,
-            ..Default::default()
-        }),
+            |_| {
+                unary(&v1::KtHeadRequest {
+                    since_size: 0,
+                    ..Default::default()
+                })
+            },
             Unauthenticated,
             Ok,
             Ok,

@@ -78,7 +78,10 @@ impl Net {
             .into_iter()
             .chain(SERVERS.iter().map(|s| (s.0, s.2)))
         {
-            let (near, far) = (format!("{}{name}0", net.prefix), format!("{}{name}1", net.prefix));
+            let (near, far) = (
+                format!("{}{name}0", net.prefix),
+                format!("{}{name}1", net.prefix),
+            );
             ip(&["link", "add", &near, "type", "veth", "peer", "name", &far]);
             ip(&["link", "set", &far, "netns", &br]);
             ip(&["-n", &br, "link", "set", &far, "master", "br0", "up"]);

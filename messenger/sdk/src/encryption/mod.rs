@@ -28,7 +28,10 @@ use crate::sync::effects::other_devices;
 /// against the key-transparency log when their leaf joins a group; this only reads them.
 pub(crate) fn split_name(name: &[u8], home: &str) -> Option<(String, String)> {
     let name = DeviceName::parse(name).ok()?;
-    Some((qualified(name.user(), name.domain(), home), name.device().to_owned()))
+    Some((
+        qualified(name.user(), name.domain(), home),
+        name.device().to_owned(),
+    ))
 }
 
 /// `user` of `domain` as seen from `home`: bare when `domain` is `home`.
@@ -251,13 +254,20 @@ impl Inner {
         let answer = keys
             .kt_head(&v1::KtHeadRequest {
                 since_size: since,
-                domain: if remote { domain.to_owned() } else { String::new() },
+                domain: if remote {
+                    domain.to_owned()
+                } else {
+                    String::new()
+                },
             })
             .await
             .map_err(|e| {
                 // The home server refused to cosign (a split view, a rollback, a changed key).
                 if remote && e.code() == Code::FailedPrecondition {
-                    alarm(format!("the home server refused to witness it: {}", e.message()))
+                    alarm(format!(
+                        "the home server refused to witness it: {}",
+                        e.message()
+                    ))
                 } else {
                     KtFail::Other(e.into())
                 }
@@ -289,7 +299,9 @@ impl Inner {
             Cosignature::decode(&answer.cosignature)
                 .map_err(|_| alarm("no witness cosignature from the home server".into()))?
                 .verify(&home_key, &home, domain, &claimed)
-                .map_err(|_| alarm("the home server's witness cosignature does not verify".into()))?;
+                .map_err(|_| {
+                    alarm("the home server's witness cosignature does not verify".into())
+                })?;
         }
         let mut monitor = LogMonitor::new(log_key);
         let head = if let Some((_, old)) = &stored {
@@ -384,7 +396,11 @@ impl Inner {
             let answer = keys
                 .kt_head(&v1::KtHeadRequest {
                     since_size: head.tree_size,
-                    domain: if remote { domain.to_owned() } else { String::new() },
+                    domain: if remote {
+                        domain.to_owned()
+                    } else {
+                        String::new()
+                    },
                 })
                 .await
                 .map_err(|e| KtFail::Other(e.into()))?;

@@ -619,8 +619,12 @@ pub(crate) fn the_transparency_log_key_is_pinned_on_first_use(store: &dyn Store)
     );
     // Other servers' logs are pinned one per domain, apart from the home log.
     assert!(store.peer_kt("b.example").unwrap().is_none());
-    store.set_peer_kt("b.example", b"b key", b"b head 1").unwrap();
-    store.set_peer_kt("b.example", b"forged key", b"b head 2").unwrap();
+    store
+        .set_peer_kt("b.example", b"b key", b"b head 1")
+        .unwrap();
+    store
+        .set_peer_kt("b.example", b"forged key", b"b head 2")
+        .unwrap();
     store.set_peer_kt("c.example", b"c key", b"c head").unwrap();
     assert_eq!(
         store.peer_kt("b.example").unwrap(),

@@ -10,8 +10,8 @@ use crate::model::{
 };
 use crate::store::{Effect, Store};
 
-use crate::client::now_ms;
 use crate::client::Keys;
+use crate::client::now_ms;
 use crate::encryption::split_name;
 
 pub(crate) fn conversation_id(bytes: &[u8]) -> Result<ConversationId, String> {

@@ -48,7 +48,12 @@ impl<S: Store> Api<S> {
         if requester != device.user {
             // One-time packages are scarce: nobody may drain another user's supply.
             let l = &self.state.limiters;
-            l.check(&l.key_packages_per_user, &requester.to_owned(), 1, "key-package fetches")?;
+            l.check(
+                &l.key_packages_per_user,
+                &requester.to_owned(),
+                1,
+                "key-package fetches",
+            )?;
             l.check(
                 &l.key_packages_per_pair,
                 &(requester.to_owned(), device.user.clone()),

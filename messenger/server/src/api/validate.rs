@@ -56,7 +56,10 @@ pub struct Target<T> {
 pub fn address(text: &str, own_domain: &str) -> Result<Target<String>, Status> {
     let parsed = qpq_core::address::Address::parse(text)
         .map_err(|e| Status::invalid_argument(format!("user: {e}")))?;
-    let domain = parsed.domain().filter(|d| *d != own_domain).map(str::to_owned);
+    let domain = parsed
+        .domain()
+        .filter(|d| *d != own_domain)
+        .map(str::to_owned);
     Ok(Target {
         domain,
         device: parsed.user().to_owned(),

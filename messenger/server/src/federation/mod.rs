@@ -147,7 +147,11 @@ impl Federation {
     pub fn authenticate(&self, peer: &qrpc::Peer, claimed: &str) -> Result<String, Status> {
         let key = peer
             .peer_certificates()
-            .and_then(|certs| certs.first().and_then(|c| qrpc::tls::key_fingerprint(c).ok()))
+            .and_then(|certs| {
+                certs
+                    .first()
+                    .and_then(|c| qrpc::tls::key_fingerprint(c).ok())
+            })
             .ok_or_else(|| Status::unauthenticated("federation calls need a peer certificate"))?;
         let domain = self
             .by_pin

@@ -125,9 +125,7 @@ impl<S: Store> Api<S> {
             let (witnessed, cosignature) = self.witness(fed, domain).await?;
             if since_size == witnessed.tree_size() || since_size == 0 {
                 let mut answer = self.peer_head(fed, domain, since_size).await?;
-                if SignedTreeHead::decode(&answer.tree_head)
-                    .is_ok_and(|h| witnessed.is(&h))
-                {
+                if SignedTreeHead::decode(&answer.tree_head).is_ok_and(|h| witnessed.is(&h)) {
                     answer.cosignature = cosignature.encode().into();
                     return Ok(answer);
                 }

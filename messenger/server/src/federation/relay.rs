@@ -272,7 +272,10 @@ async fn settle<S: Store>(
         } else {
             let retryable = code == Code::ResourceExhausted;
             refused
-                .entry((format!("{destination} refused: {}", result.error), retryable))
+                .entry((
+                    format!("{destination} refused: {}", result.error),
+                    retryable,
+                ))
                 .or_default()
                 .push(row.id);
         }
@@ -291,7 +294,11 @@ async fn settle<S: Store>(
             .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
     }
     if held > 0 {
-        tracing::debug!(destination, held, "relay held back by the destination's limits");
+        tracing::debug!(
+            destination,
+            held,
+            "relay held back by the destination's limits"
+        );
     }
     Ok(settled)
 }

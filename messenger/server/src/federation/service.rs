@@ -27,11 +27,7 @@ impl<S: Store> Api<S> {
     }
 
     /// Checks one relayed message from `origin` and makes it a queue entry.
-    fn relayed_message(
-        &self,
-        origin: &str,
-        m: &v1::RelayedMessage,
-    ) -> Result<NewMessage, Status> {
+    fn relayed_message(&self, origin: &str, m: &v1::RelayedMessage) -> Result<NewMessage, Status> {
         let recipient = validate::device_ref(m.recipient.as_ref())?;
         validate::user(&m.sender_user)?;
         validate::device(&m.sender_device)?;
@@ -277,12 +273,8 @@ impl<S: Store> FederationService for Api<S> {
                     .ok()
             })
             .ok_or_else(|| Status::internal("a witnessed head is corrupt"))?;
-        let cosignature = qpq_core::kt::Cosignature::sign(
-            &self.state.kt_key,
-            &self.state.domain,
-            &origin,
-            &head,
-        );
+        let cosignature =
+            qpq_core::kt::Cosignature::sign(&self.state.kt_key, &self.state.domain, &origin, &head);
         Ok(v1::FederationCosignatureResponse {
             tree_head: witnessed.head.into(),
             cosignature: cosignature.encode().into(),

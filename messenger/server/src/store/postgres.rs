@@ -1508,7 +1508,10 @@ impl Store for PostgresStore {
                 )
                 .await?;
                 if duplicate {
-                    results.push(Ok(Enqueued { seq: 0, duplicate: true }));
+                    results.push(Ok(Enqueued {
+                        seq: 0,
+                        duplicate: true,
+                    }));
                     continue;
                 }
                 let waiting: i64 = query_opt(
@@ -1541,7 +1544,10 @@ impl Store for PostgresStore {
                 .await
                 .map_err(pg)?;
                 if inserted == 0 {
-                    results.push(Ok(Enqueued { seq: 0, duplicate: true }));
+                    results.push(Ok(Enqueued {
+                        seq: 0,
+                        duplicate: true,
+                    }));
                     continue;
                 }
                 execute(
@@ -1554,7 +1560,10 @@ impl Store for PostgresStore {
                 )
                 .await
                 .map_err(pg)?;
-                results.push(Ok(Enqueued { seq: 0, duplicate: false }));
+                results.push(Ok(Enqueued {
+                    seq: 0,
+                    duplicate: false,
+                }));
             }
             Ok(results)
         }
@@ -1787,11 +1796,19 @@ impl Store for PostgresStore {
                     &tx,
                     "SELECT 1 FROM relay_seen WHERE sender = $1 AND recipient_user = $2
                      AND recipient_device = $3 AND message_id = $4",
-                    &[&m.sender, &m.recipient.user, &m.recipient.device, &m.message_id],
+                    &[
+                        &m.sender,
+                        &m.recipient.user,
+                        &m.recipient.device,
+                        &m.message_id,
+                    ],
                 )
                 .await?;
                 if seen {
-                    results.push(Ok(Enqueued { seq: 0, duplicate: true }));
+                    results.push(Ok(Enqueued {
+                        seq: 0,
+                        duplicate: true,
+                    }));
                     continue;
                 }
                 match enqueue_one(&tx, m, limits, now_ms).await {
@@ -1844,20 +1861,30 @@ impl Store for PostgresStore {
     ) -> StoreResult<bool> {
         let client = self.client().await?;
         let changed = match previous_size {
-            None => execute(
-                &client,
-                "INSERT INTO witnessed_heads (domain, log_key, tree_size, head)
+            None => {
+                execute(
+                    &client,
+                    "INSERT INTO witnessed_heads (domain, log_key, tree_size, head)
                  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[&domain, &head.log_key, &i(head.tree_size), &head.head],
-            )
-            .await,
-            Some(size) => execute(
-                &client,
-                "UPDATE witnessed_heads SET tree_size = $3, head = $4
+                    &[&domain, &head.log_key, &i(head.tree_size), &head.head],
+                )
+                .await
+            }
+            Some(size) => {
+                execute(
+                    &client,
+                    "UPDATE witnessed_heads SET tree_size = $3, head = $4
                  WHERE domain = $1 AND tree_size = $2 AND log_key = $5",
-                &[&domain, &i(size), &i(head.tree_size), &head.head, &head.log_key],
-            )
-            .await,
+                    &[
+                        &domain,
+                        &i(size),
+                        &i(head.tree_size),
+                        &head.head,
+                        &head.log_key,
+                    ],
+                )
+                .await
+            }
         }
         .map_err(pg)?;
         Ok(changed == 1)

@@ -1393,7 +1393,11 @@ impl Store for SqliteStore {
                  WHERE destination = ?1",
             )
             .and_then(|mut st| {
-                st.execute(params![destination, node, i(now_ms.saturating_add(lease_ms))])
+                st.execute(params![
+                    destination,
+                    node,
+                    i(now_ms.saturating_add(lease_ms))
+                ])
             })
             .map_err(backend)?;
             let mut st = tx
@@ -1595,7 +1599,10 @@ impl Store for SqliteStore {
                     })
                     .map_err(backend)?;
                 if fresh == 0 {
-                    return Ok(Enqueued { seq: 0, duplicate: true });
+                    return Ok(Enqueued {
+                        seq: 0,
+                        duplicate: true,
+                    });
                 }
                 enqueue_one(tx, m, limits, now_ms)
             })

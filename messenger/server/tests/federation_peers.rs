@@ -1,0 +1,453 @@
+//! The federation border on loopback, as peer servers (and servers that are not peers) see
+//! it: who may speak the federation protocol, for whom, how much, and what a home server
+//! does with a peer's log that shows two views. The servers find each other through static
+//! addresses; tests/federation.rs covers DNS and real network paths.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{Account, Harness};
+use qpq_core::identity::IdentityKey;
+use qpq_core::kt::{Cosignature, MerkleLog, SignedTreeHead};
+use qpq_proto::v1::{
+    self, delivery_client::DeliveryClient, federation_client::FederationClient,
+    federation_server::Federation, user_client::UserClient,
+};
+use qrpc::tls::{ClientTls, SelfSigned, ServerTls};
+use qrpc::{Code, RequestContext, Status};
+
+const FED: &[u8] = b"qpq-fed/1";
+
+/// A server's certificate, as PEM files in `dir`, with its TLS identity for presenting it.
+struct Identity {
+    cert: SelfSigned,
+    dir: tempfile::TempDir,
+}
+
+impl Identity {
+    fn new(domain: &str) -> Self {
+        let cert = SelfSigned::generate(&[domain]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert.cert_pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), cert.key_pem().as_bytes()).unwrap();
+        Self { cert, dir }
+    }
+
+    fn pin(&self) -> String {
+        let pin = qrpc::tls::key_fingerprint(self.cert.cert()).unwrap();
+        pin.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn server_tls(&self) -> ServerTls {
+        ServerTls::from_pem(
+            self.cert.cert_pem().as_bytes(),
+            self.cert.key_pem().as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn configure(&self, c: &mut qpq_server::Config, domain: &str) {
+        c.domain = domain.into();
+        c.tls_cert = Some(self.dir.path().join("cert.pem"));
+        c.tls_key = Some(self.dir.path().join("key.pem"));
+        c.federation.enabled = true;
+    }
+}
+
+fn peer(
+    domain: &str,
+    id: &Identity,
+    address: Option<std::net::SocketAddr>,
+) -> qpq_server::config::FederationPeer {
+    qpq_server::config::FederationPeer {
+        domain: domain.into(),
+        key_pin: id.pin(),
+        address,
+    }
+}
+
+/// A connection to `h` on the federation protocol presenting `presented`'s certificate (or
+/// none).
+async fn federation_client(
+    h: &Harness,
+    presented: Option<&Identity>,
+) -> Result<FederationClient, qrpc::ClientError> {
+    let mut tls = ClientTls::pinned(h.server.fingerprint);
+    if let Some(id) = presented {
+        tls = tls.with_client_certificate_of(&id.server_tls());
+    }
+    let client = qrpc::Client::builder(h.server.addr, tls)
+        .configure(|c| {
+            c.alpn(vec![FED.to_vec()]);
+            c.reconnect_mut().enabled(false);
+        })
+        .connect()
+        .await?;
+    Ok(FederationClient::new(client))
+}
+
+fn relayed(recipient: &str, sender: &str, id: u8) -> v1::RelayedMessage {
+    v1::RelayedMessage {
+        recipient: Some(v1::DeviceRef {
+            user: recipient.into(),
+            device: "phone".into(),
+        }),
+        sender_user: sender.into(),
+        sender_device: "laptop".into(),
+        message_id: vec![id; 16].into(),
+        payload: b"sealed".to_vec().into(),
+    }
+}
+
+/// b.test federating with a.test (whose side the test plays with a.test's certificate).
+async fn b_with_peer_a(
+    a: &Identity,
+    b: &Identity,
+    f: impl FnOnce(&mut qpq_server::Config),
+) -> Harness {
+    common::start(|c| {
+        b.configure(c, "b.test");
+        c.federation.peers = vec![peer("a.test", a, Some("127.0.0.1:9".parse().unwrap()))];
+        f(c);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn only_a_listed_key_speaks_federation_and_only_for_its_own_domain() {
+    let (a, b, x) = (
+        Identity::new("a.test"),
+        Identity::new("b.test"),
+        Identity::new("x.test"),
+    );
+    let h = b_with_peer_a(&a, &b, |_| {}).await;
+    let bob = Account::create(&h, "bob", "phone").await;
+    let health = |origin: &str| v1::FederationHealthRequest {
+        origin: origin.into(),
+    };
+
+    // The listed peer, as itself.
+    let from_a = federation_client(&h, Some(&a)).await.unwrap();
+    let answer = from_a.federation_health(&health("a.test")).await.unwrap();
+    assert_eq!(
+        (answer.status.as_str(), answer.domain.as_str()),
+        ("ok", "b.test")
+    );
+
+    // A valid certificate that is not on the allowlist: TLS refuses it.
+    let refused = match federation_client(&h, Some(&x)).await {
+        Err(_) => true,
+        Ok(c) => c.federation_health(&health("x.test")).await.is_err(),
+    };
+    assert!(refused, "an unlisted server was let in");
+    // No certificate at all: the connection is closed before any call.
+    let refused = match federation_client(&h, None).await {
+        Err(_) => true,
+        Ok(c) => c.federation_health(&health("a.test")).await.is_err(),
+    };
+    assert!(
+        refused,
+        "a federation connection without a certificate was let in"
+    );
+
+    // The listed peer claiming to be another server.
+    let err = from_a
+        .federation_health(&health("c.test"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = from_a
+        .relay_enqueue(&v1::RelayEnqueueRequest {
+            origin: "c.test".into(),
+            message: Some(relayed("bob", "mallory", 1)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // It cannot act for a third server's user, nor reach a user that is not local.
+    for (recipient, sender) in [
+        ("bob", "carol@c.test"),
+        ("bob@c.test", "alice"),
+        ("bob", "bob@b.test"),
+    ] {
+        let err = from_a
+            .relay_enqueue(&v1::RelayEnqueueRequest {
+                origin: "a.test".into(),
+                message: Some(relayed(recipient, sender, 2)),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{recipient} from {sender}"
+        );
+    }
+    assert_eq!(bob.depth().await, 0);
+
+    // A batch above 50 is refused whole.
+    let err = from_a
+        .relay_batch_enqueue(&v1::RelayBatchEnqueueRequest {
+            origin: "a.test".into(),
+            messages: (0..51).map(|i| relayed("bob", "alice", i)).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(bob.depth().await, 0);
+
+    // The peer protocol reaches no client service: not those that need a session (no
+    // session exists there), and not those callable without one (a sealed send).
+    let err = DeliveryClient::new(from_a.inner().clone())
+        .peek(&v1::PeekRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = UserClient::new(from_a.inner().clone())
+        .resolve_user(&v1::ResolveUserRequest { user: "bob".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = DeliveryClient::new(from_a.inner().clone())
+        .enqueue(&common::enqueue_to(&bob.me(), 9, b"sealed"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(bob.depth().await, 0);
+    // And a logged-in user reaches no federation method.
+    let err = FederationClient::new(bob.client.clone())
+        .relay_enqueue(&v1::RelayEnqueueRequest {
+            origin: "a.test".into(),
+            message: Some(relayed("bob", "alice", 3)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn a_relayed_message_is_queued_once_even_after_it_was_acknowledged() {
+    let (a, b) = (Identity::new("a.test"), Identity::new("b.test"));
+    let h = b_with_peer_a(&a, &b, |_| {}).await;
+    let bob = Account::create(&h, "bob", "phone").await;
+    let from_a = federation_client(&h, Some(&a)).await.unwrap();
+    let relay = || v1::RelayBatchEnqueueRequest {
+        origin: "a.test".into(),
+        messages: vec![relayed("bob", "alice", 7), relayed("nobody", "alice", 8)],
+    };
+    let first = from_a.relay_batch_enqueue(&relay()).await.unwrap();
+    assert_eq!(first.results[0].code, 0);
+    assert!(!first.results[0].duplicate);
+    // A message for no such user is refused alone.
+    assert_eq!(first.results[1].code, Code::NotFound as u32);
+    let fetched = bob
+        .delivery()
+        .fetch(&v1::FetchRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(fetched.messages.len(), 1);
+    bob.delivery()
+        .ack(&v1::AckRequest {
+            up_to_seq: fetched.messages[0].seq,
+        })
+        .await
+        .unwrap();
+    // The origin sends the batch again (its answer was lost): nothing is queued twice.
+    let again = from_a.relay_batch_enqueue(&relay()).await.unwrap();
+    assert!(again.results[0].duplicate);
+    assert_eq!(bob.depth().await, 0);
+}
+
+#[tokio::test]
+async fn a_peer_draining_key_packages_stops_at_its_limit_however_it_spreads_requesters() {
+    let (a, b) = (Identity::new("a.test"), Identity::new("b.test"));
+    let h = b_with_peer_a(&a, &b, |c| {
+        c.federation
+            .key_package_fetches_per_minute_per_peer_and_user = 3;
+    })
+    .await;
+    let _bob = Account::create(&h, "bob", "phone").await;
+    let from_a = federation_client(&h, Some(&a)).await.unwrap();
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let code = match from_a
+            .proxy_fetch_key_package(&v1::ProxyFetchKeyPackageRequest {
+                origin: "a.test".into(),
+                device: Some(v1::DeviceRef {
+                    user: "bob".into(),
+                    device: "phone".into(),
+                }),
+                requester: format!("sybil{i}"),
+            })
+            .await
+        {
+            Ok(_) => Code::Ok,
+            Err(e) => e.code(),
+        };
+        codes.push(code);
+    }
+    // Bob published no packages: the first three find none; then the peer is cut off.
+    assert_eq!(
+        codes,
+        [
+            Code::NotFound,
+            Code::NotFound,
+            Code::NotFound,
+            Code::ResourceExhausted,
+            Code::ResourceExhausted
+        ]
+    );
+}
+
+/// A peer whose log shows one head, then another of the same size (a split view).
+#[derive(Clone)]
+struct SplitLog {
+    key: Arc<IdentityKey>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl SplitLog {
+    fn head(&self, leaves: &[&[u8]]) -> SignedTreeHead {
+        let mut log = MerkleLog::new();
+        for leaf in leaves {
+            log.append(leaf);
+        }
+        log.sign_head(&self.key, 1)
+    }
+}
+
+fn not_here() -> Status {
+    Status::unimplemented("not part of this test")
+}
+
+impl Federation for SplitLog {
+    async fn relay_enqueue(
+        &self,
+        _: RequestContext,
+        _: v1::RelayEnqueueRequest,
+    ) -> Result<v1::EnqueueResponse, Status> {
+        Err(not_here())
+    }
+    async fn relay_batch_enqueue(
+        &self,
+        _: RequestContext,
+        _: v1::RelayBatchEnqueueRequest,
+    ) -> Result<v1::BatchEnqueueResponse, Status> {
+        Err(not_here())
+    }
+    async fn proxy_fetch_key_package(
+        &self,
+        _: RequestContext,
+        _: v1::ProxyFetchKeyPackageRequest,
+    ) -> Result<v1::FetchKeyPackageResponse, Status> {
+        Err(not_here())
+    }
+    async fn proxy_fetch_hybrid_key(
+        &self,
+        _: RequestContext,
+        _: v1::ProxyFetchHybridKeyRequest,
+    ) -> Result<v1::FetchHybridKeyResponse, Status> {
+        Err(not_here())
+    }
+    async fn proxy_resolve_user(
+        &self,
+        _: RequestContext,
+        _: v1::ProxyResolveUserRequest,
+    ) -> Result<v1::ResolveUserResponse, Status> {
+        Err(not_here())
+    }
+    async fn federation_health(
+        &self,
+        _: RequestContext,
+        _: v1::FederationHealthRequest,
+    ) -> Result<v1::FederationHealthResponse, Status> {
+        Err(not_here())
+    }
+    async fn federation_kt_head(
+        &self,
+        _: RequestContext,
+        _: v1::FederationKtHeadRequest,
+    ) -> Result<v1::KtHeadResponse, Status> {
+        // Every answer before the third shows one log; from then on, another of the same
+        // size.
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let head = if n < 2 {
+            self.head(&[b"one", b"two"])
+        } else {
+            self.head(&[b"one", b"forged"])
+        };
+        Ok(v1::KtHeadResponse {
+            log_key: self.key.public().to_bytes().to_vec().into(),
+            tree_head: head.encode().into(),
+            consistency_proof: Default::default(),
+            domain: "b.test".into(),
+            cosignature: Default::default(),
+        })
+    }
+    async fn federation_cosignature(
+        &self,
+        _: RequestContext,
+        _: v1::FederationCosignatureRequest,
+    ) -> Result<v1::FederationCosignatureResponse, Status> {
+        Err(not_here())
+    }
+}
+
+#[tokio::test]
+async fn a_split_view_log_is_caught_by_the_home_servers_witness() {
+    let (a, b) = (Identity::new("a.test"), Identity::new("b.test"));
+    let split = SplitLog {
+        key: Arc::new(IdentityKey::generate()),
+        calls: Arc::new(AtomicUsize::new(0)),
+    };
+    let fake_b = qrpc::Server::builder()
+        .tls(b.server_tls())
+        .add_service_on(
+            FED,
+            v1::federation_server::FederationServer::new(split.clone()),
+        )
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let fake_b_addr = fake_b.local_addr().unwrap();
+    tokio::spawn(fake_b.serve());
+    let h = common::start(|c| {
+        a.configure(c, "a.test");
+        c.federation.peers = vec![peer("b.test", &b, Some(fake_b_addr))];
+    })
+    .await;
+    let alice = Account::create(&h, "alice", "laptop").await;
+    let head_of_b = || v1::KtHeadRequest {
+        since_size: 0,
+        domain: "b.test".into(),
+    };
+
+    // The first view is witnessed: a.test cosigns it with its log key.
+    let answer = alice.keys().kt_head(&head_of_b()).await.unwrap();
+    assert_eq!(answer.domain, "b.test");
+    let head = SignedTreeHead::decode(&answer.tree_head).unwrap();
+    Cosignature::decode(&answer.cosignature)
+        .unwrap()
+        .verify(&h.server.kt_public, "a.test", "b.test", &head)
+        .unwrap();
+    // A cosignature does not carry over to another log or witness.
+    assert!(
+        Cosignature::decode(&answer.cosignature)
+            .unwrap()
+            .verify(&h.server.kt_public, "a.test", "c.test", &head)
+            .is_err()
+    );
+
+    // The peer now shows another log of the same size: the witness refuses to cosign it,
+    // and says why.
+    let err = alice.keys().kt_head(&head_of_b()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("b.test"), "{}", err.message());
+    assert!(err.message().contains("split view"), "{}", err.message());
+    // And keeps refusing: what it witnessed first stands.
+    let err = alice.keys().kt_head(&head_of_b()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
