@@ -34,7 +34,11 @@ macro_rules! store_conformance {
                 secrets_are_created_once,
                 signed_heads_are_kept_once_per_size,
                 concurrent_enqueues_get_distinct_dense_seqs,
-                concurrent_publishes_get_distinct_dense_leaves
+                concurrent_publishes_get_distinct_dense_leaves,
+                the_relay_outbox_is_ordered_idempotent_bounded_and_leased,
+                relay_failures_reach_their_senders,
+                relayed_messages_are_queued_once_beyond_their_ack,
+                witnessed_heads_move_only_from_the_head_last_seen
             );
         }
     };
@@ -944,4 +948,242 @@ pub(crate) async fn concurrent_publishes_get_distinct_dense_leaves<S: Store + Cl
             .unwrap();
         assert_eq!(leaves[usize::try_from(row.kt_index).unwrap()], [i; 32]);
     }
+}
+
+fn outbound(sender: &DeviceId, destination: &str, to: &str, id: u8) -> OutboxMessage {
+    OutboxMessage {
+        destination: destination.into(),
+        sender: sender.clone(),
+        recipient: DeviceId::new(to, "phone"),
+        message_id: vec![id; 16],
+        payload: vec![id; 8],
+    }
+}
+
+pub(crate) async fn the_relay_outbox_is_ordered_idempotent_bounded_and_leased<S: Store>(s: &S) {
+    let alice = with_device(s, "alice", "laptop").await;
+    let pushed = s
+        .outbox_push(
+            vec![
+                outbound(&alice, "b.test", "bob", 1),
+                outbound(&alice, "c.test", "carol", 2),
+                outbound(&alice, "b.test", "bob", 3),
+                outbound(&alice, "b.test", "bob", 1),
+            ],
+            3,
+            10,
+        )
+        .await
+        .unwrap();
+    let flags: Vec<bool> = pushed.iter().map(|r| r.as_ref().unwrap().duplicate).collect();
+    assert_eq!(flags, [false, false, false, true]);
+    // A destination holding its maximum refuses more (a repeat is still a duplicate).
+    let more = s
+        .outbox_push(
+            vec![
+                outbound(&alice, "b.test", "bob", 4),
+                outbound(&alice, "b.test", "bob", 5),
+                outbound(&alice, "b.test", "bob", 3),
+            ],
+            3,
+            11,
+        )
+        .await
+        .unwrap();
+    assert!(more[0].is_ok());
+    assert!(matches!(more[1], Err(StoreError::QueueFull)));
+    assert!(more[2].as_ref().unwrap().duplicate);
+    // The sender now knows its recipients (as `user@domain`).
+    assert_eq!(
+        s.known_to("bob@b.test".into(), vec!["alice".into()])
+            .await
+            .unwrap(),
+        [true]
+    );
+    // An unknown sender is refused.
+    let ghost = DeviceId::new("ghost", "x");
+    assert!(matches!(
+        s.outbox_push(vec![outbound(&ghost, "b.test", "bob", 9)], 3, 12)
+            .await
+            .unwrap()[0],
+        Err(StoreError::NotFound)
+    ));
+
+    assert_eq!(
+        s.outbox_due("n1".into(), 100).await.unwrap(),
+        ["b.test", "c.test"]
+    );
+    // n1 claims b.test: its messages in order; n2 gets nothing while the lease lasts.
+    let (rows, state) = s
+        .outbox_claim("b.test".into(), "n1".into(), 100, 1000, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<u8> = rows.iter().map(|r| r.message.message_id[0]).collect();
+    assert_eq!(ids, [1, 3]);
+    assert_eq!(rows[0].message.recipient, DeviceId::new("bob", "phone"));
+    assert_eq!(rows[0].message.sender, alice);
+    assert_eq!(rows[0].created_at_ms, 10);
+    assert_eq!(state, DestinationState::default());
+    assert!(
+        s.outbox_claim("b.test".into(), "n2".into(), 200, 1000, 2)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.outbox_due("n2".into(), 200).await.unwrap(), ["c.test"]);
+    // A failure backs it off and frees the lease; the failing time is the first failure's.
+    s.outbox_retry_later("b.test".into(), 5000, 300).await.unwrap();
+    s.outbox_retry_later("b.test".into(), 6000, 400).await.unwrap();
+    assert!(
+        s.outbox_claim("b.test".into(), "n2".into(), 1000, 1000, 2)
+            .await
+            .unwrap()
+            .is_none(),
+        "not due yet"
+    );
+    // Traffic from the peer makes it due at once; the retry state is kept until a success.
+    s.outbox_wake("b.test".into()).await.unwrap();
+    let (rows, state) = s
+        .outbox_claim("b.test".into(), "n2".into(), 1000, 1000, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        state,
+        DestinationState {
+            attempts: 2,
+            failing_since_ms: 300
+        }
+    );
+    // Delivered rows go, and the retry state is cleared.
+    s.outbox_sent("b.test".into(), vec![rows[0].id, rows[1].id])
+        .await
+        .unwrap();
+    let (rows, state) = s
+        .outbox_claim("b.test".into(), "n2".into(), 1100, 1000, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].message.message_id, vec![4; 16]);
+    assert_eq!(state, DestinationState::default());
+    // The lease expires: another node may take over.
+    assert!(
+        s.outbox_claim("b.test".into(), "n1".into(), 2200, 1000, 10)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+pub(crate) async fn relay_failures_reach_their_senders<S: Store>(s: &S) {
+    let alice = with_device(s, "alice", "laptop").await;
+    let carol = with_device(s, "carol", "pc").await;
+    s.outbox_push(
+        vec![
+            outbound(&alice, "b.test", "bob", 1),
+            outbound(&carol, "b.test", "bob", 2),
+            outbound(&alice, "b.test", "bob", 3),
+        ],
+        100,
+        1,
+    )
+    .await
+    .unwrap();
+    let (rows, _) = s
+        .outbox_claim("b.test".into(), "n".into(), 1, 100, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    let failed = s
+        .outbox_fail(
+            vec![rows[0].id, rows[1].id],
+            "b.test refused: no such device".into(),
+            false,
+            50,
+        )
+        .await
+        .unwrap();
+    let senders: Vec<&str> = failed.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(senders, ["alice", "carol"]);
+    let mine = s.relay_failures("alice".into(), 0, 10).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].recipient, DeviceId::new("bob@b.test", "phone"));
+    assert_eq!(mine[0].message_id, vec![1; 16]);
+    assert_eq!(mine[0].reason, "b.test refused: no such device");
+    assert!(!mine[0].retryable);
+    assert_eq!(mine[0].failed_at_ms, 50);
+    assert!(
+        s.relay_failures("alice".into(), mine[0].id, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A failed message left the outbox; the other one waits.
+    let (rows, _) = s
+        .outbox_claim("b.test".into(), "n".into(), 2, 100, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<u8> = rows.iter().map(|r| r.message.message_id[0]).collect();
+    assert_eq!(ids, [3]);
+}
+
+pub(crate) async fn relayed_messages_are_queued_once_beyond_their_ack<S: Store>(s: &S) {
+    let bob = with_device(s, "bob", "phone").await;
+    let remote = |id: u8| {
+        let mut m = from("alice@a.test/laptop", &bob, id);
+        m.sender_user = None;
+        m
+    };
+    let ghost = DeviceId::new("bob", "gone");
+    let first = s
+        .relay_accept(vec![remote(1), msg(&ghost, 2), remote(3)], lim(100), 5, 1000)
+        .await
+        .unwrap();
+    assert!(!first[0].as_ref().unwrap().duplicate);
+    assert!(matches!(first[1], Err(StoreError::NotFound)));
+    assert!(!first[2].as_ref().unwrap().duplicate);
+    let queued = s.fetch(bob.clone(), 0, 10).await.unwrap();
+    assert_eq!(queued.len(), 2);
+    s.ack(bob.clone(), queued[1].seq).await.unwrap();
+    // Relayed again after the ack: recognised, not queued.
+    let again = s
+        .relay_accept(vec![remote(1), remote(3)], lim(100), 6, 1000)
+        .await
+        .unwrap();
+    assert!(again.iter().all(|r| r.as_ref().unwrap().duplicate));
+    assert_eq!(s.peek(bob.clone()).await.unwrap().depth, 0);
+    // A refused message is not remembered: it may come again once there is room.
+    let full = s.relay_accept(vec![remote(4)], lim(0), 7, 1000).await.unwrap();
+    assert!(matches!(full[0], Err(StoreError::QueueFull)));
+    let later = s.relay_accept(vec![remote(4)], lim(10), 8, 1000).await.unwrap();
+    assert!(!later[0].as_ref().unwrap().duplicate);
+    // The memory ends when it expires.
+    s.delete_expired(1000).await.unwrap();
+    let after = s.relay_accept(vec![remote(1)], lim(10), 1001, 2000).await.unwrap();
+    assert!(!after[0].as_ref().unwrap().duplicate);
+}
+
+pub(crate) async fn witnessed_heads_move_only_from_the_head_last_seen<S: Store>(s: &S) {
+    let head = |size: u64, byte: u8| WitnessedHead {
+        log_key: vec![7; 32],
+        tree_size: size,
+        head: vec![byte; 4],
+    };
+    assert_eq!(s.witnessed_head("b.test".into()).await.unwrap(), None);
+    assert!(s.witness_head("b.test".into(), None, head(2, 1)).await.unwrap());
+    // A second first sighting loses to the first.
+    assert!(!s.witness_head("b.test".into(), None, head(3, 9)).await.unwrap());
+    // Moving on needs the size last seen.
+    assert!(!s.witness_head("b.test".into(), Some(1), head(4, 2)).await.unwrap());
+    assert!(s.witness_head("b.test".into(), Some(2), head(4, 2)).await.unwrap());
+    // The pinned log key never changes.
+    let mut other_key = head(5, 3);
+    other_key.log_key = vec![8; 32];
+    assert!(!s.witness_head("b.test".into(), Some(4), other_key).await.unwrap());
+    assert_eq!(s.witnessed_head("b.test".into()).await.unwrap(), Some(head(4, 2)));
+    assert_eq!(s.witnessed_head("c.test".into()).await.unwrap(), None);
 }

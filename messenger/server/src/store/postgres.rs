@@ -1492,6 +1492,10 @@ impl Store for PostgresStore {
             let mut results = Vec::with_capacity(messages.len());
             for m in &messages {
                 // Checks first, writes last: a refused message wrote nothing.
+                if !user_exists_in(&tx, &m.sender.user).await? {
+                    results.push(Err(StoreError::NotFound));
+                    continue;
+                }
                 let duplicate = exists(
                     &tx,
                     "SELECT 1 FROM relay_outbox WHERE sender_user = $1 AND sender_device = $2
