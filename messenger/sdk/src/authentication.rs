@@ -184,7 +184,10 @@ impl QpqClient {
         }
         let receiver = tokio::spawn(receive_loop(Arc::clone(&self.inner)));
         let outbox = tokio::spawn(outbox_loop(Arc::clone(&self.inner)));
-        lock(&self.tasks.handles).extend([receiver, outbox]);
+        let relay_failures = tokio::spawn(crate::sync::relay_failure_loop(Arc::clone(
+            &self.inner,
+        )));
+        lock(&self.tasks.handles).extend([receiver, outbox, relay_failures]);
         self.inner.outbox_wake.notify_one();
     }
 

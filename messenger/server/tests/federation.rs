@@ -222,11 +222,18 @@ struct Federation {
     net: Net,
     sites: HashMap<&'static str, Site>,
     running: HashMap<&'static str, Server>,
+    /// `federation.give_up_secs` of every server.
+    give_up_secs: u64,
 }
 
 impl Federation {
     /// Every server of [`SERVERS`], started.
     fn start() -> Option<Self> {
+        Self::start_giving_up_after(7 * 24 * 3600)
+    }
+
+    /// Every server, giving up on unreachable peers after `give_up_secs`.
+    fn start_giving_up_after(give_up_secs: u64) -> Option<Self> {
         let net = Net::create()?;
         let mut sites = HashMap::new();
         for (name, domain, host, port) in SERVERS {
@@ -250,6 +257,7 @@ impl Federation {
             net,
             sites,
             running: HashMap::new(),
+            give_up_secs,
         };
         for (name, ..) in SERVERS {
             f.run(name);
@@ -261,13 +269,14 @@ impl Federation {
         let mut toml = format!(
             "listen = \"{}\"\ndomain = \"{}\"\ndata_dir = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
              [federation]\nenabled = true\ndns_server = \"{}\"\nretry_initial_ms = 200\n\
-             retry_max_secs = 2\nhealth_probe_secs = 1\nkey_package_fetches_per_minute_per_peer_and_user = 5\n",
+             retry_max_secs = 2\nhealth_probe_secs = 1\ngive_up_secs = {}\n",
             site.addr,
             site.domain,
             site.dir.path().join("data").display(),
             site.dir.path().join("cert.pem").display(),
             site.dir.path().join("key.pem").display(),
             self.net.dns_addr(),
+            self.give_up_secs,
         );
         for peer in peers_of(site.name) {
             let p = &self.sites[peer];
@@ -536,4 +545,41 @@ async fn an_outage_and_a_killed_server_lose_and_reorder_nothing() {
     for c in [alice, bob] {
         c.close().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_an_unreachable_server_fails_visibly_after_the_give_up_time() {
+    let Some(fed) = Federation::start_giving_up_after(3) else {
+        return;
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (alice, mut alice_events) = fed.user("a", "alice", dirs[0].path()).await;
+    let (_bob, mut bob_events) = fed.user("b", "bob", dirs[1].path()).await;
+    let dm = alice.create_dm("bob@b.test").await.unwrap();
+    joined(&mut bob_events, dm.id).await;
+
+    fed.net.link("b", false);
+    let id = alice
+        .conversation(&dm.id)
+        .unwrap()
+        .send_text("into the void", None)
+        .unwrap()
+        .id();
+    // Accepted by a.test (in its outbox), then given up: alice's client says so, naming the
+    // recipient device.
+    let reason = next(&mut alice_events, Duration::from_secs(60), |e| match e {
+        ClientEvent::SendStateChanged {
+            id: of,
+            state: SendState::Failed { reason, .. },
+            ..
+        } if of == id => Some(reason),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("bob@b.test/dev"), "{reason}");
+    assert!(reason.contains("could not be reached"), "{reason}");
+    let stored = alice.conversation(&dm.id).unwrap().messages(10).unwrap();
+    let message = stored.iter().find(|m| m.id == id).unwrap();
+    assert!(matches!(message.state, SendState::Failed { .. }), "{message:?}");
+    alice.close().await;
 }

@@ -149,6 +149,7 @@ impl QpqClientBuilder {
                     reason: "not connected yet".into(),
                 }),
                 outbox_wake: Notify::new(),
+                relay_failures_due: Notify::new(),
                 session_generation: std::sync::atomic::AtomicU64::new(0),
                 sealed_bytes_sent: std::sync::atomic::AtomicU64::new(0),
                 envelopes_opened: std::sync::atomic::AtomicU64::new(0),

@@ -57,6 +57,8 @@ pub(crate) struct Inner {
     /// The connection state last reported.
     pub(crate) connection: Mutex<ConnectionState>,
     pub(crate) outbox_wake: Notify,
+    /// The server pushed that a message could not be relayed to another server.
+    pub(crate) relay_failures_due: Notify,
     /// The connection generation the session was last bound on (0: none).
     pub(crate) session_generation: std::sync::atomic::AtomicU64,
     pub(crate) sealed_bytes_sent: std::sync::atomic::AtomicU64,

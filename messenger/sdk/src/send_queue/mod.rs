@@ -462,6 +462,11 @@ impl Inner {
             .fetch_add(batch_bytes as u64, std::sync::atomic::Ordering::Relaxed);
         for (d, r) in included.into_iter().zip(results) {
             let refused = Code::from_u8(u8::try_from(r.code).unwrap_or(u8::MAX));
+            if refused == Code::Ok && r.relayed {
+                // In the home server's relay outbox: a failure to relay it comes back later,
+                // by this wire id.
+                self.store.note_relayed(&d.message_id, &d.item, now_ms())?;
+            }
             let done = match refused {
                 Code::Ok => true,
                 // The device is gone (revoked): nothing will ever reach it.
@@ -484,6 +489,53 @@ impl Inner {
             }
         }
         Ok(Batch::More)
+    }
+
+    /// Applies the relay failures the home server reports for this user's messages to users
+    /// of other servers: each message whose delivery to a device failed says so (which
+    /// device, why, whether sending again may help).
+    pub(crate) async fn check_relay_failures(self: &Arc<Self>) -> SdkResult<()> {
+        const PAGE: u32 = 100;
+        let rpc = self.session().await?;
+        let client = v1::delivery_client::DeliveryClient::new(rpc);
+        loop {
+            let after_id = self.store.relay_failures_seen()?;
+            let page = client
+                .relay_failures(&v1::RelayFailuresRequest {
+                    after_id,
+                    limit: PAGE,
+                })
+                .await?;
+            let Some(last) = page.failures.last().map(|f| f.id) else {
+                return Ok(());
+            };
+            for f in &page.failures {
+                let Some(item) = self.store.relayed_item(&f.message_id)? else {
+                    continue;
+                };
+                let recipient = f
+                    .recipient
+                    .as_ref()
+                    .map(|r| format!("{}/{}", r.user, r.device))
+                    .unwrap_or_default();
+                let again = if f.retryable {
+                    "; sending it again may work"
+                } else {
+                    ""
+                };
+                self.set_state(
+                    &item,
+                    SendState::Failed {
+                        recoverable: false,
+                        reason: format!("{recipient}: not delivered: {}{again}", f.reason),
+                    },
+                )?;
+            }
+            self.store.set_relay_failures_seen(last)?;
+            if page.failures.len() < PAGE as usize {
+                return Ok(());
+            }
+        }
     }
 
     pub(crate) fn set_state(self: &Arc<Self>, item: &MessageId, state: SendState) -> SdkResult<()> {

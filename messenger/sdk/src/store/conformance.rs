@@ -640,6 +640,27 @@ pub(crate) fn the_transparency_log_key_is_pinned_on_first_use(store: &dyn Store)
     );
 }
 
+pub(crate) fn relayed_deliveries_are_found_by_wire_id_and_forgotten_after_30_days(
+    store: &dyn Store,
+) {
+    let (a, b) = (MessageId([1; 16]), MessageId([2; 16]));
+    let day = 24 * 3600 * 1000u64;
+    store.note_relayed(&[10; 16], &a, day).unwrap();
+    store.note_relayed(&[11; 16], &b, 20 * day).unwrap();
+    assert_eq!(store.relayed_item(&[10; 16]).unwrap(), Some(a));
+    assert_eq!(store.relayed_item(&[11; 16]).unwrap(), Some(b));
+    assert_eq!(store.relayed_item(&[12; 16]).unwrap(), None);
+    // 31 days after the first: it is forgotten, the second is kept.
+    store.note_relayed(&[12; 16], &a, 32 * day).unwrap();
+    assert_eq!(store.relayed_item(&[10; 16]).unwrap(), None);
+    assert_eq!(store.relayed_item(&[11; 16]).unwrap(), Some(b));
+    // The failure cursor only moves forward.
+    assert_eq!(store.relay_failures_seen().unwrap(), 0);
+    store.set_relay_failures_seen(5).unwrap();
+    store.set_relay_failures_seen(3).unwrap();
+    assert_eq!(store.relay_failures_seen().unwrap(), 5);
+}
+
 /// Makes the whole conformance suite a module of tests for one [`Store`] backend:
 /// `store_conformance!(name, || fresh_store())`, where the closure returns a new, empty store
 /// (anything that derefs to one, kept alive for the test) each time it is called. A new check
@@ -649,7 +670,7 @@ macro_rules! store_conformance {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            store_conformance!(@tests $fresh; the_account_its_counters_and_the_cursor, conversations_members_channels_and_renames, messages_are_stored_once_in_order_and_paged, edits_deletes_reactions_and_receipts_follow_the_rules, search_matches_whole_words_of_live_messages, the_outbox_claims_cancels_and_counts, send_states_move_forward_only_and_failure_is_final, a_failed_transaction_leaves_nothing_behind, parked_messages_wait_in_epoch_order, identity_changes_and_new_devices_change_safety_numbers, the_transparency_log_key_is_pinned_on_first_use);
+            store_conformance!(@tests $fresh; the_account_its_counters_and_the_cursor, conversations_members_channels_and_renames, messages_are_stored_once_in_order_and_paged, edits_deletes_reactions_and_receipts_follow_the_rules, search_matches_whole_words_of_live_messages, the_outbox_claims_cancels_and_counts, send_states_move_forward_only_and_failure_is_final, a_failed_transaction_leaves_nothing_behind, parked_messages_wait_in_epoch_order, identity_changes_and_new_devices_change_safety_numbers, the_transparency_log_key_is_pinned_on_first_use, relayed_deliveries_are_found_by_wire_id_and_forgotten_after_30_days);
         }
     };
     (@tests $fresh:expr; $($check:ident),* $(,)?) => {

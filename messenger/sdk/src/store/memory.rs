@@ -73,6 +73,8 @@ struct State {
     account: Option<Account>,
     kt: Option<(Vec<u8>, Vec<u8>)>,
     peer_kt: HashMap<String, (Vec<u8>, Vec<u8>)>,
+    relayed: HashMap<Vec<u8>, (MessageId, u64)>,
+    relay_failures_seen: u64,
     conversations: BTreeMap<[u8; 16], ConversationRow>,
     messages: HashMap<[u8; 16], MessageRow>,
     next_rowid: u64,
@@ -809,6 +811,30 @@ impl Store for MemoryStore {
             }
         }
         Ok(attempts)
+    }
+
+    fn note_relayed(&self, delivery_id: &[u8], item: &MessageId, now_ms: u64) -> SdkResult<()> {
+        const KEPT_MS: u64 = 30 * 24 * 3600 * 1000;
+        let mut state = self.lock();
+        state
+            .relayed
+            .retain(|_, (_, at)| *at >= now_ms.saturating_sub(KEPT_MS));
+        state.relayed.insert(delivery_id.to_vec(), (*item, now_ms));
+        Ok(())
+    }
+
+    fn relayed_item(&self, delivery_id: &[u8]) -> SdkResult<Option<MessageId>> {
+        Ok(self.lock().relayed.get(delivery_id).map(|(item, _)| *item))
+    }
+
+    fn relay_failures_seen(&self) -> SdkResult<u64> {
+        Ok(self.lock().relay_failures_seen)
+    }
+
+    fn set_relay_failures_seen(&self, id: u64) -> SdkResult<()> {
+        let mut state = self.lock();
+        state.relay_failures_seen = state.relay_failures_seen.max(id);
+        Ok(())
     }
 
     fn mark_accepted(&self, item: &MessageId) -> SdkResult<()> {

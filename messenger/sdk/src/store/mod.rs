@@ -269,6 +269,16 @@ pub(crate) trait Store: Send + Sync {
     fn mark_accepted(&self, item: &MessageId) -> SdkResult<()>;
     /// Outgoing items not yet fully delivered.
     fn outbox_len(&self) -> SdkResult<u64>;
+    /// Records that the delivery with wire id `delivery_id` of `item` went to a user of
+    /// another server (the home server relays it and may report it failed later). Entries
+    /// older than 30 days (`now_ms` decides) are forgotten.
+    fn note_relayed(&self, delivery_id: &[u8], item: &MessageId, now_ms: u64) -> SdkResult<()>;
+    /// The item whose relayed delivery had wire id `delivery_id`.
+    fn relayed_item(&self, delivery_id: &[u8]) -> SdkResult<Option<MessageId>>;
+    /// The id of the last relay failure applied (0: none).
+    fn relay_failures_seen(&self) -> SdkResult<u64>;
+    /// Records the last relay failure applied.
+    fn set_relay_failures_seen(&self, id: u64) -> SdkResult<()>;
     /// Moves an outgoing message to `state` unless it failed for good, or is sent and
     /// `state` is a step before that. Returns its conversation when the state changed.
     fn set_state(&self, id: &MessageId, state: &SendState) -> SdkResult<Option<ConversationId>>;

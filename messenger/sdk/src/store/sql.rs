@@ -326,6 +326,20 @@ CREATE TABLE peer_kt (
     head    BLOB NOT NULL
 );
 ",
+    "
+-- Deliveries to users of other servers, to match the relay failures the home server reports
+-- (by wire id) to their messages; and the last failure applied.
+CREATE TABLE relayed (
+    delivery_id BLOB PRIMARY KEY,
+    item        BLOB NOT NULL,
+    at_ms       INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX relayed_by_age ON relayed(at_ms);
+CREATE TABLE relay_failures_seen (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    after_id INTEGER NOT NULL
+);
+",
 ];
 
 /// Applies the effect of queue entry `seq` and advances the cursor to it, inside the caller's
@@ -1108,6 +1122,58 @@ impl Store for SqlStore {
         ])?;
         tx.commit()?;
         Ok(attempts)
+    }
+
+    fn note_relayed(&self, delivery_id: &[u8], item: &MessageId, now_ms: u64) -> SdkResult<()> {
+        const KEPT_MS: u64 = 30 * 24 * 3600 * 1000;
+        let conn = self.lock();
+        conn.execute(
+            "DELETE FROM relayed WHERE at_ms < ?1",
+            [i64::try_from(now_ms.saturating_sub(KEPT_MS)).unwrap_or(i64::MAX)],
+        )?;
+        conn.execute(
+            "INSERT OR REPLACE INTO relayed (delivery_id, item, at_ms) VALUES (?1, ?2, ?3)",
+            params![
+                delivery_id,
+                item.0.as_slice(),
+                i64::try_from(now_ms).unwrap_or(i64::MAX)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn relayed_item(&self, delivery_id: &[u8]) -> SdkResult<Option<MessageId>> {
+        let item: Option<Vec<u8>> = self
+            .lock()
+            .query_row(
+                "SELECT item FROM relayed WHERE delivery_id = ?1",
+                [delivery_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        item.map(|b| array(b, "message id").map(MessageId))
+            .transpose()
+    }
+
+    fn relay_failures_seen(&self) -> SdkResult<u64> {
+        let seen: Option<i64> = self
+            .lock()
+            .query_row(
+                "SELECT after_id FROM relay_failures_seen WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(seen.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+    }
+
+    fn set_relay_failures_seen(&self, id: u64) -> SdkResult<()> {
+        self.lock().execute(
+            "INSERT INTO relay_failures_seen (id, after_id) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET after_id = MAX(after_id, ?1)",
+            [i64::try_from(id).unwrap_or(i64::MAX)],
+        )?;
+        Ok(())
     }
 
     fn mark_accepted(&self, item: &MessageId) -> SdkResult<()> {

@@ -257,6 +257,15 @@ impl Applied {
 pub(crate) async fn forward_pushes(inner: std::sync::Weak<Inner>, mut pushes: qrpc::PushEvents) {
     while let Some(push) = pushes.recv().await {
         let Some(inner) = inner.upgrade() else { return };
+        if v1::server_event_push::EVENT_TYPES.contains(&push.event_type()) {
+            // A message of this user's could not be relayed to another server: read why.
+            if let Ok(v1::server_event_push::Event::RelayFailed(_)) =
+                push.decode::<v1::server_event_push::Event>()
+            {
+                inner.relay_failures_due.notify_one();
+            }
+            continue;
+        }
         if !v1::ephemeral_event_push::EVENT_TYPES.contains(&push.event_type()) {
             continue;
         }
@@ -274,6 +283,17 @@ pub(crate) async fn forward_pushes(inner: std::sync::Weak<Inner>, mut pushes: qr
                     user: t.user,
                 });
             }
+        }
+    }
+}
+
+/// Reads the relay failures the server announces (a push), for as long as the session's
+/// tasks run.
+pub(crate) async fn relay_failure_loop(strong: Arc<Inner>) {
+    loop {
+        strong.relay_failures_due.notified().await;
+        if let Err(e) = strong.check_relay_failures().await {
+            tracing::warn!(error = %e, "could not read relay failures");
         }
     }
 }
@@ -404,6 +424,8 @@ pub(crate) async fn receive_session(inner: &Arc<Inner>, reached: &mut bool) -> S
     let mut resumed = false;
     let mut prefetched: Option<Prefetch> = None;
     inner.retry_parked().await?;
+    // Failures reported while this device was away.
+    inner.check_relay_failures().await?;
     loop {
         // Channel answers still owed (a call that failed, a session resumed since): before
         // every wait, so a server that went away and came back gets them.
