@@ -42,7 +42,11 @@ struct Args {
 enum Cmd {
     /// A self-contained scripted conversation on a throwaway local server.
     #[cfg(feature = "embedded-server")]
-    Demo,
+    Demo {
+        /// Two servers that federate instead, a user on each.
+        #[arg(long)]
+        federated: bool,
+    },
     /// The line-editing client (the default).
     Repl,
     /// The full-screen client.
@@ -126,9 +130,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .init();
     match args.command {
         #[cfg(feature = "embedded-server")]
-        Some(Cmd::Demo) => {
+        Some(Cmd::Demo { federated }) => {
             let mut out = std::io::stdout();
-            qpq_cli::demo::run(&mut out).await?;
+            if federated {
+                qpq_cli::demo::run_federated(&mut out).await?;
+            } else {
+                qpq_cli::demo::run(&mut out).await?;
+            }
             Ok(())
         }
         #[cfg(feature = "embedded-server")]

@@ -184,9 +184,7 @@ impl QpqClient {
         }
         let receiver = tokio::spawn(receive_loop(Arc::clone(&self.inner)));
         let outbox = tokio::spawn(outbox_loop(Arc::clone(&self.inner)));
-        let relay_failures = tokio::spawn(crate::sync::relay_failure_loop(Arc::clone(
-            &self.inner,
-        )));
+        let relay_failures = tokio::spawn(crate::sync::relay_failure_loop(Arc::clone(&self.inner)));
         lock(&self.tasks.handles).extend([receiver, outbox, relay_failures]);
         self.inner.outbox_wake.notify_one();
     }

@@ -580,6 +580,9 @@ async fn a_message_to_an_unreachable_server_fails_visibly_after_the_give_up_time
     assert!(reason.contains("could not be reached"), "{reason}");
     let stored = alice.conversation(&dm.id).unwrap().messages(10).unwrap();
     let message = stored.iter().find(|m| m.id == id).unwrap();
-    assert!(matches!(message.state, SendState::Failed { .. }), "{message:?}");
+    assert!(
+        matches!(message.state, SendState::Failed { .. }),
+        "{message:?}"
+    );
     alice.close().await;
 }

@@ -975,7 +975,10 @@ pub(crate) async fn the_relay_outbox_is_ordered_idempotent_bounded_and_leased<S:
         )
         .await
         .unwrap();
-    let flags: Vec<bool> = pushed.iter().map(|r| r.as_ref().unwrap().duplicate).collect();
+    let flags: Vec<bool> = pushed
+        .iter()
+        .map(|r| r.as_ref().unwrap().duplicate)
+        .collect();
     assert_eq!(flags, [false, false, false, true]);
     // A destination holding its maximum refuses more (a repeat is still a duplicate).
     let more = s
@@ -1033,8 +1036,12 @@ pub(crate) async fn the_relay_outbox_is_ordered_idempotent_bounded_and_leased<S:
     );
     assert_eq!(s.outbox_due("n2".into(), 200).await.unwrap(), ["c.test"]);
     // A failure backs it off and frees the lease; the failing time is the first failure's.
-    s.outbox_retry_later("b.test".into(), 5000, 300).await.unwrap();
-    s.outbox_retry_later("b.test".into(), 6000, 400).await.unwrap();
+    s.outbox_retry_later("b.test".into(), 5000, 300)
+        .await
+        .unwrap();
+    s.outbox_retry_later("b.test".into(), 6000, 400)
+        .await
+        .unwrap();
     assert!(
         s.outbox_claim("b.test".into(), "n2".into(), 1000, 1000, 2)
             .await
@@ -1140,7 +1147,12 @@ pub(crate) async fn relayed_messages_are_queued_once_beyond_their_ack<S: Store>(
     };
     let ghost = DeviceId::new("bob", "gone");
     let first = s
-        .relay_accept(vec![remote(1), msg(&ghost, 2), remote(3)], lim(100), 5, 1000)
+        .relay_accept(
+            vec![remote(1), msg(&ghost, 2), remote(3)],
+            lim(100),
+            5,
+            1000,
+        )
         .await
         .unwrap();
     assert!(!first[0].as_ref().unwrap().duplicate);
@@ -1157,13 +1169,22 @@ pub(crate) async fn relayed_messages_are_queued_once_beyond_their_ack<S: Store>(
     assert!(again.iter().all(|r| r.as_ref().unwrap().duplicate));
     assert_eq!(s.peek(bob.clone()).await.unwrap().depth, 0);
     // A refused message is not remembered: it may come again once there is room.
-    let full = s.relay_accept(vec![remote(4)], lim(0), 7, 1000).await.unwrap();
+    let full = s
+        .relay_accept(vec![remote(4)], lim(0), 7, 1000)
+        .await
+        .unwrap();
     assert!(matches!(full[0], Err(StoreError::QueueFull)));
-    let later = s.relay_accept(vec![remote(4)], lim(10), 8, 1000).await.unwrap();
+    let later = s
+        .relay_accept(vec![remote(4)], lim(10), 8, 1000)
+        .await
+        .unwrap();
     assert!(!later[0].as_ref().unwrap().duplicate);
     // The memory ends when it expires.
     s.delete_expired(1000).await.unwrap();
-    let after = s.relay_accept(vec![remote(1)], lim(10), 1001, 2000).await.unwrap();
+    let after = s
+        .relay_accept(vec![remote(1)], lim(10), 1001, 2000)
+        .await
+        .unwrap();
     assert!(!after[0].as_ref().unwrap().duplicate);
 }
 
@@ -1174,16 +1195,39 @@ pub(crate) async fn witnessed_heads_move_only_from_the_head_last_seen<S: Store>(
         head: vec![byte; 4],
     };
     assert_eq!(s.witnessed_head("b.test".into()).await.unwrap(), None);
-    assert!(s.witness_head("b.test".into(), None, head(2, 1)).await.unwrap());
+    assert!(
+        s.witness_head("b.test".into(), None, head(2, 1))
+            .await
+            .unwrap()
+    );
     // A second first sighting loses to the first.
-    assert!(!s.witness_head("b.test".into(), None, head(3, 9)).await.unwrap());
+    assert!(
+        !s.witness_head("b.test".into(), None, head(3, 9))
+            .await
+            .unwrap()
+    );
     // Moving on needs the size last seen.
-    assert!(!s.witness_head("b.test".into(), Some(1), head(4, 2)).await.unwrap());
-    assert!(s.witness_head("b.test".into(), Some(2), head(4, 2)).await.unwrap());
+    assert!(
+        !s.witness_head("b.test".into(), Some(1), head(4, 2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.witness_head("b.test".into(), Some(2), head(4, 2))
+            .await
+            .unwrap()
+    );
     // The pinned log key never changes.
     let mut other_key = head(5, 3);
     other_key.log_key = vec![8; 32];
-    assert!(!s.witness_head("b.test".into(), Some(4), other_key).await.unwrap());
-    assert_eq!(s.witnessed_head("b.test".into()).await.unwrap(), Some(head(4, 2)));
+    assert!(
+        !s.witness_head("b.test".into(), Some(4), other_key)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.witnessed_head("b.test".into()).await.unwrap(),
+        Some(head(4, 2))
+    );
     assert_eq!(s.witnessed_head("c.test".into()).await.unwrap(), None);
 }
