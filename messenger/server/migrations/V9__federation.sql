@@ -12,9 +12,13 @@ CREATE TABLE relay_outbox (
     message_id       BLOB NOT NULL,
     payload          BLOB NOT NULL,
     created_at_ms    INTEGER NOT NULL,
+    -- Held back by the destination (its limits) until then: this sender's later messages
+    -- to the destination wait behind it, everyone else's go on.
+    hold_until_ms    INTEGER NOT NULL DEFAULT 0,
     UNIQUE (sender_user, sender_device, destination, recipient_user, recipient_device, message_id)
 );
 CREATE INDEX relay_outbox_by_destination ON relay_outbox(destination, id);
+CREATE INDEX relay_outbox_by_sender ON relay_outbox(destination, sender_user, id);
 
 CREATE TABLE relay_destinations (
     destination      TEXT PRIMARY KEY,
@@ -46,6 +50,7 @@ CREATE TABLE relay_failures (
     failed_at_ms     INTEGER NOT NULL
 );
 CREATE INDEX relay_failures_by_sender ON relay_failures(sender_user, id);
+CREATE INDEX relay_failures_by_age ON relay_failures(failed_at_ms);
 
 CREATE TABLE witnessed_heads (
     domain    TEXT PRIMARY KEY,

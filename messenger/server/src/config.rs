@@ -88,6 +88,13 @@ pub struct Federation {
     pub health_probe_secs: u64,
     /// Messages a destination's outbox may hold (default 100000).
     pub max_outbox_per_destination: u64,
+    /// Messages one local user may have waiting for one destination (default 5000).
+    pub max_outbox_per_sender: u64,
+    /// Payload bytes one local user may have waiting for one destination (default 64 MiB).
+    pub max_outbox_bytes_per_sender: u64,
+    /// Lookups about users of other servers (keys, devices, log heads) one local user may
+    /// make per minute (default 600; each device of a batch counts).
+    pub remote_lookups_per_minute_per_user: u32,
     /// Federation calls one peer may make per second (default 200).
     pub calls_per_second_per_peer: u32,
     /// Messages one peer may relay per second (default 1000).
@@ -109,6 +116,9 @@ impl Default for Federation {
             retry_max_secs: 600,
             health_probe_secs: 30,
             max_outbox_per_destination: 100_000,
+            max_outbox_per_sender: 5000,
+            max_outbox_bytes_per_sender: 64 << 20,
+            remote_lookups_per_minute_per_user: 600,
             calls_per_second_per_peer: 200,
             messages_per_second_per_peer: 1000,
             key_package_fetches_per_minute_per_peer_and_user: 30,
@@ -121,6 +131,7 @@ impl Federation {
     pub fn validate(&self, own_domain: &str) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(format!("federation: {m}")));
         let mut seen = std::collections::HashSet::new();
+        let mut pins = std::collections::HashSet::new();
         for peer in &self.peers {
             if !qpq_core::address::is_domain(&peer.domain) {
                 return invalid(format!("peers: \"{}\" is not a domain name", peer.domain));
@@ -134,9 +145,15 @@ impl Federation {
             if !seen.insert(peer.domain.as_str()) {
                 return invalid(format!("peers: \"{}\" is listed twice", peer.domain));
             }
-            if parse_pin(&peer.key_pin).is_none() {
+            let Some(pin) = parse_pin(&peer.key_pin) else {
                 return invalid(format!(
                     "peers: the key_pin of \"{}\" must be 64 hex digits",
+                    peer.domain
+                ));
+            };
+            if !pins.insert(pin) {
+                return invalid(format!(
+                    "peers: \"{}\" has the key_pin of another peer (a key names one server)",
                     peer.domain
                 ));
             }
@@ -145,6 +162,19 @@ impl Federation {
             return invalid(
                 "retry_initial_ms, retry_max_secs and give_up_secs must be positive".into(),
             );
+        }
+        if self.messages_per_second_per_peer < 50 {
+            return invalid(
+                "messages_per_second_per_peer must be at least 50 (one relay batch)".into(),
+            );
+        }
+        if self.calls_per_second_per_peer == 0
+            || self.key_package_fetches_per_minute_per_peer_and_user == 0
+            || self.remote_lookups_per_minute_per_user == 0
+            || self.max_outbox_per_sender == 0
+            || self.max_outbox_bytes_per_sender == 0
+        {
+            return invalid("the per-peer and per-user limits must be positive".into());
         }
         if self.health_probe_secs == 0 || self.max_outbox_per_destination == 0 {
             return invalid(

@@ -451,3 +451,40 @@ async fn a_split_view_log_is_caught_by_the_home_servers_witness() {
     let err = alice.keys().kt_head(&head_of_b()).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 }
+
+#[tokio::test]
+async fn a_remote_sender_over_its_limits_is_held_back_alone_and_in_order() {
+    let (a, b) = (Identity::new("a.test"), Identity::new("b.test"));
+    let h = b_with_peer_a(&a, &b, |c| {
+        c.limits.stranger_messages_per_minute_per_user = 2;
+    })
+    .await;
+    let bob = Account::create(&h, "bob", "phone").await;
+    let from_a = federation_client(&h, Some(&a)).await.unwrap();
+    let mut bad = relayed("bob", "alice", 9);
+    bad.message_id = vec![1; 3].into();
+    let answer = from_a
+        .relay_batch_enqueue(&v1::RelayBatchEnqueueRequest {
+            origin: "a.test".into(),
+            messages: vec![
+                relayed("bob", "mallory", 1),
+                relayed("bob", "mallory", 2),
+                relayed("bob", "mallory", 3),
+                bad,
+                relayed("bob", "alice", 4),
+                relayed("bob", "mallory", 5),
+            ],
+        })
+        .await
+        .unwrap();
+    let codes: Vec<u32> = answer.results.iter().map(|r| r.code).collect();
+    let (ok, held, invalid) = (
+        0,
+        Code::ResourceExhausted as u32,
+        Code::InvalidArgument as u32,
+    );
+    // Mallory, a stranger to bob, gets two through; the rest of hers wait (none overtakes);
+    // the malformed one is refused alone; alice is not held back by mallory.
+    assert_eq!(codes, [ok, ok, held, invalid, ok, held]);
+    assert_eq!(bob.depth().await, 3);
+}

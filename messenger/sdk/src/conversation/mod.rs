@@ -292,7 +292,10 @@ impl QpqClient {
     pub async fn create_group(&self, name: &str, members: &[&str]) -> SdkResult<Conversation> {
         check_name(name)?;
         let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
-        let mut users: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
+        let mut users: Vec<String> = members
+            .iter()
+            .map(|m| self.inner.normalize_user(m))
+            .collect::<SdkResult<_>>()?;
         users.push(user_of(&me).to_owned());
         users.sort();
         users.dedup();
@@ -305,12 +308,13 @@ impl QpqClient {
     pub async fn create_dm(&self, user: &str) -> SdkResult<Conversation> {
         let me = self.whoami().ok_or(SdkError::NotLoggedIn)?;
         let my_user = user_of(&me).to_owned();
+        let user = self.inner.normalize_user(user)?;
         if user == my_user {
             return Err(SdkError::InvalidArgument(
                 "user: a direct conversation needs another user".into(),
             ));
         }
-        let mut users = vec![user.to_owned(), my_user];
+        let mut users = vec![user, my_user];
         users.sort();
         self.create_conversation(ConversationKind::Direct, "", users)
             .await

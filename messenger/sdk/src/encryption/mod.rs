@@ -200,6 +200,15 @@ impl QpqClient {
 }
 
 impl Inner {
+    /// A user address as this client writes it: bare for a user of its own server (also when
+    /// written `name@<home domain>`), `name@domain` for another server's.
+    pub(crate) fn normalize_user(&self, user: &str) -> SdkResult<String> {
+        let home = self.domain().ok_or(SdkError::NotLoggedIn)?;
+        let address = qpq_core::address::Address::parse(user)
+            .map_err(|e| SdkError::InvalidArgument(format!("user {user:?}: {e}")))?;
+        Ok(address.relative_to(&home))
+    }
+
     /// This device's home server's domain (from its device name), once logged in.
     pub(crate) fn domain(&self) -> Option<String> {
         lock(&self.keys)

@@ -132,7 +132,14 @@ impl<S: Store> Api<S> {
             .store
             .outbox_push(
                 outbox,
-                fed.config.max_outbox_per_destination,
+                crate::store::QueueLimits {
+                    max_messages: fed.config.max_outbox_per_destination,
+                    max_bytes: u64::MAX,
+                    sender_messages: fed.config.max_outbox_per_sender,
+                    sender_bytes: fed.config.max_outbox_bytes_per_sender,
+                    stranger_messages: fed.config.max_outbox_per_sender,
+                    stranger_bytes: fed.config.max_outbox_bytes_per_sender,
+                },
                 self.state.now_ms(),
             )
             .await?;

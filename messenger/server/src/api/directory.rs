@@ -14,12 +14,15 @@ const MAX_CHANNEL_MEMBERS: usize = 1000;
 impl<S: Store> User for Api<S> {
     async fn resolve_user(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         request: v1::ResolveUserRequest,
     ) -> Result<v1::ResolveUserResponse, Status> {
         let address = validate::address(&request.user, &self.state.domain)?;
         match address.domain {
-            Some(domain) => self.remote_user(&domain, &address.device).await,
+            Some(domain) => {
+                self.remote_user(&crate::session::caller(&ctx)?, &domain, &address.device)
+                    .await
+            }
             None => self.local_user(address.device).await,
         }
     }

@@ -274,31 +274,34 @@ impl<S: Store> Keys for Api<S> {
 
     async fn fetch_hybrid_key(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         request: v1::FetchHybridKeyRequest,
     ) -> Result<v1::FetchHybridKeyResponse, Status> {
         let target = validate::target(request.device.as_ref(), &self.state.domain)?;
         match target.domain {
-            Some(domain) => self.remote_bundle(&domain, target.device).await,
+            Some(domain) => {
+                self.remote_bundle(&caller(&ctx)?, &domain, target.device)
+                    .await
+            }
             None => self.bundle_of(target.device).await,
         }
     }
 
     async fn kt_head(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         request: v1::KtHeadRequest,
     ) -> Result<v1::KtHeadResponse, Status> {
         if request.domain.is_empty() || request.domain == self.state.domain {
             return self.state.kt_head(request.since_size).await;
         }
-        self.remote_kt_head(&request.domain, request.since_size)
+        self.remote_kt_head(&caller(&ctx)?, &request.domain, request.since_size)
             .await
     }
 
     async fn batch_fetch_hybrid_keys(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         request: v1::BatchFetchHybridKeysRequest,
     ) -> Result<v1::BatchFetchHybridKeysResponse, Status> {
         if request.devices.is_empty() || request.devices.len() > MAX_BATCH_FETCH {
@@ -310,7 +313,10 @@ impl<S: Store> Keys for Api<S> {
         for r in &request.devices {
             let target = validate::target(Some(r), &self.state.domain)?;
             let found = match target.domain {
-                Some(domain) => match self.remote_bundle(&domain, target.device).await {
+                Some(domain) => match self
+                    .remote_bundle(&caller(&ctx)?, &domain, target.device)
+                    .await
+                {
                     Ok(bundle) => Some(bundle),
                     Err(e) if e.code() == qrpc::Code::NotFound => None,
                     Err(e) => return Err(e),

@@ -11,6 +11,9 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
+/// SRV targets looked up at most.
+const MAX_TARGETS: usize = 4;
+
 /// Finds peer servers' addresses.
 pub struct Discovery {
     resolver: TokioResolver,
@@ -79,7 +82,8 @@ impl Discovery {
                 })
                 .collect();
             targets.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            for (_, _, port, target) in targets {
+            // A few targets are plenty; a long answer costs no more lookups.
+            for (_, _, port, target) in targets.into_iter().take(MAX_TARGETS) {
                 if let Ok(ips) = self.resolver.lookup_ip(target.as_str()).await {
                     found.extend(ips.iter().map(|ip| SocketAddr::new(ip, port)));
                 }

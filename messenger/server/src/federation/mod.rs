@@ -22,7 +22,7 @@ pub(crate) mod service;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -53,7 +53,10 @@ pub struct Federation {
     by_pin: HashMap<[u8; 32], String>,
     deny: HashSet<String>,
     discovery: Discovery,
-    clients: tokio::sync::Mutex<HashMap<String, FederationClient>>,
+    /// One slot per peer: connecting to one (DNS, handshake) holds up no other.
+    clients: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<FederationClient>>>>>,
+    /// Destinations the relay sender is sending to now (one task each).
+    pub(crate) sending: Mutex<HashSet<String>>,
     /// This node's name in outbox leases.
     pub(crate) node: String,
     /// Wakes the relay sender (a message entered the outbox, or a peer came back).
@@ -61,6 +64,8 @@ pub struct Federation {
     calls_per_peer: DefaultKeyedRateLimiter<String>,
     pub(crate) messages_per_peer: DefaultKeyedRateLimiter<String>,
     pub(crate) key_packages_per_peer_and_user: DefaultKeyedRateLimiter<(String, String)>,
+    /// Lookups about users of other servers, per local user.
+    lookups_per_user: DefaultKeyedRateLimiter<String>,
     /// When each peer last woke its outbox (inbound traffic wakes it at most once a second).
     woken: Mutex<HashMap<String, Instant>>,
     /// Per-destination relay counters, for tests and metrics.
@@ -111,7 +116,8 @@ impl Federation {
             by_pin,
             deny: config.deny.iter().cloned().collect(),
             discovery,
-            clients: tokio::sync::Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+            sending: Mutex::new(HashSet::new()),
             node,
             wake: tokio::sync::Notify::new(),
             calls_per_peer: RateLimiter::keyed(quota(
@@ -124,6 +130,10 @@ impl Federation {
             )),
             key_packages_per_peer_and_user: RateLimiter::keyed(quota(
                 config.key_package_fetches_per_minute_per_peer_and_user,
+                Duration::from_secs(60),
+            )),
+            lookups_per_user: RateLimiter::keyed(quota(
+                config.remote_lookups_per_minute_per_user,
                 Duration::from_secs(60),
             )),
             woken: Mutex::new(HashMap::new()),
@@ -142,9 +152,35 @@ impl Federation {
         self.peers.contains_key(domain) && !self.deny.contains(domain)
     }
 
+    /// Takes `n` of `user`'s lookups about users of other servers.
+    pub fn check_lookup(&self, user: &str, n: u32) -> Result<(), Status> {
+        check(
+            &self.lookups_per_user,
+            &user.to_owned(),
+            n,
+            "lookups of users of other servers",
+        )
+    }
+
+    /// Forgets the rate-limit state of quiet keys (the janitor calls this).
+    pub fn prune(&self) {
+        self.calls_per_peer.retain_recent();
+        self.messages_per_peer.retain_recent();
+        self.key_packages_per_peer_and_user.retain_recent();
+        self.lookups_per_user.retain_recent();
+        lock(&self.woken).retain(|_, at| at.elapsed() < Duration::from_secs(60));
+    }
+
     /// The peer a federation call comes from: the domain its certificate key is listed for,
-    /// which must be `claimed` (the request's `origin`). Takes one of the peer's calls.
-    pub fn authenticate(&self, peer: &qrpc::Peer, claimed: &str) -> Result<String, Status> {
+    /// which must be `claimed` (the request's `origin`). A lookup (`lookup`: not a relay,
+    /// which the per-peer message limit meters) takes one of the peer's calls, so lookups
+    /// never use up the budget relays need.
+    pub fn authenticate(
+        &self,
+        peer: &qrpc::Peer,
+        claimed: &str,
+        lookup: bool,
+    ) -> Result<String, Status> {
         let key = peer
             .peer_certificates()
             .and_then(|certs| {
@@ -167,11 +203,14 @@ impl Federation {
                 "origin: the connection is authenticated as {domain}, not {claimed}"
             )));
         }
-        check(&self.calls_per_peer, domain, 1, "federation calls")?;
+        if lookup {
+            check(&self.calls_per_peer, domain, 1, "federation calls")?;
+        }
         Ok(domain.clone())
     }
 
-    /// A connected client for `domain` (made on first use, kept while it works).
+    /// A connected client for `domain` (made on first use, kept while it works). Finding and
+    /// connecting to one peer holds up no call to another.
     pub async fn client(&self, domain: &str) -> Result<FederationClient, Status> {
         let peer = self
             .peers
@@ -182,14 +221,14 @@ impl Federation {
                     "{domain} is not a server this one federates with"
                 ))
             })?;
-        let mut clients = self.clients.lock().await;
-        if let Some(client) = clients.get(domain) {
+        let slot = Arc::clone(lock(&self.clients).entry(domain.to_owned()).or_default());
+        let mut slot = slot.lock().await;
+        if let Some(client) = slot.as_ref() {
             return Ok(client.clone());
         }
-        let addrs = self
-            .discovery
-            .locate(domain)
+        let addrs = tokio::time::timeout(Duration::from_secs(10), self.discovery.locate(domain))
             .await
+            .map_err(|_| Status::unavailable(format!("{domain}: DNS did not answer in time")))?
             .map_err(|e| Status::unavailable(format!("{domain}: {e}")))?;
         let (first, rest) = addrs
             .split_first()
@@ -209,21 +248,27 @@ impl Federation {
             .await
             .map_err(|e| Status::unavailable(format!("{domain}: {e}")))?;
         let client = FederationClient::new(client);
-        clients.insert(domain.to_owned(), client.clone());
+        *slot = Some(client.clone());
         Ok(client)
     }
 
     /// Drops the connection to `domain` (it failed): the next call connects again.
     pub async fn forget(&self, domain: &str) {
-        if let Some(client) = self.clients.lock().await.remove(domain) {
+        let slot = lock(&self.clients).get(domain).cloned();
+        if let Some(slot) = slot
+            && let Some(client) = slot.lock().await.take()
+        {
             client.inner().close();
         }
     }
 
     /// Closes every peer connection (shutdown).
     pub async fn close_all(&self) {
-        for (_, client) in self.clients.lock().await.drain() {
-            client.inner().close();
+        let slots: Vec<_> = lock(&self.clients).values().cloned().collect();
+        for slot in slots {
+            if let Some(client) = slot.lock().await.take() {
+                client.inner().close();
+            }
         }
     }
 

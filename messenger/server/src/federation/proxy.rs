@@ -3,6 +3,7 @@
 //! the other server's key-transparency proofs itself), and it witnesses that server's log.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use qpq_core::identity::IdentityPublic;
 use qpq_core::kt::{ConsistencyProof, Cosignature, SignedTreeHead};
@@ -12,6 +13,14 @@ use qrpc::{Code, Status};
 use crate::api::Api;
 use crate::federation::Federation;
 use crate::store::{DeviceId, Store, WitnessedHead};
+
+/// How long a call to a peer for a user may take.
+const PEER_CALL: Duration = Duration::from_secs(10);
+
+/// `request` with the deadline of a call to a peer.
+fn timed<T>(request: T) -> qrpc::Request<T> {
+    qrpc::Request::new(request).with_timeout(PEER_CALL)
+}
 
 /// A peer's refusal or failure, named: the caller learns which server said it.
 fn from_peer(domain: &str, status: Status) -> Status {
@@ -53,6 +62,7 @@ impl<S: Store> Api<S> {
         device: DeviceId,
     ) -> Result<v1::FetchKeyPackageResponse, Status> {
         let fed = self.federation()?;
+        fed.check_lookup(&me.user, 1)?;
         let l = &self.state.limiters;
         l.check(&l.key_packages_per_user, &me.user, 1, "key-package fetches")?;
         l.check(
@@ -63,45 +73,49 @@ impl<S: Store> Api<S> {
         )?;
         let client = fed.client(domain).await?;
         client
-            .proxy_fetch_key_package(&v1::ProxyFetchKeyPackageRequest {
+            .proxy_fetch_key_package(timed(v1::ProxyFetchKeyPackageRequest {
                 origin: fed.domain.clone(),
                 device: Some(Self::device_ref(&device)),
                 requester: me.user.clone(),
-            })
+            }))
             .await
             .map_err(|e| from_peer(domain, e))
     }
 
-    /// The key bundle of `device` (a user of `domain`), with `domain`'s proof.
+    /// The key bundle of `device` (a user of `domain`), with `domain`'s proof, for `me`.
     pub(crate) async fn remote_bundle(
         &self,
+        me: &DeviceId,
         domain: &str,
         device: DeviceId,
     ) -> Result<v1::FetchHybridKeyResponse, Status> {
         let fed = self.federation()?;
+        fed.check_lookup(&me.user, 1)?;
         let client = fed.client(domain).await?;
         client
-            .proxy_fetch_hybrid_key(&v1::ProxyFetchHybridKeyRequest {
+            .proxy_fetch_hybrid_key(timed(v1::ProxyFetchHybridKeyRequest {
                 origin: fed.domain.clone(),
                 device: Some(Self::device_ref(&device)),
-            })
+            }))
             .await
             .map_err(|e| from_peer(domain, e))
     }
 
-    /// The devices of `user`, a user of `domain`.
+    /// The devices of `user`, a user of `domain`, for `me`.
     pub(crate) async fn remote_user(
         &self,
+        me: &DeviceId,
         domain: &str,
         user: &str,
     ) -> Result<v1::ResolveUserResponse, Status> {
         let fed = self.federation()?;
+        fed.check_lookup(&me.user, 1)?;
         let client = fed.client(domain).await?;
         client
-            .proxy_resolve_user(&v1::ProxyResolveUserRequest {
+            .proxy_resolve_user(timed(v1::ProxyResolveUserRequest {
                 origin: fed.domain.clone(),
                 user: user.to_owned(),
-            })
+            }))
             .await
             .map_err(|e| from_peer(domain, e))
     }
@@ -111,10 +125,12 @@ impl<S: Store> Api<S> {
     /// as `domain` gives it.
     pub(crate) async fn remote_kt_head(
         &self,
+        me: &DeviceId,
         domain: &str,
         since_size: u64,
     ) -> Result<v1::KtHeadResponse, Status> {
         let fed = self.federation()?;
+        fed.check_lookup(&me.user, 1)?;
         if !fed.is_peer(domain) {
             return Err(Status::failed_precondition(format!(
                 "{domain} is not a server this one federates with"
@@ -123,16 +139,12 @@ impl<S: Store> Api<S> {
         // The log may grow between the witness's look and the client's: three tries.
         for _ in 0..3 {
             let (witnessed, cosignature) = self.witness(fed, domain).await?;
-            if since_size == witnessed.tree_size() || since_size == 0 {
-                let mut answer = self.peer_head(fed, domain, since_size).await?;
-                if SignedTreeHead::decode(&answer.tree_head).is_ok_and(|h| witnessed.is(&h)) {
-                    answer.cosignature = cosignature.encode().into();
-                    return Ok(answer);
-                }
-                continue;
-            }
             let mut answer = self.peer_head(fed, domain, since_size).await?;
+            // The proof is for the witnessed tree (same size and root); the head handed on
+            // is the one witnessed, byte for byte, so the cosignature covers it even if the
+            // peer signed that tree again meanwhile.
             if SignedTreeHead::decode(&answer.tree_head).is_ok_and(|h| witnessed.is(&h)) {
+                answer.tree_head = witnessed.encode().into();
                 answer.cosignature = cosignature.encode().into();
                 return Ok(answer);
             }
@@ -150,10 +162,10 @@ impl<S: Store> Api<S> {
     ) -> Result<v1::KtHeadResponse, Status> {
         let client = fed.client(domain).await?;
         client
-            .federation_kt_head(&v1::FederationKtHeadRequest {
+            .federation_kt_head(timed(v1::FederationKtHeadRequest {
                 origin: fed.domain.clone(),
                 since_size,
-            })
+            }))
             .await
             .map_err(|e| from_peer(domain, e))
     }

@@ -20,8 +20,15 @@ use crate::federation::service::MAX_RELAY_BATCH;
 use crate::state::AppState;
 use crate::store::{OutboxRow, Store};
 
-/// How long a node's claim on a destination lasts unless renewed.
-const LEASE_MS: u64 = 30_000;
+/// How long a node's claim on a destination lasts unless renewed (each batch renews it):
+/// longer than a relay call may take.
+const LEASE_MS: u64 = 60_000;
+
+/// How long one relay call may take.
+const RELAY_CALL: Duration = Duration::from_secs(20);
+
+/// Destinations sent to at once.
+const MAX_SENDING: usize = 32;
 
 /// How often the sender looks for work nobody woke it for (retries coming due, rows another
 /// node wrote).
@@ -98,9 +105,12 @@ async fn probe<S: Store>(state: &AppState<S>, fed: &Federation) {
             continue;
         };
         let answer = client
-            .federation_health(&v1::FederationHealthRequest {
-                origin: fed.domain.clone(),
-            })
+            .federation_health(
+                qrpc::Request::new(v1::FederationHealthRequest {
+                    origin: fed.domain.clone(),
+                })
+                .with_timeout(Duration::from_secs(5)),
+            )
             .await;
         match answer {
             Ok(_) => {
@@ -113,17 +123,31 @@ async fn probe<S: Store>(state: &AppState<S>, fed: &Federation) {
     }
 }
 
-/// Sends to every destination that is due.
-async fn drain_due<S: Store>(state: &AppState<S>, fed: &Federation) -> Result<(), String> {
+/// Starts a sender task for every destination that is due and has none: one slow or
+/// busy destination holds up no other.
+async fn drain_due<S: Store>(
+    state: &Arc<AppState<S>>,
+    fed: &Arc<Federation>,
+) -> Result<(), String> {
     let due = state
         .store
         .outbox_due(fed.node.clone(), state.now_ms())
         .await
         .map_err(|e| e.to_string())?;
     for destination in due {
-        drain(state, fed, &destination)
-            .await
-            .map_err(|e| format!("{destination}: {e}"))?;
+        {
+            let mut sending = crate::util::lock(&fed.sending);
+            if sending.len() >= MAX_SENDING || !sending.insert(destination.clone()) {
+                continue;
+            }
+        }
+        let (state, fed) = (Arc::clone(state), Arc::clone(fed));
+        tokio::spawn(async move {
+            if let Err(e) = drain(&state, &fed, &destination).await {
+                tracing::warn!(destination, reason = %e, "relay outbox pass failed");
+            }
+            crate::util::lock(&fed.sending).remove(&destination);
+        });
     }
     Ok(())
 }
@@ -155,17 +179,7 @@ async fn drain<S: Store>(
             return Ok(());
         }
         match send(fed, destination, &rows).await {
-            Ok(results) => {
-                if !settle(state, fed, destination, &rows, results).await? {
-                    // Nothing went through (every message is held back for now): back off.
-                    let delay = backoff(fed, destination_state.attempts);
-                    state
-                        .store
-                        .outbox_retry_later(destination.to_owned(), now.saturating_add(delay), now)
-                        .await?;
-                    return Ok(());
-                }
-            }
+            Ok(results) => settle(state, fed, destination, &rows, results).await?,
             Err(status) if transient(status.code()) => {
                 fed.forget(destination).await;
                 let give_up_ms = fed.config.give_up_secs.saturating_mul(1000);
@@ -233,7 +247,7 @@ async fn send(
             .collect(),
     };
     let answer = client
-        .relay_batch_enqueue(qrpc::Request::new(request).with_timeout(Duration::from_secs(30)))
+        .relay_batch_enqueue(qrpc::Request::new(request).with_timeout(RELAY_CALL))
         .await?;
     if answer.results.len() != rows.len() {
         return Err(qrpc::Status::internal(format!(
@@ -246,21 +260,22 @@ async fn send(
 }
 
 /// Applies per-message results: delivered ones leave the outbox; ones the destination holds
-/// back for now (`ResourceExhausted`: a sender over its rate, a full queue) stay for a later
-/// attempt, until the give-up time; the rest are refused for good and become relay failures.
-/// Returns whether any message was delivered or settled.
+/// back for now (`ResourceExhausted`: a sender over its rate, a full queue) are held for a
+/// while (with every later message of their senders: the next claims skip them and go on
+/// with everyone else's), until the give-up time; the rest are refused for good and become
+/// relay failures.
 async fn settle<S: Store>(
     state: &AppState<S>,
     fed: &Federation,
     destination: &str,
     rows: &[OutboxRow],
     results: Vec<v1::EnqueueResponse>,
-) -> Result<bool, crate::store::StoreError> {
+) -> Result<(), crate::store::StoreError> {
     let now = state.now_ms();
     let give_up_ms = fed.config.give_up_secs.saturating_mul(1000);
     let mut delivered = Vec::new();
+    let mut held = Vec::new();
     let mut refused: std::collections::BTreeMap<(String, bool), Vec<u64>> = Default::default();
-    let mut held = 0usize;
     for (row, result) in rows.iter().zip(results) {
         let code = Code::from_u8(u8::try_from(result.code).unwrap_or(2));
         if code == Code::Ok {
@@ -268,7 +283,7 @@ async fn settle<S: Store>(
         } else if code == Code::ResourceExhausted
             && row.created_at_ms.saturating_add(give_up_ms) > now
         {
-            held += 1;
+            held.push(row.id);
         } else {
             let retryable = code == Code::ResourceExhausted;
             refused
@@ -280,27 +295,33 @@ async fn settle<S: Store>(
                 .push(row.id);
         }
     }
-    let settled = !delivered.is_empty() || !refused.is_empty();
+    if !held.is_empty() {
+        tracing::debug!(
+            destination,
+            held = held.len(),
+            "relay held back by the destination's limits"
+        );
+        let hold_ms = fed
+            .config
+            .retry_initial_ms
+            .saturating_mul(4)
+            .min(fed.config.retry_max_secs.saturating_mul(1000));
+        state
+            .store
+            .outbox_hold(held, now.saturating_add(hold_ms))
+            .await?;
+    }
     for ((reason, retryable), ids) in refused {
         fail(state, ids, reason, retryable).await?;
     }
-    if !delivered.is_empty() {
-        let count = delivered.len() as u64;
-        state
-            .store
-            .outbox_sent(destination.to_owned(), delivered)
-            .await?;
-        fed.relayed
-            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-    }
-    if held > 0 {
-        tracing::debug!(
-            destination,
-            held,
-            "relay held back by the destination's limits"
-        );
-    }
-    Ok(settled)
+    let count = delivered.len() as u64;
+    state
+        .store
+        .outbox_sent(destination.to_owned(), delivered)
+        .await?;
+    fed.relayed
+        .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 /// Moves messages to their senders' relay failures and tells the senders' devices.

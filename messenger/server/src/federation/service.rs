@@ -16,9 +16,14 @@ pub const MAX_RELAY_BATCH: usize = 50;
 impl<S: Store> Api<S> {
     /// The authenticated peer of this call; traffic from it also wakes its outbox (it is
     /// reachable again).
-    async fn peer_of(&self, ctx: &RequestContext, origin: &str) -> Result<String, Status> {
+    async fn peer_of(
+        &self,
+        ctx: &RequestContext,
+        origin: &str,
+        lookup: bool,
+    ) -> Result<String, Status> {
         let fed = self.federation()?;
-        let domain = fed.authenticate(ctx.peer(), origin)?;
+        let domain = fed.authenticate(ctx.peer(), origin, lookup)?;
         if fed.should_wake(&domain) {
             self.state.store.outbox_wake(domain.clone()).await?;
             fed.wake.notify_one();
@@ -58,24 +63,36 @@ impl<S: Store> Api<S> {
         messages: &[v1::RelayedMessage],
     ) -> Result<Vec<v1::EnqueueResponse>, Status> {
         let fed = self.federation()?;
-        let mut queued = messages
-            .iter()
-            .map(|m| self.relayed_message(origin, m))
-            .collect::<Result<Vec<_>, _>>()?;
         check(
             &fed.messages_per_peer,
             &origin.to_owned(),
-            u32::try_from(queued.len()).unwrap_or(u32::MAX),
+            u32::try_from(messages.len()).unwrap_or(u32::MAX),
             "relayed messages",
         )?;
+        // A malformed message is refused alone (with why), not with the batch around it.
+        let mut refused: Vec<Option<v1::EnqueueResponse>> = vec![None; messages.len()];
+        let mut checked = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            match self.relayed_message(origin, m) {
+                Ok(message) => checked.push((i, m, message)),
+                Err(status) => {
+                    refused[i] = Some(v1::EnqueueResponse {
+                        code: u32::from(status.code() as u8),
+                        error: status.message().to_owned(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let (slots, (raws, mut queued)): (Vec<usize>, (Vec<&v1::RelayedMessage>, Vec<NewMessage>)) =
+            checked.into_iter().map(|(i, raw, m)| (i, (raw, m))).unzip();
         // Each remote sender is held to the per-user limits as a local one is, message by
         // message: what fits is queued, and the rest of that sender's messages (later ones
         // too, to keep its order) come back `ResourceExhausted` for the origin to send again
         // later. One sender over its limit holds back no one else.
-        let mut refused: Vec<Option<v1::EnqueueResponse>> = vec![None; queued.len()];
         let mut stopped: std::collections::HashMap<String, String> = Default::default();
         let mut recipients_of: std::collections::HashMap<&str, Vec<String>> = Default::default();
-        for (m, raw) in queued.iter().zip(messages) {
+        for (m, raw) in queued.iter().zip(&raws) {
             recipients_of
                 .entry(raw.sender_user.as_str())
                 .or_default()
@@ -94,7 +111,7 @@ impl<S: Store> Api<S> {
             }
         }
         let l = &self.state.limiters;
-        for (i, (m, raw)) in queued.iter_mut().zip(messages).enumerate() {
+        for ((m, raw), &i) in queued.iter_mut().zip(&raws).zip(&slots) {
             let sender = format!("{}@{origin}", raw.sender_user);
             m.stranger = strangers.contains(&(sender.clone(), m.recipient.user.clone()));
             let verdict = match stopped.get(&sender) {
@@ -122,8 +139,8 @@ impl<S: Store> Api<S> {
         }
         let queued: Vec<NewMessage> = queued
             .into_iter()
-            .zip(&refused)
-            .filter_map(|(m, r)| r.is_none().then_some(m))
+            .zip(&slots)
+            .filter_map(|(m, &i)| refused[i].is_none().then_some(m))
             .collect();
         let recipients: Vec<_> = queued.iter().map(|m| m.recipient.clone()).collect();
         let now = self.state.now_ms();
@@ -167,14 +184,23 @@ impl<S: Store> FederationService for Api<S> {
         ctx: RequestContext,
         request: v1::RelayEnqueueRequest,
     ) -> Result<v1::EnqueueResponse, Status> {
-        let origin = self.peer_of(&ctx, &request.origin).await?;
+        let origin = self.peer_of(&ctx, &request.origin, false).await?;
         let message = request
             .message
             .ok_or_else(|| Status::invalid_argument("message: missing"))?;
-        self.accept_relayed(&origin, std::slice::from_ref(&message))
+        let result = self
+            .accept_relayed(&origin, std::slice::from_ref(&message))
             .await?
             .pop()
-            .ok_or_else(|| Status::internal("no result for the relayed message"))
+            .ok_or_else(|| Status::internal("no result for the relayed message"))?;
+        // One message: its refusal is the call's, as for Enqueue.
+        match result.code {
+            0 => Ok(result),
+            code => Err(Status::new(
+                qrpc::Code::from_u8(u8::try_from(code).unwrap_or(2)),
+                result.error,
+            )),
+        }
     }
 
     async fn relay_batch_enqueue(
@@ -182,7 +208,7 @@ impl<S: Store> FederationService for Api<S> {
         ctx: RequestContext,
         request: v1::RelayBatchEnqueueRequest,
     ) -> Result<v1::BatchEnqueueResponse, Status> {
-        let origin = self.peer_of(&ctx, &request.origin).await?;
+        let origin = self.peer_of(&ctx, &request.origin, false).await?;
         if request.messages.is_empty() || request.messages.len() > MAX_RELAY_BATCH {
             return Err(Status::invalid_argument(format!(
                 "messages: 1 to {MAX_RELAY_BATCH} entries"
@@ -198,7 +224,7 @@ impl<S: Store> FederationService for Api<S> {
         ctx: RequestContext,
         request: v1::ProxyFetchKeyPackageRequest,
     ) -> Result<v1::FetchKeyPackageResponse, Status> {
-        let origin = self.peer_of(&ctx, &request.origin).await?;
+        let origin = self.peer_of(&ctx, &request.origin, true).await?;
         let device = validate::device_ref(request.device.as_ref())?;
         validate::user(&request.requester)
             .map_err(|_| Status::invalid_argument("requester: not a user name"))?;
@@ -220,7 +246,7 @@ impl<S: Store> FederationService for Api<S> {
         ctx: RequestContext,
         request: v1::ProxyFetchHybridKeyRequest,
     ) -> Result<v1::FetchHybridKeyResponse, Status> {
-        self.peer_of(&ctx, &request.origin).await?;
+        self.peer_of(&ctx, &request.origin, true).await?;
         let device = validate::device_ref(request.device.as_ref())?;
         self.bundle_of(device).await
     }
@@ -230,7 +256,7 @@ impl<S: Store> FederationService for Api<S> {
         ctx: RequestContext,
         request: v1::ProxyResolveUserRequest,
     ) -> Result<v1::ResolveUserResponse, Status> {
-        self.peer_of(&ctx, &request.origin).await?;
+        self.peer_of(&ctx, &request.origin, true).await?;
         validate::user(&request.user)?;
         self.local_user(request.user).await
     }
@@ -240,7 +266,7 @@ impl<S: Store> FederationService for Api<S> {
         ctx: RequestContext,
         request: v1::FederationHealthRequest,
     ) -> Result<v1::FederationHealthResponse, Status> {
-        self.peer_of(&ctx, &request.origin).await?;
+        self.peer_of(&ctx, &request.origin, true).await?;
         Ok(v1::FederationHealthResponse {
             status: "ok".into(),
             domain: self.state.domain.clone(),
@@ -252,7 +278,7 @@ impl<S: Store> FederationService for Api<S> {
         ctx: RequestContext,
         request: v1::FederationKtHeadRequest,
     ) -> Result<v1::KtHeadResponse, Status> {
-        self.peer_of(&ctx, &request.origin).await?;
+        self.peer_of(&ctx, &request.origin, true).await?;
         self.state.kt_head(request.since_size).await
     }
 
@@ -261,7 +287,7 @@ impl<S: Store> FederationService for Api<S> {
         ctx: RequestContext,
         request: v1::FederationCosignatureRequest,
     ) -> Result<v1::FederationCosignatureResponse, Status> {
-        let origin = self.peer_of(&ctx, &request.origin).await?;
+        let origin = self.peer_of(&ctx, &request.origin, true).await?;
         let Some(witnessed) = self.state.store.witnessed_head(origin.clone()).await? else {
             return Ok(v1::FederationCosignatureResponse::default());
         };

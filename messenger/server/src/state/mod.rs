@@ -358,6 +358,9 @@ impl<S: Store> AppState<S> {
     /// ended sessions and unwatched devices. Returns the rows deleted from the store.
     pub async fn janitor_pass(&self) -> u64 {
         self.limiters.prune();
+        if let Some(fed) = &self.federation {
+            fed.prune();
+        }
         self.sessions.prune();
         self.arrivals.prune();
         self.end_sessions_gone_from_the_store().await;

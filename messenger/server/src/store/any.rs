@@ -85,7 +85,8 @@ delegate! {
     fn endpoint(&self, device: DeviceId, now_ms: u64) -> StoreResult<Option<(Vec<String>, u64)>>;
     fn secret(&self, name: String) -> StoreResult<Option<Vec<u8>>>;
     fn init_secret(&self, name: String, value: Vec<u8>) -> StoreResult<Vec<u8>>;
-    fn outbox_push(&self, messages: Vec<OutboxMessage>, max_per_destination: u64, now_ms: u64) -> StoreResult<Vec<StoreResult<Enqueued>>>;
+    fn outbox_push(&self, messages: Vec<OutboxMessage>, limits: QueueLimits, now_ms: u64) -> StoreResult<Vec<StoreResult<Enqueued>>>;
+    fn outbox_hold(&self, ids: Vec<u64>, until_ms: u64) -> StoreResult<()>;
     fn outbox_due(&self, node: String, now_ms: u64) -> StoreResult<Vec<String>>;
     fn outbox_claim(&self, destination: String, node: String, now_ms: u64, lease_ms: u64, limit: u32) -> StoreResult<Option<(Vec<OutboxRow>, DestinationState)>>;
     fn outbox_sent(&self, destination: String, ids: Vec<u64>) -> StoreResult<()>;

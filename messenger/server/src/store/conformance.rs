@@ -38,6 +38,8 @@ macro_rules! store_conformance {
                 the_relay_outbox_is_ordered_idempotent_bounded_and_leased,
                 relay_failures_reach_their_senders,
                 relayed_messages_are_queued_once_beyond_their_ack,
+                a_held_sender_waits_and_the_others_go_on,
+                a_relayed_sender_refused_for_room_is_not_overtaken,
                 witnessed_heads_move_only_from_the_head_last_seen
             );
         }
@@ -970,7 +972,7 @@ pub(crate) async fn the_relay_outbox_is_ordered_idempotent_bounded_and_leased<S:
                 outbound(&alice, "b.test", "bob", 3),
                 outbound(&alice, "b.test", "bob", 1),
             ],
-            3,
+            lim(3),
             10,
         )
         .await
@@ -988,7 +990,7 @@ pub(crate) async fn the_relay_outbox_is_ordered_idempotent_bounded_and_leased<S:
                 outbound(&alice, "b.test", "bob", 5),
                 outbound(&alice, "b.test", "bob", 3),
             ],
-            3,
+            lim(3),
             11,
         )
         .await
@@ -1006,7 +1008,7 @@ pub(crate) async fn the_relay_outbox_is_ordered_idempotent_bounded_and_leased<S:
     // An unknown sender is refused.
     let ghost = DeviceId::new("ghost", "x");
     assert!(matches!(
-        s.outbox_push(vec![outbound(&ghost, "b.test", "bob", 9)], 3, 12)
+        s.outbox_push(vec![outbound(&ghost, "b.test", "bob", 9)], lim(3), 12)
             .await
             .unwrap()[0],
         Err(StoreError::NotFound)
@@ -1094,7 +1096,7 @@ pub(crate) async fn relay_failures_reach_their_senders<S: Store>(s: &S) {
             outbound(&carol, "b.test", "bob", 2),
             outbound(&alice, "b.test", "bob", 3),
         ],
-        100,
+        lim(100),
         1,
     )
     .await
@@ -1230,4 +1232,82 @@ pub(crate) async fn witnessed_heads_move_only_from_the_head_last_seen<S: Store>(
         Some(head(4, 2))
     );
     assert_eq!(s.witnessed_head("c.test".into()).await.unwrap(), None);
+}
+
+pub(crate) async fn a_held_sender_waits_and_the_others_go_on<S: Store>(s: &S) {
+    let alice = with_device(s, "alice", "laptop").await;
+    let carol = with_device(s, "carol", "pc").await;
+    let mut quota = lim(100);
+    quota.sender_messages = 3;
+    let pushed = s
+        .outbox_push(
+            vec![
+                outbound(&alice, "b.test", "bob", 1),
+                outbound(&carol, "b.test", "bob", 2),
+                outbound(&alice, "b.test", "bob", 3),
+                outbound(&carol, "b.test", "bob", 4),
+                outbound(&alice, "b.test", "bob", 5),
+                outbound(&alice, "b.test", "bob", 6),
+            ],
+            quota,
+            1,
+        )
+        .await
+        .unwrap();
+    // One user's share of a destination's outbox is bounded.
+    assert!(matches!(
+        pushed[5],
+        Err(StoreError::SenderQuota { stranger: false })
+    ));
+    let claim = |now| s.outbox_claim("b.test".into(), "n".into(), now, 10, 10);
+    let (rows, _) = claim(10).await.unwrap().unwrap();
+    let first_of_alice = rows[0].id;
+    // Alice's first message is held: none of hers goes before it; carol's go on.
+    s.outbox_hold(vec![first_of_alice], 100).await.unwrap();
+    let (rows, _) = claim(20).await.unwrap().unwrap();
+    let ids: Vec<u8> = rows.iter().map(|r| r.message.message_id[0]).collect();
+    assert_eq!(ids, [2, 4]);
+    // Once the hold is over, alice's come back first, in order.
+    let (rows, _) = claim(100).await.unwrap().unwrap();
+    let ids: Vec<u8> = rows.iter().map(|r| r.message.message_id[0]).collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+}
+
+pub(crate) async fn a_relayed_sender_refused_for_room_is_not_overtaken<S: Store>(s: &S) {
+    let bob = with_device(s, "bob", "phone").await;
+    let remote = |sender: &str, id: u8, size: usize| {
+        let mut m = from(sender, &bob, id);
+        m.sender_user = None;
+        m.payload = vec![id; size];
+        m
+    };
+    let mut limits = lim(100);
+    limits.sender_bytes = 100;
+    let results = s
+        .relay_accept(
+            vec![
+                remote("alice@a.test/laptop", 1, 60),
+                remote("alice@a.test/laptop", 2, 60),
+                remote("carol@a.test/pc", 3, 10),
+                remote("alice@a.test/laptop", 4, 10),
+            ],
+            limits,
+            1,
+            1000,
+        )
+        .await
+        .unwrap();
+    assert!(results[0].is_ok());
+    assert!(matches!(results[1], Err(StoreError::SenderQuota { .. })));
+    assert!(results[2].is_ok());
+    // Small enough to fit, but behind alice's refused one: refused too.
+    assert!(matches!(results[3], Err(StoreError::SenderQuota { .. })));
+    let queued: Vec<u8> = s
+        .fetch(bob, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.message_id[0])
+        .collect();
+    assert_eq!(queued, [1, 3]);
 }

@@ -144,6 +144,9 @@ impl From<StoreError> for qrpc::Status {
     }
 }
 
+/// How long a relay failure is kept for its sender to read (30 days).
+pub const RELAY_FAILURES_KEPT_MS: u64 = 30 * 24 * 3600 * 1000;
+
 /// Result of storage operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -414,7 +417,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Option<Session>>> + Send;
     /// Deletes the session with this token hash (logout).
     fn delete_session(&self, token_hash: Vec<u8>) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Deletes sessions and P2P endpoints that expired by `now_ms`; returns how many rows went.
+    /// Deletes sessions and P2P endpoints that expired by `now_ms`, relayed-message memory
+    /// past its time, and relay failures older than 30 days; returns how many rows went.
     fn delete_expired(&self, now_ms: u64) -> impl Future<Output = StoreResult<u64>> + Send;
 
     /// Enqueues one message: limit checks and insert in one transaction, idempotent by
@@ -643,13 +647,23 @@ pub trait Store: Send + Sync + 'static {
     /// Puts messages for users of other servers in the relay outbox, each on its own
     /// (idempotent by sender device, recipient and message id: a repeat is a duplicate), and
     /// records that each sender wrote to its recipient (`user@destination`). A destination
-    /// holding `max_per_destination` messages refuses more (`QueueFull`). `seq` is 0.
+    /// holding `limits.max_messages` messages refuses more (`QueueFull`), and one sending
+    /// user may have `limits.sender_messages` messages and `limits.sender_bytes` bytes
+    /// waiting for one destination (`SenderQuota`). `seq` is 0.
     fn outbox_push(
         &self,
         messages: Vec<OutboxMessage>,
-        max_per_destination: u64,
+        limits: QueueLimits,
         now_ms: u64,
     ) -> impl Future<Output = StoreResult<Vec<StoreResult<Enqueued>>>> + Send;
+    /// Holds outbox messages back until `until_ms` (the destination's limits refused them
+    /// for now): claims skip them and every later message of their senders to that
+    /// destination, so each sender's order holds while other senders' messages go on.
+    fn outbox_hold(
+        &self,
+        ids: Vec<u64>,
+        until_ms: u64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Destinations with messages waiting whose next attempt is due by `now_ms` and whose
     /// sending lease is free (or `node`'s).
     fn outbox_due(
@@ -658,7 +672,8 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
     /// Takes (or renews) `node`'s lease on sending to `destination` until `now_ms + lease_ms`
-    /// and returns its oldest `limit` messages with its retry state. `None` when another
+    /// and returns its oldest `limit` messages that are not held back (nor behind a held
+    /// message of their sender) with its retry state. `None` when another
     /// node holds the lease or the next attempt is not due: only the lease holder sends, so
     /// each message leaves one node, in order.
     fn outbox_claim(
@@ -705,7 +720,9 @@ pub trait Store: Send + Sync + 'static {
     /// Enqueues messages relayed by another server, each on its own, as
     /// [`Store::batch_enqueue`] does, and remembers each (sender, recipient, message id) until
     /// `seen_until_ms` in the same transaction: one relayed again, even after it was fetched
-    /// and acknowledged, is a duplicate (`seq` 0) and is not queued twice.
+    /// and acknowledged, is a duplicate (`seq` 0) and is not queued twice. Once one message
+    /// of a sending user is refused for room (`QueueFull`, `SenderQuota`), that user's later
+    /// messages in the call are refused the same way, so none overtakes it.
     fn relay_accept(
         &self,
         messages: Vec<NewMessage>,

@@ -582,7 +582,14 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg)?;
-            Ok(sessions + endpoints + seen)
+            let failures = execute(
+                &tx,
+                "DELETE FROM relay_failures WHERE failed_at_ms < $1",
+                &[&i(now_ms.saturating_sub(RELAY_FAILURES_KEPT_MS))],
+            )
+            .await
+            .map_err(pg)?;
+            Ok(sessions + endpoints + seen + failures)
         }
         .await)
     }
@@ -1485,7 +1492,7 @@ impl Store for PostgresStore {
     async fn outbox_push(
         &self,
         messages: Vec<OutboxMessage>,
-        max_per_destination: u64,
+        limits: QueueLimits,
         now_ms: u64,
     ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
         transaction!(self, |tx| async {
@@ -1525,8 +1532,22 @@ impl Store for PostgresStore {
                 )
                 .await?
                 .map_or(0, |r| r.get(0));
-                if u(waiting) >= max_per_destination {
+                if u(waiting) >= limits.max_messages {
                     results.push(Err(StoreError::QueueFull));
+                    continue;
+                }
+                let (mine, my_bytes): (i64, i64) = query_opt(
+                    &tx,
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0)::BIGINT FROM relay_outbox
+                     WHERE destination = $1 AND sender_user = $2",
+                    &[&m.destination, &m.sender.user],
+                )
+                .await?
+                .map_or((0, 0), |r| (r.get(0), r.get(1)));
+                if u(mine) >= limits.sender_messages
+                    || u(my_bytes).saturating_add(m.payload.len() as u64) > limits.sender_bytes
+                {
+                    results.push(Err(StoreError::SenderQuota { stranger: false }));
                     continue;
                 }
                 let inserted = execute(
@@ -1572,6 +1593,19 @@ impl Store for PostgresStore {
             Ok(results)
         }
         .await)
+    }
+
+    async fn outbox_hold(&self, ids: Vec<u64>, until_ms: u64) -> StoreResult<()> {
+        let ids: Vec<i64> = ids.into_iter().map(i).collect();
+        let client = self.client().await?;
+        execute(
+            &client,
+            "UPDATE relay_outbox SET hold_until_ms = $2 WHERE id = ANY($1)",
+            &[&ids, &i(until_ms)],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
     }
 
     async fn outbox_due(&self, node: String, now_ms: u64) -> StoreResult<Vec<String>> {
@@ -1633,8 +1667,13 @@ impl Store for PostgresStore {
                 &tx,
                 "SELECT id, sender_user, sender_device, recipient_user, recipient_device,
                      message_id, payload, created_at_ms
-                 FROM relay_outbox WHERE destination = $1 ORDER BY id LIMIT $2",
-                &[&destination, &i64::from(limit)],
+                 FROM relay_outbox o WHERE destination = $1
+                   AND NOT EXISTS (SELECT 1 FROM relay_outbox h
+                                   WHERE h.destination = o.destination
+                                     AND h.sender_user = o.sender_user
+                                     AND h.id <= o.id AND h.hold_until_ms > $3)
+                 ORDER BY id LIMIT $2",
+                &[&destination, &i64::from(limit), &i(now_ms)],
             )
             .await?
             .iter()
@@ -1795,7 +1834,13 @@ impl Store for PostgresStore {
                 lock_device(&tx, r).await?;
             }
             let mut results = Vec::with_capacity(messages.len());
+            // Senders refused for room: their later messages wait behind the refused one.
+            let mut stopped: std::collections::HashMap<String, StoreError> = Default::default();
             for m in &messages {
+                if let Some(refusal) = stopped.get(m.quota_key()) {
+                    results.push(Err(refusal.clone()));
+                    continue;
+                }
                 let seen = exists(
                     &tx,
                     "SELECT 1 FROM relay_seen WHERE sender = $1 AND recipient_user = $2
@@ -1834,7 +1879,15 @@ impl Store for PostgresStore {
                         .map_err(pg)?;
                         results.push(Ok(done));
                     }
-                    Err(other) => results.push(Err(other)),
+                    Err(other) => {
+                        if matches!(
+                            other,
+                            StoreError::QueueFull | StoreError::SenderQuota { .. }
+                        ) {
+                            stopped.insert(m.quota_key().to_owned(), other.clone());
+                        }
+                        results.push(Err(other));
+                    }
                 }
             }
             Ok(results)

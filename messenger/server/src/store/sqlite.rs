@@ -275,6 +275,39 @@ fn each_on_its_own<T, R>(
     Ok(results)
 }
 
+/// One relayed message: remembered (a repeat is a duplicate) and queued, or neither.
+fn accept_one(
+    tx: &Transaction<'_>,
+    m: &NewMessage,
+    limits: QueueLimits,
+    now_ms: u64,
+    seen_until_ms: u64,
+) -> StoreResult<Enqueued> {
+    let fresh = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO relay_seen (sender, recipient_user, recipient_device,
+                 message_id, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                m.sender,
+                m.recipient.user,
+                m.recipient.device,
+                m.message_id,
+                i(seen_until_ms)
+            ])
+        })
+        .map_err(backend)?;
+    if fresh == 0 {
+        return Ok(Enqueued {
+            seq: 0,
+            duplicate: true,
+        });
+    }
+    enqueue_one(tx, m, limits, now_ms)
+}
+
 /// Whether `user` is an accepted member of channel `id`.
 fn is_member(c: &Connection, id: &[u8], user: &str) -> StoreResult<bool> {
     c.prepare_cached(
@@ -503,7 +536,13 @@ impl Store for SqliteStore {
                     [i(now_ms)],
                 )
                 .map_err(backend)?;
-            Ok((sessions + endpoints + seen) as u64)
+            let failures = tx
+                .execute(
+                    "DELETE FROM relay_failures WHERE failed_at_ms < ?1",
+                    [i(now_ms.saturating_sub(RELAY_FAILURES_KEPT_MS))],
+                )
+                .map_err(backend)?;
+            Ok((sessions + endpoints + seen + failures) as u64)
         })
         .await
     }
@@ -1294,7 +1333,7 @@ impl Store for SqliteStore {
     async fn outbox_push(
         &self,
         messages: Vec<OutboxMessage>,
-        max_per_destination: u64,
+        limits: QueueLimits,
         now_ms: u64,
     ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
         self.write(move |tx| {
@@ -1302,6 +1341,17 @@ impl Store for SqliteStore {
                 let waiting: i64 = tx
                     .prepare_cached("SELECT COUNT(*) FROM relay_outbox WHERE destination = ?1")
                     .and_then(|mut st| st.query_row([&m.destination], |r| r.get(0)))
+                    .map_err(backend)?;
+                let (mine, my_bytes): (i64, i64) = tx
+                    .prepare_cached(
+                        "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM relay_outbox
+                         WHERE destination = ?1 AND sender_user = ?2",
+                    )
+                    .and_then(|mut st| {
+                        st.query_row(params![m.destination, m.sender.user], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                    })
                     .map_err(backend)?;
                 let inserted = tx
                     .prepare_cached(
@@ -1325,8 +1375,13 @@ impl Store for SqliteStore {
                 if inserted == 0 {
                     return Ok(Enqueued { seq: 0, duplicate: true });
                 }
-                if u(waiting) >= max_per_destination {
+                if u(waiting) >= limits.max_messages {
                     return Err(StoreError::QueueFull);
+                }
+                if u(mine) >= limits.sender_messages
+                    || u(my_bytes).saturating_add(m.payload.len() as u64) > limits.sender_bytes
+                {
+                    return Err(StoreError::SenderQuota { stranger: false });
                 }
                 tx.prepare_cached("INSERT OR IGNORE INTO contacts (user, peer) VALUES (?1, ?2)")
                     .and_then(|mut st| {
@@ -1338,6 +1393,18 @@ impl Store for SqliteStore {
                     .map_err(backend)?;
                 Ok(Enqueued { seq: 0, duplicate: false })
             })
+        })
+        .await
+    }
+
+    async fn outbox_hold(&self, ids: Vec<u64>, until_ms: u64) -> StoreResult<()> {
+        self.write(move |tx| {
+            for id in &ids {
+                tx.prepare_cached("UPDATE relay_outbox SET hold_until_ms = ?2 WHERE id = ?1")
+                    .and_then(|mut st| st.execute(params![i(*id), i(until_ms)]))
+                    .map_err(backend)?;
+            }
+            Ok(())
         })
         .await
     }
@@ -1404,11 +1471,16 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "SELECT id, sender_user, sender_device, recipient_user, recipient_device,
                          message_id, payload, created_at_ms
-                     FROM relay_outbox WHERE destination = ?1 ORDER BY id LIMIT ?2",
+                     FROM relay_outbox o WHERE destination = ?1
+                       AND NOT EXISTS (SELECT 1 FROM relay_outbox h
+                                       WHERE h.destination = o.destination
+                                         AND h.sender_user = o.sender_user
+                                         AND h.id <= o.id AND h.hold_until_ms > ?3)
+                     ORDER BY id LIMIT ?2",
                 )
                 .map_err(backend)?;
             let rows = st
-                .query_map(params![destination, i64::from(limit)], |r| {
+                .query_map(params![destination, i64::from(limit), i(now_ms)], |r| {
                     Ok(OutboxRow {
                         id: u(r.get(0)?),
                         message: OutboxMessage {
@@ -1581,30 +1653,17 @@ impl Store for SqliteStore {
         seen_until_ms: u64,
     ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
         self.write(move |tx| {
+            // Senders refused for room: their later messages wait behind the refused one.
+            let mut stopped: std::collections::HashMap<String, StoreError> = Default::default();
             each_on_its_own(tx, &messages, |m| {
-                let fresh = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO relay_seen (sender, recipient_user,
-                             recipient_device, message_id, expires_at_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )
-                    .and_then(|mut st| {
-                        st.execute(params![
-                            m.sender,
-                            m.recipient.user,
-                            m.recipient.device,
-                            m.message_id,
-                            i(seen_until_ms)
-                        ])
-                    })
-                    .map_err(backend)?;
-                if fresh == 0 {
-                    return Ok(Enqueued {
-                        seq: 0,
-                        duplicate: true,
-                    });
+                if let Some(refusal) = stopped.get(m.quota_key()) {
+                    return Err(refusal.clone());
                 }
-                enqueue_one(tx, m, limits, now_ms)
+                let result = accept_one(tx, m, limits, now_ms, seen_until_ms);
+                if let Err(e @ (StoreError::QueueFull | StoreError::SenderQuota { .. })) = &result {
+                    stopped.insert(m.quota_key().to_owned(), e.clone());
+                }
+                result
             })
         })
         .await
