@@ -484,6 +484,27 @@ async fn users_of_three_servers_converse_in_a_dm_and_a_group() {
         .unwrap();
     read_until(&mut alice_events, "carol here", Duration::from_secs(30)).await;
     read_until(&mut bob_events, "carol here", Duration::from_secs(30)).await;
+
+    // carol leaves: exactly one of the others' devices commits her removal (the first by full
+    // credential name, the same on every server), and the group goes on without her.
+    carol
+        .conversation(&group.id)
+        .unwrap()
+        .leave()
+        .await
+        .unwrap();
+    for events in [&mut alice_events, &mut bob_events] {
+        next(events, Duration::from_secs(30), |e| match e {
+            ClientEvent::MemberLeft { user, .. } if user == "carol@c.test" => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    bob.conversation(&group.id)
+        .unwrap()
+        .send_text("just us now", None)
+        .unwrap();
+    read_until(&mut alice_events, "just us now", Duration::from_secs(30)).await;
     for c in [alice, bob, carol] {
         c.close().await;
     }
