@@ -40,10 +40,10 @@ mod tests {
             .iter()
             .flat_map(|d| d.methods.iter())
             .collect();
-        assert_eq!(methods.len(), 38);
+        assert_eq!(methods.len(), 41);
         let mut ids: Vec<u16> = methods.iter().map(|m| m.id).collect();
         ids.sort_unstable();
         ids.dedup();
-        assert_eq!(ids.len(), 38);
+        assert_eq!(ids.len(), 41);
     }
 }

@@ -101,6 +101,10 @@ pub struct Federation {
     pub messages_per_second_per_peer: u32,
     /// Key packages one peer may take per minute of one local user's (default 30).
     pub key_package_fetches_per_minute_per_peer_and_user: u32,
+    /// Messages from strangers (senders the recipient never wrote to) one peer may relay per
+    /// minute to one local user, over all its senders (default 120): a peer inventing senders
+    /// gets no more than this into anyone's queue.
+    pub stranger_messages_per_minute_per_peer_and_user: u32,
 }
 
 impl Default for Federation {
@@ -122,6 +126,7 @@ impl Default for Federation {
             calls_per_second_per_peer: 200,
             messages_per_second_per_peer: 1000,
             key_package_fetches_per_minute_per_peer_and_user: 30,
+            stranger_messages_per_minute_per_peer_and_user: 120,
         }
     }
 }
@@ -170,6 +175,7 @@ impl Federation {
         }
         if self.calls_per_second_per_peer == 0
             || self.key_package_fetches_per_minute_per_peer_and_user == 0
+            || self.stranger_messages_per_minute_per_peer_and_user == 0
             || self.remote_lookups_per_minute_per_user == 0
             || self.max_outbox_per_sender == 0
             || self.max_outbox_bytes_per_sender == 0

@@ -303,20 +303,57 @@ async fn a_peer_draining_key_packages_stops_at_its_limit_however_it_spreads_requ
     );
 }
 
-/// A peer whose log shows one head, then another of the same size (a split view).
+/// A peer whose log shows one head, then (once `split_after` heads were asked for) another of
+/// the same size: a split view. It serves bob/phone's keys, bound in the first view.
 #[derive(Clone)]
 struct SplitLog {
     key: Arc<IdentityKey>,
     calls: Arc<AtomicUsize>,
+    split_after: Arc<AtomicUsize>,
+    bob: Arc<(IdentityKey, qpq_core::bundle::KeyBundle)>,
 }
 
 impl SplitLog {
-    fn head(&self, leaves: &[&[u8]]) -> SignedTreeHead {
-        let mut log = MerkleLog::new();
-        for leaf in leaves {
-            log.append(leaf);
+    fn new(split_after: usize) -> Self {
+        let identity = IdentityKey::generate();
+        let hybrid = qpq_core::kem::HybridSecretKey::generate();
+        let bundle =
+            qpq_core::bundle::KeyBundle::new(&identity, hybrid.public(), "bob", "phone").unwrap();
+        Self {
+            key: Arc::new(IdentityKey::generate()),
+            calls: Arc::new(AtomicUsize::new(0)),
+            split_after: Arc::new(AtomicUsize::new(split_after)),
+            bob: Arc::new((identity, bundle)),
         }
-        log.sign_head(&self.key, 1)
+    }
+
+    /// bob/phone's binding in this log.
+    fn binding(&self) -> qpq_core::kt::KeyBinding {
+        qpq_core::kt::KeyBinding {
+            user: "bob".into(),
+            domain: "b.test".into(),
+            device: "phone".into(),
+            identity_key: self.bob.0.public().to_bytes(),
+            hybrid_key_hash: self.bob.1.hybrid.hash(),
+            key_package_hash: [0; 32],
+        }
+    }
+
+    /// The log as shown now: bob's binding and one more leaf, or in the split view another
+    /// second leaf.
+    fn log(&self, split: bool) -> MerkleLog {
+        let mut log = MerkleLog::new();
+        log.append_hash(self.binding().leaf_hash());
+        log.append(if split { b"forged" } else { b"two" });
+        log
+    }
+
+    fn head(&self, split: bool) -> SignedTreeHead {
+        self.log(split).sign_head(&self.key, 1)
+    }
+
+    fn split_now(&self) -> bool {
+        self.calls.fetch_add(1, Ordering::SeqCst) >= self.split_after.load(Ordering::SeqCst)
     }
 }
 
@@ -351,14 +388,28 @@ impl Federation for SplitLog {
         _: RequestContext,
         _: v1::ProxyFetchHybridKeyRequest,
     ) -> Result<v1::FetchHybridKeyResponse, Status> {
-        Err(not_here())
+        let log = self.log(false);
+        Ok(v1::FetchHybridKeyResponse {
+            key_bundle: self.bob.1.encode().into(),
+            proof: Some(v1::KtProof {
+                leaf_index: 0,
+                inclusion_proof: log.inclusion_proof(0, 2).unwrap().encode().into(),
+                tree_head: log.sign_head(&self.key, 1).encode().into(),
+                key_package_hash: vec![0; 32].into(),
+            }),
+        })
     }
     async fn proxy_resolve_user(
         &self,
         _: RequestContext,
         _: v1::ProxyResolveUserRequest,
     ) -> Result<v1::ResolveUserResponse, Status> {
-        Err(not_here())
+        Ok(v1::ResolveUserResponse {
+            devices: vec![v1::DeviceIdentity {
+                device: "phone".into(),
+                identity_key: self.bob.0.public().to_bytes().to_vec().into(),
+            }],
+        })
     }
     async fn federation_health(
         &self,
@@ -372,14 +423,7 @@ impl Federation for SplitLog {
         _: RequestContext,
         _: v1::FederationKtHeadRequest,
     ) -> Result<v1::KtHeadResponse, Status> {
-        // Every answer before the third shows one log; from then on, another of the same
-        // size.
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        let head = if n < 2 {
-            self.head(&[b"one", b"two"])
-        } else {
-            self.head(&[b"one", b"forged"])
-        };
+        let head = self.head(self.split_now());
         Ok(v1::KtHeadResponse {
             log_key: self.key.public().to_bytes().to_vec().into(),
             tree_head: head.encode().into(),
@@ -400,10 +444,8 @@ impl Federation for SplitLog {
 #[tokio::test]
 async fn a_split_view_log_is_caught_by_the_home_servers_witness() {
     let (a, b) = (Identity::new("a.test"), Identity::new("b.test"));
-    let split = SplitLog {
-        key: Arc::new(IdentityKey::generate()),
-        calls: Arc::new(AtomicUsize::new(0)),
-    };
+    // Every answer before the third shows one log; from then on, another of the same size.
+    let split = SplitLog::new(2);
     let fake_b = qrpc::Server::builder()
         .tls(b.server_tls())
         .add_service_on(
@@ -487,4 +529,133 @@ async fn a_remote_sender_over_its_limits_is_held_back_alone_and_in_order() {
     // the malformed one is refused alone; alice is not held back by mallory.
     assert_eq!(codes, [ok, ok, held, invalid, ok, held]);
     assert_eq!(bob.depth().await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_raises_an_alarm_naming_the_domain_when_its_server_will_not_witness() {
+    use qpq_sdk::{ClientEvent, QpqClient, SdkError};
+    let (a, b) = (Identity::new("a.test"), Identity::new("b.test"));
+    let split = SplitLog::new(usize::MAX);
+    let fake_b = qrpc::Server::builder()
+        .tls(b.server_tls())
+        .add_service_on(
+            FED,
+            v1::federation_server::FederationServer::new(split.clone()),
+        )
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let fake_b_addr = fake_b.local_addr().unwrap();
+    tokio::spawn(fake_b.serve());
+    let h = common::start(|c| {
+        a.configure(c, "a.test");
+        c.federation.peers = vec![peer("b.test", &b, Some(fake_b_addr))];
+    })
+    .await;
+    let user = |name: &'static str, dir: &std::path::Path| {
+        let client = QpqClient::builder()
+            .server(h.server.addr)
+            .pin(h.server.fingerprint)
+            .data_dir(dir)
+            .raw_key([5; 32])
+            .build()
+            .unwrap();
+        async move {
+            client.register(name, "pw").await.unwrap();
+            client.login(name, "laptop", "pw").await.unwrap();
+            client
+        }
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+
+    // alice checks bob@b.test's keys in b.test's log, as a.test witnessed it: they check out
+    // (the conversation then needs a key package, which this peer does not serve).
+    let alice = user("alice", dirs[0].path()).await;
+    let mut alice_events = alice.subscribe();
+    let err = alice.create_dm("bob@b.test").await.unwrap_err();
+    assert!(!matches!(err, SdkError::KeyTransparency(_)), "{err:?}");
+    assert!(
+        alice_events
+            .try_recv()
+            .into_iter()
+            .all(|e| !matches!(e, ClientEvent::KeyTransparencyAlarm { .. })),
+        "no alarm for a log that checks out"
+    );
+
+    // b.test now shows another log of the same size. carol's check of bob's keys goes through
+    // a.test, which refuses to cosign: carol's client raises the alarm, naming b.test.
+    split.split_after.store(0, Ordering::SeqCst);
+    let carol = user("carol", dirs[1].path()).await;
+    let mut carol_events = carol.subscribe();
+    let err = carol.create_dm("bob@b.test").await.unwrap_err();
+    assert!(matches!(err, SdkError::KeyTransparency(_)), "{err:?}");
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let Ok(ClientEvent::KeyTransparencyAlarm { device, reason }) =
+                carol_events.recv().await
+            {
+                assert_eq!(device, "bob@b.test/phone");
+                return reason;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(reason.starts_with("b.test's log"), "{reason}");
+    assert!(reason.contains("split view"), "{reason}");
+    alice.close().await;
+    carol.close().await;
+}
+
+#[tokio::test]
+async fn a_denied_peer_is_refused_and_an_oversized_message_alone() {
+    let (a, b) = (Identity::new("a.test"), Identity::new("b.test"));
+    let denied = b_with_peer_a(&a, &b, |c| c.federation.deny = vec!["a.test".into()]).await;
+    let from_a = federation_client(&denied, Some(&a)).await.unwrap();
+    let err = from_a
+        .federation_health(&v1::FederationHealthRequest {
+            origin: "a.test".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    let h = b_with_peer_a(&a, &b, |c| c.limits.max_message_bytes = 100).await;
+    let bob = Account::create(&h, "bob", "phone").await;
+    let from_a = federation_client(&h, Some(&a)).await.unwrap();
+    let mut big = relayed("bob", "alice", 2);
+    big.payload = vec![0; 101].into();
+    let answer = from_a
+        .relay_batch_enqueue(&v1::RelayBatchEnqueueRequest {
+            origin: "a.test".into(),
+            messages: vec![relayed("bob", "alice", 1), big, relayed("bob", "alice", 3)],
+        })
+        .await
+        .unwrap();
+    let codes: Vec<u32> = answer.results.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [0, Code::InvalidArgument as u32, 0]);
+    assert_eq!(bob.depth().await, 2);
+}
+
+#[tokio::test]
+async fn a_peer_inventing_senders_gets_no_more_strangers_through_than_its_share() {
+    let (a, b) = (Identity::new("a.test"), Identity::new("b.test"));
+    let h = b_with_peer_a(&a, &b, |c| {
+        c.federation.stranger_messages_per_minute_per_peer_and_user = 2;
+    })
+    .await;
+    let bob = Account::create(&h, "bob", "phone").await;
+    let from_a = federation_client(&h, Some(&a)).await.unwrap();
+    let answer = from_a
+        .relay_batch_enqueue(&v1::RelayBatchEnqueueRequest {
+            origin: "a.test".into(),
+            messages: (0..4)
+                .map(|i| relayed("bob", &format!("sybil{i}"), i))
+                .collect(),
+        })
+        .await
+        .unwrap();
+    let codes: Vec<u32> = answer.results.iter().map(|r| r.code).collect();
+    let held = Code::ResourceExhausted as u32;
+    assert_eq!(codes, [0, 0, held, held]);
+    assert_eq!(bob.depth().await, 2);
 }

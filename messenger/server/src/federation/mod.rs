@@ -66,6 +66,8 @@ pub struct Federation {
     pub(crate) key_packages_per_peer_and_user: DefaultKeyedRateLimiter<(String, String)>,
     /// Lookups about users of other servers, per local user.
     lookups_per_user: DefaultKeyedRateLimiter<String>,
+    /// Messages from strangers, per (peer, local recipient).
+    pub(crate) strangers_per_peer_and_user: DefaultKeyedRateLimiter<(String, String)>,
     /// When each peer last woke its outbox (inbound traffic wakes it at most once a second).
     woken: Mutex<HashMap<String, Instant>>,
     /// Per-destination relay counters, for tests and metrics.
@@ -132,6 +134,10 @@ impl Federation {
                 config.key_package_fetches_per_minute_per_peer_and_user,
                 Duration::from_secs(60),
             )),
+            strangers_per_peer_and_user: RateLimiter::keyed(quota(
+                config.stranger_messages_per_minute_per_peer_and_user,
+                Duration::from_secs(60),
+            )),
             lookups_per_user: RateLimiter::keyed(quota(
                 config.remote_lookups_per_minute_per_user,
                 Duration::from_secs(60),
@@ -168,6 +174,7 @@ impl Federation {
         self.messages_per_peer.retain_recent();
         self.key_packages_per_peer_and_user.retain_recent();
         self.lookups_per_user.retain_recent();
+        self.strangers_per_peer_and_user.retain_recent();
         lock(&self.woken).retain(|_, at| at.elapsed() < Duration::from_secs(60));
     }
 

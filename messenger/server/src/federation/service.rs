@@ -126,6 +126,14 @@ impl<S: Store> Api<S> {
                             "messages to people who have not written to you",
                         )
                     })
+                    .and_then(|()| {
+                        check(
+                            &fed.strangers_per_peer_and_user,
+                            &(origin.to_owned(), m.recipient.user.clone()),
+                            u32::from(m.stranger),
+                            "messages from strangers to this user",
+                        )
+                    })
                     .map_err(|status| status.message().to_owned()),
             };
             if let Err(reason) = verdict {
