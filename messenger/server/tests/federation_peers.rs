@@ -659,3 +659,37 @@ async fn a_peer_inventing_senders_gets_no_more_strangers_through_than_its_share(
     assert_eq!(codes, [0, 0, held, held]);
     assert_eq!(bob.depth().await, 2);
 }
+
+#[tokio::test]
+async fn every_federation_method_refuses_garbage_and_the_server_keeps_serving() {
+    let (a, b) = (Identity::new("a.test"), Identity::new("b.test"));
+    let h = b_with_peer_a(&a, &b, |_| {}).await;
+    let from_a = federation_client(&h, Some(&a)).await.unwrap();
+    // A field with wire type 7: not a protobuf message.
+    let garbage = bytes::Bytes::from_static(&[0x0f, 0xff, 0xff, 0xff]);
+    for method in v1::federation_server::DESCRIPTOR.methods {
+        use futures::StreamExt;
+        let mut answer = from_a
+            .inner()
+            .call(qrpc::CallRequest::unary(method.id, garbage.clone()))
+            .await
+            .unwrap();
+        let err = answer.next().await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{method}: {err}");
+        // An empty request names no origin: refused, never an internal error.
+        let mut answer = from_a
+            .inner()
+            .call(qrpc::CallRequest::unary(method.id, bytes::Bytes::new()))
+            .await
+            .unwrap();
+        let err = answer.next().await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{method}: {err}");
+    }
+    let health = from_a
+        .federation_health(&v1::FederationHealthRequest {
+            origin: "a.test".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(health.status, "ok");
+}
