@@ -62,6 +62,18 @@ async fn lock_device<C: GenericClient>(tx: &C, device: &DeviceId) -> StoreResult
     .await
 }
 
+/// Locks the queues of every recipient of `messages`, in one order (two transactions locking
+/// overlapping sets never wait on each other), until the transaction ends.
+async fn lock_recipients<C: GenericClient>(tx: &C, messages: &[NewMessage]) -> StoreResult<()> {
+    let mut recipients: Vec<&DeviceId> = messages.iter().map(|m| &m.recipient).collect();
+    recipients.sort();
+    recipients.dedup();
+    for r in recipients {
+        lock_device(tx, r).await?;
+    }
+    Ok(())
+}
+
 /// The PostgreSQL store. Clones share the pool.
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -615,12 +627,7 @@ impl Store for PostgresStore {
         transaction!(self, |tx| async {
             // Lock every recipient queue up front, in one order, so that two batches to
             // overlapping recipients cannot wait on each other.
-            let mut recipients: Vec<&DeviceId> = messages.iter().map(|m| &m.recipient).collect();
-            recipients.sort();
-            recipients.dedup();
-            for r in recipients {
-                lock_device(&tx, r).await?;
-            }
+            lock_recipients(&tx, &messages).await?;
             let mut results = Vec::with_capacity(messages.len());
             for m in &messages {
                 // Every check of a message precedes its first write: a refused one wrote
@@ -1825,14 +1832,9 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         transaction!(self, |tx| async {
-            // Every recipient queue locked up front, in one order (as batch_enqueue does):
-            // two relays of one message wait on each other, and the second sees the first.
-            let mut recipients: Vec<&DeviceId> = messages.iter().map(|m| &m.recipient).collect();
-            recipients.sort();
-            recipients.dedup();
-            for r in recipients {
-                lock_device(&tx, r).await?;
-            }
+            // Every recipient queue locked up front (as batch_enqueue does): two relays of
+            // one message wait on each other, and the second sees the first.
+            lock_recipients(&tx, &messages).await?;
             let mut results = Vec::with_capacity(messages.len());
             // Senders refused for room: their later messages wait behind the refused one.
             let mut stopped: std::collections::HashMap<String, StoreError> = Default::default();
