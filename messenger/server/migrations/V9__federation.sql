@@ -13,12 +13,12 @@ CREATE TABLE relay_outbox (
     payload          BLOB NOT NULL,
     created_at_ms    INTEGER NOT NULL,
     -- Held back by the destination (its limits) until then: this sender's later messages
-    -- to the destination wait behind it, everyone else's go on.
+    -- to the same device wait behind it, everything else goes on.
     hold_until_ms    INTEGER NOT NULL DEFAULT 0,
     UNIQUE (sender_user, sender_device, destination, recipient_user, recipient_device, message_id)
 );
 CREATE INDEX relay_outbox_by_destination ON relay_outbox(destination, id);
-CREATE INDEX relay_outbox_by_sender ON relay_outbox(destination, sender_user, id);
+CREATE INDEX relay_outbox_by_pair ON relay_outbox(destination, sender_user, recipient_user, recipient_device, id);
 
 CREATE TABLE relay_destinations (
     destination      TEXT PRIMARY KEY,

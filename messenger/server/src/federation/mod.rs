@@ -38,6 +38,23 @@ pub use discovery::Discovery;
 /// The federation protocol's ALPN.
 pub const ALPN: &[u8] = b"qpq-fed/1";
 
+/// Addresses of one peer dialed at most.
+const MAX_ADDRESSES: usize = 8;
+
+/// How long connecting to a peer may take, over all its addresses.
+const CONNECT_BUDGET: Duration = Duration::from_secs(15);
+
+/// Whether a failed call says the connection itself is bad (then it is dropped and made again).
+pub(crate) fn connection_failed(code: qrpc::Code) -> bool {
+    matches!(
+        code,
+        qrpc::Code::Unavailable
+            | qrpc::Code::DeadlineExceeded
+            | qrpc::Code::Cancelled
+            | qrpc::Code::Unknown
+    )
+}
+
 /// A listed peer.
 struct PeerEntry {
     pin: [u8; 32],
@@ -237,10 +254,12 @@ impl Federation {
             .await
             .map_err(|_| Status::unavailable(format!("{domain}: DNS did not answer in time")))?
             .map_err(|e| Status::unavailable(format!("{domain}: {e}")))?;
+        // A few addresses are plenty: a long answer (a hostile DNS) costs no more dialing.
+        let addrs: Vec<SocketAddr> = addrs.into_iter().take(MAX_ADDRESSES).collect();
         let (first, rest) = addrs
             .split_first()
             .ok_or_else(|| Status::unavailable(format!("{domain}: no address")))?;
-        let client = qrpc::Client::builder(*first, peer.tls.clone())
+        let connecting = qrpc::Client::builder(*first, peer.tls.clone())
             .configure(|c| {
                 c.alpn(vec![ALPN.to_vec()]);
                 c.fallback_addresses(rest.to_vec());
@@ -251,8 +270,10 @@ impl Federation {
                 // (with a new DNS answer) each time.
                 c.reconnect_mut().enabled(false);
             })
-            .connect()
+            .connect();
+        let client = tokio::time::timeout(CONNECT_BUDGET, connecting)
             .await
+            .map_err(|_| Status::unavailable(format!("{domain}: no answer in time")))?
             .map_err(|e| Status::unavailable(format!("{domain}: {e}")))?;
         let client = FederationClient::new(client);
         *slot = Some(client.clone());

@@ -130,7 +130,8 @@ impl<S: Store> Api<S> {
         since_size: u64,
     ) -> Result<v1::KtHeadResponse, Status> {
         let fed = self.federation()?;
-        fed.check_lookup(&me.user, 1)?;
+        // A witnessed head takes up to two calls to the peer.
+        fed.check_lookup(&me.user, 2)?;
         if !fed.is_peer(domain) {
             return Err(Status::failed_precondition(format!(
                 "{domain} is not a server this one federates with"
@@ -138,13 +139,15 @@ impl<S: Store> Api<S> {
         }
         // The log may grow between the witness's look and the client's: three tries.
         for _ in 0..3 {
-            let (witnessed, cosignature) = self.witness(fed, domain).await?;
+            let (witnessed, cosignature, log_key) = self.witness(fed, domain).await?;
             let mut answer = self.peer_head(fed, domain, since_size).await?;
             // The proof is for the witnessed tree (same size and root); the head handed on
             // is the one witnessed, byte for byte, so the cosignature covers it even if the
             // peer signed that tree again meanwhile.
             if SignedTreeHead::decode(&answer.tree_head).is_ok_and(|h| witnessed.is(&h)) {
                 answer.tree_head = witnessed.encode().into();
+                answer.domain = domain.to_owned();
+                answer.log_key = log_key.into();
                 answer.cosignature = cosignature.encode().into();
                 return Ok(answer);
             }
@@ -176,7 +179,7 @@ impl<S: Store> Api<S> {
         &self,
         fed: &Federation,
         domain: &str,
-    ) -> Result<(SignedTreeHead, Cosignature), Status> {
+    ) -> Result<(SignedTreeHead, Cosignature, Vec<u8>), Status> {
         for _ in 0..3 {
             let stored = self.state.store.witnessed_head(domain.to_owned()).await?;
             let since = stored.as_ref().map_or(0, |w| w.tree_size);
@@ -232,7 +235,7 @@ impl<S: Store> Api<S> {
                     domain.to_owned(),
                     stored.as_ref().map(|w| w.tree_size),
                     WitnessedHead {
-                        log_key: log_key_bytes,
+                        log_key: log_key_bytes.clone(),
                         tree_size: head.tree_size(),
                         head: head.encode(),
                     },
@@ -241,7 +244,7 @@ impl<S: Store> Api<S> {
             if recorded || stored.is_some_and(|w| w.tree_size == head.tree_size()) {
                 let cosignature =
                     Cosignature::sign(&self.state.kt_key, &self.state.domain, domain, &head);
-                return Ok((head, cosignature));
+                return Ok((head, cosignature, log_key_bytes));
             }
             // Another call witnessed a newer head meanwhile: check against that one.
         }

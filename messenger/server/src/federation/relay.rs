@@ -100,8 +100,11 @@ async fn probe<S: Store>(state: &AppState<S>, fed: &Federation) {
     let Ok(waiting) = state.store.outbox_due(fed.node.clone(), u64::MAX).await else {
         return;
     };
+    // One at a time, each within its own time: a peer that does not answer delays the others
+    // by seconds, not for good.
     for destination in waiting {
-        let Ok(client) = fed.client(&destination).await else {
+        let client = tokio::time::timeout(Duration::from_secs(20), fed.client(&destination)).await;
+        let Ok(Ok(client)) = client else {
             continue;
         };
         let answer = client
@@ -118,7 +121,10 @@ async fn probe<S: Store>(state: &AppState<S>, fed: &Federation) {
                     fed.wake.notify_one();
                 }
             }
-            Err(_) => fed.forget(&destination).await,
+            Err(status) if super::connection_failed(status.code()) => {
+                fed.forget(&destination).await;
+            }
+            Err(_) => {}
         }
     }
 }
@@ -181,7 +187,9 @@ async fn drain<S: Store>(
         match send(fed, destination, &rows).await {
             Ok(results) => settle(state, fed, destination, &rows, results).await?,
             Err(status) if transient(status.code()) => {
-                fed.forget(destination).await;
+                if super::connection_failed(status.code()) {
+                    fed.forget(destination).await;
+                }
                 let give_up_ms = fed.config.give_up_secs.saturating_mul(1000);
                 let expired: Vec<u64> = rows
                     .iter()
@@ -286,11 +294,10 @@ async fn settle<S: Store>(
             held.push(row.id);
         } else {
             let retryable = code == Code::ResourceExhausted;
+            // The peer's words, bounded: they are stored and shown to the sender.
+            let said: String = result.error.chars().take(200).collect();
             refused
-                .entry((
-                    format!("{destination} refused: {}", result.error),
-                    retryable,
-                ))
+                .entry((format!("{destination} refused: {said}"), retryable))
                 .or_default()
                 .push(row.id);
         }

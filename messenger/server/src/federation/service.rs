@@ -274,7 +274,8 @@ impl<S: Store> FederationService for Api<S> {
         ctx: RequestContext,
         request: v1::FederationHealthRequest,
     ) -> Result<v1::FederationHealthResponse, Status> {
-        self.peer_of(&ctx, &request.origin, true).await?;
+        // The relay sender's probe: not metered with lookups, so lookups cannot starve it.
+        self.peer_of(&ctx, &request.origin, false).await?;
         Ok(v1::FederationHealthResponse {
             status: "ok".into(),
             domain: self.state.domain.clone(),

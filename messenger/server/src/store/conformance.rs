@@ -1246,7 +1246,7 @@ pub(crate) async fn a_held_sender_waits_and_the_others_go_on<S: Store>(s: &S) {
                 outbound(&carol, "b.test", "bob", 2),
                 outbound(&alice, "b.test", "bob", 3),
                 outbound(&carol, "b.test", "bob", 4),
-                outbound(&alice, "b.test", "bob", 5),
+                outbound(&alice, "b.test", "dave", 5),
                 outbound(&alice, "b.test", "bob", 6),
             ],
             quota,
@@ -1262,11 +1262,12 @@ pub(crate) async fn a_held_sender_waits_and_the_others_go_on<S: Store>(s: &S) {
     let claim = |now| s.outbox_claim("b.test".into(), "n".into(), now, 10, 10);
     let (rows, _) = claim(10).await.unwrap().unwrap();
     let first_of_alice = rows[0].id;
-    // Alice's first message is held: none of hers goes before it; carol's go on.
+    // Alice's first message to bob is held: none of hers to bob goes before it; carol's
+    // and alice's to dave go on.
     s.outbox_hold(vec![first_of_alice], 100).await.unwrap();
     let (rows, _) = claim(20).await.unwrap().unwrap();
     let ids: Vec<u8> = rows.iter().map(|r| r.message.message_id[0]).collect();
-    assert_eq!(ids, [2, 4]);
+    assert_eq!(ids, [2, 4, 5]);
     // Once the hold is over, alice's come back first, in order.
     let (rows, _) = claim(100).await.unwrap().unwrap();
     let ids: Vec<u8> = rows.iter().map(|r| r.message.message_id[0]).collect();
@@ -1275,12 +1276,14 @@ pub(crate) async fn a_held_sender_waits_and_the_others_go_on<S: Store>(s: &S) {
 
 pub(crate) async fn a_relayed_sender_refused_for_room_is_not_overtaken<S: Store>(s: &S) {
     let bob = with_device(s, "bob", "phone").await;
-    let remote = |sender: &str, id: u8, size: usize| {
-        let mut m = from(sender, &bob, id);
+    let tablet = with_device(s, "bob", "tablet").await;
+    let remote_to = |to: &DeviceId, sender: &str, id: u8, size: usize| {
+        let mut m = from(sender, to, id);
         m.sender_user = None;
         m.payload = vec![id; size];
         m
     };
+    let remote = |sender: &str, id: u8, size: usize| remote_to(&bob, sender, id, size);
     let mut limits = lim(100);
     limits.sender_bytes = 100;
     let results = s
@@ -1290,6 +1293,7 @@ pub(crate) async fn a_relayed_sender_refused_for_room_is_not_overtaken<S: Store>
                 remote("alice@a.test/laptop", 2, 60),
                 remote("carol@a.test/pc", 3, 10),
                 remote("alice@a.test/laptop", 4, 10),
+                remote_to(&tablet, "alice@a.test/laptop", 5, 10),
             ],
             limits,
             1,
@@ -1302,6 +1306,8 @@ pub(crate) async fn a_relayed_sender_refused_for_room_is_not_overtaken<S: Store>
     assert!(results[2].is_ok());
     // Small enough to fit, but behind alice's refused one: refused too.
     assert!(matches!(results[3], Err(StoreError::SenderQuota { .. })));
+    // Her message to another queue is not held back by the full one.
+    assert!(results[4].is_ok());
     let queued: Vec<u8> = s
         .fetch(bob, 0, 10)
         .await

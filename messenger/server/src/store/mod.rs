@@ -657,8 +657,8 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> impl Future<Output = StoreResult<Vec<StoreResult<Enqueued>>>> + Send;
     /// Holds outbox messages back until `until_ms` (the destination's limits refused them
-    /// for now): claims skip them and every later message of their senders to that
-    /// destination, so each sender's order holds while other senders' messages go on.
+    /// for now): claims skip them and every later message of the same sender to the same
+    /// device, so each sender's order per device holds while everything else goes on.
     fn outbox_hold(
         &self,
         ids: Vec<u64>,
@@ -721,8 +721,9 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::batch_enqueue`] does, and remembers each (sender, recipient, message id) until
     /// `seen_until_ms` in the same transaction: one relayed again, even after it was fetched
     /// and acknowledged, is a duplicate (`seq` 0) and is not queued twice. Once one message
-    /// of a sending user is refused for room (`QueueFull`, `SenderQuota`), that user's later
-    /// messages in the call are refused the same way, so none overtakes it.
+    /// of a sending user is refused for room in a queue (`QueueFull`, `SenderQuota`), that
+    /// user's later messages to that queue in the call are refused the same way, so none
+    /// overtakes it.
     fn relay_accept(
         &self,
         messages: Vec<NewMessage>,

@@ -1678,6 +1678,8 @@ impl Store for PostgresStore {
                    AND NOT EXISTS (SELECT 1 FROM relay_outbox h
                                    WHERE h.destination = o.destination
                                      AND h.sender_user = o.sender_user
+                                     AND h.recipient_user = o.recipient_user
+                                     AND h.recipient_device = o.recipient_device
                                      AND h.id <= o.id AND h.hold_until_ms > $3)
                  ORDER BY id LIMIT $2",
                 &[&destination, &i64::from(limit), &i(now_ms)],
@@ -1836,10 +1838,13 @@ impl Store for PostgresStore {
             // one message wait on each other, and the second sees the first.
             lock_recipients(&tx, &messages).await?;
             let mut results = Vec::with_capacity(messages.len());
-            // Senders refused for room: their later messages wait behind the refused one.
-            let mut stopped: std::collections::HashMap<String, StoreError> = Default::default();
+            // A sender refused for room in a queue: its later messages to that queue wait
+            // behind the refused one.
+            let mut stopped: std::collections::HashMap<(String, DeviceId), StoreError> =
+                Default::default();
             for m in &messages {
-                if let Some(refusal) = stopped.get(m.quota_key()) {
+                let key = (m.quota_key().to_owned(), m.recipient.clone());
+                if let Some(refusal) = stopped.get(&key) {
                     results.push(Err(refusal.clone()));
                     continue;
                 }
@@ -1886,7 +1891,7 @@ impl Store for PostgresStore {
                             other,
                             StoreError::QueueFull | StoreError::SenderQuota { .. }
                         ) {
-                            stopped.insert(m.quota_key().to_owned(), other.clone());
+                            stopped.insert(key, other.clone());
                         }
                         results.push(Err(other));
                     }

@@ -1475,6 +1475,8 @@ impl Store for SqliteStore {
                        AND NOT EXISTS (SELECT 1 FROM relay_outbox h
                                        WHERE h.destination = o.destination
                                          AND h.sender_user = o.sender_user
+                                         AND h.recipient_user = o.recipient_user
+                                         AND h.recipient_device = o.recipient_device
                                          AND h.id <= o.id AND h.hold_until_ms > ?3)
                      ORDER BY id LIMIT ?2",
                 )
@@ -1653,15 +1655,18 @@ impl Store for SqliteStore {
         seen_until_ms: u64,
     ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
         self.write(move |tx| {
-            // Senders refused for room: their later messages wait behind the refused one.
-            let mut stopped: std::collections::HashMap<String, StoreError> = Default::default();
+            // A sender refused for room in a queue: its later messages to that queue wait
+            // behind the refused one.
+            let mut stopped: std::collections::HashMap<(String, DeviceId), StoreError> =
+                Default::default();
             each_on_its_own(tx, &messages, |m| {
-                if let Some(refusal) = stopped.get(m.quota_key()) {
+                let key = (m.quota_key().to_owned(), m.recipient.clone());
+                if let Some(refusal) = stopped.get(&key) {
                     return Err(refusal.clone());
                 }
                 let result = accept_one(tx, m, limits, now_ms, seen_until_ms);
                 if let Err(e @ (StoreError::QueueFull | StoreError::SenderQuota { .. })) = &result {
-                    stopped.insert(m.quota_key().to_owned(), e.clone());
+                    stopped.insert(key, e.clone());
                 }
                 result
             })
