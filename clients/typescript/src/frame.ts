@@ -1,0 +1,272 @@
+/**
+ * The qrpc wire frames (docs/wire-protocol.md, section 2): every integer is unsigned and
+ * big-endian, and a frame is a fixed header followed by its payload (a protobuf message).
+ *
+ * - request  `[method_id u16][request_id u32][payload_len u32][payload]`
+ * - response `[status u8][request_id u32][payload_len u32][payload]`
+ * - push     `[event_type u16][payload_len u32][payload]`
+ *
+ * A receiver checks `payload_len` against its limit on the header alone, before it buffers
+ * the payload.
+ */
+
+/** Bytes of a request frame's header. */
+export const REQUEST_HEADER_LEN = 10;
+/** Bytes of a response frame's header. */
+export const RESPONSE_HEADER_LEN = 9;
+/** Bytes of a push frame's header. */
+export const PUSH_HEADER_LEN = 6;
+/** The payload limit a qrpc peer uses unless configured otherwise (4 MiB). */
+export const DEFAULT_MAX_PAYLOAD = 4 * 1024 * 1024;
+
+/** A message the client sends on a call's stream (an empty payload opens a streaming call). */
+export interface RequestFrame {
+  /** The method's id (0 is the call extension, section 11). */
+  readonly methodId: number;
+  /** The caller's id for the call, echoed in every response frame. */
+  readonly requestId: number;
+  /** The encoded protobuf message. */
+  readonly payload: Uint8Array;
+}
+
+/** A message or an error status the server sends on a call's stream. */
+export interface ResponseFrame {
+  /** 0 for OK, a status code (section 4) otherwise; 255 is the call extension. */
+  readonly status: number;
+  /** The call's request id. */
+  readonly requestId: number;
+  /** The response message, or a `qrpc.v1.ErrorStatus` when `status` is not 0. */
+  readonly payload: Uint8Array;
+}
+
+/** An event the server sends on the push stream. */
+export interface PushFrame {
+  /** The event's type id. */
+  readonly eventType: number;
+  /** The encoded event message. */
+  readonly payload: Uint8Array;
+}
+
+/** Why bytes are not a frame. */
+export type FrameErrorKind = "truncated" | "trailing" | "too_large";
+
+/** A frame that cannot be decoded. */
+export class FrameError extends Error {
+  /** What is wrong. */
+  readonly kind: FrameErrorKind;
+
+  constructor(kind: FrameErrorKind, message: string) {
+    super(message);
+    this.name = "FrameError";
+    this.kind = kind;
+  }
+}
+
+function checkUint(value: number, bits: 8 | 16 | 32, field: string): void {
+  if (!Number.isInteger(value) || value < 0 || value >= 2 ** bits) {
+    throw new RangeError(`${field}: ${value} is not an unsigned ${bits}-bit integer`);
+  }
+}
+
+function checkLength(len: number, maxPayload: number): void {
+  if (len > maxPayload) {
+    throw new FrameError(
+      "too_large",
+      `frame payload of ${len} bytes exceeds the limit of ${maxPayload} bytes`,
+    );
+  }
+}
+
+/** The shape of one frame kind: its header length, header fields and payload length. */
+interface Shape<F> {
+  readonly headerLen: number;
+  readonly name: string;
+  payloadLen(view: DataView): number;
+  build(view: DataView, payload: Uint8Array): F;
+}
+
+const requestShape: Shape<RequestFrame> = {
+  headerLen: REQUEST_HEADER_LEN,
+  name: "request",
+  payloadLen: (v) => v.getUint32(6),
+  build: (v, payload) => ({ methodId: v.getUint16(0), requestId: v.getUint32(2), payload }),
+};
+
+const responseShape: Shape<ResponseFrame> = {
+  headerLen: RESPONSE_HEADER_LEN,
+  name: "response",
+  payloadLen: (v) => v.getUint32(5),
+  build: (v, payload) => ({ status: v.getUint8(0), requestId: v.getUint32(1), payload }),
+};
+
+const pushShape: Shape<PushFrame> = {
+  headerLen: PUSH_HEADER_LEN,
+  name: "push",
+  payloadLen: (v) => v.getUint32(2),
+  build: (v, payload) => ({ eventType: v.getUint16(0), payload }),
+};
+
+function view(bytes: Uint8Array): DataView {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function decodeExact<F>(shape: Shape<F>, bytes: Uint8Array, maxPayload: number): F {
+  if (bytes.length < shape.headerLen) {
+    throw new FrameError(
+      "truncated",
+      `truncated ${shape.name} frame: ${shape.headerLen} bytes needed, ${bytes.length} available`,
+    );
+  }
+  const header = view(bytes);
+  const len = shape.payloadLen(header);
+  checkLength(len, maxPayload);
+  const total = shape.headerLen + len;
+  if (bytes.length < total) {
+    throw new FrameError(
+      "truncated",
+      `truncated ${shape.name} frame: ${total} bytes needed, ${bytes.length} available`,
+    );
+  }
+  if (bytes.length > total) {
+    throw new FrameError("trailing", `${bytes.length - total} trailing bytes after a complete ${shape.name} frame`);
+  }
+  return shape.build(header, bytes.slice(shape.headerLen));
+}
+
+/** Encodes a request frame. */
+export function encodeRequest(frame: RequestFrame): Uint8Array {
+  checkUint(frame.methodId, 16, "methodId");
+  checkUint(frame.requestId, 32, "requestId");
+  checkUint(frame.payload.length, 32, "payload length");
+  const out = new Uint8Array(REQUEST_HEADER_LEN + frame.payload.length);
+  const v = view(out);
+  v.setUint16(0, frame.methodId);
+  v.setUint32(2, frame.requestId);
+  v.setUint32(6, frame.payload.length);
+  out.set(frame.payload, REQUEST_HEADER_LEN);
+  return out;
+}
+
+/** Encodes a response frame. */
+export function encodeResponse(frame: ResponseFrame): Uint8Array {
+  checkUint(frame.status, 8, "status");
+  checkUint(frame.requestId, 32, "requestId");
+  checkUint(frame.payload.length, 32, "payload length");
+  const out = new Uint8Array(RESPONSE_HEADER_LEN + frame.payload.length);
+  const v = view(out);
+  v.setUint8(0, frame.status);
+  v.setUint32(1, frame.requestId);
+  v.setUint32(5, frame.payload.length);
+  out.set(frame.payload, RESPONSE_HEADER_LEN);
+  return out;
+}
+
+/** Encodes a push frame. */
+export function encodePush(frame: PushFrame): Uint8Array {
+  checkUint(frame.eventType, 16, "eventType");
+  checkUint(frame.payload.length, 32, "payload length");
+  const out = new Uint8Array(PUSH_HEADER_LEN + frame.payload.length);
+  const v = view(out);
+  v.setUint16(0, frame.eventType);
+  v.setUint32(2, frame.payload.length);
+  out.set(frame.payload, PUSH_HEADER_LEN);
+  return out;
+}
+
+/** Decodes exactly one request frame (no more, no less). */
+export function decodeRequest(bytes: Uint8Array, maxPayload = DEFAULT_MAX_PAYLOAD): RequestFrame {
+  return decodeExact(requestShape, bytes, maxPayload);
+}
+
+/** Decodes exactly one response frame (no more, no less). */
+export function decodeResponse(bytes: Uint8Array, maxPayload = DEFAULT_MAX_PAYLOAD): ResponseFrame {
+  return decodeExact(responseShape, bytes, maxPayload);
+}
+
+/** Decodes exactly one push frame (no more, no less). */
+export function decodePush(bytes: Uint8Array, maxPayload = DEFAULT_MAX_PAYLOAD): PushFrame {
+  return decodeExact(pushShape, bytes, maxPayload);
+}
+
+/**
+ * Frames out of a stream's chunks, as they arrive: `push` each chunk, then take every
+ * complete frame with `next`. A header announcing more than the limit throws at once, before
+ * its payload is buffered.
+ */
+export class FrameReader<F> {
+  readonly #shape: Shape<F>;
+  readonly #maxPayload: number;
+  #buffer: Uint8Array = new Uint8Array(0);
+
+  private constructor(shape: Shape<F>, maxPayload: number) {
+    this.#shape = shape;
+    this.#maxPayload = maxPayload;
+  }
+
+  /** A reader of response frames (a call's stream, client side). */
+  static responses(maxPayload = DEFAULT_MAX_PAYLOAD): FrameReader<ResponseFrame> {
+    return new FrameReader(responseShape, maxPayload);
+  }
+
+  /** A reader of request frames (a call's stream, server side). */
+  static requests(maxPayload = DEFAULT_MAX_PAYLOAD): FrameReader<RequestFrame> {
+    return new FrameReader(requestShape, maxPayload);
+  }
+
+  /** A reader of push frames (the push stream). */
+  static pushes(maxPayload = DEFAULT_MAX_PAYLOAD): FrameReader<PushFrame> {
+    return new FrameReader(pushShape, maxPayload);
+  }
+
+  /** Bytes received and not yet taken as frames. */
+  get buffered(): number {
+    return this.#buffer.length;
+  }
+
+  /** Adds a chunk of the stream. */
+  push(chunk: Uint8Array): void {
+    if (chunk.length === 0) {
+      return;
+    }
+    const joined = new Uint8Array(this.#buffer.length + chunk.length);
+    joined.set(this.#buffer);
+    joined.set(chunk, this.#buffer.length);
+    this.#buffer = joined;
+    if (this.#buffer.length >= this.#shape.headerLen) {
+      checkLength(this.#shape.payloadLen(view(this.#buffer)), this.#maxPayload);
+    }
+  }
+
+  /** The next complete frame, or `undefined` until more bytes arrive. */
+  next(): F | undefined {
+    const shape = this.#shape;
+    if (this.#buffer.length < shape.headerLen) {
+      return undefined;
+    }
+    const header = view(this.#buffer);
+    const len = shape.payloadLen(header);
+    checkLength(len, this.#maxPayload);
+    const total = shape.headerLen + len;
+    if (this.#buffer.length < total) {
+      return undefined;
+    }
+    const frame = shape.build(header, this.#buffer.slice(shape.headerLen, total));
+    this.#buffer = this.#buffer.slice(total);
+    if (this.#buffer.length >= shape.headerLen) {
+      checkLength(shape.payloadLen(view(this.#buffer)), this.#maxPayload);
+    }
+    return frame;
+  }
+
+  /**
+   * The end of the stream: throws `truncated` when a frame was begun and not finished.
+   */
+  finish(): void {
+    if (this.#buffer.length > 0) {
+      throw new FrameError(
+        "truncated",
+        `the stream ended inside a ${this.#shape.name} frame (${this.#buffer.length} bytes)`,
+      );
+    }
+  }
+}
