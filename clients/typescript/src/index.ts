@@ -1,6 +1,6 @@
 /**
- * qrpc for TypeScript. This release holds the wire codec (docs/wire-protocol.md): the three
- * frame kinds, exact and incremental decoding with the payload limit checked on the header.
+ * qrpc for TypeScript: the wire codec (docs/wire-protocol.md) and a client over a
+ * WebTransport session (or anything shaped like one).
  */
 export {
   DEFAULT_MAX_PAYLOAD,
@@ -17,3 +17,7 @@ export {
   encodeResponse,
 } from "./frame.js";
 export type { FrameErrorKind, PushFrame, RequestFrame, ResponseFrame } from "./frame.js";
+export { Client, Code, QrpcError } from "./client.js";
+export type { BidiStream, CallOptions, ClientOptions, Session } from "./client.js";
+export { decodeCallExtension, decodeErrorStatus, encodeCallExtension } from "./pb.js";
+export type { CallExtension, ErrorStatus } from "./pb.js";
