@@ -20,7 +20,9 @@ fn hex(text: &str) -> Vec<u8> {
 }
 
 fn num(v: &Value, field: &str) -> u64 {
-    v[field].as_u64().unwrap_or_else(|| panic!("{field} in {v}"))
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {v}"))
 }
 
 #[test]
@@ -35,7 +37,11 @@ fn valid_frames_decode_to_their_fields_and_encode_to_their_bytes() {
             request_id: u32::try_from(num(v, "request_id")).unwrap(),
             payload: Bytes::from(hex(v["payload"].as_str().unwrap())),
         };
-        assert_eq!(RequestFrame::decode_exact(&bytes, max).unwrap(), frame, "{v}");
+        assert_eq!(
+            RequestFrame::decode_exact(&bytes, max).unwrap(),
+            frame,
+            "{v}"
+        );
         assert_eq!(frame.to_bytes().as_ref(), bytes.as_slice(), "{v}");
         checked += 1;
     }
@@ -46,7 +52,11 @@ fn valid_frames_decode_to_their_fields_and_encode_to_their_bytes() {
             request_id: u32::try_from(num(v, "request_id")).unwrap(),
             payload: Bytes::from(hex(v["payload"].as_str().unwrap())),
         };
-        assert_eq!(ResponseFrame::decode_exact(&bytes, max).unwrap(), frame, "{v}");
+        assert_eq!(
+            ResponseFrame::decode_exact(&bytes, max).unwrap(),
+            frame,
+            "{v}"
+        );
         assert_eq!(frame.to_bytes().as_ref(), bytes.as_slice(), "{v}");
         checked += 1;
     }

@@ -693,3 +693,122 @@ async fn every_federation_method_refuses_garbage_and_the_server_keeps_serving() 
         .unwrap();
     assert_eq!(health.status, "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_of_one_cluster_relay_each_message_once_from_one_node() {
+    let Ok(nats) = std::env::var("QPQ_TEST_NATS_URL") else {
+        eprintln!("skipped: QPQ_TEST_NATS_URL is unset");
+        return;
+    };
+    let Some(db) = qpq_server::store::TestDatabase::create().await else {
+        eprintln!("skipped: QPQ_TEST_POSTGRES_URL is unset");
+        return;
+    };
+    let (a, b) = (Identity::new("a.test"), Identity::new("b.test"));
+    let h_b = common::start(|c| {
+        b.configure(c, "b.test");
+        c.federation.peers = vec![peer("a.test", &a, Some("127.0.0.1:9".parse().unwrap()))];
+        // alice and carol are strangers to bob: the stranger rules would hold them back (as
+        // tested above); this test is about the cluster.
+        c.limits.stranger_messages_per_minute_per_user = 10_000;
+        c.limits.max_pending_per_stranger = 1000;
+        c.federation.stranger_messages_per_minute_per_peer_and_user = 10_000;
+    })
+    .await;
+    let bob = Account::create(&h_b, "bob", "phone").await;
+    // Two nodes of a.test on one PostgreSQL database and one NATS prefix, with one
+    // certificate (the key b.test lists).
+    let prefix = format!("qpqfed{:08x}", rand::random::<u32>());
+    let mut nodes = Vec::new();
+    for name in ["a1", "a2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = common::config(dir.path());
+        a.configure(&mut c, "a.test");
+        c.federation.peers = vec![peer("b.test", &b, Some(h_b.server.addr))];
+        c.cluster.store = qpq_server::config::StoreKind::Postgres;
+        c.cluster.postgres_url = Some(db.url.clone());
+        c.cluster.bus = qpq_server::config::BusKind::Nats;
+        c.cluster.nats_url = Some(nats.clone());
+        c.cluster.nats_prefix = prefix.clone();
+        c.cluster.node_id = Some(name.into());
+        c.cluster.nodes = 2;
+        let server = qpq_server::start(c).await.unwrap();
+        nodes.push((dir, server));
+    }
+    let account_on = |i: usize, user: &'static str| {
+        let server = &nodes[i].1;
+        async move {
+            let client = common::connect_to(server.addr, server.fingerprint).await;
+            common::register(&client, user, "correct horse battery")
+                .await
+                .unwrap();
+            common::login(&client, user, "laptop", "correct horse battery")
+                .await
+                .unwrap();
+            DeliveryClient::new(client)
+        }
+    };
+    let alice = account_on(0, "alice").await;
+    let carol = account_on(1, "carol").await;
+    let to_bob = v1::DeviceRef {
+        user: "bob@b.test".into(),
+        device: "phone".into(),
+    };
+    // Both users' messages, interleaved, through both nodes.
+    for round in 0..5u8 {
+        for (sender, base) in [(&alice, 0u8), (&carol, 100u8)] {
+            let messages = (0..10u8)
+                .map(|i| common::enqueue_to(&to_bob, base + round * 10 + i, b"sealed"))
+                .collect();
+            let answer = sender
+                .batch_enqueue(&v1::BatchEnqueueRequest { messages })
+                .await
+                .unwrap();
+            assert!(answer.results.iter().all(|r| r.relayed && r.code == 0));
+        }
+    }
+    // bob gets all 100, each once, each sender's in order.
+    let mut got = Vec::new();
+    let mut after_seq = 0;
+    while got.len() < 100 {
+        let page = bob
+            .delivery()
+            .fetch_wait(&v1::FetchWaitRequest {
+                after_seq,
+                limit: 200,
+                timeout_ms: 10_000,
+            })
+            .await
+            .unwrap();
+        after_seq = page.messages.last().map_or(after_seq, |m| m.seq);
+        got.extend(page.messages.iter().map(|m| m.message_id[0]));
+    }
+    assert_eq!(got.len(), 100);
+    let (from_alice, from_carol): (Vec<u8>, Vec<u8>) = got.iter().partition(|id| **id < 100);
+    assert_eq!(from_alice, (0..50).collect::<Vec<u8>>());
+    assert_eq!(from_carol, (100..150).collect::<Vec<u8>>());
+    // One node sent everything (it held the destination's lease); the other sent nothing.
+    // (A sender counts a batch once b has answered it, which may come just after bob has it.)
+    let counts = || -> Vec<u64> {
+        nodes
+            .iter()
+            .map(|(_, s)| s.state().federation().unwrap().relayed())
+            .collect()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while counts().iter().sum::<u64>() < 100 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("relay counts {:?}", counts()));
+    let relayed = counts();
+    relayed
+        .iter()
+        .for_each(|n| assert!(*n == 0 || *n == 100, "{relayed:?}"));
+    assert_eq!(relayed.iter().sum::<u64>(), 100, "{relayed:?}");
+    for (_, server) in nodes {
+        server.shutdown().await;
+    }
+    drop(db);
+}

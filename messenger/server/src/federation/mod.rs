@@ -175,6 +175,11 @@ impl Federation {
         self.peers.contains_key(domain) && !self.deny.contains(domain)
     }
 
+    /// Messages this node relayed to peers (each delivered message once).
+    pub fn relayed(&self) -> u64 {
+        self.relayed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Takes `n` of `user`'s lookups about users of other servers.
     pub fn check_lookup(&self, user: &str, n: u32) -> Result<(), Status> {
         check(
