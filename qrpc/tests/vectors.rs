@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use bytes::Bytes;
-use qrpc::fuzzing::{FrameError, PushFrame, RequestFrame, ResponseFrame};
+use qrpc::fuzzing::{CallExtension, FrameError, PushFrame, RequestFrame, ResponseFrame};
 use serde_json::Value;
 
 fn vectors() -> Value {
@@ -70,7 +70,7 @@ fn valid_frames_decode_to_their_fields_and_encode_to_their_bytes() {
         assert_eq!(frame.to_bytes().as_ref(), bytes.as_slice(), "{v}");
         checked += 1;
     }
-    assert_eq!(checked, 10);
+    assert_eq!(checked, 12);
 }
 
 #[test]
@@ -97,4 +97,35 @@ fn invalid_frames_are_refused_with_the_named_error() {
         checked += 1;
     }
     assert_eq!(checked, 8);
+}
+
+#[test]
+fn call_extensions_decode_to_their_fields_and_encode_to_their_bytes() {
+    let all = vectors();
+    let mut checked = 0;
+    for v in all["call_extension"].as_array().unwrap() {
+        let bytes = hex(v["payload"].as_str().unwrap());
+        let ext = CallExtension::decode(&bytes).unwrap();
+        assert_eq!(u64::from(ext.version), num(v, "version"), "{v}");
+        assert_eq!(
+            ext.timeout.map(|t| u64::try_from(t.as_micros()).unwrap()),
+            v["timeout_us"].as_u64(),
+            "{v}"
+        );
+        let entries = v["metadata"].as_array().unwrap();
+        assert_eq!(ext.metadata.len(), entries.len(), "{v}");
+        for entry in entries {
+            let key = entry[0].as_str().unwrap();
+            let value = hex(entry[1].as_str().unwrap());
+            let stored: Vec<u8> = if key.ends_with("-bin") {
+                ext.metadata.get_bin(key).unwrap().to_vec()
+            } else {
+                ext.metadata.get(key).unwrap().as_bytes().to_vec()
+            };
+            assert_eq!(stored, value, "{v}");
+        }
+        assert_eq!(ext.encode().unwrap().as_ref(), bytes.as_slice(), "{v}");
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
 }

@@ -6,6 +6,8 @@ import { test } from "node:test";
 
 import {
   FrameError,
+  decodeCallExtension,
+  encodeCallExtension,
   FrameReader,
   decodePush,
   decodeRequest,
@@ -22,6 +24,7 @@ interface Vectors {
   response: { name: string; status: number; request_id: number; payload: string; bytes: string }[];
   push: { name: string; event_type: number; payload: string; bytes: string }[];
   invalid: { name: string; kind: "request" | "response" | "push"; bytes: string; max_payload: number; error: FrameErrorKind }[];
+  call_extension: { name: string; payload: string; version: number; timeout_us: number | null; metadata: [string, string][] }[];
 }
 
 const vectors = JSON.parse(
@@ -41,7 +44,7 @@ function toHex(bytes: Uint8Array): string {
 }
 
 test("request frames decode to their fields and encode to their bytes", () => {
-  assert.equal(vectors.request.length, 4);
+  assert.equal(vectors.request.length, 5);
   for (const v of vectors.request) {
     const frame = decodeRequest(hex(v.bytes), vectors.default_max_payload);
     assert.equal(frame.methodId, v.method_id, v.name);
@@ -52,7 +55,7 @@ test("request frames decode to their fields and encode to their bytes", () => {
 });
 
 test("response frames decode to their fields and encode to their bytes", () => {
-  assert.equal(vectors.response.length, 4);
+  assert.equal(vectors.response.length, 5);
   for (const v of vectors.response) {
     const frame = decodeResponse(hex(v.bytes), vectors.default_max_payload);
     assert.equal(frame.status, v.status, v.name);
@@ -129,4 +132,19 @@ test("a stream that ends inside a frame is truncated", () => {
     () => reader.finish(),
     (e: unknown) => e instanceof FrameError && e.kind === "truncated",
   );
+});
+
+test("call extensions decode to their fields and encode to their bytes", () => {
+  assert.equal(vectors.call_extension.length, 4);
+  for (const v of vectors.call_extension) {
+    const ext = decodeCallExtension(hex(v.payload));
+    assert.equal(ext.version, v.version, v.name);
+    assert.equal(ext.timeoutUs, v.timeout_us === null ? undefined : BigInt(v.timeout_us), v.name);
+    assert.deepEqual(
+      ext.metadata.map(([k, value]) => [k, toHex(value)]),
+      v.metadata,
+      v.name,
+    );
+    assert.equal(toHex(encodeCallExtension(ext)), v.payload, v.name);
+  }
 });
