@@ -559,9 +559,15 @@ mod tests {
         assert_eq!(p("hello there"), Command::Say("hello there".into()));
         assert_eq!(p("//not a command"), Command::Say("/not a command".into()));
         assert_eq!(p("/dm bob"), Command::Dm("bob".into()));
+        // Users of other servers are named with their server's domain.
+        assert_eq!(p("/dm bob@b.example"), Command::Dm("bob@b.example".into()));
         assert_eq!(
             p("/group create team alice bob"),
             Command::GroupCreate("team".into(), vec!["alice".into(), "bob".into()])
+        );
+        assert_eq!(
+            p("/group create team bob@b.example carol"),
+            Command::GroupCreate("team".into(), vec!["bob@b.example".into(), "carol".into()])
         );
         assert_eq!(
             p("/reply a1b2c3 sure, why not"),

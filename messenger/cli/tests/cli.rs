@@ -45,6 +45,27 @@ fn qpq_demo_runs_with_no_arguments_and_tells_the_story() {
     assert!(a < b, "{text}");
 }
 
+#[test]
+fn qpq_demo_federated_shows_two_servers_delivering_to_each_other() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qpq"))
+        .args(["demo", "--federated"])
+        .env_remove("QPQ_CLI_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "bob has \"Hello bob, from another server!\" from alice@a.demo.test/laptop",
+        "alice has \"Hi alice! Federation works.\" from bob@b.demo.test/phone",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
 async fn run(session: &mut Session, line: &str) -> Result<Output, CommandError> {
     let mut ask = |_: &str| Ok(Zeroizing::new("pw".to_owned()));
     let mut progress = |_| {};
