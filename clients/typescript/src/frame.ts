@@ -133,44 +133,48 @@ function decodeExact<F>(shape: Shape<F>, bytes: Uint8Array, maxPayload: number):
   return shape.build(header, bytes.slice(shape.headerLen));
 }
 
+/** Writes a frame: its header fields (after checking their ranges), then the payload. */
+function encodeWith(
+  headerLen: number,
+  payload: Uint8Array,
+  header: (v: DataView) => void,
+): Uint8Array {
+  checkUint(payload.length, 32, "payload length");
+  const out = new Uint8Array(headerLen + payload.length);
+  header(view(out));
+  out.set(payload, headerLen);
+  return out;
+}
+
 /** Encodes a request frame. */
 export function encodeRequest(frame: RequestFrame): Uint8Array {
   checkUint(frame.methodId, 16, "methodId");
   checkUint(frame.requestId, 32, "requestId");
-  checkUint(frame.payload.length, 32, "payload length");
-  const out = new Uint8Array(REQUEST_HEADER_LEN + frame.payload.length);
-  const v = view(out);
-  v.setUint16(0, frame.methodId);
-  v.setUint32(2, frame.requestId);
-  v.setUint32(6, frame.payload.length);
-  out.set(frame.payload, REQUEST_HEADER_LEN);
-  return out;
+  return encodeWith(REQUEST_HEADER_LEN, frame.payload, (v) => {
+    v.setUint16(0, frame.methodId);
+    v.setUint32(2, frame.requestId);
+    v.setUint32(6, frame.payload.length);
+  });
 }
 
 /** Encodes a response frame. */
 export function encodeResponse(frame: ResponseFrame): Uint8Array {
   checkUint(frame.status, 8, "status");
   checkUint(frame.requestId, 32, "requestId");
-  checkUint(frame.payload.length, 32, "payload length");
-  const out = new Uint8Array(RESPONSE_HEADER_LEN + frame.payload.length);
-  const v = view(out);
-  v.setUint8(0, frame.status);
-  v.setUint32(1, frame.requestId);
-  v.setUint32(5, frame.payload.length);
-  out.set(frame.payload, RESPONSE_HEADER_LEN);
-  return out;
+  return encodeWith(RESPONSE_HEADER_LEN, frame.payload, (v) => {
+    v.setUint8(0, frame.status);
+    v.setUint32(1, frame.requestId);
+    v.setUint32(5, frame.payload.length);
+  });
 }
 
 /** Encodes a push frame. */
 export function encodePush(frame: PushFrame): Uint8Array {
   checkUint(frame.eventType, 16, "eventType");
-  checkUint(frame.payload.length, 32, "payload length");
-  const out = new Uint8Array(PUSH_HEADER_LEN + frame.payload.length);
-  const v = view(out);
-  v.setUint16(0, frame.eventType);
-  v.setUint32(2, frame.payload.length);
-  out.set(frame.payload, PUSH_HEADER_LEN);
-  return out;
+  return encodeWith(PUSH_HEADER_LEN, frame.payload, (v) => {
+    v.setUint16(0, frame.eventType);
+    v.setUint32(2, frame.payload.length);
+  });
 }
 
 /** Decodes exactly one request frame (no more, no less). */

@@ -11,19 +11,26 @@ use qpq_cli::session::{CommandError, Output, Session};
 use qpq_sdk::ClientEvent;
 use zeroize::Zeroizing;
 
-#[test]
-fn qpq_demo_runs_with_no_arguments_and_tells_the_story() {
+/// Runs `qpq demo` with `args`; its transcript, once it succeeded.
+fn demo(args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qpq"))
         .arg("demo")
+        .args(args)
         .env_remove("QPQ_CLI_CONFIG")
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+#[test]
+fn qpq_demo_runs_with_no_arguments_and_tells_the_story() {
+    let text = demo(&[]);
     for expected in [
         "alice → bob: \"Hi Bob! Lunch today?\"",
         "[queued → sending → sent]",
@@ -47,17 +54,7 @@ fn qpq_demo_runs_with_no_arguments_and_tells_the_story() {
 
 #[test]
 fn qpq_demo_federated_shows_two_servers_delivering_to_each_other() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qpq"))
-        .args(["demo", "--federated"])
-        .env_remove("QPQ_CLI_CONFIG")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = demo(&["--federated"]);
     for expected in [
         "bob has \"Hello bob, from another server!\" from alice@a.demo.test/laptop",
         "alice has \"Hi alice! Federation works.\" from bob@b.demo.test/phone",
