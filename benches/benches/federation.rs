@@ -30,11 +30,7 @@ async fn pair() -> Pair {
         let cert = qrpc::tls::SelfSigned::generate(&[domain]).unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert.cert_pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), cert.key_pem().as_bytes()).unwrap();
-        let pin: String = qrpc::tls::key_fingerprint(cert.cert())
-            .unwrap()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let pin = qpq_server::util::hex(&qrpc::tls::key_fingerprint(cert.cert()).unwrap());
         let addr = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

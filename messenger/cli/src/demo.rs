@@ -443,10 +443,7 @@ async fn federated_script(
         say(format!(
             "  {name} at {} · federation key pin {}…",
             e.server.addr,
-            e.server.key_pin[..8]
-                .iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<String>()
+            qpq_server::util::hex(&e.server.key_pin[..8])
         ))?;
     }
     say("  each lists the other by its key pin; they talk over QUIC with ALPN qpq-fed/1 and mutual TLS".into())?;

@@ -36,10 +36,7 @@ impl Embedded {
             std::fs::write(&cert_path, cert.cert_pem())?;
             qpq_core::files::private_file(&key_path)?;
             std::fs::write(&key_path, cert.key_pem().as_bytes())?;
-            let pin: String = qrpc::tls::key_fingerprint(cert.cert())?
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let pin = qpq_server::util::hex(&qrpc::tls::key_fingerprint(cert.cert())?);
             // A free port now, for the other server to list (the OS hands out another one
             // to the next asker).
             let addr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;

@@ -15,11 +15,11 @@ use qrpc::Status;
 
 use crate::config::Limits;
 
-fn per_second(n: u32) -> Quota {
+pub(crate) fn per_second(n: u32) -> Quota {
     Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
 }
 
-fn per_minute(n: u32) -> Quota {
+pub(crate) fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
 }
 
@@ -101,22 +101,7 @@ impl Limiters {
         n: u32,
         what: &str,
     ) -> Result<(), Status> {
-        let Some(n) = NonZeroU32::new(n) else {
-            return Ok(());
-        };
-        match limiter.check_key_n(key, n) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => {
-                let wait = not_until.wait_time_from(self.clock.now());
-                Err(Status::resource_exhausted(format!(
-                    "rate limit: too many {what}; retry in {} ms",
-                    wait.as_millis().max(1)
-                )))
-            }
-            Err(_) => Err(Status::resource_exhausted(format!(
-                "rate limit: more {what} in one call than the limit allows at once"
-            ))),
-        }
+        check_with(&self.clock, limiter, key, n, what)
     }
 
     /// Forgets keys whose buckets are full again (idle), so distinct keys do not grow memory.
@@ -147,5 +132,32 @@ impl Limiters {
             + self.logins_per_account.len()
             + self.resumes_per_ip.len()
             + self.typing_per_user.len()
+    }
+}
+
+/// Takes `n` cells from `key`'s bucket, or refuses with `ResourceExhausted` naming `what`
+/// and when to retry. Nothing is taken when refused.
+pub(crate) fn check_with<K: Hash + Eq + Clone>(
+    clock: &DefaultClock,
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+    n: u32,
+    what: &str,
+) -> Result<(), Status> {
+    let Some(n) = NonZeroU32::new(n) else {
+        return Ok(());
+    };
+    match limiter.check_key_n(key, n) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(not_until)) => {
+            let wait = not_until.wait_time_from(clock.now());
+            Err(Status::resource_exhausted(format!(
+                "rate limit: too many {what}; retry in {} ms",
+                wait.as_millis().max(1)
+            )))
+        }
+        Err(_) => Err(Status::resource_exhausted(format!(
+            "rate limit: more {what} in one call than the limit allows at once"
+        ))),
     }
 }

@@ -150,7 +150,7 @@ impl Federation {
             if !seen.insert(peer.domain.as_str()) {
                 return invalid(format!("peers: \"{}\" is listed twice", peer.domain));
             }
-            let Some(pin) = parse_pin(&peer.key_pin) else {
+            let Ok(pin) = qrpc::tls::parse_fingerprint(&peer.key_pin) else {
                 return invalid(format!(
                     "peers: the key_pin of \"{}\" must be 64 hex digits",
                     peer.domain
@@ -189,20 +189,6 @@ impl Federation {
         }
         Ok(())
     }
-}
-
-/// A key pin written as 64 hex digits (colons allowed between bytes).
-pub fn parse_pin(text: &str) -> Option<[u8; 32]> {
-    let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
-    if digits.len() != 64 {
-        return None;
-    }
-    let mut pin = [0u8; 32];
-    for (i, pair) in digits.chunks(2).enumerate() {
-        let pair = std::str::from_utf8(pair).ok()?;
-        pin[i] = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(pin)
 }
 
 /// The log line format.

@@ -3,11 +3,14 @@
 //! (`.ci/run` sets both); without them each test says it is skipped.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::next;
 use qpq_sdk::{ClientEvent, ClientLimits, ConnectionState, InvitationPolicy, QpqClient};
 use qpq_server::store::TestDatabase;
 use tokio::sync::broadcast;
@@ -155,29 +158,6 @@ fn client(node: &Node, fallback: &[&Node], dir: &std::path::Path) -> QpqClient {
         })
         .build()
         .unwrap()
-}
-
-async fn next<T>(
-    events: &mut broadcast::Receiver<ClientEvent>,
-    within: Duration,
-    mut pick: impl FnMut(ClientEvent) -> Option<T>,
-) -> T {
-    let wait = async {
-        loop {
-            match events.recv().await {
-                Ok(e) => {
-                    if let Some(t) = pick(e) {
-                        return t;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("event stream ended: {e}"),
-            }
-        }
-    };
-    tokio::time::timeout(within, wait)
-        .await
-        .expect("no such event in time")
 }
 
 async fn received(events: &mut broadcast::Receiver<ClientEvent>, body: &str) {

@@ -9,6 +9,8 @@
 //! `QPQ_TEST_FEDERATION_OUTAGE_SECS` (default 10).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -17,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use common::next;
 use qpq_sdk::{ClientEvent, ClientLimits, InvitationPolicy, QpqClient, SendState};
 use tokio::sync::broadcast;
 
@@ -213,10 +216,6 @@ impl Drop for Server {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The network, its servers' identities, and the servers running now.
 struct Federation {
     net: Net,
@@ -283,7 +282,7 @@ impl Federation {
             toml.push_str(&format!(
                 "[[federation.peers]]\ndomain = \"{}\"\nkey_pin = \"{}\"\n",
                 p.domain,
-                hex(&p.key_pin)
+                qpq_server::util::hex(&p.key_pin)
             ));
         }
         let path = site.dir.path().join("server.toml");
@@ -358,29 +357,6 @@ impl Federation {
         client.login(user, "dev", "pw").await.unwrap();
         (client, events)
     }
-}
-
-async fn next<T>(
-    events: &mut broadcast::Receiver<ClientEvent>,
-    within: Duration,
-    mut pick: impl FnMut(ClientEvent) -> Option<T>,
-) -> T {
-    let wait = async {
-        loop {
-            match events.recv().await {
-                Ok(e) => {
-                    if let Some(t) = pick(e) {
-                        return t;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("event stream ended: {e}"),
-            }
-        }
-    };
-    tokio::time::timeout(within, wait)
-        .await
-        .expect("no such event in time")
 }
 
 /// Waits for a conversation to reach this client.

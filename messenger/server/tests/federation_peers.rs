@@ -37,8 +37,7 @@ impl Identity {
     }
 
     fn pin(&self) -> String {
-        let pin = qrpc::tls::key_fingerprint(self.cert.cert()).unwrap();
-        pin.iter().map(|b| format!("{b:02x}")).collect()
+        qpq_server::util::hex(&qrpc::tls::key_fingerprint(self.cert.cert()).unwrap())
     }
 
     fn server_tls(&self) -> ServerTls {

@@ -61,6 +61,17 @@ pub(crate) fn device_name(keys: &Keys, user: &str, device: &str) -> SdkResult<De
         .map_err(|_| SdkError::InvalidArgument(format!("{user}/{device}: not a valid device name")))
 }
 
+/// An alarm about `domain`'s log: one about another server's log (`remote`) names it.
+fn log_alarm(domain: &str, remote: bool) -> impl Fn(String) -> KtFail + Copy + '_ {
+    move |reason| {
+        KtFail::Alarm(if remote {
+            format!("{domain}'s log: {reason}")
+        } else {
+            reason
+        })
+    }
+}
+
 /// Why a key answer was not accepted.
 pub(crate) enum KtFail {
     /// The log did not check out: an alarm for the user.
@@ -239,14 +250,7 @@ impl Inner {
         use qpq_core::kt::{ConsistencyProof, Cosignature, LogMonitor, SignedTreeHead};
         let home = self.domain().ok_or(KtFail::Other(SdkError::NotLoggedIn))?;
         let remote = domain != home;
-        // An alarm about another server's log names it.
-        let alarm = |reason: String| {
-            KtFail::Alarm(if remote {
-                format!("{domain}'s log: {reason}")
-            } else {
-                reason
-            })
-        };
+        let alarm = log_alarm(domain, remote);
         if remote && self.store.kt().map_err(KtFail::Other)?.is_none() {
             // The home log's key checks the witness's cosignature: pinned first.
             Box::pin(self.kt_sync(keys, &home)).await?;
@@ -381,13 +385,7 @@ impl Inner {
         use qpq_core::kt::{ConsistencyProof, SignedTreeHead};
         let home = self.domain().ok_or(KtFail::Other(SdkError::NotLoggedIn))?;
         let remote = domain != home;
-        let alarm = |reason: String| {
-            KtFail::Alarm(if remote {
-                format!("{domain}'s log: {reason}")
-            } else {
-                reason
-            })
-        };
+        let alarm = log_alarm(domain, remote);
         for _ in 0..3 {
             let latest = self.kt_sync(keys, domain).await?;
             if latest.tree_size() == head.tree_size {

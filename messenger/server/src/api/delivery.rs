@@ -74,14 +74,10 @@ impl<S: Store> Api<S> {
         if let Some(domain) = &target.domain {
             recipient.user = format!("{}@{domain}", recipient.user);
         }
-        validate::exact_len("message_id", &request.message_id, 16)?;
-        if request.payload.is_empty() {
-            return Err(Status::invalid_argument("payload: must not be empty"));
-        }
-        validate::max_len(
-            "payload",
-            request.payload.len(),
-            self.state.limits.max_message_bytes as usize,
+        validate::message(
+            &request.message_id,
+            &request.payload,
+            self.state.limits.max_message_bytes,
         )?;
         Ok(NewMessage {
             recipient,

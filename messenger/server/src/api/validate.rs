@@ -80,6 +80,16 @@ pub fn target(
     })
 }
 
+/// A queued message's id (16 bytes) and payload (not empty, at most `max_bytes`), whether a
+/// local user enqueues it or a peer server relays it.
+pub fn message(message_id: &[u8], payload: &[u8], max_bytes: u32) -> Result<(), Status> {
+    exact_len("message_id", message_id, 16)?;
+    if payload.is_empty() {
+        return Err(Status::invalid_argument("payload: must not be empty"));
+    }
+    max_len("payload", payload.len(), max_bytes as usize)
+}
+
 /// A byte field of an exact length.
 pub fn exact_len(field: &str, bytes: &[u8], len: usize) -> Result<(), Status> {
     if bytes.len() == len {

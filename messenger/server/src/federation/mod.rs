@@ -21,15 +21,16 @@ pub(crate) mod service;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::DefaultClock;
+use governor::{DefaultKeyedRateLimiter, RateLimiter};
 use qpq_proto::v1::federation_client::FederationClient;
 use qrpc::Status;
 use qrpc::tls::{ClientAuth, ClientTls, ServerTls};
 
+use crate::abuse::{per_minute, per_second};
 use crate::config;
 use crate::util::lock;
 
@@ -78,6 +79,7 @@ pub struct Federation {
     pub(crate) node: String,
     /// Wakes the relay sender (a message entered the outbox, or a peer came back).
     pub(crate) wake: tokio::sync::Notify,
+    clock: DefaultClock,
     calls_per_peer: DefaultKeyedRateLimiter<String>,
     pub(crate) messages_per_peer: DefaultKeyedRateLimiter<String>,
     pub(crate) key_packages_per_peer_and_user: DefaultKeyedRateLimiter<(String, String)>,
@@ -100,13 +102,6 @@ impl std::fmt::Debug for Federation {
     }
 }
 
-fn quota(n: u32, per: Duration) -> Quota {
-    let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-    Quota::with_period(per / n.get())
-        .unwrap_or_else(|| Quota::per_second(n))
-        .allow_burst(n)
-}
-
 impl Federation {
     /// Federation for `domain` with `config`, presenting `tls`'s certificate to peers.
     pub fn new(
@@ -119,8 +114,8 @@ impl Federation {
         let mut by_pin = HashMap::new();
         let mut overrides = HashMap::new();
         for peer in &config.peers {
-            let pin = config::parse_pin(&peer.key_pin)
-                .ok_or_else(|| format!("federation peer {}: bad key_pin", peer.domain))?;
+            let pin = qrpc::tls::parse_fingerprint(&peer.key_pin)
+                .map_err(|_| format!("federation peer {}: bad key_pin", peer.domain))?;
             by_pin.insert(pin, peer.domain.clone());
             if let Some(addr) = peer.address {
                 overrides.insert(peer.domain.clone(), addr);
@@ -139,25 +134,17 @@ impl Federation {
             sending: Mutex::new(HashSet::new()),
             node,
             wake: tokio::sync::Notify::new(),
-            calls_per_peer: RateLimiter::keyed(quota(
-                config.calls_per_second_per_peer,
-                Duration::from_secs(1),
-            )),
-            messages_per_peer: RateLimiter::keyed(quota(
-                config.messages_per_second_per_peer,
-                Duration::from_secs(1),
-            )),
-            key_packages_per_peer_and_user: RateLimiter::keyed(quota(
+            clock: DefaultClock::default(),
+            calls_per_peer: RateLimiter::keyed(per_second(config.calls_per_second_per_peer)),
+            messages_per_peer: RateLimiter::keyed(per_second(config.messages_per_second_per_peer)),
+            key_packages_per_peer_and_user: RateLimiter::keyed(per_minute(
                 config.key_package_fetches_per_minute_per_peer_and_user,
-                Duration::from_secs(60),
             )),
-            strangers_per_peer_and_user: RateLimiter::keyed(quota(
+            strangers_per_peer_and_user: RateLimiter::keyed(per_minute(
                 config.stranger_messages_per_minute_per_peer_and_user,
-                Duration::from_secs(60),
             )),
-            lookups_per_user: RateLimiter::keyed(quota(
+            lookups_per_user: RateLimiter::keyed(per_minute(
                 config.remote_lookups_per_minute_per_user,
-                Duration::from_secs(60),
             )),
             woken: Mutex::new(HashMap::new()),
             relayed: std::sync::atomic::AtomicU64::new(0),
@@ -180,9 +167,21 @@ impl Federation {
         self.relayed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Takes `n` cells of `key`'s bucket in `limiter` (one of this value's), as the
+    /// server's other limits do.
+    pub(crate) fn check<K: std::hash::Hash + Eq + Clone>(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<K>,
+        key: &K,
+        n: u32,
+        what: &str,
+    ) -> Result<(), Status> {
+        crate::abuse::check_with(&self.clock, limiter, key, n, what)
+    }
+
     /// Takes `n` of `user`'s lookups about users of other servers.
     pub fn check_lookup(&self, user: &str, n: u32) -> Result<(), Status> {
-        check(
+        self.check(
             &self.lookups_per_user,
             &user.to_owned(),
             n,
@@ -233,7 +232,12 @@ impl Federation {
             )));
         }
         if lookup {
-            check(&self.calls_per_peer, domain, 1, "federation calls")?;
+            self.check(
+                &self.calls_per_peer,
+                domain,
+                1,
+                "federation calls from your server",
+            )?;
         }
         Ok(domain.clone())
     }
@@ -321,23 +325,5 @@ impl Federation {
     /// Where `domain` is now (for logs and `qpq-server` diagnostics).
     pub async fn locate(&self, domain: &str) -> Result<Vec<SocketAddr>, String> {
         self.discovery.locate(domain).await
-    }
-}
-
-/// Takes `n` cells of `key`'s bucket in `limiter`.
-pub(crate) fn check<K: std::hash::Hash + Eq + Clone>(
-    limiter: &DefaultKeyedRateLimiter<K>,
-    key: &K,
-    n: u32,
-    what: &str,
-) -> Result<(), Status> {
-    let Some(n) = NonZeroU32::new(n) else {
-        return Ok(());
-    };
-    match limiter.check_key_n(key, n) {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(Status::resource_exhausted(format!(
-            "rate limit: too many {what} from your server"
-        ))),
     }
 }

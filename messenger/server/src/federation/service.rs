@@ -7,7 +7,6 @@ use qpq_proto::v1::{self, federation_server::Federation as FederationService};
 use qrpc::{RequestContext, Status};
 
 use crate::api::{Api, validate};
-use crate::federation::check;
 use crate::store::{NewMessage, Store};
 
 /// Messages one relay batch may carry.
@@ -36,14 +35,10 @@ impl<S: Store> Api<S> {
         let recipient = validate::device_ref(m.recipient.as_ref())?;
         validate::user(&m.sender_user)?;
         validate::device(&m.sender_device)?;
-        validate::exact_len("message_id", &m.message_id, 16)?;
-        if m.payload.is_empty() {
-            return Err(Status::invalid_argument("payload: must not be empty"));
-        }
-        validate::max_len(
-            "payload",
-            m.payload.len(),
-            self.state.limits.max_message_bytes as usize,
+        validate::message(
+            &m.message_id,
+            &m.payload,
+            self.state.limits.max_message_bytes,
         )?;
         Ok(NewMessage {
             recipient,
@@ -63,11 +58,11 @@ impl<S: Store> Api<S> {
         messages: &[v1::RelayedMessage],
     ) -> Result<Vec<v1::EnqueueResponse>, Status> {
         let fed = self.federation()?;
-        check(
+        fed.check(
             &fed.messages_per_peer,
             &origin.to_owned(),
             u32::try_from(messages.len()).unwrap_or(u32::MAX),
-            "relayed messages",
+            "relayed messages from your server",
         )?;
         // A malformed message is refused alone (with why), not with the batch around it.
         let mut refused: Vec<Option<v1::EnqueueResponse>> = vec![None; messages.len()];
@@ -127,11 +122,11 @@ impl<S: Store> Api<S> {
                         )
                     })
                     .and_then(|()| {
-                        check(
+                        fed.check(
                             &fed.strangers_per_peer_and_user,
                             &(origin.to_owned(), m.recipient.user.clone()),
                             u32::from(m.stranger),
-                            "messages from strangers to this user",
+                            "messages from strangers to this user from your server",
                         )
                     })
                     .map_err(|status| status.message().to_owned()),
@@ -239,11 +234,11 @@ impl<S: Store> FederationService for Api<S> {
         let fed = self.federation()?;
         // However the origin spreads its requests over its users, it drains one local
         // user's packages no faster than this.
-        check(
+        fed.check(
             &fed.key_packages_per_peer_and_user,
             &(origin.clone(), device.user.clone()),
             1,
-            "key-package fetches for this user",
+            "key-package fetches for this user from your server",
         )?;
         self.take_key_package_for(&format!("{}@{origin}", request.requester), device)
             .await

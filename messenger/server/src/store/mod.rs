@@ -256,6 +256,20 @@ pub struct Enqueued {
     pub duplicate: bool,
 }
 
+impl Enqueued {
+    /// A message already in the relay outbox, or already relayed here: it has no queue
+    /// position.
+    pub const SEEN: Self = Self {
+        seq: 0,
+        duplicate: true,
+    };
+    /// A message put in the relay outbox (no queue here, so no position).
+    pub const IN_OUTBOX: Self = Self {
+        seq: 0,
+        duplicate: false,
+    };
+}
+
 /// A queue's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueDepth {
@@ -312,6 +326,73 @@ pub struct OutboxMessage {
     pub message_id: Vec<u8>,
     /// The sealed envelope.
     pub payload: Vec<u8>,
+}
+
+/// What the relay outbox holds per destination and per (destination, sending user), read
+/// once per call and kept up to date as the call's messages go in: a batch costs one count per
+/// destination and sender, not one per message.
+#[derive(Debug, Default)]
+pub(crate) struct OutboxTally {
+    destinations: std::collections::HashMap<String, u64>,
+    senders: std::collections::HashMap<(String, String), (u64, u64)>,
+}
+
+impl OutboxTally {
+    /// Whether the messages waiting for `m`'s destination are still to be counted.
+    pub(crate) fn needs_destination(&self, m: &OutboxMessage) -> bool {
+        !self.destinations.contains_key(&m.destination)
+    }
+
+    /// Whether the messages and bytes `m`'s sender has waiting there are still to be counted.
+    pub(crate) fn needs_sender(&self, m: &OutboxMessage) -> bool {
+        !self
+            .senders
+            .contains_key(&(m.destination.clone(), m.sender.user.clone()))
+    }
+
+    /// Records the count of messages waiting for `m`'s destination.
+    pub(crate) fn set_destination(&mut self, m: &OutboxMessage, waiting: u64) {
+        self.destinations.insert(m.destination.clone(), waiting);
+    }
+
+    /// Records the messages and bytes `m`'s sender has waiting for its destination.
+    pub(crate) fn set_sender(&mut self, m: &OutboxMessage, messages: u64, bytes: u64) {
+        self.senders.insert(
+            (m.destination.clone(), m.sender.user.clone()),
+            (messages, bytes),
+        );
+    }
+
+    /// Whether `m` fits: `QueueFull` for a full destination, `SenderQuota` for a sender at
+    /// its share.
+    pub(crate) fn check(&self, m: &OutboxMessage, limits: QueueLimits) -> StoreResult<()> {
+        let waiting = self.destinations.get(&m.destination).copied().unwrap_or(0);
+        if waiting >= limits.max_messages {
+            return Err(StoreError::QueueFull);
+        }
+        let (mine, bytes) = self
+            .senders
+            .get(&(m.destination.clone(), m.sender.user.clone()))
+            .copied()
+            .unwrap_or((0, 0));
+        if mine >= limits.sender_messages
+            || bytes.saturating_add(m.payload.len() as u64) > limits.sender_bytes
+        {
+            return Err(StoreError::SenderQuota { stranger: false });
+        }
+        Ok(())
+    }
+
+    /// Counts `m`, just put in the outbox.
+    pub(crate) fn add(&mut self, m: &OutboxMessage) {
+        *self.destinations.entry(m.destination.clone()).or_default() += 1;
+        let sender = self
+            .senders
+            .entry((m.destination.clone(), m.sender.user.clone()))
+            .or_default();
+        sender.0 += 1;
+        sender.1 = sender.1.saturating_add(m.payload.len() as u64);
+    }
 }
 
 /// An outbox row claimed for sending.

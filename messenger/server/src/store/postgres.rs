@@ -1504,6 +1504,7 @@ impl Store for PostgresStore {
     ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
         transaction!(self, |tx| async {
             let mut results = Vec::with_capacity(messages.len());
+            let mut tally = OutboxTally::default();
             for m in &messages {
                 // Checks first, writes last: a refused message wrote nothing.
                 if !user_exists_in(&tx, &m.sender.user).await? {
@@ -1526,35 +1527,32 @@ impl Store for PostgresStore {
                 )
                 .await?;
                 if duplicate {
-                    results.push(Ok(Enqueued {
-                        seq: 0,
-                        duplicate: true,
-                    }));
+                    results.push(Ok(Enqueued::SEEN));
                     continue;
                 }
-                let waiting: i64 = query_opt(
-                    &tx,
-                    "SELECT COUNT(*) FROM relay_outbox WHERE destination = $1",
-                    &[&m.destination],
-                )
-                .await?
-                .map_or(0, |r| r.get(0));
-                if u(waiting) >= limits.max_messages {
-                    results.push(Err(StoreError::QueueFull));
-                    continue;
+                if tally.needs_destination(m) {
+                    let waiting: i64 = query_opt(
+                        &tx,
+                        "SELECT COUNT(*) FROM relay_outbox WHERE destination = $1",
+                        &[&m.destination],
+                    )
+                    .await?
+                    .map_or(0, |r| r.get(0));
+                    tally.set_destination(m, u(waiting));
                 }
-                let (mine, my_bytes): (i64, i64) = query_opt(
-                    &tx,
-                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0)::BIGINT FROM relay_outbox
-                     WHERE destination = $1 AND sender_user = $2",
-                    &[&m.destination, &m.sender.user],
-                )
-                .await?
-                .map_or((0, 0), |r| (r.get(0), r.get(1)));
-                if u(mine) >= limits.sender_messages
-                    || u(my_bytes).saturating_add(m.payload.len() as u64) > limits.sender_bytes
-                {
-                    results.push(Err(StoreError::SenderQuota { stranger: false }));
+                if tally.needs_sender(m) {
+                    let (mine, my_bytes): (i64, i64) = query_opt(
+                        &tx,
+                        "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0)::BIGINT
+                         FROM relay_outbox WHERE destination = $1 AND sender_user = $2",
+                        &[&m.destination, &m.sender.user],
+                    )
+                    .await?
+                    .map_or((0, 0), |r| (r.get(0), r.get(1)));
+                    tally.set_sender(m, u(mine), u(my_bytes));
+                }
+                if let Err(refused) = tally.check(m, limits) {
+                    results.push(Err(refused));
                     continue;
                 }
                 let inserted = execute(
@@ -1576,10 +1574,7 @@ impl Store for PostgresStore {
                 .await
                 .map_err(pg)?;
                 if inserted == 0 {
-                    results.push(Ok(Enqueued {
-                        seq: 0,
-                        duplicate: true,
-                    }));
+                    results.push(Ok(Enqueued::SEEN));
                     continue;
                 }
                 execute(
@@ -1592,10 +1587,8 @@ impl Store for PostgresStore {
                 )
                 .await
                 .map_err(pg)?;
-                results.push(Ok(Enqueued {
-                    seq: 0,
-                    duplicate: false,
-                }));
+                tally.add(m);
+                results.push(Ok(Enqueued::IN_OUTBOX));
             }
             Ok(results)
         }
@@ -1861,10 +1854,7 @@ impl Store for PostgresStore {
                 )
                 .await?;
                 if seen {
-                    results.push(Ok(Enqueued {
-                        seq: 0,
-                        duplicate: true,
-                    }));
+                    results.push(Ok(Enqueued::SEEN));
                     continue;
                 }
                 match enqueue_one(&tx, m, limits, now_ms).await {

@@ -300,10 +300,7 @@ fn accept_one(
         })
         .map_err(backend)?;
     if fresh == 0 {
-        return Ok(Enqueued {
-            seq: 0,
-            duplicate: true,
-        });
+        return Ok(Enqueued::SEEN);
     }
     enqueue_one(tx, m, limits, now_ms)
 }
@@ -1337,22 +1334,29 @@ impl Store for SqliteStore {
         now_ms: u64,
     ) -> StoreResult<Vec<StoreResult<Enqueued>>> {
         self.write(move |tx| {
+            let mut tally = OutboxTally::default();
             each_on_its_own(tx, &messages, |m| {
-                let waiting: i64 = tx
-                    .prepare_cached("SELECT COUNT(*) FROM relay_outbox WHERE destination = ?1")
-                    .and_then(|mut st| st.query_row([&m.destination], |r| r.get(0)))
-                    .map_err(backend)?;
-                let (mine, my_bytes): (i64, i64) = tx
-                    .prepare_cached(
-                        "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM relay_outbox
-                         WHERE destination = ?1 AND sender_user = ?2",
-                    )
-                    .and_then(|mut st| {
-                        st.query_row(params![m.destination, m.sender.user], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
+                if tally.needs_destination(m) {
+                    let waiting: i64 = tx
+                        .prepare_cached("SELECT COUNT(*) FROM relay_outbox WHERE destination = ?1")
+                        .and_then(|mut st| st.query_row([&m.destination], |r| r.get(0)))
+                        .map_err(backend)?;
+                    tally.set_destination(m, u(waiting));
+                }
+                if tally.needs_sender(m) {
+                    let (mine, my_bytes): (i64, i64) = tx
+                        .prepare_cached(
+                            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM relay_outbox
+                             WHERE destination = ?1 AND sender_user = ?2",
+                        )
+                        .and_then(|mut st| {
+                            st.query_row(params![m.destination, m.sender.user], |r| {
+                                Ok((r.get(0)?, r.get(1)?))
+                            })
                         })
-                    })
-                    .map_err(backend)?;
+                        .map_err(backend)?;
+                    tally.set_sender(m, u(mine), u(my_bytes));
+                }
                 let inserted = tx
                     .prepare_cached(
                         "INSERT OR IGNORE INTO relay_outbox (destination, sender_user, sender_device,
@@ -1373,16 +1377,10 @@ impl Store for SqliteStore {
                     })
                     .map_err(constraint_or(StoreError::NotFound))?;
                 if inserted == 0 {
-                    return Ok(Enqueued { seq: 0, duplicate: true });
+                    return Ok(Enqueued::SEEN);
                 }
-                if u(waiting) >= limits.max_messages {
-                    return Err(StoreError::QueueFull);
-                }
-                if u(mine) >= limits.sender_messages
-                    || u(my_bytes).saturating_add(m.payload.len() as u64) > limits.sender_bytes
-                {
-                    return Err(StoreError::SenderQuota { stranger: false });
-                }
+                // Refused: the savepoint takes the insert back.
+                tally.check(m, limits)?;
                 tx.prepare_cached("INSERT OR IGNORE INTO contacts (user, peer) VALUES (?1, ?2)")
                     .and_then(|mut st| {
                         st.execute(params![
@@ -1391,7 +1389,8 @@ impl Store for SqliteStore {
                         ])
                     })
                     .map_err(backend)?;
-                Ok(Enqueued { seq: 0, duplicate: false })
+                tally.add(m);
+                Ok(Enqueued::IN_OUTBOX)
             })
         })
         .await

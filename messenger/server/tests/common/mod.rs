@@ -229,3 +229,29 @@ pub async fn connect_once(h: &Harness) -> qrpc::Client {
         .await
         .unwrap()
 }
+
+/// The first of an SDK client's events that `pick` accepts, within `within` (a test that
+/// waits longer fails).
+pub async fn next<T>(
+    events: &mut tokio::sync::broadcast::Receiver<qpq_sdk::ClientEvent>,
+    within: std::time::Duration,
+    mut pick: impl FnMut(qpq_sdk::ClientEvent) -> Option<T>,
+) -> T {
+    use tokio::sync::broadcast::error::RecvError;
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Some(t) = pick(e) {
+                        return t;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(within, wait)
+        .await
+        .expect("no such event in time")
+}
