@@ -13,6 +13,7 @@ use crate::io::QuicSlot;
 use crate::metadata::Metadata;
 use crate::method::MethodInfo;
 use crate::push::{PushRegistry, PushSender};
+use crate::stream::Conn;
 
 #[derive(Default)]
 struct ConnectionData {
@@ -45,12 +46,13 @@ impl Peer {
     /// The application's handle to `quic`; `push` gets to send datagrams (events of up to
     /// `max_datagram_event` bytes) through the same slot.
     pub(crate) fn new(
-        quic: quinn::Connection,
+        conn: Conn,
         push: PushSender,
         max_datagram_event: usize,
         registry: PushRegistry,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Self {
+        let quic = conn.quic();
         let remote = quic.remote_address();
         let id = quic.stable_id() as u64;
         // Negotiated in the client's first flight, so known even for a 0-RTT connection.
@@ -59,7 +61,7 @@ impl Peer {
             .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
             .and_then(|data| data.protocol)
             .map(Vec::into_boxed_slice);
-        let slot = QuicSlot::new(quic);
+        let slot = QuicSlot::new(conn);
         let push = push.with_datagrams(slot.clone(), max_datagram_event);
         Self(Arc::new(ConnectionInner {
             quic: slot,
@@ -109,7 +111,7 @@ impl Peer {
     pub fn remote_address(&self) -> SocketAddr {
         self.0
             .quic
-            .with(quinn::Connection::remote_address)
+            .with(|conn| conn.quic().remote_address())
             .unwrap_or(self.0.remote)
     }
 
@@ -127,8 +129,9 @@ impl Peer {
     /// the server asks for client certificates ([`ServerTls::with_client_auth`](crate::tls::ServerTls::with_client_auth))
     /// and the peer sent one; `None` otherwise.
     pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
-        self.0.quic.with(|quic| {
-            quic.peer_identity()?
+        self.0.quic.with(|conn| {
+            conn.quic()
+                .peer_identity()?
                 .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                 .ok()
                 .map(|certs| *certs)
@@ -192,17 +195,12 @@ impl Peer {
 
     /// Closes the connection with an application error code and a reason for the peer.
     pub fn close(&self, code: quinn::VarInt, reason: &[u8]) {
-        self.0.quic.with(|quic| quic.close(code, reason));
+        self.0.quic.with(|conn| conn.close(code, reason));
     }
 
     /// Whether the connection has closed (never for a detached connection).
     pub fn is_closed(&self) -> bool {
-        !self.0.detached
-            && self
-                .0
-                .quic
-                .with(|quic| quic.close_reason().is_some())
-                .unwrap_or(true)
+        !self.0.detached && self.0.quic.with(Conn::is_closed).unwrap_or(true)
     }
 
     /// Completes when the connection closes, for whatever reason; never for a detached
@@ -212,8 +210,8 @@ impl Peer {
             return std::future::pending::<()>().await;
         }
         // Waiting holds a handle of its own, released when the connection closes.
-        if let Some(quic) = self.0.quic.with(quinn::Connection::clone) {
-            quic.closed().await;
+        if let Some(conn) = self.0.quic.with(Conn::clone) {
+            conn.closed().await;
         }
     }
 
@@ -234,7 +232,7 @@ impl Peer {
     pub fn rtt(&self) -> std::time::Duration {
         self.0
             .quic
-            .with(quinn::Connection::rtt)
+            .with(|conn| conn.quic().rtt())
             .unwrap_or(std::time::Duration::ZERO)
     }
 

@@ -11,6 +11,7 @@ use crate::call_state::{StreamInput, reserve_frame};
 use crate::frame::{
     FrameError, PUSH_HEADER_LEN, PushFrame, PushHeader, RequestFrame, ResponseFrame,
 };
+use crate::stream::{Conn, SendHalf, WriteFailed};
 
 /// Why reading the next frame failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,14 +91,9 @@ impl FrameReader {
     }
 }
 
-/// Writes a frame as two chunks (header, payload) so the payload is never copied.
-async fn write_frame(
-    send: &mut SendStream,
-    header: &[u8],
-    payload: &Bytes,
-) -> Result<(), quinn::WriteError> {
-    let mut chunks = [Bytes::copy_from_slice(header), payload.clone()];
-    send.write_all_chunks(&mut chunks).await
+/// A frame as two chunks (header, payload), so the payload is never copied.
+fn frame_chunks(header: &[u8], payload: &Bytes) -> [Bytes; 2] {
+    [Bytes::copy_from_slice(header), payload.clone()]
 }
 
 /// Writes request frames in one write (an extension frame and the opening frame leave in
@@ -107,7 +103,8 @@ pub(crate) async fn write_requests(
     frames: &[RequestFrame],
 ) -> Result<(), quinn::WriteError> {
     if let [frame] = frames {
-        return write_frame(send, &frame.header().encode(), &frame.payload).await;
+        let mut chunks = frame_chunks(&frame.header().encode(), &frame.payload);
+        return send.write_all_chunks(&mut chunks).await;
     }
     let mut chunks = Vec::with_capacity(frames.len() * 2);
     for frame in frames {
@@ -119,18 +116,17 @@ pub(crate) async fn write_requests(
 
 /// Writes a response frame.
 pub(crate) async fn write_response(
-    send: &mut SendStream,
+    send: &mut SendHalf,
     frame: &ResponseFrame,
-) -> Result<(), quinn::WriteError> {
-    write_frame(send, &frame.header().encode(), &frame.payload).await
+) -> Result<(), WriteFailed> {
+    let mut chunks = frame_chunks(&frame.header().encode(), &frame.payload);
+    send.write_all_chunks(&mut chunks).await
 }
 
 /// Writes a push frame.
-pub(crate) async fn write_push(
-    send: &mut SendStream,
-    frame: &PushFrame,
-) -> Result<(), quinn::WriteError> {
-    write_frame(send, &frame.header().encode(), &frame.payload).await
+pub(crate) async fn write_push(send: &mut SendHalf, frame: &PushFrame) -> Result<(), WriteFailed> {
+    let mut chunks = frame_chunks(&frame.header().encode(), &frame.payload);
+    send.write_all_chunks(&mut chunks).await
 }
 
 #[cfg(test)]
@@ -171,15 +167,15 @@ mod tests {
     }
 }
 
-/// The QUIC connection behind the handles an application may keep ([`Peer`],
-/// [`PushSender`]), emptied by the server when the connection ends.
+/// The connection (QUIC, or a WebTransport session over it) behind the handles an application
+/// may keep ([`Peer`], [`PushSender`]), emptied by the server when the connection ends.
 ///
 /// Every quinn connection handle keeps the endpoint's UDP socket open. If the handles an
 /// application holds on to (a session table, a push registry) held quinn's connection
 /// itself, a stopped server's socket would stay bound for as long as any of them lived, and
 /// a server restarted on the same address could not bind it.
 #[derive(Clone, Default)]
-pub(crate) struct QuicSlot(Arc<std::sync::RwLock<Option<quinn::Connection>>>);
+pub(crate) struct QuicSlot(Arc<std::sync::RwLock<Option<Conn>>>);
 
 impl fmt::Debug for QuicSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -189,7 +185,7 @@ impl fmt::Debug for QuicSlot {
 }
 
 impl QuicSlot {
-    pub(crate) fn new(conn: quinn::Connection) -> Self {
+    pub(crate) fn new(conn: Conn) -> Self {
         Self(Arc::new(std::sync::RwLock::new(Some(conn))))
     }
 
@@ -200,7 +196,7 @@ impl QuicSlot {
     }
 
     /// Runs `f` on the connection while it lasts; `None` once it ended (or when detached).
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&quinn::Connection) -> R) -> Option<R> {
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&Conn) -> R) -> Option<R> {
         let guard = self
             .0
             .read()

@@ -96,10 +96,13 @@ mod request;
 mod routes;
 mod server;
 mod status;
+mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
 mod transport;
+#[cfg(feature = "webtransport")]
+pub mod webtransport;
 
 pub use body::{
     MessageStream, RequestBody, ResponseBody, ResponseStream, ServerRequest, ServerResponse,

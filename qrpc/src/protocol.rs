@@ -7,6 +7,10 @@ pub use quinn::VarInt;
 /// The default ALPN protocol id of qrpc version 1.
 pub const DEFAULT_ALPN: &[u8] = b"qrpc/1";
 
+/// The ALPN protocol id of HTTP/3, which browsers offer for WebTransport: a server with
+/// WebTransport enabled (feature `webtransport`) serves the same calls to sessions of it.
+pub const H3_ALPN: &[u8] = b"h3";
+
 /// Application error codes carried by `RESET_STREAM` and `STOP_SENDING` for one call.
 ///
 /// A stream reset ends that call only, never the connection.

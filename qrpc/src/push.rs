@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use crate::event::PushEvent;
 use crate::frame::PushFrame;
 use crate::identity::PeerIdentity;
+use crate::stream::{Conn, DatagramSent, SendHalf};
 
 /// Why a push event was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,12 +121,10 @@ impl PushSender {
                     return None;
                 }
                 match conn.send_datagram(frame.to_bytes()) {
-                    Ok(()) => Some(Ok(UnreliableDelivery::Datagram)),
-                    Err(quinn::SendDatagramError::ConnectionLost(_)) => {
-                        Some(Err(PushError::Closed))
-                    }
+                    DatagramSent::Sent => Some(Ok(UnreliableDelivery::Datagram)),
+                    DatagramSent::Closed => Some(Err(PushError::Closed)),
                     // Unsupported, disabled or too large after all: use the stream.
-                    Err(err) => {
+                    DatagramSent::Refused(err) => {
                         tracing::debug!(%err, "datagram refused; using the push stream");
                         None
                     }
@@ -284,8 +283,8 @@ impl PushRegistry {
 
 /// Drains a connection's push queue onto its push stream until the queue closes or the
 /// connection ends.
-pub(crate) async fn run_writer(conn: quinn::Connection, mut rx: mpsc::Receiver<PushFrame>) {
-    let mut send: Option<quinn::SendStream> = None;
+pub(crate) async fn run_writer(conn: Conn, mut rx: mpsc::Receiver<PushFrame>) {
+    let mut send: Option<SendHalf> = None;
     loop {
         let frame = tokio::select! {
             frame = rx.recv() => frame,
@@ -294,7 +293,7 @@ pub(crate) async fn run_writer(conn: quinn::Connection, mut rx: mpsc::Receiver<P
         let Some(frame) = frame else { break };
         let stream = match &mut send {
             Some(stream) => stream,
-            None => match conn.open_uni().await {
+            None => match conn.open_push().await {
                 Ok(stream) => send.insert(stream),
                 Err(err) => {
                     tracing::debug!(%err, "could not open push stream");
@@ -308,7 +307,7 @@ pub(crate) async fn run_writer(conn: quinn::Connection, mut rx: mpsc::Receiver<P
         }
     }
     if let Some(mut stream) = send {
-        let _ = stream.finish();
+        stream.finish();
     }
 }
 

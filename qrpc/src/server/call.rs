@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use quinn::{RecvStream, SendStream};
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
@@ -23,6 +22,7 @@ use crate::frame::ResponseFrame;
 use crate::io::write_response;
 use crate::protocol::reset;
 use crate::status::{Code, Status};
+use crate::stream::{RecvHalf, SendHalf, WriteFailed};
 
 /// How long a finished call waits for the client to acknowledge its last bytes, so that a
 /// graceful shutdown does not cut responses short.
@@ -30,12 +30,12 @@ const ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// A call's request stream and the state machine that applies the call rules to it.
 pub(crate) struct Incoming {
-    recv: RecvStream,
+    recv: RecvHalf,
     state: ServerCallState,
 }
 
 impl Incoming {
-    fn new(recv: RecvStream, max_payload: u32) -> Self {
+    fn new(recv: RecvHalf, max_payload: u32) -> Self {
         Self {
             recv,
             state: ServerCallState::new(max_payload),
@@ -48,27 +48,26 @@ impl Incoming {
             if let Some(event) = self.state.poll() {
                 return event;
             }
-            let input = crate::io::read_input(&mut self.recv).await;
+            let input = self.recv.read_input().await;
             self.state.handle(input);
         }
     }
 
     /// Reads what is already buffered (the stream's FIN, usually) without waiting.
     fn take_end_if_ready(&mut self) {
-        if let Some(input) = crate::io::read_input(&mut self.recv).now_or_never() {
+        if let Some(input) = self.recv.read_input().now_or_never() {
             self.state.handle(input);
         }
     }
 
     fn stop(&mut self, code: quinn::VarInt) {
-        // Stopping an already finished or reset stream is not an error worth reporting.
-        let _ = self.recv.stop(code);
+        self.recv.stop(code);
     }
 }
 
 pub(super) async fn serve_call<S>(
-    mut send: SendStream,
-    recv: RecvStream,
+    mut send: SendHalf,
+    recv: RecvHalf,
     connection: Peer,
     shared: Arc<Shared>,
     service: S,
@@ -121,7 +120,7 @@ pub(super) async fn serve_call<S>(
             | RequestEvent::Extension(_),
         ) => {
             // Reset by the client or connection lost: the client is no longer listening.
-            let _ = send.reset(reset::CANCELLED);
+            send.reset(reset::CANCELLED);
             return;
         }
     };
@@ -158,7 +157,7 @@ pub(super) async fn serve_call<S>(
             "non-idempotent call in 0-RTT data refused"
         );
         incoming.stop(reset::TOO_EARLY);
-        let _ = send.reset(reset::TOO_EARLY);
+        send.reset(reset::TOO_EARLY);
         return;
     }
     // Every log line of the handler and the layers is tied to its call.
@@ -238,20 +237,20 @@ fn extension_refused(err: &ExtensionError) -> Status {
 const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Answers a probe: this server speaks the call extension.
-async fn answer_probe(send: &mut SendStream, request_id: u32, payload: Option<&[u8]>) {
+async fn answer_probe(send: &mut SendHalf, request_id: u32, payload: Option<&[u8]>) {
     let answered = match payload.map(CallExtension::decode) {
         Some(Err(err)) => send_status(send, request_id, &extension_refused(&err)).await,
         _ => send_ok(send, request_id, CallExtension::hello()).await,
     };
     if answered.is_ok() {
-        let _ = send.finish();
+        send.finish();
         let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
     }
 }
 
 /// Runs an opened call: the service, then its response frames.
 async fn serve_opened<S>(
-    mut send: SendStream,
+    mut send: SendHalf,
     incoming: Incoming,
     opened: Opened,
     connection: Peer,
@@ -348,11 +347,11 @@ async fn serve_opened<S>(
         return;
     };
     finished(code);
-    let _ = send.finish();
+    send.finish();
     // Held until the client acknowledged the response, so a graceful shutdown does not cut it
     // short. No timer: acknowledgements are the transport's, and a peer that vanished ends
     // with its connection (idle timeout, or the shutdown grace).
-    let _ = send.stopped().await;
+    send.stopped().await;
 }
 
 fn deadline_passed() -> Status {
@@ -362,10 +361,10 @@ fn deadline_passed() -> Status {
 
 /// Sends the response extension frame, if the handler set any metadata.
 async fn send_metadata(
-    send: &mut SendStream,
+    send: &mut SendHalf,
     request_id: u32,
     metadata: &crate::context::ResponseMetadata,
-) -> Result<(), quinn::WriteError> {
+) -> Result<(), WriteFailed> {
     let metadata = metadata.take();
     if metadata.is_empty() {
         return Ok(());
@@ -393,18 +392,18 @@ fn panicked() -> Status {
 
 /// Ends a call whose request stream broke the rules, as the rules say: stop the request
 /// stream, then reset the response stream or answer with a status.
-async fn reject(send: &mut SendStream, incoming: &mut Incoming, rejection: Rejection) {
+async fn reject(send: &mut SendHalf, incoming: &mut Incoming, rejection: Rejection) {
     if let Some(code) = rejection.stop {
         incoming.stop(code);
     }
     if let Some(code) = rejection.reset {
-        let _ = send.reset(code);
+        send.reset(code);
         return;
     }
     if let Some((request_id, status)) = rejection.answer {
         tracing::debug!(%status, request_id, "rejected malformed request");
         if send_status(send, request_id, &status).await.is_ok() {
-            let _ = send.finish();
+            send.finish();
             let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
         }
     }
@@ -439,11 +438,7 @@ fn request_messages(incoming: Incoming) -> MessageStream {
     ))
 }
 
-async fn send_ok(
-    send: &mut SendStream,
-    request_id: u32,
-    payload: Bytes,
-) -> Result<(), quinn::WriteError> {
+async fn send_ok(send: &mut SendHalf, request_id: u32, payload: Bytes) -> Result<(), WriteFailed> {
     let frame = ResponseFrame {
         status: Code::Ok.as_u8(),
         request_id,
@@ -453,10 +448,10 @@ async fn send_ok(
 }
 
 async fn send_status(
-    send: &mut SendStream,
+    send: &mut SendHalf,
     request_id: u32,
     status: &Status,
-) -> Result<(), quinn::WriteError> {
+) -> Result<(), WriteFailed> {
     // A handler must not answer a failed call with OK; report such a status as Unknown.
     let code = match status.code() {
         Code::Ok => Code::Unknown,
@@ -472,18 +467,26 @@ async fn send_status(
 
 /// Writes a response stream; returns the code the call ended with.
 async fn send_stream(
-    send: &mut SendStream,
+    send: &mut SendHalf,
     request_id: u32,
     mut stream: MessageStream,
     mut expired: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> Result<Code, quinn::WriteError> {
-    let stopped = send.stopped();
-    let mut stopped = std::pin::pin!(stopped);
+) -> Result<Code, WriteFailed> {
+    // One watch for the whole stream where the transport gives one that owns its state.
+    let mut watch = send.stopped_owned();
     loop {
-        let next = tokio::select! {
-            next = AssertUnwindSafe(stream.next()).catch_unwind() => next,
-            _ = &mut stopped => return Err(quinn::WriteError::ClosedStream),
-            () = &mut expired => Ok(Some(Err(deadline_passed()))),
+        let next = {
+            let stopped = async {
+                match watch.as_mut() {
+                    Some(watch) => watch.as_mut().await,
+                    None => send.stopped().await,
+                }
+            };
+            tokio::select! {
+                next = AssertUnwindSafe(stream.next()).catch_unwind() => next,
+                () = stopped => return Err(WriteFailed::stopped()),
+                () = &mut expired => Ok(Some(Err(deadline_passed()))),
+            }
         };
         match next {
             Ok(None) => return Ok(Code::Ok),

@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub(crate) stateless_reset: Option<ResetSecret>,
     /// Protocols (ALPN ids) whose connections must present a verified client certificate.
     pub(crate) client_certificate_required: Vec<Vec<u8>>,
+    /// Browsers' sessions, when served (`Server::webtransport`).
+    #[cfg(feature = "webtransport")]
+    pub(crate) webtransport: Option<crate::webtransport::WebTransport>,
 }
 
 /// A stateless-reset secret; never printed.
@@ -81,6 +84,8 @@ impl Default for ServerConfig {
             max_datagram_event: 1200,
             stateless_reset: None,
             client_certificate_required: Vec::new(),
+            #[cfg(feature = "webtransport")]
+            webtransport: None,
         }
     }
 }
@@ -235,6 +240,33 @@ impl ServerConfig {
         }
     }
 
+    /// Whether connections must finish their handshake before they are served (no 0-RTT):
+    /// a protocol that needs a client certificate, or a WebTransport session, is told apart
+    /// by its ALPN first.
+    pub(crate) fn checks_alpn_first(&self) -> bool {
+        #[cfg(feature = "webtransport")]
+        if self.webtransport.is_some() {
+            return true;
+        }
+        !self.client_certificate_required.is_empty()
+    }
+
+    /// The WebTransport configuration, if browsers are served.
+    #[cfg(feature = "webtransport")]
+    pub(crate) fn webtransport(&self) -> Option<&crate::webtransport::WebTransport> {
+        self.webtransport.as_ref()
+    }
+
+    /// The datagram receive buffer: none for native clients (they send no datagrams); a
+    /// small one when browsers are served, as their sessions must advertise datagrams.
+    fn datagram_receive_buffer(&self) -> usize {
+        #[cfg(feature = "webtransport")]
+        if self.webtransport.is_some() {
+            return crate::webtransport::DATAGRAM_RECEIVE_BUFFER;
+        }
+        0
+    }
+
     pub(crate) fn transport(&self) -> Arc<quinn::TransportConfig> {
         let mut transport = quinn::TransportConfig::default();
         self.transport_profile.apply(&mut transport);
@@ -248,7 +280,9 @@ impl ServerConfig {
             // DATAGRAM frame size of 0 ("not supported", RFC 9221 section 3), so a client cannot
             // park quinn's default 1.25 MB of unread datagrams per connection, while quinn still
             // lets the server send them (it refuses to send when receiving is off entirely).
-            .datagram_receive_buffer_size(Some(0));
+            // Serving browsers, the endpoint advertises a small buffer to every connection
+            // (the setting is endpoint-wide): HTTP/3 datagrams require support.
+            .datagram_receive_buffer_size(Some(self.datagram_receive_buffer()));
         Arc::new(transport)
     }
 }

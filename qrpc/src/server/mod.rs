@@ -138,6 +138,20 @@ impl<L> Server<L> {
         self
     }
 
+    /// Serves browsers too: WebTransport sessions (ALPN `h3`) at `config`'s path, from the
+    /// page origins it allows, get the services added with [`add_service`](Self::add_service)
+    /// (not those of [`add_service_on`](Self::add_service_on)), through the same layers and
+    /// limits. See [`webtransport`](crate::webtransport). Feature `webtransport`.
+    #[cfg(feature = "webtransport")]
+    pub fn webtransport(mut self, config: crate::webtransport::WebTransport) -> Self {
+        let h3 = crate::protocol::H3_ALPN.to_vec();
+        if !self.config.alpn.contains(&h3) {
+            self.config.alpn.push(h3);
+        }
+        self.config.webtransport = Some(config);
+        self
+    }
+
     /// The registry that reaches this server's connections by their bound identity.
     pub fn push_registry(&self) -> PushRegistry {
         self.registry.clone()
@@ -161,9 +175,17 @@ impl<L> Server<L> {
     {
         let routes = self.routes.build()?;
         let tls = self.tls.ok_or(ServerError::NoTls)?;
-        let mut quic = quinn::ServerConfig::with_crypto(Arc::new(
-            tls.quic_config(&self.config.alpn, self.config.zero_rtt)?,
-        ));
+        let crypto = tls.quic_config(&self.config.alpn, self.config.zero_rtt);
+        #[cfg(feature = "webtransport")]
+        let crypto = match self.config.webtransport().and_then(|w| w.certificates()) {
+            Some(browser) => tls.quic_config_for_browsers(
+                &self.config.alpn,
+                self.config.zero_rtt,
+                browser.clone(),
+            ),
+            None => crypto,
+        };
+        let mut quic = quinn::ServerConfig::with_crypto(Arc::new(crypto?));
         quic.transport_config(self.config.transport());
         let socket =
             std::net::UdpSocket::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
@@ -341,14 +363,17 @@ where
     let Some(quic) = establish(incoming, &shared).await else {
         return;
     };
+    let Some(conn) = session(quic, &shared).await else {
+        return;
+    };
     let (push, push_rx) = PushSender::new(
         shared.config.push_queue_capacity,
         shared.config.max_payload,
-        quic.stable_id() as u64,
+        conn.quic().stable_id() as u64,
     );
-    tokio::spawn(crate::push::run_writer(quic.clone(), push_rx));
+    tokio::spawn(crate::push::run_writer(conn.clone(), push_rx));
     let connection = Peer::new(
-        quic.clone(),
+        conn.clone(),
         push,
         shared.config.max_datagram_event,
         shared.registry.clone(),
@@ -358,11 +383,11 @@ where
     tracing::debug!(%remote, "connection established");
     crate::metrics::connection_opened();
     loop {
-        match quic.accept_bi().await {
+        match conn.accept_call().await {
             Ok((mut send, mut recv)) => {
                 if shared.shutting_down.load(Ordering::SeqCst) {
-                    let _ = send.reset(crate::protocol::reset::REFUSED);
-                    let _ = recv.stop(crate::protocol::reset::REFUSED);
+                    send.reset(crate::protocol::reset::REFUSED);
+                    recv.stop(crate::protocol::reset::REFUSED);
                     continue;
                 }
                 // Each call runs in its own span (see `call::serve_call`), a child of the
@@ -388,6 +413,26 @@ where
     crate::metrics::connection_closed();
 }
 
+/// What a connection serves: its QUIC connection, or for an `h3` connection the WebTransport
+/// session opened on it (`None` when the session was refused or failed).
+#[cfg_attr(not(feature = "webtransport"), allow(clippy::unused_async))]
+async fn session(quic: quinn::Connection, shared: &Shared) -> Option<crate::stream::Conn> {
+    #[cfg(feature = "webtransport")]
+    if let Some(config) = shared.config.webtransport() {
+        let alpn = quic
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.protocol);
+        if alpn.as_deref() == Some(crate::protocol::H3_ALPN) {
+            return crate::webtransport::accept(quic, config, shared.config.handshake_timeout)
+                .await;
+        }
+    }
+    #[cfg(not(feature = "webtransport"))]
+    let _ = shared;
+    Some(crate::stream::Conn::Quic(quic))
+}
+
 /// Completes the handshake. With 0-RTT enabled the connection is served at once (a resumed
 /// client's 0-RTT calls are in its first flight); streams opened before the handshake is done
 /// are marked 0-RTT and only idempotent methods run from them. The handshake timeout still
@@ -402,9 +447,10 @@ async fn establish(incoming: quinn::Incoming, shared: &Shared) -> Option<quinn::
             return None;
         }
     };
-    if !shared.config.client_certificate_required.is_empty() {
+    if shared.config.checks_alpn_first() {
         // The ALPN is known from the client's first flight; a protocol that needs a client
-        // certificate waits for the whole handshake (no 0-RTT) and is checked before serving.
+        // certificate waits for the whole handshake (no 0-RTT) and is checked before serving,
+        // and so does a WebTransport session (HTTP/3 sessions are served after the handshake).
         let alpn = tokio::time::timeout(timeout, connecting.handshake_data())
             .await
             .ok()?
@@ -412,8 +458,14 @@ async fn establish(incoming: quinn::Incoming, shared: &Shared) -> Option<quinn::
             .downcast::<quinn::crypto::rustls::HandshakeData>()
             .ok()?
             .protocol;
-        if let Some(alpn) = alpn.filter(|a| shared.config.client_certificate_required.contains(a)) {
-            return establish_authenticated(connecting, timeout, &alpn).await;
+        if let Some(alpn) = alpn
+            .as_ref()
+            .filter(|a| shared.config.client_certificate_required.contains(a))
+        {
+            return establish_authenticated(connecting, timeout, alpn).await;
+        }
+        if alpn.as_deref() == Some(crate::protocol::H3_ALPN) {
+            return finish_handshake(connecting, timeout).await;
         }
     }
     let connecting = if shared.config.zero_rtt {
@@ -433,6 +485,15 @@ async fn establish(incoming: quinn::Incoming, shared: &Shared) -> Option<quinn::
     } else {
         connecting
     };
+    finish_handshake(connecting, timeout).await
+}
+
+/// Waits for the whole handshake, within `timeout`.
+async fn finish_handshake(
+    connecting: quinn::Connecting,
+    timeout: std::time::Duration,
+) -> Option<quinn::Connection> {
+    let remote = connecting.remote_address();
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(conn)) => Some(conn),
         Ok(Err(err)) => {
@@ -455,17 +516,7 @@ async fn establish_authenticated(
     alpn: &[u8],
 ) -> Option<quinn::Connection> {
     let remote = connecting.remote_address();
-    let conn = match tokio::time::timeout(timeout, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(err)) => {
-            tracing::debug!(%remote, %err, "handshake failed");
-            return None;
-        }
-        Err(_) => {
-            tracing::debug!(%remote, "handshake timed out");
-            return None;
-        }
-    };
+    let conn = finish_handshake(connecting, timeout).await?;
     if conn.peer_identity().is_none() {
         tracing::info!(
             %remote,

@@ -7,6 +7,8 @@
 //! without it). TLS 1.3 only, as QUIC requires. There is no verifier that accepts any
 //! certificate: a client trusts root certificates or pins the server's certificate by SHA-256.
 
+#[cfg(feature = "webtransport")]
+mod browser;
 mod client;
 mod client_auth;
 mod error;
@@ -16,6 +18,10 @@ mod pinned;
 mod self_signed;
 mod server;
 
+#[cfg(feature = "webtransport")]
+pub(crate) use browser::AlpnCertResolver;
+#[cfg(feature = "webtransport")]
+pub use browser::{BrowserCertificates, MAX_BROWSER_VALIDITY};
 pub use client::ClientTls;
 pub use client_auth::ClientAuth;
 pub use error::{PemError, TlsError};

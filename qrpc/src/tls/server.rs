@@ -104,11 +104,49 @@ impl ServerTls {
         self.quic_config_with(alpn, early_data, crypto_provider())
     }
 
+    /// As [`quic_config`](Self::quic_config), serving `browser`'s certificate to connections
+    /// that offer HTTP/3.
+    #[cfg(feature = "webtransport")]
+    pub(crate) fn quic_config_for_browsers(
+        &self,
+        alpn: &[Vec<u8>],
+        early_data: bool,
+        browser: super::BrowserCertificates,
+    ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+        let provider = crypto_provider();
+        let default = rustls::sign::CertifiedKey::from_der(
+            self.certs.clone(),
+            self.key.clone_key(),
+            &provider,
+        )?;
+        let resolver = Arc::new(super::AlpnCertResolver {
+            default: Arc::new(default),
+            browser,
+        });
+        self.finish_config(alpn, early_data, provider, |builder| {
+            Ok(builder.with_cert_resolver(resolver))
+        })
+    }
+
     pub(super) fn quic_config_with(
         &self,
         alpn: &[Vec<u8>],
         early_data: bool,
         provider: Arc<CryptoProvider>,
+    ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
+        self.finish_config(alpn, early_data, provider, |builder| {
+            Ok(builder.with_single_cert(self.certs.clone(), self.key.clone_key())?)
+        })
+    }
+
+    fn finish_config(
+        &self,
+        alpn: &[Vec<u8>],
+        early_data: bool,
+        provider: Arc<CryptoProvider>,
+        certificate: impl FnOnce(
+            rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>,
+        ) -> Result<rustls::ServerConfig, TlsError>,
     ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
         let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -116,7 +154,7 @@ impl ServerTls {
             None => builder.with_no_client_auth(),
             Some(auth) => builder.with_client_cert_verifier(auth.verifier(provider)),
         };
-        let mut tls = builder.with_single_cert(self.certs.clone(), self.key.clone_key())?;
+        let mut tls = certificate(builder)?;
         tls.alpn_protocols = alpn.to_vec();
         tls.session_storage = rustls::server::ServerSessionMemoryCache::new(SERVER_SESSIONS);
         // QUIC allows no other early data limit: 0 (off) or u32::MAX (on).
