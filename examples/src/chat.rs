@@ -8,9 +8,11 @@ use std::sync::Mutex;
 use qrpc::tls::{ClientTls, SelfSigned};
 use qrpc::{PeerIdentity, PushRegistry, RequestContext, Status};
 
+use crate::proto::chat::v1::Typing;
 use crate::proto::chat::v1::room_client::RoomClient;
 use crate::proto::chat::v1::room_event_push::{Event, Events};
 use crate::proto::chat::v1::room_server::{Room, RoomServer};
+use crate::proto::chat::v1::typing_event_push::Event as TypingEvent;
 use crate::proto::chat::v1::{JoinRequest, Joined, MemberList, PostRequest, Posted};
 
 /// The room: its members and the server's push registry.
@@ -85,6 +87,20 @@ impl Room for ChatRoom {
         Ok(MemberList {
             names: self.online_members(),
         })
+    }
+
+    async fn typing(&self, ctx: RequestContext, _request: ()) -> Result<(), Status> {
+        let name = Self::member(&ctx)?;
+        let event = TypingEvent::Typing(Typing {
+            name: name.as_str().to_owned(),
+        });
+        for member in self.online_members() {
+            // Droppable: a datagram where the member's connection takes them.
+            let _ = self
+                .registry
+                .try_send_event(&PeerIdentity::new(member), &event);
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,8 @@
 //! Every call kind of the `Echo` service through generated code.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use futures::StreamExt;
 use qrpc::tls::{ClientTls, SelfSigned};
@@ -8,11 +10,45 @@ use qrpc::{RequestContext, ResponseStream, Status, Streaming};
 
 use crate::proto::echo::v1::echo_client::EchoClient;
 use crate::proto::echo::v1::echo_server::{Echo, EchoServer};
-use crate::proto::echo::v1::{Number, RepeatRequest, SayReply, SayRequest, say_reply};
+use crate::proto::echo::v1::{Number, RepeatRequest, SayReply, SayRequest, WaitCounts, say_reply};
 
 /// The service implementation.
 #[derive(Debug, Default)]
-pub struct EchoService;
+pub struct EchoService {
+    waits: Arc<WaitCounters>,
+}
+
+/// What the server saw of Wait calls.
+#[derive(Debug, Default)]
+struct WaitCounters {
+    waiting: AtomicI64,
+    cancelled: AtomicI64,
+}
+
+/// Counts a Wait call while it waits, and as cancelled if it is dropped before its time.
+struct WaitGuard {
+    counters: Arc<WaitCounters>,
+    finished: bool,
+}
+
+impl WaitGuard {
+    fn new(counters: &Arc<WaitCounters>) -> Self {
+        counters.waiting.fetch_add(1, Ordering::SeqCst);
+        Self {
+            counters: Arc::clone(counters),
+            finished: false,
+        }
+    }
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.counters.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+        self.counters.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl Echo for EchoService {
     async fn say(&self, ctx: RequestContext, request: SayRequest) -> Result<SayReply, Status> {
@@ -89,6 +125,25 @@ impl Echo for EchoService {
     async fn ping(&self, _ctx: RequestContext, _request: ()) -> Result<(), Status> {
         Ok(())
     }
+
+    async fn wait(&self, _ctx: RequestContext, request: Number) -> Result<Number, Status> {
+        let millis = u64::try_from(request.value)
+            .ok()
+            .filter(|ms| *ms <= 60_000)
+            .ok_or_else(|| Status::invalid_argument("wait 0 to 60000 milliseconds"))?;
+        // Dropped with the handler when the caller cancels: the guard counts it.
+        let mut guard = WaitGuard::new(&self.waits);
+        tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+        guard.finished = true;
+        Ok(request)
+    }
+
+    async fn wait_stats(&self, _ctx: RequestContext, _request: ()) -> Result<WaitCounts, Status> {
+        Ok(WaitCounts {
+            waiting: self.waits.waiting.load(Ordering::SeqCst),
+            cancelled: self.waits.cancelled.load(Ordering::SeqCst),
+        })
+    }
 }
 
 /// What one run of the example observed.
@@ -111,7 +166,7 @@ pub fn serve(
     let cert = SelfSigned::generate(&["localhost"])?;
     let server = qrpc::Server::builder()
         .tls(cert.server_tls())
-        .add_service(EchoServer::new(EchoService))
+        .add_service(EchoServer::new(EchoService::default()))
         .bind(addr)?;
     let local = server.local_addr()?;
     Ok((local, cert.fingerprint(), tokio::spawn(server.serve())))

@@ -4,7 +4,9 @@
 //! * [`echo`] — every call kind through generated code.
 //! * [`chat`] — a chat room with push events.
 //! * [`middleware`] — auth and rate limiting around a service.
+//! * [`browser`] — the echo and chat services in a browser page, over WebTransport.
 
+pub mod browser;
 pub mod chat;
 pub mod echo;
 pub mod middleware;

@@ -45,7 +45,7 @@ pub fn serve(
     let room = ChatRoom::new(builder.push_registry());
     let server = builder
         .add_service(guard.named_layer(RoomServer::new(room)))
-        .add_service(EchoServer::new(EchoService))
+        .add_service(EchoServer::new(EchoService::default()))
         .bind(addr)?;
     let local = server.local_addr()?;
     Ok((local, cert.fingerprint(), tokio::spawn(server.serve())))

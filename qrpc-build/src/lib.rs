@@ -37,6 +37,7 @@ mod ids;
 mod names;
 mod push;
 mod service;
+pub mod typescript;
 
 use std::path::{Path, PathBuf};
 
@@ -175,15 +176,7 @@ impl Builder {
                 .map(PathBuf::from)
                 .ok_or(Error::NoOutDir)?,
         };
-        let mut resolver = ChainFileResolver::new();
-        for include in includes {
-            resolver.add(IncludeFileResolver::new(include.as_ref().to_path_buf()));
-        }
-        resolver.add(GoogleFileResolver::new());
-        resolver.add(OptionsResolver);
-        let mut compiler = protox::Compiler::with_file_resolver(resolver);
-        compiler.include_imports(true).include_source_info(true);
-        compiler.open_files(protos.iter().map(AsRef::as_ref))?;
+        let compiler = open(protos, includes)?;
 
         if self.emit_rerun_if_changed {
             for file in compiler.files() {
@@ -233,6 +226,24 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// Compiles `protos`, resolving imports under `includes`, `google/protobuf/*` and
+/// `qrpc/options.proto`.
+fn open(
+    protos: &[impl AsRef<Path>],
+    includes: &[impl AsRef<Path>],
+) -> Result<protox::Compiler, Error> {
+    let mut resolver = ChainFileResolver::new();
+    for include in includes {
+        resolver.add(IncludeFileResolver::new(include.as_ref().to_path_buf()));
+    }
+    resolver.add(GoogleFileResolver::new());
+    resolver.add(OptionsResolver);
+    let mut compiler = protox::Compiler::with_file_resolver(resolver);
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(protos.iter().map(AsRef::as_ref))?;
+    Ok(compiler)
 }
 
 /// Provides `qrpc/options.proto` without an include path.

@@ -130,7 +130,7 @@ pub(crate) const DATAGRAM_RECEIVE_BUFFER: usize = 2048;
 
 /// Unidirectional streams a browser's HTTP/3 layer opens: its control stream and the two
 /// QPACK streams. The server reads no other stream a client opens.
-const H3_UNI_STREAMS: u32 = 3;
+pub(crate) const H3_UNI_STREAMS: u32 = 3;
 
 /// Completes the HTTP/3 and WebTransport handshakes of an `h3` connection and checks its
 /// request; the session to serve, or `None` when refused or failed.
@@ -140,9 +140,6 @@ pub(crate) async fn accept(
     timeout: Duration,
 ) -> Option<Conn> {
     let remote = conn.remote_address();
-    // The server grants clients no unidirectional streams (native clients open none); the
-    // HTTP/3 layer needs its three.
-    conn.set_max_concurrent_uni_streams(H3_UNI_STREAMS.into());
     let request =
         match tokio::time::timeout(timeout, web_transport_quinn::Request::accept(conn.clone()))
             .await

@@ -63,7 +63,16 @@ export interface BidiStream {
 export interface Session {
   createBidirectionalStream(): Promise<BidiStream>;
   readonly incomingUnidirectionalStreams: ReadableStream<ReadableStream<Uint8Array>>;
+  /** Unreliable push events, one per datagram (optional: without it, only the push stream). */
+  readonly datagrams?: { readonly readable: ReadableStream<Uint8Array> };
+  /** Settles when the session ends (then a client that opens its own sessions opens another). */
+  readonly closed?: Promise<unknown>;
+  /** Ends the session. */
+  close?(info?: { closeCode?: number; reason?: string }): void;
 }
+
+/** Opens a session: how a client reconnects. */
+export type SessionFactory = () => Promise<Session>;
 
 /** Options of one call. */
 export interface CallOptions {
@@ -81,6 +90,24 @@ export interface CallOptions {
 export interface ClientOptions {
   /** The largest payload accepted in a response or push frame (default 4 MiB). */
   readonly maxPayload?: number;
+  /** For a client given a {@link SessionFactory}: the wait before the second attempt to open
+   * a session after a failure, doubled on each further failure (default 250 ms)... */
+  readonly reconnectInitialMs?: number;
+  /** ...up to this wait (default 10 s). */
+  readonly reconnectMaxMs?: number;
+}
+
+/** Resolves after `ms` milliseconds, or at once when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done, { once: true });
+  });
 }
 
 const encoder = new TextEncoder();
@@ -98,12 +125,42 @@ class CallStream {
     this.#frames = FrameReader.responses(maxPayload);
   }
 
-  async write(bytes: Uint8Array): Promise<void> {
-    await this.#writer.write(bytes);
+  /** Why the send side failed, if it did (the server stopped reading, or the session ended). */
+  #sendFailure: unknown;
+
+  /**
+   * Writes `bytes`; `false` once the send side is gone. A server stops reading a call whose
+   * request it has (or that it refused): the call's outcome is then what it answers, so a
+   * failed write is not the call's error.
+   */
+  async write(bytes: Uint8Array): Promise<boolean> {
+    if (this.#sendFailure !== undefined) {
+      return false;
+    }
+    try {
+      await this.#writer.write(bytes);
+      return true;
+    } catch (e) {
+      this.#sendFailure = e ?? "write failed";
+      return false;
+    }
   }
 
+  /** Ends the request stream (a send side already gone stays so). */
   async finish(): Promise<void> {
-    await this.#writer.close();
+    if (this.#sendFailure !== undefined) {
+      return;
+    }
+    try {
+      await this.#writer.close();
+    } catch (e) {
+      this.#sendFailure = e ?? "finish failed";
+    }
+  }
+
+  /** Why the send side failed, for a call that ended without an answer. */
+  get sendFailure(): unknown {
+    return this.#sendFailure;
   }
 
   /** The next response frame, or `undefined` at the end of the stream. */
@@ -117,7 +174,13 @@ class CallStream {
         this.#frames.finish();
         return undefined;
       }
-      const { value, done } = await this.#reader.read();
+      let chunk: ReadableStreamReadResult<Uint8Array>;
+      try {
+        chunk = await this.#reader.read();
+      } catch (e) {
+        throw e instanceof QrpcError ? e : new QrpcError(Code.UNAVAILABLE, `the call's stream failed: ${String(e)}`);
+      }
+      const { value, done } = chunk;
       if (done) {
         this.#ended = true;
       } else {
@@ -167,17 +230,93 @@ function metadataEntries(
   return Object.entries(metadata).map(([k, v]) => [k, typeof v === "string" ? encoder.encode(v) : v]);
 }
 
-/** A qrpc client over one session. */
+/**
+ * A qrpc client over a session. Given a {@link SessionFactory} instead of a session, it opens
+ * one on first use and a new one whenever the last ended (waiting longer after each failed
+ * attempt): calls made while no session is open wait for the next; a call cut by the end of
+ * its session fails with `UNAVAILABLE` and is not sent again (the application knows whether
+ * it may be).
+ */
 export class Client {
-  readonly #session: Session;
+  readonly #factory: SessionFactory;
   readonly #maxPayload: number;
+  readonly #backoff: { readonly initial: number; readonly max: number };
+  readonly #closing = new AbortController();
+  /** The one session this client was given, if it was given one (no reconnection). */
+  readonly #fixed: Session | undefined;
   #nextRequestId = 1;
-  /** Whether the server speaks the call extension (asked once, on first need). */
-  #extension: Promise<boolean> | undefined;
+  /** The session in use (or being opened), with whether it speaks the call extension. */
+  #current: { session: Promise<Session>; extension: Promise<boolean> | undefined } | undefined;
+  #failures = 0;
 
-  constructor(session: Session, options: ClientOptions = {}) {
-    this.#session = session;
+  constructor(session: Session | SessionFactory, options: ClientOptions = {}) {
+    const fixed = typeof session === "function" ? undefined : session;
+    this.#fixed = fixed;
+    this.#factory = fixed === undefined ? (session as SessionFactory) : () => Promise.resolve(fixed);
     this.#maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD;
+    this.#backoff = { initial: options.reconnectInitialMs ?? 250, max: options.reconnectMaxMs ?? 10_000 };
+  }
+
+  /** Ends the session and stops reconnecting; later calls fail with `UNAVAILABLE`. */
+  close(): void {
+    this.#closing.abort();
+    const current = this.#current;
+    this.#current = undefined;
+    void current?.session.then((s) => s.close?.({ closeCode: 0, reason: "client closed" })).catch(() => {});
+  }
+
+  /** The current session, opened if there is none (after the backoff of earlier failures). */
+  #session(): Promise<Session> {
+    if (this.#closing.signal.aborted) {
+      return Promise.reject(new QrpcError(Code.UNAVAILABLE, "the client was closed"));
+    }
+    if (this.#current === undefined) {
+      const entry: { session: Promise<Session>; extension: Promise<boolean> | undefined } = {
+        session: this.#openSession(),
+        extension: undefined,
+      };
+      this.#current = entry;
+      entry.session.then(
+        (session) => {
+          this.#failures = 0;
+          void session.closed?.finally(() => this.#forget(entry));
+        },
+        () => this.#forget(entry),
+      );
+    }
+    return this.#current.session;
+  }
+
+  async #openSession(): Promise<Session> {
+    if (this.#failures > 0) {
+      const wait = Math.min(this.#backoff.initial * 2 ** (this.#failures - 1), this.#backoff.max);
+      await pause(wait, this.#closing.signal);
+    }
+    try {
+      return await this.#factory();
+    } catch (e) {
+      this.#failures += 1;
+      throw new QrpcError(Code.UNAVAILABLE, `cannot open a session: ${String(e)}`);
+    }
+  }
+
+  /** The session `entry` holds ended: the next call opens another. */
+  #forget(entry: unknown): void {
+    if (this.#current === entry) {
+      this.#current = undefined;
+    }
+  }
+
+  /** A new stream on the current session; a session that cannot open one is dropped. */
+  async #stream(): Promise<CallStream> {
+    const entry = this.#current;
+    const session = await this.#session();
+    try {
+      return new CallStream(await session.createBidirectionalStream(), this.#maxPayload);
+    } catch (e) {
+      this.#forget(entry ?? this.#current);
+      throw new QrpcError(Code.UNAVAILABLE, `the session ended: ${String(e)}`);
+    }
   }
 
   #requestId(): number {
@@ -187,13 +326,15 @@ export class Client {
   }
 
   /** Asks the server once whether it speaks the call extension (section 11.2). */
-  #speaksExtension(): Promise<boolean> {
-    this.#extension ??= (async () => {
+  async #speaksExtension(): Promise<boolean> {
+    await this.#session();
+    const entry = this.#current;
+    if (entry === undefined) {
+      return false;
+    }
+    entry.extension ??= (async () => {
       try {
-        const stream = new CallStream(
-          await this.#session.createBidirectionalStream(),
-          this.#maxPayload,
-        );
+        const stream = await this.#stream();
         const requestId = this.#requestId();
         await stream.write(
           encodeRequest({ methodId: 0, requestId, payload: encodeCallExtension({ version: 1, metadata: [] }) }),
@@ -205,7 +346,7 @@ export class Client {
         return false;
       }
     })();
-    return this.#extension;
+    return entry.extension;
   }
 
   /**
@@ -215,7 +356,7 @@ export class Client {
   async #open(options: CallOptions): Promise<{ stream: CallStream; requestId: number }> {
     const wantsExtension = options.timeoutMs !== undefined || options.metadata !== undefined;
     const extension = wantsExtension && (await this.#speaksExtension());
-    const stream = new CallStream(await this.#session.createBidirectionalStream(), this.#maxPayload);
+    const stream = await this.#stream();
     const requestId = this.#requestId();
     if (extension) {
       const timeoutUs =
@@ -235,6 +376,9 @@ export class Client {
     for (;;) {
       const frame = await stream.next();
       if (frame === undefined) {
+        if (stream.sendFailure !== undefined) {
+          throw new QrpcError(Code.UNAVAILABLE, `the call's stream failed: ${String(stream.sendFailure)}`);
+        }
         return undefined;
       }
       if (frame.requestId !== requestId) {
@@ -330,7 +474,9 @@ export class Client {
       (async () => {
         await stream.write(encodeRequest({ methodId, requestId, payload: new Uint8Array(0) }));
         for await (const payload of requests) {
-          await stream.write(encodeRequest({ methodId, requestId, payload }));
+          if (!(await stream.write(encodeRequest({ methodId, requestId, payload })))) {
+            break;
+          }
         }
         await stream.finish();
         const response = await Client.#payload(stream, requestId);
@@ -352,7 +498,9 @@ export class Client {
     await stream.write(encodeRequest({ methodId, requestId, payload: new Uint8Array(0) }));
     const sending = (async () => {
       for await (const payload of requests) {
-        await stream.write(encodeRequest({ methodId, requestId, payload }));
+        if (!(await stream.write(encodeRequest({ methodId, requestId, payload })))) {
+          break;
+        }
       }
       await stream.finish();
     })();
@@ -367,27 +515,117 @@ export class Client {
     }
   }
 
-  /** The server's push events, in the order it sent them, for as long as the session lives. */
+  /**
+   * The server's push events, in the order it sent them on the push stream, with the events
+   * sent as datagrams (unordered, droppable) among them. Follows the client across sessions
+   * when it reconnects; ends when the client is closed (or its one session ends).
+   */
   async *pushes(): AsyncGenerator<PushFrame, void, undefined> {
-    const streams = this.#session.incomingUnidirectionalStreams.getReader();
     for (;;) {
-      const { value: stream, done } = await streams.read();
-      if (done) {
+      let session: Session;
+      try {
+        session = await this.#session();
+      } catch {
+        if (this.#closing.signal.aborted) {
+          return;
+        }
+        continue;
+      }
+      yield* this.#sessionPushes(session);
+      if (this.#closing.signal.aborted || this.#fixed === session) {
         return;
       }
-      const frames = FrameReader.pushes(this.#maxPayload);
-      const reader = stream.getReader();
+      // The session's streams ended: it is over (or ending); the next one takes over.
+      await session.closed?.catch(() => {});
+      const current = this.#current;
+      if (current !== undefined && (await current.session.catch(() => undefined)) === session) {
+        this.#forget(current);
+      }
+    }
+  }
+
+  /** The push events of one session, until it ends. */
+  async *#sessionPushes(session: Session): AsyncGenerator<PushFrame, void, undefined> {
+    const queue: PushFrame[] = [];
+    let wake: (() => void) | undefined;
+    let open = 0;
+    const notify = (): void => {
+      const w = wake;
+      wake = undefined;
+      w?.();
+    };
+    const pump = async (source: () => Promise<void>): Promise<void> => {
+      open += 1;
+      try {
+        await source();
+      } catch {
+        // A stream that fails ends with its session; the events read so far stand.
+      } finally {
+        open -= 1;
+        notify();
+      }
+    };
+    const maxPayload = this.#maxPayload;
+    void pump(async () => {
+      const streams = session.incomingUnidirectionalStreams.getReader();
       for (;;) {
-        const chunk = await reader.read();
-        if (chunk.done) {
-          frames.finish();
-          break;
+        const { value: stream, done } = await streams.read();
+        if (done) {
+          return;
         }
-        frames.push(chunk.value);
-        for (let f = frames.next(); f !== undefined; f = frames.next()) {
-          yield f;
+        const frames = FrameReader.pushes(maxPayload);
+        const reader = stream.getReader();
+        for (;;) {
+          const chunk = await reader.read();
+          if (chunk.done) {
+            frames.finish();
+            break;
+          }
+          frames.push(chunk.value);
+          for (let f = frames.next(); f !== undefined; f = frames.next()) {
+            queue.push(f);
+            notify();
+          }
         }
       }
+    });
+    const datagrams = session.datagrams?.readable;
+    if (datagrams !== undefined) {
+      void pump(async () => {
+        const reader = datagrams.getReader();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) {
+            return;
+          }
+          // One event per datagram; one that does not decode is dropped, as the network may.
+          const frames = FrameReader.pushes(maxPayload);
+          try {
+            frames.push(value);
+            const frame = frames.next();
+            frames.finish();
+            if (frame !== undefined) {
+              queue.push({ ...frame, unreliable: true });
+              notify();
+            }
+          } catch {
+            continue;
+          }
+        }
+      });
+    }
+    for (;;) {
+      const next = queue.shift();
+      if (next !== undefined) {
+        yield next;
+        continue;
+      }
+      if (open === 0) {
+        return;
+      }
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+      });
     }
   }
 }

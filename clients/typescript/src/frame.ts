@@ -45,6 +45,9 @@ export interface PushFrame {
   readonly eventType: number;
   /** The encoded event message. */
   readonly payload: Uint8Array;
+  /** The event came in a datagram (an unreliable channel's): unordered, and others like it
+   * may have been dropped. */
+  readonly unreliable?: boolean;
 }
 
 /** Why bytes are not a frame. */

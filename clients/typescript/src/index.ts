@@ -21,3 +21,14 @@ export { Client, Code, QrpcError } from "./client.js";
 export type { BidiStream, CallOptions, ClientOptions, Session } from "./client.js";
 export { decodeCallExtension, decodeErrorStatus, encodeCallExtension } from "./pb.js";
 export type { CallExtension, ErrorStatus } from "./pb.js";
+export type { SessionFactory } from "./client.js";
+export {
+  bidiCall,
+  clientStreamingCall,
+  decodeEvent,
+  serverStreamingCall,
+  unaryCall,
+} from "./typed.js";
+export type { CallKind, ChannelSpec, Messages, MethodSpec } from "./typed.js";
+export { webTransportSession } from "./webtransport.js";
+export type { CertificateHashes, WebTransportOptions } from "./webtransport.js";

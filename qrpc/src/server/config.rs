@@ -267,13 +267,26 @@ impl ServerConfig {
         0
     }
 
+    /// Unidirectional streams a client may open before its protocol is known.
+    fn client_uni_streams(&self) -> u32 {
+        #[cfg(feature = "webtransport")]
+        if self.webtransport.is_some() {
+            return crate::webtransport::H3_UNI_STREAMS;
+        }
+        0
+    }
+
     pub(crate) fn transport(&self) -> Arc<quinn::TransportConfig> {
         let mut transport = quinn::TransportConfig::default();
         self.transport_profile.apply(&mut transport);
         transport
             .max_concurrent_bidi_streams(self.max_concurrent_streams.into())
-            // Clients never open unidirectional streams; the server opens the push stream.
-            .max_concurrent_uni_streams(0u32.into())
+            // Native clients never open unidirectional streams (the server opens the push
+            // stream); a browser's HTTP/3 layer needs three from the start (Chromium refuses
+            // a server that grants fewer, even later), so an endpoint serving browsers grants
+            // them to every connection and takes the credit back from native ones once their
+            // ALPN is known.
+            .max_concurrent_uni_streams(self.client_uni_streams().into())
             .max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok())
             .enable_segmentation_offload(self.segmentation_offload)
             // Clients send no datagrams. A zero-byte receive buffer advertises a maximum

@@ -427,6 +427,9 @@ async fn session(quic: quinn::Connection, shared: &Shared) -> Option<crate::stre
             return crate::webtransport::accept(quic, config, shared.config.handshake_timeout)
                 .await;
         }
+        // The endpoint granted every connection a browser's three unidirectional streams;
+        // a native client gets no more (it opens none; any it opens are never read).
+        quic.set_max_concurrent_uni_streams(0u32.into());
     }
     #[cfg(not(feature = "webtransport"))]
     let _ = shared;

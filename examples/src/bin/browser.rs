@@ -1,0 +1,51 @@
+//! Serves the echo and chat examples to a browser page: `cargo run -p qrpc-examples --bin
+//! browser -- [--http ADDR] [--quic ADDR] [--static DIR]`, then open the printed address.
+//! Build the page's scripts first: `(cd clients/typescript && npm ci && npm run build)`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut http: SocketAddr = "127.0.0.1:8080".parse()?;
+    let mut quic: SocketAddr = "127.0.0.1:4433".parse()?;
+    let mut root = qrpc_examples::browser::default_static_dir();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| anyhow::anyhow!("{arg} needs a value"))
+        };
+        match arg.as_str() {
+            "--http" => http = value()?.parse()?,
+            "--quic" => quic = value()?.parse()?,
+            "--static" => root = PathBuf::from(value()?),
+            other => anyhow::bail!(
+                "unknown argument {other}; usage: browser [--http ADDR] [--quic ADDR] [--static DIR]"
+            ),
+        }
+    }
+    if !root.join("dist/examples/page/main.js").exists() {
+        anyhow::bail!(
+            "the page's scripts are not built under {}: run `npm ci && npm run build` in clients/typescript",
+            root.display()
+        );
+    }
+    let running = qrpc_examples::browser::serve(quic, http, root).await?;
+    println!("qrpc (native and WebTransport) on udp {}", running.quic);
+    println!(
+        "native clients pin {}",
+        qrpc::tls::format_fingerprint(&running.fingerprint)
+    );
+    // The line tools read: where the page is.
+    println!("page {}", running.page_url());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
