@@ -77,6 +77,40 @@ pub async fn qrpc_pair_with(profile: qrpc::TransportProfile) -> Result<EchoClien
     Ok(EchoClient::new(client))
 }
 
+/// One qrpc echo server that serves native clients and WebTransport sessions on one port,
+/// with a client of each.
+pub struct WebPair {
+    /// The native client.
+    pub native: EchoClient,
+    /// A WebTransport session, as a page's would be (raw frames; `qrpc::testing::web`).
+    pub web: qrpc::testing::web::WebClient,
+}
+
+/// Starts a [`WebPair`] on loopback.
+pub async fn web_pair() -> Result<WebPair, Error> {
+    let cert = SelfSigned::generate(&["localhost"])?;
+    let browser = qrpc::tls::BrowserCertificates::generate(&["127.0.0.1"])?;
+    let server = qrpc::Server::builder()
+        .tls(cert.server_tls())
+        .configure(|c| {
+            c.max_concurrent_streams(MAX_STREAMS);
+        })
+        .webtransport(
+            qrpc::webtransport::WebTransport::new("/qrpc").browser_certificates(browser.clone()),
+        )
+        .add_service(EchoServer::new(EchoService::default()))
+        .bind(loopback())?;
+    let addr = server.local_addr()?;
+    tokio::spawn(server.serve());
+    let native = qrpc::Client::connect(addr, ClientTls::pinned(cert.fingerprint())).await?;
+    let url = format!("https://127.0.0.1:{}/qrpc", addr.port());
+    let web = qrpc::testing::web::WebClient::connect(&url, &browser.hashes(), None).await?;
+    Ok(WebPair {
+        native: EchoClient::new(native),
+        web,
+    })
+}
+
 /// How a fresh qrpc client reaches the server in [`QrpcEchoServer::connect_and_call`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resume {

@@ -145,8 +145,9 @@ impl RecvHalf {
         }
     }
 
-    /// Whether the stream was opened in 0-RTT data. A WebTransport session starts only once
-    /// its handshake completed (the server waits for it), so its streams never count as early.
+    /// Whether the stream was opened in 0-RTT data. A WebTransport session is served only
+    /// once its handshake completed (the server waits for it, and a replayed flight cannot
+    /// complete one), so its streams never count as early, whenever their bytes arrived.
     pub(crate) fn is_0rtt(&self) -> bool {
         match self {
             Self::Quic(recv) => recv.is_0rtt(),

@@ -48,6 +48,22 @@ pub mod web {
     use crate::frame::{DEFAULT_MAX_PAYLOAD, PushFrame, RequestFrame, ResponseFrame};
     use crate::status::{Code, Status};
 
+    /// A push event as it arrived.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct WebPush {
+        /// The event's type.
+        pub event_type: u16,
+        /// The encoded event.
+        pub payload: Bytes,
+    }
+
+    fn web_push(frame: PushFrame) -> WebPush {
+        WebPush {
+            event_type: frame.event_type,
+            payload: frame.payload,
+        }
+    }
+
     /// A WebTransport session to a qrpc server.
     #[derive(Debug)]
     pub struct WebClient {
@@ -166,7 +182,7 @@ pub mod web {
         }
 
         /// The next push event sent as a datagram.
-        pub async fn datagram(&self) -> Result<PushFrame, Status> {
+        pub async fn datagram(&self) -> Result<WebPush, Status> {
             let datagram = self
                 .session
                 .read_datagram()
@@ -174,6 +190,7 @@ pub mod web {
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             PushFrame::decode(&mut BytesMut::from(&datagram[..]), DEFAULT_MAX_PAYLOAD)
                 .map_err(|e| Status::internal(e.to_string()))?
+                .map(web_push)
                 .ok_or_else(|| Status::internal("a datagram held a partial push frame"))
         }
     }
@@ -278,11 +295,11 @@ pub mod web {
 
     impl WebPushes {
         /// The next push event, or `None` when the stream ended.
-        pub async fn next(&mut self) -> Option<Result<PushFrame, Status>> {
+        pub async fn next(&mut self) -> Option<Result<WebPush, Status>> {
             loop {
                 match PushFrame::decode(&mut self.buf, DEFAULT_MAX_PAYLOAD) {
                     Err(err) => return Some(Err(Status::internal(err.to_string()))),
-                    Ok(Some(frame)) => return Some(Ok(frame)),
+                    Ok(Some(frame)) => return Some(Ok(web_push(frame))),
                     Ok(None) => {}
                 }
                 match self.recv.read_chunk(usize::MAX, true).await {

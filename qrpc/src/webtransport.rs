@@ -133,39 +133,50 @@ pub(crate) const DATAGRAM_RECEIVE_BUFFER: usize = 2048;
 pub(crate) const H3_UNI_STREAMS: u32 = 3;
 
 /// Completes the HTTP/3 and WebTransport handshakes of an `h3` connection and checks its
-/// request; the session to serve, or `None` when refused or failed.
+/// request, all within `timeout` (a client that stalls any step, its answer included, is
+/// closed); the session to serve, or `None` when refused or failed.
 pub(crate) async fn accept(
     conn: quinn::Connection,
     config: &WebTransport,
     timeout: Duration,
 ) -> Option<Conn> {
     let remote = conn.remote_address();
-    let request =
-        match tokio::time::timeout(timeout, web_transport_quinn::Request::accept(conn.clone()))
-            .await
-        {
-            Ok(Ok(request)) => request,
-            Ok(Err(err)) => {
-                tracing::debug!(%remote, %err, "WebTransport handshake failed");
-                conn.close(
-                    crate::protocol::close::NO_ERROR,
-                    b"WebTransport handshake failed",
-                );
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(%remote, "WebTransport handshake timed out");
-                conn.close(
-                    crate::protocol::close::NO_ERROR,
-                    b"WebTransport handshake timed out",
-                );
-                return None;
-            }
-        };
+    match tokio::time::timeout(timeout, open(conn.clone(), config)).await {
+        Ok(Ok(session)) => Some(Conn::Web(session)),
+        Ok(Err(why)) => {
+            tracing::debug!(%remote, why, "WebTransport session not opened");
+            conn.close(crate::protocol::close::NO_ERROR, why.as_bytes());
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "WebTransport handshake timed out");
+            conn.close(
+                crate::protocol::close::NO_ERROR,
+                b"WebTransport handshake timed out",
+            );
+            None
+        }
+    }
+}
+
+/// The session on `conn`, or why there is none.
+async fn open(
+    conn: quinn::Connection,
+    config: &WebTransport,
+) -> Result<web_transport_quinn::Session, &'static str> {
+    let remote = conn.remote_address();
+    let request = web_transport_quinn::Request::accept(conn.clone())
+        .await
+        .map_err(|err| {
+            tracing::debug!(%remote, %err, "WebTransport handshake failed");
+            "WebTransport handshake failed"
+        })?;
+    // A header a page's browser wrote is visible ASCII; anything else is refused as a
+    // foreign origin, never taken for a missing one.
     let origin = request
         .headers
         .get(web_transport_quinn::http::header::ORIGIN)
-        .and_then(|v| v.to_str().ok());
+        .map(|v| v.to_str().unwrap_or("(unreadable)"));
     let path = request.url.path();
     if let Err(refusal) = config.check(path, origin) {
         let status = match refusal {
@@ -180,23 +191,15 @@ pub(crate) async fn accept(
             "WebTransport session refused",
         );
         if request.reject(status).await.is_ok() {
-            // The client closes once it read the answer; a client that does not is closed
-            // when the handshake time runs out.
-            let _ = tokio::time::timeout(timeout, conn.closed()).await;
+            // The client closes once it read the answer (or the deadline closes it).
+            conn.closed().await;
         }
-        conn.close(
-            crate::protocol::close::NO_ERROR,
-            b"WebTransport session refused",
-        );
-        return None;
+        return Err("WebTransport session refused");
     }
-    match request.ok().await {
-        Ok(session) => Some(Conn::Web(session)),
-        Err(err) => {
-            tracing::debug!(%remote, %err, "WebTransport session not established");
-            None
-        }
-    }
+    request.ok().await.map_err(|err| {
+        tracing::debug!(%remote, %err, "WebTransport session not established");
+        "WebTransport session not established"
+    })
 }
 
 /// At most 128 characters of a peer's text, for the logs.

@@ -363,3 +363,53 @@ async fn the_same_port_serves_a_ca_certificate_to_both_when_no_browser_certifica
         .unwrap();
     native.unary::<_, Msg>(&ECHO, &Msg::n(2)).await.unwrap();
 }
+
+/// A raw QUIC connection with `alpn`, trusting `hash`.
+async fn raw(addr: std::net::SocketAddr, hash: [u8; 32], alpn: &[u8]) -> quinn::Connection {
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(
+        ClientTls::pinned(hash)
+            .quinn_client_config(&[alpn.to_vec()])
+            .unwrap(),
+    );
+    endpoint.connect(addr, "localhost").unwrap().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_native_client_s_unidirectional_streams_are_stopped_unread() {
+    // Serving browsers grants every connection three unidirectional streams at the
+    // handshake; a native connection's are stopped, so nothing it sends on them is kept.
+    let web = start(TestService::default());
+    let conn = raw(web.running.addr, web.running.fingerprint, b"qrpc/1").await;
+    let mut send = conn.open_uni().await.unwrap();
+    let _ = send.write_all(&[0u8; 64]).await;
+    let code = send.stopped().await.unwrap();
+    assert_eq!(code, Some(qrpc::protocol::reset::PROTOCOL_ERROR));
+    // The connection itself is fine.
+    let client = web.running.client().await;
+    client.unary::<_, Msg>(&ECHO, &Msg::n(1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_h3_connection_that_never_opens_a_session_is_closed_at_the_handshake_timeout() {
+    let cert = cert();
+    let browser = BrowserCertificates::generate(&["127.0.0.1"]).unwrap();
+    let server = Server::builder()
+        .tls(cert.server_tls())
+        .configure(|c| {
+            c.handshake_timeout(std::time::Duration::from_millis(300));
+        })
+        .webtransport(web_config(&browser))
+        .add_service(TestService::default().into_methods())
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let running = common::run(server, cert.fingerprint());
+    // HTTP/3 negotiated, then silence: no SETTINGS, no CONNECT.
+    let conn = raw(running.addr, browser.current_hash(), b"h3").await;
+    let reason = conn.closed().await;
+    assert!(
+        matches!(&reason, quinn::ConnectionError::ApplicationClosed(close)
+            if close.reason.as_ref() == b"WebTransport handshake timed out"),
+        "{reason}"
+    );
+}

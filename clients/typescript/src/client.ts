@@ -97,6 +97,13 @@ export interface ClientOptions {
   readonly reconnectMaxMs?: number;
 }
 
+/** Push events read ahead of the consumer, at most. */
+const PUSH_BUFFER = 256;
+
+/** A session that ends sooner than this after it opened counts as a failed attempt, so a
+ * server that accepts and at once closes sessions is retried with backoff, not in a loop. */
+const SESSION_MIN_LIFE_MS = 10_000;
+
 /** Resolves after `ms` milliseconds, or at once when `signal` aborts. */
 function pause(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -278,8 +285,15 @@ export class Client {
       this.#current = entry;
       entry.session.then(
         (session) => {
-          this.#failures = 0;
-          void session.closed?.finally(() => this.#forget(entry));
+          if (session.closed === undefined) {
+            this.#failures = 0;
+          }
+          const opened = Date.now();
+          void session.closed?.finally(() => {
+            // Backoff is forgiven only for a session that lived a while.
+            this.#failures = Date.now() - opened >= SESSION_MIN_LIFE_MS ? 0 : this.#failures + 1;
+            this.#forget(entry);
+          });
         },
         () => this.#forget(entry),
       );
@@ -544,15 +558,26 @@ export class Client {
     }
   }
 
-  /** The push events of one session, until it ends. */
+  /** The push events of one session, until it ends or the consumer stops. */
   async *#sessionPushes(session: Session): AsyncGenerator<PushFrame, void, undefined> {
     const queue: PushFrame[] = [];
-    let wake: (() => void) | undefined;
+    // The consumer's wake-up, and the readers' (they wait while the queue is full).
+    let wakeConsumer: (() => void) | undefined;
+    let wakeReaders: (() => void)[] = [];
     let open = 0;
+    let stopped = false;
+    const readers: ReadableStreamDefaultReader<unknown>[] = [];
     const notify = (): void => {
-      const w = wake;
-      wake = undefined;
+      const w = wakeConsumer;
+      wakeConsumer = undefined;
       w?.();
+    };
+    /** Waits until the consumer took events (the queue is bounded: a server that sends
+     * faster than the page handles is held back by flow control, not buffered). */
+    const room = async (): Promise<void> => {
+      while (queue.length >= PUSH_BUFFER && !stopped) {
+        await new Promise<void>((resolve) => wakeReaders.push(resolve));
+      }
     };
     const pump = async (source: () => Promise<void>): Promise<void> => {
       open += 1;
@@ -568,14 +593,20 @@ export class Client {
     const maxPayload = this.#maxPayload;
     void pump(async () => {
       const streams = session.incomingUnidirectionalStreams.getReader();
+      readers.push(streams);
       for (;;) {
         const { value: stream, done } = await streams.read();
-        if (done) {
+        if (done || stopped) {
           return;
         }
         const frames = FrameReader.pushes(maxPayload);
         const reader = stream.getReader();
+        readers.push(reader);
         for (;;) {
+          await room();
+          if (stopped) {
+            return;
+          }
           const chunk = await reader.read();
           if (chunk.done) {
             frames.finish();
@@ -593,10 +624,15 @@ export class Client {
     if (datagrams !== undefined) {
       void pump(async () => {
         const reader = datagrams.getReader();
+        readers.push(reader);
         for (;;) {
           const { value, done } = await reader.read();
-          if (done) {
+          if (done || stopped) {
             return;
+          }
+          // Datagrams are droppable: while the queue is full, they are dropped.
+          if (queue.length >= PUSH_BUFFER) {
+            continue;
           }
           // One event per datagram; one that does not decode is dropped, as the network may.
           const frames = FrameReader.pushes(maxPayload);
@@ -614,18 +650,34 @@ export class Client {
         }
       });
     }
-    for (;;) {
-      const next = queue.shift();
-      if (next !== undefined) {
-        yield next;
-        continue;
+    try {
+      for (;;) {
+        const next = queue.shift();
+        if (next !== undefined) {
+          const waiting = wakeReaders;
+          wakeReaders = [];
+          for (const wake of waiting) {
+            wake();
+          }
+          yield next;
+          continue;
+        }
+        if (open === 0) {
+          return;
+        }
+        await new Promise<void>((resolve) => {
+          wakeConsumer = resolve;
+        });
       }
-      if (open === 0) {
-        return;
+    } finally {
+      // The consumer stopped (or the session ended): stop reading for it.
+      stopped = true;
+      for (const wake of wakeReaders) {
+        wake();
       }
-      await new Promise<void>((resolve) => {
-        wake = resolve;
-      });
+      for (const reader of readers) {
+        void reader.cancel().catch(() => {});
+      }
     }
   }
 }

@@ -203,7 +203,11 @@ export function decodePush(bytes: Uint8Array, maxPayload = DEFAULT_MAX_PAYLOAD):
 export class FrameReader<F> {
   readonly #shape: Shape<F>;
   readonly #maxPayload: number;
-  #buffer: Uint8Array = new Uint8Array(0);
+  /** Chunks received and not yet taken, in order; each byte is copied once, into its frame. */
+  #chunks: Uint8Array[] = [];
+  /** Offset into the first chunk of the bytes not yet taken. */
+  #offset = 0;
+  #length = 0;
 
   private constructor(shape: Shape<F>, maxPayload: number) {
     this.#shape = shape;
@@ -227,7 +231,7 @@ export class FrameReader<F> {
 
   /** Bytes received and not yet taken as frames. */
   get buffered(): number {
-    return this.#buffer.length;
+    return this.#length;
   }
 
   /** Adds a chunk of the stream. */
@@ -235,33 +239,74 @@ export class FrameReader<F> {
     if (chunk.length === 0) {
       return;
     }
-    const joined = new Uint8Array(this.#buffer.length + chunk.length);
-    joined.set(this.#buffer);
-    joined.set(chunk, this.#buffer.length);
-    this.#buffer = joined;
-    if (this.#buffer.length >= this.#shape.headerLen) {
-      checkLength(this.#shape.payloadLen(view(this.#buffer)), this.#maxPayload);
+    this.#chunks.push(chunk);
+    this.#length += chunk.length;
+    this.#checkHeader();
+  }
+
+  /** Checks the announced length of the frame at the front, once its header is here. */
+  #checkHeader(): void {
+    if (this.#length >= this.#shape.headerLen) {
+      checkLength(this.#shape.payloadLen(view(this.#peek(this.#shape.headerLen))), this.#maxPayload);
     }
+  }
+
+  /** The first `n` bytes not yet taken (at most `#length`), copied. */
+  #peek(n: number): Uint8Array {
+    const out = new Uint8Array(n);
+    let filled = 0;
+    let offset = this.#offset;
+    for (const chunk of this.#chunks) {
+      if (filled === n) {
+        break;
+      }
+      const part = chunk.subarray(offset, Math.min(chunk.length, offset + n - filled));
+      out.set(part, filled);
+      filled += part.length;
+      offset = 0;
+    }
+    return out;
+  }
+
+  /** Takes the first `n` bytes (at most `#length`). */
+  #take(n: number): Uint8Array {
+    const out = this.#peek(n);
+    let left = n;
+    while (left > 0) {
+      const first = this.#chunks[0];
+      if (first === undefined) {
+        break;
+      }
+      const available = first.length - this.#offset;
+      if (available > left) {
+        this.#offset += left;
+        left = 0;
+      } else {
+        left -= available;
+        this.#chunks.shift();
+        this.#offset = 0;
+      }
+    }
+    this.#length -= n;
+    return out;
   }
 
   /** The next complete frame, or `undefined` until more bytes arrive. */
   next(): F | undefined {
     const shape = this.#shape;
-    if (this.#buffer.length < shape.headerLen) {
+    if (this.#length < shape.headerLen) {
       return undefined;
     }
-    const header = view(this.#buffer);
+    const header = view(this.#peek(shape.headerLen));
     const len = shape.payloadLen(header);
     checkLength(len, this.#maxPayload);
     const total = shape.headerLen + len;
-    if (this.#buffer.length < total) {
+    if (this.#length < total) {
       return undefined;
     }
-    const frame = shape.build(header, this.#buffer.slice(shape.headerLen, total));
-    this.#buffer = this.#buffer.slice(total);
-    if (this.#buffer.length >= shape.headerLen) {
-      checkLength(shape.payloadLen(view(this.#buffer)), this.#maxPayload);
-    }
+    const bytes = this.#take(total);
+    const frame = shape.build(view(bytes), bytes.subarray(shape.headerLen));
+    this.#checkHeader();
     return frame;
   }
 
@@ -269,10 +314,10 @@ export class FrameReader<F> {
    * The end of the stream: throws `truncated` when a frame was begun and not finished.
    */
   finish(): void {
-    if (this.#buffer.length > 0) {
+    if (this.#length > 0) {
       throw new FrameError(
         "truncated",
-        `the stream ended inside a ${this.#shape.name} frame (${this.#buffer.length} bytes)`,
+        `the stream ended inside a ${this.#shape.name} frame (${this.#length} bytes)`,
       );
     }
   }

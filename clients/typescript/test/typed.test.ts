@@ -5,7 +5,7 @@
 import { strict as assert } from "node:assert";
 import { test } from "node:test";
 
-import { Client, Code, QrpcError, encodePush, type Session } from "../src/index.js";
+import { Client, Code, FrameReader, QrpcError, encodePush, type Session } from "../src/index.js";
 import { EchoClient, EchoMethods } from "../examples/gen/echo/v1/echo_qrpc.js";
 import { RoomEventChannel, TypingEventChannel, decodeRoomEvent } from "../examples/gen/chat/v1/chat_qrpc.js";
 import { echo, fakeSession, hex, toHex } from "./fake.js";
@@ -132,4 +132,50 @@ test("events in datagrams arrive among the push stream's, marked unreliable", { 
     [1, false],
     [3, true],
   ]);
+});
+
+test("a consumer that stops reading push events stops the reads", { timeout: 10_000 }, async () => {
+  let cancelled!: () => void;
+  const cancel = new Promise<void>((resolve) => {
+    cancelled = resolve;
+  });
+  let n = 0;
+  const pushStream = new ReadableStream<Uint8Array>({
+    pull(c) {
+      n += 1;
+      c.enqueue(encodePush({ eventType: 1, payload: Uint8Array.from([0x08, n & 0x7f]) }));
+    },
+    cancel() {
+      cancelled();
+    },
+  });
+  const incoming = new ReadableStream<ReadableStream<Uint8Array>>({
+    start(c) {
+      c.enqueue(pushStream);
+    },
+  });
+  const { session } = fakeSession({});
+  const client = new Client({ ...session, incomingUnidirectionalStreams: incoming });
+  for await (const frame of client.pushes()) {
+    assert.equal(frame.eventType, 1);
+    break;
+  }
+  // The endless push stream was cancelled once the consumer left.
+  await cancel;
+});
+
+test("frames split into many small chunks decode once complete", () => {
+  // A 4,000-byte push payload arriving a byte at a time (each byte is copied once).
+  const payload = Uint8Array.from({ length: 4000 }, (_, i) => i & 0xff);
+  const bytes = encodePush({ eventType: 9, payload });
+  const reader = FrameReader.pushes();
+  let frame;
+  for (let i = 0; i < bytes.length; i += 1) {
+    assert.equal(frame, undefined);
+    reader.push(bytes.subarray(i, i + 1));
+    frame = reader.next();
+  }
+  assert.equal(frame?.eventType, 9);
+  assert.deepEqual(frame?.payload, payload);
+  assert.equal(reader.buffered, 0);
 });

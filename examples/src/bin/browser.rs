@@ -10,7 +10,11 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // web-transport-quinn logs a peer's malformed input at WARN, once per
+                // input: a peer could fill the log.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,web_transport_quinn=error")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -428,12 +428,23 @@ async fn session(quic: quinn::Connection, shared: &Shared) -> Option<crate::stre
                 .await;
         }
         // The endpoint granted every connection a browser's three unidirectional streams;
-        // a native client gets no more (it opens none; any it opens are never read).
+        // a native client gets no more, and any it opens is stopped unread.
         quic.set_max_concurrent_uni_streams(0u32.into());
+        tokio::spawn(refuse_uni_streams(quic.clone()));
     }
     #[cfg(not(feature = "webtransport"))]
     let _ = shared;
     Some(crate::stream::Conn::Quic(quic))
+}
+
+/// Stops every unidirectional stream a native client opens (it has no use for one) until the
+/// connection ends.
+#[cfg(feature = "webtransport")]
+async fn refuse_uni_streams(quic: quinn::Connection) {
+    while let Ok(mut recv) = quic.accept_uni().await {
+        tracing::debug!("unidirectional stream from a native client stopped");
+        let _ = recv.stop(crate::protocol::reset::PROTOCOL_ERROR);
+    }
 }
 
 /// Completes the handshake. With 0-RTT enabled the connection is served at once (a resumed

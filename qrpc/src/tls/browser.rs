@@ -206,19 +206,34 @@ impl fmt::Debug for BrowserCertificates {
     }
 }
 
-/// Serves the browser certificate to connections that offer HTTP/3 (`h3`, what a browser's
-/// WebTransport offers) and the server's own certificate to every other.
+/// Serves the browser certificate to connections that will speak HTTP/3 (`h3`, what a
+/// browser's WebTransport offers) and the server's own certificate to every other.
 #[derive(Debug)]
 pub(crate) struct AlpnCertResolver {
     pub(crate) default: Arc<CertifiedKey>,
     pub(crate) browser: BrowserCertificates,
+    /// The server's protocols, most preferred first, as the handshake chooses among them.
+    pub(crate) server_alpn: Vec<Vec<u8>>,
+}
+
+impl AlpnCertResolver {
+    /// Whether a client offering `offered` negotiates `h3`: the server picks its most
+    /// preferred protocol the client offers, so a client offering `qrpc/1` and `h3` gets
+    /// `qrpc/1` (and the server's own certificate).
+    fn negotiates_h3<'a>(&self, offered: impl Iterator<Item = &'a [u8]>) -> bool {
+        let offered: Vec<&[u8]> = offered.collect();
+        self.server_alpn
+            .iter()
+            .find(|ours| offered.contains(&ours.as_slice()))
+            .is_some_and(|chosen| chosen == crate::protocol::H3_ALPN)
+    }
 }
 
 impl ResolvesServerCert for AlpnCertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let h3 = hello
             .alpn()
-            .is_some_and(|mut offered| offered.any(|p| p == crate::protocol::H3_ALPN));
+            .is_some_and(|offered| self.negotiates_h3(offered));
         Some(if h3 {
             self.browser.current_key()
         } else {
@@ -275,6 +290,22 @@ mod tests {
     fn rotation_periods_that_outlive_the_certificates_are_refused() {
         assert!(BrowserCertificates::with_rotation(&["localhost"], 7 * DAY).is_err());
         assert!(BrowserCertificates::with_rotation(&["localhost"], Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn the_browser_certificate_goes_to_connections_that_negotiate_h3() {
+        let browser = BrowserCertificates::generate(&["localhost"]).unwrap();
+        let resolver = AlpnCertResolver {
+            default: browser.current_key(),
+            browser,
+            server_alpn: vec![b"qrpc/1".to_vec(), b"h3".to_vec()],
+        };
+        let offer = |protocols: &[&'static [u8]]| protocols.to_vec().into_iter();
+        assert!(resolver.negotiates_h3(offer(&[b"h3"])));
+        assert!(!resolver.negotiates_h3(offer(&[b"qrpc/1"])));
+        // Offering both negotiates the server's preference, qrpc/1.
+        assert!(!resolver.negotiates_h3(offer(&[b"h3", b"qrpc/1"])));
+        assert!(!resolver.negotiates_h3(offer(&[b"other"])));
     }
 
     #[test]

@@ -122,6 +122,7 @@ impl ServerTls {
         let resolver = Arc::new(super::AlpnCertResolver {
             default: Arc::new(default),
             browser,
+            server_alpn: alpn.to_vec(),
         });
         self.finish_config(alpn, early_data, provider, |builder| {
             Ok(builder.with_cert_resolver(resolver))
