@@ -320,7 +320,7 @@ fn push_channel(message: &MessageDescriptor, unreliable: bool) -> Result<PushCha
 }
 
 /// The leading comment of the element at `path` in `file`, split into lines.
-fn leading_comments(file: &prost_reflect::FileDescriptor, path: &[i32]) -> Vec<String> {
+pub(crate) fn leading_comments(file: &prost_reflect::FileDescriptor, path: &[i32]) -> Vec<String> {
     file.file_descriptor_proto()
         .source_code_info
         .as_ref()

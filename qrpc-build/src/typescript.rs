@@ -307,19 +307,13 @@ fn lower_camel(name: &str) -> String {
     }
 }
 
+/// The element's leading comment, its blank lines left out (a JSDoc block has none).
 fn comments(file: &FileDescriptor, path: &[i32]) -> Vec<String> {
-    file.file_descriptor_proto()
-        .source_code_info
-        .as_ref()
-        .and_then(|info| info.location.iter().find(|l| l.path.as_slice() == path))
-        .and_then(|l| l.leading_comments.as_deref())
-        .map(|text| {
-            text.lines()
-                .map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end().to_owned())
-                .filter(|l| !l.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
+    ids::leading_comments(file, path)
+        .into_iter()
+        .map(|l| l.trim_end().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 fn doc(out: &mut String, indent: &str, lines: &[String], fallback: &str) {
@@ -389,13 +383,23 @@ impl Imports {
 
 /// The import path of `target` (a path under the output root) from a file in `dir`.
 fn relative(dir: &Path, target: &str) -> String {
-    let depth = dir.components().count();
-    let up = if depth == 0 {
-        "./".to_owned()
-    } else {
-        "../".repeat(depth)
+    let from: Vec<_> = dir.components().collect();
+    let to: Vec<_> = Path::new(target).components().collect();
+    // The directories both share, then up from the rest of `dir` and down to `target`.
+    let shared = from
+        .iter()
+        .zip(&to[..to.len().saturating_sub(1)])
+        .take_while(|(a, b)| a == b)
+        .count();
+    let up = match from.len() - shared {
+        0 => "./".to_owned(),
+        n => "../".repeat(n),
     };
-    format!("{up}{target}")
+    let down: Vec<String> = to[shared..]
+        .iter()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    format!("{up}{}", down.join("/"))
 }
 
 #[cfg(test)]
@@ -416,5 +420,14 @@ mod tests {
             "../../common/v1/common_pb.js"
         );
         assert_eq!(relative(Path::new(""), "a_pb.js"), "./a_pb.js");
+        assert_eq!(
+            relative(Path::new("echo/v1"), "echo/v1/echo_pb.js"),
+            "./echo_pb.js"
+        );
+        assert_eq!(
+            relative(Path::new("echo/v2"), "echo/v1/x_pb.js"),
+            "../v1/x_pb.js"
+        );
+        assert_eq!(relative(Path::new("a"), "b_pb.js"), "../b_pb.js");
     }
 }
