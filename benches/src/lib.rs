@@ -82,6 +82,9 @@ pub async fn qrpc_pair_with(profile: qrpc::TransportProfile) -> Result<EchoClien
 pub struct WebPair {
     /// The native client.
     pub native: EchoClient,
+    /// A bare `qrpc/1` QUIC connection, for calls written as raw frames like the session's:
+    /// the two differ only in the HTTP/3 layer.
+    pub raw: quinn::Connection,
     /// A WebTransport session, as a page's would be (raw frames; `qrpc::testing::web`).
     pub web: qrpc::testing::web::WebClient,
 }
@@ -103,10 +106,17 @@ pub async fn web_pair() -> Result<WebPair, Error> {
     let addr = server.local_addr()?;
     tokio::spawn(server.serve());
     let native = qrpc::Client::connect(addr, ClientTls::pinned(cert.fingerprint())).await?;
+    let mut endpoint = quinn::Endpoint::client(loopback())?;
+    endpoint.set_default_client_config(
+        ClientTls::pinned(cert.fingerprint())
+            .quinn_client_config(&[qrpc::protocol::DEFAULT_ALPN.to_vec()])?,
+    );
+    let raw = endpoint.connect(addr, "localhost")?.await?;
     let url = format!("https://127.0.0.1:{}/qrpc", addr.port());
     let web = qrpc::testing::web::WebClient::connect(&url, &browser.hashes(), None).await?;
     Ok(WebPair {
         native: EchoClient::new(native),
+        raw,
         web,
     })
 }

@@ -53,13 +53,28 @@ pub fn default_static_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/typescript")
 }
 
-/// Starts the qrpc server on `quic` and the page's HTTP server on `http` (loopback addresses;
-/// port 0 picks one), serving files from `static_dir` (the built TypeScript package).
-pub async fn serve(
-    quic: SocketAddr,
-    http: SocketAddr,
-    static_dir: PathBuf,
-) -> anyhow::Result<Running> {
+/// How to run the example.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The qrpc server's address (UDP; port 0 picks one).
+    pub quic: SocketAddr,
+    /// The page's HTTP server's address (TCP, loopback; port 0 picks one).
+    pub http: SocketAddr,
+    /// Where the page's files are (the built TypeScript package).
+    pub static_dir: PathBuf,
+    /// Offer every connection an optional client-certificate request, as a quicproquo
+    /// server with federation does (peers present one; pages and other clients need not).
+    pub ask_client_certificates: bool,
+}
+
+/// Starts the qrpc server and the page's HTTP server.
+pub async fn serve(options: Options) -> anyhow::Result<Running> {
+    let Options {
+        quic,
+        http,
+        static_dir,
+        ask_client_certificates,
+    } = options;
     let listener = tokio::net::TcpListener::bind(http).await?;
     let http = listener.local_addr()?;
     let cert = SelfSigned::generate(&["localhost", "127.0.0.1"])?;
@@ -74,8 +89,15 @@ pub async fn serve(
             Quota::per_minute(NonZeroU32::new(PINGS_PER_MINUTE).unwrap_or(NonZeroU32::MIN)),
         )
         .build();
+    let tls = if ask_client_certificates {
+        // A key nobody holds: the request is offered, and no one can answer it.
+        cert.server_tls()
+            .with_client_auth(qrpc::tls::ClientAuth::pinned_keys([[0x5a; 32]]))
+    } else {
+        cert.server_tls()
+    };
     let builder = qrpc::Server::builder()
-        .tls(cert.server_tls())
+        .tls(tls)
         .webtransport(web)
         .layer(limit);
     let room = ChatRoom::new(builder.push_registry());

@@ -21,18 +21,18 @@ const repo = resolve(import.meta.dirname, "../../../..");
 const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const server = process.env.QRPC_BROWSER_EXAMPLE ?? resolve(repo, "target/debug/browser");
 
-let example: ChildProcess | undefined;
+const examples: ChildProcess[] = [];
 let browser: Browser | undefined;
 let page: Page;
 
 /** Starts the example server on free ports and returns the page's address. */
-async function startExample(): Promise<string> {
+async function startExample(extra: string[] = []): Promise<string> {
   assert.ok(existsSync(server), `build the example first: cargo build -p qrpc-examples --bin browser (${server})`);
-  const child = spawn(server, ["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0"], {
+  const child = spawn(server, ["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", ...extra], {
     cwd: repo,
     stdio: ["ignore", "pipe", "inherit"],
   });
-  example = child;
+  examples.push(child);
   const lines = createInterface({ input: child.stdout! });
   const exited = once(child, "exit").then(([code]) => {
     throw new Error(`the example server exited (${String(code)})`);
@@ -72,7 +72,9 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  example?.kill("SIGTERM");
+  for (const child of examples) {
+    child.kill("SIGTERM");
+  }
 });
 
 /** Evaluates `script` (an async function body using `demo`) in the page. */
@@ -146,6 +148,22 @@ test("a cancelled call stops the server's handler", async () => {
   assert.deepEqual(result, { code: 1, waiting: "0", cancelled: "1" });
 });
 
+test("a call with a deadline ends with DEADLINE_EXCEEDED and its handler is dropped", async () => {
+  const result = await run<{ code: number; cancelled: string; said: string }>(`
+    const before = await demo.echo.waitStats({});
+    const code = await demo.echo.wait({ value: 60000n }, { timeoutMs: 300 }).then(() => -1, (e) => e.code);
+    let after = await demo.echo.waitStats({});
+    for (let i = 0; i < 500 && after.cancelled === before.cancelled; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      after = await demo.echo.waitStats({});
+    }
+    // A call with a deadline and metadata (the call extension, probed once) that finishes.
+    const said = (await demo.echo.say({ text: "with metadata" }, { timeoutMs: 5000, metadata: { "x-tenant": "blue" } })).text;
+    return { code, cancelled: String(after.cancelled - before.cancelled), said };`);
+  // DEADLINE_EXCEEDED, and the server no longer runs the handler.
+  assert.deepEqual(result, { code: 4, cancelled: "1", said: "with metadata" });
+});
+
 test("unauthenticated and rate-limited calls get the native statuses", async () => {
   const codes = await run<{ post: number; pings: number[] }>(`
     const other = demo.newClient();
@@ -160,4 +178,21 @@ test("unauthenticated and rate-limited calls get the native statuses", async () 
   // The example allows 20 pings a minute per caller.
   assert.deepEqual(codes.pings.slice(0, 20), Array(20).fill(0));
   assert.ok(codes.pings.slice(20).every((c) => c === 8), `RESOURCE_EXHAUSTED: ${codes.pings.join(",")}`);
+});
+
+test("a server that asks every connection for a client certificate still serves pages", async () => {
+  // quicproquo's servers offer the request for federation peers; a page has no certificate.
+  const url = await startExample(["--ask-client-certificates"]);
+  const other = await browser!.newPage();
+  try {
+    await other.goto(url);
+    await other.waitForFunction("globalThis.demoReady === true || globalThis.demoError !== undefined", undefined, {
+      timeout: 30_000,
+    });
+    assert.equal(await other.evaluate("globalThis.demoError"), undefined);
+    const text = await other.evaluate(`globalThis.demo.echo.say({ text: "no certificate" }).then((r) => r.text)`);
+    assert.equal(text, "no certificate");
+  } finally {
+    await other.close();
+  }
 });

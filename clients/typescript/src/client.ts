@@ -385,14 +385,20 @@ export class Client {
     return { stream, requestId };
   }
 
+  /** A call that needed an answer and got none: the send side's failure says why, if any. */
+  static #noAnswer(stream: CallStream): QrpcError {
+    return stream.sendFailure === undefined
+      ? new QrpcError(Code.INTERNAL, "the server ended the call without a response")
+      : new QrpcError(Code.UNAVAILABLE, `the call's stream failed: ${String(stream.sendFailure)}`);
+  }
+
   /** The next OK payload of a call, `undefined` at its end; an error status throws. */
   static async #payload(stream: CallStream, requestId: number): Promise<Uint8Array | undefined> {
     for (;;) {
       const frame = await stream.next();
       if (frame === undefined) {
-        if (stream.sendFailure !== undefined) {
-          throw new QrpcError(Code.UNAVAILABLE, `the call's stream failed: ${String(stream.sendFailure)}`);
-        }
+        // A clean end (a stream that failed throws from `next`): for a streaming answer, its
+        // last message; a server that stopped reading early (STOP_SENDING) changes nothing.
         return undefined;
       }
       if (frame.requestId !== requestId) {
@@ -444,7 +450,7 @@ export class Client {
         await stream.finish();
         const response = await Client.#payload(stream, requestId);
         if (response === undefined) {
-          throw new QrpcError(Code.INTERNAL, "the server ended the call without a response");
+          throw Client.#noAnswer(stream);
         }
         return response;
       })(),
@@ -495,7 +501,7 @@ export class Client {
         await stream.finish();
         const response = await Client.#payload(stream, requestId);
         if (response === undefined) {
-          throw new QrpcError(Code.INTERNAL, "the server ended the call without a response");
+          throw Client.#noAnswer(stream);
         }
         return response;
       })(),

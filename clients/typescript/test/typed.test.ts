@@ -5,7 +5,7 @@
 import { strict as assert } from "node:assert";
 import { test } from "node:test";
 
-import { Client, Code, FrameReader, QrpcError, encodePush, type Session } from "../src/index.js";
+import { Client, Code, FrameReader, QrpcError, encodePush, encodeResponse, type Session } from "../src/index.js";
 import { EchoClient, EchoMethods } from "../examples/gen/echo/v1/echo_qrpc.js";
 import { RoomEventChannel, TypingEventChannel, decodeRoomEvent } from "../examples/gen/chat/v1/chat_qrpc.js";
 import { echo, fakeSession, hex, toHex } from "./fake.js";
@@ -178,4 +178,44 @@ test("frames split into many small chunks decode once complete", () => {
   assert.equal(frame?.eventType, 9);
   assert.deepEqual(frame?.payload, payload);
   assert.equal(reader.buffered, 0);
+});
+
+test("a server that stops reading the request early does not fail the call it answers", { timeout: 10_000 }, async () => {
+  // The request side fails on finish (STOP_SENDING), as when the server has the whole
+  // request before the FIN arrives; the answer decides the call.
+  const answered = (frames: Uint8Array[]): Session => {
+    const { session } = fakeSession({});
+    return {
+      ...session,
+      async createBidirectionalStream() {
+        const writable = new WritableStream<Uint8Array>({
+          close() {
+            throw new Error("Received STOP_SENDING");
+          },
+        });
+        const readable = new ReadableStream<Uint8Array>({
+          start(c) {
+            for (const frame of frames) {
+              c.enqueue(frame);
+            }
+            c.close();
+          },
+        });
+        return { readable, writable };
+      },
+    };
+  };
+  const say = encodeResponse({ status: 0, requestId: 1, payload: hex("0a026869") });
+  const reply = await new EchoClient(new Client(answered([say]))).say({ text: "hi" });
+  assert.equal(reply.text, "hi");
+  const replies = [0, 1].map((i) => encodeResponse({ status: 0, requestId: 1, payload: Uint8Array.from([0x10, i]) }));
+  const indexes: number[] = [];
+  for await (const r of new EchoClient(new Client(answered(replies))).repeat({ text: "x", count: 2 })) {
+    indexes.push(r.index);
+  }
+  assert.deepEqual(indexes, [0, 1]);
+  // No answer at all: the failure is the call's.
+  await assert.rejects(new EchoClient(new Client(answered([]))).say({ text: "x" }), (e: unknown) =>
+    e instanceof QrpcError && e.code === Code.UNAVAILABLE && e.message.includes("STOP_SENDING"),
+  );
 });

@@ -1,5 +1,6 @@
 //! Serves the echo and chat examples to a browser page: `cargo run -p qrpc-examples --bin
-//! browser -- [--http ADDR] [--quic ADDR] [--static DIR]`, then open the printed address.
+//! browser -- [--http ADDR] [--quic ADDR] [--static DIR] [--ask-client-certificates]`, then
+//! open the printed address.
 //! Build the page's scripts first: `(cd clients/typescript && npm ci && npm run build)`.
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let mut http: SocketAddr = "127.0.0.1:8080".parse()?;
     let mut quic: SocketAddr = "127.0.0.1:4433".parse()?;
     let mut root = qrpc_examples::browser::default_static_dir();
+    let mut ask_client_certificates = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -31,8 +33,9 @@ async fn main() -> anyhow::Result<()> {
             "--http" => http = value()?.parse()?,
             "--quic" => quic = value()?.parse()?,
             "--static" => root = PathBuf::from(value()?),
+            "--ask-client-certificates" => ask_client_certificates = true,
             other => anyhow::bail!(
-                "unknown argument {other}; usage: browser [--http ADDR] [--quic ADDR] [--static DIR]"
+                "unknown argument {other}; usage: browser [--http ADDR] [--quic ADDR] [--static DIR] [--ask-client-certificates]"
             ),
         }
     }
@@ -42,7 +45,13 @@ async fn main() -> anyhow::Result<()> {
             root.display()
         );
     }
-    let running = qrpc_examples::browser::serve(quic, http, root).await?;
+    let running = qrpc_examples::browser::serve(qrpc_examples::browser::Options {
+        quic,
+        http,
+        static_dir: root,
+        ask_client_certificates,
+    })
+    .await?;
     println!("qrpc (native and WebTransport) on udp {}", running.quic);
     println!(
         "native clients pin {}",
