@@ -170,8 +170,9 @@ pub(crate) enum DatagramSent {
 #[derive(Clone)]
 pub(crate) enum Conn {
     Quic(quinn::Connection),
+    /// Boxed: a session is large, a QUIC connection a pointer.
     #[cfg(feature = "webtransport")]
-    Web(web_transport_quinn::Session),
+    Web(Box<web_transport_quinn::Session>),
 }
 
 impl Conn {

@@ -142,7 +142,7 @@ pub(crate) async fn accept(
 ) -> Option<Conn> {
     let remote = conn.remote_address();
     match tokio::time::timeout(timeout, open(conn.clone(), config)).await {
-        Ok(Ok(session)) => Some(Conn::Web(session)),
+        Ok(Ok(session)) => Some(Conn::Web(Box::new(session))),
         Ok(Err(why)) => {
             tracing::debug!(%remote, why, "WebTransport session not opened");
             conn.close(crate::protocol::close::NO_ERROR, why.as_bytes());

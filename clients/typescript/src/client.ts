@@ -528,7 +528,8 @@ export class Client {
     for (;;) {
       const next = await Client.#bounded(stream, options, Client.#payload(stream, requestId));
       if (next === undefined) {
-        await sending;
+        // The server ended the call: it is over, whatever `requests` would still give (its
+        // next value is not waited for).
         return;
       }
       yield next;
@@ -539,6 +540,9 @@ export class Client {
    * The server's push events, in the order it sent them on the push stream, with the events
    * sent as datagrams (unordered, droppable) among them. Follows the client across sessions
    * when it reconnects; ends when the client is closed (or its one session ends).
+   *
+   * One consumer per client: leaving the loop stops the session's push stream (the server
+   * stops pushing to it), so keep one loop for the client's life and fan its events out.
    */
   async *pushes(): AsyncGenerator<PushFrame, void, undefined> {
     for (;;) {
@@ -609,18 +613,23 @@ export class Client {
         const reader = stream.getReader();
         readers.push(reader);
         for (;;) {
-          await room();
-          if (stopped) {
-            return;
-          }
           const chunk = await reader.read();
           if (chunk.done) {
             frames.finish();
             break;
           }
           frames.push(chunk.value);
-          for (let f = frames.next(); f !== undefined; f = frames.next()) {
-            queue.push(f);
+          // One event at a time into the bounded queue: the rest waits as bytes.
+          for (;;) {
+            await room();
+            if (stopped) {
+              return;
+            }
+            const frame = frames.next();
+            if (frame === undefined) {
+              break;
+            }
+            queue.push(frame);
             notify();
           }
         }

@@ -305,7 +305,8 @@ export class FrameReader<F> {
       return undefined;
     }
     const bytes = this.#take(total);
-    const frame = shape.build(view(bytes), bytes.subarray(shape.headerLen));
+    // The payload gets a buffer of its own (starting at offset 0), as from `decode*`.
+    const frame = shape.build(view(bytes), bytes.slice(shape.headerLen));
     this.#checkHeader();
     return frame;
   }

@@ -219,3 +219,29 @@ test("a server that stops reading the request early does not fail the call it an
     e instanceof QrpcError && e.code === Code.UNAVAILABLE && e.message.includes("STOP_SENDING"),
   );
 });
+
+test("a bidi call ends when the server ends it, whatever the requests would still give", { timeout: 10_000 }, async () => {
+  const { session } = fakeSession({});
+  const ended: Session = {
+    ...session,
+    async createBidirectionalStream() {
+      const readable = new ReadableStream<Uint8Array>({
+        start(c) {
+          c.enqueue(encodeResponse({ status: 0, requestId: 1, payload: hex("0802") }));
+          c.close();
+        },
+      });
+      return { readable, writable: new WritableStream<Uint8Array>() };
+    },
+  };
+  // One request, then an input that never comes (a chat box nobody types in).
+  async function* requests(): AsyncGenerator<{ value: bigint }> {
+    yield { value: 1n };
+    await new Promise<never>(() => {});
+  }
+  const got: bigint[] = [];
+  for await (const n of new EchoClient(new Client(ended)).double(requests())) {
+    got.push(n.value);
+  }
+  assert.deepEqual(got, [2n]);
+});

@@ -267,11 +267,6 @@ impl ServerConfig {
         0
     }
 
-    /// The connection's flow-control window: 16 MiB, or four of the largest request frames.
-    fn connection_receive_window(&self) -> u32 {
-        (16u32 << 20).max(self.max_payload.saturating_mul(4))
-    }
-
     /// Unidirectional streams a client may open before its protocol is known.
     fn client_uni_streams(&self) -> u32 {
         #[cfg(feature = "webtransport")]
@@ -292,10 +287,6 @@ impl ServerConfig {
             // them to every connection and takes the credit back from native ones once their
             // ALPN is known.
             .max_concurrent_uni_streams(self.client_uni_streams().into())
-            // What one connection may have in flight unread, all streams together (quinn's
-            // default is unbounded: each of the 100 calls' streams could hold its 1.25 MB
-            // window, and so could any stream nobody reads).
-            .receive_window(self.connection_receive_window().into())
             .max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok())
             .enable_segmentation_offload(self.segmentation_offload)
             // Clients send no datagrams. A zero-byte receive buffer advertises a maximum

@@ -300,7 +300,7 @@ mod tests {
             browser,
             server_alpn: vec![b"qrpc/1".to_vec(), b"h3".to_vec()],
         };
-        let offer = |protocols: &[&'static [u8]]| protocols.to_vec().into_iter();
+        let offer = |protocols: &'static [&'static [u8]]| protocols.iter().copied();
         assert!(resolver.negotiates_h3(offer(&[b"h3"])));
         assert!(!resolver.negotiates_h3(offer(&[b"qrpc/1"])));
         // Offering both negotiates the server's preference, qrpc/1.
