@@ -75,7 +75,7 @@ async fn echo_generated_client_surfaces_server_errors() {
     assert_eq!(code, Code::InvalidArgument);
     let descriptor = &qrpc_examples::proto::echo::v1::echo_server::DESCRIPTOR;
     assert_eq!(descriptor.name, "echo.v1.Echo");
-    assert_eq!(descriptor.methods.len(), 5);
+    assert_eq!(descriptor.methods.len(), 7);
     assert_eq!(
         descriptor.method_by_name("Double").unwrap().kind,
         qrpc::CallKind::Bidi
