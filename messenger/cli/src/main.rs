@@ -87,6 +87,9 @@ enum Cmd {
     Register {
         /// The user name.
         user: String,
+        /// An invite code, for a server that registers by invitation.
+        #[arg(long)]
+        invite: Option<String>,
     },
     /// Log this profile in (password as for `register`).
     Login {
@@ -191,11 +194,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let (session, _, _) = open(&args).await?;
             script::conversations(&session, &mut std::io::stdout(), args.json)
         }
-        Some(Cmd::Register { ref user }) => {
+        Some(Cmd::Register {
+            ref user,
+            ref invite,
+        }) => {
             let (session, _, _) = open(&args).await?;
             let password = passphrase::new_password(user, &mut passphrase::prompt_hidden)?;
             let device = session.device().to_owned();
-            session.client().register(user, &password).await?;
+            session
+                .client()
+                .register_with_invite(user, &password, invite.as_deref())
+                .await?;
             session.client().login(user, &device, &password).await?;
             println!("registered and logged in as {user}/{device}");
             Ok(())

@@ -26,6 +26,17 @@ fn bad_server_message(_: opaque_ke::errors::ProtocolError) -> Status {
 
 /// Registers `user` with `password`.
 pub async fn register(client: &qrpc::Client, user: &str, password: &str) -> Result<(), Status> {
+    register_with_invite(client, user, password, None).await
+}
+
+/// Registers `user` with `password`, presenting `invite` to a server that admits
+/// registrations by invitation.
+pub async fn register_with_invite(
+    client: &qrpc::Client,
+    user: &str,
+    password: &str,
+    invite: Option<&str>,
+) -> Result<(), Status> {
     let auth = AuthClient::new(client.clone());
     let mut rng = rand_core_06::OsRng;
     let password = Zeroizing::new(password.as_bytes().to_vec());
@@ -50,6 +61,7 @@ pub async fn register(client: &qrpc::Client, user: &str, password: &str) -> Resu
     auth.register_finish(&v1::RegisterFinishRequest {
         user: user.into(),
         registration_upload: finish.message.serialize().to_vec().into(),
+        invite: invite.map(str::to_owned),
     })
     .await?;
     Ok(())

@@ -25,8 +25,19 @@ use crate::sync::receive_loop;
 impl QpqClient {
     /// Creates an account on the server. Does not log in.
     pub async fn register(&self, user: &str, password: &str) -> SdkResult<()> {
+        self.register_with_invite(user, password, None).await
+    }
+
+    /// Creates an account on a server that registers by invitation, presenting `invite`
+    /// (the server's plugins decide). Does not log in.
+    pub async fn register_with_invite(
+        &self,
+        user: &str,
+        password: &str,
+        invite: Option<&str>,
+    ) -> SdkResult<()> {
         let rpc = self.rpc().await?;
-        qpq_proto::auth_flows::register(&rpc, user, password).await?;
+        qpq_proto::auth_flows::register_with_invite(&rpc, user, password, invite).await?;
         Ok(())
     }
 

@@ -42,6 +42,56 @@ pub struct Config {
     pub federation: Federation,
     /// Limits.
     pub limits: Limits,
+    /// Plugins, asked in this order (default: none). Needs a server built with the
+    /// `plugins` feature. See docs/plugins.md.
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// One plugin: a WebAssembly component and its bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Its name, in logs and errors.
+    pub name: String,
+    /// The component file (`.wasm`; a `.wat` text component works too).
+    pub path: PathBuf,
+    /// When the plugin fails (traps, runs out of time or memory): allow the event (true) or
+    /// deny it with `Unavailable` (default false: fail closed).
+    #[serde(default)]
+    pub fail_open: bool,
+    /// The time one call may take, in milliseconds (default 50); a plugin that takes longer is
+    /// stopped and counts as failed. The host gives the thread back every 5 ms meanwhile.
+    #[serde(default = "default_plugin_time_ms")]
+    pub time_budget_ms: u64,
+    /// The most linear memory the plugin may grow to, in MiB (default 16); growing beyond
+    /// fails its call.
+    #[serde(default = "default_plugin_memory_mib")]
+    pub memory_limit_mib: u32,
+    /// The plugin's own configuration, passed to its `init`.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn default_plugin_time_ms() -> u64 {
+    50
+}
+
+fn default_plugin_memory_mib() -> u32 {
+    16
+}
+
+impl PluginConfig {
+    /// A plugin at `path` with the default bounds and an empty configuration.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            path: path.into(),
+            fail_open: false,
+            time_budget_ms: default_plugin_time_ms(),
+            memory_limit_mib: default_plugin_memory_mib(),
+            config: toml::Table::new(),
+        }
+    }
 }
 
 /// A trusted peer server.
@@ -397,6 +447,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             federation: Federation::default(),
             limits: Limits::default(),
+            plugins: Vec::new(),
         }
     }
 }

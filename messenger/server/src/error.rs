@@ -13,6 +13,9 @@ pub enum ServerError {
     /// The configuration is unreadable or inconsistent.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A configured plugin could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::PluginError),
     /// A file or directory the server needs could not be created, read or written.
     #[error("{action} {}", path.display())]
     Io {

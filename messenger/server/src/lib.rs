@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod federation;
+pub mod plugins;
 pub mod server;
 pub mod session;
 pub mod state;

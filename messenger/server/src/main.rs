@@ -92,6 +92,26 @@ fn load(args: &Args) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Reloads the plugins on each SIGHUP (docs/plugins.md); a failed reload keeps the old ones.
+fn reload_plugins_on_hangup(plugins: qpq_server::plugins::Plugins) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match plugins.reload().await {
+                Ok(()) => tracing::info!(plugins = ?plugins.names(), "plugins reloaded"),
+                Err(err) => tracing::error!(%err, "plugin reload failed; the old plugins stay"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = plugins;
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -171,6 +191,10 @@ async fn main() -> anyhow::Result<()> {
         config.domain,
         qpq_server::util::hex(&server.key_pin)
     );
+    if !config.plugins.is_empty() {
+        println!("plugins: {}", server.state().plugins().names().join(", "));
+    }
+    reload_plugins_on_hangup(server.state().plugins().clone());
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;

@@ -332,7 +332,7 @@ async fn prepare(config: &Config, clock: Clock) -> Result<Prepared<AnyStore>, Se
     if let Some(fed) = &federation {
         state = state.with_federation(Arc::clone(fed));
     }
-    let state = Arc::new(state);
+    let state = Arc::new(state.with_plugins(crate::plugins::Plugins::load(&config.plugins).await?));
     if let Some(mut pokes) = pokes {
         let weak = Arc::downgrade(&state);
         tokio::spawn(async move {

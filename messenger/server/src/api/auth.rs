@@ -143,6 +143,17 @@ impl<S: Store> Auth for Api<S> {
         // Creating accounts is limited like logging in: per IP and per connection.
         self.check_login_ip(&ctx)?;
         self.count_attempt(&ctx)?;
+        if let Some(invite) = &request.invite {
+            validate::max_len("invite", invite.len(), 128)?;
+        }
+        self.state
+            .plugins
+            .check(|| crate::plugins::Event::Registration {
+                user: request.user.clone(),
+                invite: request.invite.clone(),
+                remote_address: ctx.remote_address().ip().to_string(),
+            })
+            .await?;
         let record = ServerRegistration::finish(upload);
         match self
             .state
@@ -178,6 +189,13 @@ impl<S: Store> Auth for Api<S> {
             1,
             "login attempts for this account",
         )?;
+        self.state
+            .plugins
+            .check(|| crate::plugins::Event::Login {
+                user: request.user.clone(),
+                remote_address: ctx.remote_address().ip().to_string(),
+            })
+            .await?;
         // An unknown user runs the same computation against a fake record, so the response
         // does not reveal whether the name exists.
         let record = match self.state.store.password_file(request.user.clone()).await? {

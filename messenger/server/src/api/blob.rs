@@ -69,6 +69,13 @@ impl<S: Store> Blob for Api<S> {
                 self.state.limits.max_blob_bytes
             )));
         }
+        self.state
+            .plugins
+            .check(|| crate::plugins::Event::BlobUpload {
+                user: me.user.clone(),
+                size: total,
+            })
+            .await?;
         if let Some(row) = self.state.store.blob(sha.clone()).await?
             && row.complete
         {

@@ -189,6 +189,23 @@ impl<S: Store> Api<S> {
         )
     }
 
+    /// Asks the plugins about each message (sender or sealed, recipient, size); the first
+    /// denial refuses the call.
+    async fn plugins_allow(&self, messages: &[NewMessage]) -> Result<(), Status> {
+        for m in messages {
+            self.state
+                .plugins
+                .check(|| crate::plugins::Event::Enqueue {
+                    sender: m.sender_user.clone(),
+                    recipient: m.recipient.user.clone(),
+                    first_contact: m.stranger,
+                    size: m.payload.len() as u64,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// A sealed send (no login) must carry the recipient's delivery token.
     async fn check_sealed(
         &self,
@@ -275,6 +292,7 @@ impl<S: Store> Delivery for Api<S> {
                 self.check_sealed(&request, &message).await?;
             }
         }
+        self.plugins_allow(std::slice::from_ref(&message)).await?;
         if remote_domain(&message).is_some() {
             let Some(session) = live_session(&ctx) else {
                 return Err(Status::permission_denied(
@@ -407,6 +425,7 @@ impl<S: Store> Delivery for Api<S> {
             .map(|m| self.new_message(m))
             .collect::<Result<Vec<_>, _>>()?;
         self.attribute(&me, &mut messages).await?;
+        self.plugins_allow(&messages).await?;
         // Local recipients' queues and other servers' outboxes; the answers in request order.
         let (remote, local): (Vec<_>, Vec<_>) = messages
             .into_iter()

@@ -98,6 +98,14 @@ impl<S: Store> Channel for Api<S> {
         for member in &request.members {
             validate::user(member)?;
         }
+        self.state
+            .plugins
+            .check(|| crate::plugins::Event::ChannelCreated {
+                creator: me.user.clone(),
+                channel: crate::util::hex(&request.mls_group_id),
+                members: request.members.clone(),
+            })
+            .await?;
         let owned = self.state.store.channels_owned(me.user.clone()).await?;
         let max_owned = self.state.limits.max_channels_per_user;
         if owned >= u64::from(max_owned) {
@@ -158,6 +166,15 @@ impl<S: Store> Channel for Api<S> {
             validate::user(user)?;
         }
         self.check_write(&me)?;
+        self.state
+            .plugins
+            .check(|| crate::plugins::Event::Membership {
+                actor: me.user.clone(),
+                channel: crate::util::hex(&request.channel_id),
+                added: request.add.clone(),
+                removed: request.remove.clone(),
+            })
+            .await?;
         self.check_invites(&me.user, request.add.len())?;
         let members = match self
             .state

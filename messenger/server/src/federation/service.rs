@@ -23,6 +23,21 @@ impl<S: Store> Api<S> {
     ) -> Result<String, Status> {
         let fed = self.federation()?;
         let domain = fed.authenticate(ctx.peer(), origin, lookup)?;
+        // Plugins decide on a peer once per connection (its first call).
+        #[derive(Clone)]
+        struct PluginsAccepted;
+        if ctx
+            .peer()
+            .with_extensions(|e| e.get::<PluginsAccepted>().is_none())
+        {
+            self.state
+                .plugins
+                .check(|| crate::plugins::Event::FederationPeer {
+                    domain: domain.clone(),
+                })
+                .await?;
+            ctx.peer().with_extensions(|e| e.insert(PluginsAccepted));
+        }
         if fed.should_wake(&domain) {
             self.state.store.outbox_wake(domain.clone()).await?;
             fed.wake.notify_one();

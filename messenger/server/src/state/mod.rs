@@ -58,6 +58,8 @@ pub struct AppState<S> {
     pub(crate) bus: ClusterBus,
     /// Federation with other servers, when enabled.
     pub(crate) federation: Option<Arc<crate::federation::Federation>>,
+    /// The operator's plugins (none by default).
+    pub(crate) plugins: crate::plugins::Plugins,
 }
 
 /// `percent` % of `total`, at least 1.
@@ -103,7 +105,19 @@ impl<S: Store> AppState<S> {
             strangers: strangers::StrangerMemory::default(),
             bus: ClusterBus::Local,
             federation: None,
+            plugins: crate::plugins::Plugins::none(),
         }
+    }
+
+    /// Sets the plugins (default: none).
+    pub fn with_plugins(mut self, plugins: crate::plugins::Plugins) -> Self {
+        self.plugins = plugins;
+        self
+    }
+
+    /// The server's plugins (to reload them).
+    pub fn plugins(&self) -> &crate::plugins::Plugins {
+        &self.plugins
     }
 
     /// Sets federation (default: none).
