@@ -101,14 +101,15 @@ fn plugins(c: &mut Criterion) {
                     let sender = &sender;
                     let to = &to;
                     async move {
-                        let calls = (start..start + IN_FLIGHT).map(|i| {
-                            sender.enqueue(&v1::EnqueueRequest {
+                        let requests: Vec<v1::EnqueueRequest> = (start..start + IN_FLIGHT)
+                            .map(|i| v1::EnqueueRequest {
                                 recipient: Some(to.clone()),
                                 message_id: i.to_be_bytes().repeat(2).into(),
                                 payload: vec![0x5a; 256].into(),
                                 delivery_token: Default::default(),
                             })
-                        });
+                            .collect();
+                        let calls = requests.iter().map(|r| sender.enqueue(r));
                         for result in futures::future::join_all(calls).await {
                             result.unwrap();
                         }

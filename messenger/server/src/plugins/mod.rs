@@ -272,6 +272,14 @@ mod tests {
         assert_eq!(bounded_reason(&"é".repeat(300)).len(), 200);
     }
 
+    #[cfg(not(feature = "plugins"))]
+    #[tokio::test]
+    async fn a_server_built_without_plugins_refuses_a_configuration_that_lists_some() {
+        let listed = [crate::config::PluginConfig::new("invite", "invite.wasm")];
+        let err = Plugins::load(&listed).await.unwrap_err().to_string();
+        assert!(err.contains("--features plugins"), "{err}");
+    }
+
     #[tokio::test]
     async fn without_plugins_everything_is_allowed() {
         let plugins = Plugins::load(&[]).await.unwrap();
