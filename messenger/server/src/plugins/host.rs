@@ -170,9 +170,10 @@ impl Host {
         component: &Component,
     ) -> Result<Instance, PluginError> {
         let name = config.name.clone();
+        let budget = LogBudget::shared();
         let wasi = WasiCtxBuilder::new()
-            .stdout(LogStream::new(name.clone(), "stdout"))
-            .stderr(LogStream::new(name, "stderr"))
+            .stdout(LogStream::new(name.clone(), "stdout", Arc::clone(&budget)))
+            .stderr(LogStream::new(name, "stderr", budget))
             .build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(config.memory_limit_mib as usize * 1024 * 1024)
@@ -473,16 +474,61 @@ fn to_wit(event: Event) -> wit::Event {
     wit::Event { time_ms, data }
 }
 
+/// Lines a plugin may log per second (both streams together); beyond, lines are dropped and
+/// counted, so a plugin cannot flood the server's log.
+const LOG_LINES_PER_SECOND: u32 = 200;
+
 /// A plugin's stdout or stderr: each line goes to the server's log, tagged with the plugin.
 #[derive(Clone)]
 struct LogStream {
     plugin: String,
     stream: &'static str,
+    budget: Arc<std::sync::Mutex<LogBudget>>,
+}
+
+/// What a plugin may still log in the current second.
+struct LogBudget {
+    second: std::time::Instant,
+    lines: u32,
+    dropped: u64,
 }
 
 impl LogStream {
-    fn new(plugin: String, stream: &'static str) -> Self {
-        Self { plugin, stream }
+    fn new(plugin: String, stream: &'static str, budget: Arc<std::sync::Mutex<LogBudget>>) -> Self {
+        Self {
+            plugin,
+            stream,
+            budget,
+        }
+    }
+}
+
+impl LogBudget {
+    fn shared() -> Arc<std::sync::Mutex<Self>> {
+        Arc::new(std::sync::Mutex::new(Self {
+            second: std::time::Instant::now(),
+            lines: 0,
+            dropped: 0,
+        }))
+    }
+
+    /// Whether one more line may be logged now; the lines dropped before, once a new second
+    /// begins.
+    fn take(&mut self) -> (bool, u64) {
+        let now = std::time::Instant::now();
+        let mut dropped = 0;
+        if now.duration_since(self.second) >= Duration::from_secs(1) {
+            self.second = now;
+            self.lines = 0;
+            dropped = std::mem::take(&mut self.dropped);
+        }
+        if self.lines < LOG_LINES_PER_SECOND {
+            self.lines += 1;
+            (true, dropped)
+        } else {
+            self.dropped += 1;
+            (false, dropped)
+        }
     }
 }
 
@@ -498,6 +544,7 @@ impl wasmtime_wasi::cli::StdoutStream for LogStream {
             plugin: self.plugin.clone(),
             stream: self.stream,
             line: Vec::new(),
+            budget: Arc::clone(&self.budget),
         })
     }
 }
@@ -507,10 +554,23 @@ struct LogWriter {
     plugin: String,
     stream: &'static str,
     line: Vec<u8>,
+    budget: Arc<std::sync::Mutex<LogBudget>>,
 }
 
 impl LogWriter {
     fn emit(&mut self) {
+        let (allowed, dropped) = self
+            .budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if dropped > 0 {
+            tracing::warn!(target: "qpq_server::plugin", plugin = %self.plugin, dropped, "plugin output over its rate dropped");
+        }
+        if !allowed {
+            self.line.clear();
+            return;
+        }
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches('\r');
         tracing::info!(target: "qpq_server::plugin", plugin = %self.plugin, stream = self.stream, "{text}");
