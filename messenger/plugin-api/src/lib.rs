@@ -40,8 +40,8 @@ wit_bindgen::generate!({
 
 pub use exports::qpq::plugin::hooks::Guest as Hooks;
 pub use qpq::plugin::types::{
-    BlobUpload, ChannelCreated, Code, Denial, Enqueue, Event, EventData, EventKind,
-    FederationPeer, Login, Membership, Registration, Verdict,
+    BlobUpload, ChannelCreated, Code, Denial, Enqueue, Event, EventData, EventKind, FederationPeer,
+    Login, Membership, Registration, Verdict,
 };
 
 use std::cell::RefCell;

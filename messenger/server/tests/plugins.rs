@@ -164,6 +164,31 @@ async fn a_plugin_that_loops_is_stopped_within_its_budget_while_others_are_serve
 }
 
 #[tokio::test]
+async fn a_plugin_waiting_in_a_host_call_is_stopped_too() {
+    // Sleeping is a WASI clock wait: no guest code runs, so only the overall deadline
+    // (budget plus slack) stops it.
+    let h = serve(vec![with("misbehave", "mode = \"sleep\"", |p| {
+        p.time_budget_ms = 200;
+    })])
+    .await;
+    let client = h.connect().await;
+    register(&client, "ada", PASSWORD).await.unwrap();
+    let start = Instant::now();
+    let err = login(&client, "ada", "laptop", PASSWORD).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // The next call gets a fresh instance.
+    register(&client, "innocent", PASSWORD).await.unwrap();
+    login(&client, "innocent", "laptop", PASSWORD)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_plugin_that_grows_past_its_memory_limit_fails_its_call() {
     let h = serve(vec![with("misbehave", "mode = \"grow\"", |p| {
         p.memory_limit_mib = 8;

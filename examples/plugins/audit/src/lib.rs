@@ -82,7 +82,10 @@ impl Plugin for Audit {
                 b.size
             ),
             EventData::FederationPeer(p) => {
-                format!("\"event\":\"federation_peer\",\"domain\":{}", json(&p.domain))
+                format!(
+                    "\"event\":\"federation_peer\",\"domain\":{}",
+                    json(&p.domain)
+                )
             }
         };
         println!("{{\"time_ms\":{},{fields}}}", event.time_ms);

@@ -1,5 +1,5 @@
 //! A plugin that misbehaves on purpose, for the server's tests: on a login it loops forever,
-//! grows its memory without end, or panics, as `mode` says; it allows everything else and
+//! grows its memory without end, panics, or sleeps in a host call, as `mode` says; it allows everything else and
 //! reports its configuration in the denial of a login when `mode = "echo"`.
 
 use qpq_plugin_api::{Code, Config, Event, EventData, EventKind, Plugin, Verdict, export_plugin};
@@ -41,6 +41,11 @@ impl Plugin for Misbehave {
                 self.hoard.push(vec![1u8; 1 << 20]);
             },
             "panic" => panic!("misbehaving on purpose"),
+            // Waits in a host call (a WASI clock), where no guest code runs.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Verdict::Allow
+            }
             _ => {
                 let mut pairs = self.config.clone();
                 pairs.sort();

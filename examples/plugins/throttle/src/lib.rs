@@ -5,6 +5,9 @@ use std::collections::{HashMap, HashSet};
 
 use qpq_plugin_api::{Code, Config, Event, EventData, EventKind, Plugin, Verdict, export_plugin};
 
+/// Senders remembered before the ones whose window is over are forgotten.
+const MAX_SENDERS: usize = 100_000;
+
 struct Throttle {
     limit: usize,
     window_ms: u64,
@@ -32,6 +35,12 @@ impl Plugin for Throttle {
         let (Some(sender), true) = (message.sender, message.first_contact) else {
             return Verdict::Allow;
         };
+        // Forget senders whose window is over, before the map grows large.
+        if self.seen.len() >= MAX_SENDERS {
+            let (now, window) = (event.time_ms, self.window_ms);
+            self.seen
+                .retain(|_, (start, _)| now.saturating_sub(*start) < window);
+        }
         let (start, contacts) = self
             .seen
             .entry(sender)

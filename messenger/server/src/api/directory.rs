@@ -166,6 +166,8 @@ impl<S: Store> Channel for Api<S> {
             validate::user(user)?;
         }
         self.check_write(&me)?;
+        // The invite cap bounds `add` before any plugin sees it.
+        self.check_invites(&me.user, request.add.len())?;
         self.state
             .plugins
             .check(|| crate::plugins::Event::Membership {
@@ -175,7 +177,6 @@ impl<S: Store> Channel for Api<S> {
                 removed: request.remove.clone(),
             })
             .await?;
-        self.check_invites(&me.user, request.add.len())?;
         let members = match self
             .state
             .store

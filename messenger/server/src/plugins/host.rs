@@ -53,6 +53,14 @@ struct Loaded {
     /// One call at a time; the instance keeps the plugin's state between calls.
     instance: tokio::sync::Mutex<Instance>,
     component: Component,
+    /// What the plugin may still log (shared by its instances, so a restart resets nothing).
+    log_budget: Arc<std::sync::Mutex<LogBudget>>,
+}
+
+/// What compiling and instantiating plugins needs; shared with the calls' tasks.
+struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
 }
 
 struct Instance {
@@ -62,8 +70,7 @@ struct Instance {
 
 /// The plugins of a server.
 pub(super) struct Host {
-    engine: Engine,
-    linker: Arc<Linker<State>>,
+    runtime: Arc<Runtime>,
     configs: Vec<PluginConfig>,
     loaded: RwLock<Arc<Vec<Arc<Loaded>>>>,
     /// Tells the epoch thread to end.
@@ -115,8 +122,7 @@ impl Host {
                 reason: e.to_string(),
             })?;
         let host = Self {
-            engine,
-            linker: Arc::new(linker),
+            runtime: Arc::new(Runtime { engine, linker }),
             configs,
             loaded: RwLock::new(Arc::new(Vec::new())),
             stop,
@@ -145,78 +151,38 @@ impl Host {
                 format!("cannot read {}: {e}", config.path.display()),
             )
         })?;
-        let component = Component::new(&self.engine, &bytes)
+        // Compiling takes a while: not on a runtime thread.
+        let engine = self.runtime.engine.clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| load_error(&config, e))?
             .map_err(|e| load_error(&config, format!("not a WebAssembly component: {e}")))?;
-        check_version(&self.engine, &component).map_err(|e| load_error(&config, e))?;
-        let mut instance = self.instantiate(&config, &component).await?;
-        let subscriptions = call_bounded(&mut instance.store, config.time_budget_ms, |store| {
-            let plugin = &instance.plugin;
-            Box::pin(async move { plugin.qpq_plugin_hooks().call_subscriptions(store).await })
-        })
+        check_version(&self.runtime.engine, &component).map_err(|e| load_error(&config, e))?;
+        let log_budget = LogBudget::shared();
+        let deadline = Duration::from_millis(config.time_budget_ms) + SLACK;
+        let mut instance = tokio::time::timeout(
+            deadline * 2,
+            self.runtime.instantiate(&config, &component, &log_budget),
+        )
         .await
+        .map_err(|_| load_error(&config, "init took too long"))??;
+        let subscriptions = tokio::time::timeout(
+            deadline,
+            call_bounded(&mut instance.store, config.time_budget_ms, |store| {
+                let plugin = &instance.plugin;
+                Box::pin(async move { plugin.qpq_plugin_hooks().call_subscriptions(store).await })
+            }),
+        )
+        .await
+        .map_err(|_| load_error(&config, "subscriptions took too long"))?
         .map_err(|e| load_error(&config, format!("subscriptions failed: {e}")))?;
         Ok(Loaded {
             subscriptions: subscriptions.into_iter().map(EventKind::from).collect(),
             instance: tokio::sync::Mutex::new(instance),
             component,
             config,
+            log_budget,
         })
-    }
-
-    /// A fresh instance of `component`, initialised with its configuration.
-    async fn instantiate(
-        &self,
-        config: &PluginConfig,
-        component: &Component,
-    ) -> Result<Instance, PluginError> {
-        let name = config.name.clone();
-        let budget = LogBudget::shared();
-        let wasi = WasiCtxBuilder::new()
-            .stdout(LogStream::new(name.clone(), "stdout", Arc::clone(&budget)))
-            .stderr(LogStream::new(name, "stderr", budget))
-            .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(config.memory_limit_mib as usize * 1024 * 1024)
-            .trap_on_grow_failure(true)
-            .instances(4)
-            .build();
-        let mut store = Store::new(
-            &self.engine,
-            State {
-                wasi,
-                table: ResourceTable::new(),
-                limits,
-                ticks_left: 0,
-            },
-        );
-        store.limiter(|state| &mut state.limits);
-        store.epoch_deadline_callback(|mut store| {
-            let state = store.data_mut();
-            if state.ticks_left == 0 {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            state.ticks_left -= 1;
-            // Give the thread back, then run one more tick.
-            Ok(UpdateDeadline::Yield(1))
-        });
-        store.set_epoch_deadline(1);
-        set_budget(&mut store, config.time_budget_ms);
-        let plugin = Plugin::instantiate_async(&mut store, component, &self.linker)
-            .await
-            .map_err(|e| load_error(config, format!("cannot instantiate: {e}")))?;
-        let pairs = super::flatten_config(&config.config);
-        let mut instance = Instance { store, plugin };
-        let init = call_bounded(&mut instance.store, config.time_budget_ms, |store| {
-            let plugin = &instance.plugin;
-            let pairs = &pairs;
-            Box::pin(async move { plugin.qpq_plugin_hooks().call_init(store, pairs).await })
-        })
-        .await
-        .map_err(|e| load_error(config, format!("init failed: {e}")))?;
-        init.map_err(|reason| {
-            load_error(config, format!("init refused: {}", bounded_reason(&reason)))
-        })?;
-        Ok(instance)
     }
 
     pub(super) fn names(&self) -> Vec<String> {
@@ -266,7 +232,19 @@ impl Host {
             let Some((_, wit_event)) = &event_data else {
                 break;
             };
-            match self.ask(plugin, wit_event).await {
+            // The call runs in a task of its own: a caller that goes away (a cancelled
+            // request) does not cut the plugin's call short and break its instance for
+            // everyone.
+            let call = tokio::spawn(ask(
+                Arc::clone(&self.runtime),
+                Arc::clone(plugin),
+                wit_event.clone(),
+            ));
+            let answer = match call.await {
+                Ok(answer) => answer,
+                Err(err) => Err(format!("the call's task failed: {err}")),
+            };
+            match answer {
                 Ok(wit::Verdict::Allow) => {}
                 Ok(wit::Verdict::Deny(denial)) => {
                     return Err(status(denial.code, &bounded_reason(&denial.reason)));
@@ -284,39 +262,126 @@ impl Host {
         }
         Ok(())
     }
+}
 
-    /// One call of `plugin`'s hook; a failed instance is replaced for the next call.
-    async fn ask(&self, plugin: &Loaded, event: &wit::Event) -> Result<wit::Verdict, String> {
-        let mut instance = plugin.instance.lock().await;
-        let budget = plugin.config.time_budget_ms;
-        let result = {
-            let Instance {
-                store,
-                plugin: bindings,
-            } = &mut *instance;
-            call_bounded(store, budget, |store| {
-                Box::pin(async move {
-                    bindings
-                        .qpq_plugin_hooks()
-                        .call_on_event(store, event)
-                        .await
-                })
-            })
-            .await
-        };
-        match result {
-            Ok(verdict) => Ok(verdict),
-            Err(err) => {
-                // A trapped instance cannot be entered again: start a fresh one (its state is
-                // lost) for the next call.
-                match self.instantiate(&plugin.config, &plugin.component).await {
-                    Ok(fresh) => *instance = fresh,
-                    Err(reload) => {
-                        tracing::warn!(plugin = %plugin.config.name, %reload, "plugin not restarted");
-                    }
-                }
-                Err(err)
+impl Runtime {
+    /// A fresh instance of `component`, initialised with its configuration.
+    async fn instantiate(
+        &self,
+        config: &PluginConfig,
+        component: &Component,
+        budget: &Arc<std::sync::Mutex<LogBudget>>,
+    ) -> Result<Instance, PluginError> {
+        let name = config.name.clone();
+        let wasi = WasiCtxBuilder::new()
+            .stdout(LogStream::new(name.clone(), "stdout", Arc::clone(budget)))
+            .stderr(LogStream::new(name, "stderr", Arc::clone(budget)))
+            .build();
+        // Each linear memory up to the limit, and few of them; tables small (their storage is
+        // the host's).
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(config.memory_limit_mib as usize * 1024 * 1024)
+            .memories(2)
+            .tables(8)
+            .table_elements(100_000)
+            .instances(16)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut table = ResourceTable::new();
+        // Host-side WASI resources (streams, pollables) a plugin may hold at once.
+        table.set_max_capacity(1000);
+        let mut store = Store::new(
+            &self.engine,
+            State {
+                wasi,
+                table,
+                limits,
+                ticks_left: 0,
+            },
+        );
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(|mut store| {
+            let state = store.data_mut();
+            if state.ticks_left == 0 {
+                return Ok(UpdateDeadline::Interrupt);
             }
+            state.ticks_left -= 1;
+            // Give the thread back, then run one more tick.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        set_budget(&mut store, config.time_budget_ms);
+        let plugin = Plugin::instantiate_async(&mut store, component, &self.linker)
+            .await
+            .map_err(|e| load_error(config, format!("cannot instantiate: {e}")))?;
+        let pairs = super::flatten_config(&config.config);
+        let mut instance = Instance { store, plugin };
+        let init = call_bounded(&mut instance.store, config.time_budget_ms, |store| {
+            let plugin = &instance.plugin;
+            let pairs = &pairs;
+            Box::pin(async move { plugin.qpq_plugin_hooks().call_init(store, pairs).await })
+        })
+        .await
+        .map_err(|e| load_error(config, format!("init failed: {e}")))?;
+        init.map_err(|reason| {
+            load_error(config, format!("init refused: {}", bounded_reason(&reason)))
+        })?;
+        Ok(instance)
+    }
+}
+
+/// How much longer than its budget a call may take in all (host calls included: a plugin
+/// waiting on a WASI clock is not running guest code, so the epoch does not stop it).
+const SLACK: Duration = Duration::from_millis(100);
+
+/// One call of `plugin`'s hook, bounded in all by its budget plus [`SLACK`]; a failed or
+/// overdue instance is replaced for the next call.
+async fn ask(
+    runtime: Arc<Runtime>,
+    plugin: Arc<Loaded>,
+    event: wit::Event,
+) -> Result<wit::Verdict, String> {
+    let budget = plugin.config.time_budget_ms;
+    let deadline = Duration::from_millis(budget) + SLACK;
+    let mut instance = plugin.instance.lock().await;
+    let result = {
+        let Instance {
+            store,
+            plugin: bindings,
+        } = &mut *instance;
+        let event = &event;
+        let call = call_bounded(store, budget, |store| {
+            Box::pin(async move {
+                bindings
+                    .qpq_plugin_hooks()
+                    .call_on_event(store, event)
+                    .await
+            })
+        });
+        match tokio::time::timeout(deadline, call).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("took longer than {} ms", deadline.as_millis())),
+        }
+    };
+    match result {
+        Ok(verdict) => Ok(verdict),
+        Err(err) => {
+            // A trapped or abandoned instance cannot be entered again: start a fresh one
+            // (its state is lost) for the next call.
+            let fresh = tokio::time::timeout(
+                deadline * 2,
+                runtime.instantiate(&plugin.config, &plugin.component, &plugin.log_budget),
+            )
+            .await;
+            match fresh {
+                Ok(Ok(fresh)) => *instance = fresh,
+                Ok(Err(restart)) => {
+                    tracing::warn!(plugin = %plugin.config.name, %restart, "plugin not restarted");
+                }
+                Err(_) => {
+                    tracing::warn!(plugin = %plugin.config.name, "plugin restart timed out");
+                }
+            }
+            Err(err)
         }
     }
 }
