@@ -11,7 +11,6 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use qpq_proto::auth_flows::{login, register};
 use qpq_proto::v1::{self, delivery_client::DeliveryClient};
 
 struct Pair {
@@ -72,21 +71,7 @@ async fn pair() -> Pair {
 }
 
 async fn account(server: &qpq_server::RunningServer, user: &str) -> qrpc::Client {
-    let client = qrpc::Client::builder(
-        server.addr,
-        qrpc::tls::ClientTls::pinned(server.fingerprint),
-    )
-    .configure(|c| {
-        c.alpn(vec![b"qpq/1".to_vec()]);
-    })
-    .connect()
-    .await
-    .unwrap();
-    register(&client, user, "benchmark password").await.unwrap();
-    login(&client, user, "d1", "benchmark password")
-        .await
-        .unwrap();
-    client
+    qrpc_benches::qpq_account(server, user).await.unwrap()
 }
 
 fn message(to: &v1::DeviceRef, n: u64) -> v1::EnqueueRequest {

@@ -27,25 +27,11 @@ async fn setup() -> Setup {
 }
 
 async fn connect(s: &Setup) -> qrpc::Client {
-    qrpc::Client::builder(
-        s.server.addr,
-        qrpc::tls::ClientTls::pinned(s.server.fingerprint),
-    )
-    .configure(|c| {
-        c.alpn(vec![b"qpq/1".to_vec()]);
-    })
-    .connect()
-    .await
-    .unwrap()
+    qrpc_benches::qpq_connect(&s.server).await.unwrap()
 }
 
 async fn account(s: &Setup, user: &str) -> qrpc::Client {
-    let client = connect(s).await;
-    register(&client, user, "benchmark password").await.unwrap();
-    login(&client, user, "d1", "benchmark password")
-        .await
-        .unwrap();
-    client
+    qrpc_benches::qpq_account(&s.server, user).await.unwrap()
 }
 
 fn message(to: &v1::DeviceRef, sender: usize, n: u64) -> v1::EnqueueRequest {

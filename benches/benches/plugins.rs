@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use qpq_proto::auth_flows::{login, register};
 use qpq_proto::v1::{self, delivery_client::DeliveryClient};
 use qpq_server::config::PluginConfig;
 use qpq_server::plugins::{Event, Plugins};
@@ -51,21 +50,7 @@ async fn setup(plugins: usize) -> Setup {
 }
 
 async fn account(s: &Setup, user: &str) -> qrpc::Client {
-    let client = qrpc::Client::builder(
-        s.server.addr,
-        qrpc::tls::ClientTls::pinned(s.server.fingerprint),
-    )
-    .configure(|c| {
-        c.alpn(vec![b"qpq/1".to_vec()]);
-    })
-    .connect()
-    .await
-    .unwrap();
-    register(&client, user, "benchmark password").await.unwrap();
-    login(&client, user, "d1", "benchmark password")
-        .await
-        .unwrap();
-    client
+    qrpc_benches::qpq_account(&s.server, user).await.unwrap()
 }
 
 fn plugins(c: &mut Criterion) {

@@ -548,6 +548,37 @@ pub async fn sdk_server() -> Result<(qpq_server::RunningServer, tempfile::TempDi
     Ok((qpq_server::start(config).await?, dir))
 }
 
+/// A qrpc client of a qpq server (`qpq/1`), not logged in.
+///
+/// # Errors
+/// When the connection fails.
+pub async fn qpq_connect(server: &qpq_server::RunningServer) -> Result<qrpc::Client, Error> {
+    Ok(qrpc::Client::builder(
+        server.addr,
+        qrpc::tls::ClientTls::pinned(server.fingerprint),
+    )
+    .configure(|c| {
+        c.alpn(vec![b"qpq/1".to_vec()]);
+    })
+    .connect()
+    .await?)
+}
+
+/// A new account `user` on `server`, logged in as device `d1` (password "benchmark
+/// password").
+///
+/// # Errors
+/// When the connection, the registration or the login fails.
+pub async fn qpq_account(
+    server: &qpq_server::RunningServer,
+    user: &str,
+) -> Result<qrpc::Client, Error> {
+    let client = qpq_connect(server).await?;
+    qpq_proto::auth_flows::register(&client, user, "benchmark password").await?;
+    qpq_proto::auth_flows::login(&client, user, "d1", "benchmark password").await?;
+    Ok(client)
+}
+
 /// An SDK client of `server` with its store in `dir`. Every user of a run is invited by one it
 /// never met: it takes invitations as they come (the default holds them as message requests
 /// until the user answers).
