@@ -57,10 +57,19 @@ struct Loaded {
     log_budget: Arc<std::sync::Mutex<LogBudget>>,
 }
 
-/// What compiling and instantiating plugins needs; shared with the calls' tasks.
+/// What compiling and instantiating plugins needs; shared with the calls' tasks, so the
+/// epoch keeps advancing for as long as any call may run.
 struct Runtime {
     engine: Engine,
     linker: Linker<State>,
+    /// Tells the epoch thread to end.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 struct Instance {
@@ -73,14 +82,6 @@ pub(super) struct Host {
     runtime: Arc<Runtime>,
     configs: Vec<PluginConfig>,
     loaded: RwLock<Arc<Vec<Arc<Loaded>>>>,
-    /// Tells the epoch thread to end.
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 fn load_error(config: &PluginConfig, reason: impl std::fmt::Display) -> PluginError {
@@ -122,10 +123,13 @@ impl Host {
                 reason: e.to_string(),
             })?;
         let host = Self {
-            runtime: Arc::new(Runtime { engine, linker }),
+            runtime: Arc::new(Runtime {
+                engine,
+                linker,
+                stop,
+            }),
             configs,
             loaded: RwLock::new(Arc::new(Vec::new())),
-            stop,
         };
         let loaded = host.load_all().await?;
         *host
@@ -235,14 +239,18 @@ impl Host {
             // The call runs in a task of its own: a caller that goes away (a cancelled
             // request) does not cut the plugin's call short and break its instance for
             // everyone.
-            let call = tokio::spawn(ask(
-                Arc::clone(&self.runtime),
-                Arc::clone(plugin),
-                wit_event.clone(),
-            ));
-            let answer = match call.await {
+            let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+            let runtime = Arc::clone(&self.runtime);
+            let loaded = Arc::clone(plugin);
+            let event = wit_event.clone();
+            tokio::spawn(async move {
+                if let Some(answer) = ask(runtime, loaded, event, &answer_tx).await {
+                    let _ = answer_tx.send(answer);
+                }
+            });
+            let answer = match answer_rx.await {
                 Ok(answer) => answer,
-                Err(err) => Err(format!("the call's task failed: {err}")),
+                Err(_) => Err("the call's task failed".to_owned()),
             };
             match answer {
                 Ok(wit::Verdict::Allow) => {}
@@ -339,10 +347,16 @@ async fn ask(
     runtime: Arc<Runtime>,
     plugin: Arc<Loaded>,
     event: wit::Event,
-) -> Result<wit::Verdict, String> {
+    caller: &tokio::sync::oneshot::Sender<Result<wit::Verdict, String>>,
+) -> Option<Result<wit::Verdict, String>> {
     let budget = plugin.config.time_budget_ms;
     let deadline = Duration::from_millis(budget) + SLACK;
     let mut instance = plugin.instance.lock().await;
+    // A caller that went away while this call queued gets no call: abandoned requests do not
+    // pile up in front of the others. A call that started finishes, whatever its caller does.
+    if caller.is_closed() {
+        return None;
+    }
     let result = {
         let Instance {
             store,
@@ -362,7 +376,7 @@ async fn ask(
             Err(_) => Err(format!("took longer than {} ms", deadline.as_millis())),
         }
     };
-    match result {
+    Some(match result {
         Ok(verdict) => Ok(verdict),
         Err(err) => {
             // A trapped or abandoned instance cannot be entered again: start a fresh one
@@ -383,7 +397,7 @@ async fn ask(
             }
             Err(err)
         }
-    }
+    })
 }
 
 fn set_budget(store: &mut Store<State>, budget_ms: u64) {
