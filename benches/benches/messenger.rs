@@ -14,15 +14,8 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = qpq_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
     // The bench measures throughput; the abuse controls would only throttle it.
-    qrpc_benches::unthrottled(&mut config);
-    let server = qpq_server::start(config).await.unwrap();
+    let (server, dir) = qrpc_benches::qpq_server_with(|_| {}).await.unwrap();
     Setup { _dir: dir, server }
 }
 

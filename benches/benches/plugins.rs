@@ -35,17 +35,13 @@ struct Setup {
 }
 
 async fn setup(plugins: usize) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = qpq_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    qrpc_benches::unthrottled(&mut config);
-    config.plugins = (0..plugins)
-        .map(|i| throttle(&format!("throttle{i}")))
-        .collect();
-    let server = qpq_server::start(config).await.unwrap();
+    let (server, dir) = qrpc_benches::qpq_server_with(|config| {
+        config.plugins = (0..plugins)
+            .map(|i| throttle(&format!("throttle{i}")))
+            .collect();
+    })
+    .await
+    .unwrap();
     Setup { _dir: dir, server }
 }
 

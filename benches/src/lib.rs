@@ -538,6 +538,16 @@ pub fn unthrottled(config: &mut qpq_server::Config) {
 /// # Errors
 /// When the server cannot start.
 pub async fn sdk_server() -> Result<(qpq_server::RunningServer, tempfile::TempDir), Error> {
+    qpq_server_with(|_| {}).await
+}
+
+/// Like [`sdk_server`], with `adjust` applied to the configuration first.
+///
+/// # Errors
+/// When the server cannot start.
+pub async fn qpq_server_with(
+    adjust: impl FnOnce(&mut qpq_server::Config),
+) -> Result<(qpq_server::RunningServer, tempfile::TempDir), Error> {
     let dir = tempfile::tempdir()?;
     let mut config = qpq_server::Config {
         listen: loopback(),
@@ -545,6 +555,7 @@ pub async fn sdk_server() -> Result<(qpq_server::RunningServer, tempfile::TempDi
         ..Default::default()
     };
     unthrottled(&mut config);
+    adjust(&mut config);
     Ok((qpq_server::start(config).await?, dir))
 }
 

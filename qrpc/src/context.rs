@@ -56,11 +56,7 @@ impl Peer {
         let remote = quic.remote_address();
         let id = quic.stable_id() as u64;
         // Negotiated in the client's first flight, so known even for a 0-RTT connection.
-        let alpn = quic
-            .handshake_data()
-            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-            .and_then(|data| data.protocol)
-            .map(Vec::into_boxed_slice);
+        let alpn = crate::stream::negotiated_alpn(quic).map(Vec::into_boxed_slice);
         let slot = QuicSlot::new(conn);
         let push = push.with_datagrams(slot.clone(), max_datagram_event);
         Self(Arc::new(ConnectionInner {

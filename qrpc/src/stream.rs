@@ -10,6 +10,14 @@ use quinn::VarInt;
 
 use crate::call_state::StreamInput;
 
+/// The application protocol `quic` negotiated (known from the client's first flight, so also
+/// for a 0-RTT connection).
+pub(crate) fn negotiated_alpn(quic: &quinn::Connection) -> Option<Vec<u8>> {
+    quic.handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol)
+}
+
 /// A stream write failed: the peer stopped reading, reset, or the connection is gone.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

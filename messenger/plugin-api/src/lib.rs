@@ -44,8 +44,6 @@ pub use qpq::plugin::types::{
     Login, Membership, Registration, Verdict,
 };
 
-use std::cell::RefCell;
-
 /// A plugin's configuration: the operator's table, flattened to `key = value` pairs.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -53,6 +51,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// A configuration of `pairs`, as the server passes them to `init`.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        Self { pairs }
+    }
+
     /// The value of `key` (`a.b` for a nested table), if set.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.pairs
@@ -107,52 +110,38 @@ pub trait Plugin: Sized + 'static {
     fn on_event(&mut self, event: Event) -> Verdict;
 }
 
-thread_local! {
-    static INSTANCE: RefCell<Option<Box<dyn std::any::Any>>> = const { RefCell::new(None) };
-}
-
-#[doc(hidden)]
-pub fn __init<P: Plugin>(pairs: Vec<(String, String)>) -> Result<(), String> {
-    let plugin = P::init(Config { pairs })?;
-    INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
-    Ok(())
-}
-
-fn with_plugin<P: Plugin, R>(f: impl FnOnce(&mut P) -> R) -> R {
-    INSTANCE.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        match slot.as_mut().and_then(|p| p.downcast_mut::<P>()) {
-            Some(plugin) => f(plugin),
-            None => panic!("the plugin was called before init"),
-        }
-    })
-}
-
-#[doc(hidden)]
-pub fn __subscriptions<P: Plugin>() -> Vec<EventKind> {
-    with_plugin::<P, _>(|p| p.subscriptions())
-}
-
-#[doc(hidden)]
-pub fn __on_event<P: Plugin>(event: Event) -> Verdict {
-    with_plugin::<P, _>(|p| p.on_event(event))
-}
-
-/// Exports `$plugin` (a type implementing [`Plugin`]) as the component's `qpq:plugin/hooks`.
+/// Exports `$plugin` (a type implementing [`Plugin`]) as the component's `qpq:plugin/hooks`:
+/// its one instance lives in the component from `init` on.
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
+        ::std::thread_local! {
+            static __QPQ_PLUGIN: ::std::cell::RefCell<::std::option::Option<$plugin>> =
+                const { ::std::cell::RefCell::new(::std::option::Option::None) };
+        }
+
+        fn __qpq_plugin<R>(f: impl FnOnce(&mut $plugin) -> R) -> R {
+            __QPQ_PLUGIN.with(|slot| match slot.borrow_mut().as_mut() {
+                ::std::option::Option::Some(plugin) => f(plugin),
+                ::std::option::Option::None => ::std::panic!("the plugin was called before init"),
+            })
+        }
+
         struct __QpqPluginExport;
 
         impl $crate::Hooks for __QpqPluginExport {
-            fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>) -> ::std::result::Result<(), ::std::string::String> {
-                $crate::__init::<$plugin>(config)
+            fn init(
+                config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::std::result::Result<(), ::std::string::String> {
+                let plugin = <$plugin as $crate::Plugin>::init($crate::Config::from_pairs(config))?;
+                __QPQ_PLUGIN.with(|slot| *slot.borrow_mut() = ::std::option::Option::Some(plugin));
+                ::std::result::Result::Ok(())
             }
             fn subscriptions() -> ::std::vec::Vec<$crate::EventKind> {
-                $crate::__subscriptions::<$plugin>()
+                __qpq_plugin(|p| <$plugin as $crate::Plugin>::subscriptions(p))
             }
             fn on_event(event: $crate::Event) -> $crate::Verdict {
-                $crate::__on_event::<$plugin>(event)
+                __qpq_plugin(|p| <$plugin as $crate::Plugin>::on_event(p, event))
             }
         }
 

@@ -419,11 +419,7 @@ where
 async fn session(quic: quinn::Connection, shared: &Shared) -> Option<crate::stream::Conn> {
     #[cfg(feature = "webtransport")]
     if let Some(config) = shared.config.webtransport() {
-        let alpn = quic
-            .handshake_data()
-            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-            .and_then(|data| data.protocol);
-        if alpn.as_deref() == Some(crate::protocol::H3_ALPN) {
+        if crate::stream::negotiated_alpn(&quic).as_deref() == Some(crate::protocol::H3_ALPN) {
             return crate::webtransport::accept(quic, config, shared.config.handshake_timeout)
                 .await;
         }
