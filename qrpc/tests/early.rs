@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use qrpc::tls::{ClientTls, SelfSigned};
 use qrpc::{
-    CallKind, CallRequest, Client, Handler, MethodInfo, Methods, Server, ServiceDescriptor, Status,
-    UnreliableDelivery,
+    CallKind, CallRequest, Client, ConnectionState, Handler, MethodInfo, Methods, Server,
+    ServiceDescriptor, Status, UnreliableDelivery,
 };
 use tokio::sync::Notify;
 use tower::ServiceExt;
@@ -394,6 +394,76 @@ async fn a_call_waiting_on_a_failed_resumed_handshake_goes_to_the_next_connectio
     assert!(!reply.early);
     assert_eq!(back.service.puts.load(Ordering::SeqCst), 1);
     back.stop().await;
+}
+
+/// A reconnect that resumes with 0-RTT is a reconnect only once the server answers its
+/// handshake: against a server that refuses every connection, each resumption is a failed
+/// attempt, the client gives up after its attempts, and the disconnect it reports is still
+/// the one that ended its connection.
+#[tokio::test]
+async fn a_refused_resumption_is_a_failed_reconnect_attempt() {
+    let cert = SelfSigned::generate(&["localhost"]).unwrap();
+    let server = serve(&cert, "127.0.0.1:0".parse().unwrap(), |_| {});
+    let addr = server.addr;
+    let tls = ClientTls::pinned(cert.fingerprint());
+    let resuming = client(addr, &tls, |c| {
+        c.reconnect_mut()
+            .initial_backoff(std::time::Duration::from_millis(20))
+            .max_attempts(Some(3));
+    })
+    .await;
+    // The call's answer comes after the session ticket: the next connection resumes.
+    resuming
+        .unary::<_, Msg>(&GET, &Msg::default())
+        .await
+        .unwrap();
+
+    // The server stops, and an endpoint that refuses every connection takes its address.
+    let mut lost = resuming.disconnects();
+    server.stop().await;
+    lost.wait_for(Option::is_some).await.unwrap();
+    let quic = cert
+        .server_tls()
+        .quinn_server_config(&[qrpc::protocol::DEFAULT_ALPN.to_vec()])
+        .unwrap();
+    let refuser = qrpc::quinn::Endpoint::server(quic, addr).unwrap();
+    let refusing = tokio::spawn({
+        let refuser = refuser.clone();
+        async move {
+            while let Some(incoming) = refuser.accept().await {
+                incoming.refuse();
+            }
+        }
+    });
+
+    let mut state = resuming.state();
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        state.wait_for(|s| {
+            assert!(
+                !matches!(s, ConnectionState::Connected { generation: 2.. }),
+                "a refused resumption was announced as a connection: {s:?}"
+            );
+            matches!(s, ConnectionState::Closed { .. })
+        }),
+    )
+    .await
+    .expect("the client gave up after its attempts")
+    .unwrap()
+    .clone();
+    assert_eq!(
+        gave_up,
+        ConnectionState::Closed {
+            reason: "gave up after 3 reconnect attempts".into()
+        }
+    );
+    let disconnect = resuming.disconnects().borrow().clone().unwrap();
+    assert_eq!(
+        disconnect.application_code,
+        Some(qrpc::protocol::close::NO_ERROR.into_inner()),
+        "{disconnect:?}"
+    );
+    refusing.abort();
 }
 
 #[tokio::test]

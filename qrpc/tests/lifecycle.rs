@@ -273,6 +273,86 @@ async fn handlers_see_the_shutdown_and_can_answer_before_the_grace() {
     );
 }
 
+/// While in-flight calls finish, a new connection is refused at once (CONNECTION_REFUSED), so
+/// a reconnecting client backs off and tries again instead of waiting out its connect timeout
+/// against a server that no longer answers handshakes.
+#[tokio::test]
+async fn a_draining_server_refuses_new_connections_at_once() {
+    const HOLD: qrpc::MethodInfo = qrpc::MethodInfo {
+        id: 1,
+        service: "test.Hold",
+        name: "Hold",
+        kind: qrpc::CallKind::Unary,
+        idempotent: false,
+    };
+    static HOLDER: qrpc::ServiceDescriptor = qrpc::ServiceDescriptor {
+        name: "test.Hold",
+        methods: &[HOLD],
+    };
+    // The handler tells the test when it has seen the shutdown, then holds the drain open
+    // until the test lets it go.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (start, seen, let_go) = (
+        Arc::clone(&started),
+        Arc::clone(&draining),
+        Arc::clone(&release),
+    );
+    let holder = qrpc::Methods::new(&HOLDER).route(
+        HOLD,
+        qrpc::Handler::unary(move |ctx, _m: Msg| {
+            let (start, seen, let_go) =
+                (Arc::clone(&start), Arc::clone(&seen), Arc::clone(&let_go));
+            async move {
+                start.notify_one();
+                ctx.peer().server_shutdown().await;
+                seen.notify_one();
+                let_go.notified().await;
+                Ok::<_, qrpc::Status>(Msg::n(1))
+            }
+        }),
+    );
+    let cert = cert();
+    let bound = qrpc::Server::builder()
+        .tls(cert.server_tls())
+        .configure(|c| {
+            c.shutdown_grace(Duration::from_secs(600));
+        })
+        .add_service(holder)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let mut server = run(bound, cert.fingerprint());
+    let client = server.client().await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.unary::<_, Msg>(&HOLD, &Msg::default()).await }
+    });
+    started.notified().await;
+    let serve = server.shutdown();
+    draining.notified().await;
+
+    let refused = Client::builder(server.addr, server.tls())
+        .configure(|c| {
+            c.connect_timeout(Duration::from_secs(120));
+        })
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            ClientError::Peer(quinn::ConnectionError::ConnectionClosed(close))
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+        ),
+        "{refused:?}"
+    );
+
+    release.notify_one();
+    assert_eq!(call.await.unwrap().unwrap().get_ref().n, 1);
+    serve.await.unwrap();
+}
+
 #[tokio::test]
 async fn client_reconnects_with_backoff_after_a_server_restart() {
     let cert = cert();
@@ -307,7 +387,8 @@ async fn client_reconnects_with_backoff_after_a_server_restart() {
     let closed = client.disconnects().borrow().clone().unwrap();
     assert_eq!(
         closed.application_code,
-        Some(qrpc::protocol::close::NO_ERROR.into_inner())
+        Some(qrpc::protocol::close::NO_ERROR.into_inner()),
+        "{closed:?}"
     );
 
     let _second = start_on(addr, &cert);

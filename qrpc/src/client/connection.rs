@@ -17,7 +17,10 @@ use crate::status::Status;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectionState {
-    /// Connected; `generation` counts connections made, starting at 1.
+    /// Connected; `generation` counts connections made, starting at 1. A reconnect that
+    /// resumes a session with 0-RTT is announced once the server has answered its handshake
+    /// (idempotent calls may go out as 0-RTT data before); a refused or unanswered resumption
+    /// is a failed attempt, not a connection that was lost.
     Connected {
         /// 1 for the first connection, incremented by every reconnect.
         generation: u64,
@@ -471,20 +474,39 @@ impl Supervisor {
                 // Round the addresses, starting after the one that was lost.
                 let index =
                     (self.current + usize::try_from(attempt).unwrap_or(0)) % self.addrs.len();
-                match dial(
+                let dialed = dial(
                     &self.endpoint,
                     &self.quic,
                     self.addrs[index],
                     &self.server_name,
                     &self.config,
                 )
-                .await
-                {
-                    Ok(conn) => {
+                .await;
+                let outcome = match dialed {
+                    // A resumed connection: idempotent calls may send 0-RTT data on it at
+                    // once, but it is a reconnect only once the server answers the handshake.
+                    // A server that refuses or never answers makes this a failed attempt.
+                    Ok(live) if live.is_early() => {
+                        let _ = self.conn_tx.send(Some(live.clone()));
+                        tokio::select! {
+                            done = live.handshake_done() => done
+                                .map(|_| live)
+                                .map_err(|status| status.message().to_owned()),
+                            () = self.closed.cancelled() => {
+                                self.give_up("closed by the application");
+                                return;
+                            }
+                        }
+                    }
+                    other => other.map_err(|err| err.to_string()),
+                };
+                match outcome {
+                    Ok(live) => {
                         self.current = index;
-                        break conn;
+                        break live;
                     }
                     Err(err) => {
+                        let _ = self.conn_tx.send(None);
                         tracing::debug!(%err, attempt, "reconnect failed");
                         backoff = (backoff * 2).min(policy.max_backoff);
                     }

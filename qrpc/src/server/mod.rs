@@ -321,8 +321,18 @@ where
         }
         tracing::info!("shutting down: no new connections or calls");
         shared.shutting_down.store(true, Ordering::SeqCst);
+        // Connections that arrive while calls drain are refused (CONNECTION_REFUSED), so their
+        // clients back off and retry at once instead of waiting out a handshake that never
+        // comes. Once the endpoint is closed, quinn refuses them itself and this ends.
+        let refusing = tokio::spawn({
+            let endpoint = endpoint.clone();
+            async move {
+                while let Some(incoming) = endpoint.accept().await {
+                    incoming.refuse();
+                }
+            }
+        });
         shared.shutdown.cancel();
-        endpoint.set_server_config(None);
         shared.calls.close();
         let graceful = tokio::time::timeout(shared.config.shutdown_grace, shared.calls.wait())
             .await
@@ -335,6 +345,7 @@ where
         }
         connections.close();
         connections.wait().await;
+        let _ = refusing.await;
         // Closed connections drain for three probe timeouts (RFC 9000 §10.2) and the endpoint
         // keeps its socket until they have: wait, so that the address is free when this
         // returns. Milliseconds on a quiet path; bounded for pathological round-trip times.
