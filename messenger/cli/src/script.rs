@@ -240,15 +240,8 @@ pub async fn read(
 ) -> anyhow::Result<()> {
     logged_in(session)?;
     caught_up(&mut events).await?;
-    let me = session.me().unwrap_or_default();
     for c in session.client().conversations()? {
-        let unread: Vec<Message> = session
-            .client()
-            .conversation(&c.id)?
-            .messages(1000)?
-            .into_iter()
-            .filter(|m| !m.outgoing && !m.deleted && !m.read_by.contains(&me))
-            .collect();
+        let unread = session.client().conversation(&c.id)?.unread()?;
         for m in &unread {
             print_message(out, session, m, as_json)?;
         }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use qpq_sdk::{Conversation, ConversationId, Message, MessageId, Progress, QpqClient, SdkError};
+use qpq_sdk::{Conversation, ConversationId, Message, Progress, QpqClient, SdkError};
 use zeroize::Zeroizing;
 
 use crate::commands::{self, Command};
@@ -111,26 +111,15 @@ impl Session {
 
     /// Incoming messages of a conversation this user has not read.
     pub fn unread(&self, id: &ConversationId) -> usize {
-        let me = self.me().unwrap_or_default();
-        let messages = self.client.conversation(id).and_then(|c| c.messages(500));
-        messages.map_or(0, |ms| {
-            ms.iter()
-                .filter(|m| !m.outgoing && !m.deleted && !m.read_by.contains(&me))
-                .count()
-        })
+        self.client
+            .conversation(id)
+            .and_then(|c| c.unread())
+            .map_or(0, |unread| unread.len())
     }
 
     /// Marks what is unread in a conversation as read (receipts go to the senders).
     pub fn mark_read(&self, id: &ConversationId) -> Result<(), SdkError> {
-        let me = self.me().unwrap_or_default();
-        let conversation = self.client.conversation(id)?;
-        let unread: Vec<MessageId> = conversation
-            .messages(500)?
-            .iter()
-            .filter(|m| !m.outgoing && !m.deleted && !m.read_by.contains(&me))
-            .map(|m| m.id)
-            .collect();
-        conversation.mark_read(&unread)
+        self.client.conversation(id)?.mark_all_read().map(|_| ())
     }
 
     /// The open conversation's handle.

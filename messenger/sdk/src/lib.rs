@@ -57,7 +57,7 @@ mod sync;
 pub use client::QpqClient;
 pub use client::builder::QpqClientBuilder;
 pub use client::limits::{ClientLimits, InvitationPolicy};
-pub use conversation::handle::ConversationHandle;
+pub use conversation::handle::{ConversationHandle, UNREAD_WINDOW};
 pub use error::{SdkError, SdkResult};
 pub use events::{ClientEvent, ConnectionState};
 #[cfg(feature = "testing")]

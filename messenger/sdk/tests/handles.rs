@@ -96,3 +96,34 @@ async fn a_handle_acts_on_its_own_conversation_only() {
     dm.edit(&sent.id(), "edited in the dm").unwrap();
     assert_eq!(dm.message(&sent.id()).unwrap().body, "edited in the dm");
 }
+
+#[tokio::test]
+async fn unread_counts_the_incoming_messages_not_read_and_mark_all_read_clears_them() {
+    let server = Server::start().await;
+    let mut p = pair(&server).await;
+    let mut alice_events = p.alice.subscribe();
+    let on_alice = p.alice.conversation(&p.dm.id).unwrap();
+    on_alice.send_text("mine, never unread", None).unwrap();
+    let on_bob = p.bob.conversation(&p.dm.id).unwrap();
+    on_bob.send_text("one", None).unwrap();
+    on_bob.send_text("two", None).unwrap();
+    // Alice's own message reaches Bob; Bob's two reach Alice.
+    assert_eq!(text(&mut p.bob_events).await.1, "mine, never unread");
+    assert_eq!(text(&mut alice_events).await.1, "one");
+    assert_eq!(text(&mut alice_events).await.1, "two");
+
+    let unread: Vec<String> = on_alice
+        .unread()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(unread, ["one", "two"]);
+    assert_eq!(on_bob.unread().unwrap().len(), 1);
+
+    assert_eq!(on_alice.mark_all_read().unwrap(), 2);
+    assert!(on_alice.unread().unwrap().is_empty());
+    assert_eq!(on_alice.mark_all_read().unwrap(), 0);
+    // Bob's count is his own.
+    assert_eq!(on_bob.unread().unwrap().len(), 1);
+}

@@ -2,8 +2,11 @@
 
 use crate::client::QpqClient;
 use crate::error::{SdkError, SdkResult};
-use crate::model::{Conversation, ConversationId, Message, MessageId, Progress};
+use crate::model::{Conversation, ConversationId, Message, MessageId, Progress, user_of};
 use crate::send_queue::handle::SendHandle;
+
+/// How many of a conversation's newest messages [`ConversationHandle::unread`] looks at.
+pub const UNREAD_WINDOW: u32 = 500;
 
 /// A handle on one conversation of this client (from [`QpqClient::conversation`]): its
 /// messages, sending, and what a member does there. Cheap to clone; it holds the client and
@@ -123,6 +126,25 @@ impl ConversationHandle {
             self.message(id)?;
         }
         self.client.mark_read(&self.id, messages)
+    }
+
+    /// The incoming messages here that this user has not read (on any of its devices), among
+    /// the newest [`UNREAD_WINDOW`], oldest first: what a front end counts as unread.
+    /// Withdrawn messages are not counted.
+    pub fn unread(&self) -> SdkResult<Vec<Message>> {
+        let me = self.client.whoami().ok_or(SdkError::NotLoggedIn)?;
+        let me = user_of(&me);
+        let mut messages = self.messages(UNREAD_WINDOW)?;
+        messages.retain(|m| !m.outgoing && !m.deleted && !m.read_by.iter().any(|u| u == me));
+        Ok(messages)
+    }
+
+    /// Marks every [`unread`](Self::unread) message here as read (one receipt to the
+    /// members); returns how many there were.
+    pub fn mark_all_read(&self) -> SdkResult<usize> {
+        let ids: Vec<MessageId> = self.unread()?.iter().map(|m| m.id).collect();
+        self.client.mark_read(&self.id, &ids)?;
+        Ok(ids.len())
     }
 
     /// Renames the conversation (for every member).
