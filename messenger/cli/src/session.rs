@@ -442,7 +442,7 @@ impl Session {
                     .clone()
                     .ok_or_else(|| CommandError::Other(format!("{short} has no attachment")))?;
                 let bytes = c.download_attachment(&target.id, &mut *progress).await?;
-                let path = path.unwrap_or_else(|| safe_file_name(&info.name));
+                let path = path.unwrap_or_else(|| qpq_sdk::attachment_file_name(&info.name));
                 // Created exclusively: an existing file, or a link planted where it would go,
                 // is never written through.
                 qpq_core::files::create_new_private(std::path::Path::new(&path), &bytes).map_err(
@@ -596,19 +596,6 @@ impl Session {
                 quit: true,
             },
         })
-    }
-}
-
-/// A downloaded file's name with any directory part removed.
-fn safe_file_name(name: &str) -> String {
-    let base = std::path::Path::new(name)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if base.is_empty() || base == "." || base == ".." {
-        "download".to_owned()
-    } else {
-        base
     }
 }
 

@@ -66,4 +66,5 @@ pub use model::{
     AttachmentInfo, Conversation, ConversationId, ConversationKind, Device, Message, MessageId,
     Progress, SendState,
 };
+pub use send_queue::attachments::attachment_file_name;
 pub use send_queue::handle::SendHandle;

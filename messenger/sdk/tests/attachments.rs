@@ -127,3 +127,65 @@ async fn attachment_limits_and_unknown_messages_are_clear_errors() {
         "{err}"
     );
 }
+
+/// A saved attachment is a new private file under a cleaned name; a name taken by a file or
+/// by a planted link gets a number instead, and the link's target is left alone.
+#[tokio::test]
+async fn a_saved_attachment_never_writes_through_an_existing_file_or_link() {
+    let server = Server::start().await;
+    let mut p = pair(&server).await;
+    let sent = p
+        .alice
+        .conversation(&p.dm.id)
+        .unwrap()
+        .send_attachment("../../notes.txt", "text/plain", "", b"secret plan", |_| {})
+        .await
+        .unwrap()
+        .id();
+    next(&mut p.bob_events, |e| match e {
+        ClientEvent::MessageReceived(m) if m.id == sent => Some(()),
+        _ => None,
+    })
+    .await;
+
+    let downloads = tempfile::tempdir().unwrap();
+    let first = p
+        .bob
+        .save_attachment(&sent, downloads.path(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(first, downloads.path().join("notes.txt"));
+    assert_eq!(std::fs::read(&first).unwrap(), b"secret plan");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&first).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let second = p
+        .bob
+        .save_attachment(&sent, downloads.path(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(second, downloads.path().join("notes (1).txt"));
+
+    #[cfg(unix)]
+    {
+        let victim = tempfile::NamedTempFile::new().unwrap();
+        std::os::unix::fs::symlink(victim.path(), downloads.path().join("notes (2).txt")).unwrap();
+        let third = p
+            .bob
+            .save_attachment(&sent, downloads.path(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(third, downloads.path().join("notes (3).txt"));
+        assert!(std::fs::read(victim.path()).unwrap().is_empty());
+    }
+    let err = p
+        .bob
+        .save_attachment(&qpq_sdk::MessageId([9; 16]), downloads.path(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, qpq_sdk::SdkError::NotFound(_)), "{err}");
+}

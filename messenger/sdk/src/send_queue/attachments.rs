@@ -200,6 +200,47 @@ impl QpqClient {
             .map_err(|e| SdkError::Invalid(e.to_string()))
     }
 
+    /// Downloads an attachment (as [`download_attachment`](Self::download_attachment)) and
+    /// saves it in `dir` under the name its sender gave, with any directory part and control
+    /// characters removed, as a new file only this user can read. An existing file, or a link
+    /// planted under that name, is never written through: the name gets ` (1)`, ` (2)`, …
+    /// instead. Returns the path written.
+    pub async fn save_attachment(
+        &self,
+        id: &MessageId,
+        dir: &std::path::Path,
+        progress: impl FnMut(Progress) + Send,
+    ) -> SdkResult<std::path::PathBuf> {
+        let message = self
+            .message(id)?
+            .ok_or_else(|| SdkError::NotFound(format!("message {id}")))?;
+        let info = message
+            .attachment
+            .ok_or_else(|| SdkError::NotFound(format!("attachment of message {id}")))?;
+        let bytes = self.download_attachment(id, progress).await?;
+        let name = attachment_file_name(&info.name);
+        let (stem, extension) = match name.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
+            _ => (name.clone(), String::new()),
+        };
+        for n in 0..1000u32 {
+            let candidate = if n == 0 {
+                dir.join(&name)
+            } else {
+                dir.join(format!("{stem} ({n}){extension}"))
+            };
+            match qpq_core::files::create_new_private(&candidate, &bytes) {
+                Ok(()) => return Ok(candidate),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(SdkError::Io(e)),
+            }
+        }
+        Err(SdkError::InvalidArgument(format!(
+            "{} holds 1000 files named like {name}; choose another folder",
+            dir.display()
+        )))
+    }
+
     /// The session for one attempt of a transfer. A server that cannot be reached (or a
     /// session that cannot be resumed yet) counts as a failed attempt like a failed call:
     /// after it is waited out the answer is `None`, try again, until the attempts are used up.
@@ -236,5 +277,43 @@ impl QpqClient {
             tokio::time::sleep(backoff(&self.inner.limits, *failures)).await;
         }
         Ok(())
+    }
+}
+
+/// A file name for an attachment its sender named `name`: the last path component, control
+/// characters replaced by `_`, at most 200 bytes, and never empty, `.` or `..` (then
+/// `download`).
+pub fn attachment_file_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let mut clean = String::new();
+    for c in base.chars() {
+        let c = if c.is_control() { '_' } else { c };
+        if clean.len() + c.len_utf8() > 200 {
+            break;
+        }
+        clean.push(c);
+    }
+    if clean.is_empty() || clean == "." || clean == ".." {
+        "download".to_owned()
+    } else {
+        clean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attachment_file_name;
+
+    #[test]
+    fn attachment_names_lose_their_directories_and_control_characters() {
+        assert_eq!(attachment_file_name("report.pdf"), "report.pdf");
+        assert_eq!(attachment_file_name("../../etc/passwd"), "passwd");
+        assert_eq!(attachment_file_name("C:\\Users\\x\\evil.exe"), "evil.exe");
+        assert_eq!(attachment_file_name("a\nb\u{1b}[31m.txt"), "a_b_[31m.txt");
+        assert_eq!(attachment_file_name(".."), "download");
+        assert_eq!(attachment_file_name("dir/"), "download");
+        assert_eq!(attachment_file_name(""), "download");
+        let long = "é".repeat(300);
+        assert_eq!(attachment_file_name(&long).len(), 200);
     }
 }

@@ -1,0 +1,5 @@
+//! Reads tauri.conf.json and the capabilities for `tauri::generate_context!`.
+
+fn main() {
+    tauri_build::build();
+}
