@@ -1,0 +1,77 @@
+//! quicproquo for the desktop: a Tauri 2 window over qpq-sdk.
+//!
+//! The Rust side is a thin set of commands over [`qpq_sdk::QpqClient`] (every message shown or
+//! sent goes through the SDK) and a task that forwards the SDK's events to the window on the
+//! `qpq://event` channel. The UI is in `ui/` (TypeScript, built with vite). docs/desktop.md
+//! tells how to run and test it.
+
+#![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
+
+mod commands;
+mod error;
+mod settings;
+mod view;
+
+use tauri::Manager;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QPQ_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let app = tauri::Builder::default()
+        .setup(|app| {
+            let paths = app.path();
+            let home = settings::Home::new(paths.app_config_dir()?, paths.app_data_dir()?);
+            let downloads = paths.download_dir().or_else(|_| paths.home_dir())?;
+            app.manage(commands::Desktop::new(home, downloads));
+            Ok(())
+        })
+        .invoke_handler(tauri::generate_handler![
+            commands::saved_settings,
+            commands::sign_in,
+            commands::unlock,
+            commands::sign_out,
+            commands::overview,
+            commands::conversations,
+            commands::requests,
+            commands::answer_request,
+            commands::messages,
+            commands::send_text,
+            commands::edit_message,
+            commands::delete_message,
+            commands::react,
+            commands::mark_read,
+            commands::typing,
+            commands::send_attachment,
+            commands::download_attachment,
+            commands::start_direct,
+            commands::create_group,
+            commands::invite,
+            commands::remove_member,
+            commands::leave,
+            commands::rename,
+            commands::devices,
+            commands::safety_numbers,
+        ])
+        .build(tauri::generate_context!());
+    let app = match app {
+        Ok(app) => app,
+        Err(err) => {
+            eprintln!("qpq-desktop: cannot start: {err}");
+            std::process::exit(1);
+        }
+    };
+    app.run(|handle, event| {
+        if let tauri::RunEvent::Exit = event {
+            // The outbox and the receive cursor are in the store already; closing stops the
+            // background tasks and releases the data directory's lock.
+            let desktop = handle.state::<commands::Desktop>();
+            tauri::async_runtime::block_on(desktop.close());
+        }
+    });
+}
