@@ -3,6 +3,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import type { Message, Request, Settings } from "./bridge";
 import { reactionsOf, sizeOf, stateOf, timeOf, titleOf, userOf } from "./format";
+import { Icon } from "./icons";
 import { Model, type State } from "./model";
 
 const QUICK_REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🙏"];
@@ -37,7 +38,7 @@ function ErrorLine({ model, state }: { model: Model; state: State }) {
     <div class="error" role="alert" data-testid="error">
       <span>{state.error}</span>
       <button class="link" onClick={() => model.dismissError()} aria-label="Dismiss">
-        ✕
+        <Icon name="close" />
       </button>
     </div>
   );
@@ -220,7 +221,7 @@ function Banners({ model, state }: { model: Model; state: State }) {
         <div class="banner notice" role="status" key={notice}>
           {notice}
           <button class="link" onClick={() => model.dismissNotice(i)} aria-label="Dismiss">
-            ✕
+            <Icon name="close" />
           </button>
         </div>
       ))}
@@ -256,14 +257,14 @@ function Sidebar({ model, state }: { model: Model; state: State }) {
           <ConnectionPill state={state} />
         </div>
         <div class="actions">
-          <button onClick={() => model.openDialog({ kind: "newChat" })} title="New chat (Ctrl+N)" data-testid="new-chat">
-            ＋
+          <button onClick={() => model.openDialog({ kind: "newChat" })} title="New chat (Ctrl+N)" aria-label="New chat" data-testid="new-chat">
+            <Icon name="plus" />
           </button>
-          <button onClick={() => model.openDialog({ kind: "devices", devices: null })} title="Devices">
-            ⚙
+          <button onClick={() => model.openDialog({ kind: "devices", devices: null })} title="Devices" aria-label="Devices">
+            <Icon name="gear" />
           </button>
-          <button onClick={() => model.openDialog({ kind: "help" })} title="Keyboard shortcuts (F1)">
-            ?
+          <button onClick={() => model.openDialog({ kind: "help" })} title="Keyboard shortcuts (F1)" aria-label="Keyboard shortcuts">
+            <Icon name="help" />
           </button>
         </div>
       </header>
@@ -321,7 +322,7 @@ function Sidebar({ model, state }: { model: Model; state: State }) {
 
 function preview(m: Message): string {
   if (m.deleted) return "Message deleted";
-  const text = m.attachment ? `📎 ${m.attachment.name}${m.body ? ` — ${m.body}` : ""}` : m.body;
+  const text = m.attachment ? `File: ${m.attachment.name}${m.body ? ` — ${m.body}` : ""}` : m.body;
   return `${m.outgoing ? "You: " : ""}${text}`;
 }
 
@@ -361,7 +362,7 @@ function ConversationPane({ model, state }: { model: Model; state: State }) {
     <section class="pane conversation" aria-label={titleOf(c, me)}>
       <header>
         <button class="back" onClick={() => model.select(null)} aria-label="Back to conversations">
-          ‹
+          <Icon name="back" />
         </button>
         <div class="title">
           <h2 data-testid="conversation-title">{titleOf(c, me)}</h2>
@@ -440,7 +441,8 @@ function MessageItem({
           <>
             {m.attachment && (
               <div class="attachment">
-                <span>📎 {m.attachment.name}</span>
+                <Icon name="clip" />
+                <span class="file-name">{m.attachment.name}</span>
                 <span class="muted small">{sizeOf(m.attachment.size)}</span>
                 <button onClick={() => model.download(m)}>Download</button>
               </div>
@@ -478,8 +480,8 @@ function MessageItem({
       </div>
       {!m.deleted && (
         <div class="tools" role="toolbar" aria-label="Message actions">
-          <button onClick={() => model.setReplyTo(m)} title="Reply">
-            ↩
+          <button onClick={() => model.setReplyTo(m)} title="Reply" aria-label="Reply">
+            <Icon name="reply" />
           </button>
           {QUICK_REACTIONS.slice(0, 3).map((e) => (
             <button key={e} onClick={() => model.toggleReaction(m, e)} title={`React ${e}`}>
@@ -487,13 +489,13 @@ function MessageItem({
             </button>
           ))}
           {m.outgoing && !m.attachment && (
-            <button onClick={() => model.setEditing(m)} title="Edit">
-              ✎
+            <button onClick={() => model.setEditing(m)} title="Edit" aria-label="Edit">
+              <Icon name="edit" />
             </button>
           )}
           {m.outgoing && (
-            <button onClick={() => model.remove(m)} title="Delete">
-              🗑
+            <button onClick={() => model.remove(m)} title="Delete" aria-label="Delete">
+              <Icon name="trash" />
             </button>
           )}
         </div>
@@ -511,15 +513,16 @@ function Composer({ model, state }: { model: Model; state: State }) {
     if (state.editing) setText(state.editing.body);
     input.current?.focus();
   }, [state.editing, state.replyTo, state.selected]);
-  const send = () => {
+  const send = async () => {
     const body = text;
     setText("");
-    void model.send(body);
+    // A draft that was not taken comes back, unless something new was typed meanwhile.
+    if (!(await model.send(body))) setText((now) => now || body);
   };
   const onKey = (e: KeyboardEvent) => {
     if (e.key === "Enter" && !e.shiftKey) {
       e.preventDefault();
-      send();
+      void send();
     } else if (e.key === "ArrowUp" && !text) {
       const own = model.lastOwn();
       if (own) {
@@ -555,7 +558,7 @@ function Composer({ model, state }: { model: Model; state: State }) {
       class="composer"
       onSubmit={(e) => {
         e.preventDefault();
-        send();
+        void send();
       }}
     >
       {context && (
@@ -564,13 +567,13 @@ function Composer({ model, state }: { model: Model; state: State }) {
             <strong>{context.label}</strong> <span class="muted">{context.text}</span>
           </span>
           <button type="button" class="link" onClick={() => model.setReplyTo(null)} aria-label="Cancel">
-            ✕
+            <Icon name="close" />
           </button>
         </div>
       )}
       <div class="compose-row">
         <button type="button" onClick={() => file.current?.click()} title="Attach a file" aria-label="Attach a file">
-          📎
+          <Icon name="clip" />
         </button>
         <input type="file" ref={file} hidden onChange={onFile} data-testid="file" />
         <textarea

@@ -401,24 +401,27 @@ export class Model {
     this.set({ editing: m, replyTo: null });
   }
 
-  /** The composer's text: an edit of the message being edited, a reply, or a new message. */
-  send(text: string) {
+  /** The composer's text: an edit of the message being edited, a reply, or a new message.
+   * Resolves to whether it was taken (the composer keeps the draft otherwise). */
+  async send(text: string): Promise<boolean> {
     const id = this.state.selected;
     const body = text.trim();
-    if (!id || !body) return Promise.resolve();
+    if (!id || !body) return false;
     const { editing, replyTo } = this.state;
-    return this.run(async () => {
+    const taken = await this.run(async () => {
       if (editing) {
         await this.bridge.editMessage(id, editing.id, body);
         this.set({ editing: null });
         await this.loadMessages(id);
-        return;
+        return true;
       }
       const sent = await this.bridge.sendText(id, body, replyTo?.id ?? null);
       this.set({ replyTo: null });
       if (this.state.selected === id) this.upsert(sent);
       await this.refresh();
+      return true;
     });
+    return taken ?? false;
   }
 
   /** The newest message of this user here, for ArrowUp in an empty composer. */
