@@ -431,7 +431,9 @@ pub async fn send_attachment(
     request: tauri::ipc::Request<'_>,
 ) -> Result<MessageView, CommandError> {
     let tauri::ipc::InvokeBody::Raw(data) = request.body() else {
-        return Err(CommandError::invalid("the file's bytes are the request's body"));
+        return Err(CommandError::invalid(
+            "the file's bytes are the request's body",
+        ));
     };
     let meta: AttachmentMeta = request
         .headers()
@@ -545,7 +547,12 @@ pub async fn rename(
 #[tauri::command]
 pub async fn devices(desktop: State<'_, Desktop>) -> Result<Vec<DeviceView>, CommandError> {
     let client = desktop.client().await?;
-    Ok(client.devices().await?.iter().map(DeviceView::from).collect())
+    Ok(client
+        .devices()
+        .await?
+        .iter()
+        .map(DeviceView::from)
+        .collect())
 }
 
 /// A device's safety number with this user.

@@ -31,7 +31,9 @@ impl Settings {
             .filter(|s| !s.is_empty())
             .collect();
         if self.servers.is_empty() {
-            return Err(CommandError::invalid("give the server's address (host:port)"));
+            return Err(CommandError::invalid(
+                "give the server's address (host:port)",
+            ));
         }
         self.pin = self.pin.trim().to_owned();
         pin_bytes(&self.pin)?;
@@ -133,7 +135,9 @@ impl Home {
             || user.starts_with('.')
             || user.contains(|c: char| c == '/' || c == '\\' || c.is_control())
         {
-            return Err(CommandError::invalid(format!("not a user name: {user:.40}")));
+            return Err(CommandError::invalid(format!(
+                "not a user name: {user:.40}"
+            )));
         }
         let dir = self.data.join("accounts").join(user);
         private_dir(&dir)?;

@@ -244,7 +244,11 @@ impl From<&ConnectionState> for ConnectionView {
 
 /// An SDK event, forwarded to the window on the `qpq://event` channel.
 #[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum EventView {
     /// A message arrived, or an outgoing one was stored.
     Message {
