@@ -292,6 +292,9 @@ async function run(driver, alice, display) {
   await driver.click("[data-testid=send]");
   await driver.waitFor("[data-testid=message][data-state=sent]", "Replying from the desktop app");
   log("bob's reply was delivered");
+  // The screenshot reads the X server, which the web view paints after the page changed: wait
+  // for two frames, so that the change has been painted.
+  await driver.script("await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));");
   await screenshot(display, join(artefacts, "window.png"));
 
   // Alice's CLI receives it.
