@@ -101,10 +101,11 @@ impl Desktop {
             .server(*first)
             .fallback_servers(rest.iter().copied())
             .pin(settings.pin()?)
-            .data_dir(self.home.account_dir(&settings.user)?)
+            .data_dir(self.home.account_dir(&settings.user, &settings.pin()?)?)
             .passphrase(passphrase)
             .build()?;
-        // Subscribed before the session starts, so the window misses nothing.
+        // Subscribed before the session starts; what the window still misses (it listens from
+        // before it asks, but may fall behind) it reads from `security_warnings` and reloads.
         let forwarder = forward_events(app.clone(), client.clone());
         if let Err(err) = start(client.clone()).await {
             forwarder.abort();
@@ -245,6 +246,8 @@ pub struct Overview {
     connection: ConnectionView,
     requests: u64,
     outbox: u64,
+    /// The largest file an attachment may carry.
+    max_attachment_bytes: u64,
 }
 
 /// The window's header: who, the connection, what waits.
@@ -257,7 +260,21 @@ pub async fn overview(desktop: State<'_, Desktop>) -> Result<Overview, CommandEr
         connection: ConnectionView::from(&open.client.connection_state()),
         requests: open.client.request_count()?,
         outbox: open.client.outbox_len()?,
+        max_attachment_bytes: qpq_sdk::ClientLimits::default().max_attachment_bytes,
     })
+}
+
+/// The key-transparency alarms and safety-number changes reported since the account was
+/// opened: the window asks after opening it and after falling behind the events, so that it
+/// shows every one even if it missed the event.
+#[tauri::command]
+pub async fn security_warnings(desktop: State<'_, Desktop>) -> Result<Vec<EventView>, CommandError> {
+    let client = desktop.client().await?;
+    Ok(client
+        .security_warnings()
+        .into_iter()
+        .filter_map(|event| EventView::new(event, |_| 0))
+        .collect())
 }
 
 /// Every conversation with its unread count and newest message.

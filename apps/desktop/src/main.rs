@@ -23,6 +23,16 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
 
+    // A build without the custom-protocol feature loads its UI from the vite dev server on
+    // localhost:5173, which any local program could be listening on instead; such a build
+    // runs only when asked for (`npm run app:dev` asks).
+    if tauri::is_dev() && std::env::var_os("QPQ_DESKTOP_DEV").is_none() {
+        eprintln!(
+            "qpq-desktop: this is a development build (its UI comes from http://localhost:5173); \
+             build with --features custom-protocol, or set QPQ_DESKTOP_DEV=1 to run it"
+        );
+        std::process::exit(2);
+    }
     let app = tauri::Builder::default()
         .setup(|app| {
             let paths = app.path();
@@ -37,6 +47,7 @@ fn main() {
             commands::unlock,
             commands::sign_out,
             commands::overview,
+            commands::security_warnings,
             commands::conversations,
             commands::requests,
             commands::answer_request,

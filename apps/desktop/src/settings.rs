@@ -116,46 +116,65 @@ impl Home {
         }
     }
 
-    /// Remembers `settings` (replacing the file atomically).
+    /// Remembers `settings` (replacing the file atomically; 0600 in a 0700 folder).
     pub fn save(&self, settings: &Settings) -> Result<(), CommandError> {
         private_dir(&self.config)?;
         let path = self.config.join("settings.json");
         let tmp = self.config.join("settings.json.new");
         let json = serde_json::to_vec_pretty(settings)
             .map_err(|e| CommandError::failed(format!("settings: {e}")))?;
-        std::fs::write(&tmp, json)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| CommandError::failed(format!("cannot write {}: {e}", path.display())))
+        let written = (|| {
+            let _ = std::fs::remove_file(&tmp);
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&tmp)?;
+            std::io::Write::write_all(&mut file, &json)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        written.map_err(|e| CommandError::failed(format!("cannot write {}: {e}", path.display())))
     }
 
-    /// The data directory of `user`'s store (created 0700).
-    pub fn account_dir(&self, user: &str) -> Result<PathBuf, CommandError> {
-        // A user name is a path component here: nothing that could leave the folder.
-        if user.is_empty()
-            || user.starts_with('.')
-            || user.contains(|c: char| c == '/' || c == '\\' || c.is_control())
+    /// The data directory of `user`'s store for the server with `pin` (created 0700). One
+    /// store per server and user: the same name on another server is another account.
+    pub fn account_dir(&self, user: &str, pin: &[u8; 32]) -> Result<PathBuf, CommandError> {
+        // A user name is part of a path here: the characters of `name` and `name@domain`
+        // only, so that nothing can leave the folder or mean something to the file system.
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "_.-@".contains(c);
+        if user.is_empty() || user.len() > 255 || user.starts_with('.') || !user.chars().all(allowed)
         {
             return Err(CommandError::invalid(format!(
-                "not a user name: {user:.40}"
+                "not a user name: {:?} (letters, digits and _ . - @ only)",
+                user.chars().take(40).collect::<String>()
             )));
         }
-        let dir = self.data.join("accounts").join(user);
+        let server = hex::encode(&pin[..8]);
+        let dir = self.data.join("accounts").join(format!("{server}-{user}"));
         private_dir(&dir)?;
         Ok(dir)
     }
 }
 
+/// Creates `dir` and the folders above it that are missing, 0700; an existing `dir` is made
+/// 0700 too.
 fn private_dir(dir: &Path) -> Result<(), CommandError> {
+    let fail = |e: std::io::Error| CommandError::failed(format!("cannot create {}: {e}", dir.display()));
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::DirBuilderExt;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         builder.mode(0o700);
+        builder.create(dir).map_err(fail)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)
     }
-    builder
-        .create(dir)
-        .map_err(|e| CommandError::failed(format!("cannot create {}: {e}", dir.display())))
+    #[cfg(not(unix))]
+    builder.create(dir).map_err(fail)
 }
 
 #[cfg(test)]
@@ -202,18 +221,26 @@ mod tests {
         let s = s.as_ref().map(|s| home.save(s).map(|()| s.clone()));
         assert!(matches!(s, Some(Ok(_))));
         assert_eq!(home.load().ok().flatten(), s.and_then(Result::ok));
-        assert!(home.account_dir("../x").is_err());
-        assert!(home.account_dir("a/b").is_err());
-        assert!(home.account_dir("..").is_err());
-        let dir = home.account_dir("bob").ok();
+        let pin = [7u8; 32];
+        for hostile in ["../x", "a/b", "..", "C:x", "a\\b", "", "bob\u{202e}", ".hidden"] {
+            assert!(home.account_dir(hostile, &pin).is_err(), "{hostile:?}");
+        }
+        assert!(home.account_dir("bob@b.example", &pin).is_ok());
+        // The same name on another server is another store.
+        assert_ne!(
+            home.account_dir("bob", &pin).ok(),
+            home.account_dir("bob", &[8u8; 32]).ok()
+        );
+        std::fs::create_dir_all(root.join("data/accounts/0707070707070707-carol")).ok();
+        let dir = home.account_dir("carol", &pin).ok();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = dir
-                .and_then(|d| std::fs::metadata(d).ok())
-                .map(|m| m.permissions().mode() & 0o777);
-            assert_eq!(mode, Some(0o700));
+            let mode = |p: PathBuf| std::fs::metadata(p).ok().map(|m| m.permissions().mode() & 0o777);
+            assert_eq!(mode(root.join("config/settings.json")), Some(0o600));
+            assert_eq!(dir.and_then(mode), Some(0o700), "an existing folder is tightened");
         }
         let _ = std::fs::remove_dir_all(root);
     }
+
 }

@@ -136,6 +136,9 @@ pub struct MessageView {
     pub reply_to: Option<String>,
     /// The sender's clock, ms since the Unix epoch.
     pub sent_at_ms: u64,
+    /// When this device stored it, ms since the Unix epoch (the list's order: a sender's
+    /// clock cannot pin a conversation to the top).
+    pub received_at_ms: u64,
     /// Whether this user sent it.
     pub outgoing: bool,
     /// Delivery state.
@@ -161,6 +164,7 @@ impl From<&Message> for MessageView {
             body: m.body.clone(),
             reply_to: m.reply_to.map(|id| id.to_string()),
             sent_at_ms: m.sent_at_ms,
+            received_at_ms: m.received_at_ms,
             outgoing: m.outgoing,
             state: StateView::from(&m.state),
             edited: m.edited,

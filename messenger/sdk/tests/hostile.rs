@@ -135,4 +135,9 @@ async fn a_server_that_rewrites_its_key_log_raises_an_alarm_and_the_key_is_not_u
     .await;
     assert_eq!(device, "carol/pc");
     assert!(reason.contains("extend"), "{reason}");
+    // A front end that was not listening then still finds the alarm.
+    assert_eq!(
+        alice.security_warnings(),
+        vec![ClientEvent::KeyTransparencyAlarm { device, reason }]
+    );
 }

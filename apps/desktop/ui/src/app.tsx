@@ -210,10 +210,18 @@ function Banners({ model, state }: { model: Model; state: State }) {
     <>
       {alarm && (
         <div class="banner alarm" role="alert" data-testid="kt-alarm">
-          <strong>Key transparency alarm.</strong>{" "}
-          The server showed a key for {alarm.device} that its public log does not back ({alarm.reason}).
-          The key was not used. Someone may be trying to read this contact's messages: compare
-          safety numbers in person before you trust this conversation.
+          <span>
+            <strong>Key transparency alarm.</strong> The server showed a key for the device{" "}
+            <q>
+              <bdi>{alarm.device}</bdi>
+            </q>{" "}
+            that its public log does not back. The key was not used. Someone may be trying to read
+            this contact's messages: compare safety numbers in person before you trust this
+            conversation. What failed:{" "}
+            <q>
+              <bdi>{alarm.reason}</bdi>
+            </q>
+          </span>
           <button onClick={() => model.acknowledgeAlarm()}>I understand</button>
         </div>
       )}
@@ -284,12 +292,15 @@ function Sidebar({ model, state }: { model: Model; state: State }) {
               onClick={() => model.select(c.id)}
               data-testid="conversation"
             >
-              <span class="avatar" aria-hidden="true">
-                {titleOf(c, me).slice(0, 1).toUpperCase()}
+              <span class={`avatar ${c.kind}`} aria-hidden="true">
+                {c.kind === "group" ? <Icon name="group" /> : [...titleOf(c, me)][0]?.toUpperCase()}
               </span>
               <span class="entry-text">
                 <span class="entry-title">
-                  <span class="name">{titleOf(c, me)}</span>
+                  <span class="name">
+                    <bdi>{titleOf(c, me)}</bdi>
+                    {c.kind === "group" && <span class="kind muted small"> · group</span>}
+                  </span>
                   {c.last && <span class="time muted">{timeOf(c.last.sentAtMs)}</span>}
                 </span>
                 <span class="preview muted">
@@ -331,9 +342,23 @@ function RequestItem({ model, request, me }: { model: Model; request: Request; m
   return (
     <div class="request" data-testid="request">
       <div>
-        <strong>{request.inviter}</strong> invites you to{" "}
-        {c.kind === "group" ? <em>{c.name}</em> : "a conversation"}
-        <div class="muted small">{titleOf(c, me)}</div>
+        <strong>
+          <bdi>{request.inviter}</bdi>
+        </strong>{" "}
+        invites you to{" "}
+        {c.kind === "group" ? (
+          <>
+            the group{" "}
+            <em>
+              <bdi>{c.name}</bdi>
+            </em>
+          </>
+        ) : (
+          "a direct conversation"
+        )}
+        <div class="muted small">
+          <bdi>{c.members.filter((m) => m !== me).join(", ")}</bdi>
+        </div>
       </div>
       <div class="actions">
         <button class="primary" onClick={() => model.answer(request, true)}>
@@ -423,7 +448,11 @@ function MessageItem({
   return (
     <article class={`message ${m.outgoing ? "out" : "in"}`} data-testid="message" data-state={m.state.state}>
       <div class="bubble">
-        {!m.outgoing && <div class="sender">{userOf(m.sender)}</div>}
+        {!m.outgoing && (
+          <div class="sender">
+            <bdi>{userOf(m.sender)}</bdi>
+          </div>
+        )}
         {m.replyTo && (
           <blockquote class="quote" data-testid="quote">
             {replied ? (
@@ -442,13 +471,15 @@ function MessageItem({
             {m.attachment && (
               <div class="attachment">
                 <Icon name="clip" />
-                <span class="file-name">{m.attachment.name}</span>
+                <span class="file-name">
+                  <bdi>{m.attachment.name}</bdi>
+                </span>
                 <span class="muted small">{sizeOf(m.attachment.size)}</span>
                 <button onClick={() => model.download(m)}>Download</button>
               </div>
             )}
             {m.body && (
-              <p class="body" data-testid="body">
+              <p class="body" dir="auto" data-testid="body">
                 {m.body}
               </p>
             )}
@@ -542,6 +573,11 @@ function Composer({ model, state }: { model: Model; state: State }) {
   const onFile = async () => {
     const chosen = file.current?.files?.[0];
     if (!chosen) return;
+    // Checked before the file is read into memory.
+    if (!model.fits(chosen.size)) {
+      if (file.current) file.current.value = "";
+      return;
+    }
     const bytes = new Uint8Array(await chosen.arrayBuffer());
     const caption = text;
     setText("");

@@ -38,6 +38,7 @@ export interface Message {
   body: string;
   replyTo: string | null;
   sentAtMs: number;
+  receivedAtMs: number;
   outgoing: boolean;
   state: SendState;
   edited: boolean;
@@ -72,6 +73,7 @@ export interface Overview {
   connection: Connection;
   requests: number;
   outbox: number;
+  maxAttachmentBytes: number;
 }
 
 export interface Device {
@@ -139,6 +141,7 @@ export interface Bridge {
   unlock(passphrase: string): Promise<Me>;
   signOut(): Promise<void>;
   overview(): Promise<Overview>;
+  securityWarnings(): Promise<Event[]>;
   conversations(): Promise<Conversation[]>;
   requests(): Promise<Request[]>;
   answerRequest(conversation: string, accept: boolean): Promise<Conversation | null>;
@@ -192,6 +195,9 @@ export class TauriBridge implements Bridge {
   }
   overview() {
     return invoke<Overview>("overview");
+  }
+  securityWarnings() {
+    return invoke<Event[]>("security_warnings");
   }
   conversations() {
     return invoke<Conversation[]>("conversations");

@@ -11,7 +11,7 @@ const PATHS = {
   trash: "M3 6h18M8 6V4h8v2M19 6l-1 14H6L5 6",
   back: "M15 18l-6-6 6-6",
   close: "M18 6L6 18M6 6l12 12",
-  smile: "M12 22a10 10 0 1 0 0-20 10 10 0 0 0 0 20zM8 14s1.5 2 4 2 4-2 4-2M9 9h.01M15 9h.01",
+  group: "M17 21v-2a4 4 0 0 0-4-4H5a4 4 0 0 0-4 4v2M9 11a4 4 0 1 0 0-8 4 4 0 0 0 0 8zM23 21v-2a4 4 0 0 0-3-3.9M16 3.1a4 4 0 0 1 0 7.8",
 } as const;
 
 export type IconName = keyof typeof PATHS;

@@ -59,13 +59,19 @@ export interface State {
   transfers: Transfer[];
   saved: string[];
   dialog: Dialog | null;
+  /** The largest file an attachment may carry (from the app). */
+  maxAttachmentBytes: number;
 }
 
 const PAGE = 100;
+/** At most this many notices show at once (the newest). */
+const NOTICES_SHOWN = 5;
 /** How long a typing notice shows without a new one. */
 const TYPING_MS = 5000;
 
 let transferCount = 0;
+/** How the notice about undecryptable messages starts. */
+const UNDECRYPTABLE = "Undecryptable: ";
 
 export class Model {
   state: State = {
@@ -88,15 +94,21 @@ export class Model {
     transfers: [],
     saved: [],
     dialog: null,
+    maxAttachmentBytes: Infinity,
   };
 
   private listeners = new Set<() => void>();
   private pending = 0;
   private idleWaiters: (() => void)[] = [];
-  private unlisten: (() => void)[] = [];
+  private listening: Promise<void> | null = null;
   private typingTimers = new Map<string, ReturnType<typeof setTimeout>>();
   private refreshing: Promise<void> | null = null;
   private refreshAgain = false;
+  private reloading: Promise<void> | null = null;
+  private reloadAgain = false;
+  /** Alarms the person acknowledged (device and reason), not shown again. */
+  private acknowledged = new Set<string>();
+  private undecryptable = 0;
 
   constructor(private bridge: Bridge) {}
 
@@ -152,10 +164,27 @@ export class Model {
     this.set({ phase: "firstRun", error: null });
   }
 
+  /** Listens to the app's events, once, before the first account opens: nothing it reports
+   * while opening is missed. */
+  private listen(): Promise<void> {
+    this.listening ??= (async () => {
+      await this.bridge.onEvent((e) => this.onEvent(e));
+      await this.bridge.onProgress((p) =>
+        this.set({
+          transfers: this.state.transfers.map((t) =>
+            t.id === p.transfer ? { ...t, done: p.done, total: p.total } : t,
+          ),
+        }),
+      );
+    })();
+    return this.listening;
+  }
+
   signIn(request: SignIn) {
     return this.run(async () => {
       this.set({ busy: true, error: null });
       try {
+        await this.listen();
         const me = await this.bridge.signIn(request);
         await this.opened(me, request.settings);
       } finally {
@@ -168,6 +197,7 @@ export class Model {
     return this.run(async () => {
       this.set({ busy: true, error: null });
       try {
+        await this.listen();
         const me = await this.bridge.unlock(passphrase);
         await this.opened(me, this.state.settings);
       } catch (err) {
@@ -188,36 +218,33 @@ export class Model {
 
   signOut() {
     return this.run(async () => {
-      for (const u of this.unlisten) u();
-      this.unlisten = [];
-      await this.bridge.signOut();
-      this.set({
-        phase: "firstRun",
-        me: null,
-        conversations: [],
-        requests: [],
-        selected: null,
-        messages: [],
-        dialog: null,
-      });
+      try {
+        await this.bridge.signOut();
+      } finally {
+        // The app closed the account whatever the server answered.
+        this.set({
+          phase: "firstRun",
+          me: null,
+          conversations: [],
+          requests: [],
+          selected: null,
+          messages: [],
+          dialog: null,
+        });
+      }
     });
   }
 
   private async opened(me: Me, settings: Settings | null) {
-    this.unlisten.push(await this.bridge.onEvent((e) => this.onEvent(e)));
-    this.unlisten.push(
-      await this.bridge.onProgress((p) =>
-        this.set({
-          transfers: this.state.transfers.map((t) =>
-            t.id === p.transfer ? { ...t, done: p.done, total: p.total } : t,
-          ),
-        }),
-      ),
-    );
     this.set({ me, settings, phase: "ready" });
     const overview = await this.bridge.overview();
-    this.set({ connection: overview.connection });
-    await this.refresh();
+    this.set({ connection: overview.connection, maxAttachmentBytes: overview.maxAttachmentBytes });
+    await Promise.all([this.refresh(), this.catchUpWarnings()]);
+  }
+
+  /** The alarms and safety-number changes the app kept, in case their events were missed. */
+  private async catchUpWarnings() {
+    for (const warning of await this.bridge.securityWarnings()) this.onEvent(warning);
   }
 
   /** Reloads the conversation list and the requests; calls that overlap run once more at
@@ -235,7 +262,11 @@ export class Model {
             this.bridge.conversations(),
             this.bridge.requests(),
           ]);
-          conversations.sort((a, b) => (b.last?.sentAtMs ?? 0) - (a.last?.sentAtMs ?? 0));
+          // By when this device got the last message: a sender's clock cannot pin a
+          // conversation to the top.
+          conversations.sort(
+            (a, b) => (b.last?.receivedAtMs ?? 0) - (a.last?.receivedAtMs ?? 0),
+          );
           this.set({ conversations, requests });
         });
       } while (this.refreshAgain);
@@ -272,6 +303,24 @@ export class Model {
     if (this.state.selected === id) {
       this.set({ messages, moreBefore: messages.length === PAGE });
     }
+  }
+
+  /** Reloads the open conversation's messages after events; a burst of events makes one
+   * more reload at the end, not one each. */
+  private reloadMessages(): Promise<void> {
+    if (this.reloading) {
+      this.reloadAgain = true;
+      return this.reloading;
+    }
+    this.reloading = (async () => {
+      do {
+        this.reloadAgain = false;
+        const id = this.state.selected;
+        if (id) await this.run(() => this.loadMessages(id));
+      } while (this.reloadAgain);
+      this.reloading = null;
+    })();
+    return this.reloading;
   }
 
   loadOlder() {
@@ -314,9 +363,7 @@ export class Model {
       }
       case "conversationChanged":
         void this.refresh();
-        if (e.conversation === this.state.selected) {
-          void this.run(() => this.loadMessages(e.conversation));
-        }
+        if (e.conversation === this.state.selected) void this.reloadMessages();
         break;
       case "request":
         void this.refresh();
@@ -344,28 +391,31 @@ export class Model {
       case "connection":
         this.set({ connection: e.connection });
         break;
-      case "keyTransparencyAlarm":
-        this.set({ alarms: [...this.state.alarms, { device: e.device, reason: e.reason }] });
+      case "keyTransparencyAlarm": {
+        const key = `${e.device}\n${e.reason}`;
+        const shown = this.state.alarms.some((a) => `${a.device}\n${a.reason}` === key);
+        if (!shown && !this.acknowledged.has(key)) {
+          this.set({ alarms: [...this.state.alarms, { device: e.device, reason: e.reason }] });
+        }
         break;
+      }
       case "safetyNumberChanged":
-        this.set({
-          notices: [
-            ...this.state.notices,
-            `The safety number with ${e.user} changed (device ${e.device}). Compare it again before you share anything sensitive.`,
-          ],
-        });
+        this.notice(
+          `The safety number with “${e.user}” changed (device “${e.device}”). Compare it again before you share anything sensitive.`,
+        );
         break;
-      case "undecryptable":
-        this.set({
-          notices: [...this.state.notices, `A message could not be decrypted: ${e.reason}`],
-        });
+      case "undecryptable": {
+        // One notice, counted: a flood of broken messages must not bury the window.
+        this.undecryptable++;
+        const notices = this.state.notices.filter((n) => !n.startsWith(UNDECRYPTABLE));
+        const count = this.undecryptable === 1 ? "A message" : `${this.undecryptable} messages`;
+        this.set({ notices: [...notices, `${UNDECRYPTABLE}${count} could not be decrypted and were skipped (the last: “${e.reason}”).`] });
         break;
+      }
       case "resync":
         void this.refresh();
-        if (this.state.selected) {
-          const id = this.state.selected;
-          void this.run(() => this.loadMessages(id));
-        }
+        void this.reloadMessages();
+        void this.run(() => this.catchUpWarnings());
         break;
     }
   }
@@ -385,11 +435,20 @@ export class Model {
     this.set({ typing });
   }
 
+  private notice(text: string) {
+    if (this.state.notices.includes(text)) return;
+    this.set({ notices: [...this.state.notices, text].slice(-NOTICES_SHOWN) });
+  }
+
   acknowledgeAlarm() {
-    this.set({ alarms: this.state.alarms.slice(1) });
+    const [first, ...rest] = this.state.alarms;
+    if (first) this.acknowledged.add(`${first.device}\n${first.reason}`);
+    this.set({ alarms: rest });
   }
 
   dismissNotice(index: number) {
+    const notice = this.state.notices[index];
+    if (notice?.startsWith(UNDECRYPTABLE)) this.undecryptable = 0;
     this.set({ notices: this.state.notices.filter((_, i) => i !== index) });
   }
 
@@ -434,7 +493,7 @@ export class Model {
   remove(m: Message) {
     return this.run(async () => {
       await this.bridge.deleteMessage(m.conversation, m.id);
-      await this.loadMessages(m.conversation);
+      await this.reloadMessages();
     });
   }
 
@@ -443,7 +502,7 @@ export class Model {
     const mine = m.reactions.some(([u, e]) => u === me && e === emoji);
     return this.run(async () => {
       await this.bridge.react(m.conversation, m.id, emoji, mine);
-      await this.loadMessages(m.conversation);
+      await this.reloadMessages();
     });
   }
 
@@ -454,9 +513,18 @@ export class Model {
     this.bridge.typing(id).catch(() => undefined);
   }
 
+  /** Whether a file of `size` bytes may be sent; if not, says so to the person. */
+  fits(size: number): boolean {
+    if (size <= this.state.maxAttachmentBytes) return true;
+    this.set({
+      error: `That file is too large to send: at most ${Math.floor(this.state.maxAttachmentBytes / (1024 * 1024))} MiB.`,
+    });
+    return false;
+  }
+
   attach(file: { name: string; mime: string; bytes: Uint8Array }, caption: string) {
     const id = this.state.selected;
-    if (!id) return Promise.resolve();
+    if (!id || !this.fits(file.bytes.length)) return Promise.resolve();
     const transfer: Transfer = {
       id: `up-${++transferCount}`,
       label: `Uploading ${file.name}`,

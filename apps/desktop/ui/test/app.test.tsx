@@ -289,6 +289,43 @@ describe("safety", () => {
     expect(root.querySelector("[data-testid=kt-alarm]")).toBeNull();
   });
 
+  it("shows the alarms and safety-number changes whose events it missed, once, until acknowledged", async () => {
+    const bridge = new FakeBridge();
+    const alarm = { type: "keyTransparencyAlarm", device: "carol/pc", reason: "not in the log" } as const;
+    // One event arrives while the account opens; one was reported before the window listened.
+    bridge.duringUnlock = [{ type: "safetyNumberChanged", user: "erin", device: "phone" }];
+    bridge.warnings = [alarm, { type: "safetyNumberChanged", user: "dave", device: "tablet" }, alarm];
+    const model = await openConversation(bridge);
+    expect($$("[data-testid=kt-alarm]")).toHaveLength(1);
+    expect($("[data-testid=kt-alarm]").textContent).toContain("carol/pc");
+    const notices = $$(".banner.notice").map((n) => n.textContent);
+    expect(notices).toHaveLength(2);
+    expect(notices.join()).toContain("erin");
+    expect(notices.join()).toContain("dave");
+
+    await click(model, $("[data-testid=kt-alarm] button"));
+    await act(async () => {
+      bridge.emit({ type: "resync" });
+    });
+    await settle(model);
+    // Caught up again after falling behind: the acknowledged alarm stays acknowledged.
+    expect(bridge.callsOf("securityWarnings").length).toBe(2);
+    expect(root.querySelector("[data-testid=kt-alarm]")).toBeNull();
+  });
+
+  it("counts undecryptable messages in one notice instead of burying the window", async () => {
+    const bridge = new FakeBridge();
+    const model = await openConversation(bridge);
+    await act(async () => {
+      for (let i = 0; i < 50; i++) bridge.emit({ type: "undecryptable", reason: `bad ${i}` });
+    });
+    await settle(model);
+    const notices = $$(".banner.notice");
+    expect(notices).toHaveLength(1);
+    expect(notices[0]?.textContent).toContain("50 messages could not be decrypted");
+    expect(notices[0]?.textContent).toContain("bad 49");
+  });
+
   it("shows the safety numbers of a direct conversation's other member", async () => {
     const bridge = new FakeBridge();
     bridge.numbers = [{ device: "alice/laptop", number: "12345 67890 12345" }];
@@ -300,7 +337,39 @@ describe("safety", () => {
   });
 });
 
+describe("files", () => {
+  it("refuses a file above the limit before reading or sending it", async () => {
+    const bridge = new FakeBridge();
+    const model = await openConversation(bridge);
+    await act(async () => {
+      await model.attach({ name: "big.iso", mime: "", bytes: new Uint8Array(1001) }, "");
+    });
+    expect($("[data-testid=error]").textContent).toContain("too large");
+    expect(bridge.callsOf("sendAttachment")).toHaveLength(0);
+    await act(async () => {
+      await model.attach({ name: "small.txt", mime: "text/plain", bytes: new Uint8Array(1000) }, "");
+    });
+    await settle(model);
+    expect(bridge.callsOf("sendAttachment")).toHaveLength(1);
+  });
+});
+
 describe("requests, groups and the keyboard", () => {
+  it("orders conversations by when their last message arrived here, not by the sender's clock", async () => {
+    const bridge = new FakeBridge();
+    const future = message({ id: "f", conversation: "c1", sentAtMs: Date.UTC(2099, 0, 1), receivedAtMs: 1000 });
+    const recent = message({ id: "r", conversation: "c2", sentAtMs: 2000, receivedAtMs: 2000 });
+    bridge.list = [
+      conversation({ id: "c1", members: ["bob", "mallory"], last: future }),
+      conversation({ id: "c2", members: ["bob", "carol"], last: recent }),
+    ];
+    const model = await mount(bridge);
+    type("input[name=passphrase]", "p");
+    await submit(model, "[data-testid=unlock]");
+    const names = $$("[data-testid=conversation] .name").map((n) => n.textContent);
+    expect(names).toEqual(["carol", "mallory"]);
+  });
+
   it("accepts a message request and opens its conversation", async () => {
     const bridge = new FakeBridge();
     const model = await mount(bridge);
@@ -313,7 +382,7 @@ describe("requests, groups and the keyboard", () => {
       bridge.emit({ type: "request", request: { conversation: invited, inviter: "dave" } });
     });
     await settle(model);
-    expect($("[data-testid=request]").textContent).toContain("dave invites you to climbing");
+    expect($("[data-testid=request]").textContent).toContain("dave invites you to the group climbing");
     await click(model, $("[data-testid=request] button.primary"));
     expect(bridge.callsOf("answerRequest")).toEqual([["r1", true]]);
     expect(root.querySelector("[data-testid=request]")).toBeNull();

@@ -32,6 +32,7 @@ export function message(overrides: Partial<Message> = {}): Message {
     body: "hello",
     replyTo: null,
     sentAtMs: Date.UTC(2026, 11, 7, 10, 30),
+    receivedAtMs: Date.UTC(2026, 11, 7, 10, 30),
     outgoing: false,
     state: { state: "received" },
     edited: false,
@@ -68,7 +69,11 @@ export class FakeBridge implements Bridge {
     connection: { state: "connected" },
     requests: 0,
     outbox: 0,
+    maxAttachmentBytes: 1000,
   };
+  warnings: Event[] = [];
+  /** Emitted while `unlock` is being answered, as the app does while an account opens. */
+  duringUnlock: Event[] = [];
   private failures = new Map<string, CommandError>();
   private eventHandlers: ((e: Event) => void)[] = [];
   private progressHandlers: ((p: Progress) => void)[] = [];
@@ -111,13 +116,19 @@ export class FakeBridge implements Bridge {
     return this.call("signIn", [request], () => this.me());
   }
   unlock(passphrase: string) {
-    return this.call("unlock", [passphrase], () => this.me());
+    return this.call("unlock", [passphrase], () => {
+      for (const e of this.duringUnlock) this.emit(e);
+      return this.me();
+    });
   }
   signOut() {
     return this.call("signOut", [], () => undefined);
   }
   overview() {
     return this.call("overview", [], () => this.overviewValue);
+  }
+  securityWarnings() {
+    return this.call("securityWarnings", [], () => [...this.warnings]);
   }
   conversations() {
     return this.call("conversations", [], () => this.list.map((c) => ({ ...c })));

@@ -155,6 +155,7 @@ impl QpqClientBuilder {
                 envelopes_opened: std::sync::atomic::AtomicU64::new(0),
                 peer_keys: Mutex::new(HashMap::new()),
                 peer_identities: Mutex::new(HashMap::new()),
+                warnings: Mutex::default(),
                 unverifiable: Mutex::new(HashMap::new()),
                 invitations: self.invitations,
                 one_at_a_time: std::sync::atomic::AtomicBool::new(false),

@@ -79,6 +79,9 @@ pub(crate) struct Inner {
     pub(crate) channel_answers_none_at: std::sync::atomic::AtomicU64,
     /// Which invitations are joined at once.
     pub(crate) invitations: InvitationPolicy,
+    /// The key-transparency alarms and safety-number changes reported so far (the newest
+    /// [`WARNINGS_KEPT`]), for front ends that missed the events.
+    pub(crate) warnings: Mutex<std::collections::VecDeque<ClientEvent>>,
     /// Devices whose keys recently failed the check, with the reason and when.
     pub(crate) unverifiable: Mutex<HashMap<(String, String), (String, std::time::Instant)>>,
     pub(crate) crash: CrashSwitch,
@@ -256,6 +259,14 @@ impl QpqClient {
         lock(&self.inner.keys).as_ref().map(|k| k.me.clone())
     }
 
+    /// The key-transparency alarms and safety-number changes this client reported since it
+    /// was built (the newest 100), oldest first. Events are broadcast once: a front end that
+    /// subscribed late, or fell behind ([`tokio::sync::broadcast::error::RecvError::Lagged`]),
+    /// reads here what it must still show.
+    pub fn security_warnings(&self) -> Vec<ClientEvent> {
+        lock(&self.inner.warnings).iter().cloned().collect()
+    }
+
     pub(crate) fn emit(&self, event: ClientEvent) {
         let _ = self.inner.events.send(event);
     }
@@ -265,7 +276,23 @@ impl QpqClient {
     }
 }
 
+/// How many security warnings [`QpqClient::security_warnings`] keeps.
+pub const WARNINGS_KEPT: usize = 100;
+
 impl Inner {
+    /// Reports a key-transparency alarm or a safety-number change, and keeps it for
+    /// [`QpqClient::security_warnings`].
+    pub(crate) fn warn(&self, event: ClientEvent) {
+        {
+            let mut kept = lock(&self.warnings);
+            if kept.len() == WARNINGS_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(event.clone());
+        }
+        let _ = self.events.send(event);
+    }
+
     /// Records the connection state and reports it (once per change: the same state again
     /// is not an event).
     pub(crate) fn set_connection(&self, state: ConnectionState) {

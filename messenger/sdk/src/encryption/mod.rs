@@ -524,7 +524,7 @@ impl Inner {
         {
             Ok(()) => {}
             Err(KtFail::Alarm(reason)) => {
-                let _ = self.events.send(ClientEvent::KeyTransparencyAlarm {
+                self.warn(ClientEvent::KeyTransparencyAlarm {
                     device: format!("{user}/{device}"),
                     reason: reason.clone(),
                 });
@@ -536,7 +536,7 @@ impl Inner {
             .store
             .note_identity(user, device, &bundle.identity.to_bytes())?
         {
-            let _ = self.events.send(ClientEvent::SafetyNumberChanged {
+            self.warn(ClientEvent::SafetyNumberChanged {
                 user: user.to_owned(),
                 device: device.to_owned(),
             });

@@ -219,6 +219,13 @@ impl QpqClient {
             .ok_or_else(|| SdkError::NotFound(format!("attachment of message {id}")))?;
         let bytes = self.download_attachment(id, progress).await?;
         let name = attachment_file_name(&info.name);
+        let mut parts = std::path::Path::new(&name).components();
+        if !matches!(parts.next(), Some(std::path::Component::Normal(_))) || parts.next().is_some()
+        {
+            return Err(SdkError::Invalid(format!(
+                "the attachment's name {name:?} is not a plain file name"
+            )));
+        }
         let (stem, extension) = match name.rsplit_once('.') {
             Some((stem, ext)) if !stem.is_empty() => (stem.to_owned(), format!(".{ext}")),
             _ => (name.clone(), String::new()),
@@ -280,24 +287,50 @@ impl QpqClient {
     }
 }
 
-/// A file name for an attachment its sender named `name`: the last path component, control
-/// characters replaced by `_`, at most 200 bytes, and never empty, `.` or `..` (then
-/// `download`).
+/// A file name for an attachment its sender named `name`, safe to create in a folder on any
+/// platform: the last path component; control characters, bidirectional and other invisible
+/// format characters, and the characters Windows reserves (`: < > " | ? *`) replaced by `_`;
+/// no trailing dots or spaces; a `_` before Windows device names (`CON`, `COM1`, …) and a
+/// leading `-`; at most 200 bytes; and never empty or only dots (then `download`).
 pub fn attachment_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
     let mut clean = String::new();
     for c in base.chars() {
-        let c = if c.is_control() { '_' } else { c };
+        let c = if c.is_control() || is_invisible_format(c) || ":<>\"|?*".contains(c) {
+            '_'
+        } else {
+            c
+        };
         if clean.len() + c.len_utf8() > 200 {
             break;
         }
         clean.push(c);
     }
-    if clean.is_empty() || clean == "." || clean == ".." {
-        "download".to_owned()
-    } else {
-        clean
+    let clean = clean.trim_end_matches(['.', ' ']);
+    if clean.chars().all(|c| c == '.' || c == ' ') {
+        return "download".to_owned();
     }
+    let stem = clean.split('.').next().unwrap_or_default().trim_end();
+    let reserved = ["CON", "PRN", "AUX", "NUL"].iter().any(|r| stem.eq_ignore_ascii_case(r))
+        || (stem.len() == 4
+            && stem
+                .get(..3)
+                .is_some_and(|p| p.eq_ignore_ascii_case("COM") || p.eq_ignore_ascii_case("LPT"))
+            && stem.get(3..).is_some_and(|n| n.chars().all(|c| c.is_ascii_digit())));
+    if reserved || clean.starts_with('-') {
+        format!("_{clean}")
+    } else {
+        clean.to_owned()
+    }
+}
+
+/// Characters that change how text around them is shown without showing themselves: the
+/// bidirectional controls (an "invoice‮fdp.exe" that reads as "invoiceexe.pdf"), zero-width
+/// characters and the byte-order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 #[cfg(test)]
@@ -315,5 +348,32 @@ mod tests {
         assert_eq!(attachment_file_name(""), "download");
         let long = "é".repeat(300);
         assert_eq!(attachment_file_name(&long).len(), 200);
+    }
+
+    #[test]
+    fn attachment_names_are_safe_on_windows_and_show_what_they_are() {
+        // A drive-relative name would replace the folder it is joined to on Windows.
+        assert_eq!(attachment_file_name("C:version.dll"), "C_version.dll");
+        assert_eq!(attachment_file_name("notes.txt:hidden"), "notes.txt_hidden");
+        assert_eq!(attachment_file_name("a<b>c\"d|e?f*g"), "a_b_c_d_e_f_g");
+        assert_eq!(attachment_file_name("CON"), "_CON");
+        assert_eq!(attachment_file_name("com1.txt"), "_com1.txt");
+        assert_eq!(attachment_file_name("lpt9"), "_lpt9");
+        assert_eq!(attachment_file_name("console.txt"), "console.txt");
+        assert_eq!(attachment_file_name("abé"), "abé");
+        assert_eq!(attachment_file_name("report. . "), "report");
+        assert_eq!(attachment_file_name("..."), "download");
+        assert_eq!(attachment_file_name("-rf"), "_-rf");
+        // An RTL override would show "invoiceexe.pdf".
+        assert_eq!(attachment_file_name("invoice\u{202E}fdp.exe"), "invoice_fdp.exe");
+        assert_eq!(attachment_file_name("a\u{200B}b\u{2066}c"), "a_b_c");
+        for hostile in ["C:version.dll", "..\\..\\x", "/etc/passwd", "\\\\server\\share\\f", "CON", "a\0b"] {
+            let name = attachment_file_name(hostile);
+            let mut parts = std::path::Path::new(&name).components();
+            assert!(
+                matches!(parts.next(), Some(std::path::Component::Normal(_))) && parts.next().is_none(),
+                "{hostile:?} became {name:?}"
+            );
+        }
     }
 }
