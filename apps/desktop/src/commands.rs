@@ -21,6 +21,8 @@ pub const EVENTS: &str = "qpq://event";
 pub const PROGRESS: &str = "qpq://progress";
 /// The most messages one `messages` call returns.
 const PAGE_LIMIT: u32 = 500;
+/// How often a transfer's progress reaches the window at most.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The window's state: where its files are, and the account open in it.
 pub struct Desktop {
@@ -283,11 +285,19 @@ pub async fn conversations(
     desktop: State<'_, Desktop>,
 ) -> Result<Vec<ConversationView>, CommandError> {
     let client = desktop.client().await?;
-    client
+    // One conversation that cannot be read (left meanwhile, say) does not hide the others.
+    Ok(client
         .conversations()?
         .iter()
-        .map(|c| list_entry(&client.conversation(&c.id)?))
-        .collect()
+        .filter_map(|c| {
+            client
+                .conversation(&c.id)
+                .map_err(CommandError::from)
+                .and_then(|h| list_entry(&h))
+                .inspect_err(|err| tracing::warn!(%err, id = %c.id, "conversation left out of the list"))
+                .ok()
+        })
+        .collect())
 }
 
 /// The message requests waiting for an answer.
@@ -411,9 +421,18 @@ struct ProgressView<'a> {
     total: u64,
 }
 
+/// Reports a transfer's progress to the window, at most every 50 ms (and always its end): a
+/// server sending tiny chunks cannot flood the window with re-renders.
 fn progress_to(app: &AppHandle, transfer: &str) -> impl FnMut(Progress) + Send {
     let (app, transfer) = (app.clone(), transfer.to_owned());
+    let mut last: Option<std::time::Instant> = None;
     move |p: Progress| {
+        let now = std::time::Instant::now();
+        let due = last.is_none_or(|at| now.duration_since(at) >= PROGRESS_EVERY);
+        if !due && p.done < p.total {
+            return;
+        }
+        last = Some(now);
         let view = ProgressView {
             transfer: &transfer,
             done: p.done,
