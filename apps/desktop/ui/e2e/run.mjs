@@ -297,6 +297,30 @@ async function run(driver, alice, display) {
   await driver.script("await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));");
   await screenshot(display, join(artefacts, "window.png"));
 
+  // A small window shows one pane at a time: the conversation, with a way back to the list.
+  await driver.call("POST", `${driver.session}/window/rect`, { width: 420, height: 700 });
+  await driver.script(
+    `const back = document.querySelector(".back");
+     if (!back || getComputedStyle(back).display === "none") {
+       await new Promise((resolve, reject) => {
+         const deadline = setTimeout(() => reject(new Error("the narrow layout did not apply")), ${STEP_MS - 5_000});
+         addEventListener("resize", function check() {
+           if (getComputedStyle(back).display !== "none") {
+             clearTimeout(deadline);
+             removeEventListener("resize", check);
+             resolve();
+           }
+         });
+       });
+     }
+     if (getComputedStyle(document.querySelector(".sidebar")).display !== "none") {
+       throw new Error("the list still shows beside the conversation in a narrow window");
+     }
+     await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));`,
+  );
+  await screenshot(display, join(artefacts, "window-narrow.png"));
+  log("a narrow window shows the conversation alone");
+
   // Alice's CLI receives it.
   const read = await qpq(["read", "--json"], alice);
   const bodies = read
