@@ -60,10 +60,13 @@ async fn a_linked_device_joins_conversations_and_a_revoked_one_is_cut_off() {
     })
     .await;
     assert_eq!(changed, ("alice".to_string(), "tablet".to_string()));
-    assert!(bob.security_warnings().contains(&ClientEvent::SafetyNumberChanged {
-        user: "alice".into(),
-        device: "tablet".into(),
-    }));
+    assert!(
+        bob.security_warnings()
+            .contains(&ClientEvent::SafetyNumberChanged {
+                user: "alice".into(),
+                device: "tablet".into(),
+            })
+    );
     assert_eq!(text(&mut laptop_events).await.1, "hi both");
     assert_eq!(text(&mut tablet_events).await.1, "hi both");
 

@@ -311,12 +311,16 @@ pub fn attachment_file_name(name: &str) -> String {
         return "download".to_owned();
     }
     let stem = clean.split('.').next().unwrap_or_default().trim_end();
-    let reserved = ["CON", "PRN", "AUX", "NUL"].iter().any(|r| stem.eq_ignore_ascii_case(r))
+    let reserved = ["CON", "PRN", "AUX", "NUL"]
+        .iter()
+        .any(|r| stem.eq_ignore_ascii_case(r))
         || (stem.len() == 4
             && stem
                 .get(..3)
                 .is_some_and(|p| p.eq_ignore_ascii_case("COM") || p.eq_ignore_ascii_case("LPT"))
-            && stem.get(3..).is_some_and(|n| n.chars().all(|c| c.is_ascii_digit())));
+            && stem
+                .get(3..)
+                .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit())));
     if reserved || clean.starts_with('-') {
         format!("_{clean}")
     } else {
@@ -325,7 +329,7 @@ pub fn attachment_file_name(name: &str) -> String {
 }
 
 /// Characters that change how text around them is shown without showing themselves: the
-/// bidirectional controls (an "invoice‮fdp.exe" that reads as "invoiceexe.pdf"), zero-width
+/// bidirectional controls (an `invoice\u{202E}fdp.exe` that reads as "invoiceexe.pdf"), zero-width
 /// characters and the byte-order mark.
 fn is_invisible_format(c: char) -> bool {
     matches!(c,
@@ -365,13 +369,24 @@ mod tests {
         assert_eq!(attachment_file_name("..."), "download");
         assert_eq!(attachment_file_name("-rf"), "_-rf");
         // An RTL override would show "invoiceexe.pdf".
-        assert_eq!(attachment_file_name("invoice\u{202E}fdp.exe"), "invoice_fdp.exe");
+        assert_eq!(
+            attachment_file_name("invoice\u{202E}fdp.exe"),
+            "invoice_fdp.exe"
+        );
         assert_eq!(attachment_file_name("a\u{200B}b\u{2066}c"), "a_b_c");
-        for hostile in ["C:version.dll", "..\\..\\x", "/etc/passwd", "\\\\server\\share\\f", "CON", "a\0b"] {
+        for hostile in [
+            "C:version.dll",
+            "..\\..\\x",
+            "/etc/passwd",
+            "\\\\server\\share\\f",
+            "CON",
+            "a\0b",
+        ] {
             let name = attachment_file_name(hostile);
             let mut parts = std::path::Path::new(&name).components();
             assert!(
-                matches!(parts.next(), Some(std::path::Component::Normal(_))) && parts.next().is_none(),
+                matches!(parts.next(), Some(std::path::Component::Normal(_)))
+                    && parts.next().is_none(),
                 "{hostile:?} became {name:?}"
             );
         }
