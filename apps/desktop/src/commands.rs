@@ -270,7 +270,9 @@ pub async fn overview(desktop: State<'_, Desktop>) -> Result<Overview, CommandEr
 /// opened: the window asks after opening it and after falling behind the events, so that it
 /// shows every one even if it missed the event.
 #[tauri::command]
-pub async fn security_warnings(desktop: State<'_, Desktop>) -> Result<Vec<EventView>, CommandError> {
+pub async fn security_warnings(
+    desktop: State<'_, Desktop>,
+) -> Result<Vec<EventView>, CommandError> {
     let client = desktop.client().await?;
     Ok(client
         .security_warnings()
@@ -294,7 +296,9 @@ pub async fn conversations(
                 .conversation(&c.id)
                 .map_err(CommandError::from)
                 .and_then(|h| list_entry(&h))
-                .inspect_err(|err| tracing::warn!(%err, id = %c.id, "conversation left out of the list"))
+                .inspect_err(
+                    |err| tracing::warn!(%err, id = %c.id, "conversation left out of the list"),
+                )
                 .ok()
         })
         .collect())

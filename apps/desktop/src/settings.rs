@@ -146,7 +146,10 @@ impl Home {
         // A user name is part of a path here: the characters of `name` and `name@domain`
         // only, so that nothing can leave the folder or mean something to the file system.
         let allowed = |c: char| c.is_ascii_alphanumeric() || "_.-@".contains(c);
-        if user.is_empty() || user.len() > 255 || user.starts_with('.') || !user.chars().all(allowed)
+        if user.is_empty()
+            || user.len() > 255
+            || user.starts_with('.')
+            || !user.chars().all(allowed)
         {
             return Err(CommandError::invalid(format!(
                 "not a user name: {:?} (letters, digits and _ . - @ only)",
@@ -163,7 +166,8 @@ impl Home {
 /// Creates `dir` and the folders above it that are missing, 0700; an existing `dir` is made
 /// 0700 too.
 fn private_dir(dir: &Path) -> Result<(), CommandError> {
-    let fail = |e: std::io::Error| CommandError::failed(format!("cannot create {}: {e}", dir.display()));
+    let fail =
+        |e: std::io::Error| CommandError::failed(format!("cannot create {}: {e}", dir.display()));
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -222,7 +226,16 @@ mod tests {
         assert!(matches!(s, Some(Ok(_))));
         assert_eq!(home.load().ok().flatten(), s.and_then(Result::ok));
         let pin = [7u8; 32];
-        for hostile in ["../x", "a/b", "..", "C:x", "a\\b", "", "bob\u{202e}", ".hidden"] {
+        for hostile in [
+            "../x",
+            "a/b",
+            "..",
+            "C:x",
+            "a\\b",
+            "",
+            "bob\u{202e}",
+            ".hidden",
+        ] {
             assert!(home.account_dir(hostile, &pin).is_err(), "{hostile:?}");
         }
         assert!(home.account_dir("bob@b.example", &pin).is_ok());
@@ -236,11 +249,18 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = |p: PathBuf| std::fs::metadata(p).ok().map(|m| m.permissions().mode() & 0o777);
+            let mode = |p: PathBuf| {
+                std::fs::metadata(p)
+                    .ok()
+                    .map(|m| m.permissions().mode() & 0o777)
+            };
             assert_eq!(mode(root.join("config/settings.json")), Some(0o600));
-            assert_eq!(dir.and_then(mode), Some(0o700), "an existing folder is tightened");
+            assert_eq!(
+                dir.and_then(mode),
+                Some(0o700),
+                "an existing folder is tightened"
+            );
         }
         let _ = std::fs::remove_dir_all(root);
     }
-
 }
