@@ -287,21 +287,28 @@ pub async fn conversations(
     desktop: State<'_, Desktop>,
 ) -> Result<Vec<ConversationView>, CommandError> {
     let client = desktop.client().await?;
-    // One conversation that cannot be read (left meanwhile, say) does not hide the others.
-    Ok(client
-        .conversations()?
-        .iter()
-        .filter_map(|c| {
-            client
-                .conversation(&c.id)
-                .map_err(CommandError::from)
-                .and_then(|h| list_entry(&h))
-                .inspect_err(
-                    |err| tracing::warn!(%err, id = %c.id, "conversation left out of the list"),
-                )
-                .ok()
-        })
-        .collect())
+    // One conversation that cannot be read (left meanwhile, say) does not hide the others;
+    // when none can be read, the store is what fails, and the window says so.
+    let all = client.conversations()?;
+    let mut entries = Vec::with_capacity(all.len());
+    let mut first_error = None;
+    for c in &all {
+        match client
+            .conversation(&c.id)
+            .map_err(CommandError::from)
+            .and_then(|h| list_entry(&h))
+        {
+            Ok(entry) => entries.push(entry),
+            Err(err) => {
+                tracing::warn!(%err, id = %c.id, "conversation left out of the list");
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    match first_error {
+        Some(err) if entries.is_empty() => Err(err),
+        _ => Ok(entries),
+    }
 }
 
 /// The message requests waiting for an answer.
@@ -506,6 +513,10 @@ pub async fn download_attachment(
     transfer: String,
 ) -> Result<String, CommandError> {
     let client = desktop.client().await?;
+    // Created (0700) when missing; an existing folder is the user's and left as it is.
+    if !desktop.downloads.is_dir() {
+        crate::settings::private_dir(&desktop.downloads)?;
+    }
     let path = client
         .save_attachment(
             &view::message_id(&message)?,

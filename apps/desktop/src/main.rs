@@ -37,7 +37,10 @@ fn main() {
         .setup(|app| {
             let paths = app.path();
             let home = settings::Home::new(paths.app_config_dir()?, paths.app_data_dir()?);
-            let downloads = paths.download_dir().or_else(|_| paths.home_dir())?;
+            // Never the home folder itself: a received file must not land beside dotfiles.
+            let downloads = paths
+                .download_dir()
+                .or_else(|_| paths.home_dir().map(|home| home.join("Downloads")))?;
             app.manage(commands::Desktop::new(home, downloads));
             Ok(())
         })

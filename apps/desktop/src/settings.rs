@@ -141,7 +141,8 @@ impl Home {
     }
 
     /// The data directory of `user`'s store for the server with `pin` (created 0700). One
-    /// store per server and user: the same name on another server is another account.
+    /// store per server and user: the same name on another server is another account (and a
+    /// server whose key changes is another server: its users start a new store).
     pub fn account_dir(&self, user: &str, pin: &[u8; 32]) -> Result<PathBuf, CommandError> {
         // A user name is part of a path here: the characters of `name` and `name@domain`
         // only, so that nothing can leave the folder or mean something to the file system.
@@ -149,6 +150,7 @@ impl Home {
         if user.is_empty()
             || user.len() > 255
             || user.starts_with('.')
+            || user.ends_with('.')
             || !user.chars().all(allowed)
         {
             return Err(CommandError::invalid(format!(
@@ -156,7 +158,7 @@ impl Home {
                 user.chars().take(40).collect::<String>()
             )));
         }
-        let server = hex::encode(&pin[..8]);
+        let server = hex::encode(&pin[..16]);
         let dir = self.data.join("accounts").join(format!("{server}-{user}"));
         private_dir(&dir)?;
         Ok(dir)
@@ -165,7 +167,7 @@ impl Home {
 
 /// Creates `dir` and the folders above it that are missing, 0700; an existing `dir` is made
 /// 0700 too.
-fn private_dir(dir: &Path) -> Result<(), CommandError> {
+pub fn private_dir(dir: &Path) -> Result<(), CommandError> {
     let fail =
         |e: std::io::Error| CommandError::failed(format!("cannot create {}: {e}", dir.display()));
     let mut builder = std::fs::DirBuilder::new();
@@ -234,6 +236,7 @@ mod tests {
             "a\\b",
             "",
             "bob\u{202e}",
+            "bob.",
             ".hidden",
         ] {
             assert!(home.account_dir(hostile, &pin).is_err(), "{hostile:?}");
@@ -244,7 +247,7 @@ mod tests {
             home.account_dir("bob", &pin).ok(),
             home.account_dir("bob", &[8u8; 32]).ok()
         );
-        std::fs::create_dir_all(root.join("data/accounts/0707070707070707-carol")).ok();
+        std::fs::create_dir_all(root.join("data/accounts/07070707070707070707070707070707-carol")).ok();
         let dir = home.account_dir("carol", &pin).ok();
         #[cfg(unix)]
         {

@@ -172,7 +172,9 @@ impl From<&Message> for MessageView {
             reactions: m.reactions.clone(),
             read_by: m.read_by.clone(),
             attachment: m.attachment.as_ref().map(|a| AttachmentView {
-                name: a.name.clone(),
+                // The name the file will be saved under, not the raw one: no folders, no
+                // direction marks, nothing hidden.
+                name: qpq_sdk::attachment_file_name(&a.name),
                 size: a.size,
                 mime: a.mime.clone(),
             }),

@@ -316,6 +316,10 @@ async function run(driver, alice, display) {
      if (getComputedStyle(document.querySelector(".sidebar")).display !== "none") {
        throw new Error("the list still shows beside the conversation in a narrow window");
      }
+     const pane = document.querySelector(".pane.conversation");
+     if (!pane || pane.getBoundingClientRect().width < 300 || !pane.textContent.includes("Replying from the desktop app")) {
+       throw new Error("the conversation does not fill the narrow window");
+     }
      await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));`,
   );
   await screenshot(display, join(artefacts, "window-narrow.png"));

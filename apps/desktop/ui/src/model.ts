@@ -73,6 +73,33 @@ let transferCount = 0;
 /** How the notice about undecryptable messages starts. */
 const UNDECRYPTABLE = "Undecryptable: ";
 
+/** Runs `work` when asked, or once more after the current run when asked again meanwhile: a
+ * burst of requests makes one extra run at the end, not one each, and never two at once. */
+class Coalesced {
+  private running: Promise<void> | null = null;
+  private again = false;
+
+  constructor(private work: () => Promise<unknown>) {}
+
+  request(): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      try {
+        do {
+          this.again = false;
+          await this.work();
+        } while (this.again);
+      } finally {
+        this.running = null;
+      }
+    })();
+    return this.running;
+  }
+}
+
 export class Model {
   state: State = {
     phase: "loading",
@@ -102,12 +129,26 @@ export class Model {
   private idleWaiters: (() => void)[] = [];
   private listening: Promise<void> | null = null;
   private typingTimers = new Map<string, ReturnType<typeof setTimeout>>();
-  private refreshing: Promise<void> | null = null;
-  private refreshAgain = false;
-  private reloading: Promise<void> | null = null;
-  private reloadAgain = false;
+  private lists = new Coalesced(() =>
+    this.run(async () => {
+      const [conversations, requests] = await Promise.all([
+        this.bridge.conversations(),
+        this.bridge.requests(),
+      ]);
+      // By when this device got the last message: a sender's clock cannot pin a
+      // conversation to the top.
+      conversations.sort((a, b) => (b.last?.receivedAtMs ?? 0) - (a.last?.receivedAtMs ?? 0));
+      this.set({ conversations, requests });
+    }),
+  );
+  private openMessages = new Coalesced(async () => {
+    const id = this.state.selected;
+    if (id && this.state.phase === "ready") await this.run(() => this.loadMessages(id));
+  });
   /** Alarms the person acknowledged (device and reason), not shown again. */
   private acknowledged = new Set<string>();
+  /** Notices the person dismissed, not shown again when the warnings are read anew. */
+  private dismissed = new Set<string>();
   private undecryptable = 0;
 
   constructor(private bridge: Bridge) {}
@@ -221,7 +262,11 @@ export class Model {
       try {
         await this.bridge.signOut();
       } finally {
-        // The app closed the account whatever the server answered.
+        // The app closed the account whatever the server answered; nothing of it stays in
+        // the window for the next account.
+        this.acknowledged.clear();
+        this.dismissed.clear();
+        this.undecryptable = 0;
         this.set({
           phase: "firstRun",
           me: null,
@@ -230,6 +275,13 @@ export class Model {
           selected: null,
           messages: [],
           dialog: null,
+          alarms: [],
+          notices: [],
+          transfers: [],
+          saved: [],
+          typing: new Map(),
+          replyTo: null,
+          editing: null,
         });
       }
     });
@@ -250,29 +302,9 @@ export class Model {
   /** Reloads the conversation list and the requests; calls that overlap run once more at
    * the end instead of racing. */
   refresh(): Promise<void> {
-    if (this.refreshing) {
-      this.refreshAgain = true;
-      return this.refreshing;
-    }
-    this.refreshing = (async () => {
-      do {
-        this.refreshAgain = false;
-        await this.run(async () => {
-          const [conversations, requests] = await Promise.all([
-            this.bridge.conversations(),
-            this.bridge.requests(),
-          ]);
-          // By when this device got the last message: a sender's clock cannot pin a
-          // conversation to the top.
-          conversations.sort(
-            (a, b) => (b.last?.receivedAtMs ?? 0) - (a.last?.receivedAtMs ?? 0),
-          );
-          this.set({ conversations, requests });
-        });
-      } while (this.refreshAgain);
-      this.refreshing = null;
-    })();
-    return this.refreshing;
+    // Events can come while an account opens, before there is a list to read.
+    if (this.state.phase !== "ready") return Promise.resolve();
+    return this.lists.request();
   }
 
   /** The conversation shown, if any. */
@@ -305,22 +337,9 @@ export class Model {
     }
   }
 
-  /** Reloads the open conversation's messages after events; a burst of events makes one
-   * more reload at the end, not one each. */
+  /** Reloads the open conversation's messages after events, coalesced like `refresh`. */
   private reloadMessages(): Promise<void> {
-    if (this.reloading) {
-      this.reloadAgain = true;
-      return this.reloading;
-    }
-    this.reloading = (async () => {
-      do {
-        this.reloadAgain = false;
-        const id = this.state.selected;
-        if (id) await this.run(() => this.loadMessages(id));
-      } while (this.reloadAgain);
-      this.reloading = null;
-    })();
-    return this.reloading;
+    return this.openMessages.request();
   }
 
   loadOlder() {
@@ -392,10 +411,12 @@ export class Model {
         this.set({ connection: e.connection });
         break;
       case "keyTransparencyAlarm": {
+        // One banner per device (its latest failure): a server inventing failures cannot
+        // make the person click through an endless queue.
         const key = `${e.device}\n${e.reason}`;
-        const shown = this.state.alarms.some((a) => `${a.device}\n${a.reason}` === key);
-        if (!shown && !this.acknowledged.has(key)) {
-          this.set({ alarms: [...this.state.alarms, { device: e.device, reason: e.reason }] });
+        if (!this.acknowledged.has(key)) {
+          const others = this.state.alarms.filter((a) => a.device !== e.device);
+          this.set({ alarms: [...others, { device: e.device, reason: e.reason }] });
         }
         break;
       }
@@ -436,7 +457,7 @@ export class Model {
   }
 
   private notice(text: string) {
-    if (this.state.notices.includes(text)) return;
+    if (this.state.notices.includes(text) || this.dismissed.has(text)) return;
     this.set({ notices: [...this.state.notices, text].slice(-NOTICES_SHOWN) });
   }
 
@@ -449,6 +470,7 @@ export class Model {
   dismissNotice(index: number) {
     const notice = this.state.notices[index];
     if (notice?.startsWith(UNDECRYPTABLE)) this.undecryptable = 0;
+    else if (notice) this.dismissed.add(notice);
     this.set({ notices: this.state.notices.filter((_, i) => i !== index) });
   }
 

@@ -313,6 +313,35 @@ describe("safety", () => {
     expect(root.querySelector("[data-testid=kt-alarm]")).toBeNull();
   });
 
+  it("keeps one alarm banner per device, forgets nothing of an account at sign-out, and leaves dismissed notices dismissed", async () => {
+    const bridge = new FakeBridge();
+    const model = await openConversation(bridge);
+    await act(async () => {
+      bridge.emit({ type: "keyTransparencyAlarm", device: "eve/x", reason: "first" });
+      bridge.emit({ type: "keyTransparencyAlarm", device: "eve/x", reason: "second" });
+      bridge.emit({ type: "safetyNumberChanged", user: "dave", device: "tablet" });
+    });
+    await settle(model);
+    expect($$("[data-testid=kt-alarm]")).toHaveLength(1);
+    expect($("[data-testid=kt-alarm]").textContent).toContain("second");
+
+    bridge.warnings = [{ type: "safetyNumberChanged", user: "dave", device: "tablet" }];
+    await click(model, $(".banner.notice button"));
+    await act(async () => {
+      bridge.emit({ type: "resync" });
+    });
+    await settle(model);
+    expect($$(".banner.notice")).toHaveLength(0);
+
+    await click(model, $$(".sidebar footer button")[0] as HTMLElement);
+    expect($("[data-testid=first-run]")).toBeTruthy();
+    bridge.warnings = [];
+    type("input[name=password]", "pw");
+    type("input[name=passphrase]", "p");
+    await submit(model, "[data-testid=first-run]");
+    expect(root.querySelector("[data-testid=kt-alarm]")).toBeNull();
+  });
+
   it("counts undecryptable messages in one notice instead of burying the window", async () => {
     const bridge = new FakeBridge();
     const model = await openConversation(bridge);

@@ -279,17 +279,28 @@ impl QpqClient {
 /// How many security warnings [`QpqClient::security_warnings`] keeps.
 pub const WARNINGS_KEPT: usize = 100;
 
+/// Adds `event` to the warnings kept, once; when they are [`WARNINGS_KEPT`] already, the
+/// oldest safety-number change makes room (the oldest warning only when there is none): many
+/// devices, real or invented by a server, must not push a key-transparency alarm out.
+fn keep_warning(kept: &mut std::collections::VecDeque<ClientEvent>, event: ClientEvent) {
+    if kept.contains(&event) {
+        return;
+    }
+    if kept.len() >= WARNINGS_KEPT {
+        let oldest = kept
+            .iter()
+            .position(|e| matches!(e, ClientEvent::SafetyNumberChanged { .. }))
+            .unwrap_or(0);
+        kept.remove(oldest);
+    }
+    kept.push_back(event);
+}
+
 impl Inner {
     /// Reports a key-transparency alarm or a safety-number change, and keeps it for
     /// [`QpqClient::security_warnings`].
     pub(crate) fn warn(&self, event: ClientEvent) {
-        {
-            let mut kept = lock(&self.warnings);
-            if kept.len() == WARNINGS_KEPT {
-                kept.pop_front();
-            }
-            kept.push_back(event.clone());
-        }
+        keep_warning(&mut lock(&self.warnings), event.clone());
         let _ = self.events.send(event);
     }
 
@@ -426,5 +437,32 @@ impl Inner {
             return self.resume().await;
         }
         Ok(rpc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ClientEvent, WARNINGS_KEPT, keep_warning};
+
+    #[test]
+    fn changed_safety_numbers_cannot_push_an_alarm_out_of_the_warnings_kept() {
+        let alarm = ClientEvent::KeyTransparencyAlarm {
+            device: "carol/pc".into(),
+            reason: "not in the log".into(),
+        };
+        let changed = |n: usize| ClientEvent::SafetyNumberChanged {
+            user: "mallory".into(),
+            device: format!("fake{n}"),
+        };
+        let mut kept = std::collections::VecDeque::new();
+        keep_warning(&mut kept, alarm.clone());
+        keep_warning(&mut kept, alarm.clone());
+        assert_eq!(kept.len(), 1, "kept once");
+        for n in 0..1000 {
+            keep_warning(&mut kept, changed(n));
+        }
+        assert_eq!(kept.len(), WARNINGS_KEPT);
+        assert_eq!(kept.front(), Some(&alarm));
+        assert_eq!(kept.back(), Some(&changed(999)));
     }
 }

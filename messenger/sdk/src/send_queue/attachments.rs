@@ -174,7 +174,9 @@ impl QpqClient {
                     .await?;
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk?;
+                    // An empty chunk would let a server stall the download forever.
                     if chunk.offset != data.len() as u64
+                        || chunk.data.is_empty()
                         || data.len() as u64 + chunk.data.len() as u64 > total
                     {
                         return Err(qrpc::Status::data_loss("blob chunk out of place"));
@@ -290,42 +292,65 @@ impl QpqClient {
 /// A file name for an attachment its sender named `name`, safe to create in a folder on any
 /// platform: the last path component; control characters, bidirectional and other invisible
 /// format characters, and the characters Windows reserves (`: < > " | ? *`) replaced by `_`;
-/// no trailing dots or spaces; a `_` before Windows device names (`CON`, `COM1`, …) and a
-/// leading `-`; at most 200 bytes; and never empty or only dots (then `download`).
+/// no trailing dots or spaces; a `_` before a leading `.` (no hidden files: a `.bashrc` stays
+/// visible and inert), a leading `-`, and Windows device names (`CON`, `COM1`, …); at most 200
+/// bytes, shortened in the stem so that the extension stays; and never empty or only dots
+/// (then `download`).
 pub fn attachment_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
-    let mut clean = String::new();
-    for c in base.chars() {
-        let c = if c.is_control() || is_invisible_format(c) || ":<>\"|?*".contains(c) {
-            '_'
-        } else {
-            c
-        };
-        if clean.len() + c.len_utf8() > 200 {
-            break;
-        }
-        clean.push(c);
-    }
+    let clean: String = base
+        .chars()
+        .map(|c| {
+            if c.is_control() || is_invisible_format(c) || ":<>\"|?*".contains(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
     let clean = clean.trim_end_matches(['.', ' ']);
     if clean.chars().all(|c| c == '.' || c == ' ') {
         return "download".to_owned();
     }
     let stem = clean.split('.').next().unwrap_or_default().trim_end();
-    let reserved = ["CON", "PRN", "AUX", "NUL"]
-        .iter()
-        .any(|r| stem.eq_ignore_ascii_case(r))
-        || (stem.len() == 4
-            && stem
-                .get(..3)
-                .is_some_and(|p| p.eq_ignore_ascii_case("COM") || p.eq_ignore_ascii_case("LPT"))
-            && stem
-                .get(3..)
-                .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit())));
-    if reserved || clean.starts_with('-') {
+    let guarded = if is_windows_device(stem) || clean.starts_with(['-', '.']) {
         format!("_{clean}")
     } else {
         clean.to_owned()
+    };
+    shorten(&guarded, 200)
+}
+
+/// `name` cut to at most `max` bytes on a character boundary, from the end of its stem: the
+/// last extension (up to 16 bytes) is kept, so that a long name cannot hide what it is.
+fn shorten(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_owned();
     }
+    let (stem, extension) = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && ext.len() < 16 => (stem, &name[stem.len()..]),
+        _ => (name, ""),
+    };
+    let mut end = max - extension.len();
+    while !stem.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{extension}", &stem[..end])
+}
+
+/// Whether `stem` names a Windows device (`CON`, `PRN`, `AUX`, `NUL`, `CONIN$`, `CONOUT$`,
+/// `COM0`–`COM9`, `LPT0`–`LPT9`, the superscript digits included), whatever its case.
+fn is_windows_device(stem: &str) -> bool {
+    let upper = stem.to_ascii_uppercase();
+    if ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"].contains(&upper.as_str()) {
+        return true;
+    }
+    let mut chars = upper.chars();
+    let prefix: String = chars.by_ref().take(3).collect();
+    let rest: Vec<char> = chars.collect();
+    (prefix == "COM" || prefix == "LPT")
+        && rest.len() == 1
+        && rest.iter().all(|c| c.is_ascii_digit() || "¹²³".contains(*c))
 }
 
 /// Characters that change how text around them is shown without showing themselves: the
@@ -368,6 +393,18 @@ mod tests {
         assert_eq!(attachment_file_name("report. . "), "report");
         assert_eq!(attachment_file_name("..."), "download");
         assert_eq!(attachment_file_name("-rf"), "_-rf");
+        assert_eq!(attachment_file_name(".bashrc"), "_.bashrc");
+        assert_eq!(attachment_file_name("report.pdf/.gitconfig"), "_.gitconfig");
+        assert_eq!(attachment_file_name("COM\u{b9}.txt"), "_COM\u{b9}.txt");
+        assert_eq!(attachment_file_name("conout$"), "_conout$");
+        assert_eq!(attachment_file_name("COM10"), "COM10");
+        // A long name keeps its real extension.
+        let long = format!("{}.exe", "A".repeat(300));
+        let cut = attachment_file_name(&long);
+        assert_eq!(cut.len(), 200);
+        assert!(cut.ends_with("A.exe"), "{cut}");
+        let tricky = format!("{}.exe_copy.pdf", "A".repeat(196));
+        assert!(attachment_file_name(&tricky).ends_with(".pdf"));
         // An RTL override would show "invoiceexe.pdf".
         assert_eq!(
             attachment_file_name("invoice\u{202E}fdp.exe"),
