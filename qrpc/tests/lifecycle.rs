@@ -218,43 +218,47 @@ async fn shutdown_grace_bounds_how_long_calls_may_run() {
     assert_eq!(observed.slow_finished.load(Ordering::SeqCst), 0);
 }
 
-#[tokio::test]
-async fn handlers_see_the_shutdown_and_can_answer_before_the_grace() {
-    const WAIT: qrpc::MethodInfo = qrpc::MethodInfo {
-        id: 1,
-        service: "test.Wait",
-        name: "Wait",
-        kind: qrpc::CallKind::Unary,
-        idempotent: false,
-    };
-    static WAITER: qrpc::ServiceDescriptor = qrpc::ServiceDescriptor {
-        name: "test.Wait",
-        methods: &[WAIT],
-    };
-    let started = Arc::new(tokio::sync::Notify::new());
-    let handler_started = Arc::clone(&started);
-    let waiter = qrpc::Methods::new(&WAITER).route(
-        WAIT,
-        qrpc::Handler::unary(move |ctx, _m: Msg| {
-            let started = Arc::clone(&handler_started);
-            async move {
-                started.notify_one();
-                // A long poll: it ends when the server shuts down.
-                ctx.peer().server_shutdown().await;
-                Ok::<_, qrpc::Status>(Msg::n(7))
-            }
-        }),
-    );
+/// A method whose handler each test gives, for calls that span a shutdown.
+const WAIT: qrpc::MethodInfo = qrpc::MethodInfo {
+    id: 1,
+    service: "test.Wait",
+    name: "Wait",
+    kind: qrpc::CallKind::Unary,
+    idempotent: false,
+};
+static WAITER: qrpc::ServiceDescriptor = qrpc::ServiceDescriptor {
+    name: "test.Wait",
+    methods: &[WAIT],
+};
+
+/// A server with only `WAIT`, answered by `handler`, and a shutdown grace long enough that
+/// only the handler decides when a call ends.
+fn serve_wait(handler: qrpc::Handler) -> Running {
     let cert = cert();
     let bound = qrpc::Server::builder()
         .tls(cert.server_tls())
         .configure(|c| {
             c.shutdown_grace(Duration::from_secs(600));
         })
-        .add_service(waiter)
+        .add_service(qrpc::Methods::new(&WAITER).route(WAIT, handler))
         .bind("127.0.0.1:0".parse().unwrap())
         .unwrap();
-    let mut server = run(bound, cert.fingerprint());
+    run(bound, cert.fingerprint())
+}
+
+#[tokio::test]
+async fn handlers_see_the_shutdown_and_can_answer_before_the_grace() {
+    let started = Arc::new(tokio::sync::Notify::new());
+    let handler_started = Arc::clone(&started);
+    let mut server = serve_wait(qrpc::Handler::unary(move |ctx, _m: Msg| {
+        let started = Arc::clone(&handler_started);
+        async move {
+            started.notify_one();
+            // A long poll: it ends when the server shuts down.
+            ctx.peer().server_shutdown().await;
+            Ok::<_, qrpc::Status>(Msg::n(7))
+        }
+    }));
     let client = server.client().await;
     let call = tokio::spawn({
         let client = client.clone();
@@ -278,17 +282,6 @@ async fn handlers_see_the_shutdown_and_can_answer_before_the_grace() {
 /// against a server that no longer answers handshakes.
 #[tokio::test]
 async fn a_draining_server_refuses_new_connections_at_once() {
-    const HOLD: qrpc::MethodInfo = qrpc::MethodInfo {
-        id: 1,
-        service: "test.Hold",
-        name: "Hold",
-        kind: qrpc::CallKind::Unary,
-        idempotent: false,
-    };
-    static HOLDER: qrpc::ServiceDescriptor = qrpc::ServiceDescriptor {
-        name: "test.Hold",
-        methods: &[HOLD],
-    };
     // The handler tells the test when it has seen the shutdown, then holds the drain open
     // until the test lets it go.
     let started = Arc::new(tokio::sync::Notify::new());
@@ -299,34 +292,20 @@ async fn a_draining_server_refuses_new_connections_at_once() {
         Arc::clone(&draining),
         Arc::clone(&release),
     );
-    let holder = qrpc::Methods::new(&HOLDER).route(
-        HOLD,
-        qrpc::Handler::unary(move |ctx, _m: Msg| {
-            let (start, seen, let_go) =
-                (Arc::clone(&start), Arc::clone(&seen), Arc::clone(&let_go));
-            async move {
-                start.notify_one();
-                ctx.peer().server_shutdown().await;
-                seen.notify_one();
-                let_go.notified().await;
-                Ok::<_, qrpc::Status>(Msg::n(1))
-            }
-        }),
-    );
-    let cert = cert();
-    let bound = qrpc::Server::builder()
-        .tls(cert.server_tls())
-        .configure(|c| {
-            c.shutdown_grace(Duration::from_secs(600));
-        })
-        .add_service(holder)
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let mut server = run(bound, cert.fingerprint());
+    let mut server = serve_wait(qrpc::Handler::unary(move |ctx, _m: Msg| {
+        let (start, seen, let_go) = (Arc::clone(&start), Arc::clone(&seen), Arc::clone(&let_go));
+        async move {
+            start.notify_one();
+            ctx.peer().server_shutdown().await;
+            seen.notify_one();
+            let_go.notified().await;
+            Ok::<_, qrpc::Status>(Msg::n(1))
+        }
+    }));
     let client = server.client().await;
     let call = tokio::spawn({
         let client = client.clone();
-        async move { client.unary::<_, Msg>(&HOLD, &Msg::default()).await }
+        async move { client.unary::<_, Msg>(&WAIT, &Msg::default()).await }
     });
     started.notified().await;
     let serve = server.shutdown();
