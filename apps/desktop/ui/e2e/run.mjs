@@ -226,7 +226,7 @@ async function main() {
   const driverPort = await freePort();
   const nativePort = await freePort();
   // tauri-driver prints nothing when it starts cleanly: it is ready when its port answers.
-  start("tauri-driver", ["--port", String(driverPort), "--native-port", String(nativePort)], {
+  const tauriDriver = start("tauri-driver", ["--port", String(driverPort), "--native-port", String(nativePort)], {
     name: "tauri-driver",
     env: {
       DISPLAY: display,
@@ -234,10 +234,19 @@ async function main() {
       QPQ_DESKTOP_DIR: join(work, "desktop"),
       QPQ_LOG: "info",
     },
-  }).catch((err) => log(String(err.message)));
+  });
+  tauriDriver.catch((err) => log(String(err.message)));
   const driver = new WebDriver(`http://127.0.0.1:${driverPort}`);
+  // tauri-driver starts WebKitWebDriver on the native port and forwards the session request
+  // to it: both must answer first, or the request is cut.
   await waitForPort(driverPort);
-  await driver.open(bin("qpq-desktop"));
+  await waitForPort(nativePort);
+  try {
+    await driver.open(bin("qpq-desktop"));
+  } catch (err) {
+    const { output } = await tauriDriver;
+    throw new Error(`${err.message}\ntauri-driver said:\n${output()}`);
+  }
   try {
     await run(driver, alice, display);
   } catch (err) {

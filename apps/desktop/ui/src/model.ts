@@ -449,6 +449,13 @@ export class Model {
     });
   }
 
+  /** Adds a message a command returned, unless an event brought it already: the events
+   * (its local echo, then its states) may have overtaken the command's answer, and are newer
+   * than it. */
+  private addIfMissing(m: Message) {
+    if (!this.state.messages.some((x) => x.id === m.id)) this.upsert(m);
+  }
+
   private clearTyping(conversation: string) {
     if (!this.state.typing.has(conversation)) return;
     const typing = new Map(this.state.typing);
@@ -498,7 +505,7 @@ export class Model {
       }
       const sent = await this.bridge.sendText(id, body, replyTo?.id ?? null);
       this.set({ replyTo: null });
-      if (this.state.selected === id) this.upsert(sent);
+      if (this.state.selected === id) this.addIfMissing(sent);
       await this.refresh();
       return true;
     });
@@ -557,7 +564,7 @@ export class Model {
     return this.run(async () => {
       try {
         const sent = await this.bridge.sendAttachment(id, file, caption, transfer.id);
-        if (this.state.selected === id) this.upsert(sent);
+        if (this.state.selected === id) this.addIfMissing(sent);
         await this.refresh();
       } finally {
         this.set({ transfers: this.state.transfers.filter((t) => t.id !== transfer.id) });

@@ -234,6 +234,17 @@ describe("messages", () => {
     expect($$("[data-testid=message]").at(-1)?.querySelector("[data-testid=state]")?.textContent).toBe("Sent");
   });
 
+  it("keeps the newest state when the events of a sent message overtake the answer to sending it", async () => {
+    const bridge = new FakeBridge();
+    const model = await openConversation(bridge);
+    bridge.statesBeforeAnswer = ["sending", "sent"];
+    await act(async () => type("[data-testid=composer]", "fast server"));
+    await submit(model, ".composer");
+    const mine = $$("[data-testid=message]").at(-1);
+    expect(mine?.querySelector("[data-testid=body]")?.textContent).toBe("fast server");
+    expect(mine?.querySelector("[data-testid=state]")?.textContent).toBe("Sent");
+  });
+
   it("shows an unread count for other conversations and a typing line", async () => {
     const bridge = new FakeBridge();
     const model = await openConversation(bridge);

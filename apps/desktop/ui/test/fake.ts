@@ -152,6 +152,10 @@ export class FakeBridge implements Bridge {
       ...(this.history.get(conversationId) ?? []),
     ]);
   }
+  /** When set, `sendText` emits the events the app would for the message (its local echo,
+   * then `states`) before it answers, as a fast server makes happen. */
+  statesBeforeAnswer: ("sending" | "sent")[] | null = null;
+
   sendText(conversationId: string, body: string, replyTo: string | null) {
     return this.call("sendText", [conversationId, body, replyTo], () => {
       const sent = message({
@@ -164,6 +168,12 @@ export class FakeBridge implements Bridge {
         state: { state: "queued" },
       });
       this.history.set(conversationId, [...(this.history.get(conversationId) ?? []), sent]);
+      if (this.statesBeforeAnswer) {
+        this.emit({ type: "message", message: sent });
+        for (const state of this.statesBeforeAnswer) {
+          this.emit({ type: "sendState", id: sent.id, conversation: conversationId, state: { state } });
+        }
+      }
       return sent;
     });
   }
