@@ -247,7 +247,8 @@ mod tests {
             home.account_dir("bob", &pin).ok(),
             home.account_dir("bob", &[8u8; 32]).ok()
         );
-        std::fs::create_dir_all(root.join("data/accounts/07070707070707070707070707070707-carol")).ok();
+        std::fs::create_dir_all(root.join("data/accounts/07070707070707070707070707070707-carol"))
+            .ok();
         let dir = home.account_dir("carol", &pin).ok();
         #[cfg(unix)]
         {

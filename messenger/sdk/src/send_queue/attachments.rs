@@ -350,7 +350,9 @@ fn is_windows_device(stem: &str) -> bool {
     let rest: Vec<char> = chars.collect();
     (prefix == "COM" || prefix == "LPT")
         && rest.len() == 1
-        && rest.iter().all(|c| c.is_ascii_digit() || "¹²³".contains(*c))
+        && rest
+            .iter()
+            .all(|c| c.is_ascii_digit() || "¹²³".contains(*c))
 }
 
 /// Characters that change how text around them is shown without showing themselves: the
