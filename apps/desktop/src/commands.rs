@@ -108,7 +108,7 @@ impl Desktop {
             .build()?;
         // Subscribed before the session starts; what the window still misses (it listens from
         // before it asks, but may fall behind) it reads from `security_warnings` and reloads.
-        let forwarder = forward_events(app.clone(), client.clone());
+        let forwarder = forward_events(app.clone(), &client);
         if let Err(err) = start(client.clone()).await {
             forwarder.abort();
             client.close().await;
@@ -128,12 +128,12 @@ impl Desktop {
     }
 }
 
-fn forward_events(app: AppHandle, client: QpqClient) -> tauri::async_runtime::JoinHandle<()> {
+fn forward_events(app: AppHandle, client: &QpqClient) -> tauri::async_runtime::JoinHandle<()> {
     let mut events = client.subscribe();
     tauri::async_runtime::spawn(async move {
         loop {
             let view = match events.recv().await {
-                Ok(event) => EventView::new(event, |id| unread(&client, id)),
+                Ok(event) => EventView::new(event),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "the window fell behind the events; resync");
                     Some(EventView::Resync)
@@ -147,13 +147,6 @@ fn forward_events(app: AppHandle, client: QpqClient) -> tauri::async_runtime::Jo
             }
         }
     })
-}
-
-fn unread(client: &QpqClient, id: &qpq_sdk::ConversationId) -> usize {
-    client
-        .conversation(id)
-        .and_then(|c| c.unread())
-        .map_or(0, |u| u.len())
 }
 
 fn list_entry(handle: &ConversationHandle) -> Result<ConversationView, CommandError> {
@@ -277,7 +270,7 @@ pub async fn security_warnings(
     Ok(client
         .security_warnings()
         .into_iter()
-        .filter_map(|event| EventView::new(event, |_| 0))
+        .filter_map(EventView::new)
         .collect())
 }
 

@@ -67,14 +67,11 @@ impl Settings {
 }
 
 fn pin_bytes(pin: &str) -> Result<[u8; 32], CommandError> {
-    let digits: String = pin.chars().filter(|c| *c != ':').collect();
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(&digits, &mut bytes).map_err(|_| {
+    qrpc::tls::parse_fingerprint(pin).map_err(|_| {
         CommandError::invalid(
             "the pin is the 64 hex digits qpq-server prints at start (SHA-256 of its key)",
         )
-    })?;
-    Ok(bytes)
+    })
 }
 
 /// The app's folders: `settings.json` in `config`, one encrypted store per account under
@@ -123,21 +120,9 @@ impl Home {
         let tmp = self.config.join("settings.json.new");
         let json = serde_json::to_vec_pretty(settings)
             .map_err(|e| CommandError::failed(format!("settings: {e}")))?;
-        let written = (|| {
-            let _ = std::fs::remove_file(&tmp);
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options.open(&tmp)?;
-            std::io::Write::write_all(&mut file, &json)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })();
-        written.map_err(|e| CommandError::failed(format!("cannot write {}: {e}", path.display())))
+        qpq_core::files::write_private(&tmp, &json)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| CommandError::failed(format!("cannot write {}: {e}", path.display())))
     }
 
     /// The data directory of `user`'s store for the server with `pin` (created 0700). One
@@ -168,19 +153,8 @@ impl Home {
 /// Creates `dir` and the folders above it that are missing, 0700; an existing `dir` is made
 /// 0700 too.
 pub fn private_dir(dir: &Path) -> Result<(), CommandError> {
-    let fail =
-        |e: std::io::Error| CommandError::failed(format!("cannot create {}: {e}", dir.display()));
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        builder.mode(0o700);
-        builder.create(dir).map_err(fail)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)
-    }
-    #[cfg(not(unix))]
-    builder.create(dir).map_err(fail)
+    qpq_core::files::private_dir(dir)
+        .map_err(|e| CommandError::failed(format!("cannot create {}: {e}", dir.display())))
 }
 
 #[cfg(test)]

@@ -357,15 +357,10 @@ export class Model {
     });
   }
 
+  /** Marks what is unread in a conversation as read; the app counts, and the list is read
+   * again only when something was. */
   private async markRead(id: string) {
-    const entry = this.state.conversations.find((c) => c.id === id);
-    const unreadHere = this.state.messages.some(
-      (m) => !m.outgoing && !m.deleted && !m.readBy.includes(this.state.me?.user ?? ""),
-    );
-    if ((entry?.unread ?? 0) > 0 || unreadHere) {
-      await this.bridge.markRead(id);
-      await this.refresh();
-    }
+    if ((await this.bridge.markRead(id)) > 0) await this.refresh();
   }
 
   private onEvent(e: Event) {
