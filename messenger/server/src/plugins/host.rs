@@ -565,10 +565,16 @@ struct LogStream {
     budget: Arc<std::sync::Mutex<LogBudget>>,
 }
 
-/// What a plugin may still log in the current second.
-struct LogBudget {
-    second: std::time::Instant,
-    lines: u32,
+/// What a plugin may still log: the server's own rate limiter (a GCRA bucket of
+/// [`LOG_LINES_PER_SECOND`], as for its abuse limits), and the lines dropped since the last
+/// one logged.
+struct LogBudget<C: governor::clock::Clock = governor::clock::DefaultClock> {
+    limiter: governor::RateLimiter<
+        governor::state::NotKeyed,
+        governor::state::InMemoryState,
+        C,
+        governor::middleware::NoOpMiddleware<C::Instant>,
+    >,
     dropped: u64,
 }
 
@@ -584,29 +590,31 @@ impl LogStream {
 
 impl LogBudget {
     fn shared() -> Arc<std::sync::Mutex<Self>> {
-        Arc::new(std::sync::Mutex::new(Self {
-            second: std::time::Instant::now(),
-            lines: 0,
+        Arc::new(std::sync::Mutex::new(Self::with_clock(
+            governor::clock::DefaultClock::default(),
+        )))
+    }
+}
+
+impl<C: governor::clock::Clock> LogBudget<C> {
+    fn with_clock(clock: C) -> Self {
+        Self {
+            limiter: governor::RateLimiter::direct_with_clock(
+                crate::abuse::per_second(LOG_LINES_PER_SECOND),
+                clock,
+            ),
             dropped: 0,
-        }))
+        }
     }
 
-    /// Whether one more line may be logged now; the lines dropped before, once a new second
-    /// begins.
+    /// Whether one more line may be logged now, and how many were dropped before it (told
+    /// with the next line that is logged).
     fn take(&mut self) -> (bool, u64) {
-        let now = std::time::Instant::now();
-        let mut dropped = 0;
-        if now.duration_since(self.second) >= Duration::from_secs(1) {
-            self.second = now;
-            self.lines = 0;
-            dropped = std::mem::take(&mut self.dropped);
-        }
-        if self.lines < LOG_LINES_PER_SECOND {
-            self.lines += 1;
-            (true, dropped)
+        if self.limiter.check().is_ok() {
+            (true, std::mem::take(&mut self.dropped))
         } else {
             self.dropped += 1;
-            (false, dropped)
+            (false, 0)
         }
     }
 }
@@ -688,5 +696,28 @@ impl tokio::io::AsyncWrite for LogWriter {
             self.emit();
         }
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::{LOG_LINES_PER_SECOND, LogBudget};
+    use governor::clock::FakeRelativeClock;
+    use std::time::Duration;
+
+    #[test]
+    fn a_plugins_log_is_limited_and_the_dropped_lines_are_counted() {
+        let clock = FakeRelativeClock::default();
+        let mut budget = LogBudget::with_clock(clock.clone());
+        for _ in 0..LOG_LINES_PER_SECOND {
+            assert_eq!(budget.take(), (true, 0));
+        }
+        for _ in 0..7 {
+            assert_eq!(budget.take(), (false, 0));
+        }
+        // A second later the bucket is full again; the first line logged tells of the 7.
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(budget.take(), (true, 7));
+        assert_eq!(budget.take(), (true, 0));
     }
 }
