@@ -304,6 +304,16 @@ pub async fn conversations(
     }
 }
 
+/// One conversation's list entry, after an event about it: the window updates that entry
+/// instead of reading the whole list again.
+#[tauri::command]
+pub async fn conversation(
+    desktop: State<'_, Desktop>,
+    conversation: String,
+) -> Result<ConversationView, CommandError> {
+    list_entry(&desktop.conversation(&conversation).await?)
+}
+
 /// The message requests waiting for an answer.
 #[tauri::command]
 pub async fn requests(desktop: State<'_, Desktop>) -> Result<Vec<RequestView>, CommandError> {

@@ -22,6 +22,8 @@ enum Kind {
     SignedOut,
     /// The passphrase does not open the local store.
     WrongPassphrase,
+    /// No such conversation or message (any more).
+    NotFound,
     /// The SDK or the server refused or failed.
     Failed,
 }
@@ -61,6 +63,7 @@ impl From<qpq_sdk::SdkError> for CommandError {
             qpq_sdk::SdkError::WrongStoreKey => Kind::WrongPassphrase,
             qpq_sdk::SdkError::NotLoggedIn => Kind::SignedOut,
             qpq_sdk::SdkError::InvalidArgument(_) => Kind::Invalid,
+            qpq_sdk::SdkError::NotFound(_) => Kind::NotFound,
             _ => Kind::Failed,
         };
         Self {

@@ -52,6 +52,7 @@ fn main() {
             commands::overview,
             commands::security_warnings,
             commands::conversations,
+            commands::conversation,
             commands::requests,
             commands::answer_request,
             commands::messages,

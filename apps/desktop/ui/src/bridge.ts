@@ -117,7 +117,7 @@ export interface SignIn {
 
 /** A failed command, as the app reports it. */
 export interface CommandError {
-  kind: "invalid" | "signedOut" | "wrongPassphrase" | "failed";
+  kind: "invalid" | "signedOut" | "wrongPassphrase" | "notFound" | "failed";
   message: string;
   retryable: boolean;
 }
@@ -143,6 +143,7 @@ export interface Bridge {
   overview(): Promise<Overview>;
   securityWarnings(): Promise<Event[]>;
   conversations(): Promise<Conversation[]>;
+  conversation(id: string): Promise<Conversation>;
   requests(): Promise<Request[]>;
   answerRequest(conversation: string, accept: boolean): Promise<Conversation | null>;
   messages(conversation: string, limit: number, before?: string): Promise<Message[]>;
@@ -201,6 +202,9 @@ export class TauriBridge implements Bridge {
   }
   conversations() {
     return invoke<Conversation[]>("conversations");
+  }
+  conversation(id: string) {
+    return invoke<Conversation>("conversation", { conversation: id });
   }
   requests() {
     return invoke<Request[]>("requests");

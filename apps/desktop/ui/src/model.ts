@@ -73,6 +73,14 @@ let transferCount = 0;
 /** How the notice about undecryptable messages starts. */
 const UNDECRYPTABLE = "Undecryptable: ";
 
+/** Newest first by when this device got the last message: a sender's clock cannot pin a
+ * conversation to the top. */
+function byArrival(conversations: Conversation[]): Conversation[] {
+  return [...conversations].sort(
+    (a, b) => (b.last?.receivedAtMs ?? 0) - (a.last?.receivedAtMs ?? 0),
+  );
+}
+
 /** Runs `work` when asked, or once more after the current run when asked again meanwhile: a
  * burst of requests makes one extra run at the end, not one each, and never two at once. */
 class Coalesced {
@@ -135,10 +143,28 @@ export class Model {
         this.bridge.conversations(),
         this.bridge.requests(),
       ]);
-      // By when this device got the last message: a sender's clock cannot pin a
-      // conversation to the top.
-      conversations.sort((a, b) => (b.last?.receivedAtMs ?? 0) - (a.last?.receivedAtMs ?? 0));
-      this.set({ conversations, requests });
+      this.set({ conversations: byArrival(conversations), requests });
+    }),
+  );
+  /** Conversations an event named, whose list entries are read again. */
+  private changed = new Set<string>();
+  private entries = new Coalesced(() =>
+    this.run(async () => {
+      while (this.changed.size && this.state.phase === "ready") {
+        const ids = [...this.changed];
+        this.changed.clear();
+        for (const id of ids) {
+          let entry: Conversation | null = null;
+          try {
+            entry = await this.bridge.conversation(id);
+          } catch (err) {
+            // Left or declined meanwhile: it leaves the list.
+            if (!isError(err, "notFound")) throw err;
+          }
+          const others = this.state.conversations.filter((c) => c.id !== id);
+          this.set({ conversations: byArrival(entry ? [...others, entry] : others) });
+        }
+      }
     }),
   );
   private openMessages = new Coalesced(async () => {
@@ -360,7 +386,14 @@ export class Model {
   /** Marks what is unread in a conversation as read; the app counts, and the list is read
    * again only when something was. */
   private async markRead(id: string) {
-    if ((await this.bridge.markRead(id)) > 0) await this.refresh();
+    if ((await this.bridge.markRead(id)) > 0) await this.updateEntry(id);
+  }
+
+  /** Reads one conversation's list entry again (its unread count, last message, name): an
+   * event about one conversation costs one entry, not the whole list. */
+  private updateEntry(id: string): Promise<void> {
+    this.changed.add(id);
+    return this.entries.request();
   }
 
   private onEvent(e: Event) {
@@ -372,11 +405,11 @@ export class Model {
           if (!m.outgoing) void this.run(() => this.markRead(m.conversation));
         }
         this.clearTyping(m.conversation);
-        void this.refresh();
+        void this.updateEntry(m.conversation);
         break;
       }
       case "conversationChanged":
-        void this.refresh();
+        void this.updateEntry(e.conversation);
         if (e.conversation === this.state.selected) void this.reloadMessages();
         break;
       case "request":
@@ -501,7 +534,7 @@ export class Model {
       const sent = await this.bridge.sendText(id, body, replyTo?.id ?? null);
       this.set({ replyTo: null });
       if (this.state.selected === id) this.addIfMissing(sent);
-      await this.refresh();
+      await this.updateEntry(id);
       return true;
     });
     return taken ?? false;
@@ -560,7 +593,7 @@ export class Model {
       try {
         const sent = await this.bridge.sendAttachment(id, file, caption, transfer.id);
         if (this.state.selected === id) this.addIfMissing(sent);
-        await this.refresh();
+        await this.updateEntry(id);
       } finally {
         this.set({ transfers: this.state.transfers.filter((t) => t.id !== transfer.id) });
       }
@@ -619,7 +652,7 @@ export class Model {
     return this.run(async () => {
       const c = await this.bridge.startDirect(user);
       this.set({ dialog: null });
-      await this.refresh();
+      await this.updateEntry(c.id);
       await this.select(c.id);
     });
   }
@@ -628,18 +661,18 @@ export class Model {
     return this.run(async () => {
       const c = await this.bridge.createGroup(name, members);
       this.set({ dialog: null });
-      await this.refresh();
+      await this.updateEntry(c.id);
       await this.select(c.id);
     });
   }
 
-  /** A group change (invite, remove, rename), then the list again. */
+  /** A group change (invite, remove, rename), then its list entry again. */
   changeGroup(change: (bridge: Bridge, conversation: string) => Promise<void>) {
     const id = this.state.selected;
     if (!id) return Promise.resolve();
     return this.run(async () => {
       await change(this.bridge, id);
-      await this.refresh();
+      await this.updateEntry(id);
     });
   }
 
@@ -649,7 +682,7 @@ export class Model {
     return this.run(async () => {
       await this.bridge.leave(id);
       this.set({ dialog: null, selected: null, messages: [] });
-      await this.refresh();
+      await this.updateEntry(id);
     });
   }
 }

@@ -245,6 +245,31 @@ describe("messages", () => {
     expect(mine?.querySelector("[data-testid=state]")?.textContent).toBe("Sent");
   });
 
+  it("reads again only the list entry an event names, and drops one that is gone", async () => {
+    const bridge = new FakeBridge();
+    const model = await openConversation(bridge);
+    bridge.list.push(conversation({ id: "c2", members: ["bob", "carol"] }));
+    await model.refresh();
+    const listReads = bridge.callsOf("conversations").length;
+    bridge.list = bridge.list.map((c) => (c.id === "c2" ? { ...c, unread: 3 } : c));
+    await act(async () => {
+      bridge.emit({ type: "message", message: message({ id: "y", conversation: "c2", body: "hi" }) });
+    });
+    await settle(model);
+    expect(bridge.callsOf("conversations").length).toBe(listReads);
+    expect(bridge.callsOf("conversation")).toEqual([["c2"]]);
+    const carol = $$("[data-testid=conversation]").find((c) => c.textContent?.includes("carol"));
+    expect(carol?.querySelector("[data-testid=unread]")?.textContent).toBe("3");
+
+    bridge.list = bridge.list.filter((c) => c.id !== "c2");
+    await act(async () => {
+      bridge.emit({ type: "conversationChanged", conversation: "c2" });
+    });
+    await settle(model);
+    expect($$("[data-testid=conversation]").map((c) => c.textContent)).not.toContain(expect.stringContaining("carol"));
+    expect(root.querySelector("[data-testid=error]")).toBeNull();
+  });
+
   it("shows an unread count for other conversations and a typing line", async () => {
     const bridge = new FakeBridge();
     const model = await openConversation(bridge);

@@ -133,6 +133,16 @@ export class FakeBridge implements Bridge {
   conversations() {
     return this.call("conversations", [], () => this.list.map((c) => ({ ...c })));
   }
+  conversation(id: string) {
+    return this.call("conversation", [id], () => {
+      const found = this.list.find((c) => c.id === id);
+      if (!found) {
+        const missing: CommandError = { kind: "notFound", message: `not found: conversation ${id}`, retryable: false };
+        throw missing;
+      }
+      return { ...found };
+    });
+  }
   requests() {
     return this.call("requests", [], () => [...this.pending]);
   }
